@@ -1,0 +1,3 @@
+from harvester_edge.cli import main
+
+main()

@@ -1,0 +1,80 @@
+"""The agent base: one `run_cycle(now)` step, scheduled by the daemon; exceptions are logged and survived.
+
+Agents talk to each other only through database rows. Each agent's lease owner is "<daemon id>/<agent name>", so
+a daemon releases exactly its own leases when it stops.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from harvester_edge.config import SiteConfig
+from harvester_edge.seams.clock import Clock
+from harvester_edge.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentContext:
+    """What every agent may use. `config` is swapped on SIGHUP; read it at the start of each cycle."""
+
+    config: SiteConfig
+    store: Store
+    clock: Clock
+    daemon_id: str
+    stop: threading.Event = field(default_factory=threading.Event)
+    central: Any = None  # harvester_edge.central.client.CentralClient
+    plugins: dict[str, Any] = field(default_factory=dict)  # queue name -> BatchPlugin
+    stats: dict[str, "CycleStats"] = field(default_factory=dict)
+
+
+@dataclass
+class CycleStats:
+    cycles: int = 0
+    errors: int = 0
+    last_duration: float = 0.0
+    total_duration: float = 0.0
+    last_error: str | None = None
+    last_run: float | None = None
+
+
+class Agent:
+    name: ClassVar[str] = "agent"
+
+    def __init__(self, ctx: AgentContext) -> None:
+        self.ctx = ctx
+        self.stats = ctx.stats.setdefault(self.name, CycleStats())
+
+    @property
+    def owner(self) -> str:
+        return f"{self.ctx.daemon_id}/{self.name}"
+
+    @property
+    def interval(self) -> float:
+        return float(getattr(self.ctx.config.agents, self.name))
+
+    def run_cycle(self, now: float) -> None:
+        raise NotImplementedError
+
+    def cycle(self) -> None:
+        """One scheduled run: never raises (the scheduler would drop the job), records duration and errors."""
+        if self.ctx.stop.is_set():
+            return
+        started = time.perf_counter()
+        now = self.ctx.clock.now()
+        try:
+            self.run_cycle(now)
+        except Exception as exc:  # an agent cycle must never kill the daemon
+            self.stats.errors += 1
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("%s cycle failed; it runs again in %.1fs", self.name, self.interval)
+        finally:
+            took = time.perf_counter() - started
+            self.stats.cycles += 1
+            self.stats.last_duration = took
+            self.stats.total_duration += took
+            self.stats.last_run = now

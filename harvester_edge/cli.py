@@ -1,0 +1,127 @@
+"""The `harvester-edge` command: the daemon (run, cron), operations (status, drain, kill-workers), and the central
+service's groups (central, task, errors)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from functools import cached_property
+from pathlib import Path
+
+import click
+
+from harvester_edge.config import SiteConfig, load_config
+from harvester_edge.errors import HarvesterEdgeError
+
+CONFIG_ENV = "HARVESTER_EDGE_CONFIG"
+SOURCE_DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "local.yaml"
+
+
+def default_config_path() -> Path:
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return SOURCE_DEFAULT
+
+
+class CliContext:
+    """Handed to every command as ctx.obj; the config is loaded on first use."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+
+    @cached_property
+    def config(self) -> SiteConfig:
+        return load_config(self.config_path)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help=f"site config YAML (default: ${CONFIG_ENV}, else configs/local.yaml of this checkout)")
+@click.version_option(package_name="harvester-edge")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None) -> None:
+    """harvester-edge: keep an HPC site's batch system busy with MPI pilots for jumbo jobs."""
+    ctx.obj = CliContext(config_path or default_config_path())
+
+
+@cli.command()
+@click.option("--for", "max_seconds", type=float, default=None, help="stop after this many seconds (tests, demos)")
+@click.pass_obj
+def run(obj: CliContext, max_seconds: float | None) -> None:
+    """Run the daemon in the foreground until SIGTERM/SIGINT."""
+    from harvester_edge.daemon import Daemon
+
+    sys.exit(Daemon(obj.config_path).run(max_seconds=max_seconds))
+
+
+@cli.command()
+@click.pass_obj
+def cron(obj: CliContext) -> None:
+    """Start the daemon in the background unless it runs already (safe to call from cron every minute)."""
+    from harvester_edge.daemon import AlreadyRunning, Daemon, InstanceLock, daemonize
+
+    config = obj.config
+    probe = InstanceLock(config.lock_path)
+    try:
+        probe.acquire()
+    except AlreadyRunning as exc:
+        click.echo(f"harvester-edge: {exc}; nothing to do")
+        return
+    probe.release()
+    if not daemonize(config.log_dir / "daemon.out"):
+        click.echo(f"harvester-edge: daemon started for site {config.site}; logs in {config.log_dir}")
+        return
+    try:
+        code = Daemon(obj.config_path, log_to_stderr=False).run()
+    except AlreadyRunning:  # another cron start won the race between our probe and the daemon's lock
+        code = 0
+    except BaseException:  # nothing above us in a daemonized child: log, then exit
+        import logging
+
+        logging.getLogger(__name__).exception("daemon failed")
+        code = 1
+    os._exit(code)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_obj
+def status(obj: CliContext, as_json: bool) -> None:
+    """Queues, workers, jobs and event ranges per state."""
+    from harvester_edge import status as status_view
+
+    snapshot = status_view.collect(obj.config)
+    if as_json:
+        click.echo(json.dumps(snapshot, indent=2, default=str))
+    else:
+        status_view.render(snapshot)
+
+
+def _register_optional_groups() -> None:
+    from harvester_edge.central.cli import central_group, errors_group, task_group
+
+    cli.add_command(central_group, "central")
+    cli.add_command(task_group, "task")
+    cli.add_command(errors_group, "errors")
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except HarvesterEdgeError as exc:
+        click.echo(f"harvester-edge: {exc}", err=True)
+        sys.exit(2)
+    except SystemExit:
+        raise
+
+
+try:
+    _register_optional_groups()
+except ImportError:  # the central service's CLI is not importable in this build
+    pass

@@ -1,0 +1,172 @@
+"""The site config: one YAML file per edge node, validated strictly at load.
+
+Every error names the file, the line, the key path and what was expected, e.g.
+    configs/site.yaml:12: queues[0].walltime_max: expected a duration such as 90, "90s", ... got '2 hourz'
+Unknown keys are errors (with a "did you mean"), so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+
+from harvester_edge.central.settings import CentralSettings
+from harvester_edge.durations import Duration, IntDuration
+from harvester_edge.errors import ConfigError
+from harvester_edge.yaml_errors import describe_validation_error, load_yaml_mapping
+
+WORK_DIR_ENV = "HARVESTER_EDGE_WORK_DIR"  # overrides paths.work_dir (tests, the demo, CI)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class QueueConfig(Strict):
+    """One batch queue (a Slurm partition or LSF queue) and how workers are shaped for it."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    batch: Literal["slurm", "lsf", "local"]
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    reservation: str | None = None
+    nodes_min: PositiveInt = 1
+    nodes_max: PositiveInt = 1
+    ranks_per_node: PositiveInt = 1
+    cores_per_node: PositiveInt = 1
+    memory_mb: PositiveInt | None = None  # per node
+    walltime_min: IntDuration = 600
+    walltime_max: IntDuration = 3600
+    max_queued_workers: int = Field(default=2, ge=0)
+    max_running_workers: PositiveInt = 4
+    launcher: Literal["srun", "mpirun", "none"] = "mpirun"
+    mpi_type: str = "pmix"
+    drain_warning: IntDuration = 120  # seconds before the walltime the pilot is told to drain
+    extra_directives: list[str] = []
+    env_setup: list[str] = []
+    template: Path | None = None
+    command_timeout: Duration = 30.0
+    backfill: bool = False  # shape workers to free backfill windows reported by sinfo
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "QueueConfig":
+        if self.nodes_min > self.nodes_max:
+            raise ValueError(f"nodes_min ({self.nodes_min}) must not exceed nodes_max ({self.nodes_max})")
+        if self.walltime_min > self.walltime_max:
+            raise ValueError(f"walltime_min ({self.walltime_min}s) must not exceed walltime_max ({self.walltime_max}s)")
+        if self.ranks_per_node > self.cores_per_node * 8:
+            raise ValueError(f"ranks_per_node ({self.ranks_per_node}) is far above cores_per_node ({self.cores_per_node})")
+        return self
+
+    @property
+    def cores_per_rank(self) -> int:
+        return max(1, self.cores_per_node // self.ranks_per_node)
+
+
+class PathsConfig(Strict):
+    """Where the appliance keeps its state; relative paths are relative to the config file's folder."""
+
+    work_dir: Path
+    db: Path | None = None  # default <work_dir>/harvester.db
+    access_points: Path | None = None  # default <work_dir>/workers
+    logs: Path | None = None  # default <work_dir>/logs
+
+
+class AgentIntervals(Strict):
+    fetcher: Duration = 10.0
+    submitter: Duration = 5.0
+    monitor: Duration = 5.0
+    feeder: Duration = 1.0
+    propagator: Duration = 2.0
+    sweeper: Duration = 30.0
+    credentials: Duration = 300.0
+
+
+class DaemonConfig(Strict):
+    threads: PositiveInt = 8
+    stop_timeout: Duration = 30.0  # SIGTERM: how long running cycles may take to finish
+    lease_time: Duration = 300.0
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = False
+    on_network_fs: Literal["warn", "refuse"] = "warn"
+    cleanup_delay: Duration = 86400.0  # finished access points are removed after this
+    heartbeat_timeout: Duration = 1800.0  # a running worker whose pilot heartbeat is older is killed
+    queued_timeout: Duration = 172800.0  # a worker queued longer than this is cancelled
+
+
+class SiteConfig(Strict):
+    site: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    central: CentralSettings = CentralSettings()
+    queues: list[QueueConfig] = Field(min_length=1)
+    paths: PathsConfig
+    agents: AgentIntervals = AgentIntervals()
+    daemon: DaemonConfig = DaemonConfig()
+    source: Path | None = None  # the file it was loaded from (set by load_config)
+
+    @model_validator(mode="after")
+    def _unique_queues(self) -> "SiteConfig":
+        names = [q.name for q in self.queues]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"queue names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    def queue(self, name: str) -> QueueConfig:
+        for queue in self.queues:
+            if queue.name == name:
+                return queue
+        raise ConfigError(f"{self.source}: no queue named {name!r}; known: {', '.join(q.name for q in self.queues)}")
+
+    @property
+    def db_path(self) -> Path:
+        return self.paths.db or self.paths.work_dir / "harvester.db"
+
+    @property
+    def access_points(self) -> Path:
+        return self.paths.access_points or self.paths.work_dir / "workers"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.paths.logs or self.paths.work_dir / "logs"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.paths.work_dir / "daemon.lock"
+
+
+def _resolve(path: Path | None, base: Path) -> Path | None:
+    if path is None:
+        return None
+    path = Path(os.path.expandvars(os.path.expanduser(str(path))))
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def load_config(path: str | Path) -> SiteConfig:
+    """Read, validate and resolve a site config; raises ConfigError that says exactly what is wrong."""
+    path = Path(path)
+    data, lines = load_yaml_mapping(path, what="site config")
+    try:
+        config = SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, path, lines, SiteConfig, data)) from None
+    base = path.resolve().parent
+    override = os.environ.get(WORK_DIR_ENV)
+    work_dir = Path(override).resolve() if override else _resolve(config.paths.work_dir, base)
+    paths = PathsConfig(
+        work_dir=work_dir,
+        db=_resolve(config.paths.db, base),
+        access_points=_resolve(config.paths.access_points, base),
+        logs=_resolve(config.paths.logs, base),
+    )
+    central = config.central
+    if central.db is None:
+        central = central.model_copy(update={"db": work_dir / "central.db"})
+    else:
+        central = central.model_copy(update={"db": _resolve(central.db, base)})
+    queues = [q.model_copy(update={"template": _resolve(q.template, base)}) for q in config.queues]
+    return config.model_copy(update={"paths": paths, "central": central, "queues": queues, "source": path})

@@ -1,0 +1,204 @@
+"""The daemon: one process per site, agents on an APScheduler thread pool, a file lock, signals.
+
+- `cron` mode (from crontab every minute): if another daemon holds the lock, say so in one line and exit 0 at once.
+- SIGTERM/SIGINT: no new cycles, running cycles finish (bounded by daemon.stop_timeout), leases released, exit.
+- SIGHUP: reload the site config; a bad new config is rejected with a log line and the old one kept.
+Signal handlers only set flags; the main loop acts on them.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from harvester_edge.agents import build_agents
+from harvester_edge.agents.base import Agent, AgentContext
+from harvester_edge.config import SiteConfig, load_config
+from harvester_edge.errors import ConfigError, HarvesterEdgeError
+from harvester_edge.logs import setup_logging
+from harvester_edge.seams.clock import Clock
+from harvester_edge.services import Services, start_services
+from harvester_edge.store import open_store, release_all
+
+log = logging.getLogger(__name__)
+
+
+class AlreadyRunning(HarvesterEdgeError):
+    """Another daemon holds this site's lock file."""
+
+
+class InstanceLock:
+    """A non-blocking flock on <work_dir>/daemon.lock; the file holds the owner's pid for the message."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise AlreadyRunning(f"harvester-edge is already running (pid {self.holder() or '?'}, "
+                                     f"lock {self.path})") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def holder(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Daemon:
+    def __init__(self, config_path: Path, *, clock: Clock | None = None, log_to_stderr: bool = True) -> None:
+        self.config_path = Path(config_path)
+        self.clock = clock or Clock()
+        self.log_to_stderr = log_to_stderr
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self.config: SiteConfig | None = None
+        self.lock: InstanceLock | None = None
+
+    # -- signals: set flags only ------------------------------------------------------------------------
+    def _on_term(self, signum: int, frame: object) -> None:
+        self._stop.set()
+
+    def _on_hup(self, signum: int, frame: object) -> None:
+        self._reload.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self, *, max_seconds: float | None = None) -> int:
+        """Run until SIGTERM/SIGINT (or `max_seconds`); returns the exit code."""
+        config = load_config(self.config_path)
+        self.config = config
+        self.lock = InstanceLock(config.lock_path)
+        self.lock.acquire()
+        try:
+            return self._run_locked(config, max_seconds)
+        finally:
+            self.lock.release()
+
+    def _run_locked(self, config: SiteConfig, max_seconds: float | None) -> int:
+        setup_logging(config.log_dir, config.daemon.log_level, config.daemon.log_json, stderr=self.log_to_stderr)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_term)
+            signal.signal(signal.SIGINT, self._on_term)
+            signal.signal(signal.SIGHUP, self._on_hup)
+        daemon_id = f"{socket.gethostname()}:{os.getpid()}"
+        store = open_store(config.db_path, config.daemon.on_network_fs)
+        with store.write() as conn:  # leases of an earlier daemon on this host that died are free at once
+            released = release_all(conn, f"{socket.gethostname()}:")
+        if released:
+            log.info("released %d leases left by an earlier daemon on this host", released)
+        ctx = AgentContext(config=config, store=store, clock=self.clock, daemon_id=daemon_id)
+        services: Services = start_services(ctx)
+        agents = build_agents(ctx)
+        scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(config.daemon.threads)},
+            job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
+        )
+        for agent in agents:
+            scheduler.add_job(agent.cycle, "interval", seconds=agent.interval, id=agent.name, name=agent.name,
+                              next_run_time=_now_dt())
+        scheduler.start()
+        log.info("daemon %s started for site %s: %d agents (%s), db %s", daemon_id, config.site, len(agents),
+                 ", ".join(a.name for a in agents), config.db_path)
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        try:
+            while not self._stop.wait(0.2):
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self._reload_config(ctx, scheduler, agents)
+        finally:
+            code = self._drain(ctx, scheduler, services)
+        return code
+
+    def _reload_config(self, ctx: AgentContext, scheduler: BackgroundScheduler, agents: list[Agent]) -> None:
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("SIGHUP: the new config is rejected, keeping the old one:\n%s", exc)
+            return
+        old = ctx.config
+        if new.db_path != old.db_path or new.paths.work_dir != old.paths.work_dir:
+            log.error("SIGHUP: paths changed (%s); restart the daemon to move them; keeping the old config",
+                      new.paths.work_dir)
+            return
+        ctx.config = new
+        self.config = new
+        for agent in agents:
+            scheduler.reschedule_job(agent.name, trigger="interval", seconds=agent.interval)
+        log.info("SIGHUP: reloaded %s (%d queues)", self.config_path, len(new.queues))
+
+    def _drain(self, ctx: AgentContext, scheduler: BackgroundScheduler, services: Services) -> int:
+        timeout = float(ctx.config.daemon.stop_timeout)
+        log.info("stopping: no new cycles; waiting up to %.0fs for running cycles", timeout)
+        ctx.stop.set()
+        scheduler.pause()
+        done = threading.Event()
+
+        def shutdown() -> None:
+            scheduler.shutdown(wait=True)
+            done.set()
+
+        threading.Thread(target=shutdown, name="shutdown", daemon=True).start()
+        finished = done.wait(timeout)
+        if not finished:
+            log.error("stopping: cycles still running after %.0fs; exiting anyway (their leases expire)", timeout)
+        try:
+            with ctx.store.write() as conn:
+                released = release_all(conn, ctx.daemon_id + "/")
+            log.info("stopping: released %d leases", released)
+        except Exception:
+            log.exception("stopping: could not release leases; they expire after daemon.lease_time")
+        services.stop()
+        ctx.store.close()
+        log.info("stopped")
+        return 0 if finished else 1
+
+
+def _now_dt():
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)
+
+
+def daemonize(log_path: Path) -> bool:
+    """Double fork into the background (cron mode). Returns True in the daemon, False in the caller."""
+    if os.fork() > 0:
+        return False
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(devnull, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    return True

@@ -1,0 +1,72 @@
+"""`harvester-edge status`: what the site holds, per state, read from the bookkeeping DB (never blocks the daemon)."""
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from harvester_edge.config import SiteConfig
+from harvester_edge.states import JobState, RangeState, WorkerState
+
+
+def _counts(conn: sqlite3.Connection, sql: str) -> dict[tuple, int]:
+    return {tuple(row[:-1]): row[-1] for row in conn.execute(sql)}
+
+
+def collect(config: SiteConfig) -> dict[str, Any]:
+    """A JSON-able snapshot; an absent DB is reported as such rather than created."""
+    snapshot: dict[str, Any] = {"site": config.site, "db": str(config.db_path), "queues": [], "jobs": {},
+                                "workers": {}, "event_ranges": {}}
+    if not config.db_path.exists():
+        snapshot["note"] = "no bookkeeping database yet: the daemon has not run with this config"
+        for queue in config.queues:
+            snapshot["queues"].append({"name": queue.name, "batch": queue.batch, "draining": False, "workers": {}})
+        return snapshot
+    conn = sqlite3.connect(f"file:{config.db_path}?mode=ro", uri=True, timeout=5)
+    try:
+        workers = _counts(conn, "SELECT queue, state, count(*) FROM workers GROUP BY queue, state")
+        draining = dict(conn.execute("SELECT name, draining FROM queues"))
+        for queue in config.queues:
+            per_state = {state: n for (q, state), n in workers.items() if q == queue.name}
+            snapshot["queues"].append({"name": queue.name, "batch": queue.batch,
+                                       "draining": bool(draining.get(queue.name, 0)), "workers": per_state})
+        snapshot["jobs"] = {k[0]: v for k, v in _counts(conn, "SELECT state, count(*) FROM jobs GROUP BY state").items()}
+        snapshot["workers"] = {k[0]: v for k, v in
+                               _counts(conn, "SELECT state, count(*) FROM workers GROUP BY state").items()}
+        snapshot["event_ranges"] = {k[0]: v for k, v in _counts(
+            conn, "SELECT state, count(*) FROM event_ranges GROUP BY state").items()}
+        snapshot["outbox_pending"] = conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
+    finally:
+        conn.close()
+    return snapshot
+
+
+def _state_table(title: str, states: list[str], counts: dict[str, int]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for state in states:
+        table.add_column(state, justify="right")
+    table.add_column("total", justify="right", style="bold")
+    table.add_row(*[str(counts.get(s, 0)) for s in states], str(sum(counts.values())))
+    return table
+
+
+def render(snapshot: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(f"[bold]site[/bold] {snapshot['site']}   [dim]{snapshot['db']}[/dim]")
+    if snapshot.get("note"):
+        console.print(f"[yellow]{snapshot['note']}[/yellow]")
+    worker_states = [s.value for s in WorkerState]
+    queues = Table(title="queues", title_justify="left")
+    for col in ["queue", "batch", "draining", *worker_states]:
+        queues.add_column(col, justify="left" if col in ("queue", "batch", "draining") else "right")
+    for q in snapshot["queues"]:
+        queues.add_row(q["name"], q["batch"], "yes" if q["draining"] else "no",
+                       *[str(q["workers"].get(s, 0)) for s in worker_states])
+    console.print(queues)
+    console.print(_state_table("jobs", [s.value for s in JobState], snapshot["jobs"]))
+    console.print(_state_table("workers", worker_states, snapshot["workers"]))
+    console.print(_state_table("event ranges", [s.value for s in RangeState], snapshot["event_ranges"]))
+    if "outbox_pending" in snapshot:
+        console.print(f"outbox: {snapshot['outbox_pending']} messages waiting for the central service")

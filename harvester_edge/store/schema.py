@@ -1,0 +1,118 @@
+"""The bookkeeping schema as an ordered list of migrations; one row per applied migration in `migrations`.
+
+Add a migration by appending to MIGRATIONS; never edit one that has shipped. A database whose newest migration is
+unknown to this code was written by a newer harvester-edge and is refused (see db.open_store).
+"""
+from __future__ import annotations
+
+import sqlite3
+from typing import Callable
+
+LEASED = """
+    lease_owner TEXT,
+    lease_expires REAL,
+"""
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    # not executescript(): it COMMITs first, and migrations must run inside the caller's transaction
+    for statement in script.split(";\n"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _initial(conn: sqlite3.Connection) -> None:
+    _run_script(conn, f"""
+    CREATE TABLE queues (
+        name TEXT PRIMARY KEY,
+        batch TEXT NOT NULL,
+        draining INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE jobs (
+        panda_id INTEGER PRIMARY KEY,
+        task_id INTEGER NOT NULL,
+        jobset_id INTEGER,
+        queue TEXT NOT NULL REFERENCES queues(name),
+        state TEXT NOT NULL,
+        spec TEXT NOT NULL,              -- the job description as the central service sent it (JSON)
+        events_total INTEGER,
+        events_done INTEGER NOT NULL DEFAULT 0,
+        seconds_per_event REAL,          -- measured from finished ranges once there are any
+        no_more_ranges INTEGER NOT NULL DEFAULT 0,
+        error_code INTEGER, error_diag TEXT,
+        {LEASED}
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX jobs_state ON jobs(state, queue);
+    CREATE TABLE workers (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        queue TEXT NOT NULL REFERENCES queues(name),
+        state TEXT NOT NULL,
+        job_name TEXT NOT NULL UNIQUE,   -- unique batch job name: find_by_name after a crash
+        batch_id TEXT,
+        access_point TEXT NOT NULL,
+        nodes INTEGER NOT NULL,
+        ranks_per_node INTEGER NOT NULL,
+        walltime INTEGER NOT NULL,
+        batch_state TEXT, batch_reason TEXT, exit_code INTEGER,
+        submit_attempts INTEGER NOT NULL DEFAULT 0,
+        next_try_at REAL,
+        kill_requested INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        submitted_at REAL, started_at REAL, ended_at REAL, heartbeat_at REAL, cleaned_at REAL,
+        {LEASED}
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX workers_state ON workers(state, queue);
+    CREATE TABLE job_workers (
+        panda_id INTEGER NOT NULL REFERENCES jobs(panda_id),
+        worker_id INTEGER NOT NULL REFERENCES workers(id),
+        PRIMARY KEY (panda_id, worker_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX job_workers_worker ON job_workers(worker_id);
+    CREATE TABLE event_ranges (
+        range_id TEXT PRIMARY KEY,       -- the central service's eventRangeID (attempt-scoped)
+        panda_id INTEGER NOT NULL REFERENCES jobs(panda_id),
+        worker_id INTEGER REFERENCES workers(id),
+        state TEXT NOT NULL,
+        first_event INTEGER NOT NULL,
+        last_event INTEGER NOT NULL,
+        spec TEXT NOT NULL,              -- the range as the central service sent it (JSON)
+        result TEXT,                     -- the pilot's report (JSON): path, size, adler32, timing, error
+        {LEASED}
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX event_ranges_state ON event_ranges(state, panda_id);
+    CREATE INDEX event_ranges_worker ON event_ranges(worker_id, state);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,   -- drained in id order
+        kind TEXT NOT NULL,              -- update_event_ranges | update_jobs | update_workers
+        state TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX outbox_state ON outbox(state, id);
+    CREATE TABLE state_history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        object_id TEXT NOT NULL,
+        src TEXT NOT NULL,
+        dst TEXT NOT NULL,
+        at REAL NOT NULL,
+        reason TEXT
+    );
+    CREATE INDEX state_history_object ON state_history(kind, object_id);
+    """)
+
+
+MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
+    ("0001_initial", _initial),
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
