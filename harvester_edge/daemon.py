@@ -113,6 +113,7 @@ class Daemon:
             released = release_all(conn, f"{socket.gethostname()}:")
         if released:
             log.info("released %d leases left by an earlier daemon on this host", released)
+        sync_queues(store, config, self.clock.now())
         ctx = AgentContext(config=config, store=store, clock=self.clock, daemon_id=daemon_id)
         services: Services = start_services(ctx)
         agents = build_agents(ctx)
@@ -149,6 +150,7 @@ class Daemon:
             log.error("SIGHUP: paths changed (%s); restart the daemon to move them; keeping the old config",
                       new.paths.work_dir)
             return
+        sync_queues(ctx.store, new, self.clock.now())
         ctx.config = new
         self.config = new
         for agent in agents:
@@ -180,6 +182,14 @@ class Daemon:
         ctx.store.close()
         log.info("stopped")
         return 0 if finished else 1
+
+
+def sync_queues(store, config: SiteConfig, now: float) -> None:
+    """The queues table mirrors the config (workers and jobs reference it); a removed queue's rows stay."""
+    with store.write() as conn:
+        for queue in config.queues:
+            conn.execute("INSERT INTO queues (name, batch, updated_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                         "SET batch = excluded.batch, updated_at = excluded.updated_at", (queue.name, queue.batch, now))
 
 
 def _now_dt():

@@ -13,6 +13,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Services:
     stoppers: list[Callable[[], None]] = field(default_factory=list)
+    central: Any = None  # the EmbeddedCentral, when the service runs in this process
 
     def stop(self) -> None:
         for stop in reversed(self.stoppers):
@@ -32,19 +33,24 @@ def make_plugins(ctx: AgentContext, runner: Any = None) -> dict[str, Any]:
 
 def start_services(ctx: AgentContext) -> Services:
     """Start the embedded central service (if configured), connect its client, load the batch plugins."""
+    from harvester_edge.central.client import CentralClient
+    from harvester_edge.seams.http import HttpTransport
+
     services = Services()
     settings = ctx.config.central
-    url = settings.url
+    url, token = settings.url, None
     if settings.mode == "embedded":
         from harvester_edge.central.server import EmbeddedCentral
 
         central = EmbeddedCentral(settings)
         central.start()
         services.stoppers.append(central.stop)
+        services.central = central
         url = central.url
-        log.info("embedded central service listening at %s (trusted=%s)", url, settings.trusted)
-    from harvester_edge.central.client import CentralClient
-
-    ctx.central = CentralClient.from_settings(settings, url)
+        if central.authority is not None:  # same process: the daemon's own token comes straight from the service
+            token = central.authority.issue(f"harvester-{ctx.config.site}", ["pilot", "harvester"])
+    transport = HttpTransport(url, timeout=float(settings.request_timeout))
+    ctx.central = CentralClient(transport, token=token,
+                                token_file=None if token else settings.tokens.token_file)
     ctx.plugins = make_plugins(ctx)
     return services

@@ -4,9 +4,17 @@ from __future__ import annotations
 from harvester_edge.agents.base import Agent, AgentContext
 
 
+def agent_classes() -> list[type[Agent]]:
+    from harvester_edge.agents.credentials import Credentials
+    from harvester_edge.agents.feeder import Feeder
+    from harvester_edge.agents.fetcher import Fetcher
+    from harvester_edge.agents.monitor import Monitor
+    from harvester_edge.agents.propagator import Propagator
+    from harvester_edge.agents.submitter import Submitter
+    from harvester_edge.agents.sweeper import Sweeper
+
+    return [Fetcher, Submitter, Monitor, Feeder, Propagator, Sweeper, Credentials]
+
+
 def build_agents(ctx: AgentContext) -> list[Agent]:
     return [cls(ctx) for cls in agent_classes()]
-
-
-def agent_classes() -> list[type[Agent]]:
-    return []

@@ -111,8 +111,20 @@ def _initial(conn: sqlite3.Connection) -> None:
     """)
 
 
+def _install_id_and_request_seq(conn: sqlite3.Connection) -> None:
+    # install_id goes into every batch job name, so a wiped DB never mistakes an old job for one of its own;
+    # request_seq lets the feeder answer a pilot's request again, identically, after a crash
+    import secrets
+
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute("INSERT INTO meta VALUES ('install_id', ?)", (secrets.token_hex(3),))
+    conn.execute("ALTER TABLE event_ranges ADD COLUMN request_seq INTEGER")
+    conn.execute("CREATE INDEX event_ranges_request ON event_ranges(worker_id, request_seq)")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _initial),
+    ("0002_install_id_and_request_seq", _install_id_and_request_seq),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

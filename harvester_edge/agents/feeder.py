@@ -1,0 +1,141 @@
+"""Feeder: answer the pilots' event requests from a local stock of ranges, topped up from the central service.
+
+Per request: the ranges are assigned to the worker (DISPATCHED, with the request's sequence) and committed, THEN
+the ranges file is written, THEN the request is marked consumed. After a crash anywhere in between, the same request
+is answered again with exactly the ranges already assigned to it, so a pilot never gets a range twice or loses one.
+The stock (FETCHED ranges per job) is kept at about one request's worth per running rank, so pilots never wait for
+a round trip to the central service.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from jumbo import protocol
+
+from harvester_edge.agents.base import Agent
+from harvester_edge.central.client import CentralRejected, CentralUnavailable
+from harvester_edge.states import JobState, RangeState, WorkerState
+from harvester_edge.store import transition
+
+log = logging.getLogger(__name__)
+
+R, W = RangeState, WorkerState
+ACTIVE_JOB = (JobState.FETCHED.value, JobState.RUNNING.value)
+
+
+class Feeder(Agent):
+    name = "feeder"
+
+    def run_cycle(self, now: float) -> None:
+        workers = self.ctx.store.query(
+            "SELECT w.id, w.access_point, w.nodes * w.ranks_per_node AS ranks FROM workers w "
+            "WHERE w.state IN (?, ?)", (W.QUEUED.value, W.RUNNING.value))
+        for worker in workers:
+            ap = Path(worker["access_point"])
+            for _, path in protocol.pending(ap, protocol.REQUESTS):
+                try:
+                    request = protocol.load_event_request(path)
+                except protocol.ProtocolError as exc:
+                    log.error("worker %d: %s; moved aside as .bad", worker["id"], exc,
+                              extra={"worker_id": worker["id"]})
+                    protocol.quarantine(path)
+                    continue
+                if not self.answer(worker["id"], ap, request, now):
+                    break  # the central service is unreachable: try again next cycle, in order
+        self.top_up(now)
+
+    def answer(self, worker_id: int, ap: Path, request: protocol.Request, now: float) -> bool:
+        store = self.ctx.store
+        answered = store.query("SELECT spec, panda_id FROM event_ranges WHERE worker_id = ? AND request_seq = ?",
+                               (worker_id, request.seq))
+        no_more: set[int] = set()
+        if answered:  # a crash came between the commit and the ranges file: send the same ranges again
+            ranges: dict[int, list[dict]] = {}
+            for row in answered:
+                ranges.setdefault(row["panda_id"], []).append(json.loads(row["spec"]))
+            no_more = {pid for pid in request.requests if pid not in ranges and self._exhausted(pid)}
+        else:
+            ranges = {}
+            for pid, want in request.requests.items():
+                n = max(1, int(want.get("nRanges") or 1))
+                got = self._take(pid, n, now)
+                if got is None:
+                    return False
+                ranges[pid] = got
+                if len(got) < n and self._exhausted(pid):
+                    no_more.add(pid)
+            with store.write() as conn:
+                ids = [r["eventRangeID"] for lst in ranges.values() for r in lst]
+                conn.execute("UPDATE event_ranges SET worker_id = ?, request_seq = ? "
+                             "WHERE range_id IN (SELECT value FROM json_each(?))", (worker_id, request.seq,
+                                                                                    json.dumps(ids)))
+                transition(conn, ids, R.FETCHED, R.DISPATCHED, now=now, reason=f"worker {worker_id} seq {request.seq}")
+        try:
+            protocol.write_event_ranges(ap, request.seq, {p: r for p, r in ranges.items() if r}, no_more=no_more)
+        except protocol.ProtocolError:
+            pass  # this sequence was written before the crash: the pilot has it already
+        protocol.mark_consumed(ap, request)
+        log.debug("worker %d: answered request %d with %d ranges%s", worker_id, request.seq,
+                  sum(len(r) for r in ranges.values()), f", no more for {sorted(no_more)}" if no_more else "",
+                  extra={"worker_id": worker_id})
+        return True
+
+    def _exhausted(self, panda_id: int) -> bool:
+        row = self.ctx.store.query("SELECT no_more_ranges, state FROM jobs WHERE panda_id = ?", (panda_id,))
+        return not row or bool(row[0]["no_more_ranges"]) or row[0]["state"] not in ACTIVE_JOB
+
+    def _take(self, panda_id: int, n: int, now: float) -> list[dict] | None:
+        """Up to n ranges of the job from the stock, fetching what is missing; None if the central is unreachable."""
+        stock = self._stock(panda_id)
+        if len(stock) < n and not self._exhausted(panda_id):
+            if not self._fetch(panda_id, n - len(stock) + n, now):
+                if not stock:
+                    return None
+            stock = self._stock(panda_id)
+        return stock[:n]
+
+    def _stock(self, panda_id: int) -> list[dict]:
+        return [json.loads(r[0]) for r in self.ctx.store.query(
+            "SELECT spec FROM event_ranges WHERE panda_id = ? AND state = ? AND worker_id IS NULL "
+            "ORDER BY first_event", (panda_id, R.FETCHED.value))]
+
+    def _fetch(self, panda_id: int, n: int, now: float) -> bool:
+        job = self.ctx.store.query("SELECT task_id, state FROM jobs WHERE panda_id = ?", (panda_id,))
+        if not job or job[0]["state"] not in ACTIVE_JOB:
+            return True
+        try:
+            got = self.ctx.central.acquire_event_ranges(panda_id, task_id=job[0]["task_id"], n_ranges=n)
+        except CentralUnavailable as exc:
+            log.warning("job %d: no ranges fetched: %s", panda_id, exc, extra={"panda_id": panda_id})
+            return False
+        except CentralRejected as exc:
+            log.error("job %d: the central service refused ranges: %s; no more ranges for it", panda_id, exc,
+                      extra={"panda_id": panda_id})
+            got = []
+        with self.ctx.store.write() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO event_ranges (range_id, panda_id, state, first_event, last_event, spec,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(r["eventRangeID"], panda_id, R.FETCHED.value, int(r["startEvent"]), int(r["lastEvent"]),
+                  json.dumps(r), now) for r in got])
+            if len(got) < n:
+                conn.execute("UPDATE jobs SET no_more_ranges = 1, updated_at = ? WHERE panda_id = ?", (now, panda_id))
+        if len(got) < n:
+            log.info("job %d: the central service has no more ranges for now (%d of %d)", panda_id, len(got), n,
+                     extra={"panda_id": panda_id})
+        return True
+
+    def top_up(self, now: float) -> None:
+        """Keep about one request's worth of ranges per running rank in stock for each job that has workers."""
+        rows = self.ctx.store.query(
+            "SELECT j.panda_id, sum(w.nodes * w.ranks_per_node) AS ranks FROM jobs j "
+            "JOIN job_workers jw ON jw.panda_id = j.panda_id JOIN workers w ON w.id = jw.worker_id "
+            "WHERE j.state = ? AND j.no_more_ranges = 0 AND w.state IN (?, ?) GROUP BY j.panda_id",
+            (JobState.RUNNING.value, W.QUEUED.value, W.RUNNING.value))
+        for row in rows:
+            want = 2 * int(row["ranks"])
+            have = len(self._stock(row["panda_id"]))
+            if have < want // 2:
+                self._fetch(row["panda_id"], want - have, now)

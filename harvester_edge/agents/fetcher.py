@@ -1,0 +1,51 @@
+"""Fetcher: acquire jumbo jobs from the central service for queues with room."""
+from __future__ import annotations
+
+import json
+import logging
+
+from harvester_edge.agents.base import Agent
+from harvester_edge.central.client import CentralRejected, CentralUnavailable
+from harvester_edge.states import JobState
+
+log = logging.getLogger(__name__)
+
+
+class Fetcher(Agent):
+    name = "fetcher"
+
+    def run_cycle(self, now: float) -> None:
+        config = self.ctx.config
+        for queue in config.queues:
+            conn = self.ctx.store.connection()
+            draining = conn.execute("SELECT draining FROM queues WHERE name = ?", (queue.name,)).fetchone()
+            if draining and draining[0]:
+                log.info("queue %s is draining: fetching no jobs", queue.name, extra={"queue": queue.name})
+                continue
+            active = conn.execute("SELECT count(*) FROM jobs WHERE queue = ? AND state IN (?, ?)",
+                                  (queue.name, JobState.FETCHED.value, JobState.RUNNING.value)).fetchone()[0]
+            # one job keeps several workers busy (ranges are taken task-wide): hold no more jobs than workers can run
+            room = queue.max_running_workers - active
+            if room <= 0:
+                continue
+            try:
+                jobs = self.ctx.central.acquire_jobs(config.site, queue=queue.name, n_jobs=room,
+                                                     harvester_id=config.site)
+            except CentralUnavailable as exc:
+                log.warning("no jobs fetched for queue %s: %s", queue.name, exc)
+                return
+            except CentralRejected as exc:
+                log.error("the central service refused to give jobs for queue %s: %s", queue.name, exc)
+                continue
+            if not jobs:
+                continue
+            with self.ctx.store.write() as conn:
+                for job in jobs:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO jobs (panda_id, task_id, jobset_id, queue, state, spec, events_total,"
+                        " seconds_per_event, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (int(job["PandaID"]), int(job["taskID"]), job.get("jobsetID"), queue.name,
+                         JobState.FETCHED.value, json.dumps(job),
+                         job.get("nEventsRemaining", job.get("nEvents")), job.get("secondsPerEvent"), now, now))
+            log.info("fetched %d job(s) for queue %s: %s", len(jobs), queue.name,
+                     ", ".join(str(j["PandaID"]) for j in jobs), extra={"queue": queue.name})

@@ -1,0 +1,181 @@
+"""Monitor: ONE batch status call per queue per cycle for all active workers, then what the pilots wrote.
+
+Per worker it reads the heartbeat and the event status files; each status file becomes range transitions plus one
+outbox message in a single transaction, and is renamed to .read only after that commit (a crash in between means
+the file is read again, and ranges already moved are skipped, so nothing is reported twice). When a worker ends,
+ranges it never reported go back to the central service as not done.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from jumbo import protocol
+
+from harvester_edge.agents.base import Agent
+from harvester_edge.batch import BatchError, BatchState
+from harvester_edge.outbox import enqueue
+from harvester_edge.states import RangeState, WorkerState, check_transition
+from harvester_edge.errors import IllegalTransition
+from harvester_edge.store import claim, transition, update
+
+log = logging.getLogger(__name__)
+
+W, R = WorkerState, RangeState
+BATCH_TO_WORKER = {
+    BatchState.QUEUED: W.QUEUED,
+    BatchState.RUNNING: W.RUNNING,
+    BatchState.SUSPENDED: W.RUNNING,
+    BatchState.FINISHED: W.FINISHED,
+    BatchState.TIMEOUT: W.FINISHED,  # pilots drain before the walltime: a TIMEOUT is expected, not a failure
+    BatchState.FAILED: W.FAILED,
+    BatchState.CANCELLED: W.CANCELLED,
+    BatchState.MISSING: W.MISSING,
+}
+# how the harvester hands back a range a pilot never processed: a failure of a class the central service's
+# classification table confirms as "system", so it does not use up an attempt
+NOT_DONE_CODE = 60000
+NOT_DONE_DIAG = "not processed: the pilot stopped before running it (walltime, drain or worker ended)"
+
+
+def range_report(range_id: str, status: str, entry: dict | None = None) -> dict:
+    """A version-0 update_event_ranges entry for a pilot's status entry."""
+    entry = entry or {}
+    if status == "not-done":
+        return {"eventRangeID": range_id, "eventStatus": "failed", "errorCode": NOT_DONE_CODE,
+                "errorDiag": NOT_DONE_DIAG}
+    report = {"eventRangeID": range_id, "eventStatus": status}
+    if entry.get("cpuTime") is not None:
+        report["cpuConsumptionTime"] = entry["cpuTime"]
+    if status == "failed":
+        report["errorCode"] = int(entry.get("errorCode") or 1)
+        report["errorDiag"] = str(entry.get("errorDiag") or "payload failed")[:500]
+    return report
+
+
+class Monitor(Agent):
+    name = "monitor"
+
+    def run_cycle(self, now: float) -> None:
+        with self.ctx.store.write() as conn:
+            rows = claim(conn, W, self.owner, states=[W.QUEUED, W.RUNNING], now=now,
+                         lease_time=self.ctx.config.daemon.lease_time, limit=100_000)
+        by_queue: dict[str, list] = {}
+        for row in rows:
+            by_queue.setdefault(row["queue"], []).append(row)
+        for queue_name, queue_rows in by_queue.items():
+            self.check_batch(queue_name, queue_rows, now)
+        for row in rows:
+            self.collect_events(row["id"], Path(row["access_point"]), now)
+        self.release_orphans(now)
+
+    def check_batch(self, queue_name: str, rows: list, now: float) -> None:
+        ids = [r["batch_id"] for r in rows if r["batch_id"]]
+        try:
+            statuses = self.ctx.plugins[queue_name].status(ids) if ids else {}
+        except BatchError as exc:
+            log.warning("status of %d workers on %s unknown this cycle: %s", len(ids), queue_name, exc)
+            statuses = {}
+        with self.ctx.store.write() as conn:
+            for row in rows:
+                changes: dict = {}
+                heartbeat = _heartbeat_time(Path(row["access_point"]))
+                if heartbeat and heartbeat != row["heartbeat_at"]:
+                    changes["heartbeat_at"] = heartbeat
+                status = statuses.get(row["batch_id"])
+                dst = BATCH_TO_WORKER.get(status.state) if status else None
+                if status:
+                    changes.update(batch_state=status.raw_state, batch_reason=status.reason, exit_code=status.exit_code)
+                src = W(row["state"])
+                if dst is not None and dst != src:
+                    try:
+                        check_transition(src, dst)
+                    except IllegalTransition:
+                        dst = None  # e.g. RUNNING -> QUEUED (a requeue): keep RUNNING
+                    else:
+                        if dst == W.RUNNING or (dst not in (W.QUEUED,) and not row["started_at"]):
+                            changes["started_at"] = status.start_time or now
+                        if dst not in (W.QUEUED, W.RUNNING):
+                            changes["ended_at"] = status.end_time or now
+                if changes:
+                    update(conn, "workers", "id", [{"id": row["id"], **changes}], now=now, owner=self.owner)
+                if dst is not None and dst != src:
+                    transition(conn, [row["id"]], src, dst, now=now, owner=self.owner,
+                               reason=f"batch state {status.raw_state} {status.reason}".strip())
+                    log.info("worker %d (%s): %s -> %s (%s%s)", row["id"], row["batch_id"], src.value, dst.value,
+                             status.raw_state, f", {status.reason}" if status.reason else "",
+                             extra={"worker_id": row["id"], "batch_id": row["batch_id"]})
+
+    def collect_events(self, worker_id: int, ap: Path, now: float) -> None:
+        """Turn the pilot's event status files into range transitions and outbox messages."""
+        for _, path in protocol.pending(ap, protocol.STATUS):
+            try:
+                batch = protocol.load_event_status(path)
+            except protocol.ProtocolError as exc:
+                log.error("worker %d: %s; moved aside as .bad", worker_id, exc, extra={"worker_id": worker_id})
+                protocol.quarantine(path)
+                continue
+            self.apply_batch(worker_id, batch, now)
+            protocol.mark_consumed(ap, batch)
+
+    def apply_batch(self, worker_id: int, batch: protocol.Batch, now: float) -> None:
+        entries = {e["eventRangeID"]: (pid, e) for pid, lst in batch.events.items() for e in lst}
+        if not entries:
+            return
+        with self.ctx.store.write() as conn:
+            held = {r[0]: r for r in conn.execute(
+                "SELECT range_id, panda_id, first_event, last_event FROM event_ranges "
+                "WHERE worker_id = ? AND state = ? AND range_id IN (SELECT value FROM json_each(?))",
+                (worker_id, R.DISPATCHED.value, json.dumps(list(entries))))}
+            reports, moved = [], {R.FINISHED: [], R.FAILED: [], R.RELEASED: []}
+            done_per_job: dict[int, int] = {}
+            for range_id, (pid, entry) in entries.items():
+                if range_id not in held:
+                    continue  # already applied (a file read again after a crash) or not this worker's
+                status = entry["eventStatus"]
+                dst = {"finished": R.FINISHED, "failed": R.FAILED, "not-done": R.RELEASED}[status]
+                moved[dst].append(range_id)
+                reports.append(range_report(range_id, status, entry))
+                conn.execute("UPDATE event_ranges SET result = ? WHERE range_id = ?", (json.dumps(entry), range_id))
+                if dst != R.RELEASED:
+                    n = held[range_id][3] - held[range_id][2] + 1
+                    done_per_job[held[range_id][1]] = done_per_job.get(held[range_id][1], 0) + n
+            for dst, ids in moved.items():
+                transition(conn, ids, R.DISPATCHED, dst, now=now, reason=f"pilot report seq {batch.seq}")
+            for pid, n in done_per_job.items():
+                conn.execute("UPDATE jobs SET events_done = events_done + ?, updated_at = ? WHERE panda_id = ?",
+                             (n, now, pid))
+            if reports:
+                enqueue(conn, "update_event_ranges", reports, now)
+        if reports:
+            log.debug("worker %d: %d range reports (seq %d) queued for the central service", worker_id,
+                      len(reports), batch.seq, extra={"worker_id": worker_id})
+
+    def release_orphans(self, now: float) -> None:
+        """Ranges still dispatched to workers that ended go back as not done (after their last reports were read)."""
+        with self.ctx.store.write() as conn:
+            ended = [r[0] for r in conn.execute(
+                "SELECT DISTINCT e.worker_id FROM event_ranges e JOIN workers w ON w.id = e.worker_id "
+                "WHERE e.state = ? AND w.state IN (?, ?, ?, ?)",
+                (R.DISPATCHED.value, W.FINISHED.value, W.FAILED.value, W.CANCELLED.value, W.MISSING.value))]
+        for worker_id in ended:
+            ap = Path(self.ctx.store.query("SELECT access_point FROM workers WHERE id = ?", (worker_id,))[0][0])
+            self.collect_events(worker_id, ap, now)  # the final reports, if the pilot wrote them after our last look
+            with self.ctx.store.write() as conn:
+                ids = [r[0] for r in conn.execute("SELECT range_id FROM event_ranges WHERE worker_id = ? AND state = ?",
+                                                  (worker_id, R.DISPATCHED.value))]
+                if not ids:
+                    continue
+                transition(conn, ids, R.DISPATCHED, R.RELEASED, now=now, reason=f"worker {worker_id} ended")
+                enqueue(conn, "update_event_ranges", [range_report(i, "not-done") for i in ids], now)
+            log.info("worker %d ended with %d ranges unreported: handed back as not done", worker_id, len(ids),
+                     extra={"worker_id": worker_id})
+
+
+def _heartbeat_time(ap: Path) -> float | None:
+    try:
+        beat = protocol.read_heartbeat(ap)
+    except (protocol.ProtocolError, OSError):
+        return None
+    return float(beat["time"]) if beat and beat.get("time") else None

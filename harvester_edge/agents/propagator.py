@@ -1,0 +1,144 @@
+"""Propagator: drain the outbox to the central service in order, heartbeat running jobs, settle finished jobs.
+
+The outbox survives an outage of any length: a message is marked sent only after the central service took it, and
+re-sending one after a crash is harmless (the service ignores duplicate and stale range reports). A message the
+service rejects for good is parked as `rejected` with the reason, for the operator, and draining goes on.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from harvester_edge.agents.base import Agent
+from harvester_edge.central.client import CentralRejected, CentralUnavailable
+from harvester_edge.outbox import enqueue, pending
+from harvester_edge.states import JobState, OutboxState, RangeState, WorkerState
+from harvester_edge.store import transition
+
+log = logging.getLogger(__name__)
+
+J, O, R, W = JobState, OutboxState, RangeState, WorkerState
+HEARTBEAT_EVERY = 60.0  # seconds between job heartbeats to the central service
+ACTIVE_WORKERS = (W.NEW.value, W.SUBMITTING.value, W.QUEUED.value, W.RUNNING.value)
+
+
+class Propagator(Agent):
+    name = "propagator"
+
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self._last_heartbeat = 0.0
+        self._outage_logged = False
+
+    def run_cycle(self, now: float) -> None:
+        if not self.drain_outbox(now):
+            return
+        self.settle_jobs(now)
+        self.drain_outbox(now)
+        if now - self._last_heartbeat >= HEARTBEAT_EVERY:
+            self.heartbeat(now)
+
+    def drain_outbox(self, now: float) -> bool:
+        """Send pending messages oldest first; False if the central service is unreachable."""
+        while True:
+            messages = pending(self.ctx.store.connection(), 100)
+            if not messages:
+                if self._outage_logged:
+                    log.info("central service reachable again: outbox drained")
+                    self._outage_logged = False
+                return True
+            for message in messages:
+                try:
+                    self._send(message["kind"], json.loads(message["payload"]))
+                except CentralUnavailable as exc:
+                    with self.ctx.store.write() as conn:
+                        conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, updated_at = ? "
+                                     "WHERE id = ?", (str(exc)[:500], now, message["id"]))
+                    if not self._outage_logged:
+                        log.warning("central service unreachable, %d+ messages kept in the outbox: %s",
+                                    len(messages), exc)
+                        self._outage_logged = True
+                    return False
+                except CentralRejected as exc:
+                    log.error("outbox message %d (%s) rejected by the central service, parked: %s",
+                              message["id"], message["kind"], exc)
+                    with self.ctx.store.write() as conn:
+                        conn.execute("UPDATE outbox SET last_error = ? WHERE id = ?", (str(exc)[:500], message["id"]))
+                        transition(conn, [message["id"]], O.PENDING, O.REJECTED, now=now, reason=str(exc)[:200])
+                    continue
+                with self.ctx.store.write() as conn:
+                    transition(conn, [message["id"]], O.PENDING, O.SENT, now=now)
+
+    def _send(self, kind: str, payload) -> None:
+        central = self.ctx.central
+        if kind == "update_event_ranges":
+            central.update_event_ranges(payload, version=0)
+        elif kind == "update_jobs":
+            central.update_jobs_bulk(payload, harvester_id=self.ctx.config.site)
+        else:
+            raise CentralRejected(f"unknown outbox message kind {kind!r}")
+
+    def settle_jobs(self, now: float) -> None:
+        """Jobs without active workers: finish them when the task has no ranges left, else let new workers come."""
+        store = self.ctx.store
+        idle = store.query(
+            "SELECT j.* FROM jobs j WHERE j.state IN (?, ?) AND NOT EXISTS (SELECT 1 FROM job_workers jw "
+            "JOIN workers w ON w.id = jw.worker_id WHERE jw.panda_id = j.panda_id AND w.state IN (?, ?, ?, ?)) "
+            "AND NOT EXISTS (SELECT 1 FROM event_ranges e WHERE e.panda_id = j.panda_id AND e.state = ?)",
+            (J.FETCHED.value, J.RUNNING.value, *ACTIVE_WORKERS, R.DISPATCHED.value))
+        for job in idle:
+            if not job["no_more_ranges"] and job["state"] == J.FETCHED.value:
+                continue  # waiting for its first worker
+            try:
+                available = int(self.ctx.central.available_range_count(job["task_id"]))
+            except (CentralUnavailable, CentralRejected) as exc:
+                log.warning("job %d: cannot ask for the task's remaining ranges: %s", job["panda_id"], exc)
+                return
+            stock = store.query("SELECT count(*) FROM event_ranges WHERE panda_id = ? AND state = ?",
+                                (job["panda_id"], R.FETCHED.value))[0][0]
+            spec = json.loads(job["spec"])
+            per_range = int(spec.get("eventsPerRange") or 1)
+            with store.write() as conn:
+                if available or stock:
+                    conn.execute("UPDATE jobs SET no_more_ranges = 0, events_total = ?, updated_at = ? "
+                                 "WHERE panda_id = ?", (job["events_done"] + (available + stock) * per_range, now,
+                                                        job["panda_id"]))
+                    if job["no_more_ranges"]:
+                        log.info("job %d: %d ranges are ready again: more workers will run it", job["panda_id"],
+                                 available + stock, extra={"panda_id": job["panda_id"]})
+                    continue
+                if job["state"] == J.FETCHED.value:
+                    transition(conn, [job["panda_id"]], J.FETCHED, J.RUNNING, now=now)
+                transition(conn, [job["panda_id"]], J.RUNNING, J.FINISHED, now=now, reason="no ranges left")
+                enqueue(conn, "update_jobs", [{"jobId": job["panda_id"], "state": "finished",
+                                               "nEvents": job["events_done"],
+                                               "endTime": now}], now)
+            log.info("job %d finished: %d events processed by this site", job["panda_id"], job["events_done"],
+                     extra={"panda_id": job["panda_id"], "task_id": job["task_id"]})
+
+    def heartbeat(self, now: float) -> None:
+        jobs = self.ctx.store.query("SELECT panda_id, events_done FROM jobs WHERE state = ?", (J.RUNNING.value,))
+        self._last_heartbeat = now
+        if not jobs:
+            return
+        updates = [{"jobId": j["panda_id"], "state": "running", "nEvents": j["events_done"]} for j in jobs]
+        try:
+            answers = self.ctx.central.update_jobs_bulk(updates, harvester_id=self.ctx.config.site)
+        except (CentralUnavailable, CentralRejected) as exc:
+            log.warning("job heartbeat not sent: %s", exc)
+            return
+        for job, answer in zip(jobs, answers or []):
+            command = (answer or {}).get("command") if isinstance(answer, dict) else None
+            if command in ("tobekilled", "softkill"):
+                self.kill_job(job["panda_id"], command, now)
+
+    def kill_job(self, panda_id: int, command: str, now: float) -> None:
+        with self.ctx.store.write() as conn:
+            conn.execute("UPDATE workers SET kill_requested = 1, updated_at = ? WHERE id IN (SELECT worker_id FROM "
+                         "job_workers WHERE panda_id = ?) AND state IN (?, ?, ?, ?)", (now, panda_id, *ACTIVE_WORKERS))
+            transition(conn, [panda_id], J.RUNNING, J.CANCELLED, now=now, reason=f"central command {command}")
+            stock = [r[0] for r in conn.execute("SELECT range_id FROM event_ranges WHERE panda_id = ? AND state = ?",
+                                                (panda_id, R.FETCHED.value))]
+            transition(conn, stock, R.FETCHED, R.RELEASED, now=now, reason="job killed centrally")
+        log.info("job %d: the central service says %s: its workers are cancelled", panda_id, command,
+                 extra={"panda_id": panda_id})

@@ -1,0 +1,176 @@
+"""Submitter: shape workers for jobs with uncovered events, then submit them in bulk, idempotently.
+
+Idempotence across crashes: the worker row, its unique batch job name and its access point exist BEFORE the submit
+call, and the row is committed as SUBMITTING first. A worker found in SUBMITTING on a later cycle (the daemon died
+during the call) is looked up by job name in the batch system: found -> QUEUED with its batch id, not found -> NEW
+(submitted again). So a batch job is never lost and never doubled.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+
+from harvester_edge.agents.base import Agent
+from harvester_edge.batch import BatchError
+from harvester_edge.config import QueueConfig
+from harvester_edge.shaper import queue_room, shape_worker, worker_capacity
+from harvester_edge.states import JobState, WorkerState
+from harvester_edge.store import claim, release, transition, update
+from harvester_edge.workers import access_point, install_id, job_name, job_spec_of, worker_spec, write_job_spec
+
+log = logging.getLogger(__name__)
+
+W = WorkerState
+BACKOFF_MAX = 600.0
+PERMANENT_FAILURES_PAUSE = 3  # permanent submit failures in 10 minutes that pause a queue's new workers
+
+
+class Submitter(Agent):
+    name = "submitter"
+
+    def run_cycle(self, now: float) -> None:
+        self.recover(now)
+        conn = self.ctx.store.connection()
+        draining = {r[0] for r in conn.execute("SELECT name FROM queues WHERE draining = 1")}
+        for queue in self.ctx.config.queues:
+            if queue.name in draining:
+                log.info("queue %s is draining: no new workers", queue.name, extra={"queue": queue.name})
+                continue
+            self.make_workers(queue, now)
+            self.submit(queue, now)
+
+    # -- crash recovery -------------------------------------------------------------------------------------
+    def recover(self, now: float) -> None:
+        with self.ctx.store.write() as conn:
+            rows = claim(conn, W, self.owner, states=[W.SUBMITTING], now=now,
+                         lease_time=self.ctx.config.daemon.lease_time, limit=1000)
+        by_queue: dict[str, list] = {}
+        for row in rows:
+            by_queue.setdefault(row["queue"], []).append(row)
+        for queue_name, queue_rows in by_queue.items():
+            plugin = self.ctx.plugins[queue_name]
+            try:
+                found = plugin.find_by_name([r["job_name"] for r in queue_rows])
+            except BatchError as exc:
+                log.warning("cannot check %d interrupted submissions on queue %s yet: %s", len(queue_rows),
+                            queue_name, exc)
+                continue
+            with self.ctx.store.write() as conn:
+                for row in queue_rows:
+                    batch_id = found.get(row["job_name"])
+                    if batch_id:
+                        update(conn, "workers", "id", [{"id": row["id"], "batch_id": batch_id, "submitted_at": now}],
+                               now=now, owner=self.owner)
+                        transition(conn, [row["id"]], W.SUBMITTING, W.QUEUED, now=now, owner=self.owner,
+                                   reason=f"interrupted submission found in the batch system as {batch_id}")
+                    else:
+                        transition(conn, [row["id"]], W.SUBMITTING, W.NEW, now=now, owner=self.owner,
+                                   reason="interrupted submission not in the batch system: submit again")
+                release(conn, W, self.owner, [r["id"] for r in queue_rows])
+            for row in queue_rows:
+                batch_id = found.get(row["job_name"])
+                log.info("worker %d: interrupted submission %s", row["id"],
+                         f"found as batch job {batch_id}" if batch_id else "never reached the batch system",
+                         extra={"worker_id": row["id"]})
+
+    # -- shaping --------------------------------------------------------------------------------------------
+    def make_workers(self, queue: QueueConfig, now: float) -> None:
+        conn = self.ctx.store.connection()
+        counts = dict(conn.execute("SELECT state, count(*) FROM workers WHERE queue = ? GROUP BY state",
+                                   (queue.name,)).fetchall())
+        queued = sum(counts.get(s.value, 0) for s in (W.NEW, W.SUBMITTING, W.QUEUED))
+        room = queue_room(queue, queued, counts.get(W.RUNNING.value, 0))
+        if room == 0:
+            return
+        failed = conn.execute("SELECT count(*) FROM workers WHERE queue = ? AND state = ? AND error IS NOT NULL "
+                              "AND updated_at > ?", (queue.name, W.FAILED.value, now - 600)).fetchone()[0]
+        if failed >= PERMANENT_FAILURES_PAUSE:
+            log.info("queue %s: %d workers failed to submit in the last 10 minutes; no new workers until that "
+                     "is fixed (see `harvester-edge status` and the log)", queue.name, failed)
+            return
+        jobs = conn.execute("SELECT * FROM jobs WHERE queue = ? AND state IN (?, ?) AND no_more_ranges = 0 "
+                            "ORDER BY panda_id", (queue.name, JobState.FETCHED.value, JobState.RUNNING.value)).fetchall()
+        for job in jobs:
+            if room == 0:
+                break
+            spe = float(job["seconds_per_event"] or 1.0)
+            covered = sum(
+                worker_capacity(w["nodes"], w["ranks_per_node"],
+                                w["walltime"] - (now - w["started_at"] if w["started_at"] else 0), spe)
+                for w in conn.execute(
+                    "SELECT w.* FROM workers w JOIN job_workers jw ON jw.worker_id = w.id WHERE jw.panda_id = ? "
+                    "AND w.state IN (?, ?, ?, ?)", (job["panda_id"], W.NEW.value, W.SUBMITTING.value,
+                                                    W.QUEUED.value, W.RUNNING.value)))
+            left = int(job["events_total"] or 0) - int(job["events_done"]) - covered
+            shape = shape_worker(queue, left, spe)
+            if shape is None:
+                continue
+            self._create_worker(queue, job, shape.nodes, shape.walltime, now)
+            log.info("job %d: new worker on %s, %s (%d events not covered)", job["panda_id"], queue.name,
+                     shape.reason, left, extra={"panda_id": job["panda_id"]})
+            room -= 1
+
+    def _create_worker(self, queue: QueueConfig, job, nodes: int, walltime: int, now: float) -> int:
+        config = self.ctx.config
+        with self.ctx.store.write() as conn:
+            cur = conn.execute(
+                "INSERT INTO workers (queue, state, job_name, access_point, nodes, ranks_per_node, walltime,"
+                " created_at, updated_at) VALUES (?, ?, ?, '', ?, ?, ?, ?, ?)",
+                (queue.name, W.NEW.value, f"pending-{secrets.token_hex(8)}", nodes, queue.ranks_per_node, walltime,
+                 now, now))
+            worker_id = int(cur.lastrowid)
+            ap = access_point(config, worker_id)
+            conn.execute("UPDATE workers SET job_name = ?, access_point = ? WHERE id = ?",
+                         (job_name(config.site, install_id(conn), worker_id), str(ap), worker_id))
+            conn.execute("INSERT INTO job_workers (panda_id, worker_id) VALUES (?, ?)", (job["panda_id"], worker_id))
+            if job["state"] == JobState.FETCHED.value:
+                transition(conn, [job["panda_id"]], JobState.FETCHED, JobState.RUNNING, now=now,
+                           reason=f"first worker {worker_id}")
+            Path(ap).mkdir(parents=True, exist_ok=True)
+            write_job_spec(Path(ap), [job_spec_of(job)], walltime, queue.drain_warning)
+        return worker_id
+
+    # -- submission -----------------------------------------------------------------------------------------
+    def submit(self, queue: QueueConfig, now: float) -> None:
+        with self.ctx.store.write() as conn:
+            rows = claim(conn, W, self.owner, states=[W.NEW], now=now, lease_time=self.ctx.config.daemon.lease_time,
+                         limit=50, where="AND queue = ? AND kill_requested = 0 AND (next_try_at IS NULL "
+                                         "OR next_try_at <= ?)", params=[queue.name, now])
+            transition(conn, [r["id"] for r in rows], W.NEW, W.SUBMITTING, now=now, owner=self.owner)
+        if not rows:
+            return
+        results = self.ctx.plugins[queue.name].submit([worker_spec(r, queue) for r in rows])
+        attempts = {r["id"]: r["submit_attempts"] for r in rows}
+        with self.ctx.store.write() as conn:
+            for res in results:
+                wid = res.worker_id
+                if res.ok:
+                    update(conn, "workers", "id", [{"id": wid, "batch_id": res.batch_id, "submitted_at": now,
+                                                    "submit_attempts": attempts[wid] + 1, "error": None}],
+                           now=now, owner=self.owner)
+                    transition(conn, [wid], W.SUBMITTING, W.QUEUED, now=now, owner=self.owner,
+                               reason=f"batch id {res.batch_id}")
+                elif res.transient:
+                    delay = min(BACKOFF_MAX, 5.0 * 2 ** attempts[wid])
+                    update(conn, "workers", "id", [{"id": wid, "next_try_at": now + delay, "error": res.error,
+                                                    "submit_attempts": attempts[wid] + 1}], now=now, owner=self.owner)
+                    transition(conn, [wid], W.SUBMITTING, W.NEW, now=now, owner=self.owner,
+                               reason=f"transient submit error, retry in {delay:.0f}s: {res.error}")
+                else:
+                    update(conn, "workers", "id", [{"id": wid, "error": res.error, "ended_at": now,
+                                                    "submit_attempts": attempts[wid] + 1}], now=now, owner=self.owner)
+                    transition(conn, [wid], W.SUBMITTING, W.FAILED, now=now, owner=self.owner,
+                               reason=f"permanent submit error: {res.error}")
+            # hand the rows over: the monitor claims queued workers, the next submit cycle retries NEW ones
+            release(conn, W, self.owner, [r.worker_id for r in results])
+        ok = [r for r in results if r.ok]
+        for res in results:
+            if not res.ok:
+                (log.warning if res.transient else log.error)(
+                    "worker %d: %s submit error on queue %s: %s", res.worker_id,
+                    "transient" if res.transient else "permanent", queue.name, res.error,
+                    extra={"worker_id": res.worker_id})
+        if ok:
+            log.info("submitted %d worker(s) to %s: %s", len(ok), queue.name,
+                     ", ".join(f"{r.worker_id}={r.batch_id}" for r in ok), extra={"queue": queue.name})

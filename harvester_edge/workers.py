@@ -1,0 +1,62 @@
+"""A worker's identity and access point: its unique batch job name, its directory, its job spec and WorkerSpec."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+from jumbo import protocol
+
+from harvester_edge.batch import WorkerSpec
+from harvester_edge.config import QueueConfig, SiteConfig
+
+HEARTBEAT_INTERVAL = 10.0  # seconds between the pilot's heartbeat files
+
+
+def install_id(conn: sqlite3.Connection) -> str:
+    return conn.execute("SELECT value FROM meta WHERE key = 'install_id'").fetchone()[0]
+
+
+def job_name(site: str, install: str, worker_id: int) -> str:
+    """Unique per site and database: find_by_name after a crash can never match another install's job."""
+    return f"he-{site}-{install}-w{worker_id:06d}"
+
+
+def access_point(config: SiteConfig, worker_id: int) -> Path:
+    return config.access_points / f"w{worker_id:06d}"
+
+
+def pilot_payload(job_spec: dict[str, Any]) -> dict[str, Any]:
+    """The payload spec as jumbo reads it: the central service's task payload without its `kind` tag."""
+    payload = dict(job_spec.get("payload") or {})
+    payload.pop("kind", None)
+    return payload
+
+
+def write_job_spec(ap: Path, jobs: list[dict[str, Any]], walltime: int, drain_warning: int) -> None:
+    """HPCJobs.json: what the pilot runs (protocol.write_job_spec validates it before it reaches a node)."""
+    spec = {
+        "jobs": [{"PandaID": int(j["PandaID"]), "taskID": int(j["taskID"]), "jobsetID": int(j.get("jobsetID") or 0),
+                  "payload": pilot_payload(j)} for j in jobs],
+        "pilot": {"heartbeat_interval": HEARTBEAT_INTERVAL, "mode": "file", "prefetch": 1,
+                  "safety_margin": float(min(max(drain_warning, 10), walltime // 4))},
+    }
+    protocol.write_job_spec(ap, spec)
+
+
+def worker_spec(row: sqlite3.Row | dict, queue: QueueConfig) -> WorkerSpec:
+    ap = Path(row["access_point"])
+    return WorkerSpec(
+        worker_id=int(row["id"]), job_name=row["job_name"], access_point=ap, nodes=int(row["nodes"]),
+        ranks_per_node=int(row["ranks_per_node"]), cores_per_rank=queue.cores_per_rank,
+        walltime=int(row["walltime"]), memory_mb=queue.memory_mb,
+        # the pilot computes its end time from its own start: queue wait does not eat into it
+        pilot_argv=[sys.executable, "-m", "jumbo", "--ap", str(ap), "--end-time", f"+{int(row['walltime'])}"],
+        env={"HARVESTER_EDGE_WORKER_ID": str(row["id"])},
+    )
+
+
+def job_spec_of(row: sqlite3.Row | dict) -> dict[str, Any]:
+    return json.loads(row["spec"])
