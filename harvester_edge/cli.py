@@ -97,6 +97,35 @@ def status(obj: CliContext, as_json: bool) -> None:
         status_view.render(snapshot)
 
 
+@cli.command()
+@click.option("-q", "--queue", "queues", multiple=True, help="only this queue (repeatable; default: all)")
+@click.option("--undo", is_flag=True, help="resume fetching and submitting")
+@click.pass_obj
+def drain(obj: CliContext, queues: tuple[str, ...], undo: bool) -> None:
+    """Stop new fetches and submissions; running workers finish their work."""
+    from harvester_edge.operations import set_draining
+
+    names = set_draining(obj.config, list(queues), draining=not undo)
+    click.echo(f"{'resumed' if undo else 'draining'}: {', '.join(names)}")
+
+
+@cli.command("kill-workers")
+@click.option("--id", "worker_ids", type=int, multiple=True, help="worker id (repeatable)")
+@click.option("-q", "--queue", default=None)
+@click.option("--state", default=None, help="new, submitting, queued or running")
+@click.option("--job", "panda_id", type=int, default=None, help="the workers of this PandaID")
+@click.option("--all", "everything", is_flag=True, help="every unfinished worker")
+@click.pass_obj
+def kill_workers(obj: CliContext, worker_ids: tuple[int, ...], queue: str | None, state: str | None,
+                 panda_id: int | None, everything: bool) -> None:
+    """Cancel workers: the sweeper asks their pilots to drain and cancels the batch jobs."""
+    from harvester_edge.operations import request_kill
+
+    ids = request_kill(obj.config, worker_ids=list(worker_ids), queue=queue, state=state, panda_id=panda_id,
+                       everything=everything)
+    click.echo(f"{len(ids)} worker(s) flagged for cancellation" + (f": {', '.join(map(str, ids))}" if ids else ""))
+
+
 def _register_optional_groups() -> None:
     from harvester_edge.central.cli import central_group, errors_group, task_group
 
