@@ -15,10 +15,36 @@ def _counts(conn: sqlite3.Connection, sql: str) -> dict[tuple, int]:
     return {tuple(row[:-1]): row[-1] for row in conn.execute(sql)}
 
 
+def central_tasks(config: SiteConfig) -> tuple[list[dict], str | None]:
+    """The central service's tasks (embedded: its DB file; remote: over HTTP), or a note why there are none."""
+    settings = config.central
+    try:
+        if settings.mode == "remote":
+            from harvester_edge.central.client import CentralClient
+            from harvester_edge.seams.http import HttpTransport
+
+            client = CentralClient(HttpTransport(settings.url, 5.0), token_file=settings.tokens.token_file)
+            return list(client.call("GET", "task/list")), None
+        if settings.db is None or not settings.db.exists():
+            return [], None
+        from harvester_edge.central.service import CentralService
+
+        service = CentralService.open(settings.db, settings)
+        try:
+            return list(service.list_tasks()), None
+        finally:
+            service.close()
+    except Exception as exc:  # status must show what it can even when the central service is away
+        return [], f"central service: {exc}"
+
+
 def collect(config: SiteConfig) -> dict[str, Any]:
     """A JSON-able snapshot; an absent DB is reported as such rather than created."""
-    snapshot: dict[str, Any] = {"site": config.site, "db": str(config.db_path), "queues": [], "jobs": {},
-                                "workers": {}, "event_ranges": {}}
+    tasks, note = central_tasks(config)
+    snapshot: dict[str, Any] = {"site": config.site, "db": str(config.db_path), "tasks": tasks, "queues": [],
+                                "jobs": {}, "workers": {}, "event_ranges": {}}
+    if note:
+        snapshot["central_note"] = note
     if not config.db_path.exists():
         snapshot["note"] = "no bookkeeping database yet: the daemon has not run with this config"
         for queue in config.queues:
@@ -53,10 +79,24 @@ def _state_table(title: str, states: list[str], counts: dict[str, int]) -> Table
 
 
 def render(snapshot: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
+    if console is None:  # piped output (cron mail, a log) gets wide tables rather than cut-off columns
+        console = Console() if Console().is_terminal else Console(width=160)
     console.print(f"[bold]site[/bold] {snapshot['site']}   [dim]{snapshot['db']}[/dim]")
     if snapshot.get("note"):
         console.print(f"[yellow]{snapshot['note']}[/yellow]")
+    if snapshot.get("central_note"):
+        console.print(f"[yellow]{snapshot['central_note']}[/yellow]")
+    if snapshot.get("tasks"):
+        tasks = Table(title="tasks (central service)", title_justify="left")
+        for col in ("task", "name", "status", "events", "finished", "ranges"):
+            tasks.add_column(col, justify="right" if col in ("task", "events", "finished") else "left")
+        for t in snapshot["tasks"]:
+            ranges = t.get("ranges") or {}
+            tasks.add_row(str(t.get("task_id")), str(t.get("name")), str(t.get("status")), str(t.get("n_events")),
+                          str(t.get("events_finished", "")),
+                          " ".join(f"{k}={v}" for k, v in sorted(ranges.items())) if isinstance(ranges, dict) else
+                          str(ranges))
+        console.print(tasks)
     worker_states = [s.value for s in WorkerState]
     queues = Table(title="queues", title_justify="left")
     for col in ["queue", "batch", "draining", *worker_states]:
