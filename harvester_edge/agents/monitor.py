@@ -54,6 +54,18 @@ def range_report(range_id: str, status: str, entry: dict | None = None) -> dict:
     return report
 
 
+def measured_seconds_per_event(entries) -> dict[int, float]:
+    """Wall seconds per event per job, from the timing of finished ranges in one status file."""
+    totals: dict[int, list[float]] = {}
+    for pid, entry in entries:
+        start, end, n = entry.get("startTime"), entry.get("endTime"), entry.get("nEvents")
+        if entry.get("eventStatus") == "finished" and start and end and n and end >= start:
+            acc = totals.setdefault(pid, [0.0, 0.0])
+            acc[0] += float(end) - float(start)
+            acc[1] += int(n)
+    return {pid: t / n for pid, (t, n) in totals.items() if n}
+
+
 class Monitor(Agent):
     name = "monitor"
 
@@ -146,6 +158,10 @@ class Monitor(Agent):
             for pid, n in done_per_job.items():
                 conn.execute("UPDATE jobs SET events_done = events_done + ?, updated_at = ? WHERE panda_id = ?",
                              (n, now, pid))
+            for pid, spe in measured_seconds_per_event(entries.values()).items():
+                # the task's estimate is only a start: shaping follows what the pilots measure (moving average)
+                conn.execute("UPDATE jobs SET seconds_per_event = CASE WHEN seconds_per_event IS NULL THEN ? "
+                             "ELSE 0.7 * seconds_per_event + 0.3 * ? END WHERE panda_id = ?", (spe, spe, pid))
             if reports:
                 enqueue(conn, "update_event_ranges", reports, now)
         if reports:
