@@ -1,0 +1,152 @@
+"""The one seam through which the appliance runs outside commands (sbatch, squeue, bsub, ...).
+
+Every call returns a `CommandResult` (argv, stdin, stdout, stderr, exit code, duration, timed_out) and never raises
+for a non-zero exit: callers parse. The `recorder` hook sees each result (offline replay records them);
+`RecordedRunner` serves recorded results back, so plugins are tested against real outputs without the real tool.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Mapping, Sequence
+
+from harvester_edge.errors import HarvesterEdgeError
+
+log = logging.getLogger(__name__)
+
+
+class CommandNotFound(HarvesterEdgeError, FileNotFoundError):
+    """The executable of a command is not installed or not on PATH; install it or fix PATH in the site config."""
+
+
+class ReplayMismatch(HarvesterEdgeError):
+    """A replayed run asked for a command the recording does not have next; the trace and the code disagree."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    stdin: str | None
+    stdout: str
+    stderr: str
+    returncode: int
+    duration: float
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["argv"] = list(self.argv)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "CommandResult":
+        return cls(argv=tuple(data["argv"]), stdin=data.get("stdin"), stdout=data.get("stdout", ""),
+                   stderr=data.get("stderr", ""), returncode=int(data.get("returncode", 0)),
+                   duration=float(data.get("duration", 0.0)), timed_out=bool(data.get("timed_out", False)))
+
+
+class CommandRunner:
+    """Runs argument lists (never a shell) with a timeout that kills the child's whole process group."""
+
+    def __init__(self, env: Mapping[str, str] | None = None,
+                 recorder: Callable[[CommandResult], None] | None = None) -> None:
+        self.env = dict(env) if env is not None else None
+        self.recorder = recorder
+
+    def _environ(self) -> dict[str, str] | None:
+        if self.env is None:
+            return None
+        merged = dict(os.environ)
+        merged.update(self.env)
+        return merged
+
+    def run(self, argv: Sequence[str], *, stdin: str | None = None, timeout: float = 30.0,
+            cwd: str | None = None, failure_expected: bool = False) -> CommandResult:
+        """`failure_expected`: a non-zero exit is an answer the caller parses (squeue's "Invalid job id" when
+        every id left the queue): its stderr is logged at DEBUG instead of ERROR."""
+        argv = tuple(str(a) for a in argv)
+        result = self._execute(argv, stdin=stdin, timeout=timeout, cwd=cwd)
+        if result.timed_out:
+            log.error("command %s timed out after %.1f s (killed its process group)", argv[0], timeout)
+        elif result.returncode != 0:
+            log.debug("command %s exited %d in %.3f s", " ".join(argv[:3]), result.returncode, result.duration)
+            log.log(logging.DEBUG if failure_expected else logging.ERROR, "command %s failed (exit %d): %s",
+                    argv[0], result.returncode, result.stderr.strip()[:2000])
+        else:
+            log.debug("command %s exited 0 in %.3f s", " ".join(argv[:3]), result.duration)
+        if self.recorder is not None:
+            self.recorder(result)
+        return result
+
+    def _execute(self, argv: tuple[str, ...], *, stdin: str | None, timeout: float,
+                 cwd: str | None) -> CommandResult:
+        start = time.monotonic()
+        try:
+            # a new session: on timeout the whole tree (srun, ssh, ...) goes, not just the direct child
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                                    env=self._environ(), start_new_session=True)
+        except FileNotFoundError as exc:
+            raise CommandNotFound(f"cannot run {argv[0]!r}: executable not found; install it or put it on PATH "
+                                  f"(PATH={(self.env or os.environ).get('PATH', '')})") from exc
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
+            timed_out = False
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            out, err = proc.communicate()
+            timed_out, code = True, -9
+        return CommandResult(argv=argv, stdin=stdin, stdout=out or "", stderr=err or "", returncode=code,
+                             duration=time.monotonic() - start, timed_out=timed_out)
+
+
+class RecordedRunner(CommandRunner):
+    """Serves recorded results back, in order, checking that each call asks for the recorded command.
+
+    `results` holds CommandResult objects or mappings with their fields (JSON from a trace). A recorded argv may
+    end with "..." to match any remaining arguments (ids, file paths that differ per run). Calls made are kept in
+    `calls` so tests can check what a plugin asked for.
+    """
+
+    def __init__(self, results: Iterable[CommandResult | Mapping],
+                 recorder: Callable[[CommandResult], None] | None = None) -> None:
+        super().__init__(recorder=recorder)
+        self._queue = [r if isinstance(r, CommandResult) else CommandResult.from_dict(r) for r in results]
+        self.calls: list[tuple[tuple[str, ...], str | None]] = []
+
+    @property
+    def remaining(self) -> int:
+        return len(self._queue)
+
+    def _execute(self, argv: tuple[str, ...], *, stdin: str | None, timeout: float,
+                 cwd: str | None) -> CommandResult:
+        self.calls.append((argv, stdin))
+        if not self._queue:
+            raise ReplayMismatch(f"replay has no recorded result left for {' '.join(argv)!r}")
+        recorded = self._queue.pop(0)
+        if not _argv_matches(recorded.argv, argv):
+            raise ReplayMismatch(f"replay expected {' '.join(recorded.argv)!r} but the code ran {' '.join(argv)!r}")
+        if recorded.returncode == 127 and recorded.stderr.startswith("not found"):
+            raise CommandNotFound(f"cannot run {argv[0]!r}: executable not found (recorded)")
+        return CommandResult(argv=argv, stdin=stdin, stdout=recorded.stdout, stderr=recorded.stderr,
+                             returncode=recorded.returncode, duration=recorded.duration,
+                             timed_out=recorded.timed_out)
+
+
+def _argv_matches(recorded: Sequence[str], actual: Sequence[str]) -> bool:
+    if recorded and recorded[-1] == "...":
+        head = list(recorded[:-1])
+        return list(actual[:len(head)]) == head
+    return list(recorded) == list(actual)

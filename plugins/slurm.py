@@ -1,0 +1,180 @@
+"""Slurm: sbatch / squeue / sacct / scancel through the CommandRunner seam.
+
+Status is ONE `squeue -t all -j <ids>` (it also lists jobs that ended less than MinJobAge ago, like
+`scontrol show job`), then ONE `sacct` for the ids squeue no longer shows: `sacct -X` with slurmdbd, or `sacct -c`
+(JobCompType=jobcomp/filetxt) when accounting storage is disabled — detected once from sacct's own error.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Sequence
+
+from harvester_edge.batch import (BatchError, BatchPlugin, BatchState, SubmitResult, WorkerSpec, WorkerStatus,
+                                  classify_error, queue_attr, write_script)
+from harvester_edge.plugins import _render
+from harvester_edge.plugins import slurm_parse as sp
+from harvester_edge.seams.commands import CommandNotFound, CommandResult
+
+log = logging.getLogger(__name__)
+
+SCRIPT_NAME = "worker.sbatch"
+
+
+class SlurmPlugin(BatchPlugin):
+    name = "slurm"
+
+    def __init__(self, queue, runner) -> None:
+        super().__init__(queue, runner)
+        self._jobcomp: bool | None = None   # None: not known yet whether sacct has slurmdbd behind it
+
+    # ---- render -------------------------------------------------------------------------------------------
+    def directives(self, spec: WorkerSpec) -> list[str]:
+        q = self.queue
+        ap = spec.access_point
+        lines = [f"--job-name={spec.job_name}", f"--nodes={spec.nodes}",
+                 f"--ntasks-per-node={spec.ranks_per_node}", f"--cpus-per-task={spec.cores_per_rank}",
+                 f"--time={sp.format_walltime(spec.walltime)}", f"--output={ap}/slurm-%j.out",
+                 f"--error={ap}/slurm-%j.err", f"--chdir={ap}", "--export=ALL"]
+        drain = int(queue_attr(q, "drain_warning", 0))
+        if drain > 0:
+            # B: the batch shell gets USR1 and forwards it to the launcher (see the template)
+            lines.append(f"--signal=B:USR1@{drain}")
+        memory = spec.memory_mb or queue_attr(q, "memory_mb")
+        if memory:
+            lines.append(f"--mem={int(memory)}M")
+        for attr in ("partition", "account", "qos", "constraint", "reservation"):
+            value = queue_attr(q, attr)
+            if value:
+                lines.append(f"--{attr}={value}")
+        out = [f"#SBATCH {line}" for line in lines]
+        for extra in queue_attr(q, "extra_directives", []):
+            out.append(extra if extra.lstrip().startswith("#") else f"#SBATCH {extra}")
+        return out
+
+    def render_script(self, spec: WorkerSpec) -> str:
+        template = _render.load_template(self.queue, "slurm.sbatch")
+        return _render.render(template, spec, self.directives(spec), list(queue_attr(self.queue, "env_setup", [])),
+                              _render.launch_line(self.queue, spec), int(queue_attr(self.queue, "drain_warning", 0)))
+
+    # ---- submit -------------------------------------------------------------------------------------------
+    def submit(self, specs: Sequence[WorkerSpec]) -> list[SubmitResult]:
+        results = []
+        for spec in specs:
+            try:
+                path = write_script(spec, self.render_script(spec), SCRIPT_NAME)
+            except Exception as exc:  # a bad template or an unwritable access point fails this worker only
+                log.error("worker %d: cannot write its batch script in %s: %s", spec.worker_id, spec.access_point, exc)
+                results.append(SubmitResult(spec.worker_id, None, f"cannot write batch script: {exc}", False))
+                continue
+            try:
+                res = self.runner.run(["sbatch", "--parsable", str(path)], timeout=self.timeout,
+                                      cwd=str(spec.access_point))
+            except CommandNotFound as exc:
+                results.append(SubmitResult(spec.worker_id, None, str(exc), False))
+                continue
+            results.append(self._submit_result(spec, res))
+        return results
+
+    def _submit_result(self, spec: WorkerSpec, res: CommandResult) -> SubmitResult:
+        if res.timed_out:
+            # sbatch may have reached the controller: the caller must find_by_name before resubmitting
+            return SubmitResult(spec.worker_id, None, f"sbatch timed out after {res.duration:.0f} s; the job may "
+                                f"exist: check find_by_name({spec.job_name!r}) before resubmitting", True)
+        batch_id = sp.parse_sbatch(res.stdout) if res.returncode == 0 else None
+        if batch_id is not None:
+            log.info("worker %d: submitted as Slurm job %s (%s)", spec.worker_id, batch_id, spec.job_name)
+            return SubmitResult(spec.worker_id, batch_id, None)
+        message = (res.stderr.strip() or res.stdout.strip() or f"sbatch exited {res.returncode} with no output")
+        transient = classify_error(message, sp.SBATCH_TRANSIENT, sp.SBATCH_PERMANENT)
+        log.error("worker %d: sbatch failed (%s): %s", spec.worker_id, "transient" if transient else "permanent",
+                  message)
+        return SubmitResult(spec.worker_id, None, f"sbatch failed for {spec.job_name}: {message}", transient)
+
+    # ---- status -------------------------------------------------------------------------------------------
+    def _run_or_raise(self, argv: list[str], what: str, failure_expected: bool = False) -> CommandResult:
+        try:
+            return self.runner.run(argv, timeout=self.timeout, failure_expected=failure_expected)
+        except CommandNotFound as exc:
+            raise BatchError(f"{what}: {exc}", transient=False) from exc
+
+    def _squeue(self, ids: list[str]) -> dict[str, WorkerStatus]:
+        res = self._run_or_raise(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", sp.SQUEUE_FORMAT],
+                                 "squeue", failure_expected=True)
+        if res.returncode != 0 and "Invalid job id" in res.stderr:
+            log.debug("squeue knows none of the %d ids any more: all go to sacct", len(ids))
+            return {}   # squeue errors when NONE of the ids is known any more: all left the queue
+        if not res.ok:
+            log.error("squeue failed (exit %d): %s", res.returncode, res.stderr.strip())
+            raise BatchError(f"squeue for {len(ids)} jobs failed: {res.stderr.strip() or 'timed out'}; "
+                             f"is slurmctld reachable? retrying next cycle", transient=True)
+        return sp.squeue_statuses(res.stdout, set(ids))
+
+    def _sacct(self, ids: list[str], extra: list[str]) -> str:
+        """stdout of sacct over slurmdbd, or `sacct -c` (jobcomp) when accounting storage is disabled."""
+        if not self._jobcomp:
+            res = self._run_or_raise(["sacct", "-X", "-n", "-P", "-o", sp.SACCT_FIELDS_REASON, *extra], "sacct",
+                                     failure_expected=self._jobcomp is None)
+            if res.ok:
+                self._jobcomp = False
+                return res.stdout
+            if "accounting storage is disabled" not in res.stderr:
+                raise BatchError(f"sacct for {len(ids)} jobs failed: {res.stderr.strip() or 'timed out'}; "
+                                 f"is slurmdbd reachable? retrying next cycle", transient=True)
+            log.info("sacct: no accounting storage here, using sacct -c (jobcomp) from now on")
+            self._jobcomp = True
+        res = self._run_or_raise(["sacct", "-c", "-X", "-n", "-P", "-o", sp.SACCT_FIELDS, *extra], "sacct -c")
+        if not res.ok:
+            raise BatchError(f"sacct -c for {len(ids)} jobs failed: {res.stderr.strip() or 'timed out'}; "
+                             f"check JobCompType/JobCompLoc in slurm.conf", transient=True)
+        return res.stdout
+
+    def status(self, batch_ids: Sequence[str]) -> dict[str, WorkerStatus]:
+        ids = list(dict.fromkeys(str(b) for b in batch_ids))
+        if not ids:
+            return {}
+        found = self._squeue(ids)
+        left = [i for i in ids if i not in found]
+        if left:
+            found.update(sp.sacct_statuses(self._sacct(left, ["-j", ",".join(left)]), set(left)))
+        for batch_id in ids:
+            if batch_id not in found:
+                log.info("job %s: unknown to squeue and sacct, reported MISSING", batch_id)
+                found[batch_id] = WorkerStatus(batch_id, BatchState.MISSING, "", "unknown to squeue and sacct")
+        return found
+
+    # ---- cancel -------------------------------------------------------------------------------------------
+    def cancel(self, batch_ids: Sequence[str]) -> dict[str, str | None]:
+        ids = list(dict.fromkeys(str(b) for b in batch_ids))
+        if not ids:
+            return {}
+        res = self._run_or_raise(["scancel", *ids], "scancel")
+        out: dict[str, str | None] = {i: None for i in ids}
+        if res.ok:
+            return out
+        errors = dict(re.findall(r"job id (\S+?):\s*(.+)", res.stderr))
+        if not errors or any(classify_error(m, sp.SBATCH_TRANSIENT) for m in errors.values()):
+            # no per-job answer, or the controller itself is unreachable: the whole call failed
+            raise BatchError(f"scancel of {len(ids)} jobs failed: {res.stderr.strip() or 'timed out'}; "
+                             f"retrying next cycle", transient=True)
+        for job_id, message in errors.items():
+            if job_id in out and not re.search(r"already complet|Invalid job id", message, re.IGNORECASE):
+                out[job_id] = message.strip()   # gone already is what we wanted: no error
+        return out
+
+    # ---- crash recovery -----------------------------------------------------------------------------------
+    def find_by_name(self, job_names: Sequence[str]) -> dict[str, str]:
+        names = list(dict.fromkeys(job_names))
+        if not names:
+            return {}
+        res = self._run_or_raise(["squeue", "-h", "-t", "all", "--name", ",".join(names), "-o", sp.SQUEUE_FORMAT],
+                                 "squeue --name")
+        if not res.ok:
+            raise BatchError(f"squeue --name for {len(names)} workers failed: {res.stderr.strip() or 'timed out'}",
+                             transient=True)
+        found = sp.squeue_names(res.stdout, set(names))
+        left = [n for n in names if n not in found]
+        if left:
+            stdout = self._sacct(left, ["-S", "now-30days", "--name", ",".join(left)])
+            found.update(sp.sacct_names(stdout, set(left)))
+        return found

@@ -1,0 +1,81 @@
+"""The subprocess seam: real processes, timeouts that kill the whole tree, recording and replay."""
+from __future__ import annotations
+
+import time
+
+import psutil
+import pytest
+
+from harvester_edge.errors import HarvesterEdgeError
+from harvester_edge.seams.commands import (CommandNotFound, CommandResult, CommandRunner, RecordedRunner,
+                                           ReplayMismatch)
+
+
+def test_captures_output_exit_code_and_duration():
+    res = CommandRunner().run(["bash", "-c", "echo out; echo err >&2; exit 3"])
+    assert (res.stdout, res.stderr, res.returncode, res.timed_out) == ("out\n", "err\n", 3, False)
+    assert res.argv == ("bash", "-c", "echo out; echo err >&2; exit 3")
+    assert 0 < res.duration < 10 and not res.ok
+
+
+def test_stdin_env_and_cwd(tmp_path):
+    res = CommandRunner(env={"HE_TEST_VAR": "x y"}).run(["bash", "-c", 'cat; echo "$HE_TEST_VAR"; pwd'],
+                                                        stdin="hello\n", cwd=str(tmp_path))
+    assert res.stdout.splitlines() == ["hello", "x y", str(tmp_path)]
+    assert res.stdin == "hello\n" and res.ok
+
+
+def test_missing_executable_raises_command_not_found():
+    with pytest.raises(CommandNotFound) as err:
+        CommandRunner().run(["he-no-such-command-xyz"])
+    assert isinstance(err.value, HarvesterEdgeError) and isinstance(err.value, FileNotFoundError)
+    assert "he-no-such-command-xyz" in str(err.value)
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path):
+    pidfile = tmp_path / "pid"
+    start = time.monotonic()
+    res = CommandRunner().run(["bash", "-c", f"sleep 60 & echo $! > {pidfile}; wait"], timeout=0.5)
+    assert res.timed_out and res.returncode == -9
+    assert time.monotonic() - start < 5
+    grandchild = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while psutil.pid_exists(grandchild) and time.monotonic() < deadline:
+        try:
+            if psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    alive = psutil.pid_exists(grandchild) and psutil.Process(grandchild).status() != psutil.STATUS_ZOMBIE
+    assert not alive, "the grandchild (sleep) survived the timeout"
+
+
+def test_recorder_sees_every_result_and_round_trips():
+    seen: list[CommandResult] = []
+    runner = CommandRunner(recorder=seen.append)
+    runner.run(["true"])
+    runner.run(["false"])
+    assert [r.returncode for r in seen] == [0, 1]
+    assert CommandResult.from_dict(seen[1].to_dict()) == seen[1]
+
+
+def test_recorded_runner_serves_results_in_order_and_checks_argv():
+    runner = RecordedRunner([{"argv": ["squeue", "..."], "stdout": "1|RUNNING\n"},
+                             CommandResult(("sbatch", "x"), None, "", "boom", 1, 0.1)])
+    assert runner.run(["squeue", "-h", "-j", "1"]).stdout == "1|RUNNING\n"
+    with pytest.raises(ReplayMismatch):
+        runner.run(["sbatch", "y"])
+    assert runner.remaining == 0
+    with pytest.raises(ReplayMismatch):
+        runner.run(["anything"])
+    assert [c[0][0] for c in runner.calls] == ["squeue", "sbatch", "anything"]
+
+
+def test_failures_log_stderr_at_error_unless_expected(caplog):
+    import logging
+    with caplog.at_level(logging.DEBUG, logger="harvester_edge.seams.commands"):
+        CommandRunner().run(["bash", "-c", "echo boom-one >&2; exit 1"])
+        CommandRunner().run(["bash", "-c", "echo boom-two >&2; exit 1"], failure_expected=True)
+    levels = {r.getMessage().split(": ")[-1]: r.levelname for r in caplog.records if "failed (exit 1)" in r.getMessage()}
+    assert levels == {"boom-one": "ERROR", "boom-two": "DEBUG"}

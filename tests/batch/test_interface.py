@@ -1,0 +1,44 @@
+"""The plugin interface: discovery by entry point, states, error classification."""
+from __future__ import annotations
+
+import pytest
+
+from harvester_edge.batch import (TERMINAL, BatchPlugin, BatchState, UnknownPlugin, classify_error, load_plugin)
+
+
+@pytest.mark.parametrize("name", ["slurm", "lsf", "local"])
+def test_plugins_load_by_name(name):
+    cls = load_plugin(name)
+    assert issubclass(cls, BatchPlugin) and cls.name == name
+
+
+def test_unknown_plugin_lists_known_names():
+    with pytest.raises(UnknownPlugin) as err:
+        load_plugin("pbs")
+    assert "'pbs'" in str(err.value) and "slurm" in str(err.value) and "lsf" in str(err.value)
+
+
+def test_states_are_lowercase_strings_and_terminal_set():
+    assert all(s.value == s.name.lower() for s in BatchState)
+    assert TERMINAL == {BatchState.FINISHED, BatchState.FAILED, BatchState.CANCELLED, BatchState.TIMEOUT,
+                        BatchState.MISSING}
+    assert BatchState("running") is BatchState.RUNNING
+
+
+@pytest.mark.parametrize("name", ["slurm", "lsf", "local"])
+def test_constructor_does_no_io(name, tmp_path, monkeypatch, queue_factory):
+    from harvester_edge.seams.commands import RecordedRunner
+
+    monkeypatch.setenv("HE_LOCAL_BATCH_DIR", str(tmp_path / "registry"))
+    runner = RecordedRunner([])
+    load_plugin(name)(queue_factory(batch=name), runner)
+    assert runner.calls == [] and not (tmp_path / "registry").exists()
+
+
+def test_classify_permanent_wins_and_default():
+    transient = [(r"timed out", "x")]
+    permanent = [(r"invalid", "y")]
+    assert classify_error("Socket timed out", transient, permanent) is True
+    assert classify_error("invalid ... timed out", transient, permanent) is False
+    assert classify_error("something else", transient, permanent) is False
+    assert classify_error("something else", transient, permanent, default_transient=True) is True
