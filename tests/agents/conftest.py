@@ -191,3 +191,32 @@ def tasks():
 def slurm_conf() -> dict[str, str]:
     """The environment that points Slurm's commands at the local test cluster."""
     return slurm_env()
+
+
+@pytest.fixture
+def private_slurm(slurm_conf):
+    """A 2-node cluster of this test's own (own dir and ports), for tests that stop its controller: the shared
+    cluster other tests use is never disturbed. Yields (env, cluster command runner)."""
+    import socket
+    import tempfile
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    env = dict(os.environ, HE_SLURM_DIR=tempfile.mkdtemp(prefix="he-slurm-agents-"), HE_SLURM_NODES="2",
+               HE_SLURM_CTLD_PORT=str(free_port()), HE_SLURM_NODE_PORT_BASE=str(free_port() - 1))
+    script = str(REPO / "scripts" / "slurm-cluster")
+
+    def cluster(*args: str) -> str:
+        res = subprocess.run([script, *args], capture_output=True, text=True, timeout=180, env=env)
+        assert res.returncode == 0, f"slurm-cluster {args}: {res.stderr[-2000:]}"
+        return res.stdout
+
+    conf = cluster("up").strip().splitlines()[-1].split("=", 1)[1].strip("'\"")
+    try:
+        yield {"SLURM_CONF": conf}, cluster
+    finally:
+        cluster("down")
+        shutil.rmtree(env["HE_SLURM_DIR"], ignore_errors=True)

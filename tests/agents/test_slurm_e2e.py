@@ -7,13 +7,9 @@ import random
 import subprocess
 import time
 
-from pathlib import Path
-
 import pytest
 
 from jumbo import payloads
-
-CLUSTER = str(Path(__file__).resolve().parents[2] / "scripts" / "slurm-cluster")
 
 pytestmark = [pytest.mark.slurm, pytest.mark.mpi]
 
@@ -103,11 +99,11 @@ def test_daemon_sigkilled_20_times_loses_and_doubles_nothing(make_site, tasks, s
             assert batch_id, (name, state)
 
 
-def test_sbatch_failing_for_a_while_is_retried(make_site, tasks, slurm_conf):
-    cluster = CLUSTER
-    site = make_site(queue=slurm_queue(command_timeout="5s"), env=slurm_conf)
+def test_sbatch_failing_for_a_while_is_retried(make_site, tasks, private_slurm):
+    env, cluster = private_slurm  # its controller is stopped: a cluster of its own
+    site = make_site(queue=slurm_queue(command_timeout="5s", max_running_workers=1, max_queued_workers=1), env=env)
     task_id = site.submit_task(**tasks.numpy(2000, per_range=50))
-    subprocess.run([cluster, "stop-ctld"], check=True, timeout=60, env={**site.env})
+    cluster("stop-ctld")
     try:
         site.start()
         deadline = time.monotonic() + 60
@@ -124,7 +120,7 @@ def test_sbatch_failing_for_a_while_is_retried(make_site, tasks, slurm_conf):
             time.sleep(1)
         assert errors, "the submitter never met the controller outage"
     finally:
-        subprocess.run([cluster, "start-ctld"], check=True, timeout=120, env={**site.env})
+        cluster("start-ctld")
     result = site.wait_task(task_id, timeout=300)
     site.stop()
     assert result["status"] == "finished"
