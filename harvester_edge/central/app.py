@@ -1,0 +1,104 @@
+"""HTTP: the /api/v1 dialect (envelope {success, message, data}) and the legacy /server/panda dialect, one service.
+
+Every rejection (bad input, unknown id, illegal state change) is answered in the dialect's own format and
+writes nothing (each service write is one savepoint); auth failures are HTTP 403.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from harvester_edge.web import monitor_router
+
+from . import legacy, v1
+from .errors import AuthError, CentralError
+from .hotpath import FastPath
+from .service import CentralService
+from .tokens import TokenAuthority
+
+log = logging.getLogger(__name__)
+MAX_BODY = 64 * 1024 * 1024
+
+
+def envelope(data: Any = None, success: bool = True, message: str = "", status: int = 200) -> Response:
+    body = json.dumps({"success": success, "message": message, "data": data}, default=str)
+    return Response(body, status_code=status, media_type="application/json")
+
+
+class GunzipRequests:
+    """v1 bodies with Content-Encoding: gzip are inflated before FastAPI parses them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not any(k == b"content-encoding" and v.strip().lower() == b"gzip"
+                                              for k, v in scope["headers"]):
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            msg = await receive()
+            chunks.append(msg.get("body", b""))
+            more = msg.get("more_body", False)
+        try:
+            body = gzip.decompress(b"".join(chunks))[:MAX_BODY]
+        except (OSError, EOFError):
+            body = b"\x00not gzip"  # let the endpoint's validation reject it in its own dialect
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")]
+        headers.append((b"content-length", str(len(body)).encode()))
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(dict(scope, headers=headers), replay, send)
+
+
+def create_app(settings: Any, service: CentralService, authority: TokenAuthority | None = None) -> FastAPI:
+    """The FastAPI app. Without an authority the app runs in trusted mode (no tokens): only when settings say
+    trusted (server.py also checks the listen address)."""
+    if authority is None and not settings.trusted:
+        raise CentralError("central.trusted is false: create_app needs a TokenAuthority to check tokens")
+    app = FastAPI(title="harvester-edge central service",
+                  description="PanDA-compatible jobs, event ranges and tokens. Dialects: /api/v1/<module>/<method> "
+                              "(envelope {success, message, data}) and /server/panda/<method> (legacy).",
+                  version="1", docs_url="/docs", openapi_url="/openapi.json")
+    app.state.service = service
+    app.state.authority = authority
+    app.state.settings = settings
+    app.add_middleware(GunzipRequests)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return envelope(None, False, "invalid request: " + "; ".join(parts)[:2000])
+
+    @app.exception_handler(AuthError)
+    async def _auth(request: Request, exc: AuthError) -> Response:
+        return envelope(None, False, str(exc), status=403)
+
+    @app.exception_handler(CentralError)
+    async def _refused(request: Request, exc: CentralError) -> Response:
+        return envelope(None, False, str(exc))
+
+    app.include_router(v1.router, prefix="/api/v1")
+    app.include_router(legacy.router, prefix="/server/panda")
+    app.include_router(monitor_router(app))  # the web monitor (/monitor) and Prometheus /metrics
+    return app
+
+
+def create_asgi(settings: Any, service: CentralService, authority: TokenAuthority | None = None) -> FastPath:
+    """What the server runs: the FastAPI app behind the hot path for job updates and event ranges."""
+    return FastPath(create_app(settings, service, authority))

@@ -1,0 +1,221 @@
+"""CLI groups the main `harvester-edge` command registers: central, task, errors.
+
+They read the site config from the click context (`ctx.obj.config.central`, db resolved). Embedded mode uses
+the service layer on the central DB file directly (SQLite WAL: safe next to a running daemon); remote mode
+calls the service over HTTP with the harvester's token.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from harvester_edge.errors import HarvesterEdgeError
+
+from .taskspec import load_task_file
+
+
+def _settings(ctx: click.Context):
+    try:
+        return ctx.obj.config.central
+    except AttributeError as exc:
+        raise click.ClickException("no site config loaded: pass --config SITE.yaml to harvester-edge") from exc
+
+
+class _Remote:
+    """The same operations over /api/v1 (mode: remote)."""
+
+    def __init__(self, settings) -> None:
+        from harvester_edge.seams.http import HttpTransport
+
+        from .client import CentralClient
+        self.client = CentralClient(HttpTransport(settings.url, settings.request_timeout),
+                                    token_file=settings.tokens.token_file)
+
+    def submit_task(self, spec) -> int:
+        return self.client.call("POST", "task/submit", body=spec.model_dump(exclude_none=True))["task_id"]
+
+    def list_tasks(self) -> list:
+        return self.client.call("GET", "task/list")
+
+    def show_task(self, task_id: int) -> dict:
+        return self.client.call("GET", "task/show", params={"task_id": task_id})
+
+    def kill_task(self, task_id: int) -> str:
+        return self.client.call("POST", "task/kill", body={"task_id": task_id})["status"]
+
+    def retry_task(self, task_id: int) -> str:
+        return self.client.call("POST", "task/retry", body={"task_id": task_id})["status"]
+
+    def close(self) -> None:
+        self.client.transport.close()
+
+
+def _service(ctx: click.Context, local_only: bool = False):
+    settings = _settings(ctx)
+    if settings.mode == "remote" and not local_only:
+        return _Remote(settings)
+    from .server import db_path
+    from .service import CentralService
+    return CentralService.open(db_path(settings), settings)
+
+
+def _run(ctx: click.Context, fn, local_only: bool = False) -> Any:
+    svc = None
+    try:
+        svc = _service(ctx, local_only)
+        return fn(svc)
+    except HarvesterEdgeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        if svc is not None:
+            svc.close()
+
+
+def _emit(data: Any, as_json: bool, columns: list[str], title: str) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    rows = data if isinstance(data, list) else [data]
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*[str(row.get(c, "")) for c in columns])
+    Console(width=160).print(table)
+
+
+# -- central --------------------------------------------------------------------------------------------------
+@click.group("central", help="The embedded PanDA-compatible central service.")
+def central_group() -> None:
+    pass
+
+
+@central_group.command("serve", help="Run the central service in this process until SIGINT/SIGTERM.")
+@click.option("--host", default=None, help="listen address (default: central.host)")
+@click.option("--port", type=int, default=None, help="listen port (default: central.port; 0 = any free port)")
+@click.pass_context
+def serve_cmd(ctx: click.Context, host: str | None, port: int | None) -> None:
+    from .server import serve
+    settings = _settings(ctx)
+    update = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    settings = settings.model_copy(update=update) if update else settings
+    try:
+        serve(settings, on_ready=lambda url: click.echo(f"central service listening on {url} "
+                                                          f"(OpenAPI: {url}/docs)"))
+    except HarvesterEdgeError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@central_group.command("issue-token", help="Print an initial token and secret key for a client (pilot/harvester).")
+@click.argument("client_name")
+@click.option("--scope", "scopes", multiple=True, default=["pilot"], show_default=True,
+              type=click.Choice(["pilot", "harvester", "admin"]))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def issue_token_cmd(ctx: click.Context, client_name: str, scopes: tuple[str, ...], as_json: bool) -> None:
+    from .server import db_path
+    from .tokens import TokenAuthority, load_or_create_secret
+    settings = _settings(ctx)
+
+    def issue(svc):
+        path = db_path(settings)
+        secret = load_or_create_secret(Path(settings.tokens.secret_file or path.with_name("central.secret")))
+        return TokenAuthority(svc.db, settings.tokens, secret, svc.clock).pilot_credentials(client_name, scopes)
+
+    token, key = _run(ctx, issue, local_only=True)
+    click.echo(json.dumps({"token": token, "key": key}) if as_json else f"token: {token}\nkey:   {key}")
+
+
+# -- task -----------------------------------------------------------------------------------------------------
+TASK_COLUMNS = ["task_id", "name", "status", "n_events", "events_finished", "ranges", "n_jobs", "max_attempts"]
+
+
+@click.group("task", help="Submit and manage tasks of the central service.")
+def task_group() -> None:
+    pass
+
+
+@task_group.command("submit", help="Submit a task definition (YAML).")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def task_submit(ctx: click.Context, file: Path, as_json: bool) -> None:
+    try:
+        spec = load_task_file(file)
+    except HarvesterEdgeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    task_id = _run(ctx, lambda svc: svc.submit_task(spec))
+    click.echo(json.dumps({"task_id": task_id}) if as_json else f"task {task_id} submitted ({spec.name})")
+
+
+@task_group.command("list", help="All tasks with their range counts.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def task_list(ctx: click.Context, as_json: bool) -> None:
+    _emit(_run(ctx, lambda svc: svc.list_tasks()), as_json, TASK_COLUMNS, "tasks")
+
+
+@task_group.command("show", help="One task, its ranges and jobs.")
+@click.argument("task_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def task_show(ctx: click.Context, task_id: int, as_json: bool) -> None:
+    data = _run(ctx, lambda svc: svc.show_task(task_id))
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    _emit(data, False, TASK_COLUMNS, f"task {task_id}")
+    _emit(data.get("jobs", []), False, ["panda_id", "status", "attempt_nr", "command", "site", "worker_id",
+                                        "n_events", "dispatcher_error_code", "dispatcher_error_diag"], "jobs")
+
+
+@task_group.command("kill", help="Abort a task: cancel its ranges, tell running pilots to stop.")
+@click.argument("task_id", type=int)
+@click.pass_context
+def task_kill(ctx: click.Context, task_id: int) -> None:
+    click.echo(f"task {task_id}: {_run(ctx, lambda svc: svc.kill_task(task_id))}")
+
+
+@task_group.command("retry", help="Reopen a failed or aborted task: failed/cancelled ranges become ready.")
+@click.argument("task_id", type=int)
+@click.pass_context
+def task_retry(ctx: click.Context, task_id: int) -> None:
+    click.echo(f"task {task_id}: {_run(ctx, lambda svc: svc.retry_task(task_id))}")
+
+
+# -- errors ---------------------------------------------------------------------------------------------------
+ERROR_COLUMNS = ["id", "source", "code", "diag_pattern", "class", "status", "hits", "example"]
+
+
+@click.group("errors", help="The error classification table (class 'system' does not use up attempts).")
+def errors_group() -> None:
+    pass
+
+
+@errors_group.command("list", help="All classifications.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def errors_list(ctx: click.Context, as_json: bool) -> None:
+    _emit(_run(ctx, lambda svc: svc.list_errors(), local_only=True), as_json, ERROR_COLUMNS, "error classes")
+
+
+@errors_group.command("suggested", help="Classifications waiting for an operator's review.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def errors_suggested(ctx: click.Context, as_json: bool) -> None:
+    _emit(_run(ctx, lambda svc: svc.list_errors("suggested"), local_only=True), as_json, ERROR_COLUMNS,
+          "suggested error classes")
+
+
+@errors_group.command("promote", help="Confirm a suggested classification (optionally with another class).")
+@click.argument("rule_id", type=int)
+@click.option("--class", "klass", type=click.Choice(["system", "payload", "user", "unknown"]), default=None)
+@click.pass_context
+def errors_promote(ctx: click.Context, rule_id: int, klass: str | None) -> None:
+    row = _run(ctx, lambda svc: svc.promote_error(rule_id, klass), local_only=True)
+    click.echo(f"classification {row['id']} ({row['source']} {row['code']}) confirmed as {row['class']}")

@@ -1,0 +1,269 @@
+"""The central service's SQLite file: schema, per-thread readers and ONE writer with group commit.
+
+Every write is a function `fn(conn, *args)` run inside a SAVEPOINT; the writer thread batches the writes of
+concurrent requests into one transaction (one fsync for many requests). A write that raises is rolled back to
+its savepoint alone: the others in the batch still commit, and a rejected request has written nothing.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Callable
+
+from harvester_edge.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, payload TEXT NOT NULL,
+    n_events INTEGER NOT NULL, events_per_range INTEGER NOT NULL, seconds_per_event REAL NOT NULL,
+    memory_per_rank_mb INTEGER NOT NULL, max_attempts INTEGER NOT NULL, n_jobs INTEGER NOT NULL,
+    job_failures INTEGER NOT NULL DEFAULT 0, guid TEXT NOT NULL,
+    status TEXT NOT NULL, diag TEXT NOT NULL DEFAULT '', created REAL NOT NULL, modified REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    panda_id INTEGER PRIMARY KEY AUTOINCREMENT, task_id INTEGER NOT NULL REFERENCES tasks(task_id),
+    status TEXT NOT NULL, attempt_nr INTEGER NOT NULL, command TEXT,
+    site TEXT, harvester_id TEXT, worker_id TEXT, node TEXT,
+    created REAL NOT NULL, modified REAL NOT NULL, heartbeat REAL, start_time REAL, end_time REAL,
+    n_events INTEGER NOT NULL DEFAULT 0, core_count INTEGER,
+    pilot_error_code INTEGER NOT NULL DEFAULT 0, pilot_error_diag TEXT NOT NULL DEFAULT '',
+    exe_error_code INTEGER NOT NULL DEFAULT 0, exe_error_diag TEXT NOT NULL DEFAULT '',
+    trans_exit_code INTEGER NOT NULL DEFAULT 0,
+    dispatcher_error_code INTEGER NOT NULL DEFAULT 0, dispatcher_error_diag TEXT NOT NULL DEFAULT '');
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, task_id);
+CREATE TABLE IF NOT EXISTS ranges (
+    task_id INTEGER NOT NULL REFERENCES tasks(task_id), process_id INTEGER NOT NULL,
+    start_event INTEGER NOT NULL, last_event INTEGER NOT NULL,
+    status INTEGER NOT NULL, attempt_nr INTEGER NOT NULL DEFAULT 0, panda_id INTEGER,
+    failures INTEGER NOT NULL DEFAULT 0, error_code INTEGER, error_diag TEXT, modified REAL,
+    PRIMARY KEY (task_id, process_id)) WITHOUT ROWID;
+-- one partial index: a claim leaves it, a finish touches no index at all. Finding a job's in-flight ranges
+-- scans the task (job ends and a task's last requests only): cheaper overall than a second index.
+CREATE INDEX IF NOT EXISTS ranges_ready ON ranges(task_id, process_id) WHERE status = 0;
+CREATE TABLE IF NOT EXISTS workers (
+    harvester_id TEXT NOT NULL, worker_id TEXT NOT NULL, status TEXT, pilot_status TEXT, site TEXT, node TEXT,
+    attrs TEXT, modified REAL NOT NULL, PRIMARY KEY (harvester_id, worker_id));
+CREATE TABLE IF NOT EXISTS harvesters (harvester_id TEXT PRIMARY KEY, last_heartbeat REAL, attrs TEXT);
+CREATE TABLE IF NOT EXISTS error_classes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, code INTEGER NOT NULL,
+    diag_pattern TEXT NOT NULL DEFAULT '', class TEXT NOT NULL, status TEXT NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0, example TEXT NOT NULL DEFAULT '', created REAL NOT NULL,
+    UNIQUE (source, code, diag_pattern));
+CREATE TABLE IF NOT EXISTS token_keys (
+    client_name TEXT NOT NULL, key_id TEXT PRIMARY KEY, key_hash TEXT NOT NULL,
+    created REAL NOT NULL, expires REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS token_keys_client ON token_keys(client_name, created);
+"""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, busy_timeout."""
+    conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    # a larger page cache: the hot pages (ready index, recent ranges) stay in memory, fewer reads per request
+    conn.execute("PRAGMA cache_size=-65536")
+    return conn
+
+
+class Database:
+    """Thread-local readers and one writer path; `start_writer()` turns on group commit across threads."""
+
+    def __init__(self, path: Path, max_batch: int = 256) -> None:
+        self.path = Path(path)
+        self.max_batch = max_batch
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._wconn: sqlite3.Connection | None = None
+        self._queue: queue.SimpleQueue | None = None
+        self._thread: threading.Thread | None = None
+        self._pending: list = []
+        self._readers: list[sqlite3.Connection] = []
+
+    def open(self) -> "Database":
+        """Create the file and schema; refuse a schema newer than this code."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(self.path)
+        conn.executescript(SCHEMA)
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:  # a new DB
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            from . import classify
+
+            classify.seed(conn, time.time())
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(f"central DB {self.path} has schema {row[0]}, newer than this code's "
+                             f"{SCHEMA_VERSION}: upgrade harvester-edge or point central.db elsewhere")
+        self._wconn = conn
+        return self
+
+    def reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect(self.path)
+            with self._lock:
+                self._readers.append(conn)
+        return conn
+
+    def query(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        return self.reader().execute(sql, params).fetchall()
+
+    # -- writes ---------------------------------------------------------------------------------------------
+    def write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run fn(conn, *args) in a transaction (its own savepoint); return its result or raise its error."""
+        q = self._queue
+        if q is None:
+            with self._lock:
+                ok, value = self._run_batch([(fn, args)])[0]
+            if not ok:
+                raise value
+            return value
+        fut: Future = Future()
+        q.put((fn, args, fut))
+        return fut.result()
+
+    async def write_async(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """write() for the event loop: the writes of one loop iteration share one transaction, no thread hop."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._pending.append((fn, args, fut))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush_pending)
+        return await fut
+
+    def _flush_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        try:
+            with self._lock:
+                results = self._run_batch([(fn, args) for fn, args, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - the commit failed: every caller in the batch learns it
+            log.error("central DB %s: group commit of %d writes failed: %s", self.path, len(batch), exc)
+            results = [(False, StoreError(f"central DB {self.path}: commit failed: {exc}"))] * len(batch)
+        for (_, _, fut), (ok, value) in zip(batch, results):
+            if fut.cancelled():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+    def _run_batch(self, batch: list) -> list[tuple[bool, Any]]:
+        """One transaction; each write in its own savepoint, so a failing write is undone alone."""
+        conn = self._wconn
+        assert conn is not None, "Database.open() first"
+        results: list = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for fn, args in batch:
+                conn.execute("SAVEPOINT w")
+                try:
+                    results.append((True, fn(conn, *args)))
+                    conn.execute("RELEASE w")
+                except Exception as exc:  # noqa: BLE001 - handed back to the caller of write()
+                    conn.execute("ROLLBACK TO w")
+                    conn.execute("RELEASE w")
+                    results.append((False, exc))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+    def start_checkpointer(self, interval: float = 1.0) -> None:
+        """Move WAL checkpoints (page copies + fsync) off the writer: the event loop never waits for a disk sync."""
+        if getattr(self, "_ckpt_thread", None) is not None:
+            return
+        assert self._wconn is not None, "Database.open() first"
+        self._wconn.execute("PRAGMA wal_autocheckpoint=0")
+        self._ckpt_stop = threading.Event()
+
+        def loop() -> None:
+            conn = connect(self.path)
+            try:
+                while not self._ckpt_stop.wait(interval):
+                    try:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    except sqlite3.Error as exc:
+                        log.warning("central DB %s: checkpoint failed (%s); trying again in %ss", self.path, exc,
+                                    interval)
+            finally:
+                conn.close()
+
+        self._ckpt_thread = threading.Thread(target=loop, name="central-checkpoint", daemon=True)
+        self._ckpt_thread.start()
+
+    def start_writer(self) -> None:
+        """Group commit: one thread drains queued writes into shared transactions."""
+        if self._thread is not None:
+            return
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._writer_loop, name="central-writer", daemon=True)
+        self._thread.start()
+
+    def stop_writer(self, timeout: float = 5.0) -> None:
+        if self._thread is None or self._queue is None:
+            return
+        self._queue.put(None)
+        self._thread.join(timeout)
+        self._thread = None
+        self._queue = None
+
+    def _writer_loop(self) -> None:
+        q = self._queue
+        assert q is not None
+        stopping = False
+        while not stopping:
+            item = q.get()
+            if item is None:
+                break
+            batch = [item]
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            try:
+                with self._lock:
+                    results = self._run_batch([(fn, args) for fn, args, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - the commit failed: every caller in the batch learns it
+                log.error("central DB %s: group commit of %d writes failed: %s", self.path, len(batch), exc)
+                for _, _, fut in batch:
+                    fut.set_exception(StoreError(f"central DB {self.path}: commit failed: {exc}"))
+                continue
+            for (_, _, fut), (ok, value) in zip(batch, results):
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+
+    def close(self) -> None:
+        self.stop_writer()
+        if getattr(self, "_ckpt_thread", None) is not None:
+            self._ckpt_stop.set()
+            self._ckpt_thread.join(10)
+            self._ckpt_thread = None
+        with self._lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+            self._local = threading.local()
+            if self._wconn is not None:
+                self._wconn.close()
+                self._wconn = None

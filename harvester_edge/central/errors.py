@@ -1,0 +1,34 @@
+"""Errors of the central service; each maps to a PanDA StatusCode for the legacy dialect."""
+from __future__ import annotations
+
+from harvester_edge.errors import HarvesterEdgeError
+
+
+class CentralError(HarvesterEdgeError):
+    """A request the central service refuses; nothing was written."""
+
+    status_code = 30  # PanDA StatusCode: failed
+
+
+class InvalidInput(CentralError):
+    """A malformed or out-of-range parameter (wrong type, bad id format, unknown status)."""
+
+    status_code = 50
+
+
+class NotFound(CentralError):
+    """An unknown task, job or event range id."""
+
+    status_code = 50
+
+
+class IllegalStateChange(CentralError):
+    """A state change the state machine does not allow (e.g. a finished job back to running)."""
+
+    status_code = 30
+
+
+class AuthError(CentralError):
+    """A missing, forged, expired, wrong-audience or revoked credential (HTTP 403)."""
+
+    status_code = 70

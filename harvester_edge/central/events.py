@@ -1,0 +1,219 @@
+"""Event ranges: split, claim, report. Exactly once: attempt-scoped ids, claims in one UPDATE ... RETURNING.
+
+eventRangeID = "{taskID}-{PandaID}-{fileID}-{processID}-{attemptNr}"; every dispatch increments attemptNr, so a
+report is applied only by the (job, attempt) that currently holds the range: a late report from a pilot that lost
+its lease, a duplicate or a retried request is a no-op.
+"""
+from __future__ import annotations
+
+import re
+import sqlite3
+from typing import Any, Iterable, NamedTuple
+
+from . import classify
+from .errors import InvalidInput, NotFound
+from .states import RANGE_REPORTED, RangeStatus
+
+FILE_ID = 1  # one pseudo input file per task
+
+
+class RangeId(NamedTuple):  # a NamedTuple: parsed 100 at a time per request, it must be cheap
+    task_id: int
+    panda_id: int
+    file_id: int
+    process_id: int
+    attempt_nr: int
+
+    def render(self) -> str:
+        return f"{self.task_id}-{self.panda_id}-{self.file_id}-{self.process_id}-{self.attempt_nr}"
+
+
+_RANGE_ID = re.compile(r"([0-9]{1,18})-([0-9]{1,18})-([0-9]{1,18})-([0-9]{1,18})-([0-9]{1,18})")
+
+
+def parse_range_id(text: Any) -> RangeId:
+    match = _RANGE_ID.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise InvalidInput(f"eventRangeID {text!r:.100} is not 'taskID-PandaID-fileID-processID-attemptNr'")
+    return RangeId._make(map(int, match.groups()))
+
+
+def split_rows(task_id: int, n_events: int, per_range: int) -> Iterable[tuple]:
+    """(task_id, process_id, start_event, last_event, status) for ranges covering events 1..n_events."""
+    for i, start in enumerate(range(1, n_events + 1, per_range), start=1):
+        yield task_id, i, start, min(start + per_range - 1, n_events), int(RangeStatus.READY)
+
+
+def render_ranges(task: sqlite3.Row | dict, panda_id: int, rows: list) -> list[dict]:
+    """Event range dicts from (process_id, start_event, last_event, attempt_nr) rows."""
+    prefix, lfn, guid = f"{task['task_id']}-{panda_id}-{FILE_ID}-", f"{task['name']}.events", task["guid"]
+    return [{"eventRangeID": f"{prefix}{pid}-{attempt}", "startEvent": start, "lastEvent": last, "LFN": lfn,
+             "GUID": guid, "scope": "edge"} for pid, start, last, attempt in rows]
+
+
+def claim(conn: sqlite3.Connection, task: sqlite3.Row, panda_id: int, n_ranges: int, now: float) -> list[dict]:
+    """Hand out up to n_ranges ready ranges of the task (task-wide: jumbo jobs) to one job."""
+    rows = conn.execute(
+        "UPDATE ranges SET status=1, panda_id=?, attempt_nr=attempt_nr+1, modified=? "
+        "WHERE task_id=? AND status=0 AND process_id IN (SELECT process_id FROM ranges INDEXED BY ranges_ready "
+        "WHERE task_id=? AND status=0 ORDER BY process_id LIMIT ?) "
+        "RETURNING process_id, start_event, last_event, attempt_nr",
+        (panda_id, now, task["task_id"], task["task_id"], n_ranges)).fetchall()
+    rows.sort(key=lambda r: r[0])
+    return render_ranges(task, panda_id, rows)
+
+
+def _fail(conn: sqlite3.Connection, key: tuple, max_attempts: int, counted: bool, final: RangeStatus,
+          code: int | None, diag: str | None, now: float) -> None:
+    """Failed: back to ready while attempts remain (class 'system' does not count), else final."""
+    conn.execute(
+        "UPDATE ranges SET failures = failures + ?, error_code=?, error_diag=?, modified=?, "
+        "status = CASE WHEN ? OR failures + ? >= ? THEN ? ELSE ? END, "
+        "panda_id = CASE WHEN ? OR failures + ? >= ? THEN panda_id ELSE NULL END "
+        "WHERE task_id=? AND process_id=?",
+        (int(counted), code, diag, now, final == RangeStatus.FATAL, int(counted), max_attempts, int(final),
+         int(RangeStatus.READY), final == RangeStatus.FATAL, int(counted), max_attempts, *key))
+
+
+def apply_reports(conn: sqlite3.Connection, reports: list[dict], now: float) -> tuple[list[str], set[int]]:
+    """Apply version-0 reports; per report 'applied' | 'duplicate' | 'stale' | 'ignored'. Unknown ids raise.
+
+    The hot loop of the service (100 reports per request): plain tuples (task, panda, file, process, attempt)
+    and C-level calls; one SELECT for the current holders and one UPDATE for the finished, per task.
+    """
+    parsed, keys = [], []
+    fullmatch = _RANGE_ID.fullmatch
+    for rep in reports:
+        if type(rep) is not dict:
+            raise InvalidInput(f"event range report must be an object, got {rep!r:.80}")
+        text = rep.get("eventRangeID")
+        match = fullmatch(text) if type(text) is str else None
+        if match is None:
+            raise InvalidInput(f"eventRangeID {text!r:.100} is not 'taskID-PandaID-fileID-processID-attemptNr'")
+        status = rep.get("eventStatus")
+        if status != "finished" and (type(status) is not str or status not in RANGE_REPORTED):
+            raise InvalidInput(f"eventStatus {status!r:.80} of {text} is not one of {sorted(RANGE_REPORTED)}")
+        code = rep.get("errorCode")
+        if code is not None:
+            digits = str(code).lstrip("-")
+            if isinstance(code, bool) or not isinstance(code, (int, str)) or not digits.isdigit() \
+                    or not digits.isascii() or len(digits) > 18:
+                raise InvalidInput(f"errorCode {code!r:.80} of {text} is not an integer")
+            code = int(code)
+        task_id, panda_id, file_id, process_id, attempt_nr = map(int, match.groups())
+        key = (task_id, process_id)
+        keys.append(key)
+        parsed.append((key, panda_id, file_id, attempt_nr, status, code, rep, text))
+    if len(parsed) > 1 and _all_finished_in_one_go(conn, parsed, now):
+        return ["applied"] * len(parsed), {parsed[0][0][0]}
+    rows = _current(conn, keys)
+    tasks: dict[int, sqlite3.Row] = {}
+    results, touched, finished = [], set(), []
+    for key, panda_id, file_id, attempt_nr, status, code, rep, text in parsed:
+        row = rows.get(key)
+        if row is None or file_id != FILE_ID:
+            raise NotFound(f"event range {text} does not exist (task {key[0]}, process {key[1]}); "
+                           f"nothing was updated")
+        current, held_attempt, holder = row
+        target = RANGE_REPORTED[status]
+        if held_attempt != attempt_nr or holder != panda_id:
+            results.append("stale")
+        elif current != 1 and current != 2:  # not in flight (sent/running)
+            results.append("duplicate" if target is not None and current == target else "ignored")
+        elif target is None:
+            results.append("applied")
+        elif target == 3:  # finished
+            finished.append(key)
+            rows[key] = (3, held_attempt, holder)
+            results.append("applied")
+            touched.add(key[0])
+        else:
+            task = tasks.get(key[0]) or conn.execute(
+                "SELECT max_attempts FROM tasks WHERE task_id=?", (key[0],)).fetchone()
+            tasks[key[0]] = task
+            diag = str(rep.get("errorDiag") or "")[:500]
+            _, counted = classify.classify(conn, "event", code or 0, diag, now)
+            final = RangeStatus.FATAL if target == RangeStatus.FATAL else RangeStatus.FAILED
+            _fail(conn, key, task["max_attempts"], counted, final, code, diag, now)
+            rows[key] = tuple(conn.execute("SELECT status, attempt_nr, panda_id FROM ranges WHERE task_id=? AND "
+                                           "process_id=?", key).fetchone())
+            results.append("applied")
+            touched.add(key[0])
+    by_task: dict[int, list[int]] = {}
+    for task_id, process_id in finished:
+        by_task.setdefault(task_id, []).append(process_id)
+    for task_id, pids in by_task.items():
+        for i in range(0, len(pids), 500):
+            chunk = pids[i:i + 500]
+            conn.execute(f"UPDATE ranges SET status=3, modified=? WHERE task_id=? "
+                         f"AND process_id IN ({','.join('?' * len(chunk))})", (now, task_id, *chunk))
+    return results, touched
+
+
+def _all_finished_in_one_go(conn: sqlite3.Connection, parsed: list, now: float) -> bool:
+    """The common case in one statement: every report 'finished', one task, each by the current holder.
+
+    Optimistic: finish them in one UPDATE ... RETURNING and check the holders; on any surprise (a stale or
+    duplicate report, another task) roll back to the savepoint and let the general path decide per report.
+    """
+    task_id = parsed[0][0][0]
+    expected = {}
+    for key, panda_id, file_id, attempt_nr, status, *_ in parsed:
+        if status != "finished" or key[0] != task_id or file_id != FILE_ID:
+            return False
+        expected[key[1]] = (attempt_nr, panda_id)
+    if len(expected) != len(parsed) or len(parsed) > 500:
+        return False
+    conn.execute("SAVEPOINT finish_all")
+    got = conn.execute(f"UPDATE ranges SET status=3, modified=? WHERE task_id=? AND status IN (1, 2) AND "
+                       f"process_id IN ({','.join('?' * len(expected))}) "
+                       f"RETURNING process_id, attempt_nr, panda_id", (now, task_id, *expected)).fetchall()
+    if len(got) == len(expected) and all(expected[pid] == (att, holder) for pid, att, holder in got):
+        conn.execute("RELEASE finish_all")
+        return True
+    conn.execute("ROLLBACK TO finish_all")
+    conn.execute("RELEASE finish_all")
+    return False
+
+
+def _current(conn: sqlite3.Connection, keys: list[tuple[int, int]]) -> dict[tuple[int, int], tuple]:
+    """(status, attempt_nr, panda_id) of the reported (task_id, process_id), one query per task and chunk."""
+    by_task: dict[int, set[int]] = {}
+    for task_id, process_id in keys:
+        by_task.setdefault(task_id, set()).add(process_id)
+    out: dict[tuple[int, int], tuple] = {}
+    for task_id, pids in by_task.items():
+        pids_list = sorted(pids)
+        for i in range(0, len(pids_list), 500):
+            chunk = pids_list[i:i + 500]
+            for process_id, status, attempt_nr, panda_id in conn.execute(
+                    f"SELECT process_id, status, attempt_nr, panda_id FROM ranges WHERE "
+                    f"task_id=? AND process_id IN ({','.join('?' * len(chunk))})", (task_id, *chunk)):
+                out[(task_id, process_id)] = (status, attempt_nr, panda_id)
+    return out
+
+
+def flatten_reports(reports: Any, version: int) -> list:
+    """Version 1 wraps reports in {"zipFile": {...}, "eventRanges": [...]}; version 0 is the plain list."""
+    if not isinstance(reports, list):
+        raise InvalidInput(f"eventRanges must be a JSON list, got {type(reports).__name__}")
+    if version == 0:
+        return reports
+    if version != 1:
+        raise InvalidInput(f"version must be 0 or 1, got {version!r}")
+    flat: list = []
+    for group in reports:
+        if not isinstance(group, dict) or not isinstance(group.get("eventRanges"), list):
+            raise InvalidInput("version 1 reports are objects {'zipFile': {...}, 'eventRanges': [...]}")
+        flat.extend(group["eventRanges"])
+    return flat
+
+
+def release_job_ranges(conn: sqlite3.Connection, task_id: int, panda_id: int, max_attempts: int, counted: bool,
+                       code: int, diag: str, now: float) -> int:
+    """A job ended: its in-flight ranges go back to ready (a counted failure each, if the job's failure counts)."""
+    rows = conn.execute("SELECT task_id, process_id FROM ranges NOT INDEXED WHERE task_id=? AND panda_id=? "
+                        "AND status IN (1, 2)", (task_id, panda_id)).fetchall()
+    for row in rows:
+        _fail(conn, (row[0], row[1]), max_attempts, counted, RangeStatus.FAILED, code, diag, now)
+    return len(rows)

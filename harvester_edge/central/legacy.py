@@ -1,0 +1,199 @@
+"""The legacy /server/panda/<method> dialect (pilot 3.11): form or JSON bodies, urlencoded answers.
+
+Pilot 3.11 gzips its JSON body WITHOUT a Content-Encoding header: the gzip magic (1f 8b) is detected here.
+JSON booleans arrive as the strings "True"/"False". Answers are urlencoded unless Accept asks for JSON.
+"""
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any, Callable
+from urllib.parse import parse_qsl, urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from .auth import authorize
+from .errors import AuthError, CentralError, InvalidInput
+
+router = APIRouter()
+MAX_BODY = 64 * 1024 * 1024
+
+
+# -- pure parse / render ------------------------------------------------------------------------------------
+def parse_body(body: bytes, content_type: str) -> dict[str, Any]:
+    """Parameters of a legacy request body: gzip (by magic), JSON or form-encoded."""
+    if body[:2] == b"\x1f\x8b":
+        try:
+            body = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body, MAX_BODY)
+        except zlib.error as exc:
+            raise InvalidInput(f"body starts like gzip but does not inflate: {exc}") from exc
+    if not body.strip():
+        return {}
+    if "json" in content_type or body.lstrip()[:1] == b"{":
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            raise InvalidInput(f"body is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise InvalidInput(f"JSON body must be an object of parameters, got {type(data).__name__}")
+        return data
+    try:
+        return dict(parse_qsl(body.decode(), keep_blank_values=True))
+    except UnicodeDecodeError as exc:
+        raise InvalidInput("form body is not UTF-8") from exc
+
+
+def render(answer: Any, want_json: bool) -> Response:
+    if isinstance(answer, (str, bytes)):
+        return Response(answer, media_type="text/plain")
+    if want_json:
+        return Response(json.dumps(answer, default=str), media_type="application/json")
+    flat = {k: (v if isinstance(v, (str, int, float)) and not isinstance(v, bool) else json.dumps(v, default=str))
+            for k, v in answer.items()}
+    return Response(urlencode(flat), media_type="text/plain")
+
+
+def boolean(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() in ("true", "1", "yes"))
+
+
+def integer(params: dict, name: str, default: int | None = None, low: int = 0, high: int = 2**62) -> int:
+    value = params.get(name, default)
+    if value is None or value == "":
+        if default is None:
+            raise InvalidInput(f"parameter {name} is required")
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"parameter {name} must be an integer, got {value!r:.80}") from exc
+    if isinstance(value, bool) or not low <= number <= high:
+        raise InvalidInput(f"parameter {name} must be an integer in [{low}, {high}], got {value!r:.80}")
+    return number
+
+
+def json_param(params: dict, name: str) -> Any:
+    value = params.get(name)
+    if isinstance(value, (list, dict)):
+        return value
+    if not isinstance(value, str):
+        raise InvalidInput(f"parameter {name} is required (a JSON string)")
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise InvalidInput(f"parameter {name} is not valid JSON: {exc}") from exc
+
+
+# -- methods ------------------------------------------------------------------------------------------------
+def get_job(svc, p: dict, claims) -> Any:
+    n_jobs = integer(p, "nJobs", 0, 0, 10_000)
+    jobs = svc.acquire_jobs(str(p.get("siteName") or "unknown"), max(n_jobs, 1),
+                            p.get("harvester_id"), None if p.get("worker_id") is None else str(p["worker_id"]),
+                            p.get("node"))
+    if "nJobs" in p:
+        return {"StatusCode": 0 if jobs else 20, "jobs": jobs}
+    if not jobs:
+        return {"StatusCode": 20}
+    return {**jobs[0], "StatusCode": 0, "nSent": 0}
+
+
+def update_job(svc, p: dict, claims) -> Any:
+    job_id = integer(p, "jobId")
+    return {"StatusCode": 0, "command": svc.update_job(job_id, p.get("state"), dict(p))}
+
+
+def update_jobs_in_bulk(svc, p: dict, claims) -> Any:
+    updates = json_param(p, "jobList")
+    for u in updates if isinstance(updates, list) else []:
+        job_id = u.get("jobId") if isinstance(u, dict) else None
+        if isinstance(job_id, str) and job_id.isdigit() and job_id.isascii() and len(job_id) < 19:
+            u["jobId"] = int(u["jobId"])
+    answers = svc.update_jobs_bulk(updates)
+    return json.dumps((True, answers))
+
+
+def get_status(svc, p: dict, claims) -> Any:
+    ids = str(p.get("ids") or "").replace(",", " ").split()
+    if not ids or not all(i.isdigit() and i.isascii() and len(i) < 19 for i in ids):
+        raise InvalidInput("parameter ids must be PandaIDs separated by spaces")
+    rows = svc.job_status([int(i) for i in ids])
+    return {"StatusCode": 0, "status": "+".join(r["status"] for r in rows),
+            "attemptNr": "+".join(str(r["attemptNr"]) for r in rows)}
+
+
+def get_event_ranges(svc, p: dict, claims) -> Any:
+    task = p.get("taskID")
+    ranges = svc.acquire_event_ranges(integer(p, "pandaID"), None if task in (None, "") else integer(p, "taskID"),
+                                      integer(p, "nRanges", 10, 1, 100_000))
+    return {"StatusCode": 0, "eventRanges": ranges}
+
+
+def update_event_ranges(svc, p: dict, claims) -> Any:
+    out = svc.update_event_ranges(json_param(p, "eventRanges"), integer(p, "version", 0, 0, 1))
+    return {"StatusCode": 0, "Returns": out["Returns"], "Command": out["Command"]}
+
+
+def update_worker_pilot_status(svc, p: dict, claims) -> Any:
+    if not p.get("harvesterID") or p.get("workerID") in (None, ""):
+        raise InvalidInput("parameters harvesterID and workerID are required")
+    svc.update_worker_pilot_status(str(p["harvesterID"]), str(p["workerID"]), p.get("status"), p.get("site"),
+                                   p.get("node_id"))
+    return {"StatusCode": 0}
+
+
+def get_access_token(svc, p: dict, claims, authority=None) -> Any:
+    if authority is None:
+        raise InvalidInput("the service runs in trusted mode: there are no tokens to get")
+    return {"StatusCode": 0, "userProxy": authority.exchange(claims, str(p.get("client_name") or ""),
+                                                             str(p.get("token_key") or ""))}
+
+
+def get_token_key(svc, p: dict, claims, authority=None) -> Any:
+    if authority is None:
+        raise InvalidInput("the service runs in trusted mode: there are no token keys")
+    name = str(p.get("client_name") or "")
+    if claims["sub"] != name and "harvester" not in claims["scope"].split():
+        raise AuthError(f"token of {claims['sub']!r} cannot get the key of {name!r}")
+    return {"StatusCode": 0, "tokenKey": authority.new_key(name)[1]}
+
+
+METHODS: dict[str, tuple[str, Callable]] = {
+    "getJob": ("pilot", get_job), "updateJob": ("pilot", update_job),
+    "updateJobsInBulk": ("pilot", update_jobs_in_bulk), "getStatus": ("pilot", get_status),
+    "getEventRanges": ("event", get_event_ranges), "updateEventRanges": ("event", update_event_ranges),
+    "updateWorkerPilotStatus": ("pilot", update_worker_pilot_status),
+    "get_access_token": ("creds", get_access_token), "get_token_key": ("creds", get_token_key),
+}
+
+
+_SUMMARY = "Legacy PanDA methods: " + ", ".join(sorted(METHODS)) + ", isAlive"
+
+
+@router.get("/{method}", tags=["legacy"], summary=_SUMMARY, operation_id="legacy_get")
+@router.post("/{method}", tags=["legacy"], summary=_SUMMARY, operation_id="legacy_post")
+async def legacy_method(method: str, request: Request) -> Response:
+    want_json = "application/json" in request.headers.get("accept", "")
+    if method == "isAlive":
+        return render({"alive": "yes"}, want_json)
+    if method not in METHODS:
+        return Response(f"method {method[:100]!r} is not exposed", status_code=403, media_type="text/plain")
+    module, handler = METHODS[method]
+    try:
+        claims = authorize(request, module)
+    except AuthError as exc:
+        return Response(str(exc), status_code=403, media_type="text/plain")
+    try:
+        params = dict(request.query_params)
+        params.update(parse_body(await request.body(), request.headers.get("content-type", "")))
+        svc = request.app.state.service
+        if module == "creds":
+            answer = await run_in_threadpool(handler, svc, params, claims, request.app.state.authority)
+        else:
+            answer = await run_in_threadpool(handler, svc, params, claims)
+    except AuthError as exc:
+        return Response(str(exc), status_code=403, media_type="text/plain")
+    except CentralError as exc:
+        answer = {"StatusCode": exc.status_code, "ErrorDiag": str(exc)}
+    return render(answer, want_json)

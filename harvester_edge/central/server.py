@@ -1,0 +1,179 @@
+"""Running the central service: in-process on a thread (EmbeddedCentral) or as its own process (serve)."""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import uvicorn
+
+from .app import create_asgi
+from .errors import CentralError
+from .service import CentralService
+from .settings import CentralSettings
+from .tokens import TokenAuthority, load_or_create_secret
+
+log = logging.getLogger(__name__)
+
+
+def trusted_allowed(settings: CentralSettings) -> tuple[bool, str]:
+    """Trusted mode (no tokens) only on a unix socket, loopback or an explicitly listed network."""
+    if settings.unix_socket is not None:
+        return True, "unix socket"
+    host = "127.0.0.1" if settings.host == "localhost" else settings.host
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False, f"host {settings.host!r} is not an IP address"
+    if addr.is_loopback:
+        return True, "loopback"
+    if addr.is_unspecified:
+        return False, f"{host} listens on every interface"
+    for cidr in settings.trusted_networks:
+        if addr in ipaddress.ip_network(cidr, strict=False):
+            return True, f"in trusted network {cidr}"
+    return False, f"{host} is neither loopback nor in central.trusted_networks {settings.trusted_networks}"
+
+
+def check_trusted(settings: CentralSettings) -> None:
+    if settings.trusted:
+        allowed, why = trusted_allowed(settings)
+        if not allowed:
+            raise CentralError(f"central.trusted is true but {why}: trusted mode (no tokens) is only allowed on "
+                               f"loopback, a unix socket or a network listed in central.trusted_networks; "
+                               f"listen on 127.0.0.1, list the network, or set trusted: false")
+
+
+def db_path(settings: CentralSettings) -> Path:
+    if settings.db is None:
+        raise CentralError("central.db is not set: the site config loader sets it to <work_dir>/central.db")
+    return Path(settings.db)
+
+
+class EmbeddedCentral:
+    """The service on a uvicorn thread of this process; `.url` once listening; stop() within a bounded time."""
+
+    def __init__(self, settings: CentralSettings, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.service: CentralService | None = None
+        self.authority: TokenAuthority | None = None
+        self.url: str | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._watchdog: threading.Thread | None = None
+
+    def start(self, timeout: float = 15.0) -> str:
+        """Open the DB, listen, serve on a thread; returns the URL. Refuses trusted mode off loopback."""
+        check_trusted(self.settings)
+        path = db_path(self.settings)
+        self.service = CentralService.open(path, self.settings, self.clock)
+        try:
+            self._start(path, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("central service listening on %s (%s)", self.url,
+                 "trusted mode, no tokens" if self.settings.trusted else "tokens required")
+        return self.url
+
+    def _start(self, path: Path, timeout: float) -> None:
+        self.service.db.start_checkpointer()
+        if not self.settings.trusted:
+            secret_file = self.settings.tokens.secret_file or path.with_name("central.secret")
+            self.authority = TokenAuthority(self.service.db, self.settings.tokens,
+                                            load_or_create_secret(Path(secret_file)), self.clock)
+        app = create_asgi(self.settings, self.service, self.authority)
+        sock = self._bind()
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", proxy_headers=False,
+                                timeout_graceful_shutdown=2, timeout_keep_alive=60)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._run_loop, args=(self._server, sock), name="central-http",
+                                        daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise CentralError(f"central service did not start listening within {timeout}s: see the log")
+            time.sleep(0.01)
+        self._watchdog = threading.Thread(target=self._watch, name="central-watchdog", daemon=True)
+        self._watchdog.start()
+
+    @staticmethod
+    def _run_loop(server: uvicorn.Server, sock: socket.socket) -> None:
+        try:
+            import uvloop  # optional: a faster event loop when installed
+            factory = uvloop.new_event_loop
+        except ImportError:
+            factory = None
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(server.serve(sockets=[sock]))
+
+    def _bind(self) -> socket.socket:
+        if self.settings.unix_socket is not None:
+            path = Path(self.settings.unix_socket)
+            path.unlink(missing_ok=True)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(str(path))
+            path.chmod(0o600)
+            self.url = f"http+unix://{path}"
+            return sock
+        family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # accepted sockets inherit it: answers go out in two writes, Nagle + delayed ACK would add 40 ms each
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.bind((self.settings.host, self.settings.port))
+        except OSError as exc:
+            sock.close()
+            raise CentralError(f"central service cannot listen on {self.settings.host}:{self.settings.port}: "
+                               f"{exc}; pick another central.port (0 = any free port)") from exc
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        return sock
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.settings.watchdog_interval):
+            try:
+                self.service.run_watchdog()
+            except Exception:  # noqa: BLE001 - the watchdog survives a bad cycle
+                log.exception("central watchdog cycle failed; trying again in %ss", self.settings.watchdog_interval)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self._server.force_exit = True
+                self._thread.join(timeout)
+        if self._watchdog is not None:
+            self._watchdog.join(timeout)
+        if self.service is not None:
+            self.service.close()
+        self._thread = self._watchdog = self._server = None
+        self.url = None
+
+
+def serve(settings: CentralSettings, on_ready: Callable[[str], None] | None = None) -> None:
+    """Standalone process: run until SIGINT/SIGTERM (the handlers only set a flag)."""
+    central = EmbeddedCentral(settings)
+    central.start()
+    if on_ready is not None:
+        on_ready(central.url)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        stop.wait()
+    finally:
+        central.stop()

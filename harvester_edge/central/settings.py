@@ -1,0 +1,62 @@
+"""The `central:` section of the site config: where the central service lives and how it authenticates."""
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from harvester_edge.durations import Duration, IntDuration
+
+
+class TokenSettings(BaseModel, extra="forbid"):
+    """JWT settings of the service (signing side) and of the harvester as a client of a remote service."""
+
+    secret_file: Path | None = Field(
+        None, description="HS256 signing secret of the service; created (mode 0600) when missing. "
+                          "None = <db dir>/central.secret")
+    access_lifetime: IntDuration = Field(3600, description="lifetime of short-lived access tokens")
+    key_lifetime: IntDuration = Field(96 * 3600, description="lifetime of a pilot's secret token key")
+    initial_lifetime: IntDuration = Field(96 * 3600, description="lifetime of the initial long-lived pilot token")
+    key_min_interval: IntDuration = Field(3600, description="at most one new key per client in this interval")
+    audience: str = Field("harvester-edge", min_length=1)
+    issuer: str = Field("harvester-edge-central", min_length=1)
+    token_file: Path | None = Field(None, description="client side: file holding the harvester's bearer token")
+    key_file: Path | None = Field(None, description="client side: file holding the harvester's token key")
+
+
+class CentralSettings(BaseModel, extra="forbid"):
+    """Embedded (a thread of the daemon) or remote (a URL) central service."""
+
+    mode: Literal["embedded", "remote"] = "embedded"
+    url: str | None = Field(None, description="base URL of a remote service (mode: remote)")
+    host: str = Field("127.0.0.1", description="listen address of the embedded/standalone service")
+    port: int = Field(0, ge=0, le=65535, description="listen port; 0 = pick a free one")
+    unix_socket: Path | None = Field(None, description="listen on this unix socket instead of host:port")
+    db: Path | None = Field(None, description="central SQLite file; None = <work_dir>/central.db")
+    trusted: bool = Field(False, description="no tokens at all (loopback, unix socket or trusted_networks only)")
+    trusted_networks: list[str] = Field(default_factory=list, description="CIDRs allowed in trusted mode")
+    tokens: TokenSettings = Field(default_factory=TokenSettings)
+    heartbeat_timeout: IntDuration = Field(2 * 3600, description="jobs without heartbeat this long fail (code 100)")
+    watchdog_interval: Duration = Field(60, gt=0)
+    max_attempts: int = Field(3, ge=1, le=100, description="default attempts of a task's ranges")
+    request_timeout: Duration = Field(30, gt=0, description="client: seconds per HTTP request")
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"expected a CIDR such as 10.0.0.0/8, got {cidr!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _remote_needs_url(self) -> "CentralSettings":
+        if self.mode == "remote" and not self.url:
+            raise ValueError("mode 'remote' needs url: the base URL of the central service (e.g. https://host:8443)")
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+        return self

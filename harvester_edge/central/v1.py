@@ -1,0 +1,177 @@
+"""The /api/v1/<module>/<method> dialect (Harvester 0.7+, pilot 3.14+): JSON in, envelope out.
+
+The hot writes (HOT in hotpath.py) are normally answered by FastPath before FastAPI sees them; their routes
+here document them in the OpenAPI spec and serve the app when it runs without the FastPath wrapper.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from .auth import authorize
+from .errors import AuthError, InvalidInput
+from .hotpath import HOT, call_hot, dumps
+from .models import BIG, AcquireJobs, AcquireRanges, Heartbeat, PilotStatus, TaskRef, UpdateJob, UpdateJobsBulk, \
+    UpdateRanges, UpdateWorkers
+from .taskspec import TaskSpec
+
+router = APIRouter()
+
+
+def ok(data: Any = None, message: str = "") -> Response:
+    return Response(dumps({"success": True, "message": message, "data": data}), media_type="application/json")
+
+
+def svc(request: Request):
+    return request.app.state.service
+
+
+async def hot(request: Request, name: str, body: Any) -> Response:
+    entry = HOT[name]
+    authorize(request, entry.module)
+    return ok(await call_hot(entry, svc(request), body))
+
+
+@router.post("/pilot/acquire_jobs", tags=["pilot"])
+async def acquire_jobs(body: AcquireJobs, request: Request) -> Response:
+    return await hot(request, "pilot/acquire_jobs", body)
+
+
+@router.post("/pilot/update_job", tags=["pilot"])
+async def update_job(body: UpdateJob, request: Request) -> Response:
+    return await hot(request, "pilot/update_job", body)
+
+
+@router.post("/pilot/update_jobs_bulk", tags=["pilot"])
+async def update_jobs_bulk(body: UpdateJobsBulk, request: Request) -> Response:
+    return await hot(request, "pilot/update_jobs_bulk", body)
+
+
+@router.get("/pilot/get_job_status", tags=["pilot"])
+async def get_job_status(request: Request, job_ids: str = Query(max_length=100_000)) -> Response:
+    authorize(request, "pilot")
+    ids = job_ids.replace(",", " ").split()
+    if not ids or not all(i.isdigit() and i.isascii() and len(i) < 19 for i in ids):
+        raise InvalidInput(f"job_ids must be PandaIDs separated by commas or spaces, got {job_ids[:80]!r}")
+    return ok(svc(request).job_status([int(i) for i in ids]))
+
+
+@router.post("/pilot/update_worker_pilot_status", tags=["pilot"])
+def update_worker_pilot_status(body: PilotStatus, request: Request) -> Response:
+    authorize(request, "pilot")
+    svc(request).update_worker_pilot_status(body.harvester_id, str(body.worker_id), body.status, body.site,
+                                            body.node_id)
+    return ok(True)
+
+
+@router.post("/event/acquire_event_ranges", tags=["event"])
+async def acquire_event_ranges(body: AcquireRanges, request: Request) -> Response:
+    return await hot(request, "event/acquire_event_ranges", body)
+
+
+@router.post("/event/update_event_ranges", tags=["event"])
+async def update_event_ranges(body: UpdateRanges, request: Request) -> Response:
+    return await hot(request, "event/update_event_ranges", body)
+
+
+@router.get("/event/get_available_event_range_count", tags=["event"])
+def get_available_event_range_count(request: Request,  # a count over the ready index: off the event loop
+                                    task_id: int | None = Query(None, ge=0, le=BIG)) -> Response:
+    authorize(request, "event")
+    return ok(svc(request).available_range_count(task_id))
+
+
+@router.post("/harvester/heartbeat", tags=["harvester"])
+def heartbeat(body: Heartbeat, request: Request) -> Response:
+    authorize(request, "harvester")
+    svc(request).heartbeat(body.harvester_id, body.data)
+    return ok(True)
+
+
+@router.post("/harvester/update_workers", tags=["harvester"])
+def update_workers(body: UpdateWorkers, request: Request) -> Response:
+    authorize(request, "harvester")
+    return ok(svc(request).update_workers(body.harvester_id, body.workers))
+
+
+@router.post("/harvester/acquire_commands", tags=["harvester"])
+def acquire_commands(request: Request) -> Response:
+    authorize(request, "harvester")
+    return ok([])  # commands to harvesters are not used by the embedded service
+
+
+@router.post("/harvester/acknowledge_commands", tags=["harvester"])
+def acknowledge_commands(request: Request) -> Response:
+    authorize(request, "harvester")
+    return ok(True)
+
+
+@router.post("/harvester/report_worker_statistics", tags=["harvester"])
+def report_worker_statistics(request: Request) -> Response:
+    authorize(request, "harvester")
+    return ok(True)
+
+
+@router.get("/creds/get_access_token", tags=["creds"])
+def get_access_token(request: Request, client_name: str = Query(max_length=200),
+                     token_key: str = Query(max_length=200)) -> Response:
+    claims = authorize(request, "creds")
+    authority = request.app.state.authority
+    if authority is None:
+        raise InvalidInput("the service runs in trusted mode: there are no tokens to get")
+    return ok(authority.exchange(claims, client_name, token_key))
+
+
+@router.get("/creds/get_token_key", tags=["creds"])
+def get_token_key(request: Request, client_name: str = Query(max_length=200)) -> Response:
+    claims = authorize(request, "creds")
+    authority = request.app.state.authority
+    if authority is None:
+        raise InvalidInput("the service runs in trusted mode: there are no token keys")
+    if claims["sub"] != client_name and "harvester" not in claims["scope"].split():
+        raise AuthError(f"token of {claims['sub']!r} cannot get the key of {client_name!r}")
+    return ok(authority.new_key(client_name)[1])
+
+
+@router.get("/system/is_alive", tags=["system"])
+async def is_alive() -> Response:
+    return ok("alive")
+
+
+@router.get("/metaconfig/get_resource_types", tags=["metaconfig"])
+async def get_resource_types(request: Request) -> Response:
+    authorize(request, "metaconfig")
+    return ok([{"resource_name": "MCORE", "mincore": 1, "maxcore": None, "minrampercore": None,
+                "maxrampercore": None}])
+
+
+@router.post("/task/submit", tags=["task"])
+def task_submit(body: TaskSpec, request: Request) -> Response:
+    authorize(request, "task")
+    return ok({"task_id": svc(request).submit_task(body)})
+
+
+@router.get("/task/list", tags=["task"])
+def task_list(request: Request) -> Response:
+    authorize(request, "task")
+    return ok(svc(request).list_tasks())
+
+
+@router.get("/task/show", tags=["task"])
+def task_show(request: Request, task_id: int = Query(ge=0, le=BIG)) -> Response:
+    authorize(request, "task")
+    return ok(svc(request).show_task(task_id))
+
+
+@router.post("/task/kill", tags=["task"])
+def task_kill(body: TaskRef, request: Request) -> Response:
+    authorize(request, "task")
+    return ok({"task_id": body.task_id, "status": svc(request).kill_task(body.task_id)})
+
+
+@router.post("/task/retry", tags=["task"])
+def task_retry(body: TaskRef, request: Request) -> Response:
+    authorize(request, "task")
+    return ok({"task_id": body.task_id, "status": svc(request).retry_task(body.task_id)})
