@@ -1,0 +1,222 @@
+"""Rank 0's dispatcher thread: keeps every rank supplied with ranges, collects results, heartbeats, drains.
+
+Credit-based pull: each rank announces how many ranges it wants ("ready" with prefetch + 1, then one per result);
+the dispatcher sends a range wherever a credit is open. A range a rank gives back unrun (its own drain) goes to
+another rank unless the whole pilot drains, in which case it is reported not-done. Rank 0's own work loop is fed
+through a LocalChannel, the others over MPI; only this thread calls MPI on rank 0.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from jumbo import protocol
+from jumbo.channel import MAX_SLEEP, MIN_SLEEP, TAG_DOWN, TAG_UP, LocalChannel, Sends
+from jumbo.walltime import RangeTimer
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def __init__(self, comm, local: LocalChannel, ap: Path, source, reporter, settings: dict,
+                 deadline: float | None, drain: threading.Event, prefetch: int):
+        from mpi4py import MPI
+
+        self.MPI, self.comm, self.local, self.ap = MPI, comm, local, Path(ap)
+        self.size = comm.Get_size()
+        self.source, self.reporter, self.settings = source, reporter, settings
+        self.deadline, self.drain = deadline, drain
+        self.low_water = max(1, 2 * self.size * (prefetch + 1))
+        self.queue: deque = deque()
+        self.seen: set[str] = set()
+        self.credits = dict.fromkeys(range(self.size), 0)
+        self.in_flight: dict[int, dict[str, dict]] = {r: {} for r in range(self.size)}
+        self.state = dict.fromkeys(range(self.size), "active")  # active -> stopping -> gone
+        self.metrics: dict[int, dict] = {}
+        self.timer = RangeTimer()
+        self.draining = ""
+        self.end_reason = ""
+        self.fatal = ""
+        self.dispatched = 0
+        self.sends = Sends()
+        self._next_beat = 0.0
+        self._next_kill_check = 0.0
+        self.thread = threading.Thread(target=self.run, name="dispatcher", daemon=True)
+
+    # -- messaging
+    def _send(self, rank: int, msg: dict) -> None:
+        if rank == 0:
+            self.local.down.put(msg)
+        else:
+            self.sends.add(self.comm.isend(msg, dest=rank, tag=TAG_DOWN))
+
+    def _incoming(self):
+        status = self.MPI.Status()
+        while self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=TAG_UP, status=status):
+            yield self.comm.recv(source=status.Get_source(), tag=TAG_UP)
+        while not self.local.up.empty():
+            yield self.local.up.get_nowait()
+
+    def _take_back(self, rank: int, results: list[dict]) -> None:
+        for res in results:
+            task = self.in_flight[rank].pop(res["eventRangeID"], None)
+            if res["eventStatus"] == "not-done" and task is not None and not self.draining:
+                self.queue.appendleft(task)  # another rank runs it
+                continue
+            if res["eventStatus"] != "not-done":
+                self.timer.add(res["endTime"] - res["startTime"])
+            self.reporter.add(res)
+
+    def _handle(self, msg: dict) -> None:
+        rank, kind = msg["rank"], msg["kind"]
+        self._take_back(rank, msg.get("results", []))
+        if kind in ("ready", "result"):
+            self.credits[rank] += msg.get("want", 0)
+        elif kind == "leaving":
+            log.info("rank %d leaves: %s", rank, msg.get("reason"))
+            self._stop_rank(rank)
+        elif kind == "bye":
+            self.metrics[rank] = msg.get("metrics", {})
+            self.state[rank] = "gone"
+            for task in self.in_flight[rank].values():  # cannot happen with FIFO channels; never lose a range
+                self.reporter.add({"PandaID": task["pid"], "eventRangeID": task["range"]["eventRangeID"],
+                                   "eventStatus": "not-done", "nEvents": 0, "errorCode": 0,
+                                   "errorDiag": "rank left without an answer"})
+            self.in_flight[rank].clear()
+
+    def _stop_rank(self, rank: int) -> None:
+        if self.state[rank] == "active":
+            self.state[rank] = "stopping"
+            self.credits[rank] = 0
+            self._send(rank, {"kind": "stop"})
+
+    # -- decisions
+    def _check_drain(self, now: float) -> None:
+        if self.draining:
+            return
+        if self.drain.is_set():
+            self.draining = "drain signal"
+        elif now >= self._next_kill_check:
+            self._next_kill_check = now + self.settings["poll_interval"]
+            asked = protocol.drain_requested(self.ap)
+            if asked is not None:
+                self.draining = f"harvester asked to drain ({asked.get('reason', '')})"
+        if not self.draining and self.deadline is not None and not self.timer.fits(now, self.deadline):
+            self.draining = "walltime: another range does not fit"
+        if self.draining:
+            log.info("draining: %s; %d ranges queued, %d in flight", self.draining, len(self.queue),
+                     sum(map(len, self.in_flight.values())))
+            self.end_reason = self.draining
+            for rank in range(self.size):
+                self._stop_rank(rank)
+
+    def _assign(self) -> bool:
+        batches: dict[int, list] = {}
+        open_ranks = [r for r in range(self.size) if self.state[r] == "active" and self.credits[r] > 0]
+        while self.queue and open_ranks:
+            for rank in list(open_ranks):
+                if not self.queue:
+                    break
+                task = self.queue.popleft()
+                batches.setdefault(rank, []).append(task)
+                self.in_flight[rank][task["range"]["eventRangeID"]] = task
+                self.credits[rank] -= 1
+                if self.credits[rank] == 0:
+                    open_ranks.remove(rank)
+        for rank, tasks in batches.items():
+            self._send(rank, {"kind": "ranges", "tasks": tasks})
+            self.dispatched += len(tasks)
+        return bool(batches)
+
+    def _heartbeat(self, now: float, state: str) -> None:
+        counts = self.reporter.totals()
+        counts.update(queued=len(self.queue), in_flight=sum(map(len, self.in_flight.values())),
+                      dispatched=self.dispatched)
+        protocol.write_heartbeat(self.ap, {"state": state, "pid": os.getpid(), "ranks": self.size,
+                                           "counts": counts, "draining": self.draining})
+        self._next_beat = now + self.settings["heartbeat_interval"]
+
+    def _accept(self, tasks: list[dict]) -> None:
+        for task in tasks:
+            rid = task["range"]["eventRangeID"]
+            if rid in self.seen:
+                log.warning("range %s received twice from the harvester: the second copy is ignored", rid)
+                continue
+            self.seen.add(rid)
+            self.queue.append(task)
+
+    # -- the loop
+    def step(self, now: float) -> bool:
+        progressed = False
+        for msg in self._incoming():
+            self._handle(msg)
+            progressed = True
+        if not self.draining:
+            self._accept(self.source.poll(now, len(self.queue), self.low_water))
+        self._check_drain(now)
+        if not self.draining:
+            if self.source.exhausted and not self.queue and not any(self.in_flight.values()):
+                self.end_reason = self.end_reason or "no more ranges"
+                for rank in range(self.size):
+                    self._stop_rank(rank)
+            elif self._assign():
+                progressed = True
+        self.reporter.maybe_flush(now)
+        if now >= self._next_beat:
+            self._heartbeat(now, "draining" if self.draining else "running")
+        return progressed
+
+    def _max_pause(self) -> float:
+        """Idle sleep cap: a fraction of the time between two results, so short ranges get a quick answer and
+        long ones do not cost CPU in polling."""
+        if not self.timer.count:
+            return MAX_SLEEP
+        return min(MAX_SLEEP, max(MIN_SLEEP, self.timer.mean / (4 * self.size)))
+
+    def run(self) -> None:
+        pause = MIN_SLEEP
+        try:
+            while any(s != "gone" for s in self.state.values()):
+                if self.step(time.time()):
+                    pause = MIN_SLEEP
+                    continue
+                self.local.wake.wait(pause)
+                self.local.wake.clear()
+                pause = min(self._max_pause(), pause * 2)
+        except Exception as exc:  # noqa: BLE001 - end the pilot cleanly, say why in worker_attributes.json
+            log.exception("dispatcher failed; stopping all ranks")
+            self.fatal = f"dispatcher failed: {type(exc).__name__}: {exc}"
+            self.end_reason = self.fatal
+            self._emergency_stop()
+        for task in self.queue:
+            self.reporter.add(_unrun(task, self.end_reason or "pilot stopped"))
+        self.queue.clear()
+        self.reporter.maybe_flush(time.time(), force=True)
+        self.sends.wait()
+
+    def _emergency_stop(self) -> None:
+        self.draining = self.draining or "error"
+        for rank in range(self.size):
+            try:
+                self._stop_rank(rank)
+            except Exception:  # noqa: BLE001
+                log.exception("cannot tell rank %d to stop", rank)
+        deadline = time.monotonic() + 60
+        while any(s != "gone" for s in self.state.values()) and time.monotonic() < deadline:
+            try:
+                for msg in self._incoming():
+                    self._handle(msg)
+            except Exception:  # noqa: BLE001
+                log.exception("while collecting the ranks' last results")
+            time.sleep(MAX_SLEEP)
+
+
+def _unrun(task: dict, why: str) -> dict:
+    rng = task["range"]
+    return {"PandaID": task["pid"], "eventRangeID": rng["eventRangeID"], "eventStatus": "not-done",
+            "startEvent": rng["startEvent"], "lastEvent": rng["lastEvent"],
+            "nEvents": rng["lastEvent"] - rng["startEvent"] + 1, "rank": 0, "errorCode": 0, "errorDiag": why}

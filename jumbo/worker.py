@@ -1,0 +1,177 @@
+"""The work loop every rank runs (rank 0 too, beside its dispatcher thread): take ranges, run them, report.
+
+Pull with prefetch: a rank asks for ``prefetch + 1`` ranges at start and for one more with every result, so the
+next range is already local when one ends. When ranges are so short that the answer comes too late (the local
+queue ran dry), the rank deepens its queue by one, as long as the queue holds less than LATENCY_BUDGET seconds of
+work: tiny ranges get a deep queue, long ranges keep ``prefetch`` (no imbalance at the end). With a worker child,
+the next range is handed to the child before the current one ends, so the child never waits for the rank.
+It stops taking work when asked to ("stop"), when a drain signal arrives,
+or when its measured time per range no longer fits before the deadline; every range it holds but did not run goes
+back as not-done.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from jumbo.execute import PayloadRunner
+from jumbo.walltime import RangeTimer
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUDGET = 0.05  # seconds of queued work that cover a dispatcher round trip on a busy node
+MAX_DEPTH = 64
+
+
+def output_path(ap: Path | str, panda_id: int, range_id: str, suffix: str) -> str:
+    return os.path.join(ap, "outputs", str(panda_id), f"{range_id}{suffix}")  # a str: pathlib costs per range
+
+
+def seed_of(task_id: int, first_event: int) -> int:
+    """A per-range seed that depends only on (task, first event), for command templates' {seed}."""
+    return int(task_id) * 1_000_000_007 + int(first_event)
+
+
+def not_done(task: dict, rank: int, why: str) -> dict:
+    rng = task["range"]
+    return {"PandaID": task["pid"], "eventRangeID": rng["eventRangeID"], "eventStatus": "not-done",
+            "startEvent": rng["startEvent"], "lastEvent": rng["lastEvent"],
+            "nEvents": rng["lastEvent"] - rng["startEvent"] + 1, "rank": rank, "errorCode": 0, "errorDiag": why}
+
+
+class Worker:
+    """One rank's loop; ``run()`` returns when the dispatcher said stop and the rank said bye."""
+
+    def __init__(self, channel, rank: int, ap: Path, jobs: dict[int, dict], runner: PayloadRunner,
+                 prefetch: int, deadline: float | None, drain: threading.Event,
+                 metrics: Callable[[], dict] = dict):
+        self.channel, self.rank, self.ap, self.jobs, self.runner = channel, rank, Path(ap), jobs, runner
+        self.prefetch, self.deadline, self.drain, self.metrics = max(0, int(prefetch)), deadline, drain, metrics
+        self.timer = RangeTimer()
+        self.cpu = 0.0
+        self.counts = {"finished": 0, "failed": 0, "not-done": 0}
+        self._dirs: set[int] = set()
+        self._ap_str = str(self.ap)
+
+    def run(self) -> None:
+        local: deque = deque()
+        ahead = None  # (task, ticket): the next range, already in the payload child's hands
+        for job in self.jobs.values():  # the payload child imports while the first ranges travel
+            self.runner.prestart(job["payload"])
+        depth = self.prefetch + 1
+        self.channel.send({"kind": "ready", "rank": self.rank, "want": depth})
+        leaving = stopped = False
+        while not stopped:
+            msg = self.channel.poll(0.0 if (local or ahead) and not leaving else 0.05)
+            while msg is not None:
+                if msg["kind"] == "ranges":
+                    local.extend(msg["tasks"])
+                elif msg["kind"] == "stop":
+                    stopped = True
+                msg = self.channel.poll(0.0)
+            if stopped or leaving:
+                continue
+            why = self._why_leave()
+            if why:
+                log.info("rank %d: leaving (%s); %d queued ranges go back as not-done", self.rank, why, len(local))
+                results = [self._settle(ahead, why)] if ahead else []
+                ahead = None
+                results += [self._count(not_done(t, self.rank, why)) for t in local]
+                self.channel.send({"kind": "leaving", "rank": self.rank, "reason": why, "results": results})
+                local.clear()
+                leaving = True
+                continue
+            if ahead:
+                (task, ticket), ahead = ahead, None
+                self.runner.hand(ticket)  # back into a child first if its child died
+            elif local:
+                task = local.popleft()
+                ticket = self._submit(task)
+            else:
+                continue
+            if local and self._pipelines(task, local[0]):
+                nxt = local.popleft()
+                ahead = (nxt, self._submit(nxt))
+            result = self._finish(task, ticket)
+            want = 1
+            if not local and not ahead and depth < MAX_DEPTH and (depth + 1) * self.timer.mean < LATENCY_BUDGET:
+                depth += 1  # ran dry: the next range was not here in time
+                want += 1
+            self.channel.send({"kind": "result", "rank": self.rank, "results": [result], "want": want})
+        leftovers = [self._settle(ahead, "pilot stopped")] if ahead else []
+        leftovers += [self._count(not_done(t, self.rank, "pilot stopped")) for t in local]
+        self.channel.send({"kind": "bye", "rank": self.rank, "results": leftovers,
+                           "metrics": {**self.metrics(), "cpuTime": self.cpu, "ranges": dict(self.counts),
+                                       "meanRangeTime": self.timer.mean, "queueDepth": depth,
+                                       "childRestarts": self.runner.restarts}})
+        self.channel.close()
+
+    def _pipelines(self, task: dict, nxt: dict) -> bool:
+        """Hand ``nxt`` to the payload child now if the same child runs both and both fit before the deadline."""
+        cur, after = self.jobs[task["pid"]]["payload"], self.jobs[nxt["pid"]]["payload"]
+        return (self.runner.pipelines(cur) and self.runner.pipelines(after)
+                and cur["callable"] == after["callable"]
+                and (self.deadline is None or time.time() + 2 * self.timer.mean <= self.deadline))
+
+    def _settle(self, ahead: tuple, why: str) -> dict:
+        """A range handed ahead when the rank stops: it runs (or waits) in the child, so let it finish."""
+        task, ticket = ahead
+        if self.runner.started(ticket):
+            return self._finish(task, ticket)
+        return self._count(not_done(task, self.rank, why))
+
+    def _why_leave(self) -> str:
+        if self.drain.is_set():
+            return "drain signal"
+        if not self.timer.fits(time.time(), self.deadline):
+            return "walltime: another range does not fit"
+        return ""
+
+    def _count(self, result: dict) -> dict:
+        self.counts[result["eventStatus"]] += 1
+        return result
+
+    def _submit(self, task: dict):
+        pid, rng = task["pid"], task["range"]
+        job = self.jobs[pid]
+        payload = job["payload"]
+        first, rid = rng["startEvent"], rng["eventRangeID"]
+        out = output_path(self._ap_str, pid, rid, payload.get("suffix", ".out"))
+        if pid not in self._dirs:
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            self._dirs.add(pid)
+        context = {"task_id": job["taskID"], "panda_id": pid, "jobset_id": job.get("jobsetID"), "rank": self.rank,
+                   "seed": seed_of(job["taskID"], first), "event_range_id": rid, "args": payload.get("args", {})}
+        ticket = self.runner.submit(payload, first, rng["lastEvent"], out, context)
+        ticket.submitted = time.time()
+        return ticket
+
+    def _finish(self, task: dict, ticket) -> dict:
+        pid, rng = task["pid"], task["range"]
+        payload = self.jobs[pid]["payload"]
+        first, last, rid, out = rng["startEvent"], rng["lastEvent"], rng["eventRangeID"], ticket.output
+        outcome = self.runner.collect(ticket, self.deadline)
+        # the child's own clock when it has one (a pipelined range starts before the rank looks at it)
+        start, end = outcome.start or ticket.submitted, outcome.end or time.time()
+        if outcome.status != "not-done":  # a range killed at the deadline says nothing about the time per range
+            self.timer.add(end - start)
+        self.cpu += outcome.cpu
+        result = {"PandaID": pid, "eventRangeID": rid, "eventStatus": outcome.status, "startEvent": first,
+                  "lastEvent": last, "nEvents": last - first + 1, "startTime": start, "endTime": end,
+                  "cpuTime": outcome.cpu, "rank": self.rank, "errorCode": outcome.code, "errorDiag": outcome.message}
+        if outcome.status == "finished":
+            if payload.get("output", True) is not False:
+                result.update(path=out, fsize=outcome.fsize, adler32=outcome.adler32)
+        else:
+            if outcome.status == "failed":
+                log.warning("rank %d: range %s failed: code %d, %s", self.rank, rid, outcome.code, outcome.message)
+            try:
+                os.unlink(out)  # a partial output must not look like a result
+            except FileNotFoundError:
+                pass
+        return self._count(result)
