@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from harvester_edge.agents.base import AgentContext
@@ -31,12 +32,23 @@ def make_plugins(ctx: AgentContext, runner: Any = None) -> dict[str, Any]:
     return {queue.name: load_plugin(queue.batch)(queue, runner) for queue in ctx.config.queues}
 
 
-def start_services(ctx: AgentContext) -> Services:
-    """Start the embedded central service (if configured), connect its client, load the batch plugins."""
+def start_services(ctx: AgentContext, record: Path | str | None = None) -> Services:
+    """Start the embedded central service (if configured), connect its client, load the batch plugins.
+
+    `record`: a trace file; every outside contact (batch commands, HTTP, pilot files, cycle times) is written to it
+    (harvester_edge.replay). The recording closes last, after the central service stopped.
+    """
     from harvester_edge.central.client import CentralClient
+    from harvester_edge.seams.commands import CommandRunner
     from harvester_edge.seams.http import HttpTransport
 
     services = Services()
+    recording = None
+    if record is not None:
+        from harvester_edge.replay.recorder import install
+
+        recording = install(ctx, record)
+        services.stoppers.append(recording.close)
     settings = ctx.config.central
     url, token = settings.url, None
     if settings.mode == "embedded":
@@ -49,8 +61,9 @@ def start_services(ctx: AgentContext) -> Services:
         url = central.url
         if central.authority is not None:  # same process: the daemon's own token comes straight from the service
             token = central.authority.issue(f"harvester-{ctx.config.site}", ["pilot", "harvester"])
-    transport = HttpTransport(url, timeout=float(settings.request_timeout))
+    transport = HttpTransport(url, timeout=float(settings.request_timeout),
+                              recorder=recording.http if recording else None)
     ctx.central = CentralClient(transport, token=token,
                                 token_file=None if token else settings.tokens.token_file)
-    ctx.plugins = make_plugins(ctx)
+    ctx.plugins = make_plugins(ctx, CommandRunner(recorder=recording.command if recording else None))
     return services

@@ -12,7 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from jumbo import protocol
+from harvester_edge.seams import files as protocol  # the pilot-file seam (offline replay records it)
 
 from harvester_edge.agents.base import Agent
 from harvester_edge.central.client import CentralRejected, CentralUnavailable

@@ -11,10 +11,11 @@ import json
 import logging
 from pathlib import Path
 
-from jumbo import protocol
+from harvester_edge.seams import files as protocol  # the pilot-file seam (offline replay records it)
 
 from harvester_edge.agents.base import Agent
 from harvester_edge.batch import BatchError, BatchState
+from harvester_edge.central.classify import NOT_PROCESSED_CODE
 from harvester_edge.outbox import enqueue
 from harvester_edge.states import RangeState, WorkerState, check_transition
 from harvester_edge.errors import IllegalTransition
@@ -35,7 +36,7 @@ BATCH_TO_WORKER = {
 }
 # how the harvester hands back a range a pilot never processed: a failure of a class the central service's
 # classification table confirms as "system", so it does not use up an attempt
-NOT_DONE_CODE = 60000
+NOT_DONE_CODE = NOT_PROCESSED_CODE
 NOT_DONE_DIAG = "not processed: the pilot stopped before running it (walltime, drain or worker ended)"
 
 

@@ -1,0 +1,173 @@
+"""Drive the real agents at virtual time against a synthetic site (synthetic.py): the scale simulation, and the
+recorder of traces built from documented outputs (the LSF trace of the tests).
+
+The loop is the daemon's schedule without threads or sleeping: each agent runs when it is due (ties in the
+daemon's agent order), the clock jumps to that time, the synthetic world moves forward to it first.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harvester_edge.agents import build_agents
+from harvester_edge.agents.base import AgentContext
+from harvester_edge.config import SiteConfig
+from harvester_edge.replay.replayer import VirtualClock
+from harvester_edge.replay.synthetic import Behaviour, SyntheticBatch, SyntheticTransport, SyntheticWorld
+from harvester_edge.seams import files
+
+START = 1_800_000_000.0
+INTERVALS = {"fetcher": 30, "submitter": 5, "monitor": 10, "feeder": 10, "propagator": 10, "sweeper": 60,
+             "credentials": 300}
+
+
+def site_config(work_dir: Path, batch: str = "slurm", max_running: int = 1000, max_queued: int = 500,
+                intervals: dict | None = None) -> SiteConfig:
+    """A one-queue site whose workers are 1 node x 1 rank for up to 3 minutes (about 10 ranges each)."""
+    return SiteConfig.model_validate({
+        "site": "sim", "central": {"mode": "embedded", "trusted": True},
+        "queues": [{"name": "normal", "batch": batch, "partition": "normal", "nodes_min": 1, "nodes_max": 1,
+                    "ranks_per_node": 1, "cores_per_node": 1, "walltime_min": 60, "walltime_max": 180,
+                    "max_running_workers": max_running, "max_queued_workers": max_queued, "launcher": "none",
+                    "drain_warning": 30}],
+        "paths": {"work_dir": str(work_dir)},
+        "agents": intervals or INTERVALS,
+        "daemon": {"lease_time": 300, "cleanup_delay": 600, "heartbeat_timeout": 1800},
+    })
+
+
+@dataclass
+class AgentFigures:
+    cycles: int = 0
+    cpu: float = 0.0
+    walls: list = field(default_factory=list)
+
+
+@dataclass
+class SimResult:
+    workers: int
+    ranges_done: int
+    ranges_total: int
+    virtual_seconds: float
+    real_seconds: float
+    harvester_cpu: float
+    world_cpu: float
+    db_bytes: int
+    agents: dict[str, AgentFigures]
+
+    def row(self) -> dict[str, Any]:
+        walls = [w for a in self.agents.values() for w in a.walls]
+        return {"workers": self.workers, "ranges_done": self.ranges_done, "ranges_total": self.ranges_total,
+                "virtual_s": round(self.virtual_seconds), "real_s": round(self.real_seconds, 2),
+                "harvester_cpu_s": round(self.harvester_cpu, 2), "cpu_ms_per_worker":
+                    round(1000 * self.harvester_cpu / max(1, self.workers), 3),
+                "db_mb": round(self.db_bytes / 1e6, 2),
+                "cycle_ms_median": round(1000 * statistics.median(walls), 3) if walls else 0.0,
+                "cycle_ms_max": round(1000 * max(walls), 1) if walls else 0.0,
+                "cycles": sum(a.cycles for a in self.agents.values()),
+                "per_agent_cpu_s": {n: round(a.cpu, 2) for n, a in self.agents.items()}}
+
+
+class Simulation:
+    """A site in `work_dir` with the real store, agents and plugins; `recorder` hooks record a trace."""
+
+    def __init__(self, work_dir: Path, behaviour: Behaviour, config: SiteConfig | None = None,
+                 record: Path | None = None, tick: float = 10.0) -> None:
+        from harvester_edge.central.client import CentralClient
+        from harvester_edge.daemon import sync_queues
+        from harvester_edge.services import make_plugins
+        from harvester_edge.store import open_store
+
+        self.work_dir = Path(work_dir)
+        self.config = config or site_config(self.work_dir)
+        self.world = SyntheticWorld(behaviour)
+        self.tick = tick
+        self.clock = VirtualClock(START)
+        self.world.now = START
+        self._old_files = files.install(self.world)
+        self.store = open_store(self.config.db_path)
+        sync_queues(self.store, self.config, START)
+        self.ctx = AgentContext(config=self.config, store=self.store, clock=self.clock, daemon_id="sim:0")
+        self.recording = None
+        if record is not None:
+            from harvester_edge.replay.recorder import install
+
+            self.recording = install(self.ctx, record)
+        http_hook = self.recording.http if self.recording else None
+        command_hook = self.recording.command if self.recording else None
+        self.ctx.central = CentralClient(SyntheticTransport(self.world.central, http_hook))
+        self.ctx.plugins = make_plugins(self.ctx, SyntheticBatch(self.world, command_hook))
+        self.agents = build_agents(self.ctx)
+        self.figures = {a.name: AgentFigures() for a in self.agents}
+
+    def done(self) -> bool:
+        central = self.world.central
+        return len(central.finished) >= central.b.ranges and not self.world.running
+
+    def run(self, max_virtual: float = 30 * 86400.0, stall: float = 6 * 3600.0) -> SimResult:
+        started = time.perf_counter()
+        due = {a.name: START for a in self.agents}
+        order = {a.name: i for i, a in enumerate(self.agents)}
+        by_name = {a.name: a for a in self.agents}
+        last_tick = START
+        t = START
+        progress, progress_at = -1, START
+        try:
+            while True:
+                name = min(due, key=lambda n: (due[n], order[n]))
+                t = due[name]
+                if t - START > max_virtual or (name == "fetcher" and self.done()):
+                    break
+                if name == "fetcher" and len(self.world.central.finished) != progress:
+                    progress, progress_at = len(self.world.central.finished), t
+                elif t - progress_at > stall:  # nothing finished for hours: report what was reached
+                    break
+                if t - last_tick >= self.tick:
+                    self.world.advance(t)
+                    last_tick = t
+                self.clock.set(t)
+                agent = by_name[name]
+                overhead = self.world.meter.overhead
+                cpu0, wall0 = time.process_time(), time.perf_counter()
+                agent.cycle()
+                fig = self.figures[name]
+                fig.cycles += 1
+                fig.cpu += time.process_time() - cpu0 - (self.world.meter.overhead - overhead)
+                fig.walls.append(time.perf_counter() - wall0)
+                due[name] = t + agent.interval
+        finally:
+            self.close()
+        db = self.config.db_path
+        size = sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists())
+        return SimResult(workers=len(self.world.jobs), ranges_done=len(self.world.central.finished),
+                         ranges_total=self.world.central.b.ranges, virtual_seconds=t - START,
+                         real_seconds=time.perf_counter() - started,
+                         harvester_cpu=sum(f.cpu for f in self.figures.values()),
+                         world_cpu=self.world.meter.overhead, db_bytes=size, agents=self.figures)
+
+    def close(self) -> None:
+        if self.recording is not None:
+            self.recording.close()
+            self.recording = None
+        files.install(self._old_files)
+        self.store.close()
+
+
+def scale_point(workers: int, work_root: Path, behaviour: Behaviour | None = None,
+                max_running: int = 1000) -> SimResult:
+    """One simulated run that needs about `workers` workers (10 ranges of 10 events per worker)."""
+    b = behaviour or Behaviour()
+    b = Behaviour(**{**b.__dict__, "ranges": min(workers * 10, 1_000_000), "jobs": max(1, min(20, workers // 100))})
+    work = Path(work_root) / f"sim-{workers}"
+    work.mkdir(parents=True, exist_ok=True)
+    sim = Simulation(work, b, site_config(work, max_running=max_running, max_queued=max_running // 2))
+    return sim.run()
+
+
+def default_work_root() -> Path:
+    shm = Path("/dev/shm")  # access points are real directories: tmpfs keeps their fsyncs cheap
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(os.environ.get("TMPDIR", "/tmp"))

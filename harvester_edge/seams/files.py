@@ -1,0 +1,81 @@
+"""The pilot-file seam: every read (and write) the agents make of a pilot's access point passes here.
+
+The functions have the names, arguments and results of `jumbo.protocol`'s, so an agent swaps
+`from jumbo import protocol` for `from harvester_edge.seams import files as protocol` and behaves identically.
+By default they call `jumbo.protocol`; offline replay installs a backend that records each call into a trace
+(`harvester_edge.replay.recorder`) or serves it back from one (`harvester_edge.replay.replayer`), and the scale
+simulation installs synthetic pilots. One backend per process: the daemon is one per process.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+from jumbo import protocol as _protocol
+from jumbo.protocol import REQUESTS, STATUS, Batch, ProtocolError, Request  # noqa: F401  (re-exported)
+
+OPERATIONS = ("pending", "load_event_request", "load_event_status", "read_heartbeat", "mark_consumed",
+              "quarantine", "write_event_ranges")
+
+
+class DirectFiles:
+    """The real file system through jumbo.protocol (what production runs)."""
+
+    def call(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(_protocol, op)(*args, **kwargs)
+
+
+_backend: Any = DirectFiles()
+_lock = threading.Lock()
+
+
+def backend() -> Any:
+    return _backend
+
+
+def install(new: Any) -> Any:
+    """Make `new` (an object with `call(op, *args, **kwargs)`) the backend; returns the previous one."""
+    global _backend
+    with _lock:
+        old, _backend = _backend, new
+    return old
+
+
+@contextmanager
+def installed(new: Any) -> Iterator[Any]:
+    old = install(new)
+    try:
+        yield new
+    finally:
+        install(old)
+
+
+def pending(ap: Path | str, name: str) -> list[tuple[int, Path]]:
+    return _backend.call("pending", ap, name)
+
+
+def load_event_request(path: Path | str) -> Request:
+    return _backend.call("load_event_request", path)
+
+
+def load_event_status(path: Path | str) -> Batch:
+    return _backend.call("load_event_status", path)
+
+
+def read_heartbeat(ap: Path | str) -> dict | None:
+    return _backend.call("read_heartbeat", ap)
+
+
+def mark_consumed(ap: Path | str, item: Any) -> Path:
+    return _backend.call("mark_consumed", ap, item)
+
+
+def quarantine(path: Path | str) -> Path:
+    return _backend.call("quarantine", path)
+
+
+def write_event_ranges(ap: Path | str, seq: int, ranges: Mapping[int, Iterable[Mapping]],
+                       no_more: Iterable[int] = ()) -> Path:
+    return _backend.call("write_event_ranges", ap, seq, ranges, no_more=no_more)

@@ -1,0 +1,40 @@
+"""The scale simulation: the real agents at virtual time against a synthetic batch system, central and pilots."""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from click.testing import CliRunner
+
+from harvester_edge.replay.cli import simulate_command
+from harvester_edge.replay.sim import Simulation, site_config
+from harvester_edge.replay.synthetic import Behaviour
+
+
+def test_failures_and_walltime_kills_still_finish_every_range_once(tmp_path):
+    behaviour = Behaviour(queue_wait=30, fail_rate=0.2, kill_rate=0.2, ranges=300, jobs=2, seed=5)
+    sim = Simulation(tmp_path, behaviour, site_config(tmp_path, max_running=10, max_queued=5))
+    result = sim.run()
+    assert result.ranges_done == 300 and not sim.world.running
+    states = {job.state for job in sim.world.jobs.values()}
+    assert {"EXIT", "TIMEOUT", "DONE"} <= states  # failures at start and walltime kills did happen
+    with sqlite3.connect(tmp_path / "harvester.db") as conn:
+        finished = conn.execute("SELECT first_event FROM event_ranges WHERE state = 'finished'").fetchall()
+        workers = dict(conn.execute("SELECT state, count(*) FROM workers GROUP BY state").fetchall())
+    assert len(finished) == len(set(finished)) == 300  # each range finished once in the harvester's books
+    assert workers.get("failed", 0) >= 1 and result.workers == sum(workers.values())
+    assert result.virtual_seconds > 10 * result.real_seconds  # virtual time: no sleeping
+
+
+def test_simulate_command_prints_table_and_json_last(tmp_path):
+    out = CliRunner().invoke(simulate_command, ["--workers", "20,40", "--queue-wait", "20", "--max-running", "20",
+                                                "--work-dir", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    last = json.loads(out.output.strip().splitlines()[-1])
+    assert [p["workers"] >= 1 for p in last["points"]] == [True, True]
+    assert [p["ranges_done"] for p in last["points"]] == [200, 400]
+    assert last["ratios"][0]["from"] <= last["ratios"][0]["to"]
+    lines = out.output.strip().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["workers"])
+    assert "harvester_cpu_s" in lines[header] and "db_mb" in lines[header]
+    assert [int(line.split()[0]) for line in lines[header + 1:header + 3]] == [p["workers"] for p in last["points"]]
