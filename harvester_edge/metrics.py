@@ -1,0 +1,194 @@
+"""Prometheus metrics: state counts read from the central and harvester DBs at scrape time, plus in-process
+timings (agent cycles, batch commands, HTTP requests) that the daemon records through the observe_* functions.
+
+Counts come from the databases (not counters kept in memory) so a restart loses nothing and the numbers agree
+with the monitor pages and `harvester-edge status`. Metric names start with `harvester_edge_`.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+RANGE_NAMES = {0: "ready", 1: "sent", 2: "running", 3: "finished", 4: "cancelled", 5: "discarded", 6: "done",
+               7: "failed", 8: "fatal", 9: "merged", 10: "corrupted"}
+
+# In-process timings; the registry is the module's own so tests and several apps in one process do not clash.
+REGISTRY = CollectorRegistry(auto_describe=True)
+AGENT_CYCLE = Histogram("harvester_edge_agent_cycle_seconds", "Duration of one agent cycle", ["agent"],
+                        registry=REGISTRY, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+BATCH_COMMAND = Histogram("harvester_edge_batch_command_seconds", "Latency of batch system commands",
+                          ["command"], registry=REGISTRY, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
+BATCH_ERRORS = Counter("harvester_edge_batch_command_errors", "Batch commands that failed (exit != 0 or timeout)",
+                       ["command"], registry=REGISTRY)
+HTTP_REQUEST = Histogram("harvester_edge_http_request_seconds", "Central service HTTP request latency",
+                         ["method", "route", "code"], registry=REGISTRY,
+                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+
+
+def observe_cycle(agent: str, seconds: float) -> None:
+    """Record one agent cycle (call from the agent loop)."""
+    AGENT_CYCLE.labels(agent).observe(seconds)
+
+
+def observe_batch_command(command: str, seconds: float, ok: bool) -> None:
+    """Record one batch command (sbatch, squeue, ...): its latency and whether it failed."""
+    BATCH_COMMAND.labels(command).observe(seconds)
+    if not ok:
+        BATCH_ERRORS.labels(command).inc()
+
+
+def route_label(path: str) -> str:
+    """Keep label cardinality bounded: ids in paths become ':id', unknown prefixes 'other'."""
+    parts = [(":id" if p.isdigit() else p) for p in path.split("/")[:5]]
+    label = "/".join(parts) or "/"
+    return label if label.startswith(("/api/v1", "/server/panda", "/monitor", "/metrics", "/docs")) else "other"
+
+
+class HttpTiming:
+    """ASGI middleware: the latency of every HTTP request the FastAPI app answers (the hot path measures its own)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, code = time.perf_counter(), [500]
+
+        async def send_status(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                code[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            HTTP_REQUEST.labels(scope.get("method", "?"), route_label(scope.get("path", "")),
+                                str(code[0])).observe(time.perf_counter() - start)
+
+
+def _gauge(name: str, doc: str, labels: list[str], rows: Iterable[tuple]) -> GaugeMetricFamily:
+    g = GaugeMetricFamily(name, doc, labels=labels)
+    for *values, n in rows:
+        g.add_metric([str(v) for v in values], float(n or 0))
+    return g
+
+
+def central_families(conn: sqlite3.Connection, now: float) -> list:
+    """Families from the central DB: tasks/jobs/ranges by state, events finished, token key expiry, task times."""
+    fams = [
+        _gauge("harvester_edge_central_tasks", "Tasks by state", ["state"],
+               conn.execute("SELECT status, count(*) FROM tasks GROUP BY status")),
+        _gauge("harvester_edge_central_jobs", "Jumbo jobs by state (central service)", ["state"],
+               conn.execute("SELECT status, count(*) FROM jobs GROUP BY status")),
+        _gauge("harvester_edge_central_event_ranges", "Event ranges by state (central service)", ["state"],
+               [(RANGE_NAMES.get(s, str(s)), n) for s, n in
+                conn.execute("SELECT status, count(*) FROM ranges GROUP BY status")]),
+    ]
+    done = CounterMetricFamily("harvester_edge_events_finished", "Events in finished ranges", labels=["task"])
+    for task_id, n in conn.execute("SELECT task_id, sum(last_event - start_event + 1) FROM ranges WHERE status=3 "
+                                   "GROUP BY task_id"):
+        done.add_metric([str(task_id)], float(n))
+    fams.append(done)
+    expiry = GaugeMetricFamily("harvester_edge_token_key_expiry_seconds",
+                               "Seconds until the newest unrevoked token key of each client expires",
+                               labels=["client"])
+    for client, expires in conn.execute("SELECT client_name, max(expires) FROM token_keys WHERE revoked=0 "
+                                        "GROUP BY client_name"):
+        expiry.add_metric([client], float(expires - now))
+    fams.append(expiry)
+    # The seeds' system metric: how long tasks are active (created -> last change when done, -> now otherwise).
+    active = conn.execute("SELECT avg(CASE WHEN status IN ('finished', 'failed', 'aborted') THEN modified - created "
+                          "ELSE ? - created END), count(*) FROM tasks", (now,)).fetchone()
+    fams.append(_gauge("harvester_edge_task_active_seconds_avg", "Average task active time (created -> done/now)",
+                       [], [(active[0] or 0,)]))
+    return fams
+
+
+def harvester_families(conn: sqlite3.Connection) -> list:
+    """Families from the harvester DB: jobs, workers, ranges by state, outbox depth, average queue time."""
+    fams = [
+        _gauge("harvester_edge_jobs", "Jobs held by the harvester, by state", ["state"],
+               conn.execute("SELECT state, count(*) FROM jobs GROUP BY state")),
+        _gauge("harvester_edge_workers", "Workers by queue and state", ["queue", "state"],
+               conn.execute("SELECT queue, state, count(*) FROM workers GROUP BY queue, state")),
+        _gauge("harvester_edge_event_ranges", "Event ranges held by the harvester, by state", ["state"],
+               conn.execute("SELECT state, count(*) FROM event_ranges GROUP BY state")),
+        _gauge("harvester_edge_outbox_depth", "Outbox messages by state (pending = not yet accepted centrally)",
+               ["state"], conn.execute("SELECT state, count(*) FROM outbox GROUP BY state")),
+    ]
+    # The seeds' system metric: average queue time, batch submit -> running, per queue.
+    fams.append(_gauge("harvester_edge_queue_time_seconds_avg", "Average worker queue time (submit -> running)",
+                       ["queue"], conn.execute(
+                           "SELECT queue, avg(started_at - submitted_at) FROM workers WHERE started_at IS NOT NULL "
+                           "AND submitted_at IS NOT NULL GROUP BY queue")))
+    return fams
+
+
+class DatabaseCollector:
+    """A prometheus_client collector over the two DB files; a DB that cannot be read is skipped with a warning."""
+
+    def __init__(self, central_db: Path | None, harvester_db: Path | None, clock=time.time) -> None:
+        self.central_db, self.harvester_db, self.clock = central_db, harvester_db, clock
+
+    def collect(self):
+        for path, build in ((self.central_db, lambda c: central_families(c, self.clock())),
+                            (self.harvester_db, harvester_families)):
+            if path is None or not Path(path).exists():
+                continue
+            try:
+                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+                try:
+                    families = build(conn)
+                finally:
+                    conn.close()
+            except sqlite3.Error as exc:
+                log.warning("metrics: cannot read %s (%s); its metrics are left out of this scrape", path, exc)
+                continue
+            yield from families
+
+
+class TokenFileCollector:
+    """Seconds until the bearer token in the harvester's token file expires (its `exp` claim, not verified here:
+    the file is the harvester's own, and only its expiry is read)."""
+
+    def __init__(self, token_file: Path | None, clock=time.time) -> None:
+        self.token_file, self.clock = token_file, clock
+
+    def collect(self):
+        if self.token_file is None or not Path(self.token_file).is_file():
+            return
+        import jwt
+
+        try:
+            claims = jwt.decode(Path(self.token_file).read_text().strip(), options={"verify_signature": False})
+            exp = float(claims["exp"])
+        except (OSError, KeyError, TypeError, ValueError, jwt.PyJWTError) as exc:
+            log.warning("metrics: token file %s has no readable exp claim (%s); token expiry left out",
+                        self.token_file, exc)
+            return
+        g = GaugeMetricFamily("harvester_edge_token_expiry_seconds", "Seconds until the harvester's token expires",
+                              labels=["file"])
+        g.add_metric([str(self.token_file)], exp - self.clock())
+        yield g
+
+
+def exposition(service: Any, harvester_db: Path | None, token_file: Path | None = None) -> tuple[bytes, str]:
+    """The text exposition for /metrics: the DB-derived families, the token file, and the in-process timings."""
+    central_db = Path(service.db.path) if service is not None else None
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DatabaseCollector(central_db, harvester_db))
+    registry.register(TokenFileCollector(token_file))
+    return generate_latest(registry) + generate_latest(REGISTRY), CONTENT_TYPE_LATEST

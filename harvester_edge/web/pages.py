@@ -1,0 +1,175 @@
+"""One build function per page: (service, harvester_db, query params, now, *ids) -> (template, context)."""
+from __future__ import annotations
+
+import json
+from contextlib import closing
+from pathlib import Path
+
+from harvester_edge.central.classify import CLASSES
+from harvester_edge.central.errors import NotFound
+from harvester_edge.central.service import CentralService
+from harvester_edge.central.states import RangeStatus
+from jumbo import protocol
+
+from . import charts, data
+from .tables import view
+
+MAX_PANELS = 8
+STATE_ORDER = ("new", "submitting", "queued", "running", "finished", "failed", "cancelled", "missing")
+
+
+def _harvester(path: Path | None):
+    return closing(data.open_harvester(path)) if path and path.exists() else _Null()
+
+
+class _Null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _progress(task: dict) -> float:
+    return round(100.0 * task.get("events_finished", 0) / task["n_events"], 1) if task.get("n_events") else 0.0
+
+
+def dashboard(service: CentralService, hdb: Path | None, params: dict, now: float) -> tuple[str, dict]:
+    central = service.db.reader()
+    tasks = service.list_tasks()
+    by_state: dict[str, int] = {}
+    for t in tasks:
+        by_state[t["status"]] = by_state.get(t["status"], 0) + 1
+        t["progress"] = _progress(t)
+    with _harvester(hdb) as hconn:
+        cells = data.workers_by_queue(hconn, central)
+        outbox = hconn.execute("SELECT count(*) FROM outbox WHERE state='pending'").fetchone()[0] if hconn else None
+    states = sorted({c["state"] for c in cells}, key=lambda s: (STATE_ORDER.index(s) if s in STATE_ORDER else 99, s))
+    pivot: dict[str, dict] = {}
+    for c in cells:
+        pivot.setdefault(c["queue"], {"queue": c["queue"]})[c["state"]] = c["count"]
+    epm = data.events_per_minute(central, now)
+    return "dashboard.html", {
+        "title": "dashboard", "tasks_by_state": by_state, "outbox": outbox, "harvester_db": hdb,
+        "tasks": view("tasks", tasks, ["task_id", "name", "status", "n_events", "events_finished", "progress",
+                                       "n_jobs", "created"], params, "task_id", True),
+        "worker_states": states, "worker_rows": list(pivot.values()),
+        "epm_chart": charts.bar_chart(epm, "events finished per minute (last 30 min)", width=900),
+        "epm_last": epm[-2][1] if len(epm) > 1 else 0,
+    }
+
+
+def task(service: CentralService, hdb: Path | None, params: dict, now: float, task_id: int) -> tuple[str, dict]:
+    t = service.show_task(task_id)
+    central = service.db.reader()
+    events = {data.RANGE_NAMES[s]: n for s, n in central.execute(
+        "SELECT status, sum(last_event - start_event + 1) FROM ranges WHERE task_id=? GROUP BY status", (task_id,))}
+    t["progress"] = _progress(t)
+    return "task.html", {
+        "title": f"task {task_id}", "task": t, "events": events,
+        "events_chart": charts.bar_chart(sorted(events.items()), "events by state", height=140),
+        "jobs": view("jobs", t["jobs"], ["panda_id", "status", "attempt_nr", "site", "worker_id", "n_events",
+                                         "pilot_error_code", "dispatcher_error_code", "heartbeat"], params,
+                     "panda_id"),
+        "errors": view("err", data.task_errors(central, task_id), ["source", "code", "message", "count"], params,
+                       "count", True),
+    }
+
+
+def job(service: CentralService, hdb: Path | None, params: dict, now: float, panda_id: int) -> tuple[str, dict]:
+    central = service.db.reader()
+    j = data.central_job(central, panda_id)
+    if j is None:
+        raise NotFound(f"job {panda_id} does not exist in the central service")
+    with _harvester(hdb) as hconn:
+        workers = data.job_workers(hconn, panda_id)
+        ranges = data.job_ranges(central, hconn, panda_id, j["task_id"])
+        local = data._rows(hconn, "SELECT state, events_total, events_done, error_code, error_diag FROM jobs "
+                                  "WHERE panda_id=?", (panda_id,))
+    panels = []
+    for w in workers[-MAX_PANELS:]:  # the newest workers get plots; the others are listed as links
+        ap = Path(w["access_point"])
+        samples = protocol.read_monitor(ap) if ap.is_dir() else {}
+        panels.append({
+            "worker": w, "files": data.ap_files(ap), "report": data.job_report(ap),
+            "rss": charts.line_chart(charts.monitor_series(samples, "rss"), f"worker {w['id']}: RSS per rank", "B"),
+            "cpu": charts.line_chart(charts.monitor_series(samples, "cpu"),
+                                     f"worker {w['id']}: CPU time per rank (s)"),
+        })
+    return "job.html", {
+        "title": f"job {panda_id}", "job": j, "local": local[0] if local else None, "panels": panels,
+        "older_workers": workers[:-MAX_PANELS] if len(workers) > MAX_PANELS else [],
+        "ranges": view("ranges", ranges, ["process_id", "start_event", "last_event", "status", "attempt_nr",
+                                          "failures", "error_code", "error_diag", "harvester_state", "worker"],
+                       params, "process_id"),
+    }
+
+
+def worker(service: CentralService, hdb: Path | None, params: dict, now: float, worker_id: int) -> tuple[str, dict]:
+    with _harvester(hdb) as hconn:
+        w = data.worker(hconn, worker_id)
+        if w is None:
+            raise NotFound(f"worker {worker_id} is not in the harvester DB {hdb} (the monitor shows the workers "
+                           f"of the harvester on this machine)")
+        history = data.state_history(hconn, "workers", worker_id)
+        jobs = data.worker_jobs(hconn, worker_id)
+    ap = Path(w["access_point"])
+    files = data.ap_files(ap)
+    shown = {}
+    for name in files["script"] + files["output"]:
+        text, cut = data.read_tail(ap / name, 20_000)
+        shown[name] = {"text": text, "cut": cut}
+    heartbeat = protocol.read_heartbeat(ap) if ap.is_dir() else None
+    return "worker.html", {"title": f"worker {worker_id}", "w": w, "history": history, "jobs": jobs,
+                           "files": files, "shown": shown, "heartbeat": heartbeat}
+
+
+def worker_file(service: CentralService, hdb: Path | None, params: dict, now: float, worker_id: int,
+                name: str) -> tuple[str, dict]:
+    with _harvester(hdb) as hconn:
+        w = data.worker(hconn, worker_id)
+        jobs = data.worker_jobs(hconn, worker_id)
+    if w is None:
+        raise NotFound(f"worker {worker_id} is not in the harvester DB {hdb}")
+    path = data.safe_file(Path(w["access_point"]), name)
+    if path is None:
+        raise NotFound(f"no file {name!r} in the access point of worker {worker_id}")
+    text, cut = data.read_tail(path)
+    return "file.html", {"title": f"worker {worker_id}: {name}", "w": w, "jobs": jobs, "name": name, "text": text,
+                         "cut": cut,
+                         "size": path.stat().st_size}
+
+
+def errors(service: CentralService, hdb: Path | None, params: dict, now: float) -> tuple[str, dict]:
+    central = service.db.reader()
+    rules = service.list_errors()
+    groups = data.error_groups(central)
+    for g in groups:
+        g["class"] = data.classification(g, rules)
+    return "errors.html", {
+        "title": "errors", "classes": CLASSES, "done": params.get("done"),
+        "groups": view("groups", groups, ["source", "code", "message", "count", "class", "tasks"], params, "count",
+                       True),
+        "rules": view("rules", rules, ["id", "source", "code", "diag_pattern", "class", "status", "hits", "example"],
+                      params, "id"),
+    }
+
+
+def sites(service: CentralService, hdb: Path | None, params: dict, now: float) -> tuple[str, dict]:
+    central = service.db.reader()
+    with _harvester(hdb) as hconn:
+        queues = data.queues(hconn)
+        workers = data._rows(hconn, "SELECT id, queue, state, batch_id, exit_code, submitted_at, started_at, "
+                                    "ended_at FROM workers")
+    harvesters = data.harvesters(central)
+    for h in harvesters:
+        try:
+            h["attrs"] = json.loads(h["attrs"] or "{}")
+        except ValueError:
+            pass
+        h["age"] = now - h["last_heartbeat"] if h["last_heartbeat"] else None
+    return "sites.html", {"title": "sites and queues", "queues": queues, "harvesters": harvesters,
+                          "workers": view("workers", workers, ["id", "queue", "state", "batch_id", "exit_code",
+                                                               "submitted_at", "started_at", "ended_at"], params,
+                                          "id", True),
+                          "sites": data.sites(central), "harvester_db": hdb, "ready": int(RangeStatus.READY)}

@@ -1,0 +1,152 @@
+"""The web monitor: server-rendered pages under /monitor and Prometheus /metrics, on the central service's app.
+
+Same auth rules as the API: in trusted mode (no TokenAuthority) every page is open; otherwise reading needs a
+token with scope harvester or admin (Authorization: Bearer, or once `?token=...`, kept in a cookie), and
+confirming an error classification needs admin.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from harvester_edge.central.auth import bearer
+from harvester_edge.central.errors import AuthError, CentralError, NotFound
+
+from . import pages
+from .render import render
+
+log = logging.getLogger(__name__)
+COOKIE = "he_monitor_token"
+READ_SCOPES = {"harvester", "admin"}
+
+
+def harvester_db_path(app: FastAPI) -> Path | None:
+    """The harvester DB next to the central DB (the embedded default), unless the router was given one."""
+    explicit = getattr(app.state, "monitor_harvester_db", None)
+    if explicit is not None:
+        return Path(explicit)
+    db = getattr(app.state.settings, "db", None)
+    return Path(db).with_name("harvester.db") if db else None
+
+
+def _check(request: Request, scopes: set[str]) -> None:
+    authority = request.app.state.authority
+    if authority is None:
+        return
+    token = bearer(request) or request.query_params.get("token") or request.cookies.get(COOKIE)
+    if not token:
+        raise AuthError("the monitor needs a token: open it once with ?token=<token with scope harvester or admin>")
+    claims = authority.verify(token)
+    if not scopes & set(str(claims.get("scope", "")).split()):
+        raise AuthError(f"token scope {claims.get('scope')!r} may not do this here: needs one of {sorted(scopes)}")
+
+
+def _html(request: Request, template: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
+    refresh = request.query_params.get("refresh", "")
+    context = {"refresh": int(refresh) if refresh.isdigit() else 10, "path": request.url.path, **context}
+    response = HTMLResponse(render(template, context), status_code=status)
+    token = request.query_params.get("token")
+    if token:  # remembered so links and the auto-refresh need not carry it
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+    return response
+
+
+def _page(request: Request, build, *args: Any) -> Response:
+    try:
+        _check(request, READ_SCOPES)
+        template, context = build(request.app.state.service, harvester_db_path(request.app),
+                                  dict(request.query_params), time.time(), *args)
+    except AuthError as exc:
+        return _html(request, "error.html", {"title": "not allowed", "message": str(exc)}, 403)
+    except NotFound as exc:
+        return _html(request, "error.html", {"title": "not found", "message": str(exc)}, 404)
+    except CentralError as exc:
+        return _html(request, "error.html", {"title": "refused", "message": str(exc)}, 400)
+    return _html(request, template, context)
+
+
+def build_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/monitor", include_in_schema=False)
+    def root() -> Response:
+        return RedirectResponse("/monitor/", status_code=307)
+
+    @router.get("/monitor/", response_class=HTMLResponse, summary="monitor: dashboard")
+    def dashboard(request: Request) -> Response:
+        return _page(request, pages.dashboard)
+
+    @router.get("/monitor/task/{task_id}", response_class=HTMLResponse, summary="monitor: one task")
+    def task(request: Request, task_id: int) -> Response:
+        return _page(request, pages.task, task_id)
+
+    @router.get("/monitor/job/{panda_id}", response_class=HTMLResponse, summary="monitor: one job")
+    def job(request: Request, panda_id: int) -> Response:
+        return _page(request, pages.job, panda_id)
+
+    @router.get("/monitor/worker/{worker_id}", response_class=HTMLResponse, summary="monitor: one worker")
+    def worker(request: Request, worker_id: int) -> Response:
+        return _page(request, pages.worker, worker_id)
+
+    @router.get("/monitor/worker/{worker_id}/file", response_class=HTMLResponse,
+                summary="monitor: a log, script or stdout/stderr file of a worker's access point")
+    def worker_file(request: Request, worker_id: int, name: str) -> Response:
+        return _page(request, pages.worker_file, worker_id, name)
+
+    @router.get("/monitor/errors", response_class=HTMLResponse, summary="monitor: errors and classifications")
+    def errors(request: Request) -> Response:
+        return _page(request, pages.errors)
+
+    @router.post("/monitor/errors/{rule_id}/promote", summary="monitor: confirm a suggested classification")
+    async def promote(request: Request, rule_id: int) -> Response:
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        klass = (form.get("class") or [None])[0] or None
+        try:
+            _check(request, {"admin"})
+            row = request.app.state.service.promote_error(rule_id, klass)
+        except AuthError as exc:
+            return _html(request, "error.html", {"title": "not allowed", "message": str(exc)}, 403)
+        except CentralError as exc:
+            return _html(request, "error.html", {"title": "refused", "message": str(exc)}, 400)
+        log.info("monitor: error classification %s (%s %s) confirmed as %s", row["id"], row["source"],
+                 row["code"], row["class"])
+        return RedirectResponse(f"/monitor/errors?done={quote(str(rule_id))}", status_code=303)
+
+    @router.get("/monitor/sites", response_class=HTMLResponse, summary="monitor: sites and queues")
+    def sites(request: Request) -> Response:
+        return _page(request, pages.sites)
+
+    @router.get("/metrics", summary="Prometheus metrics")
+    def metrics(request: Request) -> Response:
+        from harvester_edge import metrics as m
+
+        try:
+            _check(request, READ_SCOPES)
+        except AuthError as exc:
+            return Response(str(exc) + "\n", status_code=403, media_type="text/plain")
+        tokens = getattr(request.app.state.settings, "tokens", None)
+        body, content_type = m.exposition(request.app.state.service, harvester_db_path(request.app),
+                                          getattr(tokens, "token_file", None))
+        return Response(body, media_type=content_type)
+
+    return router
+
+
+def monitor_router(app: FastAPI, harvester_db: Path | None = None, timing: bool = True) -> APIRouter:
+    """The monitor's router for `app.include_router(...)`.
+
+    harvester_db: the harvester's DB file (default: harvester.db next to the central DB, the embedded layout).
+    timing: also time every request `app` answers for /metrics (False when the whole ASGI stack, hot path
+    included, is already wrapped in metrics.HttpTiming)."""
+    from harvester_edge.metrics import HttpTiming
+
+    app.state.monitor_harvester_db = harvester_db
+    if timing:
+        app.add_middleware(HttpTiming)
+    return build_router()
