@@ -133,6 +133,11 @@ class BatchPlugin(ABC):
     def find_by_name(self, job_names: Sequence[str]) -> dict[str, str]:
         """job_name -> batch_id for the names the batch system knows (crash recovery: never lose nor double)."""
 
+    def idle_nodes(self) -> int | None:
+        """Nodes of the queue idle right now (for `backfill: true` shaping), or None when the batch system does not
+        say. Never raises: backfill is an optimisation, and without an answer workers are shaped as usual."""
+        return None
+
 
 def classify_error(message: str, transient_patterns: Sequence[tuple[str, str]],
                    permanent_patterns: Sequence[tuple[str, str]] = (), default_transient: bool = False) -> bool:

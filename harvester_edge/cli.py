@@ -1,8 +1,7 @@
-"""The `harvester-edge` command: the daemon (run, cron), operations (status, drain, kill-workers), and the central
-service's groups (central, task, errors)."""
+"""The `harvester-edge` command: the daemon (run, cron), operations (status, drain, kill-workers, worker), the central
+service's groups (central, task, errors), the demo, and offline replay (replay, simulate)."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 from functools import cached_property
@@ -46,12 +45,14 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 
 @cli.command()
 @click.option("--for", "max_seconds", type=float, default=None, help="stop after this many seconds (tests, demos)")
+@click.option("--record", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write every outside contact to this trace for `harvester-edge replay` (runs agents one at a time)")
 @click.pass_obj
-def run(obj: CliContext, max_seconds: float | None) -> None:
+def run(obj: CliContext, max_seconds: float | None, record: Path | None) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
     from harvester_edge.daemon import Daemon
 
-    sys.exit(Daemon(obj.config_path).run(max_seconds=max_seconds))
+    sys.exit(Daemon(obj.config_path, record=record).run(max_seconds=max_seconds))
 
 
 @cli.command()
@@ -84,20 +85,6 @@ def cron(obj: CliContext) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-@click.pass_obj
-def status(obj: CliContext, as_json: bool) -> None:
-    """Queues, workers, jobs and event ranges per state."""
-    from harvester_edge import status as status_view
-
-    snapshot = status_view.collect(obj.config)
-    if as_json:
-        click.echo(json.dumps(snapshot, indent=2, default=str))
-    else:
-        status_view.render(snapshot)
-
-
-@cli.command()
 @click.option("-q", "--queue", "queues", multiple=True, help="only this queue (repeatable; default: all)")
 @click.option("--undo", is_flag=True, help="resume fetching and submitting")
 @click.pass_obj
@@ -126,12 +113,21 @@ def kill_workers(obj: CliContext, worker_ids: tuple[int, ...], queue: str | None
     click.echo(f"{len(ids)} worker(s) flagged for cancellation" + (f": {', '.join(map(str, ids))}" if ids else ""))
 
 
-def _register_optional_groups() -> None:
+def _register_groups() -> None:
     from harvester_edge.central.cli import central_group, errors_group, task_group
+    from harvester_edge.cli_views import errors_summary, status_cmd, worker_group
+    from harvester_edge.demo import demo
+    from harvester_edge.replay.cli import replay_command, simulate_command
 
+    cli.add_command(status_cmd, "status")
+    cli.add_command(worker_group, "worker")
     cli.add_command(central_group, "central")
     cli.add_command(task_group, "task")
+    errors_group.add_command(errors_summary, "summary")
     cli.add_command(errors_group, "errors")
+    cli.add_command(demo, "demo")
+    cli.add_command(replay_command, "replay")
+    cli.add_command(simulate_command, "simulate")
 
 
 def main() -> None:
@@ -150,7 +146,4 @@ def main() -> None:
         raise
 
 
-try:
-    _register_optional_groups()
-except ImportError:  # the central service's CLI is not importable in this build
-    pass
+_register_groups()

@@ -51,7 +51,7 @@ class QueueConfig(Strict):
     env_setup: list[str] = []
     template: Path | None = None
     command_timeout: Duration = 30.0
-    backfill: bool = False  # shape workers to free backfill windows reported by sinfo
+    backfill: bool = False  # shape workers to the nodes idle now (Slurm: sinfo), so a fitting worker starts at once
 
     @model_validator(mode="after")
     def _ranges(self) -> "QueueConfig":

@@ -11,13 +11,15 @@ import errno
 import fcntl
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
-from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.executors.pool import BasePoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from harvester_edge.agents import build_agents
@@ -70,9 +72,71 @@ class InstanceLock:
             self._fd = None
 
 
+class DaemonThreadPool:
+    """The part of concurrent.futures.ThreadPoolExecutor that APScheduler uses, on daemon threads.
+
+    concurrent.futures joins its worker threads at interpreter exit, so one cycle stuck in a call (a central service
+    that never answers) would hold the process long past daemon.stop_timeout. These threads do not hold the exit.
+    """
+
+    def __init__(self, max_workers: int, name: str = "agent") -> None:
+        self.max_workers = max_workers
+        self.name = name
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+
+    def submit(self, fn, *args, **kwargs) -> Future:
+        future: Future = Future()
+        self._work.put((future, fn, args, kwargs))
+        with self._lock:
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self.max_workers:
+                thread = threading.Thread(target=self._worker, name=f"{self.name}-{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+        return future
+
+    def _worker(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            future, fn, args, kwargs = item
+            thread = threading.current_thread()
+            idle_name = thread.name
+            # APScheduler passes the job first: log lines of a cycle carry the agent's name as their thread name
+            thread.name = getattr(args[0], "name", idle_name) if args else idle_name
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as exc:  # noqa: BLE001 - handed to the scheduler's callback, which logs it
+                    future.set_exception(exc)
+            thread.name = idle_name
+            self._idle.release()
+
+    def shutdown(self, wait: bool = True) -> None:
+        with self._lock:
+            threads = list(self._threads)
+        for _ in threads:
+            self._work.put(None)
+        if wait:
+            for thread in threads:
+                thread.join()
+
+
+class DaemonThreadExecutor(BasePoolExecutor):
+    """APScheduler executor over DaemonThreadPool."""
+
+    def __init__(self, max_workers: int) -> None:
+        super().__init__(DaemonThreadPool(int(max_workers)))
+
+
 class Daemon:
-    def __init__(self, config_path: Path, *, clock: Clock | None = None, log_to_stderr: bool = True) -> None:
+    def __init__(self, config_path: Path, *, clock: Clock | None = None, log_to_stderr: bool = True,
+                 record: Path | None = None) -> None:
         self.config_path = Path(config_path)
+        self.record = record  # a replay trace: agents then run one at a time so the trace is a sequence
         self.clock = clock or Clock()
         self.log_to_stderr = log_to_stderr
         self._stop = threading.Event()
@@ -115,10 +179,10 @@ class Daemon:
             log.info("released %d leases left by an earlier daemon on this host", released)
         sync_queues(store, config, self.clock.now())
         ctx = AgentContext(config=config, store=store, clock=self.clock, daemon_id=daemon_id)
-        services: Services = start_services(ctx)
+        services: Services = start_services(ctx, record=self.record)
         agents = build_agents(ctx)
         scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(config.daemon.threads)},
+            executors={"default": DaemonThreadExecutor(1 if self.record else config.daemon.threads)},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
         )
         for agent in agents:

@@ -32,15 +32,23 @@ def worker_capacity(nodes: int, ranks_per_node: int, seconds_left: float, second
     return int(nodes * ranks_per_node * usable / max(seconds_per_event, 1e-6))
 
 
-def shape_worker(queue: QueueConfig, events_left: int, seconds_per_event: float) -> Shape | None:
-    """The shape of one more worker for `events_left` uncovered events, or None when there is nothing to cover."""
+def shape_worker(queue: QueueConfig, events_left: int, seconds_per_event: float,
+                 idle_nodes: int | None = None) -> Shape | None:
+    """The shape of one more worker for `events_left` uncovered events, or None when there is nothing to cover.
+
+    `idle_nodes` (backfill): when at least nodes_min nodes are idle, the worker takes no more than those, so it
+    can start now instead of waiting for a larger allocation; the walltime grows to cover the same work.
+    """
     if events_left <= 0:
         return None
     spe = max(seconds_per_event, 1e-3)
     rank_seconds = events_left * spe / EFFICIENCY
     ranks = queue.ranks_per_node
     per_node_max = ranks * max(1, queue.walltime_max - BASE_TIME)
-    nodes = min(queue.nodes_max, max(queue.nodes_min, math.ceil(rank_seconds / per_node_max)))
+    nodes_max = queue.nodes_max
+    if idle_nodes is not None and idle_nodes >= queue.nodes_min:
+        nodes_max = min(nodes_max, idle_nodes)
+    nodes = min(nodes_max, max(queue.nodes_min, math.ceil(rank_seconds / per_node_max)))
     walltime = math.ceil(rank_seconds / (nodes * ranks)) + BASE_TIME
     walltime = min(queue.walltime_max, max(queue.walltime_min, walltime))
     return Shape(nodes=nodes, walltime=walltime,

@@ -98,6 +98,20 @@ class SlurmPlugin(BatchPlugin):
         except CommandNotFound as exc:
             raise BatchError(f"{what}: {exc}", transient=False) from exc
 
+    def idle_nodes(self) -> int | None:
+        argv = ["sinfo", "-h", *(["-p", self.queue.partition] if self.queue.partition else []),
+                "-t", "idle", "-o", "%D"]
+        try:
+            res = self.runner.run(argv, timeout=self.timeout)
+        except CommandNotFound:
+            return None
+        try:
+            return sum(int(line) for line in res.stdout.split()) if res.ok else None
+        except ValueError:
+            log.warning("sinfo printed something other than node counts (%r): shaping without backfill",
+                        res.stdout[:200])
+            return None
+
     def _squeue(self, ids: list[str]) -> dict[str, WorkerStatus]:
         res = self._run_or_raise(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", sp.SQUEUE_FORMAT],
                                  "squeue", failure_expected=True)

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from harvester_edge import metrics
 from harvester_edge.config import SiteConfig
 from harvester_edge.seams.clock import Clock
 from harvester_edge.store import Store
@@ -78,3 +79,4 @@ class Agent:
             self.stats.last_duration = took
             self.stats.total_duration += took
             self.stats.last_run = now
+            metrics.observe_cycle(self.name, took)

@@ -77,8 +77,10 @@ class Submitter(Agent):
     # -- shaping --------------------------------------------------------------------------------------------
     def make_workers(self, queue: QueueConfig, now: float) -> None:
         conn = self.ctx.store.connection()
-        counts = dict(conn.execute("SELECT state, count(*) FROM workers WHERE queue = ? GROUP BY state",
-                                   (queue.name,)).fetchall())
+        # only the unfinished states: the workers_state index skips the ever-growing finished history
+        active = (W.NEW, W.SUBMITTING, W.QUEUED, W.RUNNING)
+        counts = dict(conn.execute(f"SELECT state, count(*) FROM workers WHERE state IN ({','.join('?' * 4)}) "
+                                   "AND queue = ? GROUP BY state", (*[s.value for s in active], queue.name)).fetchall())
         queued = sum(counts.get(s.value, 0) for s in (W.NEW, W.SUBMITTING, W.QUEUED))
         room = queue_room(queue, queued, counts.get(W.RUNNING.value, 0))
         if room == 0:
@@ -89,6 +91,7 @@ class Submitter(Agent):
             log.info("queue %s: %d workers failed to submit in the last 10 minutes; no new workers until that "
                      "is fixed (see `harvester-edge status` and the log)", queue.name, failed)
             return
+        idle = self.ctx.plugins[queue.name].idle_nodes() if queue.backfill else None
         jobs = conn.execute("SELECT * FROM jobs WHERE queue = ? AND state IN (?, ?) AND no_more_ranges = 0 "
                             "ORDER BY panda_id", (queue.name, JobState.FETCHED.value, JobState.RUNNING.value)).fetchall()
         for job in jobs:
@@ -103,9 +106,11 @@ class Submitter(Agent):
                     "AND w.state IN (?, ?, ?, ?)", (job["panda_id"], W.NEW.value, W.SUBMITTING.value,
                                                     W.QUEUED.value, W.RUNNING.value)))
             left = int(job["events_total"] or 0) - int(job["events_done"]) - covered
-            shape = shape_worker(queue, left, spe)
+            shape = shape_worker(queue, left, spe, idle)
             if shape is None:
                 continue
+            if idle is not None:
+                idle = max(0, idle - shape.nodes)  # the next worker of this cycle fits in what is left
             self._create_worker(queue, job, shape.nodes, shape.walltime, now)
             log.info("job %d: new worker on %s, %s (%d events not covered)", job["panda_id"], queue.name,
                      shape.reason, left, extra={"panda_id": job["panda_id"]})

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
+from harvester_edge import metrics
 from harvester_edge.errors import HarvesterEdgeError
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ class CommandRunner:
                     argv[0], result.returncode, result.stderr.strip()[:2000])
         else:
             log.debug("command %s exited 0 in %.3f s", " ".join(argv[:3]), result.duration)
+        metrics.observe_batch_command(os.path.basename(argv[0]), result.duration,
+                                      result.ok or (failure_expected and not result.timed_out))
         if self.recorder is not None:
             self.recorder(result)
         return result

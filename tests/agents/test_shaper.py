@@ -53,3 +53,12 @@ def test_not_done_is_reported_as_a_system_failure():
     report = range_report("1-2-1-3-1", "not-done")
     assert report["eventStatus"] == "failed" and report["errorCode"] == 60000
     assert range_report("1-2-1-3-1", "failed", {"errorCode": 42, "errorDiag": "boom"})["errorCode"] == 42
+
+
+def test_backfill_takes_only_the_idle_nodes_and_a_longer_walltime():
+    free = shape_worker(QUEUE, events_left=200_000, seconds_per_event=1.0)
+    fits = shape_worker(QUEUE, events_left=200_000, seconds_per_event=1.0, idle_nodes=2)
+    assert free.nodes > 2 and fits.nodes == 2
+    assert fits.walltime > free.walltime and fits.events <= worker_capacity(2, 4, fits.walltime, 1.0)
+    # fewer idle nodes than the queue's minimum: no window to fit into, shaped as usual
+    assert shape_worker(QUEUE, events_left=200_000, seconds_per_event=1.0, idle_nodes=0) == free

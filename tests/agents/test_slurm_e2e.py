@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 import subprocess
 import time
 
@@ -19,7 +20,7 @@ def slurm_queue(**overrides) -> dict:
              "cores_per_node": 4, "walltime_min": "1m", "walltime_max": "10m", "max_queued_workers": 2,
              "max_running_workers": 2, "launcher": "srun", "mpi_type": "pmix", "drain_warning": "20s",
              # several slurmd share this host: Open MPI's shared-memory transport must stay off
-             "env_setup": ["export OMPI_MCA_btl=^vader"]}
+             "env_setup": ["export OMPI_MCA_btl=^vader", "export OMPI_MCA_btl_tcp_if_include=lo"]}
     return {**queue, **overrides}
 
 
@@ -109,12 +110,13 @@ def test_sbatch_failing_for_a_while_is_retried(make_site, tasks, private_slurm):
         deadline = time.monotonic() + 60
         errors = None
         while time.monotonic() < deadline:
-            if not (site.work / "harvester.db").exists():
+            try:
+                with site.harvester_db() as conn:
+                    errors = conn.execute("SELECT count(*) FROM workers WHERE state = 'new' AND error IS NOT NULL "
+                                          "AND submit_attempts > 0").fetchone()[0]
+            except sqlite3.OperationalError:  # the daemon has not created the DB or its tables yet
                 time.sleep(0.5)
                 continue
-            with site.harvester_db() as conn:
-                errors = conn.execute("SELECT count(*) FROM workers WHERE state = 'new' AND error IS NOT NULL "
-                                      "AND submit_attempts > 0").fetchone()[0]
             if errors:
                 break
             time.sleep(1)

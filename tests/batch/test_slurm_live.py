@@ -82,7 +82,7 @@ def queue_factory_module():
     def make(**kw):
         values = dict(name="debug", batch="slurm", partition="debug", nodes_max=4, ranks_per_node=1,
                       cores_per_node=1, walltime_min=60, walltime_max=3600, launcher="srun", drain_warning=30,
-                      command_timeout=30, env_setup=["export OMPI_MCA_btl=^vader"])
+                      command_timeout=30, env_setup=["export OMPI_MCA_btl=^vader", "export OMPI_MCA_btl_tcp_if_include=lo"])
         values.update(kw)
         return QueueConfig(**values)
     return make
@@ -225,3 +225,16 @@ def test_walltime_timeout_with_drain_signal(walltime_job):
     status = poll(plugin, batch_id, lambda st: st.state in TERMINAL, 150)
     assert status.state is BatchState.TIMEOUT, status
     assert (s.access_point / "drained").exists(), "the pilot never got the drain signal (USR1)"
+
+
+def test_idle_nodes_match_sinfo_per_node(slurm_runner, queue_factory_module):
+    """The backfill count agrees with sinfo's per-node listing of the same partition (read back to back;
+    retried when a job of another test starts or ends in between)."""
+    plugin = SlurmPlugin(queue_factory_module(partition="debug"), slurm_runner)
+    for _ in range(5):
+        idle = plugin.idle_nodes()
+        listed = slurm_runner.run(["sinfo", "-N", "-h", "-p", "debug", "-t", "idle", "-o", "%N"]).stdout.split()
+        if idle == len(set(listed)):
+            break
+    assert isinstance(idle, int) and 0 <= idle <= 4
+    assert idle == len(set(listed))

@@ -190,3 +190,19 @@ def test_cancel_raises_transient_when_controller_is_down(queue_factory):
     with pytest.raises(BatchError) as err:
         SlurmPlugin(queue_factory(), runner).cancel(["5"])
     assert err.value.transient
+
+
+def test_idle_nodes_for_backfill(queue_factory, caplog):
+    """sinfo's idle-node counts (one line per node group) add up; garbage or a failure means 'unknown', never
+    an exception: backfill shaping is an optimisation."""
+    runner = RecordedRunner([
+        {"argv": ["sinfo", "-h", "-p", "debug", "-t", "idle", "-o", "%D"], "stdout": "2\n1\n"},
+        {"argv": ["sinfo", "..."], "stdout": "<html>proxy error</html>\n"},
+        {"argv": ["sinfo", "..."], "returncode": 1, "stderr": "Unable to contact slurm controller\n"},
+        {"argv": ["sinfo", "..."], "stdout": ""},
+    ])
+    plugin = SlurmPlugin(queue_factory(partition="debug"), runner)
+    with caplog.at_level(logging.WARNING):
+        assert [plugin.idle_nodes() for _ in range(4)] == [3, None, None, 0]
+    assert "sinfo printed something other than node counts" in caplog.text
+    assert runner.remaining == 0
