@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
+from helpers import kill_local_workers
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "harvester_edge"]
@@ -138,17 +138,6 @@ class Site:
             self.kill()
         finally:
             kill_local_workers(self.work)
-
-
-def kill_local_workers(work: Path) -> None:
-    """Stop the process trees of local workers this test started (their pids are in each access point)."""
-    for pid_file in work.glob("workers/*/local.pid"):
-        try:
-            proc = psutil.Process(int(pid_file.read_text().strip()))
-            for child in proc.children(recursive=True) + [proc]:
-                child.kill()
-        except (psutil.Error, ValueError, OSError):
-            pass
 
 
 @pytest.fixture

@@ -5,28 +5,19 @@ The cluster is found through the `export SLURM_CONF=...` line that `scripts/slur
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from helpers import need
 from harvester_edge.config import QueueConfig
 from harvester_edge.seams.commands import CommandRunner
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "scripts" / "slurm-cluster"
 DATA = Path(__file__).resolve().parent / "data"
-
-
-def need(condition: bool, what: str) -> None:
-    """Fail under CI, skip otherwise."""
-    if condition:
-        return
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{what} (CI=true: this tier must run)")
-    pytest.skip(what)
 
 
 def cluster(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:

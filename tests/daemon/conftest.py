@@ -21,6 +21,7 @@ import psutil
 import pytest
 import yaml
 
+from helpers import kill_local_workers
 from harvester_edge.states import JobState, OutboxState, RangeState, WorkerState
 
 CLI = [sys.executable, "-m", "harvester_edge"]
@@ -274,24 +275,6 @@ def wait_gone(pid: int, timeout: float) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"process {pid} still runs {timeout}s after the signal")
-
-
-def kill_local_workers(work: Path) -> None:
-    """SIGKILL the process trees of the local workers of this site (their wrapper pids are in local.pid)."""
-    for pid_file in work.glob("workers/*/local.pid"):
-        try:
-            leader = psutil.Process(int(pid_file.read_text().strip()))
-            if str(pid_file.parent) not in (leader.cwd() or ""):
-                continue  # a reused pid: not our wrapper
-            procs = leader.children(recursive=True) + [leader]
-        except (psutil.Error, ValueError, OSError):
-            continue
-        for proc in procs:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(procs, timeout=10)
 
 
 class BlackHole:

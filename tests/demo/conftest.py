@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
+from helpers import kill_local_workers
 
 REPO = Path(__file__).resolve().parents[2]
 # `harvester-edge demo`, registering the command when the main CLI does not (yet) have it
@@ -65,13 +65,7 @@ class DemoRun:
 
     def cleanup(self) -> None:
         """Stop worker process trees this test started (their pids are in each access point)."""
-        for pid_file in self.work.glob("workers/*/local.pid"):
-            try:
-                proc = psutil.Process(int(pid_file.read_text().strip()))
-                for child in proc.children(recursive=True) + [proc]:
-                    child.kill()
-            except (psutil.Error, ValueError, OSError):
-                pass
+        kill_local_workers(self.work)
 
 
 @pytest.fixture

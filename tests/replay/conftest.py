@@ -4,23 +4,15 @@ Tests that need Slurm FAIL (not skip) when CI=true and the cluster is missing; w
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import need
 
 REPO = Path(__file__).resolve().parents[2]
 TRACES = Path(__file__).resolve().parent / "traces"
-
-
-def need(condition: bool, what: str) -> None:
-    if condition:
-        return
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{what} (CI=true: this tier must run)")
-    pytest.skip(what)
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
+from helpers import kill_local_workers
 from .conftest import get, wait_for
 
 pytestmark = pytest.mark.mpi
@@ -69,13 +69,7 @@ def site(tmp_path):
             except subprocess.TimeoutExpired:
                 daemon.kill()
                 daemon.wait(10)
-        for pid_file in work.glob("workers/*/local.pid"):  # local workers this test started
-            try:
-                proc = psutil.Process(int(pid_file.read_text().strip()))
-                for child in proc.children(recursive=True) + [proc]:
-                    child.kill()
-            except (psutil.Error, ValueError, OSError):
-                pass
+        kill_local_workers(work)  # local workers this test started
 
 
 def _up(url: str) -> bool:

@@ -1,0 +1,35 @@
+"""Helpers shared by the test folders (pytest puts tests/ on sys.path: `from helpers import ...`)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psutil
+import pytest
+
+
+def need(condition: bool, what: str) -> None:
+    """Skip when `condition` is false; fail under CI=true, where every tier must run."""
+    if condition:
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{what} (CI=true: this tier must run)")
+    pytest.skip(what)
+
+
+def kill_local_workers(work: Path) -> None:
+    """SIGKILL the process trees of the local workers a test started (their wrapper pids are in local.pid)."""
+    for pid_file in Path(work).glob("workers/*/local.pid"):
+        try:
+            leader = psutil.Process(int(pid_file.read_text().strip()))
+            if str(pid_file.parent) not in (leader.cwd() or ""):
+                continue  # a reused pid: not our wrapper
+            procs = leader.children(recursive=True) + [leader]
+        except (psutil.Error, ValueError, OSError):
+            continue
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(procs, timeout=10)
