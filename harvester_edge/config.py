@@ -95,6 +95,7 @@ class DaemonConfig(Strict):
     log_json: bool = False
     on_network_fs: Literal["warn", "refuse"] = "warn"
     cleanup_delay: Duration = 86400.0  # finished access points are removed after this
+    keep_history: Duration = 604800.0  # ended jobs, their workers and ranges, sent messages are forgotten after this
     heartbeat_timeout: Duration = 1800.0  # a running worker whose pilot heartbeat is older is killed
     queued_timeout: Duration = 172800.0  # a worker queued longer than this is cancelled
 

@@ -1,5 +1,5 @@
-"""Sweeper: cancel what must die (killed jobs, kill requests, workers queued too long or with a lost heartbeat)
-and remove finished access points after a delay."""
+"""Sweeper: cancel what must die (killed jobs, kill requests, workers queued too long or with a lost heartbeat),
+remove finished access points after a delay, and forget what ended long ago so the DB stays small."""
 from __future__ import annotations
 
 import logging
@@ -10,12 +10,15 @@ from jumbo import protocol
 
 from harvester_edge.agents.base import Agent
 from harvester_edge.batch import BatchError
-from harvester_edge.states import WorkerState
+from harvester_edge.states import JobState, OutboxState, WorkerState
 from harvester_edge.store import transition
 
 log = logging.getLogger(__name__)
 W = WorkerState
 TERMINAL = (W.FINISHED.value, W.FAILED.value, W.CANCELLED.value, W.MISSING.value)
+JOB_ENDED = (JobState.FINISHED.value, JobState.FAILED.value, JobState.CANCELLED.value)
+PRUNE_JOBS = 20  # per cycle: a job may hold thousands of ranges, and the write lock stays short
+PRUNE_ROWS = 20_000  # per cycle, of the append-only tables (state history, sent messages), oldest first
 
 
 class Sweeper(Agent):
@@ -25,6 +28,7 @@ class Sweeper(Agent):
         self.flag_stuck(now)
         self.cancel_requested(now)
         self.clean(now)
+        self.prune(now)
 
     def flag_stuck(self, now: float) -> None:
         daemon = self.ctx.config.daemon
@@ -85,3 +89,42 @@ class Sweeper(Agent):
             with self.ctx.store.write() as conn:
                 conn.executemany("UPDATE workers SET cleaned_at = ? WHERE id = ?", [(now, r["id"]) for r in rows])
             log.info("removed %d finished access points (older than %.0fs)", len(rows), delay)
+
+    def prune(self, now: float) -> None:
+        """Delete jobs that ended more than daemon.keep_history ago with their ranges and workers (once every worker
+        ended and its access point is gone), and older state history and sent messages. Nothing is pruned while a
+        message waits for the central service: the rows it reports on stay until it is accepted."""
+        cutoff = now - self.ctx.config.daemon.keep_history
+        marks = ",".join("?" * len(TERMINAL))
+        with self.ctx.store.write() as conn:
+            if conn.execute("SELECT 1 FROM outbox WHERE state = ? LIMIT 1", (OutboxState.PENDING.value,)).fetchone():
+                return
+            jobs = [r[0] for r in conn.execute(
+                f"SELECT panda_id FROM jobs WHERE state IN (?, ?, ?) AND updated_at < ? AND NOT EXISTS ("
+                f"SELECT 1 FROM job_workers jw JOIN workers w ON w.id = jw.worker_id WHERE jw.panda_id = jobs.panda_id "
+                f"AND (w.state NOT IN ({marks}) OR w.cleaned_at IS NULL)) LIMIT ?",
+                (*JOB_ENDED, cutoff, *TERMINAL, PRUNE_JOBS))]
+            removed = {"jobs": len(jobs)}
+            if jobs:
+                ids = ",".join("?" * len(jobs))
+                workers = [r[0] for r in conn.execute(
+                    f"SELECT DISTINCT worker_id FROM job_workers WHERE panda_id IN ({ids})", jobs)]
+                removed["ranges"] = conn.execute(f"DELETE FROM event_ranges WHERE panda_id IN ({ids})", jobs).rowcount
+                conn.execute(f"DELETE FROM job_workers WHERE panda_id IN ({ids})", jobs)
+                if workers:  # a worker that also served a job still kept stays with it
+                    wids = ",".join("?" * len(workers))
+                    removed["workers"] = conn.execute(
+                        f"DELETE FROM workers WHERE id IN ({wids}) AND NOT EXISTS (SELECT 1 FROM job_workers jw "
+                        f"WHERE jw.worker_id = workers.id) AND NOT EXISTS (SELECT 1 FROM event_ranges e "
+                        f"WHERE e.worker_id = workers.id)", workers).rowcount
+                conn.execute(f"DELETE FROM jobs WHERE panda_id IN ({ids})", jobs)
+            # ids grow with time: the oldest rows are the first by primary key, no scan of the whole table
+            removed["history"] = conn.execute(
+                "DELETE FROM state_history WHERE id IN (SELECT id FROM state_history ORDER BY id LIMIT ?) "
+                "AND at < ?", (PRUNE_ROWS, cutoff)).rowcount
+            removed["messages"] = conn.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?) AND state = ? "
+                "AND updated_at < ?", (PRUNE_ROWS, OutboxState.SENT.value, cutoff)).rowcount
+        if any(removed.values()):
+            log.info("forgot what ended more than %.0fs ago: %s", self.ctx.config.daemon.keep_history,
+                     ", ".join(f"{n} {what}" for what, n in removed.items() if n))
