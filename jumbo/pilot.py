@@ -69,6 +69,16 @@ def _read_spec(comm, ap: Path, rank: int):
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _run(argv)
+    # The work is done and reported. A drain signal now (Slurm may send --signal up to 60 s early, an operator may
+    # scancel) must not kill the rank while MPI finalizes: Python puts back the default handlers at exit, and the
+    # default action of SIGUSR1/SIGTERM is to terminate, which the batch system then reports as a failed job.
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
     args = parse_args(argv)
     # fork the payload child while this is still one thread without MPI (see jumbo.zygote)
     (args.ap / "logs").mkdir(parents=True, exist_ok=True)
