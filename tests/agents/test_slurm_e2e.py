@@ -55,10 +55,11 @@ def test_20000_events_on_two_nodes_exactly_once(make_site, tasks, slurm_conf):
 
 
 def test_walltime_too_short_drains_and_new_workers_finish_the_task(make_site, tasks, slurm_conf):
-    # 6,000 events x 0.05 s = 300 rank-seconds; a worker of 4 ranks gets 1 minute: it cannot finish alone
+    # 6,000 events x 0.1 s = 600 rank-seconds; at most 2 workers of 4 ranks run at once and each gets 1 minute
+    # (45 s before the drain): no worker can finish alone, every one of them must drain
     site = make_site(queue=slurm_queue(walltime_min="1m", walltime_max="1m", max_running_workers=1,
                                        max_queued_workers=1, drain_warning="15s"), env=slurm_conf)
-    task_id = site.submit_task(**tasks.sleep(6000, 0.05, per_range=20))
+    task_id = site.submit_task(**tasks.sleep(6000, 0.1, per_range=20))
     site.start()
     result = site.wait_task(task_id, timeout=480)
     deadline = time.monotonic() + 120  # the last pilot ends after its final report: let the monitor see it
@@ -74,6 +75,8 @@ def test_walltime_too_short_drains_and_new_workers_finish_the_task(make_site, ta
     assert len(workers) >= 2, workers  # one worker could not do it: more were shaped and submitted
     # every pilot drained before its walltime and ended cleanly (a TIMEOUT or FAILED would mean it was cut off)
     assert all((state, batch_state) == ("finished", "COMPLETED") for _, state, batch_state in workers), workers
+    drained = [p.parent.name for p in site.work.glob("workers/*/slurm-*.err") if "draining: " in p.read_text()]
+    assert drained, "no pilot drained: the walltime was not too short"
 
 
 def test_daemon_sigkilled_20_times_loses_and_doubles_nothing(make_site, tasks, slurm_conf):
