@@ -251,9 +251,9 @@ class Daemon:
 def sync_queues(store, config: SiteConfig, now: float) -> None:
     """The queues table mirrors the config (workers and jobs reference it); a removed queue's rows stay."""
     with store.write() as conn:
-        for queue in config.queues:
+        for q in config.queues:
             conn.execute("INSERT INTO queues (name, batch, updated_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
-                         "SET batch = excluded.batch, updated_at = excluded.updated_at", (queue.name, queue.batch, now))
+                         "SET batch = excluded.batch, updated_at = excluded.updated_at", (q.name, q.batch, now))
 
 
 def _now_dt():

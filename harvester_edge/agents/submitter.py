@@ -78,9 +78,9 @@ class Submitter(Agent):
     def make_workers(self, queue: QueueConfig, now: float) -> None:
         conn = self.ctx.store.connection()
         # only the unfinished states: the workers_state index skips the ever-growing finished history
-        active = (W.NEW, W.SUBMITTING, W.QUEUED, W.RUNNING)
+        active = [s.value for s in (W.NEW, W.SUBMITTING, W.QUEUED, W.RUNNING)]
         counts = dict(conn.execute(f"SELECT state, count(*) FROM workers WHERE state IN ({','.join('?' * 4)}) "
-                                   "AND queue = ? GROUP BY state", (*[s.value for s in active], queue.name)).fetchall())
+                                   "AND queue = ? GROUP BY state", (*active, queue.name)).fetchall())
         queued = sum(counts.get(s.value, 0) for s in (W.NEW, W.SUBMITTING, W.QUEUED))
         room = queue_room(queue, queued, counts.get(W.RUNNING.value, 0))
         if room == 0:

@@ -58,8 +58,8 @@ def transition(conn: sqlite3.Connection, ids: Iterable[Any], src: Enum, dst: Enu
     if cur.rowcount != len(ids):
         _explain(conn, table, key, ids, src, dst, owner, now)
     conn.execute(
-        f"INSERT INTO state_history (kind, object_id, src, dst, at, reason) "
-        f"SELECT ?, value, ?, ?, ?, ? FROM json_each(?)",
+        "INSERT INTO state_history (kind, object_id, src, dst, at, reason) "
+        "SELECT ?, value, ?, ?, ?, ? FROM json_each(?)",
         (table, src.value, dst.value, now, reason, json.dumps(ids)),
     )
     return cur.rowcount

@@ -2,7 +2,6 @@
 squeue/sacct, scancel. Exactly-once is checked in the central service's records and by recomputing outputs."""
 from __future__ import annotations
 
-import json
 import random
 import sqlite3
 import subprocess
