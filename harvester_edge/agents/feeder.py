@@ -130,8 +130,9 @@ class Feeder(Agent):
     def top_up(self, now: float) -> None:
         """Keep about one request's worth of ranges per running rank in stock for each job that has workers."""
         rows = self.ctx.store.query(
-            "SELECT j.panda_id, sum(w.nodes * w.ranks_per_node) AS ranks FROM jobs j "
-            "JOIN job_workers jw ON jw.panda_id = j.panda_id JOIN workers w ON w.id = jw.worker_id "
+            # from the active workers (CROSS JOIN keeps that order), never through all workers a job ever had
+            "SELECT j.panda_id, sum(w.nodes * w.ranks_per_node) AS ranks FROM workers w "
+            "CROSS JOIN job_workers jw ON jw.worker_id = w.id CROSS JOIN jobs j ON j.panda_id = jw.panda_id "
             "WHERE j.state = ? AND j.no_more_ranges = 0 AND w.state IN (?, ?) GROUP BY j.panda_id",
             (JobState.RUNNING.value, W.QUEUED.value, W.RUNNING.value))
         for row in rows:

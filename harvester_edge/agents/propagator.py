@@ -82,8 +82,8 @@ class Propagator(Agent):
         """Jobs without active workers: finish them when the task has no ranges left, else let new workers come."""
         store = self.ctx.store
         idle = store.query(
-            "SELECT j.* FROM jobs j WHERE j.state IN (?, ?) AND NOT EXISTS (SELECT 1 FROM job_workers jw "
-            "JOIN workers w ON w.id = jw.worker_id WHERE jw.panda_id = j.panda_id AND w.state IN (?, ?, ?, ?)) "
+            "SELECT j.* FROM jobs j WHERE j.state IN (?, ?) AND NOT EXISTS (SELECT 1 FROM workers w CROSS JOIN "
+            "job_workers jw ON jw.worker_id = w.id AND jw.panda_id = j.panda_id WHERE w.state IN (?, ?, ?, ?)) "
             "AND NOT EXISTS (SELECT 1 FROM event_ranges e WHERE e.panda_id = j.panda_id AND e.state = ?)",
             (J.FETCHED.value, J.RUNNING.value, *ACTIVE_WORKERS, R.DISPATCHED.value))
         for job in idle:

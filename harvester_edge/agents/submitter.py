@@ -102,9 +102,10 @@ class Submitter(Agent):
                 worker_capacity(w["nodes"], w["ranks_per_node"],
                                 w["walltime"] - (now - w["started_at"] if w["started_at"] else 0), spe)
                 for w in conn.execute(
-                    "SELECT w.* FROM workers w JOIN job_workers jw ON jw.worker_id = w.id WHERE jw.panda_id = ? "
-                    "AND w.state IN (?, ?, ?, ?)", (job["panda_id"], W.NEW.value, W.SUBMITTING.value,
-                                                    W.QUEUED.value, W.RUNNING.value)))
+                    # from the few active workers to the job link (CROSS JOIN keeps that order): a job's finished
+                    # workers, which grow without bound, are never read
+                    "SELECT w.* FROM workers w CROSS JOIN job_workers jw ON jw.worker_id = w.id AND jw.panda_id = ? "
+                    "WHERE w.state IN (?, ?, ?, ?)", (job["panda_id"], *active)))
             left = int(job["events_total"] or 0) - int(job["events_done"]) - covered
             shape = shape_worker(queue, left, spe, idle)
             if shape is None:

@@ -19,10 +19,12 @@ TERMINAL = (W.FINISHED.value, W.FAILED.value, W.CANCELLED.value, W.MISSING.value
 JOB_ENDED = (JobState.FINISHED.value, JobState.FAILED.value, JobState.CANCELLED.value)
 PRUNE_JOBS = 20  # per cycle: a job may hold thousands of ranges, and the write lock stays short
 PRUNE_ROWS = 20_000  # per cycle, of the append-only tables (state history, sent messages), oldest first
+PRUNE_EVERY = 3600.0  # seconds between pruning passes once one found less than its limits to do
 
 
 class Sweeper(Agent):
     name = "sweeper"
+    _next_prune = 0.0
 
     def run_cycle(self, now: float) -> None:
         self.flag_stuck(now)
@@ -94,6 +96,8 @@ class Sweeper(Agent):
         """Delete jobs that ended more than daemon.keep_history ago with their ranges and workers (once every worker
         ended and its access point is gone), and older state history and sent messages. Nothing is pruned while a
         message waits for the central service: the rows it reports on stay until it is accepted."""
+        if now < self._next_prune:
+            return
         cutoff = now - self.ctx.config.daemon.keep_history
         marks = ",".join("?" * len(TERMINAL))
         with self.ctx.store.write() as conn:
@@ -125,6 +129,8 @@ class Sweeper(Agent):
             removed["messages"] = conn.execute(
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?) AND state = ? "
                 "AND updated_at < ?", (PRUNE_ROWS, OutboxState.SENT.value, cutoff)).rowcount
+        busy = removed["jobs"] == PRUNE_JOBS or PRUNE_ROWS in (removed["history"], removed["messages"])
+        self._next_prune = now if busy else now + PRUNE_EVERY  # a backlog goes on next cycle, else hourly
         if any(removed.values()):
             log.info("forgot what ended more than %.0fs ago: %s", self.ctx.config.daemon.keep_history,
                      ", ".join(f"{n} {what}" for what, n in removed.items() if n))

@@ -122,9 +122,15 @@ def _install_id_and_request_seq(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX event_ranges_request ON event_ranges(worker_id, request_seq)")
 
 
+def _uncleaned_workers_index(conn: sqlite3.Connection) -> None:
+    # the sweeper looks for ended workers whose access point is still there: the few, not all that ever ended
+    conn.execute("CREATE INDEX workers_uncleaned ON workers(state) WHERE cleaned_at IS NULL")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_install_id_and_request_seq", _install_id_and_request_seq),
+    ("0003_uncleaned_workers_index", _uncleaned_workers_index),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -69,7 +69,12 @@ def test_old_ended_jobs_go_with_their_workers_and_ranges_recent_ones_stay(tmp_pa
     assert before["event_ranges"] - after["event_ranges"] == 6  # jobs 1 and 5
     assert (after["state_history"], after["outbox"]) == (1, 2)
     assert store.query("PRAGMA foreign_key_check") == []
-    sweeper.prune(NOW)  # nothing more to do: idempotent
+    with store.write() as conn:
+        conn.execute("INSERT INTO outbox (kind, state, payload, created_at, updated_at) "
+                     "VALUES ('update_jobs', 'sent', '{}', ?, ?)", (NOW - 8 * DAY, NOW - 8 * DAY))
+    sweeper.prune(NOW + 1)  # the last pass found less than its limits: the next one comes an hour later
+    assert counts(store)["outbox"] == after["outbox"] + 1
+    sweeper.prune(NOW + 3601)
     assert counts(store) == after
 
 
