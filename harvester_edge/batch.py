@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from harvester_edge.errors import HarvesterEdgeError
-from harvester_edge.seams.commands import CommandRunner
+from harvester_edge.seams.commands import CommandNotFound, CommandResult, CommandRunner
 
 if TYPE_CHECKING:  # the pydantic model; plugins only read its attributes
     from harvester_edge.config import QueueConfig
@@ -132,6 +132,30 @@ class BatchPlugin(ABC):
     @abstractmethod
     def find_by_name(self, job_names: Sequence[str]) -> dict[str, str]:
         """job_name -> batch_id for the names the batch system knows (crash recovery: never lose nor double)."""
+
+    def submit_scripts(self, specs: Sequence[WorkerSpec], script_name: str,
+                       command: Callable[[Path, str], tuple[list[str], str | None]],
+                       parse: Callable[[WorkerSpec, CommandResult], SubmitResult]) -> list[SubmitResult]:
+        """The submit loop of script-based batch systems: write each worker's script into its access point, run
+        `command(path, text)` -> (argv, stdin) there, and `parse` the answer. A bad template, an unwritable access
+        point or a missing command fails that one worker, permanently, with the reason."""
+        results = []
+        for spec in specs:
+            try:
+                text = self.render_script(spec)
+                path = write_script(spec, text, script_name)
+            except Exception as exc:  # noqa: BLE001 - whatever the template or the file system raised
+                log.error("worker %d: cannot write its batch script in %s: %s", spec.worker_id, spec.access_point, exc)
+                results.append(SubmitResult(spec.worker_id, None, f"cannot write batch script: {exc}", False))
+                continue
+            argv, stdin = command(path, text)
+            try:
+                res = self.runner.run(argv, stdin=stdin, timeout=self.timeout, cwd=str(spec.access_point))
+            except CommandNotFound as exc:
+                results.append(SubmitResult(spec.worker_id, None, str(exc), False))
+                continue
+            results.append(parse(spec, res))
+        return results
 
     def idle_nodes(self) -> int | None:
         """Nodes of the queue idle right now (for `backfill: true` shaping), or None when the batch system does not

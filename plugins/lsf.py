@@ -11,7 +11,7 @@ import re
 from typing import Sequence
 
 from harvester_edge.batch import (BatchError, BatchPlugin, BatchState, SubmitResult, WorkerSpec, WorkerStatus,
-                                  classify_error, queue_attr, write_script)
+                                  classify_error, queue_attr)
 from harvester_edge.plugins import _render
 from harvester_edge.plugins import lsf_parse as lp
 from harvester_edge.seams.commands import CommandNotFound, CommandResult
@@ -62,21 +62,8 @@ class LSFPlugin(BatchPlugin):
 
     # ---- submit -------------------------------------------------------------------------------------------
     def submit(self, specs: Sequence[WorkerSpec]) -> list[SubmitResult]:
-        results = []
-        for spec in specs:
-            try:
-                text = self.render_script(spec)
-                write_script(spec, text, SCRIPT_NAME)
-            except Exception as exc:
-                results.append(SubmitResult(spec.worker_id, None, f"cannot write batch script: {exc}", False))
-                continue
-            try:
-                res = self.runner.run(["bsub"], stdin=text, timeout=self.timeout, cwd=str(spec.access_point))
-            except CommandNotFound as exc:
-                results.append(SubmitResult(spec.worker_id, None, str(exc), False))
-                continue
-            results.append(self._submit_result(spec, res))
-        return results
+        # bsub reads the script on stdin (its #BSUB lines are only honoured that way)
+        return self.submit_scripts(specs, SCRIPT_NAME, lambda _path, text: (["bsub"], text), self._submit_result)
 
     def _submit_result(self, spec: WorkerSpec, res: CommandResult) -> SubmitResult:
         if res.timed_out:

@@ -11,7 +11,7 @@ import re
 from typing import Sequence
 
 from harvester_edge.batch import (BatchError, BatchPlugin, BatchState, SubmitResult, WorkerSpec, WorkerStatus,
-                                  classify_error, queue_attr, write_script)
+                                  classify_error, queue_attr)
 from harvester_edge.plugins import _render
 from harvester_edge.plugins import slurm_parse as sp
 from harvester_edge.seams.commands import CommandNotFound, CommandResult
@@ -59,22 +59,8 @@ class SlurmPlugin(BatchPlugin):
 
     # ---- submit -------------------------------------------------------------------------------------------
     def submit(self, specs: Sequence[WorkerSpec]) -> list[SubmitResult]:
-        results = []
-        for spec in specs:
-            try:
-                path = write_script(spec, self.render_script(spec), SCRIPT_NAME)
-            except Exception as exc:  # a bad template or an unwritable access point fails this worker only
-                log.error("worker %d: cannot write its batch script in %s: %s", spec.worker_id, spec.access_point, exc)
-                results.append(SubmitResult(spec.worker_id, None, f"cannot write batch script: {exc}", False))
-                continue
-            try:
-                res = self.runner.run(["sbatch", "--parsable", str(path)], timeout=self.timeout,
-                                      cwd=str(spec.access_point))
-            except CommandNotFound as exc:
-                results.append(SubmitResult(spec.worker_id, None, str(exc), False))
-                continue
-            results.append(self._submit_result(spec, res))
-        return results
+        return self.submit_scripts(specs, SCRIPT_NAME, lambda path, _text: (["sbatch", "--parsable", str(path)], None),
+                                   self._submit_result)
 
     def _submit_result(self, spec: WorkerSpec, res: CommandResult) -> SubmitResult:
         if res.timed_out:
