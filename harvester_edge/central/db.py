@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 from harvester_edge.errors import StoreError
 
+from . import classify
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -100,8 +102,6 @@ class Database:
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:  # a new DB
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            from . import classify
-
             classify.seed(conn, time.time())
         elif int(row[0]) > SCHEMA_VERSION:
             raise StoreError(f"central DB {self.path} has schema {row[0]}, newer than this code's "
