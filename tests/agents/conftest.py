@@ -106,6 +106,19 @@ class Site:
         raise AssertionError(f"task {task_id} not done after {timeout}s: {self.task(task_id)['ranges']}\n"
                              f"{self.log_tail()}")
 
+    def wait_workers_ended(self, timeout: float = 120) -> list[tuple]:
+        """(id, state, batch_state) of every worker once none is active: a pilot ends after its final report,
+        so the monitor sees it a little after the task is done."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.harvester_db() as conn:
+                workers = conn.execute("SELECT id, state, batch_state FROM workers ORDER BY id").fetchall()
+            if all(state not in ("new", "submitting", "queued", "running") for _, state, _ in workers):
+                return workers
+            if time.monotonic() > deadline:
+                raise AssertionError(f"workers still active after {timeout}s: {workers}\n{self.log_tail()}")
+            time.sleep(1)
+
     def log_tail(self, n: int = 40) -> str:
         log = self.work / "logs" / "harvester-edge.log"
         return "\n".join(log.read_text().splitlines()[-n:]) if log.exists() else "(no log)"

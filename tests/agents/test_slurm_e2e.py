@@ -2,6 +2,7 @@
 squeue/sacct, scancel. Exactly-once is checked in the central service's records and by recomputing outputs."""
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
 import subprocess
@@ -34,6 +35,7 @@ def test_20000_events_on_two_nodes_exactly_once(make_site, tasks, slurm_conf):
     task_id = site.submit_task(**tasks.numpy(20_000, per_range=100))
     site.start()
     result = site.wait_task(task_id, timeout=420)
+    site.wait_workers_ended()
     assert site.stop() == 0
     assert result["status"] == "finished" and result["events_finished"] == 20_000
     site.assert_exactly_once(task_id, 20_000)
@@ -43,14 +45,13 @@ def test_20000_events_on_two_nodes_exactly_once(make_site, tasks, slurm_conf):
         assert payloads.verify(str(path), task_id, first, last, {"size": 32, "rounds": 1})
     with site.harvester_db() as conn:
         workers = conn.execute("SELECT nodes, ranks_per_node, batch_id, state FROM workers").fetchall()
-    assert workers and all(w[0] == 2 and w[1] == 2 and w[2] for w in workers)
-    # the pilots really spanned two Slurm nodes
-    ranks_nodes = set()
-    for ap in (site.work / "workers").iterdir():
-        for line in (ap / "slurm.out").read_text().splitlines() if (ap / "slurm.out").exists() else []:
-            if "SLURMD_NODENAME=" in line:
-                ranks_nodes.add(line.split("SLURMD_NODENAME=")[1].split()[0])
-    assert ranks_nodes == set() or len(ranks_nodes) >= 2
+    assert workers and all(w[0] == 2 and w[1] == 2 and w[2] and w[3] == "finished" for w in workers), workers
+    # the pilots really spanned two Slurm nodes: each pilot's job report names the Slurm node of every rank
+    reports = [json.loads(p.read_text()) for p in (site.work / "workers").glob("*/jobReport.json")]
+    assert len(reports) == len(workers), f"{len(reports)} job reports for {len(workers)} workers"
+    for report in reports:
+        nodes = {rank["node"] for rank in report["perRank"].values()}
+        assert len(report["perRank"]) == 4 and len(nodes) == 2, report["perRank"]
 
 
 def test_walltime_too_short_drains_and_new_workers_finish_the_task(make_site, tasks, slurm_conf):
@@ -61,13 +62,7 @@ def test_walltime_too_short_drains_and_new_workers_finish_the_task(make_site, ta
     task_id = site.submit_task(**tasks.sleep(6000, 0.1, per_range=20))
     site.start()
     result = site.wait_task(task_id, timeout=480)
-    deadline = time.monotonic() + 120  # the last pilot ends after its final report: let the monitor see it
-    while time.monotonic() < deadline:
-        with site.harvester_db() as conn:
-            workers = conn.execute("SELECT id, state, batch_state FROM workers ORDER BY id").fetchall()
-        if all(state not in ("new", "submitting", "queued", "running") for _, state, _ in workers):
-            break
-        time.sleep(1)
+    workers = site.wait_workers_ended()
     site.stop()
     assert result["status"] == "finished"
     site.assert_exactly_once(task_id, 6000)
