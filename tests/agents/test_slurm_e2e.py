@@ -24,10 +24,19 @@ def slurm_queue(**overrides) -> dict:
     return {**queue, **overrides}
 
 
-def squeue_names(env: dict) -> list[str]:
-    out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%j"], capture_output=True, text=True, env=env,
-                         timeout=30)
-    return out.stdout.split()
+def slurm_jobs(env: dict, names: set[str]) -> dict[str, str]:
+    """{job id: job name} of every Slurm job named in `names`: squeue for the jobs it still holds (ended ones leave
+    after MinJobAge, 10 s here), sacct -c (jobcomp) for every job that ended."""
+    found = {}
+    for argv in (["squeue", "-h", "-t", "all", "-o", "%i|%j"],
+                 ["sacct", "-c", "-X", "-n", "-P", "-o", "jobid,jobname", "-S", "now-1days"]):
+        out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30)
+        assert out.returncode == 0, (argv, out.stderr)
+        for line in out.stdout.splitlines():
+            job_id, _, name = line.partition("|")
+            if name in names:
+                found[job_id] = name
+    return found
 
 
 def test_20000_events_on_two_nodes_exactly_once(make_site, tasks, slurm_conf):
@@ -78,12 +87,14 @@ def test_daemon_sigkilled_20_times_loses_and_doubles_nothing(make_site, tasks, s
     task_id = site.submit_task(**tasks.sleep(4000, 0.02, per_range=20))
     rng = random.Random(20)
     site.start()
+    killed: list[int] = []
     for _ in range(20):
+        pid = _wait_live_daemon(site, not_pid=killed[-1] if killed else None)  # a new process every round
         time.sleep(rng.uniform(0.2, 2.5))
-        site.kill()
+        _sigkill_daemon(site, pid)
+        killed.append(pid)
         site.cli("cron")  # what cron does every minute: starts the daemon again
-        site.daemon = None
-        time.sleep(0.3)
+    assert len(set(killed)) == 20, killed
     result = _wait_task_no_daemon_handle(site, task_id, timeout=480)
     _stop_background_daemon(site)
     assert result["status"] == "finished"
@@ -94,8 +105,10 @@ def test_daemon_sigkilled_20_times_loses_and_doubles_nothing(make_site, tasks, s
     names = [r[0] for r in rows]
     batch_ids = [r[1] for r in rows if r[1]]
     assert len(batch_ids) == len(set(batch_ids))  # no batch job recorded twice
-    in_slurm = [n for n in squeue_names(slurm_conf) if n in set(names)]
-    assert len(in_slurm) == len(set(in_slurm))  # no worker submitted twice
+    in_slurm = slurm_jobs(slurm_conf, set(names))
+    assert in_slurm, "Slurm knows no job of this site's workers"
+    assert len(set(in_slurm.values())) == len(in_slurm), in_slurm  # no worker submitted twice
+    assert set(in_slurm) == set(batch_ids), (in_slurm, rows)  # every Slurm job is the batch id of its worker
     for name, batch_id, state in rows:  # no batch job lost: every submitted worker has its id
         if state not in ("new", "cancelled"):
             assert batch_id, (name, state)
@@ -164,6 +177,44 @@ def _wait_task_no_daemon_handle(site, task_id: int, timeout: float) -> dict:
             return task
         time.sleep(1)
     raise AssertionError(f"task {task_id} not done: {site.task(task_id)['ranges']}\n{site.log_tail()}")
+
+
+def _wait_live_daemon(site, not_pid: int | None, timeout: float = 60) -> int:
+    """The pid of the daemon holding the site's lock file (other than `not_pid`), once it runs."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid = int((site.work / "daemon.lock").read_text().strip() or 0)
+            proc = psutil.Process(pid)
+            if pid != not_pid and proc.status() != psutil.STATUS_ZOMBIE and str(site.config_path) in proc.cmdline():
+                return pid
+        except (OSError, ValueError, psutil.Error):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"no new daemon holds the lock after {timeout}s (last killed: {not_pid})\n{site.log_tail()}")
+
+
+def _sigkill_daemon(site, pid: int) -> None:
+    import os
+    import signal
+
+    import psutil
+
+    if site.daemon is not None and site.daemon.pid == pid:  # the one site.start() ran: our child, reap it
+        site.kill()
+        return
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # not our child: gone, or a zombie nobody has reaped yet
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"daemon {pid} still runs 10 s after SIGKILL")
 
 
 def _stop_background_daemon(site) -> None:

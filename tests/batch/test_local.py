@@ -121,3 +121,4 @@ def test_cancel_right_after_submit_never_runs_the_payload(tmp_path, make):
     assert plugin.cancel([res.batch_id]) == {res.batch_id: None}
     status = wait_terminal(plugin, res.batch_id, 15)
     assert status.state is BatchState.CANCELLED
+    assert not (tmp_path / "w7" / "ran").exists(), "the payload ran"  # it runs in its access point

@@ -138,9 +138,15 @@ def test_status_through_squeue_then_sacct(slurm_conf, base, queue_factory_module
     assert plugin.find_by_name([ok_name]) == {ok_name: ok.batch_id}   # crash recovery through sacct -c
 
 
-def test_find_by_name_after_jobs_left_squeue(plugin, base):
+def test_find_by_name_after_jobs_left_squeue(plugin, base, slurm_runner):
     s = spec(base, 4, ["true"])
     [res] = plugin.submit([s])
+    assert plugin.find_by_name([s.job_name, "he-never-submitted"]) == {s.job_name: res.batch_id}  # in squeue
+    poll(plugin, res.batch_id, lambda st: st.state in TERMINAL)
+    deadline = time.monotonic() + 90
+    while in_squeue(slurm_runner, res.batch_id):   # MinJobAge (10 s here) + the purge tick
+        assert time.monotonic() < deadline, "the job never left squeue"
+        time.sleep(1)
     assert plugin.find_by_name([s.job_name, "he-never-submitted"]) == {s.job_name: res.batch_id}
 
 

@@ -86,17 +86,22 @@ class ExactlyOnce(RuleBasedStateMachine):
         seen: set[str] = set()
         for rep, result in zip(reps, out["Results"]):
             rid, k = rep["eventRangeID"], key(rep["eventRangeID"])
-            if result == "applied" and rep["eventStatus"] != "running":
+            if result == "applied":
                 assert rid == self.current[k], "a report of an old attempt was applied"
                 assert held[k] in (1, 2), "a range not in flight was changed"
-                assert rid not in seen
-                seen.add(rid)
-                if rep["eventStatus"] == "finished":
-                    assert k not in self.finished_by, "a range finished twice"
-                    self.finished_by[k] = rid
-                held[k] = -1  # later reports in the same request must not apply again
+                if rep["eventStatus"] != "running":
+                    assert rid not in seen
+                    seen.add(rid)
+                    if rep["eventStatus"] == "finished":
+                        assert k not in self.finished_by, "a range finished twice"
+                        self.finished_by[k] = rid
+                    held[k] = -1  # later reports in the same request must not apply again
             elif result == "stale":  # not the holder: an old attempt, or the range was released since
                 assert rid != self.current[k] or held[k] not in (1, 2)
+            elif result in ("duplicate", "ignored"):  # the holder's report of a range no longer in flight
+                assert rid == self.current[k] and held[k] not in (1, 2), "the holder's report was not applied"
+            else:
+                raise AssertionError(f"unknown result {result!r} for {rid}")
         self.last_reports = reps
 
     @rule()

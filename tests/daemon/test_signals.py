@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 
 import pytest
@@ -61,10 +62,12 @@ def test_sigterm_exit_is_bounded_by_stop_timeout_when_a_cycle_hangs(make_site, b
 
     daemon.send_signal(signal.SIGTERM)
     started = time.monotonic()
-    code = daemon.wait(2 + STOP_MARGIN)  # raises TimeoutExpired if the hanging cycle holds the exit
-    took = time.monotonic() - started
+    try:  # the hanging request (request_timeout 120 s) must not decide when the process ends
+        code = daemon.wait(2 + STOP_MARGIN)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"SIGTERM did not end the daemon within stop_timeout + {STOP_MARGIN}s "
+                    f"({time.monotonic() - started:.0f}s so far):\n{site.log_tail()}")
     assert code == 1
-    assert took < 120  # the hanging request (request_timeout) did not decide when the process ended
     log = site.log_text()
     assert "stopping: cycles still running after 2s" in log and "harvester_edge.daemon: stopped" in log
 

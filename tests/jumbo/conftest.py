@@ -117,6 +117,7 @@ class Harvester:
 
 def check_finished(entries: list[dict], task_id: int, args: dict = SIM_ARGS) -> None:
     """Each finished range: output on disk with the reported size and adler32, and recomputed content."""
+    assert entries, "no finished range to check"
     for ev in entries:
         data = Path(ev["path"]).read_bytes()
         assert len(data) == ev["fsize"], ev

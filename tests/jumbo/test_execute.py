@@ -66,6 +66,7 @@ def test_deadline_kills_the_payload_and_reports_not_done(runner, tmp_path):
     t0 = time.time()
     outcome = runner.run(payload, 0, 9, str(tmp_path / "slow"), ctx(payload["args"]), deadline=t0 + 0.5)
     assert outcome.status == "not-done" and time.time() - t0 < 5
+    assert runner._children == {}  # the payload's child is gone (killed and reaped), not left sleeping
 
 
 def test_missing_output_is_a_failure(runner, tmp_path):

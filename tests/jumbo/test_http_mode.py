@@ -86,6 +86,7 @@ def test_http_mode_exactly_once(mpi, ap, h, tmp_path):
     assert attrs["jobs"]["1001"]["nEventsFinished"] == 80 and attrs["jobs"]["1002"]["nEventsFinished"] == 30
     for pid, task in ((1001, 77), (1002, 78)):
         files = protocol.read_json(attrs["jobs"][str(pid)]["manifest"])["files"]
+        assert len(files) == len(feed[pid]), (pid, files)  # one output file per range
         h.check_finished(files, task)
 
 

@@ -77,6 +77,7 @@ def test_pilot_on_two_slurm_nodes_exactly_once(env, ap, h, tmp_path):
         log = wait_done(env, submit(env, tmp_path, ap), tmp_path)
     ids = Counter(s["eventRangeID"] for s in harvester.statuses)
     assert set(ids) == {r["eventRangeID"] for r in ranges} and set(ids.values()) == {1}, log[-3000:]
+    assert len(harvester.by_status("finished")) == len(ranges), harvester.statuses  # reported once, and finished
     h.check_finished(harvester.by_status("finished"), 77)
     report = protocol.read_job_report(ap)
     assert report["ranks"] == 4

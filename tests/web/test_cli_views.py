@@ -55,9 +55,16 @@ def test_status_shows_a_row_per_task_and_json(run, seeded):
     assert data["task_rows"][0]["succeeded"] == 3 and data["workers"] == {"finished": 1}
 
 
-def test_status_watch_redraws_until_stopped(run):
-    out = run("status", "--watch", "--interval", "0.01", "--iterations", "2")
-    assert out.count("Ctrl-C to stop") >= 1 and "seeded" in out
+def test_status_watch_redraws_until_stopped(run, monkeypatch):
+    import harvester_edge.cli_views as views
+
+    drawn = []  # a non-terminal console shows only the last frame: count the frames built instead
+    real = views.status_renderable
+    monkeypatch.setattr(views, "status_renderable", lambda snapshot: drawn.append(snapshot) or real(snapshot))
+    out = run("status", "--watch", "--interval", "0.01", "--iterations", "3")
+    assert len(drawn) == 1 + 3  # the first frame, then one redraw per iteration
+    assert len({id(snapshot) for snapshot in drawn}) == 4  # each from a snapshot of its own (read again)
+    assert out.count("Ctrl-C to stop") == 1 and "seeded" in out
 
 
 def test_worker_show_table_and_json(run, seeded):
