@@ -13,7 +13,8 @@ Dispatch (acquire_jobs, v1 pilot/acquire_jobs and legacy getJob): in token mode 
 caller's identity, never a free request parameter: a harvester_id parameter that differs is refused with 403
 (admins may name any). A pilot credential also fixes worker_id = claims["worker"] (a different worker_id is
 403); a harvester names which of its workers a job is for, or none. The same rule holds for every call that
-names a harvester_id (update_workers, heartbeat, update_worker_pilot_status, update_jobs_bulk).
+names a harvester_id (all calls below, and update_workers, heartbeat, update_worker_pilot_status): a harvester
+cannot write another harvester's worker rows, which bound that harvester's pilots (below).
 
 Calls that change a job or its ranges, each checked inside the write transaction (a refusal writes nothing):
 - job update: v1 pilot/update_job and legacy updateJob -> HTTP 403.
@@ -27,8 +28,9 @@ Calls that change a job or its ranges, each checked inside the write transaction
 - job kill/retry/fail exist only as task operations (task module: admin scope) and the service's own watchdog.
 Why per entry for bulk calls: PanDA answers these calls per entry and its clients (Harvester's propagator, the
 pilot) read the per-entry answer; here the daemon relays reports from pilot files in batches, and its outbox
-retries an HTTP 403 as an auth failure. One foreign entry (a hostile pilot's file naming someone else's range)
-would then hold the whole batch, with its good reports, forever. Per entry, only the foreign entry is dropped.
+treats an HTTP 403 as an auth failure (kept and retried, issue 11 part 2). One foreign entry (a hostile pilot's
+file naming someone else's range) would then hold the whole batch, with its good reports, forever, or (parked)
+lose them. Per entry, only the foreign entry is dropped. Single-job calls have no such batch: they are a 403.
 
 Pilot credentials and jobs acquired before the worker existed: the harvester acquires a jumbo job first and then
 runs it with one or more workers, at the same time or one after another, so jobs.worker_id (set only when a job
@@ -38,7 +40,9 @@ workers.attrs). A pilot of worker W of harvester H may change job J of H when
     J.worker_id == W, or W's reported pandaid_list contains J, or
     J.worker_id is NULL and the harvester has reported no pandaid_list for W (not reported yet).
 So a pilot never reaches another harvester's jobs, and once its harvester reports its jobs it is held to them.
-No schema change: the relation is read from workers.attrs with json_each.
+No schema change: the relation is read from workers.attrs (one row by primary key, once per request).
+harvester-edge's own daemon relays its pilots' ranges through access-point files with its harvester token and
+does not send pandaid_list (yet): a pilot credential of its workers is then held to the site's jobs.
 """
 from __future__ import annotations
 
