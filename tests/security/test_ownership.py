@@ -276,3 +276,19 @@ def test_daemon_finishes_a_task_in_embedded_token_mode(tmp_path):
             assert conn.execute("SELECT count(*) FROM outbox WHERE state = 'rejected'").fetchone()[0] == 0
     finally:
         site.cleanup()
+
+
+def test_may_change_follows_the_shared_contract():
+    from harvester_edge.central.ownership import may_change
+
+    job = {"panda_id": 1, "harvester_id": "H", "worker_id": None}
+    bound = {**job, "worker_id": "7"}
+    assert may_change(None, job) and may_change({"sub": "x", "scope": "admin"}, bound)
+    assert may_change({"sub": "H", "scope": "harvester"}, bound)
+    assert not may_change({"sub": "G", "scope": "harvester pilot"}, job)
+    worker = {"sub": "H/worker/7", "scope": "pilot", "harvester": "H", "worker": "7"}
+    assert may_change(worker, job) and may_change(worker, bound)
+    assert not may_change({**worker, "worker": "8", "sub": "H/worker/8"}, bound)
+    assert not may_change({**worker, "harvester": "G", "sub": "G/worker/7"}, job)
+    assert may_change({"sub": "H", "scope": "pilot"}, bound)  # a standalone pilot: its sub
+    assert not may_change({"sub": "H/worker/7", "scope": "pilot"}, job)  # no harvester claim: sub is not H
