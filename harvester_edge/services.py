@@ -60,7 +60,8 @@ def start_services(ctx: AgentContext, record: Path | str | None = None) -> Servi
         services.central = central
         url = central.url
         if central.authority is not None:  # same process: the daemon's own token comes straight from the service
-            token = central.authority.issue(f"harvester-{ctx.config.site}", ["pilot", "harvester"])
+            # sub = the harvester_id the agents send (config.site): the service holds a token to its sub (ownership)
+            token = central.authority.issue(ctx.config.site, ["pilot", "harvester"])
     transport = HttpTransport(url, timeout=float(settings.request_timeout),
                               recorder=recording.http if recording else None)
     ctx.central = CentralClient(transport, token=token,

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import models as m
 from .auth import check_token
 from .errors import AuthError, CentralError, InvalidInput
+from .ownership import Caller
 from .service import CentralService, Op
 
 MAX_BODY = 64 * 1024 * 1024
@@ -56,34 +57,38 @@ def validation_message(exc: ValidationError, prefix: str = "body") -> str:
 class Hot:
     module: str
     model: type[BaseModel]
-    op: Callable[[CentralService, Any], Op]
+    op: Callable[[CentralService, Any, Caller], Op]
     answer: Callable[[Any], Any] = lambda value: value
 
 
 HOT: dict[str, Hot] = {
     "pilot/acquire_jobs": Hot(
         "pilot", m.AcquireJobs,
-        lambda s, b: s.acquire_jobs_op(b.site_name, b.n_jobs, b.harvester_id,
-                                       None if b.worker_id is None else str(b.worker_id), b.node),
+        lambda s, b, c: s.acquire_jobs_op(b.site_name, b.n_jobs, b.harvester_id,
+                                          None if b.worker_id is None else str(b.worker_id), b.node, caller=c),
         lambda jobs: {"StatusCode": 0 if jobs else 20, "jobs": jobs}),
     "pilot/update_job": Hot(
         "pilot", m.UpdateJob,
-        lambda s, b: s.update_job_op(b.job_id, b.job_status, m.camel_job(b.model_dump(exclude_none=True))),
+        lambda s, b, c: s.update_job_op(b.job_id, b.job_status, m.camel_job(b.model_dump(exclude_none=True)),
+                                        caller=c),
         lambda command: {"StatusCode": 0, "command": command}),
     "pilot/update_jobs_bulk": Hot(
         "pilot", m.UpdateJobsBulk,
-        lambda s, b: s.update_jobs_bulk_op([m.camel_job(u) if isinstance(u, dict) else u
-                                            for u in json_list(b.job_list, "job_list")])),
+        lambda s, b, c: s.update_jobs_bulk_op([m.camel_job(u) if isinstance(u, dict) else u
+                                               for u in json_list(b.job_list, "job_list")], caller=c)),
     "event/acquire_event_ranges": Hot(
-        "event", m.AcquireRanges, lambda s, b: s.acquire_event_ranges_op(b.job_id, b.task_id, b.n_ranges)),
+        "event", m.AcquireRanges,
+        lambda s, b, c: s.acquire_event_ranges_op(b.job_id, b.task_id, b.n_ranges, caller=c)),
     "event/update_event_ranges": Hot(
         "event", m.UpdateRanges,
-        lambda s, b: s.update_event_ranges_op(json_list(b.event_ranges, "event_ranges"), b.version)),
+        lambda s, b, c: s.update_event_ranges_op(json_list(b.event_ranges, "event_ranges"), b.version, caller=c)),
 }
 
 
-async def call_hot(hot: Hot, service: CentralService, body: Any) -> Any:
-    return hot.answer(await service.run_async(hot.op(service, body)))
+async def call_hot(hot: Hot, service: CentralService, body: Any, claims: dict | None = None) -> Any:
+    """claims: the caller's token claims (None in trusted mode); the service checks who owns what (ownership.py)."""
+    caller = Caller(claims, getattr(body, "harvester_id", None))
+    return hot.answer(await service.run_async(hot.op(service, body, caller)))
 
 
 class FastPath:
@@ -122,15 +127,16 @@ class FastPath:
                     body = gzip.decompress(body)
                 except (OSError, EOFError) as exc:
                     raise InvalidInput(f"body is not gzip despite Content-Encoding: gzip ({exc})") from exc
+            claims = None
             if self.state.authority is not None:
                 auth = headers.get(b"authorization", b"").decode("latin-1")
                 token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-                check_token(self.state.authority, token, hot.module)
+                claims = check_token(self.state.authority, token, hot.module)
             try:
                 model = hot.model.model_validate_json(body)
             except ValidationError as exc:
                 raise InvalidInput(validation_message(exc)) from exc
-            doc = {"success": True, "message": "", "data": await call_hot(hot, self.state.service, model)}
+            doc = {"success": True, "message": "", "data": await call_hot(hot, self.state.service, model, claims)}
         except AuthError as exc:
             status, doc = 403, {"success": False, "message": str(exc), "data": None}
         except CentralError as exc:

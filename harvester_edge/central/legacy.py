@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .auth import authorize
 from .errors import AuthError, CentralError, InvalidInput
+from .ownership import Caller
 
 router = APIRouter()
 MAX_BODY = 64 * 1024 * 1024
@@ -87,11 +88,17 @@ def json_param(params: dict, name: str) -> Any:
 
 
 # -- methods ------------------------------------------------------------------------------------------------
+def caller(p: dict, claims) -> Caller:
+    """Who sends the request (ownership.py): the token's claims and the harvester_id it names, if any."""
+    named = p.get("harvester_id")
+    return Caller(claims, None if named in (None, "") else str(named))
+
+
 def get_job(svc, p: dict, claims) -> Any:
     n_jobs = integer(p, "nJobs", 0, 0, 10_000)
     jobs = svc.acquire_jobs(str(p.get("siteName") or "unknown"), max(n_jobs, 1),
                             p.get("harvester_id"), None if p.get("worker_id") is None else str(p["worker_id"]),
-                            p.get("node"))
+                            p.get("node"), caller=caller(p, claims))
     if "nJobs" in p:
         return {"StatusCode": 0 if jobs else 20, "jobs": jobs}
     if not jobs:
@@ -101,7 +108,7 @@ def get_job(svc, p: dict, claims) -> Any:
 
 def update_job(svc, p: dict, claims) -> Any:
     job_id = integer(p, "jobId")
-    return {"StatusCode": 0, "command": svc.update_job(job_id, p.get("state"), dict(p))}
+    return {"StatusCode": 0, "command": svc.update_job(job_id, p.get("state"), dict(p), caller=caller(p, claims))}
 
 
 def update_jobs_in_bulk(svc, p: dict, claims) -> Any:
@@ -110,7 +117,7 @@ def update_jobs_in_bulk(svc, p: dict, claims) -> Any:
         job_id = u.get("jobId") if isinstance(u, dict) else None
         if isinstance(job_id, str) and job_id.isdigit() and job_id.isascii() and len(job_id) < 19:
             u["jobId"] = int(u["jobId"])
-    answers = svc.update_jobs_bulk(updates)
+    answers = svc.update_jobs_bulk(updates, caller=caller(p, claims))
     return json.dumps((True, answers))
 
 
@@ -126,12 +133,13 @@ def get_status(svc, p: dict, claims) -> Any:
 def get_event_ranges(svc, p: dict, claims) -> Any:
     task = p.get("taskID")
     ranges = svc.acquire_event_ranges(integer(p, "pandaID"), None if task in (None, "") else integer(p, "taskID"),
-                                      integer(p, "nRanges", 10, 1, 100_000))
+                                      integer(p, "nRanges", 10, 1, 100_000), caller=caller(p, claims))
     return {"StatusCode": 0, "eventRanges": ranges}
 
 
 def update_event_ranges(svc, p: dict, claims) -> Any:
-    out = svc.update_event_ranges(json_param(p, "eventRanges"), integer(p, "version", 0, 0, 1))
+    out = svc.update_event_ranges(json_param(p, "eventRanges"), integer(p, "version", 0, 0, 1),
+                                  caller=caller(p, claims))
     return {"StatusCode": 0, "Returns": out["Returns"], "Command": out["Command"]}
 
 
@@ -139,7 +147,7 @@ def update_worker_pilot_status(svc, p: dict, claims) -> Any:
     if not p.get("harvesterID") or p.get("workerID") in (None, ""):
         raise InvalidInput("parameters harvesterID and workerID are required")
     svc.update_worker_pilot_status(str(p["harvesterID"]), str(p["workerID"]), p.get("status"), p.get("site"),
-                                   p.get("node_id"))
+                                   p.get("node_id"), caller=Caller(claims, str(p["harvesterID"])))
     return {"StatusCode": 0}
 
 

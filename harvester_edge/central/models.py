@@ -49,11 +49,12 @@ class UpdateJob(Body):
     attempt_nr: int | None = None
     start_time: str | float | None = None
     end_time: str | float | None = None
+    harvester_id: str | None = Field(None, max_length=200)  # optional: who sends it (ownership.py)
 
 
 class UpdateJobsBulk(Body):
     job_list: list[dict] | str
-    harvester_id: str | None = None
+    harvester_id: str | None = Field(None, max_length=200)
 
 
 class AcquireRanges(Body):
@@ -63,11 +64,13 @@ class AcquireRanges(Body):
     n_ranges: int = Field(10, ge=1, le=100_000)
     scattered: bool = False
     segment_id: int | None = None
+    harvester_id: str | None = Field(None, max_length=200)  # optional: who sends it (ownership.py)
 
 
 class UpdateRanges(Body):
     event_ranges: list | str
     version: int = Field(0, ge=0, le=1)
+    harvester_id: str | None = Field(None, max_length=200)  # optional: who sends it (ownership.py)
 
 
 class Heartbeat(Body):

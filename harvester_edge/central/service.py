@@ -11,6 +11,7 @@ from typing import Any, Callable
 from . import classify, events, jobs, tasks
 from .db import Database
 from .errors import CentralError, InvalidInput
+from .ownership import TRUSTED, Caller, Judge, named_harvester, report_job
 from .states import JOB_WATCHED, RangeStatus
 from .taskspec import TaskSpec, parse_task
 
@@ -84,48 +85,61 @@ class CentralService:
         value = await self.db.write_async(op.fn, *op.args)
         return op.post(value) if op.post else value
 
+    # Every op that changes a job or its ranges takes the Caller (ownership.py) and checks it inside the write.
     def acquire_jobs_op(self, site: str, n_jobs: int = 1, harvester_id: str | None = None,
-                        worker_id: str | None = None, node: str | None = None, now: float | None = None) -> Op:
+                        worker_id: str | None = None, node: str | None = None, now: float | None = None,
+                        caller: Caller = TRUSTED) -> Op:
         _check_int("n_jobs", n_jobs, 1, 10_000)
+        harvester_id, worker_id = named_harvester(caller, harvester_id, worker_id)
         return Op(jobs.dispatch, (n_jobs, site, harvester_id, worker_id, node, self._now(now)))
 
-    def update_job_op(self, job_id: int, state: str, fields: dict | None = None, now: float | None = None) -> Op:
-        return Op(jobs.update, (job_id, state, fields or {}, self._now(now)))
+    def update_job_op(self, job_id: int, state: str, fields: dict | None = None, now: float | None = None,
+                      caller: Caller = TRUSTED) -> Op:
+        named_harvester(caller, caller.harvester_id)
+        return Op(_update_job, (job_id, state, fields or {}, self._now(now), caller))
 
-    def update_jobs_bulk_op(self, updates: list[dict], now: float | None = None) -> Op:
-        """Each update is independent: one bad entry gets its error and does not undo the others."""
+    def update_jobs_bulk_op(self, updates: list[dict], now: float | None = None, caller: Caller = TRUSTED) -> Op:
+        """Each update is independent: one bad or foreign entry gets its error and does not undo the others."""
         if not isinstance(updates, list):
             raise InvalidInput(f"job list must be a JSON list, got {type(updates).__name__}")
-        return Op(_bulk, (updates, self._now(now)))
+        named_harvester(caller, caller.harvester_id)
+        return Op(_bulk, (updates, self._now(now), caller))
 
     def acquire_event_ranges_op(self, job_id: int, task_id: int | None = None, n_ranges: int = 10,
-                                now: float | None = None) -> Op:
+                                now: float | None = None, caller: Caller = TRUSTED) -> Op:
         _check_int("n_ranges", n_ranges, 1, 100_000)
-        return Op(_acquire_ranges, (job_id, task_id, n_ranges, self._now(now)))
+        named_harvester(caller, caller.harvester_id)
+        return Op(_acquire_ranges, (job_id, task_id, n_ranges, self._now(now), caller))
 
-    def update_event_ranges_op(self, reports: Any, version: int = 0, now: float | None = None) -> Op:
+    def update_event_ranges_op(self, reports: Any, version: int = 0, now: float | None = None,
+                               caller: Caller = TRUSTED) -> Op:
         flat = events.flatten_reports(reports, version)
-        return Op(_update_ranges, (flat, self._now(now)),
-                  lambda results: {"Returns": [r != "stale" for r in results], "Results": results, "Command": None})
+        named_harvester(caller, caller.harvester_id)
+        return Op(_update_ranges, (flat, self._now(now), caller),
+                  lambda results: {"Returns": [r not in ("stale", "refused") for r in results], "Results": results,
+                                   "Command": None})
 
     def acquire_jobs(self, site: str, n_jobs: int = 1, harvester_id: str | None = None,
-                     worker_id: str | None = None, node: str | None = None, now: float | None = None) -> list[dict]:
-        return self.run(self.acquire_jobs_op(site, n_jobs, harvester_id, worker_id, node, now))
+                     worker_id: str | None = None, node: str | None = None, now: float | None = None,
+                     caller: Caller = TRUSTED) -> list[dict]:
+        return self.run(self.acquire_jobs_op(site, n_jobs, harvester_id, worker_id, node, now, caller))
 
-    def update_job(self, job_id: int, state: str, fields: dict | None = None, now: float | None = None) -> str:
+    def update_job(self, job_id: int, state: str, fields: dict | None = None, now: float | None = None,
+                   caller: Caller = TRUSTED) -> str:
         """A pilot's update; returns the command for the pilot ('NULL' or 'tobekilled')."""
-        return self.run(self.update_job_op(job_id, state, fields, now))
+        return self.run(self.update_job_op(job_id, state, fields, now, caller))
 
-    def update_jobs_bulk(self, updates: list[dict], now: float | None = None) -> list[dict]:
-        return self.run(self.update_jobs_bulk_op(updates, now))
+    def update_jobs_bulk(self, updates: list[dict], now: float | None = None, caller: Caller = TRUSTED) -> list[dict]:
+        return self.run(self.update_jobs_bulk_op(updates, now, caller))
 
     def acquire_event_ranges(self, job_id: int, task_id: int | None = None, n_ranges: int = 10,
-                             now: float | None = None) -> list[dict]:
-        return self.run(self.acquire_event_ranges_op(job_id, task_id, n_ranges, now))
+                             now: float | None = None, caller: Caller = TRUSTED) -> list[dict]:
+        return self.run(self.acquire_event_ranges_op(job_id, task_id, n_ranges, now, caller))
 
-    def update_event_ranges(self, reports: Any, version: int = 0, now: float | None = None) -> dict:
-        """{"Returns": [bool], "Results": ['applied'|'duplicate'|'stale'|'ignored'], "Command": None}."""
-        return self.run(self.update_event_ranges_op(reports, version, now))
+    def update_event_ranges(self, reports: Any, version: int = 0, now: float | None = None,
+                            caller: Caller = TRUSTED) -> dict:
+        """{"Returns": [bool], "Results": ['applied'|'duplicate'|'stale'|'ignored'|'refused'], "Command": None}."""
+        return self.run(self.update_event_ranges_op(reports, version, now, caller))
 
     def job_status(self, job_ids: list[int]) -> list[dict]:
         out = []
@@ -145,23 +159,35 @@ class CentralService:
         return self.db.reader().execute(sql, args).fetchone()[0]
 
     # -- harvester and workers ------------------------------------------------------------------------------
-    def heartbeat(self, harvester_id: str, attrs: dict | None = None, now: float | None = None) -> None:
+    def heartbeat(self, harvester_id: str, attrs: dict | None = None, now: float | None = None,
+                  caller: Caller = TRUSTED) -> None:
+        harvester_id = named_harvester(caller, harvester_id)[0]
         self.db.write(lambda c, n: c.execute(
             "INSERT INTO harvesters VALUES (?, ?, ?) ON CONFLICT (harvester_id) DO UPDATE SET "
             "last_heartbeat=excluded.last_heartbeat, attrs=excluded.attrs",
             (harvester_id, n, json.dumps(attrs or {}))), self._now(now))
 
-    def update_workers(self, harvester_id: str, workers: list[dict], now: float | None = None) -> list[bool]:
+    def update_workers(self, harvester_id: str, workers: list[dict], now: float | None = None,
+                       caller: Caller = TRUSTED) -> list[bool]:
+        """Harvester's worker specs; "pandaid_list" (the jobs a worker runs) also bounds its pilot (ownership.py)."""
+        harvester_id = named_harvester(caller, harvester_id)[0]
         if not isinstance(workers, list) or not all(isinstance(w, dict) and "workerID" in w for w in workers):
             raise InvalidInput("workers must be a list of objects with a workerID")
         for w in workers:
             for k in ("workerID", "status", "computingSite", "nodeID"):
                 if w.get(k) is not None and not isinstance(w[k], (str, int)) or isinstance(w.get(k), bool):
                     raise InvalidInput(f"worker field {k} must be a string or an integer, got {w.get(k)!r:.80}")
+            listed = w.get("pandaid_list")
+            if listed is not None and (not isinstance(listed, list) or not all(
+                    isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 2**62 for p in listed)):
+                raise InvalidInput(f"pandaid_list of worker {w['workerID']!r:.80} must be a list of PandaIDs, "
+                                   f"got {listed!r:.80}")
         return self.db.write(_upsert_workers, harvester_id, workers, self._now(now))
 
     def update_worker_pilot_status(self, harvester_id: str, worker_id: str, status: str, site: str | None = None,
-                                   node: str | None = None, now: float | None = None) -> None:
+                                   node: str | None = None, now: float | None = None, caller: Caller = TRUSTED) -> None:
+        named = named_harvester(caller, harvester_id, worker_id)
+        harvester_id, worker_id = named[0], worker_id if named[1] is None else named[1]
         if status not in ("started", "finished"):
             raise InvalidInput(f"pilot status must be 'started' or 'finished', got {status!r}")
         self.db.write(lambda c, n: c.execute(
@@ -195,14 +221,21 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _bulk(conn, updates: list, now: float) -> list[dict]:
-    answers = []
+def _update_job(conn, job_id: Any, state: Any, fields: dict, now: float, caller: Caller,
+                judge: Judge | None = None) -> str:
+    if not caller.unchecked:  # look at the owner before anything else: a refused update writes nothing
+        (judge or Judge(conn, caller)).check(jobs.get_job(conn, job_id))
+    return jobs.update(conn, job_id, state, fields, now)
+
+
+def _bulk(conn, updates: list, now: float, caller: Caller = TRUSTED) -> list[dict]:
+    answers, judge = [], Judge(conn, caller)
     for i, upd in enumerate(updates):
         conn.execute("SAVEPOINT bulk")
         try:
             if not isinstance(upd, dict):
                 raise InvalidInput(f"job list entry {i} must be an object, got {upd!r:.80}")
-            command = jobs.update(conn, upd.get("jobId"), upd.get("state"), upd, now)
+            command = _update_job(conn, upd.get("jobId"), upd.get("state"), upd, now, caller, judge)
             conn.execute("RELEASE bulk")
             answers.append({"StatusCode": 0, "command": command})
         except CentralError as exc:  # per-entry answer; the others go on
@@ -212,8 +245,10 @@ def _bulk(conn, updates: list, now: float) -> list[dict]:
     return answers
 
 
-def _acquire_ranges(conn, job_id: Any, task_id: Any, n_ranges: int, now: float) -> list[dict]:
+def _acquire_ranges(conn, job_id: Any, task_id: Any, n_ranges: int, now: float,
+                    caller: Caller = TRUSTED) -> list[dict]:
     job = jobs.get_job(conn, job_id)
+    Judge(conn, caller).check(job)
     if task_id is not None and task_id != job["task_id"]:
         raise InvalidInput(f"job {job_id} belongs to task {job['task_id']}, not {task_id!r}")
     if job["status"] not in JOB_WATCHED or job["command"] == "tobekilled":
@@ -225,7 +260,18 @@ def _acquire_ranges(conn, job_id: Any, task_id: Any, n_ranges: int, now: float) 
     return events.claim(conn, task, job_id, n_ranges, now)
 
 
-def _update_ranges(conn, reports: list, now: float) -> list[str]:
+def _update_ranges(conn, reports: list, now: float, caller: Caller = TRUSTED) -> list[str]:
+    if caller.unchecked:
+        return _apply_reports(conn, reports, now)
+    refused = Judge(conn, caller).refused({pid for pid in map(report_job, reports) if pid is not None})
+    if refused:  # reports for ranges of jobs the caller may not change: answered 'refused', never applied
+        own = [r for r in reports if report_job(r) not in refused]
+        applied = iter(_apply_reports(conn, own, now) if own else [])
+        return ["refused" if report_job(r) in refused else next(applied) for r in reports]
+    return _apply_reports(conn, reports, now)
+
+
+def _apply_reports(conn, reports: list, now: float) -> list[str]:
     results, touched = events.apply_reports(conn, reports, now)
     for task_id in touched:
         jobs.settle_task(conn, task_id, now, top_up=False)  # range reports do not change the jobs alive

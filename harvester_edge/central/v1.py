@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from .auth import authorize
 from .errors import AuthError, InvalidInput
 from .hotpath import HOT, call_hot, dumps
+from .ownership import Caller
 from .models import BIG, AcquireJobs, AcquireRanges, Heartbeat, PilotStatus, TaskRef, UpdateJob, UpdateJobsBulk, \
     UpdateRanges, UpdateWorkers
 from .taskspec import TaskSpec
@@ -30,8 +31,8 @@ def svc(request: Request):
 
 async def hot(request: Request, name: str, body: Any) -> Response:
     entry = HOT[name]
-    authorize(request, entry.module)
-    return ok(await call_hot(entry, svc(request), body))
+    claims = authorize(request, entry.module)
+    return ok(await call_hot(entry, svc(request), body, claims))
 
 
 @router.post("/pilot/acquire_jobs", tags=["pilot"])
@@ -60,9 +61,9 @@ async def get_job_status(request: Request, job_ids: str = Query(max_length=100_0
 
 @router.post("/pilot/update_worker_pilot_status", tags=["pilot"])
 def update_worker_pilot_status(body: PilotStatus, request: Request) -> Response:
-    authorize(request, "pilot")
+    caller = Caller(authorize(request, "pilot"), body.harvester_id)
     svc(request).update_worker_pilot_status(body.harvester_id, str(body.worker_id), body.status, body.site,
-                                            body.node_id)
+                                            body.node_id, caller=caller)
     return ok(True)
 
 
@@ -85,15 +86,15 @@ def get_available_event_range_count(request: Request,  # a count over the ready 
 
 @router.post("/harvester/heartbeat", tags=["harvester"])
 def heartbeat(body: Heartbeat, request: Request) -> Response:
-    authorize(request, "harvester")
-    svc(request).heartbeat(body.harvester_id, body.data)
+    caller = Caller(authorize(request, "harvester"), body.harvester_id)
+    svc(request).heartbeat(body.harvester_id, body.data, caller=caller)
     return ok(True)
 
 
 @router.post("/harvester/update_workers", tags=["harvester"])
 def update_workers(body: UpdateWorkers, request: Request) -> Response:
-    authorize(request, "harvester")
-    return ok(svc(request).update_workers(body.harvester_id, body.workers))
+    caller = Caller(authorize(request, "harvester"), body.harvester_id)
+    return ok(svc(request).update_workers(body.harvester_id, body.workers, caller=caller))
 
 
 @router.post("/harvester/acquire_commands", tags=["harvester"])
