@@ -39,10 +39,14 @@ def app_client(tmp_path_factory):
         svc.submit_task(task_dict(events=50, jobs=2))
     job = svc.acquire_jobs("S", 1)[0]["PandaID"]
     svc.acquire_event_ranges(job, None, 3)
-    asgi = create_asgi(settings, svc, None)  # what the server runs: FastPath in front of FastAPI
-    with TestClient(asgi, raise_server_exceptions=True) as client:
-        yield client, asgi.app
+    asgi = create_asgi(settings, svc, None)  # what the server runs: Guard, FastPath, FastAPI
+    # trusted mode checks each peer and Host: the test client is a loopback peer calling 127.0.0.1
+    with TestClient(asgi, raise_server_exceptions=True, **LOOPBACK) as client:
+        yield client, asgi.app.app
     svc.close()
+
+
+LOOPBACK = {"client": ("127.0.0.1", 50000), "base_url": "http://127.0.0.1"}
 
 
 def operations(app) -> list[tuple[str, str, list[str]]]:
@@ -144,7 +148,8 @@ def test_hot_path_and_fastapi_routes_answer_alike(tmp_path):
     settings = CentralSettings(db=path, trusted=True)
     svc = CentralService.open(path, settings)
     svc.submit_task(task_dict(events=50, jobs=2))
-    plain, fast = TestClient(create_app(settings, svc, None)), TestClient(create_asgi(settings, svc, None))
+    plain = TestClient(create_app(settings, svc, None))
+    fast = TestClient(create_asgi(settings, svc, None), **LOOPBACK)
     requests_ = [("/api/v1/pilot/update_job", b'{"job_id": 1, "job_status": "running"}'),
                  ("/api/v1/pilot/update_job", b'{"job_id": "x"}'),
                  ("/api/v1/pilot/update_job", b'{not json'),
