@@ -38,7 +38,7 @@ class CentralSettings(BaseModel, extra="forbid"):
     db: Path | None = Field(None, description="central SQLite file; None = <work_dir>/central.db")
     trusted: bool = Field(False, description="no tokens at all (loopback, unix socket or trusted_networks only)")
     trusted_networks: list[str] = Field(default_factory=list, description="CIDRs allowed in trusted mode")
-    unix_socket_mode: int = Field(0o600, ge=0, le=0o777, description="file mode of central.unix_socket (0o660 "
+    unix_socket_mode: int = Field(0o600, ge=0, le=0o777, description="file mode of central.unix_socket (0660 "
                                                                      "with unix_socket_group to share it)")
     unix_socket_group: str | None = Field(None, description="group of central.unix_socket (None = yours)")
     allowed_hosts: list[str] = Field(default_factory=list, description="more Host names the service answers to "
@@ -59,6 +59,16 @@ class CentralSettings(BaseModel, extra="forbid"):
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError as exc:
                 raise ValueError(f"expected a CIDR such as 10.0.0.0/8, got {cidr!r}") from exc
+        return value
+
+    @field_validator("unix_socket_mode", mode="before")
+    @classmethod
+    def _octal(cls, value: object) -> object:
+        if isinstance(value, str):  # "0660" or "0o660" quoted in YAML: a file mode is octal
+            try:
+                return int(value.removeprefix("0o"), 8)
+            except ValueError as exc:
+                raise ValueError(f"expected an octal file mode such as 0600 or 0660, got {value!r}") from exc
         return value
 
     @field_validator("allowed_origins")

@@ -7,11 +7,17 @@ stack the server runs (Guard + FastPath + FastAPI) with a foreign client address
 """
 from __future__ import annotations
 
+import functools
 import grp
+import http.server
+import json
+import logging
 import os
 import re
 import sqlite3
 import stat
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -290,3 +296,107 @@ def test_unix_socket_defaults_to_owner_only(tmp_path):
         assert stat.S_IMODE(sock.stat().st_mode) == 0o600
     finally:
         central.stop()
+
+
+# -- a real browser: a hostile page on another origin, and the monitor's own form ---------------------------
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+ATTACK_PAGE = """<!doctype html><html><body>
+<iframe name="f1"></iframe><iframe name="f2"></iframe><iframe name="f3"></iframe><iframe name="f4"></iframe>
+<form id="legacy" method="post" action="{svc}/server/panda/updateJob" target="f1">
+  <input name="jobId" value="{pid}"><input name="state" value="failed"></form>
+<form id="dispatch" method="post" action="{svc}/server/panda/getJob" target="f2">
+  <input name="siteName" value="S"></form>
+<form id="promote" method="post" action="{svc}/monitor/errors/{rule}/promote" target="f3">
+  <input name="class" value="system"></form>
+<form id="plain" method="post" action="{svc}/api/v1/task/submit" enctype="text/plain" target="f4">
+  <input name='{{"name": "t", "x": "' value='"}}'></form>
+<img src="{svc}/server/panda/getJob?siteName=S">
+<img src="{svc}/server/panda/updateJob?jobId={pid}&state=failed">
+<script>
+for (const id of ["legacy", "dispatch", "promote", "plain"]) document.getElementById(id).submit();
+fetch("{svc}/api/v1/task/submit", {{method: "POST", mode: "no-cors", body: JSON.stringify({task})}});
+</script></body></html>"""
+
+
+@pytest.fixture
+def chromium():
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.fail("selenium is missing: pip install -e .[test]") if os.environ.get("CI") else pytest.skip("selenium")
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        what = "Chromium is missing: scripts/setup installs it"
+        pytest.fail(what) if os.environ.get("CI") else pytest.skip(what)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-extensions"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Refusals(logging.Handler):
+    """Counts the Guard's refusal lines: proof that the browser's requests reached the service."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_a_hostile_page_in_chromium_changes_nothing_and_the_monitor_form_works(live, chromium, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    url, ids, db = live
+    site = tmp_path / "evil"
+    site.mkdir()
+    (site / "index.html").write_text(ATTACK_PAGE.format(svc=url, pid=ids["panda_id"], rule=ids["rule"],
+                                                        task=json.dumps(TASK)))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    evil.RequestHandlerClass.log_message = lambda *a: None
+    threading.Thread(target=evil.serve_forever, name="evil-site", daemon=True).start()
+    refusals = Refusals()
+    guard_log = logging.getLogger("harvester_edge.central.guard")
+    guard_log.addHandler(refusals)
+    old_level = guard_log.level
+    guard_log.setLevel(logging.INFO)
+    before = snapshot(db)
+    try:
+        # "localhost" is another site than 127.0.0.1 (and another port): a page the operator happens to open
+        chromium.get(f"http://localhost:{evil.server_address[1]}/index.html")
+        wait_for(lambda: len(refusals.lines) >= 7 or snapshot(db) != before, 20,
+                 "the hostile page's 7 requests to reach the service")
+        assert snapshot(db) == before, refusals.lines
+        assert sum("cross-site" in line for line in refusals.lines) >= 5
+        assert sum("send it with POST" in line for line in refusals.lines) == 2  # the two <img> GETs
+
+        # the monitor's own form, in the same browser, without JavaScript doing anything
+        chromium.get(f"{url}/monitor/errors")
+        form = chromium.find_element(By.CSS_SELECTOR, f'form[action="/monitor/errors/{ids["rule"]}/promote"]')
+        form.find_element(By.CSS_SELECTOR, "select option[value=system]").click()
+        form.find_element(By.TAG_NAME, "button").click()
+        wait_for(lambda: rule_state(db, ids["rule"]) == ("confirmed", "system"), 20, "the promoted rule")
+        assert "/monitor/errors?done=" in chromium.current_url
+    finally:
+        guard_log.removeHandler(refusals)
+        guard_log.setLevel(old_level)
+        evil.shutdown()
+        evil.server_close()
