@@ -148,7 +148,7 @@ class Guard:
     def bad_host(self, host: str | None) -> str | None:
         if host is None or self.any_host:  # HTTP/1.0 clients may send none; browsers always do
             return None
-        name, _ = split_host(host)
+        name = split_host(host)[0].rstrip(".")
         if name in self.hosts or is_ip(name) or name.endswith(".localhost"):
             return None
         return (f"Host {host[:100]!r} is not a name of this service (DNS rebinding?): call it by localhost, an "
