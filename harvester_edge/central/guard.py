@@ -42,6 +42,8 @@ CREDENTIAL_GETS = frozenset({"/api/v1/creds/get_access_token", "/api/v1/creds/ge
 # Legacy methods that change nothing and may be called with GET; every other legacy method is POST-only.
 LEGACY_READS = frozenset({"isAlive", "getStatus"})
 LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+WANTED = frozenset({b"host", b"origin", b"sec-fetch-site", b"content-type"})
+CACHE_SIZE = 4096  # decisions per peer address / Host value are remembered (ipaddress parsing costs ~5 us)
 
 
 @lru_cache(maxsize=1)
@@ -91,6 +93,8 @@ class Guard:
         if self.unix_socket is not None:
             path = str(self.unix_socket).lower()
             self.hosts |= {path, quote(path, safe="").lower()}
+        self._peers: dict[str, str | None] = {}
+        self._host_names: dict[str, str | None] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,7 +118,7 @@ class Guard:
             if why:
                 return 403, why
         method, path = scope["method"], scope.get("path", "")
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", []) if k in WANTED}
         changing = method not in SAFE_METHODS or path in CREDENTIAL_GETS
         if self.trusted or changing:
             why = self.bad_host(headers.get("host"))
@@ -134,10 +138,13 @@ class Guard:
             if self.unix_socket is not None:
                 return None
             return "trusted mode: a connection without a peer address is only accepted on central.unix_socket"
+        return remembered(self._peers, str(client[0]), self._peer_verdict)
+
+    def _peer_verdict(self, peer: str) -> str | None:
         try:
-            addr = ipaddress.ip_address(str(client[0]))
+            addr = ipaddress.ip_address(peer)
         except ValueError:
-            return f"trusted mode: peer {str(client[0])[:80]!r} is not an IP address"
+            return f"trusted mode: peer {peer[:80]!r} is not an IP address"
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
             addr = addr.ipv4_mapped
         if addr.is_loopback or any(addr in net for net in self.networks):
@@ -148,6 +155,9 @@ class Guard:
     def bad_host(self, host: str | None) -> str | None:
         if host is None or self.any_host:  # HTTP/1.0 clients may send none; browsers always do
             return None
+        return remembered(self._host_names, host, self._host_verdict)
+
+    def _host_verdict(self, host: str) -> str | None:
         name = split_host(host)[0].rstrip(".")
         if name in self.hosts or is_ip(name) or name.endswith(".localhost"):
             return None
@@ -170,6 +180,17 @@ class Guard:
                 return 415, (f"a browser-sent /api/v1 call must be Content-Type: application/json, got "
                              f"{ctype[:80] or 'none'!r}")
         return None
+
+
+def remembered(cache: dict[str, str | None], key: str, verdict) -> str | None:
+    """verdict(key), computed once per key (the cache is emptied when full: a flood of new keys costs time only)."""
+    try:
+        return cache[key]
+    except KeyError:
+        if len(cache) >= CACHE_SIZE:
+            cache.clear()
+        value = cache[key] = verdict(key)
+        return value
 
 
 async def respond(send: Send, path: str, status: int, message: str) -> None:
