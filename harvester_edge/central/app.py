@@ -19,6 +19,7 @@ from harvester_edge.web import monitor_router
 
 from . import legacy, v1
 from .errors import AuthError, CentralError
+from .guard import Guard
 from .hotpath import FastPath
 from .service import CentralService
 from .tokens import TokenAuthority
@@ -99,6 +100,7 @@ def create_app(settings: Any, service: CentralService, authority: TokenAuthority
     return app
 
 
-def create_asgi(settings: Any, service: CentralService, authority: TokenAuthority | None = None) -> FastPath:
-    """What the server runs: the FastAPI app behind the hot path for job updates and event ranges."""
-    return FastPath(create_app(settings, service, authority))
+def create_asgi(settings: Any, service: CentralService, authority: TokenAuthority | None = None) -> Guard:
+    """What the server runs: the FastAPI app behind the hot path for job updates and event ranges, both behind
+    the Guard (trusted-mode peer, Host, Origin and GET checks before any other work)."""
+    return Guard(FastPath(create_app(settings, service, authority)), settings, trusted=authority is None)

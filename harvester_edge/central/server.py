@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import shutil
 import signal
 import socket
 import threading
@@ -122,7 +123,15 @@ class EmbeddedCentral:
             path.unlink(missing_ok=True)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind(str(path))
-            path.chmod(0o600)
+            # before listen(): nobody can connect until mode and group are set
+            if self.settings.unix_socket_group is not None:
+                try:
+                    shutil.chown(path, group=self.settings.unix_socket_group)
+                except (LookupError, PermissionError) as exc:
+                    sock.close()
+                    raise CentralError(f"central.unix_socket_group {self.settings.unix_socket_group!r}: cannot "
+                                       f"give {path} to that group ({exc}); pick a group you belong to") from exc
+            path.chmod(self.settings.unix_socket_mode)
             self.url = f"http+unix://{path}"
             return sock
         family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -37,6 +38,13 @@ class CentralSettings(BaseModel, extra="forbid"):
     db: Path | None = Field(None, description="central SQLite file; None = <work_dir>/central.db")
     trusted: bool = Field(False, description="no tokens at all (loopback, unix socket or trusted_networks only)")
     trusted_networks: list[str] = Field(default_factory=list, description="CIDRs allowed in trusted mode")
+    unix_socket_mode: int = Field(0o600, ge=0, le=0o777, description="file mode of central.unix_socket (0660 "
+                                                                     "with unix_socket_group to share it)")
+    unix_socket_group: str | None = Field(None, description="group of central.unix_socket (None = yours)")
+    allowed_hosts: list[str] = Field(default_factory=list, description="more Host names the service answers to "
+                                     "(besides localhost, IP addresses and this machine's name); '*' = any")
+    allowed_origins: list[str] = Field(default_factory=list, description="web origins (scheme://host:port) "
+                                       "allowed to make state-changing calls besides the service's own")
     tokens: TokenSettings = Field(default_factory=TokenSettings)
     heartbeat_timeout: IntDuration = Field(2 * 3600, description="jobs without heartbeat this long fail (code 100)")
     watchdog_interval: Duration = Field(60, gt=0)
@@ -51,6 +59,24 @@ class CentralSettings(BaseModel, extra="forbid"):
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError as exc:
                 raise ValueError(f"expected a CIDR such as 10.0.0.0/8, got {cidr!r}") from exc
+        return value
+
+    @field_validator("unix_socket_mode", mode="before")
+    @classmethod
+    def _octal(cls, value: object) -> object:
+        if isinstance(value, str):  # "0660" or "0o660" quoted in YAML: a file mode is octal
+            try:
+                return int(value.removeprefix("0o"), 8)
+            except ValueError as exc:
+                raise ValueError(f"expected an octal file mode such as 0600 or 0660, got {value!r}") from exc
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not re.fullmatch(r"https?://[^/?#\s]+", origin.rstrip("/")):
+                raise ValueError(f"expected a web origin such as https://monitor.example.org:8443, got {origin!r}")
         return value
 
     @model_validator(mode="after")

@@ -2,7 +2,7 @@
 
 Same auth rules as the API: in trusted mode (no TokenAuthority) every page is open; otherwise reading needs a
 token with scope harvester or admin (Authorization: Bearer, or once `?token=...`, kept in a cookie), and
-confirming an error classification needs admin.
+confirming an error classification needs admin. Forms carry a CSRF token (csrf.py); GET changes nothing.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from harvester_edge.central.auth import bearer
 from harvester_edge.central.errors import AuthError, CentralError, NotFound
 
-from . import pages
+from . import csrf, pages
 from .render import render
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,11 @@ def _check(request: Request, scopes: set[str]) -> None:
 
 def _html(request: Request, template: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
     refresh = request.query_params.get("refresh", "")
-    context = {"refresh": int(refresh) if refresh.isdigit() else 10, "path": request.url.path, **context}
+    token, nonce = csrf.form_token(request)
+    context = {"refresh": int(refresh) if refresh.isdigit() else 10, "path": request.url.path,
+               "csrf_field": csrf.FIELD, "csrf_token": token, **context}
     response = HTMLResponse(render(template, context), status_code=status)
+    csrf.set_cookie(response, nonce)
     token = request.query_params.get("token")
     if token:  # remembered so links and the auto-refresh need not carry it
         response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
@@ -108,6 +111,7 @@ def build_router() -> APIRouter:
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         klass = (form.get("class") or [None])[0] or None
         try:
+            csrf.check(request, form)  # the Guard already refused a foreign Origin or Host
             _check(request, {"admin"})
             row = request.app.state.service.promote_error(rule_id, klass)
         except AuthError as exc:

@@ -39,10 +39,14 @@ def app_client(tmp_path_factory):
         svc.submit_task(task_dict(events=50, jobs=2))
     job = svc.acquire_jobs("S", 1)[0]["PandaID"]
     svc.acquire_event_ranges(job, None, 3)
-    asgi = create_asgi(settings, svc, None)  # what the server runs: FastPath in front of FastAPI
-    with TestClient(asgi, raise_server_exceptions=True) as client:
-        yield client, asgi.app
+    asgi = create_asgi(settings, svc, None)  # what the server runs: Guard, FastPath, FastAPI
+    # trusted mode checks each peer and Host: the test client is a loopback peer calling 127.0.0.1
+    with TestClient(asgi, raise_server_exceptions=True, **LOOPBACK) as client:
+        yield client, asgi.app.app
     svc.close()
+
+
+LOOPBACK = {"client": ("127.0.0.1", 50000), "base_url": "http://127.0.0.1"}
 
 
 def operations(app) -> list[tuple[str, str, list[str]]]:
@@ -146,7 +150,8 @@ def test_hot_path_and_fastapi_routes_answer_alike(tmp_path):
     task_id = svc.submit_task(task_dict(events=50, jobs=2))
     job = svc.acquire_jobs("S", 1)[0]["PandaID"]
     idle = next(j["panda_id"] for j in svc.show_task(task_id)["jobs"] if j["panda_id"] != job)
-    plain, fast = TestClient(create_app(settings, svc, None)), TestClient(create_asgi(settings, svc, None))
+    plain = TestClient(create_app(settings, svc, None))
+    fast = TestClient(create_asgi(settings, svc, None), **LOOPBACK)
     # (url, body, whether both must succeed): the accepted ones may be sent twice (running -> running is legal)
     requests_ = [("/api/v1/pilot/update_job", b'{"job_id": %d, "job_status": "running"}' % job, True),
                  ("/api/v1/pilot/update_jobs_bulk", b'{"job_list": [{"jobId": %d, "state": "running"}]}' % job,

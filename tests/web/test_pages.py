@@ -65,6 +65,12 @@ def test_worker_page_batch_id_history_script_and_output(monitor):
     assert get(f"{url}/monitor/worker/77").status_code == 404
 
 
+def csrf_token(html: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert found, "the monitor page has no CSRF field"
+    return found.group(1)
+
+
 def test_errors_page_groups_failures_and_promotes_a_suggestion(monitor):
     url, ids = monitor
     html = get(f"{url}/monitor/errors").text
@@ -73,8 +79,10 @@ def test_errors_page_groups_failures_and_promotes_a_suggestion(monitor):
     assert group and group.group(1) == "2"
     assert f"payload? (suggested #{ids['rule']})" in html  # its classification, until confirmed
     assert f'action="/monitor/errors/{ids["rule"]}/promote"' in html
-    answer = requests.post(f"{url}/monitor/errors/{ids['rule']}/promote", data={"class": "system"},
-                           allow_redirects=False, timeout=10)
+    session = requests.Session()  # a browser: the page sets the CSRF cookie, the form carries the token
+    token = csrf_token(session.get(f"{url}/monitor/errors", timeout=10).text)
+    answer = session.post(f"{url}/monitor/errors/{ids['rule']}/promote", data={"class": "system", "csrf": token},
+                          allow_redirects=False, timeout=10)
     assert answer.status_code == 303 and answer.headers["location"].startswith("/monitor/errors")
     with sqlite3.connect(ids["work"] / "central.db") as conn:
         assert conn.execute("SELECT status, class FROM error_classes WHERE id=?", (ids["rule"],)).fetchone() == \
@@ -82,7 +90,8 @@ def test_errors_page_groups_failures_and_promotes_a_suggestion(monitor):
     after = get(f"{url}/monitor/errors").text
     assert f'action="/monitor/errors/{ids["rule"]}/promote"' not in after
     assert '<td class="num">2</td><td>system</td>' in after  # the group now shows the confirmed class
-    bad = requests.post(f"{url}/monitor/errors/{ids['rule']}/promote", data={"class": "nonsense"}, timeout=10)
+    bad = session.post(f"{url}/monitor/errors/{ids['rule']}/promote", data={"class": "nonsense", "csrf": token},
+                       timeout=10)
     assert bad.status_code == 400 and "not one of" in bad.text
 
 
@@ -118,10 +127,11 @@ def test_token_mode_needs_a_reader_token_and_admin_to_promote(seeded):
         assert session.get(f"{url}/monitor/", params={"token": authority.issue("p", ["pilot"])},
                            timeout=10).status_code == 403
         promote = f"{url}/monitor/errors/{seeded['rule']}/promote"
-        assert session.post(promote, data={}, timeout=10).status_code == 403  # harvester scope may only read
+        form = {"csrf": csrf_token(session.get(f"{url}/monitor/errors", params={"token": reader}, timeout=10).text)}
+        assert session.post(promote, data=form, timeout=10).status_code == 403  # harvester scope may only read
         admin = authority.issue("root", ["admin"])
-        assert requests.post(promote, data={}, headers={"Authorization": f"Bearer {admin}"}, timeout=10,
-                             allow_redirects=False).status_code == 303
+        assert session.post(promote, data=form, headers={"Authorization": f"Bearer {admin}"}, timeout=10,
+                            allow_redirects=False).status_code == 303
     finally:
         central.stop()
 
