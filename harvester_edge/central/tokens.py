@@ -162,7 +162,10 @@ class TokenAuthority:
             return self.new_key(client_name, scopes, parent=parent, extra=extra or None)
         worker = worker_of(str(sub), client_name) if "harvester" in scopes else None
         if worker is not None:
-            return self.new_key(client_name, ("pilot",), parent=parent, extra={"harvester": sub, "worker": worker})
+            # no per-name interval here: the key is bounded by its parent and a harvester may name any W anyway, so
+            # the interval would protect nothing and would strand a restarted daemon's running workers for an hour
+            return self.new_key(client_name, ("pilot",), parent=parent, extra={"harvester": sub, "worker": worker},
+                                check_interval=False)
         if "admin" in scopes:
             return self.new_key(client_name, ("pilot",), parent=parent)
         raise AuthError(f"token of {sub!r} cannot get a key for {client_name!r}: only for its own name, its "

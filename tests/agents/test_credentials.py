@@ -154,6 +154,10 @@ def test_each_worker_gets_its_own_pilot_credential_mode_0600(harvester, tmp_path
     second = (running / "token").read_text()
     assert second != first and claims(second)["kid"] == claims(first)["kid"]
     assert mode_of(running / "token") == 0o600
+    # a restarted daemon (its worker keys were in memory only) mints new keys at once: no hour-long wait
+    (running / "token").unlink()
+    Credentials(ctx).run_cycle(time.time())
+    assert claims((running / "token").read_text())["kid"] != claims(first)["kid"]
 
 
 def test_auth_failure_is_transient_for_the_outbox(harvester):
