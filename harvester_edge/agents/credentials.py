@@ -173,6 +173,11 @@ class Credentials(Agent):
         self.renewals = 0
         if ctx.central is not None and self._active():
             ctx.central.renewer = self.renew_own  # a 403 anywhere renews at once, then the call is retried
+            lifetime = ctx.config.central.tokens.access_lifetime
+            if self.interval > lifetime * RENEW_FRACTION:
+                log.warning("agents.credentials (%.0fs) is longer than a third of tokens.access_lifetime (%ss): "
+                            "tokens will lapse between cycles and be renewed only at a 403; make it shorter",
+                            self.interval, lifetime)
 
     def _active(self) -> bool:
         return not self.ctx.config.central.trusted
