@@ -50,7 +50,7 @@ def start_services(ctx: AgentContext, record: Path | str | None = None) -> Servi
         recording = install(ctx, record)
         services.stoppers.append(recording.close)
     settings = ctx.config.central
-    url, token = settings.url, None
+    url, token, issuer = settings.url, None, None
     if settings.mode == "embedded":
         from harvester_edge.central.server import EmbeddedCentral
 
@@ -59,12 +59,20 @@ def start_services(ctx: AgentContext, record: Path | str | None = None) -> Servi
         services.stoppers.append(central.stop)
         services.central = central
         url = central.url
-        if central.authority is not None:  # same process: the daemon's own token comes straight from the service
-            # sub = the harvester_id the agents send (config.site): the service holds a token to its sub (ownership)
-            token = central.authority.issue(ctx.config.site, ["pilot", "harvester"])
+        if central.authority is not None:
+            # Token mode, same process: the daemon holds a key of its own (minted here, kid on every token) and the
+            # credentials agent renews its token in-process before expiry (why not over HTTP: agents/credentials).
+            # Its identity (token sub) is the site name: the harvester_id it sends with every call.
+            from harvester_edge.agents.credentials import InProcessIssuer
+
+            issuer = InProcessIssuer(central.authority, ctx.config.site)
+            token = issuer.own_token(None, central.authority.clock())
     transport = HttpTransport(url, timeout=float(settings.request_timeout),
                               recorder=recording.http if recording else None)
     ctx.central = CentralClient(transport, token=token,
                                 token_file=None if token else settings.tokens.token_file)
+    if issuer is not None:
+        issuer.store(ctx.central, token)
+        ctx.central.issuer = issuer
     ctx.plugins = make_plugins(ctx, CommandRunner(recorder=recording.command if recording else None))
     return services

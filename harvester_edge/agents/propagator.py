@@ -2,7 +2,9 @@
 
 The outbox survives an outage of any length: a message is marked sent only after the central service took it, and
 re-sending one after a crash is harmless (the service ignores duplicate and stale range reports). A message the
-service rejects for good is parked as `rejected` with the reason, for the operator, and draining goes on.
+service rejects for good (a refusal of the content) is parked as `rejected` with the reason, for the operator, and
+draining goes on. A credential problem (HTTP 403: expired, revoked, missing token) is never a reason to park: the
+client renews and retries once, and if the service still says 403 the message stays pending like in an outage.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import json
 import logging
 
 from harvester_edge.agents.base import Agent
-from harvester_edge.central.client import CentralRejected, CentralUnavailable
+from harvester_edge.central.client import CentralAuthFailed, CentralRejected, CentralUnavailable
 from harvester_edge.outbox import enqueue, pending
 from harvester_edge.states import JobState, OutboxState, RangeState, WorkerState
 from harvester_edge.store import transition
@@ -55,8 +57,9 @@ class Propagator(Agent):
                         conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, updated_at = ? "
                                      "WHERE id = ?", (str(exc)[:500], now, message["id"]))
                     if not self._outage_logged:
-                        log.warning("central service unreachable, %d+ messages kept in the outbox: %s",
-                                    len(messages), exc)
+                        why = ("credentials refused (the token is renewed, then retried)"
+                               if isinstance(exc, CentralAuthFailed) else "central service unreachable")
+                        log.warning("%s, %d+ messages kept in the outbox: %s", why, len(messages), exc)
                         self._outage_logged = True
                     return False
                 except CentralRejected as exc:

@@ -118,17 +118,53 @@ def serve_cmd(ctx: click.Context, host: str | None, port: int | None) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def issue_token_cmd(ctx: click.Context, client_name: str, scopes: tuple[str, ...], as_json: bool) -> None:
+    settings = _settings(ctx)
+    token, key = _run(ctx, lambda svc: _authority(settings, svc).pilot_credentials(client_name, scopes),
+                      local_only=True)
+    click.echo(json.dumps({"token": token, "key": key}) if as_json else f"token: {token}\nkey:   {key}")
+
+
+def _authority(settings, svc):
     from .server import db_path
     from .tokens import TokenAuthority, load_or_create_secret
+    secret = load_or_create_secret(Path(settings.tokens.secret_file or db_path(settings).with_name("central.secret")))
+    return TokenAuthority(svc.db, settings.tokens, secret, svc.clock)
+
+
+@central_group.command("revoke", help="Revoke every key of a client, and every key minted from them: all their "
+                                      "tokens are refused at once (pilots of a harvester included).")
+@click.argument("client_name")
+@click.pass_context
+def revoke_cmd(ctx: click.Context, client_name: str) -> None:
     settings = _settings(ctx)
+    count = _run(ctx, lambda svc: _authority(settings, svc).revoke(client_name), local_only=True)
+    if not count:
+        raise click.ClickException(f"no unrevoked key of client {client_name!r}: see `harvester-edge central keys`")
+    click.echo(f"revoked {count} key(s) of {client_name} and of the keys minted from them")
 
-    def issue(svc):
-        path = db_path(settings)
-        secret = load_or_create_secret(Path(settings.tokens.secret_file or path.with_name("central.secret")))
-        return TokenAuthority(svc.db, settings.tokens, secret, svc.clock).pilot_credentials(client_name, scopes)
 
-    token, key = _run(ctx, issue, local_only=True)
-    click.echo(json.dumps({"token": token, "key": key}) if as_json else f"token: {token}\nkey:   {key}")
+KEY_COLUMNS = ["kid", "client", "scope", "created", "expires", "revoked", "parent"]
+
+
+@central_group.command("keys", help="Every token key: kid, client, created, expires, revoked (newest first).")
+@click.option("--client", "client_name", default=None, help="only this client's keys")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def keys_cmd(ctx: click.Context, client_name: str | None, as_json: bool) -> None:
+    from datetime import datetime, timezone
+
+    from .tokens import list_keys
+    rows = _run(ctx, lambda svc: list_keys(svc.db), local_only=True)
+    rows = [r for r in rows if client_name is None or r["client"] == client_name]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+
+    def when(t: float) -> str:
+        return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+    _emit([{**r, "created": when(r["created"]), "expires": when(r["expires"]),
+            "revoked": "yes" if r["revoked"] else ""} for r in rows], False, KEY_COLUMNS, "token keys")
 
 
 # -- task -----------------------------------------------------------------------------------------------------

@@ -1,14 +1,16 @@
 """CentralClient: what the harvester's agents call, dialect 2 (/api/v1), through the HTTP seam.
 
 CentralUnavailable (transient: refused, timeout, 5xx) vs CentralRejected (permanent: 4xx, success=false):
-the outbox keeps messages across the first and drops or parks them on the second.
+the outbox keeps messages across the first and drops or parks them on the second. HTTP 403 (no, expired, revoked
+or not-good-enough token) is CentralAuthFailed, a CentralUnavailable: a credential problem is fixed by renewing the
+token (the client asks its `renewer` once and retries), never by dropping what the message reports.
 """
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from harvester_edge.errors import HarvesterEdgeError
 from harvester_edge.seams.http import HttpResult, HttpTransport, TransportError
@@ -20,12 +22,23 @@ class CentralUnavailable(HarvesterEdgeError):
     """The central service did not answer usefully (refused, timeout, 5xx): keep the message and try later."""
 
 
+class CentralAuthFailed(CentralUnavailable):
+    """HTTP 403: the token is missing, expired, revoked or lacks the scope. Transient: renew and retry."""
+
+
 class CentralRejected(HarvesterEdgeError):
     """The central service refused the request (4xx or success=false): retrying the same request will not help."""
 
 
 def parse_envelope(method: str, path: str, result: HttpResult) -> Any:
     """data of a v1 answer, or the matching error. Pure: tested on saved answers."""
+    if result.status == 403:
+        try:
+            doc = json.loads(result.body)
+            message = doc.get("message") if isinstance(doc, dict) else doc
+        except ValueError:
+            message = result.body[:200]
+        raise CentralAuthFailed(f"{method} {path}: HTTP 403 (credentials): {message}")
     if result.status >= 500:
         raise CentralUnavailable(f"{method} {path}: HTTP {result.status} from the central service; retry later")
     try:
@@ -48,12 +61,21 @@ class CentralClient:
         self._token = token
         self.token_file = Path(token_file) if token_file else None
         self.origin = origin
+        # renewer(force=True) -> bool: called once when a call gets 403, then the call is retried (if it said True).
+        # Set by the credentials agent; None = no renewal (a plain client).
+        self.renewer: Callable[..., bool] | None = None
+        self.issuer: Any = None  # where fresh tokens come from (harvester_edge.agents.credentials)
 
-    def _headers(self) -> dict[str, str]:
+    def current_token(self) -> str | None:
+        if self._token is not None:
+            return self._token
+        if self.token_file is not None and self.token_file.exists():
+            return self.token_file.read_text().strip() or None
+        return None
+
+    def _headers(self, bearer: str | None = None) -> dict[str, str]:
         headers = {"Accept": "application/json"}
-        token = self._token
-        if token is None and self.token_file is not None and self.token_file.exists():
-            token = self.token_file.read_text().strip()
+        token = bearer or self.current_token()
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if self.origin:
@@ -64,10 +86,20 @@ class CentralClient:
         self._token = token
 
     def call(self, method: str, path: str, *, params: Any = None, body: Any = None,
-             timeout: float | None = None) -> Any:
+             timeout: float | None = None, renew: bool = True, bearer: str | None = None) -> Any:
+        try:
+            return self._call(method, path, params, body, timeout, bearer)
+        except CentralAuthFailed:
+            if not renew or self.renewer is None or not self.renewer(force=True):
+                raise
+            log.info("%s %s: credentials refused, token renewed, retrying once", method, path)
+            return self._call(method, path, params, body, timeout)
+
+    def _call(self, method: str, path: str, params: Any, body: Any, timeout: float | None,
+              bearer: str | None = None) -> Any:
         try:
             result = self.transport.request(method, "/api/v1/" + path, params=params, json=body,
-                                            headers=self._headers(), timeout=timeout)
+                                            headers=self._headers(bearer), timeout=timeout)
         except TransportError as exc:
             raise CentralUnavailable(f"central service at {self.transport.base_url} unreachable: {exc}") from exc
         return parse_envelope(method, path, result)
@@ -130,11 +162,14 @@ class CentralClient:
                                "site": site, "node_id": node})
 
     # -- credentials ----------------------------------------------------------------------------------------
-    def get_access_token(self, client_name: str, token_key: str) -> str:
-        return self.call("GET", "creds/get_access_token", params={"client_name": client_name, "token_key": token_key})
+    def get_access_token(self, client_name: str, token_key: str, bearer: str | None = None) -> str:
+        """A fresh token for client_name with its key; `bearer` instead of the client's own token if given.
+        renew=False: this IS the renewal, a 403 here must not call the renewer again."""
+        return self.call("GET", "creds/get_access_token", params={"client_name": client_name, "token_key": token_key},
+                         renew=False, bearer=bearer)
 
     def get_token_key(self, client_name: str) -> str:
-        return self.call("GET", "creds/get_token_key", params={"client_name": client_name})
+        return self.call("GET", "creds/get_token_key", params={"client_name": client_name}, renew=False)
 
     # -- tasks (operators) ----------------------------------------------------------------------------------
     def submit_task(self, spec: dict) -> int:

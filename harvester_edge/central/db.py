@@ -62,9 +62,23 @@ CREATE TABLE IF NOT EXISTS error_classes (
     UNIQUE (source, code, diag_pattern));
 CREATE TABLE IF NOT EXISTS token_keys (
     client_name TEXT NOT NULL, key_id TEXT PRIMARY KEY, key_hash TEXT NOT NULL,
-    created REAL NOT NULL, expires REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
+    created REAL NOT NULL, expires REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0,
+    scope TEXT, parent TEXT, claims TEXT);
 CREATE INDEX IF NOT EXISTS token_keys_client ON token_keys(client_name, created);
 """
+
+
+# token_keys columns added after schema 1 shipped: (name, SQL type). Old DBs get them in place on open.
+TOKEN_KEY_COLUMNS = (("scope", "TEXT"), ("parent", "TEXT"), ("claims", "TEXT"))
+
+
+def upgrade_token_keys(conn: sqlite3.Connection) -> None:
+    """Add the token_keys columns a schema-1 DB made before them lacks (scope, parent key, extra claims)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(token_keys)")}
+    for name, kind in TOKEN_KEY_COLUMNS:
+        if name not in have:
+            conn.execute(f"ALTER TABLE token_keys ADD COLUMN {name} {kind}")
+            log.info("central DB: token_keys gained column %s", name)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -99,6 +113,7 @@ class Database:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self.path)
         conn.executescript(SCHEMA)
+        upgrade_token_keys(conn)
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:  # a new DB
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))

@@ -1,13 +1,14 @@
 """Tokens: the pilot key flow, every rejection case (403, nothing changed), trusted-mode start refusal."""
 from __future__ import annotations
 
+import json
 import time
 
 import jwt
 import pytest
 import requests
 
-from harvester_edge.central.client import CentralClient, CentralRejected
+from harvester_edge.central.client import CentralAuthFailed, CentralClient
 from harvester_edge.central.errors import CentralError
 from harvester_edge.central.server import EmbeddedCentral, trusted_allowed
 from harvester_edge.central.settings import CentralSettings
@@ -84,15 +85,17 @@ def test_client_with_token_and_redacting_recorder(token_central):
     harvester = auth.issue("harvester-1", ["harvester"])
     client = CentralClient(HttpTransport(token_central.url, recorder=records.append), token=harvester,
                            harvester_id="harvester-1")
-    key = client.get_token_key("pilot-9")
-    initial = auth.issue("pilot-9", ["pilot"], lifetime=96 * 3600)
+    key = client.get_token_key("harvester-1/worker/9")  # a name in the harvester's own namespace
+    initial = client.get_access_token("harvester-1/worker/9", key)
     pilot = CentralClient(HttpTransport(token_central.url, recorder=records.append), token=initial,
                           harvester_id="harvester-1")
-    fresh = pilot.get_access_token("pilot-9", key)
-    assert jwt.decode(fresh, options={"verify_signature": False})["sub"] == "pilot-9"
+    fresh = pilot.get_access_token("harvester-1/worker/9", key)  # the pilot renews itself with its key
+    claims = jwt.decode(fresh, options={"verify_signature": False})
+    assert (claims["sub"], claims["scope"], claims["harvester"], claims["worker"]) == \
+        ("harvester-1/worker/9", "pilot", "harvester-1", "9")
     client.heartbeat()
-    with pytest.raises(CentralRejected):
-        pilot.heartbeat()  # a pilot token may not act as a harvester
+    with pytest.raises(CentralAuthFailed):
+        pilot.heartbeat()  # a pilot token may not act as a harvester (403: transient for the outbox)
     text = repr(records)
     for secret in (harvester, key, initial, fresh):
         assert secret not in text
@@ -152,3 +155,132 @@ def test_port_in_use_is_a_clear_error_and_releases_the_db(tmp_path):
         assert central.url is None and central.service.db._wconn is None
     finally:
         blocker.close()
+
+
+# -- issue 11 part 2: kids, key chains that end, who may mint keys for whom, revoke and keys commands -------------
+def claims_of(token: str) -> dict:
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+def key_row(auth, kid: str) -> dict:
+    return auth.key_state(kid)
+
+
+def test_every_token_has_a_kid_and_tokens_without_one_are_refused(token_central):
+    url, auth = token_central.url, token_central.authority
+    plain = auth.issue("x", ["pilot"])
+    initial, key = auth.pilot_credentials("p", ("pilot",))
+    fresh = get(url, "/api/v1/creds/get_access_token", initial, client_name="p", token_key=key).json()["data"]
+    for token in (plain, initial, fresh):
+        kid = claims_of(token)["kid"]
+        assert key_row(auth, kid)["client_name"] == claims_of(token)["sub"]
+    assert claims_of(fresh)["kid"] == claims_of(initial)["kid"]  # the family of the key
+    now = int(time.time())
+    no_kid = jwt.encode({"sub": "x", "aud": "harvester-edge", "iss": "harvester-edge-central", "iat": now,
+                         "exp": now + 600, "scope": "pilot"}, auth.secret, algorithm="HS256")
+    assert get(url, "/api/v1/event/get_available_event_range_count", no_kid).status_code == 403
+    assert get(url, "/api/v1/event/get_available_event_range_count", plain).status_code == 200
+    assert auth.revoke("x") == 1  # a token issued without a key still has a kid that revoke reaches
+    assert get(url, "/api/v1/event/get_available_event_range_count", plain).status_code == 403
+
+
+def test_a_pilot_key_chain_ends_with_its_first_key(token_central):
+    """A pilot may mint a key for its own name, but the new key expires no later than the key its token came from:
+    minting again and again never gets past the first key's expiry."""
+    url, auth = token_central.url, token_central.authority
+    auth.settings = auth.settings.model_copy(update={"key_min_interval": 0})
+    initial, key = auth.pilot_credentials("pilot-a", ("pilot",))
+    first = key_row(auth, claims_of(initial)["kid"])
+    token = initial
+    for _ in range(3):
+        key = get(url, "/api/v1/creds/get_token_key", token, client_name="pilot-a").json()["data"]
+        # exchange with the new key: the token descends from the new key, whose expiry is capped by its parent
+        token = get(url, "/api/v1/creds/get_access_token", token, client_name="pilot-a", token_key=key).json()["data"]
+        row = key_row(auth, claims_of(token)["kid"])
+        assert row["key_id"] != first["key_id"]
+        assert row["expires"] <= first["expires"] and row["scope"] == "pilot"
+        assert claims_of(token)["exp"] <= first["expires"]
+    # the chain hangs on the first key: revoking the client ends all of it
+    auth.revoke("pilot-a")
+    assert get(url, "/api/v1/event/get_available_event_range_count", token).status_code == 403
+
+
+def test_who_may_mint_keys_for_whom(token_central):
+    url, auth = token_central.url, token_central.authority
+    harvester = auth.issue("h1", ["harvester"])
+    pilot = auth.issue("p1", ["pilot"])
+    admin = auth.issue("ops", ["admin"])
+    # a harvester: its own workers' names only; never another client's name (not even another harvester's workers)
+    for name in ("p1", "h2", "h2/worker/1", "h1/worker/", "h1/worker/1/x", "h1-other"):
+        resp = get(url, "/api/v1/creds/get_token_key", harvester, client_name=name)
+        assert resp.status_code == 403, name
+        legacy = requests.post(token_central.url + "/server/panda/get_token_key", data={"client_name": name},
+                               headers={"Authorization": f"Bearer {harvester}"}, timeout=10)
+        assert legacy.status_code == 403, name
+    assert get(url, "/api/v1/creds/get_token_key", pilot, client_name="h1/worker/1").status_code == 403
+    key = get(url, "/api/v1/creds/get_token_key", harvester, client_name="h1/worker/7").json()["data"]
+    token = get(url, "/api/v1/creds/get_access_token", harvester, client_name="h1/worker/7",
+                token_key=key).json()["data"]
+    claims = claims_of(token)
+    assert (claims["sub"], claims["scope"], claims["harvester"], claims["worker"]) == \
+        ("h1/worker/7", "pilot", "h1", "7")
+    worker_key = key_row(auth, claims["kid"])
+    assert worker_key["parent"] == claims_of(harvester)["kid"]
+    assert worker_key["expires"] <= key_row(auth, claims_of(harvester)["kid"])["expires"]
+    # another harvester cannot get tokens with h1's worker key
+    assert get(url, "/api/v1/creds/get_access_token", auth.issue("h2", ["harvester"]), client_name="h1/worker/7",
+               token_key=key).status_code == 403
+    # admin: any name, a pilot key
+    admin_key = get(url, "/api/v1/creds/get_token_key", admin, client_name="someone").json()["data"]
+    assert admin_key and key_row(auth, claims_of(admin)["kid"])
+    # revoking the harvester ends its workers' credentials too
+    assert auth.revoke("h1") >= 2
+    assert get(url, "/api/v1/event/get_available_event_range_count", token).status_code == 403
+
+
+def test_old_token_keys_table_is_upgraded_in_place(tmp_path):
+    import sqlite3
+
+    from harvester_edge.central.db import Database
+    path = tmp_path / "central.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE token_keys (client_name TEXT NOT NULL, key_id TEXT PRIMARY KEY, "
+                 "key_hash TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL, "
+                 "revoked INTEGER NOT NULL DEFAULT 0)")
+    conn.execute("INSERT INTO token_keys VALUES ('old', 'k0', 'h', 1, 2, 0)")
+    conn.commit()
+    conn.close()
+    db = Database(path).open()
+    try:
+        cols = {r[1] for r in db.query("PRAGMA table_info(token_keys)")}
+        assert {"scope", "parent", "claims"} <= cols
+        assert db.query("SELECT client_name, scope FROM token_keys")[0]["client_name"] == "old"
+    finally:
+        db.close()
+    Database(path).open().close()  # opening again: nothing to add, no error
+
+
+def test_keys_and_revoke_commands(tmp_path):
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from harvester_edge.central.cli import central_group
+    o = SimpleNamespace(config=SimpleNamespace(central=CentralSettings(db=tmp_path / "central.db", trusted=False),
+                                               paths=SimpleNamespace(work_dir=tmp_path)))
+    runner = CliRunner()
+    out = runner.invoke(central_group, ["issue-token", "site-a", "--scope", "harvester", "--json"], obj=o)
+    assert out.exit_code == 0, out.output
+    kid = claims_of(json.loads(out.output)["token"])["kid"]
+    rows = json.loads(runner.invoke(central_group, ["keys", "--json"], obj=o).output)
+    assert [(r["kid"], r["client"], r["revoked"]) for r in rows] == [(kid, "site-a", False)]
+    assert rows[0]["expires"] > rows[0]["created"]
+    table = runner.invoke(central_group, ["keys"], obj=o).output
+    for column in ("kid", "client", "created", "expires", "revoked"):
+        assert column in table
+    assert "site-a" in table
+    out = runner.invoke(central_group, ["revoke", "site-a"], obj=o)
+    assert out.exit_code == 0 and "revoked 1 key" in out.output, out.output
+    assert json.loads(runner.invoke(central_group, ["keys", "--json"], obj=o).output)[0]["revoked"] is True
+    again = runner.invoke(central_group, ["revoke", "site-a"], obj=o)
+    assert again.exit_code != 0 and "no unrevoked key" in again.output
