@@ -230,6 +230,14 @@ class Credentials(Agent):
             return True
 
     # -- the pilots' credentials -----------------------------------------------------------------------------
+    def link_jobs(self, client: Any, worker_id: int) -> None:
+        """Tell the service which jobs the worker runs (update_workers' pandaid_list, as Harvester does) before its
+        pilot gets a credential: the service then holds that credential to those jobs alone (central/ownership)."""
+        jobs = [r["panda_id"] for r in self.ctx.store.query(
+            "SELECT panda_id FROM job_workers WHERE worker_id = ? ORDER BY panda_id", (worker_id,))]
+        client.update_workers([{"workerID": worker_id, "status": "running", "computingSite": self.ctx.config.site,
+                                "pandaid_list": jobs}], harvester_id=self.ctx.config.site)
+
     def hand_out(self, now: float) -> None:
         """Each active worker with an access point: its own pilot token in <ap>/token, renewed when due."""
         from harvester_edge.central.tokens import worker_client_name
@@ -255,6 +263,7 @@ class Credentials(Agent):
             try:
                 key = self._worker_keys.get(worker_id)
                 if key is None:
+                    self.link_jobs(client, worker_id)
                     key = self._worker_keys[worker_id] = issuer.worker_key(client, name)
                 token = issuer.worker_token(client, name, key)
             except CentralAuthFailed as exc:

@@ -74,6 +74,16 @@ def test_daemon_in_token_mode_renews_its_credentials_and_finishes_a_task(make_si
                 (f"t/worker/{worker_ids[ap]}", "pilot", "t", worker_ids[ap]), c
             assert c["kid"]
     assert max(len(seen) for seen in pilot_tokens.values()) >= 2, "no pilot credential was ever renewed"
+    # ... and the service was told which jobs each of those workers runs before its pilot got a credential, so the
+    # credential reaches those jobs alone (central/ownership.py)
+    with site.harvester_db() as conn:
+        linked = {str(w): sorted(p for p, in conn.execute("SELECT panda_id FROM job_workers WHERE worker_id=?", (w,)))
+                  for w, in conn.execute("SELECT id FROM workers")}
+    with site.central_db() as conn:
+        reported = {w: json.loads(attrs).get("pandaid_list")
+                    for w, attrs in conn.execute("SELECT worker_id, attrs FROM workers WHERE harvester_id='t'")}
+    for ap in pilot_tokens:
+        assert reported.get(worker_ids[ap]) == linked[worker_ids[ap]] != [], (ap, reported, linked)
 
     # the daemon's own keys are listed with the token commands, and a 403 never parked anything
     keys = json.loads(site.cli("central", "keys", "--json").stdout)
