@@ -1,8 +1,8 @@
 """The pilot-file seam: every read (and write) the agents make of a pilot's access point passes here.
 
 The functions have the names, arguments and results of `jumbo.protocol`'s, so an agent swaps
-`from jumbo import protocol` for `from harvester_edge.seams import files as protocol` and behaves identically.
-By default they call `jumbo.protocol`; offline replay installs a backend that records each call into a trace
+`from jumbo import protocol` for `from harvester_edge.seams import files as protocol`. By default they call
+`harvester_edge.pilot_files` (pilot files are untrusted input: opened safely, capped, validated); offline replay installs a backend that records each call into a trace
 (`harvester_edge.replay.recorder`) or serves it back from one (`harvester_edge.replay.replayer`), and the scale
 simulation installs synthetic pilots. One backend per process: the daemon is one per process.
 """
@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from jumbo import protocol as _protocol
+from harvester_edge import pilot_files
+from harvester_edge.pilot_files import Unreadable  # noqa: F401  (re-exported)
 from jumbo.protocol import REQUESTS, STATUS, Batch, ProtocolError, Request  # noqa: F401  (re-exported)
 
 OPERATIONS = ("pending", "load_event_request", "load_event_status", "read_heartbeat", "mark_consumed",
@@ -21,10 +22,11 @@ OPERATIONS = ("pending", "load_event_request", "load_event_status", "read_heartb
 
 
 class DirectFiles:
-    """The real file system through jumbo.protocol (what production runs)."""
+    """The real file system (what production runs): reads go through harvester_edge.pilot_files, which opens
+    only regular, singly linked files inside the access point under a size cap, and validates every field."""
 
     def call(self, op: str, *args: Any, **kwargs: Any) -> Any:
-        return getattr(_protocol, op)(*args, **kwargs)
+        return getattr(pilot_files, op)(*args, **kwargs)
 
 
 _backend: Any = DirectFiles()
