@@ -183,10 +183,13 @@ def load_event_status(path: Path | str) -> protocol.Batch:
 def read_heartbeat(ap: Path | str) -> dict | None:
     """The pilot's last heartbeat, validated; None before the first one."""
     try:
-        obj = read_json(ap, protocol.HEARTBEAT, HEARTBEAT_CAP)
+        return heartbeat_of(ap, protocol.HEARTBEAT)
     except FileNotFoundError:
         return None
-    return protocol.heartbeat_from(obj, Path(ap) / protocol.HEARTBEAT)
+
+
+def heartbeat_of(ap: Path | str, name: str) -> dict:
+    return protocol.heartbeat_from(read_json(ap, name, HEARTBEAT_CAP), Path(ap) / name)
 
 
 def _rename(path: Path | str, suffix: str) -> Path:
