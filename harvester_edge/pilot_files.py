@@ -58,6 +58,13 @@ def _parts(name: str) -> list[str]:
     return parts
 
 
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
 def _kind(mode: int) -> str:
     return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
 
@@ -97,7 +104,7 @@ def open_file(ap: Path | str, name: str) -> Iterator[tuple[int, os.stat_result]]
                 except FileNotFoundError:
                     raise
                 except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.EMLINK):
+                    if exc.errno in (errno.ELOOP, errno.EMLINK) or _is_link(part, where):
                         raise Unreadable(path, f"{part} is a symbolic link") from None
                     if exc.errno == errno.ENOTDIR:
                         raise Unreadable(path, f"{part} is not a directory") from None

@@ -14,9 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from harvester_edge.seams import files as protocol  # the pilot-file seam (offline replay records it)
+from harvester_edge.seams.files import set_aside
 
 from harvester_edge.agents.base import Agent
-from harvester_edge.agents.monitor import set_aside
 from harvester_edge.central.client import CentralRejected, CentralUnavailable
 from harvester_edge.states import JobState, RangeState, WorkerState
 from harvester_edge.store import transition

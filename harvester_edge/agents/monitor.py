@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from harvester_edge.seams import files as protocol  # the pilot-file seam (offline replay records it)
+from harvester_edge.seams.files import set_aside
 from jumbo.protocol import HEARTBEAT
 
 from harvester_edge.agents.base import Agent
@@ -225,15 +226,3 @@ class Monitor(Agent):
                 enqueue(conn, "update_event_ranges", [range_report(i, "not-done") for i in ids], now)
             log.info("worker %d ended with %d ranges unreported: handed back as not done", worker_id, len(ids),
                      extra={"worker_id": worker_id})
-
-
-def set_aside(worker_id: int, path: Path, exc: Exception) -> None:
-    """Move a bad pilot file aside as NAME.bad with one log line naming the worker, the file and the fault."""
-    try:
-        bad = protocol.quarantine(path)
-    except OSError as err:
-        log.error("worker %d: pilot file %s is bad (%s) and could not be moved aside: %s", worker_id, path.name,
-                  exc, err, extra={"worker_id": worker_id})
-        return
-    log.error("worker %d: pilot file %s is bad, moved aside as %s: %s", worker_id, path.name, bad.name, exc,
-              extra={"worker_id": worker_id})

@@ -8,6 +8,7 @@ simulation installs synthetic pilots. One backend per process: the daemon is one
 """
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any, Iterable, Iterator, Mapping
 from harvester_edge import pilot_files
 from harvester_edge.pilot_files import Unreadable  # noqa: F401  (re-exported)
 from jumbo.protocol import REQUESTS, STATUS, Batch, ProtocolError, Request  # noqa: F401  (re-exported)
+
+log = logging.getLogger(__name__)
 
 OPERATIONS = ("pending", "load_event_request", "load_event_status", "read_heartbeat", "mark_consumed",
               "quarantine", "write_event_ranges")
@@ -81,3 +84,15 @@ def quarantine(path: Path | str) -> Path:
 def write_event_ranges(ap: Path | str, seq: int, ranges: Mapping[int, Iterable[Mapping]],
                        no_more: Iterable[int] = ()) -> Path:
     return _backend.call("write_event_ranges", ap, seq, ranges, no_more=no_more)
+
+
+def set_aside(worker_id: int, path: Path, exc: Exception) -> None:
+    """Move a bad pilot file aside as NAME.bad with one log line naming the worker, the file and the fault."""
+    try:
+        bad = quarantine(path)
+    except OSError as err:
+        log.error("worker %d: pilot file %s is bad (%s) and could not be moved aside: %s", worker_id, path.name,
+                  exc, err, extra={"worker_id": worker_id})
+        return
+    log.error("worker %d: pilot file %s is bad, moved aside as %s: %s", worker_id, path.name, bad.name, exc,
+              extra={"worker_id": worker_id})
