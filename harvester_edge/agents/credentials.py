@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jwt
 
+from harvester_edge import pilot_files
 from harvester_edge.agents.base import Agent
 from harvester_edge.central.client import CentralRejected, CentralUnavailable
 from harvester_edge.states import WorkerState
@@ -23,7 +24,11 @@ TOKEN_FILE = "token"  # in each access point
 def write_secret(path: Path, text: str) -> None:
     """Write a secret atomically with mode 0600 from the start (never world-readable, not even briefly)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        tmp.unlink()  # in an access point a pilot could have planted a link here: never written through
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.chmod(tmp, 0o600)
@@ -65,6 +70,13 @@ class Credentials(Agent):
                                         (WorkerState.NEW.value, WorkerState.QUEUED.value, WorkerState.RUNNING.value)):
             ap = Path(row[0])
             if ap.is_dir():
-                target = ap / TOKEN_FILE
-                if not target.exists() or target.read_text() != token:
-                    write_secret(target, token)
+                if _current(ap) != token:
+                    write_secret(ap / TOKEN_FILE, token)
+
+
+def _current(ap: Path) -> str | None:
+    """The token file a worker's access point holds now (a pilot file: read through pilot_files, never a link)."""
+    try:
+        return pilot_files.read_bytes(ap, TOKEN_FILE, 64 * 1024).decode("utf-8", "replace")
+    except (pilot_files.Unreadable, OSError):
+        return None
