@@ -34,7 +34,8 @@ STATUS_CAP = 16 * MiB      # event_status.<seq>.json: thousands of ranges fit in
 REQUEST_CAP = 1 * MiB      # worker_requestevents.<seq>.json: one small object per job
 HEARTBEAT_CAP = 64 * KiB   # worker_heartbeat.json: a snapshot of a few counters
 REPORT_CAP = 4 * MiB       # jobReport.json, worker_attributes.json
-MONITOR_CAP = 16 * MiB     # prmon.<rank>.jsonl: one sample per monitor interval
+MONITOR_CAP = 4 * MiB      # prmon.<rank>.jsonl: ~200 B per sample every 10 s, some 2 days of samples
+MONITOR_FILES = 64         # prmon files read per page (a chart of more ranks is unreadable anyway)
 MONITOR_FILE = re.compile(r"^prmon\.(\d{1,9})\.jsonl$")
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -71,9 +72,11 @@ def _kind(mode: int) -> str:
 
 @contextmanager
 def open_dir(ap: Path | str) -> Iterator[int]:
-    """A descriptor of the access point itself (never through a symbolic link)."""
+    """A descriptor of the access point itself (never through a symbolic link); FileNotFoundError passes."""
     try:
         fd = os.open(ap, _DIR_FLAGS)
+    except FileNotFoundError:
+        raise  # no access point (not made yet, or cleaned): nothing to read, no fault
     except OSError as exc:
         reason = "a symbolic link" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else exc.strerror
         raise Unreadable(ap, f"access point: {reason}") from exc
@@ -239,8 +242,15 @@ def read_monitor(ap: Path | str) -> tuple[dict[int, list[dict]], dict[str, str]]
     problems: dict[str, str] = {}
     try:
         names = sorted(e.name for e in os.scandir(ap) if MONITOR_FILE.match(e.name))
+    except FileNotFoundError:
+        return samples, problems
     except OSError as exc:
         return samples, {"(access point)": exc.strerror or str(exc)}
+    names.sort(key=lambda n: int(MONITOR_FILE.match(n).group(1)))
+    if len(names) > MONITOR_FILES:
+        problems[f"{names[MONITOR_FILES]} and {len(names) - MONITOR_FILES - 1} more"] = (
+            f"not read: only the first {MONITOR_FILES} ranks are shown")
+        names = names[:MONITOR_FILES]
     for name in names:
         try:
             lines = read_bytes(ap, name, MONITOR_CAP).split(b"\n")[:-1]  # the last line may be half written
