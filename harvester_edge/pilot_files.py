@@ -230,10 +230,7 @@ def read_report(ap: Path | str, name: str = protocol.JOB_REPORT) -> dict | None:
         obj = read_json(ap, name, REPORT_CAP)
     except FileNotFoundError:
         return None
-    for key in ("wallTime", "cpuTime", "maxRSS", "maxPSS"):
-        protocol._number(obj, key, Path(ap) / name, "the report", protocol.MAX_ID)
-    protocol._text(obj, "endReason", Path(ap) / name, "the report")
-    return obj
+    return protocol.report_from(obj, Path(ap) / name)
 
 
 def read_monitor(ap: Path | str) -> tuple[dict[int, list[dict]], dict[str, str]]:

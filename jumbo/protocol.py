@@ -1,8 +1,11 @@
 """The shared-file messenger between the harvester and a jumbo pilot: file formats and both sides' functions.
 
 The access point (``ap``) is one directory per worker on a file system that the edge node and the compute nodes
-share. Every file carries ``"protocol": 1``; a file with another version, invalid JSON or a missing field raises
-:class:`ProtocolError` naming the file. Every file is written atomically (temporary file in the same directory,
+share. Every file carries ``"protocol": 1``; a file with another version, invalid JSON, a missing field or a field
+of the wrong type or range (``"time": "abc"``, a string errorCode, a negative nRanges) raises :class:`ProtocolError`
+naming the file and the field; the ``*_from`` functions validate a decoded object (pure), so the harvester reads
+pilot files, which it treats as untrusted input, through its own safe reader (``harvester_edge.pilot_files``) and
+validates them here. Every file is written atomically (temporary file in the same directory,
 fsync, then rename), so a reader never sees half a file. Streams are rotated files with a sequence number in the
 name (``NAME.<seq>.json``); the reader renames each file to ``NAME.<seq>.json.read`` once consumed
 (:func:`mark_consumed`), so nothing is read twice or lost when a reader and a writer race. A sequence number is
@@ -441,6 +444,15 @@ def event_status_from(obj: dict, path: Path) -> Batch:
         for ev in lst:
             validate_status_entry(ev, path, pid)
     return Batch(seq=seq, path=path, time=float(when), events=events)
+
+
+def report_from(obj: dict, path: Path) -> dict:
+    """Validate a decoded jobReport.json / worker_attributes.json: the fields the harvester shows (pure)."""
+    for key in ("wallTime", "cpuTime", "maxRSS", "maxPSS"):
+        _number(obj, key, path, "the report", MAX_ID)
+    for key in ("endReason", "workerStatus"):
+        _text(obj, key, path, "the report")
+    return obj
 
 
 def heartbeat_from(obj: dict, path: Path) -> dict:
