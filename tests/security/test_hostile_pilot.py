@@ -91,7 +91,7 @@ def _two_running_workers(site: Site):
     return a, ap, pid, held, other_pid, others
 
 
-def plant_daemon_files(ap: Path, panda_id: int, held: list[str], others: list[str], outside: Path) -> dict:
+def plant_daemon_files(ap: Path, panda_id: int, held: list[str], outside: Path) -> dict:
     """Files the daemon reads (status, request, heartbeat), each {name: what the log must say about it}."""
     planted: dict[str, str] = {}
 
@@ -118,7 +118,7 @@ def plant_daemon_files(ap: Path, panda_id: int, held: list[str], others: list[st
     planted[status(900007)] = "'errorCode' must be an integer, got str"
     (ap / status(900008)).write_bytes(status_body(900008, {str(panda_id): {"eventRangeID": held[0]}}))
     planted[status(900008)] = "events of job %d must be a list, got dict" % panda_id
-    (ap / f"worker_requestevents.900010.json").write_bytes(json.dumps({"protocol": 1, "seq": 900010, "requests": {
+    (ap / "worker_requestevents.900010.json").write_bytes(json.dumps({"protocol": 1, "seq": 900010, "requests": {
         str(panda_id): {"pandaID": panda_id, "nRanges": "many"}}}).encode())
     planted["worker_requestevents.900010.json"] = "'nRanges' must be an integer, got str"
     (ap / "worker_heartbeat.json").write_bytes(json.dumps({"protocol": 1, "time": "abc"}).encode())
@@ -152,7 +152,7 @@ def attacked(tmp_path_factory):
         worker, ap, panda_id, held, other_pid, others = wait_for(
             "two running workers holding ranges", lambda: two_running_workers(site), 120, site)
         foreign = others[:2] + ["bogus-range-of-nobody"]  # worker B's ranges, and one that does not exist
-        planted = plant_daemon_files(ap, panda_id, held, others, outside)
+        planted = plant_daemon_files(ap, panda_id, held, outside)
         entries = [{"eventRangeID": rid, "eventStatus": "finished", "nEvents": 10, "path": MARK} for rid in foreign]
         entries.append({"eventRangeID": held[-1], "eventStatus": "finished", "nEvents": 10, "path": MARK})
         (ap / "event_status.900009.json").write_bytes(status_body(900009, {  # its own range under B's job
