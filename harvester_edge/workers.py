@@ -13,6 +13,13 @@ from harvester_edge.batch import WorkerSpec
 from harvester_edge.config import QueueConfig, SiteConfig
 
 HEARTBEAT_INTERVAL = 10.0  # seconds between the pilot's heartbeat files
+PREFETCH = 1  # ranges queued on each rank beyond the one it runs (the pilot's "prefetch")
+
+
+def range_limit(ranks: int) -> int:
+    """The most ranges a worker of `ranks` ranks can use per request: ranks x (prefetch + 1). Its job spec asks
+    exactly this; the feeder clamps any request to it (a pilot's request is untrusted input)."""
+    return max(1, int(ranks)) * (PREFETCH + 1)
 
 
 def install_id(conn: sqlite3.Connection) -> str:
@@ -35,12 +42,13 @@ def pilot_payload(job_spec: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-def write_job_spec(ap: Path, jobs: list[dict[str, Any]], walltime: int, drain_warning: int) -> None:
+def write_job_spec(ap: Path, jobs: list[dict[str, Any]], walltime: int, drain_warning: int, ranks: int) -> None:
     """HPCJobs.json: what the pilot runs (protocol.write_job_spec validates it before it reaches a node)."""
     spec = {
         "jobs": [{"PandaID": int(j["PandaID"]), "taskID": int(j["taskID"]), "jobsetID": int(j.get("jobsetID") or 0),
                   "payload": pilot_payload(j)} for j in jobs],
-        "pilot": {"heartbeat_interval": HEARTBEAT_INTERVAL, "mode": "file", "prefetch": 1,
+        "pilot": {"heartbeat_interval": HEARTBEAT_INTERVAL, "mode": "file", "prefetch": PREFETCH,
+                  "n_ranges": range_limit(ranks),
                   "safety_margin": float(min(max(drain_warning, 10), walltime // 4))},
     }
     protocol.write_job_spec(ap, spec)

@@ -1,8 +1,11 @@
 """The shared-file messenger between the harvester and a jumbo pilot: file formats and both sides' functions.
 
 The access point (``ap``) is one directory per worker on a file system that the edge node and the compute nodes
-share. Every file carries ``"protocol": 1``; a file with another version, invalid JSON or a missing field raises
-:class:`ProtocolError` naming the file. Every file is written atomically (temporary file in the same directory,
+share. Every file carries ``"protocol": 1``; a file with another version, invalid JSON, a missing field or a field
+of the wrong type or range (``"time": "abc"``, a string errorCode, a negative nRanges) raises :class:`ProtocolError`
+naming the file and the field; the ``*_from`` functions validate a decoded object (pure), so the harvester reads
+pilot files, which it treats as untrusted input, through its own safe reader (``harvester_edge.pilot_files``) and
+validates them here. Every file is written atomically (temporary file in the same directory,
 fsync, then rename), so a reader never sees half a file. Streams are rotated files with a sequence number in the
 name (``NAME.<seq>.json``); the reader renames each file to ``NAME.<seq>.json.read`` once consumed
 (:func:`mark_consumed`), so nothing is read twice or lost when a reader and a writer race. A sequence number is
@@ -167,7 +170,13 @@ def write_json_atomic(path: Path | str, obj: Mapping, exclusive: bool = False) -
     body["protocol"] = PROTOCOL_VERSION
     data = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}.{threading.get_ident()}")
-    with open(tmp, "wb") as fh:
+    try:
+        tmp.unlink()  # a leftover of a crash (or something planted there): never written through
+    except FileNotFoundError:
+        pass
+    # O_EXCL | O_NOFOLLOW: the other side shares this directory; a link planted under the temporary name is refused
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+    with open(fd, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
@@ -195,10 +204,16 @@ def write_json_atomic(path: Path | str, obj: Mapping, exclusive: bool = False) -
 def read_json(path: Path | str) -> dict:
     """Read one messenger file; raise ProtocolError naming it when it is not a protocol-1 JSON object."""
     path = Path(path)
+    with open(path, "rb") as fh:
+        return decode_json(fh.read(), path)
+
+
+def decode_json(data: bytes, path: Path | str) -> dict:
+    """The protocol-1 JSON object in ``data`` (the content of ``path``); ProtocolError naming the file otherwise."""
+    path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            obj = json.loads(fh.read())
-    except json.JSONDecodeError as exc:
+        obj = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(f"{path}: not valid JSON ({exc}); the writer must write it atomically") from exc
     if not isinstance(obj, dict):
         raise ProtocolError(f"{path}: expected a JSON object, got {type(obj).__name__}")
@@ -254,13 +269,21 @@ def quarantine(path: Path | str) -> Path:
     return bad
 
 
+MAX_ID = 2 ** 63 - 1          # PandaIDs, sequence numbers: what SQLite's INTEGER holds
+MAX_TIME = 1e11               # epoch seconds (year 5138): beyond it a time is garbage, not a date
+MAX_COUNT = 2 ** 31 - 1       # events, ranks, error codes and other counts
+MAX_ID_CHARS = 256            # an eventRangeID
+
+
 def _int_keys(obj: Any, path: Path, what: str) -> dict[int, Any]:
     if not isinstance(obj, dict):
-        raise ProtocolError(f"{path}: '{what}' must be an object keyed by PandaID")
-    try:
-        return {int(k): v for k, v in obj.items()}
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"{path}: '{what}' has a key that is not a PandaID ({exc})") from exc
+        raise ProtocolError(f"{path}: '{what}' must be an object keyed by PandaID, got {type(obj).__name__}")
+    out = {}
+    for key, value in obj.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and 0 < int(key) <= MAX_ID):
+            raise ProtocolError(f"{path}: '{what}' has a key that is not a PandaID ({key[:40]!r})")
+        out[int(key)] = value
+    return out
 
 
 def _need(obj: Mapping, key: str, kind: type | tuple, path: Path, where: str) -> Any:
@@ -270,6 +293,59 @@ def _need(obj: Mapping, key: str, kind: type | tuple, path: Path, where: str) ->
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ProtocolError(f"{path}: {where} '{key}' has the wrong type ({type(value).__name__})")
     return value
+
+
+def _number(obj: Mapping, key: str, path: Path, where: str, hi: float, required: bool = False,
+            integer: bool = False, lo: float = 0) -> Any:
+    """``obj[key]`` as a finite number in [lo, hi] (an int when ``integer``); None when absent and not required."""
+    if key not in obj or (obj[key] is None and not required):
+        if required:
+            raise ProtocolError(f"{path}: {where} lacks '{key}'")
+        return None
+    value = obj[key]
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        expected = "an integer" if integer else "a number"
+        raise ProtocolError(f"{path}: {where} '{key}' must be {expected}, got {type(value).__name__} "
+                            f"{str(value)[:40]!r}")
+    if not (lo <= value <= hi):  # NaN fails too
+        raise ProtocolError(f"{path}: {where} '{key}' is {str(value)[:40]}, outside {lo:g}..{hi:g}")
+    return value
+
+
+def _text(obj: Mapping, key: str, path: Path, where: str, required: bool = False) -> str | None:
+    if key not in obj or (obj[key] is None and not required):
+        if required:
+            raise ProtocolError(f"{path}: {where} lacks '{key}'")
+        return None
+    if not isinstance(obj[key], str):
+        raise ProtocolError(f"{path}: {where} '{key}' must be a string, got {type(obj[key]).__name__}")
+    return obj[key]
+
+
+# key: (lowest, highest, integer); an error code may be negative (a signal, a payload's own code)
+STATUS_NUMBERS = {"nEvents": (0, MAX_COUNT, True), "startTime": (0, MAX_TIME, False),
+                  "endTime": (0, MAX_TIME, False), "cpuTime": (0, MAX_TIME, False), "rank": (0, MAX_COUNT, True),
+                  "errorCode": (-MAX_COUNT, MAX_COUNT, True), "fsize": (0, MAX_ID, True)}
+STATUS_TEXTS = ("errorDiag", "path", "adler32")
+
+
+def validate_status_entry(ev: Any, path: Path, pid: int) -> dict:
+    """Check one event status entry: eventRangeID, eventStatus and the type and range of every known field."""
+    where = f"a status of job {pid}"
+    if not isinstance(ev, dict):
+        raise ProtocolError(f"{path}: {where} must be an object, got {type(ev).__name__}")
+    rid = _text(ev, "eventRangeID", path, where, required=True)
+    if not rid or len(rid) > MAX_ID_CHARS:
+        raise ProtocolError(f"{path}: {where} has an eventRangeID of {len(rid)} characters (1..{MAX_ID_CHARS})")
+    if ev.get("eventStatus") not in EVENT_STATUSES:
+        raise ProtocolError(f"{path}: range {rid} has eventStatus {str(ev.get('eventStatus'))[:40]!r}, "
+                            f"not one of {EVENT_STATUSES}")
+    for key, (lo, hi, integer) in STATUS_NUMBERS.items():
+        _number(ev, key, path, f"range {rid}", hi, integer=integer, lo=lo)
+    for key in STATUS_TEXTS:
+        _text(ev, key, path, f"range {rid}")
+    return ev
 
 
 def validate_range(rng: Any, path: Path) -> dict:
@@ -314,15 +390,23 @@ def load_job_spec(path: Path | str) -> dict:
 
 
 def load_event_request(path: Path | str) -> Request:
-    path = Path(path)
-    obj = read_json(path)
-    seq = _need(obj, "seq", int, path, "the request")
+    return event_request_from(read_json(path), Path(path))
+
+
+def event_request_from(obj: dict, path: Path) -> Request:
+    """Validate a decoded request file: seq, time and per job an object with nRanges >= 1 (pure)."""
+    seq = _number(obj, "seq", path, "the request", MAX_ID, required=True, integer=True)
+    when = _number(obj, "time", path, "the request", MAX_TIME) or 0.0
     reqs = _int_keys(obj.get("requests"), path, "requests")
     for pid, req in reqs.items():
+        where = f"request for job {pid}"
         if not isinstance(req, dict):
-            raise ProtocolError(f"{path}: request for job {pid} must be an object")
-        _need(req, "nRanges", int, path, f"request for job {pid}")
-    return Request(seq=seq, path=path, time=float(obj.get("time", 0.0)), requests=reqs)
+            raise ProtocolError(f"{path}: {where} must be an object, got {type(req).__name__}")
+        if _number(req, "nRanges", path, where, MAX_ID, required=True, integer=True) < 1:
+            raise ProtocolError(f"{path}: {where} 'nRanges' must be at least 1")
+        for key in ("pandaID", "taskID", "jobsetID"):
+            _number(req, key, path, where, MAX_ID, integer=True)
+    return Request(seq=seq, path=path, time=float(when), requests=reqs)
 
 
 def load_event_ranges(path: Path | str) -> Ranges:
@@ -346,18 +430,44 @@ def load_event_ranges(path: Path | str) -> Ranges:
 
 
 def load_event_status(path: Path | str) -> Batch:
-    path = Path(path)
-    obj = read_json(path)
-    seq = _need(obj, "seq", int, path, "the status file")
+    return event_status_from(read_json(path), Path(path))
+
+
+def event_status_from(obj: dict, path: Path) -> Batch:
+    """Validate a decoded status file: seq, time and every entry's fields (:func:`validate_status_entry`; pure)."""
+    seq = _number(obj, "seq", path, "the status file", MAX_ID, required=True, integer=True)
+    when = _number(obj, "time", path, "the status file", MAX_TIME) or 0.0
     events = _int_keys(obj.get("events"), path, "events")
     for pid, lst in events.items():
         if not isinstance(lst, list):
-            raise ProtocolError(f"{path}: events of job {pid} must be a list")
+            raise ProtocolError(f"{path}: events of job {pid} must be a list, got {type(lst).__name__}")
         for ev in lst:
-            if not isinstance(ev, dict) or ev.get("eventStatus") not in EVENT_STATUSES:
-                raise ProtocolError(f"{path}: job {pid} has an entry without a valid eventStatus {EVENT_STATUSES}")
-            _need(ev, "eventRangeID", str, path, f"a status of job {pid}")
-    return Batch(seq=seq, path=path, time=float(obj.get("time", 0.0)), events=events)
+            validate_status_entry(ev, path, pid)
+    return Batch(seq=seq, path=path, time=float(when), events=events)
+
+
+def report_from(obj: dict, path: Path) -> dict:
+    """Validate a decoded jobReport.json / worker_attributes.json: the fields the harvester shows (pure)."""
+    for key in ("wallTime", "cpuTime", "maxRSS", "maxPSS"):
+        _number(obj, key, path, "the report", MAX_ID)
+    for key in ("endReason", "workerStatus"):
+        _text(obj, key, path, "the report")
+    return obj
+
+
+def heartbeat_from(obj: dict, path: Path) -> dict:
+    """Validate a decoded heartbeat: time (required), state, pid, ranks and counts (pure)."""
+    _number(obj, "time", path, "the heartbeat", MAX_TIME, required=True)
+    _text(obj, "state", path, "the heartbeat")
+    for key in ("pid", "ranks"):
+        _number(obj, key, path, "the heartbeat", MAX_COUNT, integer=True)
+    counts = obj.get("counts")
+    if counts is not None:
+        if not isinstance(counts, dict):
+            raise ProtocolError(f"{path}: the heartbeat 'counts' must be an object, got {type(counts).__name__}")
+        for key in counts:
+            _number(counts, key, path, "the heartbeat counts", MAX_ID, integer=True)
+    return obj
 
 
 def _load_all(ap: Path | str, name: str, loader) -> list:

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from harvester_edge.seams import files as protocol  # the pilot-file seam (offline replay records it)
+from harvester_edge.seams.files import set_aside
 
 from harvester_edge.agents.base import Agent
 from harvester_edge.central.client import CentralRejected, CentralUnavailable
 from harvester_edge.states import JobState, RangeState, WorkerState
 from harvester_edge.store import transition
+from harvester_edge.workers import range_limit
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +36,52 @@ class Feeder(Agent):
             "SELECT w.id, w.access_point, w.nodes * w.ranks_per_node AS ranks FROM workers w "
             "WHERE w.state IN (?, ?)", (W.QUEUED.value, W.RUNNING.value))
         for worker in workers:
-            ap = Path(worker["access_point"])
-            for _, path in protocol.pending(ap, protocol.REQUESTS):
-                try:
-                    request = protocol.load_event_request(path)
-                except protocol.ProtocolError as exc:
-                    log.error("worker %d: %s; moved aside as .bad", worker["id"], exc,
+            try:
+                self.answer_worker(worker, now)
+            except Exception:  # one worker's files never stop the others' supply
+                log.exception("worker %d: its range requests were not answered this cycle", worker["id"],
                               extra={"worker_id": worker["id"]})
-                    protocol.quarantine(path)
-                    continue
-                if not self.answer(worker["id"], ap, request, now):
-                    break  # the central service is unreachable: try again next cycle, in order
         self.top_up(now)
+
+    def answer_worker(self, worker, now: float) -> None:
+        ap, worker_id = Path(worker["access_point"]), worker["id"]
+        try:
+            found = protocol.pending(ap, protocol.REQUESTS)
+        except OSError as exc:
+            log.warning("worker %d: access point %s not readable this cycle: %s", worker_id, ap, exc,
+                        extra={"worker_id": worker_id})
+            return
+        for _, path in found:
+            try:
+                request = protocol.load_event_request(path)
+            except protocol.ProtocolError as exc:
+                set_aside(worker_id, path, exc)
+                continue
+            except OSError as exc:
+                log.warning("worker %d: %s not read this cycle: %s", worker_id, path.name, exc,
+                            extra={"worker_id": worker_id})
+                continue
+            request = self.checked(worker_id, int(worker["ranks"] or 1), request)
+            if not self.answer(worker_id, ap, request, now):
+                break  # the central service is unreachable: try again next cycle, in order
+
+    def checked(self, worker_id: int, ranks: int, request: protocol.Request) -> protocol.Request:
+        """The request as far as this worker may ask: its own jobs only, at most range_limit(ranks) per job."""
+        mine = {r[0] for r in self.ctx.store.query("SELECT panda_id FROM job_workers WHERE worker_id = ?",
+                                                   (worker_id,))}
+        limit = range_limit(ranks)
+        wants: dict[int, dict] = {}
+        for pid, want in request.requests.items():
+            if pid not in mine:
+                log.warning("worker %d: %s asks ranges of job %d, which is not one of its jobs %s; ignored",
+                            worker_id, request.path.name, pid, sorted(mine), extra={"worker_id": worker_id})
+                continue
+            asked = int(want["nRanges"])
+            if asked > limit:
+                log.warning("worker %d: %s asks %d ranges of job %d; granted %d (ranks %d x (prefetch + 1))",
+                            worker_id, request.path.name, asked, pid, limit, ranks, extra={"worker_id": worker_id})
+            wants[pid] = {**want, "nRanges": min(asked, limit)}
+        return replace(request, requests=wants)
 
     def answer(self, worker_id: int, ap: Path, request: protocol.Request, now: float) -> bool:
         store = self.ctx.store
@@ -59,7 +96,7 @@ class Feeder(Agent):
         else:
             ranges = {}
             for pid, want in request.requests.items():
-                n = max(1, int(want.get("nRanges") or 1))
+                n = int(want["nRanges"])  # validated >= 1 and clamped by checked()
                 got = self._take(pid, n, now)
                 if got is None:
                     return False

@@ -12,6 +12,8 @@ import logging
 from pathlib import Path
 
 from harvester_edge.seams import files as protocol  # the pilot-file seam (offline replay records it)
+from harvester_edge.seams.files import set_aside
+from jumbo.protocol import HEARTBEAT
 
 from harvester_edge.agents.base import Agent
 from harvester_edge.batch import BatchError, BatchState
@@ -80,8 +82,24 @@ class Monitor(Agent):
         for queue_name, queue_rows in by_queue.items():
             self.check_batch(queue_name, queue_rows, now)
         for row in rows:
-            self.collect_events(row["id"], Path(row["access_point"]), now)
+            try:
+                self.collect_events(row["id"], Path(row["access_point"]), now)
+            except Exception:  # one worker's files never stop the accounting of the others
+                log.exception("worker %d: its event reports were not collected this cycle", row["id"],
+                              extra={"worker_id": row["id"]})
         self.release_orphans(now)
+
+    def read_heartbeat(self, worker_id: int, ap: Path) -> float | None:
+        """The time of the pilot's last heartbeat; a bad heartbeat file is moved aside (the pilot writes anew)."""
+        try:
+            beat = protocol.read_heartbeat(ap)
+        except protocol.ProtocolError as exc:
+            set_aside(worker_id, ap / HEARTBEAT, exc)
+            return None
+        except OSError as exc:
+            log.warning("worker %d: heartbeat not read this cycle: %s", worker_id, exc, extra={"worker_id": worker_id})
+            return None
+        return float(beat["time"]) if beat and beat.get("time") else None
 
     def check_batch(self, queue_name: str, rows: list, now: float) -> None:
         ids = [r["batch_id"] for r in rows if r["batch_id"]]
@@ -90,10 +108,11 @@ class Monitor(Agent):
         except BatchError as exc:
             log.warning("status of %d workers on %s unknown this cycle: %s", len(ids), queue_name, exc)
             statuses = {}
+        beats = {row["id"]: self.read_heartbeat(row["id"], Path(row["access_point"])) for row in rows}
         with self.ctx.store.write() as conn:
             for row in rows:
                 changes: dict = {}
-                heartbeat = _heartbeat_time(Path(row["access_point"]))
+                heartbeat = beats.get(row["id"])
                 if heartbeat and heartbeat != row["heartbeat_at"]:
                     changes["heartbeat_at"] = heartbeat
                 status = statuses.get(row["batch_id"])
@@ -121,13 +140,24 @@ class Monitor(Agent):
                              extra={"worker_id": row["id"], "batch_id": row["batch_id"]})
 
     def collect_events(self, worker_id: int, ap: Path, now: float) -> None:
-        """Turn the pilot's event status files into range transitions and outbox messages."""
-        for _, path in protocol.pending(ap, protocol.STATUS):
+        """Turn the pilot's event status files into range transitions and outbox messages.
+
+        A file that cannot be read or validated is moved aside; the other files and workers go on."""
+        try:
+            found = protocol.pending(ap, protocol.STATUS)
+        except OSError as exc:
+            log.warning("worker %d: access point %s not readable this cycle: %s", worker_id, ap, exc,
+                        extra={"worker_id": worker_id})
+            return
+        for _, path in found:
             try:
                 batch = protocol.load_event_status(path)
             except protocol.ProtocolError as exc:
-                log.error("worker %d: %s; moved aside as .bad", worker_id, exc, extra={"worker_id": worker_id})
-                protocol.quarantine(path)
+                set_aside(worker_id, path, exc)
+                continue
+            except OSError as exc:  # vanished or unreadable for a reason of ours: try again next cycle
+                log.warning("worker %d: %s not read this cycle: %s", worker_id, path.name, exc,
+                            extra={"worker_id": worker_id})
                 continue
             self.apply_batch(worker_id, batch, now)
             protocol.mark_consumed(ap, batch)
@@ -137,15 +167,23 @@ class Monitor(Agent):
         if not entries:
             return
         with self.ctx.store.write() as conn:
-            held = {r[0]: r for r in conn.execute(
-                "SELECT range_id, panda_id, first_event, last_event FROM event_ranges "
-                "WHERE worker_id = ? AND state = ? AND range_id IN (SELECT value FROM json_each(?))",
-                (worker_id, R.DISPATCHED.value, json.dumps(list(entries))))}
+            known = {r[0]: r for r in conn.execute(
+                "SELECT range_id, panda_id, first_event, last_event, worker_id, state FROM event_ranges "
+                "WHERE range_id IN (SELECT value FROM json_each(?))", (json.dumps(list(entries)),))}
+            held = {rid: r for rid, r in known.items() if r[4] == worker_id and r[5] == R.DISPATCHED.value}
+            foreign = sorted(rid for rid, (pid, _) in entries.items()
+                             if rid not in known or known[rid][4] != worker_id or known[rid][1] != pid)
+            if foreign:  # a pilot reports only what was dispatched to it: anything else is never accounted
+                log.warning("worker %d: %s reports %d range(s) not dispatched to this worker (or under another "
+                            "job), ignored: %s", worker_id, batch.path.name, len(foreign),
+                            ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else ""),
+                            extra={"worker_id": worker_id})
+            entries = {rid: (pid, e) for rid, (pid, e) in entries.items() if rid not in foreign}
             reports, moved = [], {R.FINISHED: [], R.FAILED: [], R.RELEASED: []}
             done_per_job: dict[int, int] = {}
             for range_id, (pid, entry) in entries.items():
                 if range_id not in held:
-                    continue  # already applied (a file read again after a crash) or not this worker's
+                    continue  # already applied: a file read again after a crash
                 status = entry["eventStatus"]
                 dst = {"finished": R.FINISHED, "failed": R.FAILED, "not-done": R.RELEASED}[status]
                 moved[dst].append(range_id)
@@ -188,11 +226,3 @@ class Monitor(Agent):
                 enqueue(conn, "update_event_ranges", [range_report(i, "not-done") for i in ids], now)
             log.info("worker %d ended with %d ranges unreported: handed back as not done", worker_id, len(ids),
                      extra={"worker_id": worker_id})
-
-
-def _heartbeat_time(ap: Path) -> float | None:
-    try:
-        beat = protocol.read_heartbeat(ap)
-    except (protocol.ProtocolError, OSError):
-        return None
-    return float(beat["time"]) if beat and beat.get("time") else None

@@ -134,7 +134,8 @@ class Submitter(Agent):
                 transition(conn, [job["panda_id"]], JobState.FETCHED, JobState.RUNNING, now=now,
                            reason=f"first worker {worker_id}")
             Path(ap).mkdir(parents=True, exist_ok=True)
-            write_job_spec(Path(ap), [job_spec_of(job)], walltime, queue.drain_warning)
+            write_job_spec(Path(ap), [job_spec_of(job)], walltime, queue.drain_warning,
+                           nodes * queue.ranks_per_node)
         return worker_id
 
     # -- submission -----------------------------------------------------------------------------------------

@@ -125,7 +125,7 @@ def _plain(obj: Any) -> Any:
 
 def rebuild_error(err: dict) -> Exception:
     name, message = err.get("type", "Error"), err.get("message", "")
-    if name == "ProtocolError":
+    if name in ("ProtocolError", "Unreadable"):  # Unreadable: a pilot file the daemon refused to open
         return protocol.ProtocolError(message)
     if name == "TransportError":
         return TransportError(message)

@@ -1,30 +1,35 @@
 """The pilot-file seam: every read (and write) the agents make of a pilot's access point passes here.
 
 The functions have the names, arguments and results of `jumbo.protocol`'s, so an agent swaps
-`from jumbo import protocol` for `from harvester_edge.seams import files as protocol` and behaves identically.
-By default they call `jumbo.protocol`; offline replay installs a backend that records each call into a trace
+`from jumbo import protocol` for `from harvester_edge.seams import files as protocol`. By default they call
+`harvester_edge.pilot_files` (pilot files are untrusted input: opened safely, capped, validated); offline replay installs a backend that records each call into a trace
 (`harvester_edge.replay.recorder`) or serves it back from one (`harvester_edge.replay.replayer`), and the scale
 simulation installs synthetic pilots. One backend per process: the daemon is one per process.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from jumbo import protocol as _protocol
+from harvester_edge import pilot_files
+from harvester_edge.pilot_files import Unreadable  # noqa: F401  (re-exported)
 from jumbo.protocol import REQUESTS, STATUS, Batch, ProtocolError, Request  # noqa: F401  (re-exported)
+
+log = logging.getLogger(__name__)
 
 OPERATIONS = ("pending", "load_event_request", "load_event_status", "read_heartbeat", "mark_consumed",
               "quarantine", "write_event_ranges")
 
 
 class DirectFiles:
-    """The real file system through jumbo.protocol (what production runs)."""
+    """The real file system (what production runs): reads go through harvester_edge.pilot_files, which opens
+    only regular, singly linked files inside the access point under a size cap, and validates every field."""
 
     def call(self, op: str, *args: Any, **kwargs: Any) -> Any:
-        return getattr(_protocol, op)(*args, **kwargs)
+        return getattr(pilot_files, op)(*args, **kwargs)
 
 
 _backend: Any = DirectFiles()
@@ -79,3 +84,15 @@ def quarantine(path: Path | str) -> Path:
 def write_event_ranges(ap: Path | str, seq: int, ranges: Mapping[int, Iterable[Mapping]],
                        no_more: Iterable[int] = ()) -> Path:
     return _backend.call("write_event_ranges", ap, seq, ranges, no_more=no_more)
+
+
+def set_aside(worker_id: int, path: Path, exc: Exception) -> None:
+    """Move a bad pilot file aside as NAME.bad with one log line naming the worker, the file and the fault."""
+    try:
+        bad = quarantine(path)
+    except OSError as err:
+        log.error("worker %d: pilot file %s is bad (%s) and could not be moved aside: %s", worker_id, path.name,
+                  exc, err, extra={"worker_id": worker_id})
+        return
+    log.error("worker %d: pilot file %s is bad, moved aside as %s: %s", worker_id, path.name, bad.name, exc,
+              extra={"worker_id": worker_id})

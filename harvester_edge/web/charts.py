@@ -6,6 +6,7 @@ directly. Every label is escaped; sizes are fixed so a chart never reflows the p
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from html import escape
 
@@ -104,8 +105,12 @@ def monitor_series(samples: dict[int, list[dict]], field: str, scale: float = 1.
     for rank, rows in sorted(samples.items()):
         pts = []
         for row in rows:
-            value = (row.get("utime", 0) + row.get("stime", 0)) if field == "cpu" else row.get(field)
-            if isinstance(value, (int, float)) and isinstance(row.get("time"), (int, float)):
-                pts.append((float(row["time"]), float(value) * scale))
+            parts = [row.get("utime", 0), row.get("stime", 0)] if field == "cpu" else [row.get(field)]
+            if all(_finite(v) for v in parts) and _finite(row.get("time")):  # samples are pilot input
+                pts.append((float(row["time"]), float(sum(parts)) * scale))
         out[f"rank {rank}"] = pts
     return out
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

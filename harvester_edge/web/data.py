@@ -5,19 +5,25 @@ machine the pages show the central service's view alone. Pure functions of (conn
 """
 from __future__ import annotations
 
-import json
+import itertools
 import logging
+import os
 import re
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+from harvester_edge import pilot_files
 from harvester_edge.central.states import RangeStatus
+from jumbo.protocol import ATTRIBUTES, BAD_SUFFIX, HEARTBEAT, JOB_REPORT, REQUESTS, STATUS, ProtocolError
 
 log = logging.getLogger(__name__)
 RANGE_NAMES = {int(s): s.name.lower() for s in RangeStatus}
 SCRIPT_NAMES = ("worker.sh", "worker.sbatch", "worker.bsub")
 TEXT_TAIL = 256 * 1024
+MAX_LISTED = 2000  # entries of an access point looked at per page: a pilot cannot make a page slow with files
+MAX_PARSED = 20   # files moved aside whose content a page parses again to say why
+PILOT_STREAM = re.compile(rf"^({STATUS}|{REQUESTS})\.\d+\.json(\{BAD_SUFFIX})?$")
 
 
 def open_harvester(path: Path | None) -> sqlite3.Connection | None:
@@ -131,51 +137,118 @@ def worker_jobs(harvester: sqlite3.Connection | None, worker_id: int) -> list[in
 
 
 def ap_files(ap: Path) -> dict[str, list[str]]:
-    """The access point's human-readable files by role: script, stdout/stderr, logs (relative names)."""
+    """The access point's human-readable files by role: script, stdout/stderr, logs (relative names).
+
+    Names only, never following a link: what each one is (a link, a FIFO, a huge file) is for the reader
+    (harvester_edge.pilot_files) to find out, and the pages show it as unreadable."""
     found: dict[str, list[str]] = {"script": [], "output": [], "logs": []}
-    if not ap.is_dir():
-        return found
-    for entry in sorted(ap.iterdir()):
+    for entry in _entries(ap):
         name = entry.name
-        if not entry.is_file():
-            continue
         if name in SCRIPT_NAMES or name.endswith((".sbatch", ".bsub")):
             found["script"].append(name)
         elif name.endswith((".out", ".err")) or name in ("stdout", "stderr"):
             found["output"].append(name)
-    logs = ap / "logs"
-    if logs.is_dir():
-        found["logs"] = [f"logs/{p.name}" for p in sorted(logs.iterdir()) if p.is_file()]
+        elif name == "logs" and entry.is_dir(follow_symlinks=False):
+            found["logs"] = [f"logs/{e.name}" for e in _entries(ap / "logs")]
     return found
 
 
-def safe_file(ap: Path, name: str) -> Path | None:
-    """The file `name` inside the access point, or None when it is outside it or missing."""
+def _entries(folder: Path, limit: int = MAX_LISTED) -> list[os.DirEntry]:
     try:
-        root = ap.resolve()
-        path = (root / name).resolve()
-    except (OSError, RuntimeError):
-        return None
-    if not path.is_relative_to(root) or not path.is_file():
-        return None
-    return path
+        with os.scandir(folder) as it:
+            return sorted(itertools.islice(it, limit), key=lambda e: e.name)
+    except OSError:
+        return []
 
 
-def read_tail(path: Path, limit: int = TEXT_TAIL) -> tuple[str, bool]:
-    """The last `limit` bytes as text; True when the start was cut."""
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        if size > limit:
-            fh.seek(size - limit)
-        data = fh.read(limit)
-    return data.decode("utf-8", "replace"), size > limit
+def plain_name(name: str) -> bool:
+    """A relative name below the access point without '..', '.' or empty parts (what a page may ask for)."""
+    parts = name.split("/")
+    return bool(name) and not name.startswith("/") and all(p not in ("", ".", "..") for p in parts)
 
 
-def job_report(ap: Path) -> dict | None:
+def text_file(ap: Path, name: str, limit: int = TEXT_TAIL) -> dict | None:
+    """{"text", "cut", "size"} of a log/stdout/script file's tail, or {"unreadable": reason}; None when missing."""
     try:
-        return json.loads((ap / "jobReport.json").read_text())
-    except (OSError, ValueError):
+        text, cut, size = pilot_files.read_tail(ap, name, limit)
+    except pilot_files.Unreadable as exc:
+        return {"unreadable": exc.reason}
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        return {"unreadable": exc.strerror or str(exc)}
+    return {"text": text, "cut": cut, "size": size}
+
+
+def heartbeat(ap: Path) -> tuple[dict | None, str | None]:
+    """(the pilot's heartbeat or None, why it is unreadable or None)."""
+    try:
+        return pilot_files.read_heartbeat(ap), None
+    except pilot_files.Unreadable as exc:
+        return None, exc.reason
+    except ProtocolError as exc:
+        return None, _short(exc, ap / HEARTBEAT)
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
+
+
+def job_report(ap: Path) -> tuple[dict | None, str | None]:
+    """(jobReport.json or None, why it is unreadable or None)."""
+    try:
+        return pilot_files.read_report(ap, JOB_REPORT), None
+    except pilot_files.Unreadable as exc:
+        return None, exc.reason
+    except ProtocolError as exc:
+        return None, _short(exc, ap / JOB_REPORT)
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
+
+
+def monitor_samples(ap: Path) -> tuple[dict[int, list[dict]], dict[str, str]]:
+    """prmon samples per rank and {file: why it (or some of its lines) is unreadable}."""
+    return pilot_files.read_monitor(ap)
+
+
+def _short(exc: Exception, path: Path) -> str:
+    return str(exc).removeprefix(f"{path}: ")
+
+
+def pilot_files_state(ap: Path) -> list[dict]:
+    """The files the pilot writes for the daemon, each {name, state, reason}: state is "ok", "unreadable" or
+    "moved aside" (by the daemon, as NAME.bad); files already consumed (.read) are not listed."""
+    out, parsed = [], 0
+    for entry in _entries(ap):
+        name = entry.name
+        base = name.removesuffix(BAD_SUFFIX)
+        fixed = base in (HEARTBEAT, JOB_REPORT, ATTRIBUTES) or pilot_files.MONITOR_FILE.match(base)
+        if not (fixed or PILOT_STREAM.match(name)):
+            continue
+        moved = name.endswith(BAD_SUFFIX)
+        reason = pilot_files.check(ap, name, pilot_files.STATUS_CAP)
+        if reason is None and moved:  # say why the daemon refused it: its loader's message (a few per page)
+            parsed += 1
+            reason = _content_fault(ap, name) if parsed <= MAX_PARSED else "not checked (too many)"
+        state = "moved aside" if moved else ("unreadable" if reason else "ok")
+        out.append({"name": name, "state": state, "reason": reason or ""})
+    return out
+
+
+def _content_fault(ap: Path, name: str) -> str | None:
+    """Why a stream file's content was refused (its loader's message), or None."""
+    loaders = {STATUS: pilot_files.load_event_status, REQUESTS: pilot_files.load_event_request,
+               HEARTBEAT: lambda path: pilot_files.heartbeat_of(path.parent, path.name)}
+    loader = next((f for prefix, f in loaders.items() if name.startswith(prefix)), None)
+    if loader is None:
+        return None
+    try:
+        loader(ap / name)
+    except pilot_files.Unreadable as exc:
+        return exc.reason
+    except ProtocolError as exc:
+        return _short(exc, ap / name)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 # -- sites ----------------------------------------------------------------------------------------------------

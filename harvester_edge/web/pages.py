@@ -9,7 +9,6 @@ from harvester_edge.central.classify import CLASSES
 from harvester_edge.central.errors import NotFound
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.states import RangeStatus
-from jumbo import protocol
 
 from . import charts, data
 from .tables import view
@@ -89,9 +88,11 @@ def job(service: CentralService, hdb: Path | None, params: dict, now: float, pan
     panels = []
     for w in workers[-MAX_PANELS:]:  # the newest workers get plots; the others are listed as links
         ap = Path(w["access_point"])
-        samples = protocol.read_monitor(ap) if ap.is_dir() else {}
+        samples, problems = data.monitor_samples(ap)
+        report, report_problem = data.job_report(ap)
         panels.append({
-            "worker": w, "files": data.ap_files(ap), "report": data.job_report(ap),
+            "worker": w, "files": data.ap_files(ap), "report": report, "report_problem": report_problem,
+            "monitor_problems": problems,
             "rss": charts.line_chart(charts.monitor_series(samples, "rss"), f"worker {w['id']}: RSS per rank", "B"),
             "cpu": charts.line_chart(charts.monitor_series(samples, "cpu"),
                                      f"worker {w['id']}: CPU time per rank (s)"),
@@ -117,11 +118,11 @@ def worker(service: CentralService, hdb: Path | None, params: dict, now: float, 
     files = data.ap_files(ap)
     shown = {}
     for name in files["script"] + files["output"]:
-        text, cut = data.read_tail(ap / name, 20_000)
-        shown[name] = {"text": text, "cut": cut}
-    heartbeat = protocol.read_heartbeat(ap) if ap.is_dir() else None
+        shown[name] = data.text_file(ap, name, 20_000) or {"unreadable": "gone while the page was built"}
+    heartbeat, heartbeat_problem = data.heartbeat(ap)
     return "worker.html", {"title": f"worker {worker_id}", "w": w, "history": history, "jobs": jobs,
-                           "files": files, "shown": shown, "heartbeat": heartbeat}
+                           "files": files, "shown": shown, "heartbeat": heartbeat,
+                           "heartbeat_problem": heartbeat_problem, "pilot_files": data.pilot_files_state(ap)}
 
 
 def worker_file(service: CentralService, hdb: Path | None, params: dict, now: float, worker_id: int,
@@ -131,13 +132,10 @@ def worker_file(service: CentralService, hdb: Path | None, params: dict, now: fl
         jobs = data.worker_jobs(hconn, worker_id)
     if w is None:
         raise NotFound(f"worker {worker_id} is not in the harvester DB {hdb}")
-    path = data.safe_file(Path(w["access_point"]), name)
-    if path is None:
+    shown = data.text_file(Path(w["access_point"]), name) if data.plain_name(name) else None
+    if shown is None:
         raise NotFound(f"no file {name!r} in the access point of worker {worker_id}")
-    text, cut = data.read_tail(path)
-    return "file.html", {"title": f"worker {worker_id}: {name}", "w": w, "jobs": jobs, "name": name, "text": text,
-                         "cut": cut,
-                         "size": path.stat().st_size}
+    return "file.html", {"title": f"worker {worker_id}: {name}", "w": w, "jobs": jobs, "name": name, **shown}
 
 
 def errors(service: CentralService, hdb: Path | None, params: dict, now: float) -> tuple[str, dict]:

@@ -77,8 +77,58 @@ def test_job_spec_validation(ap):
 
 def test_status_values_are_checked(ap):
     protocol.write_event_status(ap, 1, {7: [{"eventRangeID": "r", "eventStatus": "done"}]})
-    with pytest.raises(ProtocolError, match="event_status.1.json: job 7 has an entry without a valid eventStatus"):
+    with pytest.raises(ProtocolError, match="event_status.1.json: range r has eventStatus 'done', not one of"):
         protocol.read_event_status(ap)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"errorCode": "42"}, "range r 'errorCode' must be an integer, got str"),
+    ({"errorCode": True}, "range r 'errorCode' must be an integer, got bool"),
+    ({"cpuTime": -1.0}, "range r 'cpuTime' is -1.0, outside 0..1e"),
+    ({"nEvents": 10 ** 30}, "range r 'nEvents' is 1000000000000000000000000000000, outside"),
+    ({"startTime": float("nan")}, "range r 'startTime' is nan, outside"),
+    ({"errorDiag": ["a"]}, "range r 'errorDiag' must be a string, got list"),
+])
+def test_every_status_field_has_its_type_checked(ap, entry, message):
+    protocol.write_event_status(ap, 1, {7: [{"eventRangeID": "r", "eventStatus": "failed", **entry}]})
+    with pytest.raises(ProtocolError, match=message):
+        protocol.read_event_status(ap)
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"seq": 1, "time": "abc", "events": {}}, "the status file 'time' must be a number, got str 'abc'"),
+    ({"seq": "1", "events": {}}, "the status file 'seq' must be an integer, got str"),
+    ({"seq": 1, "events": []}, "'events' must be an object keyed by PandaID, got list"),
+    ({"seq": 1, "events": {"-3": []}}, "'events' has a key that is not a PandaID"),
+    ({"seq": 1, "events": {"7": {"eventRangeID": "r"}}}, "events of job 7 must be a list, got dict"),
+])
+def test_status_file_fields_are_checked(ap, body, message):
+    protocol.write_json_atomic(protocol.stream_path(ap, protocol.STATUS, 1), body)
+    with pytest.raises(ProtocolError, match=message):
+        protocol.read_event_status(ap)
+
+
+@pytest.mark.parametrize("requests, message", [
+    ({"7": {"nRanges": 0}}, "'nRanges' must be at least 1"),
+    ({"7": {"nRanges": -5}}, "'nRanges' is -5, outside"),
+    ({"7": {"nRanges": "8"}}, "'nRanges' must be an integer, got str"),
+    ({"7": [8]}, "request for job 7 must be an object, got list"),
+])
+def test_request_fields_are_checked(ap, requests, message):
+    protocol.write_json_atomic(protocol.stream_path(ap, protocol.REQUESTS, 1), {"seq": 1, "requests": requests})
+    with pytest.raises(ProtocolError, match=message):
+        protocol.read_event_requests(ap)
+
+
+def test_atomic_write_never_follows_a_link_planted_at_its_temporary_name(ap, tmp_path):
+    import os
+    import threading
+
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    os.symlink(victim, ap / f".{protocol.KILL}.tmp.{os.getpid()}.{threading.get_ident()}")
+    protocol.request_drain(ap, "stop")
+    assert victim.read_text() == "keep" and protocol.drain_requested(ap)["reason"] == "stop"
 
 
 def test_snapshots_drain_and_monitor(ap):
