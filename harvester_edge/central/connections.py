@@ -1,0 +1,139 @@
+"""Connection limits of the central service's HTTP server: a header-read deadline, a connection cap, the fd limit.
+
+uvicorn closes idle keep-alive connections but has no deadline for a request's headers: a client that sends
+"GET / HTTP/1.1\r\nHost: x\r\n" and nothing more holds a connection (and a file descriptor) forever, and a few
+hundred such clients make the service unreachable once the process runs out of descriptors. Here:
+
+- every connection must finish a request's headers within `header_timeout` seconds of connecting (or of its
+  first byte after an answered request on a keep-alive connection), else it is closed;
+- at most `max_connections` connections are open: a new connection beyond it closes the connection that has
+  waited longest for its headers (so half-open clients cannot lock real ones out); when none is waiting,
+  uvicorn's limit_concurrency answers the new requests 503 until connections close;
+- at start the soft RLIMIT_NOFILE is raised to the hard limit, and max_connections is kept below it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+FD_RESERVE = 64  # descriptors kept for the database, the log, the listening socket and batch commands
+SUMMARY_INTERVAL = 60.0  # seconds between the warnings that count closed connections
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard limit; returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to its hard limit %d (%s); keeping %d",
+                        soft, hard, exc, soft)
+            return soft
+        log.info("raised the open-file limit (RLIMIT_NOFILE) from %d to the hard limit %d", soft, hard)
+        return hard
+    return hard if soft == resource.RLIM_INFINITY else soft
+
+
+def connection_cap(max_connections: int, fd_limit: int) -> int:
+    """max_connections, lowered to fit under the open-file limit (with FD_RESERVE left for everything else)."""
+    room = max(fd_limit - FD_RESERVE, 16)
+    if max_connections > room:
+        log.warning("central.max_connections %d does not fit under the open-file limit %d: using %d (raise the "
+                    "hard limit with `ulimit -Hn` / limits.conf, or lower central.max_connections)",
+                    max_connections, fd_limit, room)
+        return room
+    return max_connections
+
+
+class _Closed:
+    """Counts of connections closed by the limits, in at most one warning per SUMMARY_INTERVAL."""
+
+    def __init__(self) -> None:
+        self.timeouts = self.evicted = 0
+        self.logged = float("-inf")
+
+    def note(self, evicted: bool, header_timeout: float, max_connections: int) -> None:
+        if evicted:
+            self.evicted += 1
+        else:
+            self.timeouts += 1
+        now = time.monotonic()
+        if now - self.logged >= SUMMARY_INTERVAL:
+            log.warning("central HTTP: closed %d connections that sent no complete request headers within %ss and "
+                        "%d waiting ones to stay within max_connections %d (at most one such line per %.0fs)",
+                        self.timeouts, header_timeout, self.evicted, max_connections, SUMMARY_INTERVAL)
+            self.timeouts = self.evicted = 0
+            self.logged = now
+
+
+class HeaderDeadline:
+    """Mixin over uvicorn's HTTP protocol class (H11Protocol or HttpToolsProtocol, see protocol_class).
+
+    Relies on what both have: `connections` (the server's open connections), `cycle` (the request being answered:
+    a new one is made when a request's headers are complete), `transport` and `loop`."""
+
+    header_timeout: float
+    max_connections: int
+    waiting: dict  # protocol -> (timer, the cycle when it was armed); one dict per server, oldest first
+    closed: _Closed
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm()
+        while len(self.connections) > self.max_connections:  # type: ignore[attr-defined]
+            victim = next((p for p in self.waiting if p is not self), None)
+            if victim is None:
+                break  # every other connection is busy: uvicorn answers 503 beyond limit_concurrency
+            victim._expire(evicted=True)
+
+    def data_received(self, data: bytes) -> None:
+        before = self.cycle  # type: ignore[has-type]
+        if self not in self.waiting and (before is None or before.response_complete):
+            self._arm()  # the first byte of the next request on a keep-alive connection
+        super().data_received(data)  # type: ignore[misc]
+        if self.cycle is not before:  # type: ignore[has-type]
+            self._disarm()  # headers complete: a request is being answered
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _arm(self) -> None:
+        loop = self.loop  # type: ignore[attr-defined]
+        self.waiting[self] = (loop.call_later(self.header_timeout, self._expire), self.cycle)  # type: ignore
+
+    def _disarm(self) -> None:
+        entry = self.waiting.pop(self, None)
+        if entry is not None:
+            entry[0].cancel()
+
+    def _expire(self, evicted: bool = False) -> None:
+        entry = self.waiting.pop(self, None)
+        if entry is None:
+            return
+        entry[0].cancel()
+        if self.cycle is not entry[1]:  # type: ignore[has-type]
+            return  # a request started since (its headers were parsed outside data_received: pipelining)
+        transport = self.transport  # type: ignore[has-type]
+        if not transport.is_closing():
+            log.debug("central HTTP: closing %s: %s", getattr(self, "client", None),
+                      "max_connections reached" if evicted else f"no request headers within {self.header_timeout}s")
+            self.closed.note(evicted, self.header_timeout, self.max_connections)
+            transport.close()
+
+
+def protocol_class(header_timeout: float, max_connections: int) -> type:
+    """A uvicorn HTTP protocol class (the one uvicorn's "auto" picks) with HeaderDeadline, for one server."""
+    try:
+        import httptools  # noqa: F401 - uvicorn's choice when installed
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    except ImportError:  # pragma: no cover - h11 only
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+    attrs: dict[str, Any] = {"header_timeout": float(header_timeout), "max_connections": int(max_connections),
+                             "waiting": {}, "closed": _Closed(), "__module__": __name__}
+    return type(f"Guarded{base.__name__}", (HeaderDeadline, base), attrs)
