@@ -7,8 +7,10 @@ hundred such clients make the service unreachable once the process runs out of d
 - every connection must finish a request's headers within `header_timeout` seconds of connecting (or of its
   first byte after an answered request on a keep-alive connection), else it is closed;
 - at most `max_connections` connections are open: a new connection beyond it closes the connection that has
-  waited longest for its headers (so half-open clients cannot lock real ones out); when none is waiting,
-  uvicorn's limit_concurrency answers the new requests 503 until connections close;
+  waited longest for its headers (so half-open clients cannot lock real ones out); when every other one is busy
+  answering a request, the new one is answered 503 and closed. So requests in flight are bounded too (one per
+  connection). uvicorn's own limit_concurrency is not used: it counts half-open and closing connections, so a
+  flood of half-open ones would turn every real request into a 503;
 - at start the soft RLIMIT_NOFILE is raised to the hard limit, and max_connections is kept below it.
 """
 from __future__ import annotations
@@ -53,43 +55,52 @@ def connection_cap(max_connections: int, fd_limit: int) -> int:
 class _Closed:
     """Counts of connections closed by the limits, in at most one warning per SUMMARY_INTERVAL."""
 
+    REASONS = {"timeout": "sent no complete request headers within the header timeout",
+               "evicted": "waited longest for their headers when max_connections was reached",
+               "refused": "came while max_connections were open and busy (answered 503)"}
+
     def __init__(self) -> None:
-        self.timeouts = self.evicted = 0
+        self.counts = dict.fromkeys(self.REASONS, 0)
         self.logged = float("-inf")
 
-    def note(self, evicted: bool, header_timeout: float, max_connections: int) -> None:
-        if evicted:
-            self.evicted += 1
-        else:
-            self.timeouts += 1
+    def note(self, reason: str, header_timeout: float, max_connections: int) -> None:
+        self.counts[reason] += 1
         now = time.monotonic()
         if now - self.logged >= SUMMARY_INTERVAL:
-            log.warning("central HTTP: closed %d connections that sent no complete request headers within %ss and "
-                        "%d waiting ones to stay within max_connections %d (at most one such line per %.0fs)",
-                        self.timeouts, header_timeout, self.evicted, max_connections, SUMMARY_INTERVAL)
-            self.timeouts = self.evicted = 0
+            log.warning("central HTTP (header_timeout %ss, max_connections %d): closed connections that %s "
+                        "(at most one such line per %.0fs)", header_timeout, max_connections,
+                        "; ".join(f"{text}: {self.counts[key]}" for key, text in self.REASONS.items()),
+                        SUMMARY_INTERVAL)
+            self.counts = dict.fromkeys(self.REASONS, 0)
             self.logged = now
+
+
+REFUSED = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 
 class HeaderDeadline:
     """Mixin over uvicorn's HTTP protocol class (H11Protocol or HttpToolsProtocol, see protocol_class).
 
     Relies on what both have: `connections` (the server's open connections), `cycle` (the request being answered:
-    a new one is made when a request's headers are complete), `transport` and `loop`."""
+    a new one is made when a request's headers are complete), `transport` and `loop`. The class attributes are
+    one server's (protocol_class makes a class per server)."""
 
     header_timeout: float
     max_connections: int
-    waiting: dict  # protocol -> (timer, the cycle when it was armed); one dict per server, oldest first
+    waiting: dict  # protocol -> (timer, the cycle when it was armed), oldest first: connections awaiting headers
+    closing: list[int]  # [connections closed here whose connection_lost has not come yet]
     closed: _Closed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         self._arm()
-        while len(self.connections) > self.max_connections:  # type: ignore[attr-defined]
-            victim = next((p for p in self.waiting if p is not self), None)
-            if victim is None:
-                break  # every other connection is busy: uvicorn answers 503 beyond limit_concurrency
-            victim._expire(evicted=True)
+        # connections closed here leave `connections` only in their connection_lost, a loop iteration later
+        while len(self.connections) - self.closing[0] > self.max_connections:  # type: ignore[attr-defined]
+            victim = next(iter(self.waiting))
+            if victim is self:  # every other connection is busy answering a request: this one waits outside
+                self._close("refused", REFUSED)
+                return
+            victim._close("evicted")
 
     def data_received(self, data: bytes) -> None:
         before = self.cycle  # type: ignore[has-type]
@@ -101,30 +112,40 @@ class HeaderDeadline:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if getattr(self, "_counted_closing", False):
+            self._counted_closing = False
+            self.closing[0] -= 1
         super().connection_lost(exc)  # type: ignore[misc]
 
     def _arm(self) -> None:
+        self._disarm()  # re-armed: it moves to the end of the waiting order
         loop = self.loop  # type: ignore[attr-defined]
-        self.waiting[self] = (loop.call_later(self.header_timeout, self._expire), self.cycle)  # type: ignore
+        self.waiting[self] = (loop.call_later(self.header_timeout, self._timeout), self.cycle)  # type: ignore
 
     def _disarm(self) -> None:
         entry = self.waiting.pop(self, None)
         if entry is not None:
             entry[0].cancel()
 
-    def _expire(self, evicted: bool = False) -> None:
-        entry = self.waiting.pop(self, None)
-        if entry is None:
-            return
-        entry[0].cancel()
-        if self.cycle is not entry[1]:  # type: ignore[has-type]
-            return  # a request started since (its headers were parsed outside data_received: pipelining)
+    def _timeout(self) -> None:
+        entry = self.waiting.get(self)
+        if entry is not None and self.cycle is entry[1]:  # type: ignore[has-type]
+            self._close("timeout")
+        else:  # a request started since (its headers parsed outside data_received: pipelining)
+            self._disarm()
+
+    def _close(self, reason: str, answer: bytes = b"") -> None:
+        self._disarm()
         transport = self.transport  # type: ignore[has-type]
-        if not transport.is_closing():
-            log.debug("central HTTP: closing %s: %s", getattr(self, "client", None),
-                      "max_connections reached" if evicted else f"no request headers within {self.header_timeout}s")
-            self.closed.note(evicted, self.header_timeout, self.max_connections)
-            transport.close()
+        if transport.is_closing():
+            return
+        log.debug("central HTTP: closing the connection from %s: %s", getattr(self, "client", None), reason)
+        self.closed.note(reason, self.header_timeout, self.max_connections)
+        self._counted_closing = True
+        self.closing[0] += 1
+        if answer:
+            transport.write(answer)
+        transport.close()
 
 
 def protocol_class(header_timeout: float, max_connections: int) -> type:
@@ -135,5 +156,5 @@ def protocol_class(header_timeout: float, max_connections: int) -> type:
     except ImportError:  # pragma: no cover - h11 only
         from uvicorn.protocols.http.h11_impl import H11Protocol as base
     attrs: dict[str, Any] = {"header_timeout": float(header_timeout), "max_connections": int(max_connections),
-                             "waiting": {}, "closed": _Closed(), "__module__": __name__}
+                             "waiting": {}, "closing": [0], "closed": _Closed(), "__module__": __name__}
     return type(f"Guarded{base.__name__}", (HeaderDeadline, base), attrs)

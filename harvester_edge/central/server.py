@@ -100,8 +100,7 @@ class EmbeddedCentral:
         cap = connection_cap(self.settings.max_connections, raise_fd_limit())
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", proxy_headers=False,
                                 timeout_graceful_shutdown=2, timeout_keep_alive=60,
-                                http=protocol_class(self.settings.header_timeout, cap),
-                                limit_concurrency=cap + 1)  # 503 only when more than `cap` stay open
+                                http=protocol_class(self.settings.header_timeout, cap))  # see connections.py
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run_loop, args=(self._server, sock), name="central-http",
                                         daemon=True)
