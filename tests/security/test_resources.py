@@ -56,11 +56,11 @@ def env_for(root: Path) -> dict:
 class Served:
     """`harvester-edge central serve` in its own process (optionally under `ulimit -n`), stopped by pid."""
 
-    def __init__(self, root: Path, central: dict, nofile: int | None = None) -> None:
+    def __init__(self, root: Path, central: dict, ulimit: str | None = None) -> None:
         self.config = write_site(root, central)
         argv = [*CLI, "--config", str(self.config), "central", "serve"]
-        if nofile is not None:  # the shell sets both limits, then becomes the service (no preexec_fn)
-            argv = ["bash", "-c", f'ulimit -n {int(nofile)} && exec "$@"', "bash", *argv]
+        if ulimit is not None:  # e.g. "-n 256": the shell sets the limit, then becomes the service (no preexec_fn)
+            argv = ["bash", "-c", f'ulimit {ulimit} && exec "$@"', "bash", *argv]
         self.out = root / "serve.out"
         with open(self.out, "wb") as out:
             self.proc = subprocess.Popen(argv, env=env_for(root), stdout=out, stderr=subprocess.STDOUT)
@@ -93,8 +93,8 @@ class Served:
 def serve(tmp_path):
     started: list[Served] = []
 
-    def start(nofile: int | None = None, **central) -> Served:
-        served = Served(tmp_path / f"site{len(started)}", {"trusted": True, **central}, nofile)
+    def start(ulimit: str | None = None, **central) -> Served:
+        served = Served(tmp_path / f"site{len(started)}", {"trusted": True, **central}, ulimit)
         started.append(served)
         return served
 
@@ -238,7 +238,7 @@ def test_a_keep_alive_connection_that_stalls_in_its_next_request_is_closed(serve
 
 
 def test_under_a_256_descriptor_limit_300_half_open_do_not_lock_clients_out(serve):
-    served = serve(nofile=256, header_timeout="60s")
+    served = serve(ulimit="-n 256", header_timeout="60s")
     pid = served.proc.pid
     assert psutil.Process(pid).rlimit(psutil.RLIMIT_NOFILE) == (256, 256)
     assert "does not fit under the open-file limit 256" in served.output()  # max_connections lowered, logged
@@ -261,6 +261,13 @@ def test_under_a_256_descriptor_limit_300_half_open_do_not_lock_clients_out(serv
     finally:
         for s in socks:
             s.close()
+
+
+def test_the_service_raises_its_soft_open_file_limit_to_the_hard_one(serve):
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    hard = 1024 if hard == resource.RLIM_INFINITY else min(hard, 1024)
+    served = serve(ulimit=f"-H -n {hard} && ulimit -S -n {hard // 2}")
+    assert psutil.Process(served.proc.pid).rlimit(psutil.RLIMIT_NOFILE) == (hard, hard)
 
 
 # -- file modes --------------------------------------------------------------------------------------------------
@@ -380,3 +387,18 @@ def test_beyond_max_connections_of_busy_requests_a_new_client_gets_503(serve):
         assert time.monotonic() < deadline, "still 503 after the busy connections closed"
         time.sleep(0.1)
     assert status == 200
+
+
+# -- settings ----------------------------------------------------------------------------------------------------
+def test_the_strict_config_loader_takes_the_new_settings(tmp_path):
+    from harvester_edge.config import load_config
+    from harvester_edge.errors import ConfigError
+
+    example = load_config(Path(__file__).parents[2] / "configs" / "slurm-example.yaml")
+    assert (example.central.header_timeout, example.central.max_connections) == (10, 4096)
+    ok = load_config(write_site(tmp_path / "a", {"header_timeout": "2s", "max_connections": 100}))
+    assert (ok.central.header_timeout, ok.central.max_connections) == (2, 100)
+    for bad, key in (({"header_timeout": "0s"}, "header_timeout"), ({"max_connections": 1}, "max_connections"),
+                     ({"header_timout": "5s"}, "header_timeout")):  # the last: a typo gets "did you mean"
+        with pytest.raises(ConfigError, match=key):
+            load_config(write_site(tmp_path / key, bad))
