@@ -266,7 +266,7 @@ def test_under_a_256_descriptor_limit_300_half_open_do_not_lock_clients_out(serv
 def test_the_service_raises_its_soft_open_file_limit_to_the_hard_one(serve):
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     hard = 1024 if hard == resource.RLIM_INFINITY else min(hard, 1024)
-    served = serve(ulimit=f"-H -n {hard} && ulimit -S -n {hard // 2}")
+    served = serve(ulimit=f"-S -n {hard // 2} && ulimit -H -n {hard}")
     assert psutil.Process(served.proc.pid).rlimit(psutil.RLIMIT_NOFILE) == (hard, hard)
 
 
