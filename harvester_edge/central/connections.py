@@ -7,7 +7,8 @@ hundred such clients make the service unreachable once the process runs out of d
 - every connection must finish a request's headers within `header_timeout` seconds of connecting (or of its
   first byte after an answered request on a keep-alive connection), else it is closed;
 - at most `max_connections` connections are open: a new connection beyond it closes the connection that has
-  waited longest for its headers (so half-open clients cannot lock real ones out); when every other one is busy
+  waited longest for its headers or idled longest between keep-alive requests (so half-open or idle clients
+  cannot lock real ones out); when every other one is busy
   answering a request, the new one is answered 503 and closed. So requests in flight are bounded too (one per
   connection). uvicorn's own limit_concurrency is not used: it counts half-open and closing connections, so a
   flood of half-open ones would turn every real request into a 503;
@@ -87,7 +88,8 @@ class HeaderDeadline:
 
     header_timeout: float
     max_connections: int
-    waiting: dict  # protocol -> (timer, the cycle when it was armed), oldest first: connections awaiting headers
+    waiting: dict  # protocol -> (timer, the cycle when it was armed), oldest first: connections awaiting headers,
+    # and idle keep-alive ones (timer None: uvicorn's keep-alive timer closes them); both may be evicted
     closing: list[int]  # [connections closed here whose connection_lost has not come yet]
     closed: _Closed
 
@@ -104,11 +106,19 @@ class HeaderDeadline:
 
     def data_received(self, data: bytes) -> None:
         before = self.cycle  # type: ignore[has-type]
-        if self not in self.waiting and (before is None or before.response_complete):
+        entry = self.waiting.get(self)
+        if (entry is None or entry[0] is None) and (before is None or before.response_complete):
             self._arm()  # the first byte of the next request on a keep-alive connection
         super().data_received(data)  # type: ignore[misc]
         if self.cycle is not before:  # type: ignore[has-type]
             self._disarm()  # headers complete: a request is being answered
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        cycle = self.cycle  # type: ignore[has-type]
+        if not self.transport.is_closing() and (cycle is None or cycle.response_complete):  # type: ignore
+            self._disarm()  # idle keep-alive: uvicorn's timeout_keep_alive closes it; evictable meanwhile
+            self.waiting[self] = (None, cycle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -124,7 +134,7 @@ class HeaderDeadline:
 
     def _disarm(self) -> None:
         entry = self.waiting.pop(self, None)
-        if entry is not None:
+        if entry is not None and entry[0] is not None:
             entry[0].cancel()
 
     def _timeout(self) -> None:

@@ -263,6 +263,22 @@ def test_under_a_256_descriptor_limit_300_half_open_do_not_lock_clients_out(serv
             s.close()
 
 
+def test_idle_keep_alive_connections_make_room_for_new_clients(serve):
+    served = serve(max_connections=16, header_timeout="30s")
+    idle = []
+    try:
+        for _ in range(16):  # each answers one request and stays open (keep-alive, 60 s)
+            s = socket.create_connection((served.host, served.port), timeout=10)
+            s.sendall(b"GET /api/v1/system/is_alive HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+            idle.append(s)
+        assert timed_request(served) < 1.0  # not a 503: the longest idle connection made room
+        wait_all_closed(idle[:1], 5)
+    finally:
+        for s in idle:
+            s.close()
+
+
 def test_the_service_raises_its_soft_open_file_limit_to_the_hard_one(serve):
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     hard = 1024 if hard == resource.RLIM_INFINITY else min(hard, 1024)
