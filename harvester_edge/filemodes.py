@@ -18,9 +18,18 @@ DIR_MODE = 0o700
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
+# folders other programs and users share: never made private, even when a path setting names one of them
+SHARED_DIRS = frozenset({"/", "/tmp", "/var", "/var/tmp", "/var/log", "/var/lib", "/home", "/scratch", "/opt",
+                         "/srv", "/usr", "/etc", str(Path.home())})
+
+
 def _tighten(path: Path, mode: int, st: os.stat_result, what: str) -> bool:
     """chmod `path` to `mode` when group or others have any access; True when it changed."""
     if stat.S_IMODE(st.st_mode) & 0o077 == 0:
+        return False
+    if stat.S_ISDIR(st.st_mode) and (st.st_mode & stat.S_ISVTX or str(Path(path).resolve()) in SHARED_DIRS):
+        log.warning("%s %s is shared (a system folder or sticky): left at mode %o; give harvester-edge a folder "
+                    "of its own in paths:", what, path, stat.S_IMODE(st.st_mode))
         return False
     if st.st_uid != os.geteuid():
         log.warning("%s %s is mode %o and belongs to uid %d, not to this user: cannot make it %o; fix it by hand",

@@ -418,3 +418,34 @@ def test_the_strict_config_loader_takes_the_new_settings(tmp_path):
                      ({"header_timout": "5s"}, "header_timeout")):  # the last: a typo gets "did you mean"
         with pytest.raises(ConfigError, match=key):
             load_config(write_site(tmp_path / key, bad))
+
+
+def test_private_folders_and_files_unit(tmp_path, caplog):
+    from harvester_edge.filemodes import private_database, private_dir, private_file
+
+    old_umask = os.umask(0o000)  # the loosest umask: modes must not depend on it
+    try:
+        made = private_dir(tmp_path / "a" / "b" / "c")
+        db = private_database(made / "x.db")
+    finally:
+        os.umask(old_umask)
+    assert [mode(p) for p in (tmp_path / "a", tmp_path / "a" / "b", made)] == [0o700] * 3
+    assert mode(db) == 0o600 and db.stat().st_size == 0  # SQLite takes an empty file as an empty database
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o755)
+    os.chmod(loose, 0o755)
+    private_dir(loose, tighten=False)
+    assert mode(loose) == 0o755  # only made to exist
+    private_dir(loose)
+    assert mode(loose) == 0o700 and "tightened folder" in caplog.text
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    private_dir(sticky)
+    assert mode(sticky) == 0o1777 and "is shared" in caplog.text  # never a shared folder such as /tmp
+    secret = tmp_path / "secret"
+    secret.write_text("s")
+    os.chmod(secret, 0o644)
+    private_file(secret)
+    assert mode(secret) == 0o600
+    assert not private_file(tmp_path / "missing").exists()  # without create, a missing file stays missing
