@@ -76,7 +76,13 @@ def route_templates(app: Any) -> list[str]:
                  if isinstance(path, str) and path]
     openapi = getattr(app, "openapi", None)
     if callable(openapi):
-        templates += [path for path in openapi().get("paths", {}) if path not in templates]
+        try:
+            paths = openapi().get("paths", {})
+        except Exception:  # noqa: BLE001 - a broken schema must not break the requests being timed
+            log.exception("metrics: the OpenAPI document cannot be built; HTTP requests to the routers' paths are "
+                          "labelled %s", UNMATCHED)
+            paths = {}
+        templates += [path for path in paths if path not in templates]
     return templates
 
 
