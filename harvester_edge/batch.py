@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from harvester_edge.errors import HarvesterEdgeError
+from harvester_edge.filemodes import private_dir
 from harvester_edge.seams.commands import CommandNotFound, CommandResult, CommandRunner
 
 if TYPE_CHECKING:  # the pydantic model; plugins only read its attributes
@@ -180,7 +181,7 @@ def classify_error(message: str, transient_patterns: Sequence[tuple[str, str]],
 
 def write_script(spec: WorkerSpec, text: str, filename: str) -> Path:
     """Write the script into the access point atomically (tmp + rename) before anything is submitted."""
-    spec.access_point.mkdir(parents=True, exist_ok=True)
+    private_dir(spec.access_point)
     path = spec.access_point / filename
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)

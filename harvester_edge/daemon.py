@@ -26,6 +26,7 @@ from harvester_edge.agents import build_agents
 from harvester_edge.agents.base import Agent, AgentContext
 from harvester_edge.config import SiteConfig, load_config
 from harvester_edge.errors import ConfigError, HarvesterEdgeError
+from harvester_edge.filemodes import private_dir, private_file, tighten_children
 from harvester_edge.logs import setup_logging
 from harvester_edge.seams.clock import Clock
 from harvester_edge.services import Services, start_services
@@ -46,8 +47,8 @@ class InstanceLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        private_dir(self.path.parent, tighten=False)  # the work dir; secure_paths tightens it once logging is up
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -167,6 +168,7 @@ class Daemon:
 
     def _run_locked(self, config: SiteConfig, max_seconds: float | None) -> int:
         setup_logging(config.log_dir, config.daemon.log_level, config.daemon.log_json, stderr=self.log_to_stderr)
+        secure_paths(config)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_term)
             signal.signal(signal.SIGINT, self._on_term)
@@ -248,6 +250,21 @@ class Daemon:
         return 0 if finished else 1
 
 
+def secure_paths(config: SiteConfig) -> None:
+    """The work dir, access points and logs 0700, the site's own files 0600 (see harvester_edge.filemodes);
+    what an older version made looser is tightened here, at start, with a log line."""
+    for folder in (config.paths.work_dir, config.access_points, config.log_dir):
+        private_dir(folder)
+    tightened = tighten_children(config.access_points)
+    if tightened:
+        log.warning("tightened %d access points under %s to mode 700 (made by an older harvester-edge)",
+                    tightened, config.access_points)
+    tokens = config.central.tokens
+    for path in (config.lock_path, tokens.token_file, tokens.key_file, tokens.secret_file):
+        if path is not None:
+            private_file(Path(path))
+
+
 def sync_queues(store, config: SiteConfig, now: float) -> None:
     """The queues table mirrors the config (workers and jobs reference it); a removed queue's rows stay."""
     with store.write() as conn:
@@ -269,9 +286,9 @@ def daemonize(log_path: Path) -> bool:
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(log_path.parent)
     devnull = os.open(os.devnull, os.O_RDONLY)
-    out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(devnull, 0)
     os.dup2(out, 1)
     os.dup2(out, 2)

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from harvester_edge.filemodes import private_dir, private_file
+
 FORMAT = "%(asctime)s %(levelname)-7s [%(threadName)s] %(name)s: %(message)s"
 # attributes a log call may add with extra={...}: they are the ids a line concerns, kept as fields in JSON output
 CONTEXT_KEYS = ("task_id", "panda_id", "worker_id", "batch_id", "queue")
@@ -43,8 +45,8 @@ def setup_logging(log_dir: Path | None, level: str = "INFO", as_json: bool = Fal
     handlers: list[logging.Handler] = []
     log_file = None
     if log_dir is not None:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        log_file = log_dir / "harvester-edge.log"
+        private_dir(log_dir)
+        log_file = private_file(log_dir / "harvester-edge.log", create=True)  # 0600 before the handler opens it
         handlers.append(logging.handlers.WatchedFileHandler(log_file))
     if stderr:
         handlers.append(logging.StreamHandler(sys.stderr))

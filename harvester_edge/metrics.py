@@ -9,13 +9,15 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
@@ -48,23 +50,95 @@ def observe_batch_command(command: str, seconds: float, ok: bool) -> None:
         BATCH_ERRORS.labels(command).inc()
 
 
-def route_label(path: str) -> str:
-    """Keep label cardinality bounded: ids in paths become ':id', unknown prefixes 'other'."""
-    parts = [(":id" if p.isdigit() else p) for p in path.split("/")[:5]]
-    label = "/".join(parts) or "/"
-    return label if label.startswith(("/api/v1", "/server/panda", "/monitor", "/metrics", "/docs")) else "other"
+UNMATCHED = "<unmatched>"  # the one route label of every path no route answers
+UNKNOWN = "<unknown>"  # a free-text path parameter whose value is not in the route's closed set
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+TIMED = "harvester_edge.timed"  # scope key: an outer HttpTiming measures this request, inner ones pass it on
+
+
+def _legacy_methods() -> frozenset[str]:
+    from harvester_edge.central.legacy import METHODS
+
+    return frozenset(METHODS) | {"isAlive"}
+
+
+# Templates whose path parameter is free text that names an operation: the label keeps the value only when it is
+# one of the known names (a closed set), else UNKNOWN. Other parameters (ids) stay as their {name} in the template.
+CLOSED_PARAMETERS: dict[str, tuple[str, Callable[[], frozenset[str]]]] = {
+    "/server/panda/{method}": ("method", _legacy_methods),
+}
+
+
+def route_templates(app: Any) -> list[str]:
+    """The path templates an app answers, in its routing order: its own routes (/docs, /openapi.json, ...) and
+    every path of its OpenAPI document (included routers with their prefixes: FastAPI's public view of them)."""
+    templates = [path for path in (getattr(r, "path", None) for r in getattr(app, "routes", []))
+                 if isinstance(path, str) and path]
+    openapi = getattr(app, "openapi", None)
+    if callable(openapi):
+        try:
+            paths = openapi().get("paths", {})
+        except Exception:  # noqa: BLE001 - a broken schema must not break the requests being timed
+            log.exception("metrics: the OpenAPI document cannot be built; HTTP requests to the routers' paths are "
+                          "labelled %s", UNMATCHED)
+            paths = {}
+        templates += [path for path in paths if path not in templates]
+    return templates
+
+
+class RouteLabels:
+    """Request path -> the label of its route: the matched template, a closed parameter's value or UNKNOWN,
+    and UNMATCHED for every path no template matches. The number of labels is bounded by the number of routes."""
+
+    def __init__(self, templates: Sequence[str]) -> None:
+        self.routes = [(template, compile_path(template)[0]) for template in templates]
+
+    def __call__(self, path: str) -> str:
+        for template, regex in self.routes:
+            match = regex.match(path)
+            if match:
+                closed = CLOSED_PARAMETERS.get(template)
+                if closed is None:
+                    return template
+                name, known = closed
+                value = match.group(name)
+                return template.replace("{" + name + "}", value if value in known() else UNKNOWN)
+        return UNMATCHED
+
+
+def _app_with_routes(app: Any) -> Any:
+    """The first app down the `.app` chain that has an OpenAPI document (FastPath -> FastAPI)."""
+    for _ in range(32):
+        if app is None or callable(getattr(app, "openapi", None)):
+            return app
+        app = getattr(app, "app", None)
+    return None
 
 
 class HttpTiming:
-    """ASGI middleware: the latency of every HTTP request the FastAPI app answers (the hot path measures its own)."""
+    """ASGI middleware: the latency of every HTTP request, labelled (method, route template, status code).
 
-    def __init__(self, app: ASGIApp) -> None:
+    Wrap the whole stack (server.py does, so the hot path is measured too); an inner HttpTiming, such as the one
+    monitor_router adds to the FastAPI app, then passes requests through instead of counting them twice.
+    source: the app whose routes name the labels (default: the first FastAPI app down the `.app` chain).
+    Labels are computed once per path in a bounded cache: a flood of random paths costs no memory."""
+
+    def __init__(self, app: ASGIApp, source: Any = None) -> None:
         self.app = app
+        self.source = source
+        self._labels: RouteLabels | None = None
+        self._label = lru_cache(maxsize=4096)(self._compute_label)
+
+    def _compute_label(self, path: str) -> str:
+        if self._labels is None:
+            self._labels = RouteLabels(route_templates(self.source or _app_with_routes(self.app)))
+        return self._labels(path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get(TIMED):
             await self.app(scope, receive, send)
             return
+        scope[TIMED] = True
         start, code = time.perf_counter(), [500]
 
         async def send_status(message: dict) -> None:
@@ -75,7 +149,8 @@ class HttpTiming:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            HTTP_REQUEST.labels(scope.get("method", "?"), route_label(scope.get("path", "")),
+            method = scope.get("method", "")
+            HTTP_REQUEST.labels(method if method in HTTP_METHODS else "OTHER", self._label(scope.get("path", "")),
                                 str(code[0])).observe(time.perf_counter() - start)
 
 

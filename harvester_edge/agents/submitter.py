@@ -14,6 +14,7 @@ from pathlib import Path
 from harvester_edge.agents.base import Agent
 from harvester_edge.batch import BatchError
 from harvester_edge.config import QueueConfig
+from harvester_edge.filemodes import private_dir
 from harvester_edge.shaper import queue_room, shape_worker, worker_capacity
 from harvester_edge.states import JobState, WorkerState
 from harvester_edge.store import claim, release, transition, update
@@ -133,7 +134,7 @@ class Submitter(Agent):
             if job["state"] == JobState.FETCHED.value:
                 transition(conn, [job["panda_id"]], JobState.FETCHED, JobState.RUNNING, now=now,
                            reason=f"first worker {worker_id}")
-            Path(ap).mkdir(parents=True, exist_ok=True)
+            private_dir(Path(ap))
             write_job_spec(Path(ap), [job_spec_of(job)], walltime, queue.drain_warning,
                            nodes * queue.ranks_per_node)
         return worker_id

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harvester_edge.errors import StoreError
+from harvester_edge.filemodes import private_database, private_dir
 
 from . import classify
 
@@ -110,7 +111,8 @@ class Database:
 
     def open(self) -> "Database":
         """Create the file and schema; refuse a schema newer than this code."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent, tighten=False)  # a folder it makes is 0700
+        private_database(self.path)  # 0600 before SQLite opens it: its -wal/-shm files take the same mode
         conn = connect(self.path)
         conn.executescript(SCHEMA)
         upgrade_token_keys(conn)

@@ -14,7 +14,11 @@ from typing import Callable
 
 import uvicorn
 
+from harvester_edge.filemodes import private_file
+from harvester_edge.metrics import HttpTiming
+
 from .app import create_asgi
+from .connections import connection_cap, protocol_class, raise_fd_limit
 from .errors import CentralError
 from .service import CentralService
 from .settings import CentralSettings
@@ -89,12 +93,15 @@ class EmbeddedCentral:
         self.service.db.start_checkpointer()
         if not self.settings.trusted:
             secret_file = self.settings.tokens.secret_file or path.with_name("central.secret")
+            private_file(Path(secret_file))  # 0600 (created so by tokens.py; an older one is tightened)
             self.authority = TokenAuthority(self.service.db, self.settings.tokens,
                                             load_or_create_secret(Path(secret_file)), self.clock)
-        app = create_asgi(self.settings, self.service, self.authority)
+        app = HttpTiming(create_asgi(self.settings, self.service, self.authority))  # hot path timed too
         sock = self._bind()
+        cap = connection_cap(self.settings.max_connections, raise_fd_limit())
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", proxy_headers=False,
-                                timeout_graceful_shutdown=2, timeout_keep_alive=60)
+                                timeout_graceful_shutdown=2, timeout_keep_alive=60,
+                                http=protocol_class(self.settings.header_timeout, cap))  # see connections.py
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run_loop, args=(self._server, sock), name="central-http",
                                         daemon=True)

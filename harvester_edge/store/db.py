@@ -21,6 +21,7 @@ import psutil
 import sqlite_utils
 
 from harvester_edge.errors import StoreError
+from harvester_edge.filemodes import private_database, private_dir
 from harvester_edge.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def open_store(path: Path, on_network_fs: Literal["warn", "refuse"] = "warn") ->
     """Open (creating if needed) and migrate the database at `path`; refuses a newer schema or, if asked, NFS."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent, tighten=False)  # a folder it makes is 0700; the daemon tightens the work dir
     except OSError as exc:
         raise StoreError(f"{path}: cannot create the database folder: {exc}") from exc
     fstype = filesystem_type(path.parent)
@@ -141,6 +142,10 @@ def open_store(path: Path, on_network_fs: Literal["warn", "refuse"] = "warn") ->
         if on_network_fs == "refuse":
             raise NetworkFileSystem(message + " (daemon.on_network_fs: refuse)")
         log.warning("%s", message)
+    try:
+        private_database(path)  # 0600 before SQLite opens it: its -wal/-shm files take the same mode
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create the database file with mode 0600: {exc}") from exc
     store = Store(path)
     try:
         conn = store.connection()

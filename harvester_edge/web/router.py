@@ -152,5 +152,5 @@ def monitor_router(app: FastAPI, harvester_db: Path | None = None, timing: bool 
 
     app.state.monitor_harvester_db = harvester_db
     if timing:
-        app.add_middleware(HttpTiming)
+        app.add_middleware(HttpTiming, source=app)
     return build_router()

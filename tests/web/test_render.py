@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from harvester_edge.metrics import route_label
 from harvester_edge.web import charts
 from harvester_edge.web.tables import view
 
@@ -56,10 +55,27 @@ def test_table_links_keep_other_tables_state():
     assert "a.desc=1" in view("a", [{"x": 1}], ["x"], {"a.sort": "x"}).sort_link("x")
 
 
-def test_route_labels_are_bounded():
-    assert route_label("/monitor/job/123") == "/monitor/job/:id"
-    assert route_label("/api/v1/event/acquire") == "/api/v1/event/acquire"
-    assert route_label("/random/../x") == "other"
+def test_route_labels_are_route_templates(tmp_path):
+    from harvester_edge.central.app import create_app
+    from harvester_edge.central.service import CentralService
+    from harvester_edge.central.settings import CentralSettings
+    from harvester_edge.metrics import RouteLabels, route_templates
+
+    settings = CentralSettings(db=tmp_path / "central.db", trusted=True)
+    svc = CentralService.open(tmp_path / "central.db", settings)
+    try:
+        label = RouteLabels(route_templates(create_app(settings, svc)))
+    finally:
+        svc.close()
+    assert label("/monitor/job/123") == "/monitor/job/{panda_id}"
+    assert label("/monitor/worker/7/file") == "/monitor/worker/{worker_id}/file"
+    assert label("/docs") == "/docs" and label("/metrics") == "/metrics"
+    assert label("/api/v1/event/acquire_event_ranges") == "/api/v1/event/acquire_event_ranges"
+    assert label("/server/panda/getJob") == "/server/panda/getJob"
+    assert label("/server/panda/isAlive") == "/server/panda/isAlive"
+    assert label("/server/panda/m1234") == "/server/panda/<unknown>"
+    assert label("/api/v1/x/y1234") == "<unmatched>"
+    assert label("/random/../x") == "<unmatched>"
 
 
 def test_token_file_expiry_is_read_from_the_exp_claim(tmp_path):
