@@ -1,14 +1,13 @@
 """The central service layer: plain Python over the central SQLite file, called by HTTP endpoints AND the CLI."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import classify, events, jobs, tasks
+from . import classify, events, jobs, limits, tasks
 from .db import Database
 from .errors import CentralError, InvalidInput
 from .states import JOB_WATCHED, RangeStatus
@@ -87,7 +86,9 @@ class CentralService:
     def acquire_jobs_op(self, site: str, n_jobs: int = 1, harvester_id: str | None = None,
                         worker_id: str | None = None, node: str | None = None, now: float | None = None) -> Op:
         _check_int("n_jobs", n_jobs, 1, 10_000)
-        return Op(jobs.dispatch, (n_jobs, site, harvester_id, worker_id, node, self._now(now)))
+        return Op(jobs.dispatch, (n_jobs, limits.name("site", site, required=True),
+                                  limits.name("harvester_id", harvester_id), limits.name("worker_id", worker_id),
+                                  limits.name("node", node), self._now(now)))
 
     def update_job_op(self, job_id: int, state: str, fields: dict | None = None, now: float | None = None) -> Op:
         return Op(jobs.update, (job_id, state, fields or {}, self._now(now)))
@@ -146,29 +147,34 @@ class CentralService:
 
     # -- harvester and workers ------------------------------------------------------------------------------
     def heartbeat(self, harvester_id: str, attrs: dict | None = None, now: float | None = None) -> None:
+        name = limits.name("harvester_id", harvester_id, required=True)
+        text = limits.attrs("heartbeat data", attrs or {})
         self.db.write(lambda c, n: c.execute(
-            "INSERT INTO harvesters VALUES (?, ?, ?) ON CONFLICT (harvester_id) DO UPDATE SET "
-            "last_heartbeat=excluded.last_heartbeat, attrs=excluded.attrs",
-            (harvester_id, n, json.dumps(attrs or {}))), self._now(now))
+            "INSERT INTO harvesters (harvester_id, last_heartbeat, attrs) VALUES (?, ?, ?) ON CONFLICT (harvester_id) "
+            "DO UPDATE SET last_heartbeat=excluded.last_heartbeat, attrs=excluded.attrs", (name, n, text)),
+            self._now(now))
 
     def update_workers(self, harvester_id: str, workers: list[dict], now: float | None = None) -> list[bool]:
         if not isinstance(workers, list) or not all(isinstance(w, dict) and "workerID" in w for w in workers):
             raise InvalidInput("workers must be a list of objects with a workerID")
-        for w in workers:
-            for k in ("workerID", "status", "computingSite", "nodeID"):
-                if w.get(k) is not None and not isinstance(w[k], (str, int)) or isinstance(w.get(k), bool):
-                    raise InvalidInput(f"worker field {k} must be a string or an integer, got {w.get(k)!r:.80}")
-        return self.db.write(_upsert_workers, harvester_id, workers, self._now(now))
+        rows = [(limits.name("workerID", w["workerID"], required=True),
+                 limits.name("worker status", w.get("status"), max_len=limits.MAX_STATE),
+                 limits.name("computingSite", w.get("computingSite")), limits.name("nodeID", w.get("nodeID")),
+                 limits.attrs(f"worker {w['workerID']!r:.40}", w)) for w in workers]
+        return self.db.write(_upsert_workers, limits.name("harvester_id", harvester_id, required=True), rows,
+                             self._now(now))
 
     def update_worker_pilot_status(self, harvester_id: str, worker_id: str, status: str, site: str | None = None,
                                    node: str | None = None, now: float | None = None) -> None:
-        if status not in ("started", "finished"):
-            raise InvalidInput(f"pilot status must be 'started' or 'finished', got {status!r}")
+        if not isinstance(status, str) or status not in ("started", "finished"):
+            raise InvalidInput(f"pilot status must be 'started' or 'finished', got {status!r:.80}")
+        row = (limits.name("harvester_id", harvester_id, required=True),
+               limits.name("worker_id", worker_id, required=True), status, limits.name("site", site),
+               limits.name("node", node))
         self.db.write(lambda c, n: c.execute(
             "INSERT INTO workers (harvester_id, worker_id, pilot_status, site, node, modified) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET pilot_status=excluded.pilot_status, "
-            "node=coalesce(excluded.node, node), modified=excluded.modified",
-            (harvester_id, str(worker_id), status, site, node, n)), self._now(now))
+            "node=coalesce(excluded.node, node), modified=excluded.modified", (*row, n)), self._now(now))
 
     # -- watchdog and errors --------------------------------------------------------------------------------
     def run_watchdog(self, now: float | None = None) -> list[int]:
@@ -189,10 +195,6 @@ class CentralService:
 
     def promote_error(self, rule_id: int, klass: str | None = None) -> dict:
         return self.db.write(classify.promote, rule_id, klass)
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
 
 
 def _bulk(conn, updates: list, now: float) -> list[dict]:
@@ -232,14 +234,11 @@ def _update_ranges(conn, reports: list, now: float) -> list[str]:
     return results
 
 
-def _upsert_workers(conn, harvester_id: str, workers: list[dict], now: float) -> list[bool]:
-    for w in workers:
-        conn.execute(
-            "INSERT INTO workers (harvester_id, worker_id, status, site, node, attrs, modified) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET status=excluded.status, "
-            "site=coalesce(excluded.site, site), node=coalesce(excluded.node, node), attrs=excluded.attrs, "
-            "modified=excluded.modified",
-            (harvester_id, str(w["workerID"]), _text(w.get("status")), _text(w.get("computingSite")),
-             _text(w.get("nodeID")),
-             json.dumps(w, default=str), now))
-    return [True] * len(workers)
+def _upsert_workers(conn, harvester_id: str, rows: list[tuple], now: float) -> list[bool]:
+    """rows: (worker_id, status, site, node, attrs JSON), checked by CentralService.update_workers."""
+    conn.executemany(
+        "INSERT INTO workers (harvester_id, worker_id, status, site, node, attrs, modified) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET status=excluded.status, "
+        "site=coalesce(excluded.site, site), node=coalesce(excluded.node, node), attrs=excluded.attrs, "
+        "modified=excluded.modified", [(harvester_id, *row, now) for row in rows])
+    return [True] * len(rows)

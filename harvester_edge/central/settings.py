@@ -42,6 +42,9 @@ class CentralSettings(BaseModel, extra="forbid"):
     watchdog_interval: Duration = Field(60, gt=0)
     max_attempts: int = Field(3, ge=1, le=100, description="default attempts of a task's ranges")
     request_timeout: Duration = Field(30, gt=0, description="client: seconds per HTTP request")
+    max_body: int = Field(16 * 1024 * 1024, ge=64 * 1024, le=1024**3,
+                          description="largest request body in bytes, as sent and once gzip is inflated; larger "
+                                      "is refused with HTTP 413 before it is parsed (default 16 MiB)")
 
     @field_validator("trusted_networks")
     @classmethod

@@ -48,8 +48,9 @@ def _check(request: Request, scopes: set[str]) -> None:
 
 
 def _html(request: Request, template: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
-    refresh = request.query_params.get("refresh", "")
-    context = {"refresh": int(refresh) if refresh.isdigit() else 10, "path": request.url.path, **context}
+    refresh = request.query_params.get("refresh", "")  # ASCII digits only: "²".isdigit() but int("²") fails
+    context = {"refresh": int(refresh) if refresh.isascii() and refresh.isdigit() and len(refresh) < 6 else 10,
+               "path": request.url.path, **context}
     response = HTMLResponse(render(template, context), status_code=status)
     token = request.query_params.get("token")
     if token:  # remembered so links and the auto-refresh need not carry it
