@@ -1,7 +1,7 @@
 """CappedBodies: the middleware in front of every FastAPI route (the hot writes have the same steps in FastPath).
 
-For a request with a body, in this order: Content-Length over central.max_body -> 413; in token mode the token of
-an API call (both dialects) -> 403 when missing or not good enough; only then the body is read through
+For a request with a body, in this order: in token mode the token of an API call (both dialects) -> 403 when
+missing or not good enough; a Content-Length over central.max_body -> 413; only then the body is read through
 bodies.read_body (capped, gzip inflated in a stream: by header, and by magic on /server/panda) and /api/v1 JSON is
 parsed once for its depth and encoding. The route sees the plain body again. Refusals are in the dialect's format.
 """
@@ -13,8 +13,7 @@ from urllib.parse import urlencode
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .auth import check_token
-from .bodies import DEFAULT_MAX_BODY, Disconnected, check_declared_length, has_body, header, parse_json, \
-    read_body
+from .bodies import DEFAULT_MAX_BODY, Disconnected, has_body, header, parse_json, read_body
 from .errors import AuthError, CentralError
 from .hotpath import bearer_token, dumps
 from .legacy import METHODS
@@ -66,7 +65,6 @@ class CappedBodies:
         path, headers = scope["path"], scope["headers"]
         limit = getattr(self.state.settings, "max_body", DEFAULT_MAX_BODY)
         try:
-            check_declared_length(headers, limit)
             module = api_module(path)
             if self.state.authority is not None and module is not None:
                 check_token(self.state.authority, bearer_token(headers), module)

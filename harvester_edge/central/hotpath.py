@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import models as m
 from .auth import check_token
-from .bodies import DEFAULT_MAX_BODY, Disconnected, check_declared_length, parse_json, read_body
+from .bodies import DEFAULT_MAX_BODY, Disconnected, parse_json, read_body
 from .errors import AuthError, CentralError, InvalidInput
 from .service import CentralService, Op
 
@@ -107,12 +107,11 @@ class FastPath:
             await self.app(scope, receive, send)
             return
         status, doc = 200, None
-        try:  # the order matters: declared size, then the token, then (only then) the body
+        try:  # the order matters: the token, the declared size, then (only then) the body
             headers = scope["headers"]
-            limit = getattr(self.state.settings, "max_body", DEFAULT_MAX_BODY)
-            check_declared_length(headers, limit)
             if self.state.authority is not None:
                 check_token(self.state.authority, bearer_token(headers), hot.module)
+            limit = getattr(self.state.settings, "max_body", DEFAULT_MAX_BODY)
             body = await read_body(receive, headers, limit)
             parse_json(body)  # depth and encoding; the model then validates the same bytes in Rust
             try:
