@@ -9,19 +9,21 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs, quote
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Path as PathParam, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from harvester_edge.central.auth import bearer
 from harvester_edge.central.errors import AuthError, CentralError, NotFound
+from harvester_edge.central.limits import BIG
 
 from . import pages
 from .render import render
 
 log = logging.getLogger(__name__)
+Id = Annotated[int, PathParam(ge=0, le=BIG)]  # ids of rows: SQLite holds 63 bits, a larger number is a 422, not a 500
 COOKIE = "he_monitor_token"
 READ_SCOPES = {"harvester", "admin"}
 
@@ -84,20 +86,20 @@ def build_router() -> APIRouter:
         return _page(request, pages.dashboard)
 
     @router.get("/monitor/task/{task_id}", response_class=HTMLResponse, summary="monitor: one task")
-    def task(request: Request, task_id: int) -> Response:
+    def task(request: Request, task_id: Id) -> Response:
         return _page(request, pages.task, task_id)
 
     @router.get("/monitor/job/{panda_id}", response_class=HTMLResponse, summary="monitor: one job")
-    def job(request: Request, panda_id: int) -> Response:
+    def job(request: Request, panda_id: Id) -> Response:
         return _page(request, pages.job, panda_id)
 
     @router.get("/monitor/worker/{worker_id}", response_class=HTMLResponse, summary="monitor: one worker")
-    def worker(request: Request, worker_id: int) -> Response:
+    def worker(request: Request, worker_id: Id) -> Response:
         return _page(request, pages.worker, worker_id)
 
     @router.get("/monitor/worker/{worker_id}/file", response_class=HTMLResponse,
                 summary="monitor: a log, script or stdout/stderr file of a worker's access point")
-    def worker_file(request: Request, worker_id: int, name: str) -> Response:
+    def worker_file(request: Request, worker_id: Id, name: str) -> Response:
         return _page(request, pages.worker_file, worker_id, name)
 
     @router.get("/monitor/errors", response_class=HTMLResponse, summary="monitor: errors and classifications")
@@ -105,7 +107,7 @@ def build_router() -> APIRouter:
         return _page(request, pages.errors)
 
     @router.post("/monitor/errors/{rule_id}/promote", summary="monitor: confirm a suggested classification")
-    async def promote(request: Request, rule_id: int) -> Response:
+    async def promote(request: Request, rule_id: Id) -> Response:
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         klass = (form.get("class") or [None])[0] or None
         try:

@@ -7,8 +7,12 @@ from urllib.parse import parse_qs
 
 import pytest
 import requests
+from fastapi.testclient import TestClient
 
+from harvester_edge.central.app import create_app, create_asgi
 from harvester_edge.central.client import CentralClient, CentralRejected, CentralUnavailable
+from harvester_edge.central.service import CentralService
+from harvester_edge.central.settings import CentralSettings
 from harvester_edge.seams.http import HttpTransport
 
 from .conftest import task_dict
@@ -241,3 +245,26 @@ def test_standalone_serve_stops_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def test_hot_path_and_fastapi_routes_answer_alike(tmp_path):
+    """The same request through FastPath and through the documented FastAPI route gives the same answer."""
+    path = tmp_path / "central.db"
+    settings = CentralSettings(db=path, trusted=True)
+    svc = CentralService.open(path, settings)
+    svc.submit_task(task_dict(events=50, jobs=2))
+    plain, fast = TestClient(create_app(settings, svc, None)), TestClient(create_asgi(settings, svc, None))
+    requests_ = [("/api/v1/pilot/update_job", b'{"job_id": 1, "job_status": "running"}'),
+                 ("/api/v1/pilot/update_job", b'{"job_id": "x"}'),
+                 ("/api/v1/pilot/update_job", b'{not json'),
+                 ("/api/v1/event/update_event_ranges", b'{"event_ranges": "[]", "version": 3}'),
+                 ("/api/v1/event/acquire_event_ranges", b'{"job_id": 77, "n_ranges": 5}'),
+                 ("/api/v1/pilot/update_job", b'{"job_id": 1, "job_status": ' + b"[" * 40 + b"]" * 40 + b"}"),
+                 ("/api/v1/pilot/update_job", b'{"job_id": 1, "job_status": "\\ud800"}')]
+    for url, body in requests_:
+        a = plain.post(url, content=body, headers={"Content-Type": "application/json"})
+        b = fast.post(url, content=body, headers={"Content-Type": "application/json"})
+        assert (a.status_code, a.json()["success"]) == (b.status_code, b.json()["success"]), url
+        if a.json()["success"]:
+            assert a.json() == b.json()
+    svc.close()
