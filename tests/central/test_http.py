@@ -268,3 +268,24 @@ def test_hot_path_and_fastapi_routes_answer_alike(tmp_path):
         if a.json()["success"]:
             assert a.json() == b.json()
     svc.close()
+
+
+def test_a_bug_is_logged_and_answered_in_the_dialect(tmp_path, caplog):
+    """The last-resort handlers (FastAPI and FastPath): a traceback in the log, a 500 in the dialect's format."""
+    path = tmp_path / "central.db"
+    settings = CentralSettings(db=path, trusted=True)
+    svc = CentralService.open(path, settings)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    svc.heartbeat = svc.update_job_op = svc.update_job = broken
+    client = TestClient(create_asgi(settings, svc, None), raise_server_exceptions=False)
+    v1 = client.post("/api/v1/harvester/heartbeat", json={"harvester_id": "h"})
+    hot = client.post("/api/v1/pilot/update_job", json={"job_id": 1, "job_status": "running"})
+    legacy = client.post("/server/panda/updateJob", data={"jobId": 1, "state": "running"})
+    assert [r.status_code for r in (v1, hot, legacy)] == [500, 500, 500]
+    assert v1.json()["success"] is False and hot.json()["success"] is False
+    assert "StatusCode=" in legacy.text
+    assert sum("RuntimeError: a bug" in (r.exc_text or "") for r in caplog.records) == 3
+    svc.close()

@@ -269,6 +269,20 @@ def test_stored_strings_are_capped(trusted):
     assert "StatusCode=50" in resp.text
     resp = post("/api/v1/harvester/heartbeat", json={"harvester_id": "h", "data": {"blob": "x" * 70_000}})
     assert resp.json()["success"] is False and "limit" in resp.json()["message"]
+    # diagnostics are truncated (as PanDA does), not refused: the pilot's final report must land
+    task = post("/api/v1/task/submit", json={"name": "diag", "events": 10, "events_per_range": 5,
+                                             "seconds_per_event": 0.1, "payload": {"kind": "python",
+                                                                                    "callable": "m:f"}})
+    assert task.json()["success"] is True, task.text
+    job = post("/api/v1/pilot/acquire_jobs", json={"site_name": "S", "n_jobs": 1}).json()["data"]["jobs"][0]
+    resp = post("/server/panda/updateJob", data={"jobId": job["PandaID"], "state": "failed", "pilotErrorCode": 1,
+                                                 "pilotErrorDiag": "d" * 10_000})
+    assert "StatusCode=0" in resp.text, resp.text
+    resp = post("/api/v1/pilot/update_job", json={"job_id": job["PandaID"], "job_status": "failed",
+                                                  "exe_error_diag": "e" * 10_000})
+    assert resp.status_code == 200 and "StatusCode" in resp.text
     with sqlite3.connect(f"file:{trusted.work / 'central.db'}?mode=ro", uri=True) as conn:
         longest = conn.execute("SELECT max(length(harvester_id)), max(length(worker_id)) FROM workers").fetchone()
+        diag = conn.execute("SELECT pilot_error_diag FROM jobs WHERE panda_id=?", (job["PandaID"],)).fetchone()[0]
     assert all(n is None or n <= 256 for n in longest)
+    assert diag == "d" * 500
