@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from . import limits
 from .auth import authorize
 from .bodies import parse_json
 from .errors import AuthError, CentralError, InvalidInput
@@ -133,14 +134,15 @@ def update_worker_pilot_status(svc, p: dict, claims) -> Any:
 def get_access_token(svc, p: dict, claims, authority=None) -> Any:
     if authority is None:
         raise InvalidInput("the service runs in trusted mode: there are no tokens to get")
-    return {"StatusCode": 0, "userProxy": authority.exchange(claims, str(p.get("client_name") or ""),
-                                                             str(p.get("token_key") or ""))}
+    name = limits.name("client_name", p.get("client_name")) or ""
+    key = limits.name("token_key", p.get("token_key")) or ""
+    return {"StatusCode": 0, "userProxy": authority.exchange(claims, name, key)}
 
 
 def get_token_key(svc, p: dict, claims, authority=None) -> Any:
     if authority is None:
         raise InvalidInput("the service runs in trusted mode: there are no token keys")
-    name = str(p.get("client_name") or "")
+    name = limits.name("client_name", p.get("client_name")) or ""
     if claims["sub"] != name and "harvester" not in claims["scope"].split():
         raise AuthError(f"token of {claims['sub']!r} cannot get the key of {name!r}")
     return {"StatusCode": 0, "tokenKey": authority.new_key(name)[1]}
