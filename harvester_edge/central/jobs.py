@@ -5,7 +5,7 @@ import json
 import sqlite3
 from typing import Any
 
-from . import classify, events
+from . import classify, events, limits
 from .errors import IllegalStateChange, InvalidInput, NotFound
 from .states import (JOB_TERMINAL, JOB_WATCHED, PILOT_REPORTED, RANGE_OPEN, JobStatus, RangeStatus,
                      TaskStatus, job_transition_allowed)
@@ -60,8 +60,8 @@ def dispatch(conn: sqlite3.Connection, n_jobs: int, site: str, harvester_id: str
 
 
 def get_job(conn: sqlite3.Connection, panda_id: Any) -> sqlite3.Row:
-    if isinstance(panda_id, bool) or not isinstance(panda_id, int):
-        raise InvalidInput(f"job id must be an integer PandaID, got {panda_id!r}")
+    if isinstance(panda_id, bool) or not isinstance(panda_id, int) or not 0 <= panda_id <= limits.BIG:
+        raise InvalidInput(f"job id must be an integer PandaID, got {panda_id!r:.80}")
     job = conn.execute("SELECT * FROM jobs WHERE panda_id=?", (panda_id,)).fetchone()
     if job is None:
         raise NotFound(f"job {panda_id} does not exist")
@@ -83,8 +83,8 @@ def _int(update: dict, key: str) -> int:
 
 def update(conn: sqlite3.Connection, panda_id: Any, state: Any, fields: dict, now: float) -> str:
     """A pilot's update; returns the command for the pilot ('NULL' or 'tobekilled')."""
-    if state not in {s.value for s in PILOT_REPORTED}:
-        raise InvalidInput(f"job state {state!r} is not one of {sorted(s.value for s in PILOT_REPORTED)}")
+    if not isinstance(state, str) or state not in {s.value for s in PILOT_REPORTED}:
+        raise InvalidInput(f"job state {state!r:.80} is not one of {sorted(s.value for s in PILOT_REPORTED)}")
     job = get_job(conn, panda_id)
     old = job["status"]
     if not job_transition_allowed(old, state):
@@ -95,10 +95,11 @@ def update(conn: sqlite3.Connection, panda_id: Any, state: Any, fields: dict, no
         return command  # a repeated final report: nothing to do
     codes = {k: _int(fields, k) for k in ("pilotErrorCode", "exeErrorCode", "transExitCode", "nEvents",
                                            "coreCount")}
-    pdiag, ediag = str(fields.get("pilotErrorDiag") or "")[:500], str(fields.get("exeErrorDiag") or "")[:500]
+    pdiag, ediag = limits.diag(fields.get("pilotErrorDiag") or ""), limits.diag(fields.get("exeErrorDiag") or "")
     node = fields.get("node")
     if node is not None and not isinstance(node, str):
         raise InvalidInput(f"node must be a string, got {node!r:.80}")
+    node = limits.name("node", node)
     conn.execute(
         "UPDATE jobs SET status=?, heartbeat=?, modified=?, pilot_error_code=?, pilot_error_diag=?, "
         "exe_error_code=?, exe_error_diag=?, trans_exit_code=?, n_events=max(n_events, ?), "

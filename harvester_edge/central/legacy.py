@@ -1,12 +1,12 @@
 """The legacy /server/panda/<method> dialect (pilot 3.11): form or JSON bodies, urlencoded answers.
 
-Pilot 3.11 gzips its JSON body WITHOUT a Content-Encoding header: the gzip magic (1f 8b) is detected here.
+Pilot 3.11 gzips its JSON body WITHOUT a Content-Encoding header: the gzip magic (1f 8b) is detected and the body
+inflated (capped) by gate.CappedBodies before the route runs, after the token check.
 JSON booleans arrive as the strings "True"/"False". Answers are urlencoded unless Accept asks for JSON.
 """
 from __future__ import annotations
 
 import json
-import zlib
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlencode
 
@@ -14,29 +14,22 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from . import limits
 from .auth import authorize
+from .bodies import parse_json
 from .errors import AuthError, CentralError, InvalidInput
 from .ownership import Caller
 
 router = APIRouter()
-MAX_BODY = 64 * 1024 * 1024
 
 
 # -- pure parse / render ------------------------------------------------------------------------------------
 def parse_body(body: bytes, content_type: str) -> dict[str, Any]:
-    """Parameters of a legacy request body: gzip (by magic), JSON or form-encoded."""
-    if body[:2] == b"\x1f\x8b":
-        try:
-            body = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body, MAX_BODY)
-        except zlib.error as exc:
-            raise InvalidInput(f"body starts like gzip but does not inflate: {exc}") from exc
+    """Parameters of a legacy request body (already inflated): JSON or form-encoded."""
     if not body.strip():
         return {}
     if "json" in content_type or body.lstrip()[:1] == b"{":
-        try:
-            data = json.loads(body)
-        except ValueError as exc:
-            raise InvalidInput(f"body is not valid JSON: {exc}") from exc
+        data = parse_json(body)
         if not isinstance(data, dict):
             raise InvalidInput(f"JSON body must be an object of parameters, got {type(data).__name__}")
         return data
@@ -81,10 +74,7 @@ def json_param(params: dict, name: str) -> Any:
         return value
     if not isinstance(value, str):
         raise InvalidInput(f"parameter {name} is required (a JSON string)")
-    try:
-        return json.loads(value)
-    except ValueError as exc:
-        raise InvalidInput(f"parameter {name} is not valid JSON: {exc}") from exc
+    return parse_json(value, f"parameter {name}")
 
 
 # -- methods ------------------------------------------------------------------------------------------------
@@ -97,8 +87,7 @@ def caller(p: dict, claims) -> Caller:
 def get_job(svc, p: dict, claims) -> Any:
     n_jobs = integer(p, "nJobs", 0, 0, 10_000)
     jobs = svc.acquire_jobs(str(p.get("siteName") or "unknown"), max(n_jobs, 1),
-                            p.get("harvester_id"), None if p.get("worker_id") is None else str(p["worker_id"]),
-                            p.get("node"), caller=caller(p, claims))
+                            p.get("harvester_id"), p.get("worker_id"), p.get("node"), caller=caller(p, claims))
     if "nJobs" in p:
         return {"StatusCode": 0 if jobs else 20, "jobs": jobs}
     if not jobs:
@@ -146,22 +135,24 @@ def update_event_ranges(svc, p: dict, claims) -> Any:
 def update_worker_pilot_status(svc, p: dict, claims) -> Any:
     if not p.get("harvesterID") or p.get("workerID") in (None, ""):
         raise InvalidInput("parameters harvesterID and workerID are required")
-    svc.update_worker_pilot_status(str(p["harvesterID"]), str(p["workerID"]), p.get("status"), p.get("site"),
-                                   p.get("node_id"), caller=Caller(claims, str(p["harvesterID"])))
+    svc.update_worker_pilot_status(p["harvesterID"], p["workerID"], p.get("status"), p.get("site"), p.get("node_id"),
+                                   caller=Caller(claims, str(p["harvesterID"])))
     return {"StatusCode": 0}
 
 
 def get_access_token(svc, p: dict, claims, authority=None) -> Any:
     if authority is None:
         raise InvalidInput("the service runs in trusted mode: there are no tokens to get")
-    return {"StatusCode": 0, "userProxy": authority.exchange(claims, str(p.get("client_name") or ""),
-                                                             str(p.get("token_key") or ""))}
+    name = limits.name("client_name", p.get("client_name")) or ""
+    key = limits.name("token_key", p.get("token_key")) or ""
+    return {"StatusCode": 0, "userProxy": authority.exchange(claims, name, key)}
 
 
 def get_token_key(svc, p: dict, claims, authority=None) -> Any:
     if authority is None:
         raise InvalidInput("the service runs in trusted mode: there are no token keys")
-    return {"StatusCode": 0, "tokenKey": authority.key_for(claims, str(p.get("client_name") or ""))[1]}
+    name = limits.name("client_name", p.get("client_name")) or ""
+    return {"StatusCode": 0, "tokenKey": authority.key_for(claims, name)[1]}
 
 
 METHODS: dict[str, tuple[str, Callable]] = {

@@ -1,9 +1,16 @@
 """Request bodies of the /api/v1 dialect (pydantic): shared by the FastAPI routes and the hot path."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
 
-BIG = 2**62
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from .limits import BIG, MAX_DIAG, MAX_NAME, MAX_STATE
+
+Name = Annotated[str, Field(max_length=MAX_NAME)]
+State = Annotated[str, Field(max_length=MAX_STATE)]
+Diag = Annotated[str, AfterValidator(lambda text: text[:MAX_DIAG])]  # truncated, as PanDA does
+Id = Annotated[int, Field(ge=0, le=BIG)]
 
 
 class Body(BaseModel):
@@ -11,16 +18,16 @@ class Body(BaseModel):
 
 
 class AcquireJobs(Body):
-    site_name: str = Field(min_length=1, max_length=200)
-    prod_source_label: str | None = None
-    node: str | None = Field(None, max_length=500)
-    computing_element: str | None = None
+    site_name: str = Field(min_length=1, max_length=MAX_NAME)
+    prod_source_label: Name | None = None
+    node: Name | None = None
+    computing_element: Name | None = None
     n_jobs: int = Field(1, ge=1, le=10_000)
-    resource_type: str | None = None
-    harvester_id: str | None = Field(None, max_length=200)
-    worker_id: int | str | None = None
-    scheduler_id: str | None = None
-    job_type: str | None = None
+    resource_type: Name | None = None
+    harvester_id: Name | None = None
+    worker_id: Id | Name | None = None
+    scheduler_id: Name | None = None
+    job_type: Name | None = None
     remaining_time: float | None = None
 
 
@@ -36,25 +43,25 @@ def camel_job(update: dict) -> dict:
 
 
 class UpdateJob(Body):
-    job_id: int = Field(ge=0, le=BIG)
-    job_status: str = Field(max_length=32)
+    job_id: Id
+    job_status: State
     trans_exit_code: int | None = Field(None, ge=-BIG, le=BIG)
     pilot_error_code: int | None = Field(None, ge=-BIG, le=BIG)
-    pilot_error_diag: str | None = None
+    pilot_error_diag: Diag | None = None
+    exe_error_diag: Diag | None = None
     exe_error_code: int | None = Field(None, ge=-BIG, le=BIG)
-    exe_error_diag: str | None = None
-    node: str | None = None
+    node: Name | None = None
     n_events: int | None = Field(None, ge=0, le=BIG)
     core_count: int | None = Field(None, ge=0, le=1_000_000)
-    attempt_nr: int | None = None
-    start_time: str | float | None = None
-    end_time: str | float | None = None
-    harvester_id: str | None = Field(None, max_length=200)  # optional: who sends it (ownership.py)
+    attempt_nr: int | None = Field(None, ge=0, le=BIG)
+    start_time: Name | float | None = None
+    end_time: Name | float | None = None
+    harvester_id: Name | None = None  # optional: who sends it (ownership.py)
 
 
 class UpdateJobsBulk(Body):
     job_list: list[dict] | str
-    harvester_id: str | None = Field(None, max_length=200)
+    harvester_id: Name | None = None
 
 
 class AcquireRanges(Body):
@@ -63,32 +70,32 @@ class AcquireRanges(Body):
     task_id: int | None = Field(None, ge=0, le=BIG)
     n_ranges: int = Field(10, ge=1, le=100_000)
     scattered: bool = False
-    segment_id: int | None = None
-    harvester_id: str | None = Field(None, max_length=200)  # optional: who sends it (ownership.py)
+    segment_id: int | None = Field(None, ge=0, le=BIG)
+    harvester_id: Name | None = None  # optional: who sends it (ownership.py)
 
 
 class UpdateRanges(Body):
     event_ranges: list | str
     version: int = Field(0, ge=0, le=1)
-    harvester_id: str | None = Field(None, max_length=200)  # optional: who sends it (ownership.py)
+    harvester_id: Name | None = None  # optional: who sends it (ownership.py)
 
 
 class Heartbeat(Body):
-    harvester_id: str = Field(min_length=1, max_length=200)
+    harvester_id: str = Field(min_length=1, max_length=MAX_NAME)
     data: dict | None = None
 
 
 class UpdateWorkers(Body):
-    harvester_id: str = Field(min_length=1, max_length=200)
+    harvester_id: str = Field(min_length=1, max_length=MAX_NAME)
     workers: list[dict]
 
 
 class PilotStatus(Body):
-    site: str | None = None
-    worker_id: int | str
-    harvester_id: str = Field(min_length=1, max_length=200)
-    status: str
-    node_id: str | None = None
+    site: Name | None = None
+    worker_id: Id | Name
+    harvester_id: str = Field(min_length=1, max_length=MAX_NAME)
+    status: State
+    node_id: Name | None = None
 
 
 class TaskRef(Body):

@@ -1,14 +1,13 @@
 """The central service layer: plain Python over the central SQLite file, called by HTTP endpoints AND the CLI."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import classify, events, jobs, tasks
+from . import classify, events, jobs, limits, tasks
 from .db import Database
 from .errors import CentralError, InvalidInput
 from .ownership import TRUSTED, Caller, Judge, named_harvester, report_job
@@ -90,8 +89,10 @@ class CentralService:
                         worker_id: str | None = None, node: str | None = None, now: float | None = None,
                         caller: Caller = TRUSTED) -> Op:
         _check_int("n_jobs", n_jobs, 1, 10_000)
-        harvester_id, worker_id = named_harvester(caller, harvester_id, worker_id)
-        return Op(jobs.dispatch, (n_jobs, site, harvester_id, worker_id, node, self._now(now)))
+        harvester_id, worker_id = named_harvester(caller, limits.name("harvester_id", harvester_id),
+                                                  limits.name("worker_id", worker_id))
+        return Op(jobs.dispatch, (n_jobs, limits.name("site", site, required=True), harvester_id, worker_id,
+                                  limits.name("node", node), self._now(now)))
 
     def update_job_op(self, job_id: int, state: str, fields: dict | None = None, now: float | None = None,
                       caller: Caller = TRUSTED) -> Op:
@@ -161,40 +162,42 @@ class CentralService:
     # -- harvester and workers ------------------------------------------------------------------------------
     def heartbeat(self, harvester_id: str, attrs: dict | None = None, now: float | None = None,
                   caller: Caller = TRUSTED) -> None:
-        harvester_id = named_harvester(caller, harvester_id)[0]
+        name = named_harvester(caller, limits.name("harvester_id", harvester_id, required=True))[0]
+        text = limits.attrs("heartbeat data", attrs or {})
         self.db.write(lambda c, n: c.execute(
-            "INSERT INTO harvesters VALUES (?, ?, ?) ON CONFLICT (harvester_id) DO UPDATE SET "
-            "last_heartbeat=excluded.last_heartbeat, attrs=excluded.attrs",
-            (harvester_id, n, json.dumps(attrs or {}))), self._now(now))
+            "INSERT INTO harvesters (harvester_id, last_heartbeat, attrs) VALUES (?, ?, ?) ON CONFLICT (harvester_id) "
+            "DO UPDATE SET last_heartbeat=excluded.last_heartbeat, attrs=excluded.attrs", (name, n, text)),
+            self._now(now))
 
     def update_workers(self, harvester_id: str, workers: list[dict], now: float | None = None,
                        caller: Caller = TRUSTED) -> list[bool]:
         """Harvester's worker specs; "pandaid_list" (the jobs a worker runs) also bounds its pilot (ownership.py)."""
-        harvester_id = named_harvester(caller, harvester_id)[0]
+        harvester_id = named_harvester(caller, limits.name("harvester_id", harvester_id, required=True))[0]
         if not isinstance(workers, list) or not all(isinstance(w, dict) and "workerID" in w for w in workers):
             raise InvalidInput("workers must be a list of objects with a workerID")
         for w in workers:
-            for k in ("workerID", "status", "computingSite", "nodeID"):
-                if w.get(k) is not None and not isinstance(w[k], (str, int)) or isinstance(w.get(k), bool):
-                    raise InvalidInput(f"worker field {k} must be a string or an integer, got {w.get(k)!r:.80}")
             listed = w.get("pandaid_list")
             if listed is not None and (not isinstance(listed, list) or not all(
                     isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 2**62 for p in listed)):
                 raise InvalidInput(f"pandaid_list of worker {w['workerID']!r:.80} must be a list of PandaIDs, "
                                    f"got {listed!r:.80}")
-        return self.db.write(_upsert_workers, harvester_id, workers, self._now(now))
+        rows = [(limits.name("workerID", w["workerID"], required=True),
+                 limits.name("worker status", w.get("status"), max_len=limits.MAX_STATE),
+                 limits.name("computingSite", w.get("computingSite")), limits.name("nodeID", w.get("nodeID")),
+                 limits.attrs(f"worker {w['workerID']!r:.40}", w)) for w in workers]
+        return self.db.write(_upsert_workers, harvester_id, rows, self._now(now))
 
     def update_worker_pilot_status(self, harvester_id: str, worker_id: str, status: str, site: str | None = None,
                                    node: str | None = None, now: float | None = None, caller: Caller = TRUSTED) -> None:
-        named = named_harvester(caller, harvester_id, worker_id)
-        harvester_id, worker_id = named[0], worker_id if named[1] is None else named[1]
-        if status not in ("started", "finished"):
-            raise InvalidInput(f"pilot status must be 'started' or 'finished', got {status!r}")
+        harvester_id, worker_id = named_harvester(caller, limits.name("harvester_id", harvester_id, required=True),
+                                                  limits.name("worker_id", worker_id, required=True))
+        if not isinstance(status, str) or status not in ("started", "finished"):
+            raise InvalidInput(f"pilot status must be 'started' or 'finished', got {status!r:.80}")
+        row = (harvester_id, worker_id, status, limits.name("site", site), limits.name("node", node))
         self.db.write(lambda c, n: c.execute(
             "INSERT INTO workers (harvester_id, worker_id, pilot_status, site, node, modified) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET pilot_status=excluded.pilot_status, "
-            "node=coalesce(excluded.node, node), modified=excluded.modified",
-            (harvester_id, str(worker_id), status, site, node, n)), self._now(now))
+            "node=coalesce(excluded.node, node), modified=excluded.modified", (*row, n)), self._now(now))
 
     # -- watchdog and errors --------------------------------------------------------------------------------
     def run_watchdog(self, now: float | None = None) -> list[int]:
@@ -215,10 +218,6 @@ class CentralService:
 
     def promote_error(self, rule_id: int, klass: str | None = None) -> dict:
         return self.db.write(classify.promote, rule_id, klass)
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
 
 
 def _update_job(conn, job_id: Any, state: Any, fields: dict, now: float, caller: Caller,
@@ -278,14 +277,11 @@ def _apply_reports(conn, reports: list, now: float) -> list[str]:
     return results
 
 
-def _upsert_workers(conn, harvester_id: str, workers: list[dict], now: float) -> list[bool]:
-    for w in workers:
-        conn.execute(
-            "INSERT INTO workers (harvester_id, worker_id, status, site, node, attrs, modified) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET status=excluded.status, "
-            "site=coalesce(excluded.site, site), node=coalesce(excluded.node, node), attrs=excluded.attrs, "
-            "modified=excluded.modified",
-            (harvester_id, str(w["workerID"]), _text(w.get("status")), _text(w.get("computingSite")),
-             _text(w.get("nodeID")),
-             json.dumps(w, default=str), now))
-    return [True] * len(workers)
+def _upsert_workers(conn, harvester_id: str, rows: list[tuple], now: float) -> list[bool]:
+    """rows: (worker_id, status, site, node, attrs JSON), checked by CentralService.update_workers."""
+    conn.executemany(
+        "INSERT INTO workers (harvester_id, worker_id, status, site, node, attrs, modified) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET status=excluded.status, "
+        "site=coalesce(excluded.site, site), node=coalesce(excluded.node, node), attrs=excluded.attrs, "
+        "modified=excluded.modified", [(harvester_id, *row, now) for row in rows])
+    return [True] * len(rows)

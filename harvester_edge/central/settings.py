@@ -55,6 +55,9 @@ class CentralSettings(BaseModel, extra="forbid"):
     max_connections: int = Field(4096, ge=16, le=1_000_000, description="server: open connections at most (kept "
                                  "under the open-file limit); beyond it the connection waiting longest for its "
                                  "headers is closed, and requests are answered 503 while all are busy")
+    max_body: int = Field(16 * 1024 * 1024, ge=64 * 1024, le=1024**3,
+                          description="largest request body in bytes, as sent and once gzip is inflated; larger "
+                                      "is refused with HTTP 413 before it is parsed (default 16 MiB)")
 
     @field_validator("trusted_networks")
     @classmethod

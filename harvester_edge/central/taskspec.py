@@ -41,8 +41,8 @@ class TaskSpec(BaseModel, extra="forbid"):
     payload: PayloadSpec
     events: int = Field(gt=0, le=100_000_000)
     events_per_range: int = Field(gt=0, le=1_000_000)
-    seconds_per_event: float = Field(gt=0)
-    memory_per_rank_mb: int = Field(2000, gt=0)
+    seconds_per_event: float = Field(gt=0, le=10**7, allow_inf_nan=False)
+    memory_per_rank_mb: int = Field(2000, gt=0, le=10**8)  # SQLite integers: 63 bits; 100 TB per rank is plenty
     max_attempts: int | None = Field(None, ge=1, le=100)
     jobs: int = Field(1, ge=1, le=10_000)
 

@@ -9,19 +9,21 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs, quote
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Path as PathParam, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from harvester_edge.central.auth import bearer
 from harvester_edge.central.errors import AuthError, CentralError, NotFound
+from harvester_edge.central.limits import BIG
 
 from . import csrf, pages
 from .render import render
 
 log = logging.getLogger(__name__)
+Id = Annotated[int, PathParam(ge=0, le=BIG)]  # ids of rows: SQLite holds 63 bits, a larger number is a 422, not a 500
 COOKIE = "he_monitor_token"
 READ_SCOPES = {"harvester", "admin"}
 
@@ -48,10 +50,10 @@ def _check(request: Request, scopes: set[str]) -> None:
 
 
 def _html(request: Request, template: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
-    refresh = request.query_params.get("refresh", "")
+    refresh = request.query_params.get("refresh", "")  # ASCII digits only: "²".isdigit() but int("²") fails
     token, nonce = csrf.form_token(request)
-    context = {"refresh": int(refresh) if refresh.isdigit() else 10, "path": request.url.path,
-               "csrf_field": csrf.FIELD, "csrf_token": token, **context}
+    context = {"refresh": int(refresh) if refresh.isascii() and refresh.isdigit() and len(refresh) < 6 else 10,
+               "path": request.url.path, "csrf_field": csrf.FIELD, "csrf_token": token, **context}
     response = HTMLResponse(render(template, context), status_code=status)
     csrf.set_cookie(response, nonce)
     token = request.query_params.get("token")
@@ -86,20 +88,20 @@ def build_router() -> APIRouter:
         return _page(request, pages.dashboard)
 
     @router.get("/monitor/task/{task_id}", response_class=HTMLResponse, summary="monitor: one task")
-    def task(request: Request, task_id: int) -> Response:
+    def task(request: Request, task_id: Id) -> Response:
         return _page(request, pages.task, task_id)
 
     @router.get("/monitor/job/{panda_id}", response_class=HTMLResponse, summary="monitor: one job")
-    def job(request: Request, panda_id: int) -> Response:
+    def job(request: Request, panda_id: Id) -> Response:
         return _page(request, pages.job, panda_id)
 
     @router.get("/monitor/worker/{worker_id}", response_class=HTMLResponse, summary="monitor: one worker")
-    def worker(request: Request, worker_id: int) -> Response:
+    def worker(request: Request, worker_id: Id) -> Response:
         return _page(request, pages.worker, worker_id)
 
     @router.get("/monitor/worker/{worker_id}/file", response_class=HTMLResponse,
                 summary="monitor: a log, script or stdout/stderr file of a worker's access point")
-    def worker_file(request: Request, worker_id: int, name: str) -> Response:
+    def worker_file(request: Request, worker_id: Id, name: str) -> Response:
         return _page(request, pages.worker_file, worker_id, name)
 
     @router.get("/monitor/errors", response_class=HTMLResponse, summary="monitor: errors and classifications")
@@ -107,7 +109,7 @@ def build_router() -> APIRouter:
         return _page(request, pages.errors)
 
     @router.post("/monitor/errors/{rule_id}/promote", summary="monitor: confirm a suggested classification")
-    async def promote(request: Request, rule_id: int) -> Response:
+    async def promote(request: Request, rule_id: Id) -> Response:
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         klass = (form.get("class") or [None])[0] or None
         try:

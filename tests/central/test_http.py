@@ -7,8 +7,12 @@ from urllib.parse import parse_qs
 
 import pytest
 import requests
+from fastapi.testclient import TestClient
 
+from harvester_edge.central.app import create_app, create_asgi
 from harvester_edge.central.client import CentralClient, CentralRejected, CentralUnavailable
+from harvester_edge.central.service import CentralService
+from harvester_edge.central.settings import CentralSettings
 from harvester_edge.seams.http import HttpTransport
 
 from .conftest import task_dict
@@ -241,3 +245,58 @@ def test_standalone_serve_stops_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def test_hot_path_and_fastapi_routes_answer_alike(tmp_path):
+    """The same request through FastPath and through the documented FastAPI route gives the same answer."""
+    path = tmp_path / "central.db"
+    settings = CentralSettings(db=path, trusted=True)
+    svc = CentralService.open(path, settings)
+    task_id = svc.submit_task(task_dict(events=50, jobs=2))
+    job = svc.acquire_jobs("S", 1)[0]["PandaID"]
+    idle = next(j["panda_id"] for j in svc.show_task(task_id)["jobs"] if j["panda_id"] != job)
+    plain = TestClient(create_app(settings, svc, None))
+    # what the server runs checks each peer and Host (guard.py): this client is a loopback peer calling 127.0.0.1
+    fast = TestClient(create_asgi(settings, svc, None), client=("127.0.0.1", 50000), base_url="http://127.0.0.1")
+    # (url, body, whether both must succeed): the accepted ones may be sent twice (running -> running is legal)
+    requests_ = [("/api/v1/pilot/update_job", b'{"job_id": %d, "job_status": "running"}' % job, True),
+                 ("/api/v1/pilot/update_jobs_bulk", b'{"job_list": [{"jobId": %d, "state": "running"}]}' % job,
+                  True),
+                 ("/api/v1/event/update_event_ranges", b'{"event_ranges": "[]", "version": 0}', True),
+                 ("/api/v1/pilot/update_job", b'{"job_id": %d, "job_status": "running"}' % idle, False),
+                 ("/api/v1/pilot/update_job", b'{"job_id": "x"}', False),
+                 ("/api/v1/pilot/update_job", b'{not json', False),
+                 ("/api/v1/event/update_event_ranges", b'{"event_ranges": "[]", "version": 3}', False),
+                 ("/api/v1/event/acquire_event_ranges", b'{"job_id": 77, "n_ranges": 5}', False),
+                 ("/api/v1/pilot/update_job", b'{"job_id": 1, "job_status": ' + b"[" * 40 + b"]" * 40 + b"}", False),
+                 ("/api/v1/pilot/update_job", b'{"job_id": 1, "job_status": "\\ud800"}', False)]
+    for url, body, accepted in requests_:
+        a = plain.post(url, content=body, headers={"Content-Type": "application/json"})
+        b = fast.post(url, content=body, headers={"Content-Type": "application/json"})
+        assert (a.status_code, a.json()["success"]) == (b.status_code, b.json()["success"]), url
+        assert a.json()["success"] is accepted, (url, body, a.json())
+        if accepted:
+            assert a.json() == b.json()
+    svc.close()
+
+
+def test_a_bug_is_logged_and_answered_in_the_dialect(tmp_path, caplog):
+    """The last-resort handlers (FastAPI and FastPath): a traceback in the log, a 500 in the dialect's format."""
+    path = tmp_path / "central.db"
+    settings = CentralSettings(db=path, trusted=True)
+    svc = CentralService.open(path, settings)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    svc.heartbeat = svc.update_job_op = svc.update_job = broken
+    client = TestClient(create_asgi(settings, svc, None), raise_server_exceptions=False,
+                        client=("127.0.0.1", 50000), base_url="http://127.0.0.1")
+    v1 = client.post("/api/v1/harvester/heartbeat", json={"harvester_id": "h"})
+    hot = client.post("/api/v1/pilot/update_job", json={"job_id": 1, "job_status": "running"})
+    legacy = client.post("/server/panda/updateJob", data={"jobId": 1, "state": "running"})
+    assert [r.status_code for r in (v1, hot, legacy)] == [500, 500, 500]
+    assert v1.json()["success"] is False and hot.json()["success"] is False
+    assert "StatusCode=" in legacy.text
+    assert sum("RuntimeError: a bug" in (r.exc_text or "") for r in caplog.records) == 3
+    svc.close()

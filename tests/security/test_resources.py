@@ -29,7 +29,7 @@ import requests
 import yaml
 
 CLI = [sys.executable, "-m", "harvester_edge"]
-HALF_OPEN = b"GET / HTTP/1.1\r\nHost: x\r\n"  # request headers that never end
+HALF_OPEN = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"  # request headers that never end
 LOCAL_QUEUE = {"name": "q", "batch": "local", "nodes_min": 1, "nodes_max": 1, "ranks_per_node": 2,
                "cores_per_node": 2, "walltime_min": "1m", "walltime_max": "5m", "max_queued_workers": 1,
                "max_running_workers": 1, "launcher": "mpirun"}
@@ -228,11 +228,11 @@ def test_half_open_connections_neither_block_new_clients_nor_stay(serve):
 def test_a_keep_alive_connection_that_stalls_in_its_next_request_is_closed(serve):
     served = serve(header_timeout="2s")
     with socket.create_connection((served.host, served.port), timeout=10) as s:
-        s.sendall(b"GET /api/v1/system/is_alive HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(b"GET /api/v1/system/is_alive HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         answer = s.recv(65536)
         assert answer.startswith(b"HTTP/1.1 200"), answer
         started = time.monotonic()
-        s.sendall(b"GET /api/v1/system/is_alive HTTP/1.1\r\nHost: x\r\n")  # the next request, never finished
+        s.sendall(b"GET /api/v1/system/is_alive HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # the next request, never finished
         assert wait_all_closed([s], 10) < 2 + 3
         assert time.monotonic() - started >= 1.5
 
@@ -269,7 +269,7 @@ def test_idle_keep_alive_connections_make_room_for_new_clients(serve):
     try:
         for _ in range(16):  # each answers one request and stays open (keep-alive, 60 s)
             s = socket.create_connection((served.host, served.port), timeout=10)
-            s.sendall(b"GET /api/v1/system/is_alive HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.sendall(b"GET /api/v1/system/is_alive HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert s.recv(65536).startswith(b"HTTP/1.1 200")
             idle.append(s)
         assert timed_request(served) < 1.0  # not a 503: the longest idle connection made room
@@ -382,7 +382,7 @@ def test_beyond_max_connections_of_busy_requests_a_new_client_gets_503(serve):
     try:
         for _ in range(16):  # complete headers, a body that never comes: each holds a request in flight
             s = socket.create_connection((served.host, served.port), timeout=10)
-            s.sendall(b"POST /api/v1/harvester/update_workers HTTP/1.1\r\nHost: x\r\n"
+            s.sendall(b"POST /api/v1/harvester/update_workers HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                       b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
             busy.append(s)
         deadline = time.monotonic() + 10
