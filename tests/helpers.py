@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import psutil
@@ -33,3 +34,16 @@ def kill_local_workers(work: Path) -> None:
             except psutil.Error:
                 pass
         psutil.wait_procs(procs, timeout=10)
+
+
+def wait_gone(pid: int, timeout: float) -> None:
+    """Wait for a process that is not necessarily our child (a daemonized grandchild) to exit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} still runs {timeout}s after the signal")

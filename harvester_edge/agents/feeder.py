@@ -14,7 +14,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from harvester_edge.seams import files as protocol  # the pilot-file seam (offline replay records it)
-from harvester_edge.seams.files import set_aside
 
 from harvester_edge.agents.base import Agent
 from harvester_edge.central.client import CentralRejected, CentralUnavailable
@@ -45,22 +44,7 @@ class Feeder(Agent):
 
     def answer_worker(self, worker, now: float) -> None:
         ap, worker_id = Path(worker["access_point"]), worker["id"]
-        try:
-            found = protocol.pending(ap, protocol.REQUESTS)
-        except OSError as exc:
-            log.warning("worker %d: access point %s not readable this cycle: %s", worker_id, ap, exc,
-                        extra={"worker_id": worker_id})
-            return
-        for _, path in found:
-            try:
-                request = protocol.load_event_request(path)
-            except protocol.ProtocolError as exc:
-                set_aside(worker_id, path, exc)
-                continue
-            except OSError as exc:
-                log.warning("worker %d: %s not read this cycle: %s", worker_id, path.name, exc,
-                            extra={"worker_id": worker_id})
-                continue
+        for _, request in protocol.each_pending(worker_id, ap, protocol.REQUESTS, protocol.load_event_request):
             request = self.checked(worker_id, int(worker["ranks"] or 1), request)
             if not self.answer(worker_id, ap, request, now):
                 break  # the central service is unreachable: try again next cycle, in order

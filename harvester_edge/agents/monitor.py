@@ -143,22 +143,7 @@ class Monitor(Agent):
         """Turn the pilot's event status files into range transitions and outbox messages.
 
         A file that cannot be read or validated is moved aside; the other files and workers go on."""
-        try:
-            found = protocol.pending(ap, protocol.STATUS)
-        except OSError as exc:
-            log.warning("worker %d: access point %s not readable this cycle: %s", worker_id, ap, exc,
-                        extra={"worker_id": worker_id})
-            return
-        for _, path in found:
-            try:
-                batch = protocol.load_event_status(path)
-            except protocol.ProtocolError as exc:
-                set_aside(worker_id, path, exc)
-                continue
-            except OSError as exc:  # vanished or unreadable for a reason of ours: try again next cycle
-                log.warning("worker %d: %s not read this cycle: %s", worker_id, path.name, exc,
-                            extra={"worker_id": worker_id})
-                continue
+        for _, batch in protocol.each_pending(worker_id, ap, protocol.STATUS, protocol.load_event_status):
             self.apply_batch(worker_id, batch, now)
             protocol.mark_consumed(ap, batch)
 

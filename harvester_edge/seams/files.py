@@ -12,7 +12,7 @@ import logging
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from harvester_edge import pilot_files
 from harvester_edge.pilot_files import Unreadable  # noqa: F401  (re-exported)
@@ -96,3 +96,25 @@ def set_aside(worker_id: int, path: Path, exc: Exception) -> None:
         return
     log.error("worker %d: pilot file %s is bad, moved aside as %s: %s", worker_id, path.name, bad.name, exc,
               extra={"worker_id": worker_id})
+
+
+def each_pending(worker_id: int, ap: Path, name: str, load: Callable[[Path], Any]) -> Iterator[tuple[Path, Any]]:
+    """(path, parsed) of each pending pilot file `name` of a worker, in order. A bad file is set aside; one that
+    cannot be read this cycle (it vanished, the access point is unreadable) waits for the next; the rest go on."""
+    try:
+        found = pending(ap, name)
+    except OSError as exc:
+        log.warning("worker %d: access point %s not readable this cycle: %s", worker_id, ap, exc,
+                    extra={"worker_id": worker_id})
+        return
+    for _, path in found:
+        try:
+            parsed = load(path)
+        except ProtocolError as exc:
+            set_aside(worker_id, path, exc)
+            continue
+        except OSError as exc:  # vanished or unreadable for a reason of ours: try again next cycle
+            log.warning("worker %d: %s not read this cycle: %s", worker_id, path.name, exc,
+                        extra={"worker_id": worker_id})
+            continue
+        yield path, parsed

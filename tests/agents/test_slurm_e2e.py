@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from helpers import wait_gone
 from jumbo import payloads
 
 pytestmark = [pytest.mark.slurm, pytest.mark.mpi]
@@ -181,7 +182,6 @@ def _wait_task_no_daemon_handle(site, task_id: int, timeout: float) -> dict:
 
 def _wait_live_daemon(site, not_pid: int | None, timeout: float = 60) -> int:
     """The pid of the daemon holding the site's lock file (other than `not_pid`), once it runs."""
-    import psutil
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -200,21 +200,11 @@ def _sigkill_daemon(site, pid: int) -> None:
     import os
     import signal
 
-    import psutil
-
     if site.daemon is not None and site.daemon.pid == pid:  # the one site.start() ran: our child, reap it
         site.kill()
         return
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # not our child: gone, or a zombie nobody has reaped yet
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return
-        except psutil.NoSuchProcess:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"daemon {pid} still runs 10 s after SIGKILL")
+    wait_gone(pid, 10)  # not our child: gone, or a zombie nobody has reaped yet
 
 
 def _stop_background_daemon(site) -> None:

@@ -21,7 +21,7 @@ import psutil
 import pytest
 import yaml
 
-from helpers import kill_local_workers
+from helpers import kill_local_workers, wait_gone
 from harvester_edge.states import JobState, OutboxState, RangeState, WorkerState
 
 CLI = [sys.executable, "-m", "harvester_edge"]
@@ -262,19 +262,6 @@ def _is_ours(pid: int, config_path: Path) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE and str(config_path) in proc.cmdline()
     except psutil.Error:
         return False
-
-
-def wait_gone(pid: int, timeout: float) -> None:
-    """Wait for a process that is not necessarily our child (a daemonized grandchild) to exit."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return
-        except psutil.NoSuchProcess:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"process {pid} still runs {timeout}s after the signal")
 
 
 class BlackHole:

@@ -16,8 +16,8 @@ import jwt
 import pytest
 import requests
 
+from central.conftest import token_central, trusted_central  # noqa: F401  (fixtures: live services)
 from harvester_edge.central.server import EmbeddedCentral
-from harvester_edge.central.settings import CentralSettings
 
 PAYLOAD = {"kind": "python", "callable": "jumbo.payloads:simulate", "args": {"size": 8}}
 
@@ -26,26 +26,6 @@ def task_dict(**over) -> dict:
     base = {"name": "t", "payload": PAYLOAD, "events": 100, "events_per_range": 10, "seconds_per_event": 0.5,
             "jobs": 2, "max_attempts": 3}
     return {**base, **over}
-
-
-def start(tmp_path: Path, trusted: bool) -> EmbeddedCentral:
-    central = EmbeddedCentral(CentralSettings(db=tmp_path / "central.db", host="127.0.0.1", port=0, trusted=trusted))
-    central.start()
-    return central
-
-
-@pytest.fixture
-def token_central(tmp_path):
-    central = start(tmp_path, trusted=False)
-    yield central
-    central.stop()
-
-
-@pytest.fixture
-def trusted_central(tmp_path):
-    central = start(tmp_path, trusted=True)
-    yield central
-    central.stop()
 
 
 def mint(central: EmbeddedCentral, sub: str, scopes: list[str], **extra) -> str:
