@@ -10,6 +10,8 @@ Used by FastPath (the hot /api/v1 writes) and by CappedBodies, the middleware in
 """
 from __future__ import annotations
 
+import asyncio
+
 import zlib
 from typing import Any, Awaitable, Callable
 
@@ -27,6 +29,20 @@ class BodyTooLarge(CentralError):
 
     status_code = 50
     http_status = 413
+
+
+class BodyTimeout(CentralError):
+    """The client did not send its whole body within central.body_timeout (HTTP 408): a stalled upload would
+    otherwise hold its connection for ever."""
+
+    status_code = 10
+    http_status = 408
+
+
+def unread_body_headers(status: int) -> list[tuple[bytes, bytes]]:
+    """Extra answer headers: after a 408 or 413 the rest of the body is still on its way, so the connection
+    cannot carry another request and is closed."""
+    return [(b"connection", b"close")] if status in (BodyTimeout.http_status, BodyTooLarge.http_status) else []
 
 
 class Disconnected(Exception):
@@ -93,10 +109,19 @@ class Inflater:
 
 
 async def read_body(receive: Callable[[], Awaitable[dict]], headers: list[tuple[bytes, bytes]], limit: int,
-                    sniff_gzip: bool = False) -> bytes:
-    """The whole body, inflated when gzip: BodyTooLarge past `limit` (raw or inflated), InvalidInput for bad gzip,
-    Disconnected when the client left."""
+                    sniff_gzip: bool = False, timeout: float | None = None) -> bytes:
+    """The whole body, inflated when gzip: BodyTooLarge past `limit` (raw or inflated), BodyTimeout when it is not
+    all there within `timeout` seconds, InvalidInput for bad gzip, Disconnected when the client left."""
     check_declared_length(headers, limit)
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read(receive, headers, limit, sniff_gzip)
+    except TimeoutError as exc:
+        raise BodyTimeout(f"request body not complete within {timeout:g}s (central.body_timeout)") from exc
+
+
+async def _read(receive: Callable[[], Awaitable[dict]], headers: list[tuple[bytes, bytes]], limit: int,
+                sniff_gzip: bool) -> bytes:
     encoding = (header(headers, b"content-encoding") or b"").strip().lower()
     inflater = Inflater(limit) if encoding == b"gzip" else None
     plain: list[bytes] = []

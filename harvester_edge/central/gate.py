@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .auth import check_token
-from .bodies import DEFAULT_MAX_BODY, Disconnected, has_body, header, parse_json, read_body
+from .bodies import DEFAULT_MAX_BODY, Disconnected, has_body, header, parse_json, read_body, unread_body_headers
 from .errors import AuthError, CentralError
 from .hotpath import bearer_token, dumps
 from .legacy import METHODS
@@ -47,7 +47,8 @@ def refusal(path: str, headers: list[tuple[bytes, bytes]], exc: CentralError) ->
 async def refuse(scope: Scope, send: Send, exc: CentralError) -> None:
     status, content_type, body = refusal(scope["path"], scope["headers"], exc)
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()),
+                            *unread_body_headers(status)]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -68,7 +69,8 @@ class CappedBodies:
             module = api_module(path)
             if self.state.authority is not None and module is not None:
                 check_token(self.state.authority, bearer_token(headers), module)
-            body = await read_body(receive, headers, limit, sniff_gzip=path.startswith(LEGACY))
+            body = await read_body(receive, headers, limit, sniff_gzip=path.startswith(LEGACY),
+                                   timeout=getattr(self.state.settings, "body_timeout", None))
             if path.startswith(V1) and body.strip():
                 parse_json(body)
         except Disconnected:

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import models as m
 from .auth import check_token
-from .bodies import DEFAULT_MAX_BODY, Disconnected, parse_json, read_body
+from .bodies import DEFAULT_MAX_BODY, Disconnected, parse_json, read_body, unread_body_headers
 from .errors import AuthError, CentralError, InvalidInput
 from .ownership import Caller
 from .service import CentralService, Op
@@ -118,7 +118,7 @@ class FastPath:
             if self.state.authority is not None:
                 claims = check_token(self.state.authority, bearer_token(headers), hot.module)
             limit = getattr(self.state.settings, "max_body", DEFAULT_MAX_BODY)
-            body = await read_body(receive, headers, limit)
+            body = await read_body(receive, headers, limit, timeout=getattr(self.state.settings, "body_timeout", None))
             parse_json(body)  # depth and encoding; the model then validates the same bytes in Rust
             try:
                 model = hot.model.model_validate_json(body)
@@ -137,5 +137,5 @@ class FastPath:
         payload = dumps(doc)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(payload)).encode())]})
+                                (b"content-length", str(len(payload)).encode()), *unread_body_headers(status)]})
         await send({"type": "http.response.body", "body": payload})

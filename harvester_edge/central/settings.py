@@ -50,6 +50,8 @@ class CentralSettings(BaseModel, extra="forbid"):
     watchdog_interval: Duration = Field(60, gt=0)
     max_attempts: int = Field(3, ge=1, le=100, description="default attempts of a task's ranges")
     request_timeout: Duration = Field(30, gt=0, description="client: seconds per HTTP request")
+    body_timeout: Duration = Field(60, gt=0, le=3600, description="server: a request whose body is not complete this "
+                                   "long after its headers is answered 408 and closed")
     header_timeout: Duration = Field(10, gt=0, le=300, description="server: a connection that has not sent a "
                                      "request's complete headers this long after connecting is closed")
     max_connections: int = Field(4096, ge=16, le=1_000_000, description="server: open connections at most (kept "

@@ -237,6 +237,21 @@ def test_a_keep_alive_connection_that_stalls_in_its_next_request_is_closed(serve
         assert time.monotonic() - started >= 1.5
 
 
+@pytest.mark.parametrize("path", ["/api/v1/pilot/update_job", "/api/v1/harvester/heartbeat", "/server/panda/updateJob"])
+def test_a_request_whose_body_stalls_gets_408_and_is_closed(serve, path):
+    """Headers complete, then 10 of 100 announced bytes: the hot path and the gate both stop waiting."""
+    served = serve(body_timeout="2s")
+    with socket.create_connection((served.host, served.port), timeout=10) as s:
+        started = time.monotonic()
+        s.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"job_id\":")
+        answer = s.recv(65536)
+        took = time.monotonic() - started
+        assert answer.split(b"\r\n", 1)[0] == b"HTTP/1.1 408 Request Timeout", answer
+        assert 1.5 <= took < 6, took
+        assert wait_all_closed([s], 10) < 10
+
+
 def test_under_a_256_descriptor_limit_300_half_open_do_not_lock_clients_out(serve):
     served = serve(ulimit="-n 256", header_timeout="60s")
     pid = served.proc.pid
