@@ -18,7 +18,6 @@ message saying so, as the real server answers a caller it cannot serve.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -34,7 +33,7 @@ from .apidoc import v1doc
 from .auth import authorize
 from .bodies import DEFAULT_MAX_BODY, parse_json
 from .errors import InvalidInput
-from .hotpath import dumps
+from .hotpath import dumps, json_list
 from .models import Body as Model
 from .ownership import Caller, named_harvester
 from .states import JOB_TERMINAL
@@ -47,14 +46,6 @@ Text = Annotated[str | None, Query(max_length=limits.MAX_NAME)]
 
 def answer(success: bool, message: str = "", data: Any = None) -> Response:
     return Response(dumps({"success": success, "message": message, "data": data}), media_type="application/json")
-
-
-def json_list(value: Any, name: str) -> list:
-    if isinstance(value, str):
-        value = parse_json(value, name)
-    if not isinstance(value, list):
-        raise InvalidInput(f"{name} must be a list (or a JSON string of one), got {type(value).__name__}")
-    return value
 
 
 def panda_ids(value: Any) -> list[int]:

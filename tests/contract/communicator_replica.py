@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import zlib
-from typing import Any
 
 import requests
 

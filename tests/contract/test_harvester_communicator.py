@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import zlib
 
 import pytest
 import requests
