@@ -83,6 +83,9 @@ def route_templates(app: Any) -> list[str]:
                           "labelled %s", UNMATCHED)
             paths = {}
         templates += [path for path in paths if path not in templates]
+    # a closed-parameter route may be documented per value (central/apidoc.py splits /server/panda/{method}):
+    # its template still labels the values it does not list
+    templates += [path for path in CLOSED_PARAMETERS if path not in templates]
     return templates
 
 

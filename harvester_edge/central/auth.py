@@ -11,6 +11,10 @@ from .errors import AuthError
 MODULE_SCOPES = {
     "pilot": {"pilot", "harvester"}, "event": {"pilot", "harvester"}, "harvester": {"harvester"},
     "task": {"admin"}, "creds": {"pilot", "harvester", "admin"}, "metaconfig": {"pilot", "harvester", "admin"},
+    "job": {"pilot", "harvester", "admin"}, "file_server": {"harvester", "admin"},
+    "statistics": {"pilot", "harvester", "admin"},
+    # module names of Harvester's communicator (request_ssl version) for creds/ and file_server/ (v1_harvester.py)
+    "credential": {"pilot", "harvester", "admin"}, "file": {"harvester", "admin"},
 }
 
 

@@ -3,7 +3,8 @@
 For a request with a body, in this order: in token mode the token of an API call (both dialects) -> 403 when
 missing or not good enough; a Content-Length over central.max_body -> 413; only then the body is read through
 bodies.read_body (capped, gzip inflated in a stream: by header, and by magic on /server/panda) and /api/v1 JSON is
-parsed once for its depth and encoding. The route sees the plain body again. Refusals are in the dialect's format.
+parsed once for its depth and encoding (not the multipart bodies of FILE_UPLOADS). The route sees the plain body
+again. A /api/v1 GET's parameters sent in its body (Harvester's communicator does) become its query string. Refusals are in the dialect's format.
 """
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .auth import check_token
 from .bodies import DEFAULT_MAX_BODY, Disconnected, has_body, header, parse_json, read_body, unread_body_headers
-from .errors import AuthError, CentralError
+from .errors import AuthError, CentralError, InvalidInput
 from .hotpath import bearer_token, dumps
 from .legacy import METHODS
 
 V1, LEGACY = "/api/v1/", "/server/panda/"
+FILE_UPLOADS = frozenset({"/api/v1/file_server/upload_jedi_log", "/api/v1/file_server/update_jedi_log",
+                          "/api/v1/file/update_jedi_log"})  # multipart bodies (v1_harvester.py)
 
 
 def api_module(path: str) -> str | None:
@@ -42,6 +45,27 @@ def refusal(path: str, headers: list[tuple[bytes, bytes]], exc: CentralError) ->
             return status or 200, b"application/json", dumps(answer)
         return status or 200, b"text/plain; charset=utf-8", urlencode(answer).encode()
     return status or 400, b"text/plain; charset=utf-8", str(exc).encode()
+
+
+def get_parameters(scope: Scope, body: bytes) -> Scope:
+    """A /api/v1 GET whose parameters came in its body: Harvester's communicator (panda_communicator.py,
+    request_ssl: `session.request("GET", url, data=data, headers=...)`) has requests put them there, form-encoded
+    (a list as a repeated key) under its fixed header Content-Type: application/json. They become the query string
+    the routes read (a JSON object body is accepted too); a GET that has a query string keeps it, body ignored."""
+    text = body.strip()
+    if not text or scope.get("query_string"):
+        return scope
+    if text[:1] == b"{":
+        doc = parse_json(text)
+        pairs = [(k, item) for k, v in doc.items() for item in (v if isinstance(v, list) else [v])]
+        if any(isinstance(v, (dict, list)) for _, v in pairs):
+            raise InvalidInput("GET parameters in a JSON body must be values or lists of values")
+        text = urlencode([(k, "" if v is None else str(v)) for k, v in pairs]).encode()
+    try:
+        text.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput("GET parameters in the body must be form-encoded (ASCII)") from exc
+    return dict(scope, query_string=text)
 
 
 async def refuse(scope: Scope, send: Send, exc: CentralError) -> None:
@@ -71,7 +95,10 @@ class CappedBodies:
                 check_token(self.state.authority, bearer_token(headers), module)
             body = await read_body(receive, headers, limit, sniff_gzip=path.startswith(LEGACY),
                                    timeout=getattr(self.state.settings, "body_timeout", None))
-            if path.startswith(V1) and body.strip():
+            if path.startswith(V1) and scope["method"] == "GET":
+                scope = get_parameters(scope, body)
+                body = b""
+            elif path.startswith(V1) and path not in FILE_UPLOADS and body.strip():
                 parse_json(body)
         except Disconnected:
             return

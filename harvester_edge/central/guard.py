@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # State-changing calls that real PanDA clients send with GET (see the module docstring for who and where).
 CREDENTIAL_GETS = frozenset({"/api/v1/creds/get_access_token", "/api/v1/creds/get_token_key",
+                             "/api/v1/credential/get_token_key",  # Harvester's name of it (v1_harvester.py)
                              "/server/panda/get_access_token", "/server/panda/get_token_key"})
 # Legacy methods that change nothing and may be called with GET; every other legacy method is POST-only.
 LEGACY_READS = frozenset({"isAlive", "getStatus"})

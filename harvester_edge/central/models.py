@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
 
 from .limits import BIG, MAX_DIAG, MAX_NAME, MAX_STATE
 
@@ -17,12 +17,16 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="ignore")  # PanDA clients send more than we use
 
 
+def _also(name: str, legacy: str) -> AliasChoices:
+    return AliasChoices(name, legacy)  # Harvester's communicator sends pilot/acquire_jobs the legacy getJob names
+
+
 class AcquireJobs(Body):
-    site_name: str = Field(min_length=1, max_length=MAX_NAME)
-    prod_source_label: Name | None = None
+    site_name: str = Field(min_length=1, max_length=MAX_NAME, validation_alias=_also("site_name", "siteName"))
+    prod_source_label: Name | None = Field(None, validation_alias=_also("prod_source_label", "prodSourceLabel"))
     node: Name | None = None
-    computing_element: Name | None = None
-    n_jobs: int = Field(1, ge=1, le=10_000)
+    computing_element: Name | None = Field(None, validation_alias=_also("computing_element", "computingElement"))
+    n_jobs: int = Field(1, ge=1, le=10_000, validation_alias=_also("n_jobs", "nJobs"))
     resource_type: Name | None = None
     harvester_id: Name | None = None
     worker_id: Id | Name | None = None
@@ -87,7 +91,7 @@ class Heartbeat(Body):
 
 class UpdateWorkers(Body):
     harvester_id: str = Field(min_length=1, max_length=MAX_NAME)
-    workers: list[dict]
+    workers: list[dict] | str  # a list, or its JSON (Harvester's communicator sends json.dumps(list))
 
 
 class PilotStatus(Body):

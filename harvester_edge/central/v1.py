@@ -10,9 +10,10 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from . import v1_harvester
 from .auth import authorize
 from .errors import InvalidInput
-from .hotpath import HOT, call_hot, dumps
+from .hotpath import HOT, call_hot, dumps, json_list
 from .ownership import Caller
 from .models import BIG, AcquireJobs, AcquireRanges, Heartbeat, PilotStatus, TaskRef, UpdateJob, UpdateJobsBulk, \
     UpdateRanges, UpdateWorkers
@@ -94,7 +95,8 @@ def heartbeat(body: Heartbeat, request: Request) -> Response:
 @router.post("/harvester/update_workers", tags=["harvester"])
 def update_workers(body: UpdateWorkers, request: Request) -> Response:
     caller = Caller(authorize(request, "harvester"), body.harvester_id)
-    return ok(svc(request).update_workers(body.harvester_id, body.workers, caller=caller))
+    workers = json_list(body.workers, "workers")  # Harvester's communicator sends json.dumps(list)
+    return ok(svc(request).update_workers(body.harvester_id, workers, caller=caller))
 
 
 @router.post("/harvester/acquire_commands", tags=["harvester"])
@@ -174,3 +176,9 @@ def task_kill(body: TaskRef, request: Request) -> Response:
 def task_retry(body: TaskRef, request: Request) -> Response:
     authorize(request, "task")
     return ok({"task_id": body.task_id, "status": svc(request).retry_task(body.task_id)})
+
+
+router.include_router(v1_harvester.router)  # the other calls of Harvester's communicator (v1_harvester.py)
+router.add_api_route("/credential/get_token_key", get_token_key, methods=["GET"], tags=["creds"], deprecated=True,
+                     operation_id="alias_credential_get_token_key", **v1_harvester.alias_doc(
+                         "/credential/get_token_key", "/creds/get_token_key"))  # Harvester's name of the call

@@ -5,6 +5,7 @@ import json
 from contextlib import closing
 from pathlib import Path
 
+from harvester_edge.central import jedilogs
 from harvester_edge.central.classify import CLASSES
 from harvester_edge.central.errors import NotFound
 from harvester_edge.central.service import CentralService
@@ -14,6 +15,7 @@ from . import charts, data
 from .tables import view
 
 MAX_PANELS = 8
+JEDILOG_SHOWN = 256 * 1024  # bytes of an uploaded log shown on its page
 STATE_ORDER = ("new", "submitting", "queued", "running", "finished", "failed", "cancelled", "missing")
 
 
@@ -98,12 +100,19 @@ def job(service: CentralService, hdb: Path | None, params: dict, now: float, pan
                                      f"worker {w['id']}: CPU time per rank (s)"),
         })
     return "job.html", {
-        "title": f"job {panda_id}", "job": j, "local": local[0] if local else None, "panels": panels,
+        "title": f"job {panda_id}", "job": j, "jedilogs": jedilogs.for_job(service.db.path, panda_id, j["task_id"]), "local": local[0] if local else None, "panels": panels,
         "older_workers": workers[:-MAX_PANELS] if len(workers) > MAX_PANELS else [],
         "ranges": view("ranges", ranges, ["process_id", "start_event", "last_event", "status", "attempt_nr",
                                           "failures", "error_code", "error_diag", "harvester_state", "worker"],
                        params, "process_id"),
     }
+
+
+def jedilog(service: CentralService, hdb: Path | None, params: dict, now: float, name: str) -> tuple[str, dict]:
+    """A log uploaded with file_server/upload_jedi_log (central/jedilogs.py: safe names, read without links)."""
+    text, size = jedilogs.read(service.db.path, name, JEDILOG_SHOWN)
+    return "jedilog.html", {"title": f"log {name}", "name": name, "text": text, "size": size,
+                            "shown": JEDILOG_SHOWN, "cut": size > JEDILOG_SHOWN}
 
 
 def worker(service: CentralService, hdb: Path | None, params: dict, now: float, worker_id: int) -> tuple[str, dict]:

@@ -95,6 +95,10 @@ def build_router() -> APIRouter:
     def job(request: Request, panda_id: Id) -> Response:
         return _page(request, pages.job, panda_id)
 
+    @router.get("/monitor/jedilog/{name}", response_class=HTMLResponse, summary="monitor: an uploaded log")
+    def jedilog(request: Request, name: str) -> Response:
+        return _page(request, pages.jedilog, name)
+
     @router.get("/monitor/worker/{worker_id}", response_class=HTMLResponse, summary="monitor: one worker")
     def worker(request: Request, worker_id: Id) -> Response:
         return _page(request, pages.worker, worker_id)
