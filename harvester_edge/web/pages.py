@@ -10,7 +10,7 @@ from harvester_edge.central.errors import NotFound
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.states import RangeStatus
 
-from . import charts, data
+from . import charts, data, pictures
 from .tables import view
 
 MAX_PANELS = 8
@@ -43,6 +43,7 @@ def dashboard(service: CentralService, hdb: Path | None, params: dict, now: floa
     with _harvester(hdb) as hconn:
         cells = data.workers_by_queue(hconn, central)
         outbox = hconn.execute("SELECT count(*) FROM outbox WHERE state='pending'").fetchone()[0] if hconn else None
+        timelines = pictures.dashboard(hconn, now)
     states = sorted({c["state"] for c in cells}, key=lambda s: (STATE_ORDER.index(s) if s in STATE_ORDER else 99, s))
     pivot: dict[str, dict] = {}
     for c in cells:
@@ -54,7 +55,7 @@ def dashboard(service: CentralService, hdb: Path | None, params: dict, now: floa
                                        "n_jobs", "created"], params, "task_id", True),
         "worker_states": states, "worker_rows": list(pivot.values()),
         "epm_chart": charts.bar_chart(epm, "events finished per minute (last 30 min)", width=900),
-        "epm_last": epm[-2][1] if len(epm) > 1 else 0,
+        "epm_last": epm[-2][1] if len(epm) > 1 else 0, "timelines": timelines,
     }
 
 
@@ -64,8 +65,10 @@ def task(service: CentralService, hdb: Path | None, params: dict, now: float, ta
     events = {data.RANGE_NAMES[s]: n for s, n in central.execute(
         "SELECT status, sum(last_event - start_event + 1) FROM ranges WHERE task_id=? GROUP BY status", (task_id,))}
     t["progress"] = _progress(t)
+    with _harvester(hdb) as hconn:
+        timelines = pictures.task(central, hconn, t, now)
     return "task.html", {
-        "title": f"task {task_id}", "task": t, "events": events,
+        "title": f"task {task_id}", "task": t, "events": events, "timelines": timelines,
         "events_chart": charts.bar_chart(sorted(events.items()), "events by state", height=140),
         "jobs": view("jobs", t["jobs"], ["panda_id", "status", "attempt_nr", "site", "worker_id", "n_events",
                                          "pilot_error_code", "dispatcher_error_code", "heartbeat"], params,
@@ -85,6 +88,7 @@ def job(service: CentralService, hdb: Path | None, params: dict, now: float, pan
         ranges = data.job_ranges(central, hconn, panda_id, j["task_id"])
         local = data._rows(hconn, "SELECT state, events_total, events_done, error_code, error_diag FROM jobs "
                                   "WHERE panda_id=?", (panda_id,))
+        timelines = pictures.job(hconn, j, workers, now)
     panels = []
     for w in workers[-MAX_PANELS:]:  # the newest workers get plots; the others are listed as links
         ap = Path(w["access_point"])
@@ -98,7 +102,7 @@ def job(service: CentralService, hdb: Path | None, params: dict, now: float, pan
                                      f"worker {w['id']}: CPU time per rank (s)"),
         })
     return "job.html", {
-        "title": f"job {panda_id}", "job": j, "local": local[0] if local else None, "panels": panels,
+        "title": f"job {panda_id}", "job": j, "timelines": timelines, "local": local[0] if local else None, "panels": panels,
         "older_workers": workers[:-MAX_PANELS] if len(workers) > MAX_PANELS else [],
         "ranges": view("ranges", ranges, ["process_id", "start_event", "last_event", "status", "attempt_nr",
                                           "failures", "error_code", "error_diag", "harvester_state", "worker"],
@@ -159,6 +163,7 @@ def sites(service: CentralService, hdb: Path | None, params: dict, now: float) -
         queues = data.queues(hconn)
         workers = data._rows(hconn, "SELECT id, queue, state, batch_id, exit_code, submitted_at, started_at, "
                                     "ended_at FROM workers")
+        timelines = pictures.sites(hconn, now)
     harvesters = data.harvesters(central)
     for h in harvesters:
         try:
@@ -166,7 +171,7 @@ def sites(service: CentralService, hdb: Path | None, params: dict, now: float) -
         except ValueError:
             pass
         h["age"] = now - h["last_heartbeat"] if h["last_heartbeat"] else None
-    return "sites.html", {"title": "sites and queues", "queues": queues, "harvesters": harvesters,
+    return "sites.html", {"title": "sites and queues", "queues": queues, "timelines": timelines, "harvesters": harvesters,
                           "workers": view("workers", workers, ["id", "queue", "state", "batch_id", "exit_code",
                                                                "submitted_at", "started_at", "ended_at"], params,
                                           "id", True),
