@@ -174,12 +174,12 @@ def job_workers_timeline(harvester: sqlite3.Connection | None, central_job: dict
         rows = harvester.execute(
             "SELECT w.id, w.queue, w.state, w.nodes, w.ranks_per_node, w.exit_code, w.submitted_at, w.started_at, "
             "w.ended_at, w.created_at FROM workers w JOIN job_workers j ON j.worker_id = w.id WHERE j.panda_id=? "
-            "ORDER BY w.id DESC LIMIT ?", (central_job["panda_id"], TIMELINE_WORKERS)).fetchall()
+            "ORDER BY w.id DESC LIMIT ?", (central_job["panda_id"], TIMELINE_WORKERS - 1)).fetchall()
     out = _timeline(list(reversed(rows)), len(rows), now)
     start, end = central_job.get("start_time"), central_job.get("end_time")
     node = central_job.get("node") or "?"
     if _finite(start):
-        out["rows"].append({"label": f"job on {node}"[:28], "end": central_job.get("status"), "queued": None,
+        out["rows"].insert(0, {"label": f"job on {node}"[:28], "end": central_job.get("status"), "queued": None,
                             "running": (start, end if _finite(end) else now),
                             "tip": f"job {central_job['panda_id']} on node {node}: {central_job.get('status')}"})
         out["t0"] = min(out["t0"], start)
@@ -206,3 +206,26 @@ def busy_per_rank(harvester: sqlite3.Connection | None, worker: dict, now: float
         return []
     return [(f"rank {r}", round(min(100.0 * busy.get(r, 0.0) / wall, 100.0), 1))
             for r in range(min(n_ranks, MAX_RANKS))]
+
+
+# -- report ---------------------------------------------------------------------------------------------------
+def task_queue_figures(harvester: sqlite3.Connection | None, task_id: int, now: float) -> list[dict]:
+    """Per queue, over the task's workers: {queue, workers, states, node_hours, p50/p90 wait, max wait}."""
+    if harvester is None:
+        return []
+    out: dict[str, dict] = {}
+    for queue, state, nodes, submitted, started, ended in harvester.execute(
+            "SELECT queue, state, nodes, coalesce(submitted_at, created_at), started_at, ended_at FROM workers "
+            "WHERE id IN (SELECT DISTINCT jw.worker_id FROM job_workers jw JOIN jobs j ON j.panda_id = jw.panda_id "
+            "WHERE j.task_id=?)", (task_id,)):
+        q = out.setdefault(queue, {"queue": queue, "workers": 0, "states": {}, "node_hours": 0.0, "waits": []})
+        q["workers"] += 1
+        q["states"][state] = q["states"].get(state, 0) + 1
+        if started is not None:
+            q["node_hours"] += (nodes or 0) * max((ended or now) - started, 0) / 3600
+            if submitted is not None:
+                q["waits"].append(max(started - submitted, 0.0))
+    for q in out.values():
+        waits = sorted(q.pop("waits"))
+        q.update(p50=_quantile(waits, 0.5), p90=_quantile(waits, 0.9), node_hours=round(q["node_hours"], 2))
+    return [out[k] for k in sorted(out)]
