@@ -38,7 +38,7 @@ def build(central_db: Path, harvester_db: Path | None, task_id: int, now: float 
         hconn = data.open_harvester(harvester_db)
         with closing(hconn) if hconn is not None else _nothing():
             timelines = pictures.task(central, hconn, task, now)
-            running = history.running_per_queue(hconn, now, hours=max(1, int((now - task["created"]) // 3600) + 1))
+            running = history.running_per_queue(hconn, now, since=task["created"])
             waits = history.wait_times(hconn, now)
             queues = history.task_queue_figures(hconn, task_id, now)
         errors = sorted(data.task_errors(central, task_id), key=lambda e: -e["count"])

@@ -71,14 +71,15 @@ def task_workers(harvester: sqlite3.Connection | None, task_id: int, now: float,
     return _timeline(list(reversed(rows)), total, now)
 
 
-def _timeline(rows, total: int, now: float) -> dict:
+def _timeline(rows, total: int, now: float, nodes: dict[int, str] | None = None) -> dict:
     out, starts, ends = [], [], []
     for r in rows:
         r = dict(r)
         submitted = r["submitted_at"] or r["created_at"]
         started, ended = r["started_at"], r["ended_at"]
         queued_end = started or ended or now
-        row = {"label": f"w{r['id']} {r['queue']} ×{r['nodes']}n", "end": r["state"],
+        where = (nodes or {}).get(r["id"]) or r["queue"]
+        row = {"label": f"w{r['id']} {where} ×{r['nodes']}n", "end": r["state"],
                "queued": (submitted, queued_end) if submitted else None,
                "running": (started, ended or now) if started else None,
                "tip": f"worker {r['id']} ({r['queue']}, {r['nodes']} node(s) × {r['ranks_per_node']} ranks): "
@@ -91,10 +92,10 @@ def _timeline(rows, total: int, now: float) -> dict:
 
 # -- dashboard ------------------------------------------------------------------------------------------------
 def running_per_queue(harvester: sqlite3.Connection | None, now: float, hours: int = 24,
-                      samples: int = 97) -> dict:
+                      samples: int = 97, since: float | None = None) -> dict:
     """{"workers": {queue: [(t, running workers)]}, "cores": {queue: [(t, cores)]}, "t0", "t1"} over the last
-    `hours`; cores are nodes × ranks per node of each running worker (one core per rank)."""
-    t0 = now - hours * 3600
+    `hours` (or since `since`); cores are nodes × ranks per node of each running worker (one core per rank)."""
+    t0 = min(since, now - 60) if since is not None else now - hours * 3600
     out = {"workers": {}, "cores": {}, "t0": t0, "t1": now}
     if harvester is None:
         return out
@@ -166,8 +167,10 @@ def _quantile(values: list[float], q: float) -> float | None:
 
 
 # -- job ------------------------------------------------------------------------------------------------------
-def job_workers_timeline(harvester: sqlite3.Connection | None, central_job: dict, now: float) -> dict:
-    """The job's workers as timeline rows (label: worker, node) plus the central service's start/end of the job."""
+def job_workers_timeline(harvester: sqlite3.Connection | None, central_job: dict, now: float,
+                         nodes: dict[int, str] | None = None) -> dict:
+    """The job's workers as timeline rows (label: worker and its node(s) when known, from `nodes` or the job's
+    node) plus the central service's start/end of the job."""
     if harvester is None:
         rows = []
     else:
@@ -175,9 +178,9 @@ def job_workers_timeline(harvester: sqlite3.Connection | None, central_job: dict
             "SELECT w.id, w.queue, w.state, w.nodes, w.ranks_per_node, w.exit_code, w.submitted_at, w.started_at, "
             "w.ended_at, w.created_at FROM workers w JOIN job_workers j ON j.worker_id = w.id WHERE j.panda_id=? "
             "ORDER BY w.id DESC LIMIT ?", (central_job["panda_id"], TIMELINE_WORKERS - 1)).fetchall()
-    out = _timeline(list(reversed(rows)), len(rows), now)
+    out = _timeline(list(reversed(rows)), len(rows), now, nodes or {})
     start, end = central_job.get("start_time"), central_job.get("end_time")
-    node = central_job.get("node") or "?"
+    node = central_job.get("node") or "node ?"
     if _finite(start):
         out["rows"].insert(0, {"label": f"job on {node}"[:28], "end": central_job.get("status"), "queued": None,
                             "running": (start, end if _finite(end) else now),
@@ -229,3 +232,13 @@ def task_queue_figures(harvester: sqlite3.Connection | None, task_id: int, now: 
         waits = sorted(q.pop("waits"))
         q.update(p50=_quantile(waits, 0.5), p90=_quantile(waits, 0.9), node_hours=round(q["node_hours"], 2))
     return [out[k] for k in sorted(out)]
+
+
+def report_nodes(report: dict | None) -> str | None:
+    """'nodeA,nodeB' from a jobReport.json's perRank entries (pilot input: strings only, a few, shortened)."""
+    per_rank = report.get("perRank") if isinstance(report, dict) else None
+    if not isinstance(per_rank, dict):
+        return None
+    names = sorted({v["node"][:40] for v in list(per_rank.values())[:MAX_RANKS]
+                    if isinstance(v, dict) and isinstance(v.get("node"), str) and v["node"]})
+    return ",".join(names[:3]) + ("…" if len(names) > 3 else "") if names else None

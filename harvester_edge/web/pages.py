@@ -88,7 +88,6 @@ def job(service: CentralService, hdb: Path | None, params: dict, now: float, pan
         ranges = data.job_ranges(central, hconn, panda_id, j["task_id"])
         local = data._rows(hconn, "SELECT state, events_total, events_done, error_code, error_diag FROM jobs "
                                   "WHERE panda_id=?", (panda_id,))
-        timelines = pictures.job(hconn, j, workers, now)
     panels = []
     for w in workers[-MAX_PANELS:]:  # the newest workers get plots; the others are listed as links
         ap = Path(w["access_point"])
@@ -101,6 +100,8 @@ def job(service: CentralService, hdb: Path | None, params: dict, now: float, pan
             "cpu": charts.line_chart(charts.monitor_series(samples, "cpu"),
                                      f"worker {w['id']}: CPU time per rank (s)"),
         })
+    with _harvester(hdb) as hconn:
+        timelines = pictures.job(hconn, j, workers, now, {p["worker"]["id"]: p["report"] for p in panels})
     return "job.html", {
         "title": f"job {panda_id}", "job": j, "timelines": timelines, "local": local[0] if local else None, "panels": panels,
         "older_workers": workers[:-MAX_PANELS] if len(workers) > MAX_PANELS else [],

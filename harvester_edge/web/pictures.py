@@ -14,7 +14,7 @@ def task(central: sqlite3.Connection, harvester: sqlite3.Connection | None, t: d
     dashed, marks = {}, []
     if done["expected_end"]:
         dashed["expected"] = [(now, done["done"]), (done["expected_end"], done["n_events"])]
-        marks.append((done["expected_end"], "expected end " + timecharts.clock(done["expected_end"], 0)))
+        marks.append((done["expected_end"], "expected end " + timecharts.clock(done["expected_end"], done["t1"] - done["t0"])))
     workers = history.task_workers(harvester, t["task_id"], now)
     return {
         "events": timecharts.time_chart({"events finished": done["points"]}, "events finished (cumulative)",
@@ -44,8 +44,11 @@ def sites(harvester: sqlite3.Connection | None, now: float) -> dict:
             "wait_figures": waits["figures"]}
 
 
-def job(harvester: sqlite3.Connection | None, central_job: dict, workers: list[dict], now: float) -> dict:
-    line = history.job_workers_timeline(harvester, central_job, now)
+def job(harvester: sqlite3.Connection | None, central_job: dict, workers: list[dict], now: float,
+        reports: dict[int, dict | None] | None = None) -> dict:
+    """reports: {worker id: its jobReport.json} already read by the page (the nodes its ranks ran on)."""
+    nodes = {wid: n for wid, report in (reports or {}).items() if (n := history.report_nodes(report))}
+    line = history.job_workers_timeline(harvester, central_job, now, nodes)
     busy = [{"worker": w["id"], "svg": charts.bar_chart(history.busy_per_rank(harvester, w, now),
                                                         f"worker {w['id']}: busy fraction per rank", height=150,
                                                         ymax=100.0, unit="%")}

@@ -27,8 +27,8 @@ def _finite(v) -> bool:
 
 
 def clock(t: float, span: float) -> str:
-    """A tick label: HH:MM (UTC) for a span under two days, else MM-DD HH:MM."""
-    fmt = "%H:%M" if span < 2 * 86400 else "%m-%d %H:%M"
+    """A tick label (UTC): HH:MM:SS for a span under an hour, HH:MM under two days, else MM-DD HH:MM."""
+    fmt = "%H:%M:%S" if span < 3600 else ("%H:%M" if span < 2 * 86400 else "%m-%d %H:%M")
     try:
         return time.strftime(fmt, time.gmtime(t))
     except (OverflowError, OSError, ValueError):
@@ -78,7 +78,9 @@ def time_chart(series: dict[str, Sequence[tuple[float, float]]], title: str, t0:
             if step and j:
                 coords.append(xy(t, pts[j - 1][1]))
             coords.append(xy(t, v))
-        out.append(f'<polyline class="series" data-points="{len(pts)}" fill="none" stroke="{colour}" '
+        top_seen = max((v for _, v in pts), default=0)
+        out.append(f'<polyline class="series" data-points="{len(pts)}" data-max="{top_seen:g}" fill="none" '
+                   f'stroke="{colour}" '
                    f'stroke-width="1.6" points="{" ".join(coords)}"><title>{escape(name)}</title></polyline>')
         if len(pts) == 1:
             cx, cy = xy(*pts[0]).split(",")
@@ -87,7 +89,8 @@ def time_chart(series: dict[str, Sequence[tuple[float, float]]], title: str, t0:
         legend += 1
     for name, pts in dashed.items():
         pts = [p for p in pts if _finite(p[0]) and _finite(p[1])]
-        out.append(f'<polyline class="series dashed" data-points="{len(pts)}" fill="none" stroke="#555" '
+        out.append(f'<polyline class="series dashed" data-points="{len(pts)}" '
+                   f'data-max="{max((v for _, v in pts), default=0):g}" fill="none" stroke="#555" '
                    f'stroke-dasharray="4 3" stroke-width="1.2" points="{" ".join(xy(t, v) for t, v in pts)}"/>')
         out.append(_legend(width - right + 8, top + 12 + 14 * legend, "#555", name))
         legend += 1
@@ -115,7 +118,7 @@ def timeline_chart(rows: Sequence[dict], title: str, t0: float, t1: float, total
     shown = list(rows)[:MAX_ROWS]
     more = (total if total is not None else len(rows)) - len(shown)
     heading = title + (f" (newest {len(shown)}; {more} more not drawn)" if more > 0 else "")
-    height = top + bottom + max(len(shown), 1) * row_height
+    height = max(top + bottom + max(len(shown), 1) * row_height, top + 14 * 6 + 4)  # room for the legend
     out = [_open_svg(title, width, height), f'<text x="{left}" y="14" class="ctitle">{escape(heading)}</text>']
     if not shown or not (_finite(t0) and _finite(t1)):
         out.append(f'<text x="{left}" y="{top + 10}" class="cnote">no workers yet</text></svg>')

@@ -183,3 +183,12 @@ def test_benchmark_prints_a_table_and_a_json_line():
     assert done.returncode == 0, done.stderr
     last = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(last["pages"]) >= {"dashboard", "task", "job", "sites"} and last["workers"] == 500
+
+
+def test_worker_rows_name_the_nodes_of_the_job_report():
+    from harvester_edge.web.history import report_nodes
+
+    assert report_nodes({"perRank": {"0": {"node": "nid001"}, "1": {"node": "nid002"}, "2": {"node": "nid001"}}}) \
+        == "nid001,nid002"
+    assert report_nodes({"perRank": {"0": {"node": 5}, "1": "x"}}) is None and report_nodes(None) is None
+    assert report_nodes({"perRank": {str(i): {"node": f"n{i}"} for i in range(9)}}) == "n0,n1,n2…"
