@@ -52,7 +52,8 @@ def build(central_db: Path, harvester_db: Path | None, task_id: int, now: float 
     return render("report.html", {
         "title": f"task {task_id} report", "task": task, "timelines": timelines, "errors": errors, "queues": queues,
         "jobs_by_status": jobs, "now": now, "harvester_db": harvester_db,
-        "running_chart": timecharts.time_chart(running["workers"], "running workers per queue, all tasks (since this one began)",
+        "running_chart": timecharts.time_chart(running["workers"],
+                                               "running workers per queue, all tasks (since this one began)",
                                                running["t0"], running["t1"], step=True, width=900),
         "wait_chart": timecharts.grouped_bars(waits["bins"], waits["series"],
                                               "queue wait (submitted → started) per queue: workers"),

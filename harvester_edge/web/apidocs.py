@@ -39,7 +39,8 @@ def install(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc") ->
     def swagger(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
         return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - API docs",
-                                   oauth2_redirect_url=oauth2, swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
+                                   oauth2_redirect_url=oauth2,
+                                   swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
                                    swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
                                    swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
                                    swagger_ui_parameters=app.swagger_ui_parameters)

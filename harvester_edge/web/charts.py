@@ -92,7 +92,8 @@ def bar_chart(bars: Sequence[tuple[str, float]], title: str, width: int = 560, h
         h = ph * min(value, ymax) / ymax
         x = left + i * slot
         out.append(f'<rect x="{x + slot * 0.1:.1f}" y="{top + ph - h:.1f}" width="{slot * 0.8:.1f}" '
-                   f'height="{h:.1f}" fill="{PALETTE[0]}"><title>{escape(label)}: {value:g}{escape(unit)}</title></rect>')
+                   f'height="{h:.1f}" fill="{PALETTE[0]}"><title>{escape(label)}: {value:g}{escape(unit)}</title>'
+                   f'</rect>')
         if i % every == 0:
             out.append(f'<text x="{x + slot / 2:.1f}" y="{height - 8}" text-anchor="middle" class="caxis">'
                        f'{escape(label)}</text>')

@@ -103,7 +103,8 @@ def job(service: CentralService, hdb: Path | None, params: dict, now: float, pan
     with _harvester(hdb) as hconn:
         timelines = pictures.job(hconn, j, workers, now, {p["worker"]["id"]: p["report"] for p in panels})
     return "job.html", {
-        "title": f"job {panda_id}", "job": j, "timelines": timelines, "local": local[0] if local else None, "panels": panels,
+        "title": f"job {panda_id}", "job": j, "local": local[0] if local else None, "panels": panels,
+        "timelines": timelines,
         "older_workers": workers[:-MAX_PANELS] if len(workers) > MAX_PANELS else [],
         "ranges": view("ranges", ranges, ["process_id", "start_event", "last_event", "status", "attempt_nr",
                                           "failures", "error_code", "error_diag", "harvester_state", "worker"],
@@ -172,7 +173,8 @@ def sites(service: CentralService, hdb: Path | None, params: dict, now: float) -
         except ValueError:
             pass
         h["age"] = now - h["last_heartbeat"] if h["last_heartbeat"] else None
-    return "sites.html", {"title": "sites and queues", "queues": queues, "timelines": timelines, "harvesters": harvesters,
+    return "sites.html", {"title": "sites and queues", "queues": queues, "harvesters": harvesters,
+                          "timelines": timelines,
                           "workers": view("workers", workers, ["id", "queue", "state", "batch_id", "exit_code",
                                                                "submitted_at", "started_at", "ended_at"], params,
                                           "id", True),

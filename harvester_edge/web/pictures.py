@@ -14,7 +14,8 @@ def task(central: sqlite3.Connection, harvester: sqlite3.Connection | None, t: d
     dashed, marks = {}, []
     if done["expected_end"]:
         dashed["expected"] = [(now, done["done"]), (done["expected_end"], done["n_events"])]
-        marks.append((done["expected_end"], "expected end " + timecharts.clock(done["expected_end"], done["t1"] - done["t0"])))
+        label = timecharts.clock(done["expected_end"], done["t1"] - done["t0"])
+        marks.append((done["expected_end"], f"expected end {label}"))
     workers = history.task_workers(harvester, t["task_id"], now)
     return {
         "events": timecharts.time_chart({"events finished": done["points"]}, "events finished (cumulative)",

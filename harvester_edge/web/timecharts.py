@@ -176,7 +176,8 @@ def grouped_bars(bins: Sequence[str], series: dict[str, Sequence[float]], title:
             h = ph * v / top_value
             x = left + slot * b + slot * 0.1 + slot * 0.8 * s / n
             out.append(f'<rect class="bin" x="{x:.1f}" y="{top + ph - h:.1f}" width="{slot * 0.8 / n:.1f}" '
-                       f'height="{h:.1f}" fill="{colour}"><title>{escape(name)} {escape(bins[b])}: {v:g}</title></rect>')
+                       f'height="{h:.1f}" fill="{colour}"><title>{escape(name)} {escape(bins[b])}: {v:g}</title>'
+                       f'</rect>')
         out.append(_legend(width - right + 8, top + 12 + 14 * s, colour, name))
     out.append("</svg>")
     return "".join(out)
