@@ -31,11 +31,17 @@ def task(central: sqlite3.Connection, harvester: sqlite3.Connection | None, t: d
 def dashboard(harvester: sqlite3.Connection | None, now: float) -> dict:
     running = history.running_per_queue(harvester, now)
     return {
-        "running_workers": timecharts.time_chart(running["workers"], "running workers per queue (last 24 h)",
+        "running_workers": timecharts.time_chart(_now_in_legend(running["workers"]),
+                                                 "running workers per queue (last 24 h)",
                                                  running["t0"], running["t1"], step=True, width=900),
-        "running_cores": timecharts.time_chart(running["cores"], "cores in use per queue (last 24 h)",
+        "running_cores": timecharts.time_chart(_now_in_legend(running["cores"]), "cores in use per queue (last 24 h)",
                                                running["t0"], running["t1"], step=True, width=900),
     }
+
+
+def _now_in_legend(series: dict[str, list]) -> dict[str, list]:
+    """{"queue (value now)": points}: the latest value, which a 24 h axis draws as a sliver at its right edge."""
+    return {f"{name} ({pts[-1][1]:g})" if pts else name: pts for name, pts in series.items()}
 
 
 def sites(harvester: sqlite3.Connection | None, now: float) -> dict:

@@ -78,7 +78,8 @@ def test_timelines_and_report_while_a_task_runs(site, browser, tmp_path):  # noq
     check(dash["running workers per queue (last 24 h)"], "running workers per queue")
     check(dash["cores in use per queue (last 24 h)"], "cores in use per queue")
     check(dash["events finished per minute (last 30 min)"], "events finished per minute")
-    assert "q" in dash["running workers per queue (last 24 h)"]["labels"]  # the queue's legend
+    legend = dash["running workers per queue (last 24 h)"]["labels"]  # the queue with the workers running now
+    assert any(re.fullmatch(r"q \([1-9]\d*\)", label) for label in legend), legend
 
     task = visit(f"/monitor/task/{task_id}", "task")
     check(task["events finished (cumulative)"], "events finished")
