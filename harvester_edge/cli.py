@@ -118,6 +118,7 @@ def _register_groups() -> None:
     from harvester_edge.cli_views import errors_summary, status_cmd, worker_group
     from harvester_edge.demo import demo
     from harvester_edge.replay.cli import replay_command, simulate_command
+    from harvester_edge.report import report_command
 
     cli.add_command(status_cmd, "status")
     cli.add_command(worker_group, "worker")
@@ -128,6 +129,7 @@ def _register_groups() -> None:
     cli.add_command(demo, "demo")
     cli.add_command(replay_command, "replay")
     cli.add_command(simulate_command, "simulate")
+    cli.add_command(report_command, "report")
 
 
 def main() -> None:

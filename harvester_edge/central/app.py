@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
-from harvester_edge.web import monitor_router
+from harvester_edge.web import apidocs, monitor_router
 
 from . import apidoc, legacy, v1
 from .errors import AuthError, CentralError
@@ -39,7 +39,7 @@ def create_app(settings: Any, service: CentralService, authority: TokenAuthority
     app = FastAPI(title="harvester-edge central service",
                   description="PanDA-compatible jobs, event ranges and tokens. Dialects: /api/v1/<module>/<method> "
                               "(envelope {success, message, data}) and /server/panda/<method> (legacy).",
-                  version="1", docs_url="/docs", openapi_url="/openapi.json")
+                  version="1", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.service = service
     app.state.authority = authority
     app.state.settings = settings
@@ -79,6 +79,7 @@ def create_app(settings: Any, service: CentralService, authority: TokenAuthority
         return app.openapi_schema
 
     app.openapi = documented
+    apidocs.install(app)  # /docs and /redoc with their assets served from here (no CDN)
     return app
 
 

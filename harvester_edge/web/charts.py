@@ -74,24 +74,26 @@ def line_chart(series: dict[str, Sequence[tuple[float, float]]], title: str, uni
     return "".join(out)
 
 
-def bar_chart(bars: Sequence[tuple[str, float]], title: str, width: int = 560, height: int = 160) -> str:
-    """Vertical bars with a label under every few bars (e.g. events finished per minute)."""
+def bar_chart(bars: Sequence[tuple[str, float]], title: str, width: int = 560, height: int = 160,
+              ymax: float | None = None, unit: str = "") -> str:
+    """Vertical bars with a label under every few bars (e.g. events finished per minute); ymax fixes the axis."""
     left, top, bottom = 40, 22, 26
     out = [_open_svg(title, width, height), f'<text x="{left}" y="14" class="ctitle">{escape(title)}</text>']
     if not bars:
         out.append(f'<text x="{left}" y="{height // 2}" class="cnote">nothing yet</text></svg>')
         return "".join(out)
-    ymax = _nice_max(max(v for _, v in bars))
+    ymax = ymax or _nice_max(max(v for _, v in bars))
     pw, ph = width - left - 8, height - top - bottom
     slot = min(pw / len(bars), 80.0)  # a few bars stay bars, not slabs
     every = max(1, len(bars) // 8)
-    out.append(f'<text x="{left - 4}" y="{top + 4}" text-anchor="end" class="caxis">{escape(human(ymax))}</text>'
+    out.append(f'<text x="{left - 4}" y="{top + 4}" text-anchor="end" class="caxis">{escape(human(ymax, unit))}</text>'
                f'<text x="{left - 4}" y="{top + ph}" text-anchor="end" class="caxis">0</text>')
     for i, (label, value) in enumerate(bars):
-        h = ph * value / ymax
+        h = ph * min(value, ymax) / ymax
         x = left + i * slot
         out.append(f'<rect x="{x + slot * 0.1:.1f}" y="{top + ph - h:.1f}" width="{slot * 0.8:.1f}" '
-                   f'height="{h:.1f}" fill="{PALETTE[0]}"><title>{escape(label)}: {value:g}</title></rect>')
+                   f'height="{h:.1f}" fill="{PALETTE[0]}"><title>{escape(label)}: {value:g}{escape(unit)}</title>'
+                   f'</rect>')
         if i % every == 0:
             out.append(f'<text x="{x + slot / 2:.1f}" y="{height - 8}" text-anchor="middle" class="caxis">'
                        f'{escape(label)}</text>')

@@ -11,7 +11,7 @@ from harvester_edge.central.errors import NotFound
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.states import RangeStatus
 
-from . import charts, data
+from . import charts, data, pictures
 from .tables import view
 
 MAX_PANELS = 8
@@ -45,6 +45,7 @@ def dashboard(service: CentralService, hdb: Path | None, params: dict, now: floa
     with _harvester(hdb) as hconn:
         cells = data.workers_by_queue(hconn, central)
         outbox = hconn.execute("SELECT count(*) FROM outbox WHERE state='pending'").fetchone()[0] if hconn else None
+        timelines = pictures.dashboard(hconn, now)
     states = sorted({c["state"] for c in cells}, key=lambda s: (STATE_ORDER.index(s) if s in STATE_ORDER else 99, s))
     pivot: dict[str, dict] = {}
     for c in cells:
@@ -56,7 +57,7 @@ def dashboard(service: CentralService, hdb: Path | None, params: dict, now: floa
                                        "n_jobs", "created"], params, "task_id", True),
         "worker_states": states, "worker_rows": list(pivot.values()),
         "epm_chart": charts.bar_chart(epm, "events finished per minute (last 30 min)", width=900),
-        "epm_last": epm[-2][1] if len(epm) > 1 else 0,
+        "epm_last": epm[-2][1] if len(epm) > 1 else 0, "timelines": timelines,
     }
 
 
@@ -66,8 +67,10 @@ def task(service: CentralService, hdb: Path | None, params: dict, now: float, ta
     events = {data.RANGE_NAMES[s]: n for s, n in central.execute(
         "SELECT status, sum(last_event - start_event + 1) FROM ranges WHERE task_id=? GROUP BY status", (task_id,))}
     t["progress"] = _progress(t)
+    with _harvester(hdb) as hconn:
+        timelines = pictures.task(central, hconn, t, now)
     return "task.html", {
-        "title": f"task {task_id}", "task": t, "events": events,
+        "title": f"task {task_id}", "task": t, "events": events, "timelines": timelines,
         "events_chart": charts.bar_chart(sorted(events.items()), "events by state", height=140),
         "jobs": view("jobs", t["jobs"], ["panda_id", "status", "attempt_nr", "site", "worker_id", "n_events",
                                          "pilot_error_code", "dispatcher_error_code", "heartbeat"], params,
@@ -99,8 +102,11 @@ def job(service: CentralService, hdb: Path | None, params: dict, now: float, pan
             "cpu": charts.line_chart(charts.monitor_series(samples, "cpu"),
                                      f"worker {w['id']}: CPU time per rank (s)"),
         })
+    with _harvester(hdb) as hconn:
+        timelines = pictures.job(hconn, j, workers, now, {p["worker"]["id"]: p["report"] for p in panels})
     return "job.html", {
-        "title": f"job {panda_id}", "job": j, "jedilogs": jedilogs.for_job(service.db.path, panda_id, j["task_id"]), "local": local[0] if local else None, "panels": panels,
+        "title": f"job {panda_id}", "job": j, "local": local[0] if local else None, "panels": panels,
+        "jedilogs": jedilogs.for_job(service.db.path, panda_id, j["task_id"]), "timelines": timelines,
         "older_workers": workers[:-MAX_PANELS] if len(workers) > MAX_PANELS else [],
         "ranges": view("ranges", ranges, ["process_id", "start_event", "last_event", "status", "attempt_nr",
                                           "failures", "error_code", "error_diag", "harvester_state", "worker"],
@@ -168,6 +174,7 @@ def sites(service: CentralService, hdb: Path | None, params: dict, now: float) -
         queues = data.queues(hconn)
         workers = data._rows(hconn, "SELECT id, queue, state, batch_id, exit_code, submitted_at, started_at, "
                                     "ended_at FROM workers")
+        timelines = pictures.sites(hconn, now)
     harvesters = data.harvesters(central)
     for h in harvesters:
         try:
@@ -176,6 +183,7 @@ def sites(service: CentralService, hdb: Path | None, params: dict, now: float) -
             pass
         h["age"] = now - h["last_heartbeat"] if h["last_heartbeat"] else None
     return "sites.html", {"title": "sites and queues", "queues": queues, "harvesters": harvesters,
+                          "timelines": timelines,
                           "workers": view("workers", workers, ["id", "queue", "state", "batch_id", "exit_code",
                                                                "submitted_at", "started_at", "ended_at"], params,
                                           "id", True),

@@ -21,7 +21,10 @@ def ts(value: Any) -> str:
     """Epoch seconds -> 'YYYY-MM-DD HH:MM:SS' (UTC); '' for nothing."""
     if not isinstance(value, (int, float)) or value <= 0:
         return ""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value))
+    except (OverflowError, OSError, ValueError):  # inf, nan or past year 9999: not a time to show
+        return "?"
 
 
 def duration(seconds: Any) -> str:

@@ -277,6 +277,15 @@ def test_job_page_marks_bad_prmon_and_job_report(attacked):
     assert "prmon.7.jsonl unreadable: prmon.7.jsonl is a symbolic link" in r.text
     assert "prmon.8.jsonl unreadable: a FIFO, not a regular file" in r.text
     assert "prmon.9.jsonl unreadable: 2 line(s) that are not JSON objects were skipped" in r.text
+    # the timelines (issue 19) are still drawn beside the hostile files, from what the daemon accepted
+    assert 'aria-label="node, start and end (workers and the job)"' in r.text
+    assert re.search(r'aria-label="worker \d+: busy fraction per rank"', r.text)
+    for page, chart in (("/monitor/", "running workers per queue (last 24 h)"),
+                        (f"/monitor/task/{attacked['task_id']}", "workers: queued → running → ended"),
+                        ("/monitor/sites", "queue wait (submitted → started) per queue: workers")):
+        answer = requests.get(f"{url}{page}", timeout=10)
+        assert answer.status_code == 200 and f'aria-label="{chart}"' in answer.text, page
+        assert "root:x:0:0" not in answer.text and "SECRET-OF-THE-DAEMON-USER" not in answer.text
 
 
 # -- the one reader, without a daemon: what each hostile file is refused as ----------------------------------------

@@ -118,7 +118,7 @@ def get(url: str, **kwargs) -> requests.Response:
 
 @pytest.fixture
 def browser():
-    """Headless Debian Chromium through Selenium and /usr/bin/chromedriver."""
+    """Headless Debian Chromium through Selenium and /usr/bin/chromedriver, with no network but loopback."""
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -129,7 +129,9 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,1000", "--no-first-run", "--disable-extensions"):
+                "--window-size=1280,1000", "--no-first-run", "--disable-extensions",
+                # no network but loopback, like a login node: anything else goes to a closed port
+                "--proxy-server=http://127.0.0.1:9"):  # (Chromium never sends loopback to a proxy)
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
