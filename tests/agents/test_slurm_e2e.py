@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import time
 
+import psutil
 import pytest
 
 from helpers import wait_gone
