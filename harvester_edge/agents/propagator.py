@@ -14,7 +14,8 @@ range report is idempotent on both sides (a duplicate or stale report is a no-op
 defect's text counts as applied at once, and any other 500 on that call is re-sent at most MAX_SERVER_ERRORS times
 (one try per cycle) and then counted as applied-or-given-up: marked sent, with the reason kept in last_error and
 logged. It can never hold the outbox behind it. Job updates (update_jobs_bulk: the real server answers per job
-and catches its own errors) keep treating a 500 as transient.
+and catches its own errors) keep treating a 500 as transient. The real server's success=false "TimeOut" (its
+database layer failed or was slow; per job: StatusCode 10) is an outage too: the message is kept, never parked.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import logging
 
 from harvester_edge.agents.base import Agent
 from harvester_edge.central.client import CentralAuthFailed, CentralRejected, CentralServerError, \
-    CentralUnavailable
+    CentralTimeout, CentralUnavailable
 from harvester_edge.outbox import enqueue, pending
 from harvester_edge.states import JobState, OutboxState, RangeState, WorkerState
 from harvester_edge.store import transition
@@ -118,6 +119,9 @@ class Propagator(Agent):
             central.update_event_ranges(payload, version=0)
         elif kind == "update_jobs":
             answers = central.update_jobs_bulk(payload, harvester_id=self.ctx.config.site)
+            if any(a["StatusCode"] == 10 for a in answers):  # a job's update timed out: the whole message again
+                raise CentralTimeout("update_jobs_bulk: the central service timed out on "
+                                     f"{sum(a['StatusCode'] == 10 for a in answers)} job update(s); retry later")
             for update, answer in zip(payload, answers):
                 if not answer["ok"]:  # the service took the message and answered for this job: re-sending won't help
                     log.warning("job %s: the central service refused its update to %s: StatusCode %s %s",

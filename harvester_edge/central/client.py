@@ -42,6 +42,12 @@ class CentralServerError(CentralUnavailable):
         self.body = body
 
 
+class CentralTimeout(CentralUnavailable):
+    """success=false "TimeOut"/"Timed out": the real server's TimedMethod gave up (its database was slow or
+    failed). Not a refusal of the content: whether it was written is unknown, so the message is kept and re-sent."""
+
+
+TIMEOUT_MESSAGES = ("TimeOut", "Timed out")  # the real server's TIME_OUT and its acquire_jobs/update_job text
 NO_JOBS = "No jobs in PanDA"  # the real server's acquire_jobs answer when it has no job: success=false, not an error
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # pilot/update_job start_time/end_time (UTC)
 
@@ -114,6 +120,8 @@ def parse_envelope(method: str, path: str, result: HttpResult) -> Any:
         raise CentralUnavailable(f"{method} {path}: answer is not JSON: {result.body[:200]!r}") from exc
     if result.status >= 400 or not isinstance(doc, dict) or not doc.get("success"):
         message = doc.get("message") if isinstance(doc, dict) else doc
+        if result.status == 200 and message in TIMEOUT_MESSAGES:
+            raise CentralTimeout(f"{method} {path}: the central service timed out ({message}); retry later")
         raise CentralRejected(f"{method} {path}: HTTP {result.status}: {message}")
     return doc.get("data")
 
@@ -175,7 +183,9 @@ class CentralClient:
 
     # -- pilot / jobs ---------------------------------------------------------------------------------------
     def acquire_jobs(self, site: str, queue: str | None = None, n_jobs: int = 1, harvester_id: str | None = None,
-                     worker_id: str | None = None, node: str | None = None, **extra: Any) -> list[dict]:
+                     worker_id: int | str | None = None, node: str | None = None, **extra: Any) -> list[dict]:
+        if isinstance(worker_id, str) and worker_id.isdigit():
+            worker_id = int(worker_id)  # the real acquire_jobs takes worker_id: int (a JSON string is a Type error)
         body = {"site_name": site, "computing_element": queue, "n_jobs": n_jobs,
                 "harvester_id": harvester_id or self.harvester_id,
                 "worker_id": worker_id, "node": node, **extra}

@@ -153,6 +153,11 @@ class FakeTaskBuffer:
 
     def updateEventRanges(self, event_ranges, version):
         record("updateEventRanges", (event_ranges, version), {})
+        fail = os.environ.get("PANDA_CONTRACT_RANGES_FAIL")
+        if fail == "raise":  # the DB layer fails: the server's TimedMethod thread dies, it answers "TimeOut"
+            raise RuntimeError("database connection lost")
+        if fail == "none":  # no result: the api function fails otherwise than on its set literal (another 500)
+            return None
         ranges = json.loads(event_ranges)
         return [True] * len(ranges), {}
 

@@ -34,6 +34,7 @@ def test_jobs_calls_are_accepted_and_answers_parsed(client, panda_server):
     assert job["transformation"] == "https://example.org/trf/run.sh" and job["jobPars"] == "--events 100 --seed 7"
     get_jobs = panda_server.calls("getJobs")[0]["args"]
     assert get_jobs[:2] == [2, "EDGE_SITE"] and "edge-h1" in get_jobs and 7 in get_jobs
+    assert client.acquire_jobs("EDGE_SITE", worker_id="8")  # a worker id as text goes as the int it is
     assert client.acquire_jobs("EMPTY_SITE") == []  # "No jobs in PanDA" is success=false: no error, no job
 
     pid, other = job["PandaID"], jobs[1]["PandaID"]
@@ -122,3 +123,17 @@ def test_a_missing_token_or_origin_is_refused(panda_server, tmp_path):
         rotating.acquire_jobs("EDGE_SITE")
     token_file.write_text(TOKEN)  # renewed by an external tool: the next call reads it
     assert rotating.acquire_jobs("EDGE_SITE")
+
+
+def test_a_server_timeout_is_transient_not_a_refusal(start_panda, tmp_path):
+    """The real server answers success=false "TimeOut" when its database layer fails or is slow: the client keeps
+    such a message for later (CentralUnavailable), it must never park range reports as rejected."""
+    from harvester_edge.central.client import CentralTimeout, CentralUnavailable
+
+    server = start_panda(tmp_path, env_extra={"PANDA_CONTRACT_RANGES_FAIL": "raise"})
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    client = CentralClient(HttpTransport(server.url, timeout=20), token_file=token_file, origin=ORIGIN)
+    with pytest.raises(CentralTimeout) as err:
+        client.update_event_ranges([{"eventRangeID": "4242-1-1-1-1", "eventStatus": "finished"}])
+    assert isinstance(err.value, CentralUnavailable) and not isinstance(err.value, CentralRejected)

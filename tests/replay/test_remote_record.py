@@ -26,9 +26,10 @@ from harvester_edge.replay.synthetic import Behaviour
 from harvester_edge.seams.http import HttpTransport
 
 
-def record_remote(root: Path, path: Path) -> list[dict]:
+def record_remote(root: Path, path: Path, **env: str) -> list[dict]:
     (root / "server").mkdir(parents=True)
-    server = start_panda_server(root / "server", env_extra={"PANDA_CONTRACT_RANGES": "24", "PANDA_CONTRACT_JOBS": "1"})
+    server = start_panda_server(root / "server", env_extra={"PANDA_CONTRACT_RANGES": "24", "PANDA_CONTRACT_JOBS": "1",
+                                                            **env})
     try:
         work = root / "site"
         config = site_config(work, batch="lsf", max_running=2, max_queued=1)
@@ -78,3 +79,21 @@ def test_remote_run_against_the_real_server_code_records_and_replays(tmp_path):
     assert report.ok, report.render()
     if os.environ.get("REPLAY_SAVE_TRACE"):
         shutil.copyfile(path, os.environ["REPLAY_SAVE_TRACE"])
+
+
+def test_an_unknown_500_from_update_event_ranges_is_retried_three_times_then_let_go(tmp_path):
+    """Not the known defect: the server fails (here: its database) and answers 500. Each range report is re-sent
+    at most 3 times (one try per cycle), then counted as applied-or-given-up, so the outbox drains and the job
+    still ends; an outage would have kept them (tests/agents)."""
+    import sqlite3
+
+    calls = record_remote(tmp_path, tmp_path / "failing.jsonl.gz", PANDA_CONTRACT_RANGES_FAIL="none")
+    sent = [c for c in calls if c["method"] == "updateEventRanges"]
+    ids = [r["eventRangeID"] for c in sent for r in json.loads(c["args"][0])]
+    from collections import Counter
+    assert Counter(Counter(ids).values()) == {3: 24}, Counter(ids)  # three tries each, no more
+    with sqlite3.connect(tmp_path / "site" / "harvester.db") as db:
+        rows = db.execute("SELECT state, attempts, last_error FROM outbox WHERE kind = 'update_event_ranges'").fetchall()
+    assert rows and all(state == "sent" and attempts == 3 and "3 HTTP 500 answers" in error
+                        for state, attempts, error in rows), rows
+    assert any(c["method"] == "updateJobStatus" and c["args"][1] == "holding" for c in calls)  # the job ended
