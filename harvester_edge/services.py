@@ -32,6 +32,23 @@ def make_plugins(ctx: AgentContext, runner: Any = None) -> dict[str, Any]:
     return {queue.name: load_plugin(queue.batch)(queue, runner) for queue in ctx.config.queues}
 
 
+def remote_transport(settings: Any, url: str, recorder: Any = None) -> Any:
+    """The HTTP transport to the central service, with the x509 client certificate and CA bundle of the config."""
+    from harvester_edge.seams.http import HttpTransport
+
+    for name in ("cert_file", "key_file", "ca_bundle"):
+        path = getattr(settings, name)
+        if path is not None and not Path(path).exists():
+            from harvester_edge.errors import ConfigError
+            raise ConfigError(f"central.{name}: {path} does not exist (expected a PEM file)")
+    cert = None
+    if settings.cert_file is not None:
+        cert = str(settings.cert_file) if settings.key_file is None else (str(settings.cert_file),
+                                                                           str(settings.key_file))
+    verify: bool | str = str(settings.ca_bundle) if settings.ca_bundle is not None else True
+    return HttpTransport(url, timeout=float(settings.request_timeout), recorder=recorder, verify=verify, cert=cert)
+
+
 def start_services(ctx: AgentContext, record: Path | str | None = None) -> Services:
     """Start the embedded central service (if configured), connect its client, load the batch plugins.
 
@@ -67,10 +84,9 @@ def start_services(ctx: AgentContext, record: Path | str | None = None) -> Servi
 
             issuer = InProcessIssuer(central.authority, ctx.config.site)
             token = issuer.own_token(None, central.authority.clock())
-    transport = HttpTransport(url, timeout=float(settings.request_timeout),
-                              recorder=recording.http if recording else None)
-    ctx.central = CentralClient(transport, token=token,
-                                token_file=None if token else settings.tokens.token_file)
+    ctx.central = CentralClient(remote_transport(settings, url, recording.http if recording else None), token=token,
+                                token_file=None if token else settings.tokens.token_file,
+                                origin=settings.origin if settings.mode == "remote" else None)
     if issuer is not None:
         issuer.store(ctx.central, token)
         ctx.central.issuer = issuer

@@ -58,7 +58,9 @@ def worker_spec(row: sqlite3.Row | dict, queue: QueueConfig) -> WorkerSpec:
     ap = Path(row["access_point"])
     return WorkerSpec(
         worker_id=int(row["id"]), job_name=row["job_name"], access_point=ap, nodes=int(row["nodes"]),
-        ranks_per_node=int(row["ranks_per_node"]), cores_per_rank=queue.cores_per_rank,
+        # a real job's worker may run fewer ranks than the queue's (jobpayload.worker_shape): cores follow the ranks
+        ranks_per_node=int(row["ranks_per_node"]),
+        cores_per_rank=max(1, queue.cores_per_node // max(1, int(row["ranks_per_node"]))),
         walltime=int(row["walltime"]), memory_mb=queue.memory_mb,
         # the pilot computes its end time from its own start: queue wait does not eat into it
         pilot_argv=[sys.executable, "-m", "jumbo", "--ap", str(ap), "--end-time", f"+{int(row['walltime'])}"],

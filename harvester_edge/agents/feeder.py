@@ -123,11 +123,13 @@ class Feeder(Agent):
             "ORDER BY first_event", (panda_id, R.FETCHED.value))]
 
     def _fetch(self, panda_id: int, n: int, now: float) -> bool:
-        job = self.ctx.store.query("SELECT task_id, state FROM jobs WHERE panda_id = ?", (panda_id,))
+        job = self.ctx.store.query("SELECT task_id, jobset_id, state FROM jobs WHERE panda_id = ?", (panda_id,))
         if not job or job[0]["state"] not in ACTIVE_JOB:
             return True
-        try:
-            got = self.ctx.central.acquire_event_ranges(panda_id, task_id=job[0]["task_id"], n_ranges=n)
+        task_id, jobset_id = job[0]["task_id"], job[0]["jobset_id"]
+        try:  # the job's own jobsetID (a real server's jobs have one of their own; the embedded's is the task id)
+            got = self.ctx.central.acquire_event_ranges(panda_id, task_id if jobset_id is None else jobset_id,
+                                                        task_id=task_id, n_ranges=n)
         except CentralUnavailable as exc:
             log.warning("job %d: no ranges fetched: %s", panda_id, exc, extra={"panda_id": panda_id})
             return False

@@ -5,6 +5,7 @@ import json
 import logging
 
 from harvester_edge.agents.base import Agent
+from harvester_edge import jobpayload
 from harvester_edge.central.client import CentralRejected, CentralUnavailable
 from harvester_edge.states import JobState
 
@@ -39,6 +40,14 @@ class Fetcher(Agent):
                 continue
             if not jobs:
                 continue
+            kept = []
+            for job in jobs:  # a real server's job (no payload extension) gets its command payload here
+                try:
+                    kept.append(jobpayload.pilot_job(job))
+                except jobpayload.JobPayloadError as exc:
+                    log.error("job %s cannot run here and is left alone: %s", job.get("PandaID"), exc,
+                              extra={"queue": queue.name})
+            jobs = kept
             with self.ctx.store.write() as conn:
                 for job in jobs:
                     conn.execute(
@@ -46,6 +55,6 @@ class Fetcher(Agent):
                         " seconds_per_event, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (int(job["PandaID"]), int(job["taskID"]), job.get("jobsetID"), queue.name,
                          JobState.FETCHED.value, json.dumps(job),
-                         job.get("nEventsRemaining", job.get("nEvents")), job.get("secondsPerEvent"), now, now))
+                         jobpayload.events_total(job), job.get("secondsPerEvent"), now, now))
             log.info("fetched %d job(s) for queue %s: %s", len(jobs), queue.name,
                      ", ".join(str(j["PandaID"]) for j in jobs), extra={"queue": queue.name})

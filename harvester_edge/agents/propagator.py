@@ -5,6 +5,17 @@ re-sending one after a crash is harmless (the service ignores duplicate and stal
 service rejects for good (a refusal of the content) is parked as `rejected` with the reason, for the operator, and
 draining goes on. A credential problem (HTTP 403: expired, revoked, missing token) is never a reason to park: the
 client renews and retries once, and if the service still says 403 the message stays pending like in an outage.
+
+HTTP 500 vs an outage: an outage is no answer at all (refused, reset, timed out) or a gateway's 502/503/504, and
+keeps messages pending for as long as it lasts. A 500 is the service's own code failing AFTER it got the request.
+For update_event_ranges that is not a reason to wait: the real PanDA server (1.0.x) builds its answer as a set
+literal and fails with 500 ("unhashable type") after updateEventRanges has written the ranges, and re-sending a
+range report is idempotent on both sides (a duplicate or stale report is a no-op). So a 500 with that known
+defect's text counts as applied at once, and any other 500 on that call is re-sent at most MAX_SERVER_ERRORS times
+(one try per cycle) and then counted as applied-or-given-up: marked sent, with the reason kept in last_error and
+logged. It can never hold the outbox behind it. Job updates (update_jobs_bulk: the real server answers per job
+and catches its own errors) keep treating a 500 as transient. The real server's success=false "TimeOut" (its
+database layer failed or was slow; per job: StatusCode 10) is an outage too: the message is kept, never parked.
 """
 from __future__ import annotations
 
@@ -12,7 +23,8 @@ import json
 import logging
 
 from harvester_edge.agents.base import Agent
-from harvester_edge.central.client import CentralAuthFailed, CentralRejected, CentralUnavailable
+from harvester_edge.central.client import CentralAuthFailed, CentralRejected, CentralServerError, \
+    CentralTimeout, CentralUnavailable
 from harvester_edge.outbox import enqueue, pending
 from harvester_edge.states import JobState, OutboxState, RangeState, WorkerState
 from harvester_edge.store import transition
@@ -21,6 +33,8 @@ log = logging.getLogger(__name__)
 
 J, O, R, W = JobState, OutboxState, RangeState, WorkerState
 HEARTBEAT_EVERY = 60.0  # seconds between job heartbeats to the central service
+MAX_SERVER_ERRORS = 3  # HTTP 500 answers to one range report before it counts as applied-or-given-up
+KNOWN_500 = "unhashable type"  # the real server's update_event_ranges answer-after-write defect (module doc)
 ACTIVE_WORKERS = (W.NEW.value, W.SUBMITTING.value, W.QUEUED.value, W.RUNNING.value)
 
 
@@ -52,6 +66,23 @@ class Propagator(Agent):
             for message in messages:
                 try:
                     self._send(message["kind"], json.loads(message["payload"]))
+                except CentralServerError as exc:
+                    if message["kind"] != "update_event_ranges":
+                        if not self._kept(message, exc, now):
+                            return False
+                        continue
+                    if KNOWN_500 in exc.body or message["attempts"] + 1 >= MAX_SERVER_ERRORS:
+                        why = ("the server's known answer-after-write defect: the ranges were written"
+                               if KNOWN_500 in exc.body else
+                               f"{message['attempts'] + 1} HTTP 500 answers: counted as applied-or-given-up")
+                        log.warning("outbox message %d (update_event_ranges): %s (%s)", message["id"], why, exc)
+                        with self.ctx.store.write() as conn:
+                            conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
+                                         (f"HTTP 500: {why}"[:500], message["id"]))
+                            transition(conn, [message["id"]], O.PENDING, O.SENT, now=now, reason=why[:200])
+                        continue
+                    self._kept(message, exc, now)
+                    return False  # re-sent next cycle, at most MAX_SERVER_ERRORS times
                 except CentralUnavailable as exc:
                     with self.ctx.store.write() as conn:
                         conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, updated_at = ? "
@@ -72,12 +103,30 @@ class Propagator(Agent):
                 with self.ctx.store.write() as conn:
                     transition(conn, [message["id"]], O.PENDING, O.SENT, now=now)
 
+    def _kept(self, message, exc: Exception, now: float) -> bool:
+        """Count a failed try of a message that stays pending; False: stop draining this cycle."""
+        with self.ctx.store.write() as conn:
+            conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, updated_at = ? WHERE id = ?",
+                         (str(exc)[:500], now, message["id"]))
+        if not self._outage_logged:
+            log.warning("central service failed (%s): outbox message %d kept", exc, message["id"])
+            self._outage_logged = True
+        return False
+
     def _send(self, kind: str, payload) -> None:
         central = self.ctx.central
         if kind == "update_event_ranges":
             central.update_event_ranges(payload, version=0)
         elif kind == "update_jobs":
-            central.update_jobs_bulk(payload, harvester_id=self.ctx.config.site)
+            answers = central.update_jobs_bulk(payload, harvester_id=self.ctx.config.site)
+            if any(a["StatusCode"] == 10 for a in answers):  # a job's update timed out: the whole message again
+                raise CentralTimeout("update_jobs_bulk: the central service timed out on "
+                                     f"{sum(a['StatusCode'] == 10 for a in answers)} job update(s); retry later")
+            for update, answer in zip(payload, answers):
+                if not answer["ok"]:  # the service took the message and answered for this job: re-sending won't help
+                    log.warning("job %s: the central service refused its update to %s: StatusCode %s %s",
+                                update.get("jobId", update.get("job_id")), update.get("state", update.get("job_status")),
+                                answer["StatusCode"], answer["ErrorDiag"])
         else:
             raise CentralRejected(f"unknown outbox message kind {kind!r}")
 
@@ -93,7 +142,8 @@ class Propagator(Agent):
             if not job["no_more_ranges"] and job["state"] == J.FETCHED.value:
                 continue  # waiting for its first worker
             try:
-                available = int(self.ctx.central.available_range_count(job["task_id"]))
+                available = int(self.ctx.central.available_range_count(
+                    job["task_id"], job["panda_id"], job["task_id"] if job["jobset_id"] is None else job["jobset_id"]))
             except (CentralUnavailable, CentralRejected) as exc:
                 log.warning("job %d: cannot ask for the task's remaining ranges: %s", job["panda_id"], exc)
                 return
@@ -131,7 +181,7 @@ class Propagator(Agent):
             log.warning("job heartbeat not sent: %s", exc)
             return
         for job, answer in zip(jobs, answers or []):
-            command = (answer or {}).get("command") if isinstance(answer, dict) else None
+            command = answer.get("command") if isinstance(answer, dict) else None
             if command in ("tobekilled", "softkill"):
                 self.kill_job(job["panda_id"], command, now)
 

@@ -11,11 +11,12 @@ import logging
 import secrets
 from pathlib import Path
 
+from harvester_edge import jobpayload
 from harvester_edge.agents.base import Agent
 from harvester_edge.batch import BatchError
 from harvester_edge.config import QueueConfig
 from harvester_edge.filemodes import private_dir
-from harvester_edge.shaper import queue_room, shape_worker, worker_capacity
+from harvester_edge.shaper import Shape, queue_room, shape_worker, worker_capacity
 from harvester_edge.states import JobState, WorkerState
 from harvester_edge.store import claim, release, transition, update
 from harvester_edge.workers import access_point, install_id, job_name, job_spec_of, worker_spec, write_job_spec
@@ -107,24 +108,44 @@ class Submitter(Agent):
                     # workers, which grow without bound, are never read
                     "SELECT w.* FROM workers w CROSS JOIN job_workers jw ON jw.worker_id = w.id AND jw.panda_id = ? "
                     "WHERE w.state IN (?, ?, ?, ?)", (job["panda_id"], *active)))
-            left = int(job["events_total"] or 0) - int(job["events_done"]) - covered
-            shape = shape_worker(queue, left, spe, idle)
+            spec = job_spec_of(job)
+            ranks = queue.ranks_per_node
+            if jobpayload.from_real_server(spec) or job["events_total"] is None:
+                # a real server's job: its size in events is unknown, so one worker at a time, shaped from the
+                # job's own coreCount, minRamCount and maxWalltime (jobpayload.worker_shape)
+                if covered or self._has_active_worker(conn, job["panda_id"], active):
+                    continue
+                real = jobpayload.worker_shape(spec, queue.cores_per_node, queue.ranks_per_node, queue.memory_mb,
+                                               queue.walltime_min, queue.walltime_max)
+                ranks, left = real.ranks_per_node, -1
+                shape = Shape(queue.nodes_min, real.walltime, 0)  # events unknown: the server says when done
+            else:
+                left = int(job["events_total"] or 0) - int(job["events_done"]) - covered
+                shape = shape_worker(queue, left, spe, idle)
             if shape is None:
                 continue
             if idle is not None:
                 idle = max(0, idle - shape.nodes)  # the next worker of this cycle fits in what is left
-            self._create_worker(queue, job, shape.nodes, shape.walltime, now)
+            self._create_worker(queue, job, shape.nodes, shape.walltime, now, ranks)
             log.info("job %d: new worker on %s, %s (%d events not covered)", job["panda_id"], queue.name,
                      shape.reason, left, extra={"panda_id": job["panda_id"]})
             room -= 1
 
-    def _create_worker(self, queue: QueueConfig, job, nodes: int, walltime: int, now: float) -> int:
+    @staticmethod
+    def _has_active_worker(conn, panda_id: int, active) -> bool:
+        return conn.execute("SELECT 1 FROM workers w CROSS JOIN job_workers jw ON jw.worker_id = w.id AND "
+                            "jw.panda_id = ? WHERE w.state IN (?, ?, ?, ?) LIMIT 1", (panda_id, *active)).fetchone() \
+            is not None
+
+    def _create_worker(self, queue: QueueConfig, job, nodes: int, walltime: int, now: float,
+                       ranks_per_node: int | None = None) -> int:
+        ranks_per_node = ranks_per_node or queue.ranks_per_node
         config = self.ctx.config
         with self.ctx.store.write() as conn:
             cur = conn.execute(
                 "INSERT INTO workers (queue, state, job_name, access_point, nodes, ranks_per_node, walltime,"
                 " created_at, updated_at) VALUES (?, ?, ?, '', ?, ?, ?, ?, ?)",
-                (queue.name, W.NEW.value, f"pending-{secrets.token_hex(8)}", nodes, queue.ranks_per_node, walltime,
+                (queue.name, W.NEW.value, f"pending-{secrets.token_hex(8)}", nodes, ranks_per_node, walltime,
                  now, now))
             worker_id = int(cur.lastrowid)
             ap = access_point(config, worker_id)
@@ -136,7 +157,7 @@ class Submitter(Agent):
                            reason=f"first worker {worker_id}")
             private_dir(Path(ap))
             write_job_spec(Path(ap), [job_spec_of(job)], walltime, queue.drain_warning,
-                           nodes * queue.ranks_per_node)
+                           nodes * ranks_per_node)
         return worker_id
 
     # -- submission -----------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +31,73 @@ class CentralRejected(HarvesterEdgeError):
     """The central service refused the request (4xx or success=false): retrying the same request will not help."""
 
 
+class CentralServerError(CentralUnavailable):
+    """HTTP 500: the service answered, but its code failed. Unlike an outage (no answer, 502/503/504), the request
+    reached the API function, which may have done its work first: the real PanDA server's
+    event/update_event_ranges writes the ranges and THEN fails to serialise its answer (a set literal). The
+    propagator bounds how often it re-sends such a message (agents/propagator.py)."""
+
+    def __init__(self, message: str, body: str = "") -> None:
+        super().__init__(message)
+        self.body = body
+
+
+class CentralTimeout(CentralUnavailable):
+    """success=false "TimeOut"/"Timed out": the real server's TimedMethod gave up (its database was slow or
+    failed). Not a refusal of the content: whether it was written is unknown, so the message is kept and re-sent."""
+
+
+TIMEOUT_MESSAGES = ("TimeOut", "Timed out")  # the real server's TIME_OUT and its acquire_jobs/update_job text
+NO_JOBS = "No jobs in PanDA"  # the real server's acquire_jobs answer when it has no job: success=false, not an error
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # pilot/update_job start_time/end_time (UTC)
+
+# the camelCase names of PanDA's job updates (what our outbox holds) -> the /api/v1 update_job parameters
+V1_JOB_FIELDS = {"jobId": "job_id", "PandaID": "job_id", "state": "job_status", "jobStatus": "job_status",
+                 "transExitCode": "trans_exit_code", "pilotErrorCode": "pilot_error_code",
+                 "pilotErrorDiag": "pilot_error_diag", "exeErrorCode": "exe_error_code",
+                 "exeErrorDiag": "exe_error_diag", "node": "node", "nEvents": "n_events", "coreCount": "core_count",
+                 "attemptNr": "attempt_nr", "startTime": "start_time", "endTime": "end_time",
+                 "schedulerID": "scheduler_id", "pilotID": "pilot_id", "siteName": "site_name",
+                 "batchID": "batch_id", "jobMetrics": "job_metrics", "metaData": "meta_data",
+                 "cpuConsumptionTime": "cpu_consumption_time", "maxRSS": "max_rss", "maxVMEM": "max_vmem",
+                 "maxPSS": "max_pss", "jobSubStatus": "job_sub_status", "nInputFiles": "n_input_files"}
+
+
+def v1_time(value: Any) -> Any:
+    """Epoch seconds -> "%Y-%m-%d %H:%M:%S" UTC (the only form the real update_job parses); strings pass."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return time.strftime(TIME_FORMAT, time.gmtime(value))
+    return value
+
+
+def v1_job_update(update: dict) -> dict:
+    """One entry of pilot/update_jobs_bulk as the real server's update_job accepts it: snake_case names (unknown
+    names are an "Argument error" there), times as text. Pure; snake_case entries pass unchanged."""
+    out = {}
+    for key, value in update.items():
+        name = V1_JOB_FIELDS.get(key, key)
+        if value is None:
+            continue
+        out[name] = v1_time(value) if name in ("start_time", "end_time") else value
+    return out
+
+
+def job_answer(entry: Any) -> dict:
+    """One per-job answer of update_jobs_bulk: the real server's envelope {success, message, data: {StatusCode,
+    command}} (older services: the bare {StatusCode, command}) -> {"ok", "StatusCode", "command", "ErrorDiag"}."""
+    if isinstance(entry, dict) and "success" in entry:
+        data = entry.get("data") if isinstance(entry.get("data"), dict) else {}
+        code = data.get("StatusCode", 0 if entry.get("success") else 30)
+        diag = data.get("ErrorDiag") or entry.get("message") or ""
+        ok = bool(entry.get("success")) and code == 0
+        return {"ok": ok, "StatusCode": code, "command": data.get("command"), "ErrorDiag": diag}
+    if isinstance(entry, dict):
+        code = entry.get("StatusCode", 30)
+        return {"ok": code == 0, "StatusCode": code, "command": entry.get("command"),
+                "ErrorDiag": entry.get("ErrorDiag", "")}
+    return {"ok": False, "StatusCode": 30, "command": None, "ErrorDiag": f"unreadable answer {entry!r:.200}"}
+
+
 def parse_envelope(method: str, path: str, result: HttpResult) -> Any:
     """data of a v1 answer, or the matching error. Pure: tested on saved answers."""
     if result.status == 403:
@@ -39,6 +107,9 @@ def parse_envelope(method: str, path: str, result: HttpResult) -> Any:
         except ValueError:
             message = result.body[:200]
         raise CentralAuthFailed(f"{method} {path}: HTTP 403 (credentials): {message}")
+    if result.status == 500:
+        body = result.body[:500].decode("utf-8", "replace")
+        raise CentralServerError(f"{method} {path}: HTTP 500 from the central service: {body[:200]!r}", body)
     if result.status >= 500:
         raise CentralUnavailable(f"{method} {path}: HTTP {result.status} from the central service; retry later")
     try:
@@ -49,6 +120,8 @@ def parse_envelope(method: str, path: str, result: HttpResult) -> Any:
         raise CentralUnavailable(f"{method} {path}: answer is not JSON: {result.body[:200]!r}") from exc
     if result.status >= 400 or not isinstance(doc, dict) or not doc.get("success"):
         message = doc.get("message") if isinstance(doc, dict) else doc
+        if result.status == 200 and message in TIMEOUT_MESSAGES:
+            raise CentralTimeout(f"{method} {path}: the central service timed out ({message}); retry later")
         raise CentralRejected(f"{method} {path}: HTTP {result.status}: {message}")
     return doc.get("data")
 
@@ -67,11 +140,15 @@ class CentralClient:
         self.issuer: Any = None  # where fresh tokens come from (harvester_edge.agents.credentials)
 
     def current_token(self) -> str | None:
-        if self._token is not None:
-            return self._token
-        if self.token_file is not None and self.token_file.exists():
-            return self.token_file.read_text().strip() or None
-        return None
+        """The token file, read on every call (an external tool renews it, as on real sites), else the token held."""
+        if self.token_file is not None:
+            try:
+                text = self.token_file.read_text().strip()
+            except FileNotFoundError:
+                text = ""
+            if text:
+                return text
+        return self._token
 
     def _headers(self, bearer: str | None = None) -> dict[str, str]:
         headers = {"Accept": "application/json"}
@@ -106,39 +183,63 @@ class CentralClient:
 
     # -- pilot / jobs ---------------------------------------------------------------------------------------
     def acquire_jobs(self, site: str, queue: str | None = None, n_jobs: int = 1, harvester_id: str | None = None,
-                     worker_id: str | None = None, node: str | None = None, **extra: Any) -> list[dict]:
+                     worker_id: int | str | None = None, node: str | None = None, **extra: Any) -> list[dict]:
+        if isinstance(worker_id, str) and worker_id.isdigit():
+            worker_id = int(worker_id)  # the real acquire_jobs takes worker_id: int (a JSON string is a Type error)
         body = {"site_name": site, "computing_element": queue, "n_jobs": n_jobs,
                 "harvester_id": harvester_id or self.harvester_id,
                 "worker_id": worker_id, "node": node, **extra}
-        data = self.call("POST", "pilot/acquire_jobs", body={k: v for k, v in body.items() if v is not None})
-        return list(data.get("jobs") or [])
+        try:
+            data = self.call("POST", "pilot/acquire_jobs", body={k: v for k, v in body.items() if v is not None})
+        except CentralRejected as exc:
+            if str(exc).endswith(NO_JOBS):  # the real server: no job is success=false "No jobs in PanDA"
+                return []
+            raise
+        return list((data or {}).get("jobs") or [])
 
     def update_job(self, job_id: int, state: str, **fields: Any) -> dict:
         return self.call("POST", "pilot/update_job", body={"job_id": job_id, "job_status": state, **fields})
 
     def update_jobs_bulk(self, updates: list[dict], harvester_id: str | None = None) -> list[dict]:
-        """updates: PanDA-style dicts {"jobId", "state", ...}; one answer {"StatusCode", ...} each."""
-        return self.call("POST", "pilot/update_jobs_bulk",
-                         body={"job_list": updates, "harvester_id": harvester_id or self.harvester_id})
+        """updates: job updates, camelCase ({"jobId", "state", "nEvents", "endTime": epoch}) or the v1 names; sent
+        as the real update_job parameters (v1_job_update). One answer per job: {"ok", "StatusCode", "command",
+        "ErrorDiag"} (job_answer)."""
+        body = {"job_list": [v1_job_update(u) for u in updates]}
+        hid = harvester_id or self.harvester_id
+        if hid:
+            body["harvester_id"] = hid
+        data = self.call("POST", "pilot/update_jobs_bulk", body=body)
+        return [job_answer(entry) for entry in (data or [])]
 
     def get_job_status(self, job_ids: list[int]) -> list[dict]:
-        return self.call("GET", "pilot/get_job_status", params={"job_ids": ",".join(map(str, job_ids))})
+        """[{"job_id", "status", "attempt_number"}] (the real answer); job_ids go as a repeated query parameter."""
+        return self.call("GET", "pilot/get_job_status", params={"job_ids": [int(j) for j in job_ids]})
 
     # -- event ranges ---------------------------------------------------------------------------------------
-    def acquire_event_ranges(self, job_id: int, task_id: int | None = None, n_ranges: int = 10) -> list[dict]:
-        body = {"job_id": job_id, "n_ranges": n_ranges}
+    def acquire_event_ranges(self, job_id: int, jobset_id: int, task_id: int | None = None,
+                             n_ranges: int = 10) -> list[dict]:
+        """jobset_id: the job's own jobsetID (from its description), never the task id."""
+        body = {"job_id": int(job_id), "jobset_id": int(jobset_id), "n_ranges": int(n_ranges)}
         if task_id is not None:
-            body.update(task_id=task_id, jobset_id=task_id)
-        return self.call("POST", "event/acquire_event_ranges", body=body)
+            body["task_id"] = int(task_id)
+        return self.call("POST", "event/acquire_event_ranges", body=body) or []
 
     def update_event_ranges(self, reports: list[dict], version: int = 0) -> dict:
-        """Returns {"Returns": [bool...], "Results": ['applied'|'duplicate'|'stale'|'ignored'...], "Command"}."""
+        """Returns {"Returns": [bool...], "Commands": {PandaID: command}} (the embedded service adds "Results":
+        ['applied'|'duplicate'|'stale'|'ignored'...]). HTTP 500: CentralServerError (see the propagator)."""
         return self.call("POST", "event/update_event_ranges",
                          body={"event_ranges": json.dumps(reports), "version": version})
 
-    def available_range_count(self, task_id: int | None = None) -> int:
-        return self.call("GET", "event/get_available_event_range_count",
-                         params={} if task_id is None else {"task_id": task_id})
+    def available_range_count(self, task_id: int | None = None, job_id: int | None = None,
+                              jobset_id: int | None = None) -> int:
+        """Ranges still to hand out for the job's task. The real server needs all three ids (job_id, jobset_id,
+        task_id: the propagator sends them); the embedded service counts by task (or all tasks)."""
+        params = {} if task_id is None else {"task_id": int(task_id)}
+        if job_id is not None:
+            params["job_id"] = int(job_id)
+        if jobset_id is not None:
+            params["jobset_id"] = int(jobset_id)
+        return int(self.call("GET", "event/get_available_event_range_count", params=params) or 0)
 
     # -- harvester ------------------------------------------------------------------------------------------
     def _hid(self, harvester_id: str | None) -> str:
@@ -157,26 +258,41 @@ class CentralClient:
 
     def update_worker_pilot_status(self, worker_id: str, status: str, site: str | None = None,
                                    node: str | None = None, harvester_id: str | None = None) -> Any:
-        return self.call("POST", "pilot/update_worker_pilot_status",
-                         body={"harvester_id": self._hid(harvester_id), "worker_id": worker_id, "status": status,
-                               "site": site, "node_id": node})
+        """pilot/update_worker_status (worker_id, harvester_id, status, node_id): the real server knows no site."""
+        body = {"harvester_id": self._hid(harvester_id), "worker_id": str(worker_id), "status": status}
+        if node is not None:
+            body["node_id"] = node
+        return self.call("POST", "pilot/update_worker_status", body=body)
 
     # -- credentials ----------------------------------------------------------------------------------------
     def get_access_token(self, client_name: str, token_key: str, bearer: str | None = None) -> str:
         """A fresh token for client_name with its key; `bearer` instead of the client's own token if given.
         renew=False: this IS the renewal, a 403 here must not call the renewer again."""
-        return self.call("GET", "creds/get_access_token", params={"client_name": client_name, "token_key": token_key},
+        data = self.call("GET", "creds/get_access_token", params={"client_name": client_name, "token_key": token_key},
                          renew=False, bearer=bearer)
+        return _field(data, "user_proxy", "creds/get_access_token")
 
     def get_token_key(self, client_name: str) -> str:
-        return self.call("GET", "creds/get_token_key", params={"client_name": client_name}, renew=False)
+        data = self.call("GET", "creds/get_token_key", params={"client_name": client_name}, renew=False)
+        return _field(data, "tokenKey", "creds/get_token_key")
 
     # -- tasks (operators) ----------------------------------------------------------------------------------
     def submit_task(self, spec: dict) -> int:
         return self.call("POST", "task/submit", body=spec)["task_id"]
 
     def is_alive(self, timeout: float = 5.0) -> bool:
+        """success=true is alive (the real server answers data null)."""
         try:
-            return self.call("GET", "system/is_alive", timeout=timeout) == "alive"
+            self.call("GET", "system/is_alive", timeout=timeout)
+            return True
         except (CentralUnavailable, CentralRejected):
             return False
+
+
+def _field(data: Any, key: str, path: str) -> str:
+    """The real creds answers are objects ({"user_proxy": ...}, {"tokenKey": ...}); a bare string is accepted."""
+    if isinstance(data, dict) and isinstance(data.get(key), str):
+        return data[key]
+    if isinstance(data, str):
+        return data
+    raise CentralRejected(f"{path}: expected data {{{key!r}: <text>}}, got {type(data).__name__}")

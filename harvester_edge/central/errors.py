@@ -32,3 +32,10 @@ class AuthError(CentralError):
     """A missing, forged, expired, wrong-audience or revoked credential (HTTP 403)."""
 
     status_code = 70
+
+
+class NoJobs(CentralError):
+    """acquire_jobs found nothing to hand out: the real server answers success=false "No jobs in PanDA" (HTTP 200)."""
+
+    status_code = 20
+    http_status = 200

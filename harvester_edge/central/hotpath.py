@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import models as m
 from .auth import check_token
 from .bodies import DEFAULT_MAX_BODY, Disconnected, parse_json, read_body, unread_body_headers
-from .errors import AuthError, CentralError, InvalidInput
+from .errors import AuthError, CentralError, InvalidInput, NoJobs
 from .ownership import Caller
 from .service import CentralService, Op
 
@@ -51,6 +51,34 @@ def validation_message(exc: ValidationError, prefix: str = "body") -> str:
     return "invalid request: " + "; ".join(parts)[:2000]
 
 
+NO_JOBS = "No jobs in PanDA"
+
+
+def jobs_answer(jobs: list) -> dict:
+    """The real server's acquire_jobs: {"StatusCode": 0, "jobs": [...]}, and no job is success=false NO_JOBS."""
+    if not jobs:
+        raise NoJobs(NO_JOBS)
+    return {"StatusCode": 0, "jobs": jobs}
+
+
+def bulk_answer(answers: list[dict]) -> list[dict]:
+    """update_jobs_bulk as the real server answers it: one update_job envelope per job, in order."""
+    out = []
+    for a in answers:
+        code = a.get("StatusCode", 30)
+        data = {"StatusCode": code, "command": a.get("command")}
+        if code:
+            data["ErrorDiag"] = a.get("ErrorDiag", "")
+        out.append({"success": code == 0, "message": "" if code == 0 else a.get("ErrorDiag", ""), "data": data})
+    return out
+
+
+def ranges_answer(result: dict) -> dict:
+    """update_event_ranges: the real (intended) answer {"Returns", "Commands"} plus StatusCode 0 and our Results."""
+    return {"StatusCode": 0, "Returns": result["Returns"], "Commands": {}, "Results": result["Results"],
+            "Command": result.get("Command")}
+
+
 @dataclass(frozen=True)
 class Hot:
     module: str
@@ -64,7 +92,7 @@ HOT: dict[str, Hot] = {
         "pilot", m.AcquireJobs,
         lambda s, b, c: s.acquire_jobs_op(b.site_name, b.n_jobs, b.harvester_id,
                                           None if b.worker_id is None else str(b.worker_id), b.node, caller=c),
-        lambda jobs: {"StatusCode": 0 if jobs else 20, "jobs": jobs}),
+        jobs_answer),
     "pilot/update_job": Hot(
         "pilot", m.UpdateJob,
         lambda s, b, c: s.update_job_op(b.job_id, b.job_status, m.camel_job(b.model_dump(exclude_none=True)),
@@ -73,13 +101,15 @@ HOT: dict[str, Hot] = {
     "pilot/update_jobs_bulk": Hot(
         "pilot", m.UpdateJobsBulk,
         lambda s, b, c: s.update_jobs_bulk_op([m.camel_job(u) if isinstance(u, dict) else u
-                                               for u in json_list(b.job_list, "job_list")], caller=c)),
+                                               for u in json_list(b.job_list, "job_list")], caller=c),
+        bulk_answer),
     "event/acquire_event_ranges": Hot(
         "event", m.AcquireRanges,
         lambda s, b, c: s.acquire_event_ranges_op(b.job_id, b.task_id, b.n_ranges, caller=c)),
     "event/update_event_ranges": Hot(
         "event", m.UpdateRanges,
-        lambda s, b, c: s.update_event_ranges_op(json_list(b.event_ranges, "event_ranges"), b.version, caller=c)),
+        lambda s, b, c: s.update_event_ranges_op(json_list(b.event_ranges, "event_ranges"), b.version, caller=c),
+        ranges_answer),
 }
 
 

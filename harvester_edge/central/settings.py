@@ -46,6 +46,14 @@ class CentralSettings(BaseModel, extra="forbid"):
     allowed_origins: list[str] = Field(default_factory=list, description="web origins (scheme://host:port) "
                                        "allowed to make state-changing calls besides the service's own")
     tokens: TokenSettings = Field(default_factory=TokenSettings)
+    # client side, to a remote PanDA server (mode: remote): how the harvester authenticates
+    origin: str | None = Field(None, description="client: sent as the Origin header on every call; a real PanDA "
+                               "server needs it with a token (the token's VO and role, e.g. atlas.production)")
+    cert_file: Path | None = Field(None, description="client: x509 client certificate (PEM; may hold the key too, "
+                                   "e.g. a proxy) presented to a remote server over https")
+    key_file: Path | None = Field(None, description="client: private key of cert_file (PEM) if not in cert_file")
+    ca_bundle: Path | None = Field(None, description="client: CA certificates (PEM file or c_rehash'ed directory) "
+                                   "that verify the remote server; None = the system's CAs")
     heartbeat_timeout: IntDuration = Field(2 * 3600, description="jobs without heartbeat this long fail (code 100)")
     watchdog_interval: Duration = Field(60, gt=0)
     max_attempts: int = Field(3, ge=1, le=100, description="default attempts of a task's ranges")
@@ -95,4 +103,6 @@ class CentralSettings(BaseModel, extra="forbid"):
             raise ValueError("mode 'remote' needs url: the base URL of the central service (e.g. https://host:8443)")
         if self.url and not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+        if self.key_file and not self.cert_file:
+            raise ValueError("key_file is set without cert_file: set cert_file to the client certificate")
         return self

@@ -52,20 +52,32 @@ async def update_jobs_bulk(body: UpdateJobsBulk, request: Request) -> Response:
 
 
 @router.get("/pilot/get_job_status", tags=["pilot"])
-async def get_job_status(request: Request, job_ids: str = Query(max_length=100_000)) -> Response:
+async def get_job_status(request: Request, job_ids: list[str] = Query(max_length=100_000)) -> Response:
+    """job_ids repeated (?job_ids=1&job_ids=2, as the real server reads them) or separated by commas/spaces;
+    answer [{"job_id", "status", "attempt_number"}] like the real server ("not found" for an unknown id)."""
     authorize(request, "pilot")
-    ids = job_ids.replace(",", " ").split()
-    if not ids or not all(i.isdigit() and i.isascii() and len(i) < 19 for i in ids):
-        raise InvalidInput(f"job_ids must be PandaIDs separated by commas or spaces, got {job_ids[:80]!r}")
-    return ok(svc(request).job_status([int(i) for i in ids]))
+    text = " ".join(job_ids)
+    ids = text.replace(",", " ").split()
+    if not ids or len(text) > 100_000 or not all(i.isdigit() and i.isascii() and len(i) < 19 for i in ids):
+        raise InvalidInput(f"job_ids must be PandaIDs (repeated, or separated by commas or spaces), got {text[:80]!r}")
+    rows = svc(request).job_status([int(i) for i in ids])
+    return ok([{"job_id": r["PandaID"], "status": "not found" if r["status"] == "notfound" else r["status"],
+                "attempt_number": r["attemptNr"]} for r in rows])
 
 
-@router.post("/pilot/update_worker_pilot_status", tags=["pilot"])
-def update_worker_pilot_status(body: PilotStatus, request: Request) -> Response:
+@router.post("/pilot/update_worker_status", tags=["pilot"])
+def update_worker_status(body: PilotStatus, request: Request) -> Response:
+    """The real server's path (worker_id, harvester_id, status, node_id)."""
     caller = Caller(authorize(request, "pilot"), body.harvester_id)
     svc(request).update_worker_pilot_status(body.harvester_id, str(body.worker_id), body.status, body.site,
                                             body.node_id, caller=caller)
     return ok(True)
+
+
+@router.post("/pilot/update_worker_pilot_status", tags=["pilot"])
+def update_worker_pilot_status(body: PilotStatus, request: Request) -> Response:
+    """Older name of pilot/update_worker_status, kept for clients that still use it."""
+    return update_worker_status(body, request)
 
 
 @router.post("/event/acquire_event_ranges", tags=["event"])
@@ -80,7 +92,10 @@ async def update_event_ranges(body: UpdateRanges, request: Request) -> Response:
 
 @router.get("/event/get_available_event_range_count", tags=["event"])
 def get_available_event_range_count(request: Request,  # a count over the ready index: off the event loop
-                                    task_id: int | None = Query(None, ge=0, le=BIG)) -> Response:
+                                    task_id: int | None = Query(None, ge=0, le=BIG),
+                                    job_id: int | None = Query(None, ge=0, le=BIG),
+                                    jobset_id: int | None = Query(None, ge=0, le=BIG)) -> Response:
+    """The real server takes job_id, jobset_id and task_id; ranges are task-wide here (jumbo), so the task counts."""
     authorize(request, "event")
     return ok(svc(request).available_range_count(task_id))
 
@@ -124,7 +139,7 @@ def get_access_token(request: Request, client_name: str = Query(max_length=200),
     authority = request.app.state.authority
     if authority is None:
         raise InvalidInput("the service runs in trusted mode: there are no tokens to get")
-    return ok(authority.exchange(claims, client_name, token_key))
+    return ok({"user_proxy": authority.exchange(claims, client_name, token_key)})  # the real server's shape
 
 
 @router.get("/creds/get_token_key", tags=["creds"])
@@ -133,12 +148,13 @@ def get_token_key(request: Request, client_name: str = Query(max_length=200)) ->
     authority = request.app.state.authority
     if authority is None:
         raise InvalidInput("the service runs in trusted mode: there are no token keys")
-    return ok(authority.key_for(claims, client_name)[1])  # who may mint for which name: tokens.key_for
+    # who may mint for which name: tokens.key_for; {"tokenKey": ...} as the real server answers
+    return ok({"tokenKey": authority.key_for(claims, client_name)[1]})
 
 
 @router.get("/system/is_alive", tags=["system"])
 async def is_alive() -> Response:
-    return ok("alive")
+    return ok(None)  # the real server: success=true, data null
 
 
 @router.get("/metaconfig/get_resource_types", tags=["metaconfig"])

@@ -141,7 +141,8 @@ class SyntheticCentral:
                     results.append("applied")
             return {"Returns": [True] * len(reports), "Results": results, "Command": None}
         if name == "pilot/update_jobs_bulk":
-            return [{"StatusCode": 0} for _ in body.get("job_list", [])]
+            return [{"success": True, "message": "", "data": {"StatusCode": 0, "command": "NULL"}}
+                    for _ in body.get("job_list", [])]  # one update_job envelope per job, as the real server
         if name == "event/get_available_event_range_count":
             return len(self.ready)
         raise KeyError(f"the synthetic central service does not answer {method} {path}")

@@ -65,7 +65,8 @@ class HttpTransport:
     base_url: str
     timeout: float = 30.0
     recorder: Callable[[dict[str, Any]], None] | None = None
-    verify: bool | str = True
+    verify: bool | str = True  # True: the system's CAs; a path: a CA bundle (file or directory)
+    cert: str | tuple[str, str] | None = None  # x509 client certificate: "cert.pem" or ("cert.pem", "key.pem")
     _session: requests.Session | None = field(default=None, repr=False)
 
     def request(self, method: str, path: str, *, params: Any = None, json: Any = None,
@@ -78,7 +79,8 @@ class HttpTransport:
         result, error = None, None
         try:
             resp = self._session.request(method, url, params=params, json=json, data=data, headers=headers,
-                                         timeout=timeout or self.timeout, verify=self.verify)
+                                         timeout=timeout or self.timeout, verify=self.verify,
+                                         cert=self.cert)
             result = HttpResult(resp.status_code, dict(resp.headers), resp.content, time.monotonic() - start)
             log.debug("%s %s -> %d in %.3fs", method, path, resp.status_code, result.duration)
             return result

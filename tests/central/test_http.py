@@ -36,7 +36,7 @@ def test_v1_flow_through_client(client, trusted_central):
     assert [j["taskID"] for j in jobs] == [task_id] and jobs[0]["eventService"] == "True"
     pid = jobs[0]["PandaID"]
     assert client.update_job(pid, "running", core_count=4) == {"StatusCode": 0, "command": "NULL"}
-    ranges = client.acquire_event_ranges(pid, task_id, 4)
+    ranges = client.acquire_event_ranges(pid, task_id, task_id, 4)  # jobsetID = task id here
     assert [r["startEvent"] for r in ranges] == [1, 11, 21, 31]
     reports = [{"eventRangeID": r["eventRangeID"], "eventStatus": "finished"} for r in ranges]
     assert client.update_event_ranges(reports)["Results"] == ["applied"] * 4
@@ -237,7 +237,7 @@ def test_standalone_serve_stops_on_sigterm(tmp_path):
         line = proc.stdout.readline()
         assert "listening on http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() else "")
         url = line.split()[4]
-        assert requests.get(url + "/api/v1/system/is_alive", timeout=5).json()["data"] == "alive"
+        assert requests.get(url + "/api/v1/system/is_alive", timeout=5).json()["success"] is True
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0

@@ -27,7 +27,7 @@ def test_pilot_key_flow_and_revocation(token_central):
     initial, key = auth.pilot_credentials("worker-1", ("pilot",))
     # exchange: a short-lived token signed by the service, with audience and scope
     resp = get(url, "/api/v1/creds/get_access_token", initial, client_name="worker-1", token_key=key)
-    short = resp.json()["data"]
+    short = resp.json()["data"]["user_proxy"]  # the real server's shape
     claims = jwt.decode(short, options={"verify_signature": False})
     assert claims["aud"] == "harvester-edge" and claims["scope"] == "pilot"
     assert claims["exp"] - claims["iat"] == 3600
@@ -74,7 +74,7 @@ def test_rejected_tokens_get_403_and_change_nothing(token_central):
                        headers={"Authorization": f"Bearer {good}"})
     assert ok.json()["data"]["jobs"][0]["taskID"] == task_id
     # is_alive needs no token; task operations need the admin scope
-    assert get(url, "/api/v1/system/is_alive").json()["data"] == "alive"
+    assert get(url, "/api/v1/system/is_alive").json() == {"success": True, "message": "", "data": None}
     assert get(url, "/api/v1/task/list", good).status_code == 403
     assert get(url, "/api/v1/task/list", wrong_scope).json()["success"] is True
 
@@ -170,7 +170,7 @@ def test_every_token_has_a_kid_and_tokens_without_one_are_refused(token_central)
     url, auth = token_central.url, token_central.authority
     plain = auth.issue("x", ["pilot"])
     initial, key = auth.pilot_credentials("p", ("pilot",))
-    fresh = get(url, "/api/v1/creds/get_access_token", initial, client_name="p", token_key=key).json()["data"]
+    fresh = get(url, "/api/v1/creds/get_access_token", initial, client_name="p", token_key=key).json()["data"]["user_proxy"]
     for token in (plain, initial, fresh):
         kid = claims_of(token)["kid"]
         assert key_row(auth, kid)["client_name"] == claims_of(token)["sub"]
@@ -193,9 +193,9 @@ def test_a_pilot_key_chain_ends_with_its_first_key(token_central):
     first = key_row(auth, claims_of(initial)["kid"])
     token = initial
     for _ in range(3):
-        key = get(url, "/api/v1/creds/get_token_key", token, client_name="pilot-a").json()["data"]
+        key = get(url, "/api/v1/creds/get_token_key", token, client_name="pilot-a").json()["data"]["tokenKey"]
         # exchange with the new key: the token descends from the new key, whose expiry is capped by its parent
-        token = get(url, "/api/v1/creds/get_access_token", token, client_name="pilot-a", token_key=key).json()["data"]
+        token = get(url, "/api/v1/creds/get_access_token", token, client_name="pilot-a", token_key=key).json()["data"]["user_proxy"]
         row = key_row(auth, claims_of(token)["kid"])
         assert row["key_id"] != first["key_id"]
         assert row["expires"] <= first["expires"] and row["scope"] == "pilot"
@@ -218,9 +218,9 @@ def test_who_may_mint_keys_for_whom(token_central):
                                headers={"Authorization": f"Bearer {harvester}"}, timeout=10)
         assert legacy.status_code == 403, name
     assert get(url, "/api/v1/creds/get_token_key", pilot, client_name="h1/worker/1").status_code == 403
-    key = get(url, "/api/v1/creds/get_token_key", harvester, client_name="h1/worker/7").json()["data"]
+    key = get(url, "/api/v1/creds/get_token_key", harvester, client_name="h1/worker/7").json()["data"]["tokenKey"]
     token = get(url, "/api/v1/creds/get_access_token", harvester, client_name="h1/worker/7",
-                token_key=key).json()["data"]
+                token_key=key).json()["data"]["user_proxy"]
     claims = claims_of(token)
     assert (claims["sub"], claims["scope"], claims["harvester"], claims["worker"]) == \
         ("h1/worker/7", "pilot", "h1", "7")

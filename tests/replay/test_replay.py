@@ -20,14 +20,15 @@ def with_queue(**changes):
     return adjust
 
 
-@pytest.mark.parametrize("name", ["slurm.jsonl.gz", "lsf.jsonl.gz"])
+@pytest.mark.parametrize("name", ["slurm.jsonl.gz", "lsf.jsonl.gz", "remote.jsonl.gz"])
 def test_checked_in_traces_replay_without_divergence(traces_dir, name):
     head, records = trace.read_trace(traces_dir / name)
     report = replay(traces_dir / name)
     assert report.ok, report.render()
     assert report.cycles == sum(1 for r in records if r["kind"] == "cycle")
     assert report.calls == sum(1 for r in records if r["kind"] != "cycle" and r.get("cycle"))
-    batch = {"slurm.jsonl.gz": {"sbatch", "squeue"}, "lsf.jsonl.gz": {"bsub", "bjobs"}}[name]
+    batch = {"slurm.jsonl.gz": {"sbatch", "squeue"}, "lsf.jsonl.gz": {"bsub", "bjobs"},
+             "remote.jsonl.gz": {"bsub", "bjobs"}}[name]
     assert batch <= {r["argv"][0] for r in records if r["kind"] == "command"}
 
 

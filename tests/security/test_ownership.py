@@ -116,7 +116,9 @@ def test_v1_foreign_harvester_changes_nothing(token_central, two_harvesters):
             answer = b.data("event/update_event_ranges", {"event_ranges": text, "version": version})
             assert answer["Results"] == ["refused"] * 3 and answer["Returns"] == [False] * 3, (status, version)
     answers = b.data("pilot/update_jobs_bulk", {"job_list": [{"jobId": ja, "state": "failed"}]})
-    assert answers[0]["StatusCode"] == 70 and "site-a" in answers[0]["ErrorDiag"]
+    # one update_job envelope per job, as the real server answers
+    assert answers[0]["success"] is False and answers[0]["data"]["StatusCode"] == 70
+    assert "site-a" in answers[0]["data"]["ErrorDiag"] and "site-a" in answers[0]["message"]
     assert snapshot(token_central) == before
 
     # a mixed request: B's own entries are applied, A's refused
@@ -125,7 +127,7 @@ def test_v1_foreign_harvester_changes_nothing(token_central, two_harvesters):
     assert answer["Results"] == ["applied", "refused"]
     answers = b.data("pilot/update_jobs_bulk", {"job_list": [{"jobId": jb, "state": "running"},
                                                              {"jobId": ja, "state": "running"}]})
-    assert [x["StatusCode"] for x in answers] == [0, 70]
+    assert [x["data"]["StatusCode"] for x in answers] == [0, 70]
     status = dict(token_central.service.db.query(
         "SELECT printf('%d-%d', task_id, process_id), status FROM ranges WHERE status != 0"))
     key = lambda rid: "-".join(rid.split("-")[i] for i in (0, 3))  # noqa: E731
@@ -140,7 +142,7 @@ def test_v1_foreign_harvester_changes_nothing(token_central, two_harvesters):
     admin = V1(token_central, mint(token_central, "ops", ["admin", "harvester"]))
     assert admin.report([{"eventRangeID": ra[1], "eventStatus": "failed", "errorCode": 1}])["Results"] == ["applied"]
     assert admin.data("pilot/update_jobs_bulk", {"job_list": [{"jobId": ja, "state": "running"}]})[0][
-        "StatusCode"] == 0
+        "data"]["StatusCode"] == 0
 
 
 def test_legacy_foreign_harvester_changes_nothing(token_central, two_harvesters):
@@ -223,7 +225,7 @@ def test_trusted_mode_holds_a_named_harvester_to_its_jobs(trusted_central):
     assert resp.status_code == 403 and "h1" in resp.json()["message"]
     answers = client.data("pilot/update_jobs_bulk", {"job_list": [{"jobId": job, "state": "running"}],
                                                      "harvester_id": "h2"})
-    assert answers[0]["StatusCode"] == 70
+    assert answers[0]["data"]["StatusCode"] == 70
     assert Legacy(trusted_central, None).post("updateJob", {"jobId": job, "state": "running",
                                                             "harvester_id": "h2"}).status_code == 403
     assert snapshot(trusted_central) == before
