@@ -57,7 +57,6 @@ def start_services(ctx: AgentContext, record: Path | str | None = None) -> Servi
     """
     from harvester_edge.central.client import CentralClient
     from harvester_edge.seams.commands import CommandRunner
-    from harvester_edge.seams.http import HttpTransport
 
     services = Services()
     recording = None

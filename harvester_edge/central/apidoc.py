@@ -236,9 +236,14 @@ _V1: dict[str, tuple[str | None, str, str, str, dict | None]] = {  # path: (modu
     "/api/v1/pilot/get_job_status": (
         "pilot", "Status of jobs", "job_ids: PandaIDs. Read-only.",
         "one entry per job with its status and attempt number.", None),
-    "/api/v1/pilot/update_worker_pilot_status": (
+    "/api/v1/pilot/update_worker_status": (
         "pilot", "A worker's pilot started or finished", "harvester_id, worker_id, status (started | finished), "
-        "site, node_id; a harvester may only write its own workers.", "true.", None),
+        "site, node_id (PanDA's pilot/update_worker_status); a harvester may only write its own workers.",
+        "true.", None),
+    "/api/v1/pilot/update_worker_pilot_status": (
+        "pilot", "A worker's pilot started or finished (older name)", "The older name of "
+        "pilot/update_worker_status, kept for clients that still use it: the same parameters and checks.",
+        "true.", None),
     "/api/v1/event/acquire_event_ranges": (
         "event", "Get event ranges for a job", "job_id (and its task_id, jobset_id), n_ranges. The ranges are "
         "reserved for the job; a job that ended or must die gets none.",

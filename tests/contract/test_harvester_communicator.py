@@ -11,7 +11,6 @@ says so (a strict xfail naming the disagreement, so it turns red the day both ag
 - event/acquire_event_ranges: the communicator sends the legacy names (pandaID, nRanges, ...) and reads
   data["StatusCode"] / data["eventRanges"]; the server takes job_id, n_ranges and answers data=[ranges].
 - metaconfig/get_resource_types: the communicator reads data["ResourceTypes"]; the server answers data=[...].
-Calls whose server side is fixed on branch `remote` are strict xfails with reason "shape fixed on branch remote".
 """
 from __future__ import annotations
 
@@ -29,7 +28,6 @@ HARVESTER = "h-real"
 SITE = "SITE_A"
 ORIGIN = "atlas.production"  # pandacon.auth_origin: a VO role, not a web origin
 PAYLOAD = {"kind": "python", "callable": "jumbo.payloads:simulate", "args": {"size": 8}}
-REMOTE = pytest.mark.xfail(strict=True, reason="shape fixed on branch remote")
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +189,6 @@ def test_get_event_ranges_as_the_communicator_sends_it(live):
 
 
 # -- the calls whose server side branch `remote` owns ---------------------------------------------------------
-@REMOTE
 def test_update_jobs_gets_one_envelope_per_job(live):
     job = live["job"]
     answers = live["comm"].update_jobs([{"job_id": job["PandaID"], "site_name": SITE, "job_status": "running",
@@ -200,7 +197,6 @@ def test_update_jobs_gets_one_envelope_per_job(live):
     assert answers[0]["success"] is True and answers[0]["data"]["StatusCode"] == 0
 
 
-@REMOTE
 def test_update_event_ranges_answers_a_status_code(live):
     job = live["job"]
     ranges = live["central"].service.acquire_event_ranges(job["PandaID"], None, 1)
@@ -209,7 +205,6 @@ def test_update_event_ranges_answers_a_status_code(live):
     assert ret["StatusCode"] == 0 and ret["Returns"] == [True]
 
 
-@REMOTE
 def test_get_token_key(live):
     key, _ = live["comm"].get_token_key(f"{HARVESTER}/worker/7")
     assert isinstance(key, str) and len(key) > 20
