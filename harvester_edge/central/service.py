@@ -256,6 +256,11 @@ def _acquire_ranges(conn, job_id: Any, task_id: Any, n_ranges: int, now: float,
     if task["status"] not in jobs.ACTIVE_TASK:
         return []
     conn.execute("UPDATE jobs SET heartbeat=? WHERE panda_id=?", (now, job_id))
+    if jobs.task_kind(task) == "ordinary":  # its one unit of work, claimed at dispatch: handed out once
+        rows = conn.execute("UPDATE ranges SET status=2, modified=? WHERE task_id=? AND panda_id=? AND status=1 "
+                            "RETURNING process_id, start_event, last_event, attempt_nr",
+                            (now, task["task_id"], job_id)).fetchall()
+        return events.render_ranges(task, job_id, rows)
     return events.claim(conn, task, job_id, n_ranges, now)
 
 
