@@ -58,6 +58,9 @@ CREATE INDEX IF NOT EXISTS ranges_ready ON ranges(task_id, process_id) WHERE sta
 CREATE TABLE IF NOT EXISTS workers (
     harvester_id TEXT NOT NULL, worker_id TEXT NOT NULL, status TEXT, pilot_status TEXT, site TEXT, node TEXT,
     attrs TEXT, modified REAL NOT NULL, PRIMARY KEY (harvester_id, worker_id));
+CREATE TABLE IF NOT EXISTS worker_nodes (
+    site TEXT NOT NULL, host_name TEXT NOT NULL, attrs TEXT, gpus TEXT, modified REAL NOT NULL,
+    PRIMARY KEY (site, host_name));
 CREATE TABLE IF NOT EXISTS harvesters (harvester_id TEXT PRIMARY KEY, last_heartbeat REAL, attrs TEXT);
 CREATE TABLE IF NOT EXISTS error_classes (
     id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, code INTEGER NOT NULL,

@@ -197,6 +197,23 @@ def _text(fields: dict, key: str, size: int) -> str | None:
     return str(value)[-size:]  # the tail: a log extract's last lines matter most
 
 
+def log_file_of(panda_id: int, xml: Any) -> str | None:
+    """The job's log tarball as the pilot reports it after stage-out (updateJob `xml`: JSON {lfn: {guid, fsize,
+    adler32, surl}}): JSON {lfn, guid, fsize, adler32, surl} of the entry named *.<PandaID>.log.tgz, else None."""
+    if not isinstance(xml, str) or not xml.strip().startswith("{"):
+        return None
+    try:
+        files = json.loads(xml)
+    except ValueError:
+        return None
+    for lfn, meta in (files.items() if isinstance(files, dict) else []):
+        if isinstance(lfn, str) and lfn.endswith(f".{panda_id}.log.tgz") and isinstance(meta, dict):
+            entry = {"lfn": lfn[:200], **{k: meta.get(k) for k in ("guid", "fsize", "adler32", "surl")}}
+            text = json.dumps(entry, default=str)
+            return text if len(text) <= 2000 else None
+    return None
+
+
 def record_pilot_fields(conn: sqlite3.Connection, panda_id: int, fields: dict) -> None:
     """What the PanDA pilot reports besides its state: startTime/endTime, pilotID, pilotTiming, CPU, max RSS,
     the pilot log tail (pilotLog) and the job's log file (from its xml/metadata, if it names one)."""
@@ -210,11 +227,12 @@ def record_pilot_fields(conn: sqlite3.Connection, panda_id: int, fields: dict) -
     conn.execute(
         "UPDATE jobs SET start_time=coalesce(?, start_time), end_time=coalesce(?, end_time), "
         "pilot_id=coalesce(?, pilot_id), pilot_timing=coalesce(?, pilot_timing), cpu_time=coalesce(?, cpu_time), "
-        "cpu_unit=coalesce(?, cpu_unit), max_rss=coalesce(?, max_rss), pilot_log=coalesce(?, pilot_log) "
-        "WHERE panda_id=?",
+        "cpu_unit=coalesce(?, cpu_unit), max_rss=coalesce(?, max_rss), pilot_log=coalesce(?, pilot_log), "
+        "log_file=coalesce(?, log_file) WHERE panda_id=?",
         (_time(fields, "startTime"), _time(fields, "endTime"), _text(fields, "pilotID", 300),
          _text(fields, "pilotTiming", 200), cpu, _text(fields, "cpuConsumptionUnit", 200),
-         _int(fields, "maxRSS") or None, _text(fields, "pilotLog", 4096), panda_id))
+         _int(fields, "maxRSS") or None, _text(fields, "pilotLog", 4096), log_file_of(panda_id, fields.get("xml")),
+         panda_id))
 
 
 def end_job(conn: sqlite3.Connection, job: sqlite3.Row, task: sqlite3.Row, failed: bool, source: str,

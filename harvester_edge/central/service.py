@@ -199,6 +199,15 @@ class CentralService:
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET pilot_status=excluded.pilot_status, "
             "node=coalesce(excluded.node, node), modified=excluded.modified", (*row, n)), self._now(now))
 
+    def update_worker_node(self, node: dict, gpu: bool = False, now: float | None = None) -> None:
+        """A pilot's description of its node (v1 pilot/update_worker_node[_gpu]), one row per (site, host)."""
+        text = limits.attrs("worker node", node)
+        column = "gpus" if gpu else "attrs"
+        self.db.write(lambda c, n: c.execute(
+            f"INSERT INTO worker_nodes (site, host_name, {column}, modified) VALUES (?, ?, ?, ?) "
+            f"ON CONFLICT (site, host_name) DO UPDATE SET {column}=excluded.{column}, modified=excluded.modified",
+            (node["site"], node["host_name"], text, n)), self._now(now))
+
     # -- watchdog and errors --------------------------------------------------------------------------------
     def run_watchdog(self, now: float | None = None) -> list[int]:
         now = self._now(now)
