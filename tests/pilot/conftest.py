@@ -36,7 +36,7 @@ def start(tmp_path, trusted: bool, access_lifetime: int = 3600) -> EmbeddedCentr
 def pilot_credentials(central: EmbeddedCentral) -> tuple[str, str]:
     """What a harvester gives the pilot of its worker 1: the worker's own token and key (tokens.py)."""
     auth = central.authority
-    harvester = auth.verify(auth.issue(HARVESTER, ["harvester"]))
+    harvester = auth.verify(auth.issue(HARVESTER, ["harvester"], lifetime=86400))  # its key bounds the pilot's
     name = f"{HARVESTER}/worker/{WORKER}"
     key = auth.key_for(harvester, name)[1]
     return auth.exchange(harvester, name, key), key
