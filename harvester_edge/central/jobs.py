@@ -62,6 +62,8 @@ def render_job(job: sqlite3.Row | dict, task: sqlite3.Row | dict, remaining_even
         "realDatasets": _csv([dataset] * (len(outs) + 1)), "destinationDblock": _csv([dataset] * (len(outs) + 1)),
         "destinationDBlockToken": _csv(["NULL"] * (len(outs) + 1)),
         "fileDestinationSE": _csv(["local"] * (len(outs) + 1)), "ddmEndPointOut": _csv([""] * (len(outs) + 1)),
+        # sizing hints of this service (not PanDA fields): the harvester sizes jumbo workers with them
+        "nEventsRemaining": 1, "secondsPerEvent": task["seconds_per_event"],
     }
     if kind == "eventservice":
         out.update({"eventService": "True", "eventServiceType": 1, "nEvents": task["n_events"],
@@ -327,6 +329,7 @@ def lose_heartbeats(conn: sqlite3.Connection, cutoff: float, now: float) -> list
     for job in jobs:
         conn.execute("UPDATE jobs SET status='failed', dispatcher_error_code=?, dispatcher_error_diag=?, "
                      "modified=?, end_time=? WHERE panda_id=?", (code, diag, now, now, job["panda_id"]))
+        record_state(conn, job["panda_id"], "failed", now)
         task = conn.execute("SELECT * FROM tasks WHERE task_id=?", (job["task_id"],)).fetchone()
         end_job(conn, job, task, True, "jobDispatcher", code, diag, now)
     return [j["panda_id"] for j in jobs]

@@ -41,13 +41,16 @@ class CentralService:
         self.default_attempts = default_attempts
         self.heartbeat_timeout = heartbeat_timeout
         self.clock = clock
+        self.pilot_log_dir: Path | None = None  # where PanDA pilots stage out log tarballs (the monitor reads it)
 
     @classmethod
     def open(cls, path: Path, settings: Any = None, clock: Callable[[], float] = time.time) -> "CentralService":
         db = Database(path).open()
         if settings is None:
             return cls(db, clock=clock)
-        return cls(db, settings.max_attempts, settings.heartbeat_timeout, clock)
+        svc = cls(db, settings.max_attempts, settings.heartbeat_timeout, clock)
+        svc.pilot_log_dir = getattr(settings, "pilot_log_dir", None)
+        return svc
 
     def close(self) -> None:
         self.db.close()

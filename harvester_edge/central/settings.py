@@ -46,6 +46,9 @@ class CentralSettings(BaseModel, extra="forbid"):
     allowed_origins: list[str] = Field(default_factory=list, description="web origins (scheme://host:port) "
                                        "allowed to make state-changing calls besides the service's own")
     tokens: TokenSettings = Field(default_factory=TokenSettings)
+    pilot_log_dir: Path | None = Field(None, description="where PanDA pilots stage out job log tarballs (their -a "
+                                       "work directory with `mv` stage-out): the monitor's job page serves "
+                                       "<dir>/<logFile> or <dir>/<one sub-directory>/<logFile>")
     heartbeat_timeout: IntDuration = Field(2 * 3600, description="jobs without heartbeat this long fail (code 100)")
     watchdog_interval: Duration = Field(60, gt=0)
     max_attempts: int = Field(3, ge=1, le=100, description="default attempts of a task's ranges")

@@ -97,8 +97,12 @@ def job(service: CentralService, hdb: Path | None, params: dict, now: float, pan
             "cpu": charts.line_chart(charts.monitor_series(samples, "cpu"),
                                      f"worker {w['id']}: CPU time per rank (s)"),
         })
+    pilot = data.pilot_fields(j)
+    log_dir = getattr(service, "pilot_log_dir", None)
+    pilot["tarball"] = data.find_log_tarball(log_dir, (pilot["log_file"] or {}).get("lfn")) is not None
     return "job.html", {
         "title": f"job {panda_id}", "job": j, "local": local[0] if local else None, "panels": panels,
+        "pilot": pilot,
         "older_workers": workers[:-MAX_PANELS] if len(workers) > MAX_PANELS else [],
         "ranges": view("ranges", ranges, ["process_id", "start_event", "last_event", "status", "attempt_nr",
                                           "failures", "error_code", "error_diag", "harvester_state", "worker"],

@@ -27,7 +27,8 @@ def trf(tmp_path):
 
 def start(tmp_path, trusted: bool, access_lifetime: int = 3600) -> EmbeddedCentral:
     settings = CentralSettings(db=tmp_path / "central.db", host="127.0.0.1", port=0, trusted=trusted,
-                               tokens=TokenSettings(access_lifetime=access_lifetime))
+                               tokens=TokenSettings(access_lifetime=access_lifetime),
+                               pilot_log_dir=tmp_path / "pilot")  # the pilots' -a directory (harness.py)
     central = EmbeddedCentral(settings)
     central.start()
     return central

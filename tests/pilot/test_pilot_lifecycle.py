@@ -1,7 +1,12 @@
 """The real PanDA pilot (panda-pilot from PyPI) runs ordinary jobs of the embedded service end to end."""
 from __future__ import annotations
 
+import html
+import io
 import json
+import tarfile
+
+import requests
 
 from .harness import trf_script
 
@@ -45,6 +50,16 @@ def test_full_lifecycle(site):
     assert any(p.name == log["lfn"] for p in run.log_tarballs())
     worker = site.central.service.db.query("SELECT pilot_status FROM workers WHERE harvester_id='edge-test'")
     assert worker and worker[0]["pilot_status"] == "finished"  # updateWorkerPilotStatus started ... finished
+    # ... and all of it on the monitor's job page, the tarball downloadable from there
+    params = {} if site.mode == "trusted" else {"token": site.central.authority.issue("ops", ["admin"])}
+    page = requests.get(f"{site.central.url}/monitor/job/{job['panda_id']}", params=params, timeout=10)
+    assert page.status_code == 200
+    for text in ("PanDA pilot", row["pilot_id"], "stage-in", log["lfn"], f"/monitor/job/{job['panda_id']}/log"):
+        assert html.escape(text) in page.text, text
+    assert page.text.count('class="state') >= 5  # the state history, one badge per state
+    tarball = requests.get(f"{site.central.url}/monitor/job/{job['panda_id']}/log", params=params, timeout=10)
+    assert tarball.status_code == 200 and len(tarball.content) == log["fsize"]
+    assert tarfile.open(fileobj=io.BytesIO(tarball.content)).getnames()  # a real tarball, as the pilot made it
 
 
 def test_failing_payload_fails_with_the_pilots_error_code(trusted_site):
