@@ -1,21 +1,24 @@
-"""A job from a real PanDA server -> what the jumbo pilot runs, and the worker shape its own fields ask for.
+"""The one mapping "PanDA job dict -> what the jumbo pilot runs", and the worker shape a real job's fields ask for.
 
 The embedded service adds four extensions to its job descriptions: `payload` (what jumbo runs), `eventsPerRange`,
-`secondsPerEvent` and `nEventsRemaining`. A real server's job has none of them, only the PanDA fields
-(panda-protocol.md "Job description"). This module is the one place that maps such a job; a job that already has a
-`payload` passes unchanged. Self-contained on purpose (no import of the rest of harvester-edge).
-
-- payload: the job's `transformation` and `jobPars` as a command, run once per event range in a fresh process:
+`secondsPerEvent` and `nEventsRemaining`. Three kinds of job reach a jumbo pilot:
+- a jumbo task's job (the embedded service): it carries `payload`, run as is (without the service's `kind` tag);
+- an ordinary task's job (the embedded service: sizing extensions, no `payload`): its `transformation` (an http(s)
+  URL the operator points at a server the compute nodes reach) is downloaded and run with its `jobPars` through
+  the callable jumbo.transform:run, once per event range, as the PanDA pilot's generic user runs it;
+- a real PanDA server's job (none of the extensions, panda-protocol.md "Job description"): the transformation and
+  jobPars become a command, run once per event range in a fresh process:
   ``[<transformation>, *shlex.split(jobPars)]``, and when jobPars does not place the range itself (no
   ``{first_event}``/``{last_event}``/``{output}`` in it), ``--firstEvent={first_event} --lastEvent={last_event}
   --outputFile={output}`` appended. Literal braces in jobPars are kept (escaped for the pilot's template). A
   transformation given as an http(s) URL (a grid pilot downloads it) is run by its file name: an HPC site
-  installs its transformations (the appliance does not download code from the web at run time).
-- event ranges come from the server's own calls (event/acquire_event_ranges with the job's real jobsetID); the
+  installs the transformations of the server it serves (compute nodes rarely reach a grid server).
+  Event ranges come from the server's own calls (event/acquire_event_ranges with the job's real jobsetID); the
   job's size in events is not known in advance (None), so the harvester runs one worker at a time for it until
-  the server has no more ranges.
-- the worker: `coreCount` cores per rank (one range at a time per rank), as many ranks per node as the node's cores
-  and memory (`minRamCount` MB per rank) allow, and a walltime of `maxWalltime` seconds within the queue's limits.
+  the server has no more ranges. The worker: `coreCount` cores per rank (one range at a time per rank), as many
+  ranks per node as the node's cores and memory (`minRamCount` MB per rank) allow, and a walltime of
+  `maxWalltime` seconds within the queue's limits.
+Self-contained on purpose (no import of the rest of harvester-edge).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 EXTENSIONS = ("payload", "eventsPerRange", "secondsPerEvent", "nEventsRemaining")
+TRANSFORM_CALLABLE = "jumbo.transform:run"
 PLACEHOLDERS = ("{first_event}", "{last_event}", "{output}")
 RANGE_ARGS = ["--firstEvent={first_event}", "--lastEvent={last_event}", "--outputFile={output}"]
 
@@ -76,10 +80,26 @@ def command_payload(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def pilot_job(job: dict[str, Any]) -> dict[str, Any]:
-    """The job as the harvester keeps it: a real job gets its `payload`; the embedded service's jobs pass."""
-    if not is_real(job):
+    """The job as the harvester keeps it: a real server's job gets its command `payload`; the embedded service's
+    jobs pass unchanged (jumbo_payload maps them when their job spec is written)."""
+    if not is_real(job) or not from_real_server(job):
         return job
     return {**job, "payload": command_payload(job)}
+
+
+def jumbo_payload(job: dict[str, Any]) -> dict[str, Any]:
+    """The payload spec jumbo runs for this job (module doc); JobPayloadError naming the PandaID when it has none."""
+    if isinstance(job.get("payload"), dict):
+        payload = dict(job["payload"])
+        payload.pop("kind", None)
+        return payload
+    trf = job.get("transformation")
+    if not isinstance(trf, str) or not trf.startswith(("http://", "https://")):
+        raise JobPayloadError(f"job {job.get('PandaID')}: no payload and no http(s) transformation ({trf!r:.100}): "
+                              f"jumbo cannot run it")
+    return {"callable": TRANSFORM_CALLABLE, "isolation": "process", "output": False,
+            "args": {"transformation": trf, "job_parameters": str(job.get("jobPars") or ""),
+                     "cores": int(job.get("coreCount") or 1)}}
 
 
 def events_total(job: dict[str, Any]) -> int | None:

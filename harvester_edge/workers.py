@@ -10,6 +10,7 @@ from typing import Any
 from jumbo import protocol
 
 from harvester_edge.batch import WorkerSpec
+from harvester_edge.jobpayload import jumbo_payload
 from harvester_edge.config import QueueConfig, SiteConfig
 
 HEARTBEAT_INTERVAL = 10.0  # seconds between the pilot's heartbeat files
@@ -36,10 +37,8 @@ def access_point(config: SiteConfig, worker_id: int) -> Path:
 
 
 def pilot_payload(job_spec: dict[str, Any]) -> dict[str, Any]:
-    """The payload spec as jumbo reads it: the central service's task payload without its `kind` tag."""
-    payload = dict(job_spec.get("payload") or {})
-    payload.pop("kind", None)
-    return payload
+    """The payload spec as jumbo reads it (harvester_edge.jobpayload: the task payload, or transformation+jobPars)."""
+    return jumbo_payload(job_spec)
 
 
 def write_job_spec(ap: Path, jobs: list[dict[str, Any]], walltime: int, drain_warning: int, ranks: int) -> None:

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     n_events INTEGER NOT NULL, events_per_range INTEGER NOT NULL, seconds_per_event REAL NOT NULL,
     memory_per_rank_mb INTEGER NOT NULL, max_attempts INTEGER NOT NULL, n_jobs INTEGER NOT NULL,
     job_failures INTEGER NOT NULL DEFAULT 0, guid TEXT NOT NULL,
-    status TEXT NOT NULL, diag TEXT NOT NULL DEFAULT '', created REAL NOT NULL, modified REAL NOT NULL);
+    status TEXT NOT NULL, diag TEXT NOT NULL DEFAULT '', created REAL NOT NULL, modified REAL NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'jumbo', job_spec TEXT);
 CREATE TABLE IF NOT EXISTS jobs (
     panda_id INTEGER PRIMARY KEY AUTOINCREMENT, task_id INTEGER NOT NULL REFERENCES tasks(task_id),
     status TEXT NOT NULL, attempt_nr INTEGER NOT NULL, command TEXT,
@@ -41,7 +42,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     pilot_error_code INTEGER NOT NULL DEFAULT 0, pilot_error_diag TEXT NOT NULL DEFAULT '',
     exe_error_code INTEGER NOT NULL DEFAULT 0, exe_error_diag TEXT NOT NULL DEFAULT '',
     trans_exit_code INTEGER NOT NULL DEFAULT 0,
-    dispatcher_error_code INTEGER NOT NULL DEFAULT 0, dispatcher_error_diag TEXT NOT NULL DEFAULT '');
+    dispatcher_error_code INTEGER NOT NULL DEFAULT 0, dispatcher_error_diag TEXT NOT NULL DEFAULT '',
+    state_history TEXT, pilot_id TEXT, pilot_timing TEXT, cpu_time REAL, cpu_unit TEXT, max_rss INTEGER,
+    pilot_log TEXT, log_file TEXT);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, task_id);
 CREATE TABLE IF NOT EXISTS ranges (
     task_id INTEGER NOT NULL REFERENCES tasks(task_id), process_id INTEGER NOT NULL,
@@ -55,6 +58,9 @@ CREATE INDEX IF NOT EXISTS ranges_ready ON ranges(task_id, process_id) WHERE sta
 CREATE TABLE IF NOT EXISTS workers (
     harvester_id TEXT NOT NULL, worker_id TEXT NOT NULL, status TEXT, pilot_status TEXT, site TEXT, node TEXT,
     attrs TEXT, modified REAL NOT NULL, PRIMARY KEY (harvester_id, worker_id));
+CREATE TABLE IF NOT EXISTS worker_nodes (
+    site TEXT NOT NULL, host_name TEXT NOT NULL, attrs TEXT, gpus TEXT, modified REAL NOT NULL,
+    PRIMARY KEY (site, host_name));
 CREATE TABLE IF NOT EXISTS harvesters (harvester_id TEXT PRIMARY KEY, last_heartbeat REAL, attrs TEXT);
 CREATE TABLE IF NOT EXISTS error_classes (
     id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, code INTEGER NOT NULL,
@@ -69,17 +75,29 @@ CREATE INDEX IF NOT EXISTS token_keys_client ON token_keys(client_name, created)
 """
 
 
-# token_keys columns added after schema 1 shipped: (name, SQL type). Old DBs get them in place on open.
+# Columns added after schema 1 shipped: table -> (name, SQL type). Old DBs get them in place on open.
 TOKEN_KEY_COLUMNS = (("scope", "TEXT"), ("parent", "TEXT"), ("claims", "TEXT"))
+ADDED_COLUMNS = {
+    "token_keys": TOKEN_KEY_COLUMNS,
+    # task kinds (jumbo / ordinary / eventservice) and what an ordinary job runs (JSON)
+    "tasks": (("kind", "TEXT NOT NULL DEFAULT 'jumbo'"), ("job_spec", "TEXT")),
+    # what the PanDA pilot reports: state history (JSON list), pilot id, timing, CPU, log tail, log file
+    "jobs": (("state_history", "TEXT"), ("pilot_id", "TEXT"), ("pilot_timing", "TEXT"), ("cpu_time", "REAL"),
+             ("cpu_unit", "TEXT"), ("max_rss", "INTEGER"), ("pilot_log", "TEXT"), ("log_file", "TEXT")),
+}
 
 
-def upgrade_token_keys(conn: sqlite3.Connection) -> None:
-    """Add the token_keys columns a schema-1 DB made before them lacks (scope, parent key, extra claims)."""
-    have = {row[1] for row in conn.execute("PRAGMA table_info(token_keys)")}
-    for name, kind in TOKEN_KEY_COLUMNS:
-        if name not in have:
-            conn.execute(f"ALTER TABLE token_keys ADD COLUMN {name} {kind}")
-            log.info("central DB: token_keys gained column %s", name)
+def upgrade_columns(conn: sqlite3.Connection) -> None:
+    """Add the columns a schema-1 DB made before them lacks (ADDED_COLUMNS)."""
+    for table, columns in ADDED_COLUMNS.items():
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns:
+            if name not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+                log.info("central DB: %s gained column %s", table, name)
+
+
+upgrade_token_keys = upgrade_columns  # the name issue 11 gave it
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -115,7 +133,7 @@ class Database:
         private_database(self.path)  # 0600 before SQLite opens it: its -wal/-shm files take the same mode
         conn = connect(self.path)
         conn.executescript(SCHEMA)
-        upgrade_token_keys(conn)
+        upgrade_columns(conn)
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:  # a new DB
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))

@@ -41,7 +41,7 @@ CREDENTIAL_GETS = frozenset({"/api/v1/creds/get_access_token", "/api/v1/creds/ge
                              "/api/v1/credential/get_token_key",  # Harvester's name of it (v1_harvester.py)
                              "/server/panda/get_access_token", "/server/panda/get_token_key"})
 # Legacy methods that change nothing and may be called with GET; every other legacy method is POST-only.
-LEGACY_READS = frozenset({"isAlive", "getStatus"})
+LEGACY_READS = frozenset({"isAlive", "getStatus", "getResourceTypes"})
 LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 WANTED = frozenset({b"host", b"origin", b"sec-fetch-site", b"content-type"})
 CACHE_SIZE = 4096  # decisions per peer address / Host value are remembered (ipaddress parsing costs ~5 us)

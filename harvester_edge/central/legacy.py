@@ -84,14 +84,17 @@ def caller(p: dict, claims) -> Caller:
     return Caller(claims, None if named in (None, "") else str(named))
 
 
+NO_JOBS = "no jobs in PanDA: no activated job of an active task"  # the pilot's ES path looks for 'no jobs in PanDA'
+
+
 def get_job(svc, p: dict, claims) -> Any:
     n_jobs = integer(p, "nJobs", 0, 0, 10_000)
     jobs = svc.acquire_jobs(str(p.get("siteName") or "unknown"), max(n_jobs, 1),
                             p.get("harvester_id"), p.get("worker_id"), p.get("node"), caller=caller(p, claims))
     if "nJobs" in p:
-        return {"StatusCode": 0 if jobs else 20, "jobs": jobs}
+        return {"StatusCode": 0, "jobs": jobs} if jobs else {"StatusCode": 20, "jobs": [], "errorDialog": NO_JOBS}
     if not jobs:
-        return {"StatusCode": 20}
+        return {"StatusCode": 20, "errorDialog": NO_JOBS}
     return {**jobs[0], "StatusCode": 0, "nSent": 0}
 
 
@@ -155,13 +158,57 @@ def get_token_key(svc, p: dict, claims, authority=None) -> Any:
     return {"StatusCode": 0, "tokenKey": authority.key_for(claims, name)[1]}
 
 
+# -- calls the appliance does not provide: the answer shapes the pilot reads (pilot3 util/proxy.py,
+# info/storagedata.py, util/activemq.py), never a bare 403/404 ---------------------------------------------------
+RESOURCE_TYPES = [  # PanDA's resource types (JEDI resource_types table): cores and memory per core, MB
+    {"resource_name": "SCORE", "mincore": None, "maxcore": 1, "minrampercore": None, "maxrampercore": 2000},
+    {"resource_name": "MCORE", "mincore": 2, "maxcore": None, "minrampercore": None, "maxrampercore": 2000},
+    {"resource_name": "SCORE_HIMEM", "mincore": None, "maxcore": 1, "minrampercore": 2001, "maxrampercore": None},
+    {"resource_name": "MCORE_HIMEM", "mincore": 2, "maxcore": None, "minrampercore": 2001, "maxrampercore": None},
+]
+
+
+def get_resource_types(svc, p: dict, claims) -> Any:
+    return {"StatusCode": 0, "ResourceTypes": RESOURCE_TYPES}
+
+
+def get_proxy(svc, p: dict, claims) -> Any:
+    """The pilot reads StatusCode and errorDialog (90: proxy error): there is no proxy cache here."""
+    return {"StatusCode": 90, "errorDialog": "proxies are not available from this service (harvester-edge has no "
+                                             "proxy cache): give the pilot X509_USER_PROXY or a token"}
+
+
+def get_key_pair(svc, p: dict, claims) -> Any:
+    """The pilot reads StatusCode (80: key missing) and then publicKey/privateKey."""
+    return {"StatusCode": 80, "errorDialog": f"key pair {str(p.get('publicKeyName'))[:100]}/"
+                                             f"{str(p.get('privateKeyName'))[:100]} is not available: this service "
+                                             f"keeps no object store keys"}
+
+
+def get_user_secrets(svc, p: dict, claims) -> Any:
+    """The pilot reads a JSON list [ok, secrets-or-message]: res[0] false means none."""
+    return json.dumps([False, "user secrets are not available from this service"])
+
+
+def set_debug_mode(svc, p: dict, claims) -> Any:
+    """PanDA answers this user command in plain text, 'Succeeded' or 'ERROR: ...'."""
+    return "ERROR: debug mode is not available: this service streams no payload stdout"
+
+
 METHODS: dict[str, tuple[str, Callable]] = {
     "getJob": ("pilot", get_job), "updateJob": ("pilot", update_job),
     "updateJobsInBulk": ("pilot", update_jobs_in_bulk), "getStatus": ("pilot", get_status),
     "getEventRanges": ("event", get_event_ranges), "updateEventRanges": ("event", update_event_ranges),
     "updateWorkerPilotStatus": ("pilot", update_worker_pilot_status),
     "get_access_token": ("creds", get_access_token), "get_token_key": ("creds", get_token_key),
+    "getResourceTypes": ("metaconfig", get_resource_types), "getProxy": ("pilot", get_proxy),
+    "getKeyPair": ("pilot", get_key_pair), "get_user_secrets": ("pilot", get_user_secrets),
+    "setDebugMode": ("pilot", set_debug_mode),
 }
+# Methods answered in JSON whatever the Accept header, as the real server does: the pilot parses the credential
+# answers (get_access_token) with a JSON/Python literal parser and sends no Accept header there.
+ALWAYS_JSON = frozenset({"get_access_token", "get_token_key", "getResourceTypes", "getProxy", "getKeyPair"})
+
 
 
 _SUMMARY = "Legacy PanDA methods: " + ", ".join(sorted(METHODS)) + ", isAlive"
@@ -176,10 +223,11 @@ async def legacy_method(method: str, request: Request) -> Response:
     if method not in METHODS:
         return Response(f"method {method[:100]!r} is not exposed", status_code=403, media_type="text/plain")
     module, handler = METHODS[method]
+    want_json = want_json or method in ALWAYS_JSON
     try:
         claims = authorize(request, module)
     except AuthError as exc:
-        return Response(str(exc), status_code=403, media_type="text/plain")
+        return refusal(exc, want_json)
     try:
         params = dict(request.query_params)
         params.update(parse_body(await request.body(), request.headers.get("content-type", "")))
@@ -189,7 +237,15 @@ async def legacy_method(method: str, request: Request) -> Response:
         else:
             answer = await run_in_threadpool(handler, svc, params, claims)
     except AuthError as exc:
-        return Response(str(exc), status_code=403, media_type="text/plain")
+        return refusal(exc, want_json)
     except CentralError as exc:
-        answer = {"StatusCode": exc.status_code, "ErrorDiag": str(exc)}
+        answer = {"StatusCode": exc.status_code, "ErrorDiag": str(exc), "errorDialog": str(exc)}
     return render(answer, want_json)
+
+
+def refusal(exc: AuthError, want_json: bool) -> Response:
+    """HTTP 403 (a failed token or a foreign job), in JSON {StatusCode 70, errorDialog} when JSON is expected."""
+    if want_json:
+        return Response(json.dumps({"StatusCode": exc.status_code, "errorDialog": str(exc)}), status_code=403,
+                        media_type="application/json")
+    return Response(str(exc), status_code=403, media_type="text/plain")

@@ -104,3 +104,37 @@ class PilotStatus(Body):
 
 class TaskRef(Body):
     task_id: int = Field(ge=0, le=BIG)
+
+
+class WorkerNode(Body):
+    """pilot/update_worker_node (pilot 3.14+): the node's CPU description, stored per (site, host_name)."""
+
+    model_config = ConfigDict(extra="forbid")  # the real server answers unknown parameters with an argument error
+    site: Name
+    host_name: Name
+    cpu_model: Name
+    n_logical_cpus: int | None = Field(None, ge=0, le=10**7)
+    n_sockets: int | None = Field(None, ge=0, le=10**4)
+    cores_per_socket: int | None = Field(None, ge=0, le=10**6)
+    threads_per_core: int | None = Field(None, ge=0, le=10**4)
+    cpu_architecture: Name | None = None
+    cpu_architecture_level: Name | None = None
+    clock_speed: float | None = Field(None, ge=0, le=10**7)
+    total_memory: int | None = Field(None, ge=0, le=2**62)
+    total_local_disk: int | None = Field(None, ge=0, le=2**62)
+
+
+class WorkerNodeGpu(Body):
+    """pilot/update_worker_node_gpu (pilot 3.14+): one GPU model of a node."""
+
+    model_config = ConfigDict(extra="forbid")
+    site: Name
+    host_name: Name
+    vendor: Name
+    model: Name
+    count: int = Field(ge=0, le=10**4)
+    vram: int | None = Field(None, ge=0, le=2**62)
+    architecture: Name | None = None
+    framework: Name | None = None
+    framework_version: Name | None = None
+    driver_version: Name | None = None

@@ -41,13 +41,16 @@ class CentralService:
         self.default_attempts = default_attempts
         self.heartbeat_timeout = heartbeat_timeout
         self.clock = clock
+        self.pilot_log_dir: Path | None = None  # where PanDA pilots stage out log tarballs (the monitor reads it)
 
     @classmethod
     def open(cls, path: Path, settings: Any = None, clock: Callable[[], float] = time.time) -> "CentralService":
         db = Database(path).open()
         if settings is None:
             return cls(db, clock=clock)
-        return cls(db, settings.max_attempts, settings.heartbeat_timeout, clock)
+        svc = cls(db, settings.max_attempts, settings.heartbeat_timeout, clock)
+        svc.pilot_log_dir = getattr(settings, "pilot_log_dir", None)
+        return svc
 
     def close(self) -> None:
         self.db.close()
@@ -199,6 +202,15 @@ class CentralService:
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET pilot_status=excluded.pilot_status, "
             "node=coalesce(excluded.node, node), modified=excluded.modified", (*row, n)), self._now(now))
 
+    def update_worker_node(self, node: dict, gpu: bool = False, now: float | None = None) -> None:
+        """A pilot's description of its node (v1 pilot/update_worker_node[_gpu]), one row per (site, host)."""
+        text = limits.attrs("worker node", node)
+        column = "gpus" if gpu else "attrs"
+        self.db.write(lambda c, n: c.execute(
+            f"INSERT INTO worker_nodes (site, host_name, {column}, modified) VALUES (?, ?, ?, ?) "
+            f"ON CONFLICT (site, host_name) DO UPDATE SET {column}=excluded.{column}, modified=excluded.modified",
+            (node["site"], node["host_name"], text, n)), self._now(now))
+
     # -- watchdog and errors --------------------------------------------------------------------------------
     def run_watchdog(self, now: float | None = None) -> list[int]:
         now = self._now(now)
@@ -256,6 +268,11 @@ def _acquire_ranges(conn, job_id: Any, task_id: Any, n_ranges: int, now: float,
     if task["status"] not in jobs.ACTIVE_TASK:
         return []
     conn.execute("UPDATE jobs SET heartbeat=? WHERE panda_id=?", (now, job_id))
+    if jobs.task_kind(task) == "ordinary":  # its one unit of work, claimed at dispatch: handed out once
+        rows = conn.execute("UPDATE ranges SET status=2, modified=? WHERE task_id=? AND panda_id=? AND status=1 "
+                            "RETURNING process_id, start_event, last_event, attempt_nr",
+                            (now, task["task_id"], job_id)).fetchall()
+        return events.render_ranges(task, job_id, rows)
     return events.claim(conn, task, job_id, n_ranges, now)
 
 

@@ -54,6 +54,9 @@ class CentralSettings(BaseModel, extra="forbid"):
     key_file: Path | None = Field(None, description="client: private key of cert_file (PEM) if not in cert_file")
     ca_bundle: Path | None = Field(None, description="client: CA certificates (PEM file or c_rehash'ed directory) "
                                    "that verify the remote server; None = the system's CAs")
+    pilot_log_dir: Path | None = Field(None, description="where PanDA pilots stage out job log tarballs (their -a "
+                                       "work directory with `mv` stage-out): the monitor's job page serves "
+                                       "<dir>/<logFile> or <dir>/<one sub-directory>/<logFile>")
     heartbeat_timeout: IntDuration = Field(2 * 3600, description="jobs without heartbeat this long fail (code 100)")
     watchdog_interval: Duration = Field(60, gt=0)
     max_attempts: int = Field(3, ge=1, le=100, description="default attempts of a task's ranges")

@@ -15,10 +15,12 @@ from .taskspec import TaskSpec
 def submit(conn: sqlite3.Connection, spec: TaskSpec, default_attempts: int, now: float) -> int:
     cur = conn.execute(
         "INSERT INTO tasks (name, payload, n_events, events_per_range, seconds_per_event, memory_per_rank_mb, "
-        "max_attempts, n_jobs, guid, status, created, modified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "max_attempts, n_jobs, guid, status, created, modified, kind, job_spec) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (spec.name, json.dumps(spec.payload_dict()), spec.events, spec.events_per_range, spec.seconds_per_event,
          spec.memory_per_rank_mb, spec.max_attempts or default_attempts, spec.jobs, str(uuid.uuid4()),
-         TaskStatus.DEFINED.value, now, now))
+         TaskStatus.DEFINED.value, now, now, spec.kind,
+         None if spec.kind == "jumbo" else json.dumps(spec.job_dict())))
     task_id = cur.lastrowid
     conn.executemany("INSERT INTO ranges (task_id, process_id, start_event, last_event, status) "
                      "VALUES (?, ?, ?, ?, ?)", events.split_rows(task_id, spec.events, spec.events_per_range))
@@ -71,8 +73,9 @@ def summary(conn: sqlite3.Connection, task: sqlite3.Row) -> dict[str, Any]:
         "SELECT status, count(*) FROM ranges WHERE task_id=? GROUP BY status", (task["task_id"],))}
     done = conn.execute("SELECT coalesce(sum(last_event - start_event + 1), 0) FROM ranges "
                         "WHERE task_id=? AND status=?", (task["task_id"], int(RangeStatus.FINISHED))).fetchone()[0]
-    out = {k: task[k] for k in task.keys() if k != "payload"}
+    out = {k: task[k] for k in task.keys() if k not in ("payload", "job_spec")}
     out["payload"] = json.loads(task["payload"])
+    out["job"] = json.loads(task["job_spec"]) if task["job_spec"] else None
     out["ranges"] = counts
     out["events_finished"] = done
     return out

@@ -12,6 +12,15 @@ Who may mint a key (get_token_key) for which client name:
   harvester=sub and worker=W (the identity contract of issue 11), also bounded by the parent key;
 - any other name: only with the admin scope (a pilot key, bounded by the admin token's key).
 Revoking a client's keys revokes every key minted from them too.
+
+"myself" (the PanDA pilot): pilot 3.11+ refreshes its token with get_access_token?client_name=pilot_server&
+token_key=K, the same client name for every pilot. The name MYSELF ("pilot_server") therefore means "the bearer's
+own name": the exchange looks for key K among the keys of the bearer's `sub`, and the new token is the bearer's.
+So every pilot holds a credential of its own (sub "H/worker/W" minted by its harvester, or a standalone pilot
+name), with its own key, and one pilot's key is useless with another pilot's token; many pilots refresh at once
+without sharing a secret, and ownership.py holds each to its own jobs. get_token_key for "pilot_server" likewise
+mints a key for the bearer's own name. A client literally named "pilot_server" cannot exist (issue-token refuses
+it), so the alias can never reach someone else's keys.
 """
 from __future__ import annotations
 
@@ -34,6 +43,7 @@ from .settings import TokenSettings
 log = logging.getLogger(__name__)
 SCOPES = ("pilot", "harvester", "admin")
 WORKER_SEP = "/worker/"
+MYSELF = "pilot_server"  # the client name pilot3 always asks tokens for: the bearer's own name (module doc)
 
 
 def worker_client_name(harvester: str, worker: int | str) -> str:
@@ -89,6 +99,8 @@ class TokenAuthority:
     def issue(self, client_name: str, scopes: list[str] | tuple[str, ...], lifetime: float | None = None,
               key_id: str | None = None, extra: dict[str, str] | None = None) -> str:
         """A signed token. Without key_id the token gets a secret-less key row of its own (so it has a kid)."""
+        if client_name == MYSELF:
+            raise CentralError(f"{MYSELF!r} is not a client name: it means 'myself' to get_access_token")
         scopes = self._check_scopes(scopes)
         now = int(self.clock())
         exp = now + int(lifetime or self.settings.access_lifetime)
@@ -157,6 +169,8 @@ class TokenAuthority:
     def key_for(self, bearer: dict[str, Any], client_name: str) -> tuple[str, str]:
         """get_token_key: a new key for client_name minted with the caller's token (rules in the module doc)."""
         sub, scopes, parent = bearer.get("sub"), bearer["scope"].split(), bearer.get("kid")
+        if client_name == MYSELF:
+            client_name = str(sub)
         if client_name == sub:
             extra = {k: str(bearer[k]) for k in ("harvester", "worker") if k in bearer}
             return self.new_key(client_name, scopes, parent=parent, extra=extra or None)
@@ -173,6 +187,8 @@ class TokenAuthority:
 
     def pilot_credentials(self, client_name: str, scopes: tuple[str, ...] = ("pilot",)) -> tuple[str, str]:
         """(initial long-lived token, secret key) to submit a worker with."""
+        if client_name == MYSELF:
+            raise CentralError(f"{MYSELF!r} is not a client name: it means 'myself' to get_access_token")
         key_id, key = self.new_key(client_name, scopes)
         return self.issue(client_name, scopes, self.settings.initial_lifetime, key_id), key
 
@@ -182,6 +198,8 @@ class TokenAuthority:
         The token gets the key's scope and claims (never more than the key was minted with); the caller may ask
         for its own name, its workers' names (harvester scope) or, with the admin scope, any name."""
         sub, scopes = bearer.get("sub"), bearer["scope"].split()
+        if client_name == MYSELF:
+            client_name = str(sub)
         own = client_name == sub
         if not own and "admin" not in scopes and not ("harvester" in scopes and worker_of(str(sub), client_name)):
             raise AuthError(f"token of {sub!r} cannot get tokens for {client_name!r}")

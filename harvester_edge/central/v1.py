@@ -16,7 +16,7 @@ from .errors import InvalidInput
 from .hotpath import HOT, call_hot, dumps, json_list
 from .ownership import Caller
 from .models import BIG, AcquireJobs, AcquireRanges, Heartbeat, PilotStatus, TaskRef, UpdateJob, UpdateJobsBulk, \
-    UpdateRanges, UpdateWorkers
+    UpdateRanges, UpdateWorkers, WorkerNode, WorkerNodeGpu
 from .taskspec import TaskSpec
 
 router = APIRouter()
@@ -78,6 +78,18 @@ def update_worker_status(body: PilotStatus, request: Request) -> Response:
 def update_worker_pilot_status(body: PilotStatus, request: Request) -> Response:
     """Older name of pilot/update_worker_status, kept for clients that still use it."""
     return update_worker_status(body, request)
+@router.post("/pilot/update_worker_node", tags=["pilot"])
+def update_worker_node(body: WorkerNode, request: Request) -> Response:
+    authorize(request, "pilot")
+    svc(request).update_worker_node(body.model_dump(exclude_none=True))
+    return ok(None, "worker node updated")
+
+
+@router.post("/pilot/update_worker_node_gpu", tags=["pilot"])
+def update_worker_node_gpu(body: WorkerNodeGpu, request: Request) -> Response:
+    authorize(request, "pilot")
+    svc(request).update_worker_node(body.model_dump(exclude_none=True), gpu=True)
+    return ok(None, "worker node GPU updated")
 
 
 @router.post("/event/acquire_event_ranges", tags=["event"])

@@ -6,6 +6,7 @@ machine the pages show the central service's view alone. Pure functions of (conn
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import re
@@ -95,6 +96,42 @@ def error_groups(central: sqlite3.Connection) -> list[dict]:
 def central_job(central: sqlite3.Connection, panda_id: int) -> dict | None:
     row = central.execute("SELECT * FROM jobs WHERE panda_id=?", (panda_id,)).fetchone()
     return dict(row) if row else None
+
+
+LOG_TARBALL_CAP = 256 * 1024 * 1024
+
+
+def pilot_fields(job: dict) -> dict:
+    """What the PanDA pilot reported for a job, for its page: state history, timing, CPU, log tail, log file."""
+    try:
+        history = json.loads(job.get("state_history") or "[]")
+    except ValueError:
+        history = []
+    try:
+        log_file = json.loads(job["log_file"]) if job.get("log_file") else None
+    except ValueError:
+        log_file = None
+    names = ("getJob", "stage-in", "payload", "stage-out", "initial setup", "setup")
+    timing = [(n, t) for n, t in zip(names, (job.get("pilot_timing") or "").split("|")) if t != ""]
+    return {"history": [{"state": s, "time": t} for s, t in history if isinstance(s, str)], "timing": timing,
+            "log_file": log_file if isinstance(log_file, dict) else None}
+
+
+def find_log_tarball(log_dir: Path | None, lfn: str | None) -> tuple[Path, str] | None:
+    """(directory, name relative to it) of a job's log tarball under the pilots' log directory: <dir>/<lfn> or
+    <dir>/<sub>/<lfn>, never through a symbolic link (pilot_files reads it), or None."""
+    if log_dir is None or not lfn or "/" in lfn or lfn.startswith("."):
+        return None
+    if pilot_files.check(log_dir, lfn) is None:
+        return Path(log_dir), lfn
+    try:
+        subdirs = sorted(e.name for e in os.scandir(log_dir) if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return None
+    for sub in subdirs[-1000:]:
+        if pilot_files.check(log_dir, f"{sub}/{lfn}", LOG_TARBALL_CAP) is None:
+            return Path(log_dir), f"{sub}/{lfn}"
+    return None
 
 
 def job_ranges(central: sqlite3.Connection, harvester: sqlite3.Connection | None, panda_id: int,

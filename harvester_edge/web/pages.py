@@ -104,9 +104,13 @@ def job(service: CentralService, hdb: Path | None, params: dict, now: float, pan
         })
     with _harvester(hdb) as hconn:
         timelines = pictures.job(hconn, j, workers, now, {p["worker"]["id"]: p["report"] for p in panels})
+    pilot = data.pilot_fields(j)
+    log_dir = getattr(service, "pilot_log_dir", None)
+    pilot["tarball"] = data.find_log_tarball(log_dir, (pilot["log_file"] or {}).get("lfn")) is not None
     return "job.html", {
         "title": f"job {panda_id}", "job": j, "local": local[0] if local else None, "panels": panels,
         "jedilogs": jedilogs.for_job(service.db.path, panda_id, j["task_id"]), "timelines": timelines,
+        "pilot": pilot,
         "older_workers": workers[:-MAX_PANELS] if len(workers) > MAX_PANELS else [],
         "ranges": view("ranges", ranges, ["process_id", "start_event", "last_event", "status", "attempt_nr",
                                           "failures", "error_code", "error_diag", "harvester_state", "worker"],

@@ -15,11 +15,12 @@ from urllib.parse import parse_qs, quote
 from fastapi import APIRouter, FastAPI, Path as PathParam, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from harvester_edge import pilot_files
 from harvester_edge.central.auth import bearer
 from harvester_edge.central.errors import AuthError, CentralError, NotFound
 from harvester_edge.central.limits import BIG
 
-from . import csrf, pages
+from . import csrf, data, pages
 from .render import render
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,22 @@ def build_router() -> APIRouter:
     @router.get("/monitor/jedilog/{name}", response_class=HTMLResponse, summary="monitor: an uploaded log")
     def jedilog(request: Request, name: str) -> Response:
         return _page(request, pages.jedilog, name)
+    @router.get("/monitor/job/{panda_id}/log", summary="monitor: a job's log tarball, as its pilot staged it out")
+    def job_log(request: Request, panda_id: Id) -> Response:
+        try:
+            _check(request, READ_SCOPES)
+            job = data.central_job(request.app.state.service.db.reader(), panda_id)
+            lfn = (data.pilot_fields(job)["log_file"] or {}).get("lfn") if job else None
+            found = data.find_log_tarball(getattr(request.app.state.settings, "pilot_log_dir", None), lfn)
+            if found is None:
+                raise NotFound(f"job {panda_id}: no log tarball under central.pilot_log_dir")
+            body = pilot_files.read_bytes(found[0], found[1], data.LOG_TARBALL_CAP)
+        except AuthError as exc:
+            return _html(request, "error.html", {"title": "not allowed", "message": str(exc)}, 403)
+        except (NotFound, OSError, pilot_files.Unreadable) as exc:
+            return _html(request, "error.html", {"title": "not found", "message": str(exc)}, 404)
+        return Response(body, media_type="application/gzip",
+                        headers={"Content-Disposition": f'attachment; filename="{quote(lfn)}"'})
 
     @router.get("/monitor/worker/{worker_id}", response_class=HTMLResponse, summary="monitor: one worker")
     def worker(request: Request, worker_id: Id) -> Response:

@@ -128,18 +128,43 @@ def test_settings_parse_durations_and_forbid_unknown_keys():
 
 
 def test_legacy_token_flow(token_central):
-    from urllib.parse import parse_qs
     url, auth = token_central.url + "/server/panda", token_central.authority
     initial, key = auth.pilot_credentials("pilot-legacy", ("pilot",))
     headers = {"Authorization": f"Bearer {initial}"}
-    answer = parse_qs(requests.post(f"{url}/get_access_token", data={"client_name": "pilot-legacy",
-                                                                     "token_key": key},
-                                    headers=headers, timeout=10).text)
-    assert answer["StatusCode"] == ["0"]
-    fresh = answer["userProxy"][0]
+    # JSON whatever the Accept header (the real server's answer; the pilot parses it as a literal)
+    answer = requests.post(f"{url}/get_access_token", data={"client_name": "pilot-legacy", "token_key": key},
+                           headers=headers, timeout=10).json()
+    assert answer["StatusCode"] == 0
+    fresh = answer["userProxy"]
     assert jwt.decode(fresh, options={"verify_signature": False})["sub"] == "pilot-legacy"
-    assert requests.post(f"{url}/get_access_token", data={"client_name": "pilot-legacy", "token_key": "nope"},
-                         headers=headers, timeout=10).status_code == 403
+    refused = requests.post(f"{url}/get_access_token", data={"client_name": "pilot-legacy", "token_key": "nope"},
+                            headers=headers, timeout=10)
+    assert refused.status_code == 403 and refused.json()["StatusCode"] == 70 and refused.json()["errorDialog"]
+
+
+def test_pilot_server_means_myself(token_central):
+    """pilot3 asks get_access_token?client_name=pilot_server (GET, no Accept): each pilot gets its OWN token."""
+    url, auth = token_central.url + "/server/panda", token_central.authority
+    harvester = auth.issue("h1", ["harvester"])
+    creds = {}
+    for worker in ("1", "2"):  # two pilots of one harvester, each with its own credential and key
+        name = f"h1/worker/{worker}"
+        key = requests.get(f"{url}/get_token_key", params={"client_name": name},
+                           headers={"Authorization": f"Bearer {harvester}"}, timeout=10).json()["tokenKey"]
+        initial = auth.exchange(jwt.decode(harvester, options={"verify_signature": False}), name, key)
+        creds[worker] = (initial, key)
+    for worker, (token, key) in creds.items():
+        resp = requests.get(f"{url}/get_access_token", params={"client_name": "pilot_server", "token_key": key},
+                            headers={"Authorization": f"Bearer {token}", "Origin": "edge.pilot"}, timeout=10)
+        assert resp.headers["content-type"].startswith("application/json")
+        claims = jwt.decode(resp.json()["userProxy"], options={"verify_signature": False})
+        assert (claims["sub"], claims["worker"], claims["scope"]) == (f"h1/worker/{worker}", worker, "pilot")
+    # one pilot's key does not work with another pilot's token
+    resp = requests.get(f"{url}/get_access_token", params={"client_name": "pilot_server", "token_key": creds["2"][1]},
+                        headers={"Authorization": f"Bearer {creds['1'][0]}"}, timeout=10)
+    assert resp.status_code == 403 and resp.json()["StatusCode"] == 70
+    with pytest.raises(Exception, match="not a client name"):
+        auth.pilot_credentials("pilot_server")
 
 
 def test_port_in_use_is_a_clear_error_and_releases_the_db(tmp_path):
