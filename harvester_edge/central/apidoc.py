@@ -103,6 +103,16 @@ _LEGACY = {  # method: (module, summary, parameters, answer)
     "get_token_key": ("creds", "Get a token key for a client name", "client_name",
                       "StatusCode and tokenKey; also with GET"),
     "isAlive": (None, "Is the service up", "none", "alive=yes"),
+    "getResourceTypes": ("metaconfig", "Resource types", "none",
+                         "JSON: StatusCode 0 and ResourceTypes (name, min/max cores, memory per core); also with GET"),
+    "getProxy": ("pilot", "Get an X509 proxy", "role, dn",
+                 "JSON: StatusCode 90 and errorDialog: this service keeps no proxy cache"),
+    "getKeyPair": ("pilot", "Get an object store key pair", "publicKeyName, privateKeyName",
+                   "JSON: StatusCode 80 and errorDialog: this service keeps no object store keys"),
+    "get_user_secrets": ("pilot", "Get the user's secrets", "none",
+                         "JSON list [false, message]: this service keeps no user secrets"),
+    "setDebugMode": ("pilot", "Stream a job's payload stdout", "pandaID, modeOn",
+                     "text 'ERROR: ...': this service streams no payload stdout"),
 }
 
 _LEGACY_DESCRIPTION = (
@@ -146,6 +156,9 @@ _MONITOR = {  # path: (description, errors beyond 403)
                                 {404: "No such task (HTML page)."}),
     "/monitor/job/{panda_id}": ("One job: its state, workers, ranges, job report and the logs uploaded for it "
                                 "(file_server/upload_jedi_log).", {404: "No such job (HTML page)."}),
+    "/monitor/job/{panda_id}/log": ("A job's log tarball, as its PanDA pilot staged it out into "
+                                    "central.pilot_log_dir (read without following links, size-capped).",
+                                    {404: "No such job, or no tarball under central.pilot_log_dir (HTML page)."}),
     "/monitor/jedilog/{name}": ("A log uploaded with file_server/upload_jedi_log (or appended with "
                                 "update_jedi_log), shown as text.", {404: "No such log (HTML page)."}),
     "/monitor/worker/{worker_id}": ("One worker: its batch job, state history and jobs.",
@@ -240,6 +253,12 @@ _V1: dict[str, tuple[str | None, str, str, str, dict | None]] = {  # path: (modu
         "pilot", "A worker's pilot started or finished", "harvester_id, worker_id, status (started | finished), "
         "site, node_id (PanDA's pilot/update_worker_status); a harvester may only write its own workers.",
         "true.", None),
+    "/api/v1/pilot/update_worker_node": (
+        "pilot", "Describe a worker node", "site, host_name, cpu and memory figures of the node a pilot runs on "
+        "(PanDA's pilot/update_worker_node); stored in the service's worker_nodes table.", "null.", None),
+    "/api/v1/pilot/update_worker_node_gpu": (
+        "pilot", "Describe a worker node's GPUs", "site, host_name and the GPU model, count, memory and driver "
+        "(PanDA's pilot/update_worker_node_gpu); stored with the node.", "null.", None),
     "/api/v1/pilot/update_worker_pilot_status": (
         "pilot", "A worker's pilot started or finished (older name)", "The older name of "
         "pilot/update_worker_status, kept for clients that still use it: the same parameters and checks.",
