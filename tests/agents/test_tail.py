@@ -54,9 +54,13 @@ def test_ranges_of_a_worker_killed_near_the_end_go_to_the_running_pilot(make_sit
     with site.harvester_db() as conn:
         returned = conn.execute("SELECT first_event FROM event_ranges WHERE worker_id = ? AND state = 'released'",
                                 (victim,)).fetchall()
-        sent = conn.execute("SELECT max(h.at) FROM outbox o JOIN state_history h ON h.kind = 'outbox' AND "
-                            "h.object_id = CAST(o.id AS TEXT) AND h.dst = 'sent' WHERE o.kind = "
-                            "'update_event_ranges' AND o.payload LIKE '%60000%'").fetchone()[0]
+        released = [r[0] for r in conn.execute("SELECT range_id FROM event_ranges WHERE worker_id = ? AND "
+                                                "state = 'released'", (victim,))]
+        # when the central service learnt of them: the outbox message that handed them back was sent
+        sent = min(at for at, payload in conn.execute(
+            "SELECT h.at, o.payload FROM outbox o JOIN state_history h ON h.kind = 'outbox' AND h.object_id = "
+            "CAST(o.id AS TEXT) AND h.dst = 'sent' WHERE o.kind = 'update_event_ranges'")
+            if any(rid in payload for rid in released))
         redone = dict(conn.execute(
             "SELECT e.first_event, e.worker_id FROM event_ranges e WHERE e.state = 'finished' AND e.first_event "
             "IN (SELECT first_event FROM event_ranges WHERE worker_id = ? AND state = 'released')", (victim,)))
@@ -68,13 +72,18 @@ def test_ranges_of_a_worker_killed_near_the_end_go_to_the_running_pilot(make_sit
         later = conn.execute("SELECT w.id, (SELECT count(*) FROM event_ranges e WHERE e.worker_id = w.id) "
                              "FROM workers w WHERE w.created_at > ?", (killed_at,)).fetchall()
         states = dict(conn.execute("SELECT id, state FROM workers WHERE id IN (?, ?)", (victim, survivor)))
-    assert states == {victim: "cancelled", survivor: "finished"}, states
+    with site.harvester_db() as conn:
+        seen = conn.execute("SELECT id, state, created_at, (SELECT count(*) FROM event_ranges e WHERE e.worker_id = "
+                            "w.id) FROM workers w").fetchall()
+    why = f"killed at {killed_at}: workers {seen}\n{site.log_tail(60)}"
+    assert states == {victim: "cancelled", survivor: "finished"}, why
     assert returned, "the cancelled worker held no ranges when it was killed"
     # every returned range was processed by the pilot that was still running, not by a new allocation
-    assert {first for (first,) in returned} == set(redone) and set(redone.values()) == {survivor}, redone
-    # ... as soon as the central service knew them (one feeder cycle is 0.3 s; the pilot asks every few s)
-    assert sent and taken and taken - sent < 5.0, (sent, taken)
+    assert {first for (first,) in returned} == set(redone) and set(redone.values()) == {survivor}, (redone, why)
+    # ... once the central service knew them: the feeder fetches them within a cycle (0.3 s), the pilot takes them
+    # with its next request, which it makes when its own queue (up to 4 ranges per rank of 2 s each) runs low
+    assert sent and taken and 0 <= taken - sent < 12.0, (sent, taken, why)
     # no allocation was wasted on the tail: a worker made after the kill would have to get ranges
-    assert [w for w in later if w[1] == 0] == [], later
+    assert [w for w in later if w[1] == 0] == [], (later, why)
     attrs = json.loads((site.work / "workers").joinpath(f"w{survivor:06d}", "worker_attributes.json").read_text())
     assert attrs["endReason"] == "no more ranges", attrs
