@@ -44,7 +44,10 @@ the pilot starts; :func:`write_event_ranges` / :func:`read_event_ranges`)::
                           "LFN": "EVNT.01.root", "GUID": "g-1", "scope": "mc"}]},
      "no_more": [1001]}
 
-  ``no_more`` lists the jobs for which the harvester has no ranges left: the pilot asks no more for them.
+  ``no_more`` lists the jobs for which the harvester has no ranges left: the pilot asks no more for them. In a
+  task's tail the harvester may leave a request unanswered for a while (ranges in flight elsewhere may come back)
+  and answers it when they do, or with ``no_more`` when none can; an answer with no ranges and no ``no_more``
+  means "ask again a little later". The pilot has one request open at a time.
 
 ``event_status.<seq>.json`` (pilot -> harvester; :func:`write_event_status` / :func:`read_event_status`)::
 

@@ -7,7 +7,8 @@ work: tiny ranges get a deep queue, long ranges keep ``prefetch`` (no imbalance 
 the next range is handed to the child before the current one ends, so the child never waits for the rank.
 It stops taking work when asked to ("stop"), when a drain signal arrives,
 or when its measured time per range no longer fits before the deadline; every range it holds but did not run goes
-back as not-done.
+back as not-done. A payload killed by a signal while the batch system tears the step down is not-done too (the
+range was not at fault); a payload killed on its own is a failed range.
 """
 from __future__ import annotations
 
@@ -19,17 +20,23 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from jumbo.execute import PayloadRunner
+from jumbo.execute import CODE_SIGNAL_BASE, Outcome, PayloadRunner
 from jumbo.walltime import RangeTimer
 
 log = logging.getLogger(__name__)
 
 LATENCY_BUDGET = 0.05  # seconds of queued work that cover a dispatcher round trip on a busy node
 MAX_DEPTH = 64
+TEARDOWN_GRACE = 1.0  # seconds a rank waits, after its payload died of a signal, for the step's teardown signal
 
 
 def output_path(ap: Path | str, panda_id: int, range_id: str, suffix: str) -> str:
     return os.path.join(ap, "outputs", str(panda_id), f"{range_id}{suffix}")  # a str: pathlib costs per range
+
+
+def killed_by_signal(code: int) -> bool:
+    """An outcome code of a payload killed by a signal: 128 + N, as jumbo.execute and shells report it."""
+    return CODE_SIGNAL_BASE < code <= CODE_SIGNAL_BASE + 64
 
 
 def seed_of(task_id: int, first_event: int) -> int:
@@ -125,6 +132,12 @@ class Worker:
             return self._finish(task, ticket)
         return self._count(not_done(task, self.rank, why))
 
+    def _torn_down(self) -> bool:
+        """A teardown signal (SIGTERM/SIGUSR1 to every process of the step) reached this rank, now or within
+        TEARDOWN_GRACE: the payload child (which ignores those) was killed with the rest. A payload killed alone
+        (the OOM killer, a signal it raised itself) leaves the rank untouched: a failure of the range."""
+        return self.drain.is_set() or self.drain.wait(TEARDOWN_GRACE)
+
     def _why_leave(self) -> str:
         if self.drain.is_set():
             return "drain signal"
@@ -156,6 +169,13 @@ class Worker:
         payload = self.jobs[pid]["payload"]
         first, last, rid, out = rng["startEvent"], rng["lastEvent"], rng["eventRangeID"], ticket.output
         outcome = self.runner.collect(ticket, self.deadline)
+        if outcome.status == "failed" and killed_by_signal(outcome.code) and self._torn_down():
+            # the batch system ended the step (scancel, a rank lost, the time limit): it killed the payload, the
+            # payload did not fail, so the range goes back unprocessed and uses up none of its attempts
+            log.warning("rank %d: range %s: %s while the batch system tears the step down: reported not-done",
+                        self.rank, rid, outcome.message)
+            outcome = Outcome("not-done", 0, f"not processed: {outcome.message} by the batch system's step "
+                              f"teardown", outcome.cpu)
         # the child's own clock when it has one (a pipelined range starts before the rank looks at it)
         start, end = outcome.start or ticket.submitted, outcome.end or time.time()
         if outcome.status != "not-done":  # a range killed at the deadline says nothing about the time per range

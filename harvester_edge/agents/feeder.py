@@ -5,6 +5,13 @@ the ranges file is written, THEN the request is marked consumed. After a crash a
 is answered again with exactly the ranges already assigned to it, so a pilot never gets a range twice or loses one.
 The stock (FETCHED ranges per job) is kept at about one request's worth per running rank, so pilots never wait for
 a round trip to the central service.
+
+The tail of a task: "no more ranges" ends a pilot, so it is told only when nothing could still come: the central
+service had none ready at the last fetch, the stock is empty, no range of the task is in flight at any worker and no
+range report is waiting in the outbox (a failed or not-done report makes its range ready again). Until then a
+request that gets nothing is HELD (left unanswered; the pilot does not ask again while one request is open) and
+looked at every cycle: ranges that become ready again (a dead worker's, a drained one's, a failed attempt's; the
+propagator clears the job's no-more flag when it sends such a report) reach a running pilot within one cycle.
 """
 from __future__ import annotations
 
@@ -47,7 +54,7 @@ class Feeder(Agent):
         for _, request in protocol.each_pending(worker_id, ap, protocol.REQUESTS, protocol.load_event_request):
             request = self.checked(worker_id, int(worker["ranks"] or 1), request)
             if not self.answer(worker_id, ap, request, now):
-                break  # the central service is unreachable: try again next cycle, in order
+                break  # held, or the central service is unreachable: look again next cycle, in order
 
     def checked(self, worker_id: int, ranks: int, request: protocol.Request) -> protocol.Request:
         """The request as far as this worker may ask: its own jobs only, at most range_limit(ranks) per job."""
@@ -76,7 +83,7 @@ class Feeder(Agent):
             ranges: dict[int, list[dict]] = {}
             for row in answered:
                 ranges.setdefault(row["panda_id"], []).append(json.loads(row["spec"]))
-            no_more = {pid for pid in request.requests if pid not in ranges and self._exhausted(pid)}
+            no_more = {pid for pid in request.requests if pid not in ranges and self._nothing_can_come(pid)}
         else:
             ranges = {}
             for pid, want in request.requests.items():
@@ -85,8 +92,12 @@ class Feeder(Agent):
                 if got is None:
                     return False
                 ranges[pid] = got
-                if len(got) < n and self._exhausted(pid):
+                if len(got) < n and self._nothing_can_come(pid):
                     no_more.add(pid)
+            if not any(ranges.values()) and not no_more and request.requests:
+                log.debug("worker %d: request %d held: no range ready now, %s", worker_id, request.seq,
+                          "some in flight may come back", extra={"worker_id": worker_id})
+                return False  # nothing now, but ranges in flight may come back: answer when they do
             with store.write() as conn:
                 ids = [r["eventRangeID"] for lst in ranges.values() for r in lst]
                 conn.execute("UPDATE event_ranges SET worker_id = ?, request_seq = ? "
@@ -98,10 +109,32 @@ class Feeder(Agent):
         except protocol.ProtocolError:
             pass  # this sequence was written before the crash: the pilot has it already
         protocol.mark_consumed(ap, request)
+        if no_more:
+            log.info("worker %d: told no more ranges for job(s) %s: none ready, none in flight", worker_id,
+                     sorted(no_more), extra={"worker_id": worker_id})
         log.debug("worker %d: answered request %d with %d ranges%s", worker_id, request.seq,
                   sum(len(r) for r in ranges.values()), f", no more for {sorted(no_more)}" if no_more else "",
                   extra={"worker_id": worker_id})
         return True
+
+    def _nothing_can_come(self, panda_id: int) -> bool:
+        """No range will come for this job: it ended, or none is ready (no-more flag), in stock, in flight at any
+        worker of its task, or reported and not yet sent (a failed/not-done report makes its range ready again).
+        Ranges other sites hold at the central service are not seen here."""
+        if not self._exhausted(panda_id):
+            return False
+        store = self.ctx.store
+        row = store.query("SELECT task_id, state FROM jobs WHERE panda_id = ?", (panda_id,))
+        if not row or row[0]["state"] not in ACTIVE_JOB:
+            return True
+        busy = store.query(
+            "SELECT 1 FROM jobs j CROSS JOIN event_ranges e ON e.panda_id = j.panda_id AND e.state IN (?, ?) "
+            "WHERE j.task_id = ? AND j.state IN (?, ?) LIMIT 1",
+            (R.FETCHED.value, R.DISPATCHED.value, row[0]["task_id"], *ACTIVE_JOB))
+        if busy:
+            return False
+        return not store.query("SELECT 1 FROM outbox WHERE state = 'pending' AND kind = 'update_event_ranges' "
+                               "LIMIT 1")
 
     def _exhausted(self, panda_id: int) -> bool:
         row = self.ctx.store.query("SELECT no_more_ranges, state FROM jobs WHERE panda_id = ?", (panda_id,))

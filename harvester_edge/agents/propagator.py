@@ -102,6 +102,23 @@ class Propagator(Agent):
                     continue
                 with self.ctx.store.write() as conn:
                     transition(conn, [message["id"]], O.PENDING, O.SENT, now=now)
+                    if message["kind"] == "update_event_ranges":
+                        self._ranges_ready_again(conn, json.loads(message["payload"]), now)
+
+    @staticmethod
+    def _ranges_ready_again(conn, reports: list[dict], now: float) -> None:
+        """The central service now knows of failed / not-done ranges: unless out of attempts they are ready again,
+        so jobs of their tasks that still have workers may fetch again (the feeder hands them to the pilots that are
+        still asking, in its next cycle). Jobs without workers are settled below, from the service's count."""
+        failed = [r["eventRangeID"] for r in reports if r.get("eventStatus") == "failed"]
+        if not failed:
+            return
+        conn.execute(
+            "UPDATE jobs SET no_more_ranges = 0, updated_at = ? WHERE no_more_ranges = 1 AND state IN (?, ?) "
+            "AND task_id IN (SELECT j.task_id FROM event_ranges e JOIN jobs j ON j.panda_id = e.panda_id "
+            "WHERE e.range_id IN (SELECT value FROM json_each(?))) AND EXISTS (SELECT 1 FROM job_workers jw "
+            "CROSS JOIN workers w ON w.id = jw.worker_id WHERE jw.panda_id = jobs.panda_id AND w.state IN (?, ?))",
+            (now, J.FETCHED.value, J.RUNNING.value, json.dumps(failed), W.QUEUED.value, W.RUNNING.value))
 
     def _kept(self, message, exc: Exception, now: float) -> bool:
         """Count a failed try of a message that stays pending; False: stop draining this cycle."""

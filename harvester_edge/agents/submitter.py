@@ -16,7 +16,7 @@ from harvester_edge.agents.base import Agent
 from harvester_edge.batch import BatchError
 from harvester_edge.config import QueueConfig
 from harvester_edge.filemodes import private_dir
-from harvester_edge.shaper import Shape, queue_room, shape_worker, worker_capacity
+from harvester_edge.shaper import Shape, queue_room, shape_workers, worker_capacity
 from harvester_edge.states import JobState, WorkerState
 from harvester_edge.store import claim, release, transition, update
 from harvester_edge.workers import access_point, install_id, job_name, job_spec_of, worker_spec, write_job_spec
@@ -85,6 +85,7 @@ class Submitter(Agent):
                                    "AND queue = ? GROUP BY state", (*active, queue.name)).fetchall())
         queued = sum(counts.get(s.value, 0) for s in (W.NEW, W.SUBMITTING, W.QUEUED))
         room = queue_room(queue, queued, counts.get(W.RUNNING.value, 0))
+        parallel = queue.max_running_workers - queued - counts.get(W.RUNNING.value, 0)  # could run at once
         if room == 0:
             return
         failed = conn.execute("SELECT count(*) FROM workers WHERE queue = ? AND state = ? AND error IS NOT NULL "
@@ -100,42 +101,45 @@ class Submitter(Agent):
             if room == 0:
                 break
             spe = float(job["seconds_per_event"] or 1.0)
-            covered = sum(
-                worker_capacity(w["nodes"], w["ranks_per_node"],
-                                w["walltime"] - (now - w["started_at"] if w["started_at"] else 0), spe)
-                for w in conn.execute(
-                    # from the few active workers to the job link (CROSS JOIN keeps that order): a job's finished
-                    # workers, which grow without bound, are never read
-                    "SELECT w.* FROM workers w CROSS JOIN job_workers jw ON jw.worker_id = w.id AND jw.panda_id = ? "
-                    "WHERE w.state IN (?, ?, ?, ?)", (job["panda_id"], *active)))
+            workers = conn.execute(
+                # from the few active workers to the job link (CROSS JOIN keeps that order): a job's finished
+                # workers, which grow without bound, are never read
+                "SELECT w.* FROM workers w CROSS JOIN job_workers jw ON jw.worker_id = w.id AND jw.panda_id = ? "
+                "WHERE w.state IN (?, ?, ?, ?)", (job["panda_id"], *active)).fetchall()
             spec = job_spec_of(job)
-            ranks = queue.ranks_per_node
             if jobpayload.from_real_server(spec) or job["events_total"] is None:
                 # a real server's job: its size in events is unknown, so one worker at a time, shaped from the
                 # job's own coreCount, minRamCount and maxWalltime (jobpayload.worker_shape)
-                if covered or self._has_active_worker(conn, job["panda_id"], active):
+                if workers:
                     continue
                 real = jobpayload.worker_shape(spec, queue.cores_per_node, queue.ranks_per_node, queue.memory_mb,
                                                queue.walltime_min, queue.walltime_max)
-                ranks, left = real.ranks_per_node, -1
                 shape = Shape(queue.nodes_min, real.walltime, 0)  # events unknown: the server says when done
-            else:
-                left = int(job["events_total"] or 0) - int(job["events_done"]) - covered
-                shape = shape_worker(queue, left, spe, idle)
-            if shape is None:
+                if idle is not None:
+                    idle = max(0, idle - shape.nodes)
+                self._create_worker(queue, job, shape.nodes, shape.walltime, now, real.ranks_per_node)
+                log.info("job %d: new worker on %s, %d node(s) x %ds, %d ranks per node (a job of unknown size)",
+                         job["panda_id"], queue.name, shape.nodes, shape.walltime, real.ranks_per_node,
+                         extra={"panda_id": job["panda_id"]})
+                room -= 1
+                parallel -= 1
                 continue
-            if idle is not None:
-                idle = max(0, idle - shape.nodes)  # the next worker of this cycle fits in what is left
-            self._create_worker(queue, job, shape.nodes, shape.walltime, now, ranks)
-            log.info("job %d: new worker on %s, %s (%d events not covered)", job["panda_id"], queue.name,
-                     shape.reason, left, extra={"panda_id": job["panda_id"]})
-            room -= 1
-
-    @staticmethod
-    def _has_active_worker(conn, panda_id: int, active) -> bool:
-        return conn.execute("SELECT 1 FROM workers w CROSS JOIN job_workers jw ON jw.worker_id = w.id AND "
-                            "jw.panda_id = ? WHERE w.state IN (?, ?, ?, ?) LIMIT 1", (panda_id, *active)).fetchone() \
-            is not None
+            covered = sum(worker_capacity(w["nodes"], w["ranks_per_node"],
+                                          w["walltime"] - (now - w["started_at"] if w["started_at"] else 0), spe)
+                          for w in workers)
+            left = int(job["events_total"] or 0) - int(job["events_done"]) - covered
+            # the uncovered work is shared evenly by the workers that can start now (they finish together); a
+            # rest too small for a useful worker is left to the pilots that run the job already
+            shapes = shape_workers(queue, left, spe, min(room, max(1, parallel)), idle, others_running=bool(workers))
+            for shape in shapes:
+                if idle is not None:
+                    idle = max(0, idle - shape.nodes)
+                self._create_worker(queue, job, shape.nodes, shape.walltime, now)
+                log.info("job %d: new worker on %s, %s (%d events not covered, shared by %d new worker(s))",
+                         job["panda_id"], queue.name, shape.reason, left, len(shapes),
+                         extra={"panda_id": job["panda_id"]})
+            room -= len(shapes)
+            parallel -= len(shapes)
 
     def _create_worker(self, queue: QueueConfig, job, nodes: int, walltime: int, now: float,
                        ranks_per_node: int | None = None) -> int:
@@ -152,7 +156,8 @@ class Submitter(Agent):
             conn.execute("UPDATE workers SET job_name = ?, access_point = ? WHERE id = ?",
                          (job_name(config.site, install_id(conn), worker_id), str(ap), worker_id))
             conn.execute("INSERT INTO job_workers (panda_id, worker_id) VALUES (?, ?)", (job["panda_id"], worker_id))
-            if job["state"] == JobState.FETCHED.value:
+            state = conn.execute("SELECT state FROM jobs WHERE panda_id = ?", (job["panda_id"],)).fetchone()[0]
+            if state == JobState.FETCHED.value:  # read now: a job's first cycle may make several workers
                 transition(conn, [job["panda_id"]], JobState.FETCHED, JobState.RUNNING, now=now,
                            reason=f"first worker {worker_id}")
             private_dir(Path(ap))

@@ -20,6 +20,13 @@ def test_task_completes_exactly_once_and_outputs_recompute(make_site, tasks):
     task_id = site.submit_task(**tasks.numpy(1000))
     site.start()
     task = site.wait_task(task_id, timeout=120)
+    # the central service counts the task finished with its last range; the pilot hears "no more ranges" once that
+    # report went out, and the harvester settles the job when its worker ended: wait for that before stopping
+    site.wait_workers_ended()
+    deadline = time.monotonic() + 30
+    while json.loads(site.cli("status", "--json").stdout)["jobs"] != {"finished": 1}:
+        assert time.monotonic() < deadline, site.log_tail()
+        time.sleep(0.5)
     assert site.stop() == 0
     assert task["status"] == "finished" and task["events_finished"] == 1000
     site.assert_exactly_once(task_id, 1000)
@@ -64,6 +71,8 @@ def test_worker_killed_mid_run_hands_ranges_back(make_site, tasks):
     killed = site.cli("kill-workers", "--all").stdout
     assert "flagged" in killed and not killed.startswith("0 ")
     result = site.wait_task(task_id, timeout=180)
+    # the last pilot hears "no more ranges" once its last report went out, so it ends a moment after the task
+    site.wait_workers_ended()
     site.stop()
     assert result["status"] == "finished"
     site.assert_exactly_once(task_id, 600)

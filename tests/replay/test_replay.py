@@ -46,13 +46,13 @@ def test_changed_queue_limit_diverges_at_the_fetch(traces_dir):
 def test_monkeypatched_shaper_diverges_at_the_submission(traces_dir, monkeypatch):
     import harvester_edge.agents.submitter as submitter
 
-    real = submitter.shape_worker
+    real = submitter.shape_workers
 
-    def longer(queue, events_left, seconds_per_event, idle_nodes=None):
-        shape = real(queue, events_left, seconds_per_event, idle_nodes)
-        return shape and Shape(shape.nodes, shape.walltime + 60, shape.events)
+    def longer(queue, events_left, seconds_per_event, slots, idle_nodes=None, **kwargs):
+        return [Shape(s.nodes, s.walltime + 60, s.events)
+                for s in real(queue, events_left, seconds_per_event, slots, idle_nodes, **kwargs)]
 
-    monkeypatch.setattr(submitter, "shape_worker", longer)
+    monkeypatch.setattr(submitter, "shape_workers", longer)
     report = replay(traces_dir / "slurm.jsonl.gz")
     assert not report.ok
     d = report.divergence
