@@ -47,3 +47,14 @@ def wait_gone(pid: int, timeout: float) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"process {pid} still runs {timeout}s after the signal")
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition", step: float = 0.1):
+    """The predicate's first true value, polled every `step` seconds; AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -169,3 +169,15 @@ def h():
     """The helpers above (Harvester, PilotRun, make_ranges, write_spec, sim_job, check_finished): with
     --import-mode=importlib a test module cannot import conftest by name."""
     return sys.modules[__name__]
+
+
+@pytest.fixture
+def central(tmp_path):
+    """The embedded central service on a loopback port, trusted mode (pilots in http mode talk to it)."""
+    from harvester_edge.central.server import EmbeddedCentral
+    from harvester_edge.central.settings import CentralSettings
+
+    server = EmbeddedCentral(CentralSettings(db=tmp_path / "central.db", host="127.0.0.1", port=0, trusted=True))
+    server.start()
+    yield server
+    server.stop()

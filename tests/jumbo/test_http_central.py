@@ -8,17 +8,6 @@ from jumbo import protocol
 pytestmark = pytest.mark.mpi
 
 
-@pytest.fixture
-def central(tmp_path):
-    from harvester_edge.central.server import EmbeddedCentral
-    from harvester_edge.central.settings import CentralSettings
-
-    server = EmbeddedCentral(CentralSettings(db=tmp_path / "central.db", host="127.0.0.1", port=0, trusted=True))
-    server.start()
-    yield server
-    server.stop()
-
-
 def test_pilot_against_the_embedded_central_service(mpi, ap, h, central):
     svc = central.service
     args = dict(h.SIM_ARGS)

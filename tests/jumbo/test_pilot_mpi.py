@@ -3,25 +3,17 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import zlib
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from helpers import wait_for
+
 from jumbo import protocol
 
 pytestmark = pytest.mark.mpi
-
-
-def wait_for(cond, timeout=60.0, what="condition"):
-    end = time.time() + timeout
-    while time.time() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 4])

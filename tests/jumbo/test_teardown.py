@@ -4,7 +4,6 @@ teardown is done as Slurm's step teardown does it (SIGTERM to every process of t
 by hand on a real mpirun pilot, so this runs without Slurm."""
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections import Counter
@@ -12,18 +11,11 @@ from collections import Counter
 import psutil
 import pytest
 
+from helpers import wait_for
+
 from jumbo import protocol
 
 pytestmark = pytest.mark.mpi
-
-
-def wait_for(cond, timeout=60.0, what="condition"):
-    end = time.time() + timeout
-    while time.time() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def step_processes(mpirun: psutil.Process) -> tuple[list[psutil.Process], list[psutil.Process]]:

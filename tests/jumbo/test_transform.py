@@ -32,17 +32,6 @@ def trf_server(tmp_path):
     server.shutdown()
 
 
-@pytest.fixture
-def central(tmp_path):
-    from harvester_edge.central.server import EmbeddedCentral
-    from harvester_edge.central.settings import CentralSettings
-
-    server = EmbeddedCentral(CentralSettings(db=tmp_path / "central.db", host="127.0.0.1", port=0, trusted=True))
-    server.start()
-    yield server
-    server.stop()
-
-
 def test_payload_mapping():
     assert jumbo_payload({"payload": {"kind": "python", "callable": "m:f"}}) == {"callable": "m:f"}
     mapped = jumbo_payload({"PandaID": 7, "transformation": "https://x/trf.sh", "jobPars": "-a 1", "coreCount": 2})

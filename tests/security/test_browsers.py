@@ -17,13 +17,14 @@ import re
 import sqlite3
 import stat
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import requests
 from fastapi.testclient import TestClient
+from helpers import wait_for
+from web.conftest import browser  # noqa: F401  (fixture: real Chromium)
 
 from harvester_edge.central.app import create_asgi
 from harvester_edge.central.guard import Guard
@@ -299,7 +300,6 @@ def test_unix_socket_defaults_to_owner_only(tmp_path):
 
 
 # -- a real browser: a hostile page on another origin, and the monitor's own form ---------------------------
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ATTACK_PAGE = """<!doctype html><html><body>
 <iframe name="f1"></iframe><iframe name="f2"></iframe><iframe name="f3"></iframe><iframe name="f4"></iframe>
 <form id="legacy" method="post" action="{svc}/server/panda/updateJob" target="f1">
@@ -318,29 +318,6 @@ fetch("{svc}/api/v1/task/submit", {{method: "POST", mode: "no-cors", body: JSON.
 </script></body></html>"""
 
 
-@pytest.fixture
-def chromium():
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.fail("selenium is missing: pip install -e .[test]") if os.environ.get("CI") else pytest.skip("selenium")
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        what = "Chromium is missing: scripts/setup installs it"
-        pytest.fail(what) if os.environ.get("CI") else pytest.skip(what)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-extensions"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
 class Refusals(logging.Handler):
     """Counts the Guard's refusal lines: proof that the browser's requests reached the service."""
 
@@ -352,16 +329,8 @@ class Refusals(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def test_a_hostile_page_in_chromium_changes_nothing_and_the_monitor_form_works(live, chromium, tmp_path):
+def test_a_hostile_page_in_chromium_changes_nothing_and_the_monitor_form_works(live, browser, tmp_path):
+    chromium = browser  # tests/web's Chromium: headless, loopback only
     from selenium.webdriver.common.by import By
 
     url, ids, db = live

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 import requests
+
+from helpers import wait_for  # noqa: F401  (web tests import it from here)
 
 from harvester_edge.central.server import EmbeddedCentral
 from harvester_edge.central.service import CentralService
@@ -139,13 +140,3 @@ def browser():
         yield driver
     finally:
         driver.quit()
-
-
-def wait_for(predicate, timeout: float, what: str, step: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
