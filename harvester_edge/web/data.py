@@ -217,28 +217,26 @@ def text_file(ap: Path, name: str, limit: int = TEXT_TAIL) -> dict | None:
     return {"text": text, "cut": cut, "size": size}
 
 
-def heartbeat(ap: Path) -> tuple[dict | None, str | None]:
-    """(the pilot's heartbeat or None, why it is unreadable or None)."""
+def _pilot_file(ap: Path, name: str, read) -> tuple[dict | None, str | None]:
+    """(what read() gives or None, why the pilot file is unreadable or None): a page never fails on a pilot file."""
     try:
-        return pilot_files.read_heartbeat(ap), None
+        return read(), None
     except pilot_files.Unreadable as exc:
         return None, exc.reason
     except ProtocolError as exc:
-        return None, _short(exc, ap / HEARTBEAT)
+        return None, _short(exc, ap / name)
     except OSError as exc:
         return None, exc.strerror or str(exc)
+
+
+def heartbeat(ap: Path) -> tuple[dict | None, str | None]:
+    """(the pilot's heartbeat or None, why it is unreadable or None)."""
+    return _pilot_file(ap, HEARTBEAT, lambda: pilot_files.read_heartbeat(ap))
 
 
 def job_report(ap: Path) -> tuple[dict | None, str | None]:
     """(jobReport.json or None, why it is unreadable or None)."""
-    try:
-        return pilot_files.read_report(ap, JOB_REPORT), None
-    except pilot_files.Unreadable as exc:
-        return None, exc.reason
-    except ProtocolError as exc:
-        return None, _short(exc, ap / JOB_REPORT)
-    except OSError as exc:
-        return None, exc.strerror or str(exc)
+    return _pilot_file(ap, JOB_REPORT, lambda: pilot_files.read_report(ap, JOB_REPORT))
 
 
 def monitor_samples(ap: Path) -> tuple[dict[int, list[dict]], dict[str, str]]:
