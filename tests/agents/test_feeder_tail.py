@@ -31,7 +31,7 @@ class Central:
         self.sent: dict[str, tuple[int, int]] = {}
         self.calls: list[str] = []
 
-    def acquire_event_ranges(self, job_id, task_id=None, n_ranges=10):
+    def acquire_event_ranges(self, job_id, jobset_id, task_id=None, n_ranges=10):  # as CentralClient
         self.calls.append("acquire")
         got, self.ready = self.ready[:n_ranges], self.ready[n_ranges:]
         out = []
@@ -53,7 +53,7 @@ class Central:
     def update_jobs_bulk(self, updates, harvester_id=None):  # the propagator's heartbeat
         return [{} for _ in updates]
 
-    def available_range_count(self, task_id=None):
+    def available_range_count(self, task_id=None, job_id=None, jobset_id=None):
         self.calls.append("count")
         return len(self.ready)
 
