@@ -51,6 +51,13 @@ def busy_ranges(work: Path) -> int:
         return 0
 
 
+def workers_ended(work: Path) -> bool:
+    """At least one worker, and none of them still new, submitting, queued or running."""
+    with sqlite3.connect(f"file:{work / 'harvester.db'}?mode=ro", uri=True, timeout=5) as conn:
+        states = [s for s, in conn.execute("SELECT state FROM workers")]
+    return bool(states) and not set(states) & {"new", "submitting", "queued", "running"}
+
+
 def test_timelines_and_report_while_a_task_runs(site, browser, tmp_path):  # noqa: F811
     from selenium.webdriver.common.by import By
 
@@ -124,6 +131,9 @@ def test_timelines_and_report_while_a_task_runs(site, browser, tmp_path):  # noq
     final = wait_for(lambda: (t := task_status())["status"] in ("finished", "failed") and t, 180, "the task to end")
     assert final["status"] == "finished"
     browser.set_window_size(1280, 1000)
+    # the task counts as finished once its last range is; its pilots end (and their workers with them) a moment
+    # later: the page shows the finished colour once every worker has ended
+    wait_for(lambda: workers_ended(work), 120, "every worker to end after the task")
     ended = visit(f"/monitor/job/{panda_id}", "job-finished")
     line = ended["node, start and end (workers and the job)"]
     check(line, "node, start and end")
