@@ -14,8 +14,8 @@ pilot's files never collide with them; the monitor reads every second while the 
 waits for the daemon's log line about each one. The hostile request is answered into JobsEventRanges.<seq>.json,
 which the real pilot picks up and runs (its ranges are dispatched to this worker). The planted heartbeat races the
 pilot's own rewrite (every 10 s): the test accepts either outcome for the heartbeat's .bad file but requires the log
-line when it was read. jobReport.json is rewritten by the pilot when it ends, so the FIFO one is planted after the
-task finished (the monitor reads it when the page is asked for).
+line when it was read. jobReport.json is rewritten by the pilot when it ends, so the FIFO one is planted after every
+worker ended (the monitor reads it when the page is asked for).
 """
 from __future__ import annotations
 
@@ -165,6 +165,7 @@ def attacked(tmp_path_factory):
         during = requests.get(f"{url}/monitor/worker/{worker}", timeout=10)  # the worker still runs
         assert site.task(task_id)["status"] not in ("finished", "failed"), "the task ended before the attack"
         task = site.wait_task(task_id, timeout=240)
+        site.wait_workers_ended()  # a pilot writes its jobReport.json when it ends, a moment after the task
         os.mkfifo(ap / "jobReport.json.fifo")
         os.replace(ap / "jobReport.json.fifo", ap / "jobReport.json")  # the pilot wrote its own at the end
         yield {"site": site, "url": url, "during": during, "worker": worker, "ap": ap, "panda_id": panda_id,
