@@ -9,16 +9,18 @@ One contract for every plugin (slurm, lsf, local):
 - No I/O in constructors; all commands go through the `CommandRunner` seam.
 Plugins are found by name through the entry-point group "harvester_edge.batch".
 """
+
 from __future__ import annotations
 
 import logging
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from harvester_edge.errors import HarvesterEdgeError
 from harvester_edge.filemodes import private_dir
@@ -35,19 +37,20 @@ ENTRY_POINT_GROUP = "harvester_edge.batch"
 class BatchState(str, Enum):
     """Batch-neutral worker states, what the harvester acts on."""
 
-    QUEUED = "queued"          # accepted, waiting for resources (or held)
-    RUNNING = "running"        # started (includes Slurm CONFIGURING/COMPLETING)
-    SUSPENDED = "suspended"    # stopped by the scheduler or an admin, may resume
-    FINISHED = "finished"      # ended with exit code 0
-    FAILED = "failed"          # ended with a non-zero exit, node failure, out of memory, boot failure
-    CANCELLED = "cancelled"    # cancelled by us, a user or an admin, or preempted for good
-    TIMEOUT = "timeout"        # walltime reached: usually expected for pilots that drain, not a failure
-    UNKNOWN = "unknown"        # the batch system printed a state we do not know (logged with a warning)
-    MISSING = "missing"        # neither the queue nor the accounting knows the id (any more)
+    QUEUED = "queued"  # accepted, waiting for resources (or held)
+    RUNNING = "running"  # started (includes Slurm CONFIGURING/COMPLETING)
+    SUSPENDED = "suspended"  # stopped by the scheduler or an admin, may resume
+    FINISHED = "finished"  # ended with exit code 0
+    FAILED = "failed"  # ended with a non-zero exit, node failure, out of memory, boot failure
+    CANCELLED = "cancelled"  # cancelled by us, a user or an admin, or preempted for good
+    TIMEOUT = "timeout"  # walltime reached: usually expected for pilots that drain, not a failure
+    UNKNOWN = "unknown"  # the batch system printed a state we do not know (logged with a warning)
+    MISSING = "missing"  # neither the queue nor the accounting knows the id (any more)
 
 
-TERMINAL = frozenset({BatchState.FINISHED, BatchState.FAILED, BatchState.CANCELLED, BatchState.TIMEOUT,
-                      BatchState.MISSING})
+TERMINAL = frozenset(
+    {BatchState.FINISHED, BatchState.FAILED, BatchState.CANCELLED, BatchState.TIMEOUT, BatchState.MISSING}
+)
 
 
 @dataclass(frozen=True)
@@ -55,15 +58,15 @@ class WorkerSpec:
     """What to run for one worker; the plugin renders it into a batch script."""
 
     worker_id: int
-    job_name: str              # unique, carries the worker id ("he-<site>-w000042"): find_by_name uses it
-    access_point: Path         # the worker's directory: script, stdout/stderr, state files go here
+    job_name: str  # unique, carries the worker id ("he-<site>-w000042"): find_by_name uses it
+    access_point: Path  # the worker's directory: script, stdout/stderr, state files go here
     nodes: int
     ranks_per_node: int
     cores_per_rank: int
-    walltime: int              # seconds
-    memory_mb: int | None = None   # per node
-    pilot_argv: list[str] = field(default_factory=list)   # the command each MPI rank runs
-    env: dict[str, str] = field(default_factory=dict)     # exported in the script
+    walltime: int  # seconds
+    memory_mb: int | None = None  # per node
+    pilot_argv: list[str] = field(default_factory=list)  # the command each MPI rank runs
+    env: dict[str, str] = field(default_factory=dict)  # exported in the script
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ class WorkerStatus:
     raw_state: str
     reason: str = ""
     exit_code: int | None = None
-    start_time: float | None = None   # epoch seconds
+    start_time: float | None = None  # epoch seconds
     end_time: float | None = None
 
 
@@ -106,7 +109,7 @@ class BatchPlugin(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, queue: "QueueConfig", runner: CommandRunner) -> None:
+    def __init__(self, queue: QueueConfig, runner: CommandRunner) -> None:
         self.queue = queue
         self.runner = runner
 
@@ -134,9 +137,13 @@ class BatchPlugin(ABC):
     def find_by_name(self, job_names: Sequence[str]) -> dict[str, str]:
         """job_name -> batch_id for the names the batch system knows (crash recovery: never lose nor double)."""
 
-    def submit_scripts(self, specs: Sequence[WorkerSpec], script_name: str,
-                       command: Callable[[Path, str], tuple[list[str], str | None]],
-                       parse: Callable[[WorkerSpec, CommandResult], SubmitResult]) -> list[SubmitResult]:
+    def submit_scripts(
+        self,
+        specs: Sequence[WorkerSpec],
+        script_name: str,
+        command: Callable[[Path, str], tuple[list[str], str | None]],
+        parse: Callable[[WorkerSpec, CommandResult], SubmitResult],
+    ) -> list[SubmitResult]:
         """The submit loop of script-based batch systems: write each worker's script into its access point, run
         `command(path, text)` -> (argv, stdin) there, and `parse` the answer. A bad template, an unwritable access
         point or a missing command fails that one worker, permanently, with the reason."""
@@ -145,7 +152,7 @@ class BatchPlugin(ABC):
             try:
                 text = self.render_script(spec)
                 path = write_script(spec, text, script_name)
-            except Exception as exc:  # noqa: BLE001 - whatever the template or the file system raised
+            except Exception as exc:
                 log.error("worker %d: cannot write its batch script in %s: %s", spec.worker_id, spec.access_point, exc)
                 results.append(SubmitResult(spec.worker_id, None, f"cannot write batch script: {exc}", False))
                 continue
@@ -164,8 +171,12 @@ class BatchPlugin(ABC):
         return None
 
 
-def classify_error(message: str, transient_patterns: Sequence[tuple[str, str]],
-                   permanent_patterns: Sequence[tuple[str, str]] = (), default_transient: bool = False) -> bool:
+def classify_error(
+    message: str,
+    transient_patterns: Sequence[tuple[str, str]],
+    permanent_patterns: Sequence[tuple[str, str]] = (),
+    default_transient: bool = False,
+) -> bool:
     """True when `message` matches a transient pattern; permanent patterns win over transient ones.
 
     Patterns are (regex, source) pairs; the source documents where the message comes from.
@@ -205,8 +216,10 @@ def load_plugin(name: str) -> type[BatchPlugin]:
     plugins = known_plugins()
     if name not in plugins:
         known = ", ".join(sorted(plugins)) or "none (is harvester-edge installed? run pip install -e .)"
-        raise UnknownPlugin(f"batch plugin {name!r} is not installed; known plugins: {known}; "
-                            f"fix 'batch:' in the queue config or install the package that provides it")
+        raise UnknownPlugin(
+            f"batch plugin {name!r} is not installed; known plugins: {known}; "
+            f"fix 'batch:' in the queue config or install the package that provides it"
+        )
     try:
         cls = plugins[name].load()
     except Exception as exc:  # an import error inside the plugin: say which one

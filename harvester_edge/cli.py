@@ -1,5 +1,6 @@
 """The `harvester-edge` command: the daemon (run, cron), operations (status, drain, kill-workers, worker), the central
 service's groups (central, task, errors), the demo, and offline replay (replay, simulate)."""
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,14 @@ class CliContext:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help=f"site config YAML (default: ${CONFIG_ENV}, else configs/local.yaml of this checkout)")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=f"site config YAML (default: ${CONFIG_ENV}, else configs/local.yaml of this checkout)",
+)
 @click.version_option(package_name="harvester-edge")
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None) -> None:
@@ -45,8 +52,12 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 
 @cli.command()
 @click.option("--for", "max_seconds", type=float, default=None, help="stop after this many seconds (tests, demos)")
-@click.option("--record", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="write every outside contact to this trace for `harvester-edge replay` (runs agents one at a time)")
+@click.option(
+    "--record",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="write every outside contact to this trace for `harvester-edge replay` (runs agents one at a time)",
+)
 @click.pass_obj
 def run(obj: CliContext, max_seconds: float | None, record: Path | None) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
@@ -103,13 +114,20 @@ def drain(obj: CliContext, queues: tuple[str, ...], undo: bool) -> None:
 @click.option("--job", "panda_id", type=int, default=None, help="the workers of this PandaID")
 @click.option("--all", "everything", is_flag=True, help="every unfinished worker")
 @click.pass_obj
-def kill_workers(obj: CliContext, worker_ids: tuple[int, ...], queue: str | None, state: str | None,
-                 panda_id: int | None, everything: bool) -> None:
+def kill_workers(
+    obj: CliContext,
+    worker_ids: tuple[int, ...],
+    queue: str | None,
+    state: str | None,
+    panda_id: int | None,
+    everything: bool,
+) -> None:
     """Cancel workers: the sweeper asks their pilots to drain and cancels the batch jobs."""
     from harvester_edge.operations import request_kill
 
-    ids = request_kill(obj.config, worker_ids=list(worker_ids), queue=queue, state=state, panda_id=panda_id,
-                       everything=everything)
+    ids = request_kill(
+        obj.config, worker_ids=list(worker_ids), queue=queue, state=state, panda_id=panda_id, everything=everything
+    )
     click.echo(f"{len(ids)} worker(s) flagged for cancellation" + (f": {', '.join(map(str, ids))}" if ids else ""))
 
 

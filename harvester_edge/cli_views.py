@@ -3,6 +3,7 @@
 Register in harvester_edge/cli.py (see the names below); every view has --json for scripts. Pure functions build
 the rows; render_* turn them into rich tables.
 """
+
 from __future__ import annotations
 
 import io
@@ -19,9 +20,19 @@ from rich.text import Text
 
 # BPS-style columns: how the central service's range states roll up per task (job group).
 BPS_COLUMNS = ("pending", "running", "succeeded", "failed", "cancelled")
-_ROLLUP = {"ready": "pending", "sent": "running", "running": "running", "finished": "succeeded", "done": "succeeded",
-           "merged": "succeeded", "failed": "failed", "fatal": "failed", "corrupted": "failed",
-           "cancelled": "cancelled", "discarded": "cancelled"}
+_ROLLUP = {
+    "ready": "pending",
+    "sent": "running",
+    "running": "running",
+    "finished": "succeeded",
+    "done": "succeeded",
+    "merged": "succeeded",
+    "failed": "failed",
+    "fatal": "failed",
+    "corrupted": "failed",
+    "cancelled": "cancelled",
+    "discarded": "cancelled",
+}
 
 
 def task_rows(tasks: list[dict]) -> list[dict]:
@@ -29,8 +40,12 @@ def task_rows(tasks: list[dict]) -> list[dict]:
     rows = []
     for t in tasks:
         ranges = t.get("ranges") or {}
-        row: dict[str, Any] = {"task_id": t.get("task_id"), "name": t.get("name"), "status": t.get("status"),
-                               **{c: 0 for c in BPS_COLUMNS}}
+        row: dict[str, Any] = {
+            "task_id": t.get("task_id"),
+            "name": t.get("name"),
+            "status": t.get("status"),
+            **{c: 0 for c in BPS_COLUMNS},
+        }
         for state, n in ranges.items():
             row[_ROLLUP.get(state, "pending")] += n
         row["total"] = sum(ranges.values())
@@ -46,8 +61,15 @@ def render_task_rows(rows: list[dict]) -> Table:
     for col in ("task", "name", "status", *BPS_COLUMNS, "total", "events done", "%"):
         table.add_column(col, justify="left" if col in ("name", "status") else "right")
     for r in rows:
-        table.add_row(str(r["task_id"]), str(r["name"]), str(r["status"]), *[str(r[c]) for c in BPS_COLUMNS],
-                      str(r["total"]), f"{r['events_done']}/{r['events']}", f"{r['percent']:.1f}")
+        table.add_row(
+            str(r["task_id"]),
+            str(r["name"]),
+            str(r["status"]),
+            *[str(r[c]) for c in BPS_COLUMNS],
+            str(r["total"]),
+            f"{r['events_done']}/{r['events']}",
+            f"{r['percent']:.1f}",
+        )
     return table
 
 
@@ -92,8 +114,10 @@ def status_cmd(obj: Any, as_json: bool, watch: bool, interval: float, iterations
         with Live(status_renderable(snapshot()), auto_refresh=False, console=console) as live:
             while not iterations or done < iterations:
                 done += 1
-                live.update(Group(Text(time.strftime("%H:%M:%S  (Ctrl-C to stop)")), status_renderable(snapshot())),
-                            refresh=True)
+                live.update(
+                    Group(Text(time.strftime("%H:%M:%S  (Ctrl-C to stop)")), status_renderable(snapshot())),
+                    refresh=True,
+                )
                 if iterations and done >= iterations:
                     break
                 time.sleep(interval)
@@ -128,12 +152,22 @@ def render_worker(detail: dict, console: Console) -> None:
     info = Table(title=f"worker {detail['id']}", title_justify="left", show_header=False)
     info.add_column("field", style="dim")
     info.add_column("value")
-    for key in ("state", "queue", "batch_id", "batch_state", "batch_reason", "exit_code", "error", "job_name",
-                "access_point"):
+    for key in (
+        "state",
+        "queue",
+        "batch_id",
+        "batch_state",
+        "batch_reason",
+        "exit_code",
+        "error",
+        "job_name",
+        "access_point",
+    ):
         if detail.get(key) not in (None, ""):
             info.add_row(key, str(detail[key]))
-    info.add_row("shape", f"{detail['nodes']} node(s) x {detail['ranks_per_node']} ranks, walltime "
-                          f"{detail['walltime']} s")
+    info.add_row(
+        "shape", f"{detail['nodes']} node(s) x {detail['ranks_per_node']} ranks, walltime {detail['walltime']} s"
+    )
     info.add_row("jobs", " ".join(map(str, detail["jobs"])))
     for key in ("submitted_at", "started_at", "ended_at"):
         info.add_row(key, ts(detail.get(key)))
@@ -176,8 +210,10 @@ def errors_summary(obj: Any, as_json: bool) -> None:
 
     db = obj.config.central.db
     if obj.config.central.mode == "remote" or db is None or not Path(db).exists():
-        raise click.ClickException("errors summary reads the central DB of the embedded service: none here "
-                                   f"({db}); on a remote service use its web monitor (/monitor/errors)")
+        raise click.ClickException(
+            "errors summary reads the central DB of the embedded service: none here "
+            f"({db}); on a remote service use its web monitor (/monitor/errors)"
+        )
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     conn.row_factory = sqlite3.Row
     try:

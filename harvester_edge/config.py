@@ -4,6 +4,7 @@ Every error names the file, the line, the key path and what was expected, e.g.
     configs/site.yaml:12: queues[0].walltime_max: expected a duration such as 90, "90s", ... got '2 hourz'
 Unknown keys are errors (with a "did you mean"), so a typo never silently falls back to a default.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,13 +54,15 @@ class QueueConfig(Strict):
     backfill: bool = False  # shape workers to the nodes idle now (Slurm: sinfo), so a fitting worker starts at once
 
     @model_validator(mode="after")
-    def _ranges(self) -> "QueueConfig":
+    def _ranges(self) -> QueueConfig:
         if self.nodes_min > self.nodes_max:
             raise ValueError(f"nodes_min ({self.nodes_min}) must not exceed nodes_max ({self.nodes_max})")
         if self.walltime_min > self.walltime_max:
             raise ValueError(f"walltime_min ({self.walltime_min}s) must not exceed walltime_max ({self.walltime_max}s)")
         if self.ranks_per_node > self.cores_per_node * 8:
-            raise ValueError(f"ranks_per_node ({self.ranks_per_node}) is far above cores_per_node ({self.cores_per_node})")
+            raise ValueError(
+                f"ranks_per_node ({self.ranks_per_node}) is far above cores_per_node ({self.cores_per_node})"
+            )
         return self
 
     @property
@@ -109,7 +112,7 @@ class SiteConfig(Strict):
     source: Path | None = None  # the file it was loaded from (set by load_config)
 
     @model_validator(mode="after")
-    def _unique_queues(self) -> "SiteConfig":
+    def _unique_queues(self) -> SiteConfig:
         names = [q.name for q in self.queues]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -5,6 +5,7 @@
 - SIGHUP: reload the site config; a bad new config is rejected with a log line and the old one kept.
 Signal handlers only set flags; the main loop acts on them.
 """
+
 from __future__ import annotations
 
 import errno
@@ -17,6 +18,7 @@ import socket
 import threading
 import time
 from concurrent.futures import Future
+from datetime import UTC
 from pathlib import Path
 
 from apscheduler.executors.pool import BasePoolExecutor
@@ -54,8 +56,9 @@ class InstanceLock:
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise AlreadyRunning(f"harvester-edge is already running (pid {self.holder() or '?'}, "
-                                     f"lock {self.path})") from None
+                raise AlreadyRunning(
+                    f"harvester-edge is already running (pid {self.holder() or '?'}, lock {self.path})"
+                ) from None
             raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -111,7 +114,7 @@ class DaemonThreadPool:
             if future.set_running_or_notify_cancel():
                 try:
                     future.set_result(fn(*args, **kwargs))
-                except BaseException as exc:  # noqa: BLE001 - handed to the scheduler's callback, which logs it
+                except BaseException as exc:
                     future.set_exception(exc)
             thread.name = idle_name
             self._idle.release()
@@ -134,8 +137,9 @@ class DaemonThreadExecutor(BasePoolExecutor):
 
 
 class Daemon:
-    def __init__(self, config_path: Path, *, clock: Clock | None = None, log_to_stderr: bool = True,
-                 record: Path | None = None) -> None:
+    def __init__(
+        self, config_path: Path, *, clock: Clock | None = None, log_to_stderr: bool = True, record: Path | None = None
+    ) -> None:
         self.config_path = Path(config_path)
         self.record = record  # a replay trace: agents then run one at a time so the trace is a sequence
         self.clock = clock or Clock()
@@ -188,11 +192,18 @@ class Daemon:
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
         )
         for agent in agents:
-            scheduler.add_job(agent.cycle, "interval", seconds=agent.interval, id=agent.name, name=agent.name,
-                              next_run_time=_now_dt())
+            scheduler.add_job(
+                agent.cycle, "interval", seconds=agent.interval, id=agent.name, name=agent.name, next_run_time=_now_dt()
+            )
         scheduler.start()
-        log.info("daemon %s started for site %s: %d agents (%s), db %s", daemon_id, config.site, len(agents),
-                 ", ".join(a.name for a in agents), config.db_path)
+        log.info(
+            "daemon %s started for site %s: %d agents (%s), db %s",
+            daemon_id,
+            config.site,
+            len(agents),
+            ", ".join(a.name for a in agents),
+            config.db_path,
+        )
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         try:
             while not self._stop.wait(0.2):
@@ -213,8 +224,10 @@ class Daemon:
             return
         old = ctx.config
         if new.db_path != old.db_path or new.paths.work_dir != old.paths.work_dir:
-            log.error("SIGHUP: paths changed (%s); restart the daemon to move them; keeping the old config",
-                      new.paths.work_dir)
+            log.error(
+                "SIGHUP: paths changed (%s); restart the daemon to move them; keeping the old config",
+                new.paths.work_dir,
+            )
             return
         sync_queues(ctx.store, new, self.clock.now())
         ctx.config = new
@@ -257,8 +270,11 @@ def secure_paths(config: SiteConfig) -> None:
         private_dir(folder)
     tightened = tighten_children(config.access_points)
     if tightened:
-        log.warning("tightened %d access points under %s to mode 700 (made by an older harvester-edge)",
-                    tightened, config.access_points)
+        log.warning(
+            "tightened %d access points under %s to mode 700 (made by an older harvester-edge)",
+            tightened,
+            config.access_points,
+        )
     tokens = config.central.tokens
     for path in (config.lock_path, tokens.token_file, tokens.key_file, tokens.secret_file):
         if path is not None:
@@ -269,14 +285,17 @@ def sync_queues(store, config: SiteConfig, now: float) -> None:
     """The queues table mirrors the config (workers and jobs reference it); a removed queue's rows stay."""
     with store.write() as conn:
         for q in config.queues:
-            conn.execute("INSERT INTO queues (name, batch, updated_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
-                         "SET batch = excluded.batch, updated_at = excluded.updated_at", (q.name, q.batch, now))
+            conn.execute(
+                "INSERT INTO queues (name, batch, updated_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                "SET batch = excluded.batch, updated_at = excluded.updated_at",
+                (q.name, q.batch, now),
+            )
 
 
 def _now_dt():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def daemonize(log_path: Path) -> bool:

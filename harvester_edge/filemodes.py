@@ -5,6 +5,7 @@ another user of the login node must not read the databases (job specs, token key
 the tokens in the access points or the logs. Modes are set with os.open/os.mkdir and then chmod, so the umask
 cannot loosen them. Files and folders made by older versions (0644/0755) are tightened at start, with a log line.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,23 @@ SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 # folders other programs and users share: never made private, even when a path setting names one of them
-SHARED_DIRS = frozenset({"/", "/tmp", "/var", "/var/tmp", "/var/log", "/var/lib", "/home", "/scratch", "/opt",
-                         "/srv", "/usr", "/etc", str(Path.home())})
+SHARED_DIRS = frozenset(
+    {
+        "/",
+        "/tmp",
+        "/var",
+        "/var/tmp",
+        "/var/log",
+        "/var/lib",
+        "/home",
+        "/scratch",
+        "/opt",
+        "/srv",
+        "/usr",
+        "/etc",
+        str(Path.home()),
+    }
+)
 
 
 def _tighten(path: Path, mode: int, st: os.stat_result, what: str) -> bool:
@@ -28,16 +44,32 @@ def _tighten(path: Path, mode: int, st: os.stat_result, what: str) -> bool:
     if stat.S_IMODE(st.st_mode) & 0o077 == 0:
         return False
     if stat.S_ISDIR(st.st_mode) and (st.st_mode & stat.S_ISVTX or str(Path(path).resolve()) in SHARED_DIRS):
-        log.warning("%s %s is shared (a system folder or sticky): left at mode %o; give harvester-edge a folder "
-                    "of its own in paths:", what, path, stat.S_IMODE(st.st_mode))
+        log.warning(
+            "%s %s is shared (a system folder or sticky): left at mode %o; give harvester-edge a folder "
+            "of its own in paths:",
+            what,
+            path,
+            stat.S_IMODE(st.st_mode),
+        )
         return False
     if st.st_uid != os.geteuid():
-        log.warning("%s %s is mode %o and belongs to uid %d, not to this user: cannot make it %o; fix it by hand",
-                    what, path, stat.S_IMODE(st.st_mode), st.st_uid, mode)
+        log.warning(
+            "%s %s is mode %o and belongs to uid %d, not to this user: cannot make it %o; fix it by hand",
+            what,
+            path,
+            stat.S_IMODE(st.st_mode),
+            st.st_uid,
+            mode,
+        )
         return False
     os.chmod(path, mode)
-    log.warning("tightened %s %s from mode %o to %o (made by an older harvester-edge or by hand)",
-                what, path, stat.S_IMODE(st.st_mode), mode)
+    log.warning(
+        "tightened %s %s from mode %o to %o (made by an older harvester-edge or by hand)",
+        what,
+        path,
+        stat.S_IMODE(st.st_mode),
+        mode,
+    )
     return True
 
 

@@ -20,6 +20,7 @@ The embedded service adds four extensions to its job descriptions: `payload` (wh
   `maxWalltime` seconds within the queue's limits.
 Self-contained on purpose (no import of the rest of harvester-edge).
 """
+
 from __future__ import annotations
 
 import math
@@ -75,8 +76,10 @@ def command_payload(job: dict[str, Any]) -> dict[str, Any]:
     if any(p in pars for p in PLACEHOLDERS):
         return {"command": [transformation_command(trf), *args], "isolation": "process"}
     escaped = [a.replace("{", "{{").replace("}", "}}") for a in args]
-    return {"command": [transformation_command(trf).replace("{", "{{").replace("}", "}}"), *escaped, *RANGE_ARGS],
-            "isolation": "process"}
+    return {
+        "command": [transformation_command(trf).replace("{", "{{").replace("}", "}}"), *escaped, *RANGE_ARGS],
+        "isolation": "process",
+    }
 
 
 def pilot_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -95,11 +98,19 @@ def jumbo_payload(job: dict[str, Any]) -> dict[str, Any]:
         return payload
     trf = job.get("transformation")
     if not isinstance(trf, str) or not trf.startswith(("http://", "https://")):
-        raise JobPayloadError(f"job {job.get('PandaID')}: no payload and no http(s) transformation ({trf!r:.100}): "
-                              f"jumbo cannot run it")
-    return {"callable": TRANSFORM_CALLABLE, "isolation": "process", "output": False,
-            "args": {"transformation": trf, "job_parameters": str(job.get("jobPars") or ""),
-                     "cores": int(job.get("coreCount") or 1)}}
+        raise JobPayloadError(
+            f"job {job.get('PandaID')}: no payload and no http(s) transformation ({trf!r:.100}): jumbo cannot run it"
+        )
+    return {
+        "callable": TRANSFORM_CALLABLE,
+        "isolation": "process",
+        "output": False,
+        "args": {
+            "transformation": trf,
+            "job_parameters": str(job.get("jobPars") or ""),
+            "cores": int(job.get("coreCount") or 1),
+        },
+    }
 
 
 def events_total(job: dict[str, Any]) -> int | None:
@@ -126,8 +137,14 @@ class WorkerShape:
     walltime: int
 
 
-def worker_shape(job: dict[str, Any], cores_per_node: int, ranks_per_node: int, memory_mb: int | None,
-                 walltime_min: int, walltime_max: int) -> WorkerShape:
+def worker_shape(
+    job: dict[str, Any],
+    cores_per_node: int,
+    ranks_per_node: int,
+    memory_mb: int | None,
+    walltime_min: int,
+    walltime_max: int,
+) -> WorkerShape:
     """Ranks per node and walltime from the job's coreCount, minRamCount (MB per rank) and maxWalltime (s), within
     the queue's node (cores, memory) and walltime limits; a field the job lacks leaves the queue's value."""
     ranks = ranks_per_node

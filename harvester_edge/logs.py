@@ -1,4 +1,5 @@
 """Logging set-up: a file logrotate can rotate (WatchedFileHandler reopens it), optionally JSON lines."""
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@ timings (agent cycles, batch commands, HTTP requests) that the daemon records th
 Counts come from the databases (not counters kept in memory) so a restart loses nothing and the numbers agree
 with the monitor pages and `harvester-edge status`. Metric names start with `harvester_edge_`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,20 +23,49 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
-RANGE_NAMES = {0: "ready", 1: "sent", 2: "running", 3: "finished", 4: "cancelled", 5: "discarded", 6: "done",
-               7: "failed", 8: "fatal", 9: "merged", 10: "corrupted"}
+RANGE_NAMES = {
+    0: "ready",
+    1: "sent",
+    2: "running",
+    3: "finished",
+    4: "cancelled",
+    5: "discarded",
+    6: "done",
+    7: "failed",
+    8: "fatal",
+    9: "merged",
+    10: "corrupted",
+}
 
 # In-process timings; the registry is the module's own so tests and several apps in one process do not clash.
 REGISTRY = CollectorRegistry(auto_describe=True)
-AGENT_CYCLE = Histogram("harvester_edge_agent_cycle_seconds", "Duration of one agent cycle", ["agent"],
-                        registry=REGISTRY, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-BATCH_COMMAND = Histogram("harvester_edge_batch_command_seconds", "Latency of batch system commands",
-                          ["command"], registry=REGISTRY, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
-BATCH_ERRORS = Counter("harvester_edge_batch_command_errors", "Batch commands that failed (exit != 0 or timeout)",
-                       ["command"], registry=REGISTRY)
-HTTP_REQUEST = Histogram("harvester_edge_http_request_seconds", "Central service HTTP request latency",
-                         ["method", "route", "code"], registry=REGISTRY,
-                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+AGENT_CYCLE = Histogram(
+    "harvester_edge_agent_cycle_seconds",
+    "Duration of one agent cycle",
+    ["agent"],
+    registry=REGISTRY,
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+BATCH_COMMAND = Histogram(
+    "harvester_edge_batch_command_seconds",
+    "Latency of batch system commands",
+    ["command"],
+    registry=REGISTRY,
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+BATCH_ERRORS = Counter(
+    "harvester_edge_batch_command_errors",
+    "Batch commands that failed (exit != 0 or timeout)",
+    ["command"],
+    registry=REGISTRY,
+)
+HTTP_REQUEST = Histogram(
+    "harvester_edge_http_request_seconds",
+    "Central service HTTP request latency",
+    ["method", "route", "code"],
+    registry=REGISTRY,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 
 
 def observe_cycle(agent: str, seconds: float) -> None:
@@ -72,15 +102,20 @@ CLOSED_PARAMETERS: dict[str, tuple[str, Callable[[], frozenset[str]]]] = {
 def route_templates(app: Any) -> list[str]:
     """The path templates an app answers, in its routing order: its own routes (/docs, /openapi.json, ...) and
     every path of its OpenAPI document (included routers with their prefixes: FastAPI's public view of them)."""
-    templates = [path for path in (getattr(r, "path", None) for r in getattr(app, "routes", []))
-                 if isinstance(path, str) and path]
+    templates = [
+        path
+        for path in (getattr(r, "path", None) for r in getattr(app, "routes", []))
+        if isinstance(path, str) and path
+    ]
     openapi = getattr(app, "openapi", None)
     if callable(openapi):
         try:
             paths = openapi().get("paths", {})
-        except Exception:  # noqa: BLE001 - a broken schema must not break the requests being timed
-            log.exception("metrics: the OpenAPI document cannot be built; HTTP requests to the routers' paths are "
-                          "labelled %s", UNMATCHED)
+        except Exception:
+            log.exception(
+                "metrics: the OpenAPI document cannot be built; HTTP requests to the routers' paths are labelled %s",
+                UNMATCHED,
+            )
             paths = {}
         templates += [path for path in paths if path not in templates]
     # a closed-parameter route may be documented per value (central/apidoc.py splits /server/panda/{method}):
@@ -153,8 +188,9 @@ class HttpTiming:
             await self.app(scope, receive, send_status)
         finally:
             method = scope.get("method", "")
-            HTTP_REQUEST.labels(method if method in HTTP_METHODS else "OTHER", self._label(scope.get("path", "")),
-                                str(code[0])).observe(time.perf_counter() - start)
+            HTTP_REQUEST.labels(
+                method if method in HTTP_METHODS else "OTHER", self._label(scope.get("path", "")), str(code[0])
+            ).observe(time.perf_counter() - start)
 
 
 def _gauge(name: str, doc: str, labels: list[str], rows: Iterable[tuple]) -> GaugeMetricFamily:
@@ -167,51 +203,101 @@ def _gauge(name: str, doc: str, labels: list[str], rows: Iterable[tuple]) -> Gau
 def central_families(conn: sqlite3.Connection, now: float) -> list:
     """Families from the central DB: tasks/jobs/ranges by state, events finished, token key expiry, task times."""
     fams = [
-        _gauge("harvester_edge_central_tasks", "Tasks by state", ["state"],
-               conn.execute("SELECT status, count(*) FROM tasks GROUP BY status")),
-        _gauge("harvester_edge_central_jobs", "Jumbo jobs by state (central service)", ["state"],
-               conn.execute("SELECT status, count(*) FROM jobs GROUP BY status")),
-        _gauge("harvester_edge_central_event_ranges", "Event ranges by state (central service)", ["state"],
-               [(RANGE_NAMES.get(s, str(s)), n) for s, n in
-                conn.execute("SELECT status, count(*) FROM ranges GROUP BY status")]),
+        _gauge(
+            "harvester_edge_central_tasks",
+            "Tasks by state",
+            ["state"],
+            conn.execute("SELECT status, count(*) FROM tasks GROUP BY status"),
+        ),
+        _gauge(
+            "harvester_edge_central_jobs",
+            "Jumbo jobs by state (central service)",
+            ["state"],
+            conn.execute("SELECT status, count(*) FROM jobs GROUP BY status"),
+        ),
+        _gauge(
+            "harvester_edge_central_event_ranges",
+            "Event ranges by state (central service)",
+            ["state"],
+            [
+                (RANGE_NAMES.get(s, str(s)), n)
+                for s, n in conn.execute("SELECT status, count(*) FROM ranges GROUP BY status")
+            ],
+        ),
     ]
     done = CounterMetricFamily("harvester_edge_events_finished", "Events in finished ranges", labels=["task"])
-    for task_id, n in conn.execute("SELECT task_id, sum(last_event - start_event + 1) FROM ranges WHERE status=3 "
-                                   "GROUP BY task_id"):
+    for task_id, n in conn.execute(
+        "SELECT task_id, sum(last_event - start_event + 1) FROM ranges WHERE status=3 GROUP BY task_id"
+    ):
         done.add_metric([str(task_id)], float(n))
     fams.append(done)
-    expiry = GaugeMetricFamily("harvester_edge_token_key_expiry_seconds",
-                               "Seconds until the newest unrevoked token key of each client expires",
-                               labels=["client"])
-    for client, expires in conn.execute("SELECT client_name, max(expires) FROM token_keys WHERE revoked=0 "
-                                        "GROUP BY client_name"):
+    expiry = GaugeMetricFamily(
+        "harvester_edge_token_key_expiry_seconds",
+        "Seconds until the newest unrevoked token key of each client expires",
+        labels=["client"],
+    )
+    for client, expires in conn.execute(
+        "SELECT client_name, max(expires) FROM token_keys WHERE revoked=0 GROUP BY client_name"
+    ):
         expiry.add_metric([client], float(expires - now))
     fams.append(expiry)
     # The seeds' system metric: how long tasks are active (created -> last change when done, -> now otherwise).
-    active = conn.execute("SELECT avg(CASE WHEN status IN ('finished', 'failed', 'aborted') THEN modified - created "
-                          "ELSE ? - created END), count(*) FROM tasks", (now,)).fetchone()
-    fams.append(_gauge("harvester_edge_task_active_seconds_avg", "Average task active time (created -> done/now)",
-                       [], [(active[0] or 0,)]))
+    active = conn.execute(
+        "SELECT avg(CASE WHEN status IN ('finished', 'failed', 'aborted') THEN modified - created "
+        "ELSE ? - created END), count(*) FROM tasks",
+        (now,),
+    ).fetchone()
+    fams.append(
+        _gauge(
+            "harvester_edge_task_active_seconds_avg",
+            "Average task active time (created -> done/now)",
+            [],
+            [(active[0] or 0,)],
+        )
+    )
     return fams
 
 
 def harvester_families(conn: sqlite3.Connection) -> list:
     """Families from the harvester DB: jobs, workers, ranges by state, outbox depth, average queue time."""
     fams = [
-        _gauge("harvester_edge_jobs", "Jobs held by the harvester, by state", ["state"],
-               conn.execute("SELECT state, count(*) FROM jobs GROUP BY state")),
-        _gauge("harvester_edge_workers", "Workers by queue and state", ["queue", "state"],
-               conn.execute("SELECT queue, state, count(*) FROM workers GROUP BY queue, state")),
-        _gauge("harvester_edge_event_ranges", "Event ranges held by the harvester, by state", ["state"],
-               conn.execute("SELECT state, count(*) FROM event_ranges GROUP BY state")),
-        _gauge("harvester_edge_outbox_depth", "Outbox messages by state (pending = not yet accepted centrally)",
-               ["state"], conn.execute("SELECT state, count(*) FROM outbox GROUP BY state")),
+        _gauge(
+            "harvester_edge_jobs",
+            "Jobs held by the harvester, by state",
+            ["state"],
+            conn.execute("SELECT state, count(*) FROM jobs GROUP BY state"),
+        ),
+        _gauge(
+            "harvester_edge_workers",
+            "Workers by queue and state",
+            ["queue", "state"],
+            conn.execute("SELECT queue, state, count(*) FROM workers GROUP BY queue, state"),
+        ),
+        _gauge(
+            "harvester_edge_event_ranges",
+            "Event ranges held by the harvester, by state",
+            ["state"],
+            conn.execute("SELECT state, count(*) FROM event_ranges GROUP BY state"),
+        ),
+        _gauge(
+            "harvester_edge_outbox_depth",
+            "Outbox messages by state (pending = not yet accepted centrally)",
+            ["state"],
+            conn.execute("SELECT state, count(*) FROM outbox GROUP BY state"),
+        ),
     ]
     # The seeds' system metric: average queue time, batch submit -> running, per queue.
-    fams.append(_gauge("harvester_edge_queue_time_seconds_avg", "Average worker queue time (submit -> running)",
-                       ["queue"], conn.execute(
-                           "SELECT queue, avg(started_at - submitted_at) FROM workers WHERE started_at IS NOT NULL "
-                           "AND submitted_at IS NOT NULL GROUP BY queue")))
+    fams.append(
+        _gauge(
+            "harvester_edge_queue_time_seconds_avg",
+            "Average worker queue time (submit -> running)",
+            ["queue"],
+            conn.execute(
+                "SELECT queue, avg(started_at - submitted_at) FROM workers WHERE started_at IS NOT NULL "
+                "AND submitted_at IS NOT NULL GROUP BY queue"
+            ),
+        )
+    )
     return fams
 
 
@@ -222,8 +308,10 @@ class DatabaseCollector:
         self.central_db, self.harvester_db, self.clock = central_db, harvester_db, clock
 
     def collect(self):
-        for path, build in ((self.central_db, lambda c: central_families(c, self.clock())),
-                            (self.harvester_db, harvester_families)):
+        for path, build in (
+            (self.central_db, lambda c: central_families(c, self.clock())),
+            (self.harvester_db, harvester_families),
+        ):
             if path is None or not Path(path).exists():
                 continue
             try:
@@ -254,11 +342,13 @@ class TokenFileCollector:
             claims = jwt.decode(Path(self.token_file).read_text().strip(), options={"verify_signature": False})
             exp = float(claims["exp"])
         except (OSError, KeyError, TypeError, ValueError, jwt.PyJWTError) as exc:
-            log.warning("metrics: token file %s has no readable exp claim (%s); token expiry left out",
-                        self.token_file, exc)
+            log.warning(
+                "metrics: token file %s has no readable exp claim (%s); token expiry left out", self.token_file, exc
+            )
             return
-        g = GaugeMetricFamily("harvester_edge_token_expiry_seconds", "Seconds until the harvester's token expires",
-                              labels=["file"])
+        g = GaugeMetricFamily(
+            "harvester_edge_token_expiry_seconds", "Seconds until the harvester's token expires", labels=["file"]
+        )
         g.add_metric([str(self.token_file)], exp - self.clock())
         yield g
 

@@ -1,4 +1,5 @@
 """Operator actions on a site's bookkeeping, safe while the daemon runs (they only set flags the agents act on)."""
+
 from __future__ import annotations
 
 import time
@@ -21,16 +22,26 @@ def set_draining(config: SiteConfig, queues: list[str] | None, draining: bool) -
         with store.write() as conn:
             for name in names:
                 batch = config.queue(name).batch
-                conn.execute("INSERT INTO queues (name, batch, draining, updated_at) VALUES (?, ?, ?, ?) "
-                             "ON CONFLICT (name) DO UPDATE SET draining = excluded.draining, "
-                             "updated_at = excluded.updated_at", (name, batch, int(draining), time.time()))
+                conn.execute(
+                    "INSERT INTO queues (name, batch, draining, updated_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET draining = excluded.draining, "
+                    "updated_at = excluded.updated_at",
+                    (name, batch, int(draining), time.time()),
+                )
     finally:
         store.close()
     return names
 
 
-def request_kill(config: SiteConfig, *, worker_ids: list[int] | None = None, queue: str | None = None,
-                 state: str | None = None, panda_id: int | None = None, everything: bool = False) -> list[int]:
+def request_kill(
+    config: SiteConfig,
+    *,
+    worker_ids: list[int] | None = None,
+    queue: str | None = None,
+    state: str | None = None,
+    panda_id: int | None = None,
+    everything: bool = False,
+) -> list[int]:
     """Flag matching unfinished workers for cancellation (the sweeper cancels them); returns their ids."""
     if not (worker_ids or queue or state or panda_id or everything):
         raise HarvesterEdgeError("kill-workers needs a filter (--id, --queue, --state, --job) or --all")
@@ -56,8 +67,11 @@ def request_kill(config: SiteConfig, *, worker_ids: list[int] | None = None, que
     try:
         with store.write() as conn:
             ids = [r[0] for r in conn.execute(sql, params)]
-            conn.executemany("UPDATE workers SET kill_requested = 1, error = coalesce(error, 'killed by operator'), "
-                             "updated_at = ? WHERE id = ?", [(time.time(), i) for i in ids])
+            conn.executemany(
+                "UPDATE workers SET kill_requested = 1, error = coalesce(error, 'killed by operator'), "
+                "updated_at = ? WHERE id = ?",
+                [(time.time(), i) for i in ids],
+            )
     finally:
         store.close()
     return ids

@@ -2,6 +2,7 @@
 
 Written in the same transaction as the state change they report, drained in id order by the propagator.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,14 +17,17 @@ KINDS = ("update_event_ranges", "update_jobs")
 def enqueue(conn: sqlite3.Connection, kind: str, payload: Any, now: float) -> int:
     if kind not in KINDS:
         raise ValueError(f"outbox kind {kind!r} is not one of {KINDS}")
-    cur = conn.execute("INSERT INTO outbox (kind, state, payload, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                       (kind, OutboxState.PENDING.value, json.dumps(payload), now, now))
+    cur = conn.execute(
+        "INSERT INTO outbox (kind, state, payload, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+        (kind, OutboxState.PENDING.value, json.dumps(payload), now, now),
+    )
     return int(cur.lastrowid)
 
 
 def pending(conn: sqlite3.Connection, limit: int) -> list[sqlite3.Row]:
-    return conn.execute("SELECT * FROM outbox WHERE state = ? ORDER BY id LIMIT ?",
-                        (OutboxState.PENDING.value, limit)).fetchall()
+    return conn.execute(
+        "SELECT * FROM outbox WHERE state = ? ORDER BY id LIMIT ?", (OutboxState.PENDING.value, limit)
+    ).fetchall()
 
 
 def depth(conn: sqlite3.Connection) -> int:

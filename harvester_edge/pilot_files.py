@@ -15,6 +15,7 @@ A file that fails raises :class:`Unreadable` (a ProtocolError: the agents move i
 `*_from` functions. The names and results of the stream functions are jumbo.protocol's, so the pilot-file seam
 (harvester_edge.seams.files) serves them to the agents and offline replay records them unchanged.
 """
+
 from __future__ import annotations
 
 import errno
@@ -30,18 +31,24 @@ from jumbo import protocol
 from jumbo.protocol import ProtocolError
 
 KiB, MiB = 1024, 1024 * 1024
-STATUS_CAP = 16 * MiB      # event_status.<seq>.json: thousands of ranges fit in a few MiB
-REQUEST_CAP = 1 * MiB      # worker_requestevents.<seq>.json: one small object per job
-HEARTBEAT_CAP = 64 * KiB   # worker_heartbeat.json: a snapshot of a few counters
-REPORT_CAP = 4 * MiB       # jobReport.json, worker_attributes.json
-MONITOR_CAP = 4 * MiB      # prmon.<rank>.jsonl: ~200 B per sample every 10 s, some 2 days of samples
-MONITOR_FILES = 64         # prmon files read per page (a chart of more ranks is unreadable anyway)
+STATUS_CAP = 16 * MiB  # event_status.<seq>.json: thousands of ranges fit in a few MiB
+REQUEST_CAP = 1 * MiB  # worker_requestevents.<seq>.json: one small object per job
+HEARTBEAT_CAP = 64 * KiB  # worker_heartbeat.json: a snapshot of a few counters
+REPORT_CAP = 4 * MiB  # jobReport.json, worker_attributes.json
+MONITOR_CAP = 4 * MiB  # prmon.<rank>.jsonl: ~200 B per sample every 10 s, some 2 days of samples
+MONITOR_FILES = 64  # prmon files read per page (a chart of more ranks is unreadable anyway)
 MONITOR_FILE = re.compile(r"^prmon\.(\d{1,9})\.jsonl$")
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device",
-          stat.S_IFBLK: "a device", stat.S_IFLNK: "a symbolic link"}
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a device",
+    stat.S_IFBLK: "a device",
+    stat.S_IFLNK: "a symbolic link",
+}
 
 
 class Unreadable(ProtocolError):
@@ -175,6 +182,7 @@ def _split(path: Path | str) -> tuple[Path, str]:
 
 # ---------------------------------------------------------------- the seam's operations (jumbo.protocol's names)
 
+
 def pending(ap: Path | str, name: str) -> list[tuple[int, Path]]:
     """Unconsumed files of stream `name`, oldest first: names only (what they are is checked when read)."""
     return protocol.pending(ap, name)
@@ -224,6 +232,7 @@ def write_event_ranges(ap: Path | str, seq: int, ranges, no_more=()) -> Path:
 
 # ---------------------------------------------------------------- what the monitor pages show
 
+
 def read_report(ap: Path | str, name: str = protocol.JOB_REPORT) -> dict | None:
     """jobReport.json / worker_attributes.json as a dict (None when absent); Unreadable when it is not usable."""
     try:
@@ -246,7 +255,8 @@ def read_monitor(ap: Path | str) -> tuple[dict[int, list[dict]], dict[str, str]]
     names.sort(key=lambda n: int(MONITOR_FILE.match(n).group(1)))
     if len(names) > MONITOR_FILES:
         problems[f"{names[MONITOR_FILES]} and {len(names) - MONITOR_FILES - 1} more"] = (
-            f"not read: only the first {MONITOR_FILES} ranks are shown")
+            f"not read: only the first {MONITOR_FILES} ranks are shown"
+        )
         names = names[:MONITOR_FILES]
     for name in names:
         try:

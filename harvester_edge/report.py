@@ -6,6 +6,7 @@ does not).
 Reads the central DB and the harvester DB of this site directly (read-only; safe next to a running daemon), so it
 works where the central service is embedded (central.mode: embedded).
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,10 @@ def build(central_db: Path, harvester_db: Path | None, task_id: int, now: float 
 
     now = time.time() if now is None else now
     if not Path(central_db).is_file():
-        raise HarvesterEdgeError(f"no central DB at {central_db}: the report reads the embedded central service's "
-                                 f"DB (central.db in the site's work_dir)")
+        raise HarvesterEdgeError(
+            f"no central DB at {central_db}: the report reads the embedded central service's "
+            f"DB (central.db in the site's work_dir)"
+        )
     service = CentralService.open(Path(central_db), CentralSettings(db=Path(central_db)))
     try:
         task = service.show_task(task_id)
@@ -44,20 +47,36 @@ def build(central_db: Path, harvester_db: Path | None, task_id: int, now: float 
         errors = sorted(data.task_errors(central, task_id), key=lambda e: -e["count"])
     finally:
         service.close()
-    task["progress"] = round(100.0 * task.get("events_finished", 0) / task["n_events"], 1) if task.get("n_events") \
-        else 0.0
+    task["progress"] = (
+        round(100.0 * task.get("events_finished", 0) / task["n_events"], 1) if task.get("n_events") else 0.0
+    )
     jobs: dict[str, int] = {}
     for j in task["jobs"]:
         jobs[j["status"]] = jobs.get(j["status"], 0) + 1
-    return render("report.html", {
-        "title": f"task {task_id} report", "task": task, "timelines": timelines, "errors": errors, "queues": queues,
-        "jobs_by_status": jobs, "now": now, "harvester_db": harvester_db,
-        "running_chart": timecharts.time_chart(running["workers"],
-                                               "running workers per queue, all tasks (since this one began)",
-                                               running["t0"], running["t1"], step=True, width=900),
-        "wait_chart": timecharts.grouped_bars(waits["bins"], waits["series"],
-                                              "queue wait (submitted → started) per queue: workers"),
-    })
+    return render(
+        "report.html",
+        {
+            "title": f"task {task_id} report",
+            "task": task,
+            "timelines": timelines,
+            "errors": errors,
+            "queues": queues,
+            "jobs_by_status": jobs,
+            "now": now,
+            "harvester_db": harvester_db,
+            "running_chart": timecharts.time_chart(
+                running["workers"],
+                "running workers per queue, all tasks (since this one began)",
+                running["t0"],
+                running["t1"],
+                step=True,
+                width=900,
+            ),
+            "wait_chart": timecharts.grouped_bars(
+                waits["bins"], waits["series"], "queue wait (submitted → started) per queue: workers"
+            ),
+        },
+    )
 
 
 class _nothing:
@@ -70,15 +89,21 @@ class _nothing:
 
 @click.command("report")
 @click.option("--task", "task_id", type=int, required=True, help="the task to report on")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="the HTML file to write (one self-contained file)")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="the HTML file to write (one self-contained file)",
+)
 @click.pass_obj
 def report_command(obj, task_id: int, out: Path) -> None:
     """Write one self-contained HTML report of a task: summary, timelines, failures by error, per-queue figures."""
     config = obj.config
     if config.central.mode == "remote":
-        raise click.ClickException("report reads the central DB on this machine: central.mode is remote here; run "
-                                   "it where the central service (and its central.db) is")
+        raise click.ClickException(
+            "report reads the central DB on this machine: central.mode is remote here; run "
+            "it where the central service (and its central.db) is"
+        )
     try:
         html = build(config.central.db, config.db_path, task_id)
     except HarvesterEdgeError as exc:  # no such task, no central DB

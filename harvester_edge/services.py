@@ -1,10 +1,12 @@
 """What the daemon starts besides its agents: the embedded central service, its client, the batch plugins."""
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from harvester_edge.agents.base import AgentContext
 
@@ -40,11 +42,13 @@ def remote_transport(settings: Any, url: str, recorder: Any = None) -> Any:
         path = getattr(settings, name)
         if path is not None and not Path(path).exists():
             from harvester_edge.errors import ConfigError
+
             raise ConfigError(f"central.{name}: {path} does not exist (expected a PEM file)")
     cert = None
     if settings.cert_file is not None:
-        cert = str(settings.cert_file) if settings.key_file is None else (str(settings.cert_file),
-                                                                           str(settings.key_file))
+        cert = (
+            str(settings.cert_file) if settings.key_file is None else (str(settings.cert_file), str(settings.key_file))
+        )
     verify: bool | str = str(settings.ca_bundle) if settings.ca_bundle is not None else True
     return HttpTransport(url, timeout=float(settings.request_timeout), recorder=recorder, verify=verify, cert=cert)
 
@@ -83,9 +87,12 @@ def start_services(ctx: AgentContext, record: Path | str | None = None) -> Servi
 
             issuer = InProcessIssuer(central.authority, ctx.config.site)
             token = issuer.own_token(None, central.authority.clock())
-    ctx.central = CentralClient(remote_transport(settings, url, recording.http if recording else None), token=token,
-                                token_file=None if token else settings.tokens.token_file,
-                                origin=settings.origin if settings.mode == "remote" else None)
+    ctx.central = CentralClient(
+        remote_transport(settings, url, recording.http if recording else None),
+        token=token,
+        token_file=None if token else settings.tokens.token_file,
+        origin=settings.origin if settings.mode == "remote" else None,
+    )
     if issuer is not None:
         issuer.store(ctx.central, token)
         ctx.central.issuer = issuer

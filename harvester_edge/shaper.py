@@ -5,6 +5,7 @@ The remaining work is split evenly over the workers that may start now (they all
 shares finish together), each as wide as still useful; the queue's limits cap the size, and a backfill window the
 nodes.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,9 @@ def worker_capacity(nodes: int, ranks_per_node: int, seconds_left: float, second
     return int(nodes * ranks_per_node * usable / max(seconds_per_event, 1e-6))
 
 
-def shape_worker(queue: QueueConfig, events_left: int, seconds_per_event: float,
-                 idle_nodes: int | None = None) -> Shape | None:
+def shape_worker(
+    queue: QueueConfig, events_left: int, seconds_per_event: float, idle_nodes: int | None = None
+) -> Shape | None:
     """The shape of one more worker for `events_left` uncovered events, or None when there is nothing to cover.
 
     `idle_nodes` (backfill): when at least nodes_min nodes are idle, the worker takes no more than those, so it
@@ -45,16 +47,23 @@ def shape_worker(queue: QueueConfig, events_left: int, seconds_per_event: float,
     return shapes[0] if shapes else None
 
 
-def shape_workers(queue: QueueConfig, events_left: int, seconds_per_event: float, slots: int,
-                  idle_nodes: int | None = None, others_running: bool = False) -> list[Shape]:
+def shape_workers(
+    queue: QueueConfig,
+    events_left: int,
+    seconds_per_event: float,
+    slots: int,
+    idle_nodes: int | None = None,
+    others_running: bool = False,
+) -> list[Shape]:
     """Up to `slots` workers that share `events_left` uncovered events evenly, so they finish together.
 
     The work is split over as many workers as may start now, but never into workers with less than USEFUL_RUN
     seconds of work each (start-up and the last report would cost more than they do): then fewer, wider workers.
     The task's very end (less than USEFUL_RUN of work even on nodes_min nodes) gets one worker sized for exactly
     that, but only when no other worker runs the job (`others_running`): their pilots pull such a rest, and a new
-    allocation would start when it is gone. More work than `slots` full-size workers can do: `slots` workers of the same share as the ones that follow
-    later (1 / the number of full-size workers the work needs), not full ones and a short last one.
+    allocation would start when it is gone. More work than `slots` full-size workers can do: `slots` workers of the
+    same share as the ones that follow later (1 / the number of full-size workers the work needs), not full ones
+    and a short last one.
     """
     if events_left <= 0 or slots <= 0:
         return []
@@ -83,5 +92,7 @@ def shape_workers(queue: QueueConfig, events_left: int, seconds_per_event: float
 
 def queue_room(queue: QueueConfig, queued: int, running: int) -> int:
     """How many more workers the queue's limits allow now (queued counts new and submitting too)."""
-    return max(0, min(queue.max_queued_workers - queued,
-                      queue.max_running_workers + queue.max_queued_workers - queued - running))
+    return max(
+        0,
+        min(queue.max_queued_workers - queued, queue.max_running_workers + queue.max_queued_workers - queued - running),
+    )

@@ -4,6 +4,7 @@ Jobs are the jumbo jobs fetched from the central service; workers are batch jobs
 the ranges the harvester holds for its pilots. Agents never write a state column: they call
 `harvester_edge.store.rows.transition`, which checks the change against these tables and records it.
 """
+
 from __future__ import annotations
 
 from enum import Enum

@@ -1,4 +1,5 @@
 """`harvester-edge status`: what the site holds, per state, read from the bookkeeping DB (never blocks the daemon)."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -41,8 +42,15 @@ def central_tasks(config: SiteConfig) -> tuple[list[dict], str | None]:
 def collect(config: SiteConfig) -> dict[str, Any]:
     """A JSON-able snapshot; an absent DB is reported as such rather than created."""
     tasks, note = central_tasks(config)
-    snapshot: dict[str, Any] = {"site": config.site, "db": str(config.db_path), "tasks": tasks, "queues": [],
-                                "jobs": {}, "workers": {}, "event_ranges": {}}
+    snapshot: dict[str, Any] = {
+        "site": config.site,
+        "db": str(config.db_path),
+        "tasks": tasks,
+        "queues": [],
+        "jobs": {},
+        "workers": {},
+        "event_ranges": {},
+    }
     if note:
         snapshot["central_note"] = note
     if not config.db_path.exists():
@@ -56,13 +64,23 @@ def collect(config: SiteConfig) -> dict[str, Any]:
         draining = dict(conn.execute("SELECT name, draining FROM queues"))
         for queue in config.queues:
             per_state = {state: n for (q, state), n in workers.items() if q == queue.name}
-            snapshot["queues"].append({"name": queue.name, "batch": queue.batch,
-                                       "draining": bool(draining.get(queue.name, 0)), "workers": per_state})
-        snapshot["jobs"] = {k[0]: v for k, v in _counts(conn, "SELECT state, count(*) FROM jobs GROUP BY state").items()}
-        snapshot["workers"] = {k[0]: v for k, v in
-                               _counts(conn, "SELECT state, count(*) FROM workers GROUP BY state").items()}
-        snapshot["event_ranges"] = {k[0]: v for k, v in _counts(
-            conn, "SELECT state, count(*) FROM event_ranges GROUP BY state").items()}
+            snapshot["queues"].append(
+                {
+                    "name": queue.name,
+                    "batch": queue.batch,
+                    "draining": bool(draining.get(queue.name, 0)),
+                    "workers": per_state,
+                }
+            )
+        snapshot["jobs"] = {
+            k[0]: v for k, v in _counts(conn, "SELECT state, count(*) FROM jobs GROUP BY state").items()
+        }
+        snapshot["workers"] = {
+            k[0]: v for k, v in _counts(conn, "SELECT state, count(*) FROM workers GROUP BY state").items()
+        }
+        snapshot["event_ranges"] = {
+            k[0]: v for k, v in _counts(conn, "SELECT state, count(*) FROM event_ranges GROUP BY state").items()
+        }
         snapshot["outbox_pending"] = conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
     finally:
         conn.close()
@@ -92,18 +110,26 @@ def render(snapshot: dict[str, Any], console: Console | None = None) -> None:
             tasks.add_column(col, justify="right" if col in ("task", "events", "finished") else "left")
         for t in snapshot["tasks"]:
             ranges = t.get("ranges") or {}
-            tasks.add_row(str(t.get("task_id")), str(t.get("name")), str(t.get("status")), str(t.get("n_events")),
-                          str(t.get("events_finished", "")),
-                          " ".join(f"{k}={v}" for k, v in sorted(ranges.items())) if isinstance(ranges, dict) else
-                          str(ranges))
+            tasks.add_row(
+                str(t.get("task_id")),
+                str(t.get("name")),
+                str(t.get("status")),
+                str(t.get("n_events")),
+                str(t.get("events_finished", "")),
+                " ".join(f"{k}={v}" for k, v in sorted(ranges.items())) if isinstance(ranges, dict) else str(ranges),
+            )
         console.print(tasks)
     worker_states = [s.value for s in WorkerState]
     queues = Table(title="queues", title_justify="left")
     for col in ["queue", "batch", "draining", *worker_states]:
         queues.add_column(col, justify="left" if col in ("queue", "batch", "draining") else "right")
     for q in snapshot["queues"]:
-        queues.add_row(q["name"], q["batch"], "yes" if q["draining"] else "no",
-                       *[str(q["workers"].get(s, 0)) for s in worker_states])
+        queues.add_row(
+            q["name"],
+            q["batch"],
+            "yes" if q["draining"] else "no",
+            *[str(q["workers"].get(s, 0)) for s in worker_states],
+        )
     console.print(queues)
     console.print(_state_table("jobs", [s.value for s in JobState], snapshot["jobs"]))
     console.print(_state_table("workers", worker_states, snapshot["workers"]))

@@ -1,4 +1,5 @@
 """A worker's identity and access point: its unique batch job name, its directory, its job spec and WorkerSpec."""
+
 from __future__ import annotations
 
 import json
@@ -7,11 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jumbo import protocol
-
 from harvester_edge.batch import WorkerSpec
-from harvester_edge.jobpayload import jumbo_payload
 from harvester_edge.config import QueueConfig, SiteConfig
+from harvester_edge.jobpayload import jumbo_payload
+from jumbo import protocol
 
 HEARTBEAT_INTERVAL = 10.0  # seconds between the pilot's heartbeat files
 PREFETCH = 1  # ranges queued on each rank beyond the one it runs (the pilot's "prefetch")
@@ -44,11 +44,22 @@ def pilot_payload(job_spec: dict[str, Any]) -> dict[str, Any]:
 def write_job_spec(ap: Path, jobs: list[dict[str, Any]], walltime: int, drain_warning: int, ranks: int) -> None:
     """HPCJobs.json: what the pilot runs (protocol.write_job_spec validates it before it reaches a node)."""
     spec = {
-        "jobs": [{"PandaID": int(j["PandaID"]), "taskID": int(j["taskID"]), "jobsetID": int(j.get("jobsetID") or 0),
-                  "payload": pilot_payload(j)} for j in jobs],
-        "pilot": {"heartbeat_interval": HEARTBEAT_INTERVAL, "mode": "file", "prefetch": PREFETCH,
-                  "n_ranges": range_limit(ranks),
-                  "safety_margin": float(min(max(drain_warning, 10), walltime // 4))},
+        "jobs": [
+            {
+                "PandaID": int(j["PandaID"]),
+                "taskID": int(j["taskID"]),
+                "jobsetID": int(j.get("jobsetID") or 0),
+                "payload": pilot_payload(j),
+            }
+            for j in jobs
+        ],
+        "pilot": {
+            "heartbeat_interval": HEARTBEAT_INTERVAL,
+            "mode": "file",
+            "prefetch": PREFETCH,
+            "n_ranges": range_limit(ranks),
+            "safety_margin": float(min(max(drain_warning, 10), walltime // 4)),
+        },
     }
     protocol.write_job_spec(ap, spec)
 
@@ -56,11 +67,15 @@ def write_job_spec(ap: Path, jobs: list[dict[str, Any]], walltime: int, drain_wa
 def worker_spec(row: sqlite3.Row | dict, queue: QueueConfig) -> WorkerSpec:
     ap = Path(row["access_point"])
     return WorkerSpec(
-        worker_id=int(row["id"]), job_name=row["job_name"], access_point=ap, nodes=int(row["nodes"]),
+        worker_id=int(row["id"]),
+        job_name=row["job_name"],
+        access_point=ap,
+        nodes=int(row["nodes"]),
         # a real job's worker may run fewer ranks than the queue's (jobpayload.worker_shape): cores follow the ranks
         ranks_per_node=int(row["ranks_per_node"]),
         cores_per_rank=max(1, queue.cores_per_node // max(1, int(row["ranks_per_node"]))),
-        walltime=int(row["walltime"]), memory_mb=queue.memory_mb,
+        walltime=int(row["walltime"]),
+        memory_mb=queue.memory_mb,
         # the pilot computes its end time from its own start: queue wait does not eat into it
         pilot_argv=[sys.executable, "-m", "jumbo", "--ap", str(ap), "--end-time", f"+{int(row['walltime'])}"],
         env={"HARVESTER_EDGE_WORKER_ID": str(row["id"])},

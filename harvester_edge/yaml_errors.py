@@ -4,6 +4,7 @@ Shared by the site config and the task files: `load_yaml_mapping` reads a file i
 line number; `describe_validation_error` renders a pydantic ValidationError as one line per problem:
     FILE:LINE: key.path[0].name: what is wrong (expected ..., got ...)
 """
+
 from __future__ import annotations
 
 import difflib
@@ -48,7 +49,7 @@ def load_yaml_mapping(path: Path, what: str = "file") -> tuple[dict, dict[KeyPat
 def _collect_lines(node: yaml.Node, prefix: KeyPath, lines: dict[KeyPath, int]) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
-            key = (prefix + (key_node.value,))
+            key = prefix + (key_node.value,)
             lines[key] = key_node.start_mark.line + 1
             _collect_lines(value_node, key, lines)
     elif isinstance(node, yaml.SequenceNode):
@@ -69,9 +70,9 @@ def _data_path(loc: KeyPath, data: Any, keep_last: bool) -> KeyPath:
     out: list[Any] = []
     current = data
     for i, part in enumerate(loc):
-        if isinstance(current, list) and isinstance(part, int) and part < len(current):
-            current = current[part]
-        elif isinstance(current, dict) and part in current:
+        if (isinstance(current, list) and isinstance(part, int) and part < len(current)) or (
+            isinstance(current, dict) and part in current
+        ):
             current = current[part]
         elif keep_last and i == len(loc) - 1:
             pass
@@ -105,8 +106,9 @@ def _unwrap(annotation: Any) -> Any:
     return annotation
 
 
-def describe_validation_error(exc: ValidationError, path: Path, lines: dict[KeyPath, int],
-                              model: type[BaseModel], data: Any) -> str:
+def describe_validation_error(
+    exc: ValidationError, path: Path, lines: dict[KeyPath, int], model: type[BaseModel], data: Any
+) -> str:
     """One line per problem, each with file, line, key path, the problem and the expectation."""
     problems = []
     for err in exc.errors(include_url=False):
@@ -121,7 +123,9 @@ def describe_validation_error(exc: ValidationError, path: Path, lines: dict[KeyP
             known = [k for k in known if k != "source"]
             hint = difflib.get_close_matches(str(key_path[-1]), known, n=1)
             message = f"unknown key {key_path[-1]!r}"
-            message += f"; did you mean {hint[0]!r}?" if hint else (f"; known keys: {', '.join(known)}" if known else "")
+            message += (
+                f"; did you mean {hint[0]!r}?" if hint else (f"; known keys: {', '.join(known)}" if known else "")
+            )
         elif kind == "missing":
             message = "missing required key"
         else:

@@ -1,4 +1,5 @@
 """``python -m jumbo``: run the pilot (see jumbo.pilot)."""
+
 import sys
 
 from jumbo.pilot import main

@@ -5,6 +5,7 @@ Down (to a rank): {"kind": "ranges", "tasks": [...]} or {"kind": "stop"}; after 
 Waiting polls with a short sleep instead of a blocking MPI receive: Open MPI busy-spins in blocking calls, which
 would steal a core from the payloads on an oversubscribed node.
 """
+
 from __future__ import annotations
 
 import queue

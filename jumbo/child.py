@@ -5,6 +5,7 @@ killed takes only this process down and the rank reports the range failed and st
 Request: {"callable", "first", "last", "output", "context"}; answer: {"ok", "code", "message", "cpu", "wall",
 "start", "end"}. Requests queue up in the pipe: the rank may hand over the next range while this one runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,16 +55,32 @@ def main() -> int:
             if fn is None:
                 fn = cache[req["callable"]] = resolve(req["callable"])
             fn(req["first"], req["last"], req["output"], req["context"])
-        except Exception as exc:  # noqa: BLE001 - every payload error becomes a failed range, the child goes on
+        except Exception as exc:
             code = getattr(exc, "code", None)
             code = code if isinstance(code, int) and code != 0 else 1
             tb = traceback.format_exc(limit=3)
             sys.stderr.write(tb)
-            _answer(out, ok=False, code=code, message=f"{type(exc).__name__}: {exc}"[:500],
-                    cpu=time.process_time() - c0, wall=time.monotonic() - t0, start=start, end=time.time())
+            _answer(
+                out,
+                ok=False,
+                code=code,
+                message=f"{type(exc).__name__}: {exc}"[:500],
+                cpu=time.process_time() - c0,
+                wall=time.monotonic() - t0,
+                start=start,
+                end=time.time(),
+            )
             continue
-        _answer(out, ok=True, code=0, message="", cpu=time.process_time() - c0, wall=time.monotonic() - t0,
-                start=start, end=time.time())
+        _answer(
+            out,
+            ok=True,
+            code=0,
+            message="",
+            cpu=time.process_time() - c0,
+            wall=time.monotonic() - t0,
+            start=start,
+            end=time.time(),
+        )
     return 0
 
 

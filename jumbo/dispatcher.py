@@ -5,6 +5,7 @@ the dispatcher sends a range wherever a credit is open. A range a rank gives bac
 another rank unless the whole pilot drains, in which case it is reported not-done. Rank 0's own work loop is fed
 through a LocalChannel, the others over MPI; only this thread calls MPI on rank 0.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,18 @@ log = logging.getLogger(__name__)
 
 
 class Dispatcher:
-    def __init__(self, comm, local: LocalChannel, ap: Path, source, reporter, settings: dict,
-                 deadline: float | None, drain: threading.Event, prefetch: int):
+    def __init__(
+        self,
+        comm,
+        local: LocalChannel,
+        ap: Path,
+        source,
+        reporter,
+        settings: dict,
+        deadline: float | None,
+        drain: threading.Event,
+        prefetch: int,
+    ):
         from mpi4py import MPI
 
         self.MPI, self.comm, self.local, self.ap = MPI, comm, local, Path(ap)
@@ -83,9 +94,16 @@ class Dispatcher:
             self.metrics[rank] = msg.get("metrics", {})
             self.state[rank] = "gone"
             for task in self.in_flight[rank].values():  # cannot happen with FIFO channels; never lose a range
-                self.reporter.add({"PandaID": task["pid"], "eventRangeID": task["range"]["eventRangeID"],
-                                   "eventStatus": "not-done", "nEvents": 0, "errorCode": 0,
-                                   "errorDiag": "rank left without an answer"})
+                self.reporter.add(
+                    {
+                        "PandaID": task["pid"],
+                        "eventRangeID": task["range"]["eventRangeID"],
+                        "eventStatus": "not-done",
+                        "nEvents": 0,
+                        "errorCode": 0,
+                        "errorDiag": "rank left without an answer",
+                    }
+                )
             self.in_flight[rank].clear()
 
     def _stop_rank(self, rank: int) -> None:
@@ -108,8 +126,12 @@ class Dispatcher:
         if not self.draining and self.deadline is not None and not self.timer.fits(now, self.deadline):
             self.draining = "walltime: another range does not fit"
         if self.draining:
-            log.info("draining: %s; %d ranges queued, %d in flight", self.draining, len(self.queue),
-                     sum(map(len, self.in_flight.values())))
+            log.info(
+                "draining: %s; %d ranges queued, %d in flight",
+                self.draining,
+                len(self.queue),
+                sum(map(len, self.in_flight.values())),
+            )
             self.end_reason = self.draining
             for rank in range(self.size):
                 self._stop_rank(rank)
@@ -134,10 +156,13 @@ class Dispatcher:
 
     def _heartbeat(self, now: float, state: str) -> None:
         counts = self.reporter.totals()
-        counts.update(queued=len(self.queue), in_flight=sum(map(len, self.in_flight.values())),
-                      dispatched=self.dispatched)
-        protocol.write_heartbeat(self.ap, {"state": state, "pid": os.getpid(), "ranks": self.size,
-                                           "counts": counts, "draining": self.draining})
+        counts.update(
+            queued=len(self.queue), in_flight=sum(map(len, self.in_flight.values())), dispatched=self.dispatched
+        )
+        protocol.write_heartbeat(
+            self.ap,
+            {"state": state, "pid": os.getpid(), "ranks": self.size, "counts": counts, "draining": self.draining},
+        )
         self._next_beat = now + self.settings["heartbeat_interval"]
 
     def _accept(self, tasks: list[dict]) -> None:
@@ -187,7 +212,7 @@ class Dispatcher:
                 self.local.wake.wait(pause)
                 self.local.wake.clear()
                 pause = min(self._max_pause(), pause * 2)
-        except Exception as exc:  # noqa: BLE001 - end the pilot cleanly, say why in worker_attributes.json
+        except Exception as exc:
             log.exception("dispatcher failed; stopping all ranks")
             self.fatal = f"dispatcher failed: {type(exc).__name__}: {exc}"
             self.end_reason = self.fatal
@@ -203,20 +228,28 @@ class Dispatcher:
         for rank in range(self.size):
             try:
                 self._stop_rank(rank)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("cannot tell rank %d to stop", rank)
         deadline = time.monotonic() + 60
         while any(s != "gone" for s in self.state.values()) and time.monotonic() < deadline:
             try:
                 for msg in self._incoming():
                     self._handle(msg)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("while collecting the ranks' last results")
             time.sleep(MAX_SLEEP)
 
 
 def _unrun(task: dict, why: str) -> dict:
     rng = task["range"]
-    return {"PandaID": task["pid"], "eventRangeID": rng["eventRangeID"], "eventStatus": "not-done",
-            "startEvent": rng["startEvent"], "lastEvent": rng["lastEvent"],
-            "nEvents": rng["lastEvent"] - rng["startEvent"] + 1, "rank": 0, "errorCode": 0, "errorDiag": why}
+    return {
+        "PandaID": task["pid"],
+        "eventRangeID": rng["eventRangeID"],
+        "eventStatus": "not-done",
+        "startEvent": rng["startEvent"],
+        "lastEvent": rng["lastEvent"],
+        "nEvents": rng["lastEvent"] - rng["startEvent"] + 1,
+        "rank": 0,
+        "errorCode": 0,
+        "errorDiag": why,
+    }

@@ -6,6 +6,7 @@ is still running at the deadline is killed (SIGKILL) and reported not-done, so i
 ``inline`` calls the function in the rank itself: the cheapest, for short trusted callables only — an exception is
 still a failed range, but a crash takes the rank (and with MPI the whole pilot) down, and the deadline cannot stop it.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,17 +25,18 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-CODE_EXCEPTION = 1          # a callable raised without an error code
-CODE_NO_OUTPUT = 70         # the payload said OK but the output file is missing
-CODE_START_FAILED = 71      # the child process or command could not be started
-CODE_SIGNAL_BASE = 128      # killed by signal N -> 128 + N (as a shell reports it)
-STOP_GRACE = 5.0            # seconds a worker child gets to exit after its stdin closes
+CODE_EXCEPTION = 1  # a callable raised without an error code
+CODE_NO_OUTPUT = 70  # the payload said OK but the output file is missing
+CODE_START_FAILED = 71  # the child process or command could not be started
+CODE_SIGNAL_BASE = 128  # killed by signal N -> 128 + N (as a shell reports it)
+STOP_GRACE = 5.0  # seconds a worker child gets to exit after its stdin closes
 
 
 @dataclass
 class Outcome:
     """What became of one payload execution."""
-    status: str            # finished | failed | not-done
+
+    status: str  # finished | failed | not-done
     code: int = 0
     message: str = ""
     cpu: float = 0.0
@@ -47,12 +49,13 @@ class Outcome:
 @dataclass
 class Ticket:
     """A range on its way through a worker child."""
+
     payload: dict
     first: int
     last: int
     output: str
     context: dict
-    child: object = None               # the child that holds it; None: not handed out (or handed back)
+    child: object = None  # the child that holds it; None: not handed out (or handed back)
     failed: Outcome | None = field(default=None)  # no child could be started for it
     submitted: float = 0.0
 
@@ -105,8 +108,7 @@ class PayloadRunner:
         self.restarts = 0
 
     # -- public
-    def run(self, payload: dict, first: int, last: int, output: str, context: dict,
-            deadline: float | None) -> Outcome:
+    def run(self, payload: dict, first: int, last: int, output: str, context: dict, deadline: float | None) -> Outcome:
         """Run one range; ``deadline`` is a time.time() after which it is killed and reported not-done."""
         if "command" in payload:
             outcome = self._run_command(payload, first, last, output, context, deadline)
@@ -123,8 +125,12 @@ class PayloadRunner:
             try:
                 self._children[name] = self._spawn_child()
             except OSError as exc:
-                log.warning("rank %d: cannot prestart the payload child for %s (%s); trying at the first range",
-                            self.rank, name, exc)
+                log.warning(
+                    "rank %d: cannot prestart the payload child for %s (%s); trying at the first range",
+                    self.rank,
+                    name,
+                    exc,
+                )
 
     def close(self) -> None:
         for child in self._children.values():
@@ -147,8 +153,12 @@ class PayloadRunner:
                     os.close(fd)
             outcome.fsize, outcome.adler32 = adler32_of(output)
         except OSError as exc:
-            return Outcome("failed", CODE_NO_OUTPUT, f"payload reported success but its output {output} is "
-                           f"unreadable ({exc})", outcome.cpu)
+            return Outcome(
+                "failed",
+                CODE_NO_OUTPUT,
+                f"payload reported success but its output {output} is unreadable ({exc})",
+                outcome.cpu,
+            )
         return outcome
 
     def _spawn_child(self) -> subprocess.Popen:
@@ -156,9 +166,14 @@ class PayloadRunner:
             spare, self._spare = self._spare, None
             if spare.poll() is None:
                 return spare
-        return subprocess.Popen([sys.executable, "-m", "jumbo.child"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=self._log or None, env=child_env(),
-                                start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "jumbo.child"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log or None,
+            env=child_env(),
+            start_new_session=True,
+        )
 
     def _stop(self, child: subprocess.Popen) -> None:
         try:
@@ -179,7 +194,7 @@ class PayloadRunner:
 
                 fn = self._inline[name] = resolve(name)
             fn(first, last, output, context)
-        except Exception as exc:  # noqa: BLE001 - a payload error is a failed range, the rank goes on
+        except Exception as exc:
             code = getattr(exc, "code", None)
             code = code if isinstance(code, int) and code != 0 else CODE_EXCEPTION
             return Outcome("failed", code, f"{type(exc).__name__}: {exc}"[:500], time.process_time() - c0)
@@ -206,8 +221,13 @@ class PayloadRunner:
                 child = self._children[name] = self._spawn_child()
             except OSError as exc:
                 return Outcome("failed", CODE_START_FAILED, f"cannot start the payload child for {name}: {exc}")
-        request = {"callable": name, "first": ticket.first, "last": ticket.last, "output": ticket.output,
-                   "context": ticket.context}
+        request = {
+            "callable": name,
+            "first": ticket.first,
+            "last": ticket.last,
+            "output": ticket.output,
+            "context": ticket.context,
+        }
         ticket.child = child
         self._tickets(child).append(ticket)
         try:
@@ -236,8 +256,12 @@ class PayloadRunner:
         name, child = ticket.payload["callable"], ticket.child
         tickets = self._tickets(child)
         if not tickets or tickets[0] is not ticket:  # answers come in order: anything else is a bug here
-            log.error("rank %d: range %d-%d is not next in its payload child's queue; restarting the child",
-                      self.rank, ticket.first, ticket.last)
+            log.error(
+                "rank %d: range %d-%d is not next in its payload child's queue; restarting the child",
+                self.rank,
+                ticket.first,
+                ticket.last,
+            )
             child.kill()
             child.wait()
             self._drop_child(name, child)
@@ -252,15 +276,27 @@ class PayloadRunner:
             child.wait()
             self._drop_child(name, child)
             self.restarts += 1
-            log.warning("rank %d: payload child for %s died (%s) on events %d-%d; a new one starts next range",
-                        self.rank, name, child.returncode, ticket.first, ticket.last)
+            log.warning(
+                "rank %d: payload child for %s died (%s) on events %d-%d; a new one starts next range",
+                self.rank,
+                name,
+                child.returncode,
+                ticket.first,
+                ticket.last,
+            )
             return _signal_outcome(child.returncode, f"payload {name}")
         self._tickets(child).popleft()
         ticket.child = None
         answer = json.loads(line)
         status = "finished" if answer["ok"] else "failed"
-        return Outcome(status, int(answer["code"]), answer["message"], float(answer["cpu"]),
-                       start=answer.get("start"), end=answer.get("end"))
+        return Outcome(
+            status,
+            int(answer["code"]),
+            answer["message"],
+            float(answer["cpu"]),
+            start=answer.get("start"),
+            end=answer.get("end"),
+        )
 
     # -- pipelining: the next range waits in the child's input while the current one runs
     @staticmethod
@@ -309,8 +345,8 @@ class PayloadRunner:
         while True:
             end = buffer.find(b"\n")
             if end >= 0:
-                line = bytes(buffer[:end + 1])
-                del buffer[:end + 1]
+                line = bytes(buffer[: end + 1])
+                del buffer[: end + 1]
                 return line
             if deadline is not None:
                 left = deadline - time.time()
@@ -325,12 +361,19 @@ class PayloadRunner:
             buffer += chunk
 
     def _run_command(self, payload, first, last, output, context, deadline) -> Outcome:
-        argv = render_command(payload["command"], first_event=first, last_event=last, output=output,
-                              rank=self.rank, seed=context["seed"])
+        argv = render_command(
+            payload["command"], first_event=first, last_event=last, output=output, rank=self.rank, seed=context["seed"]
+        )
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log or None,
-                                    stderr=self._log or None, env=child_env(), start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log or None,
+                stderr=self._log or None,
+                env=child_env(),
+                start_new_session=True,
+            )
         except OSError as exc:
             return Outcome("failed", CODE_START_FAILED, f"cannot start payload command {argv[0]!r}: {exc}")
         try:

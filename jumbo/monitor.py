@@ -3,6 +3,7 @@
 One line per sample in ``prmon.<rank>.jsonl`` in the access point (see jumbo.protocol); the maxima go into the
 job report. Memory and CPU cover the rank process plus all its descendants (the payload children).
 """
+
 from __future__ import annotations
 
 import json
@@ -71,7 +72,7 @@ class Monitor:
         while True:
             try:
                 self.step()
-            except Exception:  # noqa: BLE001 - monitoring must never end the pilot
+            except Exception:
                 log.exception("rank %d: monitor sample failed; trying again next interval", self.rank)
             if self._stop.wait(self.interval):
                 return
@@ -84,7 +85,7 @@ class Monitor:
         if last_sample:
             try:
                 self.step()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("rank %d: last monitor sample failed", self.rank)
         self._fh.close()
         return dict(self.maxima)

@@ -10,6 +10,7 @@ A payload signals failure by raising (``PayloadError`` carries an error code) or
 - :func:`fail`: fails the ranges holding ``fail_events`` (raise with ``code``, ``exit``, ``kill`` = SIGKILL itself,
   or ``segfault``), and runs ``then`` (default :func:`simulate`) for the others.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -48,8 +49,9 @@ def _sim_args(args: dict | None) -> tuple[int, int]:
     return int(merged["size"]), int(merged["rounds"])
 
 
-def expected(task_id: int, event: int, size: int = SIM_DEFAULTS["size"],
-             rounds: int = SIM_DEFAULTS["rounds"]) -> np.ndarray:
+def expected(
+    task_id: int, event: int, size: int = SIM_DEFAULTS["size"], rounds: int = SIM_DEFAULTS["rounds"]
+) -> np.ndarray:
     """The output row of one event: a function of (task_id, event) and the work size only."""
     import numpy as np  # here, not at the top: the sleep/noop payloads' children start faster without numpy
 

@@ -4,6 +4,7 @@ Rank 0 reads the job spec from the access point and broadcasts it, runs the disp
 through ranges like every other rank. Exit code: 0 when the pilot ended normally (whatever its ranges' fate),
 1 on a pilot error (bad job spec, dispatcher failure), 2 on bad arguments.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _setup_logging(level: str, rank: int) -> None:
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format=f"%(asctime)s rank{rank} %(threadName)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format=f"%(asctime)s rank{rank} %(threadName)s %(name)s %(levelname)s %(message)s",
+    )
 
 
 def _install_signals(drain: threading.Event) -> None:
@@ -61,8 +65,9 @@ def _read_spec(comm, ap: Path, rank: int):
             error = f"cannot start: {exc}"
             log.error("%s; fix the job spec and submit again", error)
             try:
-                protocol.write_worker_attributes(ap, {"workerStatus": "failed", "pilotErrorCode": 1,
-                                                      "pilotErrorDiag": error, "jobs": {}})
+                protocol.write_worker_attributes(
+                    ap, {"workerStatus": "failed", "pilotErrorCode": 1, "pilotErrorDiag": error, "jobs": {}}
+                )
             except OSError:
                 log.exception("cannot write %s either", protocol.ATTRIBUTES)
     return comm.bcast((spec, error), root=0)
@@ -100,24 +105,30 @@ def _run(argv: list[str] | None) -> int:
     settings = spec["pilot"]
     end_time = None
     if rank == 0:
-        end_time = resolve_end_time(args.end_time, settings.get("end_time"), walltime=settings.get("walltime"),
-                                    started=started)
+        end_time = resolve_end_time(
+            args.end_time, settings.get("end_time"), walltime=settings.get("walltime"), started=started
+        )
     end_time = comm.bcast(end_time, root=0)
     deadline = None if end_time is None else end_time - float(settings["safety_margin"])
     jobs = {int(j["PandaID"]): j for j in spec["jobs"]}
     prefetch = int(settings["prefetch"])
 
     monitor = Monitor(args.ap / protocol.MONITOR.format(rank=rank), rank, settings["monitor_interval"]).start()
-    runner = PayloadRunner(rank, args.ap / "logs" / f"payload.{rank}.log", fsync_outputs=not args.no_fsync,
-                           spare=spare)
+    runner = PayloadRunner(rank, args.ap / "logs" / f"payload.{rank}.log", fsync_outputs=not args.no_fsync, spare=spare)
     maxima: dict = {}
     node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()  # fake Slurm nodes share one hostname
 
     def metrics() -> dict:
         maxima.update(monitor.stop())
-        return {"maxRSS": maxima["rss"], "maxPSS": maxima["pss"], "maxVMEM": maxima["vmem"],
-                "rankCpuTime": maxima["utime"] + maxima["stime"], "readBytes": maxima["read_bytes"],
-                "writeBytes": maxima["write_bytes"], "node": node}
+        return {
+            "maxRSS": maxima["rss"],
+            "maxPSS": maxima["pss"],
+            "maxVMEM": maxima["vmem"],
+            "rankCpuTime": maxima["utime"] + maxima["stime"],
+            "readBytes": maxima["read_bytes"],
+            "writeBytes": maxima["write_bytes"],
+            "node": node,
+        }
 
     dispatcher = None
     if rank == 0:
@@ -155,8 +166,7 @@ def _finish(dispatcher, source, reporter, started: float, size: int) -> int:
     if hasattr(source, "flush_pending") and not source.flush_pending():
         dispatcher.fatal = dispatcher.fatal or "could not send the last event statuses to the central service"
     errors = list(source.errors)
-    reporter.finalize(dispatcher.metrics, time.time() - started, dispatcher.end_reason, dispatcher.fatal,
-                      errors, size)
+    reporter.finalize(dispatcher.metrics, time.time() - started, dispatcher.end_reason, dispatcher.fatal, errors, size)
     dispatcher._heartbeat(time.time(), "finished")
     log.info("pilot done in %.1f s: %s (%s)", time.time() - started, reporter.totals(), dispatcher.end_reason)
     return 1 if dispatcher.fatal else 0

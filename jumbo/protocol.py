@@ -84,6 +84,7 @@ the pilot starts; :func:`write_event_ranges` / :func:`read_event_ranges`)::
     {"time": 1790000100.0, "rank": 1, "rss": 1234, "pss": 1000, "vmem": 5678, "utime": 1.2, "stime": 0.1,
      "read_bytes": 0, "write_bytes": 4096, "nprocs": 2}
 """
+
 from __future__ import annotations
 
 import json
@@ -115,16 +116,16 @@ CONSUMED_SUFFIX = ".read"
 BAD_SUFFIX = ".bad"
 
 PILOT_DEFAULTS: dict[str, Any] = {
-    "end_time": None,            # epoch seconds; None: from the option, Slurm's environment, walltime or never
-    "walltime": None,            # seconds from the pilot's start, when no end time is known
+    "end_time": None,  # epoch seconds; None: from the option, Slurm's environment, walltime or never
+    "walltime": None,  # seconds from the pilot's start, when no end time is known
     "heartbeat_interval": 30.0,  # seconds between worker_heartbeat.json rewrites
-    "prefetch": 1,               # ranges queued on each rank beyond the one it runs
+    "prefetch": 1,  # ranges queued on each rank beyond the one it runs
     "mode": "file",
-    "n_ranges": None,            # ranges per request; None: 2 x ranks x (prefetch + 1)
-    "safety_margin": 60.0,       # seconds kept free before end_time for the final reports
+    "n_ranges": None,  # ranges per request; None: 2 x ranks x (prefetch + 1)
+    "safety_margin": 60.0,  # seconds kept free before end_time for the final reports
     "status_flush_interval": 1.0,
     "monitor_interval": 10.0,
-    "poll_interval": 0.2,        # how often rank 0 looks for new ranges files
+    "poll_interval": 0.2,  # how often rank 0 looks for new ranges files
     "central_url": None,
     "token_file": None,
 }
@@ -137,6 +138,7 @@ class ProtocolError(Exception):
 @dataclass(frozen=True)
 class Request:
     """One event request of the pilot: {PandaID: {pandaID, taskID, jobsetID, nRanges}}."""
+
     seq: int
     path: Path
     time: float
@@ -146,6 +148,7 @@ class Request:
 @dataclass(frozen=True)
 class Ranges:
     """One ranges file of the harvester: answers request ``seq``; ``no_more`` jobs get no further ranges."""
+
     seq: int
     path: Path
     ranges: dict[int, list[dict]]
@@ -155,6 +158,7 @@ class Ranges:
 @dataclass(frozen=True)
 class Batch:
     """One event status file of the pilot: {PandaID: [status entries]}."""
+
     seq: int
     path: Path
     time: float
@@ -162,6 +166,7 @@ class Batch:
 
 
 # ---------------------------------------------------------------- low-level file helpers
+
 
 def write_json_atomic(path: Path | str, obj: Mapping, exclusive: bool = False) -> Path:
     """Write ``obj`` (plus "protocol") to ``path`` via a temporary file, fsync and rename.
@@ -272,10 +277,10 @@ def quarantine(path: Path | str) -> Path:
     return bad
 
 
-MAX_ID = 2 ** 63 - 1          # PandaIDs, sequence numbers: what SQLite's INTEGER holds
-MAX_TIME = 1e11               # epoch seconds (year 5138): beyond it a time is garbage, not a date
-MAX_COUNT = 2 ** 31 - 1       # events, ranks, error codes and other counts
-MAX_ID_CHARS = 256            # an eventRangeID
+MAX_ID = 2**63 - 1  # PandaIDs, sequence numbers: what SQLite's INTEGER holds
+MAX_TIME = 1e11  # epoch seconds (year 5138): beyond it a time is garbage, not a date
+MAX_COUNT = 2**31 - 1  # events, ranks, error codes and other counts
+MAX_ID_CHARS = 256  # an eventRangeID
 
 
 def _int_keys(obj: Any, path: Path, what: str) -> dict[int, Any]:
@@ -298,8 +303,16 @@ def _need(obj: Mapping, key: str, kind: type | tuple, path: Path, where: str) ->
     return value
 
 
-def _number(obj: Mapping, key: str, path: Path, where: str, hi: float, required: bool = False,
-            integer: bool = False, lo: float = 0) -> Any:
+def _number(
+    obj: Mapping,
+    key: str,
+    path: Path,
+    where: str,
+    hi: float,
+    required: bool = False,
+    integer: bool = False,
+    lo: float = 0,
+) -> Any:
     """``obj[key]`` as a finite number in [lo, hi] (an int when ``integer``); None when absent and not required."""
     if key not in obj or (obj[key] is None and not required):
         if required:
@@ -309,8 +322,9 @@ def _number(obj: Mapping, key: str, path: Path, where: str, hi: float, required:
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         expected = "an integer" if integer else "a number"
-        raise ProtocolError(f"{path}: {where} '{key}' must be {expected}, got {type(value).__name__} "
-                            f"{str(value)[:40]!r}")
+        raise ProtocolError(
+            f"{path}: {where} '{key}' must be {expected}, got {type(value).__name__} {str(value)[:40]!r}"
+        )
     if not (lo <= value <= hi):  # NaN fails too
         raise ProtocolError(f"{path}: {where} '{key}' is {str(value)[:40]}, outside {lo:g}..{hi:g}")
     return value
@@ -327,9 +341,15 @@ def _text(obj: Mapping, key: str, path: Path, where: str, required: bool = False
 
 
 # key: (lowest, highest, integer); an error code may be negative (a signal, a payload's own code)
-STATUS_NUMBERS = {"nEvents": (0, MAX_COUNT, True), "startTime": (0, MAX_TIME, False),
-                  "endTime": (0, MAX_TIME, False), "cpuTime": (0, MAX_TIME, False), "rank": (0, MAX_COUNT, True),
-                  "errorCode": (-MAX_COUNT, MAX_COUNT, True), "fsize": (0, MAX_ID, True)}
+STATUS_NUMBERS = {
+    "nEvents": (0, MAX_COUNT, True),
+    "startTime": (0, MAX_TIME, False),
+    "endTime": (0, MAX_TIME, False),
+    "cpuTime": (0, MAX_TIME, False),
+    "rank": (0, MAX_COUNT, True),
+    "errorCode": (-MAX_COUNT, MAX_COUNT, True),
+    "fsize": (0, MAX_ID, True),
+}
 STATUS_TEXTS = ("errorDiag", "path", "adler32")
 
 
@@ -342,8 +362,9 @@ def validate_status_entry(ev: Any, path: Path, pid: int) -> dict:
     if not rid or len(rid) > MAX_ID_CHARS:
         raise ProtocolError(f"{path}: {where} has an eventRangeID of {len(rid)} characters (1..{MAX_ID_CHARS})")
     if ev.get("eventStatus") not in EVENT_STATUSES:
-        raise ProtocolError(f"{path}: range {rid} has eventStatus {str(ev.get('eventStatus'))[:40]!r}, "
-                            f"not one of {EVENT_STATUSES}")
+        raise ProtocolError(
+            f"{path}: range {rid} has eventStatus {str(ev.get('eventStatus'))[:40]!r}, not one of {EVENT_STATUSES}"
+        )
     for key, (lo, hi, integer) in STATUS_NUMBERS.items():
         _number(ev, key, path, f"range {rid}", hi, integer=integer, lo=lo)
     for key in STATUS_TEXTS:
@@ -364,6 +385,7 @@ def validate_range(rng: Any, path: Path) -> dict:
 
 
 # ---------------------------------------------------------------- parse functions (pure apart from the read)
+
 
 def load_job_spec(path: Path | str) -> dict:
     """Parse and validate HPCJobs.json; fill the pilot settings' defaults."""
@@ -479,6 +501,7 @@ def _load_all(ap: Path | str, name: str, loader) -> list:
 
 # ---------------------------------------------------------------- harvester side
 
+
 def write_job_spec(ap: Path | str, spec: Mapping) -> Path:
     """Write HPCJobs.json; the spec is validated by reading it back, so a bad spec fails here, not on the node."""
     path = write_json_atomic(Path(ap) / JOB_SPEC, spec)
@@ -491,12 +514,16 @@ def read_event_requests(ap: Path | str) -> list[Request]:
     return _load_all(ap, REQUESTS, load_event_request)
 
 
-def write_event_ranges(ap: Path | str, seq: int, ranges: Mapping[int, Iterable[Mapping]],
-                       no_more: Iterable[int] = ()) -> Path:
+def write_event_ranges(
+    ap: Path | str, seq: int, ranges: Mapping[int, Iterable[Mapping]], no_more: Iterable[int] = ()
+) -> Path:
     """Answer request ``seq`` with {PandaID: [ranges]}; ``no_more``: jobs that will get no further ranges."""
-    body = {"seq": int(seq), "time": time.time(),
-            "ranges": {str(pid): [dict(r) for r in lst] for pid, lst in ranges.items()},
-            "no_more": sorted(int(p) for p in no_more)}
+    body = {
+        "seq": int(seq),
+        "time": time.time(),
+        "ranges": {str(pid): [dict(r) for r in lst] for pid, lst in ranges.items()},
+        "no_more": sorted(int(p) for p in no_more),
+    }
     path = stream_path(ap, RANGES, seq)
     for lst in ranges.values():
         for rng in lst:
@@ -544,6 +571,7 @@ def read_monitor(ap: Path | str) -> dict[int, list[dict]]:
 
 # ---------------------------------------------------------------- pilot side
 
+
 def read_job_spec(ap: Path | str) -> dict:
     """The job spec the harvester wrote, validated, with the pilot settings' defaults filled."""
     return load_job_spec(Path(ap) / JOB_SPEC)
@@ -562,8 +590,11 @@ def read_event_ranges(ap: Path | str) -> list[Ranges]:
 
 def write_event_status(ap: Path | str, seq: int, events: Mapping[int, Iterable[Mapping]]) -> Path:
     """Report finished/failed/not-done ranges under a new sequence number."""
-    body = {"seq": int(seq), "time": time.time(),
-            "events": {str(pid): [dict(e) for e in lst] for pid, lst in events.items()}}
+    body = {
+        "seq": int(seq),
+        "time": time.time(),
+        "events": {str(pid): [dict(e) for e in lst] for pid, lst in events.items()},
+    }
     return write_json_atomic(stream_path(ap, STATUS, seq), body, exclusive=True)
 
 

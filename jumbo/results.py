@@ -1,4 +1,5 @@
 """Rank 0's bookkeeping of range results: batched status reports, per-job counts, manifests and final reports."""
+
 from __future__ import annotations
 
 import logging
@@ -55,34 +56,73 @@ class Reporter:
         for pid, results in self.finished.items():
             path = self.ap / "outputs" / f"{pid}.manifest.json"
             path.parent.mkdir(parents=True, exist_ok=True)
-            files = sorted(({k: r[k] for k in ("eventRangeID", "startEvent", "lastEvent", "nEvents", "path",
-                                               "fsize", "adler32")} for r in results if "path" in r),
-                           key=lambda f: f["startEvent"])
-            protocol.write_json_atomic(path, {"PandaID": pid, "taskID": self.jobs[pid]["taskID"], "files": files,
-                                              "nEvents": sum(f["nEvents"] for f in files)})
+            files = sorted(
+                (
+                    {
+                        k: r[k]
+                        for k in ("eventRangeID", "startEvent", "lastEvent", "nEvents", "path", "fsize", "adler32")
+                    }
+                    for r in results
+                    if "path" in r
+                ),
+                key=lambda f: f["startEvent"],
+            )
+            protocol.write_json_atomic(
+                path,
+                {
+                    "PandaID": pid,
+                    "taskID": self.jobs[pid]["taskID"],
+                    "files": files,
+                    "nEvents": sum(f["nEvents"] for f in files),
+                },
+            )
             out[pid] = str(path)
         return out
 
-    def finalize(self, per_rank: dict[int, dict], wall: float, end_reason: str, fatal: str, errors: list[str],
-                 size: int) -> None:
+    def finalize(
+        self, per_rank: dict[int, dict], wall: float, end_reason: str, fatal: str, errors: list[str], size: int
+    ) -> None:
         manifests = self.write_manifests()
         jobs = {}
         for pid in self.jobs:
             c, e = self.counts[pid], self.events[pid]
-            jobs[str(pid)] = {"jobStatus": "failed" if fatal else "finished", "manifest": manifests[pid],
-                              "nRangesFinished": c["finished"], "nRangesFailed": c["failed"],
-                              "nRangesNotDone": c["not-done"], "nEventsFinished": e["finished"],
-                              "nEventsFailed": e["failed"], "nEventsNotDone": e["not-done"]}
-        protocol.write_worker_attributes(self.ap, {
-            "workerStatus": "failed" if fatal else "finished", "pilotErrorCode": 1 if fatal else 0,
-            "pilotErrorDiag": fatal, "endReason": end_reason, "errors": errors, "jobs": jobs})
+            jobs[str(pid)] = {
+                "jobStatus": "failed" if fatal else "finished",
+                "manifest": manifests[pid],
+                "nRangesFinished": c["finished"],
+                "nRangesFailed": c["failed"],
+                "nRangesNotDone": c["not-done"],
+                "nEventsFinished": e["finished"],
+                "nEventsFailed": e["failed"],
+                "nEventsNotDone": e["not-done"],
+            }
+        protocol.write_worker_attributes(
+            self.ap,
+            {
+                "workerStatus": "failed" if fatal else "finished",
+                "pilotErrorCode": 1 if fatal else 0,
+                "pilotErrorDiag": fatal,
+                "endReason": end_reason,
+                "errors": errors,
+                "jobs": jobs,
+            },
+        )
         ranks = {str(r): m for r, m in sorted(per_rank.items())}
         now = time.time()
-        protocol.write_job_report(self.ap, {
-            "wallTime": wall, "startTime": now - wall, "endTime": now, "ranks": size, "endReason": end_reason,
-            "jobs": jobs, "payloadTime": self.payload_time,
-            "cpuTime": sum(m.get("cpuTime", 0.0) for m in per_rank.values()),
-            "maxRSS": max((m.get("maxRSS", 0) for m in per_rank.values()), default=0),
-            "maxPSS": max((m.get("maxPSS", 0) for m in per_rank.values()), default=0),
-            "maxVMEM": max((m.get("maxVMEM", 0) for m in per_rank.values()), default=0),
-            "perRank": ranks})
+        protocol.write_job_report(
+            self.ap,
+            {
+                "wallTime": wall,
+                "startTime": now - wall,
+                "endTime": now,
+                "ranks": size,
+                "endReason": end_reason,
+                "jobs": jobs,
+                "payloadTime": self.payload_time,
+                "cpuTime": sum(m.get("cpuTime", 0.0) for m in per_rank.values()),
+                "maxRSS": max((m.get("maxRSS", 0) for m in per_rank.values()), default=0),
+                "maxPSS": max((m.get("maxPSS", 0) for m in per_rank.values()), default=0),
+                "maxVMEM": max((m.get("maxVMEM", 0) for m in per_rank.values()), default=0),
+                "perRank": ranks,
+            },
+        )

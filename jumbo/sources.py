@@ -4,6 +4,7 @@ Both sources have ``poll(now, queued, low_water) -> [task]`` (a task is {"pid": 
 ``exhausted`` (every job has said "no more ranges") and ``report(results)``; ``errors`` collects problems a
 human should see (they end up in worker_attributes.json).
 """
+
 from __future__ import annotations
 
 import json
@@ -62,11 +63,22 @@ class FileSource:
                 self.outstanding = None
                 if not any(answer.ranges.values()) and not answer.no_more:
                     self._not_before = now + self.empty_backoff  # nothing yet: do not flood the harvester
-        if (self.outstanding is None and not self.exhausted and queued + len(tasks) < low_water
-                and now >= self._not_before):
-            requests = {pid: {"pandaID": pid, "taskID": job["taskID"], "jobsetID": job.get("jobsetID"),
-                              "nRanges": self.n_ranges}
-                        for pid, job in self.jobs.items() if pid not in self.no_more}
+        if (
+            self.outstanding is None
+            and not self.exhausted
+            and queued + len(tasks) < low_water
+            and now >= self._not_before
+        ):
+            requests = {
+                pid: {
+                    "pandaID": pid,
+                    "taskID": job["taskID"],
+                    "jobsetID": job.get("jobsetID"),
+                    "nRanges": self.n_ranges,
+                }
+                for pid, job in self.jobs.items()
+                if pid not in self.no_more
+            }
             protocol.write_event_request(self.ap, self.next_request, requests)
             log.debug("asked for ranges: request %d for jobs %s", self.next_request, sorted(requests))
             self.outstanding = self.next_request
@@ -89,8 +101,15 @@ class HTTPSource:
     unfinished ranges when the job ends or loses its heartbeat. Statuses that fail to go out are kept and retried.
     """
 
-    def __init__(self, url: str, token_file: str | None, jobs: dict[int, dict], n_ranges: int,
-                 poll_interval: float, timeout: float = 30.0):
+    def __init__(
+        self,
+        url: str,
+        token_file: str | None,
+        jobs: dict[int, dict],
+        n_ranges: int,
+        poll_interval: float,
+        timeout: float = 30.0,
+    ):
         import requests  # only the HTTP mode needs it
 
         self.url, self.token_file, self.jobs = url.rstrip("/"), token_file, jobs
@@ -132,12 +151,19 @@ class HTTPSource:
             if pid in self.no_more:
                 continue
             try:
-                data = self._call("event/acquire_event_ranges", {
-                    "job_id": pid, "jobset_id": job.get("jobsetID"), "task_id": job["taskID"],
-                    "n_ranges": self.n_ranges})
-            except Exception as exc:  # noqa: BLE001 - network trouble: try again next poll
-                log.warning("acquire_event_ranges for job %d failed (%s); retrying in %.1f s", pid, exc,
-                            self.poll_interval)
+                data = self._call(
+                    "event/acquire_event_ranges",
+                    {
+                        "job_id": pid,
+                        "jobset_id": job.get("jobsetID"),
+                        "task_id": job["taskID"],
+                        "n_ranges": self.n_ranges,
+                    },
+                )
+            except Exception as exc:
+                log.warning(
+                    "acquire_event_ranges for job %d failed (%s); retrying in %.1f s", pid, exc, self.poll_interval
+                )
                 self._note(str(exc))
                 continue
             if not data:
@@ -150,14 +176,22 @@ class HTTPSource:
 
     def report(self, results: list[dict]) -> None:
         self.outbox.extend(
-            {"eventRangeID": r["eventRangeID"], "eventStatus": r["eventStatus"], "errorCode": r.get("errorCode", 0),
-             "errorDiag": r.get("errorDiag", ""), "cpuConsumptionTime": r.get("cpuTime", 0.0), "coreCount": 1}
-            for r in results if r["eventStatus"] in ("finished", "failed"))
+            {
+                "eventRangeID": r["eventRangeID"],
+                "eventStatus": r["eventStatus"],
+                "errorCode": r.get("errorCode", 0),
+                "errorDiag": r.get("errorDiag", ""),
+                "cpuConsumptionTime": r.get("cpuTime", 0.0),
+                "coreCount": 1,
+            }
+            for r in results
+            if r["eventStatus"] in ("finished", "failed")
+        )
         if not self.outbox:
             return
         try:
             self._call("event/update_event_ranges", {"event_ranges": json.dumps(self.outbox), "version": 0})
-        except Exception as exc:  # noqa: BLE001 - kept in the outbox, sent with the next flush
+        except Exception as exc:
             log.warning("update_event_ranges of %d ranges failed (%s); kept for the next flush", len(self.outbox), exc)
             self._note(str(exc))
             return
@@ -172,7 +206,7 @@ class HTTPSource:
 
 def make_source(ap: Path, jobs: dict[int, dict], settings: dict, n_ranges: int):
     if settings["mode"] == "http":
-        return HTTPSource(settings["central_url"], settings.get("token_file"), jobs, n_ranges,
-                          settings["poll_interval"])
+        return HTTPSource(
+            settings["central_url"], settings.get("token_file"), jobs, n_ranges, settings["poll_interval"]
+        )
     return FileSource(ap, jobs, n_ranges, settings["poll_interval"])
-

@@ -4,6 +4,7 @@ The way the PanDA pilot's generic user runs an ordinary job: the script is fetch
 directory, made executable and run with the job parameters split like a shell would (no shell is involved).
 A non-zero exit fails the range with that exit code.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,10 +37,20 @@ def run(first_event: int, last_event: int, output_path: str, context: dict) -> d
     workdir = Path(output_path).parent / f"trf-{context.get('panda_id')}-{first_event}"
     workdir.mkdir(parents=True, exist_ok=True)
     script = fetch(str(args["transformation"]), workdir)
-    env = {**os.environ, "FIRST_EVENT": str(first_event), "LAST_EVENT": str(last_event),
-           "PANDA_ID": str(context.get("panda_id")), "ATHENA_PROC_NUMBER": str(args.get("cores", 1))}
-    proc = subprocess.run([str(script), *shlex.split(str(args.get("job_parameters") or ""))], cwd=workdir, env=env,
-                          stdin=subprocess.DEVNULL, check=False)
+    env = {
+        **os.environ,
+        "FIRST_EVENT": str(first_event),
+        "LAST_EVENT": str(last_event),
+        "PANDA_ID": str(context.get("panda_id")),
+        "ATHENA_PROC_NUMBER": str(args.get("cores", 1)),
+    }
+    proc = subprocess.run(
+        [str(script), *shlex.split(str(args.get("job_parameters") or ""))],
+        cwd=workdir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     if proc.returncode != 0:
         raise PayloadError(proc.returncode, f"transformation {script.name} exited with {proc.returncode}")
     return {"nEvents": last_event - first_event + 1}

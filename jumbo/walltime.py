@@ -1,4 +1,5 @@
 """When must the pilot stop: its end time (option > job spec > batch system) and the measured time per range."""
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,13 @@ def parse_end_time(value: str | float | None, now: float | None = None) -> float
     return float(value)
 
 
-def resolve_end_time(option: str | None, spec_value: float | None, env: dict | None = None,
-                     walltime: float | None = None, started: float | None = None) -> float | None:
+def resolve_end_time(
+    option: str | None,
+    spec_value: float | None,
+    env: dict | None = None,
+    walltime: float | None = None,
+    started: float | None = None,
+) -> float | None:
     """The pilot's end time: --end-time, else the job spec's end_time, else SLURM_JOB_END_TIME (newer Slurm;
     22.05 does not set it), else the spec's ``walltime`` counted from the pilot's start.
 
@@ -28,9 +34,12 @@ def resolve_end_time(option: str | None, spec_value: float | None, env: dict | N
     """
     env = os.environ if env is None else env
     relative = None if walltime is None else (started if started is not None else time.time()) + float(walltime)
-    for source, value in (("--end-time", option), ("job spec", spec_value),
-                          ("SLURM_JOB_END_TIME", env.get("SLURM_JOB_END_TIME")),
-                          ("job spec walltime from the pilot's start", relative)):
+    for source, value in (
+        ("--end-time", option),
+        ("job spec", spec_value),
+        ("SLURM_JOB_END_TIME", env.get("SLURM_JOB_END_TIME")),
+        ("job spec walltime from the pilot's start", relative),
+    ):
         end = parse_end_time(value)
         if end is not None:
             log.info("end time %.0f (in %.0f s) from %s", end, end - time.time(), source)

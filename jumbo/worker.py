@@ -10,6 +10,7 @@ or when its measured time per range no longer fits before the deadline; every ra
 back as not-done. A payload killed by a signal while the batch system tears the step down is not-done too (the
 range was not at fault); a payload killed on its own is a failed range.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,17 +47,34 @@ def seed_of(task_id: int, first_event: int) -> int:
 
 def not_done(task: dict, rank: int, why: str) -> dict:
     rng = task["range"]
-    return {"PandaID": task["pid"], "eventRangeID": rng["eventRangeID"], "eventStatus": "not-done",
-            "startEvent": rng["startEvent"], "lastEvent": rng["lastEvent"],
-            "nEvents": rng["lastEvent"] - rng["startEvent"] + 1, "rank": rank, "errorCode": 0, "errorDiag": why}
+    return {
+        "PandaID": task["pid"],
+        "eventRangeID": rng["eventRangeID"],
+        "eventStatus": "not-done",
+        "startEvent": rng["startEvent"],
+        "lastEvent": rng["lastEvent"],
+        "nEvents": rng["lastEvent"] - rng["startEvent"] + 1,
+        "rank": rank,
+        "errorCode": 0,
+        "errorDiag": why,
+    }
 
 
 class Worker:
     """One rank's loop; ``run()`` returns when the dispatcher said stop and the rank said bye."""
 
-    def __init__(self, channel, rank: int, ap: Path, jobs: dict[int, dict], runner: PayloadRunner,
-                 prefetch: int, deadline: float | None, drain: threading.Event,
-                 metrics: Callable[[], dict] = dict):
+    def __init__(
+        self,
+        channel,
+        rank: int,
+        ap: Path,
+        jobs: dict[int, dict],
+        runner: PayloadRunner,
+        prefetch: int,
+        deadline: float | None,
+        drain: threading.Event,
+        metrics: Callable[[], dict] = dict,
+    ):
         self.channel, self.rank, self.ap, self.jobs, self.runner = channel, rank, Path(ap), jobs, runner
         self.prefetch, self.deadline, self.drain, self.metrics = max(0, int(prefetch)), deadline, drain, metrics
         self.timer = RangeTimer()
@@ -112,18 +130,32 @@ class Worker:
             self.channel.send({"kind": "result", "rank": self.rank, "results": [result], "want": want})
         leftovers = [self._settle(ahead, "pilot stopped")] if ahead else []
         leftovers += [self._count(not_done(t, self.rank, "pilot stopped")) for t in local]
-        self.channel.send({"kind": "bye", "rank": self.rank, "results": leftovers,
-                           "metrics": {**self.metrics(), "cpuTime": self.cpu, "ranges": dict(self.counts),
-                                       "meanRangeTime": self.timer.mean, "queueDepth": depth,
-                                       "childRestarts": self.runner.restarts}})
+        self.channel.send(
+            {
+                "kind": "bye",
+                "rank": self.rank,
+                "results": leftovers,
+                "metrics": {
+                    **self.metrics(),
+                    "cpuTime": self.cpu,
+                    "ranges": dict(self.counts),
+                    "meanRangeTime": self.timer.mean,
+                    "queueDepth": depth,
+                    "childRestarts": self.runner.restarts,
+                },
+            }
+        )
         self.channel.close()
 
     def _pipelines(self, task: dict, nxt: dict) -> bool:
         """Hand ``nxt`` to the payload child now if the same child runs both and both fit before the deadline."""
         cur, after = self.jobs[task["pid"]]["payload"], self.jobs[nxt["pid"]]["payload"]
-        return (self.runner.pipelines(cur) and self.runner.pipelines(after)
-                and cur["callable"] == after["callable"]
-                and (self.deadline is None or time.time() + 2 * self.timer.mean <= self.deadline))
+        return (
+            self.runner.pipelines(cur)
+            and self.runner.pipelines(after)
+            and cur["callable"] == after["callable"]
+            and (self.deadline is None or time.time() + 2 * self.timer.mean <= self.deadline)
+        )
 
     def _settle(self, ahead: tuple, why: str) -> dict:
         """A range handed ahead when the rank stops: it runs (or waits) in the child, so let it finish."""
@@ -158,8 +190,15 @@ class Worker:
         if pid not in self._dirs:
             os.makedirs(os.path.dirname(out), exist_ok=True)
             self._dirs.add(pid)
-        context = {"task_id": job["taskID"], "panda_id": pid, "jobset_id": job.get("jobsetID"), "rank": self.rank,
-                   "seed": seed_of(job["taskID"], first), "event_range_id": rid, "args": payload.get("args", {})}
+        context = {
+            "task_id": job["taskID"],
+            "panda_id": pid,
+            "jobset_id": job.get("jobsetID"),
+            "rank": self.rank,
+            "seed": seed_of(job["taskID"], first),
+            "event_range_id": rid,
+            "args": payload.get("args", {}),
+        }
         ticket = self.runner.submit(payload, first, rng["lastEvent"], out, context)
         ticket.submitted = time.time()
         return ticket
@@ -172,18 +211,34 @@ class Worker:
         if outcome.status == "failed" and killed_by_signal(outcome.code) and self._torn_down():
             # the batch system ended the step (scancel, a rank lost, the time limit): it killed the payload, the
             # payload did not fail, so the range goes back unprocessed and uses up none of its attempts
-            log.warning("rank %d: range %s: %s while the batch system tears the step down: reported not-done",
-                        self.rank, rid, outcome.message)
-            outcome = Outcome("not-done", 0, f"not processed: {outcome.message} by the batch system's step "
-                              f"teardown", outcome.cpu)
+            log.warning(
+                "rank %d: range %s: %s while the batch system tears the step down: reported not-done",
+                self.rank,
+                rid,
+                outcome.message,
+            )
+            outcome = Outcome(
+                "not-done", 0, f"not processed: {outcome.message} by the batch system's step teardown", outcome.cpu
+            )
         # the child's own clock when it has one (a pipelined range starts before the rank looks at it)
         start, end = outcome.start or ticket.submitted, outcome.end or time.time()
         if outcome.status != "not-done":  # a range killed at the deadline says nothing about the time per range
             self.timer.add(end - start)
         self.cpu += outcome.cpu
-        result = {"PandaID": pid, "eventRangeID": rid, "eventStatus": outcome.status, "startEvent": first,
-                  "lastEvent": last, "nEvents": last - first + 1, "startTime": start, "endTime": end,
-                  "cpuTime": outcome.cpu, "rank": self.rank, "errorCode": outcome.code, "errorDiag": outcome.message}
+        result = {
+            "PandaID": pid,
+            "eventRangeID": rid,
+            "eventStatus": outcome.status,
+            "startEvent": first,
+            "lastEvent": last,
+            "nEvents": last - first + 1,
+            "startTime": start,
+            "endTime": end,
+            "cpuTime": outcome.cpu,
+            "rank": self.rank,
+            "errorCode": outcome.code,
+            "errorDiag": outcome.message,
+        }
         if outcome.status == "finished":
             if payload.get("output", True) is not False:
                 result.update(path=out, fsize=outcome.fsize, adler32=outcome.adler32)

@@ -3,6 +3,7 @@ on a busy node). Forking later is unsafe (MPI and threads); this fork happens wh
 
 The object looks like the bit of subprocess.Popen that jumbo.execute uses (stdin, stdout, pid, poll, wait, kill).
 """
+
 from __future__ import annotations
 
 import os

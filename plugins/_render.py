@@ -1,4 +1,5 @@
 """Pure helpers shared by the script templates of the Slurm, LSF and local plugins."""
+
 from __future__ import annotations
 
 import shlex
@@ -20,21 +21,26 @@ def load_template(queue: Any, default_name: str) -> string.Template:
         try:
             return string.Template(Path(override).read_text())
         except OSError as exc:
-            raise ConfigError(f"queue {queue_attr(queue, 'name', '?')}: cannot read template {override}: {exc}; "
-                              f"fix 'template:' in the queue config") from exc
+            raise ConfigError(
+                f"queue {queue_attr(queue, 'name', '?')}: cannot read template {override}: {exc}; "
+                f"fix 'template:' in the queue config"
+            ) from exc
     return string.Template(resources.files("harvester_edge.plugins").joinpath("templates", default_name).read_text())
 
 
 def env_exports(spec: WorkerSpec) -> str:
-    lines = [f"export HE_WORKER_ID={spec.worker_id}", f"export HE_ACCESS_POINT={shlex.quote(str(spec.access_point))}",
-             f"export HE_WALLTIME={int(spec.walltime)}"]
+    lines = [
+        f"export HE_WORKER_ID={spec.worker_id}",
+        f"export HE_ACCESS_POINT={shlex.quote(str(spec.access_point))}",
+        f"export HE_WALLTIME={int(spec.walltime)}",
+    ]
     lines += [f"export {key}={shlex.quote(str(value))}" for key, value in sorted(spec.env.items())]
     return "\n".join(lines)
 
 
 def root_mpi_env() -> str:
     """Open MPI refuses to run as root unless told twice; only set when the script really runs as root."""
-    return ('if [ "$(id -u)" = 0 ]; then export ' + " ".join(f"{v}=1" for v in ROOT_MPI_ENV) + "; fi")
+    return 'if [ "$(id -u)" = 0 ]; then export ' + " ".join(f"{v}=1" for v in ROOT_MPI_ENV) + "; fi"
 
 
 def launch_line(queue: Any, spec: WorkerSpec, launcher: str | None = None) -> str:
@@ -44,21 +50,39 @@ def launch_line(queue: Any, spec: WorkerSpec, launcher: str | None = None) -> st
     ranks = spec.nodes * spec.ranks_per_node
     if launcher == "srun":
         mpi = queue_attr(queue, "mpi_type", "pmix")
-        return (f"srun --mpi={shlex.quote(mpi)} --export=ALL --nodes={spec.nodes} --ntasks={ranks} "
-                f"--ntasks-per-node={spec.ranks_per_node} --cpus-per-task={spec.cores_per_rank} {pilot}")
+        return (
+            f"srun --mpi={shlex.quote(mpi)} --export=ALL --nodes={spec.nodes} --ntasks={ranks} "
+            f"--ntasks-per-node={spec.ranks_per_node} --cpus-per-task={spec.cores_per_rank} {pilot}"
+        )
     if launcher == "mpirun":
         return f"{root_mpi_env()}\nmpirun -np {ranks} --map-by ppr:{spec.ranks_per_node}:node {pilot}"
     if launcher == "none":
         return pilot
-    raise ConfigError(f"queue {queue_attr(queue, 'name', '?')}: unknown launcher {launcher!r}; "
-                      f"use srun, mpirun or none")
+    raise ConfigError(
+        f"queue {queue_attr(queue, 'name', '?')}: unknown launcher {launcher!r}; use srun, mpirun or none"
+    )
 
 
-def render(template: string.Template, spec: WorkerSpec, directives: list[str], env_setup: list[str],
-           launch: str, drain_warning: int) -> str:
+def render(
+    template: string.Template,
+    spec: WorkerSpec,
+    directives: list[str],
+    env_setup: list[str],
+    launch: str,
+    drain_warning: int,
+) -> str:
     return template.substitute(
-        worker_id=spec.worker_id, job_name=spec.job_name, access_point=str(spec.access_point),
-        access_point_q=shlex.quote(str(spec.access_point)), directives="\n".join(directives),
-        env_setup="\n".join(env_setup), env_exports=env_exports(spec), launch=launch, nodes=spec.nodes,
-        ranks_per_node=spec.ranks_per_node, cores_per_rank=spec.cores_per_rank, walltime=spec.walltime,
-        drain_warning=drain_warning)
+        worker_id=spec.worker_id,
+        job_name=spec.job_name,
+        access_point=str(spec.access_point),
+        access_point_q=shlex.quote(str(spec.access_point)),
+        directives="\n".join(directives),
+        env_setup="\n".join(env_setup),
+        env_exports=env_exports(spec),
+        launch=launch,
+        nodes=spec.nodes,
+        ranks_per_node=spec.ranks_per_node,
+        cores_per_rank=spec.cores_per_rank,
+        walltime=spec.walltime,
+        drain_warning=drain_warning,
+    )

@@ -5,6 +5,7 @@ Each worker runs `setsid -f bash local-run.sh` in its access point. The wrapper 
 survives the daemon: a restarted plugin reads the state back from the files. batch_id = "local:<access point>".
 find_by_name looks job names up in a registry directory of symlinks (name -> access point).
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,13 +14,21 @@ import shlex
 import signal
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import psutil
 
-from harvester_edge.batch import (BatchError, BatchPlugin, BatchState, SubmitResult, WorkerSpec, WorkerStatus,
-                                  queue_attr, write_script)
+from harvester_edge.batch import (
+    BatchError,
+    BatchPlugin,
+    BatchState,
+    SubmitResult,
+    WorkerSpec,
+    WorkerStatus,
+    queue_attr,
+    write_script,
+)
 from harvester_edge.plugins import _render
 from harvester_edge.seams.commands import CommandNotFound
 
@@ -28,12 +37,13 @@ log = logging.getLogger(__name__)
 PREFIX = "local:"
 SCRIPT_NAME = "worker.sh"
 WRAPPER_NAME = "local-run.sh"
-KILL_GRACE = 5.0      # seconds between TERM and KILL, for cancel and for the walltime
+KILL_GRACE = 5.0  # seconds between TERM and KILL, for cancel and for the walltime
 
 
 def default_registry(queue_name: str) -> Path:
-    base = os.environ.get("HE_LOCAL_BATCH_DIR") or os.path.join(tempfile.gettempdir(),
-                                                                 f"harvester-edge-local-{os.getuid()}")
+    base = os.environ.get("HE_LOCAL_BATCH_DIR") or os.path.join(
+        tempfile.gettempdir(), f"harvester-edge-local-{os.getuid()}"
+    )
     return Path(base) / queue_name
 
 
@@ -97,8 +107,14 @@ class LocalPlugin(BatchPlugin):
         else:
             launch = _render.launch_line(self.queue, spec, "none")
         template = _render.load_template(self.queue, "local.sh")
-        return _render.render(template, spec, [], list(queue_attr(self.queue, "env_setup", [])), launch,
-                              int(queue_attr(self.queue, "drain_warning", 0)))
+        return _render.render(
+            template,
+            spec,
+            [],
+            list(queue_attr(self.queue, "env_setup", [])),
+            launch,
+            int(queue_attr(self.queue, "drain_warning", 0)),
+        )
 
     # ---- submit -------------------------------------------------------------------------------------------
     def submit(self, specs: Sequence[WorkerSpec]) -> list[SubmitResult]:
@@ -121,8 +137,14 @@ class LocalPlugin(BatchPlugin):
                 results.append(SubmitResult(spec.worker_id, None, str(exc), False))
                 continue
             if not res.ok:
-                results.append(SubmitResult(spec.worker_id, None, f"cannot start local worker {spec.job_name}: "
-                                            f"{res.stderr.strip() or 'timed out'}", True))
+                results.append(
+                    SubmitResult(
+                        spec.worker_id,
+                        None,
+                        f"cannot start local worker {spec.job_name}: {res.stderr.strip() or 'timed out'}",
+                        True,
+                    )
+                )
                 continue
             log.info("worker %d: started locally in %s", spec.worker_id, ap)
             results.append(SubmitResult(spec.worker_id, PREFIX + str(ap), None))
@@ -140,9 +162,8 @@ class LocalPlugin(BatchPlugin):
     @staticmethod
     def _access_point(batch_id: str) -> Path:
         if not batch_id.startswith(PREFIX):
-            raise BatchError(f"{batch_id!r} is not a local batch id (expected {PREFIX}<access point>)",
-                             transient=False)
-        return Path(batch_id[len(PREFIX):])
+            raise BatchError(f"{batch_id!r} is not a local batch id (expected {PREFIX}<access point>)", transient=False)
+        return Path(batch_id[len(PREFIX) :])
 
     @staticmethod
     def _alive(ap: Path) -> int | None:
@@ -172,29 +193,36 @@ class LocalPlugin(BatchPlugin):
             end_time = (ap / "local.exit").stat().st_mtime
             code = int(exit_text) if exit_text.lstrip("-").isdigit() else None
             if cancelled:
-                return WorkerStatus(batch_id, BatchState.CANCELLED, "cancelled", "cancelled", code, start_time,
-                                    end_time)
+                return WorkerStatus(
+                    batch_id, BatchState.CANCELLED, "cancelled", "cancelled", code, start_time, end_time
+                )
             if code == 0:
                 return WorkerStatus(batch_id, BatchState.FINISHED, "exited", "", 0, start_time, end_time)
             walltime_hit = start_time is not None and end_time - start_time >= self._walltime(ap) - 1
             if code == 124 or (code == 137 and walltime_hit):
-                return WorkerStatus(batch_id, BatchState.TIMEOUT, "timeout", "walltime reached", code,
-                                    start_time, end_time)
-            return WorkerStatus(batch_id, BatchState.FAILED, "exited", f"exit code {code}", code, start_time,
-                                end_time)
+                return WorkerStatus(
+                    batch_id, BatchState.TIMEOUT, "timeout", "walltime reached", code, start_time, end_time
+                )
+            return WorkerStatus(batch_id, BatchState.FAILED, "exited", f"exit code {code}", code, start_time, end_time)
         if self._alive(ap) is not None:
             return WorkerStatus(batch_id, BatchState.RUNNING, "running", "", None, start_time)
         if cancelled:
             return WorkerStatus(batch_id, BatchState.CANCELLED, "cancelled", "cancelled", None, start_time)
         if start is None and (ap / WRAPPER_NAME).exists() and time.time() - (ap / WRAPPER_NAME).stat().st_mtime < 30:
             return WorkerStatus(batch_id, BatchState.QUEUED, "starting", "wrapper not started yet")
-        return WorkerStatus(batch_id, BatchState.FAILED, "lost", "the worker process died without an exit code "
-                            "(killed, or the machine rebooted)", None, start_time)
+        return WorkerStatus(
+            batch_id,
+            BatchState.FAILED,
+            "lost",
+            "the worker process died without an exit code (killed, or the machine rebooted)",
+            None,
+            start_time,
+        )
 
     @staticmethod
     def _walltime(ap: Path) -> float:
         for line in (_read(ap / WRAPPER_NAME) or "").splitlines():
-            if line.startswith("timeout "):   # timeout --kill-after=G <walltime> ...
+            if line.startswith("timeout "):  # timeout --kill-after=G <walltime> ...
                 return float(line.split()[2])
         return float("inf")
 
@@ -210,8 +238,8 @@ class LocalPlugin(BatchPlugin):
             ap = self._access_point(batch_id)
             out[batch_id] = None
             if not ap.is_dir() or (ap / "local.exit").exists():
-                continue   # gone or already ended: nothing to cancel
-            (ap / "local.cancel").write_text(f"{time.time()}\n")   # first: a wrapper not yet started sees it
+                continue  # gone or already ended: nothing to cancel
+            (ap / "local.cancel").write_text(f"{time.time()}\n")  # first: a wrapper not yet started sees it
             pid = self._alive(ap)
             if pid is None:
                 continue

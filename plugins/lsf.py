@@ -4,14 +4,23 @@ Submission pipes the rendered script into `bsub` on stdin, so LSF reads its #BSU
 `bjobs -a -o "<fields>" -json <ids>`: LSF keeps finished jobs in bjobs for CLEAN_PERIOD (default 3600 s), far longer
 than a monitor cycle, so ids it no longer knows are MISSING without a second (bhist/bacct) call.
 """
+
 from __future__ import annotations
 
 import logging
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
-from harvester_edge.batch import (BatchError, BatchPlugin, BatchState, SubmitResult, WorkerSpec, WorkerStatus,
-                                  classify_error, queue_attr)
+from harvester_edge.batch import (
+    BatchError,
+    BatchPlugin,
+    BatchState,
+    SubmitResult,
+    WorkerSpec,
+    WorkerStatus,
+    classify_error,
+    queue_attr,
+)
 from harvester_edge.plugins import _render
 from harvester_edge.plugins import lsf_parse as lp
 from harvester_edge.seams.commands import CommandNotFound, CommandResult
@@ -29,15 +38,22 @@ class LSFPlugin(BatchPlugin):
         q = self.queue
         ap = spec.access_point
         ranks = spec.nodes * spec.ranks_per_node
-        lines = [f"-J {spec.job_name}", f"-n {ranks}", f'-R "span[ptile={spec.ranks_per_node}]"',
-                 f'-R "affinity[core({spec.cores_per_rank})]"', f"-W {lp.format_walltime(spec.walltime)}",
-                 f"-o {ap}/lsf-%J.out", f"-e {ap}/lsf-%J.err", f"-cwd {ap}"]
+        lines = [
+            f"-J {spec.job_name}",
+            f"-n {ranks}",
+            f'-R "span[ptile={spec.ranks_per_node}]"',
+            f'-R "affinity[core({spec.cores_per_rank})]"',
+            f"-W {lp.format_walltime(spec.walltime)}",
+            f"-o {ap}/lsf-%J.out",
+            f"-e {ap}/lsf-%J.err",
+            f"-cwd {ap}",
+        ]
         drain = int(queue_attr(q, "drain_warning", 0))
         if drain > 0:
             # -wt is in minutes; the batch shell forwards USR1 to the launcher (see the template)
             lines += ["-wa USR1", f"-wt {max(1, drain // 60)}"]
         memory = spec.memory_mb or queue_attr(q, "memory_mb")
-        if memory:   # LSF's rusage[mem] is per task (slot): split the per-node figure
+        if memory:  # LSF's rusage[mem] is per task (slot): split the per-node figure
             lines.append(f'-R "rusage[mem={max(1, int(memory) // max(1, spec.ranks_per_node))}]"')
         for attr, flag in (("partition", "-q"), ("account", "-P"), ("qos", "-sla"), ("reservation", "-U")):
             value = queue_attr(q, attr)
@@ -53,12 +69,17 @@ class LSFPlugin(BatchPlugin):
 
     def render_script(self, spec: WorkerSpec) -> str:
         launcher = queue_attr(self.queue, "launcher", "mpirun")
-        if launcher == "srun":   # no srun under LSF: Open MPI's mpirun reads the LSF allocation
+        if launcher == "srun":  # no srun under LSF: Open MPI's mpirun reads the LSF allocation
             launcher = "mpirun"
         template = _render.load_template(self.queue, "lsf.bsub")
-        return _render.render(template, spec, self.directives(spec), list(queue_attr(self.queue, "env_setup", [])),
-                              _render.launch_line(self.queue, spec, launcher),
-                              int(queue_attr(self.queue, "drain_warning", 0)))
+        return _render.render(
+            template,
+            spec,
+            self.directives(spec),
+            list(queue_attr(self.queue, "env_setup", [])),
+            _render.launch_line(self.queue, spec, launcher),
+            int(queue_attr(self.queue, "drain_warning", 0)),
+        )
 
     # ---- submit -------------------------------------------------------------------------------------------
     def submit(self, specs: Sequence[WorkerSpec]) -> list[SubmitResult]:
@@ -67,17 +88,23 @@ class LSFPlugin(BatchPlugin):
 
     def _submit_result(self, spec: WorkerSpec, res: CommandResult) -> SubmitResult:
         if res.timed_out:
-            return SubmitResult(spec.worker_id, None, f"bsub timed out after {res.duration:.0f} s; the job may "
-                                f"exist: check find_by_name({spec.job_name!r}) before resubmitting", True)
+            return SubmitResult(
+                spec.worker_id,
+                None,
+                f"bsub timed out after {res.duration:.0f} s; the job may "
+                f"exist: check find_by_name({spec.job_name!r}) before resubmitting",
+                True,
+            )
         batch_id = lp.parse_bsub(res.stdout) if res.returncode == 0 else None
         if batch_id is not None:
             log.info("worker %d: submitted as LSF job %s (%s)", spec.worker_id, batch_id, spec.job_name)
             return SubmitResult(spec.worker_id, batch_id, None)
-        message = " ".join((res.stderr.strip() + " " + res.stdout.strip()).split()) or \
-            f"bsub exited {res.returncode} with no output"
+        message = (
+            " ".join((res.stderr.strip() + " " + res.stdout.strip()).split())
+            or f"bsub exited {res.returncode} with no output"
+        )
         transient = classify_error(message, lp.BSUB_TRANSIENT, lp.BSUB_PERMANENT)
-        log.error("worker %d: bsub failed (%s): %s", spec.worker_id, "transient" if transient else "permanent",
-                  message)
+        log.error("worker %d: bsub failed (%s): %s", spec.worker_id, "transient" if transient else "permanent", message)
         return SubmitResult(spec.worker_id, None, f"bsub failed for {spec.job_name}: {message}", transient)
 
     # ---- status -------------------------------------------------------------------------------------------
@@ -95,8 +122,10 @@ class LSFPlugin(BatchPlugin):
         text = (res.stderr + res.stdout).strip()
         if re.search(r"No (?:unfinished )?job found|is not found", text):
             return {}, {}
-        raise BatchError(f"{what} failed (exit {res.returncode}): {text or 'timed out'}; "
-                         f"is mbatchd reachable? retrying next cycle", transient=True)
+        raise BatchError(
+            f"{what} failed (exit {res.returncode}): {text or 'timed out'}; is mbatchd reachable? retrying next cycle",
+            transient=True,
+        )
 
     def status(self, batch_ids: Sequence[str]) -> dict[str, WorkerStatus]:
         ids = list(dict.fromkeys(str(b) for b in batch_ids))
@@ -122,8 +151,10 @@ class LSFPlugin(BatchPlugin):
             raise BatchError(f"bkill: {exc}", transient=False) from exc
         text = res.stdout + "\n" + res.stderr
         if res.timed_out or not re.search(r"Job <", text):
-            raise BatchError(f"bkill of {len(ids)} jobs failed: {res.stderr.strip() or 'timed out'}; "
-                             f"retrying next cycle", transient=True)
+            raise BatchError(
+                f"bkill of {len(ids)} jobs failed: {res.stderr.strip() or 'timed out'}; retrying next cycle",
+                transient=True,
+            )
         return lp.parse_bkill(text, ids)
 
     # ---- crash recovery -----------------------------------------------------------------------------------
@@ -137,5 +168,5 @@ class LSFPlugin(BatchPlugin):
         for job_id, rec in sorted(records.items(), key=lambda kv: int(re.sub(r"\D", "", kv[0]) or 0)):
             name = str(rec.get("JOB_NAME", ""))
             if name in wanted:
-                found[name] = job_id   # the newest id wins
+                found[name] = job_id  # the newest id wins
         return found

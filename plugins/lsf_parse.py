@@ -7,6 +7,7 @@ Formats (IBM Spectrum LSF 10.1 documentation; tests/batch/data/lsf/README.md nam
 - bkill: "Job <1234> is being terminated", "Job <1234>: Job has already finished",
   "Job <1234>: No matching job found"
 """
+
 from __future__ import annotations
 
 import json
@@ -24,34 +25,39 @@ BJOBS_FIELDS = "jobid stat exit_code exit_reason pend_reason start_time finish_t
 # JOB STATUS. EXIT is refined by the termination reason (below).
 LSF_STATES: dict[str, BatchState] = {
     "PEND": BatchState.QUEUED,
-    "WAIT": BatchState.QUEUED,       # chunk-job member waiting to run
-    "PSUSP": BatchState.SUSPENDED,   # held while pending: does not start until resumed
+    "WAIT": BatchState.QUEUED,  # chunk-job member waiting to run
+    "PSUSP": BatchState.SUSPENDED,  # held while pending: does not start until resumed
     "RUN": BatchState.RUNNING,
-    "PROV": BatchState.RUNNING,      # hosts being provisioned for the job
+    "PROV": BatchState.RUNNING,  # hosts being provisioned for the job
     "USUSP": BatchState.SUSPENDED,
     "SSUSP": BatchState.SUSPENDED,
     "DONE": BatchState.FINISHED,
     "POST_DONE": BatchState.FINISHED,
     "EXIT": BatchState.FAILED,
     "POST_ERR": BatchState.FAILED,
-    "ZOMBI": BatchState.FAILED,      # killed while its host was unreachable
-    "UNKWN": BatchState.UNKNOWN,     # mbatchd lost contact with the host: may come back
+    "ZOMBI": BatchState.FAILED,  # killed while its host was unreachable
+    "UNKWN": BatchState.UNKNOWN,  # mbatchd lost contact with the host: may come back
 }
 
 # Termination reasons (IBM doc "Termination reasons displayed by bacct, bhist, and bjobs"): keyword or its text.
 EXIT_REASONS: list[tuple[str, BatchState]] = [
     (r"TERM_RUNLIMIT|run ?time limit", BatchState.TIMEOUT),
     (r"TERM_DEADLINE|deadline expires", BatchState.TIMEOUT),
-    (r"TERM_OWNER|TERM_ADMIN|TERM_FORCE_OWNER|TERM_FORCE_ADMIN|killed by owner|killed by root|"
-     r"killed by root or LSF administrator", BatchState.CANCELLED),
+    (
+        r"TERM_OWNER|TERM_ADMIN|TERM_FORCE_OWNER|TERM_FORCE_ADMIN|killed by owner|killed by root|"
+        r"killed by root or LSF administrator",
+        BatchState.CANCELLED,
+    ),
     (r"TERM_PREEMPT|after preemption", BatchState.CANCELLED),
     (r"TERM_REQUEUE|requeued", BatchState.QUEUED),
 ]
 
 # bsub failures. Sources: bsub(1) and lsb_sysmsg strings in the LSF 10.1 documentation (see the data README).
 BSUB_TRANSIENT = [
-    (r"LSF is down|Cannot connect to LSF|Failed to contact LIM|not responding|still trying",
-     "mbatchd/LIM unreachable (bsub(1): 'LSF is down. Please wait')"),
+    (
+        r"LSF is down|Cannot connect to LSF|Failed to contact LIM|not responding|still trying",
+        "mbatchd/LIM unreachable (bsub(1): 'LSF is down. Please wait')",
+    ),
     (r"Slave LIM configuration is not ready|master LIM|LIM is down", "LIM restarting"),
     (r"Pending job threshold reached|Too many pending jobs|Maximum number of jobs", "MAX_PEND_JOBS / job limits"),
     (r"Timeout|timed out|Resource temporarily unavailable|Connection refused", "socket layer"),
@@ -86,8 +92,12 @@ def parse_time(text: str, now: float | None = None) -> float | None:
     if not text or text == "-":
         return None
     year = time.localtime(now).tm_year
-    for fmt, with_year in (("%b %d %H:%M:%S %Y", True), ("%b %d %H:%M %Y", True), ("%b %d %H:%M:%S", False),
-                           ("%b %d %H:%M", False)):
+    for fmt, with_year in (
+        ("%b %d %H:%M:%S %Y", True),
+        ("%b %d %H:%M %Y", True),
+        ("%b %d %H:%M:%S", False),
+        ("%b %d %H:%M", False),
+    ):
         try:
             parsed = time.strptime(text if with_year else f"{text} {year}", fmt if with_year else f"{fmt} %Y")
             return time.mktime(parsed)
@@ -133,12 +143,19 @@ def bjobs_statuses(records: dict[str, dict], wanted: set[str] | None = None) -> 
         pend_reason = str(rec.get("PEND_REASON", "") or "")
         exit_text = str(rec.get("EXIT_CODE", "") or "").strip()
         state = map_state(stat, exit_reason, job_id)
-        exit_code = int(exit_text) if exit_text.lstrip("-").isdigit() else (0 if stat in ("DONE", "POST_DONE")
-                                                                           else None)
+        exit_code = (
+            int(exit_text) if exit_text.lstrip("-").isdigit() else (0 if stat in ("DONE", "POST_DONE") else None)
+        )
         reason = exit_reason or pend_reason
-        out[job_id] = WorkerStatus(job_id, state, stat, reason.strip(), exit_code,
-                                   parse_time(str(rec.get("START_TIME", ""))),
-                                   parse_time(str(rec.get("FINISH_TIME", ""))))
+        out[job_id] = WorkerStatus(
+            job_id,
+            state,
+            stat,
+            reason.strip(),
+            exit_code,
+            parse_time(str(rec.get("START_TIME", ""))),
+            parse_time(str(rec.get("FINISH_TIME", ""))),
+        )
     return out
 
 

@@ -4,14 +4,23 @@ Status is ONE `squeue -t all -j <ids>` (it also lists jobs that ended less than 
 `scontrol show job`), then ONE `sacct` for the ids squeue no longer shows: `sacct -X` with slurmdbd, or `sacct -c`
 (JobCompType=jobcomp/filetxt) when accounting storage is disabled — detected once from sacct's own error.
 """
+
 from __future__ import annotations
 
 import logging
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
-from harvester_edge.batch import (BatchError, BatchPlugin, BatchState, SubmitResult, WorkerSpec, WorkerStatus,
-                                  classify_error, queue_attr)
+from harvester_edge.batch import (
+    BatchError,
+    BatchPlugin,
+    BatchState,
+    SubmitResult,
+    WorkerSpec,
+    WorkerStatus,
+    classify_error,
+    queue_attr,
+)
 from harvester_edge.plugins import _render
 from harvester_edge.plugins import slurm_parse as sp
 from harvester_edge.seams.commands import CommandNotFound, CommandResult
@@ -26,16 +35,23 @@ class SlurmPlugin(BatchPlugin):
 
     def __init__(self, queue, runner) -> None:
         super().__init__(queue, runner)
-        self._jobcomp: bool | None = None   # None: not known yet whether sacct has slurmdbd behind it
+        self._jobcomp: bool | None = None  # None: not known yet whether sacct has slurmdbd behind it
 
     # ---- render -------------------------------------------------------------------------------------------
     def directives(self, spec: WorkerSpec) -> list[str]:
         q = self.queue
         ap = spec.access_point
-        lines = [f"--job-name={spec.job_name}", f"--nodes={spec.nodes}",
-                 f"--ntasks-per-node={spec.ranks_per_node}", f"--cpus-per-task={spec.cores_per_rank}",
-                 f"--time={sp.format_walltime(spec.walltime)}", f"--output={ap}/slurm-%j.out",
-                 f"--error={ap}/slurm-%j.err", f"--chdir={ap}", "--export=ALL"]
+        lines = [
+            f"--job-name={spec.job_name}",
+            f"--nodes={spec.nodes}",
+            f"--ntasks-per-node={spec.ranks_per_node}",
+            f"--cpus-per-task={spec.cores_per_rank}",
+            f"--time={sp.format_walltime(spec.walltime)}",
+            f"--output={ap}/slurm-%j.out",
+            f"--error={ap}/slurm-%j.err",
+            f"--chdir={ap}",
+            "--export=ALL",
+        ]
         drain = int(queue_attr(q, "drain_warning", 0))
         if drain > 0:
             # B: the batch shell gets USR1 and forwards it to the launcher (see the template)
@@ -54,27 +70,40 @@ class SlurmPlugin(BatchPlugin):
 
     def render_script(self, spec: WorkerSpec) -> str:
         template = _render.load_template(self.queue, "slurm.sbatch")
-        return _render.render(template, spec, self.directives(spec), list(queue_attr(self.queue, "env_setup", [])),
-                              _render.launch_line(self.queue, spec), int(queue_attr(self.queue, "drain_warning", 0)))
+        return _render.render(
+            template,
+            spec,
+            self.directives(spec),
+            list(queue_attr(self.queue, "env_setup", [])),
+            _render.launch_line(self.queue, spec),
+            int(queue_attr(self.queue, "drain_warning", 0)),
+        )
 
     # ---- submit -------------------------------------------------------------------------------------------
     def submit(self, specs: Sequence[WorkerSpec]) -> list[SubmitResult]:
-        return self.submit_scripts(specs, SCRIPT_NAME, lambda path, _text: (["sbatch", "--parsable", str(path)], None),
-                                   self._submit_result)
+        return self.submit_scripts(
+            specs, SCRIPT_NAME, lambda path, _text: (["sbatch", "--parsable", str(path)], None), self._submit_result
+        )
 
     def _submit_result(self, spec: WorkerSpec, res: CommandResult) -> SubmitResult:
         if res.timed_out:
             # sbatch may have reached the controller: the caller must find_by_name before resubmitting
-            return SubmitResult(spec.worker_id, None, f"sbatch timed out after {res.duration:.0f} s; the job may "
-                                f"exist: check find_by_name({spec.job_name!r}) before resubmitting", True)
+            return SubmitResult(
+                spec.worker_id,
+                None,
+                f"sbatch timed out after {res.duration:.0f} s; the job may "
+                f"exist: check find_by_name({spec.job_name!r}) before resubmitting",
+                True,
+            )
         batch_id = sp.parse_sbatch(res.stdout) if res.returncode == 0 else None
         if batch_id is not None:
             log.info("worker %d: submitted as Slurm job %s (%s)", spec.worker_id, batch_id, spec.job_name)
             return SubmitResult(spec.worker_id, batch_id, None)
-        message = (res.stderr.strip() or res.stdout.strip() or f"sbatch exited {res.returncode} with no output")
+        message = res.stderr.strip() or res.stdout.strip() or f"sbatch exited {res.returncode} with no output"
         transient = classify_error(message, sp.SBATCH_TRANSIENT, sp.SBATCH_PERMANENT)
-        log.error("worker %d: sbatch failed (%s): %s", spec.worker_id, "transient" if transient else "permanent",
-                  message)
+        log.error(
+            "worker %d: sbatch failed (%s): %s", spec.worker_id, "transient" if transient else "permanent", message
+        )
         return SubmitResult(spec.worker_id, None, f"sbatch failed for {spec.job_name}: {message}", transient)
 
     # ---- status -------------------------------------------------------------------------------------------
@@ -85,8 +114,15 @@ class SlurmPlugin(BatchPlugin):
             raise BatchError(f"{what}: {exc}", transient=False) from exc
 
     def idle_nodes(self) -> int | None:
-        argv = ["sinfo", "-h", *(["-p", self.queue.partition] if self.queue.partition else []),
-                "-t", "idle", "-o", "%D"]
+        argv = [
+            "sinfo",
+            "-h",
+            *(["-p", self.queue.partition] if self.queue.partition else []),
+            "-t",
+            "idle",
+            "-o",
+            "%D",
+        ]
         try:
             res = self.runner.run(argv, timeout=self.timeout)
         except CommandNotFound:
@@ -94,39 +130,53 @@ class SlurmPlugin(BatchPlugin):
         try:
             return sum(int(line) for line in res.stdout.split()) if res.ok else None
         except ValueError:
-            log.warning("sinfo printed something other than node counts (%r): shaping without backfill",
-                        res.stdout[:200])
+            log.warning(
+                "sinfo printed something other than node counts (%r): shaping without backfill", res.stdout[:200]
+            )
             return None
 
     def _squeue(self, ids: list[str]) -> dict[str, WorkerStatus]:
-        res = self._run_or_raise(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", sp.SQUEUE_FORMAT],
-                                 "squeue", failure_expected=True)
+        res = self._run_or_raise(
+            ["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", sp.SQUEUE_FORMAT], "squeue", failure_expected=True
+        )
         if res.returncode != 0 and "Invalid job id" in res.stderr:
             log.debug("squeue knows none of the %d ids any more: all go to sacct", len(ids))
-            return {}   # squeue errors when NONE of the ids is known any more: all left the queue
+            return {}  # squeue errors when NONE of the ids is known any more: all left the queue
         if not res.ok:
             log.error("squeue failed (exit %d): %s", res.returncode, res.stderr.strip())
-            raise BatchError(f"squeue for {len(ids)} jobs failed: {res.stderr.strip() or 'timed out'}; "
-                             f"is slurmctld reachable? retrying next cycle", transient=True)
+            raise BatchError(
+                f"squeue for {len(ids)} jobs failed: {res.stderr.strip() or 'timed out'}; "
+                f"is slurmctld reachable? retrying next cycle",
+                transient=True,
+            )
         return sp.squeue_statuses(res.stdout, set(ids))
 
     def _sacct(self, ids: list[str], extra: list[str]) -> str:
         """stdout of sacct over slurmdbd, or `sacct -c` (jobcomp) when accounting storage is disabled."""
         if not self._jobcomp:
-            res = self._run_or_raise(["sacct", "-X", "-n", "-P", "-o", sp.SACCT_FIELDS_REASON, *extra], "sacct",
-                                     failure_expected=self._jobcomp is None)
+            res = self._run_or_raise(
+                ["sacct", "-X", "-n", "-P", "-o", sp.SACCT_FIELDS_REASON, *extra],
+                "sacct",
+                failure_expected=self._jobcomp is None,
+            )
             if res.ok:
                 self._jobcomp = False
                 return res.stdout
             if "accounting storage is disabled" not in res.stderr:
-                raise BatchError(f"sacct for {len(ids)} jobs failed: {res.stderr.strip() or 'timed out'}; "
-                                 f"is slurmdbd reachable? retrying next cycle", transient=True)
+                raise BatchError(
+                    f"sacct for {len(ids)} jobs failed: {res.stderr.strip() or 'timed out'}; "
+                    f"is slurmdbd reachable? retrying next cycle",
+                    transient=True,
+                )
             log.info("sacct: no accounting storage here, using sacct -c (jobcomp) from now on")
             self._jobcomp = True
         res = self._run_or_raise(["sacct", "-c", "-X", "-n", "-P", "-o", sp.SACCT_FIELDS, *extra], "sacct -c")
         if not res.ok:
-            raise BatchError(f"sacct -c for {len(ids)} jobs failed: {res.stderr.strip() or 'timed out'}; "
-                             f"check JobCompType/JobCompLoc in slurm.conf", transient=True)
+            raise BatchError(
+                f"sacct -c for {len(ids)} jobs failed: {res.stderr.strip() or 'timed out'}; "
+                f"check JobCompType/JobCompLoc in slurm.conf",
+                transient=True,
+            )
         return res.stdout
 
     def status(self, batch_ids: Sequence[str]) -> dict[str, WorkerStatus]:
@@ -155,11 +205,13 @@ class SlurmPlugin(BatchPlugin):
         errors = dict(re.findall(r"job id (\S+?):\s*(.+)", res.stderr))
         if not errors or any(classify_error(m, sp.SBATCH_TRANSIENT) for m in errors.values()):
             # no per-job answer, or the controller itself is unreachable: the whole call failed
-            raise BatchError(f"scancel of {len(ids)} jobs failed: {res.stderr.strip() or 'timed out'}; "
-                             f"retrying next cycle", transient=True)
+            raise BatchError(
+                f"scancel of {len(ids)} jobs failed: {res.stderr.strip() or 'timed out'}; retrying next cycle",
+                transient=True,
+            )
         for job_id, message in errors.items():
             if job_id in out and not re.search(r"already complet|Invalid job id", message, re.IGNORECASE):
-                out[job_id] = message.strip()   # gone already is what we wanted: no error
+                out[job_id] = message.strip()  # gone already is what we wanted: no error
         return out
 
     # ---- crash recovery -----------------------------------------------------------------------------------
@@ -167,11 +219,13 @@ class SlurmPlugin(BatchPlugin):
         names = list(dict.fromkeys(job_names))
         if not names:
             return {}
-        res = self._run_or_raise(["squeue", "-h", "-t", "all", "--name", ",".join(names), "-o", sp.SQUEUE_FORMAT],
-                                 "squeue --name")
+        res = self._run_or_raise(
+            ["squeue", "-h", "-t", "all", "--name", ",".join(names), "-o", sp.SQUEUE_FORMAT], "squeue --name"
+        )
         if not res.ok:
-            raise BatchError(f"squeue --name for {len(names)} workers failed: {res.stderr.strip() or 'timed out'}",
-                             transient=True)
+            raise BatchError(
+                f"squeue --name for {len(names)} workers failed: {res.stderr.strip() or 'timed out'}", transient=True
+            )
         found = sp.squeue_names(res.stdout, set(names))
         left = [n for n in names if n not in found]
         if left:

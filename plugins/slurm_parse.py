@@ -3,6 +3,7 @@
 Formats asked for are machine-readable: `squeue -h -o '%i|%T|%r|%S|%e|%j'`, `sacct -X -n -P -o ...` (also with
 `-c`, the jobcomp/filetxt variant when there is no slurmdbd), `sbatch --parsable`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,35 +21,35 @@ log = logging.getLogger(__name__)
 #   the first blank before the lookup)
 SLURM_STATES: dict[str, BatchState] = {
     "PENDING": BatchState.QUEUED,
-    "REQUEUED": BatchState.QUEUED,          # back in the queue after a node failure or a preemption
-    "REQUEUE_HOLD": BatchState.QUEUED,      # requeued and held: an admin releases it
+    "REQUEUED": BatchState.QUEUED,  # back in the queue after a node failure or a preemption
+    "REQUEUE_HOLD": BatchState.QUEUED,  # requeued and held: an admin releases it
     "REQUEUE_FED": BatchState.QUEUED,
-    "RESV_DEL_HOLD": BatchState.QUEUED,     # its reservation was deleted: held
-    "CONFIGURING": BatchState.RUNNING,      # nodes allocated, booting: counts as started
+    "RESV_DEL_HOLD": BatchState.QUEUED,  # its reservation was deleted: held
+    "CONFIGURING": BatchState.RUNNING,  # nodes allocated, booting: counts as started
     "RUNNING": BatchState.RUNNING,
-    "COMPLETING": BatchState.RUNNING,       # processes still ending on some nodes
+    "COMPLETING": BatchState.RUNNING,  # processes still ending on some nodes
     "RESIZING": BatchState.RUNNING,
     "SIGNALING": BatchState.RUNNING,
-    "STAGE_OUT": BatchState.RUNNING,        # burst-buffer stage-out after the script ended
+    "STAGE_OUT": BatchState.RUNNING,  # burst-buffer stage-out after the script ended
     "SUSPENDED": BatchState.SUSPENDED,
-    "STOPPED": BatchState.SUSPENDED,        # SIGSTOP: resources kept
+    "STOPPED": BatchState.SUSPENDED,  # SIGSTOP: resources kept
     "COMPLETED": BatchState.FINISHED,
     "FAILED": BatchState.FAILED,
     "NODE_FAIL": BatchState.FAILED,
     "BOOT_FAIL": BatchState.FAILED,
     "OUT_OF_MEMORY": BatchState.FAILED,
-    "SPECIAL_EXIT": BatchState.FAILED,      # requeue-with-special-exit: needs a human
+    "SPECIAL_EXIT": BatchState.FAILED,  # requeue-with-special-exit: needs a human
     "LAUNCH_FAILED": BatchState.FAILED,
     "CANCELLED": BatchState.CANCELLED,
-    "PREEMPTED": BatchState.CANCELLED,      # killed for a higher-priority job (if requeued it shows REQUEUED)
-    "REVOKED": BatchState.CANCELLED,        # federation: the sibling ran elsewhere
-    "DEADLINE": BatchState.TIMEOUT,         # --deadline reached
-    "TIMEOUT": BatchState.TIMEOUT,          # walltime reached: pilots drain before it, so not a failure
+    "PREEMPTED": BatchState.CANCELLED,  # killed for a higher-priority job (if requeued it shows REQUEUED)
+    "REVOKED": BatchState.CANCELLED,  # federation: the sibling ran elsewhere
+    "DEADLINE": BatchState.TIMEOUT,  # --deadline reached
+    "TIMEOUT": BatchState.TIMEOUT,  # walltime reached: pilots drain before it, so not a failure
 }
 
-SQUEUE_FORMAT = "%i|%T|%r|%S|%e|%j"   # the name last: the only field that could hold the separator
+SQUEUE_FORMAT = "%i|%T|%r|%S|%e|%j"  # the name last: the only field that could hold the separator
 SACCT_FIELDS = "jobid,state,exitcode,start,end,jobname"
-SACCT_FIELDS_REASON = SACCT_FIELDS + ",reason"   # slurmdbd only; jobcomp has no reason
+SACCT_FIELDS_REASON = SACCT_FIELDS + ",reason"  # slurmdbd only; jobcomp has no reason
 
 # sbatch failures, classified. Sources: the messages come from Slurm's src/common/slurm_errno.c (the strings of
 # ESLURM_* / SLURM_PROTOCOL_* codes) and src/sbatch/sbatch.c; the "observed" ones were seen on the local cluster
@@ -62,9 +63,11 @@ SBATCH_TRANSIENT = [
     (r"Communication connection failure", "SLURM_COMMUNICATIONS_CONNECTION_ERROR"),
     (r"Connection refused|Connection reset", "errno from the socket layer"),
     (r"backup controller in standby mode", "ESLURM_IN_STANDBY_MODE (fail-over in progress)"),
-    (r"Transaction timed out|Slurmctld is busy|Job submit limit|MaxSubmitJobs|QOSMaxSubmitJob|AssocMaxSubmitJob",
-     "controller overload and per-user job-count limits (ESLURM_ACCOUNTING_POLICY names 'job submit limit'): "
-     "retry later; the caller's retry budget makes a limit that never clears permanent"),
+    (
+        r"Transaction timed out|Slurmctld is busy|Job submit limit|MaxSubmitJobs|QOSMaxSubmitJob|AssocMaxSubmitJob",
+        "controller overload and per-user job-count limits (ESLURM_ACCOUNTING_POLICY names 'job submit limit'): "
+        "retry later; the caller's retry budget makes a limit that never clears permanent",
+    ),
     (r"Job violates accounting/QOS policy", "ESLURM_ACCOUNTING_POLICY: usually a submit-count limit"),
 ]
 SBATCH_PERMANENT = [
@@ -99,7 +102,7 @@ def format_walltime(seconds: int) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-@functools.lru_cache(maxsize=8192)   # a cycle sees the same few timestamps many times
+@functools.lru_cache(maxsize=8192)  # a cycle sees the same few timestamps many times
 def parse_time(text: str) -> float | None:
     """Slurm's local ISO time ('2026-11-22T05:00:42') as epoch seconds; None for N/A, Unknown, None, ''."""
     text = text.strip()
@@ -176,8 +179,15 @@ def squeue_statuses(stdout: str, wanted: set[str]) -> dict[str, WorkerStatus]:
         if reason in ("None", "(null)"):
             reason = ""
         # squeue has no exit code; COMPLETED means 0 (sacct reports it once the job left squeue)
-        out[batch_id] = WorkerStatus(batch_id, state, raw, reason, 0 if state is BatchState.FINISHED else None,
-                                     parse_time(parts[3]), parse_time(parts[4]))
+        out[batch_id] = WorkerStatus(
+            batch_id,
+            state,
+            raw,
+            reason,
+            0 if state is BatchState.FINISHED else None,
+            parse_time(parts[3]),
+            parse_time(parts[4]),
+        )
     return out
 
 
@@ -195,9 +205,10 @@ def sacct_statuses(stdout: str, wanted: set[str] | None) -> dict[str, WorkerStat
         reason = parts[6].strip() if len(parts) > 6 else ""
         reason = "" if reason in ("None", "(null)") else reason
         if raw.startswith("CANCELLED by"):
-            reason = reason or raw   # who cancelled it
-        out[job_id] = WorkerStatus(job_id, map_state(raw, job_id), raw, reason,
-                                   parse_exit_code(exit_code), parse_time(start), parse_time(end))
+            reason = reason or raw  # who cancelled it
+        out[job_id] = WorkerStatus(
+            job_id, map_state(raw, job_id), raw, reason, parse_exit_code(exit_code), parse_time(start), parse_time(end)
+        )
     return out
 
 

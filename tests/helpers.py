@@ -1,4 +1,5 @@
 """Helpers shared by the test folders (pytest puts tests/ on sys.path: `from helpers import ...`)."""
+
 from __future__ import annotations
 
 import os

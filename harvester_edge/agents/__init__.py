@@ -1,4 +1,5 @@
 """The daemon's agents, in the order of the flow (design.md): each one module, one job."""
+
 from __future__ import annotations
 
 from harvester_edge.agents.base import Agent, AgentContext

@@ -3,6 +3,7 @@
 Agents talk to each other only through database rows. Each agent's lease owner is "<daemon id>/<agent name>", so
 a daemon releases exactly its own leases when it stops.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,7 +31,7 @@ class AgentContext:
     stop: threading.Event = field(default_factory=threading.Event)
     central: Any = None  # harvester_edge.central.client.CentralClient
     plugins: dict[str, Any] = field(default_factory=dict)  # queue name -> BatchPlugin
-    stats: dict[str, "CycleStats"] = field(default_factory=dict)
+    stats: dict[str, CycleStats] = field(default_factory=dict)
 
 
 @dataclass

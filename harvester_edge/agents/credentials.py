@@ -18,6 +18,7 @@ Pilot credentials: worker W of harvester H gets a key of its own for client f"{H
 with it, pilot-scoped tokens (claims harvester=H, worker=W) written to <access point>/token with mode 0600 and
 renewed like the harvester's: never a copy of the harvester's token, and good for nothing but that worker's jobs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -92,8 +93,9 @@ class InProcessIssuer:
 
         state = self.authority.key_state(self.kid)
         if state is None or state["revoked"]:
-            raise CentralAuthFailed(f"the daemon's key {self.kid} of {self.identity!r} is revoked: restart the "
-                                    "daemon to get a new one")
+            raise CentralAuthFailed(
+                f"the daemon's key {self.kid} of {self.identity!r} is revoked: restart the daemon to get a new one"
+            )
         if state["expires"] - now < self.authority.settings.key_lifetime / 2:
             old, (self.kid, _) = self.kid, self.authority.new_key(self.identity, self.scopes, check_interval=False)
             log.info("daemon key %s of %s expires soon: new key %s", old, self.identity, self.kid)
@@ -175,9 +177,12 @@ class Credentials(Agent):
             ctx.central.renewer = self.renew_own  # a 403 anywhere renews at once, then the call is retried
             lifetime = ctx.config.central.tokens.access_lifetime
             if self.interval > lifetime * RENEW_FRACTION:
-                log.warning("agents.credentials (%.0fs) is longer than a third of tokens.access_lifetime (%ss): "
-                            "tokens will lapse between cycles and be renewed only at a 403; make it shorter",
-                            self.interval, lifetime)
+                log.warning(
+                    "agents.credentials (%.0fs) is longer than a third of tokens.access_lifetime (%ss): "
+                    "tokens will lapse between cycles and be renewed only at a 403; make it shorter",
+                    self.interval,
+                    lifetime,
+                )
 
     def _active(self) -> bool:
         return not self.ctx.config.central.trusted
@@ -225,18 +230,28 @@ class Credentials(Agent):
             self._renewed_at = time.monotonic()
             self.renewals += 1
             claims = token_claims(token)
-            log.info("harvester token renewed%s: kid %s, valid for %.0fs", " after a 403" if force else "",
-                     claims.get("kid"), float(claims.get("exp", now)) - now)
+            log.info(
+                "harvester token renewed%s: kid %s, valid for %.0fs",
+                " after a 403" if force else "",
+                claims.get("kid"),
+                float(claims.get("exp", now)) - now,
+            )
             return True
 
     # -- the pilots' credentials -----------------------------------------------------------------------------
     def link_jobs(self, client: Any, worker_id: int) -> None:
         """Tell the service which jobs the worker runs (update_workers' pandaid_list, as Harvester does) before its
         pilot gets a credential: the service then holds that credential to those jobs alone (central/ownership)."""
-        jobs = [r["panda_id"] for r in self.ctx.store.query(
-            "SELECT panda_id FROM job_workers WHERE worker_id = ? ORDER BY panda_id", (worker_id,))]
-        client.update_workers([{"workerID": worker_id, "status": "running", "computingSite": self.ctx.config.site,
-                                "pandaid_list": jobs}], harvester_id=self.ctx.config.site)
+        jobs = [
+            r["panda_id"]
+            for r in self.ctx.store.query(
+                "SELECT panda_id FROM job_workers WHERE worker_id = ? ORDER BY panda_id", (worker_id,)
+            )
+        ]
+        client.update_workers(
+            [{"workerID": worker_id, "status": "running", "computingSite": self.ctx.config.site, "pandaid_list": jobs}],
+            harvester_id=self.ctx.config.site,
+        )
 
     def hand_out(self, now: float) -> None:
         """Each active worker with an access point: its own pilot token in <ap>/token, renewed when due."""

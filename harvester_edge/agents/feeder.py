@@ -13,6 +13,7 @@ request that gets nothing is HELD (left unanswered; the pilot does not ask again
 looked at every cycle: ranges that become ready again (a dead worker's, a drained one's, a failed attempt's; the
 propagator clears the job's no-more flag when it sends such a report) reach a running pilot within one cycle.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,10 +21,9 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from harvester_edge.seams import files as protocol  # the pilot-file seam (offline replay records it)
-
 from harvester_edge.agents.base import Agent
 from harvester_edge.central.client import CentralRejected, CentralUnavailable
+from harvester_edge.seams import files as protocol  # the pilot-file seam (offline replay records it)
 from harvester_edge.states import JobState, RangeState, WorkerState
 from harvester_edge.store import transition
 from harvester_edge.workers import range_limit
@@ -39,14 +39,18 @@ class Feeder(Agent):
 
     def run_cycle(self, now: float) -> None:
         workers = self.ctx.store.query(
-            "SELECT w.id, w.access_point, w.nodes * w.ranks_per_node AS ranks FROM workers w "
-            "WHERE w.state IN (?, ?)", (W.QUEUED.value, W.RUNNING.value))
+            "SELECT w.id, w.access_point, w.nodes * w.ranks_per_node AS ranks FROM workers w WHERE w.state IN (?, ?)",
+            (W.QUEUED.value, W.RUNNING.value),
+        )
         for worker in workers:
             try:
                 self.answer_worker(worker, now)
             except Exception:  # one worker's files never stop the others' supply
-                log.exception("worker %d: its range requests were not answered this cycle", worker["id"],
-                              extra={"worker_id": worker["id"]})
+                log.exception(
+                    "worker %d: its range requests were not answered this cycle",
+                    worker["id"],
+                    extra={"worker_id": worker["id"]},
+                )
         self.top_up(now)
 
     def answer_worker(self, worker, now: float) -> None:
@@ -58,26 +62,42 @@ class Feeder(Agent):
 
     def checked(self, worker_id: int, ranks: int, request: protocol.Request) -> protocol.Request:
         """The request as far as this worker may ask: its own jobs only, at most range_limit(ranks) per job."""
-        mine = {r[0] for r in self.ctx.store.query("SELECT panda_id FROM job_workers WHERE worker_id = ?",
-                                                   (worker_id,))}
+        mine = {
+            r[0] for r in self.ctx.store.query("SELECT panda_id FROM job_workers WHERE worker_id = ?", (worker_id,))
+        }
         limit = range_limit(ranks)
         wants: dict[int, dict] = {}
         for pid, want in request.requests.items():
             if pid not in mine:
-                log.warning("worker %d: %s asks ranges of job %d, which is not one of its jobs %s; ignored",
-                            worker_id, request.path.name, pid, sorted(mine), extra={"worker_id": worker_id})
+                log.warning(
+                    "worker %d: %s asks ranges of job %d, which is not one of its jobs %s; ignored",
+                    worker_id,
+                    request.path.name,
+                    pid,
+                    sorted(mine),
+                    extra={"worker_id": worker_id},
+                )
                 continue
             asked = int(want["nRanges"])
             if asked > limit:
-                log.warning("worker %d: %s asks %d ranges of job %d; granted %d (ranks %d x (prefetch + 1))",
-                            worker_id, request.path.name, asked, pid, limit, ranks, extra={"worker_id": worker_id})
+                log.warning(
+                    "worker %d: %s asks %d ranges of job %d; granted %d (ranks %d x (prefetch + 1))",
+                    worker_id,
+                    request.path.name,
+                    asked,
+                    pid,
+                    limit,
+                    ranks,
+                    extra={"worker_id": worker_id},
+                )
             wants[pid] = {**want, "nRanges": min(asked, limit)}
         return replace(request, requests=wants)
 
     def answer(self, worker_id: int, ap: Path, request: protocol.Request, now: float) -> bool:
         store = self.ctx.store
-        answered = store.query("SELECT spec, panda_id FROM event_ranges WHERE worker_id = ? AND request_seq = ?",
-                               (worker_id, request.seq))
+        answered = store.query(
+            "SELECT spec, panda_id FROM event_ranges WHERE worker_id = ? AND request_seq = ?", (worker_id, request.seq)
+        )
         no_more: set[int] = set()
         if answered:  # a crash came between the commit and the ranges file: send the same ranges again
             ranges: dict[int, list[dict]] = {}
@@ -95,14 +115,21 @@ class Feeder(Agent):
                 if len(got) < n and self._nothing_can_come(pid):
                     no_more.add(pid)
             if not any(ranges.values()) and not no_more and request.requests:
-                log.debug("worker %d: request %d held: no range ready now, %s", worker_id, request.seq,
-                          "some in flight may come back", extra={"worker_id": worker_id})
+                log.debug(
+                    "worker %d: request %d held: no range ready now, %s",
+                    worker_id,
+                    request.seq,
+                    "some in flight may come back",
+                    extra={"worker_id": worker_id},
+                )
                 return False  # nothing now, but ranges in flight may come back: answer when they do
             with store.write() as conn:
                 ids = [r["eventRangeID"] for lst in ranges.values() for r in lst]
-                conn.execute("UPDATE event_ranges SET worker_id = ?, request_seq = ? "
-                             "WHERE range_id IN (SELECT value FROM json_each(?))", (worker_id, request.seq,
-                                                                                    json.dumps(ids)))
+                conn.execute(
+                    "UPDATE event_ranges SET worker_id = ?, request_seq = ? "
+                    "WHERE range_id IN (SELECT value FROM json_each(?))",
+                    (worker_id, request.seq, json.dumps(ids)),
+                )
                 transition(conn, ids, R.FETCHED, R.DISPATCHED, now=now, reason=f"worker {worker_id} seq {request.seq}")
         try:
             protocol.write_event_ranges(ap, request.seq, {p: r for p, r in ranges.items() if r}, no_more=no_more)
@@ -110,11 +137,20 @@ class Feeder(Agent):
             pass  # this sequence was written before the crash: the pilot has it already
         protocol.mark_consumed(ap, request)
         if no_more:
-            log.info("worker %d: told no more ranges for job(s) %s: none ready, none in flight", worker_id,
-                     sorted(no_more), extra={"worker_id": worker_id})
-        log.debug("worker %d: answered request %d with %d ranges%s", worker_id, request.seq,
-                  sum(len(r) for r in ranges.values()), f", no more for {sorted(no_more)}" if no_more else "",
-                  extra={"worker_id": worker_id})
+            log.info(
+                "worker %d: told no more ranges for job(s) %s: none ready, none in flight",
+                worker_id,
+                sorted(no_more),
+                extra={"worker_id": worker_id},
+            )
+        log.debug(
+            "worker %d: answered request %d with %d ranges%s",
+            worker_id,
+            request.seq,
+            sum(len(r) for r in ranges.values()),
+            f", no more for {sorted(no_more)}" if no_more else "",
+            extra={"worker_id": worker_id},
+        )
         return True
 
     def _nothing_can_come(self, panda_id: int) -> bool:
@@ -130,11 +166,11 @@ class Feeder(Agent):
         busy = store.query(
             "SELECT 1 FROM jobs j CROSS JOIN event_ranges e ON e.panda_id = j.panda_id AND e.state IN (?, ?) "
             "WHERE j.task_id = ? AND j.state IN (?, ?) LIMIT 1",
-            (R.FETCHED.value, R.DISPATCHED.value, row[0]["task_id"], *ACTIVE_JOB))
+            (R.FETCHED.value, R.DISPATCHED.value, row[0]["task_id"], *ACTIVE_JOB),
+        )
         if busy:
             return False
-        return not store.query("SELECT 1 FROM outbox WHERE state = 'pending' AND kind = 'update_event_ranges' "
-                               "LIMIT 1")
+        return not store.query("SELECT 1 FROM outbox WHERE state = 'pending' AND kind = 'update_event_ranges' LIMIT 1")
 
     def _exhausted(self, panda_id: int) -> bool:
         row = self.ctx.store.query("SELECT no_more_ranges, state FROM jobs WHERE panda_id = ?", (panda_id,))
@@ -144,16 +180,20 @@ class Feeder(Agent):
         """Up to n ranges of the job from the stock, fetching what is missing; None if the central is unreachable."""
         stock = self._stock(panda_id)
         if len(stock) < n and not self._exhausted(panda_id):
-            if not self._fetch(panda_id, n - len(stock) + n, now):
-                if not stock:
-                    return None
+            if not self._fetch(panda_id, n - len(stock) + n, now) and not stock:
+                return None
             stock = self._stock(panda_id)
         return stock[:n]
 
     def _stock(self, panda_id: int) -> list[dict]:
-        return [json.loads(r[0]) for r in self.ctx.store.query(
-            "SELECT spec FROM event_ranges WHERE panda_id = ? AND state = ? AND worker_id IS NULL "
-            "ORDER BY first_event", (panda_id, R.FETCHED.value))]
+        return [
+            json.loads(r[0])
+            for r in self.ctx.store.query(
+                "SELECT spec FROM event_ranges WHERE panda_id = ? AND state = ? AND worker_id IS NULL "
+                "ORDER BY first_event",
+                (panda_id, R.FETCHED.value),
+            )
+        ]
 
     def _fetch(self, panda_id: int, n: int, now: float) -> bool:
         job = self.ctx.store.query("SELECT task_id, jobset_id, state FROM jobs WHERE panda_id = ?", (panda_id,))
@@ -161,26 +201,47 @@ class Feeder(Agent):
             return True
         task_id, jobset_id = job[0]["task_id"], job[0]["jobset_id"]
         try:  # the job's own jobsetID (a real server's jobs have one of their own; the embedded's is the task id)
-            got = self.ctx.central.acquire_event_ranges(panda_id, task_id if jobset_id is None else jobset_id,
-                                                        task_id=task_id, n_ranges=n)
+            got = self.ctx.central.acquire_event_ranges(
+                panda_id, task_id if jobset_id is None else jobset_id, task_id=task_id, n_ranges=n
+            )
         except CentralUnavailable as exc:
             log.warning("job %d: no ranges fetched: %s", panda_id, exc, extra={"panda_id": panda_id})
             return False
         except CentralRejected as exc:
-            log.error("job %d: the central service refused ranges: %s; no more ranges for it", panda_id, exc,
-                      extra={"panda_id": panda_id})
+            log.error(
+                "job %d: the central service refused ranges: %s; no more ranges for it",
+                panda_id,
+                exc,
+                extra={"panda_id": panda_id},
+            )
             got = []
         with self.ctx.store.write() as conn:
             conn.executemany(
                 "INSERT OR IGNORE INTO event_ranges (range_id, panda_id, state, first_event, last_event, spec,"
                 " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(r["eventRangeID"], panda_id, R.FETCHED.value, int(r["startEvent"]), int(r["lastEvent"]),
-                  json.dumps(r), now) for r in got])
+                [
+                    (
+                        r["eventRangeID"],
+                        panda_id,
+                        R.FETCHED.value,
+                        int(r["startEvent"]),
+                        int(r["lastEvent"]),
+                        json.dumps(r),
+                        now,
+                    )
+                    for r in got
+                ],
+            )
             if len(got) < n:
                 conn.execute("UPDATE jobs SET no_more_ranges = 1, updated_at = ? WHERE panda_id = ?", (now, panda_id))
         if len(got) < n:
-            log.info("job %d: the central service has no more ranges for now (%d of %d)", panda_id, len(got), n,
-                     extra={"panda_id": panda_id})
+            log.info(
+                "job %d: the central service has no more ranges for now (%d of %d)",
+                panda_id,
+                len(got),
+                n,
+                extra={"panda_id": panda_id},
+            )
         return True
 
     def top_up(self, now: float) -> None:
@@ -190,7 +251,8 @@ class Feeder(Agent):
             "SELECT j.panda_id, sum(w.nodes * w.ranks_per_node) AS ranks FROM workers w "
             "CROSS JOIN job_workers jw ON jw.worker_id = w.id CROSS JOIN jobs j ON j.panda_id = jw.panda_id "
             "WHERE j.state = ? AND j.no_more_ranges = 0 AND w.state IN (?, ?) GROUP BY j.panda_id",
-            (JobState.RUNNING.value, W.QUEUED.value, W.RUNNING.value))
+            (JobState.RUNNING.value, W.QUEUED.value, W.RUNNING.value),
+        )
         for row in rows:
             want = 2 * int(row["ranks"])
             have = len(self._stock(row["panda_id"]))

@@ -1,11 +1,12 @@
 """Fetcher: acquire jumbo jobs from the central service for queues with room."""
+
 from __future__ import annotations
 
 import json
 import logging
 
-from harvester_edge.agents.base import Agent
 from harvester_edge import jobpayload
+from harvester_edge.agents.base import Agent
 from harvester_edge.central.client import CentralRejected, CentralUnavailable
 from harvester_edge.states import JobState
 
@@ -23,15 +24,18 @@ class Fetcher(Agent):
             if draining and draining[0]:
                 log.info("queue %s is draining: fetching no jobs", queue.name, extra={"queue": queue.name})
                 continue
-            active = conn.execute("SELECT count(*) FROM jobs WHERE queue = ? AND state IN (?, ?)",
-                                  (queue.name, JobState.FETCHED.value, JobState.RUNNING.value)).fetchone()[0]
+            active = conn.execute(
+                "SELECT count(*) FROM jobs WHERE queue = ? AND state IN (?, ?)",
+                (queue.name, JobState.FETCHED.value, JobState.RUNNING.value),
+            ).fetchone()[0]
             # one job keeps several workers busy (ranges are taken task-wide): hold no more jobs than workers can run
             room = queue.max_running_workers - active
             if room <= 0:
                 continue
             try:
-                jobs = self.ctx.central.acquire_jobs(config.site, queue=queue.name, n_jobs=room,
-                                                     harvester_id=config.site)
+                jobs = self.ctx.central.acquire_jobs(
+                    config.site, queue=queue.name, n_jobs=room, harvester_id=config.site
+                )
             except CentralUnavailable as exc:
                 log.warning("no jobs fetched for queue %s: %s", queue.name, exc)
                 return
@@ -45,16 +49,35 @@ class Fetcher(Agent):
                 try:
                     kept.append(jobpayload.pilot_job(job))
                 except jobpayload.JobPayloadError as exc:
-                    log.error("job %s cannot run here and is left alone: %s", job.get("PandaID"), exc,
-                              extra={"queue": queue.name})
+                    log.error(
+                        "job %s cannot run here and is left alone: %s",
+                        job.get("PandaID"),
+                        exc,
+                        extra={"queue": queue.name},
+                    )
             jobs = kept
             with self.ctx.store.write() as conn:
                 for job in jobs:
                     conn.execute(
                         "INSERT OR IGNORE INTO jobs (panda_id, task_id, jobset_id, queue, state, spec, events_total,"
                         " seconds_per_event, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (int(job["PandaID"]), int(job["taskID"]), job.get("jobsetID"), queue.name,
-                         JobState.FETCHED.value, json.dumps(job),
-                         jobpayload.events_total(job), job.get("secondsPerEvent"), now, now))
-            log.info("fetched %d job(s) for queue %s: %s", len(jobs), queue.name,
-                     ", ".join(str(j["PandaID"]) for j in jobs), extra={"queue": queue.name})
+                        (
+                            int(job["PandaID"]),
+                            int(job["taskID"]),
+                            job.get("jobsetID"),
+                            queue.name,
+                            JobState.FETCHED.value,
+                            json.dumps(job),
+                            jobpayload.events_total(job),
+                            job.get("secondsPerEvent"),
+                            now,
+                            now,
+                        ),
+                    )
+            log.info(
+                "fetched %d job(s) for queue %s: %s",
+                len(jobs),
+                queue.name,
+                ", ".join(str(j["PandaID"]) for j in jobs),
+                extra={"queue": queue.name},
+            )

@@ -5,23 +5,23 @@ outbox message in a single transaction, and is renamed to .read only after that 
 the file is read again, and ranges already moved are skipped, so nothing is reported twice). When a worker ends,
 ranges it never reported go back to the central service as not done.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
 
-from harvester_edge.seams import files as protocol  # the pilot-file seam (offline replay records it)
-from harvester_edge.seams.files import set_aside
-from jumbo.protocol import HEARTBEAT
-
 from harvester_edge.agents.base import Agent
 from harvester_edge.batch import BatchError, BatchState
 from harvester_edge.central.classify import NOT_PROCESSED_CODE
-from harvester_edge.outbox import enqueue
-from harvester_edge.states import RangeState, WorkerState, check_transition
 from harvester_edge.errors import IllegalTransition
+from harvester_edge.outbox import enqueue
+from harvester_edge.seams import files as protocol  # the pilot-file seam (offline replay records it)
+from harvester_edge.seams.files import set_aside
+from harvester_edge.states import RangeState, WorkerState, check_transition
 from harvester_edge.store import claim, transition, update
+from jumbo.protocol import HEARTBEAT
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,12 @@ def range_report(range_id: str, status: str, entry: dict | None = None) -> dict:
     """A version-0 update_event_ranges entry for a pilot's status entry."""
     entry = entry or {}
     if status == "not-done":
-        return {"eventRangeID": range_id, "eventStatus": "failed", "errorCode": NOT_DONE_CODE,
-                "errorDiag": NOT_DONE_DIAG}
+        return {
+            "eventRangeID": range_id,
+            "eventStatus": "failed",
+            "errorCode": NOT_DONE_CODE,
+            "errorDiag": NOT_DONE_DIAG,
+        }
     report = {"eventRangeID": range_id, "eventStatus": status}
     if entry.get("cpuTime") is not None:
         report["cpuConsumptionTime"] = entry["cpuTime"]
@@ -74,8 +78,15 @@ class Monitor(Agent):
 
     def run_cycle(self, now: float) -> None:
         with self.ctx.store.write() as conn:
-            rows = claim(conn, W, self.owner, states=[W.QUEUED, W.RUNNING], now=now,
-                         lease_time=self.ctx.config.daemon.lease_time, limit=100_000)
+            rows = claim(
+                conn,
+                W,
+                self.owner,
+                states=[W.QUEUED, W.RUNNING],
+                now=now,
+                lease_time=self.ctx.config.daemon.lease_time,
+                limit=100_000,
+            )
         by_queue: dict[str, list] = {}
         for row in rows:
             by_queue.setdefault(row["queue"], []).append(row)
@@ -85,8 +96,11 @@ class Monitor(Agent):
             try:
                 self.collect_events(row["id"], Path(row["access_point"]), now)
             except Exception:  # one worker's files never stop the accounting of the others
-                log.exception("worker %d: its event reports were not collected this cycle", row["id"],
-                              extra={"worker_id": row["id"]})
+                log.exception(
+                    "worker %d: its event reports were not collected this cycle",
+                    row["id"],
+                    extra={"worker_id": row["id"]},
+                )
         self.release_orphans(now)
 
     def read_heartbeat(self, worker_id: int, ap: Path) -> float | None:
@@ -133,11 +147,25 @@ class Monitor(Agent):
                 if changes:
                     update(conn, "workers", "id", [{"id": row["id"], **changes}], now=now, owner=self.owner)
                 if dst is not None and dst != src:
-                    transition(conn, [row["id"]], src, dst, now=now, owner=self.owner,
-                               reason=f"batch state {status.raw_state} {status.reason}".strip())
-                    log.info("worker %d (%s): %s -> %s (%s%s)", row["id"], row["batch_id"], src.value, dst.value,
-                             status.raw_state, f", {status.reason}" if status.reason else "",
-                             extra={"worker_id": row["id"], "batch_id": row["batch_id"]})
+                    transition(
+                        conn,
+                        [row["id"]],
+                        src,
+                        dst,
+                        now=now,
+                        owner=self.owner,
+                        reason=f"batch state {status.raw_state} {status.reason}".strip(),
+                    )
+                    log.info(
+                        "worker %d (%s): %s -> %s (%s%s)",
+                        row["id"],
+                        row["batch_id"],
+                        src.value,
+                        dst.value,
+                        status.raw_state,
+                        f", {status.reason}" if status.reason else "",
+                        extra={"worker_id": row["id"], "batch_id": row["batch_id"]},
+                    )
 
     def collect_events(self, worker_id: int, ap: Path, now: float) -> None:
         """Turn the pilot's event status files into range transitions and outbox messages.
@@ -152,21 +180,34 @@ class Monitor(Agent):
         if not entries:
             return
         with self.ctx.store.write() as conn:
-            known = {r[0]: r for r in conn.execute(
-                "SELECT range_id, panda_id, first_event, last_event, worker_id, state FROM event_ranges "
-                "WHERE range_id IN (SELECT value FROM json_each(?))", (json.dumps(list(entries)),))}
+            known = {
+                r[0]: r
+                for r in conn.execute(
+                    "SELECT range_id, panda_id, first_event, last_event, worker_id, state FROM event_ranges "
+                    "WHERE range_id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(list(entries)),),
+                )
+            }
             held = {rid: r for rid, r in known.items() if r[4] == worker_id and r[5] == R.DISPATCHED.value}
-            foreign = sorted(rid for rid, (pid, _) in entries.items()
-                             if rid not in known or known[rid][4] != worker_id or known[rid][1] != pid)
+            foreign = sorted(
+                rid
+                for rid, (pid, _) in entries.items()
+                if rid not in known or known[rid][4] != worker_id or known[rid][1] != pid
+            )
             if foreign:  # a pilot reports only what was dispatched to it: anything else is never accounted
-                log.warning("worker %d: %s reports %d range(s) not dispatched to this worker (or under another "
-                            "job), ignored: %s", worker_id, batch.path.name, len(foreign),
-                            ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else ""),
-                            extra={"worker_id": worker_id})
+                log.warning(
+                    "worker %d: %s reports %d range(s) not dispatched to this worker (or under another "
+                    "job), ignored: %s",
+                    worker_id,
+                    batch.path.name,
+                    len(foreign),
+                    ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else ""),
+                    extra={"worker_id": worker_id},
+                )
             entries = {rid: (pid, e) for rid, (pid, e) in entries.items() if rid not in foreign}
             reports, moved = [], {R.FINISHED: [], R.FAILED: [], R.RELEASED: []}
             done_per_job: dict[int, int] = {}
-            for range_id, (pid, entry) in entries.items():
+            for range_id, (_pid, entry) in entries.items():
                 if range_id not in held:
                     continue  # already applied: a file read again after a crash
                 status = entry["eventStatus"]
@@ -180,34 +221,56 @@ class Monitor(Agent):
             for dst, ids in moved.items():
                 transition(conn, ids, R.DISPATCHED, dst, now=now, reason=f"pilot report seq {batch.seq}")
             for pid, n in done_per_job.items():
-                conn.execute("UPDATE jobs SET events_done = events_done + ?, updated_at = ? WHERE panda_id = ?",
-                             (n, now, pid))
+                conn.execute(
+                    "UPDATE jobs SET events_done = events_done + ?, updated_at = ? WHERE panda_id = ?", (n, now, pid)
+                )
             for pid, spe in measured_seconds_per_event(entries.values()).items():
                 # the task's estimate is only a start: shaping follows what the pilots measure (moving average)
-                conn.execute("UPDATE jobs SET seconds_per_event = CASE WHEN seconds_per_event IS NULL THEN ? "
-                             "ELSE 0.7 * seconds_per_event + 0.3 * ? END WHERE panda_id = ?", (spe, spe, pid))
+                conn.execute(
+                    "UPDATE jobs SET seconds_per_event = CASE WHEN seconds_per_event IS NULL THEN ? "
+                    "ELSE 0.7 * seconds_per_event + 0.3 * ? END WHERE panda_id = ?",
+                    (spe, spe, pid),
+                )
             if reports:
                 enqueue(conn, "update_event_ranges", reports, now)
         if reports:
-            log.debug("worker %d: %d range reports (seq %d) queued for the central service", worker_id,
-                      len(reports), batch.seq, extra={"worker_id": worker_id})
+            log.debug(
+                "worker %d: %d range reports (seq %d) queued for the central service",
+                worker_id,
+                len(reports),
+                batch.seq,
+                extra={"worker_id": worker_id},
+            )
 
     def release_orphans(self, now: float) -> None:
         """Ranges still dispatched to workers that ended go back as not done (after their last reports were read)."""
         with self.ctx.store.write() as conn:
-            ended = [r[0] for r in conn.execute(
-                "SELECT DISTINCT e.worker_id FROM event_ranges e JOIN workers w ON w.id = e.worker_id "
-                "WHERE e.state = ? AND w.state IN (?, ?, ?, ?)",
-                (R.DISPATCHED.value, W.FINISHED.value, W.FAILED.value, W.CANCELLED.value, W.MISSING.value))]
+            ended = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT DISTINCT e.worker_id FROM event_ranges e JOIN workers w ON w.id = e.worker_id "
+                    "WHERE e.state = ? AND w.state IN (?, ?, ?, ?)",
+                    (R.DISPATCHED.value, W.FINISHED.value, W.FAILED.value, W.CANCELLED.value, W.MISSING.value),
+                )
+            ]
         for worker_id in ended:
             ap = Path(self.ctx.store.query("SELECT access_point FROM workers WHERE id = ?", (worker_id,))[0][0])
             self.collect_events(worker_id, ap, now)  # the final reports, if the pilot wrote them after our last look
             with self.ctx.store.write() as conn:
-                ids = [r[0] for r in conn.execute("SELECT range_id FROM event_ranges WHERE worker_id = ? AND state = ?",
-                                                  (worker_id, R.DISPATCHED.value))]
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT range_id FROM event_ranges WHERE worker_id = ? AND state = ?",
+                        (worker_id, R.DISPATCHED.value),
+                    )
+                ]
                 if not ids:
                     continue
                 transition(conn, ids, R.DISPATCHED, R.RELEASED, now=now, reason=f"worker {worker_id} ended")
                 enqueue(conn, "update_event_ranges", [range_report(i, "not-done") for i in ids], now)
-            log.info("worker %d ended with %d ranges unreported: handed back as not done", worker_id, len(ids),
-                     extra={"worker_id": worker_id})
+            log.info(
+                "worker %d ended with %d ranges unreported: handed back as not done",
+                worker_id,
+                len(ids),
+                extra={"worker_id": worker_id},
+            )

@@ -17,21 +17,27 @@ logged. It can never hold the outbox behind it. Job updates (update_jobs_bulk: t
 and catches its own errors) keep treating a 500 as transient. The real server's success=false "TimeOut" (its
 database layer failed or was slow; per job: StatusCode 10) is an outage too: the message is kept, never parked.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 
 from harvester_edge.agents.base import Agent
-from harvester_edge.central.client import CentralAuthFailed, CentralRejected, CentralServerError, \
-    CentralTimeout, CentralUnavailable
+from harvester_edge.central.client import (
+    CentralAuthFailed,
+    CentralRejected,
+    CentralServerError,
+    CentralTimeout,
+    CentralUnavailable,
+)
 from harvester_edge.outbox import enqueue, pending
 from harvester_edge.states import JobState, OutboxState, RangeState, WorkerState
 from harvester_edge.store import transition
 
 log = logging.getLogger(__name__)
 
-J, O, R, W = JobState, OutboxState, RangeState, WorkerState
+J, O, R, W = JobState, OutboxState, RangeState, WorkerState  # noqa: E741 (O: the outbox states)
 HEARTBEAT_EVERY = 60.0  # seconds between job heartbeats to the central service
 MAX_SERVER_ERRORS = 3  # HTTP 500 answers to one range report before it counts as applied-or-given-up
 KNOWN_500 = "unhashable type"  # the real server's update_event_ranges answer-after-write defect (module doc)
@@ -72,30 +78,43 @@ class Propagator(Agent):
                             return False
                         continue
                     if KNOWN_500 in exc.body or message["attempts"] + 1 >= MAX_SERVER_ERRORS:
-                        why = ("the server's known answer-after-write defect: the ranges were written"
-                               if KNOWN_500 in exc.body else
-                               f"{message['attempts'] + 1} HTTP 500 answers: counted as applied-or-given-up")
+                        why = (
+                            "the server's known answer-after-write defect: the ranges were written"
+                            if KNOWN_500 in exc.body
+                            else f"{message['attempts'] + 1} HTTP 500 answers: counted as applied-or-given-up"
+                        )
                         log.warning("outbox message %d (update_event_ranges): %s (%s)", message["id"], why, exc)
                         with self.ctx.store.write() as conn:
-                            conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
-                                         (f"HTTP 500: {why}"[:500], message["id"]))
+                            conn.execute(
+                                "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
+                                (f"HTTP 500: {why}"[:500], message["id"]),
+                            )
                             transition(conn, [message["id"]], O.PENDING, O.SENT, now=now, reason=why[:200])
                         continue
                     self._kept(message, exc, now)
                     return False  # re-sent next cycle, at most MAX_SERVER_ERRORS times
                 except CentralUnavailable as exc:
                     with self.ctx.store.write() as conn:
-                        conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, updated_at = ? "
-                                     "WHERE id = ?", (str(exc)[:500], now, message["id"]))
+                        conn.execute(
+                            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, updated_at = ? WHERE id = ?",
+                            (str(exc)[:500], now, message["id"]),
+                        )
                     if not self._outage_logged:
-                        why = ("credentials refused (the token is renewed, then retried)"
-                               if isinstance(exc, CentralAuthFailed) else "central service unreachable")
+                        why = (
+                            "credentials refused (the token is renewed, then retried)"
+                            if isinstance(exc, CentralAuthFailed)
+                            else "central service unreachable"
+                        )
                         log.warning("%s, %d+ messages kept in the outbox: %s", why, len(messages), exc)
                         self._outage_logged = True
                     return False
                 except CentralRejected as exc:
-                    log.error("outbox message %d (%s) rejected by the central service, parked: %s",
-                              message["id"], message["kind"], exc)
+                    log.error(
+                        "outbox message %d (%s) rejected by the central service, parked: %s",
+                        message["id"],
+                        message["kind"],
+                        exc,
+                    )
                     with self.ctx.store.write() as conn:
                         conn.execute("UPDATE outbox SET last_error = ? WHERE id = ?", (str(exc)[:500], message["id"]))
                         transition(conn, [message["id"]], O.PENDING, O.REJECTED, now=now, reason=str(exc)[:200])
@@ -118,13 +137,16 @@ class Propagator(Agent):
             "AND task_id IN (SELECT j.task_id FROM event_ranges e JOIN jobs j ON j.panda_id = e.panda_id "
             "WHERE e.range_id IN (SELECT value FROM json_each(?))) AND EXISTS (SELECT 1 FROM job_workers jw "
             "CROSS JOIN workers w ON w.id = jw.worker_id WHERE jw.panda_id = jobs.panda_id AND w.state IN (?, ?))",
-            (now, J.FETCHED.value, J.RUNNING.value, json.dumps(failed), W.QUEUED.value, W.RUNNING.value))
+            (now, J.FETCHED.value, J.RUNNING.value, json.dumps(failed), W.QUEUED.value, W.RUNNING.value),
+        )
 
     def _kept(self, message, exc: Exception, now: float) -> bool:
         """Count a failed try of a message that stays pending; False: stop draining this cycle."""
         with self.ctx.store.write() as conn:
-            conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, updated_at = ? WHERE id = ?",
-                         (str(exc)[:500], now, message["id"]))
+            conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, updated_at = ? WHERE id = ?",
+                (str(exc)[:500], now, message["id"]),
+            )
         if not self._outage_logged:
             log.warning("central service failed (%s): outbox message %d kept", exc, message["id"])
             self._outage_logged = True
@@ -137,13 +159,19 @@ class Propagator(Agent):
         elif kind == "update_jobs":
             answers = central.update_jobs_bulk(payload, harvester_id=self.ctx.config.site)
             if any(a["StatusCode"] == 10 for a in answers):  # a job's update timed out: the whole message again
-                raise CentralTimeout("update_jobs_bulk: the central service timed out on "
-                                     f"{sum(a['StatusCode'] == 10 for a in answers)} job update(s); retry later")
+                raise CentralTimeout(
+                    "update_jobs_bulk: the central service timed out on "
+                    f"{sum(a['StatusCode'] == 10 for a in answers)} job update(s); retry later"
+                )
             for update, answer in zip(payload, answers):
                 if not answer["ok"]:  # the service took the message and answered for this job: re-sending won't help
-                    log.warning("job %s: the central service refused its update to %s: StatusCode %s %s",
-                                update.get("jobId", update.get("job_id")), update.get("state", update.get("job_status")),
-                                answer["StatusCode"], answer["ErrorDiag"])
+                    log.warning(
+                        "job %s: the central service refused its update to %s: StatusCode %s %s",
+                        update.get("jobId", update.get("job_id")),
+                        update.get("state", update.get("job_status")),
+                        answer["StatusCode"],
+                        answer["ErrorDiag"],
+                    )
         else:
             raise CentralRejected(f"unknown outbox message kind {kind!r}")
 
@@ -154,37 +182,56 @@ class Propagator(Agent):
             "SELECT j.* FROM jobs j WHERE j.state IN (?, ?) AND NOT EXISTS (SELECT 1 FROM workers w CROSS JOIN "
             "job_workers jw ON jw.worker_id = w.id AND jw.panda_id = j.panda_id WHERE w.state IN (?, ?, ?, ?)) "
             "AND NOT EXISTS (SELECT 1 FROM event_ranges e WHERE e.panda_id = j.panda_id AND e.state = ?)",
-            (J.FETCHED.value, J.RUNNING.value, *ACTIVE_WORKERS, R.DISPATCHED.value))
+            (J.FETCHED.value, J.RUNNING.value, *ACTIVE_WORKERS, R.DISPATCHED.value),
+        )
         for job in idle:
             if not job["no_more_ranges"] and job["state"] == J.FETCHED.value:
                 continue  # waiting for its first worker
             try:
-                available = int(self.ctx.central.available_range_count(
-                    job["task_id"], job["panda_id"], job["task_id"] if job["jobset_id"] is None else job["jobset_id"]))
+                available = int(
+                    self.ctx.central.available_range_count(
+                        job["task_id"],
+                        job["panda_id"],
+                        job["task_id"] if job["jobset_id"] is None else job["jobset_id"],
+                    )
+                )
             except (CentralUnavailable, CentralRejected) as exc:
                 log.warning("job %d: cannot ask for the task's remaining ranges: %s", job["panda_id"], exc)
                 return
-            stock = store.query("SELECT count(*) FROM event_ranges WHERE panda_id = ? AND state = ?",
-                                (job["panda_id"], R.FETCHED.value))[0][0]
+            stock = store.query(
+                "SELECT count(*) FROM event_ranges WHERE panda_id = ? AND state = ?", (job["panda_id"], R.FETCHED.value)
+            )[0][0]
             spec = json.loads(job["spec"])
             per_range = int(spec.get("eventsPerRange") or 1)
             with store.write() as conn:
                 if available or stock:
-                    conn.execute("UPDATE jobs SET no_more_ranges = 0, events_total = ?, updated_at = ? "
-                                 "WHERE panda_id = ?", (job["events_done"] + (available + stock) * per_range, now,
-                                                        job["panda_id"]))
+                    conn.execute(
+                        "UPDATE jobs SET no_more_ranges = 0, events_total = ?, updated_at = ? WHERE panda_id = ?",
+                        (job["events_done"] + (available + stock) * per_range, now, job["panda_id"]),
+                    )
                     if job["no_more_ranges"]:
-                        log.info("job %d: %d ranges are ready again: more workers will run it", job["panda_id"],
-                                 available + stock, extra={"panda_id": job["panda_id"]})
+                        log.info(
+                            "job %d: %d ranges are ready again: more workers will run it",
+                            job["panda_id"],
+                            available + stock,
+                            extra={"panda_id": job["panda_id"]},
+                        )
                     continue
                 if job["state"] == J.FETCHED.value:
                     transition(conn, [job["panda_id"]], J.FETCHED, J.RUNNING, now=now)
                 transition(conn, [job["panda_id"]], J.RUNNING, J.FINISHED, now=now, reason="no ranges left")
-                enqueue(conn, "update_jobs", [{"jobId": job["panda_id"], "state": "finished",
-                                               "nEvents": job["events_done"],
-                                               "endTime": now}], now)
-            log.info("job %d finished: %d events processed by this site", job["panda_id"], job["events_done"],
-                     extra={"panda_id": job["panda_id"], "task_id": job["task_id"]})
+                enqueue(
+                    conn,
+                    "update_jobs",
+                    [{"jobId": job["panda_id"], "state": "finished", "nEvents": job["events_done"], "endTime": now}],
+                    now,
+                )
+            log.info(
+                "job %d finished: %d events processed by this site",
+                job["panda_id"],
+                job["events_done"],
+                extra={"panda_id": job["panda_id"], "task_id": job["task_id"]},
+            )
 
     def heartbeat(self, now: float) -> None:
         jobs = self.ctx.store.query("SELECT panda_id, events_done FROM jobs WHERE state = ?", (J.RUNNING.value,))
@@ -204,11 +251,22 @@ class Propagator(Agent):
 
     def kill_job(self, panda_id: int, command: str, now: float) -> None:
         with self.ctx.store.write() as conn:
-            conn.execute("UPDATE workers SET kill_requested = 1, updated_at = ? WHERE id IN (SELECT worker_id FROM "
-                         "job_workers WHERE panda_id = ?) AND state IN (?, ?, ?, ?)", (now, panda_id, *ACTIVE_WORKERS))
+            conn.execute(
+                "UPDATE workers SET kill_requested = 1, updated_at = ? WHERE id IN (SELECT worker_id FROM "
+                "job_workers WHERE panda_id = ?) AND state IN (?, ?, ?, ?)",
+                (now, panda_id, *ACTIVE_WORKERS),
+            )
             transition(conn, [panda_id], J.RUNNING, J.CANCELLED, now=now, reason=f"central command {command}")
-            stock = [r[0] for r in conn.execute("SELECT range_id FROM event_ranges WHERE panda_id = ? AND state = ?",
-                                                (panda_id, R.FETCHED.value))]
+            stock = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT range_id FROM event_ranges WHERE panda_id = ? AND state = ?", (panda_id, R.FETCHED.value)
+                )
+            ]
             transition(conn, stock, R.FETCHED, R.RELEASED, now=now, reason="job killed centrally")
-        log.info("job %d: the central service says %s: its workers are cancelled", panda_id, command,
-                 extra={"panda_id": panda_id})
+        log.info(
+            "job %d: the central service says %s: its workers are cancelled",
+            panda_id,
+            command,
+            extra={"panda_id": panda_id},
+        )

@@ -5,6 +5,7 @@ call, and the row is committed as SUBMITTING first. A worker found in SUBMITTING
 during the call) is looked up by job name in the batch system: found -> QUEUED with its batch id, not found -> NEW
 (submitted again). So a batch job is never lost and never doubled.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +46,15 @@ class Submitter(Agent):
     # -- crash recovery -------------------------------------------------------------------------------------
     def recover(self, now: float) -> None:
         with self.ctx.store.write() as conn:
-            rows = claim(conn, W, self.owner, states=[W.SUBMITTING], now=now,
-                         lease_time=self.ctx.config.daemon.lease_time, limit=1000)
+            rows = claim(
+                conn,
+                W,
+                self.owner,
+                states=[W.SUBMITTING],
+                now=now,
+                lease_time=self.ctx.config.daemon.lease_time,
+                limit=1000,
+            )
         by_queue: dict[str, list] = {}
         for row in rows:
             by_queue.setdefault(row["queue"], []).append(row)
@@ -55,48 +63,85 @@ class Submitter(Agent):
             try:
                 found = plugin.find_by_name([r["job_name"] for r in queue_rows])
             except BatchError as exc:
-                log.warning("cannot check %d interrupted submissions on queue %s yet: %s", len(queue_rows),
-                            queue_name, exc)
+                log.warning(
+                    "cannot check %d interrupted submissions on queue %s yet: %s", len(queue_rows), queue_name, exc
+                )
                 continue
             with self.ctx.store.write() as conn:
                 for row in queue_rows:
                     batch_id = found.get(row["job_name"])
                     if batch_id:
-                        update(conn, "workers", "id", [{"id": row["id"], "batch_id": batch_id, "submitted_at": now}],
-                               now=now, owner=self.owner)
-                        transition(conn, [row["id"]], W.SUBMITTING, W.QUEUED, now=now, owner=self.owner,
-                                   reason=f"interrupted submission found in the batch system as {batch_id}")
+                        update(
+                            conn,
+                            "workers",
+                            "id",
+                            [{"id": row["id"], "batch_id": batch_id, "submitted_at": now}],
+                            now=now,
+                            owner=self.owner,
+                        )
+                        transition(
+                            conn,
+                            [row["id"]],
+                            W.SUBMITTING,
+                            W.QUEUED,
+                            now=now,
+                            owner=self.owner,
+                            reason=f"interrupted submission found in the batch system as {batch_id}",
+                        )
                     else:
-                        transition(conn, [row["id"]], W.SUBMITTING, W.NEW, now=now, owner=self.owner,
-                                   reason="interrupted submission not in the batch system: submit again")
+                        transition(
+                            conn,
+                            [row["id"]],
+                            W.SUBMITTING,
+                            W.NEW,
+                            now=now,
+                            owner=self.owner,
+                            reason="interrupted submission not in the batch system: submit again",
+                        )
                 release(conn, W, self.owner, [r["id"] for r in queue_rows])
             for row in queue_rows:
                 batch_id = found.get(row["job_name"])
-                log.info("worker %d: interrupted submission %s", row["id"],
-                         f"found as batch job {batch_id}" if batch_id else "never reached the batch system",
-                         extra={"worker_id": row["id"]})
+                log.info(
+                    "worker %d: interrupted submission %s",
+                    row["id"],
+                    f"found as batch job {batch_id}" if batch_id else "never reached the batch system",
+                    extra={"worker_id": row["id"]},
+                )
 
     # -- shaping --------------------------------------------------------------------------------------------
     def make_workers(self, queue: QueueConfig, now: float) -> None:
         conn = self.ctx.store.connection()
         # only the unfinished states: the workers_state index skips the ever-growing finished history
         active = [s.value for s in (W.NEW, W.SUBMITTING, W.QUEUED, W.RUNNING)]
-        counts = dict(conn.execute(f"SELECT state, count(*) FROM workers WHERE state IN ({','.join('?' * 4)}) "
-                                   "AND queue = ? GROUP BY state", (*active, queue.name)).fetchall())
+        counts = dict(
+            conn.execute(
+                f"SELECT state, count(*) FROM workers WHERE state IN ({','.join('?' * 4)}) "
+                "AND queue = ? GROUP BY state",
+                (*active, queue.name),
+            ).fetchall()
+        )
         queued = sum(counts.get(s.value, 0) for s in (W.NEW, W.SUBMITTING, W.QUEUED))
         room = queue_room(queue, queued, counts.get(W.RUNNING.value, 0))
         parallel = queue.max_running_workers - queued - counts.get(W.RUNNING.value, 0)  # could run at once
         if room == 0:
             return
-        failed = conn.execute("SELECT count(*) FROM workers WHERE queue = ? AND state = ? AND error IS NOT NULL "
-                              "AND updated_at > ?", (queue.name, W.FAILED.value, now - 600)).fetchone()[0]
+        failed = conn.execute(
+            "SELECT count(*) FROM workers WHERE queue = ? AND state = ? AND error IS NOT NULL AND updated_at > ?",
+            (queue.name, W.FAILED.value, now - 600),
+        ).fetchone()[0]
         if failed >= PERMANENT_FAILURES_PAUSE:
-            log.info("queue %s: %d workers failed to submit in the last 10 minutes; no new workers until that "
-                     "is fixed (see `harvester-edge status` and the log)", queue.name, failed)
+            log.info(
+                "queue %s: %d workers failed to submit in the last 10 minutes; no new workers until that "
+                "is fixed (see `harvester-edge status` and the log)",
+                queue.name,
+                failed,
+            )
             return
         idle = self.ctx.plugins[queue.name].idle_nodes() if queue.backfill else None
-        jobs = conn.execute("SELECT * FROM jobs WHERE queue = ? AND state IN (?, ?) AND no_more_ranges = 0 "
-                            "ORDER BY panda_id", (queue.name, JobState.FETCHED.value, JobState.RUNNING.value)).fetchall()
+        jobs = conn.execute(
+            "SELECT * FROM jobs WHERE queue = ? AND state IN (?, ?) AND no_more_ranges = 0 ORDER BY panda_id",
+            (queue.name, JobState.FETCHED.value, JobState.RUNNING.value),
+        ).fetchall()
         for job in jobs:
             if room == 0:
                 break
@@ -105,28 +150,48 @@ class Submitter(Agent):
                 # from the few active workers to the job link (CROSS JOIN keeps that order): a job's finished
                 # workers, which grow without bound, are never read
                 "SELECT w.* FROM workers w CROSS JOIN job_workers jw ON jw.worker_id = w.id AND jw.panda_id = ? "
-                "WHERE w.state IN (?, ?, ?, ?)", (job["panda_id"], *active)).fetchall()
+                "WHERE w.state IN (?, ?, ?, ?)",
+                (job["panda_id"], *active),
+            ).fetchall()
             spec = job_spec_of(job)
             if jobpayload.from_real_server(spec) or job["events_total"] is None:
                 # a real server's job: its size in events is unknown, so one worker at a time, shaped from the
                 # job's own coreCount, minRamCount and maxWalltime (jobpayload.worker_shape)
                 if workers:
                     continue
-                real = jobpayload.worker_shape(spec, queue.cores_per_node, queue.ranks_per_node, queue.memory_mb,
-                                               queue.walltime_min, queue.walltime_max)
+                real = jobpayload.worker_shape(
+                    spec,
+                    queue.cores_per_node,
+                    queue.ranks_per_node,
+                    queue.memory_mb,
+                    queue.walltime_min,
+                    queue.walltime_max,
+                )
                 shape = Shape(queue.nodes_min, real.walltime, 0)  # events unknown: the server says when done
                 if idle is not None:
                     idle = max(0, idle - shape.nodes)
                 self._create_worker(queue, job, shape.nodes, shape.walltime, now, real.ranks_per_node)
-                log.info("job %d: new worker on %s, %d node(s) x %ds, %d ranks per node (a job of unknown size)",
-                         job["panda_id"], queue.name, shape.nodes, shape.walltime, real.ranks_per_node,
-                         extra={"panda_id": job["panda_id"]})
+                log.info(
+                    "job %d: new worker on %s, %d node(s) x %ds, %d ranks per node (a job of unknown size)",
+                    job["panda_id"],
+                    queue.name,
+                    shape.nodes,
+                    shape.walltime,
+                    real.ranks_per_node,
+                    extra={"panda_id": job["panda_id"]},
+                )
                 room -= 1
                 parallel -= 1
                 continue
-            covered = sum(worker_capacity(w["nodes"], w["ranks_per_node"],
-                                          w["walltime"] - (now - w["started_at"] if w["started_at"] else 0), spe)
-                          for w in workers)
+            covered = sum(
+                worker_capacity(
+                    w["nodes"],
+                    w["ranks_per_node"],
+                    w["walltime"] - (now - w["started_at"] if w["started_at"] else 0),
+                    spe,
+                )
+                for w in workers
+            )
             left = int(job["events_total"] or 0) - int(job["events_done"]) - covered
             # the uncovered work is shared evenly by the workers that can start now (they finish together); a
             # rest too small for a useful worker is left to the pilots that run the job already
@@ -135,42 +200,64 @@ class Submitter(Agent):
                 if idle is not None:
                     idle = max(0, idle - shape.nodes)
                 self._create_worker(queue, job, shape.nodes, shape.walltime, now)
-                log.info("job %d: new worker on %s, %s (%d events not covered, shared by %d new worker(s))",
-                         job["panda_id"], queue.name, shape.reason, left, len(shapes),
-                         extra={"panda_id": job["panda_id"]})
+                log.info(
+                    "job %d: new worker on %s, %s (%d events not covered, shared by %d new worker(s))",
+                    job["panda_id"],
+                    queue.name,
+                    shape.reason,
+                    left,
+                    len(shapes),
+                    extra={"panda_id": job["panda_id"]},
+                )
             room -= len(shapes)
             parallel -= len(shapes)
 
-    def _create_worker(self, queue: QueueConfig, job, nodes: int, walltime: int, now: float,
-                       ranks_per_node: int | None = None) -> int:
+    def _create_worker(
+        self, queue: QueueConfig, job, nodes: int, walltime: int, now: float, ranks_per_node: int | None = None
+    ) -> int:
         ranks_per_node = ranks_per_node or queue.ranks_per_node
         config = self.ctx.config
         with self.ctx.store.write() as conn:
             cur = conn.execute(
                 "INSERT INTO workers (queue, state, job_name, access_point, nodes, ranks_per_node, walltime,"
                 " created_at, updated_at) VALUES (?, ?, ?, '', ?, ?, ?, ?, ?)",
-                (queue.name, W.NEW.value, f"pending-{secrets.token_hex(8)}", nodes, ranks_per_node, walltime,
-                 now, now))
+                (queue.name, W.NEW.value, f"pending-{secrets.token_hex(8)}", nodes, ranks_per_node, walltime, now, now),
+            )
             worker_id = int(cur.lastrowid)
             ap = access_point(config, worker_id)
-            conn.execute("UPDATE workers SET job_name = ?, access_point = ? WHERE id = ?",
-                         (job_name(config.site, install_id(conn), worker_id), str(ap), worker_id))
+            conn.execute(
+                "UPDATE workers SET job_name = ?, access_point = ? WHERE id = ?",
+                (job_name(config.site, install_id(conn), worker_id), str(ap), worker_id),
+            )
             conn.execute("INSERT INTO job_workers (panda_id, worker_id) VALUES (?, ?)", (job["panda_id"], worker_id))
             state = conn.execute("SELECT state FROM jobs WHERE panda_id = ?", (job["panda_id"],)).fetchone()[0]
             if state == JobState.FETCHED.value:  # read now: a job's first cycle may make several workers
-                transition(conn, [job["panda_id"]], JobState.FETCHED, JobState.RUNNING, now=now,
-                           reason=f"first worker {worker_id}")
+                transition(
+                    conn,
+                    [job["panda_id"]],
+                    JobState.FETCHED,
+                    JobState.RUNNING,
+                    now=now,
+                    reason=f"first worker {worker_id}",
+                )
             private_dir(Path(ap))
-            write_job_spec(Path(ap), [job_spec_of(job)], walltime, queue.drain_warning,
-                           nodes * ranks_per_node)
+            write_job_spec(Path(ap), [job_spec_of(job)], walltime, queue.drain_warning, nodes * ranks_per_node)
         return worker_id
 
     # -- submission -----------------------------------------------------------------------------------------
     def submit(self, queue: QueueConfig, now: float) -> None:
         with self.ctx.store.write() as conn:
-            rows = claim(conn, W, self.owner, states=[W.NEW], now=now, lease_time=self.ctx.config.daemon.lease_time,
-                         limit=50, where="AND queue = ? AND kill_requested = 0 AND (next_try_at IS NULL "
-                                         "OR next_try_at <= ?)", params=[queue.name, now])
+            rows = claim(
+                conn,
+                W,
+                self.owner,
+                states=[W.NEW],
+                now=now,
+                lease_time=self.ctx.config.daemon.lease_time,
+                limit=50,
+                where="AND queue = ? AND kill_requested = 0 AND (next_try_at IS NULL OR next_try_at <= ?)",
+                params=[queue.name, now],
+            )
             transition(conn, [r["id"] for r in rows], W.NEW, W.SUBMITTING, now=now, owner=self.owner)
         if not rows:
             return
@@ -180,31 +267,93 @@ class Submitter(Agent):
             for res in results:
                 wid = res.worker_id
                 if res.ok:
-                    update(conn, "workers", "id", [{"id": wid, "batch_id": res.batch_id, "submitted_at": now,
-                                                    "submit_attempts": attempts[wid] + 1, "error": None}],
-                           now=now, owner=self.owner)
-                    transition(conn, [wid], W.SUBMITTING, W.QUEUED, now=now, owner=self.owner,
-                               reason=f"batch id {res.batch_id}")
+                    update(
+                        conn,
+                        "workers",
+                        "id",
+                        [
+                            {
+                                "id": wid,
+                                "batch_id": res.batch_id,
+                                "submitted_at": now,
+                                "submit_attempts": attempts[wid] + 1,
+                                "error": None,
+                            }
+                        ],
+                        now=now,
+                        owner=self.owner,
+                    )
+                    transition(
+                        conn,
+                        [wid],
+                        W.SUBMITTING,
+                        W.QUEUED,
+                        now=now,
+                        owner=self.owner,
+                        reason=f"batch id {res.batch_id}",
+                    )
                 elif res.transient:
                     delay = min(BACKOFF_MAX, 5.0 * 2 ** attempts[wid])
-                    update(conn, "workers", "id", [{"id": wid, "next_try_at": now + delay, "error": res.error,
-                                                    "submit_attempts": attempts[wid] + 1}], now=now, owner=self.owner)
-                    transition(conn, [wid], W.SUBMITTING, W.NEW, now=now, owner=self.owner,
-                               reason=f"transient submit error, retry in {delay:.0f}s: {res.error}")
+                    update(
+                        conn,
+                        "workers",
+                        "id",
+                        [
+                            {
+                                "id": wid,
+                                "next_try_at": now + delay,
+                                "error": res.error,
+                                "submit_attempts": attempts[wid] + 1,
+                            }
+                        ],
+                        now=now,
+                        owner=self.owner,
+                    )
+                    transition(
+                        conn,
+                        [wid],
+                        W.SUBMITTING,
+                        W.NEW,
+                        now=now,
+                        owner=self.owner,
+                        reason=f"transient submit error, retry in {delay:.0f}s: {res.error}",
+                    )
                 else:
-                    update(conn, "workers", "id", [{"id": wid, "error": res.error, "ended_at": now,
-                                                    "submit_attempts": attempts[wid] + 1}], now=now, owner=self.owner)
-                    transition(conn, [wid], W.SUBMITTING, W.FAILED, now=now, owner=self.owner,
-                               reason=f"permanent submit error: {res.error}")
+                    update(
+                        conn,
+                        "workers",
+                        "id",
+                        [{"id": wid, "error": res.error, "ended_at": now, "submit_attempts": attempts[wid] + 1}],
+                        now=now,
+                        owner=self.owner,
+                    )
+                    transition(
+                        conn,
+                        [wid],
+                        W.SUBMITTING,
+                        W.FAILED,
+                        now=now,
+                        owner=self.owner,
+                        reason=f"permanent submit error: {res.error}",
+                    )
             # hand the rows over: the monitor claims queued workers, the next submit cycle retries NEW ones
             release(conn, W, self.owner, [r.worker_id for r in results])
         ok = [r for r in results if r.ok]
         for res in results:
             if not res.ok:
                 (log.warning if res.transient else log.error)(
-                    "worker %d: %s submit error on queue %s: %s", res.worker_id,
-                    "transient" if res.transient else "permanent", queue.name, res.error,
-                    extra={"worker_id": res.worker_id})
+                    "worker %d: %s submit error on queue %s: %s",
+                    res.worker_id,
+                    "transient" if res.transient else "permanent",
+                    queue.name,
+                    res.error,
+                    extra={"worker_id": res.worker_id},
+                )
         if ok:
-            log.info("submitted %d worker(s) to %s: %s", len(ok), queue.name,
-                     ", ".join(f"{r.worker_id}={r.batch_id}" for r in ok), extra={"queue": queue.name})
+            log.info(
+                "submitted %d worker(s) to %s: %s",
+                len(ok),
+                queue.name,
+                ", ".join(f"{r.worker_id}={r.batch_id}" for r in ok),
+                extra={"queue": queue.name},
+            )

@@ -1,17 +1,17 @@
 """Sweeper: cancel what must die (killed jobs, kill requests, workers queued too long or with a lost heartbeat),
 remove finished access points after a delay, and forget what ended long ago so the DB stays small."""
+
 from __future__ import annotations
 
 import logging
 import shutil
 from pathlib import Path
 
-from jumbo import protocol
-
 from harvester_edge.agents.base import Agent
 from harvester_edge.batch import BatchError
 from harvester_edge.states import JobState, OutboxState, WorkerState
 from harvester_edge.store import transition
+from jumbo import protocol
 
 log = logging.getLogger(__name__)
 W = WorkerState
@@ -38,27 +38,41 @@ class Sweeper(Agent):
             queued = conn.execute(
                 "UPDATE workers SET kill_requested = 1, error = ?, updated_at = ? WHERE state = ? AND "
                 "kill_requested = 0 AND submitted_at < ? RETURNING id",
-                (f"queued longer than {daemon.queued_timeout:.0f}s", now, W.QUEUED.value,
-                 now - daemon.queued_timeout)).fetchall()
+                (f"queued longer than {daemon.queued_timeout:.0f}s", now, W.QUEUED.value, now - daemon.queued_timeout),
+            ).fetchall()
             silent = conn.execute(
                 "UPDATE workers SET kill_requested = 1, error = ?, updated_at = ? WHERE state = ? AND "
                 "kill_requested = 0 AND coalesce(heartbeat_at, started_at) < ? RETURNING id, access_point",
-                (f"pilot heartbeat lost for {daemon.heartbeat_timeout:.0f}s", now, W.RUNNING.value,
-                 now - daemon.heartbeat_timeout)).fetchall()
+                (
+                    f"pilot heartbeat lost for {daemon.heartbeat_timeout:.0f}s",
+                    now,
+                    W.RUNNING.value,
+                    now - daemon.heartbeat_timeout,
+                ),
+            ).fetchall()
         for row in queued:
             log.info("worker %d queued too long: cancelling it", row[0], extra={"worker_id": row[0]})
         for row in silent:
-            log.warning("worker %d: pilot heartbeat lost for %.0fs: cancelling it", row[0], daemon.heartbeat_timeout,
-                        extra={"worker_id": row[0]})
+            log.warning(
+                "worker %d: pilot heartbeat lost for %.0fs: cancelling it",
+                row[0],
+                daemon.heartbeat_timeout,
+                extra={"worker_id": row[0]},
+            )
 
     def cancel_requested(self, now: float) -> None:
         store = self.ctx.store
         with store.write() as conn:  # not submitted yet: cancel in the book only
-            unsent = [r[0] for r in conn.execute("SELECT id FROM workers WHERE kill_requested = 1 AND state = ?",
-                                                 (W.NEW.value,))]
+            unsent = [
+                r[0]
+                for r in conn.execute("SELECT id FROM workers WHERE kill_requested = 1 AND state = ?", (W.NEW.value,))
+            ]
             transition(conn, unsent, W.NEW, W.CANCELLED, now=now, reason="kill requested before submission")
-        rows = store.query("SELECT id, queue, batch_id, access_point FROM workers WHERE kill_requested = 1 AND "
-                           "state IN (?, ?) AND batch_id IS NOT NULL", (W.QUEUED.value, W.RUNNING.value))
+        rows = store.query(
+            "SELECT id, queue, batch_id, access_point FROM workers WHERE kill_requested = 1 AND "
+            "state IN (?, ?) AND batch_id IS NOT NULL",
+            (W.QUEUED.value, W.RUNNING.value),
+        )
         by_queue: dict[str, list] = {}
         for row in rows:
             by_queue.setdefault(row["queue"], []).append(row)
@@ -74,8 +88,13 @@ class Sweeper(Agent):
                 continue
             for row in queue_rows:
                 if errors.get(row["batch_id"]):
-                    log.warning("worker %d (%s): cancel failed: %s", row["id"], row["batch_id"],
-                                errors[row["batch_id"]], extra={"worker_id": row["id"]})
+                    log.warning(
+                        "worker %d (%s): cancel failed: %s",
+                        row["id"],
+                        row["batch_id"],
+                        errors[row["batch_id"]],
+                        extra={"worker_id": row["id"]},
+                    )
             # the monitor sees them CANCELLED on its next status call and hands their ranges back
 
     def clean(self, now: float) -> None:
@@ -84,7 +103,8 @@ class Sweeper(Agent):
             f"SELECT id, access_point FROM workers WHERE state IN ({','.join('?' * len(TERMINAL))}) "
             "AND cleaned_at IS NULL AND coalesce(ended_at, updated_at) < ? AND NOT EXISTS (SELECT 1 FROM "
             "event_ranges e WHERE e.worker_id = workers.id AND e.state = 'dispatched') LIMIT 200",
-            (*TERMINAL, now - delay))
+            (*TERMINAL, now - delay),
+        )
         for row in rows:
             shutil.rmtree(row["access_point"], ignore_errors=True)
         if rows:
@@ -103,16 +123,23 @@ class Sweeper(Agent):
         with self.ctx.store.write() as conn:
             if conn.execute("SELECT 1 FROM outbox WHERE state = ? LIMIT 1", (OutboxState.PENDING.value,)).fetchone():
                 return
-            jobs = [r[0] for r in conn.execute(
-                f"SELECT panda_id FROM jobs WHERE state IN (?, ?, ?) AND updated_at < ? AND NOT EXISTS ("
-                f"SELECT 1 FROM job_workers jw JOIN workers w ON w.id = jw.worker_id WHERE jw.panda_id = jobs.panda_id "
-                f"AND (w.state NOT IN ({marks}) OR w.cleaned_at IS NULL)) LIMIT ?",
-                (*JOB_ENDED, cutoff, *TERMINAL, PRUNE_JOBS))]
+            jobs = [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT panda_id FROM jobs WHERE state IN (?, ?, ?) AND updated_at < ? AND NOT EXISTS ("
+                    f"SELECT 1 FROM job_workers jw JOIN workers w ON w.id = jw.worker_id "
+                    f"WHERE jw.panda_id = jobs.panda_id "
+                    f"AND (w.state NOT IN ({marks}) OR w.cleaned_at IS NULL)) LIMIT ?",
+                    (*JOB_ENDED, cutoff, *TERMINAL, PRUNE_JOBS),
+                )
+            ]
             removed = {"jobs": len(jobs)}
             if jobs:
                 ids = ",".join("?" * len(jobs))
-                workers = [r[0] for r in conn.execute(
-                    f"SELECT DISTINCT worker_id FROM job_workers WHERE panda_id IN ({ids})", jobs)]
+                workers = [
+                    r[0]
+                    for r in conn.execute(f"SELECT DISTINCT worker_id FROM job_workers WHERE panda_id IN ({ids})", jobs)
+                ]
                 removed["ranges"] = conn.execute(f"DELETE FROM event_ranges WHERE panda_id IN ({ids})", jobs).rowcount
                 conn.execute(f"DELETE FROM job_workers WHERE panda_id IN ({ids})", jobs)
                 if workers:  # a worker that also served a job still kept stays with it
@@ -120,17 +147,25 @@ class Sweeper(Agent):
                     removed["workers"] = conn.execute(
                         f"DELETE FROM workers WHERE id IN ({wids}) AND NOT EXISTS (SELECT 1 FROM job_workers jw "
                         f"WHERE jw.worker_id = workers.id) AND NOT EXISTS (SELECT 1 FROM event_ranges e "
-                        f"WHERE e.worker_id = workers.id)", workers).rowcount
+                        f"WHERE e.worker_id = workers.id)",
+                        workers,
+                    ).rowcount
                 conn.execute(f"DELETE FROM jobs WHERE panda_id IN ({ids})", jobs)
             # ids grow with time: the oldest rows are the first by primary key, no scan of the whole table
             removed["history"] = conn.execute(
-                "DELETE FROM state_history WHERE id IN (SELECT id FROM state_history ORDER BY id LIMIT ?) "
-                "AND at < ?", (PRUNE_ROWS, cutoff)).rowcount
+                "DELETE FROM state_history WHERE id IN (SELECT id FROM state_history ORDER BY id LIMIT ?) AND at < ?",
+                (PRUNE_ROWS, cutoff),
+            ).rowcount
             removed["messages"] = conn.execute(
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?) AND state = ? "
-                "AND updated_at < ?", (PRUNE_ROWS, OutboxState.SENT.value, cutoff)).rowcount
+                "AND updated_at < ?",
+                (PRUNE_ROWS, OutboxState.SENT.value, cutoff),
+            ).rowcount
         busy = removed["jobs"] == PRUNE_JOBS or PRUNE_ROWS in (removed["history"], removed["messages"])
         self._next_prune = now if busy else now + PRUNE_EVERY  # a backlog goes on next cycle, else hourly
         if any(removed.values()):
-            log.info("forgot what ended more than %.0fs ago: %s", self.ctx.config.daemon.keep_history,
-                     ", ".join(f"{n} {what}" for what, n in removed.items() if n))
+            log.info(
+                "forgot what ended more than %.0fs ago: %s",
+                self.ctx.config.daemon.keep_history,
+                ", ".join(f"{n} {what}" for what, n in removed.items() if n),
+            )

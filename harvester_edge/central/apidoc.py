@@ -15,6 +15,7 @@ How this service answers errors (what the spec states, per dialect):
 - monitor: 403 (token), 404 (no such task/job/worker/file), 400 (refused), 422 (a path or query parameter of
   the wrong type or range, plain text); /metrics: 403.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -50,23 +51,27 @@ def scope_text(names: list[str]) -> str:
 
 ERRORS = {
     403: "Forbidden: no token, a bad or expired one, a scope that may not call this, acting for another harvester "
-         "or a job it does not own, or (trusted mode) a peer that is not trusted; also a Host or Origin the "
-         "service refuses. Envelope with success=false.",
+    "or a job it does not own, or (trusted mode) a peer that is not trusted; also a Host or Origin the "
+    "service refuses. Envelope with success=false.",
     404: "Not found.",
-    413: "Request body larger than central.max_body (as sent or once gzip is inflated). Envelope with "
-         "success=false.",
+    413: "Request body larger than central.max_body (as sent or once gzip is inflated). Envelope with success=false.",
     415: "A browser-sent (Origin: scheme://host) /api/v1 POST that is not Content-Type: application/json.",
 }
 
 
-def v1doc(module: str | None, summary: str, description: str, data: str, body: bool = False,
-          request_body: dict | None = None) -> dict[str, Any]:
+def v1doc(
+    module: str | None, summary: str, description: str, data: str, body: bool = False, request_body: dict | None = None
+) -> dict[str, Any]:
     """Decorator keyword arguments documenting a /api/v1 route: `data` describes the envelope's data on success,
     `body` says it reads a request body, `request_body` documents one FastAPI does not see (an upload)."""
     names = scopes(module)
     responses: dict[int | str, Any] = {
-        200: {"model": Envelope, "description": f"Envelope. On success data is {data} Invalid input or a refused "
-                                                "change: success=false, message says why (HTTP 200, as PanDA)."}}
+        200: {
+            "model": Envelope,
+            "description": f"Envelope. On success data is {data} Invalid input or a refused "
+            "change: success=false, message says why (HTTP 200, as PanDA).",
+        }
+    }
     if names:
         responses[403] = {"model": Envelope, "description": ERRORS[403]}
     if body:
@@ -75,51 +80,112 @@ def v1doc(module: str | None, summary: str, description: str, data: str, body: b
     extra: dict[str, Any] = {SCOPE_KEY: names}
     if request_body is not None:
         extra["requestBody"] = request_body
-    return {"summary": summary, "description": f"{description}\n\nScope: {scope_text(names)}.",
-            "responses": responses, "openapi_extra": extra}
+    return {
+        "summary": summary,
+        "description": f"{description}\n\nScope: {scope_text(names)}.",
+        "responses": responses,
+        "openapi_extra": extra,
+    }
 
 
 # -- the legacy dialect: one path per method ------------------------------------------------------------------
 _LEGACY = {  # method: (module, summary, parameters, answer)
-    "getJob": ("pilot", "Get a job (or nJobs jobs)", "siteName, node, computingElement, prodSourceLabel, nJobs, "
-               "harvester_id, worker_id, schedulerID, resourceType, jobType", "a flat job description and "
-               "StatusCode=0 (nSent); with nJobs {StatusCode, jobs}; StatusCode=20 when there is no job"),
-    "updateJob": ("pilot", "Report a job's state", "jobId, state, transExitCode, pilotErrorCode, pilotErrorDiag, "
-                  "exeErrorCode, exeErrorDiag, node, nEvents, attemptNr, coreCount, startTime, endTime, ...",
-                  "StatusCode and command (NULL or tobekilled)"),
-    "updateJobsInBulk": ("pilot", "Report the states of several jobs", "jobList (JSON list of updateJob "
-                         "parameters), harvester_id", "JSON [true, [{StatusCode, command | ErrorDiag}, ...]]"),
-    "getStatus": ("pilot", "Status of jobs", "ids (PandaIDs separated by spaces or commas)",
-                  "StatusCode, status and attemptNr (one per job, joined with '+')"),
-    "getEventRanges": ("event", "Get event ranges for a job", "pandaID, jobsetID, taskID, nRanges",
-                       "StatusCode and eventRanges (list of {eventRangeID, startEvent, lastEvent, LFN, GUID, "
-                       "scope})"),
-    "updateEventRanges": ("event", "Report event ranges", "eventRanges (JSON list), version (0 or 1)",
-                          "StatusCode, Returns (one boolean per report) and Command"),
-    "updateWorkerPilotStatus": ("pilot", "A worker's pilot started or finished", "harvesterID, workerID, status "
-                                "(started | finished), site, node_id", "StatusCode"),
-    "get_access_token": ("creds", "Exchange a token key for a short-lived token", "client_name, token_key",
-                         "StatusCode and userProxy (the new token); also with GET"),
-    "get_token_key": ("creds", "Get a token key for a client name", "client_name",
-                      "StatusCode and tokenKey; also with GET"),
+    "getJob": (
+        "pilot",
+        "Get a job (or nJobs jobs)",
+        "siteName, node, computingElement, prodSourceLabel, nJobs, "
+        "harvester_id, worker_id, schedulerID, resourceType, jobType",
+        "a flat job description and "
+        "StatusCode=0 (nSent); with nJobs {StatusCode, jobs}; StatusCode=20 when there is no job",
+    ),
+    "updateJob": (
+        "pilot",
+        "Report a job's state",
+        "jobId, state, transExitCode, pilotErrorCode, pilotErrorDiag, "
+        "exeErrorCode, exeErrorDiag, node, nEvents, attemptNr, coreCount, startTime, endTime, ...",
+        "StatusCode and command (NULL or tobekilled)",
+    ),
+    "updateJobsInBulk": (
+        "pilot",
+        "Report the states of several jobs",
+        "jobList (JSON list of updateJob parameters), harvester_id",
+        "JSON [true, [{StatusCode, command | ErrorDiag}, ...]]",
+    ),
+    "getStatus": (
+        "pilot",
+        "Status of jobs",
+        "ids (PandaIDs separated by spaces or commas)",
+        "StatusCode, status and attemptNr (one per job, joined with '+')",
+    ),
+    "getEventRanges": (
+        "event",
+        "Get event ranges for a job",
+        "pandaID, jobsetID, taskID, nRanges",
+        "StatusCode and eventRanges (list of {eventRangeID, startEvent, lastEvent, LFN, GUID, scope})",
+    ),
+    "updateEventRanges": (
+        "event",
+        "Report event ranges",
+        "eventRanges (JSON list), version (0 or 1)",
+        "StatusCode, Returns (one boolean per report) and Command",
+    ),
+    "updateWorkerPilotStatus": (
+        "pilot",
+        "A worker's pilot started or finished",
+        "harvesterID, workerID, status (started | finished), site, node_id",
+        "StatusCode",
+    ),
+    "get_access_token": (
+        "creds",
+        "Exchange a token key for a short-lived token",
+        "client_name, token_key",
+        "StatusCode and userProxy (the new token); also with GET",
+    ),
+    "get_token_key": (
+        "creds",
+        "Get a token key for a client name",
+        "client_name",
+        "StatusCode and tokenKey; also with GET",
+    ),
     "isAlive": (None, "Is the service up", "none", "alive=yes"),
-    "getResourceTypes": ("metaconfig", "Resource types", "none",
-                         "JSON: StatusCode 0 and ResourceTypes (name, min/max cores, memory per core); also with GET"),
-    "getProxy": ("pilot", "Get an X509 proxy", "role, dn",
-                 "JSON: StatusCode 90 and errorDialog: this service keeps no proxy cache"),
-    "getKeyPair": ("pilot", "Get an object store key pair", "publicKeyName, privateKeyName",
-                   "JSON: StatusCode 80 and errorDialog: this service keeps no object store keys"),
-    "get_user_secrets": ("pilot", "Get the user's secrets", "none",
-                         "JSON list [false, message]: this service keeps no user secrets"),
-    "setDebugMode": ("pilot", "Stream a job's payload stdout", "pandaID, modeOn",
-                     "text 'ERROR: ...': this service streams no payload stdout"),
+    "getResourceTypes": (
+        "metaconfig",
+        "Resource types",
+        "none",
+        "JSON: StatusCode 0 and ResourceTypes (name, min/max cores, memory per core); also with GET",
+    ),
+    "getProxy": (
+        "pilot",
+        "Get an X509 proxy",
+        "role, dn",
+        "JSON: StatusCode 90 and errorDialog: this service keeps no proxy cache",
+    ),
+    "getKeyPair": (
+        "pilot",
+        "Get an object store key pair",
+        "publicKeyName, privateKeyName",
+        "JSON: StatusCode 80 and errorDialog: this service keeps no object store keys",
+    ),
+    "get_user_secrets": (
+        "pilot",
+        "Get the user's secrets",
+        "none",
+        "JSON list [false, message]: this service keeps no user secrets",
+    ),
+    "setDebugMode": (
+        "pilot",
+        "Stream a job's payload stdout",
+        "pandaID, modeOn",
+        "text 'ERROR: ...': this service streams no payload stdout",
+    ),
 }
 
 _LEGACY_DESCRIPTION = (
     "Legacy PanDA dialect (pilot 3.11). Parameters: {params}. They come form-encoded (POST body or query string) "
     "or as a JSON object (Content-Type: application/json; a gzip body is inflated even without "
     "Content-Encoding). Answer: {answer}; urlencoded unless Accept asks for application/json. Refusals are "
-    "StatusCode != 0 (50 invalid, 30 failed, 70 denied) with ErrorDiag.")
+    "StatusCode != 0 (50 invalid, 30 failed, 70 denied) with ErrorDiag."
+)
 
 
 def _legacy_operation(name: str, method: str) -> dict[str, Any]:
@@ -127,49 +193,74 @@ def _legacy_operation(name: str, method: str) -> dict[str, Any]:
     names = scopes(module)
     form = {"type": "object", "additionalProperties": True, "description": f"parameters: {params}"}
     operation: dict[str, Any] = {
-        "tags": ["legacy"], "summary": f"{name}: {summary}", "operationId": f"legacy_{name}_{method}",
+        "tags": ["legacy"],
+        "summary": f"{name}: {summary}",
+        "operationId": f"legacy_{name}_{method}",
         "description": _LEGACY_DESCRIPTION.format(params=params, answer=answer) + f"\n\nScope: {scope_text(names)}.",
         SCOPE_KEY: names,
-        "responses": {"200": {"description": answer, "content": {
-            "text/plain": {"schema": {"type": "string", "description": "urlencoded answer"}},
-            "application/json": {"schema": {"type": "object", "additionalProperties": True}}}}}}
+        "responses": {
+            "200": {
+                "description": answer,
+                "content": {
+                    "text/plain": {"schema": {"type": "string", "description": "urlencoded answer"}},
+                    "application/json": {"schema": {"type": "object", "additionalProperties": True}},
+                },
+            }
+        },
+    }
     if method == "post":
-        operation["requestBody"] = {"content": {"application/x-www-form-urlencoded": {"schema": form},
-                                                "application/json": {"schema": form}}}
-        operation["responses"]["413"] = {"description": "Request body larger than central.max_body "
-                                                        "(plain text)."}
+        operation["requestBody"] = {
+            "content": {"application/x-www-form-urlencoded": {"schema": form}, "application/json": {"schema": form}}
+        }
+        operation["responses"]["413"] = {"description": "Request body larger than central.max_body (plain text)."}
     else:
-        operation["parameters"] = [{"name": "parameters", "in": "query", "required": False,
-                                    "schema": form, "style": "form", "explode": True}]
+        operation["parameters"] = [
+            {"name": "parameters", "in": "query", "required": False, "schema": form, "style": "form", "explode": True}
+        ]
         if name not in LEGACY_GETS:
             operation["responses"]["405"] = {"description": "This method changes state: send it with POST."}
     if names:
-        operation["responses"]["403"] = {"description": "No token, a bad one or a scope that may not call it "
-                                                        "(plain text)."}
+        operation["responses"]["403"] = {
+            "description": "No token, a bad one or a scope that may not call it (plain text)."
+        }
     return operation
 
 
 # -- monitor and metrics -------------------------------------------------------------------------------------
 _MONITOR = {  # path: (description, errors beyond 403)
     "/monitor/": ("The dashboard: tasks, jobs, workers, recent errors; refreshes itself (?refresh=seconds).", {}),
-    "/monitor/task/{task_id}": ("One task: its ranges by state, jobs and attempts.",
-                                {404: "No such task (HTML page)."}),
-    "/monitor/job/{panda_id}": ("One job: its state, workers, ranges, job report and the logs uploaded for it "
-                                "(file_server/upload_jedi_log).", {404: "No such job (HTML page)."}),
-    "/monitor/job/{panda_id}/log": ("A job's log tarball, as its PanDA pilot staged it out into "
-                                    "central.pilot_log_dir (read without following links, size-capped).",
-                                    {404: "No such job, or no tarball under central.pilot_log_dir (HTML page)."}),
-    "/monitor/jedilog/{name}": ("A log uploaded with file_server/upload_jedi_log (or appended with "
-                                "update_jedi_log), shown as text.", {404: "No such log (HTML page)."}),
-    "/monitor/worker/{worker_id}": ("One worker: its batch job, state history and jobs.",
-                                    {404: "No such worker (HTML page)."}),
-    "/monitor/worker/{worker_id}/file": ("A log, script or stdout/stderr file of a worker's access point "
-                                         "(?name=...), read safely (no links, size-capped).",
-                                         {404: "No such worker or file (HTML page)."}),
+    "/monitor/task/{task_id}": (
+        "One task: its ranges by state, jobs and attempts.",
+        {404: "No such task (HTML page)."},
+    ),
+    "/monitor/job/{panda_id}": (
+        "One job: its state, workers, ranges, job report and the logs uploaded for it (file_server/upload_jedi_log).",
+        {404: "No such job (HTML page)."},
+    ),
+    "/monitor/job/{panda_id}/log": (
+        "A job's log tarball, as its PanDA pilot staged it out into "
+        "central.pilot_log_dir (read without following links, size-capped).",
+        {404: "No such job, or no tarball under central.pilot_log_dir (HTML page)."},
+    ),
+    "/monitor/jedilog/{name}": (
+        "A log uploaded with file_server/upload_jedi_log (or appended with update_jedi_log), shown as text.",
+        {404: "No such log (HTML page)."},
+    ),
+    "/monitor/worker/{worker_id}": (
+        "One worker: its batch job, state history and jobs.",
+        {404: "No such worker (HTML page)."},
+    ),
+    "/monitor/worker/{worker_id}/file": (
+        "A log, script or stdout/stderr file of a worker's access point "
+        "(?name=...), read safely (no links, size-capped).",
+        {404: "No such worker or file (HTML page)."},
+    ),
     "/monitor/errors": ("Error classifications: confirmed and suggested rules, hits and examples.", {}),
-    "/monitor/errors/{rule_id}/promote": ("Confirm a suggested error classification (form with the CSRF token, "
-                                          "optional class). Redirects (303) back to /monitor/errors.",
-                                          {400: "Refused: unknown rule, bad class or CSRF token (HTML page)."}),
+    "/monitor/errors/{rule_id}/promote": (
+        "Confirm a suggested error classification (form with the CSRF token, "
+        "optional class). Redirects (303) back to /monitor/errors.",
+        {400: "Refused: unknown rule, bad class or CSRF token (HTML page)."},
+    ),
     "/monitor/sites": ("Sites and queues: workers by state and recent throughput.", {}),
     "/metrics": ("Prometheus text exposition: jobs, ranges, workers, HTTP request timings, token expiry.", {}),
 }
@@ -179,8 +270,11 @@ _MONITOR_SCOPE = ["admin", "harvester"]
 def _document_monitor(path: str, method: str, operation: dict[str, Any]) -> None:
     description, errors = _MONITOR[path]
     names = ["admin"] if method == "post" else _MONITOR_SCOPE
-    how = ("Authorization: Bearer, or once ?token=... (kept in a cookie)" if path != "/metrics"
-           else "Authorization: Bearer")
+    how = (
+        "Authorization: Bearer, or once ?token=... (kept in a cookie)"
+        if path != "/metrics"
+        else "Authorization: Bearer"
+    )
     operation["description"] = f"{description}\n\nScope: {scope_text(names)}; {how}."
     operation[SCOPE_KEY] = names
     responses = operation.setdefault("responses", {})
@@ -190,20 +284,41 @@ def _document_monitor(path: str, method: str, operation: dict[str, Any]) -> None
     if method == "post":
         responses.pop("200", None)
         responses["303"] = {"description": "Done: back to /monitor/errors."}
-    responses["403"] = {"description": "No token or a scope that may not read this (HTML page; plain text on "
-                                       "/metrics)."}
+    responses["403"] = {
+        "description": "No token or a scope that may not read this (HTML page; plain text on /metrics)."
+    }
     for code, text in errors.items():
         responses[str(code)] = {"description": text}
     if "422" in responses:
-        responses["422"] = {"description": "A path or query parameter of the wrong type or out of range (plain "
-                                           "text).", "content": {"text/plain": {"schema": {"type": "string"}}}}
+        responses["422"] = {
+            "description": "A path or query parameter of the wrong type or out of range (plain text).",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
     if "requestBody" not in operation and method == "post":
-        operation["requestBody"] = {"content": {"application/x-www-form-urlencoded": {"schema": {
-            "type": "object", "properties": {"class": {"type": "string"}, "csrf": {"type": "string"}}}}}}
+        operation["requestBody"] = {
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"class": {"type": "string"}, "csrf": {"type": "string"}},
+                    }
+                }
+            }
+        }
     if not operation.get("parameters") and "requestBody" not in operation:
-        operation["parameters"] = [{"name": "refresh", "in": "query", "required": False,
-                                    "schema": {"type": "integer"}, "description": "auto-refresh seconds"}
-                                   ] if path != "/metrics" else []
+        operation["parameters"] = (
+            [
+                {
+                    "name": "refresh",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer"},
+                    "description": "auto-refresh seconds",
+                }
+            ]
+            if path != "/metrics"
+            else []
+        )
         if path == "/metrics":
             operation["x-request"] = "none: a GET without parameters"
 
@@ -235,85 +350,185 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
 _ANY_JSON = {"content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}}}}
 _V1: dict[str, tuple[str | None, str, str, str, dict | None]] = {  # path: (module, summary, description, data, body)
     "/api/v1/pilot/acquire_jobs": (
-        "pilot", "Get jobs for a site", "Dispatch up to n_jobs jobs of the active tasks to site_name (PanDA "
+        "pilot",
+        "Get jobs for a site",
+        "Dispatch up to n_jobs jobs of the active tasks to site_name (PanDA "
         "pilot/acquire_jobs). In token mode the jobs go to the token's harvester (and a pilot token's worker).",
-        "{StatusCode: 0, jobs: [job description, ...]}; StatusCode 20 and no jobs when there is no work.", None),
+        "{StatusCode: 0, jobs: [job description, ...]}; StatusCode 20 and no jobs when there is no work.",
+        None,
+    ),
     "/api/v1/pilot/update_job": (
-        "pilot", "Report a job's state", "A pilot's heartbeat or final report (job_id, job_status, error codes, "
+        "pilot",
+        "Report a job's state",
+        "A pilot's heartbeat or final report (job_id, job_status, error codes, "
         "n_events, ...). Only the harvester or worker the job was dispatched to may report it (else 403).",
-        "{StatusCode: 0, command} (command NULL, or tobekilled when the job must stop).", None),
+        "{StatusCode: 0, command} (command NULL, or tobekilled when the job must stop).",
+        None,
+    ),
     "/api/v1/pilot/update_jobs_bulk": (
-        "pilot", "Report the states of several jobs", "job_list: updates as in pilot/update_job. Each entry is "
+        "pilot",
+        "Report the states of several jobs",
+        "job_list: updates as in pilot/update_job. Each entry is "
         "applied on its own; a bad or foreign entry gets its own error and does not undo the others.",
-        "one answer per entry, in order (StatusCode 0 and command, or an error code and ErrorDiag).", None),
+        "one answer per entry, in order (StatusCode 0 and command, or an error code and ErrorDiag).",
+        None,
+    ),
     "/api/v1/pilot/get_job_status": (
-        "pilot", "Status of jobs", "job_ids: PandaIDs. Read-only.",
-        "one entry per job with its status and attempt number.", None),
+        "pilot",
+        "Status of jobs",
+        "job_ids: PandaIDs. Read-only.",
+        "one entry per job with its status and attempt number.",
+        None,
+    ),
     "/api/v1/pilot/update_worker_status": (
-        "pilot", "A worker's pilot started or finished", "harvester_id, worker_id, status (started | finished), "
+        "pilot",
+        "A worker's pilot started or finished",
+        "harvester_id, worker_id, status (started | finished), "
         "site, node_id (PanDA's pilot/update_worker_status); a harvester may only write its own workers.",
-        "true.", None),
+        "true.",
+        None,
+    ),
     "/api/v1/pilot/update_worker_node": (
-        "pilot", "Describe a worker node", "site, host_name, cpu and memory figures of the node a pilot runs on "
-        "(PanDA's pilot/update_worker_node); stored in the service's worker_nodes table.", "null.", None),
+        "pilot",
+        "Describe a worker node",
+        "site, host_name, cpu and memory figures of the node a pilot runs on "
+        "(PanDA's pilot/update_worker_node); stored in the service's worker_nodes table.",
+        "null.",
+        None,
+    ),
     "/api/v1/pilot/update_worker_node_gpu": (
-        "pilot", "Describe a worker node's GPUs", "site, host_name and the GPU model, count, memory and driver "
-        "(PanDA's pilot/update_worker_node_gpu); stored with the node.", "null.", None),
+        "pilot",
+        "Describe a worker node's GPUs",
+        "site, host_name and the GPU model, count, memory and driver "
+        "(PanDA's pilot/update_worker_node_gpu); stored with the node.",
+        "null.",
+        None,
+    ),
     "/api/v1/pilot/update_worker_pilot_status": (
-        "pilot", "A worker's pilot started or finished (older name)", "The older name of "
+        "pilot",
+        "A worker's pilot started or finished (older name)",
+        "The older name of "
         "pilot/update_worker_status, kept for clients that still use it: the same parameters and checks.",
-        "true.", None),
+        "true.",
+        None,
+    ),
     "/api/v1/event/acquire_event_ranges": (
-        "event", "Get event ranges for a job", "job_id (and its task_id, jobset_id), n_ranges. The ranges are "
+        "event",
+        "Get event ranges for a job",
+        "job_id (and its task_id, jobset_id), n_ranges. The ranges are "
         "reserved for the job; a job that ended or must die gets none.",
-        "a list of {eventRangeID, startEvent, lastEvent, LFN, GUID, scope}.", None),
+        "a list of {eventRangeID, startEvent, lastEvent, LFN, GUID, scope}.",
+        None,
+    ),
     "/api/v1/event/update_event_ranges": (
-        "event", "Report event ranges", "event_ranges: a JSON string of reports (version 0: [{eventRangeID, "
+        "event",
+        "Report event ranges",
+        "event_ranges: a JSON string of reports (version 0: [{eventRangeID, "
         "eventStatus, ...}]; version 1: [{zipFile, eventRanges: [...]}]). Reports for ranges of jobs the caller "
-        "does not own are refused one by one.", "{Returns: [bool per report], ...} (see PanDA's answer).", None),
+        "does not own are refused one by one.",
+        "{Returns: [bool per report], ...} (see PanDA's answer).",
+        None,
+    ),
     "/api/v1/event/get_available_event_range_count": (
-        "event", "Number of ranges still to dispatch", "Ready ranges of the active tasks (of one task with "
-        "task_id). Read-only.", "an integer.", None),
+        "event",
+        "Number of ranges still to dispatch",
+        "Ready ranges of the active tasks (of one task with task_id). Read-only.",
+        "an integer.",
+        None,
+    ),
     "/api/v1/harvester/heartbeat": (
-        "harvester", "A harvester is alive", "harvester_id and optional data (its attributes). Keeps "
-        "last_heartbeat for the monitor.", "true.", None),
+        "harvester",
+        "A harvester is alive",
+        "harvester_id and optional data (its attributes). Keeps last_heartbeat for the monitor.",
+        "true.",
+        None,
+    ),
     "/api/v1/harvester/update_workers": (
-        "harvester", "Report a harvester's workers", "harvester_id and workers: [{workerID, status, "
+        "harvester",
+        "Report a harvester's workers",
+        "harvester_id and workers: [{workerID, status, "
         "computingSite, nodeID, pandaid_list, ...}] (a list or its JSON). pandaid_list binds each worker's "
-        "pilot to its jobs.", "one true per worker.", None),
+        "pilot to its jobs.",
+        "one true per worker.",
+        None,
+    ),
     "/api/v1/harvester/acquire_commands": (
-        "harvester", "Commands for a harvester", "harvester_id, n_commands. The embedded service sends no "
-        "commands to harvesters.", "[] (always empty).", _ANY_JSON),
+        "harvester",
+        "Commands for a harvester",
+        "harvester_id, n_commands. The embedded service sends no commands to harvesters.",
+        "[] (always empty).",
+        _ANY_JSON,
+    ),
     "/api/v1/harvester/acknowledge_commands": (
-        "harvester", "Acknowledge commands", "command_ids. Nothing to acknowledge here.", "true.", _ANY_JSON),
+        "harvester",
+        "Acknowledge commands",
+        "command_ids. Nothing to acknowledge here.",
+        "true.",
+        _ANY_JSON,
+    ),
     "/api/v1/harvester/report_worker_statistics": (
-        "harvester", "Worker statistics of a queue", "harvester_id, panda_queue, statistics (JSON). Accepted; "
-        "the monitor counts workers from update_workers instead.", "true.", _ANY_JSON),
+        "harvester",
+        "Worker statistics of a queue",
+        "harvester_id, panda_queue, statistics (JSON). Accepted; "
+        "the monitor counts workers from update_workers instead.",
+        "true.",
+        _ANY_JSON,
+    ),
     "/api/v1/creds/get_access_token": (
-        "creds", "Exchange a token key for a short-lived token", "client_name and token_key, with the old token "
+        "creds",
+        "Exchange a token key for a short-lived token",
+        "client_name and token_key, with the old token "
         "as Bearer (pilot3 refresh, also with GET). The new token has the key's scope and expires no later than "
-        "the key.", "the new access token (as PanDA: {user_proxy: token}).", None),
+        "the key.",
+        "the new access token (as PanDA: {user_proxy: token}).",
+        None,
+    ),
     "/api/v1/creds/get_token_key": (
-        "creds", "Get a token key for a client name", "client_name: the caller's own name, one of its workers "
+        "creds",
+        "Get a token key for a client name",
+        "client_name: the caller's own name, one of its workers "
         "(H/worker/N, harvester scope) or, with the admin scope, any name. At most one new key per name per "
-        "key_min_interval.", "the key (as PanDA: {tokenKey: key}).", None),
+        "key_min_interval.",
+        "the key (as PanDA: {tokenKey: key}).",
+        None,
+    ),
     "/api/v1/system/is_alive": (
-        None, "Is the service up", "No token needed; changes nothing.", "a sign of life (see PanDA's answer).",
-        None),
+        None,
+        "Is the service up",
+        "No token needed; changes nothing.",
+        "a sign of life (see PanDA's answer).",
+        None,
+    ),
     "/api/v1/metaconfig/get_resource_types": (
-        "metaconfig", "Resource types", "The resource types jobs are shaped by.",
-        "a list of {resource_name, mincore, maxcore, minrampercore, maxrampercore}.", None),
+        "metaconfig",
+        "Resource types",
+        "The resource types jobs are shaped by.",
+        "a list of {resource_name, mincore, maxcore, minrampercore, maxrampercore}.",
+        None,
+    ),
     "/api/v1/task/submit": (
-        "task", "Submit a task", "A task specification (name, payload, events, events_per_range, jobs, ...).",
-        "{task_id}.", None),
-    "/api/v1/task/list": ("task", "List tasks", "Every task with its counters. Read-only.",
-                          "a list of tasks.", None),
-    "/api/v1/task/show": ("task", "One task", "task_id. Read-only.", "the task with its jobs and range counts.",
-                          None),
-    "/api/v1/task/kill": ("task", "Kill a task", "task_id: its jobs get the tobekilled command.",
-                          "{task_id, status}.", None),
-    "/api/v1/task/retry": ("task", "Retry a task", "task_id: its failed ranges are made ready again.",
-                           "{task_id, status}.", None),
+        "task",
+        "Submit a task",
+        "A task specification (name, payload, events, events_per_range, jobs, ...).",
+        "{task_id}.",
+        None,
+    ),
+    "/api/v1/task/list": ("task", "List tasks", "Every task with its counters. Read-only.", "a list of tasks.", None),
+    "/api/v1/task/show": ("task", "One task", "task_id. Read-only.", "the task with its jobs and range counts.", None),
+    "/api/v1/task/kill": (
+        "task",
+        "Kill a task",
+        "task_id: its jobs get the tobekilled command.",
+        "{task_id, status}.",
+        None,
+    ),
+    "/api/v1/task/retry": (
+        "task",
+        "Retry a task",
+        "task_id: its failed ranges are made ready again.",
+        "{task_id, status}.",
+        None,
+    ),
 }
 
 
@@ -322,8 +537,18 @@ def v1_entry(path: str) -> dict[str, Any] | None:
     if path not in _V1:
         return None
     module, summary, description, data, body = _V1[path]
-    get = path.endswith(("/get_token_key", "/get_access_token", "/get_job_status", "/get_resource_types",
-                         "/is_alive", "/list", "/show", "/get_available_event_range_count"))
+    get = path.endswith(
+        (
+            "/get_token_key",
+            "/get_access_token",
+            "/get_job_status",
+            "/get_resource_types",
+            "/is_alive",
+            "/list",
+            "/show",
+            "/get_available_event_range_count",
+        )
+    )
     return v1doc(module, summary, description, data, body=not get, request_body=body)
 
 
@@ -335,8 +560,10 @@ def _document_v1(path: str, method: str, operation: dict[str, Any]) -> None:
     operation.update(doc["openapi_extra"])
     responses = operation.setdefault("responses", {})
     for code, entry in doc["responses"].items():
-        responses[str(code)] = {"description": entry["description"], "content": {"application/json": {
-            "schema": {"$ref": "#/components/schemas/Envelope"}}}}
+        responses[str(code)] = {
+            "description": entry["description"],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Envelope"}}},
+        }
 
 
 def _add_envelope(spec: dict[str, Any]) -> None:

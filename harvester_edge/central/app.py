@@ -3,6 +3,7 @@
 Every rejection (bad input, unknown id, illegal state change) is answered in the dialect's own format and
 writes nothing (each service write is one savepoint); auth failures are HTTP 403.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,10 +37,15 @@ def create_app(settings: Any, service: CentralService, authority: TokenAuthority
     trusted (server.py also checks the listen address)."""
     if authority is None and not settings.trusted:
         raise CentralError("central.trusted is false: create_app needs a TokenAuthority to check tokens")
-    app = FastAPI(title="harvester-edge central service",
-                  description="PanDA-compatible jobs, event ranges and tokens. Dialects: /api/v1/<module>/<method> "
-                              "(envelope {success, message, data}) and /server/panda/<method> (legacy).",
-                  version="1", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+    app = FastAPI(
+        title="harvester-edge central service",
+        description="PanDA-compatible jobs, event ranges and tokens. Dialects: /api/v1/<module>/<method> "
+        "(envelope {success, message, data}) and /server/panda/<method> (legacy).",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
     app.state.service = service
     app.state.authority = authority
     app.state.settings = settings
@@ -65,7 +71,7 @@ def create_app(settings: Any, service: CentralService, authority: TokenAuthority
     async def _bug(request: Request, exc: Exception) -> Response:
         # last resort: a bug, never an answer to input (those are fixed where they arise); logged with traceback
         log.error("unexpected error answering %s %s", request.method, request.url.path, exc_info=exc)
-        status, content_type, body = refusal(request.url.path, [], CentralError("internal error (logged)"))
+        _status, content_type, body = refusal(request.url.path, [], CentralError("internal error (logged)"))
         return Response(body, status_code=500, media_type=content_type.decode())
 
     app.include_router(v1.router, prefix="/api/v1")

@@ -1,4 +1,5 @@
 """Request authentication shared by both dialects: Bearer JWT unless the service runs in trusted mode."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -9,12 +10,18 @@ from .errors import AuthError
 
 # Which token scopes may call each module (v1) / method group (legacy).
 MODULE_SCOPES = {
-    "pilot": {"pilot", "harvester"}, "event": {"pilot", "harvester"}, "harvester": {"harvester"},
-    "task": {"admin"}, "creds": {"pilot", "harvester", "admin"}, "metaconfig": {"pilot", "harvester", "admin"},
-    "job": {"pilot", "harvester", "admin"}, "file_server": {"harvester", "admin"},
+    "pilot": {"pilot", "harvester"},
+    "event": {"pilot", "harvester"},
+    "harvester": {"harvester"},
+    "task": {"admin"},
+    "creds": {"pilot", "harvester", "admin"},
+    "metaconfig": {"pilot", "harvester", "admin"},
+    "job": {"pilot", "harvester", "admin"},
+    "file_server": {"harvester", "admin"},
     "statistics": {"pilot", "harvester", "admin"},
     # module names of Harvester's communicator (request_ssl version) for creds/ and file_server/ (v1_harvester.py)
-    "credential": {"pilot", "harvester", "admin"}, "file": {"harvester", "admin"},
+    "credential": {"pilot", "harvester", "admin"},
+    "file": {"harvester", "admin"},
 }
 
 

@@ -8,12 +8,13 @@
 
 Used by FastPath (the hot /api/v1 writes) and by CappedBodies, the middleware in front of every other route.
 """
+
 from __future__ import annotations
 
 import asyncio
-
 import zlib
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 
@@ -60,15 +61,19 @@ def check_declared_length(headers: list[tuple[bytes, bytes]], limit: int) -> Non
     """Refuse a Content-Length over the cap before reading anything (a malformed one is left to the server)."""
     declared = header(headers, b"content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"request body of {int(declared)} bytes is larger than the limit of {limit} bytes "
-                           f"(central.max_body)")
+        raise BodyTooLarge(
+            f"request body of {int(declared)} bytes is larger than the limit of {limit} bytes (central.max_body)"
+        )
 
 
 def has_body(scope: dict) -> bool:
     headers = scope["headers"]
     length = header(headers, b"content-length")
-    return header(headers, b"transfer-encoding") is not None or (length is not None and length.strip() != b"0") \
+    return (
+        header(headers, b"transfer-encoding") is not None
+        or (length is not None and length.strip() != b"0")
         or scope["method"] in ("POST", "PUT", "PATCH")
+    )
 
 
 class Inflater:
@@ -93,8 +98,9 @@ class Inflater:
                 raise InvalidInput(f"body is not valid gzip: {exc}") from exc
             self.size += len(out)
             if self.size > self.limit:
-                raise BodyTooLarge(f"gzip body inflates to more than the limit of {self.limit} bytes "
-                                   f"(central.max_body)")
+                raise BodyTooLarge(
+                    f"gzip body inflates to more than the limit of {self.limit} bytes (central.max_body)"
+                )
             self.parts.append(out)
             if self.zobj.eof:  # the end of one member: what follows is the next member
                 data = self.zobj.unused_data
@@ -108,8 +114,13 @@ class Inflater:
         return b"".join(self.parts)
 
 
-async def read_body(receive: Callable[[], Awaitable[dict]], headers: list[tuple[bytes, bytes]], limit: int,
-                    sniff_gzip: bool = False, timeout: float | None = None) -> bytes:
+async def read_body(
+    receive: Callable[[], Awaitable[dict]],
+    headers: list[tuple[bytes, bytes]],
+    limit: int,
+    sniff_gzip: bool = False,
+    timeout: float | None = None,
+) -> bytes:
     """The whole body, inflated when gzip: BodyTooLarge past `limit` (raw or inflated), BodyTimeout when it is not
     all there within `timeout` seconds, InvalidInput for bad gzip, Disconnected when the client left."""
     check_declared_length(headers, limit)
@@ -120,8 +131,9 @@ async def read_body(receive: Callable[[], Awaitable[dict]], headers: list[tuple[
         raise BodyTimeout(f"request body not complete within {timeout:g}s (central.body_timeout)") from exc
 
 
-async def _read(receive: Callable[[], Awaitable[dict]], headers: list[tuple[bytes, bytes]], limit: int,
-                sniff_gzip: bool) -> bytes:
+async def _read(
+    receive: Callable[[], Awaitable[dict]], headers: list[tuple[bytes, bytes]], limit: int, sniff_gzip: bool
+) -> bytes:
     encoding = (header(headers, b"content-encoding") or b"").strip().lower()
     inflater = Inflater(limit) if encoding == b"gzip" else None
     plain: list[bytes] = []
@@ -176,4 +188,3 @@ def parse_json(text: bytes | str, what: str = "body", max_depth: int = MAX_DEPTH
         raise InvalidInput(f"{what} is not valid JSON: {exc}") from exc
     check_depth(doc, max_depth)
     return doc
-

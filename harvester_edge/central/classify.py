@@ -3,6 +3,7 @@
 Only confirmed rows decide. An unknown (source, code) is recorded as a suggestion for an operator to review
 (`harvester-edge errors suggested` / `errors promote ID`), and meanwhile counts against the attempt limit.
 """
+
 from __future__ import annotations
 
 import re
@@ -17,15 +18,23 @@ CLASSES = ("system", "payload", "user", "unknown")
 NOT_PROCESSED_CODE = 60000
 SEEDED_RULES = [("event", NOT_PROCESSED_CODE, "", SYSTEM)]
 # Suggested as "system" on first sight: not the job's fault (panda-protocol.md "Errors and retries").
-_LIKELY_SYSTEM = {("jobDispatcher", 100), ("jobDispatcher", 101), ("jobDispatcher", 102),
-                  ("pilot", 1099), ("pilot", 1137), ("pilot", 1151)}
+_LIKELY_SYSTEM = {
+    ("jobDispatcher", 100),
+    ("jobDispatcher", 101),
+    ("jobDispatcher", 102),
+    ("pilot", 1099),
+    ("pilot", 1137),
+    ("pilot", 1151),
+}
 
 
 def classify(conn: sqlite3.Connection, source: str, code: int, diag: str, now: float) -> tuple[str, bool]:
     """(class, counts_against_attempts) for one failure; records a suggestion when nothing confirmed matches."""
     rows = conn.execute(
         "SELECT id, diag_pattern, class FROM error_classes WHERE source=? AND code=? AND status='confirmed' "
-        "ORDER BY length(diag_pattern) DESC", (source, code)).fetchall()
+        "ORDER BY length(diag_pattern) DESC",
+        (source, code),
+    ).fetchall()
     for row in rows:
         if not row["diag_pattern"] or re.search(row["diag_pattern"], diag or ""):
             conn.execute("UPDATE error_classes SET hits = hits + 1 WHERE id=?", (row["id"],))
@@ -34,18 +43,24 @@ def classify(conn: sqlite3.Connection, source: str, code: int, diag: str, now: f
     conn.execute(
         "INSERT INTO error_classes (source, code, diag_pattern, class, status, hits, example, created) "
         "VALUES (?, ?, '', ?, 'suggested', 1, ?, ?) ON CONFLICT (source, code, diag_pattern) "
-        "DO UPDATE SET hits = hits + 1", (source, code, guess, (diag or "")[:500], now))
+        "DO UPDATE SET hits = hits + 1",
+        (source, code, guess, (diag or "")[:500], now),
+    )
     return "unclassified", True
 
 
 def seed(conn: sqlite3.Connection, now: float) -> None:
     for source, code, pattern, klass in SEEDED_RULES:
-        conn.execute("INSERT OR IGNORE INTO error_classes (source, code, diag_pattern, class, status, example, "
-                     "created) VALUES (?, ?, ?, ?, 'confirmed', 'seeded', ?)", (source, code, pattern, klass, now))
+        conn.execute(
+            "INSERT OR IGNORE INTO error_classes (source, code, diag_pattern, class, status, example, "
+            "created) VALUES (?, ?, ?, ?, 'confirmed', 'seeded', ?)",
+            (source, code, pattern, klass, now),
+        )
 
 
-def add_rule(conn: sqlite3.Connection, source: str, code: int, diag_pattern: str, klass: str,
-             status: str, now: float) -> int:
+def add_rule(
+    conn: sqlite3.Connection, source: str, code: int, diag_pattern: str, klass: str, status: str, now: float
+) -> int:
     if klass not in CLASSES:
         raise InvalidInput(f"error class {klass!r} is not one of {', '.join(CLASSES)}")
     if status not in ("suggested", "confirmed"):
@@ -57,7 +72,9 @@ def add_rule(conn: sqlite3.Connection, source: str, code: int, diag_pattern: str
     cur = conn.execute(
         "INSERT INTO error_classes (source, code, diag_pattern, class, status, created) VALUES (?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (source, code, diag_pattern) DO UPDATE SET class=excluded.class, status=excluded.status "
-        "RETURNING id", (source, code, diag_pattern, klass, status, now))
+        "RETURNING id",
+        (source, code, diag_pattern, klass, status, now),
+    )
     return cur.fetchone()[0]
 
 
@@ -67,6 +84,5 @@ def promote(conn: sqlite3.Connection, rule_id: int, klass: str | None = None) ->
         raise NotFound(f"error classification {rule_id} does not exist: see `harvester-edge errors list`")
     if klass is not None and klass not in CLASSES:
         raise InvalidInput(f"error class {klass!r} is not one of {', '.join(CLASSES)}")
-    conn.execute("UPDATE error_classes SET status='confirmed', class=? WHERE id=?",
-                 (klass or row["class"], rule_id))
+    conn.execute("UPDATE error_classes SET status='confirmed', class=? WHERE id=?", (klass or row["class"], rule_id))
     return dict(conn.execute("SELECT * FROM error_classes WHERE id=?", (rule_id,)).fetchone())

@@ -4,9 +4,11 @@ They read the site config from the click context (`ctx.obj.config.central`, db r
 the service layer on the central DB file directly (SQLite WAL: safe next to a running daemon); remote mode
 calls the service over HTTP with the harvester's token.
 """
+
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,10 @@ class _Remote:
         from harvester_edge.seams.http import HttpTransport
 
         from .client import CentralClient
-        self.client = CentralClient(HttpTransport(settings.url, settings.request_timeout),
-                                    token_file=settings.tokens.token_file)
+
+        self.client = CentralClient(
+            HttpTransport(settings.url, settings.request_timeout), token_file=settings.tokens.token_file
+        )
 
     def submit_task(self, spec) -> int:
         return self.client.call("POST", "task/submit", body=spec.model_dump(exclude_none=True))["task_id"]
@@ -61,6 +65,7 @@ def _service(ctx: click.Context, local_only: bool = False):
         return _Remote(settings)
     from .server import db_path
     from .service import CentralService
+
     return CentralService.open(db_path(settings), settings)
 
 
@@ -101,38 +106,49 @@ def central_group() -> None:
 @click.pass_context
 def serve_cmd(ctx: click.Context, host: str | None, port: int | None) -> None:
     from .server import serve
+
     settings = _settings(ctx)
     update = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     settings = settings.model_copy(update=update) if update else settings
     try:
-        serve(settings, on_ready=lambda url: click.echo(f"central service listening on {url} "
-                                                          f"(OpenAPI: {url}/docs)"))
+        serve(settings, on_ready=lambda url: click.echo(f"central service listening on {url} (OpenAPI: {url}/docs)"))
     except HarvesterEdgeError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
 @central_group.command("issue-token", help="Print an initial token and secret key for a client (pilot/harvester).")
 @click.argument("client_name")
-@click.option("--scope", "scopes", multiple=True, default=["pilot"], show_default=True,
-              type=click.Choice(["pilot", "harvester", "admin"]))
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    default=["pilot"],
+    show_default=True,
+    type=click.Choice(["pilot", "harvester", "admin"]),
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def issue_token_cmd(ctx: click.Context, client_name: str, scopes: tuple[str, ...], as_json: bool) -> None:
     settings = _settings(ctx)
-    token, key = _run(ctx, lambda svc: _authority(settings, svc).pilot_credentials(client_name, scopes),
-                      local_only=True)
+    token, key = _run(
+        ctx, lambda svc: _authority(settings, svc).pilot_credentials(client_name, scopes), local_only=True
+    )
     click.echo(json.dumps({"token": token, "key": key}) if as_json else f"token: {token}\nkey:   {key}")
 
 
 def _authority(settings, svc):
     from .server import db_path
     from .tokens import TokenAuthority, load_or_create_secret
+
     secret = load_or_create_secret(Path(settings.tokens.secret_file or db_path(settings).with_name("central.secret")))
     return TokenAuthority(svc.db, settings.tokens, secret, svc.clock)
 
 
-@central_group.command("revoke", help="Revoke every key of a client, and every key minted from them: all their "
-                                      "tokens are refused at once (pilots of a harvester included).")
+@central_group.command(
+    "revoke",
+    help="Revoke every key of a client, and every key minted from them: all their "
+    "tokens are refused at once (pilots of a harvester included).",
+)
 @click.argument("client_name")
 @click.pass_context
 def revoke_cmd(ctx: click.Context, client_name: str) -> None:
@@ -151,9 +167,10 @@ KEY_COLUMNS = ["kid", "client", "scope", "created", "expires", "revoked", "paren
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def keys_cmd(ctx: click.Context, client_name: str | None, as_json: bool) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from .tokens import list_keys
+
     rows = _run(ctx, lambda svc: list_keys(svc.db), local_only=True)
     rows = [r for r in rows if client_name is None or r["client"] == client_name]
     if as_json:
@@ -161,10 +178,22 @@ def keys_cmd(ctx: click.Context, client_name: str | None, as_json: bool) -> None
         return
 
     def when(t: float) -> str:
-        return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
-    _emit([{**r, "created": when(r["created"]), "expires": when(r["expires"]),
-            "revoked": "yes" if r["revoked"] else ""} for r in rows], False, KEY_COLUMNS, "token keys")
+    _emit(
+        [
+            {
+                **r,
+                "created": when(r["created"]),
+                "expires": when(r["expires"]),
+                "revoked": "yes" if r["revoked"] else "",
+            }
+            for r in rows
+        ],
+        False,
+        KEY_COLUMNS,
+        "token keys",
+    )
 
 
 # -- task -----------------------------------------------------------------------------------------------------
@@ -206,8 +235,22 @@ def task_show(ctx: click.Context, task_id: int, as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2, default=str))
         return
     _emit(data, False, TASK_COLUMNS, f"task {task_id}")
-    _emit(data.get("jobs", []), False, ["panda_id", "status", "attempt_nr", "command", "site", "worker_id",
-                                        "n_events", "dispatcher_error_code", "dispatcher_error_diag"], "jobs")
+    _emit(
+        data.get("jobs", []),
+        False,
+        [
+            "panda_id",
+            "status",
+            "attempt_nr",
+            "command",
+            "site",
+            "worker_id",
+            "n_events",
+            "dispatcher_error_code",
+            "dispatcher_error_diag",
+        ],
+        "jobs",
+    )
 
 
 @task_group.command("kill", help="Abort a task: cancel its ranges, tell running pilots to stop.")
@@ -244,8 +287,12 @@ def errors_list(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def errors_suggested(ctx: click.Context, as_json: bool) -> None:
-    _emit(_run(ctx, lambda svc: svc.list_errors("suggested"), local_only=True), as_json, ERROR_COLUMNS,
-          "suggested error classes")
+    _emit(
+        _run(ctx, lambda svc: svc.list_errors("suggested"), local_only=True),
+        as_json,
+        ERROR_COLUMNS,
+        "suggested error classes",
+    )
 
 
 @errors_group.command("promote", help="Confirm a suggested classification (optionally with another class).")

@@ -5,13 +5,15 @@ the outbox keeps messages across the first and drops or parks them on the second
 or not-good-enough token) is CentralAuthFailed, a CentralUnavailable: a credential problem is fixed by renewing the
 token (the client asks its `renewer` once and retries), never by dropping what the message reports.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from harvester_edge.errors import HarvesterEdgeError
 from harvester_edge.seams.http import HttpResult, HttpTransport, TransportError
@@ -52,15 +54,35 @@ NO_JOBS = "No jobs in PanDA"  # the real server's acquire_jobs answer when it ha
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # pilot/update_job start_time/end_time (UTC)
 
 # the camelCase names of PanDA's job updates (what our outbox holds) -> the /api/v1 update_job parameters
-V1_JOB_FIELDS = {"jobId": "job_id", "PandaID": "job_id", "state": "job_status", "jobStatus": "job_status",
-                 "transExitCode": "trans_exit_code", "pilotErrorCode": "pilot_error_code",
-                 "pilotErrorDiag": "pilot_error_diag", "exeErrorCode": "exe_error_code",
-                 "exeErrorDiag": "exe_error_diag", "node": "node", "nEvents": "n_events", "coreCount": "core_count",
-                 "attemptNr": "attempt_nr", "startTime": "start_time", "endTime": "end_time",
-                 "schedulerID": "scheduler_id", "pilotID": "pilot_id", "siteName": "site_name",
-                 "batchID": "batch_id", "jobMetrics": "job_metrics", "metaData": "meta_data",
-                 "cpuConsumptionTime": "cpu_consumption_time", "maxRSS": "max_rss", "maxVMEM": "max_vmem",
-                 "maxPSS": "max_pss", "jobSubStatus": "job_sub_status", "nInputFiles": "n_input_files"}
+V1_JOB_FIELDS = {
+    "jobId": "job_id",
+    "PandaID": "job_id",
+    "state": "job_status",
+    "jobStatus": "job_status",
+    "transExitCode": "trans_exit_code",
+    "pilotErrorCode": "pilot_error_code",
+    "pilotErrorDiag": "pilot_error_diag",
+    "exeErrorCode": "exe_error_code",
+    "exeErrorDiag": "exe_error_diag",
+    "node": "node",
+    "nEvents": "n_events",
+    "coreCount": "core_count",
+    "attemptNr": "attempt_nr",
+    "startTime": "start_time",
+    "endTime": "end_time",
+    "schedulerID": "scheduler_id",
+    "pilotID": "pilot_id",
+    "siteName": "site_name",
+    "batchID": "batch_id",
+    "jobMetrics": "job_metrics",
+    "metaData": "meta_data",
+    "cpuConsumptionTime": "cpu_consumption_time",
+    "maxRSS": "max_rss",
+    "maxVMEM": "max_vmem",
+    "maxPSS": "max_pss",
+    "jobSubStatus": "job_sub_status",
+    "nInputFiles": "n_input_files",
+}
 
 
 def v1_time(value: Any) -> Any:
@@ -93,8 +115,12 @@ def job_answer(entry: Any) -> dict:
         return {"ok": ok, "StatusCode": code, "command": data.get("command"), "ErrorDiag": diag}
     if isinstance(entry, dict):
         code = entry.get("StatusCode", 30)
-        return {"ok": code == 0, "StatusCode": code, "command": entry.get("command"),
-                "ErrorDiag": entry.get("ErrorDiag", "")}
+        return {
+            "ok": code == 0,
+            "StatusCode": code,
+            "command": entry.get("command"),
+            "ErrorDiag": entry.get("ErrorDiag", ""),
+        }
     return {"ok": False, "StatusCode": 30, "command": None, "ErrorDiag": f"unreadable answer {entry!r:.200}"}
 
 
@@ -127,8 +153,14 @@ def parse_envelope(method: str, path: str, result: HttpResult) -> Any:
 
 
 class CentralClient:
-    def __init__(self, transport: HttpTransport, token: str | None = None, token_file: Path | None = None,
-                 origin: str | None = None, harvester_id: str | None = None) -> None:
+    def __init__(
+        self,
+        transport: HttpTransport,
+        token: str | None = None,
+        token_file: Path | None = None,
+        origin: str | None = None,
+        harvester_id: str | None = None,
+    ) -> None:
         self.transport = transport
         self.harvester_id = harvester_id
         self._token = token
@@ -162,8 +194,17 @@ class CentralClient:
     def set_token(self, token: str | None) -> None:
         self._token = token
 
-    def call(self, method: str, path: str, *, params: Any = None, body: Any = None,
-             timeout: float | None = None, renew: bool = True, bearer: str | None = None) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Any = None,
+        body: Any = None,
+        timeout: float | None = None,
+        renew: bool = True,
+        bearer: str | None = None,
+    ) -> Any:
         try:
             return self._call(method, path, params, body, timeout, bearer)
         except CentralAuthFailed:
@@ -172,23 +213,39 @@ class CentralClient:
             log.info("%s %s: credentials refused, token renewed, retrying once", method, path)
             return self._call(method, path, params, body, timeout)
 
-    def _call(self, method: str, path: str, params: Any, body: Any, timeout: float | None,
-              bearer: str | None = None) -> Any:
+    def _call(
+        self, method: str, path: str, params: Any, body: Any, timeout: float | None, bearer: str | None = None
+    ) -> Any:
         try:
-            result = self.transport.request(method, "/api/v1/" + path, params=params, json=body,
-                                            headers=self._headers(bearer), timeout=timeout)
+            result = self.transport.request(
+                method, "/api/v1/" + path, params=params, json=body, headers=self._headers(bearer), timeout=timeout
+            )
         except TransportError as exc:
             raise CentralUnavailable(f"central service at {self.transport.base_url} unreachable: {exc}") from exc
         return parse_envelope(method, path, result)
 
     # -- pilot / jobs ---------------------------------------------------------------------------------------
-    def acquire_jobs(self, site: str, queue: str | None = None, n_jobs: int = 1, harvester_id: str | None = None,
-                     worker_id: int | str | None = None, node: str | None = None, **extra: Any) -> list[dict]:
+    def acquire_jobs(
+        self,
+        site: str,
+        queue: str | None = None,
+        n_jobs: int = 1,
+        harvester_id: str | None = None,
+        worker_id: int | str | None = None,
+        node: str | None = None,
+        **extra: Any,
+    ) -> list[dict]:
         if isinstance(worker_id, str) and worker_id.isdigit():
             worker_id = int(worker_id)  # the real acquire_jobs takes worker_id: int (a JSON string is a Type error)
-        body = {"site_name": site, "computing_element": queue, "n_jobs": n_jobs,
-                "harvester_id": harvester_id or self.harvester_id,
-                "worker_id": worker_id, "node": node, **extra}
+        body = {
+            "site_name": site,
+            "computing_element": queue,
+            "n_jobs": n_jobs,
+            "harvester_id": harvester_id or self.harvester_id,
+            "worker_id": worker_id,
+            "node": node,
+            **extra,
+        }
         try:
             data = self.call("POST", "pilot/acquire_jobs", body={k: v for k, v in body.items() if v is not None})
         except CentralRejected as exc:
@@ -216,8 +273,9 @@ class CentralClient:
         return self.call("GET", "pilot/get_job_status", params={"job_ids": [int(j) for j in job_ids]})
 
     # -- event ranges ---------------------------------------------------------------------------------------
-    def acquire_event_ranges(self, job_id: int, jobset_id: int, task_id: int | None = None,
-                             n_ranges: int = 10) -> list[dict]:
+    def acquire_event_ranges(
+        self, job_id: int, jobset_id: int, task_id: int | None = None, n_ranges: int = 10
+    ) -> list[dict]:
         """jobset_id: the job's own jobsetID (from its description), never the task id."""
         body = {"job_id": int(job_id), "jobset_id": int(jobset_id), "n_ranges": int(n_ranges)}
         if task_id is not None:
@@ -227,11 +285,13 @@ class CentralClient:
     def update_event_ranges(self, reports: list[dict], version: int = 0) -> dict:
         """Returns {"Returns": [bool...], "Commands": {PandaID: command}} (the embedded service adds "Results":
         ['applied'|'duplicate'|'stale'|'ignored'...]). HTTP 500: CentralServerError (see the propagator)."""
-        return self.call("POST", "event/update_event_ranges",
-                         body={"event_ranges": json.dumps(reports), "version": version})
+        return self.call(
+            "POST", "event/update_event_ranges", body={"event_ranges": json.dumps(reports), "version": version}
+        )
 
-    def available_range_count(self, task_id: int | None = None, job_id: int | None = None,
-                              jobset_id: int | None = None) -> int:
+    def available_range_count(
+        self, task_id: int | None = None, job_id: int | None = None, jobset_id: int | None = None
+    ) -> int:
         """Ranges still to hand out for the job's task. The real server needs all three ids (job_id, jobset_id,
         task_id: the propagator sends them); the embedded service counts by task (or all tasks)."""
         params = {} if task_id is None else {"task_id": int(task_id)}
@@ -250,14 +310,21 @@ class CentralClient:
 
     def update_workers(self, workers: list[dict], harvester_id: str | None = None) -> list[bool]:
         """workers: dicts with workerID, status, computingSite, nodeID, ... (Harvester's worker spec)."""
-        return self.call("POST", "harvester/update_workers",
-                         body={"harvester_id": self._hid(harvester_id), "workers": workers})
+        return self.call(
+            "POST", "harvester/update_workers", body={"harvester_id": self._hid(harvester_id), "workers": workers}
+        )
 
     def heartbeat(self, data: dict | None = None, harvester_id: str | None = None) -> Any:
         return self.call("POST", "harvester/heartbeat", body={"harvester_id": self._hid(harvester_id), "data": data})
 
-    def update_worker_pilot_status(self, worker_id: str, status: str, site: str | None = None,
-                                   node: str | None = None, harvester_id: str | None = None) -> Any:
+    def update_worker_pilot_status(
+        self,
+        worker_id: str,
+        status: str,
+        site: str | None = None,
+        node: str | None = None,
+        harvester_id: str | None = None,
+    ) -> Any:
         """pilot/update_worker_status (worker_id, harvester_id, status, node_id): the real server knows no site."""
         body = {"harvester_id": self._hid(harvester_id), "worker_id": str(worker_id), "status": status}
         if node is not None:
@@ -268,8 +335,13 @@ class CentralClient:
     def get_access_token(self, client_name: str, token_key: str, bearer: str | None = None) -> str:
         """A fresh token for client_name with its key; `bearer` instead of the client's own token if given.
         renew=False: this IS the renewal, a 403 here must not call the renewer again."""
-        data = self.call("GET", "creds/get_access_token", params={"client_name": client_name, "token_key": token_key},
-                         renew=False, bearer=bearer)
+        data = self.call(
+            "GET",
+            "creds/get_access_token",
+            params={"client_name": client_name, "token_key": token_key},
+            renew=False,
+            bearer=bearer,
+        )
         return _field(data, "user_proxy", "creds/get_access_token")
 
     def get_token_key(self, client_name: str) -> str:

@@ -14,6 +14,7 @@ hundred such clients make the service unreachable once the process runs out of d
   flood of half-open ones would turn every real request into a 503;
 - at start the soft RLIMIT_NOFILE is raised to the hard limit, and max_connections is kept below it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,8 +35,9 @@ def raise_fd_limit() -> int:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         except (ValueError, OSError) as exc:
-            log.warning("cannot raise the open-file limit from %d to its hard limit %d (%s); keeping %d",
-                        soft, hard, exc, soft)
+            log.warning(
+                "cannot raise the open-file limit from %d to its hard limit %d (%s); keeping %d", soft, hard, exc, soft
+            )
             return soft
         log.info("raised the open-file limit (RLIMIT_NOFILE) from %d to the hard limit %d", soft, hard)
         return hard
@@ -46,9 +48,13 @@ def connection_cap(max_connections: int, fd_limit: int) -> int:
     """max_connections, lowered to fit under the open-file limit (with FD_RESERVE left for everything else)."""
     room = max(fd_limit - FD_RESERVE, 16)
     if max_connections > room:
-        log.warning("central.max_connections %d does not fit under the open-file limit %d: using %d (raise the "
-                    "hard limit with `ulimit -Hn` / limits.conf, or lower central.max_connections)",
-                    max_connections, fd_limit, room)
+        log.warning(
+            "central.max_connections %d does not fit under the open-file limit %d: using %d (raise the "
+            "hard limit with `ulimit -Hn` / limits.conf, or lower central.max_connections)",
+            max_connections,
+            fd_limit,
+            room,
+        )
         return room
     return max_connections
 
@@ -56,9 +62,11 @@ def connection_cap(max_connections: int, fd_limit: int) -> int:
 class _Closed:
     """Counts of connections closed by the limits, in at most one warning per SUMMARY_INTERVAL."""
 
-    REASONS = {"timeout": "sent no complete request headers within the header timeout",
-               "evicted": "waited longest for their headers when max_connections was reached",
-               "refused": "came while max_connections were open and busy (answered 503)"}
+    REASONS = {
+        "timeout": "sent no complete request headers within the header timeout",
+        "evicted": "waited longest for their headers when max_connections was reached",
+        "refused": "came while max_connections were open and busy (answered 503)",
+    }
 
     def __init__(self) -> None:
         self.counts = dict.fromkeys(self.REASONS, 0)
@@ -68,10 +76,14 @@ class _Closed:
         self.counts[reason] += 1
         now = time.monotonic()
         if now - self.logged >= SUMMARY_INTERVAL:
-            log.warning("central HTTP (header_timeout %ss, max_connections %d): closed connections that %s "
-                        "(at most one such line per %.0fs)", header_timeout, max_connections,
-                        "; ".join(f"{text}: {self.counts[key]}" for key, text in self.REASONS.items()),
-                        SUMMARY_INTERVAL)
+            log.warning(
+                "central HTTP (header_timeout %ss, max_connections %d): closed connections that %s "
+                "(at most one such line per %.0fs)",
+                header_timeout,
+                max_connections,
+                "; ".join(f"{text}: {self.counts[key]}" for key, text in self.REASONS.items()),
+                SUMMARY_INTERVAL,
+            )
             self.counts = dict.fromkeys(self.REASONS, 0)
             self.logged = now
 
@@ -161,10 +173,16 @@ class HeaderDeadline:
 def protocol_class(header_timeout: float, max_connections: int) -> type:
     """A uvicorn HTTP protocol class (the one uvicorn's "auto" picks) with HeaderDeadline, for one server."""
     try:
-        import httptools  # noqa: F401 - uvicorn's choice when installed
+        import httptools  # noqa: F401 - only to learn whether uvicorn can use it
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
     except ImportError:  # pragma: no cover - h11 only
         from uvicorn.protocols.http.h11_impl import H11Protocol as base
-    attrs: dict[str, Any] = {"header_timeout": float(header_timeout), "max_connections": int(max_connections),
-                             "waiting": {}, "closing": [0], "closed": _Closed(), "__module__": __name__}
+    attrs: dict[str, Any] = {
+        "header_timeout": float(header_timeout),
+        "max_connections": int(max_connections),
+        "waiting": {},
+        "closing": [0],
+        "closed": _Closed(),
+        "__module__": __name__,
+    }
     return type(f"Guarded{base.__name__}", (HeaderDeadline, base), attrs)

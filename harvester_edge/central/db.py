@@ -4,6 +4,7 @@ Every write is a function `fn(conn, *args)` run inside a SAVEPOINT; the writer t
 concurrent requests into one transaction (one fsync for many requests). A write that raises is rolled back to
 its savepoint alone: the others in the batch still commit, and a rejected request has written nothing.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -12,9 +13,10 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from harvester_edge.errors import StoreError
 from harvester_edge.filemodes import private_database, private_dir
@@ -82,8 +84,16 @@ ADDED_COLUMNS = {
     # task kinds (jumbo / ordinary / eventservice) and what an ordinary job runs (JSON)
     "tasks": (("kind", "TEXT NOT NULL DEFAULT 'jumbo'"), ("job_spec", "TEXT")),
     # what the PanDA pilot reports: state history (JSON list), pilot id, timing, CPU, log tail, log file
-    "jobs": (("state_history", "TEXT"), ("pilot_id", "TEXT"), ("pilot_timing", "TEXT"), ("cpu_time", "REAL"),
-             ("cpu_unit", "TEXT"), ("max_rss", "INTEGER"), ("pilot_log", "TEXT"), ("log_file", "TEXT")),
+    "jobs": (
+        ("state_history", "TEXT"),
+        ("pilot_id", "TEXT"),
+        ("pilot_timing", "TEXT"),
+        ("cpu_time", "REAL"),
+        ("cpu_unit", "TEXT"),
+        ("max_rss", "INTEGER"),
+        ("pilot_log", "TEXT"),
+        ("log_file", "TEXT"),
+    ),
 }
 
 
@@ -127,7 +137,7 @@ class Database:
         self._pending: list = []
         self._readers: list[sqlite3.Connection] = []
 
-    def open(self) -> "Database":
+    def open(self) -> Database:
         """Create the file and schema; refuse a schema newer than this code."""
         private_dir(self.path.parent, tighten=False)  # a folder it makes is 0700
         private_database(self.path)  # 0600 before SQLite opens it: its -wal/-shm files take the same mode
@@ -139,8 +149,10 @@ class Database:
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             classify.seed(conn, time.time())
         elif int(row[0]) > SCHEMA_VERSION:
-            raise StoreError(f"central DB {self.path} has schema {row[0]}, newer than this code's "
-                             f"{SCHEMA_VERSION}: upgrade harvester-edge or point central.db elsewhere")
+            raise StoreError(
+                f"central DB {self.path} has schema {row[0]}, newer than this code's "
+                f"{SCHEMA_VERSION}: upgrade harvester-edge or point central.db elsewhere"
+            )
         self._wconn = conn
         return self
 
@@ -183,7 +195,7 @@ class Database:
         try:
             with self._lock:
                 results = self._run_batch([(fn, args) for fn, args, _ in batch])
-        except Exception as exc:  # noqa: BLE001 - the commit failed: every caller in the batch learns it
+        except Exception as exc:
             log.error("central DB %s: group commit of %d writes failed: %s", self.path, len(batch), exc)
             results = [(False, StoreError(f"central DB {self.path}: commit failed: {exc}"))] * len(batch)
         for (_, _, fut), (ok, value) in zip(batch, results):
@@ -206,7 +218,7 @@ class Database:
                 try:
                     results.append((True, fn(conn, *args)))
                     conn.execute("RELEASE w")
-                except Exception as exc:  # noqa: BLE001 - handed back to the caller of write()
+                except Exception as exc:
                     conn.execute("ROLLBACK TO w")
                     conn.execute("RELEASE w")
                     results.append((False, exc))
@@ -232,8 +244,9 @@ class Database:
                     try:
                         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                     except sqlite3.Error as exc:
-                        log.warning("central DB %s: checkpoint failed (%s); trying again in %ss", self.path, exc,
-                                    interval)
+                        log.warning(
+                            "central DB %s: checkpoint failed (%s); trying again in %ss", self.path, exc, interval
+                        )
             finally:
                 conn.close()
 
@@ -277,7 +290,7 @@ class Database:
             try:
                 with self._lock:
                     results = self._run_batch([(fn, args) for fn, args, _ in batch])
-            except Exception as exc:  # noqa: BLE001 - the commit failed: every caller in the batch learns it
+            except Exception as exc:
                 log.error("central DB %s: group commit of %d writes failed: %s", self.path, len(batch), exc)
                 for _, _, fut in batch:
                     fut.set_exception(StoreError(f"central DB {self.path}: commit failed: {exc}"))

@@ -1,4 +1,5 @@
 """Errors of the central service; each maps to a PanDA StatusCode for the legacy dialect."""
+
 from __future__ import annotations
 
 from harvester_edge.errors import HarvesterEdgeError

@@ -4,11 +4,13 @@ eventRangeID = "{taskID}-{PandaID}-{fileID}-{processID}-{attemptNr}"; every disp
 report is applied only by the (job, attempt) that currently holds the range: a late report from a pilot that lost
 its lease, a duplicate or a retried request is a no-op.
 """
+
 from __future__ import annotations
 
 import re
 import sqlite3
-from typing import Any, Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 from . import classify
 from .errors import InvalidInput, NotFound
@@ -47,8 +49,17 @@ def split_rows(task_id: int, n_events: int, per_range: int) -> Iterable[tuple]:
 def render_ranges(task: sqlite3.Row | dict, panda_id: int, rows: list) -> list[dict]:
     """Event range dicts from (process_id, start_event, last_event, attempt_nr) rows."""
     prefix, lfn, guid = f"{task['task_id']}-{panda_id}-{FILE_ID}-", f"{task['name']}.events", task["guid"]
-    return [{"eventRangeID": f"{prefix}{pid}-{attempt}", "startEvent": start, "lastEvent": last, "LFN": lfn,
-             "GUID": guid, "scope": "edge"} for pid, start, last, attempt in rows]
+    return [
+        {
+            "eventRangeID": f"{prefix}{pid}-{attempt}",
+            "startEvent": start,
+            "lastEvent": last,
+            "LFN": lfn,
+            "GUID": guid,
+            "scope": "edge",
+        }
+        for pid, start, last, attempt in rows
+    ]
 
 
 def claim(conn: sqlite3.Connection, task: sqlite3.Row, panda_id: int, n_ranges: int, now: float) -> list[dict]:
@@ -58,21 +69,44 @@ def claim(conn: sqlite3.Connection, task: sqlite3.Row, panda_id: int, n_ranges: 
         "WHERE task_id=? AND status=0 AND process_id IN (SELECT process_id FROM ranges INDEXED BY ranges_ready "
         "WHERE task_id=? AND status=0 ORDER BY process_id LIMIT ?) "
         "RETURNING process_id, start_event, last_event, attempt_nr",
-        (panda_id, now, task["task_id"], task["task_id"], n_ranges)).fetchall()
+        (panda_id, now, task["task_id"], task["task_id"], n_ranges),
+    ).fetchall()
     rows.sort(key=lambda r: r[0])
     return render_ranges(task, panda_id, rows)
 
 
-def _fail(conn: sqlite3.Connection, key: tuple, max_attempts: int, counted: bool, final: RangeStatus,
-          code: int | None, diag: str | None, now: float) -> None:
+def _fail(
+    conn: sqlite3.Connection,
+    key: tuple,
+    max_attempts: int,
+    counted: bool,
+    final: RangeStatus,
+    code: int | None,
+    diag: str | None,
+    now: float,
+) -> None:
     """Failed: back to ready while attempts remain (class 'system' does not count), else final."""
     conn.execute(
         "UPDATE ranges SET failures = failures + ?, error_code=?, error_diag=?, modified=?, "
         "status = CASE WHEN ? OR failures + ? >= ? THEN ? ELSE ? END, "
         "panda_id = CASE WHEN ? OR failures + ? >= ? THEN panda_id ELSE NULL END "
         "WHERE task_id=? AND process_id=?",
-        (int(counted), code, diag, now, final == RangeStatus.FATAL, int(counted), max_attempts, int(final),
-         int(RangeStatus.READY), final == RangeStatus.FATAL, int(counted), max_attempts, *key))
+        (
+            int(counted),
+            code,
+            diag,
+            now,
+            final == RangeStatus.FATAL,
+            int(counted),
+            max_attempts,
+            int(final),
+            int(RangeStatus.READY),
+            final == RangeStatus.FATAL,
+            int(counted),
+            max_attempts,
+            *key,
+        ),
+    )
 
 
 def apply_reports(conn: sqlite3.Connection, reports: list[dict], now: float) -> tuple[list[str], set[int]]:
@@ -96,8 +130,13 @@ def apply_reports(conn: sqlite3.Connection, reports: list[dict], now: float) -> 
         code = rep.get("errorCode")
         if code is not None:
             digits = str(code).lstrip("-")
-            if isinstance(code, bool) or not isinstance(code, (int, str)) or not digits.isdigit() \
-                    or not digits.isascii() or len(digits) > 18:
+            if (
+                isinstance(code, bool)
+                or not isinstance(code, (int, str))
+                or not digits.isdigit()
+                or not digits.isascii()
+                or len(digits) > 18
+            ):
                 raise InvalidInput(f"errorCode {code!r:.80} of {text} is not an integer")
             code = int(code)
         task_id, panda_id, file_id, process_id, attempt_nr = map(int, match.groups())
@@ -112,8 +151,7 @@ def apply_reports(conn: sqlite3.Connection, reports: list[dict], now: float) -> 
     for key, panda_id, file_id, attempt_nr, status, code, rep, text in parsed:
         row = rows.get(key)
         if row is None or file_id != FILE_ID:
-            raise NotFound(f"event range {text} does not exist (task {key[0]}, process {key[1]}); "
-                           f"nothing was updated")
+            raise NotFound(f"event range {text} does not exist (task {key[0]}, process {key[1]}); nothing was updated")
         current, held_attempt, holder = row
         target = RANGE_REPORTED[status]
         if held_attempt != attempt_nr or holder != panda_id:
@@ -128,15 +166,20 @@ def apply_reports(conn: sqlite3.Connection, reports: list[dict], now: float) -> 
             results.append("applied")
             touched.add(key[0])
         else:
-            task = tasks.get(key[0]) or conn.execute(
-                "SELECT max_attempts FROM tasks WHERE task_id=?", (key[0],)).fetchone()
+            task = (
+                tasks.get(key[0])
+                or conn.execute("SELECT max_attempts FROM tasks WHERE task_id=?", (key[0],)).fetchone()
+            )
             tasks[key[0]] = task
             diag = str(rep.get("errorDiag") or "")[:500]
             _, counted = classify.classify(conn, "event", code or 0, diag, now)
             final = RangeStatus.FATAL if target == RangeStatus.FATAL else RangeStatus.FAILED
             _fail(conn, key, task["max_attempts"], counted, final, code, diag, now)
-            rows[key] = tuple(conn.execute("SELECT status, attempt_nr, panda_id FROM ranges WHERE task_id=? AND "
-                                           "process_id=?", key).fetchone())
+            rows[key] = tuple(
+                conn.execute(
+                    "SELECT status, attempt_nr, panda_id FROM ranges WHERE task_id=? AND process_id=?", key
+                ).fetchone()
+            )
             results.append("applied")
             touched.add(key[0])
     by_task: dict[int, list[int]] = {}
@@ -144,9 +187,12 @@ def apply_reports(conn: sqlite3.Connection, reports: list[dict], now: float) -> 
         by_task.setdefault(task_id, []).append(process_id)
     for task_id, pids in by_task.items():
         for i in range(0, len(pids), 500):
-            chunk = pids[i:i + 500]
-            conn.execute(f"UPDATE ranges SET status=3, modified=? WHERE task_id=? "
-                         f"AND process_id IN ({','.join('?' * len(chunk))})", (now, task_id, *chunk))
+            chunk = pids[i : i + 500]
+            conn.execute(
+                f"UPDATE ranges SET status=3, modified=? WHERE task_id=? "
+                f"AND process_id IN ({','.join('?' * len(chunk))})",
+                (now, task_id, *chunk),
+            )
     return results, touched
 
 
@@ -165,9 +211,12 @@ def _all_finished_in_one_go(conn: sqlite3.Connection, parsed: list, now: float) 
     if len(expected) != len(parsed) or len(parsed) > 500:
         return False
     conn.execute("SAVEPOINT finish_all")
-    got = conn.execute(f"UPDATE ranges SET status=3, modified=? WHERE task_id=? AND status IN (1, 2) AND "
-                       f"process_id IN ({','.join('?' * len(expected))}) "
-                       f"RETURNING process_id, attempt_nr, panda_id", (now, task_id, *expected)).fetchall()
+    got = conn.execute(
+        f"UPDATE ranges SET status=3, modified=? WHERE task_id=? AND status IN (1, 2) AND "
+        f"process_id IN ({','.join('?' * len(expected))}) "
+        f"RETURNING process_id, attempt_nr, panda_id",
+        (now, task_id, *expected),
+    ).fetchall()
     if len(got) == len(expected) and all(expected[pid] == (att, holder) for pid, att, holder in got):
         conn.execute("RELEASE finish_all")
         return True
@@ -185,10 +234,12 @@ def _current(conn: sqlite3.Connection, keys: list[tuple[int, int]]) -> dict[tupl
     for task_id, pids in by_task.items():
         pids_list = sorted(pids)
         for i in range(0, len(pids_list), 500):
-            chunk = pids_list[i:i + 500]
+            chunk = pids_list[i : i + 500]
             for process_id, status, attempt_nr, panda_id in conn.execute(
-                    f"SELECT process_id, status, attempt_nr, panda_id FROM ranges WHERE "
-                    f"task_id=? AND process_id IN ({','.join('?' * len(chunk))})", (task_id, *chunk)):
+                f"SELECT process_id, status, attempt_nr, panda_id FROM ranges WHERE "
+                f"task_id=? AND process_id IN ({','.join('?' * len(chunk))})",
+                (task_id, *chunk),
+            ):
                 out[(task_id, process_id)] = (status, attempt_nr, panda_id)
     return out
 
@@ -209,11 +260,21 @@ def flatten_reports(reports: Any, version: int) -> list:
     return flat
 
 
-def release_job_ranges(conn: sqlite3.Connection, task_id: int, panda_id: int, max_attempts: int, counted: bool,
-                       code: int, diag: str, now: float) -> int:
+def release_job_ranges(
+    conn: sqlite3.Connection,
+    task_id: int,
+    panda_id: int,
+    max_attempts: int,
+    counted: bool,
+    code: int,
+    diag: str,
+    now: float,
+) -> int:
     """A job ended: its in-flight ranges go back to ready (a counted failure each, if the job's failure counts)."""
-    rows = conn.execute("SELECT task_id, process_id FROM ranges NOT INDEXED WHERE task_id=? AND panda_id=? "
-                        "AND status IN (1, 2)", (task_id, panda_id)).fetchall()
+    rows = conn.execute(
+        "SELECT task_id, process_id FROM ranges NOT INDEXED WHERE task_id=? AND panda_id=? AND status IN (1, 2)",
+        (task_id, panda_id),
+    ).fetchall()
     for row in rows:
         _fail(conn, (row[0], row[1]), max_attempts, counted, RangeStatus.FAILED, code, diag, now)
     return len(rows)

@@ -4,8 +4,10 @@ For a request with a body, in this order: in token mode the token of an API call
 missing or not good enough; a Content-Length over central.max_body -> 413; only then the body is read through
 bodies.read_body (capped, gzip inflated in a stream: by header, and by magic on /server/panda) and /api/v1 JSON is
 parsed once for its depth and encoding (not the multipart bodies of FILE_UPLOADS). The route sees the plain body
-again. A /api/v1 GET's parameters sent in its body (Harvester's communicator does) become its query string. Refusals are in the dialect's format.
+again. A /api/v1 GET's parameters sent in its body (Harvester's communicator does) become its query string.
+Refusals are in the dialect's format.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,17 +22,18 @@ from .hotpath import bearer_token, dumps
 from .legacy import METHODS
 
 V1, LEGACY = "/api/v1/", "/server/panda/"
-FILE_UPLOADS = frozenset({"/api/v1/file_server/upload_jedi_log", "/api/v1/file_server/update_jedi_log",
-                          "/api/v1/file/update_jedi_log"})  # multipart bodies (v1_harvester.py)
+FILE_UPLOADS = frozenset(
+    {"/api/v1/file_server/upload_jedi_log", "/api/v1/file_server/update_jedi_log", "/api/v1/file/update_jedi_log"}
+)  # multipart bodies (v1_harvester.py)
 
 
 def api_module(path: str) -> str | None:
     """The auth module of an API path (as auth.MODULE_SCOPES names them); None: no token needed or no API call."""
     if path.startswith(V1):
-        module = path[len(V1):].split("/", 1)[0]
+        module = path[len(V1) :].split("/", 1)[0]
         return None if module == "system" else module
     if path.startswith(LEGACY):
-        return METHODS.get(path[len(LEGACY):], (None,))[0]
+        return METHODS.get(path[len(LEGACY) :], (None,))[0]
     return None
 
 
@@ -70,9 +73,17 @@ def get_parameters(scope: Scope, body: bytes) -> Scope:
 
 async def refuse(scope: Scope, send: Send, exc: CentralError) -> None:
     status, content_type, body = refusal(scope["path"], scope["headers"], exc)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()),
-                            *unread_body_headers(status)]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *unread_body_headers(status),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -93,8 +104,13 @@ class CappedBodies:
             module = api_module(path)
             if self.state.authority is not None and module is not None:
                 check_token(self.state.authority, bearer_token(headers), module)
-            body = await read_body(receive, headers, limit, sniff_gzip=path.startswith(LEGACY),
-                                   timeout=getattr(self.state.settings, "body_timeout", None))
+            body = await read_body(
+                receive,
+                headers,
+                limit,
+                sniff_gzip=path.startswith(LEGACY),
+                timeout=getattr(self.state.settings, "body_timeout", None),
+            )
             if path.startswith(V1) and scope["method"] == "GET":
                 scope = get_parameters(scope, body)
                 body = b""
@@ -105,8 +121,9 @@ class CappedBodies:
         except CentralError as exc:
             await refuse(scope, send, exc)
             return
-        headers = [(k, v) for k, v in headers if k not in (b"content-encoding", b"content-length",
-                                                           b"transfer-encoding")]
+        headers = [
+            (k, v) for k, v in headers if k not in (b"content-encoding", b"content-length", b"transfer-encoding")
+        ]
         headers.append((b"content-length", str(len(body)).encode()))
         sent = False
 

@@ -21,6 +21,7 @@ Before any other work (no body is read, no token checked) every HTTP request pas
    Read-only GETs (pilot get_job_status / legacy getStatus, metaconfig/get_resource_types, the monitor pages)
    stay GET. Every other legacy method answers GET with 405 (the v1 routes are POST-only in v1.py).
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -37,9 +38,15 @@ log = logging.getLogger(__name__)
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # State-changing calls that real PanDA clients send with GET (see the module docstring for who and where).
-CREDENTIAL_GETS = frozenset({"/api/v1/creds/get_access_token", "/api/v1/creds/get_token_key",
-                             "/api/v1/credential/get_token_key",  # Harvester's name of it (v1_harvester.py)
-                             "/server/panda/get_access_token", "/server/panda/get_token_key"})
+CREDENTIAL_GETS = frozenset(
+    {
+        "/api/v1/creds/get_access_token",
+        "/api/v1/creds/get_token_key",
+        "/api/v1/credential/get_token_key",  # Harvester's name of it (v1_harvester.py)
+        "/server/panda/get_access_token",
+        "/server/panda/get_token_key",
+    }
+)
 # Legacy methods that change nothing and may be called with GET; every other legacy method is POST-only.
 LEGACY_READS = frozenset({"isAlive", "getStatus", "getResourceTypes"})
 LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -107,8 +114,13 @@ class Guard:
             return
         status, message = refusal
         client = scope.get("client")
-        log.info("refused %s %s from %s: %s", scope["method"], scope.get("path", "")[:200],
-                 f"{client[0]}" if client else "unix socket", message)
+        log.info(
+            "refused %s %s from %s: %s",
+            scope["method"],
+            scope.get("path", "")[:200],
+            f"{client[0]}" if client else "unix socket",
+            message,
+        )
         await respond(send, scope.get("path", ""), status, message)
 
     # -- the checks: pure over the scope, so they are tested without a server -----------------------------
@@ -125,10 +137,16 @@ class Guard:
             why = self.bad_host(headers.get("host"))
             if why:
                 return 403, why
-        if method in ("GET", "HEAD") and path.startswith("/server/panda/") and path not in CREDENTIAL_GETS \
-                and path[len("/server/panda/"):] not in LEGACY_READS:
-            return 405, (f"{path[len('/server/panda/'):][:100]!r} changes state: send it with POST "
-                         f"(GET only for {', '.join(sorted(LEGACY_READS | {'get_access_token', 'get_token_key'}))})")
+        if (
+            method in ("GET", "HEAD")
+            and path.startswith("/server/panda/")
+            and path not in CREDENTIAL_GETS
+            and path[len("/server/panda/") :] not in LEGACY_READS
+        ):
+            return 405, (
+                f"{path[len('/server/panda/') :][:100]!r} changes state: send it with POST "
+                f"(GET only for {', '.join(sorted(LEGACY_READS | {'get_access_token', 'get_token_key'}))})"
+            )
         if changing:
             return self.cross_site(method, path, headers)
         return None
@@ -150,8 +168,10 @@ class Guard:
             addr = addr.ipv4_mapped
         if addr.is_loopback or any(addr in net for net in self.networks):
             return None
-        return (f"trusted mode: peer {addr} is neither loopback nor in central.trusted_networks; use a token "
-                f"(trusted: false) or list its network")
+        return (
+            f"trusted mode: peer {addr} is neither loopback nor in central.trusted_networks; use a token "
+            f"(trusted: false) or list its network"
+        )
 
     def bad_host(self, host: str | None) -> str | None:
         if host is None or self.any_host:  # HTTP/1.0 clients may send none; browsers always do
@@ -162,24 +182,33 @@ class Guard:
         name = split_host(host)[0].rstrip(".")
         if name in self.hosts or is_ip(name) or name.endswith(".localhost"):
             return None
-        return (f"Host {host[:100]!r} is not a name of this service (DNS rebinding?): call it by localhost, an "
-                f"IP address, {sorted(machine_names())} or add the name to central.allowed_hosts")
+        return (
+            f"Host {host[:100]!r} is not a name of this service (DNS rebinding?): call it by localhost, an "
+            f"IP address, {sorted(machine_names())} or add the name to central.allowed_hosts"
+        )
 
     def cross_site(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, str] | None:
         origin = headers.get("origin")
         listed = origin is not None and origin.rstrip("/").lower() in self.allowed_origins
-        if origin is not None and not listed and ("://" in origin or origin.strip().lower() == "null"):
-            if urlsplit(origin.strip()).netloc.lower() != headers.get("host", "").strip().lower():
-                return 403, (f"cross-site request refused: Origin {origin[:100]!r} is not this service's origin "
-                             f"nor in central.allowed_origins")
+        if (
+            origin is not None
+            and not listed
+            and ("://" in origin or origin.strip().lower() == "null")
+            and urlsplit(origin.strip()).netloc.lower() != headers.get("host", "").strip().lower()
+        ):
+            return 403, (
+                f"cross-site request refused: Origin {origin[:100]!r} is not this service's origin "
+                f"nor in central.allowed_origins"
+            )
         site = headers.get("sec-fetch-site", "").lower()
         if site in ("cross-site", "same-site") and not listed:
             return 403, f"cross-site request refused (Sec-Fetch-Site: {site})"
         if origin is not None and method == "POST" and path.startswith("/api/v1/"):
             ctype = headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype != "application/json":
-                return 415, (f"a browser-sent /api/v1 call must be Content-Type: application/json, got "
-                             f"{ctype[:80] or 'none'!r}")
+                return 415, (
+                    f"a browser-sent /api/v1 call must be Content-Type: application/json, got {ctype[:80] or 'none'!r}"
+                )
         return None
 
 

@@ -5,12 +5,14 @@ these few POSTs itself: the same pydantic models (validate_json, in Rust), the s
 service operations awaited on the event loop (Database.write_async: no thread hop, one transaction per loop
 iteration). The FastAPI routes in v1.py stay for the OpenAPI docs and call the same table.
 """
+
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -32,6 +34,7 @@ try:  # optional: orjson encodes/decodes the 100-range bodies several times fast
 
     loads = orjson.loads
 except ImportError:  # pragma: no cover - plain json works, only slower
+
     def dumps(doc: Any) -> bytes:
         return json.dumps(doc, default=str).encode()
 
@@ -75,8 +78,13 @@ def bulk_answer(answers: list[dict]) -> list[dict]:
 
 def ranges_answer(result: dict) -> dict:
     """update_event_ranges: the real (intended) answer {"Returns", "Commands"} plus StatusCode 0 and our Results."""
-    return {"StatusCode": 0, "Returns": result["Returns"], "Commands": {}, "Results": result["Results"],
-            "Command": result.get("Command")}
+    return {
+        "StatusCode": 0,
+        "Returns": result["Returns"],
+        "Commands": {},
+        "Results": result["Results"],
+        "Command": result.get("Command"),
+    }
 
 
 @dataclass(frozen=True)
@@ -89,27 +97,36 @@ class Hot:
 
 HOT: dict[str, Hot] = {
     "pilot/acquire_jobs": Hot(
-        "pilot", m.AcquireJobs,
-        lambda s, b, c: s.acquire_jobs_op(b.site_name, b.n_jobs, b.harvester_id,
-                                          None if b.worker_id is None else str(b.worker_id), b.node, caller=c),
-        jobs_answer),
+        "pilot",
+        m.AcquireJobs,
+        lambda s, b, c: s.acquire_jobs_op(
+            b.site_name, b.n_jobs, b.harvester_id, None if b.worker_id is None else str(b.worker_id), b.node, caller=c
+        ),
+        jobs_answer,
+    ),
     "pilot/update_job": Hot(
-        "pilot", m.UpdateJob,
-        lambda s, b, c: s.update_job_op(b.job_id, b.job_status, m.camel_job(b.model_dump(exclude_none=True)),
-                                        caller=c),
-        lambda command: {"StatusCode": 0, "command": command}),
+        "pilot",
+        m.UpdateJob,
+        lambda s, b, c: s.update_job_op(b.job_id, b.job_status, m.camel_job(b.model_dump(exclude_none=True)), caller=c),
+        lambda command: {"StatusCode": 0, "command": command},
+    ),
     "pilot/update_jobs_bulk": Hot(
-        "pilot", m.UpdateJobsBulk,
-        lambda s, b, c: s.update_jobs_bulk_op([m.camel_job(u) if isinstance(u, dict) else u
-                                               for u in json_list(b.job_list, "job_list")], caller=c),
-        bulk_answer),
+        "pilot",
+        m.UpdateJobsBulk,
+        lambda s, b, c: s.update_jobs_bulk_op(
+            [m.camel_job(u) if isinstance(u, dict) else u for u in json_list(b.job_list, "job_list")], caller=c
+        ),
+        bulk_answer,
+    ),
     "event/acquire_event_ranges": Hot(
-        "event", m.AcquireRanges,
-        lambda s, b, c: s.acquire_event_ranges_op(b.job_id, b.task_id, b.n_ranges, caller=c)),
+        "event", m.AcquireRanges, lambda s, b, c: s.acquire_event_ranges_op(b.job_id, b.task_id, b.n_ranges, caller=c)
+    ),
     "event/update_event_ranges": Hot(
-        "event", m.UpdateRanges,
+        "event",
+        m.UpdateRanges,
         lambda s, b, c: s.update_event_ranges_op(json_list(b.event_ranges, "event_ranges"), b.version, caller=c),
-        ranges_answer),
+        ranges_answer,
+    ),
 }
 
 
@@ -136,8 +153,11 @@ class FastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        hot = HOT.get(path[8:]) if scope["type"] == "http" and scope["method"] == "POST" and \
-            path.startswith("/api/v1/") else None
+        hot = (
+            HOT.get(path[8:])
+            if scope["type"] == "http" and scope["method"] == "POST" and path.startswith("/api/v1/")
+            else None
+        )
         if hot is None:
             await self.app(scope, receive, send)
             return
@@ -161,11 +181,19 @@ class FastPath:
             status, doc = 403, {"success": False, "message": str(exc), "data": None}
         except CentralError as exc:
             status, doc = getattr(exc, "http_status", 200), {"success": False, "message": str(exc), "data": None}
-        except Exception:  # noqa: BLE001 - last resort: logged with its traceback, answered in the dialect
+        except Exception:
             log.exception("unexpected error answering %s", path)
             status, doc = 500, {"success": False, "message": "internal error (logged by the service)", "data": None}
         payload = dumps(doc)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(payload)).encode()), *unread_body_headers(status)]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    *unread_body_headers(status),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})

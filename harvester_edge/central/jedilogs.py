@@ -10,6 +10,7 @@ the upload's file name cut at its last "/", and an upload replaces a log of the 
   zlib chunk inflating past it, is refused (BodyTooLarge, HTTP 413) and leaves the log as it was.
 The monitor lists a job's logs (names holding its PandaID or task id as a whole number) and shows them.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,10 @@ def safe_name(filename: str | None) -> str:
     """The log's name: the upload's file name after its last '/', when it is a safe name (see the module doc)."""
     base = (filename or "").replace("\\", "/").split("/")[-1]
     if not base or len(base) > MAX_NAME_LEN or not _SAFE.fullmatch(base):
-        raise InvalidInput(f"log file name {filename!r:.120} is not allowed: use letters, digits, '.', '_' and '-' "
-                           f"(at most {MAX_NAME_LEN} characters, not starting with '.')")
+        raise InvalidInput(
+            f"log file name {filename!r:.120} is not allowed: use letters, digits, '.', '_' and '-' "
+            f"(at most {MAX_NAME_LEN} characters, not starting with '.')"
+        )
     return base
 
 
@@ -107,6 +110,10 @@ def for_job(db: Path | str, panda_id: int, task_id: int | None = None) -> list[s
     if not where.is_dir():
         return []
     wanted = {str(panda_id)} | ({str(task_id)} if task_id is not None else set())
-    return sorted(entry.name for entry in os.scandir(where)
-                  if entry.is_file(follow_symlinks=False) and not entry.name.startswith(".")
-                  and wanted & set(re.findall(r"[0-9]+", entry.name)))
+    return sorted(
+        entry.name
+        for entry in os.scandir(where)
+        if entry.is_file(follow_symlinks=False)
+        and not entry.name.startswith(".")
+        and wanted & set(re.findall(r"[0-9]+", entry.name))
+    )

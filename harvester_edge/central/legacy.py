@@ -4,10 +4,12 @@ Pilot 3.11 gzips its JSON body WITHOUT a Content-Encoding header: the gzip magic
 inflated (capped) by gate.CappedBodies before the route runs, after the token check.
 JSON booleans arrive as the strings "True"/"False". Answers are urlencoded unless Accept asks for JSON.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Request
@@ -44,8 +46,10 @@ def render(answer: Any, want_json: bool) -> Response:
         return Response(answer, media_type="text/plain")
     if want_json:
         return Response(json.dumps(answer, default=str), media_type="application/json")
-    flat = {k: (v if isinstance(v, (str, int, float)) and not isinstance(v, bool) else json.dumps(v, default=str))
-            for k, v in answer.items()}
+    flat = {
+        k: (v if isinstance(v, (str, int, float)) and not isinstance(v, bool) else json.dumps(v, default=str))
+        for k, v in answer.items()
+    }
     return Response(urlencode(flat), media_type="text/plain")
 
 
@@ -89,8 +93,14 @@ NO_JOBS = "no jobs in PanDA: no activated job of an active task"  # the pilot's 
 
 def get_job(svc, p: dict, claims) -> Any:
     n_jobs = integer(p, "nJobs", 0, 0, 10_000)
-    jobs = svc.acquire_jobs(str(p.get("siteName") or "unknown"), max(n_jobs, 1),
-                            p.get("harvester_id"), p.get("worker_id"), p.get("node"), caller=caller(p, claims))
+    jobs = svc.acquire_jobs(
+        str(p.get("siteName") or "unknown"),
+        max(n_jobs, 1),
+        p.get("harvester_id"),
+        p.get("worker_id"),
+        p.get("node"),
+        caller=caller(p, claims),
+    )
     if "nJobs" in p:
         return {"StatusCode": 0, "jobs": jobs} if jobs else {"StatusCode": 20, "jobs": [], "errorDialog": NO_JOBS}
     if not jobs:
@@ -118,28 +128,42 @@ def get_status(svc, p: dict, claims) -> Any:
     if not ids or not all(i.isdigit() and i.isascii() and len(i) < 19 for i in ids):
         raise InvalidInput("parameter ids must be PandaIDs separated by spaces")
     rows = svc.job_status([int(i) for i in ids])
-    return {"StatusCode": 0, "status": "+".join(r["status"] for r in rows),
-            "attemptNr": "+".join(str(r["attemptNr"]) for r in rows)}
+    return {
+        "StatusCode": 0,
+        "status": "+".join(r["status"] for r in rows),
+        "attemptNr": "+".join(str(r["attemptNr"]) for r in rows),
+    }
 
 
 def get_event_ranges(svc, p: dict, claims) -> Any:
     task = p.get("taskID")
-    ranges = svc.acquire_event_ranges(integer(p, "pandaID"), None if task in (None, "") else integer(p, "taskID"),
-                                      integer(p, "nRanges", 10, 1, 100_000), caller=caller(p, claims))
+    ranges = svc.acquire_event_ranges(
+        integer(p, "pandaID"),
+        None if task in (None, "") else integer(p, "taskID"),
+        integer(p, "nRanges", 10, 1, 100_000),
+        caller=caller(p, claims),
+    )
     return {"StatusCode": 0, "eventRanges": ranges}
 
 
 def update_event_ranges(svc, p: dict, claims) -> Any:
-    out = svc.update_event_ranges(json_param(p, "eventRanges"), integer(p, "version", 0, 0, 1),
-                                  caller=caller(p, claims))
+    out = svc.update_event_ranges(
+        json_param(p, "eventRanges"), integer(p, "version", 0, 0, 1), caller=caller(p, claims)
+    )
     return {"StatusCode": 0, "Returns": out["Returns"], "Command": out["Command"]}
 
 
 def update_worker_pilot_status(svc, p: dict, claims) -> Any:
     if not p.get("harvesterID") or p.get("workerID") in (None, ""):
         raise InvalidInput("parameters harvesterID and workerID are required")
-    svc.update_worker_pilot_status(p["harvesterID"], p["workerID"], p.get("status"), p.get("site"), p.get("node_id"),
-                                   caller=Caller(claims, str(p["harvesterID"])))
+    svc.update_worker_pilot_status(
+        p["harvesterID"],
+        p["workerID"],
+        p.get("status"),
+        p.get("site"),
+        p.get("node_id"),
+        caller=Caller(claims, str(p["harvesterID"])),
+    )
     return {"StatusCode": 0}
 
 
@@ -174,15 +198,21 @@ def get_resource_types(svc, p: dict, claims) -> Any:
 
 def get_proxy(svc, p: dict, claims) -> Any:
     """The pilot reads StatusCode and errorDialog (90: proxy error): there is no proxy cache here."""
-    return {"StatusCode": 90, "errorDialog": "proxies are not available from this service (harvester-edge has no "
-                                             "proxy cache): give the pilot X509_USER_PROXY or a token"}
+    return {
+        "StatusCode": 90,
+        "errorDialog": "proxies are not available from this service (harvester-edge has no "
+        "proxy cache): give the pilot X509_USER_PROXY or a token",
+    }
 
 
 def get_key_pair(svc, p: dict, claims) -> Any:
     """The pilot reads StatusCode (80: key missing) and then publicKey/privateKey."""
-    return {"StatusCode": 80, "errorDialog": f"key pair {str(p.get('publicKeyName'))[:100]}/"
-                                             f"{str(p.get('privateKeyName'))[:100]} is not available: this service "
-                                             f"keeps no object store keys"}
+    return {
+        "StatusCode": 80,
+        "errorDialog": f"key pair {str(p.get('publicKeyName'))[:100]}/"
+        f"{str(p.get('privateKeyName'))[:100]} is not available: this service "
+        f"keeps no object store keys",
+    }
 
 
 def get_user_secrets(svc, p: dict, claims) -> Any:
@@ -196,19 +226,24 @@ def set_debug_mode(svc, p: dict, claims) -> Any:
 
 
 METHODS: dict[str, tuple[str, Callable]] = {
-    "getJob": ("pilot", get_job), "updateJob": ("pilot", update_job),
-    "updateJobsInBulk": ("pilot", update_jobs_in_bulk), "getStatus": ("pilot", get_status),
-    "getEventRanges": ("event", get_event_ranges), "updateEventRanges": ("event", update_event_ranges),
+    "getJob": ("pilot", get_job),
+    "updateJob": ("pilot", update_job),
+    "updateJobsInBulk": ("pilot", update_jobs_in_bulk),
+    "getStatus": ("pilot", get_status),
+    "getEventRanges": ("event", get_event_ranges),
+    "updateEventRanges": ("event", update_event_ranges),
     "updateWorkerPilotStatus": ("pilot", update_worker_pilot_status),
-    "get_access_token": ("creds", get_access_token), "get_token_key": ("creds", get_token_key),
-    "getResourceTypes": ("metaconfig", get_resource_types), "getProxy": ("pilot", get_proxy),
-    "getKeyPair": ("pilot", get_key_pair), "get_user_secrets": ("pilot", get_user_secrets),
+    "get_access_token": ("creds", get_access_token),
+    "get_token_key": ("creds", get_token_key),
+    "getResourceTypes": ("metaconfig", get_resource_types),
+    "getProxy": ("pilot", get_proxy),
+    "getKeyPair": ("pilot", get_key_pair),
+    "get_user_secrets": ("pilot", get_user_secrets),
     "setDebugMode": ("pilot", set_debug_mode),
 }
 # Methods answered in JSON whatever the Accept header, as the real server does: the pilot parses the credential
 # answers (get_access_token) with a JSON/Python literal parser and sends no Accept header there.
 ALWAYS_JSON = frozenset({"get_access_token", "get_token_key", "getResourceTypes", "getProxy", "getKeyPair"})
-
 
 
 _SUMMARY = "Legacy PanDA methods: " + ", ".join(sorted(METHODS)) + ", isAlive"
@@ -246,6 +281,9 @@ async def legacy_method(method: str, request: Request) -> Response:
 def refusal(exc: AuthError, want_json: bool) -> Response:
     """HTTP 403 (a failed token or a foreign job), in JSON {StatusCode 70, errorDialog} when JSON is expected."""
     if want_json:
-        return Response(json.dumps({"StatusCode": exc.status_code, "errorDialog": str(exc)}), status_code=403,
-                        media_type="application/json")
+        return Response(
+            json.dumps({"StatusCode": exc.status_code, "errorDialog": str(exc)}),
+            status_code=403,
+            media_type="application/json",
+        )
     return Response(str(exc), status_code=403, media_type="text/plain")

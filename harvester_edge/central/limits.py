@@ -4,6 +4,7 @@ Names and ids over MAX_NAME are refused; error diagnostics are truncated to MAX_
 its 500-character columns (JobSpec.pilotErrorDiag, exeErrorDiag) rather than refusing a pilot's final report.
 Integers stored by SQLite must fit 63 bits: BIG bounds every id and count.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,10 @@ from typing import Any
 from .errors import InvalidInput
 
 BIG = 2**62
-MAX_NAME = 256            # harvester, worker, site, node, client names and ids
-MAX_STATE = 32            # job, worker and pilot states
-MAX_DIAG = 500            # error diagnostics: truncated, not refused
-MAX_ATTRS = 64 * 1024     # the JSON of a worker's or a harvester's extra attributes
+MAX_NAME = 256  # harvester, worker, site, node, client names and ids
+MAX_STATE = 32  # job, worker and pilot states
+MAX_DIAG = 500  # error diagnostics: truncated, not refused
+MAX_ATTRS = 64 * 1024  # the JSON of a worker's or a harvester's extra attributes
 
 
 def name(field: str, value: Any, required: bool = False, max_len: int = MAX_NAME) -> str | None:

@@ -1,4 +1,5 @@
 """Request bodies of the /api/v1 dialect (pydantic): shared by the FastAPI routes and the hot path."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -36,10 +37,20 @@ class AcquireJobs(Body):
 
 
 # snake_case v1 names -> the PanDA camelCase names the service layer stores
-_JOB_FIELDS = {"job_id": "jobId", "job_status": "state", "state": "state", "trans_exit_code": "transExitCode",
-               "pilot_error_code": "pilotErrorCode", "pilot_error_diag": "pilotErrorDiag",
-               "exe_error_code": "exeErrorCode", "exe_error_diag": "exeErrorDiag", "node": "node",
-               "n_events": "nEvents", "core_count": "coreCount", "attempt_nr": "attemptNr"}
+_JOB_FIELDS = {
+    "job_id": "jobId",
+    "job_status": "state",
+    "state": "state",
+    "trans_exit_code": "transExitCode",
+    "pilot_error_code": "pilotErrorCode",
+    "pilot_error_diag": "pilotErrorDiag",
+    "exe_error_code": "exeErrorCode",
+    "exe_error_diag": "exeErrorDiag",
+    "node": "node",
+    "n_events": "nEvents",
+    "core_count": "coreCount",
+    "attempt_nr": "attemptNr",
+}
 
 
 def camel_job(update: dict) -> dict:

@@ -44,13 +44,15 @@ No schema change: the relation is read from workers.attrs (one row by primary ke
 harvester-edge's own daemon relays its pilots' ranges through access-point files with its harvester token and
 does not send pandaid_list (yet): a pilot credential of its workers is then held to the site's jobs.
 """
+
 from __future__ import annotations
 
 import json
 import re
 import sqlite3
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .errors import AuthError
 
@@ -99,8 +101,7 @@ def may_change(claims: Mapping[str, Any] | None, job: Mapping[str, Any]) -> bool
     if "pilot" not in scope:
         return False
     if claims.get("harvester") is not None:
-        return job["harvester_id"] == str(claims["harvester"]) and \
-            job["worker_id"] in (None, str(claims.get("worker")))
+        return job["harvester_id"] == str(claims["harvester"]) and job["worker_id"] in (None, str(claims.get("worker")))
     return job["harvester_id"] == claims["sub"]
 
 
@@ -119,8 +120,10 @@ def named_harvester(caller: Caller, harvester_id: Any = None, worker_id: Any = N
         return harvester_id, worker_id
     harvester, worker = identity(caller.claims)
     if harvester_id is not None and harvester_id != harvester:
-        raise AuthError(f"token of {caller.claims.get('sub')!r} acts for harvester {harvester!r}, "
-                        f"not {harvester_id!r}: drop harvester_id or send the one the token was issued to")
+        raise AuthError(
+            f"token of {caller.claims.get('sub')!r} acts for harvester {harvester!r}, "
+            f"not {harvester_id!r}: drop harvester_id or send the one the token was issued to"
+        )
     if worker is not None and worker_id is not None and worker_id != worker:
         raise AuthError(f"pilot token of worker {worker} of {harvester!r} cannot act for worker {worker_id!r}")
     return harvester, worker if worker is not None else worker_id
@@ -143,7 +146,7 @@ class Judge:
 
     def __init__(self, conn: sqlite3.Connection, caller: Caller) -> None:
         self.conn, self.caller = conn, caller
-        self._links: set[int] | None | bool = False  # False: not read yet
+        self._links: set[int] | bool | None = False  # False: not read yet
 
     def allows(self, job: Mapping[str, Any]) -> bool:
         caller = self.caller
@@ -166,9 +169,11 @@ class Judge:
 
     def check(self, job: Mapping[str, Any]) -> None:
         if not self.allows(job):
-            raise AuthError(f"job {job['panda_id']} was dispatched to harvester {job['harvester_id']!r}"
-                            f"{'' if job['worker_id'] is None else ' worker ' + str(job['worker_id'])}: "
-                            f"{_who(self.caller)} may not change it or its event ranges")
+            raise AuthError(
+                f"job {job['panda_id']} was dispatched to harvester {job['harvester_id']!r}"
+                f"{'' if job['worker_id'] is None else ' worker ' + str(job['worker_id'])}: "
+                f"{_who(self.caller)} may not change it or its event ranges"
+            )
 
     def refused(self, panda_ids: Iterable[int]) -> set[int]:
         """The PandaIDs among these (existing jobs) that the caller may not change."""
@@ -177,9 +182,11 @@ class Judge:
         ids = sorted(set(panda_ids))
         out: set[int] = set()
         for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            for job in self.conn.execute(f"SELECT panda_id, harvester_id, worker_id FROM jobs WHERE panda_id IN "
-                                         f"({','.join('?' * len(chunk))})", chunk):
+            chunk = ids[i : i + 500]
+            for job in self.conn.execute(
+                f"SELECT panda_id, harvester_id, worker_id FROM jobs WHERE panda_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ):
                 if not self.allows(job):
                     out.add(job["panda_id"])
         return out

@@ -1,4 +1,5 @@
 """Running the central service: in-process on a thread (EmbeddedCentral) or as its own process (serve)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -9,8 +10,8 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import uvicorn
 
@@ -50,9 +51,11 @@ def check_trusted(settings: CentralSettings) -> None:
     if settings.trusted:
         allowed, why = trusted_allowed(settings)
         if not allowed:
-            raise CentralError(f"central.trusted is true but {why}: trusted mode (no tokens) is only allowed on "
-                               f"loopback, a unix socket or a network listed in central.trusted_networks; "
-                               f"listen on 127.0.0.1, list the network, or set trusted: false")
+            raise CentralError(
+                f"central.trusted is true but {why}: trusted mode (no tokens) is only allowed on "
+                f"loopback, a unix socket or a network listed in central.trusted_networks; "
+                f"listen on 127.0.0.1, list the network, or set trusted: false"
+            )
 
 
 def db_path(settings: CentralSettings) -> Path:
@@ -85,8 +88,11 @@ class EmbeddedCentral:
         except BaseException:
             self.stop()
             raise
-        log.info("central service listening on %s (%s)", self.url,
-                 "trusted mode, no tokens" if self.settings.trusted else "tokens required")
+        log.info(
+            "central service listening on %s (%s)",
+            self.url,
+            "trusted mode, no tokens" if self.settings.trusted else "tokens required",
+        )
         return self.url
 
     def _start(self, path: Path, timeout: float) -> None:
@@ -94,17 +100,26 @@ class EmbeddedCentral:
         if not self.settings.trusted:
             secret_file = self.settings.tokens.secret_file or path.with_name("central.secret")
             private_file(Path(secret_file))  # 0600 (created so by tokens.py; an older one is tightened)
-            self.authority = TokenAuthority(self.service.db, self.settings.tokens,
-                                            load_or_create_secret(Path(secret_file)), self.clock)
+            self.authority = TokenAuthority(
+                self.service.db, self.settings.tokens, load_or_create_secret(Path(secret_file)), self.clock
+            )
         app = HttpTiming(create_asgi(self.settings, self.service, self.authority))  # hot path timed too
         sock = self._bind()
         cap = connection_cap(self.settings.max_connections, raise_fd_limit())
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", proxy_headers=False,
-                                timeout_graceful_shutdown=2, timeout_keep_alive=60,
-                                http=protocol_class(self.settings.header_timeout, cap))  # see connections.py
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            proxy_headers=False,
+            timeout_graceful_shutdown=2,
+            timeout_keep_alive=60,
+            http=protocol_class(self.settings.header_timeout, cap),
+        )  # see connections.py
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._run_loop, args=(self._server, sock), name="central-http",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run_loop, args=(self._server, sock), name="central-http", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
@@ -118,6 +133,7 @@ class EmbeddedCentral:
     def _run_loop(server: uvicorn.Server, sock: socket.socket) -> None:
         try:
             import uvloop  # optional: a faster event loop when installed
+
             factory = uvloop.new_event_loop
         except ImportError:
             factory = None
@@ -136,8 +152,10 @@ class EmbeddedCentral:
                     shutil.chown(path, group=self.settings.unix_socket_group)
                 except (LookupError, PermissionError) as exc:
                     sock.close()
-                    raise CentralError(f"central.unix_socket_group {self.settings.unix_socket_group!r}: cannot "
-                                       f"give {path} to that group ({exc}); pick a group you belong to") from exc
+                    raise CentralError(
+                        f"central.unix_socket_group {self.settings.unix_socket_group!r}: cannot "
+                        f"give {path} to that group ({exc}); pick a group you belong to"
+                    ) from exc
             path.chmod(self.settings.unix_socket_mode)
             self.url = f"http+unix://{path}"
             return sock
@@ -150,8 +168,10 @@ class EmbeddedCentral:
             sock.bind((self.settings.host, self.settings.port))
         except OSError as exc:
             sock.close()
-            raise CentralError(f"central service cannot listen on {self.settings.host}:{self.settings.port}: "
-                               f"{exc}; pick another central.port (0 = any free port)") from exc
+            raise CentralError(
+                f"central service cannot listen on {self.settings.host}:{self.settings.port}: "
+                f"{exc}; pick another central.port (0 = any free port)"
+            ) from exc
         host, port = sock.getsockname()[:2]
         self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
         return sock
@@ -160,7 +180,7 @@ class EmbeddedCentral:
         while not self._stop.wait(self.settings.watchdog_interval):
             try:
                 self.service.run_watchdog()
-            except Exception:  # noqa: BLE001 - the watchdog survives a bad cycle
+            except Exception:
                 log.exception("central watchdog cycle failed; trying again in %ss", self.settings.watchdog_interval)
 
     def stop(self, timeout: float = 5.0) -> None:

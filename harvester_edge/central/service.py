@@ -1,11 +1,13 @@
 """The central service layer: plain Python over the central SQLite file, called by HTTP endpoints AND the CLI."""
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import classify, events, jobs, limits, tasks
 from .db import Database
@@ -35,8 +37,13 @@ def _check_int(name: str, value: Any, low: int = 0, high: int = 2**62) -> int:
 class CentralService:
     """Tasks, jumbo jobs, event ranges, workers and error classes. Every write is one savepoint (group commit)."""
 
-    def __init__(self, db: Database, default_attempts: int = 3, heartbeat_timeout: float = 7200,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        db: Database,
+        default_attempts: int = 3,
+        heartbeat_timeout: float = 7200,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.db = db
         self.default_attempts = default_attempts
         self.heartbeat_timeout = heartbeat_timeout
@@ -44,7 +51,7 @@ class CentralService:
         self.pilot_log_dir: Path | None = None  # where PanDA pilots stage out log tarballs (the monitor reads it)
 
     @classmethod
-    def open(cls, path: Path, settings: Any = None, clock: Callable[[], float] = time.time) -> "CentralService":
+    def open(cls, path: Path, settings: Any = None, clock: Callable[[], float] = time.time) -> CentralService:
         db = Database(path).open()
         if settings is None:
             return cls(db, clock=clock)
@@ -62,8 +69,14 @@ class CentralService:
     def submit_task(self, spec: TaskSpec | dict, now: float | None = None) -> int:
         spec = spec if isinstance(spec, TaskSpec) else parse_task(spec)
         task_id = self.db.write(tasks.submit, spec, self.default_attempts, self._now(now))
-        log.info("task %s (%s) submitted: %d events in ranges of %d, %d jobs", task_id, spec.name, spec.events,
-                 spec.events_per_range, spec.jobs)
+        log.info(
+            "task %s (%s) submitted: %d events in ranges of %d, %d jobs",
+            task_id,
+            spec.name,
+            spec.events,
+            spec.events_per_range,
+            spec.jobs,
+        )
         return task_id
 
     def list_tasks(self) -> list[dict]:
@@ -88,17 +101,35 @@ class CentralService:
         return op.post(value) if op.post else value
 
     # Every op that changes a job or its ranges takes the Caller (ownership.py) and checks it inside the write.
-    def acquire_jobs_op(self, site: str, n_jobs: int = 1, harvester_id: str | None = None,
-                        worker_id: str | None = None, node: str | None = None, now: float | None = None,
-                        caller: Caller = TRUSTED) -> Op:
+    def acquire_jobs_op(
+        self,
+        site: str,
+        n_jobs: int = 1,
+        harvester_id: str | None = None,
+        worker_id: str | None = None,
+        node: str | None = None,
+        now: float | None = None,
+        caller: Caller = TRUSTED,
+    ) -> Op:
         _check_int("n_jobs", n_jobs, 1, 10_000)
-        harvester_id, worker_id = named_harvester(caller, limits.name("harvester_id", harvester_id),
-                                                  limits.name("worker_id", worker_id))
-        return Op(jobs.dispatch, (n_jobs, limits.name("site", site, required=True), harvester_id, worker_id,
-                                  limits.name("node", node), self._now(now)))
+        harvester_id, worker_id = named_harvester(
+            caller, limits.name("harvester_id", harvester_id), limits.name("worker_id", worker_id)
+        )
+        return Op(
+            jobs.dispatch,
+            (
+                n_jobs,
+                limits.name("site", site, required=True),
+                harvester_id,
+                worker_id,
+                limits.name("node", node),
+                self._now(now),
+            ),
+        )
 
-    def update_job_op(self, job_id: int, state: str, fields: dict | None = None, now: float | None = None,
-                      caller: Caller = TRUSTED) -> Op:
+    def update_job_op(
+        self, job_id: int, state: str, fields: dict | None = None, now: float | None = None, caller: Caller = TRUSTED
+    ) -> Op:
         named_harvester(caller, caller.harvester_id)
         return Op(_update_job, (job_id, state, fields or {}, self._now(now), caller))
 
@@ -109,131 +140,209 @@ class CentralService:
         named_harvester(caller, caller.harvester_id)
         return Op(_bulk, (updates, self._now(now), caller))
 
-    def acquire_event_ranges_op(self, job_id: int, task_id: int | None = None, n_ranges: int = 10,
-                                now: float | None = None, caller: Caller = TRUSTED) -> Op:
+    def acquire_event_ranges_op(
+        self,
+        job_id: int,
+        task_id: int | None = None,
+        n_ranges: int = 10,
+        now: float | None = None,
+        caller: Caller = TRUSTED,
+    ) -> Op:
         _check_int("n_ranges", n_ranges, 1, 100_000)
         named_harvester(caller, caller.harvester_id)
         return Op(_acquire_ranges, (job_id, task_id, n_ranges, self._now(now), caller))
 
-    def update_event_ranges_op(self, reports: Any, version: int = 0, now: float | None = None,
-                               caller: Caller = TRUSTED) -> Op:
+    def update_event_ranges_op(
+        self, reports: Any, version: int = 0, now: float | None = None, caller: Caller = TRUSTED
+    ) -> Op:
         flat = events.flatten_reports(reports, version)
         named_harvester(caller, caller.harvester_id)
-        return Op(_update_ranges, (flat, self._now(now), caller),
-                  lambda results: {"Returns": [r not in ("stale", "refused") for r in results], "Results": results,
-                                   "Command": None})
+        return Op(
+            _update_ranges,
+            (flat, self._now(now), caller),
+            lambda results: {
+                "Returns": [r not in ("stale", "refused") for r in results],
+                "Results": results,
+                "Command": None,
+            },
+        )
 
-    def acquire_jobs(self, site: str, n_jobs: int = 1, harvester_id: str | None = None,
-                     worker_id: str | None = None, node: str | None = None, now: float | None = None,
-                     caller: Caller = TRUSTED) -> list[dict]:
+    def acquire_jobs(
+        self,
+        site: str,
+        n_jobs: int = 1,
+        harvester_id: str | None = None,
+        worker_id: str | None = None,
+        node: str | None = None,
+        now: float | None = None,
+        caller: Caller = TRUSTED,
+    ) -> list[dict]:
         return self.run(self.acquire_jobs_op(site, n_jobs, harvester_id, worker_id, node, now, caller))
 
-    def update_job(self, job_id: int, state: str, fields: dict | None = None, now: float | None = None,
-                   caller: Caller = TRUSTED) -> str:
+    def update_job(
+        self, job_id: int, state: str, fields: dict | None = None, now: float | None = None, caller: Caller = TRUSTED
+    ) -> str:
         """A pilot's update; returns the command for the pilot ('NULL' or 'tobekilled')."""
         return self.run(self.update_job_op(job_id, state, fields, now, caller))
 
     def update_jobs_bulk(self, updates: list[dict], now: float | None = None, caller: Caller = TRUSTED) -> list[dict]:
         return self.run(self.update_jobs_bulk_op(updates, now, caller))
 
-    def acquire_event_ranges(self, job_id: int, task_id: int | None = None, n_ranges: int = 10,
-                             now: float | None = None, caller: Caller = TRUSTED) -> list[dict]:
+    def acquire_event_ranges(
+        self,
+        job_id: int,
+        task_id: int | None = None,
+        n_ranges: int = 10,
+        now: float | None = None,
+        caller: Caller = TRUSTED,
+    ) -> list[dict]:
         return self.run(self.acquire_event_ranges_op(job_id, task_id, n_ranges, now, caller))
 
-    def update_event_ranges(self, reports: Any, version: int = 0, now: float | None = None,
-                            caller: Caller = TRUSTED) -> dict:
+    def update_event_ranges(
+        self, reports: Any, version: int = 0, now: float | None = None, caller: Caller = TRUSTED
+    ) -> dict:
         """{"Returns": [bool], "Results": ['applied'|'duplicate'|'stale'|'ignored'|'refused'], "Command": None}."""
         return self.run(self.update_event_ranges_op(reports, version, now, caller))
 
     def job_status(self, job_ids: list[int]) -> list[dict]:
         out = []
         for jid in job_ids:
-            row = self.db.reader().execute("SELECT status, attempt_nr, command FROM jobs WHERE panda_id=?",
-                                           (_check_int("job id", jid),)).fetchone()
-            out.append({"PandaID": jid, "status": row[0] if row else "notfound",
-                        "attemptNr": row[1] if row else 0, "command": (row[2] or "NULL") if row else "NULL"})
+            row = (
+                self.db.reader()
+                .execute("SELECT status, attempt_nr, command FROM jobs WHERE panda_id=?", (_check_int("job id", jid),))
+                .fetchone()
+            )
+            out.append(
+                {
+                    "PandaID": jid,
+                    "status": row[0] if row else "notfound",
+                    "attemptNr": row[1] if row else 0,
+                    "command": (row[2] or "NULL") if row else "NULL",
+                }
+            )
         return out
 
     # -- reads ----------------------------------------------------------------------------------------------
     def available_range_count(self, task_id: int | None = None) -> int:
-        sql, args = "SELECT count(*) FROM ranges r JOIN tasks t USING (task_id) WHERE r.status=? " \
-                    "AND t.status IN ('defined', 'running')", [int(RangeStatus.READY)]
+        sql, args = (
+            "SELECT count(*) FROM ranges r JOIN tasks t USING (task_id) WHERE r.status=? "
+            "AND t.status IN ('defined', 'running')",
+            [int(RangeStatus.READY)],
+        )
         if task_id is not None:
             sql, args = sql + " AND r.task_id=?", args + [_check_int("task_id", task_id)]
         return self.db.reader().execute(sql, args).fetchone()[0]
 
     # -- harvester and workers ------------------------------------------------------------------------------
-    def heartbeat(self, harvester_id: str, attrs: dict | None = None, now: float | None = None,
-                  caller: Caller = TRUSTED) -> None:
+    def heartbeat(
+        self, harvester_id: str, attrs: dict | None = None, now: float | None = None, caller: Caller = TRUSTED
+    ) -> None:
         name = named_harvester(caller, limits.name("harvester_id", harvester_id, required=True))[0]
         text = limits.attrs("heartbeat data", attrs or {})
-        self.db.write(lambda c, n: c.execute(
-            "INSERT INTO harvesters (harvester_id, last_heartbeat, attrs) VALUES (?, ?, ?) ON CONFLICT (harvester_id) "
-            "DO UPDATE SET last_heartbeat=excluded.last_heartbeat, attrs=excluded.attrs", (name, n, text)),
-            self._now(now))
+        self.db.write(
+            lambda c, n: c.execute(
+                "INSERT INTO harvesters (harvester_id, last_heartbeat, attrs) VALUES (?, ?, ?) "
+                "ON CONFLICT (harvester_id) DO UPDATE SET last_heartbeat=excluded.last_heartbeat, attrs=excluded.attrs",
+                (name, n, text),
+            ),
+            self._now(now),
+        )
 
-    def update_workers(self, harvester_id: str, workers: list[dict], now: float | None = None,
-                       caller: Caller = TRUSTED) -> list[bool]:
+    def update_workers(
+        self, harvester_id: str, workers: list[dict], now: float | None = None, caller: Caller = TRUSTED
+    ) -> list[bool]:
         """Harvester's worker specs; "pandaid_list" (the jobs a worker runs) also bounds its pilot (ownership.py)."""
         harvester_id = named_harvester(caller, limits.name("harvester_id", harvester_id, required=True))[0]
         if not isinstance(workers, list) or not all(isinstance(w, dict) and "workerID" in w for w in workers):
             raise InvalidInput("workers must be a list of objects with a workerID")
         for w in workers:
             listed = w.get("pandaid_list")
-            if listed is not None and (not isinstance(listed, list) or not all(
-                    isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 2**62 for p in listed)):
-                raise InvalidInput(f"pandaid_list of worker {w['workerID']!r:.80} must be a list of PandaIDs, "
-                                   f"got {listed!r:.80}")
-        rows = [(limits.name("workerID", w["workerID"], required=True),
-                 limits.name("worker status", w.get("status"), max_len=limits.MAX_STATE),
-                 limits.name("computingSite", w.get("computingSite")), limits.name("nodeID", w.get("nodeID")),
-                 limits.attrs(f"worker {w['workerID']!r:.40}", w)) for w in workers]
+            if listed is not None and (
+                not isinstance(listed, list)
+                or not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 2**62 for p in listed)
+            ):
+                raise InvalidInput(
+                    f"pandaid_list of worker {w['workerID']!r:.80} must be a list of PandaIDs, got {listed!r:.80}"
+                )
+        rows = [
+            (
+                limits.name("workerID", w["workerID"], required=True),
+                limits.name("worker status", w.get("status"), max_len=limits.MAX_STATE),
+                limits.name("computingSite", w.get("computingSite")),
+                limits.name("nodeID", w.get("nodeID")),
+                limits.attrs(f"worker {w['workerID']!r:.40}", w),
+            )
+            for w in workers
+        ]
         return self.db.write(_upsert_workers, harvester_id, rows, self._now(now))
 
-    def update_worker_pilot_status(self, harvester_id: str, worker_id: str, status: str, site: str | None = None,
-                                   node: str | None = None, now: float | None = None, caller: Caller = TRUSTED) -> None:
-        harvester_id, worker_id = named_harvester(caller, limits.name("harvester_id", harvester_id, required=True),
-                                                  limits.name("worker_id", worker_id, required=True))
+    def update_worker_pilot_status(
+        self,
+        harvester_id: str,
+        worker_id: str,
+        status: str,
+        site: str | None = None,
+        node: str | None = None,
+        now: float | None = None,
+        caller: Caller = TRUSTED,
+    ) -> None:
+        harvester_id, worker_id = named_harvester(
+            caller,
+            limits.name("harvester_id", harvester_id, required=True),
+            limits.name("worker_id", worker_id, required=True),
+        )
         if not isinstance(status, str) or status not in ("started", "finished"):
             raise InvalidInput(f"pilot status must be 'started' or 'finished', got {status!r:.80}")
         row = (harvester_id, worker_id, status, limits.name("site", site), limits.name("node", node))
-        self.db.write(lambda c, n: c.execute(
-            "INSERT INTO workers (harvester_id, worker_id, pilot_status, site, node, modified) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET pilot_status=excluded.pilot_status, "
-            "node=coalesce(excluded.node, node), modified=excluded.modified", (*row, n)), self._now(now))
+        self.db.write(
+            lambda c, n: c.execute(
+                "INSERT INTO workers (harvester_id, worker_id, pilot_status, site, node, modified) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET pilot_status=excluded.pilot_status, "
+                "node=coalesce(excluded.node, node), modified=excluded.modified",
+                (*row, n),
+            ),
+            self._now(now),
+        )
 
     def update_worker_node(self, node: dict, gpu: bool = False, now: float | None = None) -> None:
         """A pilot's description of its node (v1 pilot/update_worker_node[_gpu]), one row per (site, host)."""
         text = limits.attrs("worker node", node)
         column = "gpus" if gpu else "attrs"
-        self.db.write(lambda c, n: c.execute(
-            f"INSERT INTO worker_nodes (site, host_name, {column}, modified) VALUES (?, ?, ?, ?) "
-            f"ON CONFLICT (site, host_name) DO UPDATE SET {column}=excluded.{column}, modified=excluded.modified",
-            (node["site"], node["host_name"], text, n)), self._now(now))
+        self.db.write(
+            lambda c, n: c.execute(
+                f"INSERT INTO worker_nodes (site, host_name, {column}, modified) VALUES (?, ?, ?, ?) "
+                f"ON CONFLICT (site, host_name) DO UPDATE SET {column}=excluded.{column}, modified=excluded.modified",
+                (node["site"], node["host_name"], text, n),
+            ),
+            self._now(now),
+        )
 
     # -- watchdog and errors --------------------------------------------------------------------------------
     def run_watchdog(self, now: float | None = None) -> list[int]:
         now = self._now(now)
         lost = self.db.write(jobs.lose_heartbeats, now - self.heartbeat_timeout, now)
         if lost:
-            log.warning("watchdog: jobs %s lost their heartbeat (%ds): failed with code 100, ranges released",
-                        lost, self.heartbeat_timeout)
+            log.warning(
+                "watchdog: jobs %s lost their heartbeat (%ds): failed with code 100, ranges released",
+                lost,
+                self.heartbeat_timeout,
+            )
         return lost
 
     def list_errors(self, status: str | None = None) -> list[dict]:
         sql = "SELECT * FROM error_classes" + (" WHERE status=?" if status else "") + " ORDER BY id"
         return [dict(r) for r in self.db.query(sql, (status,) if status else ())]
 
-    def add_error_rule(self, source: str, code: int, diag_pattern: str, klass: str,
-                       status: str = "confirmed") -> int:
+    def add_error_rule(self, source: str, code: int, diag_pattern: str, klass: str, status: str = "confirmed") -> int:
         return self.db.write(classify.add_rule, source, code, diag_pattern, klass, status, self.clock())
 
     def promote_error(self, rule_id: int, klass: str | None = None) -> dict:
         return self.db.write(classify.promote, rule_id, klass)
 
 
-def _update_job(conn, job_id: Any, state: Any, fields: dict, now: float, caller: Caller,
-                judge: Judge | None = None) -> str:
+def _update_job(
+    conn, job_id: Any, state: Any, fields: dict, now: float, caller: Caller, judge: Judge | None = None
+) -> str:
     if not caller.unchecked:  # look at the owner before anything else: a refused update writes nothing
         (judge or Judge(conn, caller)).check(jobs.get_job(conn, job_id))
     return jobs.update(conn, job_id, state, fields, now)
@@ -256,8 +365,7 @@ def _bulk(conn, updates: list, now: float, caller: Caller = TRUSTED) -> list[dic
     return answers
 
 
-def _acquire_ranges(conn, job_id: Any, task_id: Any, n_ranges: int, now: float,
-                    caller: Caller = TRUSTED) -> list[dict]:
+def _acquire_ranges(conn, job_id: Any, task_id: Any, n_ranges: int, now: float, caller: Caller = TRUSTED) -> list[dict]:
     job = jobs.get_job(conn, job_id)
     Judge(conn, caller).check(job)
     if task_id is not None and task_id != job["task_id"]:
@@ -269,9 +377,11 @@ def _acquire_ranges(conn, job_id: Any, task_id: Any, n_ranges: int, now: float,
         return []
     conn.execute("UPDATE jobs SET heartbeat=? WHERE panda_id=?", (now, job_id))
     if jobs.task_kind(task) == "ordinary":  # its one unit of work, claimed at dispatch: handed out once
-        rows = conn.execute("UPDATE ranges SET status=2, modified=? WHERE task_id=? AND panda_id=? AND status=1 "
-                            "RETURNING process_id, start_event, last_event, attempt_nr",
-                            (now, task["task_id"], job_id)).fetchall()
+        rows = conn.execute(
+            "UPDATE ranges SET status=2, modified=? WHERE task_id=? AND panda_id=? AND status=1 "
+            "RETURNING process_id, start_event, last_event, attempt_nr",
+            (now, task["task_id"], job_id),
+        ).fetchall()
         return events.render_ranges(task, job_id, rows)
     return events.claim(conn, task, job_id, n_ranges, now)
 
@@ -300,5 +410,7 @@ def _upsert_workers(conn, harvester_id: str, rows: list[tuple], now: float) -> l
         "INSERT INTO workers (harvester_id, worker_id, status, site, node, attrs, modified) "
         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET status=excluded.status, "
         "site=coalesce(excluded.site, site), node=coalesce(excluded.node, node), attrs=excluded.attrs, "
-        "modified=excluded.modified", [(harvester_id, *row, now) for row in rows])
+        "modified=excluded.modified",
+        [(harvester_id, *row, now) for row in rows],
+    )
     return [True] * len(rows)

@@ -1,4 +1,5 @@
 """The `central:` section of the site config: where the central service lives and how it authenticates."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -15,8 +16,10 @@ class TokenSettings(BaseModel, extra="forbid"):
     """JWT settings of the service (signing side) and of the harvester as a client of a remote service."""
 
     secret_file: Path | None = Field(
-        None, description="HS256 signing secret of the service; created (mode 0600) when missing. "
-                          "None = <db dir>/central.secret")
+        None,
+        description="HS256 signing secret of the service; created (mode 0600) when missing. "
+        "None = <db dir>/central.secret",
+    )
     access_lifetime: IntDuration = Field(3600, description="lifetime of short-lived access tokens")
     key_lifetime: IntDuration = Field(96 * 3600, description="lifetime of a pilot's secret token key")
     initial_lifetime: IntDuration = Field(96 * 3600, description="lifetime of the initial long-lived pilot token")
@@ -38,39 +41,76 @@ class CentralSettings(BaseModel, extra="forbid"):
     db: Path | None = Field(None, description="central SQLite file; None = <work_dir>/central.db")
     trusted: bool = Field(False, description="no tokens at all (loopback, unix socket or trusted_networks only)")
     trusted_networks: list[str] = Field(default_factory=list, description="CIDRs allowed in trusted mode")
-    unix_socket_mode: int = Field(0o600, ge=0, le=0o777, description="file mode of central.unix_socket (0660 "
-                                                                     "with unix_socket_group to share it)")
+    unix_socket_mode: int = Field(
+        0o600, ge=0, le=0o777, description="file mode of central.unix_socket (0660 with unix_socket_group to share it)"
+    )
     unix_socket_group: str | None = Field(None, description="group of central.unix_socket (None = yours)")
-    allowed_hosts: list[str] = Field(default_factory=list, description="more Host names the service answers to "
-                                     "(besides localhost, IP addresses and this machine's name); '*' = any")
-    allowed_origins: list[str] = Field(default_factory=list, description="web origins (scheme://host:port) "
-                                       "allowed to make state-changing calls besides the service's own")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="more Host names the service answers to "
+        "(besides localhost, IP addresses and this machine's name); '*' = any",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="web origins (scheme://host:port) allowed to make state-changing calls besides the service's own",
+    )
     tokens: TokenSettings = Field(default_factory=TokenSettings)
     # client side, to a remote PanDA server (mode: remote): how the harvester authenticates
-    origin: str | None = Field(None, description="client: sent as the Origin header on every call; a real PanDA "
-                               "server needs it with a token (the token's VO and role, e.g. atlas.production)")
-    cert_file: Path | None = Field(None, description="client: x509 client certificate (PEM; may hold the key too, "
-                                   "e.g. a proxy) presented to a remote server over https")
+    origin: str | None = Field(
+        None,
+        description="client: sent as the Origin header on every call; a real PanDA "
+        "server needs it with a token (the token's VO and role, e.g. atlas.production)",
+    )
+    cert_file: Path | None = Field(
+        None,
+        description="client: x509 client certificate (PEM; may hold the key too, "
+        "e.g. a proxy) presented to a remote server over https",
+    )
     key_file: Path | None = Field(None, description="client: private key of cert_file (PEM) if not in cert_file")
-    ca_bundle: Path | None = Field(None, description="client: CA certificates (PEM file or c_rehash'ed directory) "
-                                   "that verify the remote server; None = the system's CAs")
-    pilot_log_dir: Path | None = Field(None, description="where PanDA pilots stage out job log tarballs (their -a "
-                                       "work directory with `mv` stage-out): the monitor's job page serves "
-                                       "<dir>/<logFile> or <dir>/<one sub-directory>/<logFile>")
+    ca_bundle: Path | None = Field(
+        None,
+        description="client: CA certificates (PEM file or c_rehash'ed directory) "
+        "that verify the remote server; None = the system's CAs",
+    )
+    pilot_log_dir: Path | None = Field(
+        None,
+        description="where PanDA pilots stage out job log tarballs (their -a "
+        "work directory with `mv` stage-out): the monitor's job page serves "
+        "<dir>/<logFile> or <dir>/<one sub-directory>/<logFile>",
+    )
     heartbeat_timeout: IntDuration = Field(2 * 3600, description="jobs without heartbeat this long fail (code 100)")
     watchdog_interval: Duration = Field(60, gt=0)
     max_attempts: int = Field(3, ge=1, le=100, description="default attempts of a task's ranges")
     request_timeout: Duration = Field(30, gt=0, description="client: seconds per HTTP request")
-    body_timeout: Duration = Field(60, gt=0, le=3600, description="server: a request whose body is not complete this "
-                                   "long after its headers is answered 408 and closed")
-    header_timeout: Duration = Field(10, gt=0, le=300, description="server: a connection that has not sent a "
-                                     "request's complete headers this long after connecting is closed")
-    max_connections: int = Field(4096, ge=16, le=1_000_000, description="server: open connections at most (kept "
-                                 "under the open-file limit); beyond it the connection waiting longest for its "
-                                 "headers is closed, and requests are answered 503 while all are busy")
-    max_body: int = Field(16 * 1024 * 1024, ge=64 * 1024, le=1024**3,
-                          description="largest request body in bytes, as sent and once gzip is inflated; larger "
-                                      "is refused with HTTP 413 before it is parsed (default 16 MiB)")
+    body_timeout: Duration = Field(
+        60,
+        gt=0,
+        le=3600,
+        description="server: a request whose body is not complete this "
+        "long after its headers is answered 408 and closed",
+    )
+    header_timeout: Duration = Field(
+        10,
+        gt=0,
+        le=300,
+        description="server: a connection that has not sent a "
+        "request's complete headers this long after connecting is closed",
+    )
+    max_connections: int = Field(
+        4096,
+        ge=16,
+        le=1_000_000,
+        description="server: open connections at most (kept "
+        "under the open-file limit); beyond it the connection waiting longest for its "
+        "headers is closed, and requests are answered 503 while all are busy",
+    )
+    max_body: int = Field(
+        16 * 1024 * 1024,
+        ge=64 * 1024,
+        le=1024**3,
+        description="largest request body in bytes, as sent and once gzip is inflated; larger "
+        "is refused with HTTP 413 before it is parsed (default 16 MiB)",
+    )
 
     @field_validator("trusted_networks")
     @classmethod
@@ -101,7 +141,7 @@ class CentralSettings(BaseModel, extra="forbid"):
         return value
 
     @model_validator(mode="after")
-    def _remote_needs_url(self) -> "CentralSettings":
+    def _remote_needs_url(self) -> CentralSettings:
         if self.mode == "remote" and not self.url:
             raise ValueError("mode 'remote' needs url: the base URL of the central service (e.g. https://host:8443)")
         if self.url and not self.url.startswith(("http://", "https://")):

@@ -1,15 +1,16 @@
 """Task, job and event-range states of the central service and their legal transitions, in one place."""
+
 from __future__ import annotations
 
 from enum import Enum, IntEnum
 
 
 class TaskStatus(str, Enum):
-    DEFINED = "defined"      # split into ranges and jobs, nothing dispatched yet
-    RUNNING = "running"      # at least one job dispatched
-    FINISHED = "finished"    # every range finished
-    FAILED = "failed"        # some range used up its attempts (or jobs kept failing); retry reopens it
-    ABORTED = "aborted"      # killed by an operator; retry reopens it
+    DEFINED = "defined"  # split into ranges and jobs, nothing dispatched yet
+    RUNNING = "running"  # at least one job dispatched
+    FINISHED = "finished"  # every range finished
+    FAILED = "failed"  # some range used up its attempts (or jobs kept failing); retry reopens it
+    ABORTED = "aborted"  # killed by an operator; retry reopens it
 
 
 TASK_TERMINAL = {TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.ABORTED}
@@ -17,7 +18,7 @@ TASK_TERMINAL = {TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.ABORTED}
 
 class JobStatus(str, Enum):
     ACTIVATED = "activated"  # waiting for a pilot
-    SENT = "sent"            # handed to a pilot (getJob / acquire_jobs)
+    SENT = "sent"  # handed to a pilot (getJob / acquire_jobs)
     STARTING = "starting"
     RUNNING = "running"
     HOLDING = "holding"
@@ -29,13 +30,21 @@ class JobStatus(str, Enum):
 
 JOB_TERMINAL = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELLED}
 # States a pilot may report (panda-protocol.md); anything else is invalid input.
-PILOT_REPORTED = {JobStatus.STARTING, JobStatus.RUNNING, JobStatus.HOLDING, JobStatus.TRANSFERRING,
-                  JobStatus.FINISHED, JobStatus.FAILED}
+PILOT_REPORTED = {
+    JobStatus.STARTING,
+    JobStatus.RUNNING,
+    JobStatus.HOLDING,
+    JobStatus.TRANSFERRING,
+    JobStatus.FINISHED,
+    JobStatus.FAILED,
+}
 _ACTIVE = {JobStatus.SENT, JobStatus.STARTING, JobStatus.RUNNING, JobStatus.HOLDING, JobStatus.TRANSFERRING}
 JOB_TRANSITIONS: dict[JobStatus, set[JobStatus]] = {
     JobStatus.ACTIVATED: {JobStatus.SENT, JobStatus.CANCELLED},
     **{s: (PILOT_REPORTED | {JobStatus.CANCELLED}) for s in _ACTIVE},
-    JobStatus.FINISHED: set(), JobStatus.FAILED: set(), JobStatus.CANCELLED: set(),
+    JobStatus.FINISHED: set(),
+    JobStatus.FAILED: set(),
+    JobStatus.CANCELLED: set(),
 }
 # Jobs the watchdog watches: dispatched and not yet done.
 JOB_WATCHED = {s.value for s in _ACTIVE}
@@ -70,5 +79,10 @@ class RangeStatus(IntEnum):
 RANGE_IN_FLIGHT = (RangeStatus.SENT, RangeStatus.RUNNING)
 RANGE_OPEN = (RangeStatus.READY, RangeStatus.SENT, RangeStatus.RUNNING)
 # What a pilot may report per range; running/transferring are accepted but change nothing stored.
-RANGE_REPORTED = {"running": None, "transferring": None, "finished": RangeStatus.FINISHED,
-                  "failed": RangeStatus.FAILED, "fatal": RangeStatus.FATAL}
+RANGE_REPORTED = {
+    "running": None,
+    "transferring": None,
+    "finished": RangeStatus.FINISHED,
+    "failed": RangeStatus.FAILED,
+    "fatal": RangeStatus.FATAL,
+}

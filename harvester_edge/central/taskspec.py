@@ -1,4 +1,5 @@
 """Task definitions (configs/tasks/*.yaml): validated strictly, errors name the file, the key and the expectation."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,11 +26,13 @@ class PayloadSpec(BaseModel, extra="allow"):
     args: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _one_entry(self) -> "PayloadSpec":
+    def _one_entry(self) -> PayloadSpec:
         entries = [k for k in ("callable", "template", "command") if getattr(self, k)]
         if len(entries) != 1:
-            raise ValueError("payload needs exactly one of callable: 'module:function' (python) or "
-                             "template: 'a command line with {first_event} {last_event} {output}' (command)")
+            raise ValueError(
+                "payload needs exactly one of callable: 'module:function' (python) or "
+                "template: 'a command line with {first_event} {last_event} {output}' (command)"
+            )
         if self.kind == "python" and not self.callable:
             raise ValueError("kind 'python' needs callable: 'module:function'")
         if self.kind == "command" and self.callable:
@@ -81,7 +84,7 @@ class TaskSpec(BaseModel, extra="forbid"):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _say_what_runs(cls, data: Any, handler: Any) -> "TaskSpec":
+    def _say_what_runs(cls, data: Any, handler: Any) -> TaskSpec:
         """Field errors come with the missing 'what runs' key too, so one pass shows everything to fix."""
         try:
             return handler(data)
@@ -89,33 +92,46 @@ class TaskSpec(BaseModel, extra="forbid"):
             if not isinstance(data, dict) or data.get("payload") is not None or data.get("transformation"):
                 raise
             errors = [{k: e[k] for k in ("type", "loc", "input", "ctx") if k in e} for e in exc.errors()]
-            errors.append({"type": PydanticCustomError("missing", "a task needs payload (jumbo) or transformation "
-                                                                  "(ordinary, eventservice)"),
-                           "loc": ("payload",), "input": None})
+            errors.append(
+                {
+                    "type": PydanticCustomError(
+                        "missing", "a task needs payload (jumbo) or transformation (ordinary, eventservice)"
+                    ),
+                    "loc": ("payload",),
+                    "input": None,
+                }
+            )
             raise ValidationError.from_exception_data(exc.title, errors) from None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TaskSpec":
+    def _consistent(self) -> TaskSpec:
         if self.kind is None:
             self.kind = "ordinary" if self.transformation else "jumbo"
         if self.kind == "jumbo":
             if self.payload is None:
-                raise ValueError("a jumbo task needs payload: {callable: 'module:function'} or {command: ...} "
-                                 "(or give transformation: 'https://...' for an ordinary task)")
+                raise ValueError(
+                    "a jumbo task needs payload: {callable: 'module:function'} or {command: ...} "
+                    "(or give transformation: 'https://...' for an ordinary task)"
+                )
             if self.transformation:
-                raise ValueError("a jumbo task runs its payload: transformation is for ordinary and "
-                                 "eventservice tasks (kind: ordinary)")
+                raise ValueError(
+                    "a jumbo task runs its payload: transformation is for ordinary and "
+                    "eventservice tasks (kind: ordinary)"
+                )
             missing = [k for k in ("events", "events_per_range", "seconds_per_event") if getattr(self, k) is None]
             if missing:
                 raise ValueError(f"a jumbo task needs {', '.join(missing)}")
         else:
             if not self.transformation:
-                raise ValueError(f"a {self.kind} task needs transformation: an http(s) URL of the script the "
-                                 f"pilot downloads and runs with job_parameters")
+                raise ValueError(
+                    f"a {self.kind} task needs transformation: an http(s) URL of the script the "
+                    f"pilot downloads and runs with job_parameters"
+                )
             if self.kind == "ordinary":
                 if self.events is not None or self.events_per_range is not None:
-                    raise ValueError("an ordinary task has no event ranges: drop events/events_per_range "
-                                     "(or use kind: eventservice)")
+                    raise ValueError(
+                        "an ordinary task has no event ranges: drop events/events_per_range (or use kind: eventservice)"
+                    )
                 self.events, self.events_per_range = self.jobs, 1  # one unit of work per job
             elif self.events is None or self.events_per_range is None:
                 raise ValueError("an eventservice task needs events and events_per_range")
@@ -130,11 +146,16 @@ class TaskSpec(BaseModel, extra="forbid"):
 
     def job_dict(self) -> dict[str, Any]:
         """What an ordinary/eventservice job runs (stored with the task; jobs.render_job reads it)."""
-        return {"transformation": self.transformation, "job_parameters": self.job_parameters,
-                "cores": self.cores, "memory_mb": self.memory_mb or self.memory_per_rank_mb,
-                "walltime": self.walltime, "prod_source_label": self.prod_source_label,
-                "input_files": [f.model_dump() for f in self.input_files],
-                "output_files": [f.model_dump() for f in self.output_files]}
+        return {
+            "transformation": self.transformation,
+            "job_parameters": self.job_parameters,
+            "cores": self.cores,
+            "memory_mb": self.memory_mb or self.memory_per_rank_mb,
+            "walltime": self.walltime,
+            "prod_source_label": self.prod_source_label,
+            "input_files": [f.model_dump() for f in self.input_files],
+            "output_files": [f.model_dump() for f in self.output_files],
+        }
 
 
 def format_validation_error(exc: ValidationError, where: str) -> str:
@@ -147,8 +168,9 @@ def format_validation_error(exc: ValidationError, where: str) -> str:
 
 def parse_task(data: Any, where: str = "task") -> TaskSpec:
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of task keys (name, payload, events, ...), "
-                          f"got {type(data).__name__}")
+        raise ConfigError(
+            f"{where}: expected a mapping of task keys (name, payload, events, ...), got {type(data).__name__}"
+        )
     try:
         return TaskSpec.model_validate(data)
     except ValidationError as exc:

@@ -22,6 +22,7 @@ without sharing a secret, and ownership.py holds each to its own jobs. get_token
 mints a key for the bearer's own name. A client literally named "pilot_server" cannot exist (issue-token refuses
 it), so the alias can never reach someone else's keys.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,9 @@ import logging
 import os
 import secrets
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jwt
 
@@ -56,7 +58,7 @@ def worker_of(harvester: str, client_name: str) -> str | None:
     prefix = harvester + WORKER_SEP
     if not client_name.startswith(prefix):
         return None
-    worker = client_name[len(prefix):]
+    worker = client_name[len(prefix) :]
     return worker if worker and "/" not in worker and len(worker) <= 64 else None
 
 
@@ -96,8 +98,14 @@ class TokenAuthority:
             raise CentralError(f"token scopes {scopes} invalid: use some of {', '.join(SCOPES)}")
         return scopes
 
-    def issue(self, client_name: str, scopes: list[str] | tuple[str, ...], lifetime: float | None = None,
-              key_id: str | None = None, extra: dict[str, str] | None = None) -> str:
+    def issue(
+        self,
+        client_name: str,
+        scopes: list[str] | tuple[str, ...],
+        lifetime: float | None = None,
+        key_id: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> str:
         """A signed token. Without key_id the token gets a secret-less key row of its own (so it has a kid)."""
         if client_name == MYSELF:
             raise CentralError(f"{MYSELF!r} is not a client name: it means 'myself' to get_access_token")
@@ -106,16 +114,31 @@ class TokenAuthority:
         exp = now + int(lifetime or self.settings.access_lifetime)
         if not key_id:
             key_id = self._insert_key(client_name, "", exp, " ".join(scopes), None, extra, check_interval=False)
-        claims = {"sub": client_name, "aud": self.settings.audience, "iss": self.settings.issuer, "iat": now,
-                  "exp": exp, "scope": " ".join(scopes), "jti": uuid.uuid4().hex, "kid": key_id, **(extra or {})}
+        claims = {
+            "sub": client_name,
+            "aud": self.settings.audience,
+            "iss": self.settings.issuer,
+            "iat": now,
+            "exp": exp,
+            "scope": " ".join(scopes),
+            "jti": uuid.uuid4().hex,
+            "kid": key_id,
+            **(extra or {}),
+        }
         return jwt.encode(claims, self.secret, algorithm="HS256")
 
     def verify(self, token: str) -> dict[str, Any]:
         """Claims of a valid token; AuthError (403) for forged, expired, wrong-audience or revoked-key tokens."""
         try:
-            claims = jwt.decode(token, self.secret, algorithms=["HS256"], audience=self.settings.audience,
-                                issuer=self.settings.issuer,
-                                options={"require": ["exp", "sub", "aud", "scope", "kid"]}, leeway=0)
+            claims = jwt.decode(
+                token,
+                self.secret,
+                algorithms=["HS256"],
+                audience=self.settings.audience,
+                issuer=self.settings.issuer,
+                options={"require": ["exp", "sub", "aud", "scope", "kid"]},
+                leeway=0,
+            )
         except jwt.ExpiredSignatureError as exc:
             raise AuthError("token expired: get a new one with get_access_token") from exc
         except jwt.InvalidAudienceError as exc:
@@ -131,8 +154,16 @@ class TokenAuthority:
         return claims
 
     # -- keys -----------------------------------------------------------------------------------------------
-    def _insert_key(self, client_name: str, key_hash: str, expires: float, scope: str, parent: str | None,
-                    extra: dict[str, str] | None, check_interval: bool) -> str:
+    def _insert_key(
+        self,
+        client_name: str,
+        key_hash: str,
+        expires: float,
+        scope: str,
+        parent: str | None,
+        extra: dict[str, str] | None,
+        check_interval: bool,
+    ) -> str:
         now = self.clock()
         key_id = uuid.uuid4().hex
 
@@ -140,20 +171,31 @@ class TokenAuthority:
             if check_interval:
                 recent = conn.execute(
                     "SELECT count(*) FROM token_keys WHERE client_name=? AND created > ? AND revoked=0 "
-                    "AND key_hash != ''", (client_name, now - self.settings.key_min_interval)).fetchone()[0]
+                    "AND key_hash != ''",
+                    (client_name, now - self.settings.key_min_interval),
+                ).fetchone()[0]
                 if recent:
-                    raise CentralError(f"a key for {client_name!r} was issued less than "
-                                       f"{self.settings.key_min_interval}s ago: use it, or revoke it first")
-            conn.execute("INSERT INTO token_keys (client_name, key_id, key_hash, created, expires, revoked, scope, "
-                         "parent, claims) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?)",
-                         (client_name, key_id, key_hash, now, expires, scope, parent,
-                          json.dumps(extra) if extra else None))
+                    raise CentralError(
+                        f"a key for {client_name!r} was issued less than "
+                        f"{self.settings.key_min_interval}s ago: use it, or revoke it first"
+                    )
+            conn.execute(
+                "INSERT INTO token_keys (client_name, key_id, key_hash, created, expires, revoked, scope, "
+                "parent, claims) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                (client_name, key_id, key_hash, now, expires, scope, parent, json.dumps(extra) if extra else None),
+            )
 
         self.db.write(create)
         return key_id
 
-    def new_key(self, client_name: str, scopes: list[str] | tuple[str, ...] = ("pilot",), parent: str | None = None,
-                extra: dict[str, str] | None = None, check_interval: bool = True) -> tuple[str, str]:
+    def new_key(
+        self,
+        client_name: str,
+        scopes: list[str] | tuple[str, ...] = ("pilot",),
+        parent: str | None = None,
+        extra: dict[str, str] | None = None,
+        check_interval: bool = True,
+    ) -> tuple[str, str]:
         """(key_id, key) for a client; at most one new key per key_min_interval (unless check_interval=False,
         for the service's own in-process use). With a parent key it expires no later than the parent."""
         scope = " ".join(self._check_scopes(scopes))
@@ -178,12 +220,15 @@ class TokenAuthority:
         if worker is not None:
             # no per-name interval here: the key is bounded by its parent and a harvester may name any W anyway, so
             # the interval would protect nothing and would strand a restarted daemon's running workers for an hour
-            return self.new_key(client_name, ("pilot",), parent=parent, extra={"harvester": sub, "worker": worker},
-                                check_interval=False)
+            return self.new_key(
+                client_name, ("pilot",), parent=parent, extra={"harvester": sub, "worker": worker}, check_interval=False
+            )
         if "admin" in scopes:
             return self.new_key(client_name, ("pilot",), parent=parent)
-        raise AuthError(f"token of {sub!r} cannot get a key for {client_name!r}: only for its own name, its "
-                        f"workers ({sub}/worker/N, harvester scope) or, with the admin scope, any name")
+        raise AuthError(
+            f"token of {sub!r} cannot get a key for {client_name!r}: only for its own name, its "
+            f"workers ({sub}/worker/N, harvester scope) or, with the admin scope, any name"
+        )
 
     def pilot_credentials(self, client_name: str, scopes: tuple[str, ...] = ("pilot",)) -> tuple[str, str]:
         """(initial long-lived token, secret key) to submit a worker with."""
@@ -204,8 +249,11 @@ class TokenAuthority:
         if not own and "admin" not in scopes and not ("harvester" in scopes and worker_of(str(sub), client_name)):
             raise AuthError(f"token of {sub!r} cannot get tokens for {client_name!r}")
         now = self.clock()
-        rows = self.db.query("SELECT key_id, key_hash, expires, scope, claims FROM token_keys WHERE client_name=? "
-                             "AND revoked=0 AND expires > ? AND key_hash != ''", (client_name, now))
+        rows = self.db.query(
+            "SELECT key_id, key_hash, expires, scope, claims FROM token_keys WHERE client_name=? "
+            "AND revoked=0 AND expires > ? AND key_hash != ''",
+            (client_name, now),
+        )
         digest = _hash(token_key or "")
         match = next((r for r in rows if hmac.compare_digest(r["key_hash"], digest)), None)
         if match is None:
@@ -222,21 +270,41 @@ class TokenAuthority:
 
     def revoke(self, client_name: str) -> int:
         """Revoke every key of a client and every key minted from them; the number of keys revoked."""
+
         def revoke(conn) -> int:
-            family = [r[0] for r in conn.execute(
-                "WITH RECURSIVE fam(key_id) AS (SELECT key_id FROM token_keys WHERE client_name=? "
-                "UNION SELECT k.key_id FROM token_keys k JOIN fam ON k.parent = fam.key_id) "
-                "SELECT key_id FROM fam", (client_name,))]
-            return conn.execute("UPDATE token_keys SET revoked=1 WHERE revoked=0 AND key_id IN "
-                                "(SELECT value FROM json_each(?))", (json.dumps(family),)).rowcount
+            family = [
+                r[0]
+                for r in conn.execute(
+                    "WITH RECURSIVE fam(key_id) AS (SELECT key_id FROM token_keys WHERE client_name=? "
+                    "UNION SELECT k.key_id FROM token_keys k JOIN fam ON k.parent = fam.key_id) "
+                    "SELECT key_id FROM fam",
+                    (client_name,),
+                )
+            ]
+            return conn.execute(
+                "UPDATE token_keys SET revoked=1 WHERE revoked=0 AND key_id IN (SELECT value FROM json_each(?))",
+                (json.dumps(family),),
+            ).rowcount
 
         return self.db.write(revoke)
 
 
 def list_keys(db: Database) -> list[dict[str, Any]]:
     """Every key (newest first): kid, client, scope, created, expires, revoked, parent, secret (has a key)."""
-    rows = db.query("SELECT key_id, client_name, scope, created, expires, revoked, parent, key_hash != '' AS secret "
-                    "FROM token_keys ORDER BY created DESC")
-    return [{"kid": r["key_id"], "client": r["client_name"], "scope": r["scope"] or "", "created": r["created"],
-             "expires": r["expires"], "revoked": bool(r["revoked"]), "parent": r["parent"] or "",
-             "secret": bool(r["secret"])} for r in rows]
+    rows = db.query(
+        "SELECT key_id, client_name, scope, created, expires, revoked, parent, key_hash != '' AS secret "
+        "FROM token_keys ORDER BY created DESC"
+    )
+    return [
+        {
+            "kid": r["key_id"],
+            "client": r["client_name"],
+            "scope": r["scope"] or "",
+            "created": r["created"],
+            "expires": r["expires"],
+            "revoked": bool(r["revoked"]),
+            "parent": r["parent"] or "",
+            "secret": bool(r["secret"]),
+        }
+        for r in rows
+    ]

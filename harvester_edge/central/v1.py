@@ -3,6 +3,7 @@
 The hot writes (HOT in hotpath.py) are normally answered by FastPath before FastAPI sees them; their routes
 here document them in the OpenAPI spec and serve the app when it runs without the FastPath wrapper.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,9 +15,21 @@ from . import v1_harvester
 from .auth import authorize
 from .errors import InvalidInput
 from .hotpath import HOT, call_hot, dumps, json_list
+from .models import (
+    BIG,
+    AcquireJobs,
+    AcquireRanges,
+    Heartbeat,
+    PilotStatus,
+    TaskRef,
+    UpdateJob,
+    UpdateJobsBulk,
+    UpdateRanges,
+    UpdateWorkers,
+    WorkerNode,
+    WorkerNodeGpu,
+)
 from .ownership import Caller
-from .models import BIG, AcquireJobs, AcquireRanges, Heartbeat, PilotStatus, TaskRef, UpdateJob, UpdateJobsBulk, \
-    UpdateRanges, UpdateWorkers, WorkerNode, WorkerNodeGpu
 from .taskspec import TaskSpec
 
 router = APIRouter()
@@ -61,16 +74,25 @@ async def get_job_status(request: Request, job_ids: list[str] = Query(max_length
     if not ids or len(text) > 100_000 or not all(i.isdigit() and i.isascii() and len(i) < 19 for i in ids):
         raise InvalidInput(f"job_ids must be PandaIDs (repeated, or separated by commas or spaces), got {text[:80]!r}")
     rows = svc(request).job_status([int(i) for i in ids])
-    return ok([{"job_id": r["PandaID"], "status": "not found" if r["status"] == "notfound" else r["status"],
-                "attempt_number": r["attemptNr"]} for r in rows])
+    return ok(
+        [
+            {
+                "job_id": r["PandaID"],
+                "status": "not found" if r["status"] == "notfound" else r["status"],
+                "attempt_number": r["attemptNr"],
+            }
+            for r in rows
+        ]
+    )
 
 
 @router.post("/pilot/update_worker_status", tags=["pilot"])
 def update_worker_status(body: PilotStatus, request: Request) -> Response:
     """The real server's path (worker_id, harvester_id, status, node_id)."""
     caller = Caller(authorize(request, "pilot"), body.harvester_id)
-    svc(request).update_worker_pilot_status(body.harvester_id, str(body.worker_id), body.status, body.site,
-                                            body.node_id, caller=caller)
+    svc(request).update_worker_pilot_status(
+        body.harvester_id, str(body.worker_id), body.status, body.site, body.node_id, caller=caller
+    )
     return ok(True)
 
 
@@ -78,6 +100,8 @@ def update_worker_status(body: PilotStatus, request: Request) -> Response:
 def update_worker_pilot_status(body: PilotStatus, request: Request) -> Response:
     """Older name of pilot/update_worker_status, kept for clients that still use it."""
     return update_worker_status(body, request)
+
+
 @router.post("/pilot/update_worker_node", tags=["pilot"])
 def update_worker_node(body: WorkerNode, request: Request) -> Response:
     authorize(request, "pilot")
@@ -103,10 +127,12 @@ async def update_event_ranges(body: UpdateRanges, request: Request) -> Response:
 
 
 @router.get("/event/get_available_event_range_count", tags=["event"])
-def get_available_event_range_count(request: Request,  # a count over the ready index: off the event loop
-                                    task_id: int | None = Query(None, ge=0, le=BIG),
-                                    job_id: int | None = Query(None, ge=0, le=BIG),
-                                    jobset_id: int | None = Query(None, ge=0, le=BIG)) -> Response:
+def get_available_event_range_count(
+    request: Request,  # a count over the ready index: off the event loop
+    task_id: int | None = Query(None, ge=0, le=BIG),
+    job_id: int | None = Query(None, ge=0, le=BIG),
+    jobset_id: int | None = Query(None, ge=0, le=BIG),
+) -> Response:
     """The real server takes job_id, jobset_id and task_id; ranges are task-wide here (jumbo), so the task counts."""
     authorize(request, "event")
     return ok(svc(request).available_range_count(task_id))
@@ -145,8 +171,9 @@ def report_worker_statistics(request: Request) -> Response:
 
 
 @router.get("/creds/get_access_token", tags=["creds"])
-def get_access_token(request: Request, client_name: str = Query(max_length=200),
-                     token_key: str = Query(max_length=200)) -> Response:
+def get_access_token(
+    request: Request, client_name: str = Query(max_length=200), token_key: str = Query(max_length=200)
+) -> Response:
     claims = authorize(request, "creds")
     authority = request.app.state.authority
     if authority is None:
@@ -172,8 +199,7 @@ async def is_alive() -> Response:
 @router.get("/metaconfig/get_resource_types", tags=["metaconfig"])
 async def get_resource_types(request: Request) -> Response:
     authorize(request, "metaconfig")
-    return ok([{"resource_name": "MCORE", "mincore": 1, "maxcore": None, "minrampercore": None,
-                "maxrampercore": None}])
+    return ok([{"resource_name": "MCORE", "mincore": 1, "maxcore": None, "minrampercore": None, "maxrampercore": None}])
 
 
 @router.post("/task/submit", tags=["task"])
@@ -207,6 +233,12 @@ def task_retry(body: TaskRef, request: Request) -> Response:
 
 
 router.include_router(v1_harvester.router)  # the other calls of Harvester's communicator (v1_harvester.py)
-router.add_api_route("/credential/get_token_key", get_token_key, methods=["GET"], tags=["creds"], deprecated=True,
-                     operation_id="alias_credential_get_token_key", **v1_harvester.alias_doc(
-                         "/credential/get_token_key", "/creds/get_token_key"))  # Harvester's name of the call
+router.add_api_route(
+    "/credential/get_token_key",
+    get_token_key,
+    methods=["GET"],
+    tags=["creds"],
+    deprecated=True,
+    operation_id="alias_credential_get_token_key",
+    **v1_harvester.alias_doc("/credential/get_token_key", "/creds/get_token_key"),
+)  # Harvester's name of the call

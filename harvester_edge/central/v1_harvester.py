@@ -16,6 +16,7 @@ How that communicator sends (request_ssl):
 Where the appliance has no such thing (x509 proxies, key pairs) the answer is PanDA's refusal: success=false and a
 message saying so, as the real server answers a caller it cannot serve.
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,13 +61,21 @@ def panda_ids(value: Any) -> list[int]:
 
 
 # -- job ---------------------------------------------------------------------------------------------------
-@router.get("/job/get_status", tags=["job"], **v1doc(
-    "job", "Status and pilot command of jobs",
-    "Harvester's check_jobs (communicator: GET job/get_status, job_ids). One entry per asked id, in order; an "
-    "unknown id is {status: unknown, command: tobekilled}, as the PanDA server answers (DBProxy.checkJobStatus).",
-    "a list of {status, command} (command null when there is none)."))
-async def job_get_status(request: Request, job_ids: Annotated[list[str], Query(
-        description="PandaIDs: repeat the parameter (job_ids=1&job_ids=2)")]) -> Response:
+@router.get(
+    "/job/get_status",
+    tags=["job"],
+    **v1doc(
+        "job",
+        "Status and pilot command of jobs",
+        "Harvester's check_jobs (communicator: GET job/get_status, job_ids). One entry per asked id, in order; an "
+        "unknown id is {status: unknown, command: tobekilled}, as the PanDA server answers (DBProxy.checkJobStatus).",
+        "a list of {status, command} (command null when there is none).",
+    ),
+)
+async def job_get_status(
+    request: Request,
+    job_ids: Annotated[list[str], Query(description="PandaIDs: repeat the parameter (job_ids=1&job_ids=2)")],
+) -> Response:
     authorize(request, "job")
     ids = panda_ids(job_ids)
     svc = request.app.state.service
@@ -88,23 +97,33 @@ async def job_get_status(request: Request, job_ids: Annotated[list[str], Query(
 # -- harvester -----------------------------------------------------------------------------------------------
 class Dialogs(Model):
     harvester_id: str = Field(min_length=1, max_length=limits.MAX_NAME)
-    dialogs: list[dict] | str = Field(description="[{diagID, moduleName, identifier, creationTime, messageLevel, "
-                                                  "diagMessage}, ...] (or its JSON)")
+    dialogs: list[dict] | str = Field(
+        description="[{diagID, moduleName, identifier, creationTime, messageLevel, diagMessage}, ...] (or its JSON)"
+    )
 
 
 class ServiceMetrics(Model):
     harvester_id: str = Field(min_length=1, max_length=limits.MAX_NAME)
-    metrics: list | str = Field(description='[[creation_time "%Y-%m-%d %H:%M:%S.%f", host, metrics as a JSON '
-                                            'string], ...] (or its JSON)')
+    metrics: list | str = Field(
+        description='[[creation_time "%Y-%m-%d %H:%M:%S.%f", host, metrics as a JSON string], ...] (or its JSON)'
+    )
 
 
 MAX_DIALOGS = 1000
 
 
-@router.post("/harvester/add_dialogs", tags=["harvester"], **v1doc(
-    "harvester", "Dialog messages of a harvester",
-    "Harvester's send_dialog_messages. The messages are checked and written to this service's log (level of "
-    "messageLevel); at most 1000 per call.", "null.", body=True))
+@router.post(
+    "/harvester/add_dialogs",
+    tags=["harvester"],
+    **v1doc(
+        "harvester",
+        "Dialog messages of a harvester",
+        "Harvester's send_dialog_messages. The messages are checked and written to this service's log (level of "
+        "messageLevel); at most 1000 per call.",
+        "null.",
+        body=True,
+    ),
+)
 def add_dialogs(body: Dialogs, request: Request) -> Response:
     caller = Caller(authorize(request, "harvester"), body.harvester_id)
     harvester = named_harvester(caller, limits.name("harvester_id", body.harvester_id, required=True))[0]
@@ -113,17 +132,30 @@ def add_dialogs(body: Dialogs, request: Request) -> Response:
         raise InvalidInput(f"dialogs must be a list of at most {MAX_DIALOGS} objects")
     for d in dialogs:
         level = getattr(logging, str(d.get("messageLevel", "INFO")).upper()[:10], logging.INFO)
-        log.log(level if isinstance(level, int) else logging.INFO, "harvester %s dialog %s %s: %s", harvester,
-                limits.diag(d.get("moduleName"))[:80], limits.diag(d.get("identifier"))[:80],
-                limits.diag(d.get("diagMessage")))
+        log.log(
+            level if isinstance(level, int) else logging.INFO,
+            "harvester %s dialog %s %s: %s",
+            harvester,
+            limits.diag(d.get("moduleName"))[:80],
+            limits.diag(d.get("identifier"))[:80],
+            limits.diag(d.get("diagMessage")),
+        )
     return answer(True)
 
 
-@router.post("/harvester/update_service_metrics", tags=["harvester"], **v1doc(
-    "harvester", "Service metrics of a harvester",
-    "Harvester's update_service_metrics: [[creation_time, host, metrics JSON], ...]. Checked as the PanDA server "
-    "reads them (the time as %Y-%m-%d %H:%M:%S.%f, the metrics a JSON object); the newest entry is kept with the "
-    "harvester's heartbeat attributes (key service_metrics).", "[true] (as the PanDA server).", body=True))
+@router.post(
+    "/harvester/update_service_metrics",
+    tags=["harvester"],
+    **v1doc(
+        "harvester",
+        "Service metrics of a harvester",
+        "Harvester's update_service_metrics: [[creation_time, host, metrics JSON], ...]. Checked as the PanDA server "
+        "reads them (the time as %Y-%m-%d %H:%M:%S.%f, the metrics a JSON object); the newest entry is kept with the "
+        "harvester's heartbeat attributes (key service_metrics).",
+        "[true] (as the PanDA server).",
+        body=True,
+    ),
+)
 def update_service_metrics(body: ServiceMetrics, request: Request) -> Response:
     caller = Caller(authorize(request, "harvester"), body.harvester_id)
     harvester = named_harvester(caller, limits.name("harvester_id", body.harvester_id, required=True))[0]
@@ -143,86 +175,144 @@ def update_service_metrics(body: ServiceMetrics, request: Request) -> Response:
             latest = (when, {"time": entry[0], "host": limits.name("host", entry[1]), "metrics": values})
     if latest is not None:
         text = limits.attrs("service metrics", latest[1])
-        request.app.state.service.db.write(lambda c: c.execute(
-            "INSERT INTO harvesters (harvester_id, attrs) VALUES (?, json_object('service_metrics', json(?))) "
-            "ON CONFLICT (harvester_id) DO UPDATE SET attrs=json_set(coalesce(attrs, '{}'), '$.service_metrics', "
-            "json(?))", (harvester, text, text)))
+        request.app.state.service.db.write(
+            lambda c: c.execute(
+                "INSERT INTO harvesters (harvester_id, attrs) VALUES (?, json_object('service_metrics', json(?))) "
+                "ON CONFLICT (harvester_id) DO UPDATE SET attrs=json_set(coalesce(attrs, '{}'), '$.service_metrics', "
+                "json(?))",
+                (harvester, text, text),
+            )
+        )
     return answer(True, data=[True])
 
 
-@router.get("/harvester/get_current_worker_id", tags=["harvester"], **v1doc(
-    "harvester", "Largest worker id this service has for a harvester",
-    "Harvester's get_max_worker_id: the largest numeric workerID reported with update_workers or "
-    "update_worker_pilot_status for harvester_id (0 when there is none).", "an integer."))
-async def get_current_worker_id(request: Request, harvester_id: Annotated[str, Query(
-        min_length=1, max_length=limits.MAX_NAME)]) -> Response:
+@router.get(
+    "/harvester/get_current_worker_id",
+    tags=["harvester"],
+    **v1doc(
+        "harvester",
+        "Largest worker id this service has for a harvester",
+        "Harvester's get_max_worker_id: the largest numeric workerID reported with update_workers or "
+        "update_worker_pilot_status for harvester_id (0 when there is none).",
+        "an integer.",
+    ),
+)
+async def get_current_worker_id(
+    request: Request, harvester_id: Annotated[str, Query(min_length=1, max_length=limits.MAX_NAME)]
+) -> Response:
     name = limits.name("harvester_id", harvester_id, required=True)
     harvester = named_harvester(Caller(authorize(request, "harvester"), name), name)[0]
     svc = request.app.state.service
 
     def read() -> int:
-        row = svc.db.reader().execute(
-            "SELECT max(CAST(worker_id AS INTEGER)) FROM workers WHERE harvester_id=? AND worker_id != '' "
-            "AND worker_id NOT GLOB '*[^0-9]*' AND length(worker_id) < 19", (harvester,)).fetchone()
+        row = (
+            svc.db.reader()
+            .execute(
+                "SELECT max(CAST(worker_id AS INTEGER)) FROM workers WHERE harvester_id=? AND worker_id != '' "
+                "AND worker_id NOT GLOB '*[^0-9]*' AND length(worker_id) < 19",
+                (harvester,),
+            )
+            .fetchone()
+        )
         return int(row[0] or 0)
 
     return answer(True, data=await run_in_threadpool(read))
 
 
-@router.get("/harvester/get_worker_statistics", tags=["harvester"], **v1doc(
-    "harvester", "Workers by site, harvester, job type, resource type and state",
-    "Harvester's get_worker_stats_from_panda: counts of the workers updated in the last 4 hours, "
-    "{site: {harvester_id: {jobType: {resourceType: {status: n}}}}} as DBProxy.getWorkerStats builds it "
-    "(jobType and resourceType from the workers' reported attributes, 'ANY' when missing).",
-    "the nested counts above."))
+@router.get(
+    "/harvester/get_worker_statistics",
+    tags=["harvester"],
+    **v1doc(
+        "harvester",
+        "Workers by site, harvester, job type, resource type and state",
+        "Harvester's get_worker_stats_from_panda: counts of the workers updated in the last 4 hours, "
+        "{site: {harvester_id: {jobType: {resourceType: {status: n}}}}} as DBProxy.getWorkerStats builds it "
+        "(jobType and resourceType from the workers' reported attributes, 'ANY' when missing).",
+        "the nested counts above.",
+    ),
+)
 async def get_worker_statistics(request: Request) -> Response:
     authorize(request, "harvester")
     svc = request.app.state.service
     since = svc.clock() - WORKER_STATS_WINDOW
 
     def read() -> dict:
-        rows = svc.db.reader().execute(
-            "SELECT coalesce(site, ''), harvester_id, coalesce(json_extract(attrs, '$.jobType'), 'ANY'), "
-            "coalesce(json_extract(attrs, '$.resourceType'), 'ANY'), coalesce(status, 'unknown'), count(*) "
-            "FROM workers WHERE modified >= ? AND (attrs IS NULL OR json_valid(attrs)) GROUP BY 1, 2, 3, 4, 5",
-            (since,)).fetchall()
+        rows = (
+            svc.db.reader()
+            .execute(
+                "SELECT coalesce(site, ''), harvester_id, coalesce(json_extract(attrs, '$.jobType'), 'ANY'), "
+                "coalesce(json_extract(attrs, '$.resourceType'), 'ANY'), coalesce(status, 'unknown'), count(*) "
+                "FROM workers WHERE modified >= ? AND (attrs IS NULL OR json_valid(attrs)) GROUP BY 1, 2, 3, 4, 5",
+                (since,),
+            )
+            .fetchall()
+        )
         stats: dict = {}
         for site, harvester, job_type, resource, status, n in rows:
             stats.setdefault(site, {}).setdefault(harvester, {}).setdefault(str(job_type), {}).setdefault(
-                str(resource), {})[status] = n
+                str(resource), {}
+            )[status] = n
         return stats
 
     return answer(True, data=await run_in_threadpool(read))
 
 
 # -- creds ---------------------------------------------------------------------------------------------------
-@router.get("/creds/get_key_pair", tags=["creds"], **v1doc(
-    "creds", "Key pair (not provided here)",
-    "Harvester's get_key_pair. The PanDA server hands key pairs from its configuration to DNs allowed 'k' in "
-    "USERS.GRIDPREF; this service keeps no key pairs, so it always answers success=false saying so.",
-    "never (success is always false)."))
+@router.get(
+    "/creds/get_key_pair",
+    tags=["creds"],
+    **v1doc(
+        "creds",
+        "Key pair (not provided here)",
+        "Harvester's get_key_pair. The PanDA server hands key pairs from its configuration to DNs allowed 'k' in "
+        "USERS.GRIDPREF; this service keeps no key pairs, so it always answers success=false saying so.",
+        "never (success is always false).",
+    ),
+)
 async def get_key_pair(request: Request, public_key_name: Text = None, private_key_name: Text = None) -> Response:
     authorize(request, "creds")
-    return answer(False, f"key pairs are not provided here: the harvester-edge central service keeps no key pairs "
-                         f"(asked for {public_key_name!r}/{private_key_name!r})")
+    return answer(
+        False,
+        f"key pairs are not provided here: the harvester-edge central service keeps no key pairs "
+        f"(asked for {public_key_name!r}/{private_key_name!r})",
+    )
 
 
-@router.get("/creds/get_proxy", tags=["creds"], **v1doc(
-    "creds", "x509 proxy (not provided here)",
-    "Harvester's get_proxy. The PanDA server hands out cached x509 proxies; this service holds none (its "
-    "credentials are tokens: creds/get_token_key, creds/get_access_token), so it always answers success=false.",
-    "never (success is always false)."))
+@router.get(
+    "/creds/get_proxy",
+    tags=["creds"],
+    **v1doc(
+        "creds",
+        "x509 proxy (not provided here)",
+        "Harvester's get_proxy. The PanDA server hands out cached x509 proxies; this service holds none (its "
+        "credentials are tokens: creds/get_token_key, creds/get_access_token), so it always answers success=false.",
+        "never (success is always false).",
+    ),
+)
 async def get_proxy(request: Request, role: Text = None, dn: Text = None) -> Response:
     authorize(request, "creds")
-    return answer(False, "x509 proxies are not provided here: the harvester-edge central service holds no proxies; "
-                         "its credentials are tokens (creds/get_token_key, creds/get_access_token)")
+    return answer(
+        False,
+        "x509 proxies are not provided here: the harvester-edge central service holds no proxies; "
+        "its credentials are tokens (creds/get_token_key, creds/get_access_token)",
+    )
 
 
 # -- file_server ---------------------------------------------------------------------------------------------
-_FILE_FORM = {"content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["file"],
-    "properties": {"file": {"type": "string", "format": "binary", "description": "the log; its file name names it"}}}}},
-    "required": True}
+_FILE_FORM = {
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary", "description": "the log; its file name names it"}
+                },
+            }
+        }
+    },
+    "required": True,
+}
 
 
 def multipart_file(body: bytes, content_type: str) -> tuple[str | None, bytes]:
@@ -234,14 +324,14 @@ def multipart_file(body: bytes, content_type: str) -> tuple[str | None, bytes]:
     if match:
         boundary = match.group(1).encode()
     elif body.startswith(b"--") and b"\r\n" in body[:200]:
-        boundary = body[2:body.index(b"\r\n")]
+        boundary = body[2 : body.index(b"\r\n")]
     else:
         raise InvalidInput("expected a multipart/form-data body with a part named 'file'")
     for part in body.split(b"--" + boundary)[1:]:
         if part.startswith(b"--"):
             break
         head, sep, content = part.removeprefix(b"\r\n").partition(b"\r\n\r\n")
-        disposition = re.search(rb'(?im)^content-disposition:[^\r\n]*', head)
+        disposition = re.search(rb"(?im)^content-disposition:[^\r\n]*", head)
         name = re.search(rb';\s*name="([^"]*)"', disposition.group(0)) if disposition else None
         if sep and name and name.group(1) == b"file":
             filename = re.search(rb';\s*filename="([^"]*)"', disposition.group(0))
@@ -255,12 +345,21 @@ async def uploaded(request: Request) -> tuple[str | None, bytes, int]:
     return name, content, cap
 
 
-@router.post("/file_server/upload_jedi_log", tags=["file_server"], **v1doc(
-    "file_server", "Upload a log file (replaces one of the same name)",
-    "PanDA's upload_jedi_log: the multipart part 'file' is stored under the service's work dir (jedilog/<name>, "
-    "name = the file name after its last '/': letters, digits, '.', '_', '-' only), at most central.max_body "
-    "bytes; a log of the same name is replaced. The monitor's job page links the logs whose name holds the job's "
-    "PandaID or task id.", "the URL of the log in the monitor.", body=True, request_body=_FILE_FORM))
+@router.post(
+    "/file_server/upload_jedi_log",
+    tags=["file_server"],
+    **v1doc(
+        "file_server",
+        "Upload a log file (replaces one of the same name)",
+        "PanDA's upload_jedi_log: the multipart part 'file' is stored under the service's work dir (jedilog/<name>, "
+        "name = the file name after its last '/': letters, digits, '.', '_', '-' only), at most central.max_body "
+        "bytes; a log of the same name is replaced. The monitor's job page links the logs whose name holds the job's "
+        "PandaID or task id.",
+        "the URL of the log in the monitor.",
+        body=True,
+        request_body=_FILE_FORM,
+    ),
+)
 async def upload_jedi_log(request: Request) -> Response:
     authorize(request, "file_server")
     filename, content, cap = await uploaded(request)
@@ -269,11 +368,19 @@ async def upload_jedi_log(request: Request) -> Response:
     return answer(True, data=f"{str(request.base_url).rstrip('/')}/monitor/jedilog/{name}")
 
 
-@router.post("/file_server/update_jedi_log", tags=["file_server"], **v1doc(
-    "file_server", "Append a zlib-compressed chunk to a log file",
-    "PanDA's update_jedi_log, what Harvester's upload_file sends: the part 'file' is zlib data, inflated (capped) "
-    "and appended to jedilog/<name>; the log stays at most central.max_body bytes.", "null.", body=True,
-    request_body=_FILE_FORM))
+@router.post(
+    "/file_server/update_jedi_log",
+    tags=["file_server"],
+    **v1doc(
+        "file_server",
+        "Append a zlib-compressed chunk to a log file",
+        "PanDA's update_jedi_log, what Harvester's upload_file sends: the part 'file' is zlib data, inflated (capped) "
+        "and appended to jedilog/<name>; the log stays at most central.max_body bytes.",
+        "null.",
+        body=True,
+        request_body=_FILE_FORM,
+    ),
+)
 async def update_jedi_log(request: Request) -> Response:
     authorize(request, "file_server")
     filename, content, cap = await uploaded(request)
@@ -285,18 +392,30 @@ async def update_jedi_log(request: Request) -> Response:
 ACTIVE_REPORTED = ("assigned", "activated", "running")  # always present, as DBProxy.getJobStatistics does
 
 
-@router.get("/statistics/active_job_stats_by_site", tags=["statistics"], **v1doc(
-    "statistics", "Active jobs by site and state",
-    "Harvester's get_job_stats: jobs not in a final state, {site: {jobStatus: n}} with assigned, activated and "
-    "running always present (as DBProxy.getJobStatistics).", "the counts above."))
+@router.get(
+    "/statistics/active_job_stats_by_site",
+    tags=["statistics"],
+    **v1doc(
+        "statistics",
+        "Active jobs by site and state",
+        "Harvester's get_job_stats: jobs not in a final state, {site: {jobStatus: n}} with assigned, activated and "
+        "running always present (as DBProxy.getJobStatistics).",
+        "the counts above.",
+    ),
+)
 async def active_job_stats_by_site(request: Request) -> Response:
     authorize(request, "statistics")
     svc = request.app.state.service
 
     def read() -> dict:
-        rows = svc.db.reader().execute(
-            "SELECT coalesce(site, ''), status, count(*) FROM jobs WHERE status NOT IN (?, ?, ?) GROUP BY 1, 2",
-            tuple(s.value for s in JOB_TERMINAL)).fetchall()
+        rows = (
+            svc.db.reader()
+            .execute(
+                "SELECT coalesce(site, ''), status, count(*) FROM jobs WHERE status NOT IN (?, ?, ?) GROUP BY 1, 2",
+                tuple(s.value for s in JOB_TERMINAL),
+            )
+            .fetchall()
+        )
         stats: dict = {}
         for site, status, n in rows:
             stats.setdefault(site, dict.fromkeys(ACTIVE_REPORTED, 0))[status] = n
@@ -316,18 +435,30 @@ def alias_doc(path: str, target: str) -> dict[str, Any]:
     entry = v1_entry("/api/v1" + target)
     if entry is None:
         route = next(r for r in router.routes if getattr(r, "path", None) == target)
-        entry = {"summary": route.summary, "description": route.description, "responses": route.responses,
-                 "openapi_extra": route.openapi_extra}
-    return {**entry, "summary": entry["summary"] + " (alias)",
-            "description": f"The same call as /api/v1{target}; Harvester's communicator names it /api/v1{path}."
-                           f"\n\n{entry['description']}"}
+        entry = {
+            "summary": route.summary,
+            "description": route.description,
+            "responses": route.responses,
+            "openapi_extra": route.openapi_extra,
+        }
+    return {
+        **entry,
+        "summary": entry["summary"] + " (alias)",
+        "description": f"The same call as /api/v1{target}; Harvester's communicator names it /api/v1{path}."
+        f"\n\n{entry['description']}",
+    }
 
 
 def _alias(path: str, endpoint, method: str, target: str) -> None:
-    router.add_api_route(path, endpoint, methods=[method], deprecated=True,
-                         operation_id=f"alias_{path.strip('/').replace('/', '_')}",
-                         tags=next(r.tags for r in router.routes if getattr(r, "path", None) == target),
-                         **alias_doc(path, target))
+    router.add_api_route(
+        path,
+        endpoint,
+        methods=[method],
+        deprecated=True,
+        operation_id=f"alias_{path.strip('/').replace('/', '_')}",
+        tags=next(r.tags for r in router.routes if getattr(r, "path", None) == target),
+        **alias_doc(path, target),
+    )
 
 
 _alias("/credential/get_key_pair", get_key_pair, "GET", "/creds/get_key_pair")

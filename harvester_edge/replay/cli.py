@@ -2,8 +2,10 @@
 
 Registered by harvester_edge.cli (cli.add_command(replay_command, "replay"), ...(simulate_command, "simulate")).
 """
+
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import shutil
@@ -41,16 +43,26 @@ def _sizes(text: str) -> list[int]:
 
 
 @click.command("simulate")
-@click.option("--workers", "sizes", default="1000,10000", show_default=True,
-              help="comma-separated workload sizes (workers; 10 ranges each, at most 1,000,000 ranges)")
+@click.option(
+    "--workers",
+    "sizes",
+    default="1000,10000",
+    show_default=True,
+    help="comma-separated workload sizes (workers; 10 ranges each, at most 1,000,000 ranges)",
+)
 @click.option("--queue-wait", default=60.0, show_default=True, help="mean seconds a worker pends in the queue")
 @click.option("--fail-rate", default=0.02, show_default=True, help="share of workers failing at start")
 @click.option("--kill-rate", default=0.02, show_default=True, help="share of pilots killed at the walltime")
 @click.option("--max-running", default=200, show_default=True, help="the queue's max_running_workers")
-@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="where the simulated sites live (default: a temporary folder on /dev/shm, removed after)")
-def simulate_command(sizes: str, queue_wait: float, fail_rate: float, kill_rate: float, max_running: int,
-                     work_dir: Path | None) -> None:
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="where the simulated sites live (default: a temporary folder on /dev/shm, removed after)",
+)
+def simulate_command(
+    sizes: str, queue_wait: float, fail_rate: float, kill_rate: float, max_running: int, work_dir: Path | None
+) -> None:
     """Drive the real agents at virtual time against a synthetic batch system, central service and pilots, and
     report the harvester's CPU time, DB size and cycle times per workload size (last line: JSON)."""
     from harvester_edge.replay.sim import default_work_root, scale_point
@@ -76,20 +88,35 @@ def summary(rows: list[dict]) -> dict:
     """Figures plus growth ratios between successive sizes: cost per worker staying flat means linear growth."""
     out: dict = {"benchmark": "simulate", "points": rows}
     ratios = []
-    for a, b in zip(rows, rows[1:]):
-        ratios.append({"from": a["workers"], "to": b["workers"],
-                       "workers_x": round(b["workers"] / max(1, a["workers"]), 2),
-                       "cpu_x": round(b["harvester_cpu_s"] / max(1e-9, a["harvester_cpu_s"]), 2),
-                       "cpu_per_worker_x": round(b["cpu_ms_per_worker"] / max(1e-9, a["cpu_ms_per_worker"]), 2),
-                       "db_x": round(b["db_mb"] / max(1e-9, a["db_mb"]), 2)})
+    for a, b in itertools.pairwise(rows):
+        ratios.append(
+            {
+                "from": a["workers"],
+                "to": b["workers"],
+                "workers_x": round(b["workers"] / max(1, a["workers"]), 2),
+                "cpu_x": round(b["harvester_cpu_s"] / max(1e-9, a["harvester_cpu_s"]), 2),
+                "cpu_per_worker_x": round(b["cpu_ms_per_worker"] / max(1e-9, a["cpu_ms_per_worker"]), 2),
+                "db_x": round(b["db_mb"] / max(1e-9, a["db_mb"]), 2),
+            }
+        )
     out["ratios"] = ratios
     out["linear_or_better"] = all(r["cpu_per_worker_x"] <= 1.5 for r in ratios)
     return out
 
 
 def render_table(rows: list[dict]) -> str:
-    cols = ["workers", "ranges_done", "virtual_s", "real_s", "harvester_cpu_s", "cpu_ms_per_worker", "db_mb",
-            "cycle_ms_median", "cycle_ms_max", "cycles"]
+    cols = [
+        "workers",
+        "ranges_done",
+        "virtual_s",
+        "real_s",
+        "harvester_cpu_s",
+        "cpu_ms_per_worker",
+        "db_mb",
+        "cycle_ms_median",
+        "cycle_ms_max",
+        "cycles",
+    ]
     lines = ["  ".join(f"{c:>17}" for c in cols)]
     for row in rows:
         lines.append("  ".join(f"{row[c]:>17}" for c in cols))

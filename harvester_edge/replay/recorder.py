@@ -6,6 +6,7 @@ the HttpTransport (services.start_services passes them in). `Recording.close()` 
 file. Contacts are tagged with the cycle that made them (a thread-local: one cycle runs in one thread), so a trace
 stays replayable even if cycles overlapped; replays are exact when cycles ran one at a time (daemon threads 1).
 """
+
 from __future__ import annotations
 
 import json
@@ -102,11 +103,19 @@ def file_result(op: str, value: Any) -> Any:
     if op == "pending":
         return [[seq, str(path)] for seq, path in value]
     if op == "load_event_request":
-        return {"seq": value.seq, "path": str(value.path), "time": value.time,
-                "requests": {str(k): v for k, v in value.requests.items()}}
+        return {
+            "seq": value.seq,
+            "path": str(value.path),
+            "time": value.time,
+            "requests": {str(k): v for k, v in value.requests.items()},
+        }
     if op == "load_event_status":
-        return {"seq": value.seq, "path": str(value.path), "time": value.time,
-                "events": {str(k): v for k, v in value.events.items()}}
+        return {
+            "seq": value.seq,
+            "path": str(value.path),
+            "time": value.time,
+            "events": {str(k): v for k, v in value.events.items()},
+        }
     if op == "read_heartbeat":
         return value
     return None if value is None else str(value)
@@ -120,8 +129,12 @@ def file_args(op: str, args: tuple, kwargs: dict) -> list:
     if op == "write_event_ranges":
         ap, seq, ranges = args[:3]
         no_more = kwargs.get("no_more", args[3] if len(args) > 3 else ())
-        return [str(ap), int(seq), {str(k): [dict(r) for r in v] for k, v in ranges.items()},
-                sorted(int(p) for p in no_more)]
+        return [
+            str(ap),
+            int(seq),
+            {str(k): [dict(r) for r in v] for k, v in ranges.items()},
+            sorted(int(p) for p in no_more),
+        ]
     return [str(a) for a in args]
 
 
@@ -199,8 +212,9 @@ def install(ctx: Any, path: Path | str) -> Recording:
     install_id = ctx.store.query("SELECT value FROM meta WHERE key = 'install_id'")[0][0]
     config = ctx.config
     work_dir = str(config.paths.work_dir)
-    head = trace.header(config.site, ctx.clock.now(), work_dir, install_id,
-                        trace.normalize(config_snapshot(config), work_dir))
+    head = trace.header(
+        config.site, ctx.clock.now(), work_dir, install_id, trace.normalize(config_snapshot(config), work_dir)
+    )
     writer = TraceWriter(Path(path), head)
     log.info("recording every outside contact into %s", path)
     return Recording(ctx, writer)

@@ -5,6 +5,7 @@ Each call the code makes is matched with the next recorded call of the same cycl
 stdin / method, path, params and body / file operation and paths); the first call that differs, that the recording
 does not have, or that the recording has but the code no longer makes, is the divergence, reported with a diff.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -14,9 +15,10 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from harvester_edge.agents import build_agents
 from harvester_edge.agents.base import AgentContext
@@ -43,10 +45,10 @@ class RecordedError(HarvesterEdgeError):
 
 @dataclass
 class Divergence:
-    line: int              # the trace line of the recorded call (or of the cycle record)
+    line: int  # the trace line of the recorded call (or of the cycle record)
     agent: str
-    t: float               # the cycle's virtual time, seconds after the recording started
-    call: int              # the call's position in its cycle (1-based)
+    t: float  # the cycle's virtual time, seconds after the recording started
+    call: int  # the call's position in its cycle (1-based)
     message: str
     expected: Any = None
     actual: Any = None
@@ -75,7 +77,7 @@ class ReplayReport:
     records: int = 0
     cycles: int = 0
     calls: int = 0
-    skipped: int = 0          # records outside any cycle (daemon start-up), not replayed
+    skipped: int = 0  # records outside any cycle (daemon start-up), not replayed
     virtual_seconds: float = 0.0
     real_seconds: float = 0.0
     cycle_errors: list[str] = field(default_factory=list)
@@ -88,21 +90,34 @@ class ReplayReport:
 
     def render(self) -> str:
         notes = "".join(f"\nwarning: {w}" for w in self.warnings)
-        head = (f"replayed {self.cycles} cycles and {self.calls} calls of {self.trace.name} "
-                f"({self.virtual_seconds:.0f}s recorded) in {self.real_seconds:.2f}s")
+        head = (
+            f"replayed {self.cycles} cycles and {self.calls} calls of {self.trace.name} "
+            f"({self.virtual_seconds:.0f}s recorded) in {self.real_seconds:.2f}s"
+        )
         if self.divergence is None:
             return head + ": no divergence" + notes
         d = self.divergence
-        return (f"{head}\nDIVERGED at {self.trace.name}:{d.line} (agent {d.agent}, cycle at +{d.t:.1f}s, "
-                f"call {d.call} of the cycle): {d.message}\n{d.diff}{notes}")
+        return (
+            f"{head}\nDIVERGED at {self.trace.name}:{d.line} (agent {d.agent}, cycle at +{d.t:.1f}s, "
+            f"call {d.call} of the cycle): {d.message}\n{d.diff}{notes}"
+        )
 
     def to_dict(self) -> dict:
         d = self.divergence
-        return {"trace": str(self.trace), "records": self.records, "cycles": self.cycles, "calls": self.calls,
-                "skipped": self.skipped, "virtual_seconds": round(self.virtual_seconds, 3),
-                "real_seconds": round(self.real_seconds, 3), "cycle_errors": self.cycle_errors[:20], "warnings": self.warnings,
-                "divergence": None if d is None else {"line": d.line, "agent": d.agent, "t": d.t, "call": d.call,
-                                                      "message": d.message, "diff": d.diff}}
+        return {
+            "trace": str(self.trace),
+            "records": self.records,
+            "cycles": self.cycles,
+            "calls": self.calls,
+            "skipped": self.skipped,
+            "virtual_seconds": round(self.virtual_seconds, 3),
+            "real_seconds": round(self.real_seconds, 3),
+            "cycle_errors": self.cycle_errors[:20],
+            "warnings": self.warnings,
+            "divergence": None
+            if d is None
+            else {"line": d.line, "agent": d.agent, "t": d.t, "call": d.call, "message": d.message, "diff": d.diff},
+        }
 
 
 def request_of(rec: dict) -> dict:
@@ -114,8 +129,13 @@ def request_of(rec: dict) -> dict:
             request["inputs"] = rec["inputs"]
         return request
     if kind == "http":
-        return {"kind": kind, "method": rec["method"], "path": rec["path"], "params": rec.get("params"),
-                "json": rec.get("json")}
+        return {
+            "kind": kind,
+            "method": rec["method"],
+            "path": rec["path"],
+            "params": rec.get("params"),
+            "json": rec.get("json"),
+        }
     return {"kind": kind, "op": rec["op"], "args": rec["args"]}
 
 
@@ -140,11 +160,19 @@ def file_value(op: str, value: Any) -> Any:
     if op == "pending":
         return [(int(seq), Path(path)) for seq, path in value]
     if op == "load_event_request":
-        return protocol.Request(seq=value["seq"], path=Path(value["path"]), time=value["time"],
-                                requests={int(k): v for k, v in value["requests"].items()})
+        return protocol.Request(
+            seq=value["seq"],
+            path=Path(value["path"]),
+            time=value["time"],
+            requests={int(k): v for k, v in value["requests"].items()},
+        )
     if op == "load_event_status":
-        return protocol.Batch(seq=value["seq"], path=Path(value["path"]), time=value["time"],
-                              events={int(k): v for k, v in value["events"].items()})
+        return protocol.Batch(
+            seq=value["seq"],
+            path=Path(value["path"]),
+            time=value["time"],
+            events={int(k): v for k, v in value["events"].items()},
+        )
     if op == "read_heartbeat":
         return value
     return None if value is None else Path(value)
@@ -167,8 +195,9 @@ class Session:
 
     def _diverge(self, message: str, expected: Any, actual: Any, line: int) -> Diverged:
         if self.divergence is None:
-            self.divergence = Divergence(line, self.cycle["agent"], self.cycle["t"] - self.start, self.index + 1,
-                                         message, expected, actual)
+            self.divergence = Divergence(
+                line, self.cycle["agent"], self.cycle["t"] - self.start, self.index + 1, message, expected, actual
+            )
         return Diverged(message)
 
     def serve(self, actual: dict) -> dict:
@@ -177,16 +206,23 @@ class Session:
             raise Diverged(self.divergence.message)
         actual = _plain(trace.normalize(actual, self.work_dir))
         if self.index >= len(self.expected):
-            raise self._diverge(f"the replayed code made a {actual['kind']} call the recording does not have "
-                                f"(the recorded cycle made {len(self.expected)} calls)", None, actual,
-                                self.cycle["_line"])
+            raise self._diverge(
+                f"the replayed code made a {actual['kind']} call the recording does not have "
+                f"(the recorded cycle made {len(self.expected)} calls)",
+                None,
+                actual,
+                self.cycle["_line"],
+            )
         rec = self.expected[self.index]
         wanted = request_of(rec)
         if actual["kind"] == "command" and "inputs" not in wanted:
             actual.pop("inputs", None)  # recorded without the files it read (or it read none)
         if wanted != actual:
-            what = (f"a different {actual['kind']} call" if wanted["kind"] == actual["kind"] else
-                    f"a {actual['kind']} call where the recording has a {wanted['kind']} call")
+            what = (
+                f"a different {actual['kind']} call"
+                if wanted["kind"] == actual["kind"]
+                else f"a {actual['kind']} call where the recording has a {wanted['kind']} call"
+            )
             raise self._diverge(f"the replayed code made {what}", wanted, actual, rec["_line"])
         self.index += 1
         self.calls += 1
@@ -195,8 +231,13 @@ class Session:
     def end(self) -> None:
         if self.divergence is None and self.index < len(self.expected):
             rec = self.expected[self.index]
-            self._diverge(f"the recording has {len(self.expected) - self.index} more call(s) in this cycle that "
-                          f"the replayed code no longer makes", request_of(rec), None, rec["_line"])
+            self._diverge(
+                f"the recording has {len(self.expected) - self.index} more call(s) in this cycle that "
+                f"the replayed code no longer makes",
+                request_of(rec),
+                None,
+                rec["_line"],
+            )
 
 
 class ReplayRunner(CommandRunner):
@@ -210,9 +251,15 @@ class ReplayRunner(CommandRunner):
         if inputs:
             request["inputs"] = inputs
         rec = self.session.serve(request)
-        return CommandResult(argv=tuple(argv), stdin=stdin, stdout=rec.get("stdout", ""), stderr=rec.get("stderr", ""),
-                             returncode=int(rec["returncode"]), duration=float(rec.get("duration") or 0.0),
-                             timed_out=bool(rec.get("timed_out")))
+        return CommandResult(
+            argv=tuple(argv),
+            stdin=stdin,
+            stdout=rec.get("stdout", ""),
+            stderr=rec.get("stderr", ""),
+            returncode=int(rec["returncode"]),
+            duration=float(rec.get("duration") or 0.0),
+            timed_out=bool(rec.get("timed_out")),
+        )
 
 
 class ReplayTransport:
@@ -223,15 +270,29 @@ class ReplayTransport:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def request(self, method: str, path: str, *, params: Any = None, json: Any = None,
-                headers: dict | None = None, timeout: float | None = None, data: bytes | None = None) -> HttpResult:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Any = None,
+        json: Any = None,
+        headers: dict | None = None,
+        timeout: float | None = None,
+        data: bytes | None = None,
+    ) -> HttpResult:
         call = redact_call(method, path, params, json, headers, None, None)
-        rec = self.session.serve({"kind": "http", "method": method, "path": path, "params": call["params"],
-                                  "json": call["json"]})
+        rec = self.session.serve(
+            {"kind": "http", "method": method, "path": path, "params": call["params"], "json": call["json"]}
+        )
         if rec.get("error") and "status" not in rec:
             raise TransportError(f"{method} {path} got no answer (recorded): {rec['error']}")
-        return HttpResult(int(rec["status"]), dict(rec.get("response_headers") or {}),
-                          str(rec.get("body", "")).encode(), float(rec.get("duration") or 0.0))
+        return HttpResult(
+            int(rec["status"]),
+            dict(rec.get("response_headers") or {}),
+            str(rec.get("body", "")).encode(),
+            float(rec.get("duration") or 0.0),
+        )
 
     def close(self) -> None:
         pass
@@ -245,7 +306,7 @@ class ReplayFiles:
 
     def call(self, op: str, *args: Any, **kwargs: Any) -> Any:
         rec = self.session.serve({"kind": "file", "op": op, "args": file_args(op, args, kwargs)})
-        if "error" in rec and rec["error"]:
+        if rec.get("error"):
             raise rebuild_error(rec["error"])
         return file_value(op, rec.get("result"))
 
@@ -259,9 +320,13 @@ class VirtualClock(FixedClock):
 def replay_config(head: dict, work_dir: Path) -> SiteConfig:
     """The recorded site config, moved into `work_dir`, with no token files (replay talks to no service)."""
     config = SiteConfig.model_validate(trace.denormalize(head["config"], str(work_dir)))
-    central = config.central.model_copy(update={
-        "db": work_dir / "central.db", "mode": "embedded",
-        "tokens": config.central.tokens.model_copy(update={"token_file": None, "key_file": None})})
+    central = config.central.model_copy(
+        update={
+            "db": work_dir / "central.db",
+            "mode": "embedded",
+            "tokens": config.central.tokens.model_copy(update={"token_file": None, "key_file": None}),
+        }
+    )
     paths = config.paths.model_copy(update={"work_dir": work_dir, "db": None, "access_points": None, "logs": None})
     return config.model_copy(update={"paths": paths, "central": central})
 
@@ -282,11 +347,16 @@ def group_cycles(records: list[dict]) -> tuple[list[tuple[dict, list[dict]]], in
     return [cycles[s] for s in order], skipped
 
 
-def replay(path: Path | str, *, adjust: Callable[[SiteConfig], SiteConfig] | None = None,
-           work_dir: Path | None = None, progress: bool = False) -> ReplayReport:
+def replay(
+    path: Path | str,
+    *,
+    adjust: Callable[[SiteConfig], SiteConfig] | None = None,
+    work_dir: Path | None = None,
+    progress: bool = False,
+) -> ReplayReport:
     """Replay a trace; `adjust` changes the recorded config first (what-if). Stops at the first divergence."""
-    from harvester_edge.daemon import sync_queues
     from harvester_edge.central.client import CentralClient
+    from harvester_edge.daemon import sync_queues
     from harvester_edge.services import make_plugins
     from harvester_edge.store import open_store
 
@@ -297,8 +367,10 @@ def replay(path: Path | str, *, adjust: Callable[[SiteConfig], SiteConfig] | Non
     report = ReplayReport(trace=path, records=len(records), skipped=skipped)
     offset = time.localtime(float(head["started"])).tm_gmtoff
     if head.get("utc_offset", offset) != offset:
-        report.warnings.append(f"recorded at UTC offset {head['utc_offset']}s, replayed at {offset}s: batch times "
-                               f"parse differently; set TZ to the recording's zone for an exact replay")
+        report.warnings.append(
+            f"recorded at UTC offset {head['utc_offset']}s, replayed at {offset}s: batch times "
+            f"parse differently; set TZ to the recording's zone for an exact replay"
+        )
     own_dir = work_dir is None
     work = Path(tempfile.mkdtemp(prefix="he-replay-")) if own_dir else Path(work_dir)
     try:
@@ -342,8 +414,12 @@ def _run(cycles, agents, clock: VirtualClock, session: Session, report: ReplayRe
             agent = agents.get(cycle["agent"])
             session.begin(cycle, calls)
             if agent is None:
-                session._diverge(f"the recording has a cycle of agent {cycle['agent']!r}, which this build lacks",
-                                 cycle["agent"], sorted(agents), cycle["_line"])
+                session._diverge(
+                    f"the recording has a cycle of agent {cycle['agent']!r}, which this build lacks",
+                    cycle["agent"],
+                    sorted(agents),
+                    cycle["_line"],
+                )
                 break
             clock.set(cycle["t"])
             try:

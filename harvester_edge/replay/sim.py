@@ -4,6 +4,7 @@ recorder of traces built from documented outputs (the LSF trace of the tests).
 The loop is the daemon's schedule without threads or sleeping: each agent runs when it is due (ties in the
 daemon's agent order), the clock jumps to that time, the synthetic world moves forward to it first.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,23 +22,47 @@ from harvester_edge.replay.synthetic import Behaviour, SyntheticBatch, Synthetic
 from harvester_edge.seams import files
 
 START = 1_800_000_000.0
-INTERVALS = {"fetcher": 30, "submitter": 5, "monitor": 10, "feeder": 10, "propagator": 10, "sweeper": 60,
-             "credentials": 300}
+INTERVALS = {
+    "fetcher": 30,
+    "submitter": 5,
+    "monitor": 10,
+    "feeder": 10,
+    "propagator": 10,
+    "sweeper": 60,
+    "credentials": 300,
+}
 
 
-def site_config(work_dir: Path, batch: str = "slurm", max_running: int = 1000, max_queued: int = 500,
-                intervals: dict | None = None) -> SiteConfig:
+def site_config(
+    work_dir: Path, batch: str = "slurm", max_running: int = 1000, max_queued: int = 500, intervals: dict | None = None
+) -> SiteConfig:
     """A one-queue site whose workers are 1 node x 1 rank for up to 3 minutes (about 10 ranges each)."""
-    return SiteConfig.model_validate({
-        "site": "sim", "central": {"mode": "embedded", "trusted": True},
-        "queues": [{"name": "normal", "batch": batch, "partition": "normal", "nodes_min": 1, "nodes_max": 1,
-                    "ranks_per_node": 1, "cores_per_node": 1, "walltime_min": 60, "walltime_max": 180,
-                    "max_running_workers": max_running, "max_queued_workers": max_queued, "launcher": "none",
-                    "drain_warning": 30}],
-        "paths": {"work_dir": str(work_dir)},
-        "agents": intervals or INTERVALS,
-        "daemon": {"lease_time": 300, "cleanup_delay": 600, "heartbeat_timeout": 1800},
-    })
+    return SiteConfig.model_validate(
+        {
+            "site": "sim",
+            "central": {"mode": "embedded", "trusted": True},
+            "queues": [
+                {
+                    "name": "normal",
+                    "batch": batch,
+                    "partition": "normal",
+                    "nodes_min": 1,
+                    "nodes_max": 1,
+                    "ranks_per_node": 1,
+                    "cores_per_node": 1,
+                    "walltime_min": 60,
+                    "walltime_max": 180,
+                    "max_running_workers": max_running,
+                    "max_queued_workers": max_queued,
+                    "launcher": "none",
+                    "drain_warning": 30,
+                }
+            ],
+            "paths": {"work_dir": str(work_dir)},
+            "agents": intervals or INTERVALS,
+            "daemon": {"lease_time": 300, "cleanup_delay": 600, "heartbeat_timeout": 1800},
+        }
+    )
 
 
 @dataclass
@@ -61,22 +86,33 @@ class SimResult:
 
     def row(self) -> dict[str, Any]:
         walls = [w for a in self.agents.values() for w in a.walls]
-        return {"workers": self.workers, "ranges_done": self.ranges_done, "ranges_total": self.ranges_total,
-                "virtual_s": round(self.virtual_seconds), "real_s": round(self.real_seconds, 2),
-                "harvester_cpu_s": round(self.harvester_cpu, 2), "cpu_ms_per_worker":
-                    round(1000 * self.harvester_cpu / max(1, self.workers), 3),
-                "db_mb": round(self.db_bytes / 1e6, 2),
-                "cycle_ms_median": round(1000 * statistics.median(walls), 3) if walls else 0.0,
-                "cycle_ms_max": round(1000 * max(walls), 1) if walls else 0.0,
-                "cycles": sum(a.cycles for a in self.agents.values()),
-                "per_agent_cpu_s": {n: round(a.cpu, 2) for n, a in self.agents.items()}}
+        return {
+            "workers": self.workers,
+            "ranges_done": self.ranges_done,
+            "ranges_total": self.ranges_total,
+            "virtual_s": round(self.virtual_seconds),
+            "real_s": round(self.real_seconds, 2),
+            "harvester_cpu_s": round(self.harvester_cpu, 2),
+            "cpu_ms_per_worker": round(1000 * self.harvester_cpu / max(1, self.workers), 3),
+            "db_mb": round(self.db_bytes / 1e6, 2),
+            "cycle_ms_median": round(1000 * statistics.median(walls), 3) if walls else 0.0,
+            "cycle_ms_max": round(1000 * max(walls), 1) if walls else 0.0,
+            "cycles": sum(a.cycles for a in self.agents.values()),
+            "per_agent_cpu_s": {n: round(a.cpu, 2) for n, a in self.agents.items()},
+        }
 
 
 class Simulation:
     """A site in `work_dir` with the real store, agents and plugins; `recorder` hooks record a trace."""
 
-    def __init__(self, work_dir: Path, behaviour: Behaviour, config: SiteConfig | None = None,
-                 record: Path | None = None, tick: float = 10.0) -> None:
+    def __init__(
+        self,
+        work_dir: Path,
+        behaviour: Behaviour,
+        config: SiteConfig | None = None,
+        record: Path | None = None,
+        tick: float = 10.0,
+    ) -> None:
         from harvester_edge.central.client import CentralClient
         from harvester_edge.daemon import sync_queues
         from harvester_edge.services import make_plugins
@@ -143,11 +179,17 @@ class Simulation:
             self.close()
         db = self.config.db_path
         size = sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists())
-        return SimResult(workers=len(self.world.jobs), ranges_done=len(self.world.central.finished),
-                         ranges_total=self.world.central.b.ranges, virtual_seconds=t - START,
-                         real_seconds=time.perf_counter() - started,
-                         harvester_cpu=sum(f.cpu for f in self.figures.values()),
-                         world_cpu=self.world.meter.overhead, db_bytes=size, agents=self.figures)
+        return SimResult(
+            workers=len(self.world.jobs),
+            ranges_done=len(self.world.central.finished),
+            ranges_total=self.world.central.b.ranges,
+            virtual_seconds=t - START,
+            real_seconds=time.perf_counter() - started,
+            harvester_cpu=sum(f.cpu for f in self.figures.values()),
+            world_cpu=self.world.meter.overhead,
+            db_bytes=size,
+            agents=self.figures,
+        )
 
     def close(self) -> None:
         if self.recording is not None:
@@ -157,8 +199,9 @@ class Simulation:
         self.store.close()
 
 
-def scale_point(workers: int, work_root: Path, behaviour: Behaviour | None = None,
-                max_running: int = 1000) -> SimResult:
+def scale_point(
+    workers: int, work_root: Path, behaviour: Behaviour | None = None, max_running: int = 1000
+) -> SimResult:
     """One simulated run that needs about `workers` workers (10 ranges of 10 events per worker)."""
     b = behaviour or Behaviour()
     b = Behaviour(**{**b.__dict__, "ranges": min(workers * 10, 1_000_000), "jobs": max(1, min(20, workers // 100))})

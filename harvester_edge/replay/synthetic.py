@@ -6,15 +6,17 @@ output formats), the central side an HTTP transport, the pilots a pilot-file sea
 configurable: queue wait, failure rate at start, walltime kills (a pilot that hangs until the batch system kills
 it). Used by `harvester-edge simulate` and to build the LSF trace of the tests.
 """
+
 from __future__ import annotations
 
 import json
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from harvester_edge.seams.commands import CommandResult, CommandRunner
 from harvester_edge.seams.http import HttpResult, redact_call
@@ -23,13 +25,13 @@ from jumbo import protocol
 
 @dataclass
 class Behaviour:
-    queue_wait: float = 60.0       # mean seconds a job pends (uniform 0.5x..1.5x)
-    fail_rate: float = 0.0         # share of jobs that fail at start (exit 1, the pilot never runs)
-    kill_rate: float = 0.0         # share of pilots that hang and are killed at the walltime (TIMEOUT)
+    queue_wait: float = 60.0  # mean seconds a job pends (uniform 0.5x..1.5x)
+    fail_rate: float = 0.0  # share of jobs that fail at start (exit 1, the pilot never runs)
+    kill_rate: float = 0.0  # share of pilots that hang and are killed at the walltime (TIMEOUT)
     seconds_per_event: float = 1.0
     events_per_range: int = 10
-    ranges: int = 1000             # event ranges of the one task
-    jobs: int = 4                  # jumbo jobs sharing the task's ranges
+    ranges: int = 1000  # event ranges of the one task
+    jobs: int = 4  # jumbo jobs sharing the task's ranges
     seed: int = 1
 
 
@@ -57,8 +59,8 @@ class Pilot:
     task_id: int = 0
     held: list = field(default_factory=list)
     no_more: bool = False
-    requests: dict = field(default_factory=dict)     # seq -> Request (unconsumed files)
-    statuses: dict = field(default_factory=dict)     # seq -> Batch
+    requests: dict = field(default_factory=dict)  # seq -> Request (unconsumed files)
+    statuses: dict = field(default_factory=dict)  # seq -> Batch
     next_seq: int = 1
     next_status: int = 1
     waiting: bool = False
@@ -99,10 +101,14 @@ class SyntheticCentral:
     def range_spec(self, index: int, panda_id: int) -> dict:
         first = index * self.b.events_per_range + 1
         # a range handed out again gets a new id (its attempt), as the real service does
-        return {"eventRangeID": f"{self.task_id}-{panda_id}-{index}-{self.attempts.get(index, 0)}",
-                "startEvent": first,
-                "lastEvent": first + self.b.events_per_range - 1, "LFN": "EVNT.01.root", "GUID": "g-1",
-                "scope": "sim"}
+        return {
+            "eventRangeID": f"{self.task_id}-{panda_id}-{index}-{self.attempts.get(index, 0)}",
+            "startEvent": first,
+            "lastEvent": first + self.b.events_per_range - 1,
+            "LFN": "EVNT.01.root",
+            "GUID": "g-1",
+            "scope": "sim",
+        }
 
     def handle(self, method: str, path: str, params: Any, body: Any) -> Any:
         self.calls += 1
@@ -115,10 +121,18 @@ class SyntheticCentral:
                 self.next_job += 1
                 pid = 1000 + self.next_job
                 events = self.b.ranges * self.b.events_per_range
-                out.append({"PandaID": pid, "taskID": self.task_id, "jobsetID": self.task_id, "nEvents": events,
-                            "nEventsRemaining": events, "secondsPerEvent": self.b.seconds_per_event,
-                            "eventsPerRange": self.b.events_per_range,
-                            "payload": {"kind": "python", "callable": "jumbo.payloads:sleep", "args": {}}})
+                out.append(
+                    {
+                        "PandaID": pid,
+                        "taskID": self.task_id,
+                        "jobsetID": self.task_id,
+                        "nEvents": events,
+                        "nEventsRemaining": events,
+                        "secondsPerEvent": self.b.seconds_per_event,
+                        "eventsPerRange": self.b.events_per_range,
+                        "payload": {"kind": "python", "callable": "jumbo.payloads:sleep", "args": {}},
+                    }
+                )
             return {"jobs": out}
         if name == "event/acquire_event_ranges":
             n, pid = int(body.get("n_ranges", 1)), int(body["job_id"])
@@ -141,8 +155,10 @@ class SyntheticCentral:
                     results.append("applied")
             return {"Returns": [True] * len(reports), "Results": results, "Command": None}
         if name == "pilot/update_jobs_bulk":
-            return [{"success": True, "message": "", "data": {"StatusCode": 0, "command": "NULL"}}
-                    for _ in body.get("job_list", [])]  # one update_job envelope per job, as the real server
+            return [
+                {"success": True, "message": "", "data": {"StatusCode": 0, "command": "NULL"}}
+                for _ in body.get("job_list", [])
+            ]  # one update_job envelope per job, as the real server
         if name == "event/get_available_event_range_count":
             return len(self.ready)
         raise KeyError(f"the synthetic central service does not answer {method} {path}")
@@ -157,13 +173,23 @@ class SyntheticTransport:
         self.central = central
         self.recorder = recorder
 
-    def request(self, method: str, path: str, *, params: Any = None, json: Any = None,
-                headers: dict | None = None, timeout: float | None = None, data: bytes | None = None) -> HttpResult:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Any = None,
+        json: Any = None,
+        headers: dict | None = None,
+        timeout: float | None = None,
+        data: bytes | None = None,
+    ) -> HttpResult:
         import json as _json
 
         data_out = self.central.meter.timed(self.central.handle, method, path, params, json)
-        result = HttpResult(200, {"content-type": "application/json"},
-                            _json.dumps({"success": True, "data": data_out}).encode(), 0.001)
+        result = HttpResult(
+            200, {"content-type": "application/json"}, _json.dumps({"success": True, "data": data_out}).encode(), 0.001
+        )
         if self.recorder is not None:
             self.recorder(redact_call(method, path, params, json, headers, result, None))
         return result
@@ -194,12 +220,24 @@ def _lsf_time(t: float | None) -> str:
 class SyntheticBatch(CommandRunner):
     """sbatch/squeue/scancel and bsub/bjobs/bkill answered from an in-memory queue at the world's time."""
 
-    SLURM_STATES = {"PENDING": "PENDING", "RUNNING": "RUNNING", "DONE": "COMPLETED", "EXIT": "FAILED",
-                    "TIMEOUT": "TIMEOUT", "CANCELLED": "CANCELLED"}
-    LSF_STATES = {"PENDING": "PEND", "RUNNING": "RUN", "DONE": "DONE", "EXIT": "EXIT", "TIMEOUT": "EXIT",
-                  "CANCELLED": "EXIT"}
+    SLURM_STATES = {
+        "PENDING": "PENDING",
+        "RUNNING": "RUNNING",
+        "DONE": "COMPLETED",
+        "EXIT": "FAILED",
+        "TIMEOUT": "TIMEOUT",
+        "CANCELLED": "CANCELLED",
+    }
+    LSF_STATES = {
+        "PENDING": "PEND",
+        "RUNNING": "RUN",
+        "DONE": "DONE",
+        "EXIT": "EXIT",
+        "TIMEOUT": "EXIT",
+        "CANCELLED": "EXIT",
+    }
 
-    def __init__(self, world: "SyntheticWorld", recorder: Callable[[CommandResult], None] | None = None) -> None:
+    def __init__(self, world: SyntheticWorld, recorder: Callable[[CommandResult], None] | None = None) -> None:
         super().__init__(recorder=recorder)
         self.world = world
         self.next_id = 4242
@@ -213,8 +251,13 @@ class SyntheticBatch(CommandRunner):
         if tool == "sbatch":
             text = Path(argv[-1]).read_text()
             opt = dict(re.findall(r"^#SBATCH --([a-z-]+)=(\S+)", text, re.M))
-            job = self.world.submit(str(self.next_id), opt["job-name"], opt["chdir"],
-                                    int(opt["nodes"]) * int(opt["ntasks-per-node"]), _slurm_time(opt["time"]))
+            job = self.world.submit(
+                str(self.next_id),
+                opt["job-name"],
+                opt["chdir"],
+                int(opt["nodes"]) * int(opt["ntasks-per-node"]),
+                _slurm_time(opt["time"]),
+            )
             self.next_id += 1
             return f"{job.batch_id}\n", "", 0
         if tool == "bsub":
@@ -234,9 +277,15 @@ class SyntheticBatch(CommandRunner):
                 rows = [jobs[i] for i in argv[argv.index("-j") + 1].split(",") if i in jobs]
             if not rows and "-j" in argv:
                 return "", "slurm_load_jobs error: Invalid job id specified\n", 1
-            return "".join(f"{j.batch_id}|{self.SLURM_STATES[j.state]}|{'None' if j.state != 'PENDING' else 'Priority'}"
-                           f"|{_iso(j.start if j.state != 'PENDING' else None)}|{_iso(j.end)}|{j.name}\n"
-                           for j in rows), "", 0
+            return (
+                "".join(
+                    f"{j.batch_id}|{self.SLURM_STATES[j.state]}|{'None' if j.state != 'PENDING' else 'Priority'}"
+                    f"|{_iso(j.start if j.state != 'PENDING' else None)}|{_iso(j.end)}|{j.name}\n"
+                    for j in rows
+                ),
+                "",
+                0,
+            )
         if tool == "sacct":
             return "", "", 0
         if tool in ("scancel", "bkill"):
@@ -244,21 +293,28 @@ class SyntheticBatch(CommandRunner):
                 self.world.cancel(i)
             return ("".join(f"Job <{i}> is being terminated\n" for i in argv[1:]) if tool == "bkill" else ""), "", 0
         if tool == "bjobs":
-            ids = argv[argv.index("-json") + 1:]
+            ids = argv[argv.index("-json") + 1 :]
             records = []
             for i in ids or list(jobs):
                 j = jobs.get(i)
                 if j is None:
                     records.append({"JOBID": i, "ERROR": f"Job <{i}> is not found"})
                     continue
-                records.append({"JOBID": j.batch_id, "STAT": self.LSF_STATES[j.state],
-                                "EXIT_CODE": "" if j.exit_code in (None, 0) else str(j.exit_code),
-                                "EXIT_REASON": {"TIMEOUT": "TERM_RUNLIMIT: job killed after reaching LSF run time "
-                                                           "limit", "CANCELLED": "TERM_OWNER: job killed by owner"
-                                                }.get(j.state, ""),
-                                "PEND_REASON": "Job's resource requirements not satisfied" if j.state == "PENDING"
-                                else "", "START_TIME": _lsf_time(j.start if j.state != "PENDING" else None),
-                                "FINISH_TIME": _lsf_time(j.end), "JOB_NAME": j.name})
+                records.append(
+                    {
+                        "JOBID": j.batch_id,
+                        "STAT": self.LSF_STATES[j.state],
+                        "EXIT_CODE": "" if j.exit_code in (None, 0) else str(j.exit_code),
+                        "EXIT_REASON": {
+                            "TIMEOUT": "TERM_RUNLIMIT: job killed after reaching LSF run time limit",
+                            "CANCELLED": "TERM_OWNER: job killed by owner",
+                        }.get(j.state, ""),
+                        "PEND_REASON": "Job's resource requirements not satisfied" if j.state == "PENDING" else "",
+                        "START_TIME": _lsf_time(j.start if j.state != "PENDING" else None),
+                        "FINISH_TIME": _lsf_time(j.end),
+                        "JOB_NAME": j.name,
+                    }
+                )
             return json.dumps({"COMMAND": "bjobs", "JOBS": len(records), "RECORDS": records}, indent=1), "", 0
         return "", f"{tool}: command not found in the synthetic batch system\n", 127
 
@@ -272,16 +328,25 @@ class SyntheticWorld:
         self.meter = Clocked()
         self.central = SyntheticCentral(behaviour, self.meter)
         self.jobs: dict[str, SimJob] = {}
-        self.pilots: dict[str, Pilot] = {}      # access point -> pilot
-        self.running: dict[str, SimJob] = {}    # not ended yet
+        self.pilots: dict[str, Pilot] = {}  # access point -> pilot
+        self.running: dict[str, SimJob] = {}  # not ended yet
         self.margin = margin
         self.now = 0.0
 
     # -- batch side -------------------------------------------------------------------------------------------
     def submit(self, batch_id: str, name: str, ap: str, ranks: int, walltime: float) -> SimJob:
         wait = self.b.queue_wait * (0.5 + self.rng.random())
-        job = SimJob(batch_id, name, ap, ranks, walltime, self.now, self.now + wait,
-                     self.rng.random() < self.b.fail_rate, self.rng.random() < self.b.kill_rate)
+        job = SimJob(
+            batch_id,
+            name,
+            ap,
+            ranks,
+            walltime,
+            self.now,
+            self.now + wait,
+            self.rng.random() < self.b.fail_rate,
+            self.rng.random() < self.b.kill_rate,
+        )
         self.jobs[batch_id] = job
         self.running[batch_id] = job
         return job
@@ -347,8 +412,19 @@ class SyntheticWorld:
             seq = p.next_seq
             p.next_seq += 1
             path = Path(p.job.ap) / f"{protocol.REQUESTS}.{seq}.json"
-            p.requests[seq] = protocol.Request(seq, path, now, {p.panda_id: {
-                "pandaID": p.panda_id, "taskID": p.task_id, "jobsetID": p.task_id, "nRanges": 2 * p.job.ranks}})
+            p.requests[seq] = protocol.Request(
+                seq,
+                path,
+                now,
+                {
+                    p.panda_id: {
+                        "pandaID": p.panda_id,
+                        "taskID": p.task_id,
+                        "jobsetID": p.task_id,
+                        "nRanges": 2 * p.job.ranks,
+                    }
+                },
+            )
             p.waiting = True
 
     def _report(self, p: Pilot, done: list, not_done: list) -> None:
@@ -357,8 +433,15 @@ class SyntheticWorld:
         seq = p.next_status
         p.next_status += 1
         cpu = self.b.events_per_range * self.b.seconds_per_event
-        entries = [{"eventRangeID": r["eventRangeID"], "eventStatus": "finished", "nEvents": self.b.events_per_range,
-                    "cpuTime": cpu} for r in done]
+        entries = [
+            {
+                "eventRangeID": r["eventRangeID"],
+                "eventStatus": "finished",
+                "nEvents": self.b.events_per_range,
+                "cpuTime": cpu,
+            }
+            for r in done
+        ]
         entries += [{"eventRangeID": r["eventRangeID"], "eventStatus": "not-done"} for r in not_done]
         path = Path(p.job.ap) / f"{protocol.STATUS}.{seq}.json"
         p.statuses[seq] = protocol.Batch(seq, path, self.now, {p.panda_id: entries})
@@ -381,7 +464,7 @@ class SyntheticWorld:
         return p, (p.requests if path.name.startswith(protocol.REQUESTS) else p.statuses), seq
 
     def _load_event_request(self, path):
-        p, files, seq = self._find(path)
+        _p, files, seq = self._find(path)
         return files[seq]
 
     _load_event_status = _load_event_request
@@ -392,12 +475,12 @@ class SyntheticWorld:
 
     def _mark_consumed(self, ap, item):
         path = Path(item if isinstance(item, (str, Path)) else item.path)
-        p, files, seq = self._find(path)
+        _p, files, seq = self._find(path)
         files.pop(seq, None)
         return path.with_name(path.name + protocol.CONSUMED_SUFFIX)
 
     def _quarantine(self, path):
-        p, files, seq = self._find(path)
+        _p, files, seq = self._find(path)
         files.pop(seq, None)
         return Path(path).with_name(Path(path).name + protocol.BAD_SUFFIX)
 

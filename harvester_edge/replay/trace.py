@@ -20,6 +20,7 @@ the ``seq`` of that cycle's record), ``t`` (the cycle's clock time, virtual in r
 Paths under the site's work dir are written as ``@WORK@`` and the Python interpreter as ``@PYTHON@``, so a trace
 replays in any directory on any machine. Secrets never reach a trace: the HTTP seam redacts before recording.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -27,8 +28,9 @@ import io
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from harvester_edge.errors import HarvesterEdgeError
 
@@ -78,8 +80,16 @@ def denormalize(obj: Any, work_dir: str, python: str = sys.executable) -> Any:
 
 def header(site: str, started: float, work_dir: str, install_id: str, config: dict) -> dict:
     # batch tools print local times: a replay in another time zone parses them to other epochs
-    return {"trace": FORMAT, "version": VERSION, "site": site, "started": started, "work_dir": work_dir,
-            "install_id": install_id, "utc_offset": time.localtime(started).tm_gmtoff, "config": config}
+    return {
+        "trace": FORMAT,
+        "version": VERSION,
+        "site": site,
+        "started": started,
+        "work_dir": work_dir,
+        "install_id": install_id,
+        "utc_offset": time.localtime(started).tm_gmtoff,
+        "config": config,
+    }
 
 
 def open_text(path: Path, mode: str) -> io.TextIOBase:
@@ -90,7 +100,7 @@ def open_text(path: Path, mode: str) -> io.TextIOBase:
             magic = fh.read(2)
         if magic == b"\x1f\x8b":
             return gzip.open(path, "rt", encoding="utf-8")
-        return open(path, "r", encoding="utf-8")
+        return open(path, encoding="utf-8")
     if path.suffix == ".gz":
         return gzip.open(path, "wt", encoding="utf-8", compresslevel=6)
     return open(path, "w", encoding="utf-8", buffering=1)  # line-buffered: a crash loses at most one line
@@ -102,19 +112,26 @@ def check_record(rec: Any, where: str) -> dict:
         raise TraceError(f"{where}: expected a JSON object per line, got {type(rec).__name__}")
     kind = rec.get("kind")
     if kind not in KINDS:
-        raise TraceError(f"{where}: unknown record kind {kind!r} (known: {', '.join(KINDS)}); "
-                         f"was the trace written by a newer harvester-edge?")
+        raise TraceError(
+            f"{where}: unknown record kind {kind!r} (known: {', '.join(KINDS)}); "
+            f"was the trace written by a newer harvester-edge?"
+        )
     missing = [k for k in REQUIRED[kind] if k not in rec]
     if kind == "http" and "status" not in rec and not rec.get("error"):
         missing.append("status or error")
     if kind == "file" and "result" not in rec and "error" not in rec:
         missing.append("result or error")
     if missing:
-        what = {"command": lambda: " ".join(map(str, rec.get("argv") or [])),
-                "http": lambda: f"{rec.get('method')} {rec.get('path')}",
-                "file": lambda: f"{rec.get('op')} {rec.get('args')}", "cycle": lambda: str(rec.get("agent"))}[kind]()
-        raise TraceError(f"{where}: {kind} record {what!r} has no recorded answer (missing {', '.join(missing)}); "
-                         f"the trace is damaged: record the run again")
+        what = {
+            "command": lambda: " ".join(map(str, rec.get("argv") or [])),
+            "http": lambda: f"{rec.get('method')} {rec.get('path')}",
+            "file": lambda: f"{rec.get('op')} {rec.get('args')}",
+            "cycle": lambda: str(rec.get("agent")),
+        }[kind]()
+        raise TraceError(
+            f"{where}: {kind} record {what!r} has no recorded answer (missing {', '.join(missing)}); "
+            f"the trace is damaged: record the run again"
+        )
     return rec
 
 
@@ -136,10 +153,14 @@ def read_trace(path: Path) -> tuple[dict, list[dict]]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    hint = "the last line is cut short (the recording stopped mid-write?)" \
-                        if not line.endswith("\n") else "not valid JSON"
-                    raise TraceError(f"{where}: {hint}: {exc.msg} at column {exc.colno}; "
-                                     f"remove the line or record the run again") from exc
+                    hint = (
+                        "the last line is cut short (the recording stopped mid-write?)"
+                        if not line.endswith("\n")
+                        else "not valid JSON"
+                    )
+                    raise TraceError(
+                        f"{where}: {hint}: {exc.msg} at column {exc.colno}; remove the line or record the run again"
+                    ) from exc
                 if head is None:
                     head = check_header(obj, where)
                     continue
@@ -147,8 +168,9 @@ def read_trace(path: Path) -> tuple[dict, list[dict]]:
                 rec["_line"] = number
                 records.append(rec)
         except (EOFError, gzip.BadGzipFile, OSError) as exc:
-            raise TraceError(f"{path}: the compressed trace is truncated or corrupt ({exc}); "
-                             f"{len(records)} records were readable") from exc
+            raise TraceError(
+                f"{path}: the compressed trace is truncated or corrupt ({exc}); {len(records)} records were readable"
+            ) from exc
     if head is None:
         raise TraceError(f"{path}:1: empty trace (no header line); record the run again")
     return head, records
@@ -156,11 +178,14 @@ def read_trace(path: Path) -> tuple[dict, list[dict]]:
 
 def check_header(obj: Any, where: str) -> dict:
     if not isinstance(obj, dict) or obj.get("trace") != FORMAT:
-        raise TraceError(f"{where}: not a harvester-edge trace (the first line must be the header with "
-                         f"\"trace\": \"{FORMAT}\")")
+        raise TraceError(
+            f'{where}: not a harvester-edge trace (the first line must be the header with "trace": "{FORMAT}")'
+        )
     if obj.get("version") != VERSION:
-        raise TraceError(f"{where}: trace format version {obj.get('version')!r} is not supported (this "
-                         f"harvester-edge reads version {VERSION}); replay it with the release that recorded it")
+        raise TraceError(
+            f"{where}: trace format version {obj.get('version')!r} is not supported (this "
+            f"harvester-edge reads version {VERSION}); replay it with the release that recorded it"
+        )
     for key in ("config", "work_dir", "started"):
         if key not in obj:
             raise TraceError(f"{where}: the header lacks {key!r}; record the run again")

@@ -1,4 +1,5 @@
 """The clock seam: agents get `now` from here, so tests and offline replay can pass time in."""
+
 from __future__ import annotations
 
 import threading

@@ -4,6 +4,7 @@ Every call returns a `CommandResult` (argv, stdin, stdout, stderr, exit code, du
 for a non-zero exit: callers parse. The `recorder` hook sees each result (offline replay records them);
 `RecordedRunner` serves recorded results back, so plugins are tested against real outputs without the real tool.
 """
+
 from __future__ import annotations
 
 import logging
@@ -11,8 +12,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Mapping, Sequence
 
 from harvester_edge import metrics
 from harvester_edge.errors import HarvesterEdgeError
@@ -48,17 +49,24 @@ class CommandResult:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "CommandResult":
-        return cls(argv=tuple(data["argv"]), stdin=data.get("stdin"), stdout=data.get("stdout", ""),
-                   stderr=data.get("stderr", ""), returncode=int(data.get("returncode", 0)),
-                   duration=float(data.get("duration", 0.0)), timed_out=bool(data.get("timed_out", False)))
+    def from_dict(cls, data: Mapping) -> CommandResult:
+        return cls(
+            argv=tuple(data["argv"]),
+            stdin=data.get("stdin"),
+            stdout=data.get("stdout", ""),
+            stderr=data.get("stderr", ""),
+            returncode=int(data.get("returncode", 0)),
+            duration=float(data.get("duration", 0.0)),
+            timed_out=bool(data.get("timed_out", False)),
+        )
 
 
 class CommandRunner:
     """Runs argument lists (never a shell) with a timeout that kills the child's whole process group."""
 
-    def __init__(self, env: Mapping[str, str] | None = None,
-                 recorder: Callable[[CommandResult], None] | None = None) -> None:
+    def __init__(
+        self, env: Mapping[str, str] | None = None, recorder: Callable[[CommandResult], None] | None = None
+    ) -> None:
         self.env = dict(env) if env is not None else None
         self.recorder = recorder
 
@@ -69,8 +77,15 @@ class CommandRunner:
         merged.update(self.env)
         return merged
 
-    def run(self, argv: Sequence[str], *, stdin: str | None = None, timeout: float = 30.0,
-            cwd: str | None = None, failure_expected: bool = False) -> CommandResult:
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: str | None = None,
+        timeout: float = 30.0,
+        cwd: str | None = None,
+        failure_expected: bool = False,
+    ) -> CommandResult:
         """`failure_expected`: a non-zero exit is an answer the caller parses (squeue's "Invalid job id" when
         every id left the queue): its stderr is logged at DEBUG instead of ERROR."""
         argv = tuple(str(a) for a in argv)
@@ -79,27 +94,41 @@ class CommandRunner:
             log.error("command %s timed out after %.1f s (killed its process group)", argv[0], timeout)
         elif result.returncode != 0:
             log.debug("command %s exited %d in %.3f s", " ".join(argv[:3]), result.returncode, result.duration)
-            log.log(logging.DEBUG if failure_expected else logging.ERROR, "command %s failed (exit %d): %s",
-                    argv[0], result.returncode, result.stderr.strip()[:2000])
+            log.log(
+                logging.DEBUG if failure_expected else logging.ERROR,
+                "command %s failed (exit %d): %s",
+                argv[0],
+                result.returncode,
+                result.stderr.strip()[:2000],
+            )
         else:
             log.debug("command %s exited 0 in %.3f s", " ".join(argv[:3]), result.duration)
-        metrics.observe_batch_command(os.path.basename(argv[0]), result.duration,
-                                      result.ok or (failure_expected and not result.timed_out))
+        metrics.observe_batch_command(
+            os.path.basename(argv[0]), result.duration, result.ok or (failure_expected and not result.timed_out)
+        )
         if self.recorder is not None:
             self.recorder(result)
         return result
 
-    def _execute(self, argv: tuple[str, ...], *, stdin: str | None, timeout: float,
-                 cwd: str | None) -> CommandResult:
+    def _execute(self, argv: tuple[str, ...], *, stdin: str | None, timeout: float, cwd: str | None) -> CommandResult:
         start = time.monotonic()
         try:
             # a new session: on timeout the whole tree (srun, ssh, ...) goes, not just the direct child
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
-                                    env=self._environ(), start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=cwd,
+                env=self._environ(),
+                start_new_session=True,
+            )
         except FileNotFoundError as exc:
-            raise CommandNotFound(f"cannot run {argv[0]!r}: executable not found; install it or put it on PATH "
-                                  f"(PATH={(self.env or os.environ).get('PATH', '')})") from exc
+            raise CommandNotFound(
+                f"cannot run {argv[0]!r}: executable not found; install it or put it on PATH "
+                f"(PATH={(self.env or os.environ).get('PATH', '')})"
+            ) from exc
         try:
             out, err = proc.communicate(stdin, timeout=timeout)
             timed_out = False
@@ -111,8 +140,15 @@ class CommandRunner:
                 pass
             out, err = proc.communicate()
             timed_out, code = True, -9
-        return CommandResult(argv=argv, stdin=stdin, stdout=out or "", stderr=err or "", returncode=code,
-                             duration=time.monotonic() - start, timed_out=timed_out)
+        return CommandResult(
+            argv=argv,
+            stdin=stdin,
+            stdout=out or "",
+            stderr=err or "",
+            returncode=code,
+            duration=time.monotonic() - start,
+            timed_out=timed_out,
+        )
 
 
 class RecordedRunner(CommandRunner):
@@ -123,8 +159,9 @@ class RecordedRunner(CommandRunner):
     `calls` so tests can check what a plugin asked for.
     """
 
-    def __init__(self, results: Iterable[CommandResult | Mapping],
-                 recorder: Callable[[CommandResult], None] | None = None) -> None:
+    def __init__(
+        self, results: Iterable[CommandResult | Mapping], recorder: Callable[[CommandResult], None] | None = None
+    ) -> None:
         super().__init__(recorder=recorder)
         self._queue = [r if isinstance(r, CommandResult) else CommandResult.from_dict(r) for r in results]
         self.calls: list[tuple[tuple[str, ...], str | None]] = []
@@ -133,8 +170,7 @@ class RecordedRunner(CommandRunner):
     def remaining(self) -> int:
         return len(self._queue)
 
-    def _execute(self, argv: tuple[str, ...], *, stdin: str | None, timeout: float,
-                 cwd: str | None) -> CommandResult:
+    def _execute(self, argv: tuple[str, ...], *, stdin: str | None, timeout: float, cwd: str | None) -> CommandResult:
         self.calls.append((argv, stdin))
         if not self._queue:
             raise ReplayMismatch(f"replay has no recorded result left for {' '.join(argv)!r}")
@@ -143,13 +179,19 @@ class RecordedRunner(CommandRunner):
             raise ReplayMismatch(f"replay expected {' '.join(recorded.argv)!r} but the code ran {' '.join(argv)!r}")
         if recorded.returncode == 127 and recorded.stderr.startswith("not found"):
             raise CommandNotFound(f"cannot run {argv[0]!r}: executable not found (recorded)")
-        return CommandResult(argv=argv, stdin=stdin, stdout=recorded.stdout, stderr=recorded.stderr,
-                             returncode=recorded.returncode, duration=recorded.duration,
-                             timed_out=recorded.timed_out)
+        return CommandResult(
+            argv=argv,
+            stdin=stdin,
+            stdout=recorded.stdout,
+            stderr=recorded.stderr,
+            returncode=recorded.returncode,
+            duration=recorded.duration,
+            timed_out=recorded.timed_out,
+        )
 
 
 def _argv_matches(recorded: Sequence[str], actual: Sequence[str]) -> bool:
     if recorded and recorded[-1] == "...":
         head = list(recorded[:-1])
-        return list(actual[:len(head)]) == head
+        return list(actual[: len(head)]) == head
     return list(recorded) == list(actual)

@@ -2,26 +2,38 @@
 
 The functions have the names, arguments and results of `jumbo.protocol`'s, so an agent swaps
 `from jumbo import protocol` for `from harvester_edge.seams import files as protocol`. By default they call
-`harvester_edge.pilot_files` (pilot files are untrusted input: opened safely, capped, validated); offline replay installs a backend that records each call into a trace
+`harvester_edge.pilot_files` (pilot files are untrusted input: opened safely, capped, validated); offline replay
+installs a backend that records each call into a trace
 (`harvester_edge.replay.recorder`) or serves it back from one (`harvester_edge.replay.replayer`), and the scale
 simulation installs synthetic pilots. One backend per process: the daemon is one per process.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from harvester_edge import pilot_files
-from harvester_edge.pilot_files import Unreadable  # noqa: F401  (re-exported)
-from jumbo.protocol import REQUESTS, STATUS, Batch, ProtocolError, Request  # noqa: F401  (re-exported)
+
+# re-exported for the agents, which see pilot files only through this seam
+from harvester_edge.pilot_files import Unreadable  # noqa: F401
+from jumbo.protocol import REQUESTS, STATUS, Batch, ProtocolError, Request  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-OPERATIONS = ("pending", "load_event_request", "load_event_status", "read_heartbeat", "mark_consumed",
-              "quarantine", "write_event_ranges")
+OPERATIONS = (
+    "pending",
+    "load_event_request",
+    "load_event_status",
+    "read_heartbeat",
+    "mark_consumed",
+    "quarantine",
+    "write_event_ranges",
+)
 
 
 class DirectFiles:
@@ -81,8 +93,9 @@ def quarantine(path: Path | str) -> Path:
     return _backend.call("quarantine", path)
 
 
-def write_event_ranges(ap: Path | str, seq: int, ranges: Mapping[int, Iterable[Mapping]],
-                       no_more: Iterable[int] = ()) -> Path:
+def write_event_ranges(
+    ap: Path | str, seq: int, ranges: Mapping[int, Iterable[Mapping]], no_more: Iterable[int] = ()
+) -> Path:
     return _backend.call("write_event_ranges", ap, seq, ranges, no_more=no_more)
 
 
@@ -91,11 +104,23 @@ def set_aside(worker_id: int, path: Path, exc: Exception) -> None:
     try:
         bad = quarantine(path)
     except OSError as err:
-        log.error("worker %d: pilot file %s is bad (%s) and could not be moved aside: %s", worker_id, path.name,
-                  exc, err, extra={"worker_id": worker_id})
+        log.error(
+            "worker %d: pilot file %s is bad (%s) and could not be moved aside: %s",
+            worker_id,
+            path.name,
+            exc,
+            err,
+            extra={"worker_id": worker_id},
+        )
         return
-    log.error("worker %d: pilot file %s is bad, moved aside as %s: %s", worker_id, path.name, bad.name, exc,
-              extra={"worker_id": worker_id})
+    log.error(
+        "worker %d: pilot file %s is bad, moved aside as %s: %s",
+        worker_id,
+        path.name,
+        bad.name,
+        exc,
+        extra={"worker_id": worker_id},
+    )
 
 
 def each_pending(worker_id: int, ap: Path, name: str, load: Callable[[Path], Any]) -> Iterator[tuple[Path, Any]]:
@@ -104,8 +129,9 @@ def each_pending(worker_id: int, ap: Path, name: str, load: Callable[[Path], Any
     try:
         found = pending(ap, name)
     except OSError as exc:
-        log.warning("worker %d: access point %s not readable this cycle: %s", worker_id, ap, exc,
-                    extra={"worker_id": worker_id})
+        log.warning(
+            "worker %d: access point %s not readable this cycle: %s", worker_id, ap, exc, extra={"worker_id": worker_id}
+        )
         return
     for _, path in found:
         try:
@@ -114,7 +140,8 @@ def each_pending(worker_id: int, ap: Path, name: str, load: Callable[[Path], Any
             set_aside(worker_id, path, exc)
             continue
         except OSError as exc:  # vanished or unreadable for a reason of ours: try again next cycle
-            log.warning("worker %d: %s not read this cycle: %s", worker_id, path.name, exc,
-                        extra={"worker_id": worker_id})
+            log.warning(
+                "worker %d: %s not read this cycle: %s", worker_id, path.name, exc, extra={"worker_id": worker_id}
+            )
             continue
         yield path, parsed

@@ -3,12 +3,14 @@
 A `recorder` callable sees each call (request and answer) for offline replay, AFTER secrets are redacted:
 Authorization headers, token parameters and the bodies of credential answers never reach it.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import requests
 
@@ -32,29 +34,48 @@ class HttpResult:
 
     def json(self) -> Any:
         import json
+
         return json.loads(self.body)
 
 
 def redact_mapping(data: Any) -> Any:
     if isinstance(data, dict):
-        return {k: (REDACTED if str(k).lower() in SECRET_KEYS or str(k).lower() in SECRET_HEADERS
-                    else redact_mapping(v)) for k, v in data.items()}
+        return {
+            k: (REDACTED if str(k).lower() in SECRET_KEYS or str(k).lower() in SECRET_HEADERS else redact_mapping(v))
+            for k, v in data.items()
+        }
     if isinstance(data, list):
         return [redact_mapping(v) for v in data]
     return data
 
 
-def redact_call(method: str, path: str, params: Any, json_body: Any, headers: dict | None,
-                result: HttpResult | None, error: str | None) -> dict[str, Any]:
+def redact_call(
+    method: str,
+    path: str,
+    params: Any,
+    json_body: Any,
+    headers: dict | None,
+    result: HttpResult | None,
+    error: str | None,
+) -> dict[str, Any]:
     """The record the recorder sees: pure, so it is tested on its own."""
     secret_answer = any(p in path for p in SECRET_PATHS)
-    record: dict[str, Any] = {"kind": "http", "method": method, "path": path, "params": redact_mapping(params),
-                              "json": redact_mapping(json_body), "headers": redact_mapping(headers or {}),
-                              "error": error}
+    record: dict[str, Any] = {
+        "kind": "http",
+        "method": method,
+        "path": path,
+        "params": redact_mapping(params),
+        "json": redact_mapping(json_body),
+        "headers": redact_mapping(headers or {}),
+        "error": error,
+    }
     if result is not None:
-        record.update(status=result.status, response_headers=redact_mapping(result.headers),
-                      body=REDACTED if secret_answer else result.body.decode("utf-8", "replace"),
-                      duration=round(result.duration, 6))
+        record.update(
+            status=result.status,
+            response_headers=redact_mapping(result.headers),
+            body=REDACTED if secret_answer else result.body.decode("utf-8", "replace"),
+            duration=round(result.duration, 6),
+        )
     return record
 
 
@@ -69,18 +90,34 @@ class HttpTransport:
     cert: str | tuple[str, str] | None = None  # x509 client certificate: "cert.pem" or ("cert.pem", "key.pem")
     _session: requests.Session | None = field(default=None, repr=False)
 
-    def request(self, method: str, path: str, *, params: Any = None, json: Any = None,
-                headers: dict[str, str] | None = None, timeout: float | None = None,
-                data: bytes | None = None) -> HttpResult:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Any = None,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        data: bytes | None = None,
+    ) -> HttpResult:
         if self._session is None:
             self._session = requests.Session()
         url = self.base_url.rstrip("/") + "/" + path.lstrip("/")
         start = time.monotonic()
         result, error = None, None
         try:
-            resp = self._session.request(method, url, params=params, json=json, data=data, headers=headers,
-                                         timeout=timeout or self.timeout, verify=self.verify,
-                                         cert=self.cert)
+            resp = self._session.request(
+                method,
+                url,
+                params=params,
+                json=json,
+                data=data,
+                headers=headers,
+                timeout=timeout or self.timeout,
+                verify=self.verify,
+                cert=self.cert,
+            )
             result = HttpResult(resp.status_code, dict(resp.headers), resp.content, time.monotonic() - start)
             log.debug("%s %s -> %d in %.3fs", method, path, resp.status_code, result.duration)
             return result
@@ -91,7 +128,7 @@ class HttpTransport:
             if self.recorder is not None:
                 try:
                     self.recorder(redact_call(method, path, params, json, headers, result, error))
-                except Exception:  # noqa: BLE001 - a broken recorder must not break the call
+                except Exception:
                     log.exception("HTTP recorder failed on %s %s", method, path)
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ Writers of this process queue on an in-process mutex first: SQLite admits one wr
 busy handler polls with sleeps of up to 100 ms, which caps 4 contending threads at ~45 commits/s; the mutex hands
 the lock over at once. Other processes (the CLI) still meet busy_timeout. Reads take no lock at all.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,9 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import psutil
 import sqlite_utils
@@ -27,8 +29,25 @@ from harvester_edge.store.schema import MIGRATIONS, SCHEMA_VERSION
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 30_000
-NETWORK_FS = {"nfs", "nfs4", "cifs", "smbfs", "smb3", "lustre", "gpfs", "beegfs", "fuse.sshfs", "panfs",
-              "ceph", "fuse.glusterfs", "glusterfs", "afs", "9p", "wekafs", "fuse.ceph-fuse"}
+NETWORK_FS = {
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smbfs",
+    "smb3",
+    "lustre",
+    "gpfs",
+    "beegfs",
+    "fuse.sshfs",
+    "panfs",
+    "ceph",
+    "fuse.glusterfs",
+    "glusterfs",
+    "afs",
+    "9p",
+    "wekafs",
+    "fuse.ceph-fuse",
+}
 
 
 class SchemaTooNew(StoreError):
@@ -71,8 +90,9 @@ class Store:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             # autocommit mode: transactions are begun explicitly in write()
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+            )
             conn.row_factory = sqlite3.Row
             _configure(conn)
             self._local.conn = conn
@@ -137,8 +157,10 @@ def open_store(path: Path, on_network_fs: Literal["warn", "refuse"] = "warn") ->
         raise StoreError(f"{path}: cannot create the database folder: {exc}") from exc
     fstype = filesystem_type(path.parent)
     if fstype in NETWORK_FS or fstype.startswith("nfs"):
-        message = (f"{path}: the bookkeeping database is on a network file system ({fstype}); SQLite's locking "
-                   "is unreliable there. Put paths.db on local disk")
+        message = (
+            f"{path}: the bookkeeping database is on a network file system ({fstype}); SQLite's locking "
+            "is unreliable there. Put paths.db on local disk"
+        )
         if on_network_fs == "refuse":
             raise NetworkFileSystem(message + " (daemon.on_network_fs: refuse)")
         log.warning("%s", message)
@@ -163,15 +185,18 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
     known = [name for name, _ in MIGRATIONS]
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute("CREATE TABLE IF NOT EXISTS migrations "
-                     "(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, applied_at REAL NOT NULL)")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS migrations "
+            "(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, applied_at REAL NOT NULL)"
+        )
         applied = applied_migrations(conn)
         unknown = [name for name in applied if name not in known]
         if unknown:
             raise SchemaTooNew(
                 f"{path}: the database has schema migrations this harvester-edge does not know ({', '.join(unknown)}); "
                 f"it was written by a newer version (this one knows {SCHEMA_VERSION}). Upgrade harvester-edge, "
-                "or point paths.db at another file")
+                "or point paths.db at another file"
+            )
         for name, step in MIGRATIONS:
             if name in applied:
                 continue

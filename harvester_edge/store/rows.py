@@ -5,12 +5,14 @@ through json_each, so there is no limit on the number of bound parameters). A le
 claims rows in one UPDATE ... RETURNING; an expired lease is claimable again; every change made under a lease checks
 that the lease is still held, so a stalled agent whose rows were taken over cannot overwrite them.
 """
+
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable, Sequence
 from enum import Enum
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from harvester_edge.errors import IllegalTransition, LeaseLost, StoreError
 from harvester_edge.states import JobState, OutboxState, RangeState, WorkerState, check_transition
@@ -36,8 +38,17 @@ def _lease_clause(owner: str | None, now: float) -> tuple[str, list[Any]]:
     return " AND lease_owner = ? AND lease_expires >= ?", [owner, now]
 
 
-def transition(conn: sqlite3.Connection, ids: Iterable[Any], src: Enum, dst: Enum, *, now: float,
-               owner: str | None = None, reason: str | None = None, values: dict[str, Any] | None = None) -> int:
+def transition(
+    conn: sqlite3.Connection,
+    ids: Iterable[Any],
+    src: Enum,
+    dst: Enum,
+    *,
+    now: float,
+    owner: str | None = None,
+    reason: str | None = None,
+    values: dict[str, Any] | None = None,
+) -> int:
     """Move every row in `ids` from `src` to `dst` (and set `values` on them), or none of them.
 
     Raises IllegalTransition if src -> dst is not allowed, or if a row is not in `src`; LeaseLost if `owner` is given
@@ -73,25 +84,41 @@ def transition_rows(conn: sqlite3.Connection, rows: Iterable[tuple[Any, Enum]], 
     return sum(transition(conn, ids, src, dst, **kwargs) for src, ids in by_state.items())
 
 
-def _explain(conn: sqlite3.Connection, table: str, key: str, ids: list[Any], src: Enum, dst: Enum,
-             owner: str | None, now: float) -> None:
-    found = {row[0]: row for row in conn.execute(
-        f"SELECT {key}, state, lease_owner, lease_expires FROM {table} WHERE {key} IN {_IDS}", (json.dumps(ids),))}
+def _explain(
+    conn: sqlite3.Connection, table: str, key: str, ids: list[Any], src: Enum, dst: Enum, owner: str | None, now: float
+) -> None:
+    found = {
+        row[0]: row
+        for row in conn.execute(
+            f"SELECT {key}, state, lease_owner, lease_expires FROM {table} WHERE {key} IN {_IDS}", (json.dumps(ids),)
+        )
+    }
     missing = [i for i in ids if i not in found]
     if missing:
         raise StoreError(f"{table}: no rows with {key} {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     wrong = [(i, found[i][1]) for i in ids if found[i][1] != src.value]
     if wrong:
         shown = ", ".join(f"{i} is {s}" for i, s in wrong[:5])
-        raise IllegalTransition(f"{table}: cannot move {src.value} -> {dst.value}: {shown}"
-                                f"{' ...' if len(wrong) > 5 else ''} (not {src.value})")
+        raise IllegalTransition(
+            f"{table}: cannot move {src.value} -> {dst.value}: {shown}"
+            f"{' ...' if len(wrong) > 5 else ''} (not {src.value})"
+        )
     lost = [i for i in ids if found[i][2] != owner or (found[i][3] or 0) < now]
-    raise LeaseLost(f"{table}: {owner} no longer holds the lease on {key} {lost[:5]}; another agent took them over "
-                    "after the lease expired, so this cycle's changes were rolled back")
+    raise LeaseLost(
+        f"{table}: {owner} no longer holds the lease on {key} {lost[:5]}; another agent took them over "
+        "after the lease expired, so this cycle's changes were rolled back"
+    )
 
 
-def update(conn: sqlite3.Connection, table: str, key: str, rows: Sequence[dict[str, Any]], *, now: float,
-           owner: str | None = None) -> int:
+def update(
+    conn: sqlite3.Connection,
+    table: str,
+    key: str,
+    rows: Sequence[dict[str, Any]],
+    *,
+    now: float,
+    owner: str | None = None,
+) -> int:
     """Set per-row columns (not `state`: that goes through transition). Each dict has `key` plus the columns."""
     _require_transaction(conn)
     if not rows:
@@ -107,8 +134,18 @@ def update(conn: sqlite3.Connection, table: str, key: str, rows: Sequence[dict[s
     return cur.rowcount
 
 
-def claim(conn: sqlite3.Connection, kind: type[Enum], owner: str, *, states: Iterable[Enum], now: float,
-          lease_time: float, limit: int, where: str = "", params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+def claim(
+    conn: sqlite3.Connection,
+    kind: type[Enum],
+    owner: str,
+    *,
+    states: Iterable[Enum],
+    now: float,
+    lease_time: float,
+    limit: int,
+    where: str = "",
+    params: Sequence[Any] = (),
+) -> list[sqlite3.Row]:
     """Lease up to `limit` rows in `states` that nobody else holds, in one statement; returns the rows.
 
     `where` is an extra SQL condition on the table's columns (with `params`), e.g. "AND queue = ?".
@@ -117,10 +154,12 @@ def claim(conn: sqlite3.Connection, kind: type[Enum], owner: str, *, states: Ite
     """
     _require_transaction(conn)
     table, key = TABLES[kind]
-    sql = (f"UPDATE {table} SET lease_owner = ?, lease_expires = ? WHERE {key} IN ("
-           f"SELECT {key} FROM {table} WHERE state IN {_IDS} "
-           f"AND (lease_owner IS NULL OR lease_expires < ? OR lease_owner = ?) {where} LIMIT ?) "
-           f"RETURNING *")
+    sql = (
+        f"UPDATE {table} SET lease_owner = ?, lease_expires = ? WHERE {key} IN ("
+        f"SELECT {key} FROM {table} WHERE state IN {_IDS} "
+        f"AND (lease_owner IS NULL OR lease_expires < ? OR lease_owner = ?) {where} LIMIT ?) "
+        f"RETURNING *"
+    )
     state_list = json.dumps([s.value for s in states])
     return conn.execute(sql, [owner, now + lease_time, state_list, now, owner, *params, limit]).fetchall()
 
@@ -129,11 +168,14 @@ def release(conn: sqlite3.Connection, kind: type[Enum], owner: str, ids: Iterabl
     """Give back leases held by `owner` (all of them, or those in `ids`)."""
     table, key = TABLES[kind]
     if ids is None:
-        cur = conn.execute(f"UPDATE {table} SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner = ?",
-                           (owner,))
+        cur = conn.execute(
+            f"UPDATE {table} SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner = ?", (owner,)
+        )
     else:
-        cur = conn.execute(f"UPDATE {table} SET lease_owner = NULL, lease_expires = NULL "
-                           f"WHERE lease_owner = ? AND {key} IN {_IDS}", (owner, json.dumps(list(ids))))
+        cur = conn.execute(
+            f"UPDATE {table} SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner = ? AND {key} IN {_IDS}",
+            (owner, json.dumps(list(ids))),
+        )
     return cur.rowcount
 
 
@@ -141,7 +183,8 @@ def release_all(conn: sqlite3.Connection, owner_prefix: str) -> int:
     """Release every lease whose owner starts with `owner_prefix` (a daemon's agents, at shutdown)."""
     total = 0
     for table in LEASED_TABLES:
-        total += conn.execute(f"UPDATE {table} SET lease_owner = NULL, lease_expires = NULL "
-                              f"WHERE lease_owner LIKE ? ESCAPE '\\'",
-                              (owner_prefix.replace("%", "\\%").replace("_", "\\_") + "%",)).rowcount
+        total += conn.execute(
+            f"UPDATE {table} SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner LIKE ? ESCAPE '\\'",
+            (owner_prefix.replace("%", "\\%").replace("_", "\\_") + "%",),
+        ).rowcount
     return total

@@ -3,10 +3,11 @@
 Add a migration by appending to MIGRATIONS; never edit one that has shipped. A database whose newest migration is
 unknown to this code was written by a newer harvester-edge and is refused (see db.open_store).
 """
+
 from __future__ import annotations
 
 import sqlite3
-from typing import Callable
+from collections.abc import Callable
 
 LEASED = """
     lease_owner TEXT,
@@ -22,7 +23,9 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
 
 
 def _initial(conn: sqlite3.Connection) -> None:
-    _run_script(conn, f"""
+    _run_script(
+        conn,
+        f"""
     CREATE TABLE queues (
         name TEXT PRIMARY KEY,
         batch TEXT NOT NULL,
@@ -108,7 +111,8 @@ def _initial(conn: sqlite3.Connection) -> None:
         reason TEXT
     );
     CREATE INDEX state_history_object ON state_history(kind, object_id);
-    """)
+    """,
+    )
 
 
 def _install_id_and_request_seq(conn: sqlite3.Connection) -> None:

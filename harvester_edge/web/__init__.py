@@ -1,4 +1,5 @@
 """The web monitor of the central service: `app.include_router(monitor_router(app))` adds /monitor and /metrics."""
+
 from .router import monitor_router
 
 __all__ = ["monitor_router"]

@@ -5,6 +5,7 @@ FastAPI's default pages are then blank.
 FastAPI's own recipe for self-hosted docs assets (fastapi.openapi.docs.get_swagger_ui_html / get_redoc_html
 pointed at local URLs); the files come from fastapi_offline's `static` folder, kept up to date by that package.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,10 @@ def assets_dir() -> Path:
     folder = Path(fastapi_offline.__file__).with_name("static")
     missing = [name for name in ASSET_FILES if not (folder / name).is_file()]
     if missing:
-        raise RuntimeError(f"the API docs assets {missing} are not in {folder}: reinstall fastapi-offline "
-                           f"(pip install -e . installs it)")
+        raise RuntimeError(
+            f"the API docs assets {missing} are not in {folder}: reinstall fastapi-offline "
+            f"(pip install -e . installs it)"
+        )
     return folder
 
 
@@ -38,12 +41,15 @@ def install(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc") ->
     @app.get(docs_url, include_in_schema=False)
     def swagger(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - API docs",
-                                   oauth2_redirect_url=oauth2,
-                                   swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
-                                   swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
-                                   swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
-                                   swagger_ui_parameters=app.swagger_ui_parameters)
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - API docs",
+            oauth2_redirect_url=oauth2,
+            swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
+            swagger_ui_parameters=app.swagger_ui_parameters,
+        )
 
     @app.get(oauth2, include_in_schema=False)
     def swagger_redirect() -> HTMLResponse:
@@ -52,6 +58,10 @@ def install(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc") ->
     @app.get(redoc_url, include_in_schema=False)
     def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_redoc_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
-                              redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
-                              redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png", with_google_fonts=False)
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        )

@@ -4,6 +4,7 @@ Why SVG strings: the monitor must work on an edge node with no network, the page
 seconds anyway, and a line or bar chart of a few hundred points is ~60 lines of arithmetic that tests can check
 directly. Every label is escaped; sizes are fixed so a chart never reflows the page.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,12 +36,15 @@ def human(value: float, unit: str = "") -> str:
 
 
 def _open_svg(title: str, width: int, height: int) -> str:
-    return (f'<svg class="chart" role="img" aria-label="{escape(title)}" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">')
+    return (
+        f'<svg class="chart" role="img" aria-label="{escape(title)}" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">'
+    )
 
 
-def line_chart(series: dict[str, Sequence[tuple[float, float]]], title: str, unit: str = "",
-               width: int = 560, height: int = 200) -> str:
+def line_chart(
+    series: dict[str, Sequence[tuple[float, float]]], title: str, unit: str = "", width: int = 560, height: int = 200
+) -> str:
     """One polyline per series over a shared x axis (seconds since the earliest point)."""
     left, right, top, bottom = 56, 110, 22, 26
     points = [p for pts in series.values() for p in pts]
@@ -55,27 +59,41 @@ def line_chart(series: dict[str, Sequence[tuple[float, float]]], title: str, uni
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="cframe"/>')
     for frac in (0, 0.5, 1):
         y = top + ph * (1 - frac)
-        out.append(f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end" class="caxis">'
-                   f'{escape(human(ymax * frac, unit))}</text>')
-    out.append(f'<text x="{left}" y="{height - 8}" class="caxis">0 s</text>'
-               f'<text x="{left + pw}" y="{height - 8}" text-anchor="end" class="caxis">{xspan:.0f} s</text>')
+        out.append(
+            f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end" class="caxis">'
+            f"{escape(human(ymax * frac, unit))}</text>"
+        )
+    out.append(
+        f'<text x="{left}" y="{height - 8}" class="caxis">0 s</text>'
+        f'<text x="{left + pw}" y="{height - 8}" text-anchor="end" class="caxis">{xspan:.0f} s</text>'
+    )
     for i, (name, pts) in enumerate(series.items()):
         color = PALETTE[i % len(PALETTE)]
         coords = " ".join(f"{left + pw * (x - x0) / xspan:.1f},{top + ph * (1 - y / ymax):.1f}" for x, y in pts)
         out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.6" points="{coords}"/>')
         if len(pts) == 1:
             x, y = pts[0]
-            out.append(f'<circle cx="{left + pw * (x - x0) / xspan:.1f}" cy="{top + ph * (1 - y / ymax):.1f}" '
-                       f'r="2.5" fill="{color}"/>')
+            out.append(
+                f'<circle cx="{left + pw * (x - x0) / xspan:.1f}" cy="{top + ph * (1 - y / ymax):.1f}" '
+                f'r="2.5" fill="{color}"/>'
+            )
         ly = top + 12 + 14 * i
-        out.append(f'<rect x="{width - right + 8}" y="{ly - 8}" width="10" height="3" fill="{color}"/>'
-                   f'<text x="{width - right + 22}" y="{ly}" class="caxis">{escape(name)}</text>')
+        out.append(
+            f'<rect x="{width - right + 8}" y="{ly - 8}" width="10" height="3" fill="{color}"/>'
+            f'<text x="{width - right + 22}" y="{ly}" class="caxis">{escape(name)}</text>'
+        )
     out.append("</svg>")
     return "".join(out)
 
 
-def bar_chart(bars: Sequence[tuple[str, float]], title: str, width: int = 560, height: int = 160,
-              ymax: float | None = None, unit: str = "") -> str:
+def bar_chart(
+    bars: Sequence[tuple[str, float]],
+    title: str,
+    width: int = 560,
+    height: int = 160,
+    ymax: float | None = None,
+    unit: str = "",
+) -> str:
     """Vertical bars with a label under every few bars (e.g. events finished per minute); ymax fixes the axis."""
     left, top, bottom = 40, 22, 26
     out = [_open_svg(title, width, height), f'<text x="{left}" y="14" class="ctitle">{escape(title)}</text>']
@@ -86,17 +104,23 @@ def bar_chart(bars: Sequence[tuple[str, float]], title: str, width: int = 560, h
     pw, ph = width - left - 8, height - top - bottom
     slot = min(pw / len(bars), 80.0)  # a few bars stay bars, not slabs
     every = max(1, len(bars) // 8)
-    out.append(f'<text x="{left - 4}" y="{top + 4}" text-anchor="end" class="caxis">{escape(human(ymax, unit))}</text>'
-               f'<text x="{left - 4}" y="{top + ph}" text-anchor="end" class="caxis">0</text>')
+    out.append(
+        f'<text x="{left - 4}" y="{top + 4}" text-anchor="end" class="caxis">{escape(human(ymax, unit))}</text>'
+        f'<text x="{left - 4}" y="{top + ph}" text-anchor="end" class="caxis">0</text>'
+    )
     for i, (label, value) in enumerate(bars):
         h = ph * min(value, ymax) / ymax
         x = left + i * slot
-        out.append(f'<rect x="{x + slot * 0.1:.1f}" y="{top + ph - h:.1f}" width="{slot * 0.8:.1f}" '
-                   f'height="{h:.1f}" fill="{PALETTE[0]}"><title>{escape(label)}: {value:g}{escape(unit)}</title>'
-                   f'</rect>')
+        out.append(
+            f'<rect x="{x + slot * 0.1:.1f}" y="{top + ph - h:.1f}" width="{slot * 0.8:.1f}" '
+            f'height="{h:.1f}" fill="{PALETTE[0]}"><title>{escape(label)}: {value:g}{escape(unit)}</title>'
+            f"</rect>"
+        )
         if i % every == 0:
-            out.append(f'<text x="{x + slot / 2:.1f}" y="{height - 8}" text-anchor="middle" class="caxis">'
-                       f'{escape(label)}</text>')
+            out.append(
+                f'<text x="{x + slot / 2:.1f}" y="{height - 8}" text-anchor="middle" class="caxis">'
+                f"{escape(label)}</text>"
+            )
     out.append("</svg>")
     return "".join(out)
 

@@ -7,6 +7,7 @@ another port of the same host, which can plant cookies for this host, does not k
 in this process: after a restart an open page's form is refused once ("reload the page").
 The Guard (central/guard.py) also refuses a foreign Origin or Host before the form is read.
 """
+
 from __future__ import annotations
 
 import hashlib

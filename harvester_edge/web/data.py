@@ -3,6 +3,7 @@
 The harvester DB is opened read-only per request (SQLite WAL: never blocks the daemon); when it is not on this
 machine the pages show the central service's view alone. Pure functions of (connections, ids, now).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -23,7 +24,7 @@ RANGE_NAMES = {int(s): s.name.lower() for s in RangeStatus}
 SCRIPT_NAMES = ("worker.sh", "worker.sbatch", "worker.bsub")
 TEXT_TAIL = 256 * 1024
 MAX_LISTED = 2000  # entries of an access point looked at per page: a pilot cannot make a page slow with files
-MAX_PARSED = 20   # files moved aside whose content a page parses again to say why
+MAX_PARSED = 20  # files moved aside whose content a page parses again to say why
 PILOT_STREAM = re.compile(rf"^({STATUS}|{REQUESTS})\.\d+\.json(\{BAD_SUFFIX})?$")
 
 
@@ -45,50 +46,75 @@ def _rows(conn: sqlite3.Connection | None, sql: str, args: tuple = ()) -> list[d
 def events_per_minute(central: sqlite3.Connection, now: float, minutes: int = 30) -> list[tuple[str, float]]:
     """Events finished in each of the last `minutes` minutes (by the time their range was reported)."""
     first = int(now // 60) - minutes + 1
-    done = dict(central.execute(
-        "SELECT CAST(modified / 60 AS INTEGER) AS m, sum(last_event - start_event + 1) FROM ranges "
-        "WHERE status=? AND modified >= ? GROUP BY m", (int(RangeStatus.FINISHED), first * 60)).fetchall())
-    return [(f"-{minutes - 1 - i}m" if i < minutes - 1 else "now", float(done.get(first + i, 0)))
-            for i in range(minutes)]
+    done = dict(
+        central.execute(
+            "SELECT CAST(modified / 60 AS INTEGER) AS m, sum(last_event - start_event + 1) FROM ranges "
+            "WHERE status=? AND modified >= ? GROUP BY m",
+            (int(RangeStatus.FINISHED), first * 60),
+        ).fetchall()
+    )
+    return [
+        (f"-{minutes - 1 - i}m" if i < minutes - 1 else "now", float(done.get(first + i, 0))) for i in range(minutes)
+    ]
 
 
 def workers_by_queue(harvester: sqlite3.Connection | None, central: sqlite3.Connection) -> list[dict]:
     """{queue, state, count}: the harvester's own view when it is here, else what harvesters reported."""
     if harvester is not None:
-        return _rows(harvester, "SELECT queue, state, count(*) AS count FROM workers GROUP BY queue, state "
-                                "ORDER BY queue, state")
-    return [dict(r) for r in central.execute(
-        "SELECT coalesce(site, '?') AS queue, coalesce(status, pilot_status, '?') AS state, count(*) AS count "
-        "FROM workers GROUP BY 1, 2 ORDER BY 1, 2")]
+        return _rows(
+            harvester, "SELECT queue, state, count(*) AS count FROM workers GROUP BY queue, state ORDER BY queue, state"
+        )
+    return [
+        dict(r)
+        for r in central.execute(
+            "SELECT coalesce(site, '?') AS queue, coalesce(status, pilot_status, '?') AS state, count(*) AS count "
+            "FROM workers GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+    ]
 
 
 # -- task -----------------------------------------------------------------------------------------------------
 def task_errors(central: sqlite3.Connection, task_id: int) -> list[dict]:
-    ranges = [dict(r) for r in central.execute(
-        "SELECT 'event' AS source, error_code AS code, coalesce(error_diag, '') AS message, count(*) AS count "
-        "FROM ranges WHERE task_id=? AND error_code IS NOT NULL AND error_code != 0 GROUP BY 2, 3",
-        (task_id,))]
+    ranges = [
+        dict(r)
+        for r in central.execute(
+            "SELECT 'event' AS source, error_code AS code, coalesce(error_diag, '') AS message, count(*) AS count "
+            "FROM ranges WHERE task_id=? AND error_code IS NOT NULL AND error_code != 0 GROUP BY 2, 3",
+            (task_id,),
+        )
+    ]
     return ranges + _job_errors(central, "WHERE task_id=?", (task_id,))
 
 
 def _job_errors(central: sqlite3.Connection, where: str, args: tuple) -> list[dict]:
     out = []
-    for source, code, diag in (("pilot", "pilot_error_code", "pilot_error_diag"),
-                               ("exe", "exe_error_code", "exe_error_diag"),
-                               ("jobDispatcher", "dispatcher_error_code", "dispatcher_error_diag")):
+    for source, code, diag in (
+        ("pilot", "pilot_error_code", "pilot_error_diag"),
+        ("exe", "exe_error_code", "exe_error_diag"),
+        ("jobDispatcher", "dispatcher_error_code", "dispatcher_error_diag"),
+    ):
         extra = "AND" if where else "WHERE"
-        out += [dict(r) for r in central.execute(
-            f"SELECT ? AS source, {code} AS code, {diag} AS message, count(*) AS count FROM jobs {where} "
-            f"{extra} {code} != 0 GROUP BY 2, 3", (source, *args))]
+        out += [
+            dict(r)
+            for r in central.execute(
+                f"SELECT ? AS source, {code} AS code, {diag} AS message, count(*) AS count FROM jobs {where} "
+                f"{extra} {code} != 0 GROUP BY 2, 3",
+                (source, *args),
+            )
+        ]
     return out
 
 
 def error_groups(central: sqlite3.Connection) -> list[dict]:
     """Every failure grouped by (source, code, message), across tasks."""
-    rows = [dict(r) for r in central.execute(
-        "SELECT 'event' AS source, error_code AS code, coalesce(error_diag, '') AS message, count(*) AS count, "
-        "group_concat(DISTINCT task_id) AS tasks FROM ranges WHERE error_code IS NOT NULL AND error_code != 0 "
-        "GROUP BY 2, 3")]
+    rows = [
+        dict(r)
+        for r in central.execute(
+            "SELECT 'event' AS source, error_code AS code, coalesce(error_diag, '') AS message, count(*) AS count, "
+            "group_concat(DISTINCT task_id) AS tasks FROM ranges WHERE error_code IS NOT NULL AND error_code != 0 "
+            "GROUP BY 2, 3"
+        )
+    ]
     return rows + _job_errors(central, "", ())
 
 
@@ -113,8 +139,11 @@ def pilot_fields(job: dict) -> dict:
         log_file = None
     names = ("getJob", "stage-in", "payload", "stage-out", "initial setup", "setup")
     timing = [(n, t) for n, t in zip(names, (job.get("pilot_timing") or "").split("|")) if t != ""]
-    return {"history": [{"state": s, "time": t} for s, t in history if isinstance(s, str)], "timing": timing,
-            "log_file": log_file if isinstance(log_file, dict) else None}
+    return {
+        "history": [{"state": s, "time": t} for s, t in history if isinstance(s, str)],
+        "timing": timing,
+        "log_file": log_file if isinstance(log_file, dict) else None,
+    }
 
 
 def find_log_tarball(log_dir: Path | None, lfn: str | None) -> tuple[Path, str] | None:
@@ -134,15 +163,24 @@ def find_log_tarball(log_dir: Path | None, lfn: str | None) -> tuple[Path, str] 
     return None
 
 
-def job_ranges(central: sqlite3.Connection, harvester: sqlite3.Connection | None, panda_id: int,
-               task_id: int) -> list[dict]:
+def job_ranges(
+    central: sqlite3.Connection, harvester: sqlite3.Connection | None, panda_id: int, task_id: int
+) -> list[dict]:
     """The central ranges last handed to this job, with the harvester's worker and state when known."""
-    local = {(r["first_event"], r["last_event"]): r for r in _rows(
-        harvester, "SELECT first_event, last_event, state, worker_id FROM event_ranges WHERE panda_id=?", (panda_id,))}
+    local = {
+        (r["first_event"], r["last_event"]): r
+        for r in _rows(
+            harvester,
+            "SELECT first_event, last_event, state, worker_id FROM event_ranges WHERE panda_id=?",
+            (panda_id,),
+        )
+    }
     out = []
-    for r in central.execute("SELECT process_id, start_event, last_event, status, attempt_nr, failures, error_code, "
-                             "error_diag, modified FROM ranges WHERE task_id=? AND panda_id=? ORDER BY process_id",
-                             (task_id, panda_id)):
+    for r in central.execute(
+        "SELECT process_id, start_event, last_event, status, attempt_nr, failures, error_code, "
+        "error_diag, modified FROM ranges WHERE task_id=? AND panda_id=? ORDER BY process_id",
+        (task_id, panda_id),
+    ):
         row = dict(r)
         row["status"] = RANGE_NAMES.get(row["status"], str(row["status"]))
         here = local.get((row["start_event"], row["last_event"]))
@@ -153,8 +191,11 @@ def job_ranges(central: sqlite3.Connection, harvester: sqlite3.Connection | None
 
 
 def job_workers(harvester: sqlite3.Connection | None, panda_id: int) -> list[dict]:
-    return _rows(harvester, "SELECT w.* FROM workers w JOIN job_workers j ON j.worker_id = w.id "
-                            "WHERE j.panda_id=? ORDER BY w.id", (panda_id,))
+    return _rows(
+        harvester,
+        "SELECT w.* FROM workers w JOIN job_workers j ON j.worker_id = w.id WHERE j.panda_id=? ORDER BY w.id",
+        (panda_id,),
+    )
 
 
 # -- worker ---------------------------------------------------------------------------------------------------
@@ -164,13 +205,15 @@ def worker(harvester: sqlite3.Connection | None, worker_id: int) -> dict | None:
 
 
 def state_history(harvester: sqlite3.Connection | None, kind: str, object_id: Any) -> list[dict]:
-    return _rows(harvester, "SELECT src, dst, at, reason FROM state_history WHERE kind=? AND object_id=? ORDER BY id",
-                 (kind, str(object_id)))
+    return _rows(
+        harvester,
+        "SELECT src, dst, at, reason FROM state_history WHERE kind=? AND object_id=? ORDER BY id",
+        (kind, str(object_id)),
+    )
 
 
 def worker_jobs(harvester: sqlite3.Connection | None, worker_id: int) -> list[int]:
-    return [r["panda_id"] for r in _rows(harvester, "SELECT panda_id FROM job_workers WHERE worker_id=?",
-                                         (worker_id,))]
+    return [r["panda_id"] for r in _rows(harvester, "SELECT panda_id FROM job_workers WHERE worker_id=?", (worker_id,))]
 
 
 def ap_files(ap: Path) -> dict[str, list[str]]:
@@ -270,8 +313,11 @@ def pilot_files_state(ap: Path) -> list[dict]:
 
 def _content_fault(ap: Path, name: str) -> str | None:
     """Why a stream file's content was refused (its loader's message), or None."""
-    loaders = {STATUS: pilot_files.load_event_status, REQUESTS: pilot_files.load_event_request,
-               HEARTBEAT: lambda path: pilot_files.heartbeat_of(path.parent, path.name)}
+    loaders = {
+        STATUS: pilot_files.load_event_status,
+        REQUESTS: pilot_files.load_event_request,
+        HEARTBEAT: lambda path: pilot_files.heartbeat_of(path.parent, path.name),
+    }
     loader = next((f for prefix, f in loaders.items() if name.startswith(prefix)), None)
     if loader is None:
         return None
@@ -298,8 +344,10 @@ def queues(harvester: sqlite3.Connection | None) -> list[dict]:
 
 
 def harvesters(central: sqlite3.Connection) -> list[dict]:
-    return [dict(r) for r in central.execute("SELECT harvester_id, last_heartbeat, attrs FROM harvesters "
-                                             "ORDER BY harvester_id")]
+    return [
+        dict(r)
+        for r in central.execute("SELECT harvester_id, last_heartbeat, attrs FROM harvesters ORDER BY harvester_id")
+    ]
 
 
 def sites(central: sqlite3.Connection) -> list[dict]:

@@ -5,6 +5,7 @@ Pure functions of (connections, ids, now), each one or two aggregated queries: w
 stays well under 200 ms (scripts/bench/monitor measures it). Values that came from a pilot (range timings, ranks)
 are checked before they are used: a hostile pilot gets a gap in a chart, never an error page.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -14,11 +15,19 @@ import sqlite3
 from harvester_edge.central.states import TASK_TERMINAL, RangeStatus
 
 DAY = 86400.0
-TIMELINE_WORKERS = 50     # newest workers drawn in a task's worker timeline
-CUMULATIVE_POINTS = 120   # points of the events-finished line
-WAIT_BINS = ((10, "<10s"), (30, "10-30s"), (60, "30s-1m"), (300, "1-5m"), (900, "5-15m"), (3600, "15m-1h"),
-             (4 * 3600, "1-4h"), (math.inf, ">4h"))
-MAX_RANKS = 256           # bars of the per-rank busy chart
+TIMELINE_WORKERS = 50  # newest workers drawn in a task's worker timeline
+CUMULATIVE_POINTS = 120  # points of the events-finished line
+WAIT_BINS = (
+    (10, "<10s"),
+    (30, "10-30s"),
+    (60, "30s-1m"),
+    (300, "1-5m"),
+    (900, "5-15m"),
+    (3600, "15m-1h"),
+    (4 * 3600, "1-4h"),
+    (math.inf, ">4h"),
+)
+MAX_RANKS = 256  # bars of the per-rank busy chart
 
 
 def _finite(v) -> bool:
@@ -33,15 +42,17 @@ def events_finished(central: sqlite3.Connection, task: dict, now: float) -> dict
     t0 = float(task.get("created") or now)
     first, last = central.execute(
         "SELECT min(modified), max(modified) FROM ranges WHERE task_id=? AND status=?",
-        (task["task_id"], int(RangeStatus.FINISHED))).fetchone()
+        (task["task_id"], int(RangeStatus.FINISHED)),
+    ).fetchone()
     points: list[tuple[float, float]] = [(t0, 0.0)]
     if first is not None:
         width = max((last - t0) / CUMULATIVE_POINTS, 1.0)
         total = 0.0
         for bucket, n in central.execute(
-                "SELECT CAST((modified - ?) / ? AS INTEGER) AS b, sum(last_event - start_event + 1) FROM ranges "
-                "WHERE task_id=? AND status=? GROUP BY b ORDER BY b",
-                (t0, width, task["task_id"], int(RangeStatus.FINISHED))):
+            "SELECT CAST((modified - ?) / ? AS INTEGER) AS b, sum(last_event - start_event + 1) FROM ranges "
+            "WHERE task_id=? AND status=? GROUP BY b ORDER BY b",
+            (t0, width, task["task_id"], int(RangeStatus.FINISHED)),
+        ):
             total += n
             points.append((min(t0 + (bucket + 1) * width, last), total))
     done, n_events = points[-1][1], task.get("n_events") or 0
@@ -54,12 +65,20 @@ def events_finished(central: sqlite3.Connection, task: dict, now: float) -> dict
         if active and n_events > done:
             expected = now + (n_events - done) / rate
     t1 = max(now if active else (last or now), expected or 0, t0 + 60)
-    return {"points": points, "t0": t0, "t1": t1, "expected_end": expected, "rate": rate, "done": done,
-            "n_events": n_events, "now": now, "active": active}
+    return {
+        "points": points,
+        "t0": t0,
+        "t1": t1,
+        "expected_end": expected,
+        "rate": rate,
+        "done": done,
+        "n_events": n_events,
+        "now": now,
+        "active": active,
+    }
 
 
-def task_workers(harvester: sqlite3.Connection | None, task_id: int, now: float,
-                 limit: int = TIMELINE_WORKERS) -> dict:
+def task_workers(harvester: sqlite3.Connection | None, task_id: int, now: float, limit: int = TIMELINE_WORKERS) -> dict:
     """{"rows": timeline rows of the task's newest workers, "total": how many, "t0", "t1"} (harvester DB)."""
     if harvester is None:
         return {"rows": [], "total": 0, "t0": now, "t1": now}
@@ -67,7 +86,9 @@ def task_workers(harvester: sqlite3.Connection | None, task_id: int, now: float,
     total = harvester.execute(f"SELECT count(*) FROM ({ids})", (task_id,)).fetchone()[0]
     rows = harvester.execute(
         f"SELECT id, queue, state, nodes, ranks_per_node, exit_code, submitted_at, started_at, ended_at, created_at "
-        f"FROM workers WHERE id IN ({ids}) ORDER BY id DESC LIMIT ?", (task_id, limit)).fetchall()
+        f"FROM workers WHERE id IN ({ids}) ORDER BY id DESC LIMIT ?",
+        (task_id, limit),
+    ).fetchall()
     return _timeline(list(reversed(rows)), total, now)
 
 
@@ -79,11 +100,14 @@ def _timeline(rows, total: int, now: float, nodes: dict[int, str] | None = None)
         started, ended = r["started_at"], r["ended_at"]
         queued_end = started or ended or now
         where = (nodes or {}).get(r["id"]) or r["queue"]
-        row = {"label": f"w{r['id']} {where} ×{r['nodes']}n", "end": r["state"],
-               "queued": (submitted, queued_end) if submitted else None,
-               "running": (started, ended or now) if started else None,
-               "tip": f"worker {r['id']} ({r['queue']}, {r['nodes']} node(s) × {r['ranks_per_node']} ranks): "
-                      f"{r['state']}" + (f", exit code {r['exit_code']}" if r["exit_code"] is not None else "")}
+        row = {
+            "label": f"w{r['id']} {where} ×{r['nodes']}n",
+            "end": r["state"],
+            "queued": (submitted, queued_end) if submitted else None,
+            "running": (started, ended or now) if started else None,
+            "tip": f"worker {r['id']} ({r['queue']}, {r['nodes']} node(s) × {r['ranks_per_node']} ranks): "
+            f"{r['state']}" + (f", exit code {r['exit_code']}" if r["exit_code"] is not None else ""),
+        }
         out.append(row)
         starts.append(submitted or started or now)
         ends.append(ended or now)
@@ -91,8 +115,9 @@ def _timeline(rows, total: int, now: float, nodes: dict[int, str] | None = None)
 
 
 # -- dashboard ------------------------------------------------------------------------------------------------
-def running_per_queue(harvester: sqlite3.Connection | None, now: float, hours: int = 24,
-                      samples: int = 97, since: float | None = None) -> dict:
+def running_per_queue(
+    harvester: sqlite3.Connection | None, now: float, hours: int = 24, samples: int = 97, since: float | None = None
+) -> dict:
     """{"workers": {queue: [(t, running workers)]}, "cores": {queue: [(t, cores)]}, "t0", "t1"} over the last
     `hours` (or since `since`); cores are nodes × ranks per node of each running worker (one core per rank)."""
     t0 = min(since, now - 60) if since is not None else now - hours * 3600
@@ -101,8 +126,10 @@ def running_per_queue(harvester: sqlite3.Connection | None, now: float, hours: i
         return out
     by_queue: dict[str, tuple[list, list, list, list]] = {}
     for queue, nodes, ranks, start, end in harvester.execute(
-            "SELECT queue, nodes, ranks_per_node, started_at, ended_at FROM workers WHERE started_at IS NOT NULL "
-            "AND started_at <= ? AND (ended_at IS NULL OR ended_at >= ?)", (now, t0)):
+        "SELECT queue, nodes, ranks_per_node, started_at, ended_at FROM workers WHERE started_at IS NOT NULL "
+        "AND started_at <= ? AND (ended_at IS NULL OR ended_at >= ?)",
+        (now, t0),
+    ):
         s, e, wc, we = by_queue.setdefault(queue, ([], [], [], []))
         cores = (nodes or 0) * (ranks or 0)
         s.append(start)
@@ -143,8 +170,9 @@ def wait_times(harvester: sqlite3.Connection | None, now: float) -> dict:
     waits: dict[str, list[float]] = {}
     queued: dict[str, int] = {}
     for queue, submitted, started in harvester.execute(
-            "SELECT queue, coalesce(submitted_at, created_at), started_at FROM workers "
-            "WHERE started_at IS NOT NULL OR state IN ('submitting', 'queued')"):
+        "SELECT queue, coalesce(submitted_at, created_at), started_at FROM workers "
+        "WHERE started_at IS NOT NULL OR state IN ('submitting', 'queued')"
+    ):
         if started is None:
             queued[queue] = queued.get(queue, 0) + 1
         elif submitted is not None:
@@ -156,9 +184,16 @@ def wait_times(harvester: sqlite3.Connection | None, now: float) -> dict:
         for v in values:
             counts[bisect.bisect_left(limits, v)] += 1
         out["series"][queue] = counts
-        out["figures"].append({"queue": queue, "started": len(values), "waiting": queued.get(queue, 0),
-                               "p50": _quantile(values, 0.5), "p90": _quantile(values, 0.9),
-                               "max": values[-1] if values else None})
+        out["figures"].append(
+            {
+                "queue": queue,
+                "started": len(values),
+                "waiting": queued.get(queue, 0),
+                "p50": _quantile(values, 0.5),
+                "p90": _quantile(values, 0.9),
+                "max": values[-1] if values else None,
+            }
+        )
     return out
 
 
@@ -167,8 +202,9 @@ def _quantile(values: list[float], q: float) -> float | None:
 
 
 # -- job ------------------------------------------------------------------------------------------------------
-def job_workers_timeline(harvester: sqlite3.Connection | None, central_job: dict, now: float,
-                         nodes: dict[int, str] | None = None) -> dict:
+def job_workers_timeline(
+    harvester: sqlite3.Connection | None, central_job: dict, now: float, nodes: dict[int, str] | None = None
+) -> dict:
     """The job's workers as timeline rows (label: worker and its node(s) when known, from `nodes` or the job's
     node) plus the central service's start/end of the job."""
     if harvester is None:
@@ -177,14 +213,23 @@ def job_workers_timeline(harvester: sqlite3.Connection | None, central_job: dict
         rows = harvester.execute(
             "SELECT w.id, w.queue, w.state, w.nodes, w.ranks_per_node, w.exit_code, w.submitted_at, w.started_at, "
             "w.ended_at, w.created_at FROM workers w JOIN job_workers j ON j.worker_id = w.id WHERE j.panda_id=? "
-            "ORDER BY w.id DESC LIMIT ?", (central_job["panda_id"], TIMELINE_WORKERS - 1)).fetchall()
+            "ORDER BY w.id DESC LIMIT ?",
+            (central_job["panda_id"], TIMELINE_WORKERS - 1),
+        ).fetchall()
     out = _timeline(list(reversed(rows)), len(rows), now, nodes or {})
     start, end = central_job.get("start_time"), central_job.get("end_time")
     node = central_job.get("node") or "node ?"
     if _finite(start):
-        out["rows"].insert(0, {"label": f"job on {node}"[:28], "end": central_job.get("status"), "queued": None,
-                            "running": (start, end if _finite(end) else now),
-                            "tip": f"job {central_job['panda_id']} on node {node}: {central_job.get('status')}"})
+        out["rows"].insert(
+            0,
+            {
+                "label": f"job on {node}"[:28],
+                "end": central_job.get("status"),
+                "queued": None,
+                "running": (start, end if _finite(end) else now),
+                "tip": f"job {central_job['panda_id']} on node {node}: {central_job.get('status')}",
+            },
+        )
         out["t0"] = min(out["t0"], start)
         out["t1"] = max(out["t1"], end if _finite(end) else now)
     return out
@@ -200,15 +245,18 @@ def busy_per_rank(harvester: sqlite3.Connection | None, worker: dict, now: float
     n_ranks = max(int(worker.get("nodes") or 1) * int(worker.get("ranks_per_node") or 1), 1)
     busy: dict[int, float] = {}
     for rank, start, end in harvester.execute(
-            "SELECT json_extract(result, '$.rank'), json_extract(result, '$.startTime'), "
-            "json_extract(result, '$.endTime') FROM event_ranges WHERE worker_id=? AND result IS NOT NULL "
-            "AND json_valid(result)", (worker["id"],)):
+        "SELECT json_extract(result, '$.rank'), json_extract(result, '$.startTime'), "
+        "json_extract(result, '$.endTime') FROM event_ranges WHERE worker_id=? AND result IS NOT NULL "
+        "AND json_valid(result)",
+        (worker["id"],),
+    ):
         if isinstance(rank, int) and 0 <= rank < min(n_ranks, MAX_RANKS) and _finite(start) and _finite(end):
             busy[rank] = busy.get(rank, 0.0) + max(min(end, now) - max(start, started), 0.0)
     if not busy or wall <= 0:
         return []
-    return [(f"rank {r}", round(min(100.0 * busy.get(r, 0.0) / wall, 100.0), 1))
-            for r in range(min(n_ranks, MAX_RANKS))]
+    return [
+        (f"rank {r}", round(min(100.0 * busy.get(r, 0.0) / wall, 100.0), 1)) for r in range(min(n_ranks, MAX_RANKS))
+    ]
 
 
 # -- report ---------------------------------------------------------------------------------------------------
@@ -218,9 +266,11 @@ def task_queue_figures(harvester: sqlite3.Connection | None, task_id: int, now: 
         return []
     out: dict[str, dict] = {}
     for queue, state, nodes, submitted, started, ended in harvester.execute(
-            "SELECT queue, state, nodes, coalesce(submitted_at, created_at), started_at, ended_at FROM workers "
-            "WHERE id IN (SELECT DISTINCT jw.worker_id FROM job_workers jw JOIN jobs j ON j.panda_id = jw.panda_id "
-            "WHERE j.task_id=?)", (task_id,)):
+        "SELECT queue, state, nodes, coalesce(submitted_at, created_at), started_at, ended_at FROM workers "
+        "WHERE id IN (SELECT DISTINCT jw.worker_id FROM job_workers jw JOIN jobs j ON j.panda_id = jw.panda_id "
+        "WHERE j.task_id=?)",
+        (task_id,),
+    ):
         q = out.setdefault(queue, {"queue": queue, "workers": 0, "states": {}, "node_hours": 0.0, "waits": []})
         q["workers"] += 1
         q["states"][state] = q["states"].get(state, 0) + 1
@@ -239,6 +289,11 @@ def report_nodes(report: dict | None) -> str | None:
     per_rank = report.get("perRank") if isinstance(report, dict) else None
     if not isinstance(per_rank, dict):
         return None
-    names = sorted({v["node"][:40] for v in list(per_rank.values())[:MAX_RANKS]
-                    if isinstance(v, dict) and isinstance(v.get("node"), str) and v["node"]})
+    names = sorted(
+        {
+            v["node"][:40]
+            for v in list(per_rank.values())[:MAX_RANKS]
+            if isinstance(v, dict) and isinstance(v.get("node"), str) and v["node"]
+        }
+    )
     return ",".join(names[:3]) + ("…" if len(names) > 3 else "") if names else None

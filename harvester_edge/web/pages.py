@@ -1,4 +1,5 @@
 """One build function per page: (service, harvester_db, query params, now, *ids) -> (template, context)."""
+
 from __future__ import annotations
 
 import json
@@ -52,31 +53,64 @@ def dashboard(service: CentralService, hdb: Path | None, params: dict, now: floa
         pivot.setdefault(c["queue"], {"queue": c["queue"]})[c["state"]] = c["count"]
     epm = data.events_per_minute(central, now)
     return "dashboard.html", {
-        "title": "dashboard", "tasks_by_state": by_state, "outbox": outbox, "harvester_db": hdb,
-        "tasks": view("tasks", tasks, ["task_id", "name", "status", "n_events", "events_finished", "progress",
-                                       "n_jobs", "created"], params, "task_id", True),
-        "worker_states": states, "worker_rows": list(pivot.values()),
+        "title": "dashboard",
+        "tasks_by_state": by_state,
+        "outbox": outbox,
+        "harvester_db": hdb,
+        "tasks": view(
+            "tasks",
+            tasks,
+            ["task_id", "name", "status", "n_events", "events_finished", "progress", "n_jobs", "created"],
+            params,
+            "task_id",
+            True,
+        ),
+        "worker_states": states,
+        "worker_rows": list(pivot.values()),
         "epm_chart": charts.bar_chart(epm, "events finished per minute (last 30 min)", width=900),
-        "epm_last": epm[-2][1] if len(epm) > 1 else 0, "timelines": timelines,
+        "epm_last": epm[-2][1] if len(epm) > 1 else 0,
+        "timelines": timelines,
     }
 
 
 def task(service: CentralService, hdb: Path | None, params: dict, now: float, task_id: int) -> tuple[str, dict]:
     t = service.show_task(task_id)
     central = service.db.reader()
-    events = {data.RANGE_NAMES[s]: n for s, n in central.execute(
-        "SELECT status, sum(last_event - start_event + 1) FROM ranges WHERE task_id=? GROUP BY status", (task_id,))}
+    events = {
+        data.RANGE_NAMES[s]: n
+        for s, n in central.execute(
+            "SELECT status, sum(last_event - start_event + 1) FROM ranges WHERE task_id=? GROUP BY status", (task_id,)
+        )
+    }
     t["progress"] = _progress(t)
     with _harvester(hdb) as hconn:
         timelines = pictures.task(central, hconn, t, now)
     return "task.html", {
-        "title": f"task {task_id}", "task": t, "events": events, "timelines": timelines,
+        "title": f"task {task_id}",
+        "task": t,
+        "events": events,
+        "timelines": timelines,
         "events_chart": charts.bar_chart(sorted(events.items()), "events by state", height=140),
-        "jobs": view("jobs", t["jobs"], ["panda_id", "status", "attempt_nr", "site", "worker_id", "n_events",
-                                         "pilot_error_code", "dispatcher_error_code", "heartbeat"], params,
-                     "panda_id"),
-        "errors": view("err", data.task_errors(central, task_id), ["source", "code", "message", "count"], params,
-                       "count", True),
+        "jobs": view(
+            "jobs",
+            t["jobs"],
+            [
+                "panda_id",
+                "status",
+                "attempt_nr",
+                "site",
+                "worker_id",
+                "n_events",
+                "pilot_error_code",
+                "dispatcher_error_code",
+                "heartbeat",
+            ],
+            params,
+            "panda_id",
+        ),
+        "errors": view(
+            "err", data.task_errors(central, task_id), ["source", "code", "message", "count"], params, "count", True
+        ),
     }
 
 
@@ -88,49 +122,85 @@ def job(service: CentralService, hdb: Path | None, params: dict, now: float, pan
     with _harvester(hdb) as hconn:
         workers = data.job_workers(hconn, panda_id)
         ranges = data.job_ranges(central, hconn, panda_id, j["task_id"])
-        local = data._rows(hconn, "SELECT state, events_total, events_done, error_code, error_diag FROM jobs "
-                                  "WHERE panda_id=?", (panda_id,))
+        local = data._rows(
+            hconn,
+            "SELECT state, events_total, events_done, error_code, error_diag FROM jobs WHERE panda_id=?",
+            (panda_id,),
+        )
     panels = []
     for w in workers[-MAX_PANELS:]:  # the newest workers get plots; the others are listed as links
         ap = Path(w["access_point"])
         samples, problems = data.monitor_samples(ap)
         report, report_problem = data.job_report(ap)
-        panels.append({
-            "worker": w, "files": data.ap_files(ap), "report": report, "report_problem": report_problem,
-            "monitor_problems": problems,
-            "rss": charts.line_chart(charts.monitor_series(samples, "rss"), f"worker {w['id']}: RSS per rank", "B"),
-            "cpu": charts.line_chart(charts.monitor_series(samples, "cpu"),
-                                     f"worker {w['id']}: CPU time per rank (s)"),
-        })
+        panels.append(
+            {
+                "worker": w,
+                "files": data.ap_files(ap),
+                "report": report,
+                "report_problem": report_problem,
+                "monitor_problems": problems,
+                "rss": charts.line_chart(charts.monitor_series(samples, "rss"), f"worker {w['id']}: RSS per rank", "B"),
+                "cpu": charts.line_chart(
+                    charts.monitor_series(samples, "cpu"), f"worker {w['id']}: CPU time per rank (s)"
+                ),
+            }
+        )
     with _harvester(hdb) as hconn:
         timelines = pictures.job(hconn, j, workers, now, {p["worker"]["id"]: p["report"] for p in panels})
     pilot = data.pilot_fields(j)
     log_dir = getattr(service, "pilot_log_dir", None)
     pilot["tarball"] = data.find_log_tarball(log_dir, (pilot["log_file"] or {}).get("lfn")) is not None
     return "job.html", {
-        "title": f"job {panda_id}", "job": j, "local": local[0] if local else None, "panels": panels,
-        "jedilogs": jedilogs.for_job(service.db.path, panda_id, j["task_id"]), "timelines": timelines,
+        "title": f"job {panda_id}",
+        "job": j,
+        "local": local[0] if local else None,
+        "panels": panels,
+        "jedilogs": jedilogs.for_job(service.db.path, panda_id, j["task_id"]),
+        "timelines": timelines,
         "pilot": pilot,
         "older_workers": workers[:-MAX_PANELS] if len(workers) > MAX_PANELS else [],
-        "ranges": view("ranges", ranges, ["process_id", "start_event", "last_event", "status", "attempt_nr",
-                                          "failures", "error_code", "error_diag", "harvester_state", "worker"],
-                       params, "process_id"),
+        "ranges": view(
+            "ranges",
+            ranges,
+            [
+                "process_id",
+                "start_event",
+                "last_event",
+                "status",
+                "attempt_nr",
+                "failures",
+                "error_code",
+                "error_diag",
+                "harvester_state",
+                "worker",
+            ],
+            params,
+            "process_id",
+        ),
     }
 
 
 def jedilog(service: CentralService, hdb: Path | None, params: dict, now: float, name: str) -> tuple[str, dict]:
     """A log uploaded with file_server/upload_jedi_log (central/jedilogs.py: safe names, read without links)."""
     text, size = jedilogs.read(service.db.path, name, JEDILOG_SHOWN)
-    return "jedilog.html", {"title": f"log {name}", "name": name, "text": text, "size": size,
-                            "shown": JEDILOG_SHOWN, "cut": size > JEDILOG_SHOWN}
+    return "jedilog.html", {
+        "title": f"log {name}",
+        "name": name,
+        "text": text,
+        "size": size,
+        "shown": JEDILOG_SHOWN,
+        "cut": size > JEDILOG_SHOWN,
+    }
 
 
 def worker(service: CentralService, hdb: Path | None, params: dict, now: float, worker_id: int) -> tuple[str, dict]:
     with _harvester(hdb) as hconn:
         w = data.worker(hconn, worker_id)
         if w is None:
-            raise NotFound(f"worker {worker_id} is not in the harvester DB {hdb} (the monitor shows the workers "
-                           f"of the harvester on this machine)")
+            raise NotFound(
+                f"worker {worker_id} is not in the harvester DB {hdb} (the monitor shows the workers "
+                f"of the harvester on this machine)"
+            )
         history = data.state_history(hconn, "workers", worker_id)
         jobs = data.worker_jobs(hconn, worker_id)
     ap = Path(w["access_point"])
@@ -139,13 +209,22 @@ def worker(service: CentralService, hdb: Path | None, params: dict, now: float, 
     for name in files["script"] + files["output"]:
         shown[name] = data.text_file(ap, name, 20_000) or {"unreadable": "gone while the page was built"}
     heartbeat, heartbeat_problem = data.heartbeat(ap)
-    return "worker.html", {"title": f"worker {worker_id}", "w": w, "history": history, "jobs": jobs,
-                           "files": files, "shown": shown, "heartbeat": heartbeat,
-                           "heartbeat_problem": heartbeat_problem, "pilot_files": data.pilot_files_state(ap)}
+    return "worker.html", {
+        "title": f"worker {worker_id}",
+        "w": w,
+        "history": history,
+        "jobs": jobs,
+        "files": files,
+        "shown": shown,
+        "heartbeat": heartbeat,
+        "heartbeat_problem": heartbeat_problem,
+        "pilot_files": data.pilot_files_state(ap),
+    }
 
 
-def worker_file(service: CentralService, hdb: Path | None, params: dict, now: float, worker_id: int,
-                name: str) -> tuple[str, dict]:
+def worker_file(
+    service: CentralService, hdb: Path | None, params: dict, now: float, worker_id: int, name: str
+) -> tuple[str, dict]:
     with _harvester(hdb) as hconn:
         w = data.worker(hconn, worker_id)
         jobs = data.worker_jobs(hconn, worker_id)
@@ -164,11 +243,15 @@ def errors(service: CentralService, hdb: Path | None, params: dict, now: float) 
     for g in groups:
         g["class"] = data.classification(g, rules)
     return "errors.html", {
-        "title": "errors", "classes": CLASSES, "done": params.get("done"),
-        "groups": view("groups", groups, ["source", "code", "message", "count", "class", "tasks"], params, "count",
-                       True),
-        "rules": view("rules", rules, ["id", "source", "code", "diag_pattern", "class", "status", "hits", "example"],
-                      params, "id"),
+        "title": "errors",
+        "classes": CLASSES,
+        "done": params.get("done"),
+        "groups": view(
+            "groups", groups, ["source", "code", "message", "count", "class", "tasks"], params, "count", True
+        ),
+        "rules": view(
+            "rules", rules, ["id", "source", "code", "diag_pattern", "class", "status", "hits", "example"], params, "id"
+        ),
     }
 
 
@@ -176,8 +259,9 @@ def sites(service: CentralService, hdb: Path | None, params: dict, now: float) -
     central = service.db.reader()
     with _harvester(hdb) as hconn:
         queues = data.queues(hconn)
-        workers = data._rows(hconn, "SELECT id, queue, state, batch_id, exit_code, submitted_at, started_at, "
-                                    "ended_at FROM workers")
+        workers = data._rows(
+            hconn, "SELECT id, queue, state, batch_id, exit_code, submitted_at, started_at, ended_at FROM workers"
+        )
         timelines = pictures.sites(hconn, now)
     harvesters = data.harvesters(central)
     for h in harvesters:
@@ -186,9 +270,20 @@ def sites(service: CentralService, hdb: Path | None, params: dict, now: float) -
         except ValueError:
             pass
         h["age"] = now - h["last_heartbeat"] if h["last_heartbeat"] else None
-    return "sites.html", {"title": "sites and queues", "queues": queues, "harvesters": harvesters,
-                          "timelines": timelines,
-                          "workers": view("workers", workers, ["id", "queue", "state", "batch_id", "exit_code",
-                                                               "submitted_at", "started_at", "ended_at"], params,
-                                          "id", True),
-                          "sites": data.sites(central), "harvester_db": hdb, "ready": int(RangeStatus.READY)}
+    return "sites.html", {
+        "title": "sites and queues",
+        "queues": queues,
+        "harvesters": harvesters,
+        "timelines": timelines,
+        "workers": view(
+            "workers",
+            workers,
+            ["id", "queue", "state", "batch_id", "exit_code", "submitted_at", "started_at", "ended_at"],
+            params,
+            "id",
+            True,
+        ),
+        "sites": data.sites(central),
+        "harvester_db": hdb,
+        "ready": int(RangeStatus.READY),
+    }

@@ -1,4 +1,5 @@
 """Jinja2 environment of the monitor: templates shipped in the package, autoescaped, a few display filters."""
+
 from __future__ import annotations
 
 import json
@@ -40,11 +41,20 @@ def counts(value: Any) -> str:
 
 @lru_cache(maxsize=1)
 def environment() -> Environment:
-    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html"]),
-                      trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(ts=ts, duration=duration, counts=counts, human=human,
-                       pretty=lambda v: json.dumps(v, indent=1, sort_keys=True, default=str),
-                       safe_svg=lambda s: Markup(s))  # charts.py escapes every label itself
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        ts=ts,
+        duration=duration,
+        counts=counts,
+        human=human,
+        pretty=lambda v: json.dumps(v, indent=1, sort_keys=True, default=str),
+        safe_svg=lambda s: Markup(s),
+    )  # charts.py escapes every label itself
     return env
 
 

@@ -4,6 +4,7 @@ Same auth rules as the API: in trusted mode (no TokenAuthority) every page is op
 token with scope harvester or admin (Authorization: Bearer, or once `?token=...`, kept in a cookie), and
 confirming an error classification needs admin. Forms carry a CSRF token (csrf.py); GET changes nothing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, quote
 
-from fastapi import APIRouter, FastAPI, Path as PathParam, Request
+from fastapi import APIRouter, FastAPI, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from harvester_edge import pilot_files
@@ -53,8 +55,13 @@ def _check(request: Request, scopes: set[str]) -> None:
 def _html(request: Request, template: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
     refresh = request.query_params.get("refresh", "")  # ASCII digits only: "²".isdigit() but int("²") fails
     token, nonce = csrf.form_token(request)
-    context = {"refresh": int(refresh) if refresh.isascii() and refresh.isdigit() and len(refresh) < 6 else 10,
-               "path": request.url.path, "csrf_field": csrf.FIELD, "csrf_token": token, **context}
+    context = {
+        "refresh": int(refresh) if refresh.isascii() and refresh.isdigit() and len(refresh) < 6 else 10,
+        "path": request.url.path,
+        "csrf_field": csrf.FIELD,
+        "csrf_token": token,
+        **context,
+    }
     response = HTMLResponse(render(template, context), status_code=status)
     csrf.set_cookie(response, nonce)
     token = request.query_params.get("token")
@@ -66,8 +73,9 @@ def _html(request: Request, template: str, context: dict[str, Any], status: int 
 def _page(request: Request, build, *args: Any) -> Response:
     try:
         _check(request, READ_SCOPES)
-        template, context = build(request.app.state.service, harvester_db_path(request.app),
-                                  dict(request.query_params), time.time(), *args)
+        template, context = build(
+            request.app.state.service, harvester_db_path(request.app), dict(request.query_params), time.time(), *args
+        )
     except AuthError as exc:
         return _html(request, "error.html", {"title": "not allowed", "message": str(exc)}, 403)
     except NotFound as exc:
@@ -99,6 +107,7 @@ def build_router() -> APIRouter:
     @router.get("/monitor/jedilog/{name}", response_class=HTMLResponse, summary="monitor: an uploaded log")
     def jedilog(request: Request, name: str) -> Response:
         return _page(request, pages.jedilog, name)
+
     @router.get("/monitor/job/{panda_id}/log", summary="monitor: a job's log tarball, as its pilot staged it out")
     def job_log(request: Request, panda_id: Id) -> Response:
         try:
@@ -113,15 +122,19 @@ def build_router() -> APIRouter:
             return _html(request, "error.html", {"title": "not allowed", "message": str(exc)}, 403)
         except (NotFound, OSError, pilot_files.Unreadable) as exc:
             return _html(request, "error.html", {"title": "not found", "message": str(exc)}, 404)
-        return Response(body, media_type="application/gzip",
-                        headers={"Content-Disposition": f'attachment; filename="{quote(lfn)}"'})
+        return Response(
+            body, media_type="application/gzip", headers={"Content-Disposition": f'attachment; filename="{quote(lfn)}"'}
+        )
 
     @router.get("/monitor/worker/{worker_id}", response_class=HTMLResponse, summary="monitor: one worker")
     def worker(request: Request, worker_id: Id) -> Response:
         return _page(request, pages.worker, worker_id)
 
-    @router.get("/monitor/worker/{worker_id}/file", response_class=HTMLResponse,
-                summary="monitor: a log, script or stdout/stderr file of a worker's access point")
+    @router.get(
+        "/monitor/worker/{worker_id}/file",
+        response_class=HTMLResponse,
+        summary="monitor: a log, script or stdout/stderr file of a worker's access point",
+    )
     def worker_file(request: Request, worker_id: Id, name: str) -> Response:
         return _page(request, pages.worker_file, worker_id, name)
 
@@ -141,8 +154,13 @@ def build_router() -> APIRouter:
             return _html(request, "error.html", {"title": "not allowed", "message": str(exc)}, 403)
         except CentralError as exc:
             return _html(request, "error.html", {"title": "refused", "message": str(exc)}, 400)
-        log.info("monitor: error classification %s (%s %s) confirmed as %s", row["id"], row["source"],
-                 row["code"], row["class"])
+        log.info(
+            "monitor: error classification %s (%s %s) confirmed as %s",
+            row["id"],
+            row["source"],
+            row["code"],
+            row["class"],
+        )
         return RedirectResponse(f"/monitor/errors?done={quote(str(rule_id))}", status_code=303)
 
     @router.get("/monitor/sites", response_class=HTMLResponse, summary="monitor: sites and queues")
@@ -158,8 +176,9 @@ def build_router() -> APIRouter:
         except AuthError as exc:
             return Response(str(exc) + "\n", status_code=403, media_type="text/plain")
         tokens = getattr(request.app.state.settings, "tokens", None)
-        body, content_type = m.exposition(request.app.state.service, harvester_db_path(request.app),
-                                          getattr(tokens, "token_file", None))
+        body, content_type = m.exposition(
+            request.app.state.service, harvester_db_path(request.app), getattr(tokens, "token_file", None)
+        )
         return Response(body, media_type=content_type)
 
     return router

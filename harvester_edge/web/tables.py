@@ -2,6 +2,7 @@
 
 Each table on a page has a key; its query parameters are <key>.sort, <key>.desc, <key>.q and <key>.page.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -50,8 +51,15 @@ def _sort_key(value: Any) -> tuple:
     return (1, 0, str(value).lower())
 
 
-def view(key: str, rows: Sequence[Mapping], columns: Sequence[str], params: Mapping[str, str],
-         default_sort: str | None = None, default_desc: bool = False, page_size: int = PAGE_SIZE) -> View:
+def view(
+    key: str,
+    rows: Sequence[Mapping],
+    columns: Sequence[str],
+    params: Mapping[str, str],
+    default_sort: str | None = None,
+    default_desc: bool = False,
+    page_size: int = PAGE_SIZE,
+) -> View:
     """Filter (substring over all columns, case-insensitive), sort by one column, cut one page."""
     sort = params.get(f"{key}.sort") or default_sort
     if sort not in columns:
@@ -70,5 +78,16 @@ def view(key: str, rows: Sequence[Mapping], columns: Sequence[str], params: Mapp
         page = min(max(1, int(params.get(f"{key}.page", "1"))), pages)
     except ValueError:
         page = 1
-    return View(key, list(columns), rows[(page - 1) * page_size: page * page_size], total, len(rows), sort, desc,
-                query, page, pages, {k: v for k, v in params.items()})
+    return View(
+        key,
+        list(columns),
+        rows[(page - 1) * page_size : page * page_size],
+        total,
+        len(rows),
+        sort,
+        desc,
+        query,
+        page,
+        pages,
+        {k: v for k, v in params.items()},
+    )

@@ -3,6 +3,7 @@
 Exactly-once is checked from the central service's own database (every range finished once, none left) and by
 recomputing outputs of the numpy payload.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from helpers import kill_local_workers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,8 +29,9 @@ def slurm_env() -> dict[str, str]:
     """SLURM_CONF of the local cluster (started by scripts/test); under CI a missing cluster is a failure."""
     conf = os.environ.get("SLURM_CONF")
     if not conf and shutil.which("sbatch"):
-        out = subprocess.run([str(REPO / "scripts" / "slurm-cluster"), "up"], capture_output=True, text=True,
-                             timeout=300)
+        out = subprocess.run(
+            [str(REPO / "scripts" / "slurm-cluster"), "up"], capture_output=True, text=True, timeout=300
+        )
         for line in out.stdout.splitlines():
             if line.startswith("export SLURM_CONF="):
                 conf = line.split("=", 1)[1].strip().strip("'\"")
@@ -40,8 +43,15 @@ def slurm_env() -> dict[str, str]:
 
 
 class Site:
-    def __init__(self, root: Path, queue: dict, central: dict | None = None, env: dict | None = None,
-                 agents: dict | None = None, daemon: dict | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        queue: dict,
+        central: dict | None = None,
+        env: dict | None = None,
+        agents: dict | None = None,
+        daemon: dict | None = None,
+    ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.work = root / "work"
@@ -51,8 +61,15 @@ class Site:
             "central": central or {"mode": "embedded", "trusted": True},
             "queues": [{"name": "q", **queue}],
             "paths": {"work_dir": str(self.work)},
-            "agents": agents or {"fetcher": "1s", "submitter": "1s", "monitor": "1s", "feeder": "0.3s",
-                                 "propagator": "0.5s", "sweeper": "2s"},
+            "agents": agents
+            or {
+                "fetcher": "1s",
+                "submitter": "1s",
+                "monitor": "1s",
+                "feeder": "0.3s",
+                "propagator": "0.5s",
+                "sweeper": "2s",
+            },
             "daemon": {"stop_timeout": "15s", "lease_time": "30s", **(daemon or {})},
         }
         self.config_path.write_text(yaml.safe_dump(config))
@@ -61,8 +78,13 @@ class Site:
         self.daemon: subprocess.Popen | None = None
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        proc = subprocess.run([*CLI, "--config", str(self.config_path), *args], capture_output=True, text=True,
-                              env=self.env, timeout=timeout)
+        proc = subprocess.run(
+            [*CLI, "--config", str(self.config_path), *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"harvester-edge {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
         return proc
@@ -77,8 +99,9 @@ class Site:
 
     def start(self) -> None:
         log = open(self.root / "daemon.out", "ab")
-        self.daemon = subprocess.Popen([*CLI, "--config", str(self.config_path), "run"], env=self.env,
-                                       stdout=log, stderr=subprocess.STDOUT)
+        self.daemon = subprocess.Popen(
+            [*CLI, "--config", str(self.config_path), "run"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
 
     def stop(self, timeout: float = 30) -> int:
         if self.daemon is None:
@@ -103,8 +126,9 @@ class Site:
             if self.daemon is not None and self.daemon.poll() is not None:
                 raise AssertionError(f"daemon exited with {self.daemon.returncode}: {self.log_tail()}")
             time.sleep(1)
-        raise AssertionError(f"task {task_id} not done after {timeout}s: {self.task(task_id)['ranges']}\n"
-                             f"{self.log_tail()}")
+        raise AssertionError(
+            f"task {task_id} not done after {timeout}s: {self.task(task_id)['ranges']}\n{self.log_tail()}"
+        )
 
     def wait_workers_ended(self, timeout: float = 120) -> list[tuple]:
         """(id, state, batch_state) of every worker once none is active: a pilot ends after its final report,
@@ -132,8 +156,9 @@ class Site:
     def assert_exactly_once(self, task_id: int, n_events: int) -> None:
         """Every event of the task is in exactly one finished range of the central service, none is left open."""
         with self.central_db() as conn:
-            rows = conn.execute("SELECT start_event, last_event, status FROM ranges WHERE task_id = ?",
-                                (task_id,)).fetchall()
+            rows = conn.execute(
+                "SELECT start_event, last_event, status FROM ranges WHERE task_id = ?", (task_id,)
+            ).fetchall()
         finished = sorted((a, b) for a, b, status in rows if status == 3)
         covered = [ev for a, b in finished for ev in range(a, b + 1)]
         assert len(covered) == len(set(covered)) == n_events, "an event is missing or was finished twice"
@@ -142,8 +167,9 @@ class Site:
     def outputs(self) -> list[tuple[Path, int, int]]:
         """(output path, first event, last event) of every finished range the pilots reported (harvester's DB)."""
         with self.harvester_db() as conn:
-            rows = conn.execute("SELECT result, first_event, last_event FROM event_ranges "
-                                "WHERE state = 'finished'").fetchall()
+            rows = conn.execute(
+                "SELECT result, first_event, last_event FROM event_ranges WHERE state = 'finished'"
+            ).fetchall()
         return [(Path(json.loads(r[0])["path"]), r[1], r[2]) for r in rows if r[0]]
 
     def cleanup(self) -> None:
@@ -168,17 +194,37 @@ def make_site(tmp_path):
 
 
 def numpy_task(events: int, per_range: int = 20, attempts: int = 3, **payload_args) -> dict:
-    return {"name": f"t{events}", "payload": {"kind": "python", "callable": "jumbo.payloads:simulate",
-                                             "args": {"size": 32, "rounds": 1, **payload_args}},
-            "events": events, "events_per_range": per_range, "seconds_per_event": 0.01,
-            "memory_per_rank_mb": 200, "max_attempts": attempts, "jobs": 1}
+    return {
+        "name": f"t{events}",
+        "payload": {
+            "kind": "python",
+            "callable": "jumbo.payloads:simulate",
+            "args": {"size": 32, "rounds": 1, **payload_args},
+        },
+        "events": events,
+        "events_per_range": per_range,
+        "seconds_per_event": 0.01,
+        "memory_per_rank_mb": 200,
+        "max_attempts": attempts,
+        "jobs": 1,
+    }
 
 
 def sleep_task(events: int, seconds_per_event: float, per_range: int = 10) -> dict:
-    return {"name": f"sleep{events}", "payload": {"kind": "python", "callable": "jumbo.payloads:sleep",
-                                                  "args": {"seconds_per_event": seconds_per_event}},
-            "events": events, "events_per_range": per_range, "seconds_per_event": seconds_per_event,
-            "memory_per_rank_mb": 100, "max_attempts": 3, "jobs": 1}
+    return {
+        "name": f"sleep{events}",
+        "payload": {
+            "kind": "python",
+            "callable": "jumbo.payloads:sleep",
+            "args": {"seconds_per_event": seconds_per_event},
+        },
+        "events": events,
+        "events_per_range": per_range,
+        "seconds_per_event": seconds_per_event,
+        "memory_per_rank_mb": 100,
+        "max_attempts": 3,
+        "jobs": 1,
+    }
 
 
 @pytest.fixture
@@ -207,8 +253,13 @@ def private_slurm(slurm_conf):
             sock.bind(("127.0.0.1", 0))
             return sock.getsockname()[1]
 
-    env = dict(os.environ, HE_SLURM_DIR=tempfile.mkdtemp(prefix="he-slurm-agents-"), HE_SLURM_NODES="2",
-               HE_SLURM_CTLD_PORT=str(free_port()), HE_SLURM_NODE_PORT_BASE=str(free_port() - 1))
+    env = dict(
+        os.environ,
+        HE_SLURM_DIR=tempfile.mkdtemp(prefix="he-slurm-agents-"),
+        HE_SLURM_NODES="2",
+        HE_SLURM_CTLD_PORT=str(free_port()),
+        HE_SLURM_NODE_PORT_BASE=str(free_port() - 1),
+    )
     script = str(REPO / "scripts" / "slurm-cluster")
 
     def cluster(*args: str) -> str:

@@ -1,6 +1,7 @@
 """The credentials agent against a real central service on loopback (token mode) and a real harvester DB:
 renewal timing (embedded in-process issuer and the remote key flow over HTTP), failures logged, each worker's pilot
 credential of its own in its access point (mode 0600), and a 403 that never parks an outbox message."""
+
 from __future__ import annotations
 
 import logging
@@ -40,9 +41,16 @@ def harvester(tmp_path):
     def make(central: dict | None = None):
         path = tmp_path / f"site{len(made)}.yaml"
         central = central or {"mode": "embedded", "trusted": False, "tokens": {"access_lifetime": LIFETIME}}
-        path.write_text(yaml.safe_dump({"site": "s", "queues": [{"name": "q", "batch": "local"}],
-                                        "paths": {"work_dir": str(tmp_path / f"work{len(made)}")},
-                                        "central": central}))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "site": "s",
+                    "queues": [{"name": "q", "batch": "local"}],
+                    "paths": {"work_dir": str(tmp_path / f"work{len(made)}")},
+                    "central": central,
+                }
+            )
+        )
         config = load_config(path)
         store = open_store(config.db_path)
         with store.write() as conn:
@@ -61,9 +69,11 @@ def add_worker(ctx, worker_id: int, state: str):
     ap = ctx.config.access_points / f"w{worker_id:06d}"
     ap.mkdir(parents=True, exist_ok=True)
     with ctx.store.write() as conn:
-        conn.execute("INSERT INTO workers (id, queue, state, job_name, access_point, nodes, ranks_per_node, walltime,"
-                     " created_at, updated_at) VALUES (?, 'q', ?, ?, ?, 1, 1, 60, 0, 0)",
-                     (worker_id, state, f"w{worker_id}", str(ap)))
+        conn.execute(
+            "INSERT INTO workers (id, queue, state, job_name, access_point, nodes, ranks_per_node, walltime,"
+            " created_at, updated_at) VALUES (?, 'q', ?, ?, ?, 1, 1, 60, 0, 0)",
+            (worker_id, state, f"w{worker_id}", str(ap)),
+        )
     return ap
 
 
@@ -104,8 +114,14 @@ def test_remote_key_flow_renews_over_http_and_survives_a_lapsed_token(harvester,
     token_file, key_file = tmp_path / "token", tmp_path / "token.key"
     token_file.write_text(initial)
     key_file.write_text(key)
-    ctx, _, agent = harvester({"mode": "remote", "url": services.central.url, "trusted": False,
-                               "tokens": {"token_file": str(token_file), "key_file": str(key_file)}})
+    ctx, _, agent = harvester(
+        {
+            "mode": "remote",
+            "url": services.central.url,
+            "trusted": False,
+            "tokens": {"token_file": str(token_file), "key_file": str(key_file)},
+        }
+    )
     now = time.time()
     agent.run_cycle(now + 70 * 3600)  # less than a third of the 96 h initial token left
     renewed = token_file.read_text()
@@ -163,8 +179,15 @@ def test_each_worker_gets_its_own_pilot_credential_mode_0600(harvester, tmp_path
 def test_auth_failure_is_transient_for_the_outbox(harvester):
     ctx, services, agent = harvester()
     svc = services.central.service
-    task_id = svc.submit_task({"name": "t", "payload": {"kind": "command", "template": "run {first_event}"},
-                               "events": 5, "events_per_range": 5, "seconds_per_event": 1})
+    task_id = svc.submit_task(
+        {
+            "name": "t",
+            "payload": {"kind": "command", "template": "run {first_event}"},
+            "events": 5,
+            "events_per_range": 5,
+            "seconds_per_event": 1,
+        }
+    )
     job = svc.acquire_jobs("s", harvester_id="s")[0]["PandaID"]
     rng = svc.acquire_event_ranges(job, task_id, 1)[0]
     with ctx.store.write() as conn:
@@ -173,9 +196,19 @@ def test_auth_failure_is_transient_for_the_outbox(harvester):
         enqueue(conn, "update_event_ranges", [{"eventRangeID": f"{task_id}-9-9-0-0", "eventStatus": "finished"}], 0)
     propagator = Propagator(ctx)
     now = int(time.time())
-    stale = jwt.encode({"sub": "s", "aud": "harvester-edge", "iss": "harvester-edge-central", "iat": now - 100,
-                        "exp": now - 10, "scope": "harvester", "kid": claims(ctx.central.current_token())["kid"]},
-                       services.central.authority.secret, algorithm="HS256")
+    stale = jwt.encode(
+        {
+            "sub": "s",
+            "aud": "harvester-edge",
+            "iss": "harvester-edge-central",
+            "iat": now - 100,
+            "exp": now - 10,
+            "scope": "harvester",
+            "kid": claims(ctx.central.current_token())["kid"],
+        },
+        services.central.authority.secret,
+        algorithm="HS256",
+    )
     ctx.central.set_token(stale)  # the token expired (e.g. the daemon was suspended for longer than a lifetime)
     renewer, ctx.central.renewer = ctx.central.renewer, None
     assert propagator.drain_outbox(time.time()) is False  # 403 without a way to renew: kept, not parked

@@ -3,6 +3,7 @@ out and takes back ranges like the real one (ready -> sent -> finished, failed -
 told "no more" only when nothing can still come; until then its request is held, and ranges a dead worker gave back
 are in its answer in the feeder's first cycle after the propagator sent their report. (The same on the real Slurm
 cluster with real pilots: test_tail.py.)"""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,16 @@ class Central:
         for pid, attempt in got:
             rid = f"7-{job_id}-1-{pid}-{attempt}"
             self.sent[rid] = (pid, attempt)
-            out.append({"eventRangeID": rid, "startEvent": 10 * pid - 9, "lastEvent": 10 * pid, "LFN": "f",
-                        "GUID": "g", "scope": "edge"})
+            out.append(
+                {
+                    "eventRangeID": rid,
+                    "startEvent": 10 * pid - 9,
+                    "lastEvent": 10 * pid,
+                    "LFN": "f",
+                    "GUID": "g",
+                    "scope": "edge",
+                }
+            )
         return out
 
     def update_event_ranges(self, reports, version=0):
@@ -60,21 +69,33 @@ class Central:
 
 def site(tmp_path, central):
     path = tmp_path / "site.yaml"
-    path.write_text(yaml.safe_dump({"site": "s", "queues": [{"name": "q", "batch": "local", "ranks_per_node": 2}],
-                                    "paths": {"work_dir": str(tmp_path / "work")}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "site": "s",
+                "queues": [{"name": "q", "batch": "local", "ranks_per_node": 2}],
+                "paths": {"work_dir": str(tmp_path / "work")},
+            }
+        )
+    )
     config = load_config(path)
     store = open_store(config.db_path)
     aps = {}
     with store.write() as conn:
         conn.execute("INSERT INTO queues (name, batch, updated_at) VALUES ('q', 'local', 0)")
-        conn.execute("INSERT INTO jobs (panda_id, task_id, queue, state, spec, events_total, created_at, updated_at) "
-                     "VALUES (1, 7, 'q', 'running', ?, 40, ?, ?)", (json.dumps({"eventsPerRange": 10}), NOW, NOW))
+        conn.execute(
+            "INSERT INTO jobs (panda_id, task_id, queue, state, spec, events_total, created_at, updated_at) "
+            "VALUES (1, 7, 'q', 'running', ?, 40, ?, ?)",
+            (json.dumps({"eventsPerRange": 10}), NOW, NOW),
+        )
         for wid in (1, 2):
             aps[wid] = tmp_path / f"ap{wid}"
             aps[wid].mkdir()
-            conn.execute("INSERT INTO workers (id, queue, state, job_name, access_point, nodes, ranks_per_node, "
-                         "walltime, created_at, updated_at) VALUES (?, 'q', 'running', ?, ?, 1, 2, 600, ?, ?)",
-                         (wid, f"w{wid}", str(aps[wid]), NOW, NOW))
+            conn.execute(
+                "INSERT INTO workers (id, queue, state, job_name, access_point, nodes, ranks_per_node, "
+                "walltime, created_at, updated_at) VALUES (?, 'q', 'running', ?, ?, 1, 2, 600, ?, ?)",
+                (wid, f"w{wid}", str(aps[wid]), NOW, NOW),
+            )
             conn.execute("INSERT INTO job_workers (panda_id, worker_id) VALUES (1, ?)", (wid,))
     ctx = AgentContext(config=config, store=store, clock=Clock(), daemon_id="test:1", central=central)
     return Feeder(ctx), Propagator(ctx), store, aps

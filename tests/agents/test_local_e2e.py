@@ -1,4 +1,5 @@
 """The whole appliance on the embedded default: central service in-process, workers as local MPI process trees."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,18 @@ from jumbo import payloads
 
 pytestmark = pytest.mark.mpi
 
-LOCAL_QUEUE = {"batch": "local", "nodes_min": 1, "nodes_max": 1, "ranks_per_node": 2, "cores_per_node": 2,
-               "walltime_min": "1m", "walltime_max": "5m", "max_queued_workers": 1, "max_running_workers": 2,
-               "launcher": "mpirun"}
+LOCAL_QUEUE = {
+    "batch": "local",
+    "nodes_min": 1,
+    "nodes_max": 1,
+    "ranks_per_node": 2,
+    "cores_per_node": 2,
+    "walltime_min": "1m",
+    "walltime_max": "5m",
+    "max_queued_workers": 1,
+    "max_running_workers": 2,
+    "launcher": "mpirun",
+}
 
 
 def test_task_completes_exactly_once_and_outputs_recompute(make_site, tasks):
@@ -41,9 +51,11 @@ def test_task_completes_exactly_once_and_outputs_recompute(make_site, tasks):
 def test_failing_events_are_retried_up_to_the_limit_then_reported(make_site, tasks):
     site = make_site(queue=LOCAL_QUEUE)
     task = tasks.numpy(400, attempts=2)
-    task["payload"] = {"kind": "python", "callable": "jumbo.payloads:fail",
-                       "args": {"fail_events": [5, 305], "code": 42, "then": "jumbo.payloads:simulate",
-                                "size": 32, "rounds": 1}}
+    task["payload"] = {
+        "kind": "python",
+        "callable": "jumbo.payloads:fail",
+        "args": {"fail_events": [5, 305], "code": 42, "then": "jumbo.payloads:simulate", "size": 32, "rounds": 1},
+    }
     task_id = site.submit_task(**task)
     site.start()
     result = site.wait_task(task_id, timeout=120)
@@ -51,8 +63,9 @@ def test_failing_events_are_retried_up_to_the_limit_then_reported(make_site, tas
     assert result["status"] == "failed"  # two ranges used up their attempts
     assert result["events_finished"] == 400 - 2 * 20
     with site.central_db() as conn:
-        bad = conn.execute("SELECT start_event, attempt_nr, status FROM ranges WHERE task_id = ? AND status != 3",
-                           (task_id,)).fetchall()
+        bad = conn.execute(
+            "SELECT start_event, attempt_nr, status FROM ranges WHERE task_id = ? AND status != 3", (task_id,)
+        ).fetchall()
     assert sorted(b[0] for b in bad) == [1, 301]
     assert all(attempt == 2 for _, attempt, _ in bad)  # tried twice, then given up
     errors = json.loads(site.cli("errors", "list", "--json").stdout)
@@ -96,26 +109,51 @@ def test_central_service_outage_is_survived_through_the_outbox(make_site, tasks,
     central_dir = tmp_path / "central"
     central_dir.mkdir()
     central_config = central_dir / "central.yaml"
-    central_config.write_text(yaml.safe_dump({
-        "site": "central", "queues": [{"name": "unused", "batch": "local"}],
-        "paths": {"work_dir": str(central_dir)},
-        "central": {"mode": "embedded", "host": "127.0.0.1", "port": port, "trusted": True}}))
+    central_config.write_text(
+        yaml.safe_dump(
+            {
+                "site": "central",
+                "queues": [{"name": "unused", "batch": "local"}],
+                "paths": {"work_dir": str(central_dir)},
+                "central": {"mode": "embedded", "host": "127.0.0.1", "port": port, "trusted": True},
+            }
+        )
+    )
 
     def serve():
-        return subprocess.Popen([sys.executable, "-m", "harvester_edge", "--config", str(central_config), "central",
-                                 "serve"], stdout=open(central_dir / "serve.out", "ab"), stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "harvester_edge", "--config", str(central_config), "central", "serve"],
+            stdout=open(central_dir / "serve.out", "ab"),
+            stderr=subprocess.STDOUT,
+        )
 
     central = serve()
     try:
-        site = make_site(queue=LOCAL_QUEUE, central={"mode": "remote", "url": f"http://127.0.0.1:{port}",
-                                                     "trusted": True})
-        site.central_db = lambda: __import__("sqlite3").connect(f"file:{central_dir / 'central.db'}?mode=ro",
-                                                                uri=True)
+        site = make_site(
+            queue=LOCAL_QUEUE, central={"mode": "remote", "url": f"http://127.0.0.1:{port}", "trusted": True}
+        )
+        site.central_db = lambda: __import__("sqlite3").connect(f"file:{central_dir / 'central.db'}?mode=ro", uri=True)
         time.sleep(2)
-        task_id = int(json.loads(subprocess.run(
-            [sys.executable, "-m", "harvester_edge", "--config", str(central_config), "task", "submit",
-             _write_task(tmp_path, tasks.sleep(600, 0.03, per_range=10)), "--json"],
-            capture_output=True, text=True, check=True).stdout)["task_id"])
+        task_id = int(
+            json.loads(
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "harvester_edge",
+                        "--config",
+                        str(central_config),
+                        "task",
+                        "submit",
+                        _write_task(tmp_path, tasks.sleep(600, 0.03, per_range=10)),
+                        "--json",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+            )["task_id"]
+        )
         site.start()
         _wait_events(central_dir, task_id, 100, timeout=60)
         central.kill()  # the central service disappears mid-run
@@ -153,8 +191,10 @@ def _task_row(central_dir, task_id: int) -> tuple:
 
     with sqlite3.connect(f"file:{central_dir / 'central.db'}?mode=ro", uri=True) as conn:
         status = conn.execute("SELECT status FROM tasks WHERE task_id = ?", (task_id,)).fetchone()[0]
-        done = conn.execute("SELECT coalesce(sum(last_event - start_event + 1), 0) FROM ranges WHERE task_id = ? "
-                            "AND status = 3", (task_id,)).fetchone()[0]
+        done = conn.execute(
+            "SELECT coalesce(sum(last_event - start_event + 1), 0) FROM ranges WHERE task_id = ? AND status = 3",
+            (task_id,),
+        ).fetchone()[0]
     return status, done
 
 

@@ -1,4 +1,5 @@
 """Worker shaping (pure) and the measured seconds per event the shaper follows."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,8 +8,18 @@ from harvester_edge.agents.monitor import measured_seconds_per_event, range_repo
 from harvester_edge.config import QueueConfig
 from harvester_edge.shaper import BASE_TIME, USEFUL_RUN, queue_room, shape_worker, shape_workers, worker_capacity
 
-QUEUE = QueueConfig(name="q", batch="slurm", nodes_min=1, nodes_max=8, ranks_per_node=4, cores_per_node=4,
-                    walltime_min=600, walltime_max=7200, max_queued_workers=2, max_running_workers=4)
+QUEUE = QueueConfig(
+    name="q",
+    batch="slurm",
+    nodes_min=1,
+    nodes_max=8,
+    ranks_per_node=4,
+    cores_per_node=4,
+    walltime_min=600,
+    walltime_max=7200,
+    max_queued_workers=2,
+    max_running_workers=4,
+)
 
 
 def test_small_task_gets_a_small_short_worker():
@@ -44,10 +55,12 @@ def test_queue_room(queued, running, room):
 
 
 def test_measured_seconds_per_event():
-    entries = [(7, {"eventStatus": "finished", "startTime": 10.0, "endTime": 30.0, "nEvents": 10}),
-               (7, {"eventStatus": "finished", "startTime": 10.0, "endTime": 20.0, "nEvents": 10}),
-               (7, {"eventStatus": "failed", "startTime": 0.0, "endTime": 99.0, "nEvents": 1}),
-               (8, {"eventStatus": "finished"})]
+    entries = [
+        (7, {"eventStatus": "finished", "startTime": 10.0, "endTime": 30.0, "nEvents": 10}),
+        (7, {"eventStatus": "finished", "startTime": 10.0, "endTime": 20.0, "nEvents": 10}),
+        (7, {"eventStatus": "failed", "startTime": 0.0, "endTime": 99.0, "nEvents": 1}),
+        (8, {"eventStatus": "finished"}),
+    ]
     assert measured_seconds_per_event(entries) == {7: 1.5}
 
 
@@ -71,8 +84,18 @@ def test_backfill_takes_only_the_idle_nodes_and_a_longer_walltime():
 
 
 # the local Slurm queue of the issue: 2-node x 2-rank workers, 2 at a time (8 ranks), walltime 1-10 min
-SLURM = QueueConfig(name="q", batch="slurm", nodes_min=2, nodes_max=2, ranks_per_node=2, cores_per_node=4,
-                    walltime_min=60, walltime_max=600, max_queued_workers=2, max_running_workers=2)
+SLURM = QueueConfig(
+    name="q",
+    batch="slurm",
+    nodes_min=2,
+    nodes_max=2,
+    ranks_per_node=2,
+    cores_per_node=4,
+    walltime_min=60,
+    walltime_max=600,
+    max_queued_workers=2,
+    max_running_workers=2,
+)
 
 
 def test_fault_free_30000_events_are_split_evenly_over_both_slots():

@@ -1,5 +1,6 @@
 """The appliance against the real local multi-node Slurm cluster (scripts/slurm-cluster): real sbatch, srun --mpi=pmix,
 squeue/sacct, scancel. Exactly-once is checked in the central service's records and by recomputing outputs."""
+
 from __future__ import annotations
 
 import json
@@ -18,11 +19,23 @@ pytestmark = [pytest.mark.slurm, pytest.mark.mpi]
 
 
 def slurm_queue(**overrides) -> dict:
-    queue = {"batch": "slurm", "partition": "debug", "nodes_min": 2, "nodes_max": 2, "ranks_per_node": 2,
-             "cores_per_node": 4, "walltime_min": "1m", "walltime_max": "10m", "max_queued_workers": 2,
-             "max_running_workers": 2, "launcher": "srun", "mpi_type": "pmix", "drain_warning": "20s",
-             # several slurmd share this host: Open MPI's shared-memory transport must stay off
-             "env_setup": ["export OMPI_MCA_btl=^vader", "export OMPI_MCA_btl_tcp_if_include=lo"]}
+    queue = {
+        "batch": "slurm",
+        "partition": "debug",
+        "nodes_min": 2,
+        "nodes_max": 2,
+        "ranks_per_node": 2,
+        "cores_per_node": 4,
+        "walltime_min": "1m",
+        "walltime_max": "10m",
+        "max_queued_workers": 2,
+        "max_running_workers": 2,
+        "launcher": "srun",
+        "mpi_type": "pmix",
+        "drain_warning": "20s",
+        # several slurmd share this host: Open MPI's shared-memory transport must stay off
+        "env_setup": ["export OMPI_MCA_btl=^vader", "export OMPI_MCA_btl_tcp_if_include=lo"],
+    }
     return {**queue, **overrides}
 
 
@@ -30,8 +43,10 @@ def slurm_jobs(env: dict, names: set[str]) -> dict[str, str]:
     """{job id: job name} of every Slurm job named in `names`: squeue for the jobs it still holds (ended ones leave
     after MinJobAge, 10 s here), sacct -c (jobcomp) for every job that ended."""
     found = {}
-    for argv in (["squeue", "-h", "-t", "all", "-o", "%i|%j"],
-                 ["sacct", "-c", "-X", "-n", "-P", "-o", "jobid,jobname", "-S", "now-1days"]):
+    for argv in (
+        ["squeue", "-h", "-t", "all", "-o", "%i|%j"],
+        ["sacct", "-c", "-X", "-n", "-P", "-o", "jobid,jobname", "-S", "now-1days"],
+    ):
         out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30)
         assert out.returncode == 0, (argv, out.stderr)
         for line in out.stdout.splitlines():
@@ -68,8 +83,12 @@ def test_20000_events_on_two_nodes_exactly_once(make_site, tasks, slurm_conf):
 def test_walltime_too_short_drains_and_new_workers_finish_the_task(make_site, tasks, slurm_conf):
     # 6,000 events x 0.1 s = 600 rank-seconds; at most 2 workers of 4 ranks run at once and each gets 1 minute
     # (45 s before the drain): no worker can finish alone, every one of them must drain
-    site = make_site(queue=slurm_queue(walltime_min="1m", walltime_max="1m", max_running_workers=1,
-                                       max_queued_workers=1, drain_warning="15s"), env=slurm_conf)
+    site = make_site(
+        queue=slurm_queue(
+            walltime_min="1m", walltime_max="1m", max_running_workers=1, max_queued_workers=1, drain_warning="15s"
+        ),
+        env=slurm_conf,
+    )
     task_id = site.submit_task(**tasks.sleep(6000, 0.1, per_range=20))
     site.start()
     result = site.wait_task(task_id, timeout=480)
@@ -128,8 +147,9 @@ def test_sbatch_failing_for_a_while_is_retried(make_site, tasks, private_slurm):
         while time.monotonic() < deadline:
             try:
                 with site.harvester_db() as conn:
-                    errors = conn.execute("SELECT count(*) FROM workers WHERE state = 'new' AND error IS NOT NULL "
-                                          "AND submit_attempts > 0").fetchone()[0]
+                    errors = conn.execute(
+                        "SELECT count(*) FROM workers WHERE state = 'new' AND error IS NOT NULL AND submit_attempts > 0"
+                    ).fetchone()[0]
             except sqlite3.OperationalError:  # the daemon has not created the DB or its tables yet
                 time.sleep(0.5)
                 continue

@@ -1,4 +1,5 @@
 """The subprocess seam: real processes, timeouts that kill the whole tree, recording and replay."""
+
 from __future__ import annotations
 
 import time
@@ -7,8 +8,7 @@ import psutil
 import pytest
 
 from harvester_edge.errors import HarvesterEdgeError
-from harvester_edge.seams.commands import (CommandNotFound, CommandResult, CommandRunner, RecordedRunner,
-                                           ReplayMismatch)
+from harvester_edge.seams.commands import CommandNotFound, CommandResult, CommandRunner, RecordedRunner, ReplayMismatch
 
 
 def test_captures_output_exit_code_and_duration():
@@ -19,8 +19,9 @@ def test_captures_output_exit_code_and_duration():
 
 
 def test_stdin_env_and_cwd(tmp_path):
-    res = CommandRunner(env={"HE_TEST_VAR": "x y"}).run(["bash", "-c", 'cat; echo "$HE_TEST_VAR"; pwd'],
-                                                        stdin="hello\n", cwd=str(tmp_path))
+    res = CommandRunner(env={"HE_TEST_VAR": "x y"}).run(
+        ["bash", "-c", 'cat; echo "$HE_TEST_VAR"; pwd'], stdin="hello\n", cwd=str(tmp_path)
+    )
     assert res.stdout.splitlines() == ["hello", "x y", str(tmp_path)]
     assert res.stdin == "hello\n" and res.ok
 
@@ -61,8 +62,9 @@ def test_recorder_sees_every_result_and_round_trips():
 
 
 def test_recorded_runner_serves_results_in_order_and_checks_argv():
-    runner = RecordedRunner([{"argv": ["squeue", "..."], "stdout": "1|RUNNING\n"},
-                             CommandResult(("sbatch", "x"), None, "", "boom", 1, 0.1)])
+    runner = RecordedRunner(
+        [{"argv": ["squeue", "..."], "stdout": "1|RUNNING\n"}, CommandResult(("sbatch", "x"), None, "", "boom", 1, 0.1)]
+    )
     assert runner.run(["squeue", "-h", "-j", "1"]).stdout == "1|RUNNING\n"
     with pytest.raises(ReplayMismatch):
         runner.run(["sbatch", "y"])
@@ -74,8 +76,11 @@ def test_recorded_runner_serves_results_in_order_and_checks_argv():
 
 def test_failures_log_stderr_at_error_unless_expected(caplog):
     import logging
+
     with caplog.at_level(logging.DEBUG, logger="harvester_edge.seams.commands"):
         CommandRunner().run(["bash", "-c", "echo boom-one >&2; exit 1"])
         CommandRunner().run(["bash", "-c", "echo boom-two >&2; exit 1"], failure_expected=True)
-    levels = {r.getMessage().split(": ")[-1]: r.levelname for r in caplog.records if "failed (exit 1)" in r.getMessage()}
+    levels = {
+        r.getMessage().split(": ")[-1]: r.levelname for r in caplog.records if "failed (exit 1)" in r.getMessage()
+    }
     assert levels == {"boom-one": "ERROR", "boom-two": "DEBUG"}

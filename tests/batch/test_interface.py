@@ -1,9 +1,10 @@
 """The plugin interface: discovery by entry point, states, error classification."""
+
 from __future__ import annotations
 
 import pytest
 
-from harvester_edge.batch import (TERMINAL, BatchPlugin, BatchState, UnknownPlugin, classify_error, load_plugin)
+from harvester_edge.batch import TERMINAL, BatchPlugin, BatchState, UnknownPlugin, classify_error, load_plugin
 
 
 @pytest.mark.parametrize("name", ["slurm", "lsf", "local"])
@@ -20,8 +21,13 @@ def test_unknown_plugin_lists_known_names():
 
 def test_states_are_lowercase_strings_and_terminal_set():
     assert all(s.value == s.name.lower() for s in BatchState)
-    assert TERMINAL == {BatchState.FINISHED, BatchState.FAILED, BatchState.CANCELLED, BatchState.TIMEOUT,
-                        BatchState.MISSING}
+    assert {
+        BatchState.FINISHED,
+        BatchState.FAILED,
+        BatchState.CANCELLED,
+        BatchState.TIMEOUT,
+        BatchState.MISSING,
+    } == TERMINAL
     assert BatchState("running") is BatchState.RUNNING
 
 

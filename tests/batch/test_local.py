@@ -1,4 +1,5 @@
 """Local plugin with real processes: run, fail, cancel, walltime kill, a restarted plugin reading state back."""
+
 from __future__ import annotations
 
 import os
@@ -19,6 +20,7 @@ def make(tmp_path, queue_factory):
     def factory(**queue_kw) -> LocalPlugin:
         q = queue_factory(name="laptop", batch="local", launcher="mpirun", **queue_kw)
         return LocalPlugin(q, CommandRunner(), registry=tmp_path / "registry")
+
     return factory
 
 
@@ -48,8 +50,12 @@ def wait_running(plugin: LocalPlugin, batch_id: str, limit: float = 10):
 
 def test_finished_and_failed(tmp_path, make):
     plugin = make()
-    ok, bad = plugin.submit([spec(tmp_path, 1, [sys.executable, "-c", "print('hello')"]),
-                             spec(tmp_path, 2, ["bash", "-c", "echo oops >&2; exit 3"])])
+    ok, bad = plugin.submit(
+        [
+            spec(tmp_path, 1, [sys.executable, "-c", "print('hello')"]),
+            spec(tmp_path, 2, ["bash", "-c", "echo oops >&2; exit 3"]),
+        ]
+    )
     assert ok.ok and bad.ok
     done = wait_terminal(plugin, ok.batch_id)
     assert done.state is BatchState.FINISHED and done.exit_code == 0 and done.end_time >= done.start_time
@@ -61,7 +67,9 @@ def test_finished_and_failed(tmp_path, make):
 
 @pytest.mark.mpi
 def test_mpirun_two_ranks(tmp_path, make, mpi4py_ok):
-    code = "from mpi4py import MPI; c = MPI.COMM_WORLD; v = c.allreduce(c.rank); print(c.size, v) if c.rank == 0 else None"
+    code = (
+        "from mpi4py import MPI; c = MPI.COMM_WORLD; v = c.allreduce(c.rank); print(c.size, v) if c.rank == 0 else None"
+    )
     plugin = make(ranks_per_node=2, cores_per_node=2)
     [res] = plugin.submit([spec(tmp_path, 3, [sys.executable, "-c", code], ranks=2)])
     status = wait_terminal(plugin, res.batch_id, 60)
@@ -75,11 +83,11 @@ def test_restart_reads_state_back_then_cancel_kills_the_tree(tmp_path, make):
     [res] = first.submit([spec(tmp_path, 4, ["bash", "-c", "sleep 300 & wait"])])
     running = wait_running(first, res.batch_id)
     pid = int((tmp_path / "w4" / "local.pid").read_text())
-    assert os.getsid(pid) == pid != os.getsid(0)      # its own session: independent of the daemon
+    assert os.getsid(pid) == pid != os.getsid(0)  # its own session: independent of the daemon
     tree = [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
     assert len(tree) >= 3
     del first
-    second = make()                                    # "the daemon restarted"
+    second = make()  # "the daemon restarted"
     assert second.status([res.batch_id])[res.batch_id].state is BatchState.RUNNING
     assert second.find_by_name(["he-local-w000004", "nope"]) == {"he-local-w000004": res.batch_id}
     assert second.cancel([res.batch_id]) == {res.batch_id: None}
@@ -87,18 +95,21 @@ def test_restart_reads_state_back_then_cancel_kills_the_tree(tmp_path, make):
     assert status.state is BatchState.CANCELLED and status.start_time == running.start_time
     alive = [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert alive == []
-    assert second.cancel([res.batch_id]) == {res.batch_id: None}   # cancelling an ended worker is fine
+    assert second.cancel([res.batch_id]) == {res.batch_id: None}  # cancelling an ended worker is fine
 
 
 def test_walltime_kill_and_term_ignoring_payload(tmp_path, make):
     plugin = make()
-    polite, stubborn = plugin.submit([
-        spec(tmp_path, 5, ["sleep", "60"], walltime=2),
-        spec(tmp_path, 6, ["bash", "-c", "trap '' TERM; sleep 60 & wait; sleep 60"], walltime=2)])
+    polite, stubborn = plugin.submit(
+        [
+            spec(tmp_path, 5, ["sleep", "60"], walltime=2),
+            spec(tmp_path, 6, ["bash", "-c", "trap '' TERM; sleep 60 & wait; sleep 60"], walltime=2),
+        ]
+    )
     status = wait_terminal(plugin, polite.batch_id, 20)
     assert status.state is BatchState.TIMEOUT and status.exit_code == 124
     assert 1.5 < status.end_time - status.start_time < 10
-    status = wait_terminal(plugin, stubborn.batch_id, 30)   # TERM ignored: KILL after the grace period
+    status = wait_terminal(plugin, stubborn.batch_id, 30)  # TERM ignored: KILL after the grace period
     assert status.state is BatchState.TIMEOUT
     sid = int((tmp_path / "w6" / "local.pid").read_text())
     left = []

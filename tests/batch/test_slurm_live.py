@@ -3,6 +3,7 @@
 The walltime (TIMEOUT + drain signal) job is submitted when the module starts and checked by the LAST test, so its
 minute overlaps the others.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,8 +46,7 @@ time.sleep(600)
 
 def spec(base: Path, wid: int, argv: list[str], nodes: int = 1, ranks: int = 1, walltime: int = 300) -> WorkerSpec:
     # the name carries the worker id and a per-run token: reruns on a kept cluster do not collide
-    return WorkerSpec(wid, f"he-test-{RUN}-w{wid:06d}", base / f"w{wid}", nodes, ranks, 1, walltime, None,
-                      argv, {})
+    return WorkerSpec(wid, f"he-test-{RUN}-w{wid:06d}", base / f"w{wid}", nodes, ranks, 1, walltime, None, argv, {})
 
 
 def poll(plugin: SlurmPlugin, batch_id: str, until, limit: float = 60.0):
@@ -80,11 +80,23 @@ def queue_factory_module():
     from harvester_edge.config import QueueConfig
 
     def make(**kw):
-        values = dict(name="debug", batch="slurm", partition="debug", nodes_max=4, ranks_per_node=1,
-                      cores_per_node=1, walltime_min=60, walltime_max=3600, launcher="srun", drain_warning=30,
-                      command_timeout=30, env_setup=["export OMPI_MCA_btl=^vader", "export OMPI_MCA_btl_tcp_if_include=lo"])
+        values = dict(
+            name="debug",
+            batch="slurm",
+            partition="debug",
+            nodes_max=4,
+            ranks_per_node=1,
+            cores_per_node=1,
+            walltime_min=60,
+            walltime_max=3600,
+            launcher="srun",
+            drain_warning=30,
+            command_timeout=30,
+            env_setup=["export OMPI_MCA_btl=^vader", "export OMPI_MCA_btl_tcp_if_include=lo"],
+        )
         values.update(kw)
         return QueueConfig(**values)
+
     return make
 
 
@@ -121,21 +133,21 @@ def test_status_through_squeue_then_sacct(slurm_conf, base, queue_factory_module
     assert ok.ok and bad.ok
     both = [ok.batch_id, bad.batch_id]
     first = poll(plugin, ok.batch_id, lambda st: st.state in TERMINAL)
-    assert first.state is BatchState.FINISHED and in_squeue(runner, ok.batch_id)   # seen through squeue
+    assert first.state is BatchState.FINISHED and in_squeue(runner, ok.batch_id)  # seen through squeue
     poll(plugin, bad.batch_id, lambda st: st.state in TERMINAL)
     deadline = time.monotonic() + 90
-    while any(in_squeue(runner, b) for b in both):   # MinJobAge (10 s here) + the purge tick
+    while any(in_squeue(runner, b) for b in both):  # MinJobAge (10 s here) + the purge tick
         assert time.monotonic() < deadline, "jobs never left squeue"
         time.sleep(1)
-    plugin.status(both)   # the first sacct finds out once that there is no slurmdbd here (then sacct -c)
+    plugin.status(both)  # the first sacct finds out once that there is no slurmdbd here (then sacct -c)
     seen.clear()
     got = plugin.status(both + ["987654"])
     assert got[ok.batch_id].state is BatchState.FINISHED and got[ok.batch_id].exit_code == 0
     assert got[bad.batch_id].state is BatchState.FAILED and got[bad.batch_id].exit_code == 3
     assert got["987654"].state is BatchState.MISSING
-    assert [r.argv[0] for r in seen] == ["squeue", "sacct"] and "-c" in seen[1].argv   # one call each
+    assert [r.argv[0] for r in seen] == ["squeue", "sacct"] and "-c" in seen[1].argv  # one call each
     ok_name = spec(base, 2, []).job_name
-    assert plugin.find_by_name([ok_name]) == {ok_name: ok.batch_id}   # crash recovery through sacct -c
+    assert plugin.find_by_name([ok_name]) == {ok_name: ok.batch_id}  # crash recovery through sacct -c
 
 
 def test_find_by_name_after_jobs_left_squeue(plugin, base, slurm_runner):
@@ -144,7 +156,7 @@ def test_find_by_name_after_jobs_left_squeue(plugin, base, slurm_runner):
     assert plugin.find_by_name([s.job_name, "he-never-submitted"]) == {s.job_name: res.batch_id}  # in squeue
     poll(plugin, res.batch_id, lambda st: st.state in TERMINAL)
     deadline = time.monotonic() + 90
-    while in_squeue(slurm_runner, res.batch_id):   # MinJobAge (10 s here) + the purge tick
+    while in_squeue(slurm_runner, res.batch_id):  # MinJobAge (10 s here) + the purge tick
         assert time.monotonic() < deadline, "the job never left squeue"
         time.sleep(1)
     assert plugin.find_by_name([s.job_name, "he-never-submitted"]) == {s.job_name: res.batch_id}
@@ -159,11 +171,14 @@ def test_cancel(plugin, base):
 
 
 def test_permanent_errors(plugin, base, slurm_runner, queue_factory_module):
-    [bad_partition] = SlurmPlugin(queue_factory_module(partition="nope"), slurm_runner).submit([spec(base, 6, ["true"])])
+    [bad_partition] = SlurmPlugin(queue_factory_module(partition="nope"), slurm_runner).submit(
+        [spec(base, 6, ["true"])]
+    )
     assert bad_partition.batch_id is None and not bad_partition.transient
     assert "Invalid partition name" in bad_partition.error
     [too_long] = SlurmPlugin(queue_factory_module(partition="short"), slurm_runner).submit(
-        [spec(base, 7, ["true"], walltime=600)])   # partition short: MaxTime=2 minutes
+        [spec(base, 7, ["true"], walltime=600)]
+    )  # partition short: MaxTime=2 minutes
     assert too_long.batch_id is None and not too_long.transient and "time limit" in too_long.error
 
 
@@ -177,8 +192,13 @@ def _free_port() -> int:
 def own_cluster():
     """A one-node cluster of our own (other dir and ports): other tiers restart the shared slurmctld (and we stop
     this one) without disturbing each other."""
-    env = dict(os.environ, HE_SLURM_DIR=tempfile.mkdtemp(prefix="he-slurm-private-"), HE_SLURM_NODES="1",
-               HE_SLURM_CTLD_PORT=str(_free_port()), HE_SLURM_NODE_PORT_BASE=str(_free_port() - 1))
+    env = dict(
+        os.environ,
+        HE_SLURM_DIR=tempfile.mkdtemp(prefix="he-slurm-private-"),
+        HE_SLURM_NODES="1",
+        HE_SLURM_CTLD_PORT=str(_free_port()),
+        HE_SLURM_NODE_PORT_BASE=str(_free_port() - 1),
+    )
     script = str(REPO / "scripts" / "slurm-cluster")
 
     def run(*args):
@@ -211,7 +231,7 @@ def test_transient_error_when_controller_is_down(private_cluster, base, queue_fa
         assert "Unable to contact slurm controller" in res.error
     finally:
         cluster("start-ctld")
-    assert plugin.find_by_name([s.job_name]) == {}          # nothing was submitted: safe to retry
+    assert plugin.find_by_name([s.job_name]) == {}  # nothing was submitted: safe to retry
     [retry] = plugin.submit([s])
     assert retry.ok
     assert poll(plugin, retry.batch_id, lambda st: st.state in TERMINAL).state is BatchState.FINISHED

@@ -1,4 +1,5 @@
 """Shared fixtures: a service over a SQLite file in tmp_path with a clock the test moves, and real servers."""
+
 from __future__ import annotations
 
 import tempfile
@@ -18,8 +19,15 @@ PAYLOAD = {"kind": "python", "callable": "jumbo.payloads:simulate", "args": {"si
 
 
 def task_dict(**over) -> dict:
-    base = {"name": "t", "payload": PAYLOAD, "events": 100, "events_per_range": 10, "seconds_per_event": 0.5,
-            "jobs": 1, "max_attempts": 2}
+    base = {
+        "name": "t",
+        "payload": PAYLOAD,
+        "events": 100,
+        "events_per_range": 10,
+        "seconds_per_event": 0.5,
+        "jobs": 1,
+        "max_attempts": 2,
+    }
     base.update(over)
     return base
 

@@ -1,4 +1,5 @@
 """bodies.py on its own: the capped reader (chunks, gzip by header or magic, several members) and parse_json."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,8 +11,9 @@ from harvester_edge.central.bodies import BodyTooLarge, Disconnected, parse_json
 from harvester_edge.central.errors import InvalidInput
 
 
-def read(chunks: list[bytes], limit: int = 1000, sniff: bool = False, disconnect: bool = False,
-         **headers: str) -> bytes:
+def read(
+    chunks: list[bytes], limit: int = 1000, sniff: bool = False, disconnect: bool = False, **headers: str
+) -> bytes:
     messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
     if disconnect:
         messages[-1]["more_body"] = True

@@ -1,4 +1,5 @@
 """The task/errors/central click groups, invoked with CliRunner on a central DB in tmp_path."""
+
 from __future__ import annotations
 
 import json
@@ -54,12 +55,27 @@ def test_bad_task_file_is_a_clear_error(tmp_path):
 def test_errors_commands(tmp_path):
     o = obj(tmp_path)
     svc = CentralService.open(tmp_path / "central.db")
-    task_id = svc.submit_task({"name": "e", "payload": {"kind": "command", "template": "run {first_event}"},
-                               "events": 5, "events_per_range": 5, "seconds_per_event": 1})
+    task_id = svc.submit_task(
+        {
+            "name": "e",
+            "payload": {"kind": "command", "template": "run {first_event}"},
+            "events": 5,
+            "events_per_range": 5,
+            "seconds_per_event": 1,
+        }
+    )
     job = svc.acquire_jobs("S")[0]["PandaID"]
     r = svc.acquire_event_ranges(job, task_id, 1)[0]
-    svc.update_event_ranges([{"eventRangeID": r["eventRangeID"], "eventStatus": "failed", "errorCode": 1151,
-                              "errorDiag": "stage-in timeout"}])
+    svc.update_event_ranges(
+        [
+            {
+                "eventRangeID": r["eventRangeID"],
+                "eventStatus": "failed",
+                "errorCode": 1151,
+                "errorDiag": "stage-in timeout",
+            }
+        ]
+    )
     svc.close()
     suggested = json.loads(run(errors_group, ["suggested", "--json"], o).output)
     assert [(e["source"], e["code"], e["status"]) for e in suggested] == [("event", 1151, "suggested")]

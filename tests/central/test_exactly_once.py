@@ -6,6 +6,7 @@ job finished/failed, heartbeat timeouts (watchdog), task kill and retry. Invaria
 - an acquire hands out only ranges that were ready, never one held by another job;
 - in-flight ranges belong to live jobs; the status counts add up to the number of ranges.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -38,19 +39,22 @@ class ExactlyOnce(RuleBasedStateMachine):
         self.clock = Clock()
         self.svc = CentralService.open(self.dir / "c.db", CentralSettings(heartbeat_timeout=100), self.clock)
         self.jobs: list[int] = []
-        self.dispatched: list[str] = []      # every id ever handed out
+        self.dispatched: list[str] = []  # every id ever handed out
         self.current: dict[tuple, str] = {}  # range -> id of its latest dispatch
         self.finished_by: dict[tuple, str] = {}
         self.last_reports: list[dict] = []
 
     @initialize(jobs=st.integers(1, 3), attempts=st.integers(1, 3))
     def submit(self, jobs: int, attempts: int) -> None:
-        self.task = self.svc.submit_task(task_dict(events=N_RANGES * 2, events_per_range=2, jobs=jobs,
-                                                   max_attempts=attempts))
+        self.task = self.svc.submit_task(
+            task_dict(events=N_RANGES * 2, events_per_range=2, jobs=jobs, max_attempts=attempts)
+        )
 
     def ready(self) -> set[tuple]:
-        return {(self.task, r[0]) for r in self.svc.db.query(
-            "SELECT process_id FROM ranges WHERE task_id=? AND status=0", (self.task,))}
+        return {
+            (self.task, r[0])
+            for r in self.svc.db.query("SELECT process_id FROM ranges WHERE task_id=? AND status=0", (self.task,))
+        }
 
     @rule(n=st.integers(1, 3))
     def acquire_jobs(self, n: int) -> None:
@@ -71,8 +75,12 @@ class ExactlyOnce(RuleBasedStateMachine):
             self.dispatched.append(r["eventRangeID"])
             self.current[k] = r["eventRangeID"]
 
-    @rule(data=st.data(), status=st.sampled_from(["finished", "finished", "failed", "fatal", "running"]),
-          size=st.integers(1, 4), system=st.booleans())
+    @rule(
+        data=st.data(),
+        status=st.sampled_from(["finished", "finished", "failed", "fatal", "running"]),
+        size=st.integers(1, 4),
+        system=st.booleans(),
+    )
     def report(self, data, status: str, size: int, system: bool) -> None:
         if not self.dispatched:
             return
@@ -134,8 +142,10 @@ class ExactlyOnce(RuleBasedStateMachine):
             pass
 
     def statuses(self) -> dict[tuple, int]:
-        return {(self.task, r[0]): r[1] for r in self.svc.db.query(
-            "SELECT process_id, status FROM ranges WHERE task_id=?", (self.task,))}
+        return {
+            (self.task, r[0]): r[1]
+            for r in self.svc.db.query("SELECT process_id, status FROM ranges WHERE task_id=?", (self.task,))
+        }
 
     @invariant()
     def accounting_adds_up(self) -> None:
@@ -145,10 +155,15 @@ class ExactlyOnce(RuleBasedStateMachine):
         assert len(st_) == N_RANGES
         finished = {k for k, s in st_.items() if s == 3}
         assert finished == set(self.finished_by), "finished ranges differ from applied finish reports"
-        live = {r[0] for r in self.svc.db.query(
-            f"SELECT panda_id FROM jobs WHERE status IN ({','.join('?' * len(JOB_WATCHED))})", tuple(JOB_WATCHED))}
-        for row in self.svc.db.query("SELECT panda_id, attempt_nr, process_id FROM ranges "
-                                     "WHERE task_id=? AND status IN (1, 2)", (self.task,)):
+        live = {
+            r[0]
+            for r in self.svc.db.query(
+                f"SELECT panda_id FROM jobs WHERE status IN ({','.join('?' * len(JOB_WATCHED))})", tuple(JOB_WATCHED)
+            )
+        }
+        for row in self.svc.db.query(
+            "SELECT panda_id, attempt_nr, process_id FROM ranges WHERE task_id=? AND status IN (1, 2)", (self.task,)
+        ):
             assert row[0] in live, f"range {row[2]} is held by job {row[0]} which is not alive"
             assert self.current[(self.task, row[2])].endswith(f"-{row[0]}-1-{row[2]}-{row[1]}")
 
@@ -157,6 +172,7 @@ class ExactlyOnce(RuleBasedStateMachine):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-ExactlyOnce.TestCase.settings = settings(max_examples=120, stateful_step_count=40, deadline=None, database=None,
-                                         suppress_health_check=[HealthCheck.too_slow])
+ExactlyOnce.TestCase.settings = settings(
+    max_examples=120, stateful_step_count=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 TestExactlyOnce = ExactlyOnce.TestCase

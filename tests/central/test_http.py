@@ -1,4 +1,5 @@
 """Both dialects through a real uvicorn server on 127.0.0.1, and the client's error classes."""
+
 from __future__ import annotations
 
 import gzip
@@ -41,8 +42,9 @@ def test_v1_flow_through_client(client, trusted_central):
     reports = [{"eventRangeID": r["eventRangeID"], "eventStatus": "finished"} for r in ranges]
     assert client.update_event_ranges(reports)["Results"] == ["applied"] * 4
     assert client.update_event_ranges(reports)["Results"] == ["duplicate"] * 4  # a retried request
-    answers = client.update_jobs_bulk([{"jobId": pid, "state": "finished", "nEvents": 40},
-                                       {"jobId": 999999, "state": "finished"}], harvester_id="h1")
+    answers = client.update_jobs_bulk(
+        [{"jobId": pid, "state": "finished", "nEvents": 40}, {"jobId": 999999, "state": "finished"}], harvester_id="h1"
+    )
     assert [a["StatusCode"] for a in answers] == [0, 50]
     assert client.get_job_status([pid])[0]["status"] == "finished"
     assert client.update_workers([{"workerID": 7, "status": "running"}]) == [True]
@@ -56,13 +58,18 @@ def test_v1_rejections_are_envelopes_and_write_nothing(client, trusted_central):
     task_id = client.submit_task(task_dict(events=20))
     url = trusted_central.url + "/api/v1"
     before = trusted_central.service.show_task(task_id)
-    for path, body in [("pilot/update_job", b"{not json"), ("pilot/update_job", b'{"job_id": "x"}'),
-                       ("pilot/update_job", b'{"job_id": 1, "job_status": "weird"}'),
-                       ("pilot/acquire_jobs", b'{"site_name": "S", "n_jobs": -1}'),
-                       ("event/update_event_ranges", b'{"event_ranges": "[{\\"eventRangeID\\": \\"9-9-9-9-9\\", '
-                                                     b'\\"eventStatus\\": \\"finished\\"}]"}'),
-                       ("event/update_event_ranges", b'{"event_ranges": "nope"}'),
-                       ("task/kill", b'{"task_id": 4242}')]:
+    for path, body in [
+        ("pilot/update_job", b"{not json"),
+        ("pilot/update_job", b'{"job_id": "x"}'),
+        ("pilot/update_job", b'{"job_id": 1, "job_status": "weird"}'),
+        ("pilot/acquire_jobs", b'{"site_name": "S", "n_jobs": -1}'),
+        (
+            "event/update_event_ranges",
+            b'{"event_ranges": "[{\\"eventRangeID\\": \\"9-9-9-9-9\\", \\"eventStatus\\": \\"finished\\"}]"}',
+        ),
+        ("event/update_event_ranges", b'{"event_ranges": "nope"}'),
+        ("task/kill", b'{"task_id": 4242}'),
+    ]:
         resp = requests.post(f"{url}/{path}", data=body, headers={"Content-Type": "application/json"}, timeout=10)
         assert resp.status_code == 200, (path, resp.text)
         doc = resp.json()
@@ -75,8 +82,12 @@ def test_v1_rejections_are_envelopes_and_write_nothing(client, trusted_central):
 def test_v1_gzip_with_content_encoding(trusted_central):
     trusted_central.service.submit_task(task_dict())
     body = gzip.compress(json.dumps({"site_name": "S", "n_jobs": 1}).encode())
-    resp = requests.post(trusted_central.url + "/api/v1/pilot/acquire_jobs", data=body, timeout=10,
-                         headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    resp = requests.post(
+        trusted_central.url + "/api/v1/pilot/acquire_jobs",
+        data=body,
+        timeout=10,
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
     assert resp.json()["data"]["jobs"][0]["PandaID"] == 1
 
 
@@ -89,10 +100,13 @@ def test_legacy_dialect(trusted_central):
     assert answer["StatusCode"] == ["0"] and answer["eventService"] == ["True"]
     assert parse_qs(requests.post(f"{url}/getJob", data={"siteName": "S"}, timeout=10).text)["StatusCode"] == ["20"]
     # pilot 3.11: JSON body gzip-compressed WITHOUT Content-Encoding, booleans as strings
-    body = gzip.compress(json.dumps({"pandaID": pid, "taskID": task_id, "nRanges": 2,
-                                     "scattered": "False"}).encode())
-    resp = requests.post(f"{url}/getEventRanges", data=body, timeout=10,
-                         headers={"Content-Type": "application/json", "Accept": "application/json"})
+    body = gzip.compress(json.dumps({"pandaID": pid, "taskID": task_id, "nRanges": 2, "scattered": "False"}).encode())
+    resp = requests.post(
+        f"{url}/getEventRanges",
+        data=body,
+        timeout=10,
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+    )
     doc = resp.json()
     assert doc["StatusCode"] == 0 and len(doc["eventRanges"]) == 2
     ranges = doc["eventRanges"]
@@ -102,24 +116,45 @@ def test_legacy_dialect(trusted_central):
     parsed = parse_qs(text)
     assert parsed["StatusCode"] == ["0"] and json.loads(parsed["Returns"][0]) == [True, True]
     # version 1: zip-file groups
-    more = requests.post(f"{url}/getEventRanges", data={"pandaID": pid, "nRanges": 5},
-                         headers={"Accept": "application/json"}, timeout=10).json()["eventRanges"]
-    v1 = json.dumps([{"zipFile": {"lfn": "a.zip", "numEvents": 10},
-                      "eventRanges": [{"eventRangeID": r["eventRangeID"], "eventStatus": "finished"} for r in more]}])
-    doc = requests.post(f"{url}/updateEventRanges", data={"eventRanges": v1, "version": 1},
-                        headers={"Accept": "application/json"}, timeout=10).json()
+    more = requests.post(
+        f"{url}/getEventRanges", data={"pandaID": pid, "nRanges": 5}, headers={"Accept": "application/json"}, timeout=10
+    ).json()["eventRanges"]
+    v1 = json.dumps(
+        [
+            {
+                "zipFile": {"lfn": "a.zip", "numEvents": 10},
+                "eventRanges": [{"eventRangeID": r["eventRangeID"], "eventStatus": "finished"} for r in more],
+            }
+        ]
+    )
+    doc = requests.post(
+        f"{url}/updateEventRanges",
+        data={"eventRanges": v1, "version": 1},
+        headers={"Accept": "application/json"},
+        timeout=10,
+    ).json()
     assert doc == {"StatusCode": 0, "Returns": [True], "Command": None}
     # updateJob (form) and updateJobsInBulk (json.dumps((ok, answers)))
-    assert parse_qs(requests.post(f"{url}/updateJob", data={"jobId": pid, "state": "running"},
-                                  timeout=10).text) == {"StatusCode": ["0"], "command": ["NULL"]}
-    bulk = requests.post(f"{url}/updateJobsInBulk", timeout=10,
-                         data={"jobList": json.dumps([{"jobId": pid, "state": "finished"}]), "harvester_id": "h"})
+    assert parse_qs(requests.post(f"{url}/updateJob", data={"jobId": pid, "state": "running"}, timeout=10).text) == {
+        "StatusCode": ["0"],
+        "command": ["NULL"],
+    }
+    bulk = requests.post(
+        f"{url}/updateJobsInBulk",
+        timeout=10,
+        data={"jobList": json.dumps([{"jobId": pid, "state": "finished"}]), "harvester_id": "h"},
+    )
     assert json.loads(bulk.text) == [True, [{"StatusCode": 0, "command": "NULL"}]]
     status = parse_qs(requests.get(f"{url}/getStatus", params={"ids": f"{pid} 999"}, timeout=10).text)
     assert status["status"] == ["finished+notfound"] and status["attemptNr"] == ["1+0"]
     assert trusted_central.service.show_task(task_id)["status"] == "finished"
-    assert parse_qs(requests.post(f"{url}/updateWorkerPilotStatus", timeout=10, data={
-        "site": "S", "workerID": "3", "harvesterID": "h", "status": "started"}).text)["StatusCode"] == ["0"]
+    assert parse_qs(
+        requests.post(
+            f"{url}/updateWorkerPilotStatus",
+            timeout=10,
+            data={"site": "S", "workerID": "3", "harvesterID": "h", "status": "started"},
+        ).text
+    )["StatusCode"] == ["0"]
     assert requests.get(f"{url}/isAlive", timeout=10).text == "alive=yes"
 
 
@@ -127,12 +162,14 @@ def test_legacy_bad_input_gets_status_codes_and_writes_nothing(trusted_central):
     url = trusted_central.url + "/server/panda"
     task_id = trusted_central.service.submit_task(task_dict())
     before = trusted_central.service.show_task(task_id)
-    cases = [("updateJob", {"jobId": "abc", "state": "running"}, "50"),
-             ("updateJob", {"jobId": 77, "state": "running"}, "50"),
-             ("updateJob", {"jobId": 1, "state": "nonsense"}, "50"),
-             ("getEventRanges", {"pandaID": 1, "nRanges": "many"}, "50"),
-             ("updateEventRanges", {"eventRanges": "[{]"}, "50"),
-             ("updateEventRanges", {"eventRanges": json.dumps([{"eventRangeID": "1-1-1-1-1"}])}, "50")]
+    cases = [
+        ("updateJob", {"jobId": "abc", "state": "running"}, "50"),
+        ("updateJob", {"jobId": 77, "state": "running"}, "50"),
+        ("updateJob", {"jobId": 1, "state": "nonsense"}, "50"),
+        ("getEventRanges", {"pandaID": 1, "nRanges": "many"}, "50"),
+        ("updateEventRanges", {"eventRanges": "[{]"}, "50"),
+        ("updateEventRanges", {"eventRanges": json.dumps([{"eventRangeID": "1-1-1-1-1"}])}, "50"),
+    ]
     for method, data, code in cases:
         resp = requests.post(f"{url}/{method}", data=data, timeout=10)
         assert resp.status_code == 200 and parse_qs(resp.text)["StatusCode"] == [code], (method, resp.text)
@@ -162,6 +199,7 @@ def test_embedded_stop_is_bounded_and_port_freed(tmp_path):
     import time
 
     from .conftest import start_central
+
     central = start_central(tmp_path, trusted=True)
     url = central.url
     t0 = time.monotonic()
@@ -173,6 +211,7 @@ def test_embedded_stop_is_bounded_and_port_freed(tmp_path):
 
 def test_concurrent_http_acquires_never_share_a_range(trusted_central):
     import threading
+
     svc = trusted_central.service
     task_id = svc.submit_task(task_dict(events=3000, events_per_range=1, jobs=8))
     url = trusted_central.url + "/api/v1/event/acquire_event_ranges"
@@ -202,6 +241,7 @@ def test_watchdog_thread_of_the_server_fails_silent_jobs(tmp_path):
     import time
 
     from .conftest import start_central
+
     central = start_central(tmp_path, trusted=True, heartbeat_timeout=1, watchdog_interval=0.2)
     try:
         svc = central.service
@@ -225,14 +265,21 @@ def test_standalone_serve_stops_on_sigterm(tmp_path):
     import subprocess
     import sys
     import time
-    code = ("import sys; from pathlib import Path; from types import SimpleNamespace;"
-            "from harvester_edge.central.cli import central_group;"
-            "from harvester_edge.central.settings import CentralSettings;"
-            "c = CentralSettings(db=Path(sys.argv[1]), trusted=True);"
-            "central_group.main(['serve'], obj=SimpleNamespace(config=SimpleNamespace(central=c)),"
-            " standalone_mode=False)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "central.db")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+
+    code = (
+        "import sys; from pathlib import Path; from types import SimpleNamespace;"
+        "from harvester_edge.central.cli import central_group;"
+        "from harvester_edge.central.settings import CentralSettings;"
+        "c = CentralSettings(db=Path(sys.argv[1]), trusted=True);"
+        "central_group.main(['serve'], obj=SimpleNamespace(config=SimpleNamespace(central=c)),"
+        " standalone_mode=False)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "central.db")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert "listening on http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() else "")
@@ -260,17 +307,18 @@ def test_hot_path_and_fastapi_routes_answer_alike(tmp_path):
     # what the server runs checks each peer and Host (guard.py): this client is a loopback peer calling 127.0.0.1
     fast = TestClient(create_asgi(settings, svc, None), client=("127.0.0.1", 50000), base_url="http://127.0.0.1")
     # (url, body, whether both must succeed): the accepted ones may be sent twice (running -> running is legal)
-    requests_ = [("/api/v1/pilot/update_job", b'{"job_id": %d, "job_status": "running"}' % job, True),
-                 ("/api/v1/pilot/update_jobs_bulk", b'{"job_list": [{"jobId": %d, "state": "running"}]}' % job,
-                  True),
-                 ("/api/v1/event/update_event_ranges", b'{"event_ranges": "[]", "version": 0}', True),
-                 ("/api/v1/pilot/update_job", b'{"job_id": %d, "job_status": "running"}' % idle, False),
-                 ("/api/v1/pilot/update_job", b'{"job_id": "x"}', False),
-                 ("/api/v1/pilot/update_job", b'{not json', False),
-                 ("/api/v1/event/update_event_ranges", b'{"event_ranges": "[]", "version": 3}', False),
-                 ("/api/v1/event/acquire_event_ranges", b'{"job_id": 77, "n_ranges": 5}', False),
-                 ("/api/v1/pilot/update_job", b'{"job_id": 1, "job_status": ' + b"[" * 40 + b"]" * 40 + b"}", False),
-                 ("/api/v1/pilot/update_job", b'{"job_id": 1, "job_status": "\\ud800"}', False)]
+    requests_ = [
+        ("/api/v1/pilot/update_job", b'{"job_id": %d, "job_status": "running"}' % job, True),
+        ("/api/v1/pilot/update_jobs_bulk", b'{"job_list": [{"jobId": %d, "state": "running"}]}' % job, True),
+        ("/api/v1/event/update_event_ranges", b'{"event_ranges": "[]", "version": 0}', True),
+        ("/api/v1/pilot/update_job", b'{"job_id": %d, "job_status": "running"}' % idle, False),
+        ("/api/v1/pilot/update_job", b'{"job_id": "x"}', False),
+        ("/api/v1/pilot/update_job", b"{not json", False),
+        ("/api/v1/event/update_event_ranges", b'{"event_ranges": "[]", "version": 3}', False),
+        ("/api/v1/event/acquire_event_ranges", b'{"job_id": 77, "n_ranges": 5}', False),
+        ("/api/v1/pilot/update_job", b'{"job_id": 1, "job_status": ' + b"[" * 40 + b"]" * 40 + b"}", False),
+        ("/api/v1/pilot/update_job", b'{"job_id": 1, "job_status": "\\ud800"}', False),
+    ]
     for url, body, accepted in requests_:
         a = plain.post(url, content=body, headers={"Content-Type": "application/json"})
         b = fast.post(url, content=body, headers={"Content-Type": "application/json"})
@@ -291,8 +339,12 @@ def test_a_bug_is_logged_and_answered_in_the_dialect(tmp_path, caplog):
         raise RuntimeError("a bug")
 
     svc.heartbeat = svc.update_job_op = svc.update_job = broken
-    client = TestClient(create_asgi(settings, svc, None), raise_server_exceptions=False,
-                        client=("127.0.0.1", 50000), base_url="http://127.0.0.1")
+    client = TestClient(
+        create_asgi(settings, svc, None),
+        raise_server_exceptions=False,
+        client=("127.0.0.1", 50000),
+        base_url="http://127.0.0.1",
+    )
     v1 = client.post("/api/v1/harvester/heartbeat", json={"harvester_id": "h"})
     hot = client.post("/api/v1/pilot/update_job", json={"job_id": 1, "job_status": "running"})
     legacy = client.post("/server/panda/updateJob", data={"jobId": 1, "state": "running"})

@@ -1,4 +1,5 @@
 """Every legacy call the PanDA pilot can make gets the real server's answer shape, never a bare 403/404."""
+
 from __future__ import annotations
 
 from urllib.parse import parse_qs
@@ -34,15 +35,19 @@ def test_calls_the_appliance_does_not_provide(trusted_central):
 
 
 def test_credential_calls_are_json_in_trusted_mode_too(trusted_central):
-    resp = requests.get(f"{trusted_central.url}/server/panda/get_access_token",
-                        params={"client_name": "pilot_server", "token_key": "k"}, timeout=10)
+    resp = requests.get(
+        f"{trusted_central.url}/server/panda/get_access_token",
+        params={"client_name": "pilot_server", "token_key": "k"},
+        timeout=10,
+    )
     assert resp.headers["content-type"].startswith("application/json") and resp.json()["StatusCode"] != 0
 
 
 def test_v1_worker_node_updates(trusted_central):
-    for call, body in (("pilot/update_worker_node", {"site": "S", "host_name": "n1", "cpu_model": "x", "n_logical_cpus": 4}),
-                       ("pilot/update_worker_node_gpu", {"site": "S", "host_name": "n1", "vendor": "v", "model": "m",
-                                                        "count": 1})):
+    for call, body in (
+        ("pilot/update_worker_node", {"site": "S", "host_name": "n1", "cpu_model": "x", "n_logical_cpus": 4}),
+        ("pilot/update_worker_node_gpu", {"site": "S", "host_name": "n1", "vendor": "v", "model": "m", "count": 1}),
+    ):
         resp = requests.post(f"{trusted_central.url}/api/v1/{call}", json=body, timeout=10)
         assert resp.status_code == 200, resp.text
         assert resp.json()["success"] is True, resp.json()

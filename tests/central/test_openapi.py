@@ -1,5 +1,6 @@
 """The OpenAPI document users read at /docs: every route (v1, legacy, monitor, metrics) has a summary, a description,
 the scope it needs, its request and answer schemas and its error answers; and what it says about errors holds."""
+
 from __future__ import annotations
 
 import pytest
@@ -54,8 +55,12 @@ def problems(spec: dict) -> list[str]:
 
 
 def routes(app) -> set[tuple[str, str]]:
-    return {(m.lower(), r.path) for r in app.router.routes if isinstance(r, APIRoute) and r.include_in_schema
-            for m in r.methods}
+    return {
+        (m.lower(), r.path)
+        for r in app.router.routes
+        if isinstance(r, APIRoute) and r.include_in_schema
+        for m in r.methods
+    }
 
 
 def test_every_route_is_documented(tmp_path):
@@ -89,8 +94,9 @@ def test_an_undocumented_route_fails_the_check(tmp_path):
 def token_service(tmp_path):
     from harvester_edge.central.server import EmbeddedCentral
 
-    central = EmbeddedCentral(CentralSettings(db=tmp_path / "central.db", host="127.0.0.1", port=0, trusted=False,
-                                              max_body=64 * 1024))
+    central = EmbeddedCentral(
+        CentralSettings(db=tmp_path / "central.db", host="127.0.0.1", port=0, trusted=False, max_body=64 * 1024)
+    )
     central.start()
     yield central
     central.stop()
@@ -102,12 +108,15 @@ def test_the_documented_errors_are_the_ones_sent(token_service):
     admin = {"Authorization": "Bearer " + token_service.authority.issue("ops", ["admin", "harvester"])}
     # 403: no token
     op = spec["paths"]["/api/v1/harvester/add_dialogs"]["post"]
-    resp = requests.post(url + "/api/v1/harvester/add_dialogs", json={"harvester_id": "h", "dialogs": []},
-                         timeout=10)
+    resp = requests.post(url + "/api/v1/harvester/add_dialogs", json={"harvester_id": "h", "dialogs": []}, timeout=10)
     assert "403" in op["responses"] and resp.status_code == 403 and resp.json()["success"] is False
     # 413: a body over central.max_body
-    resp = requests.post(url + "/api/v1/harvester/add_dialogs", data=b"x" * (65 * 1024), timeout=10,
-                         headers={**admin, "Content-Type": "application/json"})
+    resp = requests.post(
+        url + "/api/v1/harvester/add_dialogs",
+        data=b"x" * (65 * 1024),
+        timeout=10,
+        headers={**admin, "Content-Type": "application/json"},
+    )
     assert "413" in op["responses"] and resp.status_code == 413
     # invalid input on /api/v1: HTTP 200, success=false (no 422)
     resp = requests.post(url + "/api/v1/harvester/add_dialogs", json={"dialogs": []}, headers=admin, timeout=10)
@@ -115,8 +124,7 @@ def test_the_documented_errors_are_the_ones_sent(token_service):
     # monitor: 404 for a missing row, 422 for an id out of range
     job = spec["paths"]["/monitor/job/{panda_id}"]["get"]["responses"]
     assert requests.get(url + "/monitor/job/123", headers=admin, timeout=10).status_code == 404 and "404" in job
-    assert requests.get(url + "/monitor/job/" + "9" * 30, headers=admin, timeout=10).status_code == 422 \
-        and "422" in job
+    assert requests.get(url + "/monitor/job/" + "9" * 30, headers=admin, timeout=10).status_code == 422 and "422" in job
     # the monitor links the docs, and the docs page is served
     page = requests.get(url + "/monitor/", headers=admin, timeout=10)
     assert page.status_code == 200 and 'href="/docs"' in page.text

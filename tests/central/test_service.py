@@ -1,4 +1,5 @@
 """The service layer on a real SQLite file: tasks, jobs, ranges, retries, classification, watchdog."""
+
 from __future__ import annotations
 
 import threading
@@ -13,8 +14,7 @@ from .conftest import task_dict
 
 
 def finish(service, ranges):
-    return service.update_event_ranges([{"eventRangeID": r["eventRangeID"], "eventStatus": "finished"}
-                                        for r in ranges])
+    return service.update_event_ranges([{"eventRangeID": r["eventRangeID"], "eventStatus": "finished"} for r in ranges])
 
 
 def test_submit_splits_into_ranges_and_jumbo_jobs(service):
@@ -68,8 +68,12 @@ def test_unknown_or_malformed_range_rejects_whole_report(service):
     good = service.acquire_event_ranges(job["PandaID"], task_id, 1)[0]
     for bad in ("1-2-3", f"{task_id}-{job['PandaID']}-1-999-1", None, "a-b-c-d-e"):
         with pytest.raises((InvalidInput, NotFound)):
-            service.update_event_ranges([{"eventRangeID": good["eventRangeID"], "eventStatus": "finished"},
-                                         {"eventRangeID": bad, "eventStatus": "finished"}])
+            service.update_event_ranges(
+                [
+                    {"eventRangeID": good["eventRangeID"], "eventStatus": "finished"},
+                    {"eventRangeID": bad, "eventStatus": "finished"},
+                ]
+            )
     with pytest.raises(InvalidInput):
         service.update_event_ranges([{"eventRangeID": good["eventRangeID"], "eventStatus": "weird"}])
     assert service.show_task(task_id)["ranges"] == {"ready": 1, "sent": 1}  # nothing written
@@ -81,8 +85,16 @@ def test_failed_ranges_retry_up_to_max_attempts_then_task_fails_and_retry_reopen
     for _ in range(2):
         r = service.acquire_event_ranges(job["PandaID"], task_id, 1)
         assert len(r) == 1
-        service.update_event_ranges([{"eventRangeID": r[0]["eventRangeID"], "eventStatus": "failed",
-                                      "errorCode": 65, "errorDiag": "payload crashed"}])
+        service.update_event_ranges(
+            [
+                {
+                    "eventRangeID": r[0]["eventRangeID"],
+                    "eventStatus": "failed",
+                    "errorCode": 65,
+                    "errorDiag": "payload crashed",
+                }
+            ]
+        )
     assert service.acquire_event_ranges(job["PandaID"], task_id, 1) == []
     shown = service.show_task(task_id)
     assert shown["status"] == "failed" and shown["ranges"] == {"failed": 1}
@@ -98,14 +110,23 @@ def test_system_class_failures_do_not_use_up_attempts(service):
     job = service.acquire_jobs("SITE")[0]
     for _ in range(4):
         r = service.acquire_event_ranges(job["PandaID"], task_id, 1)[0]
-        service.update_event_ranges([{"eventRangeID": r["eventRangeID"], "eventStatus": "failed",
-                                      "errorCode": 1099, "errorDiag": "stage-in failed"}])
+        service.update_event_ranges(
+            [
+                {
+                    "eventRangeID": r["eventRangeID"],
+                    "eventStatus": "failed",
+                    "errorCode": 1099,
+                    "errorDiag": "stage-in failed",
+                }
+            ]
+        )
     assert service.show_task(task_id)["ranges"] == {"ready": 1}
     assert [e["hits"] for e in service.list_errors() if e["id"] == rule] == [4]
     # the same code with another message is not covered by the rule: it counts, and is suggested
     r = service.acquire_event_ranges(job["PandaID"], task_id, 1)[0]
-    service.update_event_ranges([{"eventRangeID": r["eventRangeID"], "eventStatus": "failed", "errorCode": 7,
-                                  "errorDiag": "segfault"}])
+    service.update_event_ranges(
+        [{"eventRangeID": r["eventRangeID"], "eventStatus": "failed", "errorCode": 7, "errorDiag": "segfault"}]
+    )
     assert service.show_task(task_id)["status"] == "failed"
     suggested = service.list_errors("suggested")
     assert [(e["source"], e["code"], e["class"]) for e in suggested] == [("event", 7, "payload")]
@@ -142,9 +163,12 @@ def test_watchdog_fails_silent_jobs_with_code_100_and_releases_ranges(service, c
     clock.now += 3601
     assert service.run_watchdog() == [job["PandaID"]]
     shown = service.show_task(task_id)
-    lost = [j for j in shown["jobs"] if j["panda_id"] == job["PandaID"]][0]
-    assert (lost["status"], lost["dispatcher_error_code"], lost["dispatcher_error_diag"]) == \
-        ("failed", 100, "lost heartbeat")
+    lost = next(j for j in shown["jobs"] if j["panda_id"] == job["PandaID"])
+    assert (lost["status"], lost["dispatcher_error_code"], lost["dispatcher_error_diag"]) == (
+        "failed",
+        100,
+        "lost heartbeat",
+    )
     assert shown["ranges"] == {"ready": 4, "finished": 1}
     # a replacement job exists with the next attempt number; the lost pilot's late reports are stale
     replacement = [j for j in shown["jobs"] if j["status"] == "activated"]
@@ -167,8 +191,9 @@ def test_job_state_machine(service):
         service.update_job(424242, "running")
     with pytest.raises(InvalidInput):
         service.update_job("1", "running")
-    answers = service.update_jobs_bulk([{"jobId": job, "state": "finished"}, {"jobId": 777, "state": "running"},
-                                        "junk"])
+    answers = service.update_jobs_bulk(
+        [{"jobId": job, "state": "finished"}, {"jobId": 777, "state": "running"}, "junk"]
+    )
     assert [a["StatusCode"] for a in answers] == [0, 50, 50]
 
 
@@ -213,8 +238,10 @@ def test_concurrent_acquires_never_share_a_range(service):
 
 def test_bad_task_files_name_file_key_and_expectation(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("name: x\npayload: {kind: python, callable: 'a:b'}\nevents: -5\nevents_per_range: 1\n"
-                    "seconds_per_event: 1\ncolour: red\n")
+    path.write_text(
+        "name: x\npayload: {kind: python, callable: 'a:b'}\nevents: -5\nevents_per_range: 1\n"
+        "seconds_per_event: 1\ncolour: red\n"
+    )
     with pytest.raises(ConfigError) as err:
         load_task_file(path)
     text = str(err.value)
@@ -228,5 +255,6 @@ def test_bad_task_files_name_file_key_and_expectation(tmp_path):
 
 def test_example_task_file_is_valid():
     from pathlib import Path
+
     spec = load_task_file(Path(__file__).parents[2] / "configs" / "tasks" / "example.yaml")
     assert spec.events >= 1000 and spec.payload.kind == "python"

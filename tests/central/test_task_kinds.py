@@ -1,4 +1,5 @@
 """Task kinds (jumbo / ordinary / eventservice), the job dicts a PanDA pilot receives, and how jobs end."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,9 +13,18 @@ TRF = "http://127.0.0.1:8000/trf.sh"
 
 
 def ordinary(**over) -> dict:
-    base = {"name": "plain", "transformation": TRF, "job_parameters": "--events 5 --out x.txt", "cores": 4,
-            "memory_mb": 3000, "walltime": 600, "prod_source_label": "managed", "jobs": 2, "max_attempts": 2,
-            "output_files": [{"lfn": "x.txt"}]}
+    base = {
+        "name": "plain",
+        "transformation": TRF,
+        "job_parameters": "--events 5 --out x.txt",
+        "cores": 4,
+        "memory_mb": 3000,
+        "walltime": 600,
+        "prod_source_label": "managed",
+        "jobs": 2,
+        "max_attempts": 2,
+        "output_files": [{"lfn": "x.txt"}],
+    }
     base.update(over)
     return base
 
@@ -25,8 +35,12 @@ def test_ordinary_task_gives_plain_panda_jobs(service):
     assert len(jobs) == 2
     job = jobs[0]
     assert job["transformation"] == TRF and job["jobPars"] == "--events 5 --out x.txt"
-    assert (job["coreCount"], job["minRamCount"], job["maxWalltime"], job["prodSourceLabel"]) == (4, 3000, 600,
-                                                                                                "managed")
+    assert (job["coreCount"], job["minRamCount"], job["maxWalltime"], job["prodSourceLabel"]) == (
+        4,
+        3000,
+        600,
+        "managed",
+    )
     assert "eventService" not in job and "payload" not in job and job["resource_type"] == "MCORE"
     # the log file is an output the pilot stages out (outFiles lists it, one dataset/scope per output)
     assert job["outFiles"] == f"x.txt,{job['logFile']}" and job["scopeOut"] == "edge"
@@ -47,12 +61,15 @@ def test_eventservice_kind_is_flagged_one(service):
     assert len(service.acquire_event_ranges(job["PandaID"], None, 10)) == 4
 
 
-@pytest.mark.parametrize("bad, words", [
-    ({"transformation": "ftp://x/y"}, "transformation"),
-    ({"transformation": None}, "payload"),
-    ({"events": 10}, "ordinary task has no event ranges"),
-    ({"kind": "jumbo"}, "a jumbo task needs payload"),
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ({"transformation": "ftp://x/y"}, "transformation"),
+        ({"transformation": None}, "payload"),
+        ({"events": 10}, "ordinary task has no event ranges"),
+        ({"kind": "jumbo"}, "a jumbo task needs payload"),
+    ],
+)
 def test_bad_kinds_are_clear_errors(bad, words):
     with pytest.raises(ConfigError, match=words):
         parse_task(ordinary(**bad))
@@ -113,16 +130,28 @@ def test_pilot_fields_are_recorded(service, clock):
     pid = service.acquire_jobs("SITE")[0]["PandaID"]
     service.update_job(pid, "starting", {"startTime": "2026-11-28 10:00:00"})
     clock.now += 5
-    service.update_job(pid, "running", {"pilotID": "https://x/1|PR|3.7.0", "cpuConsumptionTime": "12.5",
-                                        "cpuConsumptionUnit": "s+Intel", "maxRSS": "2048"})
+    service.update_job(
+        pid,
+        "running",
+        {
+            "pilotID": "https://x/1|PR|3.7.0",
+            "cpuConsumptionTime": "12.5",
+            "cpuConsumptionUnit": "s+Intel",
+            "maxRSS": "2048",
+        },
+    )
     clock.now += 5
-    service.update_job(pid, "failed", {"pilotErrorCode": 1305, "pilotTiming": "1|2|3|4|5|6",
-                                       "pilotLog": "line\n" * 500, "endTime": 1_000_010.0})
+    service.update_job(
+        pid,
+        "failed",
+        {"pilotErrorCode": 1305, "pilotTiming": "1|2|3|4|5|6", "pilotLog": "line\n" * 500, "endTime": 1_000_010.0},
+    )
     row = service.db.query("SELECT * FROM jobs WHERE panda_id=?", (pid,))[0]
     assert row["start_time"] == 1795860000.0 and row["end_time"] == 1_000_010.0
     assert row["pilot_id"].startswith("https://x/1") and row["pilot_timing"] == "1|2|3|4|5|6"
     assert (row["cpu_time"], row["cpu_unit"], row["max_rss"]) == (12.5, "s+Intel", 2048)
     assert row["pilot_log"].endswith("line\n") and len(row["pilot_log"]) <= 4096
     import json
+
     states = [s for s, _ in json.loads(row["state_history"])]
     assert states == ["sent", "starting", "running", "failed"]

@@ -1,4 +1,5 @@
 """Tokens: the pilot key flow, every rejection case (403, nothing changed), trusted-mode start refusal."""
+
 from __future__ import annotations
 
 import json
@@ -33,16 +34,16 @@ def test_pilot_key_flow_and_revocation(token_central):
     assert claims["exp"] - claims["iat"] == 3600
     assert get(url, "/api/v1/event/get_available_event_range_count", short).json()["success"] is True
     # wrong key: 403
-    assert get(url, "/api/v1/creds/get_access_token", initial, client_name="worker-1",
-               token_key="guess").status_code == 403
+    assert (
+        get(url, "/api/v1/creds/get_access_token", initial, client_name="worker-1", token_key="guess").status_code
+        == 403
+    )
     # another client's name: 403
-    assert get(url, "/api/v1/creds/get_access_token", short, client_name="worker-2",
-               token_key=key).status_code == 403
+    assert get(url, "/api/v1/creds/get_access_token", short, client_name="worker-2", token_key=key).status_code == 403
     # revoke the key: every token descending from it is refused, and cannot be renewed
     assert auth.revoke("worker-1") == 1
     assert get(url, "/api/v1/event/get_available_event_range_count", short).status_code == 403
-    assert get(url, "/api/v1/creds/get_access_token", initial, client_name="worker-1",
-               token_key=key).status_code == 403
+    assert get(url, "/api/v1/creds/get_access_token", initial, client_name="worker-1", token_key=key).status_code == 403
     # at most one new key per interval (only unrevoked keys count)
     auth.new_key("worker-3")
     with pytest.raises(CentralError, match="less than"):
@@ -54,8 +55,14 @@ def test_rejected_tokens_get_403_and_change_nothing(token_central):
     task_id = svc.submit_task(task_dict())
     before = svc.show_task(task_id)
     now = int(time.time())
-    base = {"sub": "x", "aud": "harvester-edge", "iss": "harvester-edge-central", "iat": now, "exp": now + 600,
-            "scope": "pilot harvester"}
+    base = {
+        "sub": "x",
+        "aud": "harvester-edge",
+        "iss": "harvester-edge-central",
+        "iat": now,
+        "exp": now + 600,
+        "scope": "pilot harvester",
+    }
     forged = jwt.encode(base, b"not-the-secret-" * 4, algorithm="HS256")
     expired = jwt.encode({**base, "exp": now - 10}, auth.secret, algorithm="HS256")
     audience = jwt.encode({**base, "aud": "someone-else"}, auth.secret, algorithm="HS256")
@@ -70,8 +77,9 @@ def test_rejected_tokens_get_403_and_change_nothing(token_central):
         assert legacy.status_code == 403, token
     assert svc.show_task(task_id) == before
     good = auth.issue("x", ["pilot"])
-    ok = requests.post(url + "/api/v1/pilot/acquire_jobs", json=body, timeout=10,
-                       headers={"Authorization": f"Bearer {good}"})
+    ok = requests.post(
+        url + "/api/v1/pilot/acquire_jobs", json=body, timeout=10, headers={"Authorization": f"Bearer {good}"}
+    )
     assert ok.json()["data"]["jobs"][0]["taskID"] == task_id
     # is_alive needs no token; task operations need the admin scope
     assert get(url, "/api/v1/system/is_alive").json() == {"success": True, "message": "", "data": None}
@@ -83,16 +91,22 @@ def test_client_with_token_and_redacting_recorder(token_central):
     auth = token_central.authority
     records: list[dict] = []
     harvester = auth.issue("harvester-1", ["harvester"])
-    client = CentralClient(HttpTransport(token_central.url, recorder=records.append), token=harvester,
-                           harvester_id="harvester-1")
+    client = CentralClient(
+        HttpTransport(token_central.url, recorder=records.append), token=harvester, harvester_id="harvester-1"
+    )
     key = client.get_token_key("harvester-1/worker/9")  # a name in the harvester's own namespace
     initial = client.get_access_token("harvester-1/worker/9", key)
-    pilot = CentralClient(HttpTransport(token_central.url, recorder=records.append), token=initial,
-                          harvester_id="harvester-1")
+    pilot = CentralClient(
+        HttpTransport(token_central.url, recorder=records.append), token=initial, harvester_id="harvester-1"
+    )
     fresh = pilot.get_access_token("harvester-1/worker/9", key)  # the pilot renews itself with its key
     claims = jwt.decode(fresh, options={"verify_signature": False})
-    assert (claims["sub"], claims["scope"], claims["harvester"], claims["worker"]) == \
-        ("harvester-1/worker/9", "pilot", "harvester-1", "9")
+    assert (claims["sub"], claims["scope"], claims["harvester"], claims["worker"]) == (
+        "harvester-1/worker/9",
+        "pilot",
+        "harvester-1",
+        "9",
+    )
     client.heartbeat()
     with pytest.raises(CentralAuthFailed):
         pilot.heartbeat()  # a pilot token may not act as a harvester (403: transient for the outbox)
@@ -132,13 +146,18 @@ def test_legacy_token_flow(token_central):
     initial, key = auth.pilot_credentials("pilot-legacy", ("pilot",))
     headers = {"Authorization": f"Bearer {initial}"}
     # JSON whatever the Accept header (the real server's answer; the pilot parses it as a literal)
-    answer = requests.post(f"{url}/get_access_token", data={"client_name": "pilot-legacy", "token_key": key},
-                           headers=headers, timeout=10).json()
+    answer = requests.post(
+        f"{url}/get_access_token", data={"client_name": "pilot-legacy", "token_key": key}, headers=headers, timeout=10
+    ).json()
     assert answer["StatusCode"] == 0
     fresh = answer["userProxy"]
     assert jwt.decode(fresh, options={"verify_signature": False})["sub"] == "pilot-legacy"
-    refused = requests.post(f"{url}/get_access_token", data={"client_name": "pilot-legacy", "token_key": "nope"},
-                            headers=headers, timeout=10)
+    refused = requests.post(
+        f"{url}/get_access_token",
+        data={"client_name": "pilot-legacy", "token_key": "nope"},
+        headers=headers,
+        timeout=10,
+    )
     assert refused.status_code == 403 and refused.json()["StatusCode"] == 70 and refused.json()["errorDialog"]
 
 
@@ -149,19 +168,31 @@ def test_pilot_server_means_myself(token_central):
     creds = {}
     for worker in ("1", "2"):  # two pilots of one harvester, each with its own credential and key
         name = f"h1/worker/{worker}"
-        key = requests.get(f"{url}/get_token_key", params={"client_name": name},
-                           headers={"Authorization": f"Bearer {harvester}"}, timeout=10).json()["tokenKey"]
+        key = requests.get(
+            f"{url}/get_token_key",
+            params={"client_name": name},
+            headers={"Authorization": f"Bearer {harvester}"},
+            timeout=10,
+        ).json()["tokenKey"]
         initial = auth.exchange(jwt.decode(harvester, options={"verify_signature": False}), name, key)
         creds[worker] = (initial, key)
     for worker, (token, key) in creds.items():
-        resp = requests.get(f"{url}/get_access_token", params={"client_name": "pilot_server", "token_key": key},
-                            headers={"Authorization": f"Bearer {token}", "Origin": "edge.pilot"}, timeout=10)
+        resp = requests.get(
+            f"{url}/get_access_token",
+            params={"client_name": "pilot_server", "token_key": key},
+            headers={"Authorization": f"Bearer {token}", "Origin": "edge.pilot"},
+            timeout=10,
+        )
         assert resp.headers["content-type"].startswith("application/json")
         claims = jwt.decode(resp.json()["userProxy"], options={"verify_signature": False})
         assert (claims["sub"], claims["worker"], claims["scope"]) == (f"h1/worker/{worker}", worker, "pilot")
     # one pilot's key does not work with another pilot's token
-    resp = requests.get(f"{url}/get_access_token", params={"client_name": "pilot_server", "token_key": creds["2"][1]},
-                        headers={"Authorization": f"Bearer {creds['1'][0]}"}, timeout=10)
+    resp = requests.get(
+        f"{url}/get_access_token",
+        params={"client_name": "pilot_server", "token_key": creds["2"][1]},
+        headers={"Authorization": f"Bearer {creds['1'][0]}"},
+        timeout=10,
+    )
     assert resp.status_code == 403 and resp.json()["StatusCode"] == 70
     with pytest.raises(Exception, match="not a client name"):
         auth.pilot_credentials("pilot_server")
@@ -169,6 +200,7 @@ def test_pilot_server_means_myself(token_central):
 
 def test_port_in_use_is_a_clear_error_and_releases_the_db(tmp_path):
     import socket
+
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
     blocker.listen()
@@ -195,14 +227,26 @@ def test_every_token_has_a_kid_and_tokens_without_one_are_refused(token_central)
     url, auth = token_central.url, token_central.authority
     plain = auth.issue("x", ["pilot"])
     initial, key = auth.pilot_credentials("p", ("pilot",))
-    fresh = get(url, "/api/v1/creds/get_access_token", initial, client_name="p", token_key=key).json()["data"]["user_proxy"]
+    fresh = get(url, "/api/v1/creds/get_access_token", initial, client_name="p", token_key=key).json()["data"][
+        "user_proxy"
+    ]
     for token in (plain, initial, fresh):
         kid = claims_of(token)["kid"]
         assert key_row(auth, kid)["client_name"] == claims_of(token)["sub"]
     assert claims_of(fresh)["kid"] == claims_of(initial)["kid"]  # the family of the key
     now = int(time.time())
-    no_kid = jwt.encode({"sub": "x", "aud": "harvester-edge", "iss": "harvester-edge-central", "iat": now,
-                         "exp": now + 600, "scope": "pilot"}, auth.secret, algorithm="HS256")
+    no_kid = jwt.encode(
+        {
+            "sub": "x",
+            "aud": "harvester-edge",
+            "iss": "harvester-edge-central",
+            "iat": now,
+            "exp": now + 600,
+            "scope": "pilot",
+        },
+        auth.secret,
+        algorithm="HS256",
+    )
     assert get(url, "/api/v1/event/get_available_event_range_count", no_kid).status_code == 403
     assert get(url, "/api/v1/event/get_available_event_range_count", plain).status_code == 200
     assert auth.revoke("x") == 1  # a token issued without a key still has a kid that revoke reaches
@@ -220,7 +264,9 @@ def test_a_pilot_key_chain_ends_with_its_first_key(token_central):
     for _ in range(3):
         key = get(url, "/api/v1/creds/get_token_key", token, client_name="pilot-a").json()["data"]["tokenKey"]
         # exchange with the new key: the token descends from the new key, whose expiry is capped by its parent
-        token = get(url, "/api/v1/creds/get_access_token", token, client_name="pilot-a", token_key=key).json()["data"]["user_proxy"]
+        token = get(url, "/api/v1/creds/get_access_token", token, client_name="pilot-a", token_key=key).json()["data"][
+            "user_proxy"
+        ]
         row = key_row(auth, claims_of(token)["kid"])
         assert row["key_id"] != first["key_id"]
         assert row["expires"] <= first["expires"] and row["scope"] == "pilot"
@@ -239,22 +285,39 @@ def test_who_may_mint_keys_for_whom(token_central):
     for name in ("p1", "h2", "h2/worker/1", "h1/worker/", "h1/worker/1/x", "h1-other"):
         resp = get(url, "/api/v1/creds/get_token_key", harvester, client_name=name)
         assert resp.status_code == 403, name
-        legacy = requests.post(token_central.url + "/server/panda/get_token_key", data={"client_name": name},
-                               headers={"Authorization": f"Bearer {harvester}"}, timeout=10)
+        legacy = requests.post(
+            token_central.url + "/server/panda/get_token_key",
+            data={"client_name": name},
+            headers={"Authorization": f"Bearer {harvester}"},
+            timeout=10,
+        )
         assert legacy.status_code == 403, name
     assert get(url, "/api/v1/creds/get_token_key", pilot, client_name="h1/worker/1").status_code == 403
     key = get(url, "/api/v1/creds/get_token_key", harvester, client_name="h1/worker/7").json()["data"]["tokenKey"]
-    token = get(url, "/api/v1/creds/get_access_token", harvester, client_name="h1/worker/7",
-                token_key=key).json()["data"]["user_proxy"]
+    token = get(url, "/api/v1/creds/get_access_token", harvester, client_name="h1/worker/7", token_key=key).json()[
+        "data"
+    ]["user_proxy"]
     claims = claims_of(token)
-    assert (claims["sub"], claims["scope"], claims["harvester"], claims["worker"]) == \
-        ("h1/worker/7", "pilot", "h1", "7")
+    assert (claims["sub"], claims["scope"], claims["harvester"], claims["worker"]) == (
+        "h1/worker/7",
+        "pilot",
+        "h1",
+        "7",
+    )
     worker_key = key_row(auth, claims["kid"])
     assert worker_key["parent"] == claims_of(harvester)["kid"]
     assert worker_key["expires"] <= key_row(auth, claims_of(harvester)["kid"])["expires"]
     # another harvester cannot get tokens with h1's worker key
-    assert get(url, "/api/v1/creds/get_access_token", auth.issue("h2", ["harvester"]), client_name="h1/worker/7",
-               token_key=key).status_code == 403
+    assert (
+        get(
+            url,
+            "/api/v1/creds/get_access_token",
+            auth.issue("h2", ["harvester"]),
+            client_name="h1/worker/7",
+            token_key=key,
+        ).status_code
+        == 403
+    )
     # admin: any name, a pilot key
     admin_key = get(url, "/api/v1/creds/get_token_key", admin, client_name="someone").json()["data"]
     assert admin_key and key_row(auth, claims_of(admin)["kid"])
@@ -267,11 +330,14 @@ def test_old_token_keys_table_is_upgraded_in_place(tmp_path):
     import sqlite3
 
     from harvester_edge.central.db import Database
+
     path = tmp_path / "central.db"
     conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE token_keys (client_name TEXT NOT NULL, key_id TEXT PRIMARY KEY, "
-                 "key_hash TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL, "
-                 "revoked INTEGER NOT NULL DEFAULT 0)")
+    conn.execute(
+        "CREATE TABLE token_keys (client_name TEXT NOT NULL, key_id TEXT PRIMARY KEY, "
+        "key_hash TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL, "
+        "revoked INTEGER NOT NULL DEFAULT 0)"
+    )
     conn.execute("INSERT INTO token_keys VALUES ('old', 'k0', 'h', 1, 2, 0)")
     conn.commit()
     conn.close()
@@ -291,8 +357,12 @@ def test_keys_and_revoke_commands(tmp_path):
     from click.testing import CliRunner
 
     from harvester_edge.central.cli import central_group
-    o = SimpleNamespace(config=SimpleNamespace(central=CentralSettings(db=tmp_path / "central.db", trusted=False),
-                                               paths=SimpleNamespace(work_dir=tmp_path)))
+
+    o = SimpleNamespace(
+        config=SimpleNamespace(
+            central=CentralSettings(db=tmp_path / "central.db", trusted=False), paths=SimpleNamespace(work_dir=tmp_path)
+        )
+    )
     runner = CliRunner()
     out = runner.invoke(central_group, ["issue-token", "site-a", "--scope", "harvester", "--json"], obj=o)
     assert out.exit_code == 0, out.output

@@ -6,6 +6,7 @@ through `request_ssl`). Each method below sends what the original sends (method,
 are encoded) and parses the answer as the original does; the comment above each quotes the source lines it follows.
 Logging, stopwatches and HPO/iDDS branches are left out: they do not change what goes over the wire.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,11 +18,11 @@ import requests
 class Communicator:
     def __init__(self, base_url: str, token: str | None, origin: str, harvester_id: str, timeout: float = 30) -> None:
         self.base_url = base_url.rstrip("/") + "/api/v1"  # pandacon.server_api_url_ssl
-        self.token = token                                # pandacon.auth_token (auth_type "oidc")
-        self.origin = origin                              # pandacon.auth_origin
-        self.harvester_id = harvester_id                  # harvester_config.master.harvester_id
+        self.token = token  # pandacon.auth_token (auth_type "oidc")
+        self.origin = origin  # pandacon.auth_origin
+        self.harvester_id = harvester_id  # harvester_config.master.harvester_id
         self.timeout = timeout
-        self.sent: list[requests.PreparedRequest] = []    # what went over the wire, for the tests
+        self.sent: list[requests.PreparedRequest] = []  # what went over the wire, for the tests
 
     # request_ssl(self, method, path, data=None, files=None, cert=None, base_url=None):
     #   headers = {"Accept": "application/json", "Connection": "close", "Content-Type": "application/json"}
@@ -49,7 +50,7 @@ class Communicator:
                 if response.status_code == 200:
                     return True, response.json()
                 return False, f"StatusCode={response.status_code} {response.text}"
-            except Exception as exc:  # noqa: BLE001 - as the original: any failure is (False, message)
+            except Exception as exc:
                 return False, f"failed to {method} with {type(exc)}:{exc} "
 
     # check_panda: request_ssl("GET", "system/is_alive", {}); return tmp_status, tmp_response
@@ -70,9 +71,14 @@ class Communicator:
     #   tmp_dict = tmp_response["data"]; if tmp_dict["StatusCode"] == 0: return tmp_dict["jobs"], "OK";
     #   else errorDialog or f"StatusCode={...}"; on an exception: dump_error_message(tmp_response["message"])
     def get_jobs(self, site_name, node_name, prod_source_label, computing_element, n_jobs, additional_criteria=None):
-        data = {"siteName": site_name, "node": node_name, "prodSourceLabel": prod_source_label,
-                "computingElement": computing_element, "nJobs": n_jobs,
-                "schedulerID": f"harvester-{self.harvester_id}"}
+        data = {
+            "siteName": site_name,
+            "node": node_name,
+            "prodSourceLabel": prod_source_label,
+            "computingElement": computing_element,
+            "nJobs": n_jobs,
+            "schedulerID": f"harvester-{self.harvester_id}",
+        }
         data.update(additional_criteria or {})
         ok, res = self.request_ssl("POST", "pilot/acquire_jobs", data)
         if not ok:
@@ -82,7 +88,7 @@ class Communicator:
             if tmp_dict["StatusCode"] == 0:
                 return tmp_dict["jobs"], "OK"
             return [], tmp_dict.get("errorDialog", f"StatusCode={tmp_dict['StatusCode']}")
-        except Exception:  # noqa: BLE001
+        except Exception:
             return [], res["message"]
 
     # update_jobs: job_dict = job_spec.get_job_attributes_for_panda() + job_id, site_name, job_status,
@@ -116,7 +122,7 @@ class Communicator:
                 if tmp_dict["StatusCode"] == 0:
                     ret_status = True
                     ret_value.setdefault(data["pandaID"], []).extend(tmp_dict["eventRanges"])
-            except Exception:  # noqa: BLE001 - as the original: dump_error_message and break
+            except Exception:
                 pass
         return ret_status, ret_value
 
@@ -124,8 +130,9 @@ class Communicator:
     #   request_ssl("POST", "event/update_event_ranges", data); failure -> {"StatusCode": 999};
     #   ret_map = tmp_response["data"] (None -> {"StatusCode": 999}); the caller reads ret["StatusCode"], ["Returns"]
     def update_event_ranges(self, event_ranges: list[dict]) -> dict:
-        ok, res = self.request_ssl("POST", "event/update_event_ranges",
-                                   {"event_ranges": json.dumps(event_ranges), "version": 1})
+        ok, res = self.request_ssl(
+            "POST", "event/update_event_ranges", {"event_ranges": json.dumps(event_ranges), "version": 1}
+        )
         if not ok:
             return {"StatusCode": 999}
         return res.get("data") or {"StatusCode": 999}
@@ -133,8 +140,9 @@ class Communicator:
     # get_commands: data = {"harvester_id", "n_commands"}; request_ssl("POST", "harvester/acquire_commands");
     #   not success -> []; else tmp_response.get("data", [])
     def get_commands(self, n_commands: int) -> list:
-        ok, res = self.request_ssl("POST", "harvester/acquire_commands",
-                                   {"harvester_id": self.harvester_id, "n_commands": n_commands})
+        ok, res = self.request_ssl(
+            "POST", "harvester/acquire_commands", {"harvester_id": self.harvester_id, "n_commands": n_commands}
+        )
         if not ok or not res.get("success", False):
             return []
         return res.get("data", [])
@@ -188,8 +196,9 @@ class Communicator:
     # update_workers: data = {"harvester_id": ..., "workers": json.dumps(data_list)};
     #   request_ssl("POST", "harvester/update_workers", data); not success -> (None, message); else (data, "OK")
     def update_workers(self, workers: list[dict]):
-        ok, res = self.request_ssl("POST", "harvester/update_workers",
-                                   {"harvester_id": self.harvester_id, "workers": json.dumps(workers)})
+        ok, res = self.request_ssl(
+            "POST", "harvester/update_workers", {"harvester_id": self.harvester_id, "workers": json.dumps(workers)}
+        )
         if not ok:
             return None, res
         if not res.get("success", False):
@@ -199,9 +208,11 @@ class Communicator:
     # update_worker_stats: data = {"harvesterID": ..., "siteName": site_name, "paramsList": json.dumps(stats)};
     #   request_ssl("POST", "harvester/report_worker_statistics", data); (success, message or "OK")
     def update_worker_stats(self, site_name: str, stats: dict):
-        ok, res = self.request_ssl("POST", "harvester/report_worker_statistics",
-                                   {"harvesterID": self.harvester_id, "siteName": site_name,
-                                    "paramsList": json.dumps(stats)})
+        ok, res = self.request_ssl(
+            "POST",
+            "harvester/report_worker_statistics",
+            {"harvesterID": self.harvester_id, "siteName": site_name, "paramsList": json.dumps(stats)},
+        )
         if not ok:
             return ok, res
         if not res.get("success", False):
@@ -231,8 +242,9 @@ class Communicator:
     # get_key_pair: data = {"public_key_name", "private_key_name"}; request_ssl("GET", "credential/get_key_pair");
     #   not success -> (None, message); else (tmp_response.get("data"), None)
     def get_key_pair(self, public_key_name: str, private_key_name: str):
-        ok, res = self.request_ssl("GET", "credential/get_key_pair",
-                                   {"public_key_name": public_key_name, "private_key_name": private_key_name})
+        ok, res = self.request_ssl(
+            "GET", "credential/get_key_pair", {"public_key_name": public_key_name, "private_key_name": private_key_name}
+        )
         if not ok:
             return None, res
         if not res.get("success", False):
@@ -253,8 +265,11 @@ class Communicator:
     #   "task_id": taskID}; request_ssl("GET", "event/get_available_event_range_count", data);
     #   not success -> (False, message); else (True, tmp_response.get("data"))
     def check_event_availability(self, panda_id: int, jobset_id: int, task_id: int):
-        ok, res = self.request_ssl("GET", "event/get_available_event_range_count",
-                                   {"job_id": panda_id, "jobset_id": jobset_id, "task_id": task_id})
+        ok, res = self.request_ssl(
+            "GET",
+            "event/get_available_event_range_count",
+            {"job_id": panda_id, "jobset_id": jobset_id, "task_id": task_id},
+        )
         if not ok:
             return ok, res
         if not res.get("success", False):
@@ -264,8 +279,9 @@ class Communicator:
     # send_dialog_messages: data = {"harvester_id": ..., "dialogs": [diag.convert_to_propagate(), ...]};
     #   request_ssl("POST", "harvester/add_dialogs", data); (success, message)
     def send_dialog_messages(self, dialogs: list[dict]):
-        ok, res = self.request_ssl("POST", "harvester/add_dialogs",
-                                   {"harvester_id": self.harvester_id, "dialogs": dialogs})
+        ok, res = self.request_ssl(
+            "POST", "harvester/add_dialogs", {"harvester_id": self.harvester_id, "dialogs": dialogs}
+        )
         if not ok:
             return ok, res
         return res.get("success", False), res.get("message")
@@ -273,8 +289,9 @@ class Communicator:
     # update_service_metrics: data = {"harvester_id": ..., "metrics": service_metrics_list};
     #   request_ssl("POST", "harvester/update_service_metrics", data); (success, message)
     def update_service_metrics(self, metrics: list):
-        ok, res = self.request_ssl("POST", "harvester/update_service_metrics",
-                                   {"harvester_id": self.harvester_id, "metrics": metrics})
+        ok, res = self.request_ssl(
+            "POST", "harvester/update_service_metrics", {"harvester_id": self.harvester_id, "metrics": metrics}
+        )
         if not ok:
             return ok, res
         return res.get("success", False), res.get("message")

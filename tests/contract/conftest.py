@@ -1,9 +1,11 @@
 """Fixtures of the contract tests: the real PanDA server's api/v1 code on 127.0.0.1 (contract/harness.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
 from contract.harness import PandaServer, start_panda_server
 
 
@@ -15,6 +17,7 @@ def start_panda():
     def start(tmp: Path, **kwargs) -> PandaServer:
         started.append(start_panda_server(tmp, **kwargs))
         return started[-1]
+
     yield start
     for server in started:
         server.proc.terminate()

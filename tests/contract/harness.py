@@ -4,6 +4,7 @@ Used by tests/contract and tests/replay (`from contract.harness import ...`).
 
 Under CI=true a missing virtualenv is a failure, elsewhere a skip with the command that makes it.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,10 @@ TOKEN, ORIGIN = "contract-token-1", "atlas.production"
 def panda_server_venv() -> Path:
     """The panda-server virtualenv (PANDA_SERVER_VENV or ~/.harvester-edge/panda-server-venv), checked usable."""
     venv = Path(os.environ.get("PANDA_SERVER_VENV") or Path.home() / ".harvester-edge" / "panda-server-venv")
-    need((venv / ".harvester-edge-ready").exists() and (venv / "bin" / "python").exists(),
-         f"the panda-server virtualenv {venv} (run scripts/panda-server-venv as root; scripts/setup does)")
+    need(
+        (venv / ".harvester-edge-ready").exists() and (venv / "bin" / "python").exists(),
+        f"the panda-server virtualenv {venv} (run scripts/panda-server-venv as root; scripts/setup does)",
+    )
     return venv
 
 
@@ -43,8 +46,13 @@ class PandaServer:
         return [r for r in rows if method is None or r["method"] == method]
 
 
-def start_panda_server(tmp: Path, token: str | None = TOKEN, origin: str | None = ORIGIN,
-                       tls: tuple[Path, Path, Path] | None = None, env_extra: dict | None = None) -> PandaServer:
+def start_panda_server(
+    tmp: Path,
+    token: str | None = TOKEN,
+    origin: str | None = ORIGIN,
+    tls: tuple[Path, Path, Path] | None = None,
+    env_extra: dict | None = None,
+) -> PandaServer:
     venv = panda_server_venv()
     port_file, calls = tmp / "panda.port", tmp / "panda.calls.jsonl"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
@@ -63,7 +71,9 @@ def start_panda_server(tmp: Path, token: str | None = TOKEN, origin: str | None 
     while not port_file.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise AssertionError(f"the real-server harness did not start: {(tmp / 'panda_app.log').read_text()[-3000:]}")
+            raise AssertionError(
+                f"the real-server harness did not start: {(tmp / 'panda_app.log').read_text()[-3000:]}"
+            )
         time.sleep(0.1)
     scheme = "https" if tls else "http"
     return PandaServer(f"{scheme}://127.0.0.1:{port_file.read_text()}", calls, proc, token, origin)

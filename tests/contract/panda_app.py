@@ -15,14 +15,15 @@ check, JSON-vs-form parameter parsing) and its api/v1 modules (request_validatio
 - the answer of a real job (acquire_jobs): a real JobSpec with real FileSpecs, turned into the pilot's dictionary
   by the server's own Protocol.Response.appendJob.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import sys
 import threading
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 CALLS_FILE = None
 LOCK = threading.Lock()
@@ -41,9 +42,14 @@ def record(method: str, args, kwargs) -> None:
             return value
         except TypeError:
             return repr(value)
+
     with LOCK, open(CALLS_FILE, "a") as fh:
-        fh.write(json.dumps({"method": method, "args": [plain(a) for a in args],
-                             "kwargs": {k: plain(v) for k, v in kwargs.items()}}) + "\n")
+        fh.write(
+            json.dumps(
+                {"method": method, "args": [plain(a) for a in args], "kwargs": {k: plain(v) for k, v in kwargs.items()}}
+            )
+            + "\n"
+        )
 
 
 def make_job(panda_id: int):
@@ -92,6 +98,7 @@ class FakeTaskBuffer:
         def unknown(*args, **kwargs):
             record(name, args, kwargs)
             raise RuntimeError(f"FakeTaskBuffer.{name} is not faked: the contract harness needs it")
+
         return unknown
 
     def init(self, *args, **kwargs):
@@ -101,8 +108,11 @@ class FakeTaskBuffer:
         return True, {}
 
     def get_special_dispatch_params(self):
-        return True, {"allowProxy": ["harvester-edge contract test"], "allowTokenKey": ["harvester-edge contract test"],
-                      "tokenKeys": {"pilot-edge": {"latest": "key-latest", "fullList": ["key-latest", "key-old"]}}}
+        return True, {
+            "allowProxy": ["harvester-edge contract test"],
+            "allowTokenKey": ["harvester-edge contract test"],
+            "tokenKeys": {"pilot-edge": {"latest": "key-latest", "fullList": ["key-latest", "key-old"]}},
+        }
 
     def getJobs(self, n_jobs, site_name, *args):
         record("getJobs", (n_jobs, site_name, *args), {})
@@ -121,6 +131,7 @@ class FakeTaskBuffer:
         for jid in job_ids:
             if int(jid) in JOB_STATUS:
                 from pandaserver.taskbuffer.JobSpec import JobSpec
+
                 job = JobSpec()
                 job.PandaID, (job.jobStatus, job.attemptNr) = int(jid), JOB_STATUS[int(jid)]
                 out.append(job)
@@ -129,8 +140,11 @@ class FakeTaskBuffer:
         return out
 
     def updateJobStatus(self, job_id, status, param, update_state_change, attempt_nr):
-        record("updateJobStatus", (job_id, status, {k: str(v) for k, v in param.items()}, update_state_change,
-                                   attempt_nr), {})
+        record(
+            "updateJobStatus",
+            (job_id, status, {k: str(v) for k, v in param.items()}, update_state_change, attempt_nr),
+            {},
+        )
         if int(job_id) == 666:
             return {"command": "tobekilled"}
         JOB_STATUS[int(job_id)] = (status, attempt_nr or 1)
@@ -147,8 +161,16 @@ class FakeTaskBuffer:
             i = EVENTS["next"]
             EVENTS["next"] += 1
             EVENTS["available"] -= 1
-            out.append({"eventRangeID": f"{task_id}-{job_id}-1-{i}-1", "startEvent": (i - 1) * 10,
-                        "lastEvent": i * 10 - 1, "LFN": "EVNT.1.pool.root", "GUID": "guid-input", "scope": "mc"})
+            out.append(
+                {
+                    "eventRangeID": f"{task_id}-{job_id}-1-{i}-1",
+                    "startEvent": (i - 1) * 10,
+                    "lastEvent": i * 10 - 1,
+                    "LFN": "EVNT.1.pool.root",
+                    "GUID": "guid-input",
+                    "scope": "mc",
+                }
+            )
         return out
 
     def updateEventRanges(self, event_ranges, version):
@@ -224,15 +246,23 @@ class FakeTokenCache:
 
 def apache_layer(app, token: str | None, origin: str | None):
     """What mod_ssl + the token check put in front of panda.py: the DN and role of an authenticated client."""
+
     def wrapped(environ, start_response):
         path = environ.get("PATH_INFO", "")
         environ["SCRIPT_NAME"], environ["PATH_INFO"] = path, ""
         if not environ.get("CONTENT_LENGTH"):  # mod_wsgi leaves it out when there is no body; wsgiref sets ''
             environ.pop("CONTENT_LENGTH", None)
-        record("http", (environ["REQUEST_METHOD"], path), {
-            "content_type": environ.get("CONTENT_TYPE"), "accept": environ.get("HTTP_ACCEPT"),
-            "origin": environ.get("HTTP_ORIGIN"), "query": environ.get("QUERY_STRING", ""),
-            "client_dn": environ.get("SSL_CLIENT_S_DN")})
+        record(
+            "http",
+            (environ["REQUEST_METHOD"], path),
+            {
+                "content_type": environ.get("CONTENT_TYPE"),
+                "accept": environ.get("HTTP_ACCEPT"),
+                "origin": environ.get("HTTP_ORIGIN"),
+                "query": environ.get("QUERY_STRING", ""),
+                "client_dn": environ.get("SSL_CLIENT_S_DN"),
+            },
+        )
         if not path.endswith("/system/is_alive"):
             auth = environ.get("HTTP_AUTHORIZATION", "")
             if (token and auth != f"Bearer {token}") or (origin and environ.get("HTTP_ORIGIN") != origin):
@@ -241,6 +271,7 @@ def apache_layer(app, token: str | None, origin: str | None):
             environ.setdefault("SSL_CLIENT_S_DN", PRODUCTION_DN)  # with --tls: the client certificate's subject
             environ["GRST_CRED_0"] = "VOMS /atlas/Role=production"
         return app(environ, start_response)
+
     return wrapped
 
 
@@ -261,8 +292,9 @@ class QuietHandler(WSGIRequestHandler):
             cert = getpeercert() or {}
             parts = [f"/{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn]
             if parts:
-                env["SSL_CLIENT_S_DN"] = "".join(parts).replace("/commonName=", "/CN=").replace(
-                    "/organizationName=", "/O=")
+                env["SSL_CLIENT_S_DN"] = (
+                    "".join(parts).replace("/commonName=", "/CN=").replace("/organizationName=", "/O=")
+                )
         return env
 
 
@@ -275,15 +307,15 @@ def main() -> None:
 
     initializer_module.initializer.init = lambda *a, **k: None
     task_buffer_module.taskBuffer = FakeTaskBuffer()
-    from pandaserver.server import panda  # the real entry point, now bound to the fake
-
     from pandaserver.api.v1 import credential_management_api, pilot_api
+    from pandaserver.server import panda  # the real entry point, now bound to the fake
 
     pilot_api.global_site_mapper_cache = FakeSiteMapperCache()
     credential_management_api.global_token_cache = FakeTokenCache()
     credential_management_api.global_token_cache_config = {"pilot-edge": {"use_token_key": True}}
-    app = apache_layer(panda.application, os.environ.get("PANDA_CONTRACT_TOKEN"),
-                       os.environ.get("PANDA_CONTRACT_ORIGIN"))
+    app = apache_layer(
+        panda.application, os.environ.get("PANDA_CONTRACT_TOKEN"), os.environ.get("PANDA_CONTRACT_ORIGIN")
+    )
     server = make_server("127.0.0.1", 0, app, server_class=Server, handler_class=QuietHandler)
     if len(sys.argv) > 3 and sys.argv[3] == "--tls":  # --tls CERT KEY CA: https, a client certificate required
         import ssl

@@ -12,6 +12,7 @@ says so (a strict xfail naming the disagreement, so it turns red the day both ag
   data["StatusCode"] / data["eventRanges"]; the server takes job_id, n_ranges and answers data=[ranges].
 - metaconfig/get_resource_types: the communicator reads data["ResourceTypes"]; the server answers data=[...].
 """
+
 from __future__ import annotations
 
 import io
@@ -36,8 +37,17 @@ def live(tmp_path_factory):
     central = EmbeddedCentral(CentralSettings(db=tmp / "central.db", host="127.0.0.1", port=0, trusted=False))
     central.start()
     svc = central.service
-    task_id = svc.submit_task({"name": "t", "payload": PAYLOAD, "events": 100, "events_per_range": 10,
-                               "seconds_per_event": 0.5, "jobs": 2, "max_attempts": 2})
+    task_id = svc.submit_task(
+        {
+            "name": "t",
+            "payload": PAYLOAD,
+            "events": 100,
+            "events_per_range": 10,
+            "seconds_per_event": 0.5,
+            "jobs": 2,
+            "max_attempts": 2,
+        }
+    )
     token = central.authority.issue(HARVESTER, ["harvester"])
     comm = Communicator(central.url, token, ORIGIN, HARVESTER)
     jobs, err = comm.get_jobs(SITE, "node1", "managed", "ce1", 1)
@@ -52,8 +62,10 @@ def test_check_panda(live):
 
 
 def test_heartbeat_is_alive(live):
-    assert live["comm"].is_alive({"startTime": "datetime/2026-11-28 10:00:00.000000", "sw_version": "0.7.5"}) \
-        == (True, "")
+    assert live["comm"].is_alive({"startTime": "datetime/2026-11-28 10:00:00.000000", "sw_version": "0.7.5"}) == (
+        True,
+        "",
+    )
     attrs = live["central"].service.db.query("SELECT attrs FROM harvesters WHERE harvester_id=?", (HARVESTER,))
     assert json.loads(attrs[0]["attrs"])["sw_version"] == "0.7.5"
 
@@ -77,9 +89,17 @@ def test_check_jobs_reads_job_status_from_a_get_body(live):
 
 
 def test_update_workers_with_a_json_string(live):
-    workers = [{"workerID": 7, "status": "running", "computingSite": SITE, "jobType": "managed",
-                "resourceType": "MCORE", "pandaid_list": [live["job"]["PandaID"]]},
-               {"workerID": 12, "status": "submitted", "computingSite": SITE}]
+    workers = [
+        {
+            "workerID": 7,
+            "status": "running",
+            "computingSite": SITE,
+            "jobType": "managed",
+            "resourceType": "MCORE",
+            "pandaid_list": [live["job"]["PandaID"]],
+        },
+        {"workerID": 12, "status": "submitted", "computingSite": SITE},
+    ]
     assert live["comm"].update_workers(workers) == ([True, True], "OK")
 
 
@@ -117,8 +137,16 @@ def test_event_availability(live):
 
 
 def test_dialogs(live, caplog):
-    dialogs = [{"diagID": 1, "moduleName": "submitter", "identifier": "w7", "creationTime":
-                "2026-11-28 10:00:00.000001", "messageLevel": "WARNING", "diagMessage": "queue is full"}]
+    dialogs = [
+        {
+            "diagID": 1,
+            "moduleName": "submitter",
+            "identifier": "w7",
+            "creationTime": "2026-11-28 10:00:00.000001",
+            "messageLevel": "WARNING",
+            "diagMessage": "queue is full",
+        }
+    ]
     with caplog.at_level("INFO", logger="harvester_edge.central.v1_harvester"):
         assert live["comm"].send_dialog_messages(dialogs) == (True, "")
     assert "queue is full" in caplog.text
@@ -158,9 +186,12 @@ def test_upload_file_appends_a_log_the_job_page_links(live):
 
 def test_upload_jedi_log_as_panda_client_sends_it(live):
     name = f"jedi_{live['task_id']}.log"
-    resp = requests.post(f"{live['central'].url}/api/v1/file_server/upload_jedi_log",
-                         files={"file": (name, b"task log\n")}, timeout=10,
-                         headers={"Authorization": f"Bearer {live['token']}"})
+    resp = requests.post(
+        f"{live['central'].url}/api/v1/file_server/upload_jedi_log",
+        files={"file": (name, b"task log\n")},
+        timeout=10,
+        headers={"Authorization": f"Bearer {live['token']}"},
+    )
     doc = resp.json()
     assert resp.status_code == 200 and doc["success"] is True and doc["data"].endswith(f"/monitor/jedilog/{name}")
     shown = requests.get(doc["data"], headers={"Authorization": f"Bearer {live['token']}"}, timeout=10)
@@ -172,36 +203,61 @@ def test_get_resource_types_answers_as_the_server(live):
     assert ok and isinstance(doc["data"], list) and "resource_name" in doc["data"][0]
 
 
-@pytest.mark.xfail(strict=True, reason="communicator reads data['ResourceTypes']; PanDA 1.0.4 "
-                                       "(metaconfig_api.get_resource_types) answers data=[...]: served as the server")
+@pytest.mark.xfail(
+    strict=True,
+    reason="communicator reads data['ResourceTypes']; PanDA 1.0.4 "
+    "(metaconfig_api.get_resource_types) answers data=[...]: served as the server",
+)
 def test_get_resource_types_as_the_communicator_reads_it(live):
     types, _ = live["comm"].get_resource_types()
     assert types
 
 
-@pytest.mark.xfail(strict=True, reason="communicator sends pandaID/nRanges and reads data['StatusCode'/'eventRanges']; "
-                                       "PanDA 1.0.4 takes job_id/n_ranges and answers data=[ranges]: served as the server")
+@pytest.mark.xfail(
+    strict=True,
+    reason="communicator sends pandaID/nRanges and reads data['StatusCode'/'eventRanges']; "
+    "PanDA 1.0.4 takes job_id/n_ranges and answers data=[ranges]: served as the server",
+)
 def test_get_event_ranges_as_the_communicator_sends_it(live):
     job = live["job"]
-    ok, ranges = live["comm"].get_event_ranges({job["PandaID"]: {
-        "pandaID": job["PandaID"], "taskID": job["taskID"], "jobsetID": job["jobsetID"], "nRanges": 2}})
+    ok, ranges = live["comm"].get_event_ranges(
+        {
+            job["PandaID"]: {
+                "pandaID": job["PandaID"],
+                "taskID": job["taskID"],
+                "jobsetID": job["jobsetID"],
+                "nRanges": 2,
+            }
+        }
+    )
     assert ok and len(ranges[job["PandaID"]]) == 2
 
 
 # -- the calls whose server side branch `remote` owns ---------------------------------------------------------
 def test_update_jobs_gets_one_envelope_per_job(live):
     job = live["job"]
-    answers = live["comm"].update_jobs([{"job_id": job["PandaID"], "site_name": SITE, "job_status": "running",
-                                         "job_sub_status": None, "attempt_nr": job["attemptNr"],
-                                         "start_time": "2026-11-28 10:00:00", "core_count": 8}])
+    answers = live["comm"].update_jobs(
+        [
+            {
+                "job_id": job["PandaID"],
+                "site_name": SITE,
+                "job_status": "running",
+                "job_sub_status": None,
+                "attempt_nr": job["attemptNr"],
+                "start_time": "2026-11-28 10:00:00",
+                "core_count": 8,
+            }
+        ]
+    )
     assert answers[0]["success"] is True and answers[0]["data"]["StatusCode"] == 0
 
 
 def test_update_event_ranges_answers_a_status_code(live):
     job = live["job"]
     ranges = live["central"].service.acquire_event_ranges(job["PandaID"], None, 1)
-    ret = live["comm"].update_event_ranges([{"eventRanges": [{"eventRangeID": ranges[0]["eventRangeID"],
-                                                              "eventStatus": "finished"}]}])
+    ret = live["comm"].update_event_ranges(
+        [{"eventRanges": [{"eventRangeID": ranges[0]["eventRangeID"], "eventStatus": "finished"}]}]
+    )
     assert ret["StatusCode"] == 0 and ret["Returns"] == [True]
 
 

@@ -1,14 +1,15 @@
 """Real jobs (no harvester-edge extensions) -> a payload the jumbo pilot runs, and workers shaped from the job.
 
 The job comes from the real server's own acquire_jobs (its Protocol.Response.appendJob builds the dictionary)."""
+
 from __future__ import annotations
 
 import os
 import stat
 
 import pytest
-from contract.harness import ORIGIN, TOKEN
 
+from contract.harness import ORIGIN, TOKEN
 from harvester_edge import jobpayload
 from harvester_edge.central.client import CentralClient
 from harvester_edge.seams.http import HttpTransport
@@ -17,30 +18,46 @@ from jumbo import protocol
 from jumbo.execute import PayloadRunner
 
 
-
 def test_command_payload_mapping():
-    job = {"PandaID": 1, "transformation": "https://example.org/trf/Sim_tf.py",
-           "jobPars": "--maxEvents 10 --preExec 'x = {\"a\": 1}'"}
+    job = {
+        "PandaID": 1,
+        "transformation": "https://example.org/trf/Sim_tf.py",
+        "jobPars": "--maxEvents 10 --preExec 'x = {\"a\": 1}'",
+    }
     payload = jobpayload.command_payload(job)
-    assert payload["command"] == ["Sim_tf.py", "--maxEvents", "10", "--preExec", 'x = {{"a": 1}}',
-                                  *jobpayload.RANGE_ARGS]
-    placed = jobpayload.command_payload({"transformation": "/opt/trf.sh",
-                                         "jobPars": "--from {first_event} --to {last_event} -o {output}"})
+    assert payload["command"] == [
+        "Sim_tf.py",
+        "--maxEvents",
+        "10",
+        "--preExec",
+        'x = {{"a": 1}}',
+        *jobpayload.RANGE_ARGS,
+    ]
+    placed = jobpayload.command_payload(
+        {"transformation": "/opt/trf.sh", "jobPars": "--from {first_event} --to {last_event} -o {output}"}
+    )
     assert placed["command"] == ["/opt/trf.sh", "--from", "{first_event}", "--to", "{last_event}", "-o", "{output}"]
     embedded = {"PandaID": 2, "payload": {"callable": "jumbo.payloads:noop"}, "transformation": "jumbo"}
     assert jobpayload.pilot_job(embedded) is embedded and not jobpayload.is_real(embedded)
     assert not jobpayload.from_real_server({**embedded, "eventsPerRange": 10})
-    for bad, field in (({"transformation": "NULL"}, "transformation"), ({"transformation": "t", "jobPars": "'x"},
-                                                                        "jobPars")):
+    for bad, field in (
+        ({"transformation": "NULL"}, "transformation"),
+        ({"transformation": "t", "jobPars": "'x"}, "jobPars"),
+    ):
         with pytest.raises(jobpayload.JobPayloadError, match=field):
             jobpayload.command_payload(bad)
     assert jobpayload.events_total({"nEvents": 50}) == 50 and jobpayload.events_total({"PandaID": 1}) is None
 
 
 def test_worker_shape_from_core_count_ram_and_walltime():
-    shape = jobpayload.worker_shape({"coreCount": 8, "minRamCount": 16000, "maxWalltime": 7200},
-                                    cores_per_node=64, ranks_per_node=64, memory_mb=64000,
-                                    walltime_min=600, walltime_max=4 * 3600)
+    shape = jobpayload.worker_shape(
+        {"coreCount": 8, "minRamCount": 16000, "maxWalltime": 7200},
+        cores_per_node=64,
+        ranks_per_node=64,
+        memory_mb=64000,
+        walltime_min=600,
+        walltime_max=4 * 3600,
+    )
     assert shape == jobpayload.WorkerShape(ranks_per_node=4, walltime=7200)  # memory: 64000 // 16000 ranks
     shape = jobpayload.worker_shape({"coreCount": 8, "maxWalltime": 99999}, 64, 64, None, 600, 3600)
     assert shape == jobpayload.WorkerShape(ranks_per_node=8, walltime=3600)  # cores; the queue's walltime cap
@@ -65,8 +82,10 @@ def test_a_real_servers_job_runs_in_the_jumbo_pilot(panda_server, tmp_path, monk
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     trf = bin_dir / "run.sh"
-    trf.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/args.txt"\nfor a; do case $a in --outputFile=*) '
-                   'echo done > "${a#--outputFile=}";; esac; done\n')
+    trf.write_text(
+        '#!/bin/sh\necho "$@" > "$(dirname "$0")/args.txt"\nfor a; do case $a in --outputFile=*) '
+        'echo done > "${a#--outputFile=}";; esac; done\n'
+    )
     trf.chmod(trf.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     runner = PayloadRunner(rank=0, fsync_outputs=False)
@@ -76,4 +95,11 @@ def test_a_real_servers_job_runs_in_the_jumbo_pilot(panda_server, tmp_path, monk
         runner.close()
     assert outcome.status == "finished", outcome
     assert (bin_dir / "args.txt").read_text().split() == [
-        "--events", "100", "--seed", "7", "--firstEvent=11", "--lastEvent=20", f"--outputFile={tmp_path}/out.1"]
+        "--events",
+        "100",
+        "--seed",
+        "7",
+        "--firstEvent=11",
+        "--lastEvent=20",
+        f"--outputFile={tmp_path}/out.1",
+    ]

@@ -1,17 +1,17 @@
 """Our CentralClient against the real PanDA server's own /api/v1 functions (panda-server 1.0.4): every call the
 harvester makes is accepted exactly as sent (names, types, JSON vs query, Origin + token), what the database layer
 is asked proves the server understood it, and the client parses the answer the real function builds."""
+
 from __future__ import annotations
 
 import calendar
 import json
 
 import pytest
-from contract.harness import ORIGIN, TOKEN
 
+from contract.harness import ORIGIN, TOKEN
 from harvester_edge.central.client import CentralClient, CentralRejected, CentralServerError
 from harvester_edge.seams.http import HttpTransport
-
 
 
 @pytest.fixture
@@ -29,8 +29,13 @@ def test_jobs_calls_are_accepted_and_answers_parsed(client, panda_server):
     jobs = client.acquire_jobs("EDGE_SITE", queue="edge-q", n_jobs=2, harvester_id="edge-h1", worker_id=7)
     assert len(jobs) == 2
     job = jobs[0]
-    assert (job["taskID"], job["jobsetID"], job["coreCount"], job["maxWalltime"], job["minRamCount"]) == \
-        (4242, 77, 8, 7200, 16000)
+    assert (job["taskID"], job["jobsetID"], job["coreCount"], job["maxWalltime"], job["minRamCount"]) == (
+        4242,
+        77,
+        8,
+        7200,
+        16000,
+    )
     assert job["transformation"] == "https://example.org/trf/run.sh" and job["jobPars"] == "--events 100 --seed 7"
     get_jobs = panda_server.calls("getJobs")[0]["args"]
     assert get_jobs[:2] == [2, "EDGE_SITE"] and "edge-h1" in get_jobs and 7 in get_jobs
@@ -39,15 +44,25 @@ def test_jobs_calls_are_accepted_and_answers_parsed(client, panda_server):
 
     pid, other = job["PandaID"], jobs[1]["PandaID"]
     status = client.get_job_status([pid, 123])  # job_ids repeated in the query string
-    assert status == [{"job_id": pid, "status": "sent", "attempt_number": 1},
-                      {"job_id": 123, "status": "not found", "attempt_number": 0}]
+    assert status == [
+        {"job_id": pid, "status": "sent", "attempt_number": 1},
+        {"job_id": 123, "status": "not found", "attempt_number": 0},
+    ]
 
     end = calendar.timegm((2026, 11, 28, 20, 30, 5, 0, 0, 0))
-    answers = client.update_jobs_bulk([{"jobId": pid, "state": "running", "nEvents": 5},
-                                       {"jobId": other, "state": "finished", "nEvents": 10, "endTime": end},
-                                       {"jobId": 666, "state": "running"}], harvester_id="edge-h1")
-    assert [(a["ok"], a["StatusCode"], a["command"]) for a in answers] == \
-        [(True, 0, "NULL"), (True, 0, "NULL"), (True, 0, "tobekilled")]
+    answers = client.update_jobs_bulk(
+        [
+            {"jobId": pid, "state": "running", "nEvents": 5},
+            {"jobId": other, "state": "finished", "nEvents": 10, "endTime": end},
+            {"jobId": 666, "state": "running"},
+        ],
+        harvester_id="edge-h1",
+    )
+    assert [(a["ok"], a["StatusCode"], a["command"]) for a in answers] == [
+        (True, 0, "NULL"),
+        (True, 0, "NULL"),
+        (True, 0, "tobekilled"),
+    ]
     updates = {c["args"][0]: c["args"] for c in panda_server.calls("updateJobStatus")}
     assert updates[pid][1] == "running" and updates[pid][2]["nEvents"] == "5"
     # finished -> "holding" until the server's adder runs; the end time parsed from "%Y-%m-%d %H:%M:%S"
@@ -97,8 +112,11 @@ def test_every_request_carried_origin_token_and_json(client, panda_server):
 def test_drift_is_caught_by_the_real_validation(client, panda_server):
     """The harness is the real request validation: an unknown name or a wrong type is refused, as it would be."""
     with pytest.raises(CentralRejected, match="Argument error"):
-        client.call("POST", "pilot/update_worker_status",
-                    body={"harvester_id": "h", "worker_id": "1", "status": "started", "site": "S"})
+        client.call(
+            "POST",
+            "pilot/update_worker_status",
+            body={"harvester_id": "h", "worker_id": "1", "status": "started", "site": "S"},
+        )
     with pytest.raises(CentralRejected, match="Type error"):
         client.call("POST", "event/acquire_event_ranges", body={"job_id": "1", "jobset_id": 2})
     answers = client.update_jobs_bulk([{"jobId": 1, "state": "running", "notAField": 1}])

@@ -3,6 +3,7 @@
 Every process a test starts is stopped by pid when the test ends: the daemon (by the pid in its lock file or its
 Popen handle) and the local workers (process trees whose session leader's pid is in <access point>/local.pid).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,20 +22,40 @@ import psutil
 import pytest
 import yaml
 
-from helpers import kill_local_workers, wait_gone
 from harvester_edge.states import JobState, OutboxState, RangeState, WorkerState
+from helpers import kill_local_workers, wait_gone
 
 CLI = [sys.executable, "-m", "harvester_edge"]
 
-LOCAL_QUEUE = {"name": "q", "batch": "local", "nodes_min": 1, "nodes_max": 1, "ranks_per_node": 2,
-               "cores_per_node": 2, "walltime_min": "1m", "walltime_max": "5m", "max_queued_workers": 1,
-               "max_running_workers": 2, "launcher": "mpirun"}
-FAST_AGENTS = {"fetcher": "1s", "submitter": "0.5s", "monitor": "0.5s", "feeder": "0.3s", "propagator": "0.5s",
-               "sweeper": "2s"}
+LOCAL_QUEUE = {
+    "name": "q",
+    "batch": "local",
+    "nodes_min": 1,
+    "nodes_max": 1,
+    "ranks_per_node": 2,
+    "cores_per_node": 2,
+    "walltime_min": "1m",
+    "walltime_max": "5m",
+    "max_queued_workers": 1,
+    "max_running_workers": 2,
+    "launcher": "mpirun",
+}
+FAST_AGENTS = {
+    "fetcher": "1s",
+    "submitter": "0.5s",
+    "monitor": "0.5s",
+    "feeder": "0.3s",
+    "propagator": "0.5s",
+    "sweeper": "2s",
+}
 
 # the legal values of every state column (harvester_edge.states), checked after crashes
-LEGAL = {"jobs": {s.value for s in JobState}, "workers": {s.value for s in WorkerState},
-         "event_ranges": {s.value for s in RangeState}, "outbox": {s.value for s in OutboxState}}
+LEGAL = {
+    "jobs": {s.value for s in JobState},
+    "workers": {s.value for s in WorkerState},
+    "event_ranges": {s.value for s in RangeState},
+    "outbox": {s.value for s in OutboxState},
+}
 
 
 def site_config(work: Path, queue: dict | None = None, **over) -> dict:
@@ -53,10 +74,20 @@ def site_config(work: Path, queue: dict | None = None, **over) -> dict:
 
 def sleep_task(events: int, seconds_per_event: float, per_range: int = 10) -> dict:
     """The shape of configs/tasks/example.yaml, with the sleep payload (cheap, and a range takes known time)."""
-    return {"name": f"sleep{events}", "payload": {"kind": "python", "callable": "jumbo.payloads:sleep",
-                                                  "args": {"seconds_per_event": seconds_per_event}},
-            "events": events, "events_per_range": per_range, "seconds_per_event": seconds_per_event,
-            "memory_per_rank_mb": 100, "max_attempts": 3, "jobs": 1}
+    return {
+        "name": f"sleep{events}",
+        "payload": {
+            "kind": "python",
+            "callable": "jumbo.payloads:sleep",
+            "args": {"seconds_per_event": seconds_per_event},
+        },
+        "events": events,
+        "events_per_range": per_range,
+        "seconds_per_event": seconds_per_event,
+        "memory_per_rank_mb": 100,
+        "max_attempts": 3,
+        "jobs": 1,
+    }
 
 
 class Site:
@@ -68,8 +99,11 @@ class Site:
         self.work = root / "work"
         self.config_path = root / "site.yaml"
         self.write_config(site_config(self.work, **config_over))
-        self.env = {**os.environ, "HARVESTER_EDGE_WORK_DIR": str(self.work),
-                    "HE_LOCAL_BATCH_DIR": str(root / "local-batch")}
+        self.env = {
+            **os.environ,
+            "HARVESTER_EDGE_WORK_DIR": str(self.work),
+            "HE_LOCAL_BATCH_DIR": str(root / "local-batch"),
+        }
         self.env.pop("HARVESTER_EDGE_CONFIG", None)
         self.popen: subprocess.Popen | None = None
         self.pids: set[int] = set()  # every daemon pid seen, stopped at cleanup if still alive
@@ -102,24 +136,29 @@ class Site:
         deadline = time.monotonic() + timeout
         while len(re.findall(pattern, self.log_text())) < count:
             if time.monotonic() > deadline:
-                raise AssertionError(f"no log line matching {pattern!r} (x{count}) after {timeout}s:\n"
-                                     f"{self.log_tail()}")
+                raise AssertionError(
+                    f"no log line matching {pattern!r} (x{count}) after {timeout}s:\n{self.log_tail()}"
+                )
             if self.popen is not None and self.popen.poll() is not None:
-                raise AssertionError(f"the daemon exited ({self.popen.returncode}) before logging {pattern!r}:\n"
-                                     f"{self.log_tail()}")
+                raise AssertionError(
+                    f"the daemon exited ({self.popen.returncode}) before logging {pattern!r}:\n{self.log_tail()}"
+                )
             time.sleep(0.1)
 
     # -- commands -------------------------------------------------------------------------------------------
     def argv(self, *args: str, config: Path | None = None) -> list[str]:
         return [*CLI, "--config", str(config or self.config_path), *args]
 
-    def cli(self, *args: str, config: Path | None = None, check: bool = True,
-            timeout: float = 60) -> subprocess.CompletedProcess:
-        proc = subprocess.run(self.argv(*args, config=config), capture_output=True, text=True, env=self.env,
-                              timeout=timeout, check=False)
+    def cli(
+        self, *args: str, config: Path | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            self.argv(*args, config=config), capture_output=True, text=True, env=self.env, timeout=timeout, check=False
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"harvester-edge {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n"
-                                 f"{proc.stderr}")
+            raise AssertionError(
+                f"harvester-edge {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+            )
         return proc
 
     def start_run(self) -> subprocess.Popen:
@@ -155,8 +194,11 @@ class Site:
         for proc in psutil.process_iter(["pid", "cmdline", "status"]):
             try:
                 cmd = proc.info["cmdline"] or []
-                if (proc.info["status"] != psutil.STATUS_ZOMBIE and str(self.config_path) in cmd
-                        and ("cron" in cmd or "run" in cmd)):
+                if (
+                    proc.info["status"] != psutil.STATUS_ZOMBIE
+                    and str(self.config_path) in cmd
+                    and ("cron" in cmd or "run" in cmd)
+                ):
                     found.append(proc.info["pid"])
             except psutil.Error:
                 continue
@@ -177,8 +219,10 @@ class Site:
 
     def events_finished(self, task_id: int) -> int:
         with self.central_db() as conn:
-            return conn.execute("SELECT coalesce(sum(last_event - start_event + 1), 0) FROM ranges "
-                                "WHERE task_id = ? AND status = 3", (task_id,)).fetchone()[0]
+            return conn.execute(
+                "SELECT coalesce(sum(last_event - start_event + 1), 0) FROM ranges WHERE task_id = ? AND status = 3",
+                (task_id,),
+            ).fetchone()[0]
 
     def wait_task(self, task_id: int, timeout: float, until=("finished", "failed", "aborted")) -> dict:
         deadline = time.monotonic() + timeout
@@ -198,8 +242,10 @@ class Site:
 
     def held_leases(self) -> dict[str, int]:
         with self.harvester_db() as conn:
-            return {table: conn.execute(f"SELECT count(*) FROM {table} WHERE lease_owner IS NOT NULL").fetchone()[0]
-                    for table in ("workers", "jobs", "event_ranges")}
+            return {
+                table: conn.execute(f"SELECT count(*) FROM {table} WHERE lease_owner IS NOT NULL").fetchone()[0]
+                for table in ("workers", "jobs", "event_ranges")
+            }
 
     def assert_db_sound(self, context: object = "") -> None:
         """The harvester DB (if there is one yet) passes integrity_check and holds only legal states."""
@@ -217,17 +263,26 @@ class Site:
         assert (self.work / "harvester.db").exists()
         self.assert_db_sound()
         with self.harvester_db() as conn:
-            assert conn.execute("SELECT count(*) FROM workers WHERE state = ?",
-                                (WorkerState.SUBMITTING.value,)).fetchone()[0] == 0
+            assert (
+                conn.execute(
+                    "SELECT count(*) FROM workers WHERE state = ?", (WorkerState.SUBMITTING.value,)
+                ).fetchone()[0]
+                == 0
+            )
             # a worker the batch system holds has its batch id
-            assert conn.execute("SELECT count(*) FROM workers WHERE state IN ('queued', 'running') "
-                                "AND batch_id IS NULL").fetchone()[0] == 0
+            assert (
+                conn.execute(
+                    "SELECT count(*) FROM workers WHERE state IN ('queued', 'running') AND batch_id IS NULL"
+                ).fetchone()[0]
+                == 0
+            )
 
     def assert_exactly_once(self, task_id: int, n_events: int) -> None:
         """From the central service's own DB: every event in exactly one finished range (status 3), none twice."""
         with self.central_db() as conn:
-            rows = conn.execute("SELECT start_event, last_event FROM ranges WHERE task_id = ? AND status = 3",
-                                (task_id,)).fetchall()
+            rows = conn.execute(
+                "SELECT start_event, last_event FROM ranges WHERE task_id = ? AND status = 3", (task_id,)
+            ).fetchall()
         covered = [event for first, last in rows for event in range(first, last + 1)]
         assert len(covered) == len(set(covered)), "an event was finished twice"
         assert sorted(covered) == list(range(1, n_events + 1)), "an event was never finished"  # numbered from 1

@@ -1,5 +1,6 @@
 """SIGKILL at random moments while a task runs: each restart opens a consistent DB, and the task still ends with
 every event finished exactly once."""
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,9 @@ def wait_workers_done(site, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         with site.harvester_db() as conn:
-            active = conn.execute("SELECT count(*) FROM workers WHERE state IN ('new', 'submitting', 'queued', "
-                                  "'running')").fetchone()[0]
+            active = conn.execute(
+                "SELECT count(*) FROM workers WHERE state IN ('new', 'submitting', 'queued', 'running')"
+            ).fetchone()[0]
         if active == 0:
             return
         assert time.monotonic() < deadline, f"{active} worker(s) still active:\n{site.log_tail()}"

@@ -1,5 +1,6 @@
 """Token mode with an embedded service and a 5 s token lifetime: the daemon renews its own token and its pilots'
 credentials for 30+ s and finishes a task, with no outbox message parked as rejected (issue 11, part 2)."""
+
 from __future__ import annotations
 
 import json
@@ -21,11 +22,23 @@ def claims(token: str) -> dict:
 
 
 def test_daemon_in_token_mode_renews_its_credentials_and_finishes_a_task(make_site, tasks):
-    central = {"mode": "embedded", "trusted": False,
-               "tokens": {"access_lifetime": LIFETIME, "initial_lifetime": LIFETIME}}
-    site = make_site(central=central,
-                     agents={"fetcher": "1s", "submitter": "0.5s", "monitor": "0.5s", "feeder": "0.3s",
-                             "propagator": "0.5s", "sweeper": "2s", "credentials": "0.5s"})
+    central = {
+        "mode": "embedded",
+        "trusted": False,
+        "tokens": {"access_lifetime": LIFETIME, "initial_lifetime": LIFETIME},
+    }
+    site = make_site(
+        central=central,
+        agents={
+            "fetcher": "1s",
+            "submitter": "0.5s",
+            "monitor": "0.5s",
+            "feeder": "0.3s",
+            "propagator": "0.5s",
+            "sweeper": "2s",
+            "credentials": "0.5s",
+        },
+    )
     # 4 ranks at most (2 workers x 2 ranks) x 1 s per event: 140 events take at least 35 s of payload time
     events = 140
     task_id = site.task_submit(tasks.sleep(events, 1.0, per_range=5))
@@ -57,8 +70,10 @@ def test_daemon_in_token_mode_renews_its_credentials_and_finishes_a_task(make_si
         worker_ids = {f"w{r[0]:06d}": str(r[0]) for r in conn.execute("SELECT id FROM workers")}
     log_text = site.log_text()
     renewals = len(re.findall(r"harvester token renewed", log_text))
-    print(f"5 s tokens: run {duration:.1f}s, {renewals} renewals of the daemon's token, outbox {states}, "
-          f"{sum(len(t) for t in pilot_tokens.values())} pilot tokens in {len(pilot_tokens)} access points")
+    print(
+        f"5 s tokens: run {duration:.1f}s, {renewals} renewals of the daemon's token, outbox {states}, "
+        f"{sum(len(t) for t in pilot_tokens.values())} pilot tokens in {len(pilot_tokens)} access points"
+    )
     assert states.get("rejected", 0) == 0, (states, log_text[-3000:])
     assert states.get("sent", 0) > 0
     # a 5 s token lasting 30+ s: renewed about every 3.3 s
@@ -70,18 +85,26 @@ def test_daemon_in_token_mode_renews_its_credentials_and_finishes_a_task(make_si
     for ap, seen in pilot_tokens.items():
         for token in seen:
             c = claims(token)
-            assert (c["sub"], c["scope"], c["harvester"], c["worker"]) == \
-                (f"t/worker/{worker_ids[ap]}", "pilot", "t", worker_ids[ap]), c
+            assert (c["sub"], c["scope"], c["harvester"], c["worker"]) == (
+                f"t/worker/{worker_ids[ap]}",
+                "pilot",
+                "t",
+                worker_ids[ap],
+            ), c
             assert c["kid"]
     assert max(len(seen) for seen in pilot_tokens.values()) >= 2, "no pilot credential was ever renewed"
     # ... and the service was told which jobs each of those workers runs before its pilot got a credential, so the
     # credential reaches those jobs alone (central/ownership.py)
     with site.harvester_db() as conn:
-        linked = {str(w): sorted(p for p, in conn.execute("SELECT panda_id FROM job_workers WHERE worker_id=?", (w,)))
-                  for w, in conn.execute("SELECT id FROM workers")}
+        linked = {
+            str(w): sorted(p for (p,) in conn.execute("SELECT panda_id FROM job_workers WHERE worker_id=?", (w,)))
+            for (w,) in conn.execute("SELECT id FROM workers")
+        }
     with site.central_db() as conn:
-        reported = {w: json.loads(attrs).get("pandaid_list")
-                    for w, attrs in conn.execute("SELECT worker_id, attrs FROM workers WHERE harvester_id='t'")}
+        reported = {
+            w: json.loads(attrs).get("pandaid_list")
+            for w, attrs in conn.execute("SELECT worker_id, attrs FROM workers WHERE harvester_id='t'")
+        }
     for ap in pilot_tokens:
         assert reported.get(worker_ids[ap]) == linked[worker_ids[ap]] != [], (ap, reported, linked)
 

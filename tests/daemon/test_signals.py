@@ -1,5 +1,6 @@
 """SIGTERM drains within daemon.stop_timeout and releases every lease; SIGHUP reloads, and keeps the old config
 when the new one is bad."""
+
 from __future__ import annotations
 
 import json
@@ -52,9 +53,15 @@ def test_sigterm_drains_in_time_releases_leases_and_a_restart_finishes_the_task(
 def test_sigterm_exit_is_bounded_by_stop_timeout_when_a_cycle_hangs(make_site, black_hole):
     """The fetcher's call to a central service that never answers lasts request_timeout (120 s); SIGTERM must
     still end the process after stop_timeout (2 s), with exit code 1 and a log line saying cycles were cut."""
-    site = make_site(central={"mode": "remote", "url": f"http://127.0.0.1:{black_hole.port}", "trusted": True,
-                              "request_timeout": "120s"},
-                     daemon={"stop_timeout": "2s", "lease_time": "30s"})
+    site = make_site(
+        central={
+            "mode": "remote",
+            "url": f"http://127.0.0.1:{black_hole.port}",
+            "trusted": True,
+            "request_timeout": "120s",
+        },
+        daemon={"stop_timeout": "2s", "lease_time": "30s"},
+    )
     daemon = site.start_run()
     site.wait_log(r"daemon \S+ started for site t")
     assert black_hole.requests.wait(30), "the fetcher never called the central service"
@@ -65,8 +72,10 @@ def test_sigterm_exit_is_bounded_by_stop_timeout_when_a_cycle_hangs(make_site, b
     try:  # the hanging request (request_timeout 120 s) must not decide when the process ends
         code = daemon.wait(2 + STOP_MARGIN)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"SIGTERM did not end the daemon within stop_timeout + {STOP_MARGIN}s "
-                    f"({time.monotonic() - started:.0f}s so far):\n{site.log_tail()}")
+        pytest.fail(
+            f"SIGTERM did not end the daemon within stop_timeout + {STOP_MARGIN}s "
+            f"({time.monotonic() - started:.0f}s so far):\n{site.log_tail()}"
+        )
     assert code == 1
     log = site.log_text()
     assert "stopping: cycles still running after 2s" in log and "harvester_edge.daemon: stopped" in log
@@ -97,8 +106,11 @@ def test_sighup_reloads_and_a_bad_config_is_rejected_while_the_old_one_stays(mak
     status = json.loads(site.cli("status", "--json", config=good_copy).stdout)
     assert [q["name"] for q in status["queues"]] == ["q", "extra"] and "note" not in status
 
-    moved = dict(good, paths={**good["paths"], "db": str(site.root / "elsewhere.db")},
-                 queues=[*good["queues"], {"name": "never", "batch": "local"}])
+    moved = dict(
+        good,
+        paths={**good["paths"], "db": str(site.root / "elsewhere.db")},
+        queues=[*good["queues"], {"name": "never", "batch": "local"}],
+    )
     site.write_config(moved)
     daemon.send_signal(signal.SIGHUP)
     site.wait_log(r"SIGHUP: paths changed .*keeping the old config")

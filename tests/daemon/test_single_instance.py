@@ -1,4 +1,5 @@
 """One daemon per site: `cron` starts it in the background; a second `cron` or `run` finds the lock, starts nothing."""
+
 from __future__ import annotations
 
 import re
@@ -63,8 +64,10 @@ def test_a_killed_daemon_does_not_block_the_next_start(make_site):
 def test_cron_starts_racing_each_other_leave_exactly_one_daemon(make_site):
     """cron may fire while a slow start is still under way: of 4 simultaneous starts, one daemon remains."""
     site = make_site()
-    starts = [subprocess.Popen(site.argv("cron"), env=site.env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    starts = [
+        subprocess.Popen(site.argv("cron"), env=site.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     outputs = [p.communicate(timeout=60) for p in starts]
     assert [p.returncode for p in starts] == [0, 0, 0, 0], outputs
     assert all(len(out.strip().splitlines()) == 1 and err == "" for out, err in outputs), outputs
@@ -76,4 +79,3 @@ def test_cron_starts_racing_each_other_leave_exactly_one_daemon(make_site):
     assert site.lock_pid() == pid
     assert len(re.findall(r"daemon \S+ started for site", site.log_text())) == 1
     site.stop_pid(pid, timeout=10 + STOP_MARGIN)
-

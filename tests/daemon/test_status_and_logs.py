@@ -1,4 +1,5 @@
 """`harvester-edge status` before and after a run; the log file survives logrotate; JSON log lines."""
+
 from __future__ import annotations
 
 import json

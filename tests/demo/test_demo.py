@@ -1,4 +1,5 @@
 """`harvester-edge demo` end to end on the embedded default, its summary checked against the central records."""
+
 from __future__ import annotations
 
 import json
@@ -20,13 +21,22 @@ from .conftest import numpy_task, require_mpi
 
 
 # -- pure parts ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("text, expected", [
-    ("Open MPI v4.1.4, package: Debian OpenMPI, ident: 4.1.4, repo rev: v4.1.4, May 26, 2022", ("Open MPI", "4.1.4")),
-    ("mpirun (Open MPI) 5.0.11\n\nReport bugs to https://www.open-mpi.org/community/help/", ("Open MPI", "5.0.11")),
-    ("MPICH Version:      4.2.0\nMPICH Release date: Fri Feb  9 12:29:21 CST 2024", ("MPICH", "4.2.0")),
-    ("HYDRA build details:\n    Version:                                 4.2.0\n    Release Date: x", ("MPICH", "4.2.0")),
-    ("Intel(R) something else", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "Open MPI v4.1.4, package: Debian OpenMPI, ident: 4.1.4, repo rev: v4.1.4, May 26, 2022",
+            ("Open MPI", "4.1.4"),
+        ),
+        ("mpirun (Open MPI) 5.0.11\n\nReport bugs to https://www.open-mpi.org/community/help/", ("Open MPI", "5.0.11")),
+        ("MPICH Version:      4.2.0\nMPICH Release date: Fri Feb  9 12:29:21 CST 2024", ("MPICH", "4.2.0")),
+        (
+            "HYDRA build details:\n    Version:                                 4.2.0\n    Release Date: x",
+            ("MPICH", "4.2.0"),
+        ),
+        ("Intel(R) something else", None),
+    ],
+)
 def test_parse_mpi_version(text, expected):
     assert demo_mod.parse_mpi_version(text) == expected
 
@@ -47,9 +57,22 @@ def test_launcher_next_to_finds_the_prefix_of_the_library(tmp_path):
 def test_render_summary_shows_the_numbers():
     from rich.console import Console
 
-    summary = demo_mod.Summary(task_id=3, status="finished", events=4000, events_finished=4000, events_failed=0,
-                               events_retried=40, ranges_retried=2, wall_seconds=11.5, events_per_second=347.8,
-                               ranks=4, payload_busy_seconds=6.5, payload_cpu_seconds=1.2, efficiency=0.2, workers=2)
+    summary = demo_mod.Summary(
+        task_id=3,
+        status="finished",
+        events=4000,
+        events_finished=4000,
+        events_failed=0,
+        events_retried=40,
+        ranges_retried=2,
+        wall_seconds=11.5,
+        events_per_second=347.8,
+        ranks=4,
+        payload_busy_seconds=6.5,
+        payload_cpu_seconds=1.2,
+        efficiency=0.2,
+        workers=2,
+    )
     console = Console(width=120, record=True)
     console.print(demo_mod.render_summary(summary))
     text = console.export_text()
@@ -86,10 +109,12 @@ def test_demo_runs_a_task_to_the_end_and_its_summary_matches_the_central_records
     code, summary, err = demo_run.run("--task", str(task))
     assert code == 0, err
     with demo_run.central() as conn:
-        status, n_events = conn.execute("SELECT status, n_events FROM tasks WHERE task_id = ?",
-                                        (summary["task_id"],)).fetchone()
-        ranges = conn.execute("SELECT start_event, last_event, status, attempt_nr FROM ranges WHERE task_id = ?",
-                              (summary["task_id"],)).fetchall()
+        status, n_events = conn.execute(
+            "SELECT status, n_events FROM tasks WHERE task_id = ?", (summary["task_id"],)
+        ).fetchone()
+        ranges = conn.execute(
+            "SELECT start_event, last_event, status, attempt_nr FROM ranges WHERE task_id = ?", (summary["task_id"],)
+        ).fetchall()
     assert status == summary["status"] == "finished" and n_events == summary["events"] == 600
     finished = [(a, b) for a, b, s, _ in ranges if s == 3]
     assert summary["events_finished"] == sum(b - a + 1 for a, b in finished) == 600
@@ -116,15 +141,18 @@ def test_demo_runs_a_task_to_the_end_and_its_summary_matches_the_central_records
 @pytest.mark.mpi
 def test_demo_reports_failed_and_retried_events_and_exits_non_zero(demo_run):
     require_mpi()
-    payload = {"kind": "python", "callable": "jumbo.payloads:fail",
-               "args": {"fail_events": [5, 305], "code": 42, "then": "jumbo.payloads:simulate", "size": 32,
-                        "rounds": 1}}
+    payload = {
+        "kind": "python",
+        "callable": "jumbo.payloads:fail",
+        "args": {"fail_events": [5, 305], "code": 42, "then": "jumbo.payloads:simulate", "size": 32, "rounds": 1},
+    }
     task = demo_run.task_file(numpy_task(400, attempts=2, payload=payload))
     code, summary, err = demo_run.run("--task", str(task))
     assert code == 1, err
     with demo_run.central() as conn:
-        ranges = conn.execute("SELECT start_event, last_event, status, attempt_nr FROM ranges WHERE task_id = ?",
-                              (summary["task_id"],)).fetchall()
+        ranges = conn.execute(
+            "SELECT start_event, last_event, status, attempt_nr FROM ranges WHERE task_id = ?", (summary["task_id"],)
+        ).fetchall()
     assert summary["status"] == "failed"
     assert summary["events_failed"] == sum(b - a + 1 for a, b, s, _ in ranges if s in (7, 8)) == 40
     assert summary["events_finished"] == sum(b - a + 1 for a, b, s, _ in ranges if s == 3) == 360
@@ -135,8 +163,12 @@ def test_demo_reports_failed_and_retried_events_and_exits_non_zero(demo_run):
 @pytest.mark.mpi
 def test_ctrl_c_aborts_the_task_and_leaves_no_worker_running(demo_run):
     require_mpi()
-    task = demo_run.task_file({**numpy_task(3000, per_range=10), "payload": {
-        "kind": "python", "callable": "jumbo.payloads:sleep", "args": {"seconds_per_event": 0.02}}})
+    task = demo_run.task_file(
+        {
+            **numpy_task(3000, per_range=10),
+            "payload": {"kind": "python", "callable": "jumbo.payloads:sleep", "args": {"seconds_per_event": 0.02}},
+        }
+    )
     proc = demo_run.popen("--task", str(task))
     try:
         deadline = time.monotonic() + 90
@@ -164,8 +196,11 @@ def test_ctrl_c_aborts_the_task_and_leaves_no_worker_running(demo_run):
     assert workers and all(state in ("cancelled", "finished") for state, _ in workers), workers
     for _, ap in workers:  # no process of any worker's session is left
         sid = int((Path(ap) / "local.pid").read_text())
-        alive = [p.pid for p in psutil.process_iter(["status"])
-                 if _sid(p.pid) == sid and p.info["status"] != psutil.STATUS_ZOMBIE]
+        alive = [
+            p.pid
+            for p in psutil.process_iter(["status"])
+            if _sid(p.pid) == sid and p.info["status"] != psutil.STATUS_ZOMBIE
+        ]
         assert not alive, f"worker {ap}: processes {alive} still run"
 
 

@@ -1,4 +1,5 @@
 """Site config loading: good configs resolve; every kind of bad config names file, line, key and expectation."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Bookkeeping store: migrations, refusal of newer schemas, transitions, leases and their expiry."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -28,7 +29,8 @@ def add_workers(store, n, state=WorkerState.NEW):
         conn.executemany(
             "INSERT INTO workers (queue, state, job_name, access_point, nodes, ranks_per_node, walltime,"
             " created_at, updated_at) VALUES ('q', ?, ?, '/ap', 1, 1, 60, 0, 0)",
-            [(state.value, f"job-{i}") for i in range(n)])
+            [(state.value, f"job-{i}") for i in range(n)],
+        )
     return [r[0] for r in store.query("SELECT id FROM workers ORDER BY id")]
 
 
@@ -79,11 +81,17 @@ def test_every_state_machine_is_closed():
                 check_transition(src, dst)
 
 
-@pytest.mark.parametrize("src,dst", [
-    (WorkerState.FINISHED, WorkerState.RUNNING), (WorkerState.RUNNING, WorkerState.NEW),
-    (JobState.FINISHED, JobState.RUNNING), (RangeState.FINISHED, RangeState.DISPATCHED),
-    (RangeState.FETCHED, RangeState.FINISHED), (WorkerState.NEW, JobState.RUNNING),
-])
+@pytest.mark.parametrize(
+    "src,dst",
+    [
+        (WorkerState.FINISHED, WorkerState.RUNNING),
+        (WorkerState.RUNNING, WorkerState.NEW),
+        (JobState.FINISHED, JobState.RUNNING),
+        (RangeState.FINISHED, RangeState.DISPATCHED),
+        (RangeState.FETCHED, RangeState.FINISHED),
+        (WorkerState.NEW, JobState.RUNNING),
+    ],
+)
 def test_illegal_transitions_raise(src, dst):
     with pytest.raises(IllegalTransition):
         check_transition(src, dst)
@@ -103,9 +111,8 @@ def test_transition_is_all_or_nothing(store):
     ids = add_workers(store, 3)
     with store.write() as conn:
         transition(conn, ids[:1], WorkerState.NEW, WorkerState.SUBMITTING, now=NOW)
-    with pytest.raises(IllegalTransition, match="is submitting"):
-        with store.write() as conn:
-            transition(conn, ids, WorkerState.NEW, WorkerState.SUBMITTING, now=NOW)
+    with pytest.raises(IllegalTransition, match="is submitting"), store.write() as conn:
+        transition(conn, ids, WorkerState.NEW, WorkerState.SUBMITTING, now=NOW)
     assert [r[0] for r in store.query("SELECT state FROM workers ORDER BY id")] == ["submitting", "new", "new"]
 
 
@@ -127,9 +134,8 @@ def test_claim_leases_and_expiry(store):
         c = claim(conn, WorkerState, "c", states=[WorkerState.NEW], now=NOW + 61, lease_time=60, limit=10)
     assert len(c) == 10
     # a's lease expired and c holds the rows now: a's late change is refused and rolled back
-    with pytest.raises(LeaseLost):
-        with store.write() as conn:
-            transition(conn, [a[0]["id"]], WorkerState.NEW, WorkerState.SUBMITTING, now=NOW + 62, owner="a")
+    with pytest.raises(LeaseLost), store.write() as conn:
+        transition(conn, [a[0]["id"]], WorkerState.NEW, WorkerState.SUBMITTING, now=NOW + 62, owner="a")
     with store.write() as conn:
         transition(conn, [a[0]["id"]], WorkerState.NEW, WorkerState.SUBMITTING, now=NOW + 62, owner="c")
         update(conn, "workers", "id", [{"id": a[0]["id"], "batch_id": "123"}], now=NOW + 62, owner="c")
@@ -157,8 +163,10 @@ def test_concurrent_claims_never_overlap(store):
         mine = []
         for _ in range(20):
             with store.write() as conn:  # claim, then act on the rows in the same transaction
-                ids = [r["id"] for r in claim(conn, WorkerState, name, states=[WorkerState.NEW], now=NOW,
-                                              lease_time=600, limit=7)]
+                ids = [
+                    r["id"]
+                    for r in claim(conn, WorkerState, name, states=[WorkerState.NEW], now=NOW, lease_time=600, limit=7)
+                ]
                 transition(conn, ids, WorkerState.NEW, WorkerState.SUBMITTING, now=NOW, owner=name)
                 mine += ids
         got[name] = mine
@@ -176,8 +184,7 @@ def test_nested_write_uses_savepoint(store):
     ids = add_workers(store, 2)
     with store.write() as conn:
         transition(conn, ids[:1], WorkerState.NEW, WorkerState.SUBMITTING, now=NOW)
-        with pytest.raises(IllegalTransition):
-            with store.write() as inner:
-                transition(inner, ids[1:], WorkerState.NEW, WorkerState.SUBMITTING, now=NOW)
-                transition(inner, ids[1:], WorkerState.NEW, WorkerState.SUBMITTING, now=NOW)
+        with pytest.raises(IllegalTransition), store.write() as inner:
+            transition(inner, ids[1:], WorkerState.NEW, WorkerState.SUBMITTING, now=NOW)
+            transition(inner, ids[1:], WorkerState.NEW, WorkerState.SUBMITTING, now=NOW)
     assert [r[0] for r in store.query("SELECT state FROM workers ORDER BY id")] == ["submitting", "new"]

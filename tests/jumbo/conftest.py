@@ -1,5 +1,6 @@
 """Fixtures for the jumbo tests: a real harvester side (jumbo.protocol's harvester functions on a thread) and a
 real `mpirun` launcher. MPI tests fail loudly when mpirun/mpi4py are missing and CI is set; they skip otherwise."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -29,14 +30,27 @@ def require(ok: bool, what: str) -> None:
 
 
 def make_ranges(task_id: int, panda_id: int, n: int, per_range: int = 10, start: int = 0) -> list[dict]:
-    return [{"eventRangeID": f"{task_id}-{panda_id}-1-{i}-1", "startEvent": start + i * per_range,
-             "lastEvent": start + (i + 1) * per_range - 1, "LFN": "EVNT.pool.root", "GUID": "g", "scope": "mc"}
-            for i in range(n)]
+    return [
+        {
+            "eventRangeID": f"{task_id}-{panda_id}-1-{i}-1",
+            "startEvent": start + i * per_range,
+            "lastEvent": start + (i + 1) * per_range - 1,
+            "LFN": "EVNT.pool.root",
+            "GUID": "g",
+            "scope": "mc",
+        }
+        for i in range(n)
+    ]
 
 
 def write_spec(ap: Path, jobs: list[dict], **pilot) -> Path:
-    settings = {"poll_interval": 0.05, "heartbeat_interval": 0.5, "monitor_interval": 0.5,
-                "status_flush_interval": 0.2, "safety_margin": 0.0}
+    settings = {
+        "poll_interval": 0.05,
+        "heartbeat_interval": 0.5,
+        "monitor_interval": 0.5,
+        "status_flush_interval": 0.2,
+        "safety_margin": 0.0,
+    }
     settings.update(pilot)
     return protocol.write_job_spec(ap, {"jobs": jobs, "pilot": settings})
 
@@ -78,7 +92,7 @@ class Harvester:
                 answer, no_more = {}, set()
                 for pid, want in req.requests.items():
                     lst = self.remaining.get(pid, [])
-                    answer[pid], self.remaining[pid] = lst[:want["nRanges"]], lst[want["nRanges"]:]
+                    answer[pid], self.remaining[pid] = lst[: want["nRanges"]], lst[want["nRanges"] :]
                     if not self.remaining[pid]:
                         no_more.add(pid)
                 protocol.write_event_ranges(self.ap, req.seq, answer, no_more)
@@ -89,14 +103,15 @@ class Harvester:
                         self.statuses.append({**ev, "PandaID": pid})
                         if ev["eventStatus"] == "not-done":
                             self.remaining.setdefault(pid, []).append(
-                                {k: ev[k] for k in ("eventRangeID", "startEvent", "lastEvent")})
+                                {k: ev[k] for k in ("eventRangeID", "startEvent", "lastEvent")}
+                            )
                 protocol.mark_consumed(self.ap, batch)
 
     def _loop(self) -> None:
         while not self._stop.wait(0.02):
             try:
                 self.cycle()
-            except BaseException as exc:  # noqa: BLE001 - surfaced by stop()
+            except BaseException as exc:
                 self.errors.append(exc)
                 return
 
@@ -131,11 +146,15 @@ class PilotRun:
     def __init__(self, ap: Path, ranks: int, args: tuple = (), env: dict | None = None):
         self.ap, self.ranks = Path(ap), ranks
         self.log = self.ap.parent / f"mpirun.{self.ap.name}.log"
-        argv = ["mpirun", "--oversubscribe", "-np", str(ranks), sys.executable, "-m", "jumbo", "--ap", str(ap),
-                *args]
+        argv = ["mpirun", "--oversubscribe", "-np", str(ranks), sys.executable, "-m", "jumbo", "--ap", str(ap), *args]
         self._fh = open(self.log, "ab")
-        self.proc = subprocess.Popen(argv, stdout=self._fh, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **ROOT_ENV, **(env or {})}, cwd=self.ap.parent)
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **ROOT_ENV, **(env or {})},
+            cwd=self.ap.parent,
+        )
 
     def wait(self, timeout: float = 120) -> int:
         try:

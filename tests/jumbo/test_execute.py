@@ -1,4 +1,5 @@
 """Payloads and their supervised execution (jumbo.payloads, jumbo.execute): real child processes, no MPI."""
+
 from __future__ import annotations
 
 import sys
@@ -45,12 +46,15 @@ def test_worker_child_runs_ranges_and_checksums(runner, tmp_path):
     assert payloads.verify(str(out), 77, 0, 9, ARGS)
 
 
-@pytest.mark.parametrize("mode, code, text", [
-    ("raise", 42, "event 5 fails on purpose"),
-    ("exit", 42, "exited with code 42"),
-    ("kill", 128 + 9, "killed by SIGKILL"),
-    ("segfault", 128 + 11, "killed by SIGSEGV"),
-])
+@pytest.mark.parametrize(
+    "mode, code, text",
+    [
+        ("raise", 42, "event 5 fails on purpose"),
+        ("exit", 42, "exited with code 42"),
+        ("kill", 128 + 9, "killed by SIGKILL"),
+        ("segfault", 128 + 11, "killed by SIGSEGV"),
+    ],
+)
 def test_payload_failure_is_reported_and_the_rank_goes_on(runner, tmp_path, mode, code, text):
     payload = {"callable": "jumbo.payloads:fail", "args": {**ARGS, "fail_events": [5], "code": 42, "mode": mode}}
     bad = runner.run(payload, 0, 9, str(tmp_path / "bad"), ctx(payload["args"]), None)
@@ -70,23 +74,36 @@ def test_deadline_kills_the_payload_and_reports_not_done(runner, tmp_path):
 
 
 def test_missing_output_is_a_failure(runner, tmp_path):
-    outcome = runner.run({"callable": "jumbo.payloads:sleep", "args": {"seconds_per_event": 0}}, 0, 0,
-                         str(tmp_path / "nodir" / "x"), ctx(), None)
+    outcome = runner.run(
+        {"callable": "jumbo.payloads:sleep", "args": {"seconds_per_event": 0}},
+        0,
+        0,
+        str(tmp_path / "nodir" / "x"),
+        ctx(),
+        None,
+    )
     assert outcome.status == "failed"  # sleep cannot write into a missing directory
     outcome = runner.run({"command": [sys.executable, "-c", "pass"]}, 0, 0, str(tmp_path / "none"), ctx(), None)
     assert (outcome.status, outcome.code) == ("failed", CODE_NO_OUTPUT)
 
 
 def test_command_template(runner, tmp_path):
-    argv = render_command("prog --from {first_event} --to {last_event} -o '{output}' --seed {seed} --rank {rank}",
-                          first_event=3, last_event=7, output="/a b/c", seed=9, rank=2)
+    argv = render_command(
+        "prog --from {first_event} --to {last_event} -o '{output}' --seed {seed} --rank {rank}",
+        first_event=3,
+        last_event=7,
+        output="/a b/c",
+        seed=9,
+        rank=2,
+    )
     assert argv == ["prog", "--from", "3", "--to", "7", "-o", "/a b/c", "--seed", "9", "--rank", "2"]
     code = "import sys; open(sys.argv[3], 'w').write(sys.argv[1] + '-' + sys.argv[2])"
     payload = {"command": [sys.executable, "-c", code, "{first_event}", "{last_event}", "{output}"]}
     outcome = runner.run(payload, 3, 7, str(tmp_path / "cmd.out"), ctx(), None)
     assert outcome.status == "finished" and (tmp_path / "cmd.out").read_text() == "3-7"
-    failing = runner.run({"command": [sys.executable, "-c", "raise SystemExit(3)"]}, 0, 0, str(tmp_path / "f"),
-                         ctx(), None)
+    failing = runner.run(
+        {"command": [sys.executable, "-c", "raise SystemExit(3)"]}, 0, 0, str(tmp_path / "f"), ctx(), None
+    )
     assert (failing.status, failing.code) == ("failed", 3)
 
 

@@ -3,6 +3,7 @@
 The server here is a tiny real http.server implementing the two documented endpoints and their envelope
 {"success", "message", "data"} with a Bearer token check.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,7 @@ class Central:
                 with central.lock:
                     if self.path == "/api/v1/event/acquire_event_ranges":
                         lst = central.remaining.get(int(body["job_id"]), [])
-                        data, central.remaining[int(body["job_id"])] = lst[:body["n_ranges"]], lst[body["n_ranges"]:]
+                        data, central.remaining[int(body["job_id"])] = lst[: body["n_ranges"]], lst[body["n_ranges"] :]
                     elif self.path == "/api/v1/event/update_event_ranges":
                         assert body["version"] == 0
                         central.reports.extend(json.loads(body["event_ranges"]))
@@ -74,8 +75,14 @@ def test_http_mode_exactly_once(mpi, ap, h, tmp_path):
     token.chmod(0o600)
     feed = {1001: h.make_ranges(77, 1001, 16, 5), 1002: h.make_ranges(78, 1002, 6, 5)}
     with Central(feed) as central:
-        h.write_spec(ap, [h.sim_job(), h.sim_job(panda_id=1002, task_id=78)], mode="http",
-                     central_url=central.url, token_file=str(token), n_ranges=3)
+        h.write_spec(
+            ap,
+            [h.sim_job(), h.sim_job(panda_id=1002, task_id=78)],
+            mode="http",
+            central_url=central.url,
+            token_file=str(token),
+            n_ranges=3,
+        )
         pilot = h.PilotRun(ap, 2)
         assert pilot.wait() == 0, pilot.output()
     ids = Counter(r["eventRangeID"] for r in central.reports)

@@ -1,4 +1,5 @@
 """The pilot under real mpirun, fed by a real harvester side (jumbo.protocol on a thread)."""
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from helpers import wait_for
-
 from jumbo import protocol
 
 pytestmark = pytest.mark.mpi
@@ -51,12 +51,15 @@ def test_every_event_exactly_once_and_verified(mpi, ap, h, ranks):
 def test_payload_failures_and_killed_children(mpi, ap, h):
     """Ranges whose payload raises, exits, is SIGKILLed or segfaults are reported failed; the ranks go on."""
     ranges = h.make_ranges(77, 1001, 12, per_range=5)
-    jobs = [h.sim_job(callable="jumbo.payloads:fail",
-                      args={**h.SIM_ARGS, "fail_events": [7], "code": 42, "mode": "raise"}),
-            h.sim_job(panda_id=1002, callable="jumbo.payloads:fail",
-                      args={**h.SIM_ARGS, "fail_events": [12], "mode": "kill"}),
-            h.sim_job(panda_id=1003, callable="jumbo.payloads:fail",
-                      args={**h.SIM_ARGS, "fail_events": [27], "mode": "segfault"})]
+    jobs = [
+        h.sim_job(callable="jumbo.payloads:fail", args={**h.SIM_ARGS, "fail_events": [7], "code": 42, "mode": "raise"}),
+        h.sim_job(
+            panda_id=1002, callable="jumbo.payloads:fail", args={**h.SIM_ARGS, "fail_events": [12], "mode": "kill"}
+        ),
+        h.sim_job(
+            panda_id=1003, callable="jumbo.payloads:fail", args={**h.SIM_ARGS, "fail_events": [27], "mode": "segfault"}
+        ),
+    ]
     feed = {1001: ranges, 1002: h.make_ranges(77, 1002, 12, 5), 1003: h.make_ranges(77, 1003, 12, 5)}
     h.write_spec(ap, jobs, n_ranges=4)
     with h.Harvester(ap, feed) as harvester:
@@ -86,8 +89,11 @@ def test_walltime_mid_run_then_the_rest_is_handed_out_again(mpi, ap, h):
     """End time in the middle: nothing finished that was not, the rest not-done; a second pilot finishes them.
     A sleep payload (0.1 s per range) keeps the timing independent of how busy the machine is."""
     ranges = h.make_ranges(77, 1001, 60, per_range=10)
-    job = {"PandaID": 1001, "taskID": 77, "payload": {"callable": "jumbo.payloads:sleep",
-                                                       "args": {"seconds_per_event": 0.01}}}
+    job = {
+        "PandaID": 1001,
+        "taskID": 77,
+        "payload": {"callable": "jumbo.payloads:sleep", "args": {"seconds_per_event": 0.01}},
+    }
     h.write_spec(ap, [job], n_ranges=6, safety_margin=0.5)
     with h.Harvester(ap, {1001: ranges}) as harvester:
         pilot = h.PilotRun(ap, 2, args=("--end-time", "+3"))
@@ -134,8 +140,11 @@ def test_malformed_ranges_file_is_set_aside_and_asked_again(mpi, ap, h):
 @pytest.mark.parametrize("how", ["SIGTERM to rank 0", "SIGUSR1 to mpirun", "kill_worker.json"])
 def test_drain(mpi, ap, h, how):
     ranges = h.make_ranges(77, 1001, 60, per_range=10)
-    job = {"PandaID": 1001, "taskID": 77, "payload": {"callable": "jumbo.payloads:sleep",
-                                                       "args": {"seconds_per_event": 0.02}}}
+    job = {
+        "PandaID": 1001,
+        "taskID": 77,
+        "payload": {"callable": "jumbo.payloads:sleep", "args": {"seconds_per_event": 0.02}},
+    }
     h.write_spec(ap, [job], n_ranges=8)
     with h.Harvester(ap, {1001: ranges}) as harvester:
         pilot = h.PilotRun(ap, 2)

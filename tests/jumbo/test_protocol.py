@@ -1,4 +1,5 @@
 """jumbo.protocol: both sides of the shared-file messenger, on real files."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,20 @@ def test_request_ranges_status_round_trip(ap, h):
     [answer] = protocol.read_event_ranges(ap)
     assert answer.seq == 1 and answer.ranges[1001] == ranges and answer.no_more == {1001}
 
-    protocol.write_event_status(ap, 1, {1001: [{"eventRangeID": ranges[0]["eventRangeID"], "eventStatus": "finished",
-                                                "fsize": 3, "adler32": "024d0127"}]})
+    protocol.write_event_status(
+        ap,
+        1,
+        {
+            1001: [
+                {
+                    "eventRangeID": ranges[0]["eventRangeID"],
+                    "eventStatus": "finished",
+                    "fsize": 3,
+                    "adler32": "024d0127",
+                }
+            ]
+        },
+    )
     [batch] = protocol.read_event_status(ap)
     assert batch.events[1001][0]["eventStatus"] == "finished"
     protocol.mark_consumed(ap, batch)
@@ -48,16 +61,21 @@ def test_sequence_never_reused(ap):
     assert not [p for p in os.listdir(ap) if ".tmp." in p]  # no temporary file left behind
 
 
-@pytest.mark.parametrize("body, match", [
-    ('{"protocol": 2, "seq": 1, "ranges": {}}', "unknown protocol version 2"),
-    ('{"seq": 1, "ranges": {}}', "unknown protocol version None"),
-    ('{"protocol": 1, "seq": 1, "ranges": {"1": [{"eventRangeID": "a", "startEvent": 5, "lastEvent": 1}]}}',
-     "lastEvent 1 < startEvent 5"),
-    ('{"protocol": 1, "seq": 1, "ranges": {"x": []}}', "not a PandaID"),
-    ('{"protocol": 1, "seq": 1, "ranges": {"1": [{"startEvent": 1, "lastEvent": 2}]}}', "lacks 'eventRangeID'"),
-    ('{"protocol": 1, "seq": 1, "ranges": {"1": [], "no_more": 3}', "not valid JSON"),
-    ('[1, 2]', "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "body, match",
+    [
+        ('{"protocol": 2, "seq": 1, "ranges": {}}', "unknown protocol version 2"),
+        ('{"seq": 1, "ranges": {}}', "unknown protocol version None"),
+        (
+            '{"protocol": 1, "seq": 1, "ranges": {"1": [{"eventRangeID": "a", "startEvent": 5, "lastEvent": 1}]}}',
+            "lastEvent 1 < startEvent 5",
+        ),
+        ('{"protocol": 1, "seq": 1, "ranges": {"x": []}}', "not a PandaID"),
+        ('{"protocol": 1, "seq": 1, "ranges": {"1": [{"startEvent": 1, "lastEvent": 2}]}}', "lacks 'eventRangeID'"),
+        ('{"protocol": 1, "seq": 1, "ranges": {"1": [], "no_more": 3}', "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+    ],
+)
 def test_malformed_ranges_file_names_the_file(ap, body, match):
     (ap / "JobsEventRanges.1.json").write_text(body)
     with pytest.raises(ProtocolError, match=match) as info:
@@ -69,8 +87,9 @@ def test_job_spec_validation(ap):
     with pytest.raises(ProtocolError, match="exactly one of 'callable' or 'command'"):
         protocol.write_job_spec(ap, {"jobs": [{"PandaID": 1, "taskID": 2, "payload": {}}]})
     with pytest.raises(ProtocolError, match="mode 'http' needs 'central_url'"):
-        protocol.write_job_spec(ap, {"jobs": [{"PandaID": 1, "taskID": 2, "payload": {"callable": "m:f"}}],
-                                     "pilot": {"mode": "http"}})
+        protocol.write_job_spec(
+            ap, {"jobs": [{"PandaID": 1, "taskID": 2, "payload": {"callable": "m:f"}}], "pilot": {"mode": "http"}}
+        )
     with pytest.raises(ProtocolError, match="HPCJobs.json: 'jobs' must be a non-empty list"):
         protocol.write_job_spec(ap, {"jobs": []})
 
@@ -81,39 +100,48 @@ def test_status_values_are_checked(ap):
         protocol.read_event_status(ap)
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"errorCode": "42"}, "range r 'errorCode' must be an integer, got str"),
-    ({"errorCode": True}, "range r 'errorCode' must be an integer, got bool"),
-    ({"cpuTime": -1.0}, "range r 'cpuTime' is -1.0, outside 0..1e"),
-    ({"nEvents": 10 ** 30}, "range r 'nEvents' is 1000000000000000000000000000000, outside"),
-    ({"startTime": float("nan")}, "range r 'startTime' is nan, outside"),
-    ({"errorDiag": ["a"]}, "range r 'errorDiag' must be a string, got list"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"errorCode": "42"}, "range r 'errorCode' must be an integer, got str"),
+        ({"errorCode": True}, "range r 'errorCode' must be an integer, got bool"),
+        ({"cpuTime": -1.0}, "range r 'cpuTime' is -1.0, outside 0..1e"),
+        ({"nEvents": 10**30}, "range r 'nEvents' is 1000000000000000000000000000000, outside"),
+        ({"startTime": float("nan")}, "range r 'startTime' is nan, outside"),
+        ({"errorDiag": ["a"]}, "range r 'errorDiag' must be a string, got list"),
+    ],
+)
 def test_every_status_field_has_its_type_checked(ap, entry, message):
     protocol.write_event_status(ap, 1, {7: [{"eventRangeID": "r", "eventStatus": "failed", **entry}]})
     with pytest.raises(ProtocolError, match=message):
         protocol.read_event_status(ap)
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"seq": 1, "time": "abc", "events": {}}, "the status file 'time' must be a number, got str 'abc'"),
-    ({"seq": "1", "events": {}}, "the status file 'seq' must be an integer, got str"),
-    ({"seq": 1, "events": []}, "'events' must be an object keyed by PandaID, got list"),
-    ({"seq": 1, "events": {"-3": []}}, "'events' has a key that is not a PandaID"),
-    ({"seq": 1, "events": {"7": {"eventRangeID": "r"}}}, "events of job 7 must be a list, got dict"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"seq": 1, "time": "abc", "events": {}}, "the status file 'time' must be a number, got str 'abc'"),
+        ({"seq": "1", "events": {}}, "the status file 'seq' must be an integer, got str"),
+        ({"seq": 1, "events": []}, "'events' must be an object keyed by PandaID, got list"),
+        ({"seq": 1, "events": {"-3": []}}, "'events' has a key that is not a PandaID"),
+        ({"seq": 1, "events": {"7": {"eventRangeID": "r"}}}, "events of job 7 must be a list, got dict"),
+    ],
+)
 def test_status_file_fields_are_checked(ap, body, message):
     protocol.write_json_atomic(protocol.stream_path(ap, protocol.STATUS, 1), body)
     with pytest.raises(ProtocolError, match=message):
         protocol.read_event_status(ap)
 
 
-@pytest.mark.parametrize("requests, message", [
-    ({"7": {"nRanges": 0}}, "'nRanges' must be at least 1"),
-    ({"7": {"nRanges": -5}}, "'nRanges' is -5, outside"),
-    ({"7": {"nRanges": "8"}}, "'nRanges' must be an integer, got str"),
-    ({"7": [8]}, "request for job 7 must be an object, got list"),
-])
+@pytest.mark.parametrize(
+    "requests, message",
+    [
+        ({"7": {"nRanges": 0}}, "'nRanges' must be at least 1"),
+        ({"7": {"nRanges": -5}}, "'nRanges' is -5, outside"),
+        ({"7": {"nRanges": "8"}}, "'nRanges' must be an integer, got str"),
+        ({"7": [8]}, "request for job 7 must be an object, got list"),
+    ],
+)
 def test_request_fields_are_checked(ap, requests, message):
     protocol.write_json_atomic(protocol.stream_path(ap, protocol.REQUESTS, 1), {"seq": 1, "requests": requests})
     with pytest.raises(ProtocolError, match=message):

@@ -1,4 +1,5 @@
 """The pilot inside the real local Slurm (scripts/slurm-cluster): sbatch, then srun --mpi=pmix on 2 nodes x 2."""
+
 from __future__ import annotations
 
 import os
@@ -31,9 +32,9 @@ def slurm(h):
 
 
 def job_state(env: dict, job_id: str) -> str:
-    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30,
-                         check=False,
-                         env=env).stdout
+    out = subprocess.run(
+        ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30, check=False, env=env
+    ).stdout
     for field in out.split():
         if field.startswith("JobState="):
             return field.split("=", 1)[1]
@@ -42,11 +43,27 @@ def job_state(env: dict, job_id: str) -> str:
 
 def submit(env: dict, tmp_path: Path, ap: Path) -> str:
     script = tmp_path / "pilot.sh"
-    script.write_text("#!/bin/bash\n"
-                      f"exec srun --mpi=pmix --export=ALL -N 2 -n 4 {sys.executable} -m jumbo --ap {ap}\n")
-    sub = subprocess.run(["sbatch", "--parsable", "-N", "2", "-n", "4", "--time=5", "--job-name=jumbo-test",
-                          f"--output={tmp_path}/slurm-%j.out", f"--chdir={tmp_path}", str(script)],
-                         capture_output=True, text=True, timeout=30, env=env, check=False)
+    script.write_text(f"#!/bin/bash\nexec srun --mpi=pmix --export=ALL -N 2 -n 4 {sys.executable} -m jumbo --ap {ap}\n")
+    sub = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "-N",
+            "2",
+            "-n",
+            "4",
+            "--time=5",
+            "--job-name=jumbo-test",
+            f"--output={tmp_path}/slurm-%j.out",
+            f"--chdir={tmp_path}",
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        check=False,
+    )
     assert sub.returncode == 0, sub.stderr
     return sub.stdout.strip().split(";")[0]
 
@@ -87,8 +104,11 @@ def test_pilot_on_two_slurm_nodes_exactly_once(env, ap, h, tmp_path):
 def test_slurm_signal_drains_the_pilot(env, ap, h, tmp_path):
     """scancel --signal=USR1 (what sbatch --signal=USR1@T sends before the walltime) drains all ranks."""
     ranges = h.make_ranges(77, 1001, 200, per_range=10)
-    job = {"PandaID": 1001, "taskID": 77, "payload": {"callable": "jumbo.payloads:sleep",
-                                                       "args": {"seconds_per_event": 0.02}}}
+    job = {
+        "PandaID": 1001,
+        "taskID": 77,
+        "payload": {"callable": "jumbo.payloads:sleep", "args": {"seconds_per_event": 0.02}},
+    }
     h.write_spec(ap, [job], n_ranges=8)
     with h.Harvester(ap, {1001: ranges}) as harvester:
         job_id = submit(env, tmp_path, ap)

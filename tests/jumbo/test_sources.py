@@ -1,4 +1,5 @@
 """Rank 0's range sources and end-time rules, without MPI (real files in the access point)."""
+
 from __future__ import annotations
 
 from jumbo import protocol

@@ -2,6 +2,7 @@
 ranges they held were not at fault and go back not-done, never as payload failures that use up attempts. The
 teardown is done as Slurm's step teardown does it (SIGTERM to every process of the step, KillWait, then SIGKILL),
 by hand on a real mpirun pilot, so this runs without Slurm."""
+
 from __future__ import annotations
 
 import signal
@@ -12,7 +13,6 @@ import psutil
 import pytest
 
 from helpers import wait_for
-
 from jumbo import protocol
 
 pytestmark = pytest.mark.mpi
@@ -28,8 +28,11 @@ def step_processes(mpirun: psutil.Process) -> tuple[list[psutil.Process], list[p
 
 def test_payloads_killed_by_the_step_teardown_are_not_done_not_failed(mpi, ap, h):
     ranges = h.make_ranges(77, 1001, 12, per_range=10)
-    job = {"PandaID": 1001, "taskID": 77, "payload": {"callable": "jumbo.payloads:sleep",
-                                                       "args": {"seconds_per_event": 0.3}}}  # 3 s per range
+    job = {
+        "PandaID": 1001,
+        "taskID": 77,
+        "payload": {"callable": "jumbo.payloads:sleep", "args": {"seconds_per_event": 0.3}},
+    }  # 3 s per range
     h.write_spec(ap, [job], n_ranges=4, prefetch=0)
     with h.Harvester(ap, {1001: ranges}) as harvester:
         pilot = h.PilotRun(ap, 2)
@@ -61,8 +64,11 @@ def test_a_payload_killed_alone_is_still_a_failure(mpi, ap, h):
     """No teardown signal reached the rank within the grace: the payload's own death (OOM killer, its own
     signal) is a failure of the range, which uses up an attempt."""
     ranges = h.make_ranges(77, 1001, 4, per_range=5)
-    job = {"PandaID": 1001, "taskID": 77, "payload": {"callable": "jumbo.payloads:fail",
-                                                       "args": {**h.SIM_ARGS, "fail_events": [7], "mode": "kill"}}}
+    job = {
+        "PandaID": 1001,
+        "taskID": 77,
+        "payload": {"callable": "jumbo.payloads:fail", "args": {**h.SIM_ARGS, "fail_events": [7], "mode": "kill"}},
+    }
     h.write_spec(ap, [job], n_ranges=4)
     with h.Harvester(ap, {1001: ranges}) as harvester:
         pilot = h.PilotRun(ap, 1)

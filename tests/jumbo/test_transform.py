@@ -1,5 +1,6 @@
 """jumbo runs an ordinary task's transformation + jobPars (harvester_edge.jobpayload), so a task is not tied
 to one pilot: the PanDA pilot and jumbo can both run it."""
+
 from __future__ import annotations
 
 import functools
@@ -44,11 +45,16 @@ def test_payload_mapping():
 def test_jumbo_runs_an_ordinary_task(mpi, ap, h, central, trf_server, tmp_path, monkeypatch, pars, ranges):
     monkeypatch.setenv("HOME_OUT", str(tmp_path))
     svc = central.service
-    task_id = svc.submit_task({"name": "plain", "transformation": trf_server, "job_parameters": pars, "jobs": 1,
-                               "max_attempts": 3})
+    task_id = svc.submit_task(
+        {"name": "plain", "transformation": trf_server, "job_parameters": pars, "jobs": 1, "max_attempts": 3}
+    )
     [job] = svc.acquire_jobs("SITE", n_jobs=1)
-    spec_job = {"PandaID": job["PandaID"], "taskID": job["taskID"], "jobsetID": job["jobsetID"],
-                "payload": jumbo_payload(job)}
+    spec_job = {
+        "PandaID": job["PandaID"],
+        "taskID": job["taskID"],
+        "jobsetID": job["jobsetID"],
+        "payload": jumbo_payload(job),
+    }
     h.write_spec(ap, [spec_job], mode="http", central_url=central.url, n_ranges=4)
     pilot = h.PilotRun(ap, 1)
     assert pilot.wait() == 0, pilot.output()

@@ -1,4 +1,5 @@
 """Fixtures: the embedded service (trusted or token mode), a transformation server and a pilot site."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,9 +27,14 @@ def trf(tmp_path):
 
 
 def start(tmp_path, trusted: bool, access_lifetime: int = 3600) -> EmbeddedCentral:
-    settings = CentralSettings(db=tmp_path / "central.db", host="127.0.0.1", port=0, trusted=trusted,
-                               tokens=TokenSettings(access_lifetime=access_lifetime),
-                               pilot_log_dir=tmp_path / "pilot")  # the pilots' -a directory (harness.py)
+    settings = CentralSettings(
+        db=tmp_path / "central.db",
+        host="127.0.0.1",
+        port=0,
+        trusted=trusted,
+        tokens=TokenSettings(access_lifetime=access_lifetime),
+        pilot_log_dir=tmp_path / "pilot",
+    )  # the pilots' -a directory (harness.py)
     central = EmbeddedCentral(settings)
     central.start()
     return central

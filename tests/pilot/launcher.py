@@ -27,6 +27,7 @@ release from the registry does not do by itself.
 
 SAFETY: the caller must set PILOT_NOKILL=1: without it the pilot kills every process of the user whose parent is 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,21 +40,31 @@ import time
 import urllib.request
 
 if os.environ.get("PILOT_NOKILL") != "1":
-    sys.exit("launcher: refusing to start the pilot without PILOT_NOKILL=1 (its orphan cleanup would kill every "
-             "process of this user whose parent is PID 1)")
+    sys.exit(
+        "launcher: refusing to start the pilot without PILOT_NOKILL=1 (its orphan cleanup would kill every "
+        "process of this user whose parent is PID 1)"
+    )
 
-from pilot.common.exception import PilotException  # noqa: E402
-from pilot.info import infosys  # noqa: E402
-from pilot.util.auxiliary import shell_exit_code  # noqa: E402
-from pilot.util.config import config  # noqa: E402
-from pilot.util.constants import (ERRNO_NOJOBS, FAILURE, PILOT_END_TIME, PILOT_MULTIJOB_START_TIME,  # noqa: E402
-                                  PILOT_START_TIME, SERVER_UPDATE_NOT_DONE, SUCCESS, get_pilot_version)
-from pilot.util.filehandling import get_pilot_work_dir, mkdirs  # noqa: E402
-from pilot.util.harvester import is_harvester_mode  # noqa: E402
-from pilot.util.https import get_panda_server, https_setup, send_update  # noqa: E402
-from pilot.util.loggingsupport import establish_logging  # noqa: E402
-from pilot.util.timing import add_to_pilot_timing  # noqa: E402
-from pilot.util.workernode import get_node_name  # noqa: E402
+from pilot.common.exception import PilotException
+from pilot.info import infosys
+from pilot.util.auxiliary import shell_exit_code
+from pilot.util.config import config
+from pilot.util.constants import (
+    ERRNO_NOJOBS,
+    FAILURE,
+    PILOT_END_TIME,
+    PILOT_MULTIJOB_START_TIME,
+    PILOT_START_TIME,
+    SERVER_UPDATE_NOT_DONE,
+    SUCCESS,
+    get_pilot_version,
+)
+from pilot.util.filehandling import get_pilot_work_dir, mkdirs
+from pilot.util.harvester import is_harvester_mode
+from pilot.util.https import get_panda_server, https_setup, send_update
+from pilot.util.loggingsupport import establish_logging
+from pilot.util.timing import add_to_pilot_timing
+from pilot.util.workernode import get_node_name
 
 
 def options(argv: list[str]) -> argparse.Namespace:
@@ -82,19 +93,44 @@ def options(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cleanup", type=lambda v: v.lower() in ("1", "true", "yes"), default=False)
     p.add_argument("--output-dir", dest="output_dir", default="")
     p.add_argument("--heartbeat", type=int, default=0, help="test only: the pilot's heartbeat period (s)")
-    p.add_argument("--token-refresh", dest="token_refresh", type=float, default=0,
-                   help="test only: refresh the token file every N s as pilot 3.11+ does")
+    p.add_argument(
+        "--token-refresh",
+        dest="token_refresh",
+        type=float,
+        default=0,
+        help="test only: refresh the token file every N s as pilot 3.11+ does",
+    )
     args = p.parse_args(argv)
     # the attributes the pilot's own launcher defines and the workflow modules read
-    for name, value in {"site": None, "resource": None, "cacert": None, "capath": None, "rucio_host": "",
-                        "redirectstdout": "", "country_group": "", "working_group": "", "allow_other_country": False,
-                        "allow_same_user": True, "pod": False, "harvester_workdir": "", "harvester_datadir": "",
-                        "harvester_eventstatusdump": "", "harvester_workerattributes": "",
-                        "harvester_submitmode": "PULL", "use_realtime_logging": False,
-                        "realtime_logging_server": None, "realtime_logname": None, "input_dir": "",
-                        "input_destination_dir": "", "use_rucio_traces": False,
-                        "hpc_resource": "", "hpc_mode": "manytoone", "executor_type": "generic",
-                        "subscribe_to_msgsvc": False, "nopilotlog": False}.items():
+    for name, value in {
+        "site": None,
+        "resource": None,
+        "cacert": None,
+        "capath": None,
+        "rucio_host": "",
+        "redirectstdout": "",
+        "country_group": "",
+        "working_group": "",
+        "allow_other_country": False,
+        "allow_same_user": True,
+        "pod": False,
+        "harvester_workdir": "",
+        "harvester_datadir": "",
+        "harvester_eventstatusdump": "",
+        "harvester_workerattributes": "",
+        "harvester_submitmode": "PULL",
+        "use_realtime_logging": False,
+        "realtime_logging_server": None,
+        "realtime_logname": None,
+        "input_dir": "",
+        "input_destination_dir": "",
+        "use_rucio_traces": False,
+        "hpc_resource": "",
+        "hpc_mode": "manytoone",
+        "executor_type": "generic",
+        "subscribe_to_msgsvc": False,
+        "nopilotlog": False,
+    }.items():
         setattr(args, name, value)
     return args
 
@@ -110,10 +146,13 @@ def refresh_token_loop(args: argparse.Namespace, stop: threading.Event) -> None:
                 token = fh.read().strip()
             with open(key_file) as fh:
                 key = fh.read().strip()
-            url = f"{os.environ['PANDA_SERVER_URL']}/server/panda/get_access_token?client_name=pilot_server&" \
-                  f"token_key={urllib.parse.quote(key)}"
-            req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}",
-                                                       "Origin": os.environ["PANDA_AUTH_ORIGIN"]})
+            url = (
+                f"{os.environ['PANDA_SERVER_URL']}/server/panda/get_access_token?client_name=pilot_server&"
+                f"token_key={urllib.parse.quote(key)}"
+            )
+            req = urllib.request.Request(
+                url, headers={"Authorization": f"Bearer {token}", "Origin": os.environ["PANDA_AUTH_ORIGIN"]}
+            )
             with urllib.request.urlopen(req, timeout=30) as answer:
                 data = json.loads(answer.read())  # the pilot parses the answer as JSON, whatever the header
             if data.get("StatusCode") != 0:
@@ -124,13 +163,18 @@ def refresh_token_loop(args: argparse.Namespace, stop: threading.Event) -> None:
                 fh.write(data["userProxy"])
             os.replace(tmp, token_file)
             log.info("token refreshed (get_access_token as pilot_server)")
-        except Exception as exc:  # noqa: BLE001 - the pilot logs and goes on with its current token
+        except Exception as exc:
             log.warning("token refresh failed: %s", exc)
 
 
 def send_worker_status(status: str, args: argparse.Namespace) -> None:
-    data = {"workerID": os.environ.get("HARVESTER_WORKER_ID"), "harvesterID": os.environ.get("HARVESTER_ID"),
-            "status": status, "site": args.queue, "node_id": get_node_name()}
+    data = {
+        "workerID": os.environ.get("HARVESTER_WORKER_ID"),
+        "harvesterID": os.environ.get("HARVESTER_ID"),
+        "status": status,
+        "site": args.queue,
+        "node_id": get_node_name(),
+    }
     if data["workerID"] and data["harvesterID"]:
         send_update("updateWorkerPilotStatus", data, args.url, args.port, ipv="IPv4")
 
@@ -167,7 +211,7 @@ def main(args: argparse.Namespace) -> int:
         threading.Thread(target=refresh_token_loop, args=(args, stop), daemon=True, name="token-refresh").start()
     try:
         trace = workflow.run(args)
-    except Exception as exc:  # noqa: BLE001 - as the pilot's launcher: log it, exit code None
+    except Exception as exc:
         logger.fatal("main pilot function caught exception: %s", exc)
         trace = None
     stop.set()

@@ -1,4 +1,5 @@
 """The real PanDA pilot (panda-pilot from PyPI) runs ordinary jobs of the embedded service end to end."""
+
 from __future__ import annotations
 
 import html
@@ -16,9 +17,17 @@ def job_row(central, panda_id: int):
 
 
 def submit(central, trf_url: str, **over) -> int:
-    spec = {"name": "plain", "transformation": trf_url, "job_parameters": "--events 3 --tag 'a b'", "jobs": 1,
-            "max_attempts": 1, "cores": 1, "memory_mb": 1000, "walltime": 600,
-            "output_files": []}
+    spec = {
+        "name": "plain",
+        "transformation": trf_url,
+        "job_parameters": "--events 3 --tag 'a b'",
+        "jobs": 1,
+        "max_attempts": 1,
+        "cores": 1,
+        "memory_mb": 1000,
+        "walltime": 600,
+        "output_files": [],
+    }
     spec.update(over)
     return central.service.submit_task(spec)
 

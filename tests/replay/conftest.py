@@ -2,6 +2,7 @@
 
 Tests that need Slurm FAIL (not skip) when CI=true and the cluster is missing; without CI they skip.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -9,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from helpers import need
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,8 +33,9 @@ def record_synthetic(tmp_path):
         values = {"queue_wait": 20, "fail_rate": 0.1, "kill_rate": 0.1, "ranges": 60, "jobs": 1, "seed": 3}
         values.update(behaviour)
         path = tmp_path / name
-        Simulation(work, Behaviour(**values), site_config(work, batch=batch, max_running=4, max_queued=2),
-                   record=path).run()
+        Simulation(
+            work, Behaviour(**values), site_config(work, batch=batch, max_running=4, max_queued=2), record=path
+        ).run()
         return path
 
     return record
@@ -41,9 +44,10 @@ def record_synthetic(tmp_path):
 @pytest.fixture(scope="session")
 def slurm_conf() -> str:
     need(shutil.which("sbatch") is not None, "Slurm is not installed (apt-get install slurm-client slurmd)")
-    res = subprocess.run([str(REPO / "scripts" / "slurm-cluster"), "up"], capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run([str(REPO / "scripts" / "slurm-cluster"), "up"], capture_output=True, text=True, timeout=300)
     lines = [line for line in res.stdout.splitlines() if line.startswith("export SLURM_CONF=")]
-    need(res.returncode == 0 and bool(lines),
-         f"cannot start the local Slurm (scripts/slurm-cluster up exit {res.returncode}): {res.stderr[-2000:]}")
+    need(
+        res.returncode == 0 and bool(lines),
+        f"cannot start the local Slurm (scripts/slurm-cluster up exit {res.returncode}): {res.stderr[-2000:]}",
+    )
     return lines[-1].split("=", 1)[1].strip().strip("'\"")

@@ -1,4 +1,5 @@
 """The pilot-file seam: by default exactly jumbo.protocol on real files; recording passes the same results through."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,8 +26,7 @@ def exercise(ap):
         files.load_event_status(out["statuses"][1][1])
     files.quarantine(out["statuses"][1][1])
     out["beat"] = files.read_heartbeat(ap)["state"]
-    files.write_event_ranges(ap, 1, {7: [{"eventRangeID": "1-7-1-0", "startEvent": 11, "lastEvent": 20}]},
-                             no_more=[7])
+    files.write_event_ranges(ap, 1, {7: [{"eventRangeID": "1-7-1-0", "startEvent": 11, "lastEvent": 20}]}, no_more=[7])
     with pytest.raises(files.ProtocolError):  # a sequence is never written twice
         files.write_event_ranges(ap, 1, {})
     files.mark_consumed(ap, out["request"])

@@ -1,5 +1,6 @@
 """Replaying the checked-in traces (Slurm from the local cluster, LSF from documented outputs) with no batch system
 and no network, and seeing a changed harvester decision reported as a divergence with a diff."""
+
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ from harvester_edge.shaper import Shape
 def with_queue(**changes):
     def adjust(config):
         return config.model_copy(update={"queues": [config.queues[0].model_copy(update=changes)]})
+
     return adjust
 
 
@@ -27,8 +29,11 @@ def test_checked_in_traces_replay_without_divergence(traces_dir, name):
     assert report.ok, report.render()
     assert report.cycles == sum(1 for r in records if r["kind"] == "cycle")
     assert report.calls == sum(1 for r in records if r["kind"] != "cycle" and r.get("cycle"))
-    batch = {"slurm.jsonl.gz": {"sbatch", "squeue"}, "lsf.jsonl.gz": {"bsub", "bjobs"},
-             "remote.jsonl.gz": {"bsub", "bjobs"}}[name]
+    batch = {
+        "slurm.jsonl.gz": {"sbatch", "squeue"},
+        "lsf.jsonl.gz": {"bsub", "bjobs"},
+        "remote.jsonl.gz": {"bsub", "bjobs"},
+    }[name]
     assert batch <= {r["argv"][0] for r in records if r["kind"] == "command"}
 
 
@@ -49,8 +54,10 @@ def test_monkeypatched_shaper_diverges_at_the_submission(traces_dir, monkeypatch
     real = submitter.shape_workers
 
     def longer(queue, events_left, seconds_per_event, slots, idle_nodes=None, **kwargs):
-        return [Shape(s.nodes, s.walltime + 60, s.events)
-                for s in real(queue, events_left, seconds_per_event, slots, idle_nodes, **kwargs)]
+        return [
+            Shape(s.nodes, s.walltime + 60, s.events)
+            for s in real(queue, events_left, seconds_per_event, slots, idle_nodes, **kwargs)
+        ]
 
     monkeypatch.setattr(submitter, "shape_workers", longer)
     report = replay(traces_dir / "slurm.jsonl.gz")
@@ -75,15 +82,14 @@ def test_missing_and_extra_calls_are_divergences(record_synthetic, tmp_path):
     # drop one recorded squeue-less bjobs call: the replayed monitor makes a call the recording lacks
     index = next(i for i, line in enumerate(lines) if '"argv":["bjobs"' in line)
     dropped = tmp_path / "dropped.jsonl"
-    dropped.write_text("\n".join(lines[:index] + lines[index + 1:]) + "\n")
+    dropped.write_text("\n".join(lines[:index] + lines[index + 1 :]) + "\n")
     report = replay(dropped)
     assert not report.ok and report.divergence.agent == "monitor"
     assert report.divergence.actual["argv"][0] == "bjobs"
-    assert report.divergence.message == ("the replayed code made a command call where the recording has a file "
-                                         "call")
+    assert report.divergence.message == ("the replayed code made a command call where the recording has a file call")
     # an extra recorded call the code no longer makes
     extra = json.loads(lines[index])
-    extra["seq"] = 10 ** 6
+    extra["seq"] = 10**6
     cycle_line = max(i for i in range(index) if '"kind":"cycle"' in lines[i])
     nxt = next(i for i in range(index + 1, len(lines)) if '"kind":"cycle"' in lines[i])
     more = tmp_path / "more.jsonl"

@@ -1,4 +1,5 @@
 """The scale simulation: the real agents at virtual time against a synthetic batch system, central and pilots."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,10 @@ def test_failures_and_walltime_kills_still_finish_every_range_once(tmp_path):
 
 
 def test_simulate_command_prints_table_and_json_last(tmp_path):
-    out = CliRunner().invoke(simulate_command, ["--workers", "20,40", "--queue-wait", "20", "--max-running", "20",
-                                                "--work-dir", str(tmp_path)])
+    out = CliRunner().invoke(
+        simulate_command,
+        ["--workers", "20,40", "--queue-wait", "20", "--max-running", "20", "--work-dir", str(tmp_path)],
+    )
     assert out.exit_code == 0, out.output
     last = json.loads(out.output.strip().splitlines()[-1])
     assert [p["workers"] >= 1 for p in last["points"]] == [True, True]
@@ -37,4 +40,4 @@ def test_simulate_command_prints_table_and_json_last(tmp_path):
     lines = out.output.strip().splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["workers"])
     assert "harvester_cpu_s" in lines[header] and "db_mb" in lines[header]
-    assert [int(line.split()[0]) for line in lines[header + 1:header + 3]] == [p["workers"] for p in last["points"]]
+    assert [int(line.split()[0]) for line in lines[header + 1 : header + 3]] == [p["workers"] for p in last["points"]]

@@ -3,6 +3,7 @@ then replay the trace with no Slurm at all: the same calls, no divergence, far f
 
 Set REPLAY_SAVE_TRACE=<path> to keep the recorded trace (that is how tests/replay/traces/slurm.jsonl.gz was made).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,14 +30,34 @@ def site_config(root: Path) -> Path:
     config = {
         "site": "rec",
         "central": {"mode": "embedded", "trusted": True},
-        "queues": [{"name": "q", "batch": "slurm", "partition": "debug", "nodes_min": 1, "nodes_max": 1,
-                    "ranks_per_node": 2, "cores_per_node": 2, "walltime_min": "1m", "walltime_max": "5m",
-                    "max_queued_workers": 1, "max_running_workers": 1, "launcher": "srun", "mpi_type": "pmix",
-                    "drain_warning": "15s",
-                    "env_setup": ["export OMPI_MCA_btl=^vader", "export OMPI_MCA_btl_tcp_if_include=lo"]}],
+        "queues": [
+            {
+                "name": "q",
+                "batch": "slurm",
+                "partition": "debug",
+                "nodes_min": 1,
+                "nodes_max": 1,
+                "ranks_per_node": 2,
+                "cores_per_node": 2,
+                "walltime_min": "1m",
+                "walltime_max": "5m",
+                "max_queued_workers": 1,
+                "max_running_workers": 1,
+                "launcher": "srun",
+                "mpi_type": "pmix",
+                "drain_warning": "15s",
+                "env_setup": ["export OMPI_MCA_btl=^vader", "export OMPI_MCA_btl_tcp_if_include=lo"],
+            }
+        ],
         "paths": {"work_dir": str(root / "work")},
-        "agents": {"fetcher": "1s", "submitter": "1s", "monitor": "1s", "feeder": "0.5s", "propagator": "1s",
-                   "sweeper": "5s"},
+        "agents": {
+            "fetcher": "1s",
+            "submitter": "1s",
+            "monitor": "1s",
+            "feeder": "0.5s",
+            "propagator": "1s",
+            "sweeper": "5s",
+        },
         "daemon": {"threads": 1, "stop_timeout": "15s", "lease_time": "60s"},
     }
     path = root / "site.yaml"
@@ -45,15 +66,14 @@ def site_config(root: Path) -> Path:
 
 
 def cli(config: Path, env: dict, *args: str) -> str:
-    proc = subprocess.run([*CLI, "--config", str(config), *args], capture_output=True, text=True, env=env,
-                          timeout=60)
+    proc = subprocess.run([*CLI, "--config", str(config), *args], capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
 
 def test_record_real_slurm_run_and_replay_it(tmp_path, slurm_conf):
     try:
-        import mpi4py  # noqa: F401
+        import mpi4py
     except ImportError:
         if os.environ.get("CI"):
             pytest.fail("mpi4py is needed for the pilots (CI=true: this tier must run)")
@@ -62,16 +82,29 @@ def test_record_real_slurm_run_and_replay_it(tmp_path, slurm_conf):
     env.pop("HARVESTER_EDGE_WORK_DIR", None)
     config = site_config(tmp_path)
     task = tmp_path / "task.yaml"
-    task.write_text(yaml.safe_dump({
-        "name": "rec", "payload": {"kind": "python", "callable": "jumbo.payloads:sleep",
-                                   "args": {"seconds_per_event": 0.01}},
-        "events": 200, "events_per_range": 20, "seconds_per_event": 0.01, "memory_per_rank_mb": 100,
-        "max_attempts": 3, "jobs": 1}))
+    task.write_text(
+        yaml.safe_dump(
+            {
+                "name": "rec",
+                "payload": {"kind": "python", "callable": "jumbo.payloads:sleep", "args": {"seconds_per_event": 0.01}},
+                "events": 200,
+                "events_per_range": 20,
+                "seconds_per_event": 0.01,
+                "memory_per_rank_mb": 100,
+                "max_attempts": 3,
+                "jobs": 1,
+            }
+        )
+    )
     task_id = json.loads(cli(config, env, "task", "submit", str(task), "--json"))["task_id"]
     path = tmp_path / "slurm.jsonl.gz"
     log = open(tmp_path / "daemon.out", "wb")
-    daemon = subprocess.Popen([sys.executable, "-m", "harvester_edge", "--config", str(config), "run",
-                               "--record", str(path), "--for", "300"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "harvester_edge", "--config", str(config), "run", "--record", str(path), "--for", "300"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 240
         status = None

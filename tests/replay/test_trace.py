@@ -1,4 +1,5 @@
 """The trace format: gzip transparency, path markers, secrets never written, clear errors on bad traces."""
+
 from __future__ import annotations
 
 import gzip
@@ -25,6 +26,7 @@ def test_gzip_is_transparent_and_equal(record_synthetic):
     assert packed.read_bytes()[:2] == b"\x1f\x8b" and plain.read_bytes()[:1] == b"{"
     head_a, recs_a = trace.read_trace(plain)
     head_b, recs_b = trace.read_trace(packed)
+
     def key(r):  # the install id (in job names) is random per database: compare what was asked and when
         return r["kind"], r.get("t"), r.get("argv"), r.get("path"), r.get("op"), r.get("returncode")
 
@@ -44,7 +46,7 @@ def test_paths_are_written_with_markers(record_synthetic):
 
 
 class _Creds(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's name
+    def do_GET(self):
         body = json.dumps({"success": True, "data": "eyJSECRET-TOKEN"}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -62,11 +64,16 @@ def test_secrets_never_reach_the_trace(tmp_path):
     path = tmp_path / "t.jsonl"
     writer = TraceWriter(path, trace.header("s", 0.0, str(tmp_path), "abc", {}))
     try:
-        transport = HttpTransport(f"http://127.0.0.1:{server.server_port}",
-                                  recorder=lambda rec: writer.write({k: v for k, v in rec.items() if k != "headers"}))
-        transport.request("GET", "/api/v1/creds/get_access_token",
-                          params={"client_name": "site", "token_key": "KEY-SECRET"},
-                          headers={"Authorization": "Bearer BEARER-SECRET"})
+        transport = HttpTransport(
+            f"http://127.0.0.1:{server.server_port}",
+            recorder=lambda rec: writer.write({k: v for k, v in rec.items() if k != "headers"}),
+        )
+        transport.request(
+            "GET",
+            "/api/v1/creds/get_access_token",
+            params={"client_name": "site", "token_key": "KEY-SECRET"},
+            headers={"Authorization": "Bearer BEARER-SECRET"},
+        )
         transport.close()
     finally:
         server.shutdown()
@@ -118,7 +125,7 @@ def test_call_without_recorded_answer_names_line_and_call(record_synthetic, tmp_
     index = next(i for i, line in enumerate(lines) if '"kind":"command"' in line and "squeue" not in line)
     rec = json.loads(lines[index])
     del rec["returncode"]
-    bad = write_lines(tmp_path / "noanswer.jsonl", lines[:index] + [json.dumps(rec)] + lines[index + 1:])
+    bad = write_lines(tmp_path / "noanswer.jsonl", lines[:index] + [json.dumps(rec)] + lines[index + 1 :])
     with pytest.raises(trace.TraceError) as err:
         replay(bad)
     message = str(err.value)
@@ -127,7 +134,7 @@ def test_call_without_recorded_answer_names_line_and_call(record_synthetic, tmp_
     http = next(i for i, line in enumerate(lines) if '"kind":"http"' in line)
     rec = json.loads(lines[http])
     rec.pop("status"), rec.pop("error", None)
-    bad = write_lines(tmp_path / "nohttp.jsonl", lines[:http] + [json.dumps(rec)] + lines[http + 1:])
+    bad = write_lines(tmp_path / "nohttp.jsonl", lines[:http] + [json.dumps(rec)] + lines[http + 1 :])
     with pytest.raises(trace.TraceError, match=rf"nohttp\.jsonl:{http + 1}: http record 'POST /api/v1/"):
         trace.read_trace(bad)
 

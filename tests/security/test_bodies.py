@@ -4,6 +4,7 @@ Its RSS is measured with psutil on that process: a gzip bomb, oversized and chun
 a token, nesting depth and stored string caps. Each answer must come back without the service reading what it
 was not asked to read.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,8 +27,11 @@ import yaml
 
 MiB = 1024 * 1024
 MAX_BODY = 16 * MiB  # the default of central.max_body
-HOT, V1, LEGACY = "/api/v1/event/update_event_ranges", "/api/v1/harvester/update_workers", \
-    "/server/panda/updateEventRanges"
+HOT, V1, LEGACY = (
+    "/api/v1/event/update_event_ranges",
+    "/api/v1/harvester/update_workers",
+    "/server/panda/updateEventRanges",
+)
 
 
 class Served:
@@ -39,9 +43,16 @@ class Served:
             self.port = sock.getsockname()[1]
         self.work = work
         self.config = work / "central.yaml"
-        self.config.write_text(yaml.safe_dump({
-            "site": "bodies", "queues": [{"name": "unused", "batch": "local"}], "paths": {"work_dir": str(work)},
-            "central": {"mode": "embedded", "host": "127.0.0.1", "port": self.port, "trusted": trusted}}))
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "site": "bodies",
+                    "queues": [{"name": "unused", "batch": "local"}],
+                    "paths": {"work_dir": str(work)},
+                    "central": {"mode": "embedded", "host": "127.0.0.1", "port": self.port, "trusted": trusted},
+                }
+            )
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(work / "serve.out", "ab")
         self.proc = subprocess.Popen(self.cli("central", "serve"), stdout=self.log, stderr=subprocess.STDOUT)
@@ -60,8 +71,13 @@ class Served:
         return [sys.executable, "-m", "harvester_edge", "--config", str(self.config), *args]
 
     def token(self, name: str, scope: str) -> str:
-        out = subprocess.run(self.cli("central", "issue-token", name, "--scope", scope, "--json"),
-                             capture_output=True, text=True, check=True, timeout=60)
+        out = subprocess.run(
+            self.cli("central", "issue-token", name, "--scope", scope, "--json"),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
         return json.loads(out.stdout)["token"]
 
     def rss(self) -> int:
@@ -107,15 +123,23 @@ def raw_request(port: int, head: str, body: bytes = b"", wait: float = 5.0) -> t
             answer += chunk
         took = time.monotonic() - start
         head_end = answer.find(b"\r\n\r\n")
-        length = int(next((line.split(b":")[1] for line in answer[:head_end].split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), b"0"))
+        length = int(
+            next(
+                (
+                    line.split(b":")[1]
+                    for line in answer[:head_end].split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                b"0",
+            )
+        )
         while len(answer) < head_end + 4 + length:
             chunk = sock.recv(65536)
             if not chunk:
                 break
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 "), answer[:200]
-    return int(answer[9:12]), unquote_plus(answer[head_end + 4:].decode()).encode(), took
+    return int(answer[9:12]), unquote_plus(answer[head_end + 4 :].decode()).encode(), took
 
 
 def head(path: str, length: int | None, **headers: str) -> str:
@@ -142,7 +166,7 @@ class PeakRss:
     def __init__(self, served: Served) -> None:
         self.served, self.peak, self._stop = served, 0, threading.Event()
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self.before = self.served.rss()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -162,8 +186,11 @@ class PeakRss:
         return self.peak - self.before
 
 
-@pytest.mark.parametrize("path,encoding", [(HOT, "gzip"), (V1, "gzip"), (LEGACY, "gzip"), (LEGACY, None)],
-                         ids=["fastpath-header", "v1-header", "legacy-header", "legacy-magic"])
+@pytest.mark.parametrize(
+    "path,encoding",
+    [(HOT, "gzip"), (V1, "gzip"), (LEGACY, "gzip"), (LEGACY, None)],
+    ids=["fastpath-header", "v1-header", "legacy-header", "legacy-magic"],
+)
 def test_gzip_bomb_is_inflated_in_a_stream_and_refused(trusted, path, encoding):
     body = bomb()
     assert len(body) < 1.1 * MiB
@@ -171,8 +198,10 @@ def test_gzip_bomb_is_inflated_in_a_stream_and_refused(trusted, path, encoding):
     raw_request(trusted.port, head("/api/v1/harvester/heartbeat", 2), b"{}")  # warm up: imports, first answers
     with PeakRss(trusted) as rss:
         status, answer, took = raw_request(trusted.port, head(path, len(body), **extra), body)
-    print(f"bomb {path} {encoding or 'magic'}: {status} in {took:.3f}s, RSS {rss.before / MiB:.1f} MiB "
-          f"+{rss.growth / MiB:.1f} MiB")
+    print(
+        f"bomb {path} {encoding or 'magic'}: {status} in {took:.3f}s, RSS {rss.before / MiB:.1f} MiB "
+        f"+{rss.growth / MiB:.1f} MiB"
+    )
     assert status == 413, answer[:300]
     assert b"inflates to more than" in answer
     assert took < 1.0
@@ -183,8 +212,7 @@ def test_gzip_bomb_without_token_is_refused_before_inflating(token_mode):
     body = bomb()
     with PeakRss(token_mode) as rss:
         for path in (HOT, V1, LEGACY):
-            status, answer, took = raw_request(token_mode.port, head(path, len(body), Content_Encoding="gzip"),
-                                               body)
+            status, answer, took = raw_request(token_mode.port, head(path, len(body), Content_Encoding="gzip"), body)
             assert (status, took < 1.0) == (403, True), (path, answer[:200])
     assert rss.growth < 50 * MiB
 
@@ -216,8 +244,9 @@ def test_token_is_checked_before_the_body_is_read(token_mode, path):
     assert status == 403, answer[:300]
     assert took < 1.0
     # the same with a body that streams in slowly (chunked, one chunk so far)
-    status, answer, took = raw_request(token_mode.port, head(path, None, Transfer_Encoding="chunked"),
-                                       b"10\r\n" + b"[" * 16 + b"\r\n")
+    status, answer, took = raw_request(
+        token_mode.port, head(path, None, Transfer_Encoding="chunked"), b"10\r\n" + b"[" * 16 + b"\r\n"
+    )
     assert status == 403 and took < 1.0, answer[:300]
 
 
@@ -226,8 +255,12 @@ def test_with_a_token_the_size_cap_still_holds(token_mode):
     for path in (HOT, V1, LEGACY):
         status, answer, _ = raw_request(token_mode.port, head(path, MAX_BODY + 1, Authorization=f"Bearer {token}"))
         assert status == 413, (path, answer[:300])
-    resp = requests.post(token_mode.url + V1, json={"harvester_id": "h1", "workers": [{"workerID": 1}]},
-                         headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    resp = requests.post(
+        token_mode.url + V1,
+        json={"harvester_id": "h1", "workers": [{"workerID": 1}]},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
     assert resp.json()["success"] is True
 
 
@@ -237,10 +270,13 @@ def nested(depth: int) -> str:
 
 
 def test_json_nesting_depth_is_limited_in_both_dialects(trusted):
-    post = lambda path, **kw: requests.post(trusted.url + path, timeout=10, **kw)  # noqa: E731
+    post = lambda path, **kw: requests.post(trusted.url + path, timeout=10, **kw)
     json_headers = {"Content-Type": "application/json"}
-    ok = post("/api/v1/harvester/heartbeat", data='{"harvester_id": "h", "data": {"x": %s}}' % nested(30),
-              headers=json_headers)
+    ok = post(
+        "/api/v1/harvester/heartbeat",
+        data='{"harvester_id": "h", "data": {"x": %s}}' % nested(30),
+        headers=json_headers,
+    )
     assert ok.json()["success"] is True, ok.text  # 32 levels: body, data, 30 lists
     for depth in (40, 5000, 200_000):
         body = '{"harvester_id": "h", "event_ranges": %s}' % nested(depth)
@@ -256,30 +292,42 @@ def test_json_nesting_depth_is_limited_in_both_dialects(trusted):
 
 
 def test_stored_strings_are_capped(trusted):
-    post = lambda path, **kw: requests.post(trusted.url + path, timeout=10, **kw)  # noqa: E731
+    post = lambda path, **kw: requests.post(trusted.url + path, timeout=10, **kw)
     long_name = "h" * 257
     resp = post("/api/v1/harvester/heartbeat", json={"harvester_id": long_name})
     assert resp.json()["success"] is False and "256" in resp.json()["message"]
     resp = post(V1, json={"harvester_id": "h", "workers": [{"workerID": "w" * 257}]})
     assert resp.json()["success"] is False and "256" in resp.json()["message"]
-    resp = post("/server/panda/updateWorkerPilotStatus", data={"harvesterID": long_name, "workerID": 1,
-                                                               "status": "started"})
+    resp = post(
+        "/server/panda/updateWorkerPilotStatus", data={"harvesterID": long_name, "workerID": 1, "status": "started"}
+    )
     assert "StatusCode=50" in resp.text and "256" in resp.text
     resp = post("/server/panda/getJob", data={"siteName": "S" * 300})
     assert "StatusCode=50" in resp.text
     resp = post("/api/v1/harvester/heartbeat", json={"harvester_id": "h", "data": {"blob": "x" * 70_000}})
     assert resp.json()["success"] is False and "limit" in resp.json()["message"]
     # diagnostics are truncated (as PanDA does), not refused: the pilot's final report must land
-    task = post("/api/v1/task/submit", json={"name": "diag", "events": 10, "events_per_range": 5,
-                                             "seconds_per_event": 0.1, "payload": {"kind": "python",
-                                                                                    "callable": "m:f"}})
+    task = post(
+        "/api/v1/task/submit",
+        json={
+            "name": "diag",
+            "events": 10,
+            "events_per_range": 5,
+            "seconds_per_event": 0.1,
+            "payload": {"kind": "python", "callable": "m:f"},
+        },
+    )
     assert task.json()["success"] is True, task.text
     job = post("/api/v1/pilot/acquire_jobs", json={"site_name": "S", "n_jobs": 1}).json()["data"]["jobs"][0]
-    resp = post("/server/panda/updateJob", data={"jobId": job["PandaID"], "state": "failed", "pilotErrorCode": 1,
-                                                 "pilotErrorDiag": "d" * 10_000})
+    resp = post(
+        "/server/panda/updateJob",
+        data={"jobId": job["PandaID"], "state": "failed", "pilotErrorCode": 1, "pilotErrorDiag": "d" * 10_000},
+    )
     assert "StatusCode=0" in resp.text, resp.text
-    resp = post("/api/v1/pilot/update_job", json={"job_id": job["PandaID"], "job_status": "failed",
-                                                  "exe_error_diag": "e" * 10_000})
+    resp = post(
+        "/api/v1/pilot/update_job",
+        json={"job_id": job["PandaID"], "job_status": "failed", "exe_error_diag": "e" * 10_000},
+    )
     assert resp.status_code == 200 and "StatusCode" in resp.text
     with sqlite3.connect(f"file:{trusted.work / 'central.db'}?mode=ro", uri=True) as conn:
         longest = conn.execute("SELECT max(length(harvester_id)), max(length(worker_id)) FROM workers").fetchone()

@@ -5,6 +5,7 @@ send it (Origin, Host, Sec-Fetch-Site, simple content types, GET links) and the 
 prove nothing was written. A foreign TCP peer cannot be produced on loopback, so that check runs the same ASGI
 stack the server runs (Guard + FastPath + FastAPI) with a foreign client address, plus pure checks of the Guard.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,18 +24,25 @@ import httpx
 import pytest
 import requests
 from fastapi.testclient import TestClient
-from helpers import wait_for
-from web.conftest import browser  # noqa: F401  (fixture: real Chromium)
 
 from harvester_edge.central.app import create_asgi
 from harvester_edge.central.guard import Guard
 from harvester_edge.central.server import EmbeddedCentral
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.settings import CentralSettings
+from helpers import wait_for
+from web.conftest import browser
 
 PAYLOAD = {"kind": "python", "callable": "jumbo.payloads:simulate", "args": {"size": 8}}
-TASK = {"name": "t", "payload": PAYLOAD, "events": 100, "events_per_range": 10, "seconds_per_event": 0.5,
-        "jobs": 1, "max_attempts": 3}
+TASK = {
+    "name": "t",
+    "payload": PAYLOAD,
+    "events": 100,
+    "events_per_range": 10,
+    "seconds_per_event": 0.5,
+    "jobs": 1,
+    "max_attempts": 3,
+}
 EVIL = "http://evil.example"
 
 
@@ -45,8 +53,17 @@ def seed(db: Path) -> dict:
         task_id = svc.submit_task(dict(TASK, jobs=2))
         job = svc.acquire_jobs("S", harvester_id="h1", worker_id="1")[0]
         ranges = svc.acquire_event_ranges(job["PandaID"], task_id, 2)
-        svc.update_event_ranges([{"eventRangeID": r["eventRangeID"], "eventStatus": "failed", "errorCode": 65,
-                                  "errorDiag": "payload crashed"} for r in ranges])
+        svc.update_event_ranges(
+            [
+                {
+                    "eventRangeID": r["eventRangeID"],
+                    "eventStatus": "failed",
+                    "errorCode": 65,
+                    "errorDiag": "payload crashed",
+                }
+                for r in ranges
+            ]
+        )
         return {"task_id": task_id, "panda_id": job["PandaID"], "rule": svc.list_errors("suggested")[0]["id"]}
     finally:
         svc.close()
@@ -55,8 +72,10 @@ def seed(db: Path) -> dict:
 def snapshot(db: Path) -> dict:
     """Everything an attack could change: tasks, jobs (state, attempt), ranges, rules, token keys."""
     with sqlite3.connect(db) as conn:
-        return {table: conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
-                for table in ("tasks", "jobs", "ranges", "error_classes", "token_keys")}
+        return {
+            table: conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+            for table in ("tasks", "jobs", "ranges", "error_classes", "token_keys")
+        }
 
 
 @pytest.fixture
@@ -76,8 +95,14 @@ def post(url: str, **kwargs) -> requests.Response:
 
 # -- the peer ----------------------------------------------------------------------------------------------
 def scope(client, method="POST", path="/api/v1/task/submit", headers=()):
-    return {"type": "http", "method": method, "path": path, "client": client, "server": ("127.0.0.1", 1),
-            "headers": [(k.encode(), v.encode()) for k, v in headers]}
+    return {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "client": client,
+        "server": ("127.0.0.1", 1),
+        "headers": [(k.encode(), v.encode()) for k, v in headers],
+    }
 
 
 def test_guard_checks_each_peer_in_trusted_mode(tmp_path):
@@ -86,8 +111,7 @@ def test_guard_checks_each_peer_in_trusted_mode(tmp_path):
     assert trusted.refusal(scope(("::1", 5))) is None
     assert trusted.refusal(scope(("::ffff:127.0.0.1", 5))) is None
     assert trusted.refusal(scope(("10.1.2.3", 5))) is None  # in trusted_networks
-    for foreign in (("10.2.0.1", 5), ("192.168.1.9", 5), ("::ffff:10.2.0.1", 5), ("2001:db8::1", 5),
-                    ("testclient", 5)):
+    for foreign in (("10.2.0.1", 5), ("192.168.1.9", 5), ("::ffff:10.2.0.1", 5), ("2001:db8::1", 5), ("testclient", 5)):
         status, message = trusted.refusal(scope(foreign))
         assert status == 403 and "trusted" in message, foreign
     # no peer address: only a unix socket has none
@@ -109,11 +133,14 @@ def test_foreign_peer_is_refused_before_any_work_by_the_served_stack(tmp_path):
         asgi = create_asgi(settings, svc, None)
         with TestClient(asgi, client=("192.0.2.7", 40000), base_url="http://127.0.0.1") as foreign:
             update = {"job_id": ids["panda_id"], "job_status": "failed"}
-            calls = [("post", "/api/v1/pilot/update_job", {"json": update}),
-                     ("post", "/api/v1/pilot/acquire_jobs", {"json": {"site_name": "S"}}),
-                     ("post", "/api/v1/task/submit", {"json": TASK}),
-                     ("post", "/server/panda/getJob", {"data": {"siteName": "S"}}),
-                     ("get", "/monitor/", {}), ("get", "/api/v1/task/list", {})]
+            calls = [
+                ("post", "/api/v1/pilot/update_job", {"json": update}),
+                ("post", "/api/v1/pilot/acquire_jobs", {"json": {"site_name": "S"}}),
+                ("post", "/api/v1/task/submit", {"json": TASK}),
+                ("post", "/server/panda/getJob", {"data": {"siteName": "S"}}),
+                ("get", "/monitor/", {}),
+                ("get", "/api/v1/task/list", {}),
+            ]
             for method, path, kwargs in calls:
                 answer = getattr(foreign, method)(path, **kwargs)
                 assert answer.status_code == 403 and "192.0.2.7" in answer.text, path
@@ -130,15 +157,26 @@ def test_foreign_origin_is_refused_and_writes_nothing(live):
     before = snapshot(db)
     attacks = [
         ("/api/v1/task/submit", {"json": TASK, "headers": {"Origin": EVIL}}),
-        ("/api/v1/pilot/update_job", {"json": {"job_id": ids["panda_id"], "job_status": "failed"},
-                                      "headers": {"Origin": EVIL}}),  # the hot path
-        ("/api/v1/pilot/acquire_jobs", {"data": '{"site_name": "S"}',
-                                        "headers": {"Origin": EVIL, "Content-Type": "text/plain"}}),
+        (
+            "/api/v1/pilot/update_job",
+            {"json": {"job_id": ids["panda_id"], "job_status": "failed"}, "headers": {"Origin": EVIL}},
+        ),  # the hot path
+        (
+            "/api/v1/pilot/acquire_jobs",
+            {"data": '{"site_name": "S"}', "headers": {"Origin": EVIL, "Content-Type": "text/plain"}},
+        ),
         ("/server/panda/getJob", {"data": {"siteName": "S"}, "headers": {"Origin": EVIL}}),
-        ("/server/panda/updateJob", {"data": {"jobId": ids["panda_id"], "state": "failed"},
-                                     "headers": {"Origin": "null"}}),  # sandboxed iframe, file://
-        ("/server/panda/updateJob", {"data": {"jobId": ids["panda_id"], "state": "failed"},
-                                     "headers": {"Origin": url.replace("127.0.0.1", "localhost")}}),
+        (
+            "/server/panda/updateJob",
+            {"data": {"jobId": ids["panda_id"], "state": "failed"}, "headers": {"Origin": "null"}},
+        ),  # sandboxed iframe, file://
+        (
+            "/server/panda/updateJob",
+            {
+                "data": {"jobId": ids["panda_id"], "state": "failed"},
+                "headers": {"Origin": url.replace("127.0.0.1", "localhost")},
+            },
+        ),
         ("/server/panda/getJob", {"data": {"siteName": "S"}, "headers": {"Sec-Fetch-Site": "cross-site"}}),
         ("/server/panda/getJob", {"data": {"siteName": "S"}, "headers": {"Sec-Fetch-Site": "same-site"}}),
         (f"/monitor/errors/{ids['rule']}/promote", {"data": {"class": "system"}, "headers": {"Origin": EVIL}}),
@@ -182,14 +220,19 @@ def test_clients_without_a_browser_keep_working(live):
     answer = post(url + "/api/v1/task/submit", json=TASK)
     assert answer.status_code == 200 and answer.json()["success"]
     pilot = {"Origin": "atlas.pilot", "User-Agent": "pilot/3.10 (Python 3.11)"}
-    answer = post(url + "/api/v1/pilot/update_job", json={"job_id": ids["panda_id"], "job_status": "running"},
-                  headers=pilot)
+    answer = post(
+        url + "/api/v1/pilot/update_job", json={"job_id": ids["panda_id"], "job_status": "running"}, headers=pilot
+    )
     assert answer.status_code == 200 and answer.json()["success"], answer.text
     legacy = post(url + "/server/panda/getStatus", data={"ids": str(ids["panda_id"])}, headers=pilot)
     assert legacy.status_code == 200 and "status=running" in legacy.text
     # read-only GETs stay GETs: the pilot's get_job_status, legacy getStatus and isAlive
-    assert requests.get(url + "/api/v1/pilot/get_job_status", params={"job_ids": ids["panda_id"]},
-                        timeout=10).json()["data"][0]["status"] == "running"
+    assert (
+        requests.get(url + "/api/v1/pilot/get_job_status", params={"job_ids": ids["panda_id"]}, timeout=10).json()[
+            "data"
+        ][0]["status"]
+        == "running"
+    )
     assert requests.get(url + "/server/panda/getStatus", params={"ids": ids["panda_id"]}, timeout=10).status_code == 200
     assert requests.get(url + "/server/panda/isAlive", timeout=10).text == "alive=yes"
 
@@ -209,7 +252,8 @@ def test_get_on_state_changing_routes_changes_nothing(live):
         ("/api/v1/pilot/acquire_jobs", {"site_name": "S"}),
         ("/api/v1/pilot/update_job", {"job_id": pid, "job_status": "failed"}),
         ("/api/v1/event/acquire_event_ranges", {"job_id": pid, "n_ranges": 5}),
-        ("/api/v1/task/submit", {}), ("/api/v1/task/kill", {"task_id": ids["task_id"]}),
+        ("/api/v1/task/submit", {}),
+        ("/api/v1/task/kill", {"task_id": ids["task_id"]}),
         (f"/monitor/errors/{ids['rule']}/promote", {"class": "system"}),
     ]
     for path, params in links:
@@ -243,23 +287,32 @@ def test_monitor_form_needs_the_right_csrf_token(live):
     other = requests.Session()  # another browser (or an attacker who planted its own cookie)
     other_token = form_token(other.get(url + "/monitor/errors", timeout=10).text)
     refused = [
-        (requests, {"class": "system"}),                              # no cookie, no token
-        (browser, {"class": "system"}),                               # cookie, no token
-        (browser, {"class": "system", "csrf": "0" * 64}),             # wrong token
-        (browser, {"class": "system", "csrf": other_token}),          # a token for another cookie
-        (requests, {"class": "system", "csrf": token}),               # the token without its cookie
+        (requests, {"class": "system"}),  # no cookie, no token
+        (browser, {"class": "system"}),  # cookie, no token
+        (browser, {"class": "system", "csrf": "0" * 64}),  # wrong token
+        (browser, {"class": "system", "csrf": other_token}),  # a token for another cookie
+        (requests, {"class": "system", "csrf": token}),  # the token without its cookie
     ]
     for client, form in refused:
         answer = client.post(promote, data=form, timeout=10, allow_redirects=False)
         assert answer.status_code == 403 and "CSRF" in answer.text, form
         assert rule_state(db, ids["rule"])[0] == "suggested"
     # the right token but sent from another site: the Guard refuses it before the form is read
-    assert browser.post(promote, data={"class": "system", "csrf": token}, headers={"Origin": EVIL},
-                        timeout=10, allow_redirects=False).status_code == 403
+    assert (
+        browser.post(
+            promote,
+            data={"class": "system", "csrf": token},
+            headers={"Origin": EVIL},
+            timeout=10,
+            allow_redirects=False,
+        ).status_code
+        == 403
+    )
     assert rule_state(db, ids["rule"])[0] == "suggested"
     # the page's own form, as a browser submits it (same origin)
-    answer = browser.post(promote, data={"class": "system", "csrf": token}, headers={"Origin": url},
-                          timeout=10, allow_redirects=False)
+    answer = browser.post(
+        promote, data={"class": "system", "csrf": token}, headers={"Origin": url}, timeout=10, allow_redirects=False
+    )
     assert answer.status_code == 303 and answer.headers["location"].startswith("/monitor/errors")
     assert rule_state(db, ids["rule"]) == ("confirmed", "system")
 
@@ -270,14 +323,16 @@ def test_unix_socket_trusted_mode_with_file_permissions(tmp_path):
     seed(db)
     sock = tmp_path / "central.sock"
     group = grp.getgrgid(os.getgid()).gr_name
-    central = EmbeddedCentral(CentralSettings(db=db, unix_socket=sock, trusted=True, unix_socket_mode=0o660,
-                                              unix_socket_group=group))
+    central = EmbeddedCentral(
+        CentralSettings(db=db, unix_socket=sock, trusted=True, unix_socket_mode=0o660, unix_socket_group=group)
+    )
     central.start()
     try:
         info = sock.stat()
         assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o660 and info.st_gid == os.getgid()
-        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://localhost",
-                          timeout=10) as client:
+        with httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://localhost", timeout=10
+        ) as client:
             assert client.get("/api/v1/system/is_alive").json()["success"] is True  # no peer address: accepted
             answer = client.post("/api/v1/task/submit", json=TASK)
             assert answer.status_code == 200 and answer.json()["success"], answer.text
@@ -336,8 +391,9 @@ def test_a_hostile_page_in_chromium_changes_nothing_and_the_monitor_form_works(l
     url, ids, db = live
     site = tmp_path / "evil"
     site.mkdir()
-    (site / "index.html").write_text(ATTACK_PAGE.format(svc=url, pid=ids["panda_id"], rule=ids["rule"],
-                                                        task=json.dumps(TASK)))
+    (site / "index.html").write_text(
+        ATTACK_PAGE.format(svc=url, pid=ids["panda_id"], rule=ids["rule"], task=json.dumps(TASK))
+    )
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
     evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     evil.RequestHandlerClass.log_message = lambda *a: None
@@ -351,8 +407,11 @@ def test_a_hostile_page_in_chromium_changes_nothing_and_the_monitor_form_works(l
     try:
         # "localhost" is another site than 127.0.0.1 (and another port): a page the operator happens to open
         chromium.get(f"http://localhost:{evil.server_address[1]}/index.html")
-        wait_for(lambda: len(refusals.lines) >= 7 or snapshot(db) != before, 20,
-                 "the hostile page's 7 requests to reach the service")
+        wait_for(
+            lambda: len(refusals.lines) >= 7 or snapshot(db) != before,
+            20,
+            "the hostile page's 7 requests to reach the service",
+        )
         assert snapshot(db) == before, refusals.lines
         assert sum("cross-site" in line for line in refusals.lines) >= 5
         assert sum("send it with POST" in line for line in refusals.lines) == 2  # the two <img> GETs

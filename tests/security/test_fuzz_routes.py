@@ -7,6 +7,7 @@ get form, JSON, gzip (with and without Content-Encoding) and garbage bodies. The
 in issue 11 are also sent explicitly. A failure prints the request. Supersedes tests/central/test_fuzz.py.
 (schemathesis is not installable here: the generator walks the OpenAPI document itself.)
 """
+
 from __future__ import annotations
 
 import collections
@@ -30,20 +31,93 @@ MIN_REQUESTS = 5000
 
 # -- hostile values -------------------------------------------------------------------------------------------
 SURROGATE, UNICODE_DIGIT = "\ud800", "\u00b2"
-EDGE_INTS = [0, 1, -1, 2**31, 2**62, 2**62 + 1, 2**63 - 1, 2**63, 2**64, -2**63 - 1, 10**30]
-EDGE_STRINGS = ["", "1", "1-1-1-1-1", "1-2-1-1-1", "finished", "failed", "running", "starting", "True", "False",
-                "-1", "[]", "{}", "9" * 25, UNICODE_DIGIT, "1 \u0663", SURROGATE, "a" + SURROGATE + "b",
-                "x" * 300, "\x00", "started", "holding", "fatal", "'; DROP TABLE jobs; --", "../../etc/passwd"]
-scalars = (st.none() | st.booleans() | st.integers(0, 4) | st.sampled_from(EDGE_INTS)
-           | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=20) | st.sampled_from(EDGE_STRINGS))
-values = st.recursive(scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c,
-                                                                                    max_size=4), max_leaves=12)
-PANDA_KEYS = ["jobId", "state", "eventRangeID", "eventStatus", "errorCode", "errorDiag", "nEvents",
-              "pilotErrorCode", "pilotErrorDiag", "workerID", "zipFile", "eventRanges", "coreCount",
-              "transExitCode", "node", "status", "computingSite", "nodeID"]
-LEGACY_KEYS = ["jobId", "state", "pandaID", "taskID", "nRanges", "eventRanges", "jobList", "version", "ids",
-               "siteName", "nJobs", "workerID", "harvesterID", "harvester_id", "worker_id", "node", "node_id",
-               "status", "site", "client_name", "token_key", "pilotErrorDiag", "exeErrorCode", "nEvents"]
+EDGE_INTS = [0, 1, -1, 2**31, 2**62, 2**62 + 1, 2**63 - 1, 2**63, 2**64, -(2**63) - 1, 10**30]
+EDGE_STRINGS = [
+    "",
+    "1",
+    "1-1-1-1-1",
+    "1-2-1-1-1",
+    "finished",
+    "failed",
+    "running",
+    "starting",
+    "True",
+    "False",
+    "-1",
+    "[]",
+    "{}",
+    "9" * 25,
+    UNICODE_DIGIT,
+    "1 \u0663",
+    SURROGATE,
+    "a" + SURROGATE + "b",
+    "x" * 300,
+    "\x00",
+    "started",
+    "holding",
+    "fatal",
+    "'; DROP TABLE jobs; --",
+    "../../etc/passwd",
+]
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(0, 4)
+    | st.sampled_from(EDGE_INTS)
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text(max_size=20)
+    | st.sampled_from(EDGE_STRINGS)
+)
+values = st.recursive(
+    scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=12
+)
+PANDA_KEYS = [
+    "jobId",
+    "state",
+    "eventRangeID",
+    "eventStatus",
+    "errorCode",
+    "errorDiag",
+    "nEvents",
+    "pilotErrorCode",
+    "pilotErrorDiag",
+    "workerID",
+    "zipFile",
+    "eventRanges",
+    "coreCount",
+    "transExitCode",
+    "node",
+    "status",
+    "computingSite",
+    "nodeID",
+]
+LEGACY_KEYS = [
+    "jobId",
+    "state",
+    "pandaID",
+    "taskID",
+    "nRanges",
+    "eventRanges",
+    "jobList",
+    "version",
+    "ids",
+    "siteName",
+    "nJobs",
+    "workerID",
+    "harvesterID",
+    "harvester_id",
+    "worker_id",
+    "node",
+    "node_id",
+    "status",
+    "site",
+    "client_name",
+    "token_key",
+    "pilotErrorDiag",
+    "exeErrorCode",
+    "nEvents",
+]
 
 
 def nested_text(depth: int) -> str:
@@ -76,21 +150,30 @@ class Live:
         ranges = svc.acquire_event_ranges(job["PandaID"], None, 3)
         self.ids = {"job": job["PandaID"], "task": job["taskID"], "range": ranges[0]["eventRangeID"]}
         authority = central.authority
-        self.tokens = [] if authority is None else [authority.issue(f"c-{scope}", [scope])
-                                                    for scope in ("pilot", "harvester", "admin")]
+        self.tokens = (
+            []
+            if authority is None
+            else [authority.issue(f"c-{scope}", [scope]) for scope in ("pilot", "harvester", "admin")]
+        )
         self.spec = self.http.get(self.url + "/openapi.json", timeout=10).json()
         self.operations = operations(self.spec)
 
-    def send(self, test: str, method: str, path: str, query: str = "", body: bytes | None = None,
-             headers: dict | None = None) -> requests.Response:
+    def send(
+        self, test: str, method: str, path: str, query: str = "", body: bytes | None = None, headers: dict | None = None
+    ) -> requests.Response:
         SENT[test] += 1
         FIRST_SENT[:] = FIRST_SENT or [time.monotonic()]
         url = self.url + path + ("?" + query if query else "")
         resp = self.http.request(method, url, data=body, headers=headers or {}, timeout=30, allow_redirects=False)
-        assert resp.status_code < 500, (f"HTTP {resp.status_code} for {method} {url}\nheaders: {headers}\n"
-                                        f"body: {body[:600] if body else body!r}\nanswer: {resp.text[:600]}")
-        if path.startswith("/api/v1/") and resp.headers.get("content-type") == "application/json" \
-                and resp.status_code not in (404, 405):
+        assert resp.status_code < 500, (
+            f"HTTP {resp.status_code} for {method} {url}\nheaders: {headers}\n"
+            f"body: {body[:600] if body else body!r}\nanswer: {resp.text[:600]}"
+        )
+        if (
+            path.startswith("/api/v1/")
+            and resp.headers.get("content-type") == "application/json"
+            and resp.status_code not in (404, 405)
+        ):
             doc = resp.json()
             assert set(doc) == {"success", "message", "data"}, (method, url, body, doc)
         return resp
@@ -123,7 +206,7 @@ def typed(schema: dict, spec: dict) -> st.SearchStrategy:
         return st.one_of([typed(s, spec) for s in schema["anyOf"]])
     kind = schema.get("type")
     if kind == "integer":
-        low, high = int(schema.get("minimum", -2**64)), int(schema.get("maximum", 2**64))
+        low, high = int(schema.get("minimum", -(2**64))), int(schema.get("maximum", 2**64))
         return st.integers(low, high) | st.sampled_from([low, high, low - 1, high + 1])
     if kind == "number":
         return st.floats(allow_nan=False) | st.integers(-5, 5)
@@ -147,8 +230,9 @@ def body_of(schema: dict, spec: dict) -> st.SearchStrategy:
     required = {name: field[name] for name in schema.get("required", [])}
     optional = {name: field[name] for name in props if name not in required}
     extra = st.dictionaries(st.sampled_from(PANDA_KEYS), values, max_size=3)
-    return st.builds(lambda a, b, c: {**c, **a, **b}, st.fixed_dictionaries(required, optional=optional),
-                     st.just({}), extra)
+    return st.builds(
+        lambda a, b, c: {**c, **a, **b}, st.fixed_dictionaries(required, optional=optional), st.just({}), extra
+    )
 
 
 def operations(spec: dict) -> list[dict]:
@@ -156,11 +240,24 @@ def operations(spec: dict) -> list[dict]:
     ops = []
     for path, item in spec["paths"].items():
         for method, op in item.items():
-            ref = (op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema"))
-            params = [(param, st.sampled_from(sorted(METHODS) + ["isAlive", "m0001", ""]) if param["name"] == "method"
-                       else typed(param["schema"], spec) | scalars) for param in op.get("parameters", [])]
-            ops.append({"method": method.upper(), "path": path, "params": params,
-                        "body": body_of(resolve(ref, spec), spec) if ref else None})
+            ref = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            params = [
+                (
+                    param,
+                    st.sampled_from(sorted(METHODS) + ["isAlive", "m0001", ""])
+                    if param["name"] == "method"
+                    else typed(param["schema"], spec) | scalars,
+                )
+                for param in op.get("parameters", [])
+            ]
+            ops.append(
+                {
+                    "method": method.upper(),
+                    "path": path,
+                    "params": params,
+                    "body": body_of(resolve(ref, spec), spec) if ref else None,
+                }
+            )
     return ops
 
 
@@ -204,8 +301,9 @@ def pick_token(draw, live: Live, headers: dict) -> None:
         headers["Authorization"] = f"Bearer {choice}"
 
 
-FUZZ = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck),
-            phases=[Phase.generate, Phase.shrink])
+FUZZ = dict(
+    deadline=None, database=None, suppress_health_check=list(HealthCheck), phases=[Phase.generate, Phase.shrink]
+)
 
 
 def fuzz_openapi(live: Live, data, test: str) -> None:
@@ -217,12 +315,17 @@ def fuzz_openapi(live: Live, data, test: str) -> None:
 @st.composite
 def legacy_request(draw, live: Live):
     method = draw(st.sampled_from(sorted(METHODS) + ["isAlive", "nothing", "getJob\u00b2"]))
-    params = draw(st.dictionaries(st.sampled_from(LEGACY_KEYS),
-                                  values | st.sampled_from([live.ids["job"], live.ids["task"], live.ids["range"]]),
-                                  max_size=6))
+    params = draw(
+        st.dictionaries(
+            st.sampled_from(LEGACY_KEYS),
+            values | st.sampled_from([live.ids["job"], live.ids["task"], live.ids["range"]]),
+            max_size=6,
+        )
+    )
     if "eventRanges" in params and draw(st.booleans()):
-        params["eventRanges"] = [{"eventRangeID": live.ids["range"], "eventStatus": draw(values),
-                                  "errorCode": draw(values)}]
+        params["eventRanges"] = [
+            {"eventRangeID": live.ids["range"], "eventStatus": draw(values), "errorCode": draw(values)}
+        ]
     form = {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
     headers, query = {}, ""
     how = draw(st.sampled_from(["form", "json", "gzip-magic", "gzip-header", "junk", "query", "deep"]))
@@ -245,8 +348,7 @@ def legacy_request(draw, live: Live):
                 headers["Content-Encoding"] = "gzip"
     if draw(st.booleans()):
         headers["Accept"] = "application/json"
-    return draw(st.sampled_from(["POST", "POST", "GET"])), f"/server/panda/{quote_any(method)}", query, body, \
-        headers
+    return draw(st.sampled_from(["POST", "POST", "GET"])), f"/server/panda/{quote_any(method)}", query, body, headers
 
 
 def fuzz_legacy(live: Live, data, test: str) -> None:
@@ -290,16 +392,28 @@ def five_causes(live: Live) -> list[tuple[str, str, str, bytes | None, dict]]:
     for op in live.operations:  # 1. deep nesting and 2. a lone surrogate, as the whole body of every operation
         path = op["path"].replace("{method}", "updateJob")
         path = re.sub(r"\{[a-z_]+\}", "1", path)
-        cases += [(op["method"], path, "", deep, js),
-                  (op["method"], path, "", b'{"harvester_id": "\\ud800", "site_name": "\\ud800", "job_id": 1}', js),
-                  ("POST", path, "", b'{"a": "\xed\xa0\x80"}', js)]
+        cases += [
+            (op["method"], path, "", deep, js),
+            (op["method"], path, "", b'{"harvester_id": "\\ud800", "site_name": "\\ud800", "job_id": 1}', js),
+            ("POST", path, "", b'{"a": "\xed\xa0\x80"}', js),
+        ]
     cases += [
         ("POST", "/server/panda/updateJob", "", b'{"jobId": %d, "state": "running", "node": "\\ud800"}' % job, js),
         ("POST", "/server/panda/updateJob", "", b"jobId=%d&state=running&node=%%ED%%A0%%80" % job, form),
-        ("POST", "/server/panda/updateWorkerPilotStatus", "",
-         b'{"harvesterID": "\\ud800", "workerID": 1, "status": "started"}', js),
-        ("POST", "/api/v1/harvester/update_workers", "", b'{"harvester_id": "h", "workers": [{"workerID": "\\ud800"}]}',
-         js),
+        (
+            "POST",
+            "/server/panda/updateWorkerPilotStatus",
+            "",
+            b'{"harvesterID": "\\ud800", "workerID": 1, "status": "started"}',
+            js,
+        ),
+        (
+            "POST",
+            "/api/v1/harvester/update_workers",
+            "",
+            b'{"harvester_id": "h", "workers": [{"workerID": "\\ud800"}]}',
+            js,
+        ),
         ("POST", "/api/v1/harvester/heartbeat", "", b'{"harvester_id": "h", "data": {"a": "\\udc00"}}', js),
         ("POST", "/server/panda/updateEventRanges", "", b"eventRanges=" + quote(nested_text(5000)).encode(), form),
     ]
@@ -308,33 +422,82 @@ def five_causes(live: Live) -> list[tuple[str, str, str, bytes | None, dict]]:
             ("POST", "/server/panda/updateJob", "", to_json({"jobId": job, "state": state}), js),
             ("POST", "/server/panda/updateJobsInBulk", "", to_json({"jobList": [{"jobId": job, "state": state}]}), js),
             ("POST", "/api/v1/pilot/update_job", "", to_json({"job_id": job, "job_status": state}), js),
-            ("POST", "/api/v1/pilot/update_jobs_bulk", "", to_json({"job_list": [{"jobId": job, "state": state}]}),
-             js),
-            ("POST", "/server/panda/updateWorkerPilotStatus", "",
-             to_json({"harvesterID": "h", "workerID": 1, "status": state, "site": state}), js),
-            ("POST", "/api/v1/harvester/update_workers", "",
-             to_json({"harvester_id": "h", "workers": [{"workerID": 1, "status": state}]}), js),
-            ("POST", "/server/panda/getJob", "", to_json({"siteName": state, "harvester_id": state,
-                                                          "node": state}), js),
-            ("POST", "/api/v1/event/update_event_ranges", "",
-             to_json({"event_ranges": [{"eventRangeID": rng, "eventStatus": state}]}), js),
+            ("POST", "/api/v1/pilot/update_jobs_bulk", "", to_json({"job_list": [{"jobId": job, "state": state}]}), js),
+            (
+                "POST",
+                "/server/panda/updateWorkerPilotStatus",
+                "",
+                to_json({"harvesterID": "h", "workerID": 1, "status": state, "site": state}),
+                js,
+            ),
+            (
+                "POST",
+                "/api/v1/harvester/update_workers",
+                "",
+                to_json({"harvester_id": "h", "workers": [{"workerID": 1, "status": state}]}),
+                js,
+            ),
+            (
+                "POST",
+                "/server/panda/getJob",
+                "",
+                to_json({"siteName": state, "harvester_id": state, "node": state}),
+                js,
+            ),
+            (
+                "POST",
+                "/api/v1/event/update_event_ranges",
+                "",
+                to_json({"event_ranges": [{"eventRangeID": rng, "eventStatus": state}]}),
+                js,
+            ),
         ]
-    for big in (2**63, 2**63 + 1, 2**64, -2**63 - 1, 10**30):  # 4. integers SQLite cannot store
+    for big in (2**63, 2**63 + 1, 2**64, -(2**63) - 1, 10**30):  # 4. integers SQLite cannot store
         cases += [
-            ("POST", "/server/panda/updateJobsInBulk", "", to_json({"jobList": [{"jobId": big, "state": "running"}]}),
-             js),
-            ("POST", "/api/v1/pilot/update_jobs_bulk", "", to_json({"job_list": [{"jobId": big, "state": "running"}]}),
-             js),
-            ("POST", "/server/panda/updateJob", "", to_json({"jobId": job, "state": "running", "nEvents": big,
-                                                             "coreCount": big, "node": big}), js),
+            (
+                "POST",
+                "/server/panda/updateJobsInBulk",
+                "",
+                to_json({"jobList": [{"jobId": big, "state": "running"}]}),
+                js,
+            ),
+            (
+                "POST",
+                "/api/v1/pilot/update_jobs_bulk",
+                "",
+                to_json({"job_list": [{"jobId": big, "state": "running"}]}),
+                js,
+            ),
+            (
+                "POST",
+                "/server/panda/updateJob",
+                "",
+                to_json({"jobId": job, "state": "running", "nEvents": big, "coreCount": big, "node": big}),
+                js,
+            ),
             ("POST", "/server/panda/getJob", "", to_json({"siteName": "S", "worker_id": big, "nJobs": big}), js),
             ("POST", "/api/v1/pilot/acquire_jobs", "", to_json({"site_name": "S", "worker_id": big}), js),
-            ("POST", "/api/v1/harvester/update_workers", "", to_json({"harvester_id": "h",
-                                                                      "workers": [{"workerID": big}]}), js),
-            ("POST", "/api/v1/pilot/update_worker_pilot_status", "",
-             to_json({"harvester_id": "h", "worker_id": big, "status": "started"}), js),
-            ("POST", "/api/v1/event/update_event_ranges", "",
-             to_json({"event_ranges": [{"eventRangeID": rng, "eventStatus": "failed", "errorCode": big}]}), js),
+            (
+                "POST",
+                "/api/v1/harvester/update_workers",
+                "",
+                to_json({"harvester_id": "h", "workers": [{"workerID": big}]}),
+                js,
+            ),
+            (
+                "POST",
+                "/api/v1/pilot/update_worker_pilot_status",
+                "",
+                to_json({"harvester_id": "h", "worker_id": big, "status": "started"}),
+                js,
+            ),
+            (
+                "POST",
+                "/api/v1/event/update_event_ranges",
+                "",
+                to_json({"event_ranges": [{"eventRangeID": rng, "eventStatus": "failed", "errorCode": big}]}),
+                js,
+            ),
             ("POST", "/api/v1/task/submit", "", to_json(task_dict(memory_per_rank_mb=big)), js),
             ("POST", "/api/v1/task/kill", "", to_json({"task_id": big}), js),
             ("GET", "/api/v1/task/show", f"task_id={big}", None, {}),
@@ -346,8 +509,10 @@ def five_causes(live: Live) -> list[tuple[str, str, str, bytes | None, dict]]:
             ("POST", f"/monitor/errors/{big}/promote", "", b"class=system", form),
         ]
     for page in ("/monitor/", "/monitor/errors", "/monitor/sites", f"/monitor/job/{job}"):  # 5. ?refresh=²
-        cases += [("GET", page, "refresh=" + quote(UNICODE_DIGIT), None, {}),
-                  ("GET", page, "refresh=" + quote("\u0663\u0664"), None, {})]
+        cases += [
+            ("GET", page, "refresh=" + quote(UNICODE_DIGIT), None, {}),
+            ("GET", page, "refresh=" + quote("\u0663\u0664"), None, {}),
+        ]
     return cases
 
 
@@ -356,23 +521,36 @@ def test_the_five_known_causes_give_no_500(trusted_live, token_live, mode):
     live = trusted_live if mode == "trusted" else token_live
     for method, path, query, body, headers in five_causes(live):
         for token in live.tokens or [None]:
-            live.send(f"five-{mode}", method, path, query, body,
-                      dict(headers, **({"Authorization": f"Bearer {token}"} if token else {})))
+            live.send(
+                f"five-{mode}",
+                method,
+                path,
+                query,
+                body,
+                dict(headers, **({"Authorization": f"Bearer {token}"} if token else {})),
+            )
 
 
-@pytest.mark.parametrize("path,body", [
-    ("/server/panda/updateJob", {"jobId": 1, "state": "running", "nEvents": "9" * 25}),
-    ("/server/panda/updateJob", {"jobId": 1, "state": "running", "coreCount": "-" + "9" * 25}),
-    ("/server/panda/updateJob", {"jobId": 1, "state": "running", "node": {"a": 1}}),
-    ("/api/v1/pilot/update_jobs_bulk", {"job_list": [{"jobId": 1, "state": "running", "nEvents": 10**30}]}),
-    ("/server/panda/getStatus", {"ids": "1 \u00b2"}),
-    ("/server/panda/updateJobsInBulk", {"jobList": '[{"jobId": "\u00b2", "state": "running"}]'}),
-    ("/api/v1/event/update_event_ranges", {"event_ranges": [{"eventRangeID": "1-1-1-1-1", "eventStatus": "failed",
-                                                             "errorCode": "\u00b2"}]}),
-    ("/api/v1/harvester/update_workers", {"harvester_id": "h", "workers": [{"workerID": 1, "status": [1]}]}),
-    ("/api/v1/event/update_event_ranges", {"event_ranges": [{"eventRangeID": "1-1-1-1-0", "eventStatus": "failed",
-                                                             "errorCode": "1" * 30}]}),
-])
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("/server/panda/updateJob", {"jobId": 1, "state": "running", "nEvents": "9" * 25}),
+        ("/server/panda/updateJob", {"jobId": 1, "state": "running", "coreCount": "-" + "9" * 25}),
+        ("/server/panda/updateJob", {"jobId": 1, "state": "running", "node": {"a": 1}}),
+        ("/api/v1/pilot/update_jobs_bulk", {"job_list": [{"jobId": 1, "state": "running", "nEvents": 10**30}]}),
+        ("/server/panda/getStatus", {"ids": "1 \u00b2"}),
+        ("/server/panda/updateJobsInBulk", {"jobList": '[{"jobId": "\u00b2", "state": "running"}]'}),
+        (
+            "/api/v1/event/update_event_ranges",
+            {"event_ranges": [{"eventRangeID": "1-1-1-1-1", "eventStatus": "failed", "errorCode": "\u00b2"}]},
+        ),
+        ("/api/v1/harvester/update_workers", {"harvester_id": "h", "workers": [{"workerID": 1, "status": [1]}]}),
+        (
+            "/api/v1/event/update_event_ranges",
+            {"event_ranges": [{"eventRangeID": "1-1-1-1-0", "eventStatus": "failed", "errorCode": "1" * 30}]},
+        ),
+    ],
+)
 def test_earlier_fuzz_findings_are_refused_not_applied(trusted_live, path, body):
     resp = trusted_live.send("earlier", "POST", path, "", to_json(body), {"Content-Type": "application/json"})
     if path.startswith("/api/v1/"):

@@ -17,6 +17,7 @@ pilot's own rewrite (every 10 s): the test accepts either outcome for the heartb
 line when it was read. jobReport.json is rewritten by the pilot when it ends, so the FIFO one is planted after every
 worker ended (the monitor reads it when the page is asked for).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,14 +30,24 @@ from pathlib import Path
 
 import pytest
 import requests
+
 from agents.conftest import Site, sleep_task
 from helpers import kill_local_workers
 
 pytestmark = pytest.mark.mpi
 
-LOCAL_QUEUE = {"batch": "local", "nodes_min": 1, "nodes_max": 1, "ranks_per_node": 2, "cores_per_node": 2,
-               "walltime_min": "2m", "walltime_max": "5m", "max_queued_workers": 2, "max_running_workers": 2,
-               "launcher": "mpirun"}
+LOCAL_QUEUE = {
+    "batch": "local",
+    "nodes_min": 1,
+    "nodes_max": 1,
+    "ranks_per_node": 2,
+    "cores_per_node": 2,
+    "walltime_min": "2m",
+    "walltime_max": "5m",
+    "max_queued_workers": 2,
+    "max_running_workers": 2,
+    "launcher": "mpirun",
+}
 EVENTS = 800  # two jobs, each on its own worker of 2 ranks: ~10 s of sleeping per worker
 BIG = 200 * 1024 * 1024
 MARK = "HOSTILE-PILOT-MARK"
@@ -78,13 +89,22 @@ def _two_running_workers(site: Site):
         rows = conn.execute(
             "SELECT w.id, w.access_point, e.panda_id FROM workers w JOIN event_ranges e ON "
             "e.worker_id = w.id WHERE w.state = 'running' AND e.state = 'dispatched' GROUP BY w.id "
-            "ORDER BY w.id").fetchall()
+            "ORDER BY w.id"
+        ).fetchall()
         if len(rows) < 2:
             return None
         (a, ap, pid), (b, _, other_pid) = rows[:2]
-        held, others = ([r[0] for r in conn.execute("SELECT range_id FROM event_ranges WHERE worker_id = ? AND "
-                                                    "state = 'dispatched' ORDER BY first_event", (w,))]
-                        for w in (a, b))
+        held, others = (
+            [
+                r[0]
+                for r in conn.execute(
+                    "SELECT range_id FROM event_ranges WHERE worker_id = ? AND "
+                    "state = 'dispatched' ORDER BY first_event",
+                    (w,),
+                )
+            ]
+            for w in (a, b)
+        )
     ap = Path(ap)
     if not held or not others or not any(ap.glob("JobsEventRanges.*.json.read")):
         return None  # the pilot has not consumed its first answer yet
@@ -110,16 +130,22 @@ def plant_daemon_files(ap: Path, panda_id: int, held: list[str], outside: Path) 
     with open(ap / status(900005), "wb") as fh:
         fh.truncate(BIG)  # sparse: 200 MB of apparent size, no disk
     planted[status(900005)] = f"{BIG} bytes, over the cap"
-    (ap / status(900006)).write_bytes(json.dumps({"protocol": 1, "seq": 900006, "time": "abc",
-                                                   "events": {}}).encode())
+    (ap / status(900006)).write_bytes(json.dumps({"protocol": 1, "seq": 900006, "time": "abc", "events": {}}).encode())
     planted[status(900006)] = "'time' must be a number, got str 'abc'"
-    (ap / status(900007)).write_bytes(status_body(900007, {str(panda_id): [
-        {"eventRangeID": held[0], "eventStatus": "failed", "errorCode": "42", "errorDiag": MARK}]}))
+    (ap / status(900007)).write_bytes(
+        status_body(
+            900007,
+            {str(panda_id): [{"eventRangeID": held[0], "eventStatus": "failed", "errorCode": "42", "errorDiag": MARK}]},
+        )
+    )
     planted[status(900007)] = "'errorCode' must be an integer, got str"
     (ap / status(900008)).write_bytes(status_body(900008, {str(panda_id): {"eventRangeID": held[0]}}))
     planted[status(900008)] = "events of job %d must be a list, got dict" % panda_id
-    (ap / "worker_requestevents.900010.json").write_bytes(json.dumps({"protocol": 1, "seq": 900010, "requests": {
-        str(panda_id): {"pandaID": panda_id, "nRanges": "many"}}}).encode())
+    (ap / "worker_requestevents.900010.json").write_bytes(
+        json.dumps(
+            {"protocol": 1, "seq": 900010, "requests": {str(panda_id): {"pandaID": panda_id, "nRanges": "many"}}}
+        ).encode()
+    )
     planted["worker_requestevents.900010.json"] = "'nRanges' must be an integer, got str"
     (ap / "worker_heartbeat.json").write_bytes(json.dumps({"protocol": 1, "time": "abc"}).encode())
     return planted
@@ -144,22 +170,43 @@ def attacked(tmp_path_factory):
     outside = root / "outside"
     outside.mkdir()
     port = free_port()
-    site = Site(root / "site", queue=LOCAL_QUEUE, central={"mode": "embedded", "trusted": True, "port": port},
-                daemon={"cleanup_delay": "1h"})
+    site = Site(
+        root / "site",
+        queue=LOCAL_QUEUE,
+        central={"mode": "embedded", "trusted": True, "port": port},
+        daemon={"cleanup_delay": "1h"},
+    )
     try:
         task_id = site.submit_task(**{**sleep_task(EVENTS, 0.05, per_range=10), "jobs": 2})
         site.start()
         worker, ap, panda_id, held, other_pid, others = wait_for(
-            "two running workers holding ranges", lambda: two_running_workers(site), 120, site)
+            "two running workers holding ranges", lambda: two_running_workers(site), 120, site
+        )
         foreign = others[:2] + ["bogus-range-of-nobody"]  # worker B's ranges, and one that does not exist
         planted = plant_daemon_files(ap, panda_id, held, outside)
         entries = [{"eventRangeID": rid, "eventStatus": "finished", "nEvents": 10, "path": MARK} for rid in foreign]
         entries.append({"eventRangeID": held[-1], "eventStatus": "finished", "nEvents": 10, "path": MARK})
-        (ap / "event_status.900009.json").write_bytes(status_body(900009, {  # its own range under B's job
-            str(panda_id): entries[:-1], str(other_pid): entries[-1:]}))
-        (ap / "worker_requestevents.900011.json").write_bytes(json.dumps({"protocol": 1, "seq": 900011, "requests": {
-            str(panda_id): {"pandaID": panda_id, "nRanges": 1_000_000},
-            str(other_pid): {"pandaID": other_pid, "nRanges": 5}}}).encode())
+        (ap / "event_status.900009.json").write_bytes(
+            status_body(
+                900009,
+                {  # its own range under B's job
+                    str(panda_id): entries[:-1],
+                    str(other_pid): entries[-1:],
+                },
+            )
+        )
+        (ap / "worker_requestevents.900011.json").write_bytes(
+            json.dumps(
+                {
+                    "protocol": 1,
+                    "seq": 900011,
+                    "requests": {
+                        str(panda_id): {"pandaID": panda_id, "nRanges": 1_000_000},
+                        str(other_pid): {"pandaID": other_pid, "nRanges": 5},
+                    },
+                }
+            ).encode()
+        )
         page_files = plant_page_files(ap, outside)
         url = f"http://127.0.0.1:{port}"
         during = requests.get(f"{url}/monitor/worker/{worker}", timeout=10)  # the worker still runs
@@ -168,10 +215,21 @@ def attacked(tmp_path_factory):
         site.wait_workers_ended()  # a pilot writes its jobReport.json when it ends, a moment after the task
         os.mkfifo(ap / "jobReport.json.fifo")
         os.replace(ap / "jobReport.json.fifo", ap / "jobReport.json")  # the pilot wrote its own at the end
-        yield {"site": site, "url": url, "during": during, "worker": worker, "ap": ap, "panda_id": panda_id,
-               "other_pid": other_pid,
-               "task_id": task_id, "task": task, "planted": planted, "page_files": page_files, "foreign": foreign,
-               "held": held}
+        yield {
+            "site": site,
+            "url": url,
+            "during": during,
+            "worker": worker,
+            "ap": ap,
+            "panda_id": panda_id,
+            "other_pid": other_pid,
+            "task_id": task_id,
+            "task": task,
+            "planted": planted,
+            "page_files": page_files,
+            "foreign": foreign,
+            "held": held,
+        }
     finally:
         try:
             site.stop()
@@ -227,10 +285,13 @@ def test_ranges_never_dispatched_to_the_worker_are_ignored_with_a_log_line(attac
 def test_range_requests_are_clamped_to_ranks_times_prefetch_plus_one(attacked):
     ap, worker, pid, text = attacked["ap"], attacked["worker"], attacked["panda_id"], log_text(attacked["site"])
     limit = 2 * (1 + 1)  # 2 ranks x (prefetch 1 + 1)
-    assert (f"worker {worker}: worker_requestevents.900011.json asks 1000000 ranges of job {pid}; granted {limit}"
-            in text)
-    assert (f"worker {worker}: worker_requestevents.900011.json asks ranges of job {attacked['other_pid']}, "
-            "which is not one of its jobs") in text
+    assert (
+        f"worker {worker}: worker_requestevents.900011.json asks 1000000 ranges of job {pid}; granted {limit}" in text
+    )
+    assert (
+        f"worker {worker}: worker_requestevents.900011.json asks ranges of job {attacked['other_pid']}, "
+        "which is not one of its jobs"
+    ) in text
     answer = json.loads((ap / "JobsEventRanges.900011.json.read").read_text())  # the real pilot consumed it
     assert set(answer["ranges"]) <= {str(pid)} and len(answer["ranges"].get(str(pid), [])) <= limit
     spec = json.loads((ap / "HPCJobs.json").read_text())
@@ -242,7 +303,9 @@ def test_range_requests_are_clamped_to_ranks_times_prefetch_plus_one(attacked):
 
 def test_worker_page_answers_while_the_hostile_files_are_fresh(attacked):
     during = attacked["during"]
-    assert during.status_code == 200 and '<p class="unreadable">unreadable: passwd.out is a symbolic link' in during.text
+    assert (
+        during.status_code == 200 and '<p class="unreadable">unreadable: passwd.out is a symbolic link' in during.text
+    )
     assert "root:x:0:0" not in during.text and "SECRET-OF-THE-DAEMON-USER" not in during.text
 
 
@@ -253,13 +316,15 @@ def test_worker_page_answers_with_unreadable_marks(attacked):
     assert all(r.status_code == 200 for r in responses)
     assert "root:x:0:0" not in html and "SECRET-OF-THE-DAEMON-USER" not in html
     for name, why in attacked["page_files"].items():
-        section = html[html.index(f"<h2>{name} "):]
+        section = html[html.index(f"<h2>{name} ") :]
         assert re.match(r"<h2>[^<]+<small>.*?</small></h2>\s*<p class=\"unreadable\">unreadable: ", section, re.S)
         assert why in section[:600], name
     for name in attacked["planted"]:  # the pilot files table says each was moved aside, and why
         assert re.search(rf"<td>{re.escape(name)}\.bad</td><td><span class=\"unreadable\">moved aside</span>", html)
-    assert "event_status.900001.json.bad</td><td><span class=\"unreadable\">moved aside</span></td><td>" \
-           "event_status.900001.json.bad is a symbolic link" in html
+    assert (
+        'event_status.900001.json.bad</td><td><span class="unreadable">moved aside</span></td><td>'
+        "event_status.900001.json.bad is a symbolic link" in html
+    )
 
 
 def test_file_page_of_a_link_or_fifo_is_an_unreadable_mark(attacked):
@@ -281,15 +346,18 @@ def test_job_page_marks_bad_prmon_and_job_report(attacked):
     # the timelines (issue 19) are still drawn beside the hostile files, from what the daemon accepted
     assert 'aria-label="node, start and end (workers and the job)"' in r.text
     assert re.search(r'aria-label="worker \d+: busy fraction per rank"', r.text)
-    for page, chart in (("/monitor/", "running workers per queue (last 24 h)"),
-                        (f"/monitor/task/{attacked['task_id']}", "workers: queued → running → ended"),
-                        ("/monitor/sites", "queue wait (submitted → started) per queue: workers")):
+    for page, chart in (
+        ("/monitor/", "running workers per queue (last 24 h)"),
+        (f"/monitor/task/{attacked['task_id']}", "workers: queued → running → ended"),
+        ("/monitor/sites", "queue wait (submitted → started) per queue: workers"),
+    ):
         answer = requests.get(f"{url}{page}", timeout=10)
         assert answer.status_code == 200 and f'aria-label="{chart}"' in answer.text, page
         assert "root:x:0:0" not in answer.text and "SECRET-OF-THE-DAEMON-USER" not in answer.text
 
 
 # -- the one reader, without a daemon: what each hostile file is refused as ----------------------------------------
+
 
 def _reason(ap: Path, name: str, cap: int = 1024) -> str:
     from harvester_edge import pilot_files

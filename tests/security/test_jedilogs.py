@@ -1,4 +1,5 @@
 """Uploaded logs (file_server/upload_jedi_log, update_jedi_log): safe names, a size cap, private modes, no links."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,9 @@ from harvester_edge.central.server import EmbeddedCentral
 from harvester_edge.central.settings import CentralSettings
 
 
-@pytest.mark.parametrize("name", ["..", ".hidden", "a b.log", "x/..", "", "é.log", "a;rm -rf.log", "n" * 201,
-                                  "log\x00.txt", "dir/"])
+@pytest.mark.parametrize(
+    "name", ["..", ".hidden", "a b.log", "x/..", "", "é.log", "a;rm -rf.log", "n" * 201, "log\x00.txt", "dir/"]
+)
 def test_unsafe_names_are_refused(tmp_path, name):
     with pytest.raises(InvalidInput):
         jedilogs.store(tmp_path / "central.db", name, b"x", 100)
@@ -69,8 +71,9 @@ def test_links_are_never_followed(tmp_path):
 
 
 def test_http_upload_refusals(tmp_path):
-    central = EmbeddedCentral(CentralSettings(db=tmp_path / "central.db", host="127.0.0.1", port=0, trusted=False,
-                                              max_body=64 * 1024))
+    central = EmbeddedCentral(
+        CentralSettings(db=tmp_path / "central.db", host="127.0.0.1", port=0, trusted=False, max_body=64 * 1024)
+    )
     central.start()
     try:
         url = central.url + "/api/v1/file_server/upload_jedi_log"
@@ -82,8 +85,12 @@ def test_http_upload_refusals(tmp_path):
         big = requests.post(url, files={"file": ("b.log", b"x" * 70_000)}, headers=harvester, timeout=10)
         assert big.status_code == 413
         assert not (tmp_path / "jedilog" / "b.log").exists()
-        none = requests.post(url, data=b"--x\r\n\r\n", headers={**harvester, "Content-Type": "multipart/form-data; "
-                                                                "boundary=x"}, timeout=10).json()
+        none = requests.post(
+            url,
+            data=b"--x\r\n\r\n",
+            headers={**harvester, "Content-Type": "multipart/form-data; boundary=x"},
+            timeout=10,
+        ).json()
         assert none["success"] is False and "'file'" in none["message"]
     finally:
         central.stop()

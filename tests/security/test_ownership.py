@@ -6,6 +6,7 @@ calls refuse the foreign entries per entry (ownership.py says why), and the cent
 can, an admin can. Last, the daemon runs a task to the end in embedded token mode (it acquires and reports through
 the same calls).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,15 +17,22 @@ import jwt
 import pytest
 import requests
 
-from central.conftest import token_central, trusted_central  # noqa: F401  (fixtures: live services)
+from central.conftest import token_central, trusted_central
 from harvester_edge.central.server import EmbeddedCentral
 
 PAYLOAD = {"kind": "python", "callable": "jumbo.payloads:simulate", "args": {"size": 8}}
 
 
 def task_dict(**over) -> dict:
-    base = {"name": "t", "payload": PAYLOAD, "events": 100, "events_per_range": 10, "seconds_per_event": 0.5,
-            "jobs": 2, "max_attempts": 3}
+    base = {
+        "name": "t",
+        "payload": PAYLOAD,
+        "events": 100,
+        "events_per_range": 10,
+        "seconds_per_event": 0.5,
+        "jobs": 2,
+        "max_attempts": 3,
+    }
     return {**base, **over}
 
 
@@ -41,8 +49,10 @@ def mint(central: EmbeddedCentral, sub: str, scopes: list[str], **extra) -> str:
 def snapshot(central: EmbeddedCentral) -> tuple:
     """Every row of jobs, ranges, tasks and workers: what 'the DB is unchanged' means."""
     db = central.service.db
-    return tuple(tuple(tuple(r) for r in db.query(f"SELECT * FROM {table} ORDER BY 1, 2"))
-                 for table in ("jobs", "ranges", "tasks", "workers"))
+    return tuple(
+        tuple(tuple(r) for r in db.query(f"SELECT * FROM {table} ORDER BY 1, 2"))
+        for table in ("jobs", "ranges", "tasks", "workers")
+    )
 
 
 class V1:
@@ -71,16 +81,18 @@ class V1:
 class Legacy:
     def __init__(self, central: EmbeddedCentral, token: str | None) -> None:
         self.url = central.url + "/server/panda/"
-        self.headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"} if token else \
-            {"Accept": "application/json"}
+        self.headers = (
+            {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+            if token
+            else {"Accept": "application/json"}
+        )
 
     def post(self, method: str, data: dict) -> requests.Response:
         return requests.post(self.url + method, data=data, headers=self.headers, timeout=10)
 
 
 def reports(ids: list[str], status: str, version: int = 0) -> tuple[str, int]:
-    entries = [{"eventRangeID": i, "eventStatus": status, "errorCode": 1 if status != "finished" else 0}
-               for i in ids]
+    entries = [{"eventRangeID": i, "eventStatus": status, "errorCode": 1 if status != "finished" else 0} for i in ids]
     if version == 1:
         entries = [{"zipFile": {"lfn": "z.zip"}, "eventRanges": entries}]
     return json.dumps(entries), version
@@ -90,11 +102,14 @@ def reports(ids: list[str], status: str, version: int = 0) -> tuple[str, int]:
 def two_harvesters(token_central):
     """Harvesters A and B (token subs site-a, site-b), one job and three ranges each."""
     token_central.service.submit_task(task_dict())
-    a, b = V1(token_central, mint(token_central, "site-a", ["harvester"])), \
-        V1(token_central, mint(token_central, "site-b", ["harvester"]))
+    a, b = (
+        V1(token_central, mint(token_central, "site-a", ["harvester"])),
+        V1(token_central, mint(token_central, "site-b", ["harvester"])),
+    )
     ja, jb = a.acquire_job(), b.acquire_job()
-    owners = dict(token_central.service.db.query("SELECT panda_id, harvester_id FROM jobs WHERE panda_id IN (?, ?)",
-                                                 (ja, jb)))
+    owners = dict(
+        token_central.service.db.query("SELECT panda_id, harvester_id FROM jobs WHERE panda_id IN (?, ?)", (ja, jb))
+    )
     assert owners == {ja: "site-a", jb: "site-b"}  # the token's identity, not a request parameter
     return a, b, ja, jb, a.ranges(ja), b.ranges(jb)
 
@@ -122,18 +137,24 @@ def test_v1_foreign_harvester_changes_nothing(token_central, two_harvesters):
     assert snapshot(token_central) == before
 
     # a mixed request: B's own entries are applied, A's refused
-    answer = b.report([{"eventRangeID": rb[0], "eventStatus": "finished"},
-                       {"eventRangeID": ra[0], "eventStatus": "finished"}])
+    answer = b.report(
+        [{"eventRangeID": rb[0], "eventStatus": "finished"}, {"eventRangeID": ra[0], "eventStatus": "finished"}]
+    )
     assert answer["Results"] == ["applied", "refused"]
-    answers = b.data("pilot/update_jobs_bulk", {"job_list": [{"jobId": jb, "state": "running"},
-                                                             {"jobId": ja, "state": "running"}]})
+    answers = b.data(
+        "pilot/update_jobs_bulk", {"job_list": [{"jobId": jb, "state": "running"}, {"jobId": ja, "state": "running"}]}
+    )
     assert [x["data"]["StatusCode"] for x in answers] == [0, 70]
-    status = dict(token_central.service.db.query(
-        "SELECT printf('%d-%d', task_id, process_id), status FROM ranges WHERE status != 0"))
-    key = lambda rid: "-".join(rid.split("-")[i] for i in (0, 3))  # noqa: E731
+    status = dict(
+        token_central.service.db.query(
+            "SELECT printf('%d-%d', task_id, process_id), status FROM ranges WHERE status != 0"
+        )
+    )
+    key = lambda rid: "-".join(rid.split("-")[i] for i in (0, 3))
     assert status[key(rb[0])] == 3 and status[key(ra[0])] == 1
-    assert dict(token_central.service.db.query("SELECT panda_id, status FROM jobs WHERE panda_id IN (?, ?)",
-                                               (ja, jb))) == {ja: "sent", jb: "running"}
+    assert dict(
+        token_central.service.db.query("SELECT panda_id, status FROM jobs WHERE panda_id IN (?, ?)", (ja, jb))
+    ) == {ja: "sent", jb: "running"}
 
     # A still can; an admin can
     assert a.report([{"eventRangeID": ra[0], "eventStatus": "finished"}])["Results"] == ["applied"]
@@ -141,14 +162,18 @@ def test_v1_foreign_harvester_changes_nothing(token_central, two_harvesters):
     assert len(a.ranges(ja, 2)) == 2
     admin = V1(token_central, mint(token_central, "ops", ["admin", "harvester"]))
     assert admin.report([{"eventRangeID": ra[1], "eventStatus": "failed", "errorCode": 1}])["Results"] == ["applied"]
-    assert admin.data("pilot/update_jobs_bulk", {"job_list": [{"jobId": ja, "state": "running"}]})[0][
-        "data"]["StatusCode"] == 0
+    assert (
+        admin.data("pilot/update_jobs_bulk", {"job_list": [{"jobId": ja, "state": "running"}]})[0]["data"]["StatusCode"]
+        == 0
+    )
 
 
 def test_legacy_foreign_harvester_changes_nothing(token_central, two_harvesters):
     a, b, ja, jb, ra, rb = two_harvesters
-    lb, la = Legacy(token_central, b.headers["Authorization"][7:]), Legacy(token_central,
-                                                                          a.headers["Authorization"][7:])
+    lb, la = (
+        Legacy(token_central, b.headers["Authorization"][7:]),
+        Legacy(token_central, a.headers["Authorization"][7:]),
+    )
     before = snapshot(token_central)
     for state in ("running", "finished", "failed"):
         resp = lb.post("updateJob", {"jobId": ja, "state": state, "pilotErrorCode": 1})
@@ -177,8 +202,10 @@ def test_pilot_credentials_are_held_to_their_harvester_and_worker(token_central)
     svc = token_central.service
     svc.submit_task(task_dict(jobs=3))
     harvester = V1(token_central, mint(token_central, "site-a", ["harvester"]))
-    pilot = {w: V1(token_central, mint(token_central, f"site-a/worker/{w}", ["pilot"], harvester="site-a",
-                                       worker=str(w))) for w in (1, 2, 3)}
+    pilot = {
+        w: V1(token_central, mint(token_central, f"site-a/worker/{w}", ["pilot"], harvester="site-a", worker=str(w)))
+        for w in (1, 2, 3)
+    }
     stranger = V1(token_central, mint(token_central, "site-b/worker/1", ["pilot"], harvester="site-b", worker="1"))
     job = harvester.acquire_job()  # acquired before any worker existed: worker_id NULL
 
@@ -193,9 +220,16 @@ def test_pilot_credentials_are_held_to_their_harvester_and_worker(token_central)
     assert stranger.report([{"eventRangeID": got[0], "eventStatus": "finished"}])["Results"] == ["refused"]
     # the harvester reports its workers' jobs (Harvester's pandaid_list): worker 2 runs another job
     other = harvester.acquire_job()
-    harvester.data("harvester/update_workers", {"harvester_id": "site-a", "workers": [
-        {"workerID": 1, "status": "running", "pandaid_list": [job]},
-        {"workerID": 2, "status": "running", "pandaid_list": [other]}]})
+    harvester.data(
+        "harvester/update_workers",
+        {
+            "harvester_id": "site-a",
+            "workers": [
+                {"workerID": 1, "status": "running", "pandaid_list": [job]},
+                {"workerID": 2, "status": "running", "pandaid_list": [other]},
+            ],
+        },
+    )
     before = snapshot(token_central)
     assert pilot[2].post("event/acquire_event_ranges", {"job_id": job, "n_ranges": 2}).status_code == 403
     assert pilot[2].report([{"eventRangeID": got[0], "eventStatus": "failed"}])["Results"] == ["refused"]
@@ -207,8 +241,10 @@ def test_pilot_credentials_are_held_to_their_harvester_and_worker(token_central)
     assert pilot[1].post("pilot/acquire_jobs", {"site_name": "S", "harvester_id": "site-b"}).status_code == 403
     assert pilot[1].post("pilot/acquire_jobs", {"site_name": "S", "worker_id": 2}).status_code == 403
     own = pilot[3].acquire_job()
-    assert tuple(svc.db.query("SELECT harvester_id, worker_id FROM jobs WHERE panda_id=?", (own,))[0]) == \
-        ("site-a", "3")
+    assert tuple(svc.db.query("SELECT harvester_id, worker_id FROM jobs WHERE panda_id=?", (own,))[0]) == (
+        "site-a",
+        "3",
+    )
     assert pilot[3].data("pilot/update_job", {"job_id": own, "job_status": "running"})["command"] == "NULL"
     assert pilot[2].post("pilot/update_job", {"job_id": own, "job_status": "failed"}).status_code == 403
     # a harvester cannot write another harvester's worker rows (they bound that harvester's pilots)
@@ -223,11 +259,16 @@ def test_trusted_mode_holds_a_named_harvester_to_its_jobs(trusted_central):
     before = snapshot(trusted_central)
     resp = client.post("pilot/update_job", {"job_id": job, "job_status": "running", "harvester_id": "h2"})
     assert resp.status_code == 403 and "h1" in resp.json()["message"]
-    answers = client.data("pilot/update_jobs_bulk", {"job_list": [{"jobId": job, "state": "running"}],
-                                                     "harvester_id": "h2"})
+    answers = client.data(
+        "pilot/update_jobs_bulk", {"job_list": [{"jobId": job, "state": "running"}], "harvester_id": "h2"}
+    )
     assert answers[0]["data"]["StatusCode"] == 70
-    assert Legacy(trusted_central, None).post("updateJob", {"jobId": job, "state": "running",
-                                                            "harvester_id": "h2"}).status_code == 403
+    assert (
+        Legacy(trusted_central, None)
+        .post("updateJob", {"jobId": job, "state": "running", "harvester_id": "h2"})
+        .status_code
+        == 403
+    )
     assert snapshot(trusted_central) == before
     # trusted mode trusts every local user: naming no harvester, or the right one, works
     assert client.data("pilot/update_job", {"job_id": job, "job_status": "running", "harvester_id": "h1"})
@@ -239,11 +280,21 @@ def test_daemon_finishes_a_task_in_embedded_token_mode(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from agents.conftest import Site, numpy_task  # the agents' real-daemon harness
 
-    queue = {"batch": "local", "nodes_min": 1, "nodes_max": 1, "ranks_per_node": 2, "cores_per_node": 2,
-             "walltime_min": "1m", "walltime_max": "5m", "max_queued_workers": 1, "max_running_workers": 2,
-             "launcher": "mpirun"}
-    site = Site(tmp_path / "site", queue=queue, central={"mode": "embedded", "host": "127.0.0.1", "port": 0,
-                                                         "trusted": False})
+    queue = {
+        "batch": "local",
+        "nodes_min": 1,
+        "nodes_max": 1,
+        "ranks_per_node": 2,
+        "cores_per_node": 2,
+        "walltime_min": "1m",
+        "walltime_max": "5m",
+        "max_queued_workers": 1,
+        "max_running_workers": 2,
+        "launcher": "mpirun",
+    }
+    site = Site(
+        tmp_path / "site", queue=queue, central={"mode": "embedded", "host": "127.0.0.1", "port": 0, "trusted": False}
+    )
     try:
         task_id = site.submit_task(**numpy_task(200))
         site.start()
@@ -252,8 +303,12 @@ def test_daemon_finishes_a_task_in_embedded_token_mode(tmp_path):
         assert task["status"] == "finished", site.log_tail()
         site.assert_exactly_once(task_id, 200)
         with site.central_db() as conn:
-            assert {r[0] for r in conn.execute("SELECT harvester_id FROM jobs WHERE task_id=? AND status != "
-                                               "'activated'", (task_id,))} == {"t"}
+            assert {
+                r[0]
+                for r in conn.execute(
+                    "SELECT harvester_id FROM jobs WHERE task_id=? AND status != 'activated'", (task_id,)
+                )
+            } == {"t"}
         with site.harvester_db() as conn:
             assert conn.execute("SELECT count(*) FROM outbox WHERE state = 'rejected'").fetchone()[0] == 0
     finally:

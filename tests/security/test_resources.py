@@ -7,6 +7,7 @@
 - a fresh daemon's databases, secrets and log are 0600, its work dir, access points and logs 0700; looser ones
   made by an older version are tightened at the next start.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,6 @@ import secrets
 import select
 import signal
 import socket
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -30,18 +30,38 @@ import yaml
 
 CLI = [sys.executable, "-m", "harvester_edge"]
 HALF_OPEN = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"  # request headers that never end
-LOCAL_QUEUE = {"name": "q", "batch": "local", "nodes_min": 1, "nodes_max": 1, "ranks_per_node": 2,
-               "cores_per_node": 2, "walltime_min": "1m", "walltime_max": "5m", "max_queued_workers": 1,
-               "max_running_workers": 1, "launcher": "mpirun"}
+LOCAL_QUEUE = {
+    "name": "q",
+    "batch": "local",
+    "nodes_min": 1,
+    "nodes_max": 1,
+    "ranks_per_node": 2,
+    "cores_per_node": 2,
+    "walltime_min": "1m",
+    "walltime_max": "5m",
+    "max_queued_workers": 1,
+    "max_running_workers": 1,
+    "launcher": "mpirun",
+}
 
 
 def write_site(root: Path, central: dict) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    config = {"site": "t", "central": {"mode": "embedded", "host": "127.0.0.1", "port": 0, **central},
-              "queues": [LOCAL_QUEUE], "paths": {"work_dir": str(root / "work")},
-              "agents": {"fetcher": "1s", "submitter": "0.5s", "monitor": "0.5s", "feeder": "0.3s",
-                         "propagator": "0.5s", "sweeper": "2s"},
-              "daemon": {"stop_timeout": "10s", "lease_time": "30s"}}
+    config = {
+        "site": "t",
+        "central": {"mode": "embedded", "host": "127.0.0.1", "port": 0, **central},
+        "queues": [LOCAL_QUEUE],
+        "paths": {"work_dir": str(root / "work")},
+        "agents": {
+            "fetcher": "1s",
+            "submitter": "0.5s",
+            "monitor": "0.5s",
+            "feeder": "0.3s",
+            "propagator": "0.5s",
+            "sweeper": "2s",
+        },
+        "daemon": {"stop_timeout": "10s", "lease_time": "30s"},
+    }
     path = root / "site.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -136,8 +156,10 @@ def test_random_paths_share_one_label(serve):
     after = session.get(served.url + "/metrics", timeout=10).text
     new = http_series(after) - http_series(before)
     lines_added = len(after.splitlines()) - len(before.splitlines())
-    print(f"\n{2 * n} random paths: {len(new)} new series {sorted(new)}, {lines_added} new /metrics lines "
-          f"({len(before.splitlines())} -> {len(after.splitlines())})")
+    print(
+        f"\n{2 * n} random paths: {len(new)} new series {sorted(new)}, {lines_added} new /metrics lines "
+        f"({len(before.splitlines())} -> {len(after.splitlines())})"
+    )
     assert new == {("POST", "/server/panda/<unknown>", "403"), ("GET", "<unmatched>", "404")}
     assert lines_added <= 2 * 20  # two histograms: their buckets, _count, _sum, _created
     assert "/server/panda/m" not in after and "/api/v1/x/y" not in after
@@ -147,8 +169,9 @@ def test_labels_are_templates_for_known_routes_and_the_hot_path(serve):
     served = serve()
     assert served.get("/monitor/job/123456").status_code == 404
     assert served.get("/server/panda/isAlive").status_code == 200
-    hot = requests.post(served.url + "/api/v1/pilot/update_job", json={"job_id": 1, "job_status": "running"},
-                        timeout=10)
+    hot = requests.post(
+        served.url + "/api/v1/pilot/update_job", json={"job_id": 1, "job_status": "running"}, timeout=10
+    )
     assert hot.status_code == 200
     series = http_series(served.get("/metrics").text)
     assert ("GET", "/monitor/job/{panda_id}", "404") in series
@@ -216,8 +239,10 @@ def test_half_open_connections_neither_block_new_clients_nor_stay(serve):
         assert not ready or not any(closed_by_peer(s) for s in ready)
         wait_all_closed(socks, timeout + 10)
         closed_after = time.monotonic() - opened
-        print(f"\nnew client with 1,000 half-open connections: {latency * 1000:.1f} ms; all 1,000 closed "
-              f"{closed_after:.2f}s after the last one opened (header_timeout {timeout}s)")
+        print(
+            f"\nnew client with 1,000 half-open connections: {latency * 1000:.1f} ms; all 1,000 closed "
+            f"{closed_after:.2f}s after the last one opened (header_timeout {timeout}s)"
+        )
         assert closed_after < timeout + 5
         assert timed_request(served) < 1.0
     finally:
@@ -243,8 +268,10 @@ def test_a_request_whose_body_stalls_gets_408_and_is_closed(serve, path):
     served = serve(body_timeout="2s")
     with socket.create_connection((served.host, served.port), timeout=10) as s:
         started = time.monotonic()
-        s.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                  b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"job_id\":")
+        s.sendall(
+            b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"job_id":'
+        )
         answer = s.recv(65536)
         took = time.monotonic() - started
         assert answer.split(b"\r\n", 1)[0] == b"HTTP/1.1 408 Request Timeout", answer
@@ -271,8 +298,10 @@ def test_under_a_256_descriptor_limit_300_half_open_do_not_lock_clients_out(serv
         for s in newest:
             s.setblocking(False)
         assert not any(closed_by_peer(s) for s in newest), "the newest half-open connections were closed"
-        print(f"\n256-fd limit, 300 half-open: new client in {latency * 1000:.1f} ms, service holds {fds} fds, "
-              f"{held} connections")
+        print(
+            f"\n256-fd limit, 300 half-open: new client in {latency * 1000:.1f} ms, service holds {fds} fds, "
+            f"{held} connections"
+        )
     finally:
         for s in socks:
             s.close()
@@ -309,8 +338,9 @@ def mode(path: Path) -> int:
 def run_daemon_until(root: Path, config: Path, until, timeout: float = 60) -> None:
     """`harvester-edge run` until `until()` holds, then SIGTERM and wait."""
     with open(root / "run.out", "ab") as out:
-        proc = subprocess.Popen([*CLI, "--config", str(config), "run"], env=env_for(root), stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [*CLI, "--config", str(config), "run"], env=env_for(root), stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + timeout
         while not until():
@@ -327,14 +357,25 @@ def run_daemon_until(root: Path, config: Path, until, timeout: float = 60) -> No
 
 
 def submit_task(root: Path, config: Path) -> None:
-    task = {"name": "modes", "payload": {"kind": "python", "callable": "jumbo.payloads:sleep",
-                                         "args": {"seconds_per_event": 0.01}},
-            "events": 20, "events_per_range": 10, "seconds_per_event": 0.01, "memory_per_rank_mb": 100,
-            "max_attempts": 3, "jobs": 1}
+    task = {
+        "name": "modes",
+        "payload": {"kind": "python", "callable": "jumbo.payloads:sleep", "args": {"seconds_per_event": 0.01}},
+        "events": 20,
+        "events_per_range": 10,
+        "seconds_per_event": 0.01,
+        "memory_per_rank_mb": 100,
+        "max_attempts": 3,
+        "jobs": 1,
+    }
     path = root / "task.yaml"
     path.write_text(yaml.safe_dump(task))
-    subprocess.run([*CLI, "--config", str(config), "task", "submit", str(path)], env=env_for(root), check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        [*CLI, "--config", str(config), "task", "submit", str(path)],
+        env=env_for(root),
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def test_a_fresh_daemon_makes_everything_private(tmp_path):
@@ -350,7 +391,11 @@ def test_a_fresh_daemon_makes_everything_private(tmp_path):
             except FileNotFoundError:
                 pass
         return any((work / "workers").glob("*/worker.sh")) and {p.name for p in live} >= {
-            "harvester.db-wal", "harvester.db-shm", "central.db-wal", "central.db-shm"}
+            "harvester.db-wal",
+            "harvester.db-shm",
+            "central.db-wal",
+            "central.db-shm",
+        }
 
     old_umask = os.umask(0o022)  # the usual umask: group and others would read everything by default
     try:
@@ -358,8 +403,14 @@ def test_a_fresh_daemon_makes_everything_private(tmp_path):
         run_daemon_until(root, config, running)
     finally:
         os.umask(old_umask)
-    files = [work / "harvester.db", work / "central.db", work / "central.secret", work / "daemon.lock",
-             work / "logs" / "harvester-edge.log", *(work / "workers").glob("*/token")]
+    files = [
+        work / "harvester.db",
+        work / "central.db",
+        work / "central.secret",
+        work / "daemon.lock",
+        work / "logs" / "harvester-edge.log",
+        *(work / "workers").glob("*/token"),
+    ]
     dirs = [work, work / "workers", work / "logs", *[p for p in (work / "workers").iterdir() if p.is_dir()]]
     modes = {**{p: mode(p) for p in files + dirs}, **live}
     print("\n" + "\n".join(f"{oct(m)} {p.relative_to(tmp_path)}" for p, m in sorted(modes.items())))
@@ -375,14 +426,23 @@ def test_an_older_versions_loose_modes_are_tightened_at_start(tmp_path):
     run_daemon_until(root, config, lambda: (work / "harvester.db").exists())
     ap = work / "workers" / "old-access-point"
     ap.mkdir(parents=True, exist_ok=True)
-    loose = {work: 0o755, work / "workers": 0o755, work / "logs": 0o755, ap: 0o755,
-             work / "harvester.db": 0o644, work / "central.db": 0o644, work / "central.secret": 0o644,
-             work / "daemon.lock": 0o644, work / "logs" / "harvester-edge.log": 0o644}
+    loose = {
+        work: 0o755,
+        work / "workers": 0o755,
+        work / "logs": 0o755,
+        ap: 0o755,
+        work / "harvester.db": 0o644,
+        work / "central.db": 0o644,
+        work / "central.secret": 0o644,
+        work / "daemon.lock": 0o644,
+        work / "logs" / "harvester-edge.log": 0o644,
+    }
     for path, m in loose.items():
         os.chmod(path, m)
     log_size = (work / "logs" / "harvester-edge.log").stat().st_size
-    run_daemon_until(root, config, lambda: "started for site" in
-                     (work / "logs" / "harvester-edge.log").read_text()[log_size:])
+    run_daemon_until(
+        root, config, lambda: "started for site" in (work / "logs" / "harvester-edge.log").read_text()[log_size:]
+    )
     for path in loose:
         assert mode(path) == (0o700 if path.is_dir() else 0o600), f"{path} is {oct(mode(path))}"
     log = (work / "logs" / "harvester-edge.log").read_text()[log_size:]
@@ -397,13 +457,16 @@ def test_beyond_max_connections_of_busy_requests_a_new_client_gets_503(serve):
     try:
         for _ in range(16):  # complete headers, a body that never comes: each holds a request in flight
             s = socket.create_connection((served.host, served.port), timeout=10)
-            s.sendall(b"POST /api/v1/harvester/update_workers HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                      b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+            s.sendall(
+                b"POST /api/v1/harvester/update_workers HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
             busy.append(s)
         deadline = time.monotonic() + 10
         while True:  # the service has all 16 (accepted asynchronously)
-            held = sum(1 for c in psutil.Process(served.proc.pid).net_connections("tcp")
-                       if c.status == psutil.CONN_ESTABLISHED)
+            held = sum(
+                1 for c in psutil.Process(served.proc.pid).net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED
+            )
             if held >= 16 or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -429,8 +492,11 @@ def test_the_strict_config_loader_takes_the_new_settings(tmp_path):
     assert (example.central.header_timeout, example.central.max_connections) == (10, 4096)
     ok = load_config(write_site(tmp_path / "a", {"header_timeout": "2s", "max_connections": 100}))
     assert (ok.central.header_timeout, ok.central.max_connections) == (2, 100)
-    for bad, key in (({"header_timeout": "0s"}, "header_timeout"), ({"max_connections": 1}, "max_connections"),
-                     ({"header_timout": "5s"}, "header_timeout")):  # the last: a typo gets "did you mean"
+    for bad, key in (
+        ({"header_timeout": "0s"}, "header_timeout"),
+        ({"max_connections": 1}, "max_connections"),
+        ({"header_timout": "5s"}, "header_timeout"),
+    ):  # the last: a typo gets "did you mean"
         with pytest.raises(ConfigError, match=key):
             load_config(write_site(tmp_path / key, bad))
 

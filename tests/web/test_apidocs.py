@@ -1,4 +1,5 @@
 """/docs and /redoc work with no network: their JavaScript and CSS come from the service itself (issue 19)."""
+
 from __future__ import annotations
 
 import re
@@ -21,8 +22,10 @@ def test_docs_pages_reference_only_local_assets(tmp_path):
             for asset in assets:
                 answer = get(central.url + asset)
                 assert answer.status_code == 200 and len(answer.content) > 100, asset
-        assert get(central.url + "/docs-assets/swagger-ui-bundle.js").content == \
-            (apidocs.assets_dir() / "swagger-ui-bundle.js").read_bytes()
+        assert (
+            get(central.url + "/docs-assets/swagger-ui-bundle.js").content
+            == (apidocs.assets_dir() / "swagger-ui-bundle.js").read_bytes()
+        )
         assert 'href="/docs"' in get(central.url + "/monitor/").text  # the monitor links the docs
     finally:
         central.stop()
@@ -41,8 +44,11 @@ def test_swagger_ui_lists_the_operations_in_chromium_offline(tmp_path, browser):
         browser.save_screenshot(str(tmp_path / "docs.png"))
 
         browser.get(central.url + "/redoc")
-        menu = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "[role=menuitem], li[data-item-id]"), 30,
-                        "ReDoc's menu of operations")
+        menu = wait_for(
+            lambda: browser.find_elements(By.CSS_SELECTOR, "[role=menuitem], li[data-item-id]"),
+            30,
+            "ReDoc's menu of operations",
+        )
         assert len(menu) > 5
         browser.save_screenshot(str(tmp_path / "redoc.png"))
     finally:

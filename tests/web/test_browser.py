@@ -1,5 +1,6 @@
 """End to end in a real browser: the daemon on the embedded default runs a real task on local MPI workers while
 headless Chromium walks dashboard -> task -> job -> log, taking a screenshot of each page."""
+
 from __future__ import annotations
 
 import json
@@ -14,17 +15,34 @@ import pytest
 import yaml
 
 from helpers import kill_local_workers
+
 from .conftest import get, wait_for
 
 pytestmark = pytest.mark.mpi
 CLI = [sys.executable, "-m", "harvester_edge"]
-QUEUE = {"name": "q", "batch": "local", "nodes_min": 1, "nodes_max": 1, "ranks_per_node": 2, "cores_per_node": 2,
-         "walltime_min": "1m", "walltime_max": "5m", "max_queued_workers": 1, "max_running_workers": 1,
-         "launcher": "mpirun"}
-TASK = {"name": "webtask", "payload": {"kind": "python", "callable": "jumbo.payloads:sleep",
-                                       "args": {"seconds_per_event": 0.1}},
-        "events": 600, "events_per_range": 10, "seconds_per_event": 0.1, "memory_per_rank_mb": 100,
-        "max_attempts": 3, "jobs": 1}
+QUEUE = {
+    "name": "q",
+    "batch": "local",
+    "nodes_min": 1,
+    "nodes_max": 1,
+    "ranks_per_node": 2,
+    "cores_per_node": 2,
+    "walltime_min": "1m",
+    "walltime_max": "5m",
+    "max_queued_workers": 1,
+    "max_running_workers": 1,
+    "launcher": "mpirun",
+}
+TASK = {
+    "name": "webtask",
+    "payload": {"kind": "python", "callable": "jumbo.payloads:sleep", "args": {"seconds_per_event": 0.1}},
+    "events": 600,
+    "events_per_range": 10,
+    "seconds_per_event": 0.1,
+    "memory_per_rank_mb": 100,
+    "max_attempts": 3,
+    "jobs": 1,
+}
 
 
 def free_port() -> int:
@@ -39,17 +57,31 @@ def site(tmp_path):
     port = free_port()
     work = tmp_path / "work"
     config = tmp_path / "site.yaml"
-    config.write_text(yaml.safe_dump({
-        "site": "web", "central": {"mode": "embedded", "trusted": True, "host": "127.0.0.1", "port": port},
-        "queues": [QUEUE], "paths": {"work_dir": str(work)},
-        "agents": {"fetcher": "1s", "submitter": "1s", "monitor": "1s", "feeder": "0.3s", "propagator": "0.5s",
-                   "sweeper": "2s"},
-        "daemon": {"stop_timeout": "15s", "lease_time": "30s"}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "site": "web",
+                "central": {"mode": "embedded", "trusted": True, "host": "127.0.0.1", "port": port},
+                "queues": [QUEUE],
+                "paths": {"work_dir": str(work)},
+                "agents": {
+                    "fetcher": "1s",
+                    "submitter": "1s",
+                    "monitor": "1s",
+                    "feeder": "0.3s",
+                    "propagator": "0.5s",
+                    "sweeper": "2s",
+                },
+                "daemon": {"stop_timeout": "15s", "lease_time": "30s"},
+            }
+        )
+    )
     env = {k: v for k, v in os.environ.items() if k != "HARVESTER_EDGE_WORK_DIR"}
 
     def cli(*args: str) -> str:
-        out = subprocess.run([*CLI, "--config", str(config), *args], capture_output=True, text=True, env=env,
-                             timeout=60, check=False)
+        out = subprocess.run(
+            [*CLI, "--config", str(config), *args], capture_output=True, text=True, env=env, timeout=60, check=False
+        )
         assert out.returncode == 0, out.stderr
         return out.stdout
 
@@ -57,8 +89,7 @@ def site(tmp_path):
     task_file.write_text(yaml.safe_dump(TASK))
     task_id = json.loads(cli("task", "submit", str(task_file), "--json"))["task_id"]
     with open(tmp_path / "daemon.out", "ab") as log:
-        daemon = subprocess.Popen([*CLI, "--config", str(config), "run"], env=env, stdout=log,
-                                  stderr=subprocess.STDOUT)
+        daemon = subprocess.Popen([*CLI, "--config", str(config), "run"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         yield {"url": f"http://127.0.0.1:{port}", "task_id": task_id, "cli": cli, "daemon": daemon, "work": work}
     finally:
@@ -126,12 +157,14 @@ def test_dashboard_task_job_log_while_a_task_runs(site, browser, tmp_path):
 
     link.click()
     assert "/monitor/worker/" in browser.current_url and "name=local.err" in browser.current_url
-    wait_for(lambda: "jumbo" in browser.find_element(By.CSS_SELECTOR, "pre.log").text or browser.refresh(), 60,
-             "the pilot's log lines in the log page")
+    wait_for(
+        lambda: "jumbo" in browser.find_element(By.CSS_SELECTOR, "pre.log").text or browser.refresh(),
+        60,
+        "the pilot's log lines in the log page",
+    )
     shot("pilot-log")
 
-    final = wait_for(lambda: (t := task_status())["status"] in ("finished", "failed") and t, 180,
-                     "the task to end")
+    final = wait_for(lambda: (t := task_status())["status"] in ("finished", "failed") and t, 180, "the task to end")
     assert final["status"] == "finished" and final["events_finished"] == 600
     browser.get(f"{url}/monitor/task/{task_id}")
     assert "600 of 600 events finished (100.0%)" in browser.find_element(By.TAG_NAME, "main").text

@@ -2,6 +2,7 @@
 MPI pilots) runs a task while headless Chromium (no network but loopback) takes a screenshot of the dashboard, the
 task, job and sites pages, the API docs and the `harvester-edge report` file, and checks that every chart has data
 points and labels, reading the SVG elements the browser drew."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import get, wait_for
-from .test_browser import _up, site  # noqa: F401 (the daemon fixture)
+from .conftest import wait_for
+from .test_browser import _up, site
 
 pytestmark = pytest.mark.mpi
 
@@ -54,11 +55,11 @@ def busy_ranges(work: Path) -> int:
 def workers_ended(work: Path) -> bool:
     """At least one worker, and none of them still new, submitting, queued or running."""
     with sqlite3.connect(f"file:{work / 'harvester.db'}?mode=ro", uri=True, timeout=5) as conn:
-        states = [s for s, in conn.execute("SELECT state FROM workers")]
+        states = [s for (s,) in conn.execute("SELECT state FROM workers")]
     return bool(states) and not set(states) & {"new", "submitting", "queued", "running"}
 
 
-def test_timelines_and_report_while_a_task_runs(site, browser, tmp_path):  # noqa: F811
+def test_timelines_and_report_while_a_task_runs(site, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
     url, task_id, work = site["url"], site["task_id"], site["work"]
@@ -67,8 +68,11 @@ def test_timelines_and_report_while_a_task_runs(site, browser, tmp_path):  # noq
     def task_status() -> dict:
         return json.loads(site["cli"]("task", "show", str(task_id), "--json"))
 
-    wait_for(lambda: task_status()["events_finished"] > 0 and busy_ranges(work) > 0, 120,
-             "finished events with the pilot's timings in the harvester DB")
+    wait_for(
+        lambda: task_status()["events_finished"] > 0 and busy_ranges(work) > 0,
+        120,
+        "finished events with the pilot's timings in the harvester DB",
+    )
     shots: list[Path] = []
 
     def visit(path: str, name: str) -> dict[str, dict]:
@@ -121,9 +125,12 @@ def test_timelines_and_report_while_a_task_runs(site, browser, tmp_path):  # noq
     assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", html, re.I) and "<script" not in html
     browser.set_window_size(1280, 2400)
     rep = visit(report.as_uri(), "report")
-    for title in ("events finished (cumulative)", "workers: queued → running → ended",
-                  "running workers per queue, all tasks (since this one began)",
-                  "queue wait (submitted → started) per queue: workers"):
+    for title in (
+        "events finished (cumulative)",
+        "workers: queued → running → ended",
+        "running workers per queue, all tasks (since this one began)",
+        "queue wait (submitted → started) per queue: workers",
+    ):
         check(rep[title], title.split(" (")[0])
     text = browser.find_element(By.TAG_NAME, "main").text
     assert f"task {task_id}: webtask" in text and "failures by error" in text and "per queue" in text

@@ -1,4 +1,5 @@
 """CLI views over the seeded DBs: status (BPS-style per-task table, --watch), worker show, errors summary."""
+
 from __future__ import annotations
 
 import json
@@ -11,15 +12,32 @@ from click.testing import CliRunner
 from harvester_edge.cli import CliContext
 from harvester_edge.cli_views import errors_summary, status_cmd, task_rows, worker_group
 
-QUEUE = {"name": "q", "batch": "local", "nodes_min": 1, "nodes_max": 1, "ranks_per_node": 2, "cores_per_node": 2,
-         "walltime_min": "1m", "walltime_max": "5m", "launcher": "mpirun"}
+QUEUE = {
+    "name": "q",
+    "batch": "local",
+    "nodes_min": 1,
+    "nodes_max": 1,
+    "ranks_per_node": 2,
+    "cores_per_node": 2,
+    "walltime_min": "1m",
+    "walltime_max": "5m",
+    "launcher": "mpirun",
+}
 
 
 @pytest.fixture
 def run(seeded, tmp_path):
     config = tmp_path / "site.yaml"
-    config.write_text(yaml.safe_dump({"site": "t", "central": {"mode": "embedded", "trusted": True},
-                                      "queues": [QUEUE], "paths": {"work_dir": str(seeded["work"])}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "site": "t",
+                "central": {"mode": "embedded", "trusted": True},
+                "queues": [QUEUE],
+                "paths": {"work_dir": str(seeded["work"])},
+            }
+        )
+    )
 
     @click.group()
     @click.pass_context
@@ -40,17 +58,50 @@ def run(seeded, tmp_path):
 
 
 def test_task_rows_roll_range_states_up_like_bps():
-    rows = task_rows([{"task_id": 3, "name": "n", "status": "running", "n_events": 200, "events_finished": 50,
-                       "ranges": {"ready": 4, "sent": 1, "running": 2, "finished": 5, "fatal": 1, "failed": 2}}])
-    assert rows == [{"task_id": 3, "name": "n", "status": "running", "pending": 4, "running": 3, "succeeded": 5,
-                     "failed": 3, "cancelled": 0, "total": 15, "events_done": 50, "events": 200, "percent": 25.0}]
+    rows = task_rows(
+        [
+            {
+                "task_id": 3,
+                "name": "n",
+                "status": "running",
+                "n_events": 200,
+                "events_finished": 50,
+                "ranges": {"ready": 4, "sent": 1, "running": 2, "finished": 5, "fatal": 1, "failed": 2},
+            }
+        ]
+    )
+    assert rows == [
+        {
+            "task_id": 3,
+            "name": "n",
+            "status": "running",
+            "pending": 4,
+            "running": 3,
+            "succeeded": 5,
+            "failed": 3,
+            "cancelled": 0,
+            "total": 15,
+            "events_done": 50,
+            "events": 200,
+            "percent": 25.0,
+        }
+    ]
 
 
 def test_status_shows_a_row_per_task_and_json(run, seeded):
     out = run("status")
     line = next(ln for ln in out.splitlines() if "seeded" in ln)
     assert [c.strip() for c in line.strip("│ ").split("│")][:9] == [
-        str(seeded["task_id"]), "seeded", "running", "5", "2", "3", "0", "0", "10"]
+        str(seeded["task_id"]),
+        "seeded",
+        "running",
+        "5",
+        "2",
+        "3",
+        "0",
+        "0",
+        "10",
+    ]
     data = json.loads(run("status", "--json"))
     assert data["task_rows"][0]["succeeded"] == 3 and data["workers"] == {"finished": 1}
 
@@ -72,13 +123,22 @@ def test_worker_show_table_and_json(run, seeded):
     assert "local:4242" in out and "running" in out and "worker.sh" in out and "logs/payload.0.log" in out
     data = json.loads(run("worker", "show", "1", "--json"))
     assert data["jobs"] == [seeded["panda_id"]] and [h["dst"] for h in data["state_history"]] == [
-        "submitting", "queued", "running", "finished"]
+        "submitting",
+        "queued",
+        "running",
+        "finished",
+    ]
     result = CliRunner().invoke(run.cli, ["worker", "show", "9"])
     assert result.exit_code != 0 and "worker 9 is not in" in result.output
 
 
 def test_errors_summary_groups_by_source_code_message(run, seeded):
     data = json.loads(run("summary", "--json"))
-    assert {"source": "event", "code": 65, "message": "payload crashed", "count": 2,
-            "tasks": str(seeded["task_id"])} in data
+    assert {
+        "source": "event",
+        "code": 65,
+        "message": "payload crashed",
+        "count": 2,
+        "tasks": str(seeded["task_id"]),
+    } in data
     assert "payload crashed" in run("summary")

@@ -1,4 +1,5 @@
 """The monitor's pages, served by the real central service on 127.0.0.1 over seeded central + harvester DBs."""
+
 from __future__ import annotations
 
 import re
@@ -43,7 +44,7 @@ def test_job_page_workers_logs_ranges_and_memory_plot(monitor):
     html = get(f"{url}/monitor/job/{ids['panda_id']}").text
     assert 'href="/monitor/worker/1"' in html
     for name in ("local.out", "local.err", "logs/payload.0.log"):
-        assert f'file?name={name.replace("/", "%2F")}"' in html or f"file?name={name}\"" in html
+        assert f'file?name={name.replace("/", "%2F")}"' in html or f'file?name={name}"' in html
     assert "RSS per rank" in html and "CPU time per rank" in html
     assert html.count("<polyline") == 4  # two ranks x (RSS, CPU)
     assert "rank 1" in html and "max RSS 70MB" in html
@@ -74,24 +75,34 @@ def csrf_token(html: str) -> str:
 def test_errors_page_groups_failures_and_promotes_a_suggestion(monitor):
     url, ids = monitor
     html = get(f"{url}/monitor/errors").text
-    group = re.search(r"<tr><td>event</td><td class=\"num\">65</td><td>payload crashed</td>"
-                      r"<td class=\"num\">(\d+)</td>", html)
+    group = re.search(
+        r"<tr><td>event</td><td class=\"num\">65</td><td>payload crashed</td>"
+        r"<td class=\"num\">(\d+)</td>",
+        html,
+    )
     assert group and group.group(1) == "2"
     assert f"payload? (suggested #{ids['rule']})" in html  # its classification, until confirmed
     assert f'action="/monitor/errors/{ids["rule"]}/promote"' in html
     session = requests.Session()  # a browser: the page sets the CSRF cookie, the form carries the token
     token = csrf_token(session.get(f"{url}/monitor/errors", timeout=10).text)
-    answer = session.post(f"{url}/monitor/errors/{ids['rule']}/promote", data={"class": "system", "csrf": token},
-                          allow_redirects=False, timeout=10)
+    answer = session.post(
+        f"{url}/monitor/errors/{ids['rule']}/promote",
+        data={"class": "system", "csrf": token},
+        allow_redirects=False,
+        timeout=10,
+    )
     assert answer.status_code == 303 and answer.headers["location"].startswith("/monitor/errors")
     with sqlite3.connect(ids["work"] / "central.db") as conn:
-        assert conn.execute("SELECT status, class FROM error_classes WHERE id=?", (ids["rule"],)).fetchone() == \
-            ("confirmed", "system")
+        assert conn.execute("SELECT status, class FROM error_classes WHERE id=?", (ids["rule"],)).fetchone() == (
+            "confirmed",
+            "system",
+        )
     after = get(f"{url}/monitor/errors").text
     assert f'action="/monitor/errors/{ids["rule"]}/promote"' not in after
     assert '<td class="num">2</td><td>system</td>' in after  # the group now shows the confirmed class
-    bad = session.post(f"{url}/monitor/errors/{ids['rule']}/promote", data={"class": "nonsense", "csrf": token},
-                       timeout=10)
+    bad = session.post(
+        f"{url}/monitor/errors/{ids['rule']}/promote", data={"class": "nonsense", "csrf": token}, timeout=10
+    )
     assert bad.status_code == 400 and "not one of" in bad.text
 
 
@@ -124,14 +135,20 @@ def test_token_mode_needs_a_reader_token_and_admin_to_promote(seeded):
         session = requests.Session()
         assert session.get(f"{url}/monitor/?token={reader}", timeout=10).status_code == 200
         assert session.get(f"{url}/monitor/task/{seeded['task_id']}", timeout=10).status_code == 200  # cookie
-        assert session.get(f"{url}/monitor/", params={"token": authority.issue("p", ["pilot"])},
-                           timeout=10).status_code == 403
+        assert (
+            session.get(f"{url}/monitor/", params={"token": authority.issue("p", ["pilot"])}, timeout=10).status_code
+            == 403
+        )
         promote = f"{url}/monitor/errors/{seeded['rule']}/promote"
         form = {"csrf": csrf_token(session.get(f"{url}/monitor/errors", params={"token": reader}, timeout=10).text)}
         assert session.post(promote, data=form, timeout=10).status_code == 403  # harvester scope may only read
         admin = authority.issue("root", ["admin"])
-        assert session.post(promote, data=form, headers={"Authorization": f"Bearer {admin}"}, timeout=10,
-                            allow_redirects=False).status_code == 303
+        assert (
+            session.post(
+                promote, data=form, headers={"Authorization": f"Bearer {admin}"}, timeout=10, allow_redirects=False
+            ).status_code
+            == 303
+        )
     finally:
         central.stop()
 
@@ -148,8 +165,11 @@ def test_metrics_exposes_states_outbox_system_metrics_and_http_latency(monitor):
     assert 'harvester_edge_outbox_depth{state="pending"} 1.0' in text
     assert 'harvester_edge_queue_time_seconds_avg{queue="q"} 4.0' in text
     assert "harvester_edge_task_active_seconds_avg" in text
-    assert re.search(r'harvester_edge_http_request_seconds_count\{code="200",method="GET",route="/monitor/"\} '
-                     r'[1-9]', text)
+    assert re.search(
+        r'harvester_edge_http_request_seconds_count\{code="200",method="GET",route="/monitor/"\} '
+        r"[1-9]",
+        text,
+    )
     assert "harvester_edge_agent_cycle_seconds" in text and "harvester_edge_batch_command_seconds" in text
 
 
@@ -173,9 +193,11 @@ def test_token_key_expiry_is_exported(seeded):
 def test_long_lists_page(monitor):
     url, ids = monitor
     with sqlite3.connect(ids["work"] / "harvester.db") as conn:
-        conn.executemany("INSERT INTO workers (queue, state, job_name, access_point, nodes, ranks_per_node, walltime, "
-                         "created_at, updated_at) VALUES ('q', 'queued', ?, '/nonexistent', 1, 1, 60, 0, 0)",
-                         [(f"w-{i}",) for i in range(2, 62)])
+        conn.executemany(
+            "INSERT INTO workers (queue, state, job_name, access_point, nodes, ranks_per_node, walltime, "
+            "created_at, updated_at) VALUES ('q', 'queued', ?, '/nonexistent', 1, 1, 60, 0, 0)",
+            [(f"w-{i}",) for i in range(2, 62)],
+        )
     first = get(f"{url}/monitor/sites").text
     assert "61 of 61 rows" in first and "page 1 / 2" in first
     assert '<a href="/monitor/worker/61">61</a>' in first and '<a href="/monitor/worker/1">1</a>' not in first

@@ -1,4 +1,5 @@
 """The job page's pilot fields and the log tarball lookup (no link is followed, no name leaves the directory)."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,17 @@ def test_finds_the_tarball_one_level_down_and_nowhere_else(tmp_path):
 
 
 def test_pilot_fields_survive_bad_rows():
-    assert pilot_fields({"state_history": "not json", "log_file": "{", "pilot_timing": None}) == \
-        {"history": [], "timing": [], "log_file": None}
-    fields = pilot_fields({"state_history": json.dumps([["sent", 1.0], ["running", 2.0]]),
-                           "pilot_timing": "1|2|3|4|5|6", "log_file": json.dumps({"lfn": "a.1.log.tgz"})})
+    assert pilot_fields({"state_history": "not json", "log_file": "{", "pilot_timing": None}) == {
+        "history": [],
+        "timing": [],
+        "log_file": None,
+    }
+    fields = pilot_fields(
+        {
+            "state_history": json.dumps([["sent", 1.0], ["running", 2.0]]),
+            "pilot_timing": "1|2|3|4|5|6",
+            "log_file": json.dumps({"lfn": "a.1.log.tgz"}),
+        }
+    )
     assert [h["state"] for h in fields["history"]] == ["sent", "running"]
     assert fields["timing"][2] == ("payload", "3") and fields["log_file"]["lfn"] == "a.1.log.tgz"

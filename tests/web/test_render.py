@@ -1,4 +1,5 @@
 """Pure parts of the monitor: SVG charts, URL-driven tables, metrics helpers."""
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
@@ -8,8 +9,9 @@ from harvester_edge.web.tables import view
 
 
 def test_line_chart_is_valid_svg_with_one_line_per_series_and_escaped_labels():
-    svg = charts.line_chart({"rank 0": [(10.0, 1.0), (20.0, 3.0)], "<b>&rank": [(10.0, 2.0), (15.0, 0.0)]},
-                            "RSS <per> rank", "B")
+    svg = charts.line_chart(
+        {"rank 0": [(10.0, 1.0), (20.0, 3.0)], "<b>&rank": [(10.0, 2.0), (15.0, 0.0)]}, "RSS <per> rank", "B"
+    )
     root = ET.fromstring(svg)  # well-formed: every label escaped
     ns = "{http://www.w3.org/2000/svg}"
     lines = root.findall(f"{ns}polyline")
@@ -27,8 +29,10 @@ def test_charts_without_data_say_so():
 
 
 def test_monitor_series_sums_cpu_and_skips_bad_samples():
-    samples = {1: [{"time": 5, "utime": 1.0, "stime": 0.5, "rss": 10}, {"time": 6, "rss": "x"}],
-               0: [{"time": 5, "rss": 7}]}
+    samples = {
+        1: [{"time": 5, "utime": 1.0, "stime": 0.5, "rss": 10}, {"time": 6, "rss": "x"}],
+        0: [{"time": 5, "rss": 7}],
+    }
     assert charts.monitor_series(samples, "cpu") == {"rank 0": [(5.0, 0.0)], "rank 1": [(5.0, 1.5), (6.0, 0.0)]}
     assert charts.monitor_series(samples, "rss") == {"rank 0": [(5.0, 7.0)], "rank 1": [(5.0, 10.0)]}
     assert list(charts.monitor_series(samples, "rss")) == ["rank 0", "rank 1"]
@@ -95,10 +99,11 @@ def test_token_file_expiry_is_read_from_the_exp_claim(tmp_path):
 def test_classification_prefers_the_longest_matching_confirmed_rule():
     from harvester_edge.web.data import classification
 
-    rules = [{"id": 1, "source": "pilot", "code": 7, "diag_pattern": "", "class": "payload", "status": "confirmed"},
-             {"id": 2, "source": "pilot", "code": 7, "diag_pattern": "stage-?in", "class": "system",
-              "status": "confirmed"},
-             {"id": 3, "source": "exe", "code": 1, "diag_pattern": "", "class": "user", "status": "suggested"}]
+    rules = [
+        {"id": 1, "source": "pilot", "code": 7, "diag_pattern": "", "class": "payload", "status": "confirmed"},
+        {"id": 2, "source": "pilot", "code": 7, "diag_pattern": "stage-?in", "class": "system", "status": "confirmed"},
+        {"id": 3, "source": "exe", "code": 1, "diag_pattern": "", "class": "user", "status": "suggested"},
+    ]
     assert classification({"source": "pilot", "code": 7, "message": "stagein failed"}, rules) == "system"
     assert classification({"source": "pilot", "code": 7, "message": "segfault"}, rules) == "payload"
     assert classification({"source": "exe", "code": 1, "message": ""}, rules) == "user? (suggested #3)"
