@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 
 from click.testing import CliRunner
 
@@ -44,9 +46,6 @@ def test_simulate_command_prints_table_and_json_last(tmp_path):
 
 
 def test_simulate_work_dir_missing_or_a_file_is_a_clear_error(tmp_path):
-    import subprocess
-    import sys
-
     (tmp_path / "a-file").write_text("")
     for given, says in ((tmp_path / "missing", "does not exist"), (tmp_path / "a-file", "is a file")):
         proc = subprocess.run(
