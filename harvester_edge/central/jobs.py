@@ -31,7 +31,7 @@ def _csv(values: list) -> str:
 
 def render_job(job: sqlite3.Row | dict, task: sqlite3.Row | dict, remaining_events: int) -> dict[str, Any]:
     """The job description a pilot receives: the fields the real server's JobSpec gives a pilot for the task's
-    kind (panda-protocol.md "Job description"); event-service flags only on event-service jobs."""
+    kind (pandaserver/taskbuffer/JobSpec.py); event-service flags only on event-service jobs."""
     pid, name, kind = job["panda_id"], task["name"], task_kind(task)
     log_file, log_guid = f"{name}.{pid}.log.tgz", str(uuid.uuid5(uuid.UUID(task["guid"]), f"log-{pid}"))
     dataset = f"edge.{name}.{task['task_id']}"
