@@ -51,7 +51,9 @@ class CliContext:
 @click.version_option(package_name="harvester-edge")
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None) -> None:
-    """harvester-edge: keep an HPC site's batch system busy with MPI pilots for jumbo jobs."""
+    """harvester-edge: keep an HPC site's batch system busy with MPI pilots for jumbo jobs.
+
+    -c/--config may also follow the subcommand: `harvester-edge status --config site.yaml`."""
     ctx.obj = CliContext(config_path or default_config_path())
 
 
