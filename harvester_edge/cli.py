@@ -33,6 +33,11 @@ class CliContext:
     def config(self) -> SiteConfig:
         return load_config(self.config_path)
 
+    def override(self, name: str, value: object) -> None:
+        """A global option given after a subcommand (`status --config X`): it wins over the one before."""
+        setattr(self, name, value)
+        self.__dict__.pop("config", None)  # loaded from the old path, if at all
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
@@ -46,7 +51,9 @@ class CliContext:
 @click.version_option(package_name="harvester-edge")
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None) -> None:
-    """harvester-edge: keep an HPC site's batch system busy with MPI pilots for jumbo jobs."""
+    """harvester-edge: keep an HPC site's batch system busy with MPI pilots for jumbo jobs.
+
+    -c/--config may also follow the subcommand: `harvester-edge status --config site.yaml`."""
     ctx.obj = CliContext(config_path or default_config_path())
 
 
@@ -150,6 +157,46 @@ def _register_groups() -> None:
     cli.add_command(report_command, "report")
 
 
+def _global_option_after_subcommand(ctx: click.Context, param: click.Parameter, value: object) -> object:
+    if value is None or param.name is None:
+        return value
+    obj = ctx.find_object(CliContext)
+    if obj is None:  # the command invoked on its own (a test's CliRunner): start from the defaults
+        obj = ctx.obj = CliContext(default_config_path())
+    obj.override(param.name, value)
+    return value
+
+
+def global_options(group: click.Group) -> list[click.Option]:
+    """The group's own options a subcommand accepts too: all but the eager ones (--help, --version)."""
+    return [p for p in group.params if isinstance(p, click.Option) and not p.is_eager]
+
+
+def share_global_options(root: click.Group, command: click.Group | None = None) -> None:
+    """Give every (nested) subcommand the root's global options, so `harvester-edge status --config X` works like
+    `harvester-edge --config X status`. A subcommand's own option of the same name or flag is a programming error."""
+    for sub in (command or root).commands.values():
+        taken = {o for p in sub.params for o in (*p.opts, *p.secondary_opts)} | {p.name for p in sub.params}
+        for opt in global_options(root):
+            if opt.name in taken:
+                continue  # shared already (a command registered under two groups)
+            clash = taken & {*opt.opts, *opt.secondary_opts}
+            if clash:
+                raise RuntimeError(f"command {sub.name!r} defines {sorted(clash)}, a global option of {root.name!r}")
+            sub.params.append(
+                click.Option(
+                    [*opt.opts, *opt.secondary_opts, opt.name],
+                    type=opt.type,
+                    default=None,
+                    help=opt.help,
+                    expose_value=False,
+                    callback=_global_option_after_subcommand,
+                )
+            )
+        if isinstance(sub, click.Group):
+            share_global_options(root, sub)
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
@@ -167,3 +214,4 @@ def main() -> None:
 
 
 _register_groups()
+share_global_options(cli)

@@ -1,7 +1,7 @@
 """The site config: one YAML file per edge node, validated strictly at load.
 
 Every error names the file, the line, the key path and what was expected, e.g.
-    configs/site.yaml:12: queues[0].walltime_max: expected a duration such as 90, "90s", ... got '2 hourz'
+    site.yaml:12: queues[0].walltime_max: expected a duration such as 90, "90s", ... got '2 hourz'
 Unknown keys are errors (with a "did you mean"), so a typo never silently falls back to a default.
 """
 

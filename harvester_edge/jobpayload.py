@@ -6,7 +6,7 @@ The embedded service adds four extensions to its job descriptions: `payload` (wh
 - an ordinary task's job (the embedded service: sizing extensions, no `payload`): its `transformation` (an http(s)
   URL the operator points at a server the compute nodes reach) is downloaded and run with its `jobPars` through
   the callable jumbo.transform:run, once per event range, as the PanDA pilot's generic user runs it;
-- a real PanDA server's job (none of the extensions, panda-protocol.md "Job description"): the transformation and
+- a real PanDA server's job (pandaserver/taskbuffer/JobSpec.py fields, none of the extensions): the transformation and
   jobPars become a command, run once per event range in a fresh process:
   ``[<transformation>, *shlex.split(jobPars)]``, and when jobPars does not place the range itself (no
   ``{first_event}``/``{last_event}``/``{output}`` in it), ``--firstEvent={first_event} --lastEvent={last_event}

@@ -1,4 +1,4 @@
-"""The daemon's agents, in the order of the flow (design.md): each one module, one job."""
+"""The daemon's agents, in the order of the flow (README.md "What the daemon does"): each one module, one job."""
 
 from __future__ import annotations
 

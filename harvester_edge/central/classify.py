@@ -17,7 +17,7 @@ CLASSES = ("system", "payload", "user", "unknown")
 # range's fault, so a confirmed "system" rule is seeded into every new central DB (an operator may change it).
 NOT_PROCESSED_CODE = 60000
 SEEDED_RULES = [("event", NOT_PROCESSED_CODE, "", SYSTEM)]
-# Suggested as "system" on first sight: not the job's fault (panda-protocol.md "Errors and retries").
+# Suggested as "system" on first sight: not the job's fault (README.md "The central service": class `system`).
 _LIKELY_SYSTEM = {
     ("jobDispatcher", 100),
     ("jobDispatcher", 101),

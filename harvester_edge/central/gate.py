@@ -51,10 +51,11 @@ def refusal(path: str, headers: list[tuple[bytes, bytes]], exc: CentralError) ->
 
 
 def get_parameters(scope: Scope, body: bytes) -> Scope:
-    """A /api/v1 GET whose parameters came in its body: Harvester's communicator (panda_communicator.py,
-    request_ssl: `session.request("GET", url, data=data, headers=...)`) has requests put them there, form-encoded
-    (a list as a repeated key) under its fixed header Content-Type: application/json. They become the query string
-    the routes read (a JSON object body is accepted too); a GET that has a query string keeps it, body ignored."""
+    """A /api/v1 GET whose parameters came in its body: Harvester's communicator
+    (pandaharvester/harvestercommunicator/panda_communicator.py, request_ssl: `session.request("GET", url,
+    data=data, headers=...)`) has requests put them there, form-encoded (a list as a repeated key) under its fixed
+    header Content-Type: application/json. They become the query string the routes read (a JSON object body is
+    accepted too); a GET that has a query string keeps it, body ignored."""
     text = body.strip()
     if not text or scope.get("query_string"):
         return scope

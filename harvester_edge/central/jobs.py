@@ -31,7 +31,7 @@ def _csv(values: list) -> str:
 
 def render_job(job: sqlite3.Row | dict, task: sqlite3.Row | dict, remaining_events: int) -> dict[str, Any]:
     """The job description a pilot receives: the fields the real server's JobSpec gives a pilot for the task's
-    kind (panda-protocol.md "Job description"); event-service flags only on event-service jobs."""
+    kind (pandaserver/taskbuffer/JobSpec.py); event-service flags only on event-service jobs."""
     pid, name, kind = job["panda_id"], task["name"], task_kind(task)
     log_file, log_guid = f"{name}.{pid}.log.tgz", str(uuid.uuid5(uuid.UUID(task["guid"]), f"log-{pid}"))
     dataset = f"edge.{name}.{task['task_id']}"
@@ -136,7 +136,7 @@ def render_job(job: sqlite3.Row | dict, task: sqlite3.Row | dict, remaining_even
 
 
 def task_kind(task: sqlite3.Row | dict) -> str:
-    return task["kind"] if "kind" in task.keys() and task["kind"] else "jumbo"  # noqa: SIM118 - a sqlite3.Row has no get
+    return task["kind"] if "kind" in task.keys() and task["kind"] else "jumbo"  # noqa: SIM118 (Row: `in` sees values)
 
 
 def remaining_events(conn: sqlite3.Connection, task_id: int) -> int:

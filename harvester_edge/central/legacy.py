@@ -182,8 +182,8 @@ def get_token_key(svc, p: dict, claims, authority=None) -> Any:
     return {"StatusCode": 0, "tokenKey": authority.key_for(claims, name)[1]}
 
 
-# -- calls the appliance does not provide: the answer shapes the pilot reads (pilot3 util/proxy.py,
-# info/storagedata.py, util/activemq.py), never a bare 403/404 ---------------------------------------------------
+# -- calls the appliance does not provide: the answer shapes the pilot reads (pilot3 pilot/util/proxy.py,
+# pilot/info/storagedata.py, pilot/util/activemq.py), never a bare 403/404 -----------------------------------------
 RESOURCE_TYPES = [  # PanDA's resource types (JEDI resource_types table): cores and memory per core, MB
     {"resource_name": "SCORE", "mincore": None, "maxcore": 1, "minrampercore": None, "maxrampercore": 2000},
     {"resource_name": "MCORE", "mincore": 2, "maxcore": None, "minrampercore": None, "maxrampercore": 2000},

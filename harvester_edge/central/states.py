@@ -29,7 +29,7 @@ class JobStatus(str, Enum):
 
 
 JOB_TERMINAL = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELLED}
-# States a pilot may report (panda-protocol.md); anything else is invalid input.
+# States a pilot may report in updateJob; anything else is invalid input.
 PILOT_REPORTED = {
     JobStatus.STARTING,
     JobStatus.RUNNING,
@@ -61,7 +61,7 @@ def job_transition_allowed(old: str, new: str) -> bool:
 
 
 class RangeStatus(IntEnum):
-    """Server-side event statuses, numbered as in PanDA (panda-protocol.md)."""
+    """Server-side event statuses, numbered as in PanDA (pandaserver/taskbuffer/EventServiceUtils.py)."""
 
     READY = 0
     SENT = 1

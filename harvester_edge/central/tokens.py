@@ -1,4 +1,4 @@
-"""JWT access tokens signed by the service, and the pilot key flow (panda-protocol.md "Tokens").
+"""JWT access tokens signed by the service, and the pilot key flow (README.md "The central service").
 
 A worker is submitted with an initial long-lived token plus a secret key. With the key (and a still valid token)
 it gets short-lived access tokens. Every token carries the id (`kid`) of the key it descends from: revoking or

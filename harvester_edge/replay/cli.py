@@ -56,9 +56,10 @@ def _sizes(text: str) -> list[int]:
 @click.option("--max-running", default=200, show_default=True, help="the queue's max_running_workers")
 @click.option(
     "--work-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(exists=True, file_okay=False, writable=True, path_type=Path),
     default=None,
-    help="where the simulated sites live (default: a temporary folder on /dev/shm, removed after)",
+    help="an existing, writable directory where the simulated sites live, in a he-sim-* folder of it "
+    "(default: a temporary folder on /dev/shm, removed after)",
 )
 def simulate_command(
     sizes: str, queue_wait: float, fail_rate: float, kill_rate: float, max_running: int, work_dir: Path | None

@@ -88,6 +88,10 @@ def _page(request: Request, build, *args: Any) -> Response:
 def build_router() -> APIRouter:
     router = APIRouter()
 
+    @router.get("/", include_in_schema=False)  # the service's root leads a browser to the monitor
+    def site_root() -> Response:
+        return RedirectResponse("/monitor/", status_code=307)
+
     @router.get("/monitor", include_in_schema=False)
     def root() -> Response:
         return RedirectResponse("/monitor/", status_code=307)

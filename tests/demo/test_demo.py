@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -78,6 +79,15 @@ def test_render_summary_shows_the_numbers():
     text = console.export_text()
     for needle in ("task 3: finished", "4,000 of 4,000", "40 (2 ranges)", "11.5 s", "347.8", "20%"):
         assert needle in text
+    # the efficiency figure never stands bare: what it measures, and what set the rate
+    flat = " ".join(text.replace("│", " ").split())
+    assert f"{347.8 / 4:,.1f} per rank" in flat and "1.62 ms busy" in flat
+    assert "20% of the ranks' time (payload busy time / ranks x worker run time)" in flat
+    assert "not the payload" in flat and "efficiency" not in flat
+    busy = dataclasses.replace(summary, efficiency=0.9)
+    console = Console(width=120, record=True)
+    console.print(demo_mod.render_summary(busy))
+    assert "the payload sets the event rate" in " ".join(console.export_text().replace("│", " ").split())
 
 
 # -- MPI set-up --------------------------------------------------------------------------------------------------

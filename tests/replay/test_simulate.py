@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 
 from click.testing import CliRunner
 
@@ -41,3 +43,17 @@ def test_simulate_command_prints_table_and_json_last(tmp_path):
     header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["workers"])
     assert "harvester_cpu_s" in lines[header] and "db_mb" in lines[header]
     assert [int(line.split()[0]) for line in lines[header + 1 : header + 3]] == [p["workers"] for p in last["points"]]
+
+
+def test_simulate_work_dir_missing_or_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    for given, says in ((tmp_path / "missing", "does not exist"), (tmp_path / "a-file", "is a file")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "harvester_edge", "simulate", "--workers", "10", "--work-dir", str(given)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"Invalid value for '--work-dir': Directory '{given}' {says}" in proc.stderr
+    assert not (tmp_path / "missing").exists()

@@ -204,3 +204,13 @@ def test_long_lists_page(monitor):
     nxt = re.search(r'href="([^"]*workers\.page=2[^"]*)"', first).group(1).replace("&amp;", "&")
     second = get(f"{url}/monitor/sites{nxt}").text
     assert "page 2 / 2" in second and '<a href="/monitor/worker/1">1</a>' in second
+
+
+def test_the_service_root_leads_to_the_monitor(monitor):
+    url, ids = monitor
+    bare = get(f"{url}/", allow_redirects=False)
+    assert bare.status_code == 307 and bare.headers["location"] == "/monitor/"
+    page = get(f"{url}/")
+    assert page.status_code == 200 and page.url == f"{url}/monitor/"
+    assert f'href="/monitor/task/{ids["task_id"]}"' in page.text
+    assert "/" not in get(f"{url}/openapi.json").json()["paths"]  # a convenience, like /monitor: not an API route
