@@ -7,6 +7,9 @@ One contract for every plugin (slurm, lsf, local):
 - `status` makes ONE queue call for all ids; ids the queue no longer lists are looked up in the accounting
   (one more call); ids unknown everywhere are MISSING.
 - No I/O in constructors; all commands go through the `CommandRunner` seam.
+- Settings are read from the typed queue config (`self.queue.drain_warning`), whose defaults live in config.py only.
+Script-based systems subclass `ScriptBatchPlugin` and override its steps: render the script, the submit
+command's arguments, its run, and the parsing of its answer (as Balsam's subprocess scheduler interface).
 Plugins are found by name through the entry-point group "harvester_edge.batch".
 """
 
@@ -15,12 +18,12 @@ from __future__ import annotations
 import logging
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from harvester_edge.errors import HarvesterEdgeError
 from harvester_edge.filemodes import private_dir
@@ -115,7 +118,7 @@ class BatchPlugin(ABC):
 
     @property
     def timeout(self) -> float:
-        return float(getattr(self.queue, "command_timeout", 30.0) or 30.0)
+        return float(self.queue.command_timeout)
 
     @abstractmethod
     def render_script(self, spec: WorkerSpec) -> str:
@@ -137,38 +140,61 @@ class BatchPlugin(ABC):
     def find_by_name(self, job_names: Sequence[str]) -> dict[str, str]:
         """job_name -> batch_id for the names the batch system knows (crash recovery: never lose nor double)."""
 
-    def submit_scripts(
-        self,
-        specs: Sequence[WorkerSpec],
-        script_name: str,
-        command: Callable[[Path, str], tuple[list[str], str | None]],
-        parse: Callable[[WorkerSpec, CommandResult], SubmitResult],
-    ) -> list[SubmitResult]:
-        """The submit loop of script-based batch systems: write each worker's script into its access point, run
-        `command(path, text)` -> (argv, stdin) there, and `parse` the answer. A bad template, an unwritable access
-        point or a missing command fails that one worker, permanently, with the reason."""
-        results = []
-        for spec in specs:
-            try:
-                text = self.render_script(spec)
-                path = write_script(spec, text, script_name)
-            except Exception as exc:
-                log.error("worker %d: cannot write its batch script in %s: %s", spec.worker_id, spec.access_point, exc)
-                results.append(SubmitResult(spec.worker_id, None, f"cannot write batch script: {exc}", False))
-                continue
-            argv, stdin = command(path, text)
-            try:
-                res = self.runner.run(argv, stdin=stdin, timeout=self.timeout, cwd=str(spec.access_point))
-            except CommandNotFound as exc:
-                results.append(SubmitResult(spec.worker_id, None, str(exc), False))
-                continue
-            results.append(parse(spec, res))
-        return results
-
     def idle_nodes(self) -> int | None:
         """Nodes of the queue idle right now (for `backfill: true` shaping), or None when the batch system does not
         say. Never raises: backfill is an optimisation, and without an answer workers are shaped as usual."""
         return None
+
+
+class ScriptBatchPlugin(BatchPlugin):
+    """A batch system driven by a submit command over a rendered script (Slurm's sbatch, LSF's bsub).
+
+    `submit` is written once here: render the script, write it into the access point, then per worker
+    `submit_args` (the argv and stdin) -> `run_submit` (the command, in the access point) -> `parse_submit`
+    (the answer into a SubmitResult). Subclasses override those three and `render_script`; a bad template, an
+    unwritable access point or a missing command fails that one worker, permanently, with the reason.
+    `run_command` is the run of every other verb: a missing command is a permanent `BatchError`.
+    """
+
+    script_name: ClassVar[str]  # the script's file name in the access point ("worker.sbatch")
+
+    @abstractmethod
+    def submit_args(self, path: Path, text: str) -> tuple[list[str], str | None]:
+        """The submit command for the script written at `path` (its text is `text`): (argv, stdin or None)."""
+
+    def run_submit(self, spec: WorkerSpec, argv: list[str], stdin: str | None) -> CommandResult:
+        """Run the submit command in the worker's access point (raises CommandNotFound)."""
+        return self.runner.run(argv, stdin=stdin, timeout=self.timeout, cwd=str(spec.access_point))
+
+    @abstractmethod
+    def parse_submit(self, spec: WorkerSpec, res: CommandResult) -> SubmitResult:
+        """The submit command's answer for one worker: its batch id, or the error classified transient/permanent."""
+
+    def submit(self, specs: Sequence[WorkerSpec]) -> list[SubmitResult]:
+        results = []
+        for spec in specs:
+            try:
+                text = self.render_script(spec)
+                path = write_script(spec, text, self.script_name)
+            except Exception as exc:
+                log.error("worker %d: cannot write its batch script in %s: %s", spec.worker_id, spec.access_point, exc)
+                results.append(SubmitResult(spec.worker_id, None, f"cannot write batch script: {exc}", False))
+                continue
+            argv, stdin = self.submit_args(path, text)
+            try:
+                res = self.run_submit(spec, argv, stdin)
+            except CommandNotFound as exc:
+                results.append(SubmitResult(spec.worker_id, None, str(exc), False))
+                continue
+            results.append(self.parse_submit(spec, res))
+        return results
+
+    def run_command(self, argv: list[str], what: str, failure_expected: bool = False) -> CommandResult:
+        """One status/cancel/lookup command; a command that is not installed raises BatchError(transient=False)."""
+        try:
+            return self.runner.run(argv, timeout=self.timeout, failure_expected=failure_expected)
+        except CommandNotFound as exc:
+            raise BatchError(f"{what}: {exc}", transient=False) from exc
 
 
 def classify_error(
@@ -199,12 +225,6 @@ def write_script(spec: WorkerSpec, text: str, filename: str) -> Path:
     tmp.chmod(0o755)
     tmp.replace(path)
     return path
-
-
-def queue_attr(queue: Any, name: str, default: Any = None) -> Any:
-    """An attribute of the queue config, or `default` when it is absent or None."""
-    value = getattr(queue, name, None)
-    return default if value is None else value
 
 
 def known_plugins() -> dict[str, metadata.EntryPoint]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
+from harvester_edge.batch import ENTRY_POINT_GROUP, known_plugins
 from harvester_edge.central.settings import CentralSettings
 from harvester_edge.durations import Duration, IntDuration
 from harvester_edge.errors import ConfigError
@@ -29,7 +30,7 @@ class QueueConfig(Strict):
     """One batch queue (a Slurm partition or LSF queue) and how workers are shaped for it."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    batch: Literal["slurm", "lsf", "local"]
+    batch: str  # a batch plugin: an installed entry point of "harvester_edge.batch" (slurm, lsf, local, or another's)
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
@@ -50,8 +51,22 @@ class QueueConfig(Strict):
     extra_directives: list[str] = []
     env_setup: list[str] = []
     template: Path | None = None
-    command_timeout: Duration = 30.0
+    command_timeout: Annotated[Duration, Field(gt=0)] = 30.0  # seconds a batch command may take
     backfill: bool = False  # shape workers to the nodes idle now (Slurm: sinfo), so a fitting worker starts at once
+
+    @field_validator("batch")
+    @classmethod
+    def _installed_plugin(cls, name: str) -> str:
+        """Checked against what is installed, so a plugin of another package is as good as the shipped ones."""
+        installed = sorted(known_plugins())
+        if name not in installed:
+            raise ValueError(
+                f"batch plugin {name!r} is not installed; installed: "
+                f"{', '.join(installed) or 'none (is harvester-edge installed? run pip install -e .)'} "
+                f"(entry points of group {ENTRY_POINT_GROUP!r}); use one of them or install the package that "
+                f"provides {name!r}"
+            )
+        return name
 
     @model_validator(mode="after")
     def _ranges(self) -> QueueConfig:

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from jumbo.payloads import PayloadError
 
-DOWNLOAD_FAILED = 1149  # the PanDA pilot's code for "transform could not be downloaded"
+DOWNLOAD_FAILED = 1149  # PanDA pilot TRFDOWNLOADFAILURE; = harvester_edge.codes.PilotError (jumbo imports none)
 DOWNLOAD_TIMEOUT = 60
 
 

@@ -6,24 +6,26 @@ import shlex
 import string
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from harvester_edge.batch import WorkerSpec, queue_attr
+from harvester_edge.batch import WorkerSpec
 from harvester_edge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from harvester_edge.config import QueueConfig
 
 ROOT_MPI_ENV = ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM")
 
 
-def load_template(queue: Any, default_name: str) -> string.Template:
+def load_template(queue: QueueConfig, default_name: str) -> string.Template:
     """The site's override (queue.template) or the shipped template."""
-    override = queue_attr(queue, "template")
+    override = queue.template
     if override is not None:
         try:
             return string.Template(Path(override).read_text())
         except OSError as exc:
             raise ConfigError(
-                f"queue {queue_attr(queue, 'name', '?')}: cannot read template {override}: {exc}; "
-                f"fix 'template:' in the queue config"
+                f"queue {queue.name}: cannot read template {override}: {exc}; fix 'template:' in the queue config"
             ) from exc
     return string.Template(resources.files("harvester_edge.plugins").joinpath("templates", default_name).read_text())
 
@@ -43,13 +45,13 @@ def root_mpi_env() -> str:
     return 'if [ "$(id -u)" = 0 ]; then export ' + " ".join(f"{v}=1" for v in ROOT_MPI_ENV) + "; fi"
 
 
-def launch_line(queue: Any, spec: WorkerSpec, launcher: str | None = None) -> str:
+def launch_line(queue: QueueConfig, spec: WorkerSpec, launcher: str | None = None) -> str:
     """The command that starts the pilot on every rank: srun, mpirun or the pilot alone."""
-    launcher = launcher or queue_attr(queue, "launcher", "mpirun")
+    launcher = launcher or queue.launcher
     pilot = " ".join(shlex.quote(a) for a in spec.pilot_argv) or "true"
     ranks = spec.nodes * spec.ranks_per_node
     if launcher == "srun":
-        mpi = queue_attr(queue, "mpi_type", "pmix")
+        mpi = queue.mpi_type
         return (
             f"srun --mpi={shlex.quote(mpi)} --export=ALL --nodes={spec.nodes} --ntasks={ranks} "
             f"--ntasks-per-node={spec.ranks_per_node} --cpus-per-task={spec.cores_per_rank} {pilot}"
@@ -58,9 +60,7 @@ def launch_line(queue: Any, spec: WorkerSpec, launcher: str | None = None) -> st
         return f"{root_mpi_env()}\nmpirun -np {ranks} --map-by ppr:{spec.ranks_per_node}:node {pilot}"
     if launcher == "none":
         return pilot
-    raise ConfigError(
-        f"queue {queue_attr(queue, 'name', '?')}: unknown launcher {launcher!r}; use srun, mpirun or none"
-    )
+    raise ConfigError(f"queue {queue.name}: unknown launcher {launcher!r}; use srun, mpirun or none")
 
 
 def render(

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -26,11 +27,13 @@ from harvester_edge.batch import (
     SubmitResult,
     WorkerSpec,
     WorkerStatus,
-    queue_attr,
     write_script,
 )
 from harvester_edge.plugins import _render
-from harvester_edge.seams.commands import CommandNotFound
+from harvester_edge.seams.commands import CommandNotFound, CommandRunner
+
+if TYPE_CHECKING:
+    from harvester_edge.config import QueueConfig
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +96,14 @@ def _session_members(sid: int) -> list[psutil.Process]:
 class LocalPlugin(BatchPlugin):
     name = "local"
 
-    def __init__(self, queue, runner, registry: Path | None = None) -> None:
+    def __init__(self, queue: QueueConfig, runner: CommandRunner, registry: Path | None = None) -> None:
         super().__init__(queue, runner)
-        self.registry = registry or default_registry(str(queue_attr(queue, "name", "local")))
+        self.registry = registry or default_registry(queue.name)
 
     # ---- render -------------------------------------------------------------------------------------------
     def render_script(self, spec: WorkerSpec) -> str:
         ranks = spec.nodes * spec.ranks_per_node
-        launcher = queue_attr(self.queue, "launcher", "mpirun")
+        launcher = self.queue.launcher
         if launcher != "none" and ranks > 1:
             pilot = " ".join(shlex.quote(a) for a in spec.pilot_argv) or "true"
             launch = f"{_render.root_mpi_env()}\nmpirun --oversubscribe -np {ranks} {pilot}"
@@ -111,9 +114,9 @@ class LocalPlugin(BatchPlugin):
             template,
             spec,
             [],
-            list(queue_attr(self.queue, "env_setup", [])),
+            list(self.queue.env_setup),
             launch,
-            int(queue_attr(self.queue, "drain_warning", 0)),
+            self.queue.drain_warning,
         )
 
     # ---- submit -------------------------------------------------------------------------------------------

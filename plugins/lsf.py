@@ -10,28 +10,29 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 from harvester_edge.batch import (
     BatchError,
-    BatchPlugin,
     BatchState,
+    ScriptBatchPlugin,
     SubmitResult,
     WorkerSpec,
     WorkerStatus,
     classify_error,
-    queue_attr,
 )
 from harvester_edge.plugins import _render
 from harvester_edge.plugins import lsf_parse as lp
-from harvester_edge.seams.commands import CommandNotFound, CommandResult
+from harvester_edge.seams.commands import CommandResult
 
 log = logging.getLogger(__name__)
 
 SCRIPT_NAME = "worker.bsub"
 
 
-class LSFPlugin(BatchPlugin):
+class LSFPlugin(ScriptBatchPlugin):
     name = "lsf"
+    script_name = SCRIPT_NAME
 
     # ---- render -------------------------------------------------------------------------------------------
     def directives(self, spec: WorkerSpec) -> list[str]:
@@ -48,27 +49,25 @@ class LSFPlugin(BatchPlugin):
             f"-e {ap}/lsf-%J.err",
             f"-cwd {ap}",
         ]
-        drain = int(queue_attr(q, "drain_warning", 0))
+        drain = q.drain_warning
         if drain > 0:
             # -wt is in minutes; the batch shell forwards USR1 to the launcher (see the template)
             lines += ["-wa USR1", f"-wt {max(1, drain // 60)}"]
-        memory = spec.memory_mb or queue_attr(q, "memory_mb")
+        memory = spec.memory_mb or q.memory_mb
         if memory:  # LSF's rusage[mem] is per task (slot): split the per-node figure
             lines.append(f'-R "rusage[mem={max(1, int(memory) // max(1, spec.ranks_per_node))}]"')
-        for attr, flag in (("partition", "-q"), ("account", "-P"), ("qos", "-sla"), ("reservation", "-U")):
-            value = queue_attr(q, attr)
+        for value, flag in ((q.partition, "-q"), (q.account, "-P"), (q.qos, "-sla"), (q.reservation, "-U")):
             if value:
                 lines.append(f"{flag} {value}")
-        constraint = queue_attr(q, "constraint")
-        if constraint:
-            lines.append(f'-R "select[{constraint}]"')
+        if q.constraint:
+            lines.append(f'-R "select[{q.constraint}]"')
         out = [f"#BSUB {line}" for line in lines]
-        for extra in queue_attr(q, "extra_directives", []):
+        for extra in q.extra_directives:
             out.append(extra if extra.lstrip().startswith("#") else f"#BSUB {extra}")
         return out
 
     def render_script(self, spec: WorkerSpec) -> str:
-        launcher = queue_attr(self.queue, "launcher", "mpirun")
+        launcher = self.queue.launcher
         if launcher == "srun":  # no srun under LSF: Open MPI's mpirun reads the LSF allocation
             launcher = "mpirun"
         template = _render.load_template(self.queue, "lsf.bsub")
@@ -76,17 +75,17 @@ class LSFPlugin(BatchPlugin):
             template,
             spec,
             self.directives(spec),
-            list(queue_attr(self.queue, "env_setup", [])),
+            list(self.queue.env_setup),
             _render.launch_line(self.queue, spec, launcher),
-            int(queue_attr(self.queue, "drain_warning", 0)),
+            self.queue.drain_warning,
         )
 
     # ---- submit -------------------------------------------------------------------------------------------
-    def submit(self, specs: Sequence[WorkerSpec]) -> list[SubmitResult]:
+    def submit_args(self, path: Path, text: str) -> tuple[list[str], str | None]:
         # bsub reads the script on stdin (its #BSUB lines are only honoured that way)
-        return self.submit_scripts(specs, SCRIPT_NAME, lambda _path, text: (["bsub"], text), self._submit_result)
+        return ["bsub"], text
 
-    def _submit_result(self, spec: WorkerSpec, res: CommandResult) -> SubmitResult:
+    def parse_submit(self, spec: WorkerSpec, res: CommandResult) -> SubmitResult:
         if res.timed_out:
             return SubmitResult(
                 spec.worker_id,
@@ -110,10 +109,7 @@ class LSFPlugin(BatchPlugin):
     # ---- status -------------------------------------------------------------------------------------------
     def _bjobs(self, extra: list[str], what: str) -> tuple[dict[str, dict], dict[str, str]]:
         argv = ["bjobs", "-a", "-o", lp.BJOBS_FIELDS, "-json", *extra]
-        try:
-            res = self.runner.run(argv, timeout=self.timeout)
-        except CommandNotFound as exc:
-            raise BatchError(f"{what}: {exc}", transient=False) from exc
+        res = self.run_command(argv, what)
         try:
             # bjobs exits non-zero when some ids are unknown, but still prints the JSON with ERROR records
             return lp.parse_bjobs_json(res.stdout)
@@ -145,10 +141,7 @@ class LSFPlugin(BatchPlugin):
         ids = list(dict.fromkeys(str(b) for b in batch_ids))
         if not ids:
             return {}
-        try:
-            res = self.runner.run(["bkill", *ids], timeout=self.timeout)
-        except CommandNotFound as exc:
-            raise BatchError(f"bkill: {exc}", transient=False) from exc
+        res = self.run_command(["bkill", *ids], "bkill")
         text = res.stdout + "\n" + res.stderr
         if res.timed_out or not re.search(r"Job <", text):
             raise BatchError(

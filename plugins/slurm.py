@@ -10,30 +10,35 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harvester_edge.batch import (
     BatchError,
-    BatchPlugin,
     BatchState,
+    ScriptBatchPlugin,
     SubmitResult,
     WorkerSpec,
     WorkerStatus,
     classify_error,
-    queue_attr,
 )
 from harvester_edge.plugins import _render
 from harvester_edge.plugins import slurm_parse as sp
-from harvester_edge.seams.commands import CommandNotFound, CommandResult
+from harvester_edge.seams.commands import CommandNotFound, CommandResult, CommandRunner
+
+if TYPE_CHECKING:
+    from harvester_edge.config import QueueConfig
 
 log = logging.getLogger(__name__)
 
 SCRIPT_NAME = "worker.sbatch"
 
 
-class SlurmPlugin(BatchPlugin):
+class SlurmPlugin(ScriptBatchPlugin):
     name = "slurm"
+    script_name = SCRIPT_NAME
 
-    def __init__(self, queue, runner) -> None:
+    def __init__(self, queue: QueueConfig, runner: CommandRunner) -> None:
         super().__init__(queue, runner)
         self._jobcomp: bool | None = None  # None: not known yet whether sacct has slurmdbd behind it
 
@@ -52,19 +57,24 @@ class SlurmPlugin(BatchPlugin):
             f"--chdir={ap}",
             "--export=ALL",
         ]
-        drain = int(queue_attr(q, "drain_warning", 0))
+        drain = q.drain_warning
         if drain > 0:
             # B: the batch shell gets USR1 and forwards it to the launcher (see the template)
             lines.append(f"--signal=B:USR1@{drain}")
-        memory = spec.memory_mb or queue_attr(q, "memory_mb")
+        memory = spec.memory_mb or q.memory_mb
         if memory:
             lines.append(f"--mem={int(memory)}M")
-        for attr in ("partition", "account", "qos", "constraint", "reservation"):
-            value = queue_attr(q, attr)
+        for attr, value in (
+            ("partition", q.partition),
+            ("account", q.account),
+            ("qos", q.qos),
+            ("constraint", q.constraint),
+            ("reservation", q.reservation),
+        ):
             if value:
                 lines.append(f"--{attr}={value}")
         out = [f"#SBATCH {line}" for line in lines]
-        for extra in queue_attr(q, "extra_directives", []):
+        for extra in q.extra_directives:
             out.append(extra if extra.lstrip().startswith("#") else f"#SBATCH {extra}")
         return out
 
@@ -74,18 +84,16 @@ class SlurmPlugin(BatchPlugin):
             template,
             spec,
             self.directives(spec),
-            list(queue_attr(self.queue, "env_setup", [])),
+            list(self.queue.env_setup),
             _render.launch_line(self.queue, spec),
-            int(queue_attr(self.queue, "drain_warning", 0)),
+            self.queue.drain_warning,
         )
 
     # ---- submit -------------------------------------------------------------------------------------------
-    def submit(self, specs: Sequence[WorkerSpec]) -> list[SubmitResult]:
-        return self.submit_scripts(
-            specs, SCRIPT_NAME, lambda path, _text: (["sbatch", "--parsable", str(path)], None), self._submit_result
-        )
+    def submit_args(self, path: Path, text: str) -> tuple[list[str], str | None]:
+        return ["sbatch", "--parsable", str(path)], None
 
-    def _submit_result(self, spec: WorkerSpec, res: CommandResult) -> SubmitResult:
+    def parse_submit(self, spec: WorkerSpec, res: CommandResult) -> SubmitResult:
         if res.timed_out:
             # sbatch may have reached the controller: the caller must find_by_name before resubmitting
             return SubmitResult(
@@ -107,12 +115,6 @@ class SlurmPlugin(BatchPlugin):
         return SubmitResult(spec.worker_id, None, f"sbatch failed for {spec.job_name}: {message}", transient)
 
     # ---- status -------------------------------------------------------------------------------------------
-    def _run_or_raise(self, argv: list[str], what: str, failure_expected: bool = False) -> CommandResult:
-        try:
-            return self.runner.run(argv, timeout=self.timeout, failure_expected=failure_expected)
-        except CommandNotFound as exc:
-            raise BatchError(f"{what}: {exc}", transient=False) from exc
-
     def idle_nodes(self) -> int | None:
         argv = [
             "sinfo",
@@ -136,7 +138,7 @@ class SlurmPlugin(BatchPlugin):
             return None
 
     def _squeue(self, ids: list[str]) -> dict[str, WorkerStatus]:
-        res = self._run_or_raise(
+        res = self.run_command(
             ["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", sp.SQUEUE_FORMAT], "squeue", failure_expected=True
         )
         if res.returncode != 0 and "Invalid job id" in res.stderr:
@@ -154,7 +156,7 @@ class SlurmPlugin(BatchPlugin):
     def _sacct(self, ids: list[str], extra: list[str]) -> str:
         """stdout of sacct over slurmdbd, or `sacct -c` (jobcomp) when accounting storage is disabled."""
         if not self._jobcomp:
-            res = self._run_or_raise(
+            res = self.run_command(
                 ["sacct", "-X", "-n", "-P", "-o", sp.SACCT_FIELDS_REASON, *extra],
                 "sacct",
                 failure_expected=self._jobcomp is None,
@@ -170,7 +172,7 @@ class SlurmPlugin(BatchPlugin):
                 )
             log.info("sacct: no accounting storage here, using sacct -c (jobcomp) from now on")
             self._jobcomp = True
-        res = self._run_or_raise(["sacct", "-c", "-X", "-n", "-P", "-o", sp.SACCT_FIELDS, *extra], "sacct -c")
+        res = self.run_command(["sacct", "-c", "-X", "-n", "-P", "-o", sp.SACCT_FIELDS, *extra], "sacct -c")
         if not res.ok:
             raise BatchError(
                 f"sacct -c for {len(ids)} jobs failed: {res.stderr.strip() or 'timed out'}; "
@@ -198,7 +200,7 @@ class SlurmPlugin(BatchPlugin):
         ids = list(dict.fromkeys(str(b) for b in batch_ids))
         if not ids:
             return {}
-        res = self._run_or_raise(["scancel", *ids], "scancel")
+        res = self.run_command(["scancel", *ids], "scancel")
         out: dict[str, str | None] = {i: None for i in ids}
         if res.ok:
             return out
@@ -219,7 +221,7 @@ class SlurmPlugin(BatchPlugin):
         names = list(dict.fromkeys(job_names))
         if not names:
             return {}
-        res = self._run_or_raise(
+        res = self.run_command(
             ["squeue", "-h", "-t", "all", "--name", ",".join(names), "-o", sp.SQUEUE_FORMAT], "squeue --name"
         )
         if not res.ok:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from harvester_edge.agents.base import Agent
 from harvester_edge.batch import BatchError, BatchState
-from harvester_edge.central.classify import NOT_PROCESSED_CODE
+from harvester_edge.codes import EventError
 from harvester_edge.errors import IllegalTransition
 from harvester_edge.outbox import enqueue
 from harvester_edge.seams import files as protocol  # the pilot-file seam (offline replay records it)
@@ -38,8 +38,8 @@ BATCH_TO_WORKER = {
 }
 # how the harvester hands back a range a pilot never processed: a failure of a class the central service's
 # classification table confirms as "system", so it does not use up an attempt
-NOT_DONE_CODE = NOT_PROCESSED_CODE
-NOT_DONE_DIAG = "not processed: the pilot stopped before running it (walltime, drain or worker ended)"
+NOT_DONE_CODE = EventError.NOT_PROCESSED
+NOT_DONE_DIAG = EventError.MEANING[EventError.NOT_PROCESSED]
 
 
 def range_report(range_id: str, status: str, entry: dict | None = None) -> dict:
@@ -56,7 +56,7 @@ def range_report(range_id: str, status: str, entry: dict | None = None) -> dict:
     if entry.get("cpuTime") is not None:
         report["cpuConsumptionTime"] = entry["cpuTime"]
     if status == "failed":
-        report["errorCode"] = int(entry.get("errorCode") or 1)
+        report["errorCode"] = int(entry.get("errorCode") or EventError.PAYLOAD_FAILED)
         report["errorDiag"] = str(entry.get("errorDiag") or "payload failed")[:500]
     return report
 

@@ -31,6 +31,7 @@ from harvester_edge.central.client import (
     CentralTimeout,
     CentralUnavailable,
 )
+from harvester_edge.codes import StatusCode
 from harvester_edge.outbox import enqueue, pending
 from harvester_edge.states import JobState, OutboxState, RangeState, WorkerState
 from harvester_edge.store import transition
@@ -158,10 +159,12 @@ class Propagator(Agent):
             central.update_event_ranges(payload, version=0)
         elif kind == "update_jobs":
             answers = central.update_jobs_bulk(payload, harvester_id=self.ctx.config.site)
-            if any(a["StatusCode"] == 10 for a in answers):  # a job's update timed out: the whole message again
+            if any(
+                a["StatusCode"] == StatusCode.TIMEOUT for a in answers
+            ):  # a job's update timed out: the whole message again
                 raise CentralTimeout(
                     "update_jobs_bulk: the central service timed out on "
-                    f"{sum(a['StatusCode'] == 10 for a in answers)} job update(s); retry later"
+                    f"{sum(a['StatusCode'] == StatusCode.TIMEOUT for a in answers)} job update(s); retry later"
                 )
             for update, answer in zip(payload, answers):
                 if not answer["ok"]:  # the service took the message and answered for this job: re-sending won't help

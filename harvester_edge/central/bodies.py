@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from harvester_edge.codes import StatusCode
+
 from .errors import CentralError, InvalidInput
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
@@ -28,7 +30,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 class BodyTooLarge(CentralError):
     """The body, as sent or once inflated, is larger than central.max_body (HTTP 413)."""
 
-    status_code = 50
+    status_code = StatusCode.INVALID
     http_status = 413
 
 
@@ -36,7 +38,7 @@ class BodyTimeout(CentralError):
     """The client did not send its whole body within central.body_timeout (HTTP 408): a stalled upload would
     otherwise hold its connection for ever."""
 
-    status_code = 10
+    status_code = StatusCode.TIMEOUT
     http_status = 408
 
 

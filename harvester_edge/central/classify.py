@@ -9,22 +9,23 @@ from __future__ import annotations
 import re
 import sqlite3
 
+from harvester_edge.codes import DispatcherError, EventError, PilotError
+
 from .errors import InvalidInput, NotFound
 
 SYSTEM = "system"
 CLASSES = ("system", "payload", "user", "unknown")
 # A range the pilot never ran (walltime, drain, worker gone) comes back as failed with this code: not the
 # range's fault, so a confirmed "system" rule is seeded into every new central DB (an operator may change it).
-NOT_PROCESSED_CODE = 60000
-SEEDED_RULES = [("event", NOT_PROCESSED_CODE, "", SYSTEM)]
+SEEDED_RULES = [("event", EventError.NOT_PROCESSED, "", SYSTEM)]
 # Suggested as "system" on first sight: not the job's fault (README.md "The central service": class `system`).
 _LIKELY_SYSTEM = {
-    ("jobDispatcher", 100),
-    ("jobDispatcher", 101),
-    ("jobDispatcher", 102),
-    ("pilot", 1099),
-    ("pilot", 1137),
-    ("pilot", 1151),
+    ("jobDispatcher", DispatcherError.LOST_HEARTBEAT),
+    ("jobDispatcher", DispatcherError.RECOVERY_FAILED),
+    ("jobDispatcher", DispatcherError.NO_REPLY),
+    ("pilot", PilotError.STAGEINFAILED),
+    ("pilot", PilotError.STAGEOUTFAILED),
+    ("pilot", PilotError.STAGEINTIMEOUT),
 }
 
 

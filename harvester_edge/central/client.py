@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from harvester_edge.codes import StatusCode
 from harvester_edge.errors import HarvesterEdgeError
 from harvester_edge.seams.http import HttpResult, HttpTransport, TransportError
 
@@ -109,19 +110,24 @@ def job_answer(entry: Any) -> dict:
     command}} (older services: the bare {StatusCode, command}) -> {"ok", "StatusCode", "command", "ErrorDiag"}."""
     if isinstance(entry, dict) and "success" in entry:
         data = entry.get("data") if isinstance(entry.get("data"), dict) else {}
-        code = data.get("StatusCode", 0 if entry.get("success") else 30)
+        code = data.get("StatusCode", StatusCode.SUCCESS if entry.get("success") else StatusCode.FAILED)
         diag = data.get("ErrorDiag") or entry.get("message") or ""
-        ok = bool(entry.get("success")) and code == 0
+        ok = bool(entry.get("success")) and code == StatusCode.SUCCESS
         return {"ok": ok, "StatusCode": code, "command": data.get("command"), "ErrorDiag": diag}
     if isinstance(entry, dict):
-        code = entry.get("StatusCode", 30)
+        code = entry.get("StatusCode", StatusCode.FAILED)
         return {
-            "ok": code == 0,
+            "ok": code == StatusCode.SUCCESS,
             "StatusCode": code,
             "command": entry.get("command"),
             "ErrorDiag": entry.get("ErrorDiag", ""),
         }
-    return {"ok": False, "StatusCode": 30, "command": None, "ErrorDiag": f"unreadable answer {entry!r:.200}"}
+    return {
+        "ok": False,
+        "StatusCode": StatusCode.FAILED,
+        "command": None,
+        "ErrorDiag": f"unreadable answer {entry!r:.200}",
+    }
 
 
 def parse_envelope(method: str, path: str, result: HttpResult) -> Any:

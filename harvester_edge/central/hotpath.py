@@ -17,6 +17,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from harvester_edge.codes import StatusCode
+
 from . import models as m
 from .auth import check_token
 from .bodies import DEFAULT_MAX_BODY, Disconnected, parse_json, read_body, unread_body_headers
@@ -61,25 +63,31 @@ def jobs_answer(jobs: list) -> dict:
     """The real server's acquire_jobs: {"StatusCode": 0, "jobs": [...]}, and no job is success=false NO_JOBS."""
     if not jobs:
         raise NoJobs(NO_JOBS)
-    return {"StatusCode": 0, "jobs": jobs}
+    return {"StatusCode": StatusCode.SUCCESS, "jobs": jobs}
 
 
 def bulk_answer(answers: list[dict]) -> list[dict]:
     """update_jobs_bulk as the real server answers it: one update_job envelope per job, in order."""
     out = []
     for a in answers:
-        code = a.get("StatusCode", 30)
+        code = a.get("StatusCode", StatusCode.FAILED)
         data = {"StatusCode": code, "command": a.get("command")}
         if code:
             data["ErrorDiag"] = a.get("ErrorDiag", "")
-        out.append({"success": code == 0, "message": "" if code == 0 else a.get("ErrorDiag", ""), "data": data})
+        out.append(
+            {
+                "success": code == StatusCode.SUCCESS,
+                "message": "" if code == StatusCode.SUCCESS else a.get("ErrorDiag", ""),
+                "data": data,
+            }
+        )
     return out
 
 
 def ranges_answer(result: dict) -> dict:
     """update_event_ranges: the real (intended) answer {"Returns", "Commands"} plus StatusCode 0 and our Results."""
     return {
-        "StatusCode": 0,
+        "StatusCode": StatusCode.SUCCESS,
         "Returns": result["Returns"],
         "Commands": {},
         "Results": result["Results"],
@@ -108,7 +116,7 @@ HOT: dict[str, Hot] = {
         "pilot",
         m.UpdateJob,
         lambda s, b, c: s.update_job_op(b.job_id, b.job_status, m.camel_job(b.model_dump(exclude_none=True)), caller=c),
-        lambda command: {"StatusCode": 0, "command": command},
+        lambda command: {"StatusCode": StatusCode.SUCCESS, "command": command},
     ),
     "pilot/update_jobs_bulk": Hot(
         "pilot",

@@ -8,6 +8,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from harvester_edge.codes import DispatcherError
+
 from . import classify, events, limits
 from .errors import IllegalStateChange, InvalidInput, NotFound
 from .states import (
@@ -22,7 +24,7 @@ from .states import (
 )
 
 ACTIVE_TASK = (TaskStatus.DEFINED.value, TaskStatus.RUNNING.value)
-LOST_HEARTBEAT = (100, "lost heartbeat")
+LOST_HEARTBEAT = (DispatcherError.LOST_HEARTBEAT, DispatcherError.MEANING[DispatcherError.LOST_HEARTBEAT])
 
 
 def _csv(values: list) -> str:

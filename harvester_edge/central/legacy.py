@@ -16,6 +16,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from harvester_edge.codes import StatusCode
+
 from . import limits
 from .auth import authorize
 from .bodies import parse_json
@@ -102,15 +104,22 @@ def get_job(svc, p: dict, claims) -> Any:
         caller=caller(p, claims),
     )
     if "nJobs" in p:
-        return {"StatusCode": 0, "jobs": jobs} if jobs else {"StatusCode": 20, "jobs": [], "errorDialog": NO_JOBS}
+        return (
+            {"StatusCode": StatusCode.SUCCESS, "jobs": jobs}
+            if jobs
+            else {"StatusCode": StatusCode.NO_JOBS, "jobs": [], "errorDialog": NO_JOBS}
+        )
     if not jobs:
-        return {"StatusCode": 20, "errorDialog": NO_JOBS}
-    return {**jobs[0], "StatusCode": 0, "nSent": 0}
+        return {"StatusCode": StatusCode.NO_JOBS, "errorDialog": NO_JOBS}
+    return {**jobs[0], "StatusCode": StatusCode.SUCCESS, "nSent": 0}
 
 
 def update_job(svc, p: dict, claims) -> Any:
     job_id = integer(p, "jobId")
-    return {"StatusCode": 0, "command": svc.update_job(job_id, p.get("state"), dict(p), caller=caller(p, claims))}
+    return {
+        "StatusCode": StatusCode.SUCCESS,
+        "command": svc.update_job(job_id, p.get("state"), dict(p), caller=caller(p, claims)),
+    }
 
 
 def update_jobs_in_bulk(svc, p: dict, claims) -> Any:
@@ -129,7 +138,7 @@ def get_status(svc, p: dict, claims) -> Any:
         raise InvalidInput("parameter ids must be PandaIDs separated by spaces")
     rows = svc.job_status([int(i) for i in ids])
     return {
-        "StatusCode": 0,
+        "StatusCode": StatusCode.SUCCESS,
         "status": "+".join(r["status"] for r in rows),
         "attemptNr": "+".join(str(r["attemptNr"]) for r in rows),
     }
@@ -143,14 +152,14 @@ def get_event_ranges(svc, p: dict, claims) -> Any:
         integer(p, "nRanges", 10, 1, 100_000),
         caller=caller(p, claims),
     )
-    return {"StatusCode": 0, "eventRanges": ranges}
+    return {"StatusCode": StatusCode.SUCCESS, "eventRanges": ranges}
 
 
 def update_event_ranges(svc, p: dict, claims) -> Any:
     out = svc.update_event_ranges(
         json_param(p, "eventRanges"), integer(p, "version", 0, 0, 1), caller=caller(p, claims)
     )
-    return {"StatusCode": 0, "Returns": out["Returns"], "Command": out["Command"]}
+    return {"StatusCode": StatusCode.SUCCESS, "Returns": out["Returns"], "Command": out["Command"]}
 
 
 def update_worker_pilot_status(svc, p: dict, claims) -> Any:
@@ -164,7 +173,7 @@ def update_worker_pilot_status(svc, p: dict, claims) -> Any:
         p.get("node_id"),
         caller=Caller(claims, str(p["harvesterID"])),
     )
-    return {"StatusCode": 0}
+    return {"StatusCode": StatusCode.SUCCESS}
 
 
 def get_access_token(svc, p: dict, claims, authority=None) -> Any:
@@ -172,14 +181,14 @@ def get_access_token(svc, p: dict, claims, authority=None) -> Any:
         raise InvalidInput("the service runs in trusted mode: there are no tokens to get")
     name = limits.name("client_name", p.get("client_name")) or ""
     key = limits.name("token_key", p.get("token_key")) or ""
-    return {"StatusCode": 0, "userProxy": authority.exchange(claims, name, key)}
+    return {"StatusCode": StatusCode.SUCCESS, "userProxy": authority.exchange(claims, name, key)}
 
 
 def get_token_key(svc, p: dict, claims, authority=None) -> Any:
     if authority is None:
         raise InvalidInput("the service runs in trusted mode: there are no token keys")
     name = limits.name("client_name", p.get("client_name")) or ""
-    return {"StatusCode": 0, "tokenKey": authority.key_for(claims, name)[1]}
+    return {"StatusCode": StatusCode.SUCCESS, "tokenKey": authority.key_for(claims, name)[1]}
 
 
 # -- calls the appliance does not provide: the answer shapes the pilot reads (pilot3 pilot/util/proxy.py,
@@ -193,13 +202,13 @@ RESOURCE_TYPES = [  # PanDA's resource types (JEDI resource_types table): cores 
 
 
 def get_resource_types(svc, p: dict, claims) -> Any:
-    return {"StatusCode": 0, "ResourceTypes": RESOURCE_TYPES}
+    return {"StatusCode": StatusCode.SUCCESS, "ResourceTypes": RESOURCE_TYPES}
 
 
 def get_proxy(svc, p: dict, claims) -> Any:
     """The pilot reads StatusCode and errorDialog (90: proxy error): there is no proxy cache here."""
     return {
-        "StatusCode": 90,
+        "StatusCode": StatusCode.PROXY_ERROR,
         "errorDialog": "proxies are not available from this service (harvester-edge has no "
         "proxy cache): give the pilot X509_USER_PROXY or a token",
     }
@@ -208,7 +217,7 @@ def get_proxy(svc, p: dict, claims) -> Any:
 def get_key_pair(svc, p: dict, claims) -> Any:
     """The pilot reads StatusCode (80: key missing) and then publicKey/privateKey."""
     return {
-        "StatusCode": 80,
+        "StatusCode": StatusCode.MISSING_KEY,
         "errorDialog": f"key pair {str(p.get('publicKeyName'))[:100]}/"
         f"{str(p.get('privateKeyName'))[:100]} is not available: this service "
         f"keeps no object store keys",

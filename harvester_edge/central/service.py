@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harvester_edge.codes import StatusCode
+
 from . import classify, events, jobs, limits, tasks
 from .db import Database
 from .errors import CentralError, InvalidInput
@@ -357,11 +359,11 @@ def _bulk(conn, updates: list, now: float, caller: Caller = TRUSTED) -> list[dic
                 raise InvalidInput(f"job list entry {i} must be an object, got {upd!r:.80}")
             command = _update_job(conn, upd.get("jobId"), upd.get("state"), upd, now, caller, judge)
             conn.execute("RELEASE bulk")
-            answers.append({"StatusCode": 0, "command": command})
+            answers.append({"StatusCode": StatusCode.SUCCESS, "command": command})
         except CentralError as exc:  # per-entry answer; the others go on
             conn.execute("ROLLBACK TO bulk")
             conn.execute("RELEASE bulk")
-            answers.append({"StatusCode": getattr(exc, "status_code", 30), "ErrorDiag": str(exc)})
+            answers.append({"StatusCode": exc.status_code, "ErrorDiag": str(exc)})
     return answers
 
 

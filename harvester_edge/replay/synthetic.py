@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harvester_edge.codes import StatusCode
 from harvester_edge.seams.commands import CommandResult, CommandRunner
 from harvester_edge.seams.http import HttpResult, redact_call
 from jumbo import protocol
@@ -156,7 +157,7 @@ class SyntheticCentral:
             return {"Returns": [True] * len(reports), "Results": results, "Command": None}
         if name == "pilot/update_jobs_bulk":
             return [
-                {"success": True, "message": "", "data": {"StatusCode": 0, "command": "NULL"}}
+                {"success": True, "message": "", "data": {"StatusCode": StatusCode.SUCCESS, "command": "NULL"}}
                 for _ in body.get("job_list", [])
             ]  # one update_job envelope per job, as the real server
         if name == "event/get_available_event_range_count":

@@ -48,3 +48,16 @@ def test_classify_permanent_wins_and_default():
     assert classify_error("invalid ... timed out", transient, permanent) is False
     assert classify_error("something else", transient, permanent) is False
     assert classify_error("something else", transient, permanent, default_transient=True) is True
+
+
+@pytest.mark.parametrize("name, directive", [("slurm", "#SBATCH --signal=B:USR1@120"), ("lsf", "#BSUB -wt 2")])
+def test_plugins_read_the_queue_config_defaults(name, directive, tmp_path):
+    """drain_warning left out of the config: the plugin uses the config's documented default (120 s), not one of its own."""
+    from harvester_edge.batch import WorkerSpec
+    from harvester_edge.config import QueueConfig
+    from harvester_edge.seams.commands import RecordedRunner
+
+    queue = QueueConfig(name="q", batch=name)
+    assert queue.drain_warning == 120
+    spec = WorkerSpec(1, "he-lab-w000001", tmp_path, 1, 1, 1, 600, pilot_argv=["jumbo"])
+    assert directive in load_plugin(name)(queue, RecordedRunner([])).render_script(spec).splitlines()

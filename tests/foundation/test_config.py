@@ -116,8 +116,14 @@ def test_not_a_mapping(tmp_path):
 
 
 def test_bad_enum_value(tmp_path):
+    message = load_error(tmp_path, GOOD.replace("    batch: slurm\n", "    batch: slurm\n    launcher: aprun\n"))
+    assert "site.yaml:5: queues[0].launcher" in message and "'srun', 'mpirun' or 'none'" in message
+
+
+def test_batch_plugin_not_installed_names_file_key_and_installed_plugins(tmp_path):
     message = load_error(tmp_path, GOOD.replace("batch: slurm", "batch: pbs"))
-    assert "queues[0].batch" in message and "'slurm', 'lsf' or 'local'" in message
+    assert "site.yaml:4: queues[0].batch: batch plugin 'pbs' is not installed" in message
+    assert "installed: local, lsf, slurm" in message and "'harvester_edge.batch'" in message
 
 
 def test_min_above_max(tmp_path):
