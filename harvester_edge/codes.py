@@ -3,7 +3,7 @@ pilot/common/errorcodes.py keeps its own): logic uses the names, never a bare 30
 
 The values are wire values: PanDA's own where PanDA defines the code (the PanDA meaning is given), ours otherwise.
 They are plain ints (not enums), so what goes into JSON, URL-encoded answers and SQLite is exactly the number.
-Sources: /work/shared/reference/panda-protocol.md (from panda-server's Protocol.py and the pilot's errorcodes.py).
+Sources: panda-server's pandaserver/dataservice/Protocol.py (status codes) and pilot3's pilot/common/errorcodes.py.
 
 jumbo (the pilot) imports nothing of the daemon: the one pilot code it sets, PilotError.TRFDOWNLOADFAILURE, is
 repeated in jumbo/transform.py and a test checks the two agree.
