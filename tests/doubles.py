@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from harvester_edge.central.client import CentralClient
@@ -183,8 +184,9 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj).encode()
 
 
-def central_client(transport: FakeTransport, token: str | None = None) -> CentralClient:
-    return CentralClient(transport, token=token)  # type: ignore[arg-type]  # the transport's interface, duck-typed
+def central_client(transport: FakeTransport, token_file: Path | None = None) -> CentralClient:
+    """The real client over the fake transport; `token_file` as the site config's central.tokens.token_file."""
+    return CentralClient(transport, token_file=token_file)  # type: ignore[arg-type]  # the transport, duck-typed
 
 
 # -- canned PanDA objects -------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def make_context(config: SiteConfig, runner: BatchRunner, transport: FakeTranspo
     store = open_store(config.db_path)
     sync_queues(store, config, clock.now())
     ctx = AgentContext(config=config, store=store, clock=clock, daemon_id="unit:1")
-    ctx.central = central_client(transport)
+    ctx.central = central_client(transport, config.central.tokens.token_file)
     ctx.plugins = {q.name: load_plugin(q.batch)(q, runner) for q in config.queues}
     return ctx
 

@@ -64,7 +64,12 @@ def test_a_transient_sbatch_failure_backs_off_then_retries(site):
     site.runner.answer("sbatch", out("4242\n"))
     site.cycle(submitter)
     worker = site.one("workers", id=worker["id"])
-    assert (worker["state"], worker["batch_id"], worker["submit_attempts"], worker["error"]) == ("queued", "4242", 2, None)
+    assert (worker["state"], worker["batch_id"], worker["submit_attempts"], worker["error"]) == (
+        "queued",
+        "4242",
+        2,
+        None,
+    )
 
 
 def test_a_permanent_sbatch_failure_fails_the_worker(site):
