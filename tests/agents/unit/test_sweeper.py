@@ -16,12 +16,14 @@ def test_a_worker_whose_pilot_heartbeat_is_lost_is_drained_and_cancelled(make_si
     now = site.clock.now()
     lost = site.worker(1, "running", batch_id="11", started_at=now - 2 * HOUR, heartbeat_at=now - 31 * 60)
     site.worker(2, "running", batch_id="12", started_at=now - 2 * HOUR, heartbeat_at=now - 29 * 60)
-    site.worker(3, "running", batch_id="13", started_at=now - 60)  # no heartbeat yet: counted from its start
+    # no heartbeat at all: counted from the worker's start
+    site.worker(3, "running", batch_id="13", started_at=now - 60)
+    site.worker(4, "running", batch_id="14", started_at=now - 31 * 60)
     site.runner.always("scancel", out(""))
     site.cycle(site.agent(Sweeper))
-    assert [w["kill_requested"] for w in site.read("workers")] == [1, 0, 0]
+    assert [w["kill_requested"] for w in site.read("workers")] == [1, 0, 0, 1]
     assert "heartbeat lost" in site.one("workers", id=1)["error"]
-    assert site.runner.called("scancel") == [("scancel", "11")]
+    assert site.runner.called("scancel") == [("scancel", "11", "14")]
     assert (lost / protocol.KILL).exists()  # the pilot is asked to drain first
 
 
