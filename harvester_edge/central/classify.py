@@ -61,4 +61,6 @@ def promote(conn: sqlite3.Connection, rule_id: int, klass: str | None = None) ->
     if klass is not None and klass not in CLASSES:
         raise InvalidInput(f"error class {klass!r} is not one of {', '.join(CLASSES)}")
     rules.confirm(conn, rule_id, klass or row["class"])
-    return dict(rules.get(conn, rule_id))
+    updated = rules.get(conn, rule_id)
+    assert updated is not None  # read above in this same transaction
+    return dict(updated)

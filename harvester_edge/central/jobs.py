@@ -165,7 +165,7 @@ def dispatch(
     out = []
     for job in sorted(jobs, key=lambda j: j["panda_id"]):
         task_rows.start(conn, job["task_id"], now)
-        task = task_rows.get(conn, job["task_id"])
+        task = task_rows.of_job(conn, job["task_id"])
         if task_kind(task) == "ordinary" and not events.claim(conn, task, job["panda_id"], 1, now):
             # its unit of work went to another job meanwhile: this job has nothing to do
             job_rows.cancel(conn, job["panda_id"], now)
@@ -210,7 +210,7 @@ def update(conn: sqlite3.Connection, panda_id: Any, state: Any, fields: dict, no
     old = job["status"]
     if not job_transition_allowed(old, state):
         raise IllegalStateChange(f"job {panda_id} is {old}: it cannot become {state}")
-    task = task_rows.get(conn, job["task_id"])
+    task = task_rows.of_job(conn, job["task_id"])
     command = "tobekilled" if job["command"] == "tobekilled" else "NULL"
     if old == state and old in {s.value for s in JOB_TERMINAL}:
         return command  # a repeated final report: nothing to do
@@ -347,7 +347,7 @@ def settle_task(
     conn: sqlite3.Connection, task_id: int, now: float, next_attempt: int | None = None, top_up: bool = True
 ) -> None:
     """Finish/fail the task when nothing is open; otherwise keep n_jobs jobs alive while failures allow."""
-    task = task_rows.get(conn, task_id)
+    task = task_rows.of_job(conn, task_id)
     if task["status"] not in ACTIVE_TASK:
         return
     # index probe first: this runs after every range report, a full count only when the task may be done
@@ -401,6 +401,6 @@ def lose_heartbeats(conn: sqlite3.Connection, cutoff: float, now: float) -> list
     for job in jobs:
         job_rows.fail_dispatcher(conn, job["panda_id"], code, diag, now)
         record_state(conn, job["panda_id"], "failed", now)
-        task = task_rows.get(conn, job["task_id"])
+        task = task_rows.of_job(conn, job["task_id"])
         end_job(conn, job, task, True, "jobDispatcher", code, diag, now)
     return [j["panda_id"] for j in jobs]

@@ -350,7 +350,7 @@ def _acquire_ranges(conn, job_id: Any, task_id: Any, n_ranges: int, now: float, 
         raise InvalidInput(f"job {job_id} belongs to task {job['task_id']}, not {task_id!r}")
     if job["status"] not in JOB_WATCHED or job["command"] == "tobekilled":
         return []  # a job that ended or must die gets no more work
-    task = task_rows.get(conn, job["task_id"])
+    task = task_rows.of_job(conn, job["task_id"])
     if task["status"] not in jobs.ACTIVE_TASK:
         return []
     job_rows.heartbeat(conn, job_id, now)

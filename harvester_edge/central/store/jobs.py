@@ -179,7 +179,7 @@ def of_task(conn: sqlite3.Connection, task_id: int) -> list[sqlite3.Row]:
     ).fetchall()
 
 
-def active_by_site(conn: sqlite3.Connection, terminal: tuple[str, str, str]) -> list[sqlite3.Row]:
+def active_by_site(conn: sqlite3.Connection, terminal: tuple[str, ...]) -> list[sqlite3.Row]:
     """(site, status, count) of the jobs not in the (three) terminal states."""
     return conn.execute(
         "SELECT coalesce(site, ''), status, count(*) FROM jobs WHERE status NOT IN (?, ?, ?) GROUP BY 1, 2", terminal

@@ -127,26 +127,26 @@ def job_ranges(conn: sqlite3.Connection, task_id: int, panda_id: int) -> list[sq
 
 
 # -- metrics --------------------------------------------------------------------------------------------------
-def tasks_by_status(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+def tasks_by_status(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
     return conn.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall()
 
 
-def jobs_by_status(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+def jobs_by_status(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
     return conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
 
 
-def ranges_by_status(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+def ranges_by_status(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
     return conn.execute("SELECT status, count(*) FROM ranges GROUP BY status").fetchall()
 
 
-def events_finished_by_task(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+def events_finished_by_task(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
     """(task_id, events in finished ranges)."""
     return conn.execute(
         "SELECT task_id, sum(last_event - start_event + 1) FROM ranges WHERE status=3 GROUP BY task_id"
     ).fetchall()
 
 
-def key_expiry_by_client(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+def key_expiry_by_client(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
     """(client_name, latest expiry of its unrevoked keys)."""
     return conn.execute(
         "SELECT client_name, max(expires) FROM token_keys WHERE revoked=0 GROUP BY client_name"

@@ -18,7 +18,7 @@ def insert(conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
     )
 
 
-def open_events(conn: sqlite3.Connection, task_id: int, open_states: tuple[int, int, int]) -> int:
+def open_events(conn: sqlite3.Connection, task_id: int, open_states: tuple[int, ...]) -> int:
     """The number of events in the task's ranges of these (three) states."""
     row = conn.execute(
         "SELECT coalesce(sum(last_event - start_event + 1), 0) FROM ranges WHERE task_id=? AND status IN (?, ?, ?)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 
-def insert(conn: sqlite3.Connection, values: tuple) -> int:
+def insert(conn: sqlite3.Connection, values: tuple) -> int | None:
     """values: (name, payload, n_events, events_per_range, seconds_per_event, memory_per_rank_mb, max_attempts,
     n_jobs, guid, status, created, modified, kind, job_spec); the new task_id."""
     cur = conn.execute(
@@ -21,6 +21,12 @@ def get(conn: sqlite3.Connection, task_id: int) -> sqlite3.Row | None:
     return conn.execute("SELECT * FROM tasks WHERE task_id=?", (task_id,)).fetchone()
 
 
+def of_job(conn: sqlite3.Connection, task_id: int) -> sqlite3.Row:
+    """The task of an existing job (the foreign key jobs.task_id guarantees it exists)."""
+    row: sqlite3.Row = conn.execute("SELECT * FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+    return row
+
+
 def all_tasks(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     return conn.execute("SELECT * FROM tasks ORDER BY task_id").fetchall()
 
@@ -29,9 +35,10 @@ def status(conn: sqlite3.Connection, task_id: int) -> str:
     return conn.execute("SELECT status FROM tasks WHERE task_id=?", (task_id,)).fetchone()[0]
 
 
-def max_attempts(conn: sqlite3.Connection, task_id: int) -> sqlite3.Row | None:
-    """A row with the task's max_attempts."""
-    return conn.execute("SELECT max_attempts FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+def max_attempts(conn: sqlite3.Connection, task_id: int) -> sqlite3.Row:
+    """A row with the max_attempts of an existing range's task (the foreign key ranges.task_id guarantees it)."""
+    row: sqlite3.Row = conn.execute("SELECT max_attempts FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+    return row
 
 
 def start(conn: sqlite3.Connection, task_id: int, now: float) -> None:
