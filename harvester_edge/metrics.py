@@ -21,6 +21,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from harvester_edge.central.store import monitor
+
 log = logging.getLogger(__name__)
 
 RANGE_NAMES = {
@@ -207,28 +209,23 @@ def central_families(conn: sqlite3.Connection, now: float) -> list:
             "harvester_edge_central_tasks",
             "Tasks by state",
             ["state"],
-            conn.execute("SELECT status, count(*) FROM tasks GROUP BY status"),
+            monitor.tasks_by_status(conn),
         ),
         _gauge(
             "harvester_edge_central_jobs",
             "Jumbo jobs by state (central service)",
             ["state"],
-            conn.execute("SELECT status, count(*) FROM jobs GROUP BY status"),
+            monitor.jobs_by_status(conn),
         ),
         _gauge(
             "harvester_edge_central_event_ranges",
             "Event ranges by state (central service)",
             ["state"],
-            [
-                (RANGE_NAMES.get(s, str(s)), n)
-                for s, n in conn.execute("SELECT status, count(*) FROM ranges GROUP BY status")
-            ],
+            [(RANGE_NAMES.get(s, str(s)), n) for s, n in monitor.ranges_by_status(conn)],
         ),
     ]
     done = CounterMetricFamily("harvester_edge_events_finished", "Events in finished ranges", labels=["task"])
-    for task_id, n in conn.execute(
-        "SELECT task_id, sum(last_event - start_event + 1) FROM ranges WHERE status=3 GROUP BY task_id"
-    ):
+    for task_id, n in monitor.events_finished_by_task(conn):
         done.add_metric([str(task_id)], float(n))
     fams.append(done)
     expiry = GaugeMetricFamily(
@@ -236,17 +233,11 @@ def central_families(conn: sqlite3.Connection, now: float) -> list:
         "Seconds until the newest unrevoked token key of each client expires",
         labels=["client"],
     )
-    for client, expires in conn.execute(
-        "SELECT client_name, max(expires) FROM token_keys WHERE revoked=0 GROUP BY client_name"
-    ):
+    for client, expires in monitor.key_expiry_by_client(conn):
         expiry.add_metric([client], float(expires - now))
     fams.append(expiry)
     # The seeds' system metric: how long tasks are active (created -> last change when done, -> now otherwise).
-    active = conn.execute(
-        "SELECT avg(CASE WHEN status IN ('finished', 'failed', 'aborted') THEN modified - created "
-        "ELSE ? - created END), count(*) FROM tasks",
-        (now,),
-    ).fetchone()
+    active = monitor.task_active_time(conn, now)
     fams.append(
         _gauge(
             "harvester_edge_task_active_seconds_avg",

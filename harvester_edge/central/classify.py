@@ -12,6 +12,7 @@ import sqlite3
 from harvester_edge.codes import DispatcherError, EventError, PilotError
 
 from .errors import InvalidInput, NotFound
+from .store import rules
 
 SYSTEM = "system"
 CLASSES = ("system", "payload", "user", "unknown")
@@ -31,32 +32,13 @@ _LIKELY_SYSTEM = {
 
 def classify(conn: sqlite3.Connection, source: str, code: int, diag: str, now: float) -> tuple[str, bool]:
     """(class, counts_against_attempts) for one failure; records a suggestion when nothing confirmed matches."""
-    rows = conn.execute(
-        "SELECT id, diag_pattern, class FROM error_classes WHERE source=? AND code=? AND status='confirmed' "
-        "ORDER BY length(diag_pattern) DESC",
-        (source, code),
-    ).fetchall()
-    for row in rows:
+    for row in rules.confirmed(conn, source, code):
         if not row["diag_pattern"] or re.search(row["diag_pattern"], diag or ""):
-            conn.execute("UPDATE error_classes SET hits = hits + 1 WHERE id=?", (row["id"],))
+            rules.hit(conn, row["id"])
             return row["class"], row["class"] != SYSTEM
     guess = SYSTEM if (source, code) in _LIKELY_SYSTEM else "payload"
-    conn.execute(
-        "INSERT INTO error_classes (source, code, diag_pattern, class, status, hits, example, created) "
-        "VALUES (?, ?, '', ?, 'suggested', 1, ?, ?) ON CONFLICT (source, code, diag_pattern) "
-        "DO UPDATE SET hits = hits + 1",
-        (source, code, guess, (diag or "")[:500], now),
-    )
+    rules.suggest(conn, source, code, guess, (diag or "")[:500], now)
     return "unclassified", True
-
-
-def seed(conn: sqlite3.Connection, now: float) -> None:
-    for source, code, pattern, klass in SEEDED_RULES:
-        conn.execute(
-            "INSERT OR IGNORE INTO error_classes (source, code, diag_pattern, class, status, example, "
-            "created) VALUES (?, ?, ?, ?, 'confirmed', 'seeded', ?)",
-            (source, code, pattern, klass, now),
-        )
 
 
 def add_rule(
@@ -70,20 +52,16 @@ def add_rule(
         re.compile(diag_pattern)
     except re.error as exc:
         raise InvalidInput(f"diag pattern {diag_pattern!r} is not a valid regular expression: {exc}") from exc
-    cur = conn.execute(
-        "INSERT INTO error_classes (source, code, diag_pattern, class, status, created) VALUES (?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (source, code, diag_pattern) DO UPDATE SET class=excluded.class, status=excluded.status "
-        "RETURNING id",
-        (source, code, diag_pattern, klass, status, now),
-    )
-    return cur.fetchone()[0]
+    return rules.upsert(conn, source, code, diag_pattern, klass, status, now)
 
 
 def promote(conn: sqlite3.Connection, rule_id: int, klass: str | None = None) -> dict:
-    row = conn.execute("SELECT * FROM error_classes WHERE id=?", (rule_id,)).fetchone()
+    row = rules.get(conn, rule_id)
     if row is None:
         raise NotFound(f"error classification {rule_id} does not exist: see `harvester-edge errors list`")
     if klass is not None and klass not in CLASSES:
         raise InvalidInput(f"error class {klass!r} is not one of {', '.join(CLASSES)}")
-    conn.execute("UPDATE error_classes SET status='confirmed', class=? WHERE id=?", (klass or row["class"], rule_id))
-    return dict(conn.execute("SELECT * FROM error_classes WHERE id=?", (rule_id,)).fetchone())
+    rules.confirm(conn, rule_id, klass or row["class"])
+    updated = rules.get(conn, rule_id)
+    assert updated is not None  # read above in this same transaction
+    return dict(updated)

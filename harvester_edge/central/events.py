@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 from . import classify
 from .errors import InvalidInput, NotFound
 from .states import RANGE_REPORTED, RangeStatus
+from .store import ranges
+from .store import tasks as task_rows
 
 FILE_ID = 1  # one pseudo input file per task
 
@@ -64,13 +66,7 @@ def render_ranges(task: sqlite3.Row | dict, panda_id: int, rows: list) -> list[d
 
 def claim(conn: sqlite3.Connection, task: sqlite3.Row, panda_id: int, n_ranges: int, now: float) -> list[dict]:
     """Hand out up to n_ranges ready ranges of the task (task-wide: jumbo jobs) to one job."""
-    rows = conn.execute(
-        "UPDATE ranges SET status=1, panda_id=?, attempt_nr=attempt_nr+1, modified=? "
-        "WHERE task_id=? AND status=0 AND process_id IN (SELECT process_id FROM ranges INDEXED BY ranges_ready "
-        "WHERE task_id=? AND status=0 ORDER BY process_id LIMIT ?) "
-        "RETURNING process_id, start_event, last_event, attempt_nr",
-        (panda_id, now, task["task_id"], task["task_id"], n_ranges),
-    ).fetchall()
+    rows = ranges.claim(conn, task["task_id"], panda_id, n_ranges, now)
     rows.sort(key=lambda r: r[0])
     return render_ranges(task, panda_id, rows)
 
@@ -86,27 +82,8 @@ def _fail(
     now: float,
 ) -> None:
     """Failed: back to ready while attempts remain (class 'system' does not count), else final."""
-    conn.execute(
-        "UPDATE ranges SET failures = failures + ?, error_code=?, error_diag=?, modified=?, "
-        "status = CASE WHEN ? OR failures + ? >= ? THEN ? ELSE ? END, "
-        "panda_id = CASE WHEN ? OR failures + ? >= ? THEN panda_id ELSE NULL END "
-        "WHERE task_id=? AND process_id=?",
-        (
-            int(counted),
-            code,
-            diag,
-            now,
-            final == RangeStatus.FATAL,
-            int(counted),
-            max_attempts,
-            int(final),
-            int(RangeStatus.READY),
-            final == RangeStatus.FATAL,
-            int(counted),
-            max_attempts,
-            *key,
-        ),
-    )
+    fatal = final == RangeStatus.FATAL
+    ranges.fail(conn, key, max_attempts, counted, fatal, int(final), int(RangeStatus.READY), code, diag, now)
 
 
 def apply_reports(conn: sqlite3.Connection, reports: list[dict], now: float) -> tuple[list[str], set[int]]:
@@ -166,20 +143,13 @@ def apply_reports(conn: sqlite3.Connection, reports: list[dict], now: float) -> 
             results.append("applied")
             touched.add(key[0])
         else:
-            task = (
-                tasks.get(key[0])
-                or conn.execute("SELECT max_attempts FROM tasks WHERE task_id=?", (key[0],)).fetchone()
-            )
+            task = tasks.get(key[0]) or task_rows.max_attempts(conn, key[0])
             tasks[key[0]] = task
             diag = str(rep.get("errorDiag") or "")[:500]
             _, counted = classify.classify(conn, "event", code or 0, diag, now)
             final = RangeStatus.FATAL if target == RangeStatus.FATAL else RangeStatus.FAILED
             _fail(conn, key, task["max_attempts"], counted, final, code, diag, now)
-            rows[key] = tuple(
-                conn.execute(
-                    "SELECT status, attempt_nr, panda_id FROM ranges WHERE task_id=? AND process_id=?", key
-                ).fetchone()
-            )
+            rows[key] = tuple(ranges.holder(conn, key))
             results.append("applied")
             touched.add(key[0])
     by_task: dict[int, list[int]] = {}
@@ -187,12 +157,7 @@ def apply_reports(conn: sqlite3.Connection, reports: list[dict], now: float) -> 
         by_task.setdefault(task_id, []).append(process_id)
     for task_id, pids in by_task.items():
         for i in range(0, len(pids), 500):
-            chunk = pids[i : i + 500]
-            conn.execute(
-                f"UPDATE ranges SET status=3, modified=? WHERE task_id=? "
-                f"AND process_id IN ({','.join('?' * len(chunk))})",
-                (now, task_id, *chunk),
-            )
+            ranges.finish(conn, task_id, pids[i : i + 500], now)
     return results, touched
 
 
@@ -200,7 +165,8 @@ def _all_finished_in_one_go(conn: sqlite3.Connection, parsed: list, now: float) 
     """The common case in one statement: every report 'finished', one task, each by the current holder.
 
     Optimistic: finish them in one UPDATE ... RETURNING and check the holders; on any surprise (a stale or
-    duplicate report, another task) roll back to the savepoint and let the general path decide per report.
+    duplicate report, another task) roll back to the savepoint and let the general path decide per report
+    (store/ranges.py finish_held).
     """
     task_id = parsed[0][0][0]
     expected = {}
@@ -210,19 +176,7 @@ def _all_finished_in_one_go(conn: sqlite3.Connection, parsed: list, now: float) 
         expected[key[1]] = (attempt_nr, panda_id)
     if len(expected) != len(parsed) or len(parsed) > 500:
         return False
-    conn.execute("SAVEPOINT finish_all")
-    got = conn.execute(
-        f"UPDATE ranges SET status=3, modified=? WHERE task_id=? AND status IN (1, 2) AND "
-        f"process_id IN ({','.join('?' * len(expected))}) "
-        f"RETURNING process_id, attempt_nr, panda_id",
-        (now, task_id, *expected),
-    ).fetchall()
-    if len(got) == len(expected) and all(expected[pid] == (att, holder) for pid, att, holder in got):
-        conn.execute("RELEASE finish_all")
-        return True
-    conn.execute("ROLLBACK TO finish_all")
-    conn.execute("RELEASE finish_all")
-    return False
+    return ranges.finish_held(conn, task_id, expected, now)
 
 
 def _current(conn: sqlite3.Connection, keys: list[tuple[int, int]]) -> dict[tuple[int, int], tuple]:
@@ -235,11 +189,7 @@ def _current(conn: sqlite3.Connection, keys: list[tuple[int, int]]) -> dict[tupl
         pids_list = sorted(pids)
         for i in range(0, len(pids_list), 500):
             chunk = pids_list[i : i + 500]
-            for process_id, status, attempt_nr, panda_id in conn.execute(
-                f"SELECT process_id, status, attempt_nr, panda_id FROM ranges WHERE "
-                f"task_id=? AND process_id IN ({','.join('?' * len(chunk))})",
-                (task_id, *chunk),
-            ):
+            for process_id, status, attempt_nr, panda_id in ranges.holders(conn, task_id, chunk):
                 out[(task_id, process_id)] = (status, attempt_nr, panda_id)
     return out
 
@@ -271,10 +221,7 @@ def release_job_ranges(
     now: float,
 ) -> int:
     """A job ended: its in-flight ranges go back to ready (a counted failure each, if the job's failure counts)."""
-    rows = conn.execute(
-        "SELECT task_id, process_id FROM ranges NOT INDEXED WHERE task_id=? AND panda_id=? AND status IN (1, 2)",
-        (task_id, panda_id),
-    ).fetchall()
+    rows = ranges.in_flight_of_job(conn, task_id, panda_id)
     for row in rows:
         _fail(conn, (row[0], row[1]), max_attempts, counted, RangeStatus.FAILED, code, diag, now)
     return len(rows)

@@ -22,6 +22,9 @@ from .states import (
     TaskStatus,
     job_transition_allowed,
 )
+from .store import jobs as job_rows
+from .store import ranges
+from .store import tasks as task_rows
 
 ACTIVE_TASK = (TaskStatus.DEFINED.value, TaskStatus.RUNNING.value)
 LOST_HEARTBEAT = (DispatcherError.LOST_HEARTBEAT, DispatcherError.MEANING[DispatcherError.LOST_HEARTBEAT])
@@ -138,22 +141,16 @@ def render_job(job: sqlite3.Row | dict, task: sqlite3.Row | dict, remaining_even
 
 
 def task_kind(task: sqlite3.Row | dict) -> str:
-    return task["kind"] if "kind" in task.keys() and task["kind"] else "jumbo"  # noqa: SIM118 (Row: `in` sees values)
+    # sqlite3.Row has keys() but no get() and iterates over its values: keys() is needed (SIM118 does not apply)
+    return task["kind"] if "kind" in task.keys() and task["kind"] else "jumbo"  # noqa: SIM118
 
 
 def remaining_events(conn: sqlite3.Connection, task_id: int) -> int:
-    row = conn.execute(
-        "SELECT coalesce(sum(last_event - start_event + 1), 0) FROM ranges WHERE task_id=? AND status IN (?, ?, ?)",
-        (task_id, *map(int, RANGE_OPEN)),
-    ).fetchone()
-    return int(row[0])
+    return ranges.open_events(conn, task_id, tuple(map(int, RANGE_OPEN)))
 
 
 def insert_jobs(conn: sqlite3.Connection, task_id: int, count: int, attempt_nr: int, now: float) -> None:
-    conn.executemany(
-        "INSERT INTO jobs (task_id, status, attempt_nr, created, modified) VALUES (?, ?, ?, ?, ?)",
-        [(task_id, JobStatus.ACTIVATED.value, attempt_nr, now, now)] * count,
-    )
+    job_rows.insert(conn, task_id, count, JobStatus.ACTIVATED.value, attempt_nr, now)
 
 
 def dispatch(
@@ -166,21 +163,14 @@ def dispatch(
     now: float,
 ) -> list[dict]:
     """Claim up to n_jobs activated jobs of active tasks in one UPDATE ... RETURNING."""
-    jobs = conn.execute(
-        "UPDATE jobs SET status='sent', site=?, harvester_id=?, worker_id=?, node=?, heartbeat=?, modified=? "
-        "WHERE panda_id IN (SELECT j.panda_id FROM jobs j JOIN tasks t USING (task_id) "
-        "WHERE j.status='activated' AND t.status IN (?, ?) ORDER BY j.panda_id LIMIT ?) RETURNING *",
-        (site, harvester_id, worker_id, node, now, now, *ACTIVE_TASK, n_jobs),
-    ).fetchall()
+    jobs = job_rows.claim_activated(conn, n_jobs, site, harvester_id, worker_id, node, ACTIVE_TASK, now)
     out = []
     for job in sorted(jobs, key=lambda j: j["panda_id"]):
-        conn.execute(
-            "UPDATE tasks SET status='running', modified=? WHERE task_id=? AND status='defined'", (now, job["task_id"])
-        )
-        task = conn.execute("SELECT * FROM tasks WHERE task_id=?", (job["task_id"],)).fetchone()
+        task_rows.start(conn, job["task_id"], now)
+        task = task_rows.of_job(conn, job["task_id"])
         if task_kind(task) == "ordinary" and not events.claim(conn, task, job["panda_id"], 1, now):
             # its unit of work went to another job meanwhile: this job has nothing to do
-            conn.execute("UPDATE jobs SET status='cancelled', modified=? WHERE panda_id=?", (now, job["panda_id"]))
+            job_rows.cancel(conn, job["panda_id"], now)
             continue
         record_state(conn, job["panda_id"], "sent", now)
         out.append(render_job(job, task, remaining_events(conn, job["task_id"])))
@@ -189,17 +179,13 @@ def dispatch(
 
 def record_state(conn: sqlite3.Connection, panda_id: int, state: str, now: float) -> None:
     """Append [state, time] to the job's state history (a JSON list), unless it repeats the last state."""
-    conn.execute(
-        "UPDATE jobs SET state_history = json_insert(coalesce(state_history, '[]'), '$[#]', "
-        "json_array(?, ?)) WHERE panda_id=? AND coalesce(json_extract(state_history, '$[#-1][0]'), '') != ?",
-        (state, now, panda_id, state),
-    )
+    job_rows.append_state(conn, panda_id, state, now)
 
 
 def get_job(conn: sqlite3.Connection, panda_id: Any) -> sqlite3.Row:
     if isinstance(panda_id, bool) or not isinstance(panda_id, int) or not 0 <= panda_id <= limits.BIG:
         raise InvalidInput(f"job id must be an integer PandaID, got {panda_id!r:.80}")
-    job = conn.execute("SELECT * FROM jobs WHERE panda_id=?", (panda_id,)).fetchone()
+    job = job_rows.get(conn, panda_id)
     if job is None:
         raise NotFound(f"job {panda_id} does not exist")
     return job
@@ -226,7 +212,7 @@ def update(conn: sqlite3.Connection, panda_id: Any, state: Any, fields: dict, no
     old = job["status"]
     if not job_transition_allowed(old, state):
         raise IllegalStateChange(f"job {panda_id} is {old}: it cannot become {state}")
-    task = conn.execute("SELECT * FROM tasks WHERE task_id=?", (job["task_id"],)).fetchone()
+    task = task_rows.of_job(conn, job["task_id"])
     command = "tobekilled" if job["command"] == "tobekilled" else "NULL"
     if old == state and old in {s.value for s in JOB_TERMINAL}:
         return command  # a repeated final report: nothing to do
@@ -236,28 +222,7 @@ def update(conn: sqlite3.Connection, panda_id: Any, state: Any, fields: dict, no
     if node is not None and not isinstance(node, str):
         raise InvalidInput(f"node must be a string, got {node!r:.80}")
     node = limits.name("node", node)
-    conn.execute(
-        "UPDATE jobs SET status=?, heartbeat=?, modified=?, pilot_error_code=?, pilot_error_diag=?, "
-        "exe_error_code=?, exe_error_diag=?, trans_exit_code=?, n_events=max(n_events, ?), "
-        "core_count=coalesce(nullif(?, 0), core_count), node=coalesce(?, node), "
-        "end_time=CASE WHEN ? IN ('finished', 'failed') THEN ? ELSE end_time END WHERE panda_id=?",
-        (
-            state,
-            now,
-            now,
-            codes["pilotErrorCode"],
-            pdiag,
-            codes["exeErrorCode"],
-            ediag,
-            codes["transExitCode"],
-            codes["nEvents"],
-            codes["coreCount"],
-            node,
-            state,
-            now,
-            panda_id,
-        ),
-    )
+    job_rows.report(conn, panda_id, state, codes, pdiag, ediag, node, now)
     record_pilot_fields(conn, panda_id, fields)
     if old != state:
         record_state(conn, panda_id, state, now)
@@ -324,11 +289,9 @@ def record_pilot_fields(conn: sqlite3.Connection, panda_id: int, fields: dict) -
         raise InvalidInput(f"cpuConsumptionTime must be a number, got {cpu!r:.80}") from exc
     if cpu is not None and not (-1 <= cpu < 2**40):
         raise InvalidInput(f"cpuConsumptionTime must be seconds, got {cpu!r:.80}")
-    conn.execute(
-        "UPDATE jobs SET start_time=coalesce(?, start_time), end_time=coalesce(?, end_time), "
-        "pilot_id=coalesce(?, pilot_id), pilot_timing=coalesce(?, pilot_timing), cpu_time=coalesce(?, cpu_time), "
-        "cpu_unit=coalesce(?, cpu_unit), max_rss=coalesce(?, max_rss), pilot_log=coalesce(?, pilot_log), "
-        "log_file=coalesce(?, log_file) WHERE panda_id=?",
+    job_rows.pilot_fields(
+        conn,
+        panda_id,
         (
             _time(fields, "startTime"),
             _time(fields, "endTime"),
@@ -339,7 +302,6 @@ def record_pilot_fields(conn: sqlite3.Connection, panda_id: int, fields: dict) -
             _int(fields, "maxRSS") or None,
             _text(fields, "pilotLog", 4096),
             log_file_of(panda_id, fields.get("xml")),
-            panda_id,
         ),
     )
 
@@ -364,32 +326,18 @@ def end_job(
     if failed:
         _, counted = classify.classify(conn, source, code, diag, now)
     elif task_kind(task) == "ordinary":
-        conn.execute(
-            "UPDATE ranges SET status=?, modified=? WHERE task_id=? AND panda_id=? AND status IN (1, 2)",
-            (int(RangeStatus.FINISHED), now, task["task_id"], job["panda_id"]),
-        )
-    elif conn.execute(
-        "SELECT 1 FROM ranges NOT INDEXED WHERE task_id=? AND panda_id=? AND status=? LIMIT 1",
-        (task["task_id"], job["panda_id"], int(RangeStatus.FINISHED)),
-    ).fetchone() is None and (
-        conn.execute(
-            "SELECT 1 FROM ranges INDEXED BY ranges_ready WHERE task_id=? AND status=0 LIMIT 1", (task["task_id"],)
-        ).fetchone()
-        or conn.execute(
-            "SELECT 1 FROM ranges NOT INDEXED WHERE task_id=? AND panda_id=? AND status IN (1, 2) LIMIT 1",
-            (task["task_id"], job["panda_id"]),
-        ).fetchone()
+        ranges.finish_job_units(conn, task["task_id"], job["panda_id"], int(RangeStatus.FINISHED), now)
+    elif not ranges.job_has(conn, task["task_id"], job["panda_id"], int(RangeStatus.FINISHED)) and (
+        ranges.any_ready(conn, task["task_id"]) or ranges.job_in_flight(conn, task["task_id"], job["panda_id"])
     ):
         counted = True  # finished with nothing done while work is left: an attempt used up
         code, diag = 0, f"job {job['panda_id']} finished without finishing an event range"
     if counted:
-        conn.execute(
-            "UPDATE tasks SET job_failures = job_failures + 1, diag=? WHERE task_id=?",
-            (
-                f"last counted job end: job {job['panda_id']} (attempt {job['attempt_nr']}): "
-                f"{source + ' ' if source else ''}{code or ''} {diag}".strip()[:500],
-                task["task_id"],
-            ),
+        task_rows.count_failure(
+            conn,
+            task["task_id"],
+            f"last counted job end: job {job['panda_id']} (attempt {job['attempt_nr']}): "
+            f"{source + ' ' if source else ''}{code or ''} {diag}".strip()[:500],
         )
     events.release_job_ranges(
         conn, task["task_id"], job["panda_id"], task["max_attempts"], counted and failed, code, diag, now
@@ -401,22 +349,13 @@ def settle_task(
     conn: sqlite3.Connection, task_id: int, now: float, next_attempt: int | None = None, top_up: bool = True
 ) -> None:
     """Finish/fail the task when nothing is open; otherwise keep n_jobs jobs alive while failures allow."""
-    task = conn.execute("SELECT * FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+    task = task_rows.of_job(conn, task_id)
     if task["status"] not in ACTIVE_TASK:
         return
     # index probe first: this runs after every range report, a full count only when the task may be done
-    still_open = (
-        conn.execute(
-            "SELECT 1 FROM ranges INDEXED BY ranges_ready WHERE task_id=? AND status=0 LIMIT 1", (task_id,)
-        ).fetchone()
-        or conn.execute(
-            "SELECT 1 FROM ranges NOT INDEXED WHERE task_id=? AND status IN (1, 2) LIMIT 1", (task_id,)
-        ).fetchone()
-    )
-    if still_open is None:
-        counts = dict(
-            conn.execute("SELECT status, count(*) FROM ranges WHERE task_id=? GROUP BY status", (task_id,)).fetchall()
-        )
+    still_open = ranges.any_ready(conn, task_id) or ranges.any_in_flight(conn, task_id)
+    if not still_open:
+        counts = ranges.count_by_status(conn, task_id)
         bad = counts.get(int(RangeStatus.FAILED), 0) + counts.get(int(RangeStatus.FATAL), 0)
         _close_task(
             conn, task_id, TaskStatus.FAILED if bad else TaskStatus.FINISHED, f"{bad} ranges failed" if bad else "", now
@@ -425,14 +364,10 @@ def settle_task(
     if not top_up:
         return
     watched = tuple(JOB_WATCHED) + (JobStatus.ACTIVATED.value,)
-    alive = conn.execute(
-        f"SELECT count(*) FROM jobs WHERE task_id=? AND status IN ({','.join('?' * len(watched))})", (task_id, *watched)
-    ).fetchone()[0]
+    alive = job_rows.count_in(conn, task_id, watched)
     if task_kind(task) == "ordinary":  # one job per unit of work that is ready and has no job waiting for it
-        ready = conn.execute("SELECT count(*) FROM ranges WHERE task_id=? AND status=0", (task_id,)).fetchone()[0]
-        waiting = conn.execute(
-            "SELECT count(*) FROM jobs WHERE task_id=? AND status='activated'", (task_id,)
-        ).fetchone()[0]
+        ready = ranges.count_ready(conn, task_id)
+        waiting = job_rows.count_activated(conn, task_id)
         missing = ready - waiting
     else:
         missing = task["n_jobs"] - alive
@@ -452,33 +387,22 @@ def settle_task(
             )
         return
     if next_attempt is None:
-        next_attempt = (
-            1 + conn.execute("SELECT coalesce(max(attempt_nr), 0) FROM jobs WHERE task_id=?", (task_id,)).fetchone()[0]
-        )
+        next_attempt = 1 + job_rows.last_attempt(conn, task_id)
     insert_jobs(conn, task_id, missing, next_attempt, now)
 
 
 def _close_task(conn: sqlite3.Connection, task_id: int, status: TaskStatus, diag: str, now: float) -> None:
-    conn.execute("UPDATE tasks SET status=?, diag=?, modified=? WHERE task_id=?", (status.value, diag, now, task_id))
-    conn.execute(
-        "UPDATE jobs SET status='cancelled', modified=? WHERE task_id=? AND status='activated'", (now, task_id)
-    )
+    task_rows.close(conn, task_id, status.value, diag, now)
+    job_rows.cancel_activated(conn, task_id, now)
 
 
 def lose_heartbeats(conn: sqlite3.Connection, cutoff: float, now: float) -> list[int]:
     """Watchdog step: dispatched jobs silent since before cutoff fail with code 100; their ranges go back."""
-    marks = ",".join("?" * len(JOB_WATCHED))
-    jobs = conn.execute(
-        f"SELECT * FROM jobs WHERE status IN ({marks}) AND heartbeat < ?", (*JOB_WATCHED, cutoff)
-    ).fetchall()
+    jobs = job_rows.silent(conn, JOB_WATCHED, cutoff)
     code, diag = LOST_HEARTBEAT
     for job in jobs:
-        conn.execute(
-            "UPDATE jobs SET status='failed', dispatcher_error_code=?, dispatcher_error_diag=?, "
-            "modified=?, end_time=? WHERE panda_id=?",
-            (code, diag, now, now, job["panda_id"]),
-        )
+        job_rows.fail_dispatcher(conn, job["panda_id"], code, diag, now)
         record_state(conn, job["panda_id"], "failed", now)
-        task = conn.execute("SELECT * FROM tasks WHERE task_id=?", (job["task_id"],)).fetchone()
+        task = task_rows.of_job(conn, job["task_id"])
         end_job(conn, job, task, True, "jobDispatcher", code, diag, now)
     return [j["panda_id"] for j in jobs]

@@ -55,6 +55,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import AuthError
+from .store import harvesters
+from .store import jobs as job_rows
 
 _PANDA_ID = re.compile(r"[0-9]{1,18}-([0-9]{1,18})-[0-9]{1,18}-[0-9]{1,18}-[0-9]{1,18}")
 
@@ -131,7 +133,7 @@ def named_harvester(caller: Caller, harvester_id: Any = None, worker_id: Any = N
 
 def _linked_jobs(conn: sqlite3.Connection, harvester: str, worker: str) -> set[int] | None:
     """The PandaIDs the harvester reported for its worker (update_workers' pandaid_list); None: not reported."""
-    row = conn.execute("SELECT attrs FROM workers WHERE harvester_id=? AND worker_id=?", (harvester, worker)).fetchone()
+    row = harvesters.worker_attrs(conn, harvester, worker)
     try:
         listed = json.loads(row[0]).get("pandaid_list") if row and row[0] else None
     except (ValueError, AttributeError):
@@ -183,10 +185,7 @@ class Judge:
         out: set[int] = set()
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
-            for job in self.conn.execute(
-                f"SELECT panda_id, harvester_id, worker_id FROM jobs WHERE panda_id IN ({','.join('?' * len(chunk))})",
-                chunk,
-            ):
+            for job in job_rows.owners(self.conn, chunk):
                 if not self.allows(job):
                     out.add(job["panda_id"])
         return out

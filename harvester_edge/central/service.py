@@ -12,10 +12,13 @@ from typing import Any
 from harvester_edge.codes import StatusCode
 
 from . import classify, events, jobs, limits, tasks
-from .db import Database
 from .errors import CentralError, InvalidInput
 from .ownership import TRUSTED, Caller, Judge, named_harvester, report_job
 from .states import JOB_WATCHED, RangeStatus
+from .store import harvesters, ranges, rules
+from .store import jobs as job_rows
+from .store import tasks as task_rows
+from .store.database import Database, release, rollback_to, savepoint
 from .taskspec import TaskSpec, parse_task
 
 log = logging.getLogger(__name__)
@@ -209,11 +212,7 @@ class CentralService:
     def job_status(self, job_ids: list[int]) -> list[dict]:
         out = []
         for jid in job_ids:
-            row = (
-                self.db.reader()
-                .execute("SELECT status, attempt_nr, command FROM jobs WHERE panda_id=?", (_check_int("job id", jid),))
-                .fetchone()
-            )
+            row = job_rows.status_of(self.db.reader(), _check_int("job id", jid))
             out.append(
                 {
                     "PandaID": jid,
@@ -226,14 +225,9 @@ class CentralService:
 
     # -- reads ----------------------------------------------------------------------------------------------
     def available_range_count(self, task_id: int | None = None) -> int:
-        sql, args = (
-            "SELECT count(*) FROM ranges r JOIN tasks t USING (task_id) WHERE r.status=? "
-            "AND t.status IN ('defined', 'running')",
-            [int(RangeStatus.READY)],
-        )
         if task_id is not None:
-            sql, args = sql + " AND r.task_id=?", args + [_check_int("task_id", task_id)]
-        return self.db.reader().execute(sql, args).fetchone()[0]
+            task_id = _check_int("task_id", task_id)
+        return ranges.count_ready_of_active_tasks(self.db.reader(), int(RangeStatus.READY), task_id)
 
     # -- harvester and workers ------------------------------------------------------------------------------
     def heartbeat(
@@ -242,11 +236,7 @@ class CentralService:
         name = named_harvester(caller, limits.name("harvester_id", harvester_id, required=True))[0]
         text = limits.attrs("heartbeat data", attrs or {})
         self.db.write(
-            lambda c, n: c.execute(
-                "INSERT INTO harvesters (harvester_id, last_heartbeat, attrs) VALUES (?, ?, ?) "
-                "ON CONFLICT (harvester_id) DO UPDATE SET last_heartbeat=excluded.last_heartbeat, attrs=excluded.attrs",
-                (name, n, text),
-            ),
+            lambda c, n: harvesters.heartbeat(c, name, text, n),
             self._now(now),
         )
 
@@ -297,25 +287,15 @@ class CentralService:
             raise InvalidInput(f"pilot status must be 'started' or 'finished', got {status!r:.80}")
         row = (harvester_id, worker_id, status, limits.name("site", site), limits.name("node", node))
         self.db.write(
-            lambda c, n: c.execute(
-                "INSERT INTO workers (harvester_id, worker_id, pilot_status, site, node, modified) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET pilot_status=excluded.pilot_status, "
-                "node=coalesce(excluded.node, node), modified=excluded.modified",
-                (*row, n),
-            ),
+            lambda c, n: harvesters.pilot_status(c, row, n),
             self._now(now),
         )
 
     def update_worker_node(self, node: dict, gpu: bool = False, now: float | None = None) -> None:
         """A pilot's description of its node (v1 pilot/update_worker_node[_gpu]), one row per (site, host)."""
         text = limits.attrs("worker node", node)
-        column = "gpus" if gpu else "attrs"
         self.db.write(
-            lambda c, n: c.execute(
-                f"INSERT INTO worker_nodes (site, host_name, {column}, modified) VALUES (?, ?, ?, ?) "
-                f"ON CONFLICT (site, host_name) DO UPDATE SET {column}=excluded.{column}, modified=excluded.modified",
-                (node["site"], node["host_name"], text, n),
-            ),
+            lambda c, n: harvesters.worker_node(c, node["site"], node["host_name"], gpu, text, n),
             self._now(now),
         )
 
@@ -332,8 +312,7 @@ class CentralService:
         return lost
 
     def list_errors(self, status: str | None = None) -> list[dict]:
-        sql = "SELECT * FROM error_classes" + (" WHERE status=?" if status else "") + " ORDER BY id"
-        return [dict(r) for r in self.db.query(sql, (status,) if status else ())]
+        return [dict(r) for r in rules.list_rules(self.db.reader(), status)]
 
     def add_error_rule(self, source: str, code: int, diag_pattern: str, klass: str, status: str = "confirmed") -> int:
         return self.db.write(classify.add_rule, source, code, diag_pattern, klass, status, self.clock())
@@ -353,16 +332,15 @@ def _update_job(
 def _bulk(conn, updates: list, now: float, caller: Caller = TRUSTED) -> list[dict]:
     answers, judge = [], Judge(conn, caller)
     for i, upd in enumerate(updates):
-        conn.execute("SAVEPOINT bulk")
+        savepoint(conn, "bulk")
         try:
             if not isinstance(upd, dict):
                 raise InvalidInput(f"job list entry {i} must be an object, got {upd!r:.80}")
             command = _update_job(conn, upd.get("jobId"), upd.get("state"), upd, now, caller, judge)
-            conn.execute("RELEASE bulk")
+            release(conn, "bulk")
             answers.append({"StatusCode": StatusCode.SUCCESS, "command": command})
         except CentralError as exc:  # per-entry answer; the others go on
-            conn.execute("ROLLBACK TO bulk")
-            conn.execute("RELEASE bulk")
+            rollback_to(conn, "bulk")
             answers.append({"StatusCode": exc.status_code, "ErrorDiag": str(exc)})
     return answers
 
@@ -374,16 +352,12 @@ def _acquire_ranges(conn, job_id: Any, task_id: Any, n_ranges: int, now: float, 
         raise InvalidInput(f"job {job_id} belongs to task {job['task_id']}, not {task_id!r}")
     if job["status"] not in JOB_WATCHED or job["command"] == "tobekilled":
         return []  # a job that ended or must die gets no more work
-    task = conn.execute("SELECT * FROM tasks WHERE task_id=?", (job["task_id"],)).fetchone()
+    task = task_rows.of_job(conn, job["task_id"])
     if task["status"] not in jobs.ACTIVE_TASK:
         return []
-    conn.execute("UPDATE jobs SET heartbeat=? WHERE panda_id=?", (now, job_id))
+    job_rows.heartbeat(conn, job_id, now)
     if jobs.task_kind(task) == "ordinary":  # its one unit of work, claimed at dispatch: handed out once
-        rows = conn.execute(
-            "UPDATE ranges SET status=2, modified=? WHERE task_id=? AND panda_id=? AND status=1 "
-            "RETURNING process_id, start_event, last_event, attempt_nr",
-            (now, task["task_id"], job_id),
-        ).fetchall()
+        rows = ranges.start_sent(conn, task["task_id"], job_id, now)
         return events.render_ranges(task, job_id, rows)
     return events.claim(conn, task, job_id, n_ranges, now)
 
@@ -408,11 +382,5 @@ def _apply_reports(conn, reports: list, now: float) -> list[str]:
 
 def _upsert_workers(conn, harvester_id: str, rows: list[tuple], now: float) -> list[bool]:
     """rows: (worker_id, status, site, node, attrs JSON), checked by CentralService.update_workers."""
-    conn.executemany(
-        "INSERT INTO workers (harvester_id, worker_id, status, site, node, attrs, modified) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET status=excluded.status, "
-        "site=coalesce(excluded.site, site), node=coalesce(excluded.node, node), attrs=excluded.attrs, "
-        "modified=excluded.modified",
-        [(harvester_id, *row, now) for row in rows],
-    )
+    harvesters.upsert_workers(conn, harvester_id, rows, now)
     return [True] * len(rows)

@@ -10,14 +10,15 @@ from typing import Any
 from . import events, jobs
 from .errors import IllegalStateChange, NotFound
 from .states import RANGE_OPEN, RangeStatus, TaskStatus
+from .store import jobs as job_rows
+from .store import ranges
+from .store import tasks as task_rows
 from .taskspec import TaskSpec
 
 
 def submit(conn: sqlite3.Connection, spec: TaskSpec, default_attempts: int, now: float) -> int:
-    cur = conn.execute(
-        "INSERT INTO tasks (name, payload, n_events, events_per_range, seconds_per_event, memory_per_rank_mb, "
-        "max_attempts, n_jobs, guid, status, created, modified, kind, job_spec) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    task_id = task_rows.insert(
+        conn,
         (
             spec.name,
             json.dumps(spec.payload_dict()),
@@ -35,17 +36,13 @@ def submit(conn: sqlite3.Connection, spec: TaskSpec, default_attempts: int, now:
             None if spec.kind == "jumbo" else json.dumps(spec.job_dict()),
         ),
     )
-    task_id = cur.lastrowid
-    conn.executemany(
-        "INSERT INTO ranges (task_id, process_id, start_event, last_event, status) VALUES (?, ?, ?, ?, ?)",
-        events.split_rows(task_id, spec.events, spec.events_per_range),
-    )
+    ranges.insert(conn, events.split_rows(task_id, spec.events, spec.events_per_range))
     jobs.insert_jobs(conn, task_id, spec.jobs, 1, now)
     return task_id
 
 
 def _task(conn: sqlite3.Connection, task_id: int) -> sqlite3.Row:
-    row = conn.execute("SELECT * FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+    row = task_rows.get(conn, task_id)
     if row is None:
         raise NotFound(f"task {task_id} does not exist: see `harvester-edge task list`")
     return row
@@ -55,22 +52,10 @@ def kill(conn: sqlite3.Connection, task_id: int, now: float) -> str:
     task = _task(conn, task_id)
     if task["status"] not in jobs.ACTIVE_TASK:
         raise IllegalStateChange(f"task {task_id} is {task['status']}: only defined or running tasks can be killed")
-    conn.execute(
-        "UPDATE tasks SET status=?, diag='killed by operator', modified=? WHERE task_id=?",
-        (TaskStatus.ABORTED.value, now, task_id),
-    )
-    conn.execute(
-        "UPDATE ranges SET status=?, modified=? WHERE task_id=? AND status IN (?, ?, ?)",
-        (int(RangeStatus.CANCELLED), now, task_id, *map(int, RANGE_OPEN)),
-    )
-    conn.execute(
-        "UPDATE jobs SET status='cancelled', modified=? WHERE task_id=? AND status='activated'", (now, task_id)
-    )
-    conn.execute(
-        "UPDATE jobs SET command='tobekilled', modified=? WHERE task_id=? AND status NOT IN "
-        "('finished', 'failed', 'cancelled')",
-        (now, task_id),
-    )
+    task_rows.abort(conn, task_id, TaskStatus.ABORTED.value, now)
+    ranges.cancel_open(conn, task_id, int(RangeStatus.CANCELLED), tuple(map(int, RANGE_OPEN)), now)
+    job_rows.cancel_activated(conn, task_id, now)
+    job_rows.mark_to_kill(conn, task_id, now)
     return TaskStatus.ABORTED.value
 
 
@@ -79,39 +64,20 @@ def retry(conn: sqlite3.Connection, task_id: int, now: float) -> str:
     task = _task(conn, task_id)
     if task["status"] not in (TaskStatus.FAILED.value, TaskStatus.ABORTED.value):
         raise IllegalStateChange(f"task {task_id} is {task['status']}: only failed or aborted tasks can be retried")
-    conn.execute(
-        "UPDATE ranges SET status=?, failures=0, panda_id=NULL, modified=? WHERE task_id=? AND status IN (?, ?, ?)",
-        (
-            int(RangeStatus.READY),
-            now,
-            task_id,
-            int(RangeStatus.FAILED),
-            int(RangeStatus.FATAL),
-            int(RangeStatus.CANCELLED),
-        ),
-    )
-    conn.execute(
-        "UPDATE tasks SET status='running', job_failures=0, diag='', modified=? WHERE task_id=?", (now, task_id)
-    )
+    ended = (int(RangeStatus.FAILED), int(RangeStatus.FATAL), int(RangeStatus.CANCELLED))
+    ranges.reopen(conn, task_id, int(RangeStatus.READY), ended, now)
+    task_rows.reopen(conn, task_id, now)
     jobs.settle_task(conn, task_id, now)
-    return conn.execute("SELECT status FROM tasks WHERE task_id=?", (task_id,)).fetchone()[0]
+    return task_rows.status(conn, task_id)
 
 
 _RANGE_NAMES = {int(s): s.name.lower() for s in RangeStatus}
 
 
 def summary(conn: sqlite3.Connection, task: sqlite3.Row) -> dict[str, Any]:
-    counts = {
-        _RANGE_NAMES[s]: n
-        for s, n in conn.execute(
-            "SELECT status, count(*) FROM ranges WHERE task_id=? GROUP BY status", (task["task_id"],)
-        )
-    }
-    done = conn.execute(
-        "SELECT coalesce(sum(last_event - start_event + 1), 0) FROM ranges WHERE task_id=? AND status=?",
-        (task["task_id"], int(RangeStatus.FINISHED)),
-    ).fetchone()[0]
-    out = {k: task[k] for k in task.keys() if k not in ("payload", "job_spec")}  # noqa: SIM118 (a Row yields values)
+    counts = {_RANGE_NAMES[s]: n for s, n in ranges.count_by_status(conn, task["task_id"]).items()}
+    done = ranges.events_in(conn, task["task_id"], int(RangeStatus.FINISHED))
+    out = {k: task[k] for k in task.keys() if k not in ("payload", "job_spec")}  # noqa: SIM118 (a sqlite3.Row)
     out["payload"] = json.loads(task["payload"])
     out["job"] = json.loads(task["job_spec"]) if task["job_spec"] else None
     out["ranges"] = counts
@@ -120,17 +86,10 @@ def summary(conn: sqlite3.Connection, task: sqlite3.Row) -> dict[str, Any]:
 
 
 def list_tasks(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    return [summary(conn, t) for t in conn.execute("SELECT * FROM tasks ORDER BY task_id").fetchall()]
+    return [summary(conn, t) for t in task_rows.all_tasks(conn)]
 
 
 def show(conn: sqlite3.Connection, task_id: int) -> dict[str, Any]:
     out = summary(conn, _task(conn, task_id))
-    out["jobs"] = [
-        dict(j)
-        for j in conn.execute(
-            "SELECT panda_id, status, attempt_nr, command, site, worker_id, heartbeat, n_events, pilot_error_code, "
-            "dispatcher_error_code, dispatcher_error_diag FROM jobs WHERE task_id=? ORDER BY panda_id",
-            (task_id,),
-        )
-    ]
+    out["jobs"] = [dict(j) for j in job_rows.of_task(conn, task_id)]
     return out

@@ -38,9 +38,10 @@ from typing import Any
 
 import jwt
 
-from .db import Database
 from .errors import AuthError, CentralError
 from .settings import TokenSettings
+from .store import keys
+from .store.database import Database
 
 log = logging.getLogger(__name__)
 SCOPES = ("pilot", "harvester", "admin")
@@ -148,8 +149,8 @@ class TokenAuthority:
         if int(claims["exp"]) <= self.clock():  # PyJWT checks against the wall clock; honour ours too
             raise AuthError("token expired: get a new one with get_access_token")
         kid = claims["kid"]
-        row = self.db.query("SELECT revoked, expires FROM token_keys WHERE key_id=?", (kid,))
-        if not row or row[0]["revoked"] or row[0]["expires"] <= self.clock():
+        row = keys.state(self.db.reader(), kid)
+        if not row or row["revoked"] or row["expires"] <= self.clock():
             raise AuthError(f"token's key {kid} is revoked or expired: get a new key (central issue-token)")
         return claims
 
@@ -169,21 +170,14 @@ class TokenAuthority:
 
         def create(conn) -> None:
             if check_interval:
-                recent = conn.execute(
-                    "SELECT count(*) FROM token_keys WHERE client_name=? AND created > ? AND revoked=0 "
-                    "AND key_hash != ''",
-                    (client_name, now - self.settings.key_min_interval),
-                ).fetchone()[0]
+                recent = keys.recent_count(conn, client_name, now - self.settings.key_min_interval)
                 if recent:
                     raise CentralError(
                         f"a key for {client_name!r} was issued less than "
                         f"{self.settings.key_min_interval}s ago: use it, or revoke it first"
                     )
-            conn.execute(
-                "INSERT INTO token_keys (client_name, key_id, key_hash, created, expires, revoked, scope, "
-                "parent, claims) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?)",
-                (client_name, key_id, key_hash, now, expires, scope, parent, json.dumps(extra) if extra else None),
-            )
+            claims = json.dumps(extra) if extra else None
+            keys.insert(conn, client_name, key_id, key_hash, now, expires, scope, parent, claims)
 
         self.db.write(create)
         return key_id
@@ -201,10 +195,10 @@ class TokenAuthority:
         scope = " ".join(self._check_scopes(scopes))
         expires = self.clock() + self.settings.key_lifetime
         if parent is not None:
-            row = self.db.query("SELECT revoked, expires FROM token_keys WHERE key_id=?", (parent,))
-            if not row or row[0]["revoked"] or row[0]["expires"] <= self.clock():
+            row = keys.state(self.db.reader(), parent)
+            if not row or row["revoked"] or row["expires"] <= self.clock():
                 raise AuthError(f"key {parent} is revoked or expired: it cannot have new keys")
-            expires = min(expires, row[0]["expires"])
+            expires = min(expires, row["expires"])
         key = secrets.token_urlsafe(32)
         return self._insert_key(client_name, _hash(key), expires, scope, parent, extra, check_interval), key
 
@@ -249,11 +243,7 @@ class TokenAuthority:
         if not own and "admin" not in scopes and not ("harvester" in scopes and worker_of(str(sub), client_name)):
             raise AuthError(f"token of {sub!r} cannot get tokens for {client_name!r}")
         now = self.clock()
-        rows = self.db.query(
-            "SELECT key_id, key_hash, expires, scope, claims FROM token_keys WHERE client_name=? "
-            "AND revoked=0 AND expires > ? AND key_hash != ''",
-            (client_name, now),
-        )
+        rows = keys.usable(self.db.reader(), client_name, now)
         digest = _hash(token_key or "")
         match = next((r for r in rows if hmac.compare_digest(r["key_hash"], digest)), None)
         if match is None:
@@ -265,36 +255,18 @@ class TokenAuthority:
         return self.issue(client_name, scope, lifetime, key_id=match["key_id"], extra=extra)
 
     def key_state(self, key_id: str) -> dict[str, Any] | None:
-        row = self.db.query("SELECT * FROM token_keys WHERE key_id=?", (key_id,))
-        return dict(row[0]) if row else None
+        row = keys.get(self.db.reader(), key_id)
+        return dict(row) if row else None
 
     def revoke(self, client_name: str) -> int:
         """Revoke every key of a client and every key minted from them; the number of keys revoked."""
 
-        def revoke(conn) -> int:
-            family = [
-                r[0]
-                for r in conn.execute(
-                    "WITH RECURSIVE fam(key_id) AS (SELECT key_id FROM token_keys WHERE client_name=? "
-                    "UNION SELECT k.key_id FROM token_keys k JOIN fam ON k.parent = fam.key_id) "
-                    "SELECT key_id FROM fam",
-                    (client_name,),
-                )
-            ]
-            return conn.execute(
-                "UPDATE token_keys SET revoked=1 WHERE revoked=0 AND key_id IN (SELECT value FROM json_each(?))",
-                (json.dumps(family),),
-            ).rowcount
-
-        return self.db.write(revoke)
+        return self.db.write(keys.revoke_family, client_name)
 
 
 def list_keys(db: Database) -> list[dict[str, Any]]:
     """Every key (newest first): kid, client, scope, created, expires, revoked, parent, secret (has a key)."""
-    rows = db.query(
-        "SELECT key_id, client_name, scope, created, expires, revoked, parent, key_hash != '' AS secret "
-        "FROM token_keys ORDER BY created DESC"
-    )
+    rows = keys.listing(db.reader())
     return [
         {
             "kid": r["key_id"],

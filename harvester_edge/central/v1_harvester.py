@@ -38,6 +38,8 @@ from .hotpath import dumps, json_list
 from .models import Body as Model
 from .ownership import Caller, named_harvester
 from .states import JOB_TERMINAL
+from .store import harvesters
+from .store import jobs as job_rows
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -84,7 +86,7 @@ async def job_get_status(
         conn = svc.db.reader()
         out = []
         for pid in ids:
-            row = conn.execute("SELECT status, command FROM jobs WHERE panda_id=?", (pid,)).fetchone()
+            row = job_rows.command_of(conn, pid)
             if row is None:
                 out.append({"status": "unknown", "command": "tobekilled"})
             else:
@@ -175,14 +177,7 @@ def update_service_metrics(body: ServiceMetrics, request: Request) -> Response:
             latest = (when, {"time": entry[0], "host": limits.name("host", entry[1]), "metrics": values})
     if latest is not None:
         text = limits.attrs("service metrics", latest[1])
-        request.app.state.service.db.write(
-            lambda c: c.execute(
-                "INSERT INTO harvesters (harvester_id, attrs) VALUES (?, json_object('service_metrics', json(?))) "
-                "ON CONFLICT (harvester_id) DO UPDATE SET attrs=json_set(coalesce(attrs, '{}'), '$.service_metrics', "
-                "json(?))",
-                (harvester, text, text),
-            )
-        )
+        request.app.state.service.db.write(lambda c: harvesters.service_metrics(c, harvester, text))
     return answer(True, data=[True])
 
 
@@ -205,16 +200,7 @@ async def get_current_worker_id(
     svc = request.app.state.service
 
     def read() -> int:
-        row = (
-            svc.db.reader()
-            .execute(
-                "SELECT max(CAST(worker_id AS INTEGER)) FROM workers WHERE harvester_id=? AND worker_id != '' "
-                "AND worker_id NOT GLOB '*[^0-9]*' AND length(worker_id) < 19",
-                (harvester,),
-            )
-            .fetchone()
-        )
-        return int(row[0] or 0)
+        return harvesters.max_worker_id(svc.db.reader(), harvester)
 
     return answer(True, data=await run_in_threadpool(read))
 
@@ -237,16 +223,7 @@ async def get_worker_statistics(request: Request) -> Response:
     since = svc.clock() - WORKER_STATS_WINDOW
 
     def read() -> dict:
-        rows = (
-            svc.db.reader()
-            .execute(
-                "SELECT coalesce(site, ''), harvester_id, coalesce(json_extract(attrs, '$.jobType'), 'ANY'), "
-                "coalesce(json_extract(attrs, '$.resourceType'), 'ANY'), coalesce(status, 'unknown'), count(*) "
-                "FROM workers WHERE modified >= ? AND (attrs IS NULL OR json_valid(attrs)) GROUP BY 1, 2, 3, 4, 5",
-                (since,),
-            )
-            .fetchall()
-        )
+        rows = harvesters.worker_counts(svc.db.reader(), since)
         stats: dict = {}
         for site, harvester, job_type, resource, status, n in rows:
             stats.setdefault(site, {}).setdefault(harvester, {}).setdefault(str(job_type), {}).setdefault(
@@ -408,14 +385,7 @@ async def active_job_stats_by_site(request: Request) -> Response:
     svc = request.app.state.service
 
     def read() -> dict:
-        rows = (
-            svc.db.reader()
-            .execute(
-                "SELECT coalesce(site, ''), status, count(*) FROM jobs WHERE status NOT IN (?, ?, ?) GROUP BY 1, 2",
-                tuple(s.value for s in JOB_TERMINAL),
-            )
-            .fetchall()
-        )
+        rows = job_rows.active_by_site(svc.db.reader(), tuple(s.value for s in JOB_TERMINAL))
         stats: dict = {}
         for site, status, n in rows:
             stats.setdefault(site, dict.fromkeys(ACTIVE_REPORTED, 0))[status] = n

@@ -17,6 +17,7 @@ from typing import Any
 
 from harvester_edge import pilot_files
 from harvester_edge.central.states import RangeStatus
+from harvester_edge.central.store import monitor
 from jumbo.protocol import ATTRIBUTES, BAD_SUFFIX, HEARTBEAT, JOB_REPORT, REQUESTS, STATUS, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -46,13 +47,7 @@ def _rows(conn: sqlite3.Connection | None, sql: str, args: tuple = ()) -> list[d
 def events_per_minute(central: sqlite3.Connection, now: float, minutes: int = 30) -> list[tuple[str, float]]:
     """Events finished in each of the last `minutes` minutes (by the time their range was reported)."""
     first = int(now // 60) - minutes + 1
-    done = dict(
-        central.execute(
-            "SELECT CAST(modified / 60 AS INTEGER) AS m, sum(last_event - start_event + 1) FROM ranges "
-            "WHERE status=? AND modified >= ? GROUP BY m",
-            (int(RangeStatus.FINISHED), first * 60),
-        ).fetchall()
-    )
+    done = monitor.events_per_minute(central, int(RangeStatus.FINISHED), first * 60)
     return [
         (f"-{minutes - 1 - i}m" if i < minutes - 1 else "now", float(done.get(first + i, 0))) for i in range(minutes)
     ]
@@ -64,64 +59,22 @@ def workers_by_queue(harvester: sqlite3.Connection | None, central: sqlite3.Conn
         return _rows(
             harvester, "SELECT queue, state, count(*) AS count FROM workers GROUP BY queue, state ORDER BY queue, state"
         )
-    return [
-        dict(r)
-        for r in central.execute(
-            "SELECT coalesce(site, '?') AS queue, coalesce(status, pilot_status, '?') AS state, count(*) AS count "
-            "FROM workers GROUP BY 1, 2 ORDER BY 1, 2"
-        )
-    ]
+    return monitor.workers_by_site(central)
 
 
 # -- task -----------------------------------------------------------------------------------------------------
 def task_errors(central: sqlite3.Connection, task_id: int) -> list[dict]:
-    ranges = [
-        dict(r)
-        for r in central.execute(
-            "SELECT 'event' AS source, error_code AS code, coalesce(error_diag, '') AS message, count(*) AS count "
-            "FROM ranges WHERE task_id=? AND error_code IS NOT NULL AND error_code != 0 GROUP BY 2, 3",
-            (task_id,),
-        )
-    ]
-    return ranges + _job_errors(central, "WHERE task_id=?", (task_id,))
-
-
-def _job_errors(central: sqlite3.Connection, where: str, args: tuple) -> list[dict]:
-    out = []
-    for source, code, diag in (
-        ("pilot", "pilot_error_code", "pilot_error_diag"),
-        ("exe", "exe_error_code", "exe_error_diag"),
-        ("jobDispatcher", "dispatcher_error_code", "dispatcher_error_diag"),
-    ):
-        extra = "AND" if where else "WHERE"
-        out += [
-            dict(r)
-            for r in central.execute(
-                f"SELECT ? AS source, {code} AS code, {diag} AS message, count(*) AS count FROM jobs {where} "
-                f"{extra} {code} != 0 GROUP BY 2, 3",
-                (source, *args),
-            )
-        ]
-    return out
+    return monitor.range_errors(central, task_id) + monitor.job_errors(central, task_id)
 
 
 def error_groups(central: sqlite3.Connection) -> list[dict]:
     """Every failure grouped by (source, code, message), across tasks."""
-    rows = [
-        dict(r)
-        for r in central.execute(
-            "SELECT 'event' AS source, error_code AS code, coalesce(error_diag, '') AS message, count(*) AS count, "
-            "group_concat(DISTINCT task_id) AS tasks FROM ranges WHERE error_code IS NOT NULL AND error_code != 0 "
-            "GROUP BY 2, 3"
-        )
-    ]
-    return rows + _job_errors(central, "", ())
+    return monitor.all_range_errors(central) + monitor.job_errors(central)
 
 
 # -- job ------------------------------------------------------------------------------------------------------
 def central_job(central: sqlite3.Connection, panda_id: int) -> dict | None:
-    row = central.execute("SELECT * FROM jobs WHERE panda_id=?", (panda_id,)).fetchone()
-    return dict(row) if row else None
+    return monitor.job(central, panda_id)
 
 
 LOG_TARBALL_CAP = 256 * 1024 * 1024
@@ -176,11 +129,7 @@ def job_ranges(
         )
     }
     out = []
-    for r in central.execute(
-        "SELECT process_id, start_event, last_event, status, attempt_nr, failures, error_code, "
-        "error_diag, modified FROM ranges WHERE task_id=? AND panda_id=? ORDER BY process_id",
-        (task_id, panda_id),
-    ):
+    for r in monitor.job_ranges(central, task_id, panda_id):
         row = dict(r)
         row["status"] = RANGE_NAMES.get(row["status"], str(row["status"]))
         here = local.get((row["start_event"], row["last_event"]))
@@ -344,14 +293,11 @@ def queues(harvester: sqlite3.Connection | None) -> list[dict]:
 
 
 def harvesters(central: sqlite3.Connection) -> list[dict]:
-    return [
-        dict(r)
-        for r in central.execute("SELECT harvester_id, last_heartbeat, attrs FROM harvesters ORDER BY harvester_id")
-    ]
+    return monitor.harvesters(central)
 
 
 def sites(central: sqlite3.Connection) -> list[dict]:
-    rows = central.execute("SELECT coalesce(site, '') AS site, status, count(*) AS n FROM jobs GROUP BY 1, 2")
+    rows = monitor.jobs_by_site(central)
     out: dict[str, dict] = {}
     for r in rows:
         out.setdefault(r["site"], {"site": r["site"] or "(not dispatched)", "jobs": {}})["jobs"][r["status"]] = r["n"]

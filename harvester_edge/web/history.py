@@ -13,6 +13,7 @@ import math
 import sqlite3
 
 from harvester_edge.central.states import TASK_TERMINAL, RangeStatus
+from harvester_edge.central.store import monitor
 
 DAY = 86400.0
 TIMELINE_WORKERS = 50  # newest workers drawn in a task's worker timeline
@@ -40,19 +41,12 @@ def events_finished(central: sqlite3.Connection, task: dict, now: float) -> dict
 
     t0 is the task's creation; the expected end extrapolates the rate since the first finished range."""
     t0 = float(task.get("created") or now)
-    first, last = central.execute(
-        "SELECT min(modified), max(modified) FROM ranges WHERE task_id=? AND status=?",
-        (task["task_id"], int(RangeStatus.FINISHED)),
-    ).fetchone()
+    first, last = monitor.finished_span(central, task["task_id"], int(RangeStatus.FINISHED))
     points: list[tuple[float, float]] = [(t0, 0.0)]
     if first is not None:
         width = max((last - t0) / CUMULATIVE_POINTS, 1.0)
         total = 0.0
-        for bucket, n in central.execute(
-            "SELECT CAST((modified - ?) / ? AS INTEGER) AS b, sum(last_event - start_event + 1) FROM ranges "
-            "WHERE task_id=? AND status=? GROUP BY b ORDER BY b",
-            (t0, width, task["task_id"], int(RangeStatus.FINISHED)),
-        ):
+        for bucket, n in monitor.finished_buckets(central, task["task_id"], int(RangeStatus.FINISHED), t0, width):
             total += n
             points.append((min(t0 + (bucket + 1) * width, last), total))
     done, n_events = points[-1][1], task.get("n_events") or 0

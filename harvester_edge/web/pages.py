@@ -11,6 +11,7 @@ from harvester_edge.central.classify import CLASSES
 from harvester_edge.central.errors import NotFound
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.states import RangeStatus
+from harvester_edge.central.store import monitor
 
 from . import charts, data, pictures
 from .tables import view
@@ -76,12 +77,7 @@ def dashboard(service: CentralService, hdb: Path | None, params: dict, now: floa
 def task(service: CentralService, hdb: Path | None, params: dict, now: float, task_id: int) -> tuple[str, dict]:
     t = service.show_task(task_id)
     central = service.db.reader()
-    events = {
-        data.RANGE_NAMES[s]: n
-        for s, n in central.execute(
-            "SELECT status, sum(last_event - start_event + 1) FROM ranges WHERE task_id=? GROUP BY status", (task_id,)
-        )
-    }
+    events = {data.RANGE_NAMES[s]: n for s, n in monitor.events_by_status(central, task_id)}
     t["progress"] = _progress(t)
     with _harvester(hdb) as hconn:
         timelines = pictures.task(central, hconn, t, now)

@@ -329,7 +329,7 @@ def test_who_may_mint_keys_for_whom(token_central):
 def test_old_token_keys_table_is_upgraded_in_place(tmp_path):
     import sqlite3
 
-    from harvester_edge.central.db import Database
+    from harvester_edge.central.store.database import Database
 
     path = tmp_path / "central.db"
     conn = sqlite3.connect(path)

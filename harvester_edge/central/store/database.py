@@ -1,4 +1,4 @@
-"""The central service's SQLite file: schema, per-thread readers and ONE writer with group commit.
+"""The central service's SQLite file: schema, migration, per-thread readers and ONE writer with group commit.
 
 Every write is a function `fn(conn, *args)` run inside a SAVEPOINT; the writer thread batches the writes of
 concurrent requests into one transaction (one fsync for many requests). A write that raises is rolled back to
@@ -21,7 +21,8 @@ from typing import Any
 from harvester_edge.errors import StoreError
 from harvester_edge.filemodes import private_database, private_dir
 
-from . import classify
+from ..classify import SEEDED_RULES
+from . import rules
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,22 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def savepoint(conn: sqlite3.Connection, name: str) -> None:
+    """Open a nested transaction `name` inside the writer's (a write's part that may be undone alone)."""
+    conn.execute(f"SAVEPOINT {name}")
+
+
+def release(conn: sqlite3.Connection, name: str) -> None:
+    """Keep what was done since savepoint(name)."""
+    conn.execute(f"RELEASE {name}")
+
+
+def rollback_to(conn: sqlite3.Connection, name: str) -> None:
+    """Undo what was done since savepoint(name), and close it."""
+    conn.execute(f"ROLLBACK TO {name}")
+    conn.execute(f"RELEASE {name}")
+
+
 class Database:
     """Thread-local readers and one writer path; `start_writer()` turns on group commit across threads."""
 
@@ -147,7 +164,7 @@ class Database:
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:  # a new DB
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            classify.seed(conn, time.time())
+            rules.seed(conn, SEEDED_RULES, time.time())
         elif int(row[0]) > SCHEMA_VERSION:
             raise StoreError(
                 f"central DB {self.path} has schema {row[0]}, newer than this code's "

@@ -1,0 +1,186 @@
+"""jobs: one row per PanDA job (dispatch, pilot reports, state history as a JSON list, end codes)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+
+def insert(conn: sqlite3.Connection, task_id: int, count: int, status: str, attempt_nr: int, now: float) -> None:
+    """count new jobs of the task in this status and attempt."""
+    conn.executemany(
+        "INSERT INTO jobs (task_id, status, attempt_nr, created, modified) VALUES (?, ?, ?, ?, ?)",
+        [(task_id, status, attempt_nr, now, now)] * count,
+    )
+
+
+def claim_activated(
+    conn: sqlite3.Connection,
+    n_jobs: int,
+    site: str,
+    harvester_id: str | None,
+    worker_id: str | None,
+    node: str | None,
+    active_task: tuple[str, str],
+    now: float,
+) -> list[sqlite3.Row]:
+    """Up to n_jobs activated jobs of tasks in the (two) active states become sent, in one UPDATE ... RETURNING."""
+    return conn.execute(
+        "UPDATE jobs SET status='sent', site=?, harvester_id=?, worker_id=?, node=?, heartbeat=?, modified=? "
+        "WHERE panda_id IN (SELECT j.panda_id FROM jobs j JOIN tasks t USING (task_id) "
+        "WHERE j.status='activated' AND t.status IN (?, ?) ORDER BY j.panda_id LIMIT ?) RETURNING *",
+        (site, harvester_id, worker_id, node, now, now, *active_task, n_jobs),
+    ).fetchall()
+
+
+def cancel(conn: sqlite3.Connection, panda_id: int, now: float) -> None:
+    conn.execute("UPDATE jobs SET status='cancelled', modified=? WHERE panda_id=?", (now, panda_id))
+
+
+def append_state(conn: sqlite3.Connection, panda_id: int, state: str, now: float) -> None:
+    """Append [state, time] to the job's state history (a JSON list), unless it repeats the last state."""
+    conn.execute(
+        "UPDATE jobs SET state_history = json_insert(coalesce(state_history, '[]'), '$[#]', "
+        "json_array(?, ?)) WHERE panda_id=? AND coalesce(json_extract(state_history, '$[#-1][0]'), '') != ?",
+        (state, now, panda_id, state),
+    )
+
+
+def get(conn: sqlite3.Connection, panda_id: int) -> sqlite3.Row | None:
+    return conn.execute("SELECT * FROM jobs WHERE panda_id=?", (panda_id,)).fetchone()
+
+
+def status_of(conn: sqlite3.Connection, panda_id: int) -> sqlite3.Row | None:
+    """(status, attempt_nr, command) of the job."""
+    return conn.execute("SELECT status, attempt_nr, command FROM jobs WHERE panda_id=?", (panda_id,)).fetchone()
+
+
+def command_of(conn: sqlite3.Connection, panda_id: int) -> sqlite3.Row | None:
+    """(status, command) of the job."""
+    return conn.execute("SELECT status, command FROM jobs WHERE panda_id=?", (panda_id,)).fetchone()
+
+
+def owners(conn: sqlite3.Connection, panda_ids: list[int]) -> Any:
+    """(panda_id, harvester_id, worker_id) of these jobs (at most 500 ids per call)."""
+    return conn.execute(
+        f"SELECT panda_id, harvester_id, worker_id FROM jobs WHERE panda_id IN ({','.join('?' * len(panda_ids))})",
+        panda_ids,
+    )
+
+
+def report(
+    conn: sqlite3.Connection,
+    panda_id: int,
+    state: str,
+    codes: dict[str, int],
+    pilot_diag: str,
+    exe_diag: str,
+    node: str | None,
+    now: float,
+) -> None:
+    """A pilot's report: state, heartbeat, error codes and diags, events (never fewer), cores, node, end time."""
+    conn.execute(
+        "UPDATE jobs SET status=?, heartbeat=?, modified=?, pilot_error_code=?, pilot_error_diag=?, "
+        "exe_error_code=?, exe_error_diag=?, trans_exit_code=?, n_events=max(n_events, ?), "
+        "core_count=coalesce(nullif(?, 0), core_count), node=coalesce(?, node), "
+        "end_time=CASE WHEN ? IN ('finished', 'failed') THEN ? ELSE end_time END WHERE panda_id=?",
+        (
+            state,
+            now,
+            now,
+            codes["pilotErrorCode"],
+            pilot_diag,
+            codes["exeErrorCode"],
+            exe_diag,
+            codes["transExitCode"],
+            codes["nEvents"],
+            codes["coreCount"],
+            node,
+            state,
+            now,
+            panda_id,
+        ),
+    )
+
+
+def pilot_fields(conn: sqlite3.Connection, panda_id: int, values: tuple) -> None:
+    """values (None keeps the old one): start_time, end_time, pilot_id, pilot_timing, cpu_time, cpu_unit,
+    max_rss, pilot_log, log_file."""
+    conn.execute(
+        "UPDATE jobs SET start_time=coalesce(?, start_time), end_time=coalesce(?, end_time), "
+        "pilot_id=coalesce(?, pilot_id), pilot_timing=coalesce(?, pilot_timing), cpu_time=coalesce(?, cpu_time), "
+        "cpu_unit=coalesce(?, cpu_unit), max_rss=coalesce(?, max_rss), pilot_log=coalesce(?, pilot_log), "
+        "log_file=coalesce(?, log_file) WHERE panda_id=?",
+        (*values, panda_id),
+    )
+
+
+def heartbeat(conn: sqlite3.Connection, panda_id: int, now: float) -> None:
+    conn.execute("UPDATE jobs SET heartbeat=? WHERE panda_id=?", (now, panda_id))
+
+
+def count_in(conn: sqlite3.Connection, task_id: int, statuses: tuple[str, ...]) -> int:
+    """The task's jobs in these states."""
+    return conn.execute(
+        f"SELECT count(*) FROM jobs WHERE task_id=? AND status IN ({','.join('?' * len(statuses))})",
+        (task_id, *statuses),
+    ).fetchone()[0]
+
+
+def count_activated(conn: sqlite3.Connection, task_id: int) -> int:
+    return conn.execute("SELECT count(*) FROM jobs WHERE task_id=? AND status='activated'", (task_id,)).fetchone()[0]
+
+
+def last_attempt(conn: sqlite3.Connection, task_id: int) -> int:
+    """The task's highest attempt number (0 without jobs)."""
+    return conn.execute("SELECT coalesce(max(attempt_nr), 0) FROM jobs WHERE task_id=?", (task_id,)).fetchone()[0]
+
+
+def cancel_activated(conn: sqlite3.Connection, task_id: int, now: float) -> None:
+    """The task's jobs not yet dispatched are cancelled."""
+    conn.execute(
+        "UPDATE jobs SET status='cancelled', modified=? WHERE task_id=? AND status='activated'", (now, task_id)
+    )
+
+
+def mark_to_kill(conn: sqlite3.Connection, task_id: int, now: float) -> None:
+    """The task's jobs that have not ended get the command 'tobekilled'."""
+    conn.execute(
+        "UPDATE jobs SET command='tobekilled', modified=? WHERE task_id=? AND status NOT IN "
+        "('finished', 'failed', 'cancelled')",
+        (now, task_id),
+    )
+
+
+def silent(conn: sqlite3.Connection, statuses: Iterable[str], cutoff: float) -> list[sqlite3.Row]:
+    """Jobs in these states whose last heartbeat is before cutoff."""
+    marks = tuple(statuses)
+    return conn.execute(
+        f"SELECT * FROM jobs WHERE status IN ({','.join('?' * len(marks))}) AND heartbeat < ?", (*marks, cutoff)
+    ).fetchall()
+
+
+def fail_dispatcher(conn: sqlite3.Connection, panda_id: int, code: int, diag: str, now: float) -> None:
+    """The job failed for the dispatcher (code, diag), ending now."""
+    conn.execute(
+        "UPDATE jobs SET status='failed', dispatcher_error_code=?, dispatcher_error_diag=?, "
+        "modified=?, end_time=? WHERE panda_id=?",
+        (code, diag, now, now, panda_id),
+    )
+
+
+def of_task(conn: sqlite3.Connection, task_id: int) -> list[sqlite3.Row]:
+    """The task's jobs, the columns `task show` lists."""
+    return conn.execute(
+        "SELECT panda_id, status, attempt_nr, command, site, worker_id, heartbeat, n_events, pilot_error_code, "
+        "dispatcher_error_code, dispatcher_error_diag FROM jobs WHERE task_id=? ORDER BY panda_id",
+        (task_id,),
+    ).fetchall()
+
+
+def active_by_site(conn: sqlite3.Connection, terminal: tuple[str, ...]) -> list[sqlite3.Row]:
+    """(site, status, count) of the jobs not in the (three) terminal states."""
+    return conn.execute(
+        "SELECT coalesce(site, ''), status, count(*) FROM jobs WHERE status NOT IN (?, ?, ?) GROUP BY 1, 2", terminal
+    ).fetchall()

@@ -1,0 +1,162 @@
+"""Read-only views of the central DB for the web monitor (web/data.py, web/history.py, web/pages.py) and the
+Prometheus metrics (metrics.py): counts and groups across tables, never a write."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+
+# -- dashboard and sites --------------------------------------------------------------------------------------
+def events_per_minute(conn: sqlite3.Connection, finished: int, since: float) -> dict[int, int]:
+    """minute (epoch // 60) -> events in ranges finished in it, since `since`."""
+    return dict(
+        conn.execute(
+            "SELECT CAST(modified / 60 AS INTEGER) AS m, sum(last_event - start_event + 1) FROM ranges "
+            "WHERE status=? AND modified >= ? GROUP BY m",
+            (finished, since),
+        ).fetchall()
+    )
+
+
+def workers_by_site(conn: sqlite3.Connection) -> list[dict]:
+    """{queue (the site), state, count} of the workers harvesters reported."""
+    return [
+        dict(r)
+        for r in conn.execute(
+            "SELECT coalesce(site, '?') AS queue, coalesce(status, pilot_status, '?') AS state, count(*) AS count "
+            "FROM workers GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+    ]
+
+
+def harvesters(conn: sqlite3.Connection) -> list[dict]:
+    return [
+        dict(r)
+        for r in conn.execute("SELECT harvester_id, last_heartbeat, attrs FROM harvesters ORDER BY harvester_id")
+    ]
+
+
+def jobs_by_site(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """(site ('' when not dispatched), status, n)."""
+    return conn.execute("SELECT coalesce(site, '') AS site, status, count(*) AS n FROM jobs GROUP BY 1, 2").fetchall()
+
+
+# -- errors ---------------------------------------------------------------------------------------------------
+def range_errors(conn: sqlite3.Connection, task_id: int) -> list[dict]:
+    """The task's range failures grouped by (code, message): source 'event', code, message, count."""
+    return [
+        dict(r)
+        for r in conn.execute(
+            "SELECT 'event' AS source, error_code AS code, coalesce(error_diag, '') AS message, count(*) AS count "
+            "FROM ranges WHERE task_id=? AND error_code IS NOT NULL AND error_code != 0 GROUP BY 2, 3",
+            (task_id,),
+        )
+    ]
+
+
+def all_range_errors(conn: sqlite3.Connection) -> list[dict]:
+    """Every range failure grouped by (code, message), with the tasks it happened in."""
+    return [
+        dict(r)
+        for r in conn.execute(
+            "SELECT 'event' AS source, error_code AS code, coalesce(error_diag, '') AS message, count(*) AS count, "
+            "group_concat(DISTINCT task_id) AS tasks FROM ranges WHERE error_code IS NOT NULL AND error_code != 0 "
+            "GROUP BY 2, 3"
+        )
+    ]
+
+
+def job_errors(conn: sqlite3.Connection, task_id: int | None = None) -> list[dict]:
+    """Job failures (of one task, or all) grouped by (source, code, message) for pilot, exe and dispatcher codes."""
+    where, args = ("WHERE task_id=?", (task_id,)) if task_id is not None else ("", ())
+    out = []
+    for source, code, diag in (
+        ("pilot", "pilot_error_code", "pilot_error_diag"),
+        ("exe", "exe_error_code", "exe_error_diag"),
+        ("jobDispatcher", "dispatcher_error_code", "dispatcher_error_diag"),
+    ):
+        extra = "AND" if where else "WHERE"
+        out += [
+            dict(r)
+            for r in conn.execute(
+                f"SELECT ? AS source, {code} AS code, {diag} AS message, count(*) AS count FROM jobs {where} "
+                f"{extra} {code} != 0 GROUP BY 2, 3",
+                (source, *args),
+            )
+        ]
+    return out
+
+
+# -- task and job ---------------------------------------------------------------------------------------------
+def events_by_status(conn: sqlite3.Connection, task_id: int) -> list[sqlite3.Row]:
+    """(status, events) of the task's ranges."""
+    return conn.execute(
+        "SELECT status, sum(last_event - start_event + 1) FROM ranges WHERE task_id=? GROUP BY status", (task_id,)
+    ).fetchall()
+
+
+def finished_span(conn: sqlite3.Connection, task_id: int, finished: int) -> sqlite3.Row:
+    """(first, last) time a range of the task was finished (None, None without one)."""
+    return conn.execute(
+        "SELECT min(modified), max(modified) FROM ranges WHERE task_id=? AND status=?", (task_id, finished)
+    ).fetchone()
+
+
+def finished_buckets(conn: sqlite3.Connection, task_id: int, finished: int, t0: float, width: float) -> Any:
+    """(bucket, events) of the task's finished ranges by (modified - t0) // width, in bucket order."""
+    return conn.execute(
+        "SELECT CAST((modified - ?) / ? AS INTEGER) AS b, sum(last_event - start_event + 1) FROM ranges "
+        "WHERE task_id=? AND status=? GROUP BY b ORDER BY b",
+        (t0, width, task_id, finished),
+    )
+
+
+def job(conn: sqlite3.Connection, panda_id: int) -> dict | None:
+    row = conn.execute("SELECT * FROM jobs WHERE panda_id=?", (panda_id,)).fetchone()
+    return dict(row) if row else None
+
+
+def job_ranges(conn: sqlite3.Connection, task_id: int, panda_id: int) -> list[sqlite3.Row]:
+    """The ranges of the task last handed to the job, by process id."""
+    return conn.execute(
+        "SELECT process_id, start_event, last_event, status, attempt_nr, failures, error_code, "
+        "error_diag, modified FROM ranges WHERE task_id=? AND panda_id=? ORDER BY process_id",
+        (task_id, panda_id),
+    ).fetchall()
+
+
+# -- metrics --------------------------------------------------------------------------------------------------
+def tasks_by_status(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    return conn.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall()
+
+
+def jobs_by_status(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    return conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
+
+
+def ranges_by_status(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    return conn.execute("SELECT status, count(*) FROM ranges GROUP BY status").fetchall()
+
+
+def events_finished_by_task(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    """(task_id, events in finished ranges)."""
+    return conn.execute(
+        "SELECT task_id, sum(last_event - start_event + 1) FROM ranges WHERE status=3 GROUP BY task_id"
+    ).fetchall()
+
+
+def key_expiry_by_client(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    """(client_name, latest expiry of its unrevoked keys)."""
+    return conn.execute(
+        "SELECT client_name, max(expires) FROM token_keys WHERE revoked=0 GROUP BY client_name"
+    ).fetchall()
+
+
+def task_active_time(conn: sqlite3.Connection, now: float) -> sqlite3.Row:
+    """(average seconds tasks are active: created -> last change when done, -> now otherwise; number of tasks)."""
+    return conn.execute(
+        "SELECT avg(CASE WHEN status IN ('finished', 'failed', 'aborted') THEN modified - created "
+        "ELSE ? - created END), count(*) FROM tasks",
+        (now,),
+    ).fetchone()

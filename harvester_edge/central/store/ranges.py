@@ -1,0 +1,235 @@
+"""ranges: a task's event ranges (status 0 ready, 1 sent, 2 running, 3 finished, then failed/fatal/cancelled).
+
+The hot path of the service: claims and finishes in one UPDATE ... RETURNING each; the partial index
+ranges_ready serves claims, a job's in-flight ranges are found by scanning the task (NOT INDEXED).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+
+def insert(conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
+    """rows: (task_id, process_id, start_event, last_event, status)."""
+    conn.executemany(
+        "INSERT INTO ranges (task_id, process_id, start_event, last_event, status) VALUES (?, ?, ?, ?, ?)", rows
+    )
+
+
+def open_events(conn: sqlite3.Connection, task_id: int, open_states: tuple[int, ...]) -> int:
+    """The number of events in the task's ranges of these (three) states."""
+    row = conn.execute(
+        "SELECT coalesce(sum(last_event - start_event + 1), 0) FROM ranges WHERE task_id=? AND status IN (?, ?, ?)",
+        (task_id, *open_states),
+    ).fetchone()
+    return int(row[0])
+
+
+def events_in(conn: sqlite3.Connection, task_id: int, status: int) -> int:
+    """The number of events in the task's ranges of one state."""
+    return conn.execute(
+        "SELECT coalesce(sum(last_event - start_event + 1), 0) FROM ranges WHERE task_id=? AND status=?",
+        (task_id, status),
+    ).fetchone()[0]
+
+
+def claim(conn: sqlite3.Connection, task_id: int, panda_id: int, n_ranges: int, now: float) -> list[sqlite3.Row]:
+    """Up to n_ranges ready ranges of the task sent to the job: (process_id, start_event, last_event, attempt_nr)."""
+    return conn.execute(
+        "UPDATE ranges SET status=1, panda_id=?, attempt_nr=attempt_nr+1, modified=? "
+        "WHERE task_id=? AND status=0 AND process_id IN (SELECT process_id FROM ranges INDEXED BY ranges_ready "
+        "WHERE task_id=? AND status=0 ORDER BY process_id LIMIT ?) "
+        "RETURNING process_id, start_event, last_event, attempt_nr",
+        (panda_id, now, task_id, task_id, n_ranges),
+    ).fetchall()
+
+
+def start_sent(conn: sqlite3.Connection, task_id: int, panda_id: int, now: float) -> list[sqlite3.Row]:
+    """The job's sent ranges become running: (process_id, start_event, last_event, attempt_nr)."""
+    return conn.execute(
+        "UPDATE ranges SET status=2, modified=? WHERE task_id=? AND panda_id=? AND status=1 "
+        "RETURNING process_id, start_event, last_event, attempt_nr",
+        (now, task_id, panda_id),
+    ).fetchall()
+
+
+def fail(
+    conn: sqlite3.Connection,
+    key: tuple,
+    max_attempts: int,
+    counted: bool,
+    fatal: bool,
+    final: int,
+    ready: int,
+    code: int | None,
+    diag: str | None,
+    now: float,
+) -> None:
+    """One range failed: `final` if fatal or its counted failures reach max_attempts, else `ready` (no holder)."""
+    conn.execute(
+        "UPDATE ranges SET failures = failures + ?, error_code=?, error_diag=?, modified=?, "
+        "status = CASE WHEN ? OR failures + ? >= ? THEN ? ELSE ? END, "
+        "panda_id = CASE WHEN ? OR failures + ? >= ? THEN panda_id ELSE NULL END "
+        "WHERE task_id=? AND process_id=?",
+        (
+            int(counted),
+            code,
+            diag,
+            now,
+            fatal,
+            int(counted),
+            max_attempts,
+            final,
+            ready,
+            fatal,
+            int(counted),
+            max_attempts,
+            *key,
+        ),
+    )
+
+
+def finish_held(conn: sqlite3.Connection, task_id: int, expected: dict[int, tuple[int, int]], now: float) -> bool:
+    """Finish these in-flight ranges of one task in one statement if each is held by the expected
+    (attempt_nr, panda_id) (expected: process_id -> that pair); else undo and return False.
+
+    Optimistic: one UPDATE ... RETURNING inside a savepoint, rolled back on any surprise."""
+    conn.execute("SAVEPOINT finish_all")
+    got = conn.execute(
+        f"UPDATE ranges SET status=3, modified=? WHERE task_id=? AND status IN (1, 2) AND "
+        f"process_id IN ({','.join('?' * len(expected))}) "
+        f"RETURNING process_id, attempt_nr, panda_id",
+        (now, task_id, *expected),
+    ).fetchall()
+    if len(got) == len(expected) and all(expected[pid] == (att, holder) for pid, att, holder in got):
+        conn.execute("RELEASE finish_all")
+        return True
+    conn.execute("ROLLBACK TO finish_all")
+    conn.execute("RELEASE finish_all")
+    return False
+
+
+def finish(conn: sqlite3.Connection, task_id: int, process_ids: list[int], now: float) -> None:
+    """These ranges of the task are finished (at most 500 ids per call)."""
+    conn.execute(
+        f"UPDATE ranges SET status=3, modified=? WHERE task_id=? "
+        f"AND process_id IN ({','.join('?' * len(process_ids))})",
+        (now, task_id, *process_ids),
+    )
+
+
+def holders(conn: sqlite3.Connection, task_id: int, process_ids: list[int]) -> Any:
+    """(process_id, status, attempt_nr, panda_id) of these ranges of the task (at most 500 ids per call)."""
+    return conn.execute(
+        f"SELECT process_id, status, attempt_nr, panda_id FROM ranges WHERE "
+        f"task_id=? AND process_id IN ({','.join('?' * len(process_ids))})",
+        (task_id, *process_ids),
+    )
+
+
+def holder(conn: sqlite3.Connection, key: tuple[int, int]) -> sqlite3.Row:
+    """(status, attempt_nr, panda_id) of the range (task_id, process_id)."""
+    return conn.execute(
+        "SELECT status, attempt_nr, panda_id FROM ranges WHERE task_id=? AND process_id=?", key
+    ).fetchone()
+
+
+def in_flight_of_job(conn: sqlite3.Connection, task_id: int, panda_id: int) -> list[sqlite3.Row]:
+    """(task_id, process_id) of the job's sent or running ranges."""
+    return conn.execute(
+        "SELECT task_id, process_id FROM ranges NOT INDEXED WHERE task_id=? AND panda_id=? AND status IN (1, 2)",
+        (task_id, panda_id),
+    ).fetchall()
+
+
+def finish_job_units(conn: sqlite3.Connection, task_id: int, panda_id: int, finished: int, now: float) -> None:
+    """An ordinary job finished: its sent/running unit of work becomes `finished`."""
+    conn.execute(
+        "UPDATE ranges SET status=?, modified=? WHERE task_id=? AND panda_id=? AND status IN (1, 2)",
+        (finished, now, task_id, panda_id),
+    )
+
+
+def job_has(conn: sqlite3.Connection, task_id: int, panda_id: int, status: int) -> bool:
+    """Whether the job holds a range of the task in this state."""
+    return (
+        conn.execute(
+            "SELECT 1 FROM ranges NOT INDEXED WHERE task_id=? AND panda_id=? AND status=? LIMIT 1",
+            (task_id, panda_id, status),
+        ).fetchone()
+        is not None
+    )
+
+
+def job_in_flight(conn: sqlite3.Connection, task_id: int, panda_id: int) -> bool:
+    """Whether the job holds a sent or running range of the task."""
+    return (
+        conn.execute(
+            "SELECT 1 FROM ranges NOT INDEXED WHERE task_id=? AND panda_id=? AND status IN (1, 2) LIMIT 1",
+            (task_id, panda_id),
+        ).fetchone()
+        is not None
+    )
+
+
+def any_ready(conn: sqlite3.Connection, task_id: int) -> bool:
+    """Whether the task has a ready range (an index probe)."""
+    return (
+        conn.execute(
+            "SELECT 1 FROM ranges INDEXED BY ranges_ready WHERE task_id=? AND status=0 LIMIT 1", (task_id,)
+        ).fetchone()
+        is not None
+    )
+
+
+def any_in_flight(conn: sqlite3.Connection, task_id: int) -> bool:
+    """Whether the task has a sent or running range."""
+    return (
+        conn.execute(
+            "SELECT 1 FROM ranges NOT INDEXED WHERE task_id=? AND status IN (1, 2) LIMIT 1", (task_id,)
+        ).fetchone()
+        is not None
+    )
+
+
+def count_by_status(conn: sqlite3.Connection, task_id: int) -> dict[int, int]:
+    """status -> number of the task's ranges."""
+    return dict(
+        conn.execute("SELECT status, count(*) FROM ranges WHERE task_id=? GROUP BY status", (task_id,)).fetchall()
+    )
+
+
+def count_ready(conn: sqlite3.Connection, task_id: int) -> int:
+    return conn.execute("SELECT count(*) FROM ranges WHERE task_id=? AND status=0", (task_id,)).fetchone()[0]
+
+
+def count_ready_of_active_tasks(conn: sqlite3.Connection, ready: int, task_id: int | None = None) -> int:
+    """Ready ranges of defined or running tasks (of one task if given)."""
+    sql, args = (
+        "SELECT count(*) FROM ranges r JOIN tasks t USING (task_id) WHERE r.status=? "
+        "AND t.status IN ('defined', 'running')",
+        [ready],
+    )
+    if task_id is not None:
+        sql, args = sql + " AND r.task_id=?", [*args, task_id]
+    return conn.execute(sql, args).fetchone()[0]
+
+
+def cancel_open(
+    conn: sqlite3.Connection, task_id: int, cancelled: int, open_states: tuple[int, ...], now: float
+) -> None:
+    """The task's ranges in the (three) open states become cancelled."""
+    conn.execute(
+        "UPDATE ranges SET status=?, modified=? WHERE task_id=? AND status IN (?, ?, ?)",
+        (cancelled, now, task_id, *open_states),
+    )
+
+
+def reopen(conn: sqlite3.Connection, task_id: int, ready: int, ended: tuple[int, int, int], now: float) -> None:
+    """The task's ranges in the (three) ended states become ready, with no failures and no holder."""
+    conn.execute(
+        "UPDATE ranges SET status=?, failures=0, panda_id=NULL, modified=? WHERE task_id=? AND status IN (?, ?, ?)",
+        (ready, now, task_id, *ended),
+    )

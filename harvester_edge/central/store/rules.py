@@ -1,0 +1,66 @@
+"""error_classes: (source, code, diag regex) -> class rules, confirmed or suggested (classify.py decides)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+
+
+def confirmed(conn: sqlite3.Connection, source: str, code: int) -> list[sqlite3.Row]:
+    """The confirmed rules for (source, code), the longest diag pattern first."""
+    return conn.execute(
+        "SELECT id, diag_pattern, class FROM error_classes WHERE source=? AND code=? AND status='confirmed' "
+        "ORDER BY length(diag_pattern) DESC",
+        (source, code),
+    ).fetchall()
+
+
+def hit(conn: sqlite3.Connection, rule_id: int) -> None:
+    conn.execute("UPDATE error_classes SET hits = hits + 1 WHERE id=?", (rule_id,))
+
+
+def suggest(conn: sqlite3.Connection, source: str, code: int, guess: str, example: str, now: float) -> None:
+    """Record (or count once more) a suggested rule for an unmatched failure."""
+    conn.execute(
+        "INSERT INTO error_classes (source, code, diag_pattern, class, status, hits, example, created) "
+        "VALUES (?, ?, '', ?, 'suggested', 1, ?, ?) ON CONFLICT (source, code, diag_pattern) "
+        "DO UPDATE SET hits = hits + 1",
+        (source, code, guess, example, now),
+    )
+
+
+def seed(conn: sqlite3.Connection, seeded: Iterable[tuple[str, int, str, str]], now: float) -> None:
+    """The rules every new DB starts with: (source, code, pattern, class), confirmed."""
+    for source, code, pattern, klass in seeded:
+        conn.execute(
+            "INSERT OR IGNORE INTO error_classes (source, code, diag_pattern, class, status, example, "
+            "created) VALUES (?, ?, ?, ?, 'confirmed', 'seeded', ?)",
+            (source, code, pattern, klass, now),
+        )
+
+
+def upsert(
+    conn: sqlite3.Connection, source: str, code: int, diag_pattern: str, klass: str, status: str, now: float
+) -> int:
+    """Add a rule or change the class and status of the same (source, code, pattern); its id."""
+    cur = conn.execute(
+        "INSERT INTO error_classes (source, code, diag_pattern, class, status, created) VALUES (?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (source, code, diag_pattern) DO UPDATE SET class=excluded.class, status=excluded.status "
+        "RETURNING id",
+        (source, code, diag_pattern, klass, status, now),
+    )
+    return cur.fetchone()[0]
+
+
+def get(conn: sqlite3.Connection, rule_id: int) -> sqlite3.Row | None:
+    return conn.execute("SELECT * FROM error_classes WHERE id=?", (rule_id,)).fetchone()
+
+
+def confirm(conn: sqlite3.Connection, rule_id: int, klass: str) -> None:
+    conn.execute("UPDATE error_classes SET status='confirmed', class=? WHERE id=?", (klass, rule_id))
+
+
+def list_rules(conn: sqlite3.Connection, status: str | None = None) -> list[sqlite3.Row]:
+    """Every rule (or those of one status), by id."""
+    sql = "SELECT * FROM error_classes" + (" WHERE status=?" if status else "") + " ORDER BY id"
+    return conn.execute(sql, (status,) if status else ()).fetchall()
