@@ -16,7 +16,7 @@ from typing import ClassVar
 
 class StatusCode:
     """PanDA's StatusCode: the outcome of a request, in every legacy (/server/panda) answer and per job in bulk
-    job updates (panda-server's Protocol.py SC_* constants)."""
+    job updates (the SC_* constants of pandaserver/dataservice/Protocol.py)."""
 
     SUCCESS = 0  # SC_Success
     TIMEOUT = 10  # SC_TimeOut: the database layer failed or was slow; the caller retries the same request
@@ -44,7 +44,7 @@ class StatusCode:
 
 
 class PilotError:
-    """pilotErrorCode values (the PanDA pilot's errorcodes.py names) this code base acts on."""
+    """pilotErrorCode values (the names of pilot3's pilot/common/errorcodes.py) this code base acts on."""
 
     STAGEINFAILED = 1099  # failed to stage-in file
     STAGEOUTFAILED = 1137  # failed to stage-out file (a put error)
