@@ -137,9 +137,11 @@ def _register_groups() -> None:
     from harvester_edge.demo import demo
     from harvester_edge.replay.cli import replay_command, simulate_command
     from harvester_edge.report import report_command
+    from harvester_edge.server import serve_command
 
     cli.add_command(status_cmd, "status")
     cli.add_command(worker_group, "worker")
+    central_group.add_command(serve_command, "serve")  # the service with the web monitor beside it
     cli.add_command(central_group, "central")
     cli.add_command(task_group, "task")
     errors_group.add_command(errors_summary, "summary")

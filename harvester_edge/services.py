@@ -72,9 +72,9 @@ def start_services(ctx: AgentContext, record: Path | str | None = None) -> Servi
     settings = ctx.config.central
     url, token, issuer = settings.url, None, None
     if settings.mode == "embedded":
-        from harvester_edge.central.server import EmbeddedCentral
+        from harvester_edge.server import embedded_central
 
-        central = EmbeddedCentral(settings)
+        central = embedded_central(settings)
         central.start()
         services.stoppers.append(central.stop)
         services.central = central

@@ -97,23 +97,7 @@ def _emit(data: Any, as_json: bool, columns: list[str], title: str) -> None:
 # -- central --------------------------------------------------------------------------------------------------
 @click.group("central", help="The embedded PanDA-compatible central service.")
 def central_group() -> None:
-    pass
-
-
-@central_group.command("serve", help="Run the central service in this process until SIGINT/SIGTERM.")
-@click.option("--host", default=None, help="listen address (default: central.host)")
-@click.option("--port", type=int, default=None, help="listen port (default: central.port; 0 = any free port)")
-@click.pass_context
-def serve_cmd(ctx: click.Context, host: str | None, port: int | None) -> None:
-    from .server import serve
-
-    settings = _settings(ctx)
-    update = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    settings = settings.model_copy(update=update) if update else settings
-    try:
-        serve(settings, on_ready=lambda url: click.echo(f"central service listening on {url} (OpenAPI: {url}/docs)"))
-    except HarvesterEdgeError as exc:
-        raise click.ClickException(str(exc)) from exc
+    """`serve` is added by harvester_edge.cli from harvester_edge.server (the service with the web monitor)."""
 
 
 @central_group.command("issue-token", help="Print an initial token and secret key for a client (pilot/harvester).")
