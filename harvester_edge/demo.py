@@ -292,9 +292,10 @@ def task_spec(task_file: Path, events: int | None):
 
 def cancel_task(config: SiteConfig, service: Any, task_id: int) -> None:
     """Ctrl-C: abort the task centrally and cancel its workers now (they are detached and would outlive us)."""
-    from harvester_edge.batch import load_plugin
     from harvester_edge.operations import request_kill
     from harvester_edge.seams.commands import CommandRunner
+    from harvester_edge.seams.files import PilotFiles
+    from harvester_edge.site import make_plugins
 
     try:
         service.kill_task(task_id)
@@ -314,9 +315,9 @@ def cancel_task(config: SiteConfig, service: Any, task_id: int) -> None:
     for _, queue, batch_id in rows:
         if batch_id:
             by_queue.setdefault(queue, []).append(batch_id)
+    plugins = make_plugins(config, CommandRunner(), PilotFiles())  # as the daemon's site has them
     for queue, batch_ids in by_queue.items():
-        plugin = load_plugin(config.queue(queue).batch)(config.queue(queue), CommandRunner())
-        plugin.cancel(batch_ids)
+        plugins[queue].cancel(batch_ids)
 
 
 def wait_workers_ended(config: SiteConfig, task_id: int, timeout: float) -> bool:

@@ -27,10 +27,10 @@ from harvester_edge.batch import (
     WorkerSpec,
     WorkerStatus,
     queue_attr,
-    write_script,
 )
 from harvester_edge.plugins import _render
 from harvester_edge.seams.commands import CommandNotFound
+from harvester_edge.seams.files import PilotFiles
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ def _session_members(sid: int) -> list[psutil.Process]:
 class LocalPlugin(BatchPlugin):
     name = "local"
 
-    def __init__(self, queue, runner, registry: Path | None = None) -> None:
-        super().__init__(queue, runner)
+    def __init__(self, queue, runner, files: PilotFiles | None = None, registry: Path | None = None) -> None:
+        super().__init__(queue, runner, files)
         self.registry = registry or default_registry(str(queue_attr(queue, "name", "local")))
 
     # ---- render -------------------------------------------------------------------------------------------
@@ -124,8 +124,8 @@ class LocalPlugin(BatchPlugin):
             try:
                 for stale in ("local.pid", "local.start", "local.exit", "local.cancel"):
                     (ap / stale).unlink(missing_ok=True)
-                write_script(spec, self.render_script(spec), SCRIPT_NAME)
-                wrapper = write_script(spec, render_wrapper(spec), WRAPPER_NAME)
+                self.files.write_script(ap, SCRIPT_NAME, self.render_script(spec))
+                wrapper = self.files.write_script(ap, WRAPPER_NAME, render_wrapper(spec))
                 self._register(spec)
             except Exception as exc:
                 results.append(SubmitResult(spec.worker_id, None, f"cannot prepare {ap}: {exc}", False))

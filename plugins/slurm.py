@@ -33,8 +33,8 @@ SCRIPT_NAME = "worker.sbatch"
 class SlurmPlugin(BatchPlugin):
     name = "slurm"
 
-    def __init__(self, queue, runner) -> None:
-        super().__init__(queue, runner)
+    def __init__(self, queue, runner, files=None) -> None:
+        super().__init__(queue, runner, files)
         self._jobcomp: bool | None = None  # None: not known yet whether sacct has slurmdbd behind it
 
     # ---- render -------------------------------------------------------------------------------------------
