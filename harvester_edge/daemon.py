@@ -29,8 +29,9 @@ from harvester_edge.config import SiteConfig, load_config
 from harvester_edge.errors import ConfigError, HarvesterEdgeError
 from harvester_edge.filemodes import private_dir, private_file, tighten_children
 from harvester_edge.logs import setup_logging
+from harvester_edge.replay.recorder import Recording
 from harvester_edge.seams.clock import Clock
-from harvester_edge.site import Site, daemon_site
+from harvester_edge.site import Site, daemon_site, sync_queues
 from harvester_edge.store import open_store, release_all
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,9 @@ class Daemon:
         if released:
             log.info("released %d leases left by an earlier daemon on this host", released)
         sync_queues(store, config, self.clock.now())
-        site = daemon_site(config, store, self.clock, daemon_id, record=self.record)
+        # a trace of every outside contact: the recording wraps the seams the site is built over
+        recording = None if self.record is None else Recording.start(self.record, config, store, self.clock)
+        site = daemon_site(config, store, self.clock, daemon_id, recording)
         ctx, agents = site.ctx, site.agents
         scheduler = BackgroundScheduler(
             executors={"default": DaemonThreadExecutor(1 if self.record else config.daemon.threads)},
@@ -277,17 +280,6 @@ def secure_paths(config: SiteConfig) -> None:
     for path in (config.lock_path, tokens.token_file, tokens.key_file, tokens.secret_file):
         if path is not None:
             private_file(Path(path))
-
-
-def sync_queues(store, config: SiteConfig, now: float) -> None:
-    """The queues table mirrors the config (workers and jobs reference it); a removed queue's rows stay."""
-    with store.write() as conn:
-        for q in config.queues:
-            conn.execute(
-                "INSERT INTO queues (name, batch, updated_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
-                "SET batch = excluded.batch, updated_at = excluded.updated_at",
-                (q.name, q.batch, now),
-            )
 
 
 def _now_dt() -> datetime:

@@ -16,14 +16,13 @@ import click
 from fastapi import FastAPI
 
 from harvester_edge.central.app import Mount, create_app, create_asgi
-from harvester_edge.central.cli import _settings as central_settings
 from harvester_edge.central.guard import Guard
 from harvester_edge.central.server import EmbeddedCentral, serve
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.settings import CentralSettings
 from harvester_edge.central.tokens import TokenAuthority
 from harvester_edge.errors import HarvesterEdgeError
-from harvester_edge.web import monitor_router
+from harvester_edge.web.router import monitor_router
 
 
 def mount_monitor(app: FastAPI) -> None:
@@ -49,13 +48,8 @@ def embedded_central(settings: CentralSettings, clock: Callable[[], float] = tim
     return EmbeddedCentral(settings, clock, MOUNTS)
 
 
-@click.command("serve", help="Run the central service in this process until SIGINT/SIGTERM.")
-@click.option("--host", default=None, help="listen address (default: central.host)")
-@click.option("--port", type=int, default=None, help="listen port (default: central.port; 0 = any free port)")
-@click.pass_context
-def serve_command(ctx: click.Context, host: str | None, port: int | None) -> None:
-    """`harvester-edge central serve` (registered into the central group by harvester_edge.cli)."""
-    settings = central_settings(ctx)
+def serve_central(settings: CentralSettings, host: str | None = None, port: int | None = None) -> None:
+    """`harvester-edge central serve`: the central service with the monitor in this process until SIGINT/SIGTERM."""
     update = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     settings = settings.model_copy(update=update) if update else settings
     try:

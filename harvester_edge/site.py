@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from harvester_edge.agents import build_agents
 from harvester_edge.agents.base import Agent, AgentContext
@@ -27,7 +28,6 @@ from harvester_edge.central.server import EmbeddedCentral
 from harvester_edge.central.settings import CentralSettings
 from harvester_edge.config import SiteConfig
 from harvester_edge.errors import ConfigError
-from harvester_edge.replay.recorder import Recording
 from harvester_edge.seams.clock import Clock
 from harvester_edge.seams.commands import CommandRunner
 from harvester_edge.seams.files import DirectFiles, FilesBackend, PilotFiles
@@ -36,6 +36,16 @@ from harvester_edge.server import embedded_central
 from harvester_edge.store import Store
 
 log = logging.getLogger(__name__)
+
+
+class SeamWrappers(Protocol):
+    """What wraps the seams of a site before it is built (harvester_edge.replay.recorder.Recording)."""
+
+    def runner(self, inner: CommandRunner) -> CommandRunner: ...
+    def transport(self, inner: HttpTransport) -> HttpTransport: ...
+    def files(self, inner: FilesBackend) -> FilesBackend: ...
+    def clock(self, inner: Clock) -> Clock: ...
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -114,17 +124,16 @@ def remote_transport(settings: CentralSettings, url: str) -> HttpTransport:
 
 
 def daemon_site(
-    config: SiteConfig, store: Store, clock: Clock, daemon_id: str, record: Path | str | None = None
+    config: SiteConfig, store: Store, clock: Clock, daemon_id: str, recording: SeamWrappers | None = None
 ) -> Site:
     """The daemon's site: the embedded central service started (if configured), the real seams, the agents.
 
-    `record`: a trace file; the recording wraps every seam (batch commands, HTTP, pilot files, cycle times) and
-    closes last, after the central service stopped (harvester_edge.replay)."""
+    `recording` (the daemon's --record: harvester_edge.replay.recorder.Recording) wraps every seam (batch commands,
+    HTTP, pilot files, cycle times) and is closed last, after the central service stopped."""
     stoppers: list[Callable[[], None]] = []
     runner: CommandRunner = CommandRunner()
     files: FilesBackend = DirectFiles()
-    if record is not None:
-        recording = Recording.start(record, config, store, clock)
+    if recording is not None:
         stoppers.append(recording.close)
         runner, files, clock = recording.runner(runner), recording.files(files), recording.clock(clock)
     settings = config.central
@@ -140,7 +149,7 @@ def daemon_site(
                 # Its identity (token sub) is the site name: the harvester_id it sends with every call.
                 issuer = InProcessIssuer(central.authority, config.site)
         transport = remote_transport(settings, url)
-        if record is not None:
+        if recording is not None:
             transport = recording.transport(transport)
         site = build_site(config, runner, transport, files, clock, store=store, daemon_id=daemon_id, issuer=issuer)
     except BaseException:
@@ -150,3 +159,14 @@ def daemon_site(
     site.central = central
     site.stoppers = stoppers
     return site
+
+
+def sync_queues(store: Store, config: SiteConfig, now: float) -> None:
+    """The queues table mirrors the config (workers and jobs reference it); a removed queue's rows stay."""
+    with store.write() as conn:
+        for q in config.queues:
+            conn.execute(
+                "INSERT INTO queues (name, batch, updated_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                "SET batch = excluded.batch, updated_at = excluded.updated_at",
+                (q.name, q.batch, now),
+            )

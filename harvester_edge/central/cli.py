@@ -8,7 +8,7 @@ calls the service over HTTP with the harvester's token.
 from __future__ import annotations
 
 import json
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,13 @@ from rich.console import Console
 from rich.table import Table
 
 from harvester_edge.errors import HarvesterEdgeError
+from harvester_edge.seams.http import HttpTransport
 
+from .client import CentralClient
+from .service import CentralService
+from .settings import db_path
 from .taskspec import load_task_file
+from .tokens import TokenAuthority, list_keys, load_or_create_secret
 
 
 def _settings(ctx: click.Context):
@@ -32,10 +37,6 @@ class _Remote:
     """The same operations over /api/v1 (mode: remote)."""
 
     def __init__(self, settings) -> None:
-        from harvester_edge.seams.http import HttpTransport
-
-        from .client import CentralClient
-
         self.client = CentralClient(
             HttpTransport(settings.url, settings.request_timeout), token_file=settings.tokens.token_file
         )
@@ -63,8 +64,6 @@ def _service(ctx: click.Context, local_only: bool = False):
     settings = _settings(ctx)
     if settings.mode == "remote" and not local_only:
         return _Remote(settings)
-    from .server import db_path
-    from .service import CentralService
 
     return CentralService.open(db_path(settings), settings)
 
@@ -121,9 +120,6 @@ def issue_token_cmd(ctx: click.Context, client_name: str, scopes: tuple[str, ...
 
 
 def _authority(settings, svc):
-    from .server import db_path
-    from .tokens import TokenAuthority, load_or_create_secret
-
     secret = load_or_create_secret(Path(settings.tokens.secret_file or db_path(settings).with_name("central.secret")))
     return TokenAuthority(svc.db, settings.tokens, secret, svc.clock)
 
@@ -151,10 +147,6 @@ KEY_COLUMNS = ["kid", "client", "scope", "created", "expires", "revoked", "paren
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def keys_cmd(ctx: click.Context, client_name: str | None, as_json: bool) -> None:
-    from datetime import datetime
-
-    from .tokens import list_keys
-
     rows = _run(ctx, lambda svc: list_keys(svc.db), local_only=True)
     rows = [r for r in rows if client_name is None or r["client"] == client_name]
     if as_json:

@@ -22,7 +22,7 @@ from .app import Mount, create_asgi
 from .connections import connection_cap, protocol_class, raise_fd_limit
 from .errors import CentralError
 from .service import CentralService
-from .settings import CentralSettings
+from .settings import CentralSettings, db_path
 from .tokens import TokenAuthority, load_or_create_secret
 
 log = logging.getLogger(__name__)
@@ -56,12 +56,6 @@ def check_trusted(settings: CentralSettings) -> None:
                 f"loopback, a unix socket or a network listed in central.trusted_networks; "
                 f"listen on 127.0.0.1, list the network, or set trusted: false"
             )
-
-
-def db_path(settings: CentralSettings) -> Path:
-    if settings.db is None:
-        raise CentralError("central.db is not set: the site config loader sets it to <work_dir>/central.db")
-    return Path(settings.db)
 
 
 class EmbeddedCentral:

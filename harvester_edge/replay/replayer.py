@@ -20,15 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.progress import Progress
+
 from harvester_edge.config import SiteConfig
-from harvester_edge.daemon import sync_queues
 from harvester_edge.errors import HarvesterEdgeError
 from harvester_edge.replay import trace
 from harvester_edge.replay.recorder import file_args
 from harvester_edge.seams.clock import FixedClock
 from harvester_edge.seams.commands import CommandResult, CommandRunner
 from harvester_edge.seams.http import HttpResult, TransportError, redact_call
-from harvester_edge.site import build_site
+from harvester_edge.site import build_site, sync_queues
 from harvester_edge.store import open_store
 from jumbo import protocol
 
@@ -394,8 +395,6 @@ def replay(
 def _run(cycles, agents, clock: VirtualClock, session: Session, report: ReplayReport, progress: bool) -> None:
     bar = None
     if progress:
-        from rich.progress import Progress
-
         bar = Progress(transient=True)
         bar.start()
         task = bar.add_task("replaying", total=len(cycles))

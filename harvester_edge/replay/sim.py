@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from harvester_edge.config import SiteConfig
-from harvester_edge.daemon import sync_queues
 from harvester_edge.replay.recorder import Recording
 from harvester_edge.replay.replayer import VirtualClock
 from harvester_edge.replay.synthetic import Behaviour, SyntheticBatch, SyntheticTransport, SyntheticWorld
 from harvester_edge.seams.clock import Clock
 from harvester_edge.seams.commands import CommandRunner
 from harvester_edge.seams.files import FilesBackend
-from harvester_edge.site import build_site
+from harvester_edge.site import build_site, sync_queues
 from harvester_edge.store import open_store
 
 START = 1_800_000_000.0

@@ -10,6 +10,7 @@ it). Used by `harvester-edge simulate` and to build the LSF trace of the tests.
 from __future__ import annotations
 
 import json
+import json as jsonlib  # `json` is a parameter of the transport's request (HttpTransport's signature)
 import random
 import re
 import time
@@ -184,11 +185,12 @@ class SyntheticTransport:
         timeout: float | None = None,
         data: bytes | None = None,
     ) -> HttpResult:
-        import json as _json
-
         data_out = self.central.meter.timed(self.central.handle, method, path, params, json)
         result = HttpResult(
-            200, {"content-type": "application/json"}, _json.dumps({"success": True, "data": data_out}).encode(), 0.001
+            200,
+            {"content-type": "application/json"},
+            jsonlib.dumps({"success": True, "data": data_out}).encode(),
+            0.001,
         )
         return result
 
