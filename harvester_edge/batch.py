@@ -6,8 +6,8 @@ One contract for every plugin (slurm, lsf, local):
 - `status`, `cancel` and `find_by_name` raise `BatchError(transient=...)` when the batch command as a whole fails.
 - `status` makes ONE queue call for all ids; ids the queue no longer lists are looked up in the accounting
   (one more call); ids unknown everywhere are MISSING.
-- No I/O in constructors; all commands go through the `CommandRunner` seam.
-- Settings are read from the typed queue config (`self.queue.drain_warning`), whose defaults live in config.py only.
+- No I/O in constructors; all commands go through the `CommandRunner` seam, all writes into access points through
+  the pilot-file seam (`PilotFiles`, so traces show them).
 Script-based systems subclass `ScriptBatchPlugin` and override its steps: render the script, the submit
 command's arguments, its run, and the parsing of its answer (as Balsam's subprocess scheduler interface).
 Plugins are found by name through the entry-point group "harvester_edge.batch".
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from harvester_edge.errors import HarvesterEdgeError
-from harvester_edge.filemodes import private_dir
 from harvester_edge.seams.commands import CommandNotFound, CommandResult, CommandRunner
+from harvester_edge.seams.files import PilotFiles
 
 if TYPE_CHECKING:  # the pydantic model; plugins only read its attributes
     from harvester_edge.config import QueueConfig
@@ -112,9 +112,10 @@ class BatchPlugin(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, queue: QueueConfig, runner: CommandRunner) -> None:
+    def __init__(self, queue: QueueConfig, runner: CommandRunner, files: PilotFiles | None = None) -> None:
         self.queue = queue
         self.runner = runner
+        self.files = files if files is not None else PilotFiles()  # the site's pilot-file seam (harvester_edge.site)
 
     @property
     def timeout(self) -> float:
@@ -175,7 +176,7 @@ class ScriptBatchPlugin(BatchPlugin):
         for spec in specs:
             try:
                 text = self.render_script(spec)
-                path = write_script(spec, text, self.script_name)
+                path = self.files.write_script(spec.access_point, self.script_name, text)
             except Exception as exc:
                 log.error("worker %d: cannot write its batch script in %s: %s", spec.worker_id, spec.access_point, exc)
                 results.append(SubmitResult(spec.worker_id, None, f"cannot write batch script: {exc}", False))
@@ -214,17 +215,6 @@ def classify_error(
         if re.search(pattern, message, re.IGNORECASE):
             return True
     return default_transient
-
-
-def write_script(spec: WorkerSpec, text: str, filename: str) -> Path:
-    """Write the script into the access point atomically (tmp + rename) before anything is submitted."""
-    private_dir(spec.access_point)
-    path = spec.access_point / filename
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o755)
-    tmp.replace(path)
-    return path
 
 
 def known_plugins() -> dict[str, metadata.EntryPoint]:

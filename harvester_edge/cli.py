@@ -3,6 +3,7 @@ service's groups (central, task, errors), the demo, and offline replay (replay, 
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from functools import cached_property
@@ -10,8 +11,15 @@ from pathlib import Path
 
 import click
 
+from harvester_edge.central.cli import _settings as central_settings
+from harvester_edge.central.cli import central_group, errors_group, task_group
+from harvester_edge.cli_views import errors_summary, status_cmd, worker_group
 from harvester_edge.config import SiteConfig, load_config
+from harvester_edge.demo import demo
 from harvester_edge.errors import HarvesterEdgeError
+from harvester_edge.operations import request_kill, set_draining
+from harvester_edge.replay.cli import replay_command, simulate_command
+from harvester_edge.report import report_command
 
 CONFIG_ENV = "HARVESTER_EDGE_CONFIG"
 SOURCE_DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "local.yaml"
@@ -68,6 +76,8 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 @click.pass_obj
 def run(obj: CliContext, max_seconds: float | None, record: Path | None) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
+    # heavy (APScheduler, FastAPI, uvicorn): loaded only by the commands that run the daemon, so that `cron`, which
+    # starts every minute, and `status` stay quick
     from harvester_edge.daemon import Daemon
 
     sys.exit(Daemon(obj.config_path, record=record).run(max_seconds=max_seconds))
@@ -77,7 +87,7 @@ def run(obj: CliContext, max_seconds: float | None, record: Path | None) -> None
 @click.pass_obj
 def cron(obj: CliContext) -> None:
     """Start the daemon in the background unless it runs already (safe to call from cron every minute)."""
-    from harvester_edge.daemon import AlreadyRunning, Daemon, InstanceLock, daemonize
+    from harvester_edge.daemon import AlreadyRunning, Daemon, InstanceLock, daemonize  # heavy: see run
 
     config = obj.config
     probe = InstanceLock(config.lock_path)
@@ -95,8 +105,6 @@ def cron(obj: CliContext) -> None:
     except AlreadyRunning:  # another cron start won the race between our probe and the daemon's lock
         code = 0
     except BaseException:  # nothing above us in a daemonized child: log, then exit
-        import logging
-
         logging.getLogger(__name__).exception("daemon failed")
         code = 1
     os._exit(code)
@@ -108,8 +116,6 @@ def cron(obj: CliContext) -> None:
 @click.pass_obj
 def drain(obj: CliContext, queues: tuple[str, ...], undo: bool) -> None:
     """Stop new fetches and submissions; running workers finish their work."""
-    from harvester_edge.operations import set_draining
-
     names = set_draining(obj.config, list(queues), draining=not undo)
     click.echo(f"{'resumed' if undo else 'draining'}: {', '.join(names)}")
 
@@ -130,23 +136,27 @@ def kill_workers(
     everything: bool,
 ) -> None:
     """Cancel workers: the sweeper asks their pilots to drain and cancels the batch jobs."""
-    from harvester_edge.operations import request_kill
-
     ids = request_kill(
         obj.config, worker_ids=list(worker_ids), queue=queue, state=state, panda_id=panda_id, everything=everything
     )
     click.echo(f"{len(ids)} worker(s) flagged for cancellation" + (f": {', '.join(map(str, ids))}" if ids else ""))
 
 
-def _register_groups() -> None:
-    from harvester_edge.central.cli import central_group, errors_group, task_group
-    from harvester_edge.cli_views import errors_summary, status_cmd, worker_group
-    from harvester_edge.demo import demo
-    from harvester_edge.replay.cli import replay_command, simulate_command
-    from harvester_edge.report import report_command
+@click.command("serve", help="Run the central service in this process until SIGINT/SIGTERM.")
+@click.option("--host", default=None, help="listen address (default: central.host)")
+@click.option("--port", type=int, default=None, help="listen port (default: central.port; 0 = any free port)")
+@click.pass_context
+def central_serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """`central serve`: the central service with the web monitor beside it (harvester_edge.server)."""
+    from harvester_edge.server import serve_central  # heavy (FastAPI, uvicorn): only for this command; see run
 
+    serve_central(central_settings(ctx), host, port)
+
+
+def _register_groups() -> None:
     cli.add_command(status_cmd, "status")
     cli.add_command(worker_group, "worker")
+    central_group.add_command(central_serve, "serve")  # the service with the web monitor beside it
     cli.add_command(central_group, "central")
     cli.add_command(task_group, "task")
     errors_group.add_command(errors_summary, "summary")

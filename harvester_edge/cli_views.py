@@ -15,8 +15,13 @@ from typing import Any
 
 import click
 from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
+
+from harvester_edge import status as status_view
+from harvester_edge.web import data
+from harvester_edge.web.render import ts
 
 # BPS-style columns: how the central service's range states roll up per task (job group).
 BPS_COLUMNS = ("pending", "running", "succeeded", "failed", "cancelled")
@@ -74,8 +79,6 @@ def render_task_rows(rows: list[dict]) -> Table:
 
 
 def status_renderable(snapshot: dict) -> Group:
-    from harvester_edge import status as status_view
-
     buf = io.StringIO()
     status_view.render({**snapshot, "tasks": []}, Console(file=buf, width=160, force_terminal=True))
     parts: list[Any] = []
@@ -93,7 +96,6 @@ def status_renderable(snapshot: dict) -> Group:
 @click.pass_obj
 def status_cmd(obj: Any, as_json: bool, watch: bool, interval: float, iterations: int) -> None:
     """Tasks (pending/running/succeeded/failed per task), queues, workers, jobs and event ranges per state."""
-    from harvester_edge import status as status_view
 
     def snapshot() -> dict:
         snap = status_view.collect(obj.config)
@@ -106,7 +108,6 @@ def status_cmd(obj: Any, as_json: bool, watch: bool, interval: float, iterations
     if not watch:
         Console(width=160).print(status_renderable(snapshot()))
         return
-    from rich.live import Live
 
     done = 0
     try:
@@ -128,8 +129,6 @@ def status_cmd(obj: Any, as_json: bool, watch: bool, interval: float, iterations
 # -- worker show ----------------------------------------------------------------------------------------------
 def worker_detail(db_path: Path, worker_id: int) -> dict | None:
     """The worker row, its state history, jobs and access-point files, from the harvester DB (read-only)."""
-    from harvester_edge.web import data
-
     if not Path(db_path).exists():
         return None
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
@@ -147,8 +146,6 @@ def worker_detail(db_path: Path, worker_id: int) -> dict | None:
 
 
 def render_worker(detail: dict, console: Console) -> None:
-    from harvester_edge.web.render import ts
-
     info = Table(title=f"worker {detail['id']}", title_justify="left", show_header=False)
     info.add_column("field", style="dim")
     info.add_column("value")
@@ -206,8 +203,6 @@ def worker_show(obj: Any, worker_id: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def errors_summary(obj: Any, as_json: bool) -> None:
-    from harvester_edge.web import data
-
     db = obj.config.central.db
     if obj.config.central.mode == "remote" or db is None or not Path(db).exists():
         raise click.ClickException(

@@ -18,20 +18,20 @@ import socket
 import threading
 import time
 from concurrent.futures import Future
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 from apscheduler.executors.pool import BasePoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from harvester_edge.agents import build_agents
 from harvester_edge.agents.base import Agent, AgentContext
 from harvester_edge.config import SiteConfig, load_config
 from harvester_edge.errors import ConfigError, HarvesterEdgeError
 from harvester_edge.filemodes import private_dir, private_file, tighten_children
 from harvester_edge.logs import setup_logging
+from harvester_edge.replay.recorder import Recording
 from harvester_edge.seams.clock import Clock
-from harvester_edge.services import Services, start_services
+from harvester_edge.site import Site, daemon_site, sync_queues
 from harvester_edge.store import open_store, release_all
 
 log = logging.getLogger(__name__)
@@ -184,9 +184,10 @@ class Daemon:
         if released:
             log.info("released %d leases left by an earlier daemon on this host", released)
         sync_queues(store, config, self.clock.now())
-        ctx = AgentContext(config=config, store=store, clock=self.clock, daemon_id=daemon_id)
-        services: Services = start_services(ctx, record=self.record)
-        agents = build_agents(ctx)
+        # a trace of every outside contact: the recording wraps the seams the site is built over
+        recording = None if self.record is None else Recording.start(self.record, config, store, self.clock)
+        site = daemon_site(config, store, self.clock, daemon_id, recording)
+        ctx, agents = site.ctx, site.agents
         scheduler = BackgroundScheduler(
             executors={"default": DaemonThreadExecutor(1 if self.record else config.daemon.threads)},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
@@ -213,7 +214,7 @@ class Daemon:
                     self._reload.clear()
                     self._reload_config(ctx, scheduler, agents)
         finally:
-            code = self._drain(ctx, scheduler, services)
+            code = self._drain(ctx, scheduler, site)
         return code
 
     def _reload_config(self, ctx: AgentContext, scheduler: BackgroundScheduler, agents: list[Agent]) -> None:
@@ -236,7 +237,7 @@ class Daemon:
             scheduler.reschedule_job(agent.name, trigger="interval", seconds=agent.interval)
         log.info("SIGHUP: reloaded %s (%d queues)", self.config_path, len(new.queues))
 
-    def _drain(self, ctx: AgentContext, scheduler: BackgroundScheduler, services: Services) -> int:
+    def _drain(self, ctx: AgentContext, scheduler: BackgroundScheduler, site: Site) -> int:
         timeout = float(ctx.config.daemon.stop_timeout)
         log.info("stopping: no new cycles; waiting up to %.0fs for running cycles", timeout)
         ctx.stop.set()
@@ -257,7 +258,7 @@ class Daemon:
             log.info("stopping: released %d leases", released)
         except Exception:
             log.exception("stopping: could not release leases; they expire after daemon.lease_time")
-        services.stop()
+        site.stop()
         ctx.store.close()
         log.info("stopped")
         return 0 if finished else 1
@@ -281,20 +282,7 @@ def secure_paths(config: SiteConfig) -> None:
             private_file(Path(path))
 
 
-def sync_queues(store, config: SiteConfig, now: float) -> None:
-    """The queues table mirrors the config (workers and jobs reference it); a removed queue's rows stay."""
-    with store.write() as conn:
-        for q in config.queues:
-            conn.execute(
-                "INSERT INTO queues (name, batch, updated_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
-                "SET batch = excluded.batch, updated_at = excluded.updated_at",
-                (q.name, q.batch, now),
-            )
-
-
-def _now_dt():
-    from datetime import datetime
-
+def _now_dt() -> datetime:
     return datetime.now(UTC)
 
 

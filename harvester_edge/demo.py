@@ -21,9 +21,24 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
 
+from harvester_edge.central.service import CentralService
+from harvester_edge.central.settings import db_path
+from harvester_edge.central.taskspec import load_task_file, parse_task
 from harvester_edge.config import WORK_DIR_ENV, SiteConfig, load_config
 from harvester_edge.errors import HarvesterEdgeError
+from harvester_edge.operations import request_kill
+from harvester_edge.seams.commands import CommandNotFound, CommandRunner
+from harvester_edge.seams.files import PilotFiles
 
 DEFAULT_WORK_DIR = Path("~/.harvester-edge/demo")
 EXAMPLE_TASK = Path(__file__).resolve().parents[1] / "configs" / "tasks" / "example.yaml"
@@ -74,8 +89,6 @@ def prepare_mpi(runner: Any = None, python: str = sys.executable) -> str:
     """Put the launcher of mpi4py's MPI first on PATH (workers inherit it); raise DemoError on a mismatch.
 
     Returns a one-line description of the MPI in use."""
-    from harvester_edge.seams.commands import CommandNotFound, CommandRunner
-
     runner = runner or CommandRunner()
     probe = runner.run([python, "-c", MPI_PROBE], timeout=60)
     if not probe.ok:
@@ -113,8 +126,6 @@ def prepare_mpi(runner: Any = None, python: str = sys.executable) -> str:
 
 def smoke_test(mpirun: str, python: str, ranks: int = 2) -> None:
     """Two ranks must see one world of two: a launcher/library mismatch gives singletons of size 1."""
-    from harvester_edge.seams.commands import CommandRunner
-
     env = {}
     if os.geteuid() == 0:  # Open MPI refuses root unless told twice (the worker scripts do the same)
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
@@ -233,8 +244,6 @@ def summarize(config: SiteConfig, task_id: int, wall: float) -> Summary:
 def render_summary(s: Summary):
     """The closing table (a rich renderable). The payload's share of the ranks' time comes with what it means: the
     example's events take well under a millisecond, so a small share is the expected figure, not a failure."""
-    from rich.table import Table
-
     table = Table(title=f"task {s.task_id}: {s.status}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
@@ -275,7 +284,7 @@ class DaemonThread:
     """harvester_edge.daemon.Daemon on a thread of this process, through its public run()/request_stop()."""
 
     def __init__(self, config_path: Path) -> None:
-        from harvester_edge.daemon import Daemon
+        from harvester_edge.daemon import Daemon  # heavy (FastAPI, uvicorn): only when the demo runs (cli.run)
 
         self.daemon = Daemon(config_path, log_to_stderr=False)
         self.error: BaseException | None = None
@@ -300,8 +309,6 @@ class DaemonThread:
 
 
 def task_spec(task_file: Path, events: int | None):
-    from harvester_edge.central.taskspec import load_task_file, parse_task
-
     spec = load_task_file(task_file)
     if events is not None:
         spec = parse_task({**spec.model_dump(exclude_none=True), "events": events}, f"task file {task_file}")
@@ -310,10 +317,6 @@ def task_spec(task_file: Path, events: int | None):
 
 def cancel_task(config: SiteConfig, service: Any, task_id: int) -> None:
     """Ctrl-C: abort the task centrally and cancel its workers now (they are detached and would outlive us)."""
-    from harvester_edge.batch import load_plugin
-    from harvester_edge.operations import request_kill
-    from harvester_edge.seams.commands import CommandRunner
-
     try:
         service.kill_task(task_id)
     except HarvesterEdgeError:
@@ -332,9 +335,11 @@ def cancel_task(config: SiteConfig, service: Any, task_id: int) -> None:
     for _, queue, batch_id in rows:
         if batch_id:
             by_queue.setdefault(queue, []).append(batch_id)
+    from harvester_edge.site import make_plugins  # heavy (the site: FastAPI, uvicorn): see DaemonThread
+
+    plugins = make_plugins(config, CommandRunner(), PilotFiles())  # as the daemon's site has them
     for queue, batch_ids in by_queue.items():
-        plugin = load_plugin(config.queue(queue).batch)(config.queue(queue), CommandRunner())
-        plugin.cancel(batch_ids)
+        plugins[queue].cancel(batch_ids)
 
 
 def wait_workers_ended(config: SiteConfig, task_id: int, timeout: float) -> bool:
@@ -355,14 +360,6 @@ def wait_workers_ended(config: SiteConfig, task_id: int, timeout: float) -> bool
 
 
 def _progress(console, disable: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -422,11 +419,7 @@ def _worker_note(config: SiteConfig) -> str:
 @click.pass_obj
 def demo(obj: Any, events: int | None, work_dir: Path | None, task_file: Path, timeout: float, as_json: bool) -> None:
     """Run a task end to end on this site (default: the embedded one) with a progress bar, then summarize it."""
-    from rich.console import Console
-
-    from harvester_edge.central.server import db_path
-    from harvester_edge.central.service import CentralService
-    from harvester_edge.daemon import AlreadyRunning, InstanceLock
+    from harvester_edge.daemon import AlreadyRunning, InstanceLock  # heavy: see DaemonThread
 
     work_dir = (work_dir or Path(os.environ.get(WORK_DIR_ENV) or DEFAULT_WORK_DIR)).expanduser().resolve()
     os.environ[WORK_DIR_ENV] = str(work_dir)  # the daemon loads the config itself: it must see the same dir

@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import jwt
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -89,6 +90,7 @@ TIMED = "harvester_edge.timed"  # scope key: an outer HttpTiming measures this r
 
 
 def _legacy_methods() -> frozenset[str]:
+    # heavy (FastAPI): the legacy dialect loads only where HTTP is timed; agents and the CLI use the counters above
     from harvester_edge.central.legacy import METHODS
 
     return frozenset(METHODS) | {"isAlive"}
@@ -327,7 +329,6 @@ class TokenFileCollector:
     def collect(self):
         if self.token_file is None or not Path(self.token_file).is_file():
             return
-        import jwt
 
         try:
             claims = jwt.decode(Path(self.token_file).read_text().strip(), options={"verify_signature": False})

@@ -16,18 +16,17 @@ from pathlib import Path
 
 import click
 
+from harvester_edge.central.service import CentralService
+from harvester_edge.central.settings import CentralSettings
 from harvester_edge.errors import HarvesterEdgeError
+from harvester_edge.web import data, history, pictures, timecharts
+from harvester_edge.web.render import render
 
 log = logging.getLogger(__name__)
 
 
 def build(central_db: Path, harvester_db: Path | None, task_id: int, now: float | None = None) -> str:
     """The report's HTML for task `task_id` (NotFound when the central DB has no such task)."""
-    from harvester_edge.central.service import CentralService
-    from harvester_edge.central.settings import CentralSettings
-    from harvester_edge.web import data, history, pictures, timecharts
-    from harvester_edge.web.render import render
-
     now = time.time() if now is None else now
     if not Path(central_db).is_file():
         raise HarvesterEdgeError(

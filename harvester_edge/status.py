@@ -8,7 +8,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from harvester_edge.central.client import CentralClient
+from harvester_edge.central.service import CentralService
 from harvester_edge.config import SiteConfig
+from harvester_edge.seams.http import HttpTransport
 from harvester_edge.states import JobState, RangeState, WorkerState
 
 
@@ -21,14 +24,10 @@ def central_tasks(config: SiteConfig) -> tuple[list[dict], str | None]:
     settings = config.central
     try:
         if settings.mode == "remote":
-            from harvester_edge.central.client import CentralClient
-            from harvester_edge.seams.http import HttpTransport
-
             client = CentralClient(HttpTransport(settings.url, 5.0), token_file=settings.tokens.token_file)
             return list(client.call("GET", "task/list")), None
         if settings.db is None or not settings.db.exists():
             return [], None
-        from harvester_edge.central.service import CentralService
 
         service = CentralService.open(settings.db, settings)
         try:

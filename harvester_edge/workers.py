@@ -11,7 +11,7 @@ from typing import Any
 from harvester_edge.batch import WorkerSpec
 from harvester_edge.config import QueueConfig, SiteConfig
 from harvester_edge.jobpayload import jumbo_payload
-from jumbo import protocol
+from harvester_edge.seams.files import PilotFiles
 
 HEARTBEAT_INTERVAL = 10.0  # seconds between the pilot's heartbeat files
 PREFETCH = 1  # ranges queued on each rank beyond the one it runs (the pilot's "prefetch")
@@ -41,8 +41,11 @@ def pilot_payload(job_spec: dict[str, Any]) -> dict[str, Any]:
     return jumbo_payload(job_spec)
 
 
-def write_job_spec(ap: Path, jobs: list[dict[str, Any]], walltime: int, drain_warning: int, ranks: int) -> None:
-    """HPCJobs.json: what the pilot runs (protocol.write_job_spec validates it before it reaches a node)."""
+def write_job_spec(
+    files: PilotFiles, ap: Path, jobs: list[dict[str, Any]], walltime: int, drain_warning: int, ranks: int
+) -> None:
+    """HPCJobs.json through the file seam, which makes the access point: what the pilot runs (jumbo.protocol
+    validates it before it reaches a node)."""
     spec = {
         "jobs": [
             {
@@ -61,7 +64,7 @@ def write_job_spec(ap: Path, jobs: list[dict[str, Any]], walltime: int, drain_wa
             "safety_margin": float(min(max(drain_warning, 10), walltime // 4)),
         },
     }
-    protocol.write_job_spec(ap, spec)
+    files.write_job_spec(ap, spec)
 
 
 def worker_spec(row: sqlite3.Row | dict, queue: QueueConfig) -> WorkerSpec:

@@ -8,6 +8,7 @@ Request: {"callable", "first", "last", "output", "context"}; answer: {"ok", "cod
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -25,8 +26,6 @@ def _die_with_parent() -> None:
     """Linux: SIGKILL this child when its rank dies, so a payload never outlives a killed pilot."""
     parent = os.getppid()
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):

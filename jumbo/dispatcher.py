@@ -35,7 +35,7 @@ class Dispatcher:
         drain: threading.Event,
         prefetch: int,
     ):
-        from mpi4py import MPI
+        from mpi4py import MPI  # optional at import (jumbo.pilot): importing it initialises MPI
 
         self.MPI, self.comm, self.local, self.ap = MPI, comm, local, Path(ap)
         self.size = comm.Get_size()

@@ -14,6 +14,7 @@ import logging
 import os
 import resource
 import select
+import shlex
 import signal
 import subprocess
 import sys
@@ -22,6 +23,8 @@ import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from jumbo.payloads import resolve
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +84,6 @@ def child_env(base: dict | None = None) -> dict:
 def render_command(template: list[str] | str, **values) -> list[str]:
     """Fill {first_event} {last_event} {output} {rank} {seed} into a command template (a list, or a str split
     shell-like)."""
-    import shlex
-
     parts = shlex.split(template) if isinstance(template, str) else list(template)
     return [part.format(**values) for part in parts]
 
@@ -190,8 +191,6 @@ class PayloadRunner:
         c0 = time.process_time()
         try:
             if fn is None:
-                from jumbo.payloads import resolve
-
                 fn = self._inline[name] = resolve(name)
             fn(first, last, output, context)
         except Exception as exc:

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
+import time
+
+from jumbo.child import main
 
 
 def rank_before_mpi(env: dict | None = None) -> int:
@@ -37,9 +41,6 @@ class ForkedChild:
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is None:
             if timeout is not None:  # only used for a polite stop: poll, then let the caller kill
-                import subprocess
-                import time
-
                 end = time.monotonic() + timeout
                 while self.poll() is None:
                     if time.monotonic() >= end:
@@ -81,7 +82,6 @@ def fork_payload_child(log_path: str | None) -> ForkedChild | None:
                 del os.environ[key]  # this process only: a payload is not a rank
             for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
                 os.environ.setdefault(key, "1")
-            from jumbo.child import main
 
             code = main()
         finally:

@@ -27,10 +27,10 @@ from harvester_edge.batch import (
     SubmitResult,
     WorkerSpec,
     WorkerStatus,
-    write_script,
 )
 from harvester_edge.plugins import _render
 from harvester_edge.seams.commands import CommandNotFound, CommandRunner
+from harvester_edge.seams.files import PilotFiles
 
 if TYPE_CHECKING:
     from harvester_edge.config import QueueConfig
@@ -96,8 +96,10 @@ def _session_members(sid: int) -> list[psutil.Process]:
 class LocalPlugin(BatchPlugin):
     name = "local"
 
-    def __init__(self, queue: QueueConfig, runner: CommandRunner, registry: Path | None = None) -> None:
-        super().__init__(queue, runner)
+    def __init__(
+        self, queue: QueueConfig, runner: CommandRunner, files: PilotFiles | None = None, registry: Path | None = None
+    ) -> None:
+        super().__init__(queue, runner, files)
         self.registry = registry or default_registry(queue.name)
 
     # ---- render -------------------------------------------------------------------------------------------
@@ -127,8 +129,8 @@ class LocalPlugin(BatchPlugin):
             try:
                 for stale in ("local.pid", "local.start", "local.exit", "local.cancel"):
                     (ap / stale).unlink(missing_ok=True)
-                write_script(spec, self.render_script(spec), SCRIPT_NAME)
-                wrapper = write_script(spec, render_wrapper(spec), WRAPPER_NAME)
+                self.files.write_script(ap, SCRIPT_NAME, self.render_script(spec))
+                wrapper = self.files.write_script(ap, WRAPPER_NAME, render_wrapper(spec))
                 self._register(spec)
             except Exception as exc:
                 results.append(SubmitResult(spec.worker_id, None, f"cannot prepare {ap}: {exc}", False))

@@ -25,6 +25,7 @@ from harvester_edge.batch import (
 from harvester_edge.plugins import _render
 from harvester_edge.plugins import slurm_parse as sp
 from harvester_edge.seams.commands import CommandNotFound, CommandResult, CommandRunner
+from harvester_edge.seams.files import PilotFiles
 
 if TYPE_CHECKING:
     from harvester_edge.config import QueueConfig
@@ -38,8 +39,8 @@ class SlurmPlugin(ScriptBatchPlugin):
     name = "slurm"
     script_name = SCRIPT_NAME
 
-    def __init__(self, queue: QueueConfig, runner: CommandRunner) -> None:
-        super().__init__(queue, runner)
+    def __init__(self, queue: QueueConfig, runner: CommandRunner, files: PilotFiles | None = None) -> None:
+        super().__init__(queue, runner, files)
         self._jobcomp: bool | None = None  # None: not known yet whether sacct has slurmdbd behind it
 
     # ---- render -------------------------------------------------------------------------------------------

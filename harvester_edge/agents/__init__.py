@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from harvester_edge.agents.base import Agent, AgentContext
+from harvester_edge.agents.credentials import Credentials
+from harvester_edge.agents.feeder import Feeder
+from harvester_edge.agents.fetcher import Fetcher
+from harvester_edge.agents.monitor import Monitor
+from harvester_edge.agents.propagator import Propagator
+from harvester_edge.agents.submitter import Submitter
+from harvester_edge.agents.sweeper import Sweeper
 
 
 def agent_classes() -> list[type[Agent]]:
-    from harvester_edge.agents.credentials import Credentials
-    from harvester_edge.agents.feeder import Feeder
-    from harvester_edge.agents.fetcher import Fetcher
-    from harvester_edge.agents.monitor import Monitor
-    from harvester_edge.agents.propagator import Propagator
-    from harvester_edge.agents.submitter import Submitter
-    from harvester_edge.agents.sweeper import Sweeper
-
     return [Fetcher, Submitter, Monitor, Feeder, Propagator, Sweeper, Credentials]
 
 

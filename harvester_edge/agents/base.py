@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from harvester_edge import metrics
 from harvester_edge.config import SiteConfig
 from harvester_edge.seams.clock import Clock
+from harvester_edge.seams.files import PilotFiles
 from harvester_edge.store import Store
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ class AgentContext:
     clock: Clock
     daemon_id: str
     stop: threading.Event = field(default_factory=threading.Event)
+    files: PilotFiles = field(default_factory=PilotFiles)  # the pilot-file seam (every access-point read/write)
     central: Any = None  # harvester_edge.central.client.CentralClient
     plugins: dict[str, Any] = field(default_factory=dict)  # queue name -> BatchPlugin
     stats: dict[str, CycleStats] = field(default_factory=dict)

@@ -32,6 +32,8 @@ import jwt
 
 from harvester_edge.agents.base import Agent
 from harvester_edge.central.client import CentralAuthFailed, CentralRejected, CentralUnavailable
+from harvester_edge.central.errors import AuthError, CentralError
+from harvester_edge.central.tokens import worker_client_name
 from harvester_edge.states import WorkerState
 
 log = logging.getLogger(__name__)
@@ -89,8 +91,6 @@ class InProcessIssuer:
         self.token: str | None = None
 
     def own_token(self, client: Any, now: float) -> str:
-        from harvester_edge.central.errors import CentralError
-
         state = self.authority.key_state(self.kid)
         if state is None or state["revoked"]:
             raise CentralAuthFailed(
@@ -119,8 +119,6 @@ class InProcessIssuer:
 
     @staticmethod
     def _guard(fn):
-        from harvester_edge.central.errors import AuthError, CentralError
-
         try:
             return fn()
         except AuthError as exc:
@@ -255,8 +253,6 @@ class Credentials(Agent):
 
     def hand_out(self, now: float) -> None:
         """Each active worker with an access point: its own pilot token in <ap>/token, renewed when due."""
-        from harvester_edge.central.tokens import worker_client_name
-
         issuer, client = self.issuer(), self.ctx.central
         marks = ",".join("?" * len(ACTIVE))
         rows = self.ctx.store.query(f"SELECT id, access_point FROM workers WHERE state IN ({marks})", ACTIVE)

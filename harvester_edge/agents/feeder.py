@@ -55,7 +55,9 @@ class Feeder(Agent):
 
     def answer_worker(self, worker, now: float) -> None:
         ap, worker_id = Path(worker["access_point"]), worker["id"]
-        for _, request in protocol.each_pending(worker_id, ap, protocol.REQUESTS, protocol.load_event_request):
+        for _, request in self.ctx.files.each_pending(
+            worker_id, ap, protocol.REQUESTS, self.ctx.files.load_event_request
+        ):
             request = self.checked(worker_id, int(worker["ranks"] or 1), request)
             if not self.answer(worker_id, ap, request, now):
                 break  # held, or the central service is unreachable: look again next cycle, in order
@@ -132,10 +134,10 @@ class Feeder(Agent):
                 )
                 transition(conn, ids, R.FETCHED, R.DISPATCHED, now=now, reason=f"worker {worker_id} seq {request.seq}")
         try:
-            protocol.write_event_ranges(ap, request.seq, {p: r for p, r in ranges.items() if r}, no_more=no_more)
+            self.ctx.files.write_event_ranges(ap, request.seq, {p: r for p, r in ranges.items() if r}, no_more=no_more)
         except protocol.ProtocolError:
             pass  # this sequence was written before the crash: the pilot has it already
-        protocol.mark_consumed(ap, request)
+        self.ctx.files.mark_consumed(ap, request)
         if no_more:
             log.info(
                 "worker %d: told no more ranges for job(s) %s: none ready, none in flight",

@@ -18,7 +18,6 @@ from harvester_edge.codes import EventError
 from harvester_edge.errors import IllegalTransition
 from harvester_edge.outbox import enqueue
 from harvester_edge.seams import files as protocol  # the pilot-file seam (offline replay records it)
-from harvester_edge.seams.files import set_aside
 from harvester_edge.states import RangeState, WorkerState, check_transition
 from harvester_edge.store import claim, transition, update
 from jumbo.protocol import HEARTBEAT
@@ -106,9 +105,9 @@ class Monitor(Agent):
     def read_heartbeat(self, worker_id: int, ap: Path) -> float | None:
         """The time of the pilot's last heartbeat; a bad heartbeat file is moved aside (the pilot writes anew)."""
         try:
-            beat = protocol.read_heartbeat(ap)
+            beat = self.ctx.files.read_heartbeat(ap)
         except protocol.ProtocolError as exc:
-            set_aside(worker_id, ap / HEARTBEAT, exc)
+            self.ctx.files.set_aside(worker_id, ap / HEARTBEAT, exc)
             return None
         except OSError as exc:
             log.warning("worker %d: heartbeat not read this cycle: %s", worker_id, exc, extra={"worker_id": worker_id})
@@ -171,9 +170,9 @@ class Monitor(Agent):
         """Turn the pilot's event status files into range transitions and outbox messages.
 
         A file that cannot be read or validated is moved aside; the other files and workers go on."""
-        for _, batch in protocol.each_pending(worker_id, ap, protocol.STATUS, protocol.load_event_status):
+        for _, batch in self.ctx.files.each_pending(worker_id, ap, protocol.STATUS, self.ctx.files.load_event_status):
             self.apply_batch(worker_id, batch, now)
-            protocol.mark_consumed(ap, batch)
+            self.ctx.files.mark_consumed(ap, batch)
 
     def apply_batch(self, worker_id: int, batch: protocol.Batch, now: float) -> None:
         entries = {e["eventRangeID"]: (pid, e) for pid, lst in batch.events.items() for e in lst}

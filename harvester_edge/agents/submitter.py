@@ -16,7 +16,6 @@ from harvester_edge import jobpayload
 from harvester_edge.agents.base import Agent
 from harvester_edge.batch import BatchError
 from harvester_edge.config import QueueConfig
-from harvester_edge.filemodes import private_dir
 from harvester_edge.shaper import Shape, queue_room, shape_workers, worker_capacity
 from harvester_edge.states import JobState, WorkerState
 from harvester_edge.store import claim, release, transition, update
@@ -240,8 +239,9 @@ class Submitter(Agent):
                     now=now,
                     reason=f"first worker {worker_id}",
                 )
-            private_dir(Path(ap))
-            write_job_spec(Path(ap), [job_spec_of(job)], walltime, queue.drain_warning, nodes * ranks_per_node)
+            write_job_spec(
+                self.ctx.files, Path(ap), [job_spec_of(job)], walltime, queue.drain_warning, nodes * ranks_per_node
+            )
         return worker_id
 
     # -- submission -----------------------------------------------------------------------------------------

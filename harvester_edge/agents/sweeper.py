@@ -4,14 +4,12 @@ remove finished access points after a delay, and forget what ended long ago so t
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from harvester_edge.agents.base import Agent
 from harvester_edge.batch import BatchError
 from harvester_edge.states import JobState, OutboxState, WorkerState
 from harvester_edge.store import transition
-from jumbo import protocol
 
 log = logging.getLogger(__name__)
 W = WorkerState
@@ -77,7 +75,7 @@ class Sweeper(Agent):
         for row in rows:
             by_queue.setdefault(row["queue"], []).append(row)
             try:  # the pilot drains first if it can: in-flight ranges finish and are reported
-                protocol.request_drain(Path(row["access_point"]), "kill requested by the harvester")
+                self.ctx.files.request_drain(Path(row["access_point"]), "kill requested by the harvester")
             except OSError:
                 pass
         for queue, queue_rows in by_queue.items():
@@ -106,7 +104,7 @@ class Sweeper(Agent):
             (*TERMINAL, now - delay),
         )
         for row in rows:
-            shutil.rmtree(row["access_point"], ignore_errors=True)
+            self.ctx.files.remove_access_point(row["access_point"])
         if rows:
             with self.ctx.store.write() as conn:
                 conn.executemany("UPDATE workers SET cleaned_at = ? WHERE id = ?", [(now, r["id"]) for r in rows])

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
-from harvester_edge.web import apidocs, monitor_router
-
-from . import apidoc, legacy, v1
+from . import apidoc, apidocs, legacy, v1
 from .errors import AuthError, CentralError
 from .gate import CappedBodies, refusal
 from .guard import Guard
@@ -25,6 +24,7 @@ from .service import CentralService
 from .tokens import TokenAuthority
 
 log = logging.getLogger(__name__)
+Mount = Callable[[FastAPI], None]  # adds routes of a sibling (the web monitor) to the app; see harvester_edge.server
 
 
 def envelope(data: Any = None, success: bool = True, message: str = "", status: int = 200) -> Response:
@@ -32,9 +32,12 @@ def envelope(data: Any = None, success: bool = True, message: str = "", status: 
     return Response(body, status_code=status, media_type="application/json")
 
 
-def create_app(settings: Any, service: CentralService, authority: TokenAuthority | None = None) -> FastAPI:
+def create_app(
+    settings: Any, service: CentralService, authority: TokenAuthority | None = None, mounts: Sequence[Mount] = ()
+) -> FastAPI:
     """The FastAPI app. Without an authority the app runs in trusted mode (no tokens): only when settings say
-    trusted (server.py also checks the listen address)."""
+    trusted (server.py also checks the listen address). `mounts` add sibling routes beside the API (the appliance
+    mounts the web monitor: harvester_edge.server); the central service itself knows nothing of them."""
     if authority is None and not settings.trusted:
         raise CentralError("central.trusted is false: create_app needs a TokenAuthority to check tokens")
     app = FastAPI(
@@ -76,7 +79,8 @@ def create_app(settings: Any, service: CentralService, authority: TokenAuthority
 
     app.include_router(v1.router, prefix="/api/v1")
     app.include_router(legacy.router, prefix="/server/panda")
-    app.include_router(monitor_router(app))  # the web monitor (/monitor) and Prometheus /metrics
+    for mount in mounts:  # e.g. the web monitor (/monitor) and Prometheus /metrics
+        mount(app)
     generated = app.openapi
 
     def documented() -> dict[str, Any]:  # FastAPI's spec completed by apidoc (legacy per method, monitor)
@@ -89,7 +93,9 @@ def create_app(settings: Any, service: CentralService, authority: TokenAuthority
     return app
 
 
-def create_asgi(settings: Any, service: CentralService, authority: TokenAuthority | None = None) -> Guard:
+def create_asgi(
+    settings: Any, service: CentralService, authority: TokenAuthority | None = None, mounts: Sequence[Mount] = ()
+) -> Guard:
     """What the server runs: the FastAPI app behind the hot path for job updates and event ranges, both behind
     the Guard (trusted-mode peer, Host, Origin and GET checks before any other work)."""
-    return Guard(FastPath(create_app(settings, service, authority)), settings, trusted=authority is None)
+    return Guard(FastPath(create_app(settings, service, authority, mounts)), settings, trusted=authority is None)

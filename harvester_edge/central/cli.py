@@ -8,7 +8,7 @@ calls the service over HTTP with the harvester's token.
 from __future__ import annotations
 
 import json
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,13 @@ from rich.console import Console
 from rich.table import Table
 
 from harvester_edge.errors import HarvesterEdgeError
+from harvester_edge.seams.http import HttpTransport
 
+from .client import CentralClient
+from .service import CentralService
+from .settings import db_path
 from .taskspec import load_task_file
+from .tokens import TokenAuthority, list_keys, load_or_create_secret
 
 
 def _settings(ctx: click.Context):
@@ -32,10 +37,6 @@ class _Remote:
     """The same operations over /api/v1 (mode: remote)."""
 
     def __init__(self, settings) -> None:
-        from harvester_edge.seams.http import HttpTransport
-
-        from .client import CentralClient
-
         self.client = CentralClient(
             HttpTransport(settings.url, settings.request_timeout), token_file=settings.tokens.token_file
         )
@@ -63,8 +64,6 @@ def _service(ctx: click.Context, local_only: bool = False):
     settings = _settings(ctx)
     if settings.mode == "remote" and not local_only:
         return _Remote(settings)
-    from .server import db_path
-    from .service import CentralService
 
     return CentralService.open(db_path(settings), settings)
 
@@ -97,23 +96,7 @@ def _emit(data: Any, as_json: bool, columns: list[str], title: str) -> None:
 # -- central --------------------------------------------------------------------------------------------------
 @click.group("central", help="The embedded PanDA-compatible central service.")
 def central_group() -> None:
-    pass
-
-
-@central_group.command("serve", help="Run the central service in this process until SIGINT/SIGTERM.")
-@click.option("--host", default=None, help="listen address (default: central.host)")
-@click.option("--port", type=int, default=None, help="listen port (default: central.port; 0 = any free port)")
-@click.pass_context
-def serve_cmd(ctx: click.Context, host: str | None, port: int | None) -> None:
-    from .server import serve
-
-    settings = _settings(ctx)
-    update = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    settings = settings.model_copy(update=update) if update else settings
-    try:
-        serve(settings, on_ready=lambda url: click.echo(f"central service listening on {url} (OpenAPI: {url}/docs)"))
-    except HarvesterEdgeError as exc:
-        raise click.ClickException(str(exc)) from exc
+    """`serve` is added by harvester_edge.cli from harvester_edge.server (the service with the web monitor)."""
 
 
 @central_group.command("issue-token", help="Print an initial token and secret key for a client (pilot/harvester).")
@@ -137,9 +120,6 @@ def issue_token_cmd(ctx: click.Context, client_name: str, scopes: tuple[str, ...
 
 
 def _authority(settings, svc):
-    from .server import db_path
-    from .tokens import TokenAuthority, load_or_create_secret
-
     secret = load_or_create_secret(Path(settings.tokens.secret_file or db_path(settings).with_name("central.secret")))
     return TokenAuthority(svc.db, settings.tokens, secret, svc.clock)
 
@@ -167,10 +147,6 @@ KEY_COLUMNS = ["kid", "client", "scope", "created", "expires", "revoked", "paren
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def keys_cmd(ctx: click.Context, client_name: str | None, as_json: bool) -> None:
-    from datetime import datetime
-
-    from .tokens import list_keys
-
     rows = _run(ctx, lambda svc: list_keys(svc.db), local_only=True)
     rows = [r for r in rows if client_name is None or r["client"] == client_name]
     if as_json:

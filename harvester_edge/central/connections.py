@@ -173,7 +173,7 @@ class HeaderDeadline:
 def protocol_class(header_timeout: float, max_connections: int) -> type:
     """A uvicorn HTTP protocol class (the one uvicorn's "auto" picks) with HeaderDeadline, for one server."""
     try:
-        import httptools  # noqa: F401 - only to learn whether uvicorn can use it
+        import httptools  # noqa: F401 - optional (uvicorn's faster parser): only to learn whether uvicorn can use it
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
     except ImportError:  # pragma: no cover - h11 only
         from uvicorn.protocols.http.h11_impl import H11Protocol as base

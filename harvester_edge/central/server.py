@@ -10,7 +10,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -18,11 +18,11 @@ import uvicorn
 from harvester_edge.filemodes import private_file
 from harvester_edge.metrics import HttpTiming
 
-from .app import create_asgi
+from .app import Mount, create_asgi
 from .connections import connection_cap, protocol_class, raise_fd_limit
 from .errors import CentralError
 from .service import CentralService
-from .settings import CentralSettings
+from .settings import CentralSettings, db_path
 from .tokens import TokenAuthority, load_or_create_secret
 
 log = logging.getLogger(__name__)
@@ -58,18 +58,16 @@ def check_trusted(settings: CentralSettings) -> None:
             )
 
 
-def db_path(settings: CentralSettings) -> Path:
-    if settings.db is None:
-        raise CentralError("central.db is not set: the site config loader sets it to <work_dir>/central.db")
-    return Path(settings.db)
-
-
 class EmbeddedCentral:
-    """The service on a uvicorn thread of this process; `.url` once listening; stop() within a bounded time."""
+    """The service on a uvicorn thread of this process; `.url` once listening; stop() within a bounded time.
+    `mounts`: sibling routes added to its app (the appliance mounts the web monitor: harvester_edge.server)."""
 
-    def __init__(self, settings: CentralSettings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, settings: CentralSettings, clock: Callable[[], float] = time.time, mounts: Sequence[Mount] = ()
+    ) -> None:
         self.settings = settings
         self.clock = clock
+        self.mounts = tuple(mounts)
         self.service: CentralService | None = None
         self.authority: TokenAuthority | None = None
         self.url: str | None = None
@@ -103,7 +101,7 @@ class EmbeddedCentral:
             self.authority = TokenAuthority(
                 self.service.db, self.settings.tokens, load_or_create_secret(Path(secret_file)), self.clock
             )
-        app = HttpTiming(create_asgi(self.settings, self.service, self.authority))  # hot path timed too
+        app = HttpTiming(create_asgi(self.settings, self.service, self.authority, self.mounts))  # hot path timed too
         sock = self._bind()
         cap = connection_cap(self.settings.max_connections, raise_fd_limit())
         config = uvicorn.Config(
@@ -200,9 +198,11 @@ class EmbeddedCentral:
         self.url = None
 
 
-def serve(settings: CentralSettings, on_ready: Callable[[str], None] | None = None) -> None:
+def serve(
+    settings: CentralSettings, on_ready: Callable[[str], None] | None = None, mounts: Sequence[Mount] = ()
+) -> None:
     """Standalone process: run until SIGINT/SIGTERM (the handlers only set a flag)."""
-    central = EmbeddedCentral(settings)
+    central = EmbeddedCentral(settings, mounts=mounts)
     central.start()
     if on_ready is not None:
         on_ready(central.url)

@@ -11,6 +11,8 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from harvester_edge.durations import Duration, IntDuration
 
+from .errors import CentralError
+
 
 class TokenSettings(BaseModel, extra="forbid"):
     """JWT settings of the service (signing side) and of the harvester as a client of a remote service."""
@@ -149,3 +151,10 @@ class CentralSettings(BaseModel, extra="forbid"):
         if self.key_file and not self.cert_file:
             raise ValueError("key_file is set without cert_file: set cert_file to the client certificate")
         return self
+
+
+def db_path(settings: CentralSettings) -> Path:
+    """The central DB file of the settings (the site config loader sets it)."""
+    if settings.db is None:
+        raise CentralError("central.db is not set: the site config loader sets it to <work_dir>/central.db")
+    return Path(settings.db)

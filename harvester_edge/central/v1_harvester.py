@@ -30,7 +30,7 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from . import jedilogs, limits
-from .apidoc import v1doc
+from .apidoc import v1_entry, v1doc
 from .auth import authorize
 from .bodies import DEFAULT_MAX_BODY, parse_json
 from .errors import InvalidInput
@@ -400,8 +400,6 @@ async def active_job_stats_by_site(request: Request) -> Response:
 # and file_server/. Both names are served; the communicator's are marked deprecated in the docs.
 def alias_doc(path: str, target: str) -> dict[str, Any]:
     """Docs of `path`, another name of the call documented at `target` (apidoc: v1.py's routes; or this module's)."""
-    from .apidoc import v1_entry
-
     entry = v1_entry("/api/v1" + target)
     if entry is None:
         route = next(r for r in router.routes if getattr(r, "path", None) == target)

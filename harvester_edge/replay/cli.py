@@ -15,6 +15,8 @@ from pathlib import Path
 
 import click
 
+from harvester_edge.replay.synthetic import Behaviour
+
 
 @click.command("replay")
 @click.argument("trace_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -26,7 +28,7 @@ def replay_command(trace_path: Path, strict: bool, as_json: bool, no_progress: b
 
     Reports the first call where this code's requests differ from the recording, with a diff.
     """
-    from harvester_edge.replay.replayer import replay
+    from harvester_edge.replay.replayer import replay  # heavy (the site: FastAPI, uvicorn): only for this command
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     report = replay(trace_path, progress=not no_progress and not as_json and sys.stderr.isatty())
@@ -66,8 +68,7 @@ def simulate_command(
 ) -> None:
     """Drive the real agents at virtual time against a synthetic batch system, central service and pilots, and
     report the harvester's CPU time, DB size and cycle times per workload size (last line: JSON)."""
-    from harvester_edge.replay.sim import default_work_root, scale_point
-    from harvester_edge.replay.synthetic import Behaviour
+    from harvester_edge.replay.sim import default_work_root, scale_point  # heavy: see replay_command
 
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     behaviour = Behaviour(queue_wait=queue_wait, fail_rate=fail_rate, kill_rate=kill_rate)

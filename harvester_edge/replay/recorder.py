@@ -1,10 +1,11 @@
-"""Record mode: every outside contact of a running daemon becomes one line of a trace (see trace.py).
+"""Record mode: every outside contact of a running site becomes one line of a trace (see trace.py).
 
-`install(ctx, path)` wraps the context's clock (each agent cycle's start becomes a "cycle" record) and the pilot-file
-seam, and returns a `Recording` whose `command` and `http` methods are the recorder hooks of the CommandRunner and
-the HttpTransport (services.start_services passes them in). `Recording.close()` restores the seams and closes the
-file. Contacts are tagged with the cycle that made them (a thread-local: one cycle runs in one thread), so a trace
-stays replayable even if cycles overlapped; replays are exact when cycles ran one at a time (daemon threads 1).
+`Recording.start(path, config, store, clock)` opens the trace; its `runner`, `transport`, `files` and `clock`
+methods wrap the seams given to harvester_edge.site.build_site, each wrapper passing every call through and writing
+it down (each agent cycle's start, read from the clock, becomes a "cycle" record). Nothing is patched or swapped:
+the site is built over the wrapped seams. `Recording.close()` closes the file. Contacts are tagged with the cycle
+that made them (a thread-local: one cycle runs in one thread), so a trace stays replayable even if cycles
+overlapped; replays are exact when cycles ran one at a time (daemon threads 1).
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harvester_edge.agents.base import Agent
 from harvester_edge.replay import trace
-from harvester_edge.seams import files
 from harvester_edge.seams.clock import Clock
-from harvester_edge.seams.commands import CommandResult
-from harvester_edge.seams.http import redact_mapping
+from harvester_edge.seams.commands import CommandResult, CommandRunner
+from harvester_edge.seams.files import FilesBackend
+from harvester_edge.seams.http import HttpResult, HttpTransport, TransportError, redact_call, redact_mapping
+from harvester_edge.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +84,6 @@ class RecordingClock(Clock):
         value = self.inner.now()
         caller = sys._getframe(1)  # cheap: one frame up; only Agent.cycle's own read marks a cycle start
         if caller.f_code.co_name == "cycle":
-            from harvester_edge.agents.base import Agent
-
             agent = caller.f_locals.get("self")
             if isinstance(agent, Agent):
                 self.writer.write({"kind": "cycle", "agent": agent.name, "t": value}, starts_cycle=True)
@@ -126,6 +128,10 @@ def file_args(op: str, args: tuple, kwargs: dict) -> list:
     if op == "mark_consumed":
         item = args[1]
         return [str(args[0]), str(item if isinstance(item, (str, Path)) else item.path)]
+    if op == "write_job_spec":
+        return [str(args[0]), dict(args[1])]
+    if op == "write_script":
+        return [str(args[0]), str(args[1]), str(args[2])]
     if op == "write_event_ranges":
         ap, seq, ranges = args[:3]
         no_more = kwargs.get("no_more", args[3] if len(args) > 3 else ())
@@ -136,20 +142,6 @@ def file_args(op: str, args: tuple, kwargs: dict) -> list:
             sorted(int(p) for p in no_more),
         ]
     return [str(a) for a in args]
-
-
-def command_inputs(argv, work_dir: str, limit: int = 1 << 20) -> dict[str, str]:
-    """Files under the work dir that a command reads by name (sbatch's script): part of what was asked."""
-    out = {}
-    for arg in argv[1:]:
-        if isinstance(arg, str) and work_dir and arg.startswith(work_dir + "/"):
-            path = Path(arg)
-            try:
-                if path.is_file() and path.stat().st_size <= limit:
-                    out[arg] = path.read_text(errors="replace")
-            except OSError:
-                continue
-    return out
 
 
 class RecordingFiles:
@@ -173,30 +165,87 @@ class RecordingFiles:
         return value
 
 
-class Recording:
-    """The hooks of one recording; `close()` puts the seams back as they were."""
+class RecordingRunner(CommandRunner):
+    """The command seam, recorded: each result of the wrapped runner is written as a "command" record."""
 
-    def __init__(self, ctx: Any, writer: TraceWriter) -> None:
-        self.ctx = ctx
+    def __init__(self, inner: CommandRunner, writer: TraceWriter) -> None:
+        super().__init__()
+        self.inner = inner
         self.writer = writer
-        self._old_clock = ctx.clock
-        ctx.clock = RecordingClock(ctx.clock, writer)
-        self._old_files = files.install(RecordingFiles(files.backend(), writer))
 
-    def command(self, result: CommandResult) -> None:
-        record = {"kind": "command", **result.to_dict()}
-        inputs = command_inputs(result.argv, self.writer.work_dir)
-        if inputs:
-            record["inputs"] = inputs
-        self.writer.write(record)
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: str | None = None,
+        timeout: float = 30.0,
+        cwd: str | None = None,
+        failure_expected: bool = False,
+    ) -> CommandResult:
+        result = self.inner.run(argv, stdin=stdin, timeout=timeout, cwd=cwd, failure_expected=failure_expected)
+        self.writer.write({"kind": "command", **result.to_dict()})
+        return result
 
-    def http(self, record: dict) -> None:
-        record = {k: v for k, v in record.items() if k != "headers"}  # redacted already; not part of the request
-        self.writer.write(record)
+
+class RecordingTransport:
+    """The HTTP seam, recorded: each call of the wrapped transport (request and answer, secrets redacted)."""
+
+    def __init__(self, inner: Any, writer: TraceWriter) -> None:
+        self.inner = inner
+        self.writer = writer
+        self.base_url = inner.base_url
+
+    def request(self, method: str, path: str, **kwargs: Any) -> HttpResult:
+        result, error = None, None
+        try:
+            result = self.inner.request(method, path, **kwargs)
+            return result
+        except TransportError as exc:
+            cause = exc.__cause__ or exc  # what the connection raised, as the transport's own message says
+            error = f"{type(cause).__name__}: {cause}"
+            raise
+        finally:
+            try:
+                record = redact_call(method, path, kwargs.get("params"), kwargs.get("json"), None, result, error)
+                self.writer.write({k: v for k, v in record.items() if k != "headers"})
+            except Exception:
+                log.exception("HTTP recorder failed on %s %s", method, path)
 
     def close(self) -> None:
-        files.install(self._old_files)
-        self.ctx.clock = self._old_clock
+        self.inner.close()
+
+
+class Recording:
+    """One trace being written, and the wrappers that write into it."""
+
+    def __init__(self, writer: TraceWriter) -> None:
+        self.writer = writer
+
+    @classmethod
+    def start(cls, path: Path | str, config: Any, store: Store, clock: Clock) -> Recording:
+        """Start recording the contacts of the site of `config` (its `store` holds the install id) into `path`
+        (.gz: compressed)."""
+        install_id = store.query("SELECT value FROM meta WHERE key = 'install_id'")[0][0]
+        work_dir = str(config.paths.work_dir)
+        head = trace.header(
+            config.site, clock.now(), work_dir, install_id, trace.normalize(config_snapshot(config), work_dir)
+        )
+        log.info("recording every outside contact into %s", path)
+        return cls(TraceWriter(Path(path), head))
+
+    def runner(self, inner: CommandRunner) -> CommandRunner:
+        return RecordingRunner(inner, self.writer)
+
+    def transport(self, inner: HttpTransport) -> Any:
+        return RecordingTransport(inner, self.writer)
+
+    def files(self, inner: FilesBackend) -> FilesBackend:
+        return RecordingFiles(inner, self.writer)
+
+    def clock(self, inner: Clock) -> Clock:
+        return RecordingClock(inner, self.writer)
+
+    def close(self) -> None:
         self.writer.close()
         log.info("recording closed: %d records in %s", self.writer.records, self.writer.path)
 
@@ -205,16 +254,3 @@ def config_snapshot(config: Any) -> dict:
     """The site config as the trace header keeps it: JSON, secrets redacted, no source path."""
     data = config.model_dump(mode="json", exclude={"source"})
     return redact_mapping(data)
-
-
-def install(ctx: Any, path: Path | str) -> Recording:
-    """Start recording the contacts of the daemon whose context is `ctx` into `path` (.gz: compressed)."""
-    install_id = ctx.store.query("SELECT value FROM meta WHERE key = 'install_id'")[0][0]
-    config = ctx.config
-    work_dir = str(config.paths.work_dir)
-    head = trace.header(
-        config.site, ctx.clock.now(), work_dir, install_id, trace.normalize(config_snapshot(config), work_dir)
-    )
-    writer = TraceWriter(Path(path), head)
-    log.info("recording every outside contact into %s", path)
-    return Recording(ctx, writer)

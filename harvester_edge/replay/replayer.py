@@ -20,16 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harvester_edge.agents import build_agents
-from harvester_edge.agents.base import AgentContext
+from rich.progress import Progress
+
 from harvester_edge.config import SiteConfig
 from harvester_edge.errors import HarvesterEdgeError
 from harvester_edge.replay import trace
-from harvester_edge.replay.recorder import command_inputs, file_args
-from harvester_edge.seams import files
+from harvester_edge.replay.recorder import file_args
 from harvester_edge.seams.clock import FixedClock
 from harvester_edge.seams.commands import CommandResult, CommandRunner
 from harvester_edge.seams.http import HttpResult, TransportError, redact_call
+from harvester_edge.site import build_site, sync_queues
+from harvester_edge.store import open_store
 from jumbo import protocol
 
 log = logging.getLogger(__name__)
@@ -124,10 +125,7 @@ def request_of(rec: dict) -> dict:
     """The part of a record that identifies the call (what replay compares)."""
     kind = rec["kind"]
     if kind == "command":
-        request = {"kind": kind, "argv": rec["argv"], "stdin": rec.get("stdin")}
-        if "inputs" in rec:
-            request["inputs"] = rec["inputs"]
-        return request
+        return {"kind": kind, "argv": rec["argv"], "stdin": rec.get("stdin")}
     if kind == "http":
         return {
             "kind": kind,
@@ -215,8 +213,6 @@ class Session:
             )
         rec = self.expected[self.index]
         wanted = request_of(rec)
-        if actual["kind"] == "command" and "inputs" not in wanted:
-            actual.pop("inputs", None)  # recorded without the files it read (or it read none)
         if wanted != actual:
             what = (
                 f"a different {actual['kind']} call"
@@ -246,11 +242,7 @@ class ReplayRunner(CommandRunner):
         self.session = session
 
     def _execute(self, argv, *, stdin, timeout, cwd) -> CommandResult:
-        request = {"kind": "command", "argv": list(argv), "stdin": stdin}
-        inputs = command_inputs(argv, self.session.work_dir)
-        if inputs:
-            request["inputs"] = inputs
-        rec = self.session.serve(request)
+        rec = self.session.serve({"kind": "command", "argv": list(argv), "stdin": stdin})
         return CommandResult(
             argv=tuple(argv),
             stdin=stdin,
@@ -355,11 +347,6 @@ def replay(
     progress: bool = False,
 ) -> ReplayReport:
     """Replay a trace; `adjust` changes the recorded config first (what-if). Stops at the first divergence."""
-    from harvester_edge.central.client import CentralClient
-    from harvester_edge.daemon import sync_queues
-    from harvester_edge.services import make_plugins
-    from harvester_edge.store import open_store
-
     path = Path(path)
     started = time.perf_counter()
     head, records = trace.read_trace(path)
@@ -382,13 +369,17 @@ def replay(
             conn.execute("UPDATE meta SET value = ? WHERE key = 'install_id'", (head.get("install_id"),))
         clock = VirtualClock(float(head["started"]))
         sync_queues(store, config, clock.now())
-        ctx = AgentContext(config=config, store=store, clock=clock, daemon_id="replay:0")
         session = Session(work, float(head["started"]))
-        ctx.central = CentralClient(ReplayTransport(session))
-        ctx.plugins = make_plugins(ctx, ReplayRunner(session))
-        agents = {a.name: a for a in build_agents(ctx)}
-        with files.installed(ReplayFiles(session)):
-            _run(cycles, agents, clock, session, report, progress)
+        site = build_site(
+            config,
+            ReplayRunner(session),
+            ReplayTransport(session),
+            ReplayFiles(session),
+            clock,
+            store=store,
+            daemon_id="replay:0",
+        )
+        _run(cycles, {a.name: a for a in site.agents}, clock, session, report, progress)
         store.close()
         report.calls = session.calls
         report.divergence = session.divergence
@@ -404,8 +395,6 @@ def replay(
 def _run(cycles, agents, clock: VirtualClock, session: Session, report: ReplayReport, progress: bool) -> None:
     bar = None
     if progress:
-        from rich.progress import Progress
-
         bar = Progress(transient=True)
         bar.start()
         task = bar.add_task("replaying", total=len(cycles))

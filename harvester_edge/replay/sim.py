@@ -14,12 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harvester_edge.agents import build_agents
-from harvester_edge.agents.base import AgentContext
 from harvester_edge.config import SiteConfig
+from harvester_edge.replay.recorder import Recording
 from harvester_edge.replay.replayer import VirtualClock
 from harvester_edge.replay.synthetic import Behaviour, SyntheticBatch, SyntheticTransport, SyntheticWorld
-from harvester_edge.seams import files
+from harvester_edge.seams.clock import Clock
+from harvester_edge.seams.commands import CommandRunner
+from harvester_edge.seams.files import FilesBackend
+from harvester_edge.site import build_site, sync_queues
+from harvester_edge.store import open_store
 
 START = 1_800_000_000.0
 INTERVALS = {
@@ -103,7 +106,9 @@ class SimResult:
 
 
 class Simulation:
-    """A site in `work_dir` with the real store, agents and plugins; `recorder` hooks record a trace."""
+    """A site in `work_dir` with the real store, agents and plugins over synthetic seams (harvester_edge.site);
+    `record`: a trace, written by wrapping those seams. `transport`: another HTTP seam than the synthetic central
+    service (a real server's code: tests/replay/test_remote_record.py)."""
 
     def __init__(
         self,
@@ -112,32 +117,28 @@ class Simulation:
         config: SiteConfig | None = None,
         record: Path | None = None,
         tick: float = 10.0,
+        transport: Any = None,
     ) -> None:
-        from harvester_edge.central.client import CentralClient
-        from harvester_edge.daemon import sync_queues
-        from harvester_edge.services import make_plugins
-        from harvester_edge.store import open_store
-
         self.work_dir = Path(work_dir)
         self.config = config or site_config(self.work_dir)
         self.world = SyntheticWorld(behaviour)
         self.tick = tick
         self.clock = VirtualClock(START)
         self.world.now = START
-        self._old_files = files.install(self.world)
         self.store = open_store(self.config.db_path)
         sync_queues(self.store, self.config, START)
-        self.ctx = AgentContext(config=self.config, store=self.store, clock=self.clock, daemon_id="sim:0")
-        self.recording = None
+        runner: CommandRunner = SyntheticBatch(self.world)
+        http = transport if transport is not None else SyntheticTransport(self.world.central)
+        files: FilesBackend = self.world
+        clock: Clock = self.clock
+        self.recording: Recording | None = None
         if record is not None:
-            from harvester_edge.replay.recorder import install
-
-            self.recording = install(self.ctx, record)
-        http_hook = self.recording.http if self.recording else None
-        command_hook = self.recording.command if self.recording else None
-        self.ctx.central = CentralClient(SyntheticTransport(self.world.central, http_hook))
-        self.ctx.plugins = make_plugins(self.ctx, SyntheticBatch(self.world, command_hook))
-        self.agents = build_agents(self.ctx)
+            self.recording = Recording.start(record, self.config, self.store, self.clock)
+            runner, http = self.recording.runner(runner), self.recording.transport(http)
+            files, clock = self.recording.files(files), self.recording.clock(clock)
+        self.site = build_site(self.config, runner, http, files, clock, store=self.store, daemon_id="sim:0")
+        self.ctx = self.site.ctx
+        self.agents = self.site.agents
         self.figures = {a.name: AgentFigures() for a in self.agents}
 
     def done(self) -> bool:
@@ -195,7 +196,6 @@ class Simulation:
         if self.recording is not None:
             self.recording.close()
             self.recording = None
-        files.install(self._old_files)
         self.store.close()
 
 

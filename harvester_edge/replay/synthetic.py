@@ -10,6 +10,7 @@ it). Used by `harvester-edge simulate` and to build the LSF trace of the tests.
 from __future__ import annotations
 
 import json
+import json as jsonlib  # `json` is a parameter of the transport's request (HttpTransport's signature)
 import random
 import re
 import time
@@ -20,7 +21,8 @@ from typing import Any
 
 from harvester_edge.codes import StatusCode
 from harvester_edge.seams.commands import CommandResult, CommandRunner
-from harvester_edge.seams.http import HttpResult, redact_call
+from harvester_edge.seams.files import DirectFiles
+from harvester_edge.seams.http import HttpResult
 from jumbo import protocol
 
 
@@ -166,13 +168,12 @@ class SyntheticCentral:
 
 
 class SyntheticTransport:
-    """HttpTransport's interface over SyntheticCentral, with the same recorder hook (and redaction)."""
+    """HttpTransport's interface over SyntheticCentral."""
 
     base_url = "http://synthetic.invalid"
 
-    def __init__(self, central: SyntheticCentral, recorder: Callable[[dict], None] | None = None) -> None:
+    def __init__(self, central: SyntheticCentral) -> None:
         self.central = central
-        self.recorder = recorder
 
     def request(
         self,
@@ -185,14 +186,13 @@ class SyntheticTransport:
         timeout: float | None = None,
         data: bytes | None = None,
     ) -> HttpResult:
-        import json as _json
-
         data_out = self.central.meter.timed(self.central.handle, method, path, params, json)
         result = HttpResult(
-            200, {"content-type": "application/json"}, _json.dumps({"success": True, "data": data_out}).encode(), 0.001
+            200,
+            {"content-type": "application/json"},
+            jsonlib.dumps({"success": True, "data": data_out}).encode(),
+            0.001,
         )
-        if self.recorder is not None:
-            self.recorder(redact_call(method, path, params, json, headers, result, None))
         return result
 
     def close(self) -> None:
@@ -238,8 +238,8 @@ class SyntheticBatch(CommandRunner):
         "CANCELLED": "EXIT",
     }
 
-    def __init__(self, world: SyntheticWorld, recorder: Callable[[CommandResult], None] | None = None) -> None:
-        super().__init__(recorder=recorder)
+    def __init__(self, world: SyntheticWorld) -> None:
+        super().__init__()
         self.world = world
         self.next_id = 4242
 
@@ -320,6 +320,9 @@ class SyntheticBatch(CommandRunner):
         return "", f"{tool}: command not found in the synthetic batch system\n", 127
 
 
+REAL_FILE_OPS = frozenset({"write_job_spec", "write_script", "request_drain", "remove_access_point"})
+
+
 class SyntheticWorld:
     """Jobs and pilots moved forward in virtual time by `advance(now)`; also the pilot-file seam backend."""
 
@@ -333,6 +336,7 @@ class SyntheticWorld:
         self.running: dict[str, SimJob] = {}  # not ended yet
         self.margin = margin
         self.now = 0.0
+        self.disk = DirectFiles()  # the access points themselves are real (SyntheticBatch reads the scripts)
 
     # -- batch side -------------------------------------------------------------------------------------------
     def submit(self, batch_id: str, name: str, ap: str, ranks: int, walltime: float) -> SimJob:
@@ -449,6 +453,8 @@ class SyntheticWorld:
 
     # -- the pilot-file seam ----------------------------------------------------------------------------------
     def call(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        if op in REAL_FILE_OPS:  # the daemon's own writes: on the real access points, the harvester's own cost
+            return self.disk.call(op, *args, **kwargs)
         return self.meter.timed(getattr(self, "_" + op), *args, **kwargs)
 
     def _pending(self, ap, name):

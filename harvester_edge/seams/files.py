@@ -1,26 +1,28 @@
-"""The pilot-file seam: every read (and write) the agents make of a pilot's access point passes here.
+"""The pilot-file seam: every read and write the agents and plugins make in a worker's access point passes here.
 
-The functions have the names, arguments and results of `jumbo.protocol`'s, so an agent swaps
-`from jumbo import protocol` for `from harvester_edge.seams import files as protocol`. By default they call
-`harvester_edge.pilot_files` (pilot files are untrusted input: opened safely, capped, validated); offline replay
-installs a backend that records each call into a trace
-(`harvester_edge.replay.recorder`) or serves it back from one (`harvester_edge.replay.replayer`), and the scale
-simulation installs synthetic pilots. One backend per process: the daemon is one per process.
+`PilotFiles` (one per site, built by harvester_edge.site and passed in as `ctx.files`; the batch plugins get the
+same object) has the names, arguments and results of `jumbo.protocol`'s functions plus the daemon's own writes
+(the job spec, the batch script, the drain request, the removal of an ended access point). Each call goes to a
+backend, an object with `call(op, *args, **kwargs)`: `DirectFiles` in production (reads through
+`harvester_edge.pilot_files`: pilot files are untrusted input, opened safely, capped, validated); offline replay
+wraps it to record each call into a trace (`harvester_edge.replay.recorder`) or serves calls back from one
+(`harvester_edge.replay.replayer`), and the scale simulation answers with synthetic pilots. No global backend.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from harvester_edge import pilot_files
+from harvester_edge.filemodes import private_dir
 
 # re-exported for the agents, which see pilot files only through this seam
 from harvester_edge.pilot_files import Unreadable  # noqa: F401
+from jumbo import protocol
 from jumbo.protocol import REQUESTS, STATUS, Batch, ProtocolError, Request  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,10 @@ OPERATIONS = (
     "mark_consumed",
     "quarantine",
     "write_event_ranges",
+    "write_job_spec",
+    "request_drain",
+    "write_script",
+    "remove_access_point",
 )
 
 
@@ -41,107 +47,134 @@ class DirectFiles:
     only regular, singly linked files inside the access point under a size cap, and validates every field."""
 
     def call(self, op: str, *args: Any, **kwargs: Any) -> Any:
-        return getattr(pilot_files, op)(*args, **kwargs)
+        own = getattr(self, "_" + op, None)
+        return own(*args, **kwargs) if own is not None else getattr(pilot_files, op)(*args, **kwargs)
+
+    @staticmethod
+    def _write_job_spec(ap: Path | str, spec: Mapping) -> Path:
+        private_dir(Path(ap))  # the access point is made here, 0700, with its job spec
+        return protocol.write_job_spec(ap, spec)
+
+    @staticmethod
+    def _request_drain(ap: Path | str, reason: str) -> Path:
+        return protocol.request_drain(ap, reason)
+
+    @staticmethod
+    def _write_script(ap: Path | str, name: str, text: str) -> Path:
+        """Atomically (tmp + rename), executable, before anything is submitted."""
+        ap = Path(ap)
+        private_dir(ap)
+        path = ap / name
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        tmp.replace(path)
+        return path
+
+    @staticmethod
+    def _remove_access_point(ap: Path | str) -> None:
+        shutil.rmtree(ap, ignore_errors=True)
 
 
-_backend: Any = DirectFiles()
-_lock = threading.Lock()
+class FilesBackend(Protocol):
+    def call(self, op: str, *args: Any, **kwargs: Any) -> Any: ...
 
 
-def backend() -> Any:
-    return _backend
+class PilotFiles:
+    """The seam object: each method is one operation on a backend (DirectFiles unless told otherwise)."""
 
+    def __init__(self, backend: FilesBackend | None = None) -> None:
+        self.backend: FilesBackend = backend if backend is not None else DirectFiles()
 
-def install(new: Any) -> Any:
-    """Make `new` (an object with `call(op, *args, **kwargs)`) the backend; returns the previous one."""
-    global _backend
-    with _lock:
-        old, _backend = _backend, new
-    return old
+    # -- the pilot's files (jumbo.protocol) ------------------------------------------------------------------
+    def pending(self, ap: Path | str, name: str) -> list[tuple[int, Path]]:
+        return self.backend.call("pending", ap, name)
 
+    def load_event_request(self, path: Path | str) -> Request:
+        return self.backend.call("load_event_request", path)
 
-@contextmanager
-def installed(new: Any) -> Iterator[Any]:
-    old = install(new)
-    try:
-        yield new
-    finally:
-        install(old)
+    def load_event_status(self, path: Path | str) -> Batch:
+        return self.backend.call("load_event_status", path)
 
+    def read_heartbeat(self, ap: Path | str) -> dict | None:
+        return self.backend.call("read_heartbeat", ap)
 
-def pending(ap: Path | str, name: str) -> list[tuple[int, Path]]:
-    return _backend.call("pending", ap, name)
+    def mark_consumed(self, ap: Path | str, item: Any) -> Path:
+        return self.backend.call("mark_consumed", ap, item)
 
+    def quarantine(self, path: Path | str) -> Path:
+        return self.backend.call("quarantine", path)
 
-def load_event_request(path: Path | str) -> Request:
-    return _backend.call("load_event_request", path)
+    def write_event_ranges(
+        self, ap: Path | str, seq: int, ranges: Mapping[int, Iterable[Mapping]], no_more: Iterable[int] = ()
+    ) -> Path:
+        return self.backend.call("write_event_ranges", ap, seq, ranges, no_more=no_more)
 
+    # -- the daemon's own writes into access points ---------------------------------------------------------
+    def write_job_spec(self, ap: Path | str, spec: Mapping) -> Path:
+        """Make the access point (0700) and write HPCJobs.json (validated by jumbo.protocol first)."""
+        return self.backend.call("write_job_spec", ap, spec)
 
-def load_event_status(path: Path | str) -> Batch:
-    return _backend.call("load_event_status", path)
+    def request_drain(self, ap: Path | str, reason: str) -> Path:
+        return self.backend.call("request_drain", ap, reason)
 
+    def write_script(self, ap: Path | str, name: str, text: str) -> Path:
+        """A worker's batch script, atomically and executable, into its access point."""
+        return self.backend.call("write_script", ap, name, text)
 
-def read_heartbeat(ap: Path | str) -> dict | None:
-    return _backend.call("read_heartbeat", ap)
+    def remove_access_point(self, ap: Path | str) -> None:
+        """An ended worker's access point and everything in it (missing is fine)."""
+        return self.backend.call("remove_access_point", ap)
 
-
-def mark_consumed(ap: Path | str, item: Any) -> Path:
-    return _backend.call("mark_consumed", ap, item)
-
-
-def quarantine(path: Path | str) -> Path:
-    return _backend.call("quarantine", path)
-
-
-def write_event_ranges(
-    ap: Path | str, seq: int, ranges: Mapping[int, Iterable[Mapping]], no_more: Iterable[int] = ()
-) -> Path:
-    return _backend.call("write_event_ranges", ap, seq, ranges, no_more=no_more)
-
-
-def set_aside(worker_id: int, path: Path, exc: Exception) -> None:
-    """Move a bad pilot file aside as NAME.bad with one log line naming the worker, the file and the fault."""
-    try:
-        bad = quarantine(path)
-    except OSError as err:
+    # -- pending files, one by one --------------------------------------------------------------------------
+    def set_aside(self, worker_id: int, path: Path, exc: Exception) -> None:
+        """Move a bad pilot file aside as NAME.bad with one log line naming the worker, the file and the fault."""
+        try:
+            bad = self.quarantine(path)
+        except OSError as err:
+            log.error(
+                "worker %d: pilot file %s is bad (%s) and could not be moved aside: %s",
+                worker_id,
+                path.name,
+                exc,
+                err,
+                extra={"worker_id": worker_id},
+            )
+            return
         log.error(
-            "worker %d: pilot file %s is bad (%s) and could not be moved aside: %s",
+            "worker %d: pilot file %s is bad, moved aside as %s: %s",
             worker_id,
             path.name,
+            bad.name,
             exc,
-            err,
             extra={"worker_id": worker_id},
         )
-        return
-    log.error(
-        "worker %d: pilot file %s is bad, moved aside as %s: %s",
-        worker_id,
-        path.name,
-        bad.name,
-        exc,
-        extra={"worker_id": worker_id},
-    )
 
-
-def each_pending(worker_id: int, ap: Path, name: str, load: Callable[[Path], Any]) -> Iterator[tuple[Path, Any]]:
-    """(path, parsed) of each pending pilot file `name` of a worker, in order. A bad file is set aside; one that
-    cannot be read this cycle (it vanished, the access point is unreadable) waits for the next; the rest go on."""
-    try:
-        found = pending(ap, name)
-    except OSError as exc:
-        log.warning(
-            "worker %d: access point %s not readable this cycle: %s", worker_id, ap, exc, extra={"worker_id": worker_id}
-        )
-        return
-    for _, path in found:
+    def each_pending(
+        self, worker_id: int, ap: Path, name: str, load: Callable[[Path], Any]
+    ) -> Iterator[tuple[Path, Any]]:
+        """(path, parsed) of each pending pilot file `name` of a worker, in order. A bad file is set aside; one that
+        cannot be read this cycle (it vanished, the access point is unreadable) waits for the next; the rest go on."""
         try:
-            parsed = load(path)
-        except ProtocolError as exc:
-            set_aside(worker_id, path, exc)
-            continue
-        except OSError as exc:  # vanished or unreadable for a reason of ours: try again next cycle
+            found = self.pending(ap, name)
+        except OSError as exc:
             log.warning(
-                "worker %d: %s not read this cycle: %s", worker_id, path.name, exc, extra={"worker_id": worker_id}
+                "worker %d: access point %s not readable this cycle: %s",
+                worker_id,
+                ap,
+                exc,
+                extra={"worker_id": worker_id},
             )
-            continue
-        yield path, parsed
+            return
+        for _, path in found:
+            try:
+                parsed = load(path)
+            except ProtocolError as exc:
+                self.set_aside(worker_id, path, exc)
+                continue
+            except OSError as exc:  # vanished or unreadable for a reason of ours: try again next cycle
+                log.warning(
+                    "worker %d: %s not read this cycle: %s", worker_id, path.name, exc, extra={"worker_id": worker_id}
+                )
+                continue
+            yield path, parsed

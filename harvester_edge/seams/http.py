@@ -6,6 +6,7 @@ Authorization headers, token parameters and the bodies of credential answers nev
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -33,8 +34,6 @@ class HttpResult:
     duration: float
 
     def json(self) -> Any:
-        import json
-
         return json.loads(self.body)
 
 

@@ -6,6 +6,7 @@ unknown to this code was written by a newer harvester-edge and is refused (see d
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 from collections.abc import Callable
 
@@ -118,8 +119,6 @@ def _initial(conn: sqlite3.Connection) -> None:
 def _install_id_and_request_seq(conn: sqlite3.Connection) -> None:
     # install_id goes into every batch job name, so a wiped DB never mistakes an old job for one of its own;
     # request_seq lets the feeder answer a pilot's request again, identically, after a crash
-    import secrets
-
     conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
     conn.execute("INSERT INTO meta VALUES ('install_id', ?)", (secrets.token_hex(3),))
     conn.execute("ALTER TABLE event_ranges ADD COLUMN request_seq INTEGER")

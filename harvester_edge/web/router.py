@@ -17,10 +17,12 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from harvester_edge import metrics as m
 from harvester_edge import pilot_files
 from harvester_edge.central.auth import bearer
 from harvester_edge.central.errors import AuthError, CentralError, NotFound
 from harvester_edge.central.limits import BIG
+from harvester_edge.metrics import HttpTiming
 
 from . import csrf, data, pages
 from .render import render
@@ -173,8 +175,6 @@ def build_router() -> APIRouter:
 
     @router.get("/metrics", summary="Prometheus metrics")
     def metrics(request: Request) -> Response:
-        from harvester_edge import metrics as m
-
         try:
             _check(request, READ_SCOPES)
         except AuthError as exc:
@@ -194,8 +194,6 @@ def monitor_router(app: FastAPI, harvester_db: Path | None = None, timing: bool 
     harvester_db: the harvester's DB file (default: harvester.db next to the central DB, the embedded layout).
     timing: also time every request `app` answers for /metrics (False when the whole ASGI stack, hot path
     included, is already wrapped in metrics.HttpTiming)."""
-    from harvester_edge.metrics import HttpTiming
-
     app.state.monitor_harvester_db = harvester_db
     if timing:
         app.add_middleware(HttpTiming, source=app)

@@ -19,7 +19,7 @@ from harvester_edge.agents.propagator import Propagator
 from harvester_edge.config import load_config
 from harvester_edge.outbox import enqueue
 from harvester_edge.seams.clock import Clock
-from harvester_edge.services import start_services
+from harvester_edge.site import daemon_site
 from harvester_edge.store import open_store
 
 LIFETIME = 60
@@ -55,10 +55,9 @@ def harvester(tmp_path):
         store = open_store(config.db_path)
         with store.write() as conn:
             conn.execute("INSERT INTO queues (name, batch, updated_at) VALUES ('q', 'local', 0)")
-        ctx = AgentContext(config=config, store=store, clock=Clock(), daemon_id="test:1")
-        services = start_services(ctx)
+        services = daemon_site(config, store, Clock(), "test:1")
         made.append(services)
-        return ctx, services, Credentials(ctx)
+        return services.ctx, services, Credentials(services.ctx)
 
     yield make
     for services in made:

@@ -268,10 +268,10 @@ def test_standalone_serve_stops_on_sigterm(tmp_path):
 
     code = (
         "import sys; from pathlib import Path; from types import SimpleNamespace;"
-        "from harvester_edge.central.cli import central_group;"
+        "from harvester_edge.cli import central_serve;"
         "from harvester_edge.central.settings import CentralSettings;"
         "c = CentralSettings(db=Path(sys.argv[1]), trusted=True);"
-        "central_group.main(['serve'], obj=SimpleNamespace(config=SimpleNamespace(central=c)),"
+        "central_serve.main([], obj=SimpleNamespace(config=SimpleNamespace(central=c)),"
         " standalone_mode=False)"
     )
     proc = subprocess.Popen(

@@ -9,17 +9,17 @@ from fastapi import APIRouter
 from fastapi.routing import APIRoute
 
 from harvester_edge.central.apidoc import SCOPE_KEY
-from harvester_edge.central.app import create_app
 from harvester_edge.central.legacy import METHODS
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.settings import CentralSettings
+from harvester_edge.server import central_app, embedded_central
 
 HIDDEN = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
 def make_app(tmp_path, extra: APIRouter | None = None):
     settings = CentralSettings(db=tmp_path / "central.db", trusted=True)
-    app = create_app(settings, CentralService.open(settings.db, settings))
+    app = central_app(settings, CentralService.open(settings.db, settings))
     if extra is not None:
         app.include_router(extra)
     return app
@@ -92,9 +92,7 @@ def test_an_undocumented_route_fails_the_check(tmp_path):
 
 @pytest.fixture
 def token_service(tmp_path):
-    from harvester_edge.central.server import EmbeddedCentral
-
-    central = EmbeddedCentral(
+    central = embedded_central(
         CentralSettings(db=tmp_path / "central.db", host="127.0.0.1", port=0, trusted=False, max_body=64 * 1024)
     )
     central.start()

@@ -12,7 +12,7 @@ import pytest
 from contract.harness import ORIGIN, TOKEN
 from harvester_edge.central.client import CentralAuthFailed, CentralClient, CentralUnavailable
 from harvester_edge.central.settings import CentralSettings
-from harvester_edge.services import remote_transport
+from harvester_edge.site import remote_transport
 
 
 def openssl(*args: str, cwd: Path) -> None:

@@ -22,8 +22,8 @@ import pytest
 import requests
 
 from contract.communicator_replica import Communicator
-from harvester_edge.central.server import EmbeddedCentral
 from harvester_edge.central.settings import CentralSettings
+from harvester_edge.server import embedded_central
 
 HARVESTER = "h-real"
 SITE = "SITE_A"
@@ -34,7 +34,7 @@ PAYLOAD = {"kind": "python", "callable": "jumbo.payloads:simulate", "args": {"si
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("harvester-contract")
-    central = EmbeddedCentral(CentralSettings(db=tmp / "central.db", host="127.0.0.1", port=0, trusted=False))
+    central = embedded_central(CentralSettings(db=tmp / "central.db", host="127.0.0.1", port=0, trusted=False))
     central.start()
     svc = central.service
     task_id = svc.submit_task(

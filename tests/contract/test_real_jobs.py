@@ -12,6 +12,7 @@ import pytest
 from contract.harness import ORIGIN, TOKEN
 from harvester_edge import jobpayload
 from harvester_edge.central.client import CentralClient
+from harvester_edge.seams.files import PilotFiles
 from harvester_edge.seams.http import HttpTransport
 from harvester_edge.workers import write_job_spec
 from jumbo import protocol
@@ -74,7 +75,9 @@ def test_a_real_servers_job_runs_in_the_jumbo_pilot(panda_server, tmp_path, monk
     assert jobpayload.from_real_server(spec) and not jobpayload.is_real(spec)  # payload added, still a real job
     ap = tmp_path / "ap"
     ap.mkdir()
-    write_job_spec(ap, [spec], walltime=3600, drain_warning=60, ranks=2)  # validated as the pilot reads it
+    write_job_spec(
+        PilotFiles(), ap, [spec], walltime=3600, drain_warning=60, ranks=2
+    )  # validated as the pilot reads it
     loaded = protocol.load_job_spec(ap / protocol.JOB_SPEC)["jobs"][0]
     assert (loaded["PandaID"], loaded["jobsetID"]) == (job["PandaID"], 77)
 

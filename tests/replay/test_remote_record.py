@@ -50,12 +50,14 @@ def record_remote(root: Path, path: Path, **env: str) -> list[dict]:
                 )
             }
         )
+        # the real HTTP transport to the real server's code, recorded by the same wrapper as the daemon's; the
+        # site's client reads the token file and sends the Origin of the config (central.mode: remote)
         sim = Simulation(
-            work, Behaviour(queue_wait=20, fail_rate=0.0, kill_rate=0.0, ranges=24, jobs=1, seed=5), config, record=path
-        )
-        # the real HTTP transport to the real server's code, recorded through the same hook as the daemon's
-        sim.ctx.central = CentralClient(
-            HttpTransport(server.url, timeout=30, recorder=sim.recording.http), token_file=token_file, origin=ORIGIN
+            work,
+            Behaviour(queue_wait=20, fail_rate=0.0, kill_rate=0.0, ranges=24, jobs=1, seed=5),
+            config,
+            record=path,
+            transport=HttpTransport(server.url, timeout=30),
         )
         sim.run(max_virtual=1500)
         return server.calls()

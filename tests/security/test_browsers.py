@@ -25,11 +25,10 @@ import pytest
 import requests
 from fastapi.testclient import TestClient
 
-from harvester_edge.central.app import create_asgi
 from harvester_edge.central.guard import Guard
-from harvester_edge.central.server import EmbeddedCentral
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.settings import CentralSettings
+from harvester_edge.server import central_asgi, embedded_central
 from helpers import wait_for
 from web.conftest import browser
 
@@ -83,7 +82,7 @@ def live(tmp_path):
     """(url, ids, db) of the real service in trusted mode on 127.0.0.1 over a seeded DB."""
     db = tmp_path / "central.db"
     ids = seed(db)
-    central = EmbeddedCentral(CentralSettings(db=db, host="127.0.0.1", port=0, trusted=True))
+    central = embedded_central(CentralSettings(db=db, host="127.0.0.1", port=0, trusted=True))
     central.start()
     yield central.url, ids, db
     central.stop()
@@ -130,7 +129,7 @@ def test_foreign_peer_is_refused_before_any_work_by_the_served_stack(tmp_path):
     settings = CentralSettings(db=db, trusted=True)
     svc = CentralService.open(db, settings)
     try:
-        asgi = create_asgi(settings, svc, None)
+        asgi = central_asgi(settings, svc, None)
         with TestClient(asgi, client=("192.0.2.7", 40000), base_url="http://127.0.0.1") as foreign:
             update = {"job_id": ids["panda_id"], "job_status": "failed"}
             calls = [
@@ -323,7 +322,7 @@ def test_unix_socket_trusted_mode_with_file_permissions(tmp_path):
     seed(db)
     sock = tmp_path / "central.sock"
     group = grp.getgrgid(os.getgid()).gr_name
-    central = EmbeddedCentral(
+    central = embedded_central(
         CentralSettings(db=db, unix_socket=sock, trusted=True, unix_socket_mode=0o660, unix_socket_group=group)
     )
     central.start()
@@ -346,7 +345,7 @@ def test_unix_socket_trusted_mode_with_file_permissions(tmp_path):
 
 def test_unix_socket_defaults_to_owner_only(tmp_path):
     sock = tmp_path / "c.sock"
-    central = EmbeddedCentral(CentralSettings(db=tmp_path / "central.db", unix_socket=sock, trusted=True))
+    central = embedded_central(CentralSettings(db=tmp_path / "central.db", unix_socket=sock, trusted=True))
     central.start()
     try:
         assert stat.S_IMODE(sock.stat().st_mode) == 0o600

@@ -14,6 +14,7 @@ import requests
 from harvester_edge.central.server import EmbeddedCentral
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.settings import CentralSettings
+from harvester_edge.server import embedded_central
 from harvester_edge.store import open_store
 from helpers import wait_for
 
@@ -151,7 +152,7 @@ def seeded(tmp_path) -> dict:
 
 
 def start(work: Path, trusted: bool = True) -> EmbeddedCentral:
-    central = EmbeddedCentral(CentralSettings(db=work / "central.db", host="127.0.0.1", port=0, trusted=trusted))
+    central = embedded_central(CentralSettings(db=work / "central.db", host="127.0.0.1", port=0, trusted=trusted))
     central.start()
     return central
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from harvester_edge.web import apidocs
+from harvester_edge.central import apidocs
 
 from .conftest import get, start, wait_for
 

@@ -60,15 +60,15 @@ def test_table_links_keep_other_tables_state():
 
 
 def test_route_labels_are_route_templates(tmp_path):
-    from harvester_edge.central.app import create_app
     from harvester_edge.central.service import CentralService
     from harvester_edge.central.settings import CentralSettings
     from harvester_edge.metrics import RouteLabels, route_templates
+    from harvester_edge.server import central_app
 
     settings = CentralSettings(db=tmp_path / "central.db", trusted=True)
     svc = CentralService.open(tmp_path / "central.db", settings)
     try:
-        label = RouteLabels(route_templates(create_app(settings, svc)))
+        label = RouteLabels(route_templates(central_app(settings, svc)))
     finally:
         svc.close()
     assert label("/monitor/job/123") == "/monitor/job/{panda_id}"

@@ -21,7 +21,7 @@ ASSET_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", 
 
 def assets_dir() -> Path:
     """fastapi_offline's folder of Swagger UI and ReDoc files (a dependency in pyproject.toml)."""
-    import fastapi_offline
+    import fastapi_offline  # optional until the docs pages are served: a missing package fails here, with its fix
 
     folder = Path(fastapi_offline.__file__).with_name("static")
     missing = [name for name in ASSET_FILES if not (folder / name).is_file()]
