@@ -23,21 +23,20 @@ from doubles import NOW, BatchRunner, FakeClock, FakeTransport, central_client, 
 from harvester_edge.agents.base import Agent, AgentContext
 from harvester_edge.batch import load_plugin
 from harvester_edge.config import SiteConfig, load_config
-from harvester_edge.daemon import sync_queues
 from harvester_edge.outbox import enqueue
+from harvester_edge.seams.files import DirectFiles
+from harvester_edge.site import build_site, sync_queues
 from harvester_edge.store import Store, open_store, transition
 
 QUEUE = {"name": "q", "batch": "slurm", "partition": "debug", "launcher": "srun", "walltime_max": 3600}
 
 
 def make_context(config: SiteConfig, runner: BatchRunner, transport: FakeTransport, clock: FakeClock) -> AgentContext:
-    """The site as the daemon wires it, with the doubles for its seams (the pilot files: the real file system)."""
+    """The site as the daemon wires it (build_site), with the doubles for its seams (the pilot files: the real file
+    system)."""
     store = open_store(config.db_path)
     sync_queues(store, config, clock.now())
-    ctx = AgentContext(config=config, store=store, clock=clock, daemon_id="unit:1")
-    ctx.central = central_client(transport, config.central.tokens.token_file)
-    ctx.plugins = {q.name: load_plugin(q.batch)(q, runner) for q in config.queues}
-    return ctx
+    return build_site(config, runner, transport, DirectFiles(), clock, store=store, daemon_id="unit:1").ctx
 
 
 @dataclass
