@@ -136,7 +136,7 @@ def render_job(job: sqlite3.Row | dict, task: sqlite3.Row | dict, remaining_even
 
 
 def task_kind(task: sqlite3.Row | dict) -> str:
-    return task["kind"] if task.get("kind") else "jumbo"
+    return task["kind"] if "kind" in task.keys() and task["kind"] else "jumbo"  # noqa: SIM118
 
 
 def remaining_events(conn: sqlite3.Connection, task_id: int) -> int:

@@ -111,7 +111,7 @@ def summary(conn: sqlite3.Connection, task: sqlite3.Row) -> dict[str, Any]:
         "SELECT coalesce(sum(last_event - start_event + 1), 0) FROM ranges WHERE task_id=? AND status=?",
         (task["task_id"], int(RangeStatus.FINISHED)),
     ).fetchone()[0]
-    out = {k: task[k] for k in task if k not in ("payload", "job_spec")}
+    out = {k: task[k] for k in task.keys() if k not in ("payload", "job_spec")}  # noqa: SIM118 (a Row)
     out["payload"] = json.loads(task["payload"])
     out["job"] = json.loads(task["job_spec"]) if task["job_spec"] else None
     out["ranges"] = counts
