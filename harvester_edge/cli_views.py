@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ import click
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
+
+from harvester_edge.store.readonly import open_readonly
 
 # BPS-style columns: how the central service's range states roll up per task (job group).
 BPS_COLUMNS = ("pending", "running", "succeeded", "failed", "cancelled")
@@ -132,8 +133,7 @@ def worker_detail(db_path: Path, worker_id: int) -> dict | None:
 
     if not Path(db_path).exists():
         return None
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
-    conn.row_factory = sqlite3.Row
+    conn = open_readonly(db_path)
     try:
         row = data.worker(conn, worker_id)
         if row is None:
@@ -214,8 +214,7 @@ def errors_summary(obj: Any, as_json: bool) -> None:
             "errors summary reads the central DB of the embedded service: none here "
             f"({db}); on a remote service use its web monitor (/monitor/errors)"
         )
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    conn.row_factory = sqlite3.Row
+    conn = open_readonly(db)
     try:
         groups = sorted(data.error_groups(conn), key=lambda g: -g["count"])
     finally:

@@ -32,7 +32,7 @@ from harvester_edge.filemodes import private_dir, private_file, tighten_children
 from harvester_edge.logs import setup_logging
 from harvester_edge.seams.clock import Clock
 from harvester_edge.services import Services, start_services
-from harvester_edge.store import open_store, release_all
+from harvester_edge.store import open_store, queues, release_all
 
 log = logging.getLogger(__name__)
 
@@ -285,11 +285,7 @@ def sync_queues(store, config: SiteConfig, now: float) -> None:
     """The queues table mirrors the config (workers and jobs reference it); a removed queue's rows stay."""
     with store.write() as conn:
         for q in config.queues:
-            conn.execute(
-                "INSERT INTO queues (name, batch, updated_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
-                "SET batch = excluded.batch, updated_at = excluded.updated_at",
-                (q.name, q.batch, now),
-            )
+            queues.upsert(conn, q.name, q.batch, now)
 
 
 def _now_dt():

@@ -22,12 +22,16 @@ from typing import Any
 
 import click
 
+from harvester_edge.central.states import TASK_TERMINAL
 from harvester_edge.config import WORK_DIR_ENV, SiteConfig, load_config
 from harvester_edge.errors import HarvesterEdgeError
+from harvester_edge.store import ranges
+from harvester_edge.store import workers as worker_rows
+from harvester_edge.store.readonly import open_readonly
 
 DEFAULT_WORK_DIR = Path("~/.harvester-edge/demo")
 EXAMPLE_TASK = Path(__file__).resolve().parents[1] / "configs" / "tasks" / "example.yaml"
-TERMINAL = ("finished", "failed", "aborted")
+TERMINAL = frozenset(s.value for s in TASK_TERMINAL)  # the task's end states
 # central range statuses (harvester_edge.central.states.RangeStatus): finished, failed, fatal
 FINISHED, FAILED, FATAL = 3, 7, 8
 # mpi4py loads its MPI library without initializing it; /proc/self/maps then names the very file it loaded
@@ -167,19 +171,9 @@ def central_counts(conn: sqlite3.Connection, task_id: int) -> dict[str, int]:
 
 def harvester_view(conn: sqlite3.Connection, task_id: int) -> dict[str, Any]:
     """The task's workers (ranks, run time, access points) and its ranges' payload time, from the harvester DB."""
-    workers = conn.execute(
-        "SELECT DISTINCT w.id, w.nodes * w.ranks_per_node, w.started_at, coalesce(w.ended_at, ?), w.access_point "
-        "FROM workers w JOIN job_workers jw ON jw.worker_id = w.id JOIN jobs j ON j.panda_id = jw.panda_id "
-        "WHERE j.task_id = ? ORDER BY w.id",
-        (time.time(), task_id),
-    ).fetchall()
+    workers = worker_rows.shapes_of_task(conn, task_id, time.time())
     busy = cpu = 0.0
-    for (result,) in conn.execute(
-        "SELECT e.result FROM event_ranges e JOIN jobs j ON j.panda_id = e.panda_id "
-        "WHERE j.task_id = ? AND e.state IN ('finished', 'failed') AND e.result IS NOT "
-        "NULL",
-        (task_id,),
-    ):
+    for result in ranges.reports_of_task(conn, task_id):
         report = json.loads(result)
         if report.get("startTime") is not None and report.get("endTime") is not None:
             busy += max(0.0, float(report["endTime"]) - float(report["startTime"]))
@@ -196,7 +190,7 @@ def harvester_view(conn: sqlite3.Connection, task_id: int) -> dict[str, Any]:
 
 
 def read_only(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    return open_readonly(path, timeout=30)
 
 
 def summarize(config: SiteConfig, task_id: int, wall: float) -> Summary:
@@ -301,12 +295,7 @@ def cancel_task(config: SiteConfig, service: Any, task_id: int) -> None:
     except HarvesterEdgeError:
         pass  # it ended in the meantime
     with read_only(config.db_path) as conn:
-        rows = conn.execute(
-            "SELECT DISTINCT w.id, w.queue, w.batch_id FROM workers w JOIN job_workers jw ON jw.worker_id = w.id "
-            "JOIN jobs j ON j.panda_id = jw.panda_id WHERE j.task_id = ? AND w.state IN ('new', 'submitting', "
-            "'queued', 'running')",
-            (task_id,),
-        ).fetchall()
+        rows = worker_rows.live_of_task(conn, task_id)
     if not rows:
         return
     request_kill(config, worker_ids=[r[0] for r in rows])  # the bookkeeping says why they ended
@@ -324,12 +313,7 @@ def wait_workers_ended(config: SiteConfig, task_id: int, timeout: float) -> bool
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with read_only(config.db_path) as conn:
-            left = conn.execute(
-                "SELECT count(DISTINCT w.id) FROM workers w JOIN job_workers jw ON jw.worker_id = w.id JOIN jobs j "
-                "ON j.panda_id = jw.panda_id WHERE j.task_id = ? AND w.state IN ('new', 'submitting', 'queued', "
-                "'running')",
-                (task_id,),
-            ).fetchone()[0]
+            left = worker_rows.live_count_of_task(conn, task_id)
         if left == 0:
             return True
         time.sleep(0.3)
@@ -361,12 +345,7 @@ def _progress(console, disable: bool):
 def _worker_note(config: SiteConfig) -> str:
     try:
         with read_only(config.db_path) as conn:
-            states = dict(
-                conn.execute(
-                    "SELECT state, count(*) FROM workers WHERE state IN ('submitting', "
-                    "'queued', 'running') GROUP BY state"
-                ).fetchall()
-            )
+            states = worker_rows.active_counts(conn)
     except sqlite3.Error:  # the daemon has not created its DB yet
         return "starting"
     return ", ".join(f"{n} {state}" for state, n in sorted(states.items())) + " worker(s)" if states else ""

@@ -22,6 +22,7 @@ from harvester_edge.seams import files
 from harvester_edge.seams.clock import Clock
 from harvester_edge.seams.commands import CommandResult
 from harvester_edge.seams.http import redact_mapping
+from harvester_edge.store import meta
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ def config_snapshot(config: Any) -> dict:
 
 def install(ctx: Any, path: Path | str) -> Recording:
     """Start recording the contacts of the daemon whose context is `ctx` into `path` (.gz: compressed)."""
-    install_id = ctx.store.query("SELECT value FROM meta WHERE key = 'install_id'")[0][0]
+    install_id = meta.install_id(ctx.store.connection())
     config = ctx.config
     work_dir = str(config.paths.work_dir)
     head = trace.header(

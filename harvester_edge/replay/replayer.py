@@ -358,7 +358,7 @@ def replay(
     from harvester_edge.central.client import CentralClient
     from harvester_edge.daemon import sync_queues
     from harvester_edge.services import make_plugins
-    from harvester_edge.store import open_store
+    from harvester_edge.store import meta, open_store
 
     path = Path(path)
     started = time.perf_counter()
@@ -379,7 +379,7 @@ def replay(
             config = adjust(config)
         store = open_store(config.db_path)
         with store.write() as conn:  # the recorded install id: batch job names are part of the requests
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'install_id'", (head.get("install_id"),))
+            meta.set_install_id(conn, head.get("install_id"))
         clock = VirtualClock(float(head["started"]))
         sync_queues(store, config, clock.now())
         ctx = AgentContext(config=config, store=store, clock=clock, daemon_id="replay:0")

@@ -11,13 +11,15 @@ from harvester_edge.central.classify import CLASSES
 from harvester_edge.central.errors import NotFound
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.states import RangeStatus
+from harvester_edge.states import WorkerState
+from harvester_edge.store.outbox import depth as outbox_depth
 
 from . import charts, data, pictures
 from .tables import view
 
 MAX_PANELS = 8
 JEDILOG_SHOWN = 256 * 1024  # bytes of an uploaded log shown on its page
-STATE_ORDER = ("new", "submitting", "queued", "running", "finished", "failed", "cancelled", "missing")
+STATE_ORDER = tuple(s.value for s in WorkerState)  # the workers' states, in their life's order
 
 
 def _harvester(path: Path | None):
@@ -45,7 +47,7 @@ def dashboard(service: CentralService, hdb: Path | None, params: dict, now: floa
         t["progress"] = _progress(t)
     with _harvester(hdb) as hconn:
         cells = data.workers_by_queue(hconn, central)
-        outbox = hconn.execute("SELECT count(*) FROM outbox WHERE state='pending'").fetchone()[0] if hconn else None
+        outbox = outbox_depth(hconn) if hconn else None
         timelines = pictures.dashboard(hconn, now)
     states = sorted({c["state"] for c in cells}, key=lambda s: (STATE_ORDER.index(s) if s in STATE_ORDER else 99, s))
     pivot: dict[str, dict] = {}
