@@ -18,7 +18,7 @@ from harvester_edge.batch import BatchError
 from harvester_edge.config import QueueConfig
 from harvester_edge.filemodes import private_dir
 from harvester_edge.shaper import Shape, queue_room, shape_workers, worker_capacity
-from harvester_edge.states import JobState, WorkerState
+from harvester_edge.states import WORKER_WAITING, JobState, WorkerState
 from harvester_edge.store import claim, job_workers, jobs, meta, queues, release, transition, update, workers
 from harvester_edge.workers import access_point, job_name, job_spec_of, worker_spec, write_job_spec
 
@@ -113,7 +113,7 @@ class Submitter(Agent):
         conn = self.ctx.store.connection()
         # only the unfinished states: the workers_state index skips the ever-growing finished history
         counts = workers.live_counts(conn, queue.name)
-        queued = sum(counts.get(s.value, 0) for s in (W.NEW, W.SUBMITTING, W.QUEUED))
+        queued = sum(counts.get(s.value, 0) for s in WORKER_WAITING)
         room = queue_room(queue, queued, counts.get(W.RUNNING.value, 0))
         parallel = queue.max_running_workers - queued - counts.get(W.RUNNING.value, 0)  # could run at once
         if room == 0:

@@ -12,7 +12,16 @@ import json
 import sqlite3
 from typing import Any
 
-from harvester_edge.states import JOB_ACTIVE, JOB_ENDED, WORKER_ENDED, WORKER_LIVE, JobState, RangeState, WorkerState
+from harvester_edge.states import (
+    JOB_ACTIVE,
+    JOB_ENDED,
+    RANGE_HELD,
+    WORKER_ENDED,
+    WORKER_LIVE,
+    JobState,
+    RangeState,
+    WorkerState,
+)
 
 J, R, W = JobState, RangeState, WorkerState
 _ACTIVE = tuple(s.value for s in JOB_ACTIVE)
@@ -71,7 +80,7 @@ def task_has_ranges_held(conn: sqlite3.Connection, task_id: int) -> bool:
         conn.execute(
             "SELECT 1 FROM jobs j CROSS JOIN event_ranges e ON e.panda_id = j.panda_id AND e.state IN (?, ?) "
             "WHERE j.task_id = ? AND j.state IN (?, ?) LIMIT 1",
-            (R.FETCHED.value, R.DISPATCHED.value, task_id, *_ACTIVE),
+            (*(s.value for s in RANGE_HELD), task_id, *_ACTIVE),
         ).fetchall()
     )
 
