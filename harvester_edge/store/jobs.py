@@ -176,3 +176,10 @@ def count_by_state(conn: sqlite3.Connection) -> list[sqlite3.Row]:
 def count_by_queue_state(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     """(queue, state, n) rows."""
     return conn.execute("SELECT queue, state, count(*) AS n FROM jobs GROUP BY queue, state").fetchall()
+
+
+def progress(conn: sqlite3.Connection, panda_id: int) -> sqlite3.Row | None:
+    """(state, events_total, events_done, error_code, error_diag) of the job, None if it is not here."""
+    return conn.execute(
+        "SELECT state, events_total, events_done, error_code, error_diag FROM jobs WHERE panda_id=?", (panda_id,)
+    ).fetchone()

@@ -304,3 +304,10 @@ def active_counts(conn: sqlite3.Connection) -> dict[str, int]:
     return dict(
         conn.execute("SELECT state, count(*) FROM workers WHERE state IN (?, ?, ?) GROUP BY state", active).fetchall()
     )
+
+
+def listing(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """(id, queue, state, batch_id, exit_code, submitted_at, started_at, ended_at) of every worker."""
+    return conn.execute(
+        "SELECT id, queue, state, batch_id, exit_code, submitted_at, started_at, ended_at FROM workers"
+    ).fetchall()

@@ -12,6 +12,8 @@ from harvester_edge.central.errors import NotFound
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.states import RangeStatus
 from harvester_edge.states import WorkerState
+from harvester_edge.store import jobs as job_rows
+from harvester_edge.store import workers as worker_rows
 from harvester_edge.store.outbox import depth as outbox_depth
 
 from . import charts, data, pictures
@@ -124,11 +126,8 @@ def job(service: CentralService, hdb: Path | None, params: dict, now: float, pan
     with _harvester(hdb) as hconn:
         workers = data.job_workers(hconn, panda_id)
         ranges = data.job_ranges(central, hconn, panda_id, j["task_id"])
-        local = data._rows(
-            hconn,
-            "SELECT state, events_total, events_done, error_code, error_diag FROM jobs WHERE panda_id=?",
-            (panda_id,),
-        )
+        here = job_rows.progress(hconn, panda_id) if hconn is not None else None
+        local = [dict(here)] if here else []
     panels = []
     for w in workers[-MAX_PANELS:]:  # the newest workers get plots; the others are listed as links
         ap = Path(w["access_point"])
@@ -261,9 +260,7 @@ def sites(service: CentralService, hdb: Path | None, params: dict, now: float) -
     central = service.db.reader()
     with _harvester(hdb) as hconn:
         queues = data.queues(hconn)
-        workers = data._rows(
-            hconn, "SELECT id, queue, state, batch_id, exit_code, submitted_at, started_at, ended_at FROM workers"
-        )
+        workers = [dict(r) for r in worker_rows.listing(hconn)] if hconn is not None else []
         timelines = pictures.sites(hconn, now)
     harvesters = data.harvesters(central)
     for h in harvesters:
