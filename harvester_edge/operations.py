@@ -8,6 +8,7 @@ from harvester_edge.config import SiteConfig
 from harvester_edge.errors import HarvesterEdgeError
 from harvester_edge.states import WORKER_LIVE
 from harvester_edge.store import open_store, workers
+from harvester_edge.store import queues as queue_rows
 
 KILLABLE = tuple(s.value for s in WORKER_LIVE)
 
@@ -21,7 +22,7 @@ def set_draining(config: SiteConfig, queues: list[str] | None, draining: bool) -
     try:
         with store.write() as conn:
             for name in names:
-                queues.upsert(conn, name, config.queue(name).batch, time.time(), draining=draining)
+                queue_rows.upsert(conn, name, config.queue(name).batch, time.time(), draining=draining)
     finally:
         store.close()
     return names

@@ -10,8 +10,9 @@ from rich.table import Table
 
 from harvester_edge.config import SiteConfig
 from harvester_edge.states import JobState, RangeState, WorkerState
-from harvester_edge.store import jobs, outbox, ranges
+from harvester_edge.store import jobs, outbox
 from harvester_edge.store import queues as queue_rows
+from harvester_edge.store import ranges as range_rows
 from harvester_edge.store import workers as worker_rows
 from harvester_edge.store.readonly import open_readonly
 
@@ -78,7 +79,7 @@ def collect(config: SiteConfig) -> dict[str, Any]:
             )
         snapshot["jobs"] = {k[0]: v for k, v in _counts(jobs.count_by_state(conn)).items()}
         snapshot["workers"] = {k[0]: v for k, v in _counts(worker_rows.count_by_state(conn)).items()}
-        snapshot["event_ranges"] = {k[0]: v for k, v in _counts(ranges.count_by_state(conn)).items()}
+        snapshot["event_ranges"] = {k[0]: v for k, v in _counts(range_rows.count_by_state(conn)).items()}
         snapshot["outbox_pending"] = outbox.depth(conn)
     finally:
         conn.close()

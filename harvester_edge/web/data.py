@@ -17,10 +17,11 @@ from typing import Any
 
 from harvester_edge import pilot_files
 from harvester_edge.central.states import RangeStatus
-from harvester_edge.store import history, ranges
+from harvester_edge.store import history as history_rows
 from harvester_edge.store import job_workers as worker_links
 from harvester_edge.store import jobs as job_rows
 from harvester_edge.store import queues as queue_rows
+from harvester_edge.store import ranges as range_rows
 from harvester_edge.store import workers as worker_rows
 from harvester_edge.store.readonly import open_readonly
 from jumbo.protocol import ATTRIBUTES, BAD_SUFFIX, HEARTBEAT, JOB_REPORT, REQUESTS, STATUS, ProtocolError
@@ -165,7 +166,7 @@ def job_ranges(
     """The central ranges last handed to this job, with the harvester's worker and state when known."""
     local = {
         (r["first_event"], r["last_event"]): r
-        for r in ([] if harvester is None else ranges.of_job(harvester, panda_id))
+        for r in ([] if harvester is None else range_rows.of_job(harvester, panda_id))
     }
     out = []
     for r in central.execute(
@@ -193,7 +194,7 @@ def worker(harvester: sqlite3.Connection | None, worker_id: int) -> dict | None:
 
 
 def state_history(harvester: sqlite3.Connection | None, kind: str, object_id: Any) -> list[dict]:
-    return [] if harvester is None else [dict(r) for r in history.of_object(harvester, kind, object_id)]
+    return [] if harvester is None else [dict(r) for r in history_rows.of_object(harvester, kind, object_id)]
 
 
 def worker_jobs(harvester: sqlite3.Connection | None, worker_id: int) -> list[int]:
