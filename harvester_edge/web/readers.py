@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 PROCESSES = 1  # pages built at the same time; more readers queue
 NICE = 19  # added to the reader processes' nice value: the API (and the daemon's agents) come first
 SERVICES_KEPT = 4  # central DBs a reader process keeps connections to (tests open many)
+REST = 1.0  # a reader process rests this many times as long as its last page took before it starts the next one
 
 T = TypeVar("T")
 _lock = threading.Lock()
@@ -89,6 +91,23 @@ async def run(fn: Callable[..., T], *args: Any) -> T:
 
 # -- what runs in a reader process ------------------------------------------------------------------------------
 _services: dict[tuple[str, str | None], Any] = {}
+_rest_until = 0.0  # when this reader process may start its next page
+
+
+def _rest() -> float:
+    """Wait out the rest after the previous page (REST): pages read at most about half the time, so there are
+    moments with no reader in the central DB's WAL, when the writer can start it over (store/database.py's
+    checkpointer); back to back, the WAL grew by tens of MB/s under load and every API write slowed. Returns the
+    page's start."""
+    pause = _rest_until - time.monotonic()
+    if pause > 0:
+        time.sleep(pause)
+    return time.monotonic()
+
+
+def _rested(started: float) -> None:
+    global _rest_until
+    _rest_until = time.monotonic() + REST * (time.monotonic() - started)
 
 
 def _service(central_db: str, pilot_log_dir: str | None) -> Any:
@@ -124,6 +143,7 @@ def page(
     from .render import render
 
     build = getattr(pages, name)
+    started = _rest()
     try:
         template, context = build(_service(central_db, pilot_log_dir), harvester_db, params, now, *ids)
         status = 200
@@ -131,6 +151,8 @@ def page(
         template, context, status = "error.html", {"title": "not found", "message": str(exc)}, 404
     except CentralError as exc:
         template, context, status = "error.html", {"title": "refused", "message": str(exc)}, 400
+    finally:
+        _rested(started)
     return status, render(template, {**base, **context})
 
 
@@ -141,7 +163,11 @@ def stored_metrics(central_db: Path | None, harvester_db: Path | None, token_fil
 
     from harvester_edge.metrics import DatabaseCollector, TokenFileCollector
 
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(DatabaseCollector(central_db, harvester_db))
-    registry.register(TokenFileCollector(token_file))
-    return generate_latest(registry)
+    started = _rest()
+    try:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(DatabaseCollector(central_db, harvester_db))
+        registry.register(TokenFileCollector(token_file))
+        return generate_latest(registry)
+    finally:
+        _rested(started)
