@@ -246,7 +246,7 @@ class Database:
             raise
         return results
 
-    def start_checkpointer(self, interval: float = 1.0, busy_interval: float = 0.05, busy_frames: int = 1000) -> None:
+    def start_checkpointer(self, interval: float = 1.0, busy_interval: float = 0.05, busy_frames: int = 8192) -> None:
         """Move WAL checkpoints (page copies + fsync) off the writer: the event loop never waits for a disk sync.
 
         While the WAL holds more than busy_frames frames (readers, such as the monitor's, kept it from starting
