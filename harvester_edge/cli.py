@@ -145,12 +145,19 @@ def kill_workers(
 @click.command("serve", help="Run the central service in this process until SIGINT/SIGTERM.")
 @click.option("--host", default=None, help="listen address (default: central.host)")
 @click.option("--port", type=int, default=None, help="listen port (default: central.port; 0 = any free port)")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="service processes sharing the listening socket (more than 1 needs central.db: postgresql://...)",
+)
 @click.pass_context
-def central_serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+def central_serve(ctx: click.Context, host: str | None, port: int | None, workers: int) -> None:
     """`central serve`: the central service with the web monitor beside it (harvester_edge.server)."""
     from harvester_edge.server import serve_central  # heavy (FastAPI, uvicorn): only for this command; see run
 
-    serve_central(central_settings(ctx), host, port)
+    serve_central(central_settings(ctx), host, port, workers)
 
 
 def _register_groups() -> None:

@@ -184,6 +184,8 @@ def load_config(path: str | Path) -> SiteConfig:
     central = config.central
     if central.db is None:
         central = central.model_copy(update={"db": work_dir / "central.db"})
+    elif isinstance(central.db, str):  # a postgresql:// URL: the service's files go to files_dir or work_dir
+        central = central.model_copy(update={"files_dir": _resolve(central.files_dir, base) or work_dir})
     else:
         central = central.model_copy(update={"db": _resolve(central.db, base)})
     queues = [q.model_copy(update={"template": _resolve(q.template, base)}) for q in config.queues]

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from harvester_edge.central.app import Mount, create_app, create_asgi
 from harvester_edge.central.guard import Guard
-from harvester_edge.central.server import EmbeddedCentral, serve
+from harvester_edge.central.server import EmbeddedCentral, serve, serve_workers
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.settings import CentralSettings
 from harvester_edge.central.tokens import TokenAuthority
@@ -48,15 +48,21 @@ def embedded_central(settings: CentralSettings, clock: Callable[[], float] = tim
     return EmbeddedCentral(settings, clock, MOUNTS)
 
 
-def serve_central(settings: CentralSettings, host: str | None = None, port: int | None = None) -> None:
-    """`harvester-edge central serve`: the central service with the monitor in this process until SIGINT/SIGTERM."""
+def serve_central(
+    settings: CentralSettings, host: str | None = None, port: int | None = None, workers: int = 1
+) -> None:
+    """`harvester-edge central serve`: the central service with the monitor until SIGINT/SIGTERM, in this process
+    or (`workers` > 1, PostgreSQL only) in that many forked processes sharing the listening socket."""
     update = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     settings = settings.model_copy(update=update) if update else settings
+
+    def ready(url: str) -> None:
+        click.echo(f"central service listening on {url} (OpenAPI: {url}/docs)")
+
     try:
-        serve(
-            settings,
-            on_ready=lambda url: click.echo(f"central service listening on {url} (OpenAPI: {url}/docs)"),
-            mounts=MOUNTS,
-        )
+        if workers == 1:
+            serve(settings, on_ready=ready, mounts=MOUNTS)
+        else:
+            serve_workers(settings, workers, on_ready=ready, mounts=MOUNTS)
     except HarvesterEdgeError as exc:
         raise click.ClickException(str(exc)) from exc

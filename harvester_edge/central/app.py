@@ -15,6 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
+from harvester_edge.errors import StoreError
+
 from . import apidoc, apidocs, legacy, v1
 from .errors import AuthError, CentralError
 from .gate import CappedBodies, refusal
@@ -69,6 +71,13 @@ def create_app(
     @app.exception_handler(CentralError)
     async def _refused(request: Request, exc: CentralError) -> Response:
         return envelope(None, False, str(exc))
+
+    @app.exception_handler(StoreError)
+    async def _database(request: Request, exc: StoreError) -> Response:
+        # the database cannot answer now (a restart, a row locked too long): an outage, clients retry later
+        log.warning("central DB unavailable answering %s %s: %s", request.method, request.url.path, exc)
+        _status, content_type, body = refusal(request.url.path, [], CentralError("database unavailable, retry"))
+        return Response(body, status_code=503, media_type=content_type.decode())
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> Response:

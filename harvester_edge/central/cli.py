@@ -21,7 +21,7 @@ from harvester_edge.seams.http import HttpTransport
 
 from .client import CentralClient
 from .service import CentralService
-from .settings import db_path
+from .settings import db_path, db_target
 from .taskspec import load_task_file
 from .tokens import TokenAuthority, list_keys, load_or_create_secret
 
@@ -65,7 +65,7 @@ def _service(ctx: click.Context, local_only: bool = False):
     if settings.mode == "remote" and not local_only:
         return _Remote(settings)
 
-    return CentralService.open(db_path(settings), settings)
+    return CentralService.open(db_target(settings), settings)
 
 
 def _run(ctx: click.Context, fn, local_only: bool = False) -> Any:
@@ -97,6 +97,26 @@ def _emit(data: Any, as_json: bool, columns: list[str], title: str) -> None:
 @click.group("central", help="The embedded PanDA-compatible central service.")
 def central_group() -> None:
     """`serve` is added by harvester_edge.cli from harvester_edge.server (the service with the web monitor)."""
+
+
+@central_group.group("db", help="The central service's database (central.db: a SQLite file or postgresql://...).")
+def db_group() -> None:
+    pass
+
+
+@db_group.command("migrate", help="Create the schema or bring it up to this version (both backends); then exit.")
+@click.pass_context
+def db_migrate_cmd(ctx: click.Context) -> None:
+    from .store.database import SCHEMA_VERSION, open_database
+    from .store.pg import redact
+
+    settings = _settings(ctx)
+    target = db_target(settings)
+    try:
+        open_database(target, settings.files_dir, settings.pool).close()
+    except HarvesterEdgeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"central DB {redact(str(target))}: schema version {SCHEMA_VERSION}, up to date")
 
 
 @central_group.command("issue-token", help="Print an initial token and secret key for a client (pilot/harvester).")

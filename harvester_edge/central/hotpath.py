@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from harvester_edge.codes import StatusCode
+from harvester_edge.errors import StoreError
 
 from . import models as m
 from .auth import check_token
@@ -189,6 +190,9 @@ class FastPath:
             status, doc = 403, {"success": False, "message": str(exc), "data": None}
         except CentralError as exc:
             status, doc = getattr(exc, "http_status", 200), {"success": False, "message": str(exc), "data": None}
+        except StoreError as exc:  # the database cannot answer now: an outage to the client, which retries
+            log.warning("central DB unavailable answering %s: %s", path, exc)
+            status, doc = 503, {"success": False, "message": "database unavailable, retry", "data": None}
         except Exception:
             log.exception("unexpected error answering %s", path)
             status, doc = 500, {"success": False, "message": "internal error (logged by the service)", "data": None}

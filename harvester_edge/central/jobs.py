@@ -182,10 +182,11 @@ def record_state(conn: sqlite3.Connection, panda_id: int, state: str, now: float
     job_rows.append_state(conn, panda_id, state, now)
 
 
-def get_job(conn: sqlite3.Connection, panda_id: Any) -> sqlite3.Row:
+def get_job(conn: sqlite3.Connection, panda_id: Any, lock: bool = False) -> sqlite3.Row:
+    """The job (NotFound if none); lock: to change it (PostgreSQL: FOR UPDATE NOWAIT, see store/jobs.py)."""
     if isinstance(panda_id, bool) or not isinstance(panda_id, int) or not 0 <= panda_id <= limits.BIG:
         raise InvalidInput(f"job id must be an integer PandaID, got {panda_id!r:.80}")
-    job = job_rows.get(conn, panda_id)
+    job = job_rows.get_for_update(conn, panda_id) if lock else job_rows.get(conn, panda_id)
     if job is None:
         raise NotFound(f"job {panda_id} does not exist")
     return job
@@ -208,7 +209,7 @@ def update(conn: sqlite3.Connection, panda_id: Any, state: Any, fields: dict, no
     """A pilot's update; returns the command for the pilot ('NULL' or 'tobekilled')."""
     if not isinstance(state, str) or state not in {s.value for s in PILOT_REPORTED}:
         raise InvalidInput(f"job state {state!r:.80} is not one of {sorted(s.value for s in PILOT_REPORTED)}")
-    job = get_job(conn, panda_id)
+    job = get_job(conn, panda_id, lock=True)
     old = job["status"]
     if not job_transition_allowed(old, state):
         raise IllegalStateChange(f"job {panda_id} is {old}: it cannot become {state}")
@@ -353,7 +354,12 @@ def settle_task(
     if task["status"] not in ACTIVE_TASK:
         return
     # index probe first: this runs after every range report, a full count only when the task may be done
-    still_open = ranges.any_ready(conn, task_id) or ranges.any_in_flight(conn, task_id)
+    ready = ranges.any_ready(conn, task_id)
+    if not ready:  # the task's tail: settle one process at a time (PostgreSQL; see task_rows.lock)
+        task = task_rows.lock(conn, task_id)
+        if task["status"] not in ACTIVE_TASK:
+            return
+    still_open = ready or ranges.any_in_flight(conn, task_id)
     if not still_open:
         counts = ranges.count_by_status(conn, task_id)
         bad = counts.get(int(RangeStatus.FAILED), 0) + counts.get(int(RangeStatus.FATAL), 0)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -22,8 +24,11 @@ from .app import Mount, create_asgi
 from .connections import connection_cap, protocol_class, raise_fd_limit
 from .errors import CentralError
 from .service import CentralService
-from .settings import CentralSettings, db_path
+from .settings import CentralSettings, db_path, db_target
+from .store.pg import PgDatabase, is_postgresql_url
 from .tokens import TokenAuthority, load_or_create_secret
+
+WATCHDOG_LEASE = 0x6861727666  # pg_try_advisory_lock key of the watchdog (one process of several runs it)
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +80,14 @@ class EmbeddedCentral:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
+        self.watchdog_runs = 0  # cycles this process ran (with PostgreSQL: while it held the lease)
+        self.listen_socket: socket.socket | None = None  # serve_workers: the socket the parent bound
 
     def start(self, timeout: float = 15.0) -> str:
         """Open the DB, listen, serve on a thread; returns the URL. Refuses trusted mode off loopback."""
         check_trusted(self.settings)
         path = db_path(self.settings)
-        self.service = CentralService.open(path, self.settings, self.clock)
+        self.service = CentralService.open(db_target(self.settings), self.settings, self.clock)
         try:
             self._start(path, timeout)
         except BaseException:
@@ -139,6 +146,11 @@ class EmbeddedCentral:
             runner.run(server.serve(sockets=[sock]))
 
     def _bind(self) -> socket.socket:
+        if self.listen_socket is not None:
+            return self.listen_socket
+        return self.bind()
+
+    def bind(self) -> socket.socket:
         if self.settings.unix_socket is not None:
             path = Path(self.settings.unix_socket)
             path.unlink(missing_ok=True)
@@ -175,11 +187,25 @@ class EmbeddedCentral:
         return sock
 
     def _watch(self) -> None:
-        while not self._stop.wait(self.settings.watchdog_interval):
-            try:
-                self.service.run_watchdog()
-            except Exception:
-                log.exception("central watchdog cycle failed; trying again in %ss", self.settings.watchdog_interval)
+        """The watchdog cycle. On PostgreSQL with several service processes it runs in one of them: the holder of
+        an advisory lock (a lease on a connection of its own; a process that dies or loses its connection lets it
+        go, and another process takes it on its next cycle)."""
+        db = self.service.db
+        lease = None
+        try:
+            while not self._stop.wait(self.settings.watchdog_interval):
+                try:
+                    if isinstance(db, PgDatabase):
+                        lease = db.hold_lease(WATCHDOG_LEASE, lease)
+                        if lease is None:
+                            continue  # another process runs the watchdog
+                    self.service.run_watchdog()
+                    self.watchdog_runs += 1
+                except Exception:
+                    log.exception("central watchdog cycle failed; trying again in %ss", self.settings.watchdog_interval)
+        finally:
+            if lease is not None:
+                lease.close()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -213,3 +239,84 @@ def serve(
         stop.wait()
     finally:
         central.stop()
+
+
+def serve_workers(
+    settings: CentralSettings,
+    workers: int,
+    on_ready: Callable[[str], None] | None = None,
+    mounts: Sequence[Mount] = (),
+) -> None:
+    """`central serve --workers N`: N service processes (forked) accept on one socket bound here; a process that
+    dies is started again; SIGINT/SIGTERM stop them all. Needs PostgreSQL (a SQLite file has one writer)."""
+    target = db_target(settings)
+    if not is_postgresql_url(target):
+        raise CentralError(
+            f"central serve --workers {workers} needs central.db: postgresql://... (a SQLite file has one "
+            "writer: run one process, or move the central DB to PostgreSQL)"
+        )
+    check_trusted(settings)
+    CentralService.open(target, settings).close()  # schema in place, and an unreachable DB fails here, once
+    if not settings.trusted:  # made once here, not raced by the processes
+        load_or_create_secret(Path(settings.tokens.secret_file or db_path(settings).with_name("central.secret")))
+    binder = EmbeddedCentral(settings)
+    sock = binder.bind()
+    sock.listen(2048)  # connections wait in the backlog until a process accepts them
+    url = binder.url or ""
+    children: dict[int, int] = {}  # pid -> slot
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the child: one service process on the shared socket
+            code = 0
+            try:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_DFL)
+                stop = threading.Event()
+                signal.signal(signal.SIGTERM, lambda *_: stop.set())
+                central = EmbeddedCentral(settings, mounts=mounts)
+                central.listen_socket = sock
+                central.url = url
+                central.start()
+                stop.wait()
+                central.stop()
+            except BaseException:
+                log.exception("central service process %d failed", os.getpid())
+                code = 1
+            finally:
+                os._exit(code)
+        children[pid] = slot
+        log.info("central service process %d (slot %d) started", pid, slot)
+
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    for slot in range(workers):
+        spawn(slot)
+    if on_ready is not None:
+        on_ready(url)
+    try:
+        while not stopping.wait(0.2):
+            while children:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:
+                    break
+                slot = children.pop(pid, None)
+                if slot is not None and not stopping.is_set():
+                    log.warning("central service process %d ended (status %d); starting another", pid, status)
+                    spawn(slot)
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while children and time.monotonic() < deadline:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                time.sleep(0.05)
+            else:
+                children.pop(pid, None)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        sock.close()

@@ -18,7 +18,8 @@ from .states import JOB_WATCHED, RangeStatus
 from .store import harvesters, ranges, rules
 from .store import jobs as job_rows
 from .store import tasks as task_rows
-from .store.database import Database, release, rollback_to, savepoint
+from .store.database import Database, open_database, release, rollback_to, savepoint
+from .store.pg import PgDatabase
 from .taskspec import TaskSpec, parse_task
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class CentralService:
 
     def __init__(
         self,
-        db: Database,
+        db: Database | PgDatabase,
         default_attempts: int = 3,
         heartbeat_timeout: float = 7200,
         clock: Callable[[], float] = time.time,
@@ -56,8 +57,9 @@ class CentralService:
         self.pilot_log_dir: Path | None = None  # where PanDA pilots stage out log tarballs (the monitor reads it)
 
     @classmethod
-    def open(cls, path: Path, settings: Any = None, clock: Callable[[], float] = time.time) -> CentralService:
-        db = Database(path).open()
+    def open(cls, path: Path | str, settings: Any = None, clock: Callable[[], float] = time.time) -> CentralService:
+        """path: a SQLite file or a postgresql:// URL (then settings.files_dir and settings.pool apply)."""
+        db = open_database(path, getattr(settings, "files_dir", None), getattr(settings, "pool", None))
         if settings is None:
             return cls(db, clock=clock)
         svc = cls(db, settings.max_attempts, settings.heartbeat_timeout, clock)
@@ -346,7 +348,7 @@ def _bulk(conn, updates: list, now: float, caller: Caller = TRUSTED) -> list[dic
 
 
 def _acquire_ranges(conn, job_id: Any, task_id: Any, n_ranges: int, now: float, caller: Caller = TRUSTED) -> list[dict]:
-    job = jobs.get_job(conn, job_id)
+    job = jobs.get_job(conn, job_id, lock=True)  # PostgreSQL: the job cannot end while its ranges are claimed
     Judge(conn, caller).check(job)
     if task_id is not None and task_id != job["task_id"]:
         raise InvalidInput(f"job {job_id} belongs to task {job['task_id']}, not {task_id!r}")

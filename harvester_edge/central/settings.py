@@ -32,6 +32,19 @@ class TokenSettings(BaseModel, extra="forbid"):
     key_file: Path | None = Field(None, description="client side: file holding the harvester's token key")
 
 
+class PoolSettings(BaseModel, extra="forbid"):
+    """Connections to PostgreSQL (central.db: postgresql://...), per service process; SQLite ignores them."""
+
+    pool_size: int = Field(8, ge=1, le=1000, description="reader connections at most (the writer has one more)")
+    connect_timeout: Duration = Field(5, gt=0, le=300, description="seconds to wait for a new connection")
+    lock_timeout: Duration = Field(
+        5, gt=0, le=300, description="seconds a statement waits for a row lock before it fails (and is retried)"
+    )
+    lock_retries: int = Field(
+        8, ge=0, le=100, description="times a write that met a locked job row (NOWAIT) or a deadlock is run again"
+    )
+
+
 class CentralSettings(BaseModel, extra="forbid"):
     """Embedded (a thread of the daemon) or remote (a URL) central service."""
 
@@ -40,7 +53,17 @@ class CentralSettings(BaseModel, extra="forbid"):
     host: str = Field("127.0.0.1", description="listen address of the embedded/standalone service")
     port: int = Field(0, ge=0, le=65535, description="listen port; 0 = pick a free one")
     unix_socket: Path | None = Field(None, description="listen on this unix socket instead of host:port")
-    db: Path | None = Field(None, description="central SQLite file; None = <work_dir>/central.db")
+    db: Path | str | None = Field(
+        None,
+        description="central SQLite file (None = <work_dir>/central.db) or a PostgreSQL URL "
+        "postgresql://user:password@host:port/dbname for several service processes and many edge nodes",
+    )
+    files_dir: Path | None = Field(
+        None,
+        description="with a PostgreSQL central.db: the folder of the service's files (signing secret, jedilog); "
+        "None = the site's work_dir",
+    )
+    pool: PoolSettings = Field(default_factory=PoolSettings)
     trusted: bool = Field(False, description="no tokens at all (loopback, unix socket or trusted_networks only)")
     trusted_networks: list[str] = Field(default_factory=list, description="CIDRs allowed in trusted mode")
     unix_socket_mode: int = Field(
@@ -124,6 +147,20 @@ class CentralSettings(BaseModel, extra="forbid"):
                 raise ValueError(f"expected a CIDR such as 10.0.0.0/8, got {cidr!r}") from exc
         return value
 
+    @field_validator("db", mode="plain")
+    @classmethod
+    def _db(cls, value: object) -> Path | str | None:
+        """A postgresql:// (or postgres://) URL stays a string; anything else is a SQLite file path."""
+        if value is None or isinstance(value, Path):
+            return value
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"expected a SQLite file path or a postgresql:// URL, got {value!r:.80}")
+        if value.startswith(("postgresql://", "postgres://")):
+            return value
+        if "://" in value:
+            raise ValueError(f"expected a SQLite file path or a postgresql:// URL, got {value.split('://')[0]}://...")
+        return Path(value)
+
     @field_validator("unix_socket_mode", mode="before")
     @classmethod
     def _octal(cls, value: object) -> object:
@@ -153,8 +190,19 @@ class CentralSettings(BaseModel, extra="forbid"):
         return self
 
 
-def db_path(settings: CentralSettings) -> Path:
-    """The central DB file of the settings (the site config loader sets it)."""
+def db_target(settings: CentralSettings) -> Path | str:
+    """central.db as set: a SQLite file or a postgresql:// URL."""
     if settings.db is None:
         raise CentralError("central.db is not set: the site config loader sets it to <work_dir>/central.db")
-    return Path(settings.db)
+    return settings.db
+
+
+def db_path(settings: CentralSettings) -> Path:
+    """Where the service's files sit beside (central.secret, jedilog/): the SQLite file, or with PostgreSQL a
+    name in central.files_dir."""
+    target = db_target(settings)
+    if isinstance(target, str):
+        if settings.files_dir is None:
+            raise CentralError("central.db is a PostgreSQL URL: set central.files_dir (the service's files)")
+        return Path(settings.files_dir) / "central.db"
+    return Path(target)

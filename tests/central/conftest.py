@@ -1,4 +1,5 @@
-"""Shared fixtures: a service over a SQLite file in tmp_path with a clock the test moves, and real servers."""
+"""Shared fixtures: a service with a clock the test moves, and real servers, each over BOTH backends: a SQLite file
+in tmp_path and a fresh schema of a throwaway PostgreSQL cluster (tests/pgcluster.py, one per session)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ set_hypothesis_home_dir(str(Path(tempfile.gettempdir()) / "harvester-edge-hypoth
 from harvester_edge.central.server import EmbeddedCentral
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.settings import CentralSettings
+from pgcluster import Cluster
 
 PAYLOAD = {"kind": "python", "callable": "jumbo.payloads:simulate", "args": {"size": 8}}
 
@@ -45,29 +47,55 @@ def clock() -> Clock:
     return Clock()
 
 
+@pytest.fixture(scope="session")
+def pg_cluster():
+    cluster = Cluster()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def service(tmp_path, clock):
-    svc = CentralService.open(tmp_path / "central.db", CentralSettings(heartbeat_timeout=3600), clock)
+def central_db(backend, tmp_path, request) -> Path | str:
+    """central.db for this test: the SQLite file tmp_path/central.db or a PostgreSQL URL (an empty schema)."""
+    if backend == "sqlite":
+        return tmp_path / "central.db"
+    return request.getfixturevalue("pg_cluster").fresh_url()
+
+
+def db_settings(central_db: Path | str, tmp_path: Path, **over) -> CentralSettings:
+    """CentralSettings over central_db (files_dir = tmp_path, used with PostgreSQL only)."""
+    return CentralSettings(db=central_db, files_dir=tmp_path, **over)
+
+
+@pytest.fixture
+def service(central_db, tmp_path, clock):
+    svc = CentralService.open(central_db, db_settings(central_db, tmp_path, heartbeat_timeout=3600), clock)
     yield svc
     svc.close()
 
 
-def start_central(tmp_path, **over) -> EmbeddedCentral:
-    settings = CentralSettings(db=tmp_path / "central.db", host="127.0.0.1", port=0, **over)
+def start_central(tmp_path, db: Path | str | None = None, **over) -> EmbeddedCentral:
+    target = tmp_path / "central.db" if db is None else db
+    settings = CentralSettings(db=target, files_dir=tmp_path, host="127.0.0.1", port=0, **over)
     central = EmbeddedCentral(settings)
     central.start()
     return central
 
 
 @pytest.fixture
-def trusted_central(tmp_path):
-    central = start_central(tmp_path, trusted=True)
+def trusted_central(tmp_path, central_db):
+    central = start_central(tmp_path, central_db, trusted=True)
     yield central
     central.stop()
 
 
 @pytest.fixture
-def token_central(tmp_path):
-    central = start_central(tmp_path, trusted=False)
+def token_central(tmp_path, central_db):
+    central = start_central(tmp_path, central_db, trusted=False)
     yield central
     central.stop()

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
 from harvester_edge.central.errors import CentralError
 from harvester_edge.central.service import CentralService
@@ -33,11 +34,16 @@ def key(range_id: str) -> tuple[int, int]:
 
 
 class ExactlyOnce(RuleBasedStateMachine):
+    # central.db of each run: None = a SQLite file in a new temp dir; else a callable giving a PostgreSQL URL
+    target: Callable[[], str] | None = None
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="central-prop-"))
         self.clock = Clock()
-        self.svc = CentralService.open(self.dir / "c.db", CentralSettings(heartbeat_timeout=100), self.clock)
+        db = self.dir / "c.db" if self.target is None else type(self).target()  # type: ignore[misc]
+        settings_ = CentralSettings(db=db, files_dir=self.dir, heartbeat_timeout=100)
+        self.svc = CentralService.open(db, settings_, self.clock)
         self.jobs: list[int] = []
         self.dispatched: list[str] = []  # every id ever handed out
         self.current: dict[tuple, str] = {}  # range -> id of its latest dispatch
@@ -176,3 +182,21 @@ ExactlyOnce.TestCase.settings = settings(
     max_examples=120, stateful_step_count=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestExactlyOnce = ExactlyOnce.TestCase
+
+
+def test_exactly_once_on_postgresql(pg_cluster) -> None:
+    """The same machine over PostgreSQL (a fresh schema per run; fewer runs, each costs a schema)."""
+
+    class OnPostgres(ExactlyOnce):
+        target = staticmethod(pg_cluster.fresh_url)
+
+    run_state_machine_as_test(
+        OnPostgres,
+        settings=settings(
+            max_examples=40,
+            stateful_step_count=40,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )

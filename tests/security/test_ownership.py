@@ -17,7 +17,7 @@ import jwt
 import pytest
 import requests
 
-from central.conftest import token_central, trusted_central
+from central.conftest import backend, central_db, pg_cluster, token_central, trusted_central
 from harvester_edge.central.server import EmbeddedCentral
 
 PAYLOAD = {"kind": "python", "callable": "jumbo.payloads:simulate", "args": {"size": 8}}
@@ -146,9 +146,7 @@ def test_v1_foreign_harvester_changes_nothing(token_central, two_harvesters):
     )
     assert [x["data"]["StatusCode"] for x in answers] == [0, 70]
     status = dict(
-        token_central.service.db.query(
-            "SELECT printf('%d-%d', task_id, process_id), status FROM ranges WHERE status != 0"
-        )
+        token_central.service.db.query("SELECT task_id || '-' || process_id, status FROM ranges WHERE status != 0")
     )
     key = lambda rid: "-".join(rid.split("-")[i] for i in (0, 3))
     assert status[key(rb[0])] == 3 and status[key(ra[0])] == 1

@@ -22,7 +22,7 @@ from harvester_edge.errors import StoreError
 from harvester_edge.filemodes import private_database, private_dir
 
 from ..classify import SEEDED_RULES
-from . import rules
+from . import pg, rules
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +98,50 @@ ADDED_COLUMNS = {
 }
 
 
-def upgrade_columns(conn: sqlite3.Connection) -> None:
-    """Add the columns a schema-1 DB made before them lacks (ADDED_COLUMNS)."""
+def upgrade_columns(conn: Any) -> None:
+    """Add the columns a schema-1 DB made before them lacks (ADDED_COLUMNS); the same on both backends."""
     for table, columns in ADDED_COLUMNS.items():
-        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if pg.is_pg(conn):
+            sql = (
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name=?"
+            )
+            have = {row[0] for row in conn.execute(sql, (table,))}
+        else:
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         for name, kind in columns:
             if name not in have:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+                conn.execute(
+                    f"ALTER TABLE {table} ADD COLUMN {name} {pg.column_type(kind) if pg.is_pg(conn) else kind}"
+                )
                 log.info("central DB: %s gained column %s", table, name)
+
+
+def check_version(conn: Any, where: str) -> None:
+    """A new DB gets the schema version and the seeded rules; a DB newer than this code is refused."""
+    row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    if row is None:  # a new DB
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        rules.seed(conn, SEEDED_RULES, time.time())
+    elif int(row[0]) > SCHEMA_VERSION:
+        raise StoreError(
+            f"central DB {where} has schema {row[0]}, newer than this code's "
+            f"{SCHEMA_VERSION}: upgrade harvester-edge or point central.db elsewhere"
+        )
+
+
+def open_database(target: Path | str, files_dir: Path | None = None, pool: Any = None) -> Database | pg.PgDatabase:
+    """The central DB named by central.db: a SQLite file (the default) or a postgresql:// URL, opened and migrated.
+
+    files_dir: where a PostgreSQL-backed service keeps its files (signing secret, jedilog); pool: PoolSettings."""
+    if pg.is_postgresql_url(target):
+        if files_dir is None:
+            raise StoreError(
+                f"central.db {pg.redact(str(target))}: no folder for the service's files (central.files_dir)"
+            )
+        options = pool.model_dump() if pool is not None else {}
+        return pg.PgDatabase(str(target), files_dir, **options).open()
+    return Database(Path(target)).open()
 
 
 upgrade_token_keys = upgrade_columns  # the name issue 11 gave it
@@ -161,15 +197,7 @@ class Database:
         conn = connect(self.path)
         conn.executescript(SCHEMA)
         upgrade_columns(conn)
-        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:  # a new DB
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            rules.seed(conn, SEEDED_RULES, time.time())
-        elif int(row[0]) > SCHEMA_VERSION:
-            raise StoreError(
-                f"central DB {self.path} has schema {row[0]}, newer than this code's "
-                f"{SCHEMA_VERSION}: upgrade harvester-edge or point central.db elsewhere"
-            )
+        check_version(conn, str(self.path))
         self._wconn = conn
         return self
 

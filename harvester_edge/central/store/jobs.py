@@ -6,6 +6,8 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
+from .pg import is_pg
+
 
 def insert(conn: sqlite3.Connection, task_id: int, count: int, status: str, attempt_nr: int, now: float) -> None:
     """count new jobs of the task in this status and attempt."""
@@ -25,7 +27,17 @@ def claim_activated(
     active_task: tuple[str, str],
     now: float,
 ) -> list[sqlite3.Row]:
-    """Up to n_jobs activated jobs of tasks in the (two) active states become sent, in one UPDATE ... RETURNING."""
+    """Up to n_jobs activated jobs of tasks in the (two) active states become sent, in one UPDATE ... RETURNING
+    (on PostgreSQL picked FOR UPDATE SKIP LOCKED: concurrent acquires take different jobs without waiting)."""
+    if is_pg(conn):
+        return conn.execute(
+            "WITH picked AS MATERIALIZED (SELECT j.panda_id FROM jobs j JOIN tasks t USING (task_id) "
+            "WHERE j.status='activated' AND t.status IN (?, ?) ORDER BY j.panda_id LIMIT ? "
+            "FOR UPDATE OF j SKIP LOCKED) "
+            "UPDATE jobs SET status='sent', site=?, harvester_id=?, worker_id=?, node=?, heartbeat=?, modified=? "
+            "WHERE panda_id = ANY(ARRAY(SELECT panda_id FROM picked)) AND status='activated' RETURNING *",
+            (*active_task, n_jobs, site, harvester_id, worker_id, node, now, now),
+        ).fetchall()
     return conn.execute(
         "UPDATE jobs SET status='sent', site=?, harvester_id=?, worker_id=?, node=?, heartbeat=?, modified=? "
         "WHERE panda_id IN (SELECT j.panda_id FROM jobs j JOIN tasks t USING (task_id) "
@@ -40,6 +52,14 @@ def cancel(conn: sqlite3.Connection, panda_id: int, now: float) -> None:
 
 def append_state(conn: sqlite3.Connection, panda_id: int, state: str, now: float) -> None:
     """Append [state, time] to the job's state history (a JSON list), unless it repeats the last state."""
+    if is_pg(conn):
+        conn.execute(
+            "UPDATE jobs SET state_history = (coalesce(state_history, '[]')::jsonb || "
+            "jsonb_build_array(jsonb_build_array(?::text, ?::float8)))::text WHERE panda_id=? "
+            "AND coalesce(coalesce(state_history, '[]')::jsonb -> -1 ->> 0, '') != ?",
+            (state, now, panda_id, state),
+        )
+        return
     conn.execute(
         "UPDATE jobs SET state_history = json_insert(coalesce(state_history, '[]'), '$[#]', "
         "json_array(?, ?)) WHERE panda_id=? AND coalesce(json_extract(state_history, '$[#-1][0]'), '') != ?",
@@ -49,6 +69,15 @@ def append_state(conn: sqlite3.Connection, panda_id: int, state: str, now: float
 
 def get(conn: sqlite3.Connection, panda_id: int) -> sqlite3.Row | None:
     return conn.execute("SELECT * FROM jobs WHERE panda_id=?", (panda_id,)).fetchone()
+
+
+def get_for_update(conn: sqlite3.Connection, panda_id: int) -> sqlite3.Row | None:
+    """The job, to change it: on PostgreSQL its row is locked FOR UPDATE NOWAIT (another process changing the
+    same job makes this write fail at once with LockNotAvailable; the writer runs it again, bounded). SQLite
+    has one writer: a plain read."""
+    if is_pg(conn):
+        return conn.execute("SELECT * FROM jobs WHERE panda_id=? FOR UPDATE NOWAIT", (panda_id,)).fetchone()
+    return get(conn, panda_id)
 
 
 def status_of(conn: sqlite3.Connection, panda_id: int) -> sqlite3.Row | None:
@@ -82,7 +111,9 @@ def report(
     """A pilot's report: state, heartbeat, error codes and diags, events (never fewer), cores, node, end time."""
     conn.execute(
         "UPDATE jobs SET status=?, heartbeat=?, modified=?, pilot_error_code=?, pilot_error_diag=?, "
-        "exe_error_code=?, exe_error_diag=?, trans_exit_code=?, n_events=max(n_events, ?), "
+        "exe_error_code=?, exe_error_diag=?, trans_exit_code=?, n_events="
+        + ("greatest" if is_pg(conn) else "max")
+        + "(n_events, ?), "
         "core_count=coalesce(nullif(?, 0), core_count), node=coalesce(?, node), "
         "end_time=CASE WHEN ? IN ('finished', 'failed') THEN ? ELSE end_time END WHERE panda_id=?",
         (
@@ -106,7 +137,9 @@ def report(
 
 def pilot_fields(conn: sqlite3.Connection, panda_id: int, values: tuple) -> None:
     """values (None keeps the old one): start_time, end_time, pilot_id, pilot_timing, cpu_time, cpu_unit,
-    max_rss, pilot_log, log_file."""
+    max_rss, pilot_log, log_file. Nothing reported: no statement (it would change nothing)."""
+    if all(value is None for value in values):
+        return
     conn.execute(
         "UPDATE jobs SET start_time=coalesce(?, start_time), end_time=coalesce(?, end_time), "
         "pilot_id=coalesce(?, pilot_id), pilot_timing=coalesce(?, pilot_timing), cpu_time=coalesce(?, cpu_time), "
@@ -154,10 +187,13 @@ def mark_to_kill(conn: sqlite3.Connection, task_id: int, now: float) -> None:
 
 
 def silent(conn: sqlite3.Connection, statuses: Iterable[str], cutoff: float) -> list[sqlite3.Row]:
-    """Jobs in these states whose last heartbeat is before cutoff."""
+    """Jobs in these states whose last heartbeat is before cutoff (PostgreSQL: locked to fail them; a job another
+    process is changing right now is skipped: it is not silent)."""
     marks = tuple(statuses)
     return conn.execute(
-        f"SELECT * FROM jobs WHERE status IN ({','.join('?' * len(marks))}) AND heartbeat < ?", (*marks, cutoff)
+        f"SELECT * FROM jobs WHERE status IN ({','.join('?' * len(marks))}) AND heartbeat < ?"
+        + (" ORDER BY panda_id FOR UPDATE SKIP LOCKED" if is_pg(conn) else ""),
+        (*marks, cutoff),
     ).fetchall()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 
+from .pg import is_pg
+
 
 def state(conn: sqlite3.Connection, key_id: str) -> sqlite3.Row | None:
     """(revoked, expires) of the key."""
@@ -61,6 +63,8 @@ def revoke_family(conn: sqlite3.Connection, client_name: str) -> int:
             (client_name,),
         )
     ]
+    if is_pg(conn):
+        return conn.execute("UPDATE token_keys SET revoked=1 WHERE revoked=0 AND key_id = ANY(?)", (family,)).rowcount
     return conn.execute(
         "UPDATE token_keys SET revoked=1 WHERE revoked=0 AND key_id IN (SELECT value FROM json_each(?))",
         (json.dumps(family),),

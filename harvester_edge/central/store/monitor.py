@@ -6,13 +6,25 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from .pg import is_pg
+
+
+def _floor(conn: sqlite3.Connection, expr: str) -> str:
+    """expr (non-negative) rounded down to an integer: SQLite's CAST truncates, PostgreSQL's rounds."""
+    return f"CAST(floor({expr}) AS BIGINT)" if is_pg(conn) else f"CAST({expr} AS INTEGER)"
+
+
+def _concat(conn: sqlite3.Connection, column: str) -> str:
+    """The distinct values of column joined by commas."""
+    return f"string_agg(DISTINCT CAST({column} AS TEXT), ',')" if is_pg(conn) else f"group_concat(DISTINCT {column})"
+
 
 # -- dashboard and sites --------------------------------------------------------------------------------------
 def events_per_minute(conn: sqlite3.Connection, finished: int, since: float) -> dict[int, int]:
     """minute (epoch // 60) -> events in ranges finished in it, since `since`."""
     return dict(
         conn.execute(
-            "SELECT CAST(modified / 60 AS INTEGER) AS m, sum(last_event - start_event + 1) FROM ranges "
+            f"SELECT {_floor(conn, 'modified / 60')} AS m, sum(last_event - start_event + 1) FROM ranges "
             "WHERE status=? AND modified >= ? GROUP BY m",
             (finished, since),
         ).fetchall()
@@ -61,7 +73,7 @@ def all_range_errors(conn: sqlite3.Connection) -> list[dict]:
         dict(r)
         for r in conn.execute(
             "SELECT 'event' AS source, error_code AS code, coalesce(error_diag, '') AS message, count(*) AS count, "
-            "group_concat(DISTINCT task_id) AS tasks FROM ranges WHERE error_code IS NOT NULL AND error_code != 0 "
+            f"{_concat(conn, 'task_id')} AS tasks FROM ranges WHERE error_code IS NOT NULL AND error_code != 0 "
             "GROUP BY 2, 3"
         )
     ]
@@ -80,8 +92,8 @@ def job_errors(conn: sqlite3.Connection, task_id: int | None = None) -> list[dic
         out += [
             dict(r)
             for r in conn.execute(
-                f"SELECT ? AS source, {code} AS code, {diag} AS message, count(*) AS count FROM jobs {where} "
-                f"{extra} {code} != 0 GROUP BY 2, 3",
+                f"SELECT CAST(? AS TEXT) AS source, {code} AS code, {diag} AS message, count(*) AS count "
+                f"FROM jobs {where} {extra} {code} != 0 GROUP BY 2, 3",
                 (source, *args),
             )
         ]
@@ -106,7 +118,7 @@ def finished_span(conn: sqlite3.Connection, task_id: int, finished: int) -> sqli
 def finished_buckets(conn: sqlite3.Connection, task_id: int, finished: int, t0: float, width: float) -> Any:
     """(bucket, events) of the task's finished ranges by (modified - t0) // width, in bucket order."""
     return conn.execute(
-        "SELECT CAST((modified - ?) / ? AS INTEGER) AS b, sum(last_event - start_event + 1) FROM ranges "
+        f"SELECT {_floor(conn, '(modified - ?) / ?')} AS b, sum(last_event - start_event + 1) FROM ranges "
         "WHERE task_id=? AND status=? GROUP BY b ORDER BY b",
         (t0, width, task_id, finished),
     )

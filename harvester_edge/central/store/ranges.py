@@ -10,12 +10,19 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
+from .pg import is_pg
+
 
 def insert(conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
-    """rows: (task_id, process_id, start_event, last_event, status)."""
+    """rows: (task_id, process_id, start_event, last_event, status).
+
+    PostgreSQL: the table's statistics are renewed at once (ANALYZE, allowed in a transaction, no row locks):
+    planned on a fresh table's "almost empty" statistics, a claim walks every ready range of the task."""
     conn.executemany(
         "INSERT INTO ranges (task_id, process_id, start_event, last_event, status) VALUES (?, ?, ?, ?, ?)", rows
     )
+    if is_pg(conn):
+        conn.execute("ANALYZE ranges")
 
 
 def open_events(conn: sqlite3.Connection, task_id: int, open_states: tuple[int, ...]) -> int:
@@ -36,7 +43,22 @@ def events_in(conn: sqlite3.Connection, task_id: int, status: int) -> int:
 
 
 def claim(conn: sqlite3.Connection, task_id: int, panda_id: int, n_ranges: int, now: float) -> list[sqlite3.Row]:
-    """Up to n_ranges ready ranges of the task sent to the job: (process_id, start_event, last_event, attempt_nr)."""
+    """Up to n_ranges ready ranges of the task sent to the job: (process_id, start_event, last_event, attempt_nr).
+
+    On PostgreSQL the ready ranges are picked FOR UPDATE SKIP LOCKED: processes claiming at the same time take
+    different ranges and never wait for each other."""
+    if is_pg(conn):
+        # a CTE runs once (a subquery under IN may run again per row and pick more): at most n_ranges rows;
+        # = ANY(ARRAY(...)) makes the update primary-key probes (a join planned on stale statistics was a
+        # nested loop over every ready range)
+        return conn.execute(
+            "WITH picked AS MATERIALIZED (SELECT process_id FROM ranges WHERE task_id=? AND status=0 "
+            "ORDER BY process_id LIMIT ? FOR UPDATE SKIP LOCKED) "
+            "UPDATE ranges r SET status=1, panda_id=?, attempt_nr=r.attempt_nr+1, modified=? "
+            "WHERE r.task_id=? AND r.process_id = ANY(ARRAY(SELECT process_id FROM picked)) AND r.status=0 "
+            "RETURNING r.process_id, r.start_event, r.last_event, r.attempt_nr",
+            (task_id, n_ranges, panda_id, now, task_id),
+        ).fetchall()
     return conn.execute(
         "UPDATE ranges SET status=1, panda_id=?, attempt_nr=attempt_nr+1, modified=? "
         "WHERE task_id=? AND status=0 AND process_id IN (SELECT process_id FROM ranges INDEXED BY ranges_ready "
@@ -121,10 +143,12 @@ def finish(conn: sqlite3.Connection, task_id: int, process_ids: list[int], now: 
 
 
 def holders(conn: sqlite3.Connection, task_id: int, process_ids: list[int]) -> Any:
-    """(process_id, status, attempt_nr, panda_id) of these ranges of the task (at most 500 ids per call)."""
+    """(process_id, status, attempt_nr, panda_id) of these ranges of the task (at most 500 ids per call), to
+    change them: on PostgreSQL locked FOR UPDATE (in process_id order), so what is read stays true until commit."""
     return conn.execute(
         f"SELECT process_id, status, attempt_nr, panda_id FROM ranges WHERE "
-        f"task_id=? AND process_id IN ({','.join('?' * len(process_ids))})",
+        f"task_id=? AND process_id IN ({','.join('?' * len(process_ids))})"
+        + (" ORDER BY process_id FOR UPDATE" if is_pg(conn) else ""),
         (task_id, *process_ids),
     )
 
@@ -137,9 +161,10 @@ def holder(conn: sqlite3.Connection, key: tuple[int, int]) -> sqlite3.Row:
 
 
 def in_flight_of_job(conn: sqlite3.Connection, task_id: int, panda_id: int) -> list[sqlite3.Row]:
-    """(task_id, process_id) of the job's sent or running ranges."""
+    """(task_id, process_id) of the job's sent or running ranges (PostgreSQL: locked FOR UPDATE, to release)."""
     return conn.execute(
-        "SELECT task_id, process_id FROM ranges NOT INDEXED WHERE task_id=? AND panda_id=? AND status IN (1, 2)",
+        "SELECT task_id, process_id FROM ranges NOT INDEXED WHERE task_id=? AND panda_id=? AND status IN (1, 2)"
+        + (" ORDER BY process_id FOR UPDATE" if is_pg(conn) else ""),
         (task_id, panda_id),
     ).fetchall()
 

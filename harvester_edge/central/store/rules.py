@@ -24,7 +24,7 @@ def suggest(conn: sqlite3.Connection, source: str, code: int, guess: str, exampl
     conn.execute(
         "INSERT INTO error_classes (source, code, diag_pattern, class, status, hits, example, created) "
         "VALUES (?, ?, '', ?, 'suggested', 1, ?, ?) ON CONFLICT (source, code, diag_pattern) "
-        "DO UPDATE SET hits = hits + 1",
+        "DO UPDATE SET hits = error_classes.hits + 1",
         (source, code, guess, example, now),
     )
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from .pg import is_pg
+
 
 def insert(conn: sqlite3.Connection, values: tuple) -> int | None:
     """values: (name, payload, n_events, events_per_range, seconds_per_event, memory_per_rank_mb, max_attempts,
@@ -11,10 +13,10 @@ def insert(conn: sqlite3.Connection, values: tuple) -> int | None:
     cur = conn.execute(
         "INSERT INTO tasks (name, payload, n_events, events_per_range, seconds_per_event, memory_per_rank_mb, "
         "max_attempts, n_jobs, guid, status, created, modified, kind, job_spec) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING task_id",
         values,
     )
-    return cur.lastrowid
+    return cur.fetchone()[0]
 
 
 def get(conn: sqlite3.Connection, task_id: int) -> sqlite3.Row | None:
@@ -24,6 +26,15 @@ def get(conn: sqlite3.Connection, task_id: int) -> sqlite3.Row | None:
 def of_job(conn: sqlite3.Connection, task_id: int) -> sqlite3.Row:
     """The task of an existing job (the foreign key jobs.task_id guarantees it exists)."""
     row: sqlite3.Row = conn.execute("SELECT * FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+    return row
+
+
+def lock(conn: sqlite3.Connection, task_id: int) -> sqlite3.Row:
+    """The task, locked FOR UPDATE on PostgreSQL: two processes finishing a task's last ranges at once would
+    each see the other's (uncommitted) ranges in flight and neither close the task; serialized, the second
+    sees the first's commit. SQLite has one writer: a plain read."""
+    sql = "SELECT * FROM tasks WHERE task_id=?" + (" FOR UPDATE" if is_pg(conn) else "")
+    row: sqlite3.Row = conn.execute(sql, (task_id,)).fetchone()
     return row
 
 
