@@ -14,10 +14,10 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from harvester_edge.central.cli import central_group
 from harvester_edge.central.server import EmbeddedCentral
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.settings import CentralSettings
+from harvester_edge.cli import central_group  # with `serve` (the service with the monitor) registered
 
 from .conftest import db_settings, task_dict
 
@@ -65,7 +65,7 @@ def test_unreachable_database_is_a_one_line_error(tmp_path):
     url = "postgresql://someone:secret-pw@127.0.0.1:1/nothing"
     settings = CentralSettings(db=url, files_dir=tmp_path, pool={"connect_timeout": 2})
     code = (
-        "import sys; from types import SimpleNamespace; from harvester_edge.central.cli import central_group;"
+        "import sys; from types import SimpleNamespace; from harvester_edge.cli import central_group;"
         "from harvester_edge.central.settings import CentralSettings;"
         f"c = CentralSettings.model_validate_json({settings.model_dump_json()!r});"
         "central_group.main(sys.argv[1:], obj=SimpleNamespace(config=SimpleNamespace(central=c)))"
@@ -135,7 +135,7 @@ def test_serve_workers_two_processes_share_the_socket_and_survive_kill_9(pg_clus
     url = pg_cluster.fresh_url()
     settings = CentralSettings(db=url, files_dir=tmp_path, trusted=True, port=0)
     code = (
-        "import sys, logging; from types import SimpleNamespace; from harvester_edge.central.cli import central_group;"
+        "import sys, logging; from types import SimpleNamespace; from harvester_edge.cli import central_group;"
         "from harvester_edge.central.settings import CentralSettings;"
         f"c = CentralSettings.model_validate_json({settings.model_dump_json()!r});"
         "central_group.main(['serve', '--workers', '2'], obj=SimpleNamespace(config=SimpleNamespace(central=c)))"
