@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +31,7 @@ ACTIVE_TASK = (TaskStatus.DEFINED.value, TaskStatus.RUNNING.value)
 LOST_HEARTBEAT = (DispatcherError.LOST_HEARTBEAT, DispatcherError.MEANING[DispatcherError.LOST_HEARTBEAT])
 
 
-def _csv(values: list) -> str:
+def _csv(values: Iterable[object]) -> str:
     return ",".join(str(v) for v in values)
 
 

@@ -91,17 +91,30 @@ class EmbeddedCentral:
             self.url,
             "trusted mode, no tokens" if self.settings.trusted else "tokens required",
         )
+        return self.listening()
+
+    def listening(self) -> str:
+        """The URL of the service; a RuntimeError before start() or after stop()."""
+        if self.url is None:
+            raise RuntimeError("the central service is not listening (start() it first)")
         return self.url
 
+    def opened(self) -> CentralService:
+        """The service's database layer and logic; a RuntimeError before start() or after stop()."""
+        if self.service is None:
+            raise RuntimeError("the central service is not open (start() it first)")
+        return self.service
+
     def _start(self, path: Path, timeout: float) -> None:
-        self.service.db.start_checkpointer()
+        service = self.opened()
+        service.db.start_checkpointer()
         if not self.settings.trusted:
             secret_file = self.settings.tokens.secret_file or path.with_name("central.secret")
             private_file(Path(secret_file))  # 0600 (created so by tokens.py; an older one is tightened)
             self.authority = TokenAuthority(
-                self.service.db, self.settings.tokens, load_or_create_secret(Path(secret_file)), self.clock
+                service.db, self.settings.tokens, load_or_create_secret(Path(secret_file)), self.clock
             )
-        app = HttpTiming(create_asgi(self.settings, self.service, self.authority, self.mounts))  # hot path timed too
+        app = HttpTiming(create_asgi(self.settings, service, self.authority, self.mounts))  # hot path timed too
         sock = self._bind()
         cap = connection_cap(self.settings.max_connections, raise_fd_limit())
         config = uvicorn.Config(
@@ -175,9 +188,10 @@ class EmbeddedCentral:
         return sock
 
     def _watch(self) -> None:
+        service = self.opened()
         while not self._stop.wait(self.settings.watchdog_interval):
             try:
-                self.service.run_watchdog()
+                service.run_watchdog()
             except Exception:
                 log.exception("central watchdog cycle failed; trying again in %ss", self.settings.watchdog_interval)
 
@@ -187,7 +201,7 @@ class EmbeddedCentral:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout)
-            if self._thread.is_alive():
+            if self._thread.is_alive() and self._server is not None:
                 self._server.force_exit = True
                 self._thread.join(timeout)
         if self._watchdog is not None:
@@ -203,9 +217,9 @@ def serve(
 ) -> None:
     """Standalone process: run until SIGINT/SIGTERM (the handlers only set a flag)."""
     central = EmbeddedCentral(settings, mounts=mounts)
-    central.start()
+    url = central.start()
     if on_ready is not None:
-        on_ready(central.url)
+        on_ready(url)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

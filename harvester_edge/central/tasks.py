@@ -36,6 +36,8 @@ def submit(conn: sqlite3.Connection, spec: TaskSpec, default_attempts: int, now:
             None if spec.kind == "jumbo" else json.dumps(spec.job_dict()),
         ),
     )
+    if task_id is None or spec.events is None or spec.events_per_range is None:  # TaskSpec's validator sets both
+        raise RuntimeError(f"task not stored, or its spec lacks events/events_per_range: {spec!r:.200}")
     ranges.insert(conn, events.split_rows(task_id, spec.events, spec.events_per_range))
     jobs.insert_jobs(conn, task_id, spec.jobs, 1, now)
     return task_id

@@ -208,14 +208,18 @@ class TokenAuthority:
         if client_name == MYSELF:
             client_name = str(sub)
         if client_name == sub:
-            extra = {k: str(bearer[k]) for k in ("harvester", "worker") if k in bearer}
+            extra: dict[str, str] = {k: str(bearer[k]) for k in ("harvester", "worker") if k in bearer}
             return self.new_key(client_name, scopes, parent=parent, extra=extra or None)
         worker = worker_of(str(sub), client_name) if "harvester" in scopes else None
         if worker is not None:
             # no per-name interval here: the key is bounded by its parent and a harvester may name any W anyway, so
             # the interval would protect nothing and would strand a restarted daemon's running workers for an hour
             return self.new_key(
-                client_name, ("pilot",), parent=parent, extra={"harvester": sub, "worker": worker}, check_interval=False
+                client_name,
+                ("pilot",),
+                parent=parent,
+                extra={"harvester": str(sub), "worker": worker},
+                check_interval=False,
             )
         if "admin" in scopes:
             return self.new_key(client_name, ("pilot",), parent=parent)

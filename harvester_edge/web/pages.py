@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 from harvester_edge.central import jedilogs
 from harvester_edge.central.classify import CLASSES
@@ -123,7 +124,7 @@ def job(service: CentralService, hdb: Path | None, params: dict, now: float, pan
             "SELECT state, events_total, events_done, error_code, error_diag FROM jobs WHERE panda_id=?",
             (panda_id,),
         )
-    panels = []
+    panels: list[dict[str, Any]] = []
     for w in workers[-MAX_PANELS:]:  # the newest workers get plots; the others are listed as links
         ap = Path(w["access_point"])
         samples, problems = data.monitor_samples(ap)

@@ -267,8 +267,9 @@ class Database:
             finally:
                 conn.close()
 
-        self._ckpt_thread = threading.Thread(target=loop, name="central-checkpoint", daemon=True)
-        self._ckpt_thread.start()
+        thread = threading.Thread(target=loop, name="central-checkpoint", daemon=True)
+        thread.start()
+        self._ckpt_thread: threading.Thread | None = thread
 
     def start_writer(self) -> None:
         """Group commit: one thread drains queued writes into shared transactions."""
@@ -320,9 +321,10 @@ class Database:
 
     def close(self) -> None:
         self.stop_writer()
-        if getattr(self, "_ckpt_thread", None) is not None:
+        thread = getattr(self, "_ckpt_thread", None)
+        if thread is not None:
             self._ckpt_stop.set()
-            self._ckpt_thread.join(10)
+            thread.join(10)
             self._ckpt_thread = None
         with self._lock:
             for conn in self._readers:
