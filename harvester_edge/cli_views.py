@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from harvester_edge import status as status_view
+from harvester_edge.store.readonly import open_readonly
 from harvester_edge.web import data
 from harvester_edge.web.render import ts
 
@@ -131,8 +131,7 @@ def worker_detail(db_path: Path, worker_id: int) -> dict | None:
     """The worker row, its state history, jobs and access-point files, from the harvester DB (read-only)."""
     if not Path(db_path).exists():
         return None
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
-    conn.row_factory = sqlite3.Row
+    conn = open_readonly(db_path)
     try:
         row = data.worker(conn, worker_id)
         if row is None:
@@ -209,8 +208,7 @@ def errors_summary(obj: Any, as_json: bool) -> None:
             "errors summary reads the central DB of the embedded service: none here "
             f"({db}); on a remote service use its web monitor (/monitor/errors)"
         )
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    conn.row_factory = sqlite3.Row
+    conn = open_readonly(db)
     try:
         groups = sorted(data.error_groups(conn), key=lambda g: -g["count"])
     finally:

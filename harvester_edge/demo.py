@@ -33,18 +33,23 @@ from rich.table import Table
 
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.settings import db_path
+from harvester_edge.central.states import TASK_TERMINAL, RangeStatus
+from harvester_edge.central.store import ranges as central_ranges
+from harvester_edge.central.store import tasks as central_tasks
 from harvester_edge.central.taskspec import load_task_file, parse_task
 from harvester_edge.config import WORK_DIR_ENV, SiteConfig, load_config
 from harvester_edge.errors import HarvesterEdgeError
 from harvester_edge.operations import request_kill
 from harvester_edge.seams.commands import CommandNotFound, CommandRunner
 from harvester_edge.seams.files import PilotFiles
+from harvester_edge.store import ranges
+from harvester_edge.store import workers as worker_rows
+from harvester_edge.store.readonly import open_readonly
 
 DEFAULT_WORK_DIR = Path("~/.harvester-edge/demo")
 EXAMPLE_TASK = Path(__file__).resolve().parents[1] / "configs" / "tasks" / "example.yaml"
-TERMINAL = ("finished", "failed", "aborted")
+TERMINAL = frozenset(s.value for s in TASK_TERMINAL)  # the task's end states
 # central range statuses (harvester_edge.central.states.RangeStatus): finished, failed, fatal
-FINISHED, FAILED, FATAL = 3, 7, 8
 # mpi4py loads its MPI library without initializing it; /proc/self/maps then names the very file it loaded
 MPI_PROBE = (
     "import mpi4py\nmpi4py.rc.initialize = mpi4py.rc.finalize = False\nfrom mpi4py import MPI\n"
@@ -166,31 +171,15 @@ class Summary:
 
 def central_counts(conn: sqlite3.Connection, task_id: int) -> dict[str, int]:
     """Events finished, failed for good, and retried (ranges handed out more than once), from the central DB."""
-    row = conn.execute(
-        "SELECT coalesce(sum(CASE WHEN status = ? THEN last_event - start_event + 1 END), 0), "
-        "coalesce(sum(CASE WHEN status IN (?, ?) THEN last_event - start_event + 1 END), 0), "
-        "coalesce(sum(CASE WHEN attempt_nr > 1 THEN last_event - start_event + 1 END), 0), "
-        "coalesce(sum(attempt_nr > 1), 0) FROM ranges WHERE task_id = ?",
-        (FINISHED, FAILED, FATAL, task_id),
-    ).fetchone()
+    row = central_ranges.event_totals(conn, task_id, RangeStatus.FINISHED, (RangeStatus.FAILED, RangeStatus.FATAL))
     return {"events_finished": row[0], "events_failed": row[1], "events_retried": row[2], "ranges_retried": row[3]}
 
 
 def harvester_view(conn: sqlite3.Connection, task_id: int) -> dict[str, Any]:
     """The task's workers (ranks, run time, access points) and its ranges' payload time, from the harvester DB."""
-    workers = conn.execute(
-        "SELECT DISTINCT w.id, w.nodes * w.ranks_per_node, w.started_at, coalesce(w.ended_at, ?), w.access_point "
-        "FROM workers w JOIN job_workers jw ON jw.worker_id = w.id JOIN jobs j ON j.panda_id = jw.panda_id "
-        "WHERE j.task_id = ? ORDER BY w.id",
-        (time.time(), task_id),
-    ).fetchall()
+    workers = worker_rows.shapes_of_task(conn, task_id, time.time())
     busy = cpu = 0.0
-    for (result,) in conn.execute(
-        "SELECT e.result FROM event_ranges e JOIN jobs j ON j.panda_id = e.panda_id "
-        "WHERE j.task_id = ? AND e.state IN ('finished', 'failed') AND e.result IS NOT "
-        "NULL",
-        (task_id,),
-    ):
+    for result in ranges.reports_of_task(conn, task_id):
         report = json.loads(result)
         if report.get("startTime") is not None and report.get("endTime") is not None:
             busy += max(0.0, float(report["endTime"]) - float(report["startTime"]))
@@ -207,12 +196,12 @@ def harvester_view(conn: sqlite3.Connection, task_id: int) -> dict[str, Any]:
 
 
 def read_only(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    return open_readonly(path, timeout=30)
 
 
 def summarize(config: SiteConfig, task_id: int, wall: float) -> Summary:
     with read_only(Path(config.central.db)) as conn:
-        task = conn.execute("SELECT status, n_events FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        task = central_tasks.get(conn, task_id)
         counts = central_counts(conn, task_id)
     with read_only(config.db_path) as conn:
         view = harvester_view(conn, task_id)
@@ -224,8 +213,8 @@ def summarize(config: SiteConfig, task_id: int, wall: float) -> Summary:
     rank_seconds = view["rank_seconds"]
     return Summary(
         task_id=task_id,
-        status=task[0],
-        events=task[1],
+        status=task["status"],
+        events=task["n_events"],
         **counts,
         wall_seconds=wall,
         events_per_second=counts["events_finished"] / wall if wall > 0 else 0.0,
@@ -322,12 +311,7 @@ def cancel_task(config: SiteConfig, service: Any, task_id: int) -> None:
     except HarvesterEdgeError:
         pass  # it ended in the meantime
     with read_only(config.db_path) as conn:
-        rows = conn.execute(
-            "SELECT DISTINCT w.id, w.queue, w.batch_id FROM workers w JOIN job_workers jw ON jw.worker_id = w.id "
-            "JOIN jobs j ON j.panda_id = jw.panda_id WHERE j.task_id = ? AND w.state IN ('new', 'submitting', "
-            "'queued', 'running')",
-            (task_id,),
-        ).fetchall()
+        rows = worker_rows.live_of_task(conn, task_id)
     if not rows:
         return
     request_kill(config, worker_ids=[r[0] for r in rows])  # the bookkeeping says why they ended
@@ -347,12 +331,7 @@ def wait_workers_ended(config: SiteConfig, task_id: int, timeout: float) -> bool
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with read_only(config.db_path) as conn:
-            left = conn.execute(
-                "SELECT count(DISTINCT w.id) FROM workers w JOIN job_workers jw ON jw.worker_id = w.id JOIN jobs j "
-                "ON j.panda_id = jw.panda_id WHERE j.task_id = ? AND w.state IN ('new', 'submitting', 'queued', "
-                "'running')",
-                (task_id,),
-            ).fetchone()[0]
+            left = worker_rows.live_count_of_task(conn, task_id)
         if left == 0:
             return True
         time.sleep(0.3)
@@ -376,12 +355,7 @@ def _progress(console, disable: bool):
 def _worker_note(config: SiteConfig) -> str:
     try:
         with read_only(config.db_path) as conn:
-            states = dict(
-                conn.execute(
-                    "SELECT state, count(*) FROM workers WHERE state IN ('submitting', "
-                    "'queued', 'running') GROUP BY state"
-                ).fetchall()
-            )
+            states = worker_rows.active_counts(conn)
     except sqlite3.Error:  # the daemon has not created its DB yet
         return "starting"
     return ", ".join(f"{n} {state}" for state, n in sorted(states.items())) + " worker(s)" if states else ""

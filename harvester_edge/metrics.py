@@ -23,6 +23,8 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from harvester_edge.central.store import monitor
+from harvester_edge.store import jobs, outbox, ranges, workers
+from harvester_edge.store.readonly import open_readonly
 
 log = logging.getLogger(__name__)
 
@@ -258,25 +260,25 @@ def harvester_families(conn: sqlite3.Connection) -> list:
             "harvester_edge_jobs",
             "Jobs held by the harvester, by state",
             ["state"],
-            conn.execute("SELECT state, count(*) FROM jobs GROUP BY state"),
+            jobs.count_by_state(conn),
         ),
         _gauge(
             "harvester_edge_workers",
             "Workers by queue and state",
             ["queue", "state"],
-            conn.execute("SELECT queue, state, count(*) FROM workers GROUP BY queue, state"),
+            workers.count_by_queue_state(conn),
         ),
         _gauge(
             "harvester_edge_event_ranges",
             "Event ranges held by the harvester, by state",
             ["state"],
-            conn.execute("SELECT state, count(*) FROM event_ranges GROUP BY state"),
+            ranges.count_by_state(conn),
         ),
         _gauge(
             "harvester_edge_outbox_depth",
             "Outbox messages by state (pending = not yet accepted centrally)",
             ["state"],
-            conn.execute("SELECT state, count(*) FROM outbox GROUP BY state"),
+            outbox.count_by_state(conn),
         ),
     ]
     # The seeds' system metric: average queue time, batch submit -> running, per queue.
@@ -285,10 +287,7 @@ def harvester_families(conn: sqlite3.Connection) -> list:
             "harvester_edge_queue_time_seconds_avg",
             "Average worker queue time (submit -> running)",
             ["queue"],
-            conn.execute(
-                "SELECT queue, avg(started_at - submitted_at) FROM workers WHERE started_at IS NOT NULL "
-                "AND submitted_at IS NOT NULL GROUP BY queue"
-            ),
+            workers.queue_time_avg(conn),
         )
     )
     return fams
@@ -308,7 +307,7 @@ class DatabaseCollector:
             if path is None or not Path(path).exists():
                 continue
             try:
-                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+                conn = open_readonly(path)
                 try:
                     families = build(conn)
                 finally:

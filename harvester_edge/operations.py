@@ -6,10 +6,11 @@ import time
 
 from harvester_edge.config import SiteConfig
 from harvester_edge.errors import HarvesterEdgeError
-from harvester_edge.states import ACTIVE_WORKER_STATES, WorkerState
-from harvester_edge.store import open_store
+from harvester_edge.states import WORKER_LIVE
+from harvester_edge.store import open_store, workers
+from harvester_edge.store import queues as queue_rows
 
-KILLABLE = tuple(s.value for s in (WorkerState.NEW, *ACTIVE_WORKER_STATES))
+KILLABLE = tuple(s.value for s in WORKER_LIVE)
 
 
 def set_draining(config: SiteConfig, queues: list[str] | None, draining: bool) -> list[str]:
@@ -21,13 +22,7 @@ def set_draining(config: SiteConfig, queues: list[str] | None, draining: bool) -
     try:
         with store.write() as conn:
             for name in names:
-                batch = config.queue(name).batch
-                conn.execute(
-                    "INSERT INTO queues (name, batch, draining, updated_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (name) DO UPDATE SET draining = excluded.draining, "
-                    "updated_at = excluded.updated_at",
-                    (name, batch, int(draining), time.time()),
-                )
+                queue_rows.upsert(conn, name, config.queue(name).batch, time.time(), draining=draining)
     finally:
         store.close()
     return names
@@ -49,29 +44,11 @@ def request_kill(
         raise HarvesterEdgeError(f"--state {state!r}: only unfinished workers can be killed: {', '.join(KILLABLE)}")
     if queue is not None:
         config.queue(queue)
-    sql = f"SELECT id FROM workers WHERE state IN ({','.join('?' * len(KILLABLE))})"
-    params: list = list(KILLABLE)
-    if worker_ids:
-        sql += f" AND id IN ({','.join('?' * len(worker_ids))})"
-        params += worker_ids
-    if queue:
-        sql += " AND queue = ?"
-        params.append(queue)
-    if state:
-        sql += " AND state = ?"
-        params.append(state)
-    if panda_id is not None:
-        sql += " AND id IN (SELECT worker_id FROM job_workers WHERE panda_id = ?)"
-        params.append(panda_id)
     store = open_store(config.db_path, config.daemon.on_network_fs)
     try:
         with store.write() as conn:
-            ids = [r[0] for r in conn.execute(sql, params)]
-            conn.executemany(
-                "UPDATE workers SET kill_requested = 1, error = coalesce(error, 'killed by operator'), "
-                "updated_at = ? WHERE id = ?",
-                [(time.time(), i) for i in ids],
-            )
+            ids = workers.killable(conn, KILLABLE, worker_ids=worker_ids, queue=queue, state=state, panda_id=panda_id)
+            workers.flag_killed_by_operator(conn, ids, time.time())
     finally:
         store.close()
     return ids

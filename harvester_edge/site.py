@@ -33,7 +33,7 @@ from harvester_edge.seams.commands import CommandRunner
 from harvester_edge.seams.files import DirectFiles, FilesBackend, PilotFiles
 from harvester_edge.seams.http import HttpTransport, Transport
 from harvester_edge.server import embedded_central
-from harvester_edge.store import Store
+from harvester_edge.store import Store, queues
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,4 @@ def sync_queues(store: Store, config: SiteConfig, now: float) -> None:
     """The queues table mirrors the config (workers and jobs reference it); a removed queue's rows stay."""
     with store.write() as conn:
         for q in config.queues:
-            conn.execute(
-                "INSERT INTO queues (name, batch, updated_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
-                "SET batch = excluded.batch, updated_at = excluded.updated_at",
-                (q.name, q.batch, now),
-            )
+            queues.upsert(conn, q.name, q.batch, now)

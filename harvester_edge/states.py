@@ -20,6 +20,10 @@ class JobState(str, Enum):
     CANCELLED = "cancelled"  # the task was killed centrally
 
 
+JOB_ACTIVE = (JobState.FETCHED, JobState.RUNNING)  # not ended: may still get workers and ranges
+JOB_ENDED = (JobState.FINISHED, JobState.FAILED, JobState.CANCELLED)  # the terminal states (TERMINAL[JobState])
+
+
 class WorkerState(str, Enum):
     NEW = "new"  # row and access point exist, not submitted yet (or a transient submit failure, retry later)
     SUBMITTING = "submitting"  # a submit call may be in flight: after a crash, ask the batch system by job name
@@ -31,6 +35,12 @@ class WorkerState(str, Enum):
     MISSING = "missing"  # the batch system forgot it without telling us how it ended
 
 
+ACTIVE_WORKER_STATES = (WorkerState.SUBMITTING, WorkerState.QUEUED, WorkerState.RUNNING)  # the batch system has it
+WORKER_LIVE = (WorkerState.NEW, *ACTIVE_WORKER_STATES)  # not ended (the workers_state index keeps these few apart)
+WORKER_WAITING = (WorkerState.NEW, WorkerState.SUBMITTING, WorkerState.QUEUED)  # not running yet
+WORKER_ENDED = (WorkerState.FINISHED, WorkerState.FAILED, WorkerState.CANCELLED, WorkerState.MISSING)  # terminal
+
+
 class RangeState(str, Enum):
     FETCHED = "fetched"  # acquired from the central service, held for a worker (prefetch)
     DISPATCHED = "dispatched"  # written into a worker's access point
@@ -39,10 +49,17 @@ class RangeState(str, Enum):
     RELEASED = "released"  # not done: goes back to the central service to be handed out again
 
 
+RANGE_HELD = (RangeState.FETCHED, RangeState.DISPATCHED)  # the harvester holds it
+RANGE_ENDED = (RangeState.FINISHED, RangeState.FAILED, RangeState.RELEASED)  # terminal
+
+
 class OutboxState(str, Enum):
     PENDING = "pending"
     SENT = "sent"
     REJECTED = "rejected"  # the central service refused it for good; kept for the operator
+
+
+OUTBOX_ENDED = (OutboxState.SENT, OutboxState.REJECTED)  # terminal
 
 
 _J, _W, _R, _O = JobState, WorkerState, RangeState, OutboxState
@@ -71,7 +88,10 @@ TERMINAL: dict[type[Enum], frozenset[Enum]] = {
     kind: frozenset(s for s in kind if s not in table) for kind, table in TRANSITIONS.items()
 }
 
-ACTIVE_WORKER_STATES = frozenset({_W.SUBMITTING, _W.QUEUED, _W.RUNNING})
+# the *_ENDED sets beside the enums are these terminal states, in declaration order (checked at import)
+for _kind, _ended in ((_J, JOB_ENDED), (_W, WORKER_ENDED), (_R, RANGE_ENDED), (_O, OUTBOX_ENDED)):
+    if frozenset(_ended) != TERMINAL[_kind]:
+        raise AssertionError(f"states.py: the ended set of {_kind.__name__} differs from TRANSITIONS")
 
 
 def is_terminal(state: Enum) -> bool:

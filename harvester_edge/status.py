@@ -13,10 +13,15 @@ from harvester_edge.central.service import CentralService
 from harvester_edge.config import SiteConfig
 from harvester_edge.seams.http import HttpTransport
 from harvester_edge.states import JobState, RangeState, WorkerState
+from harvester_edge.store import jobs, outbox
+from harvester_edge.store import queues as queue_rows
+from harvester_edge.store import ranges as range_rows
+from harvester_edge.store import workers as worker_rows
+from harvester_edge.store.readonly import open_readonly
 
 
-def _counts(conn: sqlite3.Connection, sql: str) -> dict[tuple, int]:
-    return {tuple(row[:-1]): row[-1] for row in conn.execute(sql)}
+def _counts(rows: list[sqlite3.Row]) -> dict[tuple, int]:
+    return {tuple(row[:-1]): row[-1] for row in rows}
 
 
 def central_tasks(config: SiteConfig) -> tuple[list[dict], str | None]:
@@ -57,10 +62,10 @@ def collect(config: SiteConfig) -> dict[str, Any]:
         for queue in config.queues:
             snapshot["queues"].append({"name": queue.name, "batch": queue.batch, "draining": False, "workers": {}})
         return snapshot
-    conn = sqlite3.connect(f"file:{config.db_path}?mode=ro", uri=True, timeout=5)
+    conn = open_readonly(config.db_path)
     try:
-        workers = _counts(conn, "SELECT queue, state, count(*) FROM workers GROUP BY queue, state")
-        draining = dict(conn.execute("SELECT name, draining FROM queues"))
+        workers = _counts(worker_rows.count_by_queue_state(conn))
+        draining = queue_rows.draining_by_name(conn)
         for queue in config.queues:
             per_state = {state: n for (q, state), n in workers.items() if q == queue.name}
             snapshot["queues"].append(
@@ -71,16 +76,10 @@ def collect(config: SiteConfig) -> dict[str, Any]:
                     "workers": per_state,
                 }
             )
-        snapshot["jobs"] = {
-            k[0]: v for k, v in _counts(conn, "SELECT state, count(*) FROM jobs GROUP BY state").items()
-        }
-        snapshot["workers"] = {
-            k[0]: v for k, v in _counts(conn, "SELECT state, count(*) FROM workers GROUP BY state").items()
-        }
-        snapshot["event_ranges"] = {
-            k[0]: v for k, v in _counts(conn, "SELECT state, count(*) FROM event_ranges GROUP BY state").items()
-        }
-        snapshot["outbox_pending"] = conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
+        snapshot["jobs"] = {k[0]: v for k, v in _counts(jobs.count_by_state(conn)).items()}
+        snapshot["workers"] = {k[0]: v for k, v in _counts(worker_rows.count_by_state(conn)).items()}
+        snapshot["event_ranges"] = {k[0]: v for k, v in _counts(range_rows.count_by_state(conn)).items()}
+        snapshot["outbox_pending"] = outbox.depth(conn)
     finally:
         conn.close()
     return snapshot

@@ -23,10 +23,6 @@ def range_limit(ranks: int) -> int:
     return max(1, int(ranks)) * (PREFETCH + 1)
 
 
-def install_id(conn: sqlite3.Connection) -> str:
-    return conn.execute("SELECT value FROM meta WHERE key = 'install_id'").fetchone()[0]
-
-
 def job_name(site: str, install: str, worker_id: int) -> str:
     """Unique per site and database: find_by_name after a crash can never match another install's job."""
     return f"he-{site}-{install}-w{worker_id:06d}"

@@ -34,13 +34,12 @@ from harvester_edge.agents.base import Agent
 from harvester_edge.central.client import CentralAuthFailed, CentralRejected, CentralUnavailable
 from harvester_edge.central.errors import AuthError, CentralError
 from harvester_edge.central.tokens import worker_client_name
-from harvester_edge.states import WorkerState
+from harvester_edge.store import job_workers, workers
 
 log = logging.getLogger(__name__)
 TOKEN_FILE = "token"  # in each access point
 RENEW_FRACTION = 1 / 3  # renew when less than this part of a token's lifetime is left
 FORCED_RENEW_GAP = 1.0  # seconds: a 403 within this long after a renewal does not renew again
-ACTIVE = (WorkerState.NEW.value, WorkerState.SUBMITTING.value, WorkerState.QUEUED.value, WorkerState.RUNNING.value)
 
 
 def write_secret(path: Path, text: str) -> None:
@@ -240,12 +239,7 @@ class Credentials(Agent):
     def link_jobs(self, client: Any, worker_id: int) -> None:
         """Tell the service which jobs the worker runs (update_workers' pandaid_list, as Harvester does) before its
         pilot gets a credential: the service then holds that credential to those jobs alone (central/ownership)."""
-        jobs = [
-            r["panda_id"]
-            for r in self.ctx.store.query(
-                "SELECT panda_id FROM job_workers WHERE worker_id = ? ORDER BY panda_id", (worker_id,)
-            )
-        ]
+        jobs = job_workers.jobs_of_worker(self.ctx.store.connection(), worker_id)
         client.update_workers(
             [{"workerID": worker_id, "status": "running", "computingSite": self.ctx.config.site, "pandaid_list": jobs}],
             harvester_id=self.ctx.config.site,
@@ -254,8 +248,7 @@ class Credentials(Agent):
     def hand_out(self, now: float) -> None:
         """Each active worker with an access point: its own pilot token in <ap>/token, renewed when due."""
         issuer, client = self.issuer(), self.ctx.central
-        marks = ",".join("?" * len(ACTIVE))
-        rows = self.ctx.store.query(f"SELECT id, access_point FROM workers WHERE state IN ({marks})", ACTIVE)
+        rows = workers.live_access_points(self.ctx.store.connection())
         active = {int(r["id"]) for r in rows}
         for gone in set(self._worker_keys) - active:
             self._worker_keys.pop(gone, None)

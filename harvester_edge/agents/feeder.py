@@ -24,25 +24,23 @@ from pathlib import Path
 from harvester_edge.agents.base import Agent
 from harvester_edge.central.client import CentralRejected, CentralUnavailable
 from harvester_edge.seams import files as protocol  # the pilot-file seam (offline replay records it)
-from harvester_edge.states import JobState, RangeState, WorkerState
-from harvester_edge.store import transition
+from harvester_edge.states import JOB_ACTIVE, RangeState
+from harvester_edge.store import job_workers, jobs, outbox, transition
+from harvester_edge.store import ranges as held_ranges
+from harvester_edge.store import workers as worker_rows
 from harvester_edge.workers import range_limit
 
 log = logging.getLogger(__name__)
 
-R, W = RangeState, WorkerState
-ACTIVE_JOB = (JobState.FETCHED.value, JobState.RUNNING.value)
+R = RangeState
+ACTIVE_JOB = tuple(s.value for s in JOB_ACTIVE)
 
 
 class Feeder(Agent):
     name = "feeder"
 
     def run_cycle(self, now: float) -> None:
-        workers = self.ctx.store.query(
-            "SELECT w.id, w.access_point, w.nodes * w.ranks_per_node AS ranks FROM workers w WHERE w.state IN (?, ?)",
-            (W.QUEUED.value, W.RUNNING.value),
-        )
-        for worker in workers:
+        for worker in worker_rows.in_batch(self.ctx.store.connection()):
             try:
                 self.answer_worker(worker, now)
             except Exception:  # one worker's files never stop the others' supply
@@ -64,9 +62,7 @@ class Feeder(Agent):
 
     def checked(self, worker_id: int, ranks: int, request: protocol.Request) -> protocol.Request:
         """The request as far as this worker may ask: its own jobs only, at most range_limit(ranks) per job."""
-        mine = {
-            r[0] for r in self.ctx.store.query("SELECT panda_id FROM job_workers WHERE worker_id = ?", (worker_id,))
-        }
+        mine = set(job_workers.jobs_of_worker(self.ctx.store.connection(), worker_id))
         limit = range_limit(ranks)
         wants: dict[int, dict] = {}
         for pid, want in request.requests.items():
@@ -97,9 +93,7 @@ class Feeder(Agent):
 
     def answer(self, worker_id: int, ap: Path, request: protocol.Request, now: float) -> bool:
         store = self.ctx.store
-        answered = store.query(
-            "SELECT spec, panda_id FROM event_ranges WHERE worker_id = ? AND request_seq = ?", (worker_id, request.seq)
-        )
+        answered = held_ranges.answered(store.connection(), worker_id, request.seq)
         no_more: set[int] = set()
         if answered:  # a crash came between the commit and the ranges file: send the same ranges again
             ranges: dict[int, list[dict]] = {}
@@ -127,11 +121,7 @@ class Feeder(Agent):
                 return False  # nothing now, but ranges in flight may come back: answer when they do
             with store.write() as conn:
                 ids = [r["eventRangeID"] for lst in ranges.values() for r in lst]
-                conn.execute(
-                    "UPDATE event_ranges SET worker_id = ?, request_seq = ? "
-                    "WHERE range_id IN (SELECT value FROM json_each(?))",
-                    (worker_id, request.seq, json.dumps(ids)),
-                )
+                held_ranges.assign(conn, ids, worker_id, request.seq)
                 transition(conn, ids, R.FETCHED, R.DISPATCHED, now=now, reason=f"worker {worker_id} seq {request.seq}")
         try:
             self.ctx.files.write_event_ranges(ap, request.seq, {p: r for p, r in ranges.items() if r}, no_more=no_more)
@@ -161,22 +151,17 @@ class Feeder(Agent):
         Ranges other sites hold at the central service are not seen here."""
         if not self._exhausted(panda_id):
             return False
-        store = self.ctx.store
-        row = store.query("SELECT task_id, state FROM jobs WHERE panda_id = ?", (panda_id,))
-        if not row or row[0]["state"] not in ACTIVE_JOB:
+        conn = self.ctx.store.connection()
+        row = jobs.brief(conn, panda_id)
+        if not row or row["state"] not in ACTIVE_JOB:
             return True
-        busy = store.query(
-            "SELECT 1 FROM jobs j CROSS JOIN event_ranges e ON e.panda_id = j.panda_id AND e.state IN (?, ?) "
-            "WHERE j.task_id = ? AND j.state IN (?, ?) LIMIT 1",
-            (R.FETCHED.value, R.DISPATCHED.value, row[0]["task_id"], *ACTIVE_JOB),
-        )
-        if busy:
+        if jobs.task_has_ranges_held(conn, row["task_id"]):
             return False
-        return not store.query("SELECT 1 FROM outbox WHERE state = 'pending' AND kind = 'update_event_ranges' LIMIT 1")
+        return not outbox.range_reports_pending(conn)
 
     def _exhausted(self, panda_id: int) -> bool:
-        row = self.ctx.store.query("SELECT no_more_ranges, state FROM jobs WHERE panda_id = ?", (panda_id,))
-        return not row or bool(row[0]["no_more_ranges"]) or row[0]["state"] not in ACTIVE_JOB
+        row = jobs.brief(self.ctx.store.connection(), panda_id)
+        return not row or bool(row["no_more_ranges"]) or row["state"] not in ACTIVE_JOB
 
     def _take(self, panda_id: int, n: int, now: float) -> list[dict] | None:
         """Up to n ranges of the job from the stock, fetching what is missing; None if the central is unreachable."""
@@ -188,20 +173,13 @@ class Feeder(Agent):
         return stock[:n]
 
     def _stock(self, panda_id: int) -> list[dict]:
-        return [
-            json.loads(r[0])
-            for r in self.ctx.store.query(
-                "SELECT spec FROM event_ranges WHERE panda_id = ? AND state = ? AND worker_id IS NULL "
-                "ORDER BY first_event",
-                (panda_id, R.FETCHED.value),
-            )
-        ]
+        return [json.loads(spec) for spec in held_ranges.stock_specs(self.ctx.store.connection(), panda_id)]
 
     def _fetch(self, panda_id: int, n: int, now: float) -> bool:
-        job = self.ctx.store.query("SELECT task_id, jobset_id, state FROM jobs WHERE panda_id = ?", (panda_id,))
-        if not job or job[0]["state"] not in ACTIVE_JOB:
+        job = jobs.brief(self.ctx.store.connection(), panda_id)
+        if not job or job["state"] not in ACTIVE_JOB:
             return True
-        task_id, jobset_id = job[0]["task_id"], job[0]["jobset_id"]
+        task_id, jobset_id = job["task_id"], job["jobset_id"]
         try:  # the job's own jobsetID (a real server's jobs have one of their own; the embedded's is the task id)
             got = self.ctx.central.acquire_event_ranges(
                 panda_id, task_id if jobset_id is None else jobset_id, task_id=task_id, n_ranges=n
@@ -218,24 +196,9 @@ class Feeder(Agent):
             )
             got = []
         with self.ctx.store.write() as conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO event_ranges (range_id, panda_id, state, first_event, last_event, spec,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        r["eventRangeID"],
-                        panda_id,
-                        R.FETCHED.value,
-                        int(r["startEvent"]),
-                        int(r["lastEvent"]),
-                        json.dumps(r),
-                        now,
-                    )
-                    for r in got
-                ],
-            )
+            held_ranges.insert_fetched(conn, panda_id, got, now)
             if len(got) < n:
-                conn.execute("UPDATE jobs SET no_more_ranges = 1, updated_at = ? WHERE panda_id = ?", (now, panda_id))
+                jobs.set_no_more_ranges(conn, panda_id, now)
         if len(got) < n:
             log.info(
                 "job %d: the central service has no more ranges for now (%d of %d)",
@@ -248,13 +211,7 @@ class Feeder(Agent):
 
     def top_up(self, now: float) -> None:
         """Keep about one request's worth of ranges per running rank in stock for each job that has workers."""
-        rows = self.ctx.store.query(
-            # from the active workers (CROSS JOIN keeps that order), never through all workers a job ever had
-            "SELECT j.panda_id, sum(w.nodes * w.ranks_per_node) AS ranks FROM workers w "
-            "CROSS JOIN job_workers jw ON jw.worker_id = w.id CROSS JOIN jobs j ON j.panda_id = jw.panda_id "
-            "WHERE j.state = ? AND j.no_more_ranges = 0 AND w.state IN (?, ?) GROUP BY j.panda_id",
-            (JobState.RUNNING.value, W.QUEUED.value, W.RUNNING.value),
-        )
+        rows = jobs.ranks_to_supply(self.ctx.store.connection())
         for row in rows:
             want = 2 * int(row["ranks"])
             have = len(self._stock(row["panda_id"]))

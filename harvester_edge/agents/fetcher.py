@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from harvester_edge import jobpayload
 from harvester_edge.agents.base import Agent
 from harvester_edge.central.client import CentralRejected, CentralUnavailable
-from harvester_edge.states import JobState
+from harvester_edge.store import jobs as job_rows
+from harvester_edge.store import queues
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +20,10 @@ class Fetcher(Agent):
         config = self.ctx.config
         for queue in config.queues:
             conn = self.ctx.store.connection()
-            draining = conn.execute("SELECT draining FROM queues WHERE name = ?", (queue.name,)).fetchone()
-            if draining and draining[0]:
+            if queues.is_draining(conn, queue.name):
                 log.info("queue %s is draining: fetching no jobs", queue.name, extra={"queue": queue.name})
                 continue
-            active = conn.execute(
-                "SELECT count(*) FROM jobs WHERE queue = ? AND state IN (?, ?)",
-                (queue.name, JobState.FETCHED.value, JobState.RUNNING.value),
-            ).fetchone()[0]
+            active = job_rows.active_count(conn, queue.name)
             # one job keeps several workers busy (ranges are taken task-wide): hold no more jobs than workers can run
             room = queue.max_running_workers - active
             if room <= 0:
@@ -58,22 +54,7 @@ class Fetcher(Agent):
             jobs = kept
             with self.ctx.store.write() as conn:
                 for job in jobs:
-                    conn.execute(
-                        "INSERT OR IGNORE INTO jobs (panda_id, task_id, jobset_id, queue, state, spec, events_total,"
-                        " seconds_per_event, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            int(job["PandaID"]),
-                            int(job["taskID"]),
-                            job.get("jobsetID"),
-                            queue.name,
-                            JobState.FETCHED.value,
-                            json.dumps(job),
-                            jobpayload.events_total(job),
-                            job.get("secondsPerEvent"),
-                            now,
-                            now,
-                        ),
-                    )
+                    job_rows.insert_fetched(conn, job, queue.name, jobpayload.events_total(job), now)
             log.info(
                 "fetched %d job(s) for queue %s: %s",
                 len(jobs),

@@ -8,7 +8,6 @@ ranges it never reported go back to the central service as not done.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from harvester_edge.errors import IllegalTransition
 from harvester_edge.outbox import enqueue
 from harvester_edge.seams import files as protocol  # the pilot-file seam (offline replay records it)
 from harvester_edge.states import RangeState, WorkerState, check_transition
-from harvester_edge.store import claim, transition, update
+from harvester_edge.store import claim, jobs, ranges, transition, update, workers
 from jumbo.protocol import HEARTBEAT
 
 log = logging.getLogger(__name__)
@@ -179,14 +178,7 @@ class Monitor(Agent):
         if not entries:
             return
         with self.ctx.store.write() as conn:
-            known = {
-                r[0]: r
-                for r in conn.execute(
-                    "SELECT range_id, panda_id, first_event, last_event, worker_id, state FROM event_ranges "
-                    "WHERE range_id IN (SELECT value FROM json_each(?))",
-                    (json.dumps(list(entries)),),
-                )
-            }
+            known = ranges.by_ids(conn, list(entries))
             held = {rid: r for rid, r in known.items() if r[4] == worker_id and r[5] == R.DISPATCHED.value}
             foreign = sorted(
                 rid
@@ -213,23 +205,16 @@ class Monitor(Agent):
                 dst = {"finished": R.FINISHED, "failed": R.FAILED, "not-done": R.RELEASED}[status]
                 moved[dst].append(range_id)
                 reports.append(range_report(range_id, status, entry))
-                conn.execute("UPDATE event_ranges SET result = ? WHERE range_id = ?", (json.dumps(entry), range_id))
+                ranges.set_result(conn, range_id, entry)
                 if dst != R.RELEASED:
                     n = held[range_id][3] - held[range_id][2] + 1
                     done_per_job[held[range_id][1]] = done_per_job.get(held[range_id][1], 0) + n
             for dst, ids in moved.items():
                 transition(conn, ids, R.DISPATCHED, dst, now=now, reason=f"pilot report seq {batch.seq}")
             for pid, n in done_per_job.items():
-                conn.execute(
-                    "UPDATE jobs SET events_done = events_done + ?, updated_at = ? WHERE panda_id = ?", (n, now, pid)
-                )
+                jobs.add_events_done(conn, pid, n, now)
             for pid, spe in measured_seconds_per_event(entries.values()).items():
-                # the task's estimate is only a start: shaping follows what the pilots measure (moving average)
-                conn.execute(
-                    "UPDATE jobs SET seconds_per_event = CASE WHEN seconds_per_event IS NULL THEN ? "
-                    "ELSE 0.7 * seconds_per_event + 0.3 * ? END WHERE panda_id = ?",
-                    (spe, spe, pid),
-                )
+                jobs.blend_seconds_per_event(conn, pid, spe)
             if reports:
                 enqueue(conn, "update_event_ranges", reports, now)
         if reports:
@@ -244,25 +229,12 @@ class Monitor(Agent):
     def release_orphans(self, now: float) -> None:
         """Ranges still dispatched to workers that ended go back as not done (after their last reports were read)."""
         with self.ctx.store.write() as conn:
-            ended = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT DISTINCT e.worker_id FROM event_ranges e JOIN workers w ON w.id = e.worker_id "
-                    "WHERE e.state = ? AND w.state IN (?, ?, ?, ?)",
-                    (R.DISPATCHED.value, W.FINISHED.value, W.FAILED.value, W.CANCELLED.value, W.MISSING.value),
-                )
-            ]
+            ended = ranges.workers_ended_holding(conn)
         for worker_id in ended:
-            ap = Path(self.ctx.store.query("SELECT access_point FROM workers WHERE id = ?", (worker_id,))[0][0])
+            ap = Path(workers.access_point(self.ctx.store.connection(), worker_id))
             self.collect_events(worker_id, ap, now)  # the final reports, if the pilot wrote them after our last look
             with self.ctx.store.write() as conn:
-                ids = [
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT range_id FROM event_ranges WHERE worker_id = ? AND state = ?",
-                        (worker_id, R.DISPATCHED.value),
-                    )
-                ]
+                ids = ranges.dispatched_to(conn, worker_id)
                 if not ids:
                     continue
                 transition(conn, ids, R.DISPATCHED, R.RELEASED, now=now, reason=f"worker {worker_id} ended")

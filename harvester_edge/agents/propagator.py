@@ -34,7 +34,8 @@ from harvester_edge.central.client import (
 from harvester_edge.codes import StatusCode
 from harvester_edge.outbox import enqueue, pending
 from harvester_edge.states import JobState, OutboxState, RangeState, WorkerState
-from harvester_edge.store import transition
+from harvester_edge.store import jobs as job_rows
+from harvester_edge.store import outbox, ranges, transition, workers
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ J, O, R, W = JobState, OutboxState, RangeState, WorkerState  # noqa: E741 (O: th
 HEARTBEAT_EVERY = 60.0  # seconds between job heartbeats to the central service
 MAX_SERVER_ERRORS = 3  # HTTP 500 answers to one range report before it counts as applied-or-given-up
 KNOWN_500 = "unhashable type"  # the real server's update_event_ranges answer-after-write defect (module doc)
-ACTIVE_WORKERS = (W.NEW.value, W.SUBMITTING.value, W.QUEUED.value, W.RUNNING.value)
 
 
 class Propagator(Agent):
@@ -86,20 +86,14 @@ class Propagator(Agent):
                         )
                         log.warning("outbox message %d (update_event_ranges): %s (%s)", message["id"], why, exc)
                         with self.ctx.store.write() as conn:
-                            conn.execute(
-                                "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
-                                (f"HTTP 500: {why}"[:500], message["id"]),
-                            )
+                            outbox.count_given_up_try(conn, message["id"], f"HTTP 500: {why}"[:500])
                             transition(conn, [message["id"]], O.PENDING, O.SENT, now=now, reason=why[:200])
                         continue
                     self._kept(message, exc, now)
                     return False  # re-sent next cycle, at most MAX_SERVER_ERRORS times
                 except CentralUnavailable as exc:
                     with self.ctx.store.write() as conn:
-                        conn.execute(
-                            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, updated_at = ? WHERE id = ?",
-                            (str(exc)[:500], now, message["id"]),
-                        )
+                        outbox.count_failed_try(conn, message["id"], str(exc)[:500], now)
                     if not self._outage_logged:
                         why = (
                             "credentials refused (the token is renewed, then retried)"
@@ -117,7 +111,7 @@ class Propagator(Agent):
                         exc,
                     )
                     with self.ctx.store.write() as conn:
-                        conn.execute("UPDATE outbox SET last_error = ? WHERE id = ?", (str(exc)[:500], message["id"]))
+                        outbox.set_error(conn, message["id"], str(exc)[:500])
                         transition(conn, [message["id"]], O.PENDING, O.REJECTED, now=now, reason=str(exc)[:200])
                     continue
                 with self.ctx.store.write() as conn:
@@ -133,21 +127,12 @@ class Propagator(Agent):
         failed = [r["eventRangeID"] for r in reports if r.get("eventStatus") == "failed"]
         if not failed:
             return
-        conn.execute(
-            "UPDATE jobs SET no_more_ranges = 0, updated_at = ? WHERE no_more_ranges = 1 AND state IN (?, ?) "
-            "AND task_id IN (SELECT j.task_id FROM event_ranges e JOIN jobs j ON j.panda_id = e.panda_id "
-            "WHERE e.range_id IN (SELECT value FROM json_each(?))) AND EXISTS (SELECT 1 FROM job_workers jw "
-            "CROSS JOIN workers w ON w.id = jw.worker_id WHERE jw.panda_id = jobs.panda_id AND w.state IN (?, ?))",
-            (now, J.FETCHED.value, J.RUNNING.value, json.dumps(failed), W.QUEUED.value, W.RUNNING.value),
-        )
+        job_rows.reopen_for_ranges(conn, failed, now)
 
     def _kept(self, message, exc: Exception, now: float) -> bool:
         """Count a failed try of a message that stays pending; False: stop draining this cycle."""
         with self.ctx.store.write() as conn:
-            conn.execute(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, updated_at = ? WHERE id = ?",
-                (str(exc)[:500], now, message["id"]),
-            )
+            outbox.count_failed_try(conn, message["id"], str(exc)[:500], now)
         if not self._outage_logged:
             log.warning("central service failed (%s): outbox message %d kept", exc, message["id"])
             self._outage_logged = True
@@ -181,12 +166,7 @@ class Propagator(Agent):
     def settle_jobs(self, now: float) -> None:
         """Jobs without active workers: finish them when the task has no ranges left, else let new workers come."""
         store = self.ctx.store
-        idle = store.query(
-            "SELECT j.* FROM jobs j WHERE j.state IN (?, ?) AND NOT EXISTS (SELECT 1 FROM workers w CROSS JOIN "
-            "job_workers jw ON jw.worker_id = w.id AND jw.panda_id = j.panda_id WHERE w.state IN (?, ?, ?, ?)) "
-            "AND NOT EXISTS (SELECT 1 FROM event_ranges e WHERE e.panda_id = j.panda_id AND e.state = ?)",
-            (J.FETCHED.value, J.RUNNING.value, *ACTIVE_WORKERS, R.DISPATCHED.value),
-        )
+        idle = job_rows.without_work(store.connection())
         for job in idle:
             if not job["no_more_ranges"] and job["state"] == J.FETCHED.value:
                 continue  # waiting for its first worker
@@ -201,16 +181,13 @@ class Propagator(Agent):
             except (CentralUnavailable, CentralRejected) as exc:
                 log.warning("job %d: cannot ask for the task's remaining ranges: %s", job["panda_id"], exc)
                 return
-            stock = store.query(
-                "SELECT count(*) FROM event_ranges WHERE panda_id = ? AND state = ?", (job["panda_id"], R.FETCHED.value)
-            )[0][0]
+            stock = ranges.stock_count(store.connection(), job["panda_id"])
             spec = json.loads(job["spec"])
             per_range = int(spec.get("eventsPerRange") or 1)
             with store.write() as conn:
                 if available or stock:
-                    conn.execute(
-                        "UPDATE jobs SET no_more_ranges = 0, events_total = ?, updated_at = ? WHERE panda_id = ?",
-                        (job["events_done"] + (available + stock) * per_range, now, job["panda_id"]),
+                    job_rows.set_events_total(
+                        conn, job["panda_id"], job["events_done"] + (available + stock) * per_range, now
                     )
                     if job["no_more_ranges"]:
                         log.info(
@@ -237,7 +214,7 @@ class Propagator(Agent):
             )
 
     def heartbeat(self, now: float) -> None:
-        jobs = self.ctx.store.query("SELECT panda_id, events_done FROM jobs WHERE state = ?", (J.RUNNING.value,))
+        jobs = job_rows.running_progress(self.ctx.store.connection())
         self._last_heartbeat = now
         if not jobs:
             return
@@ -254,18 +231,9 @@ class Propagator(Agent):
 
     def kill_job(self, panda_id: int, command: str, now: float) -> None:
         with self.ctx.store.write() as conn:
-            conn.execute(
-                "UPDATE workers SET kill_requested = 1, updated_at = ? WHERE id IN (SELECT worker_id FROM "
-                "job_workers WHERE panda_id = ?) AND state IN (?, ?, ?, ?)",
-                (now, panda_id, *ACTIVE_WORKERS),
-            )
+            workers.flag_of_job(conn, panda_id, now)
             transition(conn, [panda_id], J.RUNNING, J.CANCELLED, now=now, reason=f"central command {command}")
-            stock = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT range_id FROM event_ranges WHERE panda_id = ? AND state = ?", (panda_id, R.FETCHED.value)
-                )
-            ]
+            stock = ranges.stock_ids(conn, panda_id)
             transition(conn, stock, R.FETCHED, R.RELEASED, now=now, reason="job killed centrally")
         log.info(
             "job %d: the central service says %s: its workers are cancelled",

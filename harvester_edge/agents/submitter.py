@@ -17,9 +17,9 @@ from harvester_edge.agents.base import Agent
 from harvester_edge.batch import BatchError
 from harvester_edge.config import QueueConfig
 from harvester_edge.shaper import Shape, queue_room, shape_workers, worker_capacity
-from harvester_edge.states import JobState, WorkerState
-from harvester_edge.store import claim, release, transition, update
-from harvester_edge.workers import access_point, install_id, job_name, job_spec_of, worker_spec, write_job_spec
+from harvester_edge.states import WORKER_WAITING, JobState, WorkerState
+from harvester_edge.store import claim, job_workers, jobs, meta, queues, release, transition, update, workers
+from harvester_edge.workers import access_point, job_name, job_spec_of, worker_spec, write_job_spec
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Submitter(Agent):
     def run_cycle(self, now: float) -> None:
         self.recover(now)
         conn = self.ctx.store.connection()
-        draining = {r[0] for r in conn.execute("SELECT name FROM queues WHERE draining = 1")}
+        draining = queues.draining_names(conn)
         for queue in self.ctx.config.queues:
             if queue.name in draining:
                 log.info("queue %s is draining: no new workers", queue.name, extra={"queue": queue.name})
@@ -111,23 +111,13 @@ class Submitter(Agent):
     def make_workers(self, queue: QueueConfig, now: float) -> None:
         conn = self.ctx.store.connection()
         # only the unfinished states: the workers_state index skips the ever-growing finished history
-        active = [s.value for s in (W.NEW, W.SUBMITTING, W.QUEUED, W.RUNNING)]
-        counts = dict(
-            conn.execute(
-                f"SELECT state, count(*) FROM workers WHERE state IN ({','.join('?' * 4)}) "
-                "AND queue = ? GROUP BY state",
-                (*active, queue.name),
-            ).fetchall()
-        )
-        queued = sum(counts.get(s.value, 0) for s in (W.NEW, W.SUBMITTING, W.QUEUED))
+        counts = workers.live_counts(conn, queue.name)
+        queued = sum(counts.get(s.value, 0) for s in WORKER_WAITING)
         room = queue_room(queue, queued, counts.get(W.RUNNING.value, 0))
         parallel = queue.max_running_workers - queued - counts.get(W.RUNNING.value, 0)  # could run at once
         if room == 0:
             return
-        failed = conn.execute(
-            "SELECT count(*) FROM workers WHERE queue = ? AND state = ? AND error IS NOT NULL AND updated_at > ?",
-            (queue.name, W.FAILED.value, now - 600),
-        ).fetchone()[0]
+        failed = workers.recent_failures(conn, queue.name, now - 600)
         if failed >= PERMANENT_FAILURES_PAUSE:
             log.info(
                 "queue %s: %d workers failed to submit in the last 10 minutes; no new workers until that "
@@ -137,26 +127,16 @@ class Submitter(Agent):
             )
             return
         idle = self.ctx.plugins[queue.name].idle_nodes() if queue.backfill else None
-        jobs = conn.execute(
-            "SELECT * FROM jobs WHERE queue = ? AND state IN (?, ?) AND no_more_ranges = 0 ORDER BY panda_id",
-            (queue.name, JobState.FETCHED.value, JobState.RUNNING.value),
-        ).fetchall()
-        for job in jobs:
+        for job in jobs.wanting_workers(conn, queue.name):
             if room == 0:
                 break
             spe = float(job["seconds_per_event"] or 1.0)
-            workers = conn.execute(
-                # from the few active workers to the job link (CROSS JOIN keeps that order): a job's finished
-                # workers, which grow without bound, are never read
-                "SELECT w.* FROM workers w CROSS JOIN job_workers jw ON jw.worker_id = w.id AND jw.panda_id = ? "
-                "WHERE w.state IN (?, ?, ?, ?)",
-                (job["panda_id"], *active),
-            ).fetchall()
+            running = workers.live_of_job(conn, job["panda_id"])
             spec = job_spec_of(job)
             if jobpayload.from_real_server(spec) or job["events_total"] is None:
                 # a real server's job: its size in events is unknown, so one worker at a time, shaped from the
                 # job's own coreCount, minRamCount and maxWalltime (jobpayload.worker_shape)
-                if workers:
+                if running:
                     continue
                 real = jobpayload.worker_shape(
                     spec,
@@ -189,12 +169,12 @@ class Submitter(Agent):
                     w["walltime"] - (now - w["started_at"] if w["started_at"] else 0),
                     spe,
                 )
-                for w in workers
+                for w in running
             )
             left = int(job["events_total"] or 0) - int(job["events_done"]) - covered
             # the uncovered work is shared evenly by the workers that can start now (they finish together); a
             # rest too small for a useful worker is left to the pilots that run the job already
-            shapes = shape_workers(queue, left, spe, min(room, max(1, parallel)), idle, others_running=bool(workers))
+            shapes = shape_workers(queue, left, spe, min(room, max(1, parallel)), idle, others_running=bool(running))
             for shape in shapes:
                 if idle is not None:
                     idle = max(0, idle - shape.nodes)
@@ -217,19 +197,13 @@ class Submitter(Agent):
         ranks_per_node = ranks_per_node or queue.ranks_per_node
         config = self.ctx.config
         with self.ctx.store.write() as conn:
-            cur = conn.execute(
-                "INSERT INTO workers (queue, state, job_name, access_point, nodes, ranks_per_node, walltime,"
-                " created_at, updated_at) VALUES (?, ?, ?, '', ?, ?, ?, ?, ?)",
-                (queue.name, W.NEW.value, f"pending-{secrets.token_hex(8)}", nodes, ranks_per_node, walltime, now, now),
+            worker_id = workers.insert_new(
+                conn, queue.name, f"pending-{secrets.token_hex(8)}", nodes, ranks_per_node, walltime, now
             )
-            worker_id = int(cur.lastrowid)
             ap = access_point(config, worker_id)
-            conn.execute(
-                "UPDATE workers SET job_name = ?, access_point = ? WHERE id = ?",
-                (job_name(config.site, install_id(conn), worker_id), str(ap), worker_id),
-            )
-            conn.execute("INSERT INTO job_workers (panda_id, worker_id) VALUES (?, ?)", (job["panda_id"], worker_id))
-            state = conn.execute("SELECT state FROM jobs WHERE panda_id = ?", (job["panda_id"],)).fetchone()[0]
+            workers.set_identity(conn, worker_id, job_name(config.site, meta.install_id(conn), worker_id), str(ap))
+            job_workers.link(conn, job["panda_id"], worker_id)
+            state = jobs.state_of(conn, job["panda_id"])
             if state == JobState.FETCHED.value:  # read now: a job's first cycle may make several workers
                 transition(
                     conn,

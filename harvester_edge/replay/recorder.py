@@ -26,7 +26,7 @@ from harvester_edge.seams.clock import Clock
 from harvester_edge.seams.commands import CommandResult, CommandRunner
 from harvester_edge.seams.files import FilesBackend
 from harvester_edge.seams.http import HttpResult, Transport, TransportError, redact_call, redact_mapping
-from harvester_edge.store import Store
+from harvester_edge.store import Store, meta
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ class Recording:
     def start(cls, path: Path | str, config: Any, store: Store, clock: Clock) -> Recording:
         """Start recording the contacts of the site of `config` (its `store` holds the install id) into `path`
         (.gz: compressed)."""
-        install_id = store.query("SELECT value FROM meta WHERE key = 'install_id'")[0][0]
+        install_id = meta.install_id(store.connection())
         work_dir = str(config.paths.work_dir)
         head = trace.header(
             config.site, clock.now(), work_dir, install_id, trace.normalize(config_snapshot(config), work_dir)

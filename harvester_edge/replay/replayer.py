@@ -30,7 +30,7 @@ from harvester_edge.seams.clock import FixedClock
 from harvester_edge.seams.commands import CommandResult, CommandRunner
 from harvester_edge.seams.http import HttpResult, TransportError, redact_call
 from harvester_edge.site import build_site, sync_queues
-from harvester_edge.store import open_store
+from harvester_edge.store import meta, open_store
 from jumbo import protocol
 
 log = logging.getLogger(__name__)
@@ -366,7 +366,7 @@ def replay(
             config = adjust(config)
         store = open_store(config.db_path)
         with store.write() as conn:  # the recorded install id: batch job names are part of the requests
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'install_id'", (head.get("install_id"),))
+            meta.set_install_id(conn, head.get("install_id"))
         clock = VirtualClock(float(head["started"]))
         sync_queues(store, config, clock.now())
         session = Session(work, float(head["started"]))

@@ -18,6 +18,13 @@ from typing import Any
 from harvester_edge import pilot_files
 from harvester_edge.central.states import RangeStatus
 from harvester_edge.central.store import monitor
+from harvester_edge.store import history as history_rows
+from harvester_edge.store import job_workers as worker_links
+from harvester_edge.store import jobs as job_rows
+from harvester_edge.store import queues as queue_rows
+from harvester_edge.store import ranges as range_rows
+from harvester_edge.store import workers as worker_rows
+from harvester_edge.store.readonly import open_readonly
 from jumbo.protocol import ATTRIBUTES, BAD_SUFFIX, HEARTBEAT, JOB_REPORT, REQUESTS, STATUS, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -32,15 +39,7 @@ PILOT_STREAM = re.compile(rf"^({STATUS}|{REQUESTS})\.\d+\.json(\{BAD_SUFFIX})?$"
 def open_harvester(path: Path | None) -> sqlite3.Connection | None:
     if path is None or not Path(path).exists():
         return None
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
-def _rows(conn: sqlite3.Connection | None, sql: str, args: tuple = ()) -> list[dict]:
-    if conn is None:
-        return []
-    return [dict(r) for r in conn.execute(sql, args)]
+    return open_readonly(path)
 
 
 # -- dashboard ------------------------------------------------------------------------------------------------
@@ -56,9 +55,7 @@ def events_per_minute(central: sqlite3.Connection, now: float, minutes: int = 30
 def workers_by_queue(harvester: sqlite3.Connection | None, central: sqlite3.Connection) -> list[dict]:
     """{queue, state, count}: the harvester's own view when it is here, else what harvesters reported."""
     if harvester is not None:
-        return _rows(
-            harvester, "SELECT queue, state, count(*) AS count FROM workers GROUP BY queue, state ORDER BY queue, state"
-        )
+        return [dict(r) for r in worker_rows.count_by_queue_state(harvester)]
     return monitor.workers_by_site(central)
 
 
@@ -122,11 +119,7 @@ def job_ranges(
     """The central ranges last handed to this job, with the harvester's worker and state when known."""
     local = {
         (r["first_event"], r["last_event"]): r
-        for r in _rows(
-            harvester,
-            "SELECT first_event, last_event, state, worker_id FROM event_ranges WHERE panda_id=?",
-            (panda_id,),
-        )
+        for r in ([] if harvester is None else range_rows.of_job(harvester, panda_id))
     }
     out = []
     for r in monitor.job_ranges(central, task_id, panda_id):
@@ -140,29 +133,21 @@ def job_ranges(
 
 
 def job_workers(harvester: sqlite3.Connection | None, panda_id: int) -> list[dict]:
-    return _rows(
-        harvester,
-        "SELECT w.* FROM workers w JOIN job_workers j ON j.worker_id = w.id WHERE j.panda_id=? ORDER BY w.id",
-        (panda_id,),
-    )
+    return [] if harvester is None else [dict(r) for r in worker_rows.of_job(harvester, panda_id)]
 
 
 # -- worker ---------------------------------------------------------------------------------------------------
 def worker(harvester: sqlite3.Connection | None, worker_id: int) -> dict | None:
-    rows = _rows(harvester, "SELECT * FROM workers WHERE id=?", (worker_id,))
-    return rows[0] if rows else None
+    row = None if harvester is None else worker_rows.get(harvester, worker_id)
+    return dict(row) if row else None
 
 
 def state_history(harvester: sqlite3.Connection | None, kind: str, object_id: Any) -> list[dict]:
-    return _rows(
-        harvester,
-        "SELECT src, dst, at, reason FROM state_history WHERE kind=? AND object_id=? ORDER BY id",
-        (kind, str(object_id)),
-    )
+    return [] if harvester is None else [dict(r) for r in history_rows.of_object(harvester, kind, object_id)]
 
 
 def worker_jobs(harvester: sqlite3.Connection | None, worker_id: int) -> list[int]:
-    return [r["panda_id"] for r in _rows(harvester, "SELECT panda_id FROM job_workers WHERE worker_id=?", (worker_id,))]
+    return [] if harvester is None else worker_links.jobs_of_worker(harvester, worker_id)
 
 
 def ap_files(ap: Path) -> dict[str, list[str]]:
@@ -283,11 +268,13 @@ def _content_fault(ap: Path, name: str) -> str | None:
 
 # -- sites ----------------------------------------------------------------------------------------------------
 def queues(harvester: sqlite3.Connection | None) -> list[dict]:
-    rows = _rows(harvester, "SELECT name, batch, draining, updated_at FROM queues ORDER BY name")
-    counts = _rows(harvester, "SELECT queue, state, count(*) AS n FROM workers GROUP BY queue, state")
-    jobs = _rows(harvester, "SELECT queue, state, count(*) AS n FROM jobs GROUP BY queue, state")
+    if harvester is None:
+        return []
+    rows = [dict(r) for r in queue_rows.all_queues(harvester)]
+    counts = worker_rows.count_by_queue_state(harvester)
+    jobs = job_rows.count_by_queue_state(harvester)
     for q in rows:
-        q["workers"] = {c["state"]: c["n"] for c in counts if c["queue"] == q["name"]}
+        q["workers"] = {c["state"]: c["count"] for c in counts if c["queue"] == q["name"]}
         q["jobs"] = {c["state"]: c["n"] for c in jobs if c["queue"] == q["name"]}
     return rows
 

@@ -14,6 +14,8 @@ import sqlite3
 
 from harvester_edge.central.states import TASK_TERMINAL, RangeStatus
 from harvester_edge.central.store import monitor
+from harvester_edge.store import ranges
+from harvester_edge.store import workers as worker_rows
 
 DAY = 86400.0
 TIMELINE_WORKERS = 50  # newest workers drawn in a task's worker timeline
@@ -76,13 +78,8 @@ def task_workers(harvester: sqlite3.Connection | None, task_id: int, now: float,
     """{"rows": timeline rows of the task's newest workers, "total": how many, "t0", "t1"} (harvester DB)."""
     if harvester is None:
         return {"rows": [], "total": 0, "t0": now, "t1": now}
-    ids = "SELECT DISTINCT jw.worker_id FROM job_workers jw JOIN jobs j ON j.panda_id = jw.panda_id WHERE j.task_id=?"
-    total = harvester.execute(f"SELECT count(*) FROM ({ids})", (task_id,)).fetchone()[0]
-    rows = harvester.execute(
-        f"SELECT id, queue, state, nodes, ranks_per_node, exit_code, submitted_at, started_at, ended_at, created_at "
-        f"FROM workers WHERE id IN ({ids}) ORDER BY id DESC LIMIT ?",
-        (task_id, limit),
-    ).fetchall()
+    total = worker_rows.count_of_task(harvester, task_id)
+    rows = worker_rows.newest_of_task(harvester, task_id, limit)
     return _timeline(list(reversed(rows)), total, now)
 
 
@@ -119,11 +116,7 @@ def running_per_queue(
     if harvester is None:
         return out
     by_queue: dict[str, tuple[list, list, list, list]] = {}
-    for queue, nodes, ranks, start, end in harvester.execute(
-        "SELECT queue, nodes, ranks_per_node, started_at, ended_at FROM workers WHERE started_at IS NOT NULL "
-        "AND started_at <= ? AND (ended_at IS NULL OR ended_at >= ?)",
-        (now, t0),
-    ):
+    for queue, nodes, ranks, start, end in worker_rows.running_during(harvester, t0, now):
         s, e, wc, we = by_queue.setdefault(queue, ([], [], [], []))
         cores = (nodes or 0) * (ranks or 0)
         s.append(start)
@@ -163,10 +156,7 @@ def wait_times(harvester: sqlite3.Connection | None, now: float) -> dict:
         return out
     waits: dict[str, list[float]] = {}
     queued: dict[str, int] = {}
-    for queue, submitted, started in harvester.execute(
-        "SELECT queue, coalesce(submitted_at, created_at), started_at FROM workers "
-        "WHERE started_at IS NOT NULL OR state IN ('submitting', 'queued')"
-    ):
+    for queue, submitted, started in worker_rows.waits(harvester):
         if started is None:
             queued[queue] = queued.get(queue, 0) + 1
         elif submitted is not None:
@@ -204,12 +194,7 @@ def job_workers_timeline(
     if harvester is None:
         rows = []
     else:
-        rows = harvester.execute(
-            "SELECT w.id, w.queue, w.state, w.nodes, w.ranks_per_node, w.exit_code, w.submitted_at, w.started_at, "
-            "w.ended_at, w.created_at FROM workers w JOIN job_workers j ON j.worker_id = w.id WHERE j.panda_id=? "
-            "ORDER BY w.id DESC LIMIT ?",
-            (central_job["panda_id"], TIMELINE_WORKERS - 1),
-        ).fetchall()
+        rows = worker_rows.newest_of_job(harvester, central_job["panda_id"], TIMELINE_WORKERS - 1)
     out = _timeline(list(reversed(rows)), len(rows), now, nodes or {})
     start, end = central_job.get("start_time"), central_job.get("end_time")
     node = central_job.get("node") or "node ?"
@@ -238,12 +223,7 @@ def busy_per_rank(harvester: sqlite3.Connection | None, worker: dict, now: float
     wall = (worker.get("ended_at") if _finite(worker.get("ended_at")) else now) - started
     n_ranks = max(int(worker.get("nodes") or 1) * int(worker.get("ranks_per_node") or 1), 1)
     busy: dict[int, float] = {}
-    for rank, start, end in harvester.execute(
-        "SELECT json_extract(result, '$.rank'), json_extract(result, '$.startTime'), "
-        "json_extract(result, '$.endTime') FROM event_ranges WHERE worker_id=? AND result IS NOT NULL "
-        "AND json_valid(result)",
-        (worker["id"],),
-    ):
+    for rank, start, end in ranges.rank_timings(harvester, worker["id"]):
         if isinstance(rank, int) and 0 <= rank < min(n_ranks, MAX_RANKS) and _finite(start) and _finite(end):
             busy[rank] = busy.get(rank, 0.0) + max(min(end, now) - max(start, started), 0.0)
     if not busy or wall <= 0:
@@ -259,12 +239,7 @@ def task_queue_figures(harvester: sqlite3.Connection | None, task_id: int, now: 
     if harvester is None:
         return []
     out: dict[str, dict] = {}
-    for queue, state, nodes, submitted, started, ended in harvester.execute(
-        "SELECT queue, state, nodes, coalesce(submitted_at, created_at), started_at, ended_at FROM workers "
-        "WHERE id IN (SELECT DISTINCT jw.worker_id FROM job_workers jw JOIN jobs j ON j.panda_id = jw.panda_id "
-        "WHERE j.task_id=?)",
-        (task_id,),
-    ):
+    for queue, state, nodes, submitted, started, ended in worker_rows.figures_of_task(harvester, task_id):
         q = out.setdefault(queue, {"queue": queue, "workers": 0, "states": {}, "node_hours": 0.0, "waits": []})
         q["workers"] += 1
         q["states"][state] = q["states"].get(state, 0) + 1

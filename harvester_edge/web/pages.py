@@ -13,13 +13,17 @@ from harvester_edge.central.errors import NotFound
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.states import RangeStatus
 from harvester_edge.central.store import monitor
+from harvester_edge.states import WorkerState
+from harvester_edge.store import jobs as job_rows
+from harvester_edge.store import workers as worker_rows
+from harvester_edge.store.outbox import depth as outbox_depth
 
 from . import charts, data, pictures
 from .tables import view
 
 MAX_PANELS = 8
 JEDILOG_SHOWN = 256 * 1024  # bytes of an uploaded log shown on its page
-STATE_ORDER = ("new", "submitting", "queued", "running", "finished", "failed", "cancelled", "missing")
+STATE_ORDER = tuple(s.value for s in WorkerState)  # the workers' states, in their life's order
 
 
 def _harvester(path: Path | None):
@@ -47,7 +51,7 @@ def dashboard(service: CentralService, hdb: Path | None, params: dict, now: floa
         t["progress"] = _progress(t)
     with _harvester(hdb) as hconn:
         cells = data.workers_by_queue(hconn, central)
-        outbox = hconn.execute("SELECT count(*) FROM outbox WHERE state='pending'").fetchone()[0] if hconn else None
+        outbox = outbox_depth(hconn) if hconn else None
         timelines = pictures.dashboard(hconn, now)
     states = sorted({c["state"] for c in cells}, key=lambda s: (STATE_ORDER.index(s) if s in STATE_ORDER else 99, s))
     pivot: dict[str, dict] = {}
@@ -119,11 +123,8 @@ def job(service: CentralService, hdb: Path | None, params: dict, now: float, pan
     with _harvester(hdb) as hconn:
         workers = data.job_workers(hconn, panda_id)
         ranges = data.job_ranges(central, hconn, panda_id, j["task_id"])
-        local = data._rows(
-            hconn,
-            "SELECT state, events_total, events_done, error_code, error_diag FROM jobs WHERE panda_id=?",
-            (panda_id,),
-        )
+        here = job_rows.progress(hconn, panda_id) if hconn is not None else None
+        local = [dict(here)] if here else []
     panels: list[dict[str, Any]] = []
     for w in workers[-MAX_PANELS:]:  # the newest workers get plots; the others are listed as links
         ap = Path(w["access_point"])
@@ -256,9 +257,7 @@ def sites(service: CentralService, hdb: Path | None, params: dict, now: float) -
     central = service.db.reader()
     with _harvester(hdb) as hconn:
         queues = data.queues(hconn)
-        workers = data._rows(
-            hconn, "SELECT id, queue, state, batch_id, exit_code, submitted_at, started_at, ended_at FROM workers"
-        )
+        workers = [dict(r) for r in worker_rows.listing(hconn)] if hconn is not None else []
         timelines = pictures.sites(hconn, now)
     harvesters = data.harvesters(central)
     for h in harvesters:

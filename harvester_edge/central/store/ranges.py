@@ -233,3 +233,14 @@ def reopen(conn: sqlite3.Connection, task_id: int, ready: int, ended: tuple[int,
         "UPDATE ranges SET status=?, failures=0, panda_id=NULL, modified=? WHERE task_id=? AND status IN (?, ?, ?)",
         (ready, now, task_id, *ended),
     )
+
+
+def event_totals(conn: sqlite3.Connection, task_id: int, finished: int, failed: tuple[int, int]) -> tuple:
+    """(events finished, events failed for good, events retried, ranges retried) of a task."""
+    return conn.execute(
+        "SELECT coalesce(sum(CASE WHEN status = ? THEN last_event - start_event + 1 END), 0), "
+        "coalesce(sum(CASE WHEN status IN (?, ?) THEN last_event - start_event + 1 END), 0), "
+        "coalesce(sum(CASE WHEN attempt_nr > 1 THEN last_event - start_event + 1 END), 0), "
+        "coalesce(sum(attempt_nr > 1), 0) FROM ranges WHERE task_id = ?",
+        (finished, *failed, task_id),
+    ).fetchone()
