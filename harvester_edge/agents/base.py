@@ -60,6 +60,13 @@ class Agent:
         return f"{self.ctx.daemon_id}/{self.name}"
 
     @property
+    def central(self) -> CentralClient:
+        """The site's central client: every built site has one (harvester_edge.site); a test's context may not."""
+        if self.ctx.central is None:
+            raise RuntimeError(f"{self.name}: this agent context has no central client")
+        return self.ctx.central
+
+    @property
     def interval(self) -> float:
         return float(getattr(self.ctx.config.agents, self.name))
 

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -247,7 +248,7 @@ def pilot_files_state(ap: Path) -> list[dict]:
 
 def _content_fault(ap: Path, name: str) -> str | None:
     """Why a stream file's content was refused (its loader's message), or None."""
-    loaders = {
+    loaders: dict[str, Callable[[Path], object]] = {
         STATUS: pilot_files.load_event_status,
         REQUESTS: pilot_files.load_event_request,
         HEARTBEAT: lambda path: pilot_files.heartbeat_of(path.parent, path.name),
