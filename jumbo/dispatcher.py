@@ -196,11 +196,14 @@ class Dispatcher:
         return progressed
 
     def _max_pause(self) -> float:
-        """Idle sleep cap: a fraction of the time between two results, so short ranges get a quick answer and
-        long ones do not cost CPU in polling."""
+        """Idle sleep cap: a fraction of the time a rank can work on from what it holds, so a rank with one range
+        left gets a quick answer (a quarter of the time between two results), ranks with a queue let the
+        dispatcher sleep longer, and long ranges do not cost CPU in polling."""
         if not self.timer.count:
             return MAX_SLEEP
-        return min(MAX_SLEEP, max(MIN_SLEEP, self.timer.mean / (4 * self.size)))
+        held = min((len(self.in_flight[r]) for r in range(self.size) if self.state[r] == "active"), default=0)
+        cover = self.timer.mean * (held - 1) / 2 if held > 1 else self.timer.mean / (4 * self.size)
+        return min(MAX_SLEEP, max(MIN_SLEEP, cover))
 
     def run(self) -> None:
         pause = MIN_SLEEP

@@ -26,7 +26,7 @@ from jumbo.walltime import RangeTimer
 
 log = logging.getLogger(__name__)
 
-LATENCY_BUDGET = 0.05  # seconds of queued work that cover a dispatcher round trip on a busy node
+LATENCY_BUDGET = 0.1  # seconds of queued work that cover a dispatcher round trip, or rank 0 descheduled, on a busy node
 MAX_DEPTH = 64
 TEARDOWN_GRACE = 1.0  # seconds a rank waits, after its payload died of a signal, for the step's teardown signal
 
@@ -122,10 +122,14 @@ class Worker:
             if local and self._pipelines(task, local[0]):
                 nxt = local.popleft()
                 ahead = (nxt, self._submit(nxt))
+            # ran dry: the next range was not here in time. With a worker child that means "not already in the
+            # child's hands when this range started" (a range that arrives while this one runs waits for the rank
+            # to hand it over); otherwise, an empty local queue.
+            dry = ahead is None and (not local or self.runner.pipelines(self.jobs[task["pid"]]["payload"]))
             result = self._finish(task, ticket)
             want = 1
-            if not local and not ahead and depth < MAX_DEPTH and (depth + 1) * self.timer.mean < LATENCY_BUDGET:
-                depth += 1  # ran dry: the next range was not here in time
+            if dry and depth < MAX_DEPTH and (depth + 1) * self.timer.mean < LATENCY_BUDGET:
+                depth += 1
                 want += 1
             self.channel.send({"kind": "result", "rank": self.rank, "results": [result], "want": want})
         leftovers = [self._settle(ahead, "pilot stopped")] if ahead else []

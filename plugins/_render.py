@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shlex
 import string
 from importlib import resources
@@ -27,7 +28,13 @@ def load_template(queue: QueueConfig, default_name: str) -> string.Template:
             raise ConfigError(
                 f"queue {queue.name}: cannot read template {override}: {exc}; fix 'template:' in the queue config"
             ) from exc
-    return string.Template(resources.files("harvester_edge.plugins").joinpath("templates", default_name).read_text())
+    return _shipped(default_name)
+
+
+@functools.lru_cache(maxsize=8)
+def _shipped(name: str) -> string.Template:
+    """A template shipped with the plugins, read once per process (it is read for every submission otherwise)."""
+    return string.Template(resources.files("harvester_edge.plugins").joinpath("templates", name).read_text())
 
 
 def env_exports(spec: WorkerSpec) -> str:

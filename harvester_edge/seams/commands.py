@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -129,17 +130,27 @@ class CommandRunner:
                 f"cannot run {argv[0]!r}: executable not found; install it or put it on PATH "
                 f"(PATH={(self.env or os.environ).get('PATH', '')})"
             ) from exc
-        try:
-            out, err = proc.communicate(stdin, timeout=timeout)
-            timed_out = False
-            code = proc.returncode
-        except subprocess.TimeoutExpired:
+        # The timeout is a timer that kills the process group, and communicate() waits without one: with a
+        # timeout, Popen.wait polls the exit with sleeps of 1, 2, 4 ... ms after the pipes close, a few ms per
+        # command for nothing (sbatch submissions: issue 15).
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            out, err = proc.communicate()
-            timed_out, code = True, -9
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            out, err = proc.communicate(stdin)
+        finally:
+            timer.cancel()
+        timed_out = expired.is_set()
+        code = -9 if timed_out else proc.returncode
         return CommandResult(
             argv=argv,
             stdin=stdin,

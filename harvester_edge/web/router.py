@@ -16,6 +16,8 @@ from urllib.parse import parse_qs, quote
 from fastapi import APIRouter, FastAPI, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from harvester_edge import metrics as m
 from harvester_edge import pilot_files
@@ -24,7 +26,7 @@ from harvester_edge.central.errors import AuthError, CentralError, NotFound
 from harvester_edge.central.limits import BIG
 from harvester_edge.metrics import HttpTiming
 
-from . import csrf, data, pages
+from . import csrf, data, readers
 from .render import render
 
 log = logging.getLogger(__name__)
@@ -54,17 +56,20 @@ def _check(request: Request, scopes: set[str]) -> None:
         raise AuthError(f"token scope {claims.get('scope')!r} may not do this here: needs one of {sorted(scopes)}")
 
 
-def _html(request: Request, template: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
+def _base(request: Request) -> tuple[dict[str, Any], str | None]:
+    """What every page's template gets (refresh, path, CSRF field and token), and the CSRF cookie's nonce."""
     refresh = request.query_params.get("refresh", "")  # ASCII digits only: "²".isdigit() but int("²") fails
     token, nonce = csrf.form_token(request)
-    context = {
+    return {
         "refresh": int(refresh) if refresh.isascii() and refresh.isdigit() and len(refresh) < 6 else 10,
         "path": request.url.path,
         "csrf_field": csrf.FIELD,
         "csrf_token": token,
-        **context,
-    }
-    response = HTMLResponse(render(template, context), status_code=status)
+    }, nonce
+
+
+def _respond(request: Request, html: str, status: int, nonce: str | None) -> HTMLResponse:
+    response = HTMLResponse(html, status_code=status)
     csrf.set_cookie(response, nonce)
     query_token = request.query_params.get("token")
     if query_token:  # remembered so links and the auto-refresh need not carry it
@@ -72,19 +77,33 @@ def _html(request: Request, template: str, context: dict[str, Any], status: int 
     return response
 
 
-def _page(request: Request, build, *args: Any) -> Response:
+def _html(request: Request, template: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
+    base, nonce = _base(request)
+    return _respond(request, render(template, {**base, **context}), status, nonce)
+
+
+async def _page(request: Request, name: str, *ids: Any) -> Response:
+    """The page pages.<name>(..., *ids), built and rendered in a reader process (readers.py): the token is
+    checked here first; the event loop only waits."""
     try:
         _check(request, READ_SCOPES)
-        template, context = build(
-            request.app.state.service, harvester_db_path(request.app), dict(request.query_params), time.time(), *args
-        )
     except AuthError as exc:
         return _html(request, "error.html", {"title": "not allowed", "message": str(exc)}, 403)
-    except NotFound as exc:
-        return _html(request, "error.html", {"title": "not found", "message": str(exc)}, 404)
-    except CentralError as exc:
-        return _html(request, "error.html", {"title": "refused", "message": str(exc)}, 400)
-    return _html(request, template, context)
+    base, nonce = _base(request)
+    service = request.app.state.service
+    log_dir = getattr(service, "pilot_log_dir", None)
+    status, html = await readers.run(
+        readers.page,
+        str(service.db.path),
+        str(log_dir) if log_dir else None,
+        harvester_db_path(request.app),
+        name,
+        dict(request.query_params),
+        time.time(),
+        ids,
+        base,
+    )
+    return _respond(request, html, status, nonce)
 
 
 def build_router() -> APIRouter:
@@ -99,20 +118,20 @@ def build_router() -> APIRouter:
         return RedirectResponse("/monitor/", status_code=307)
 
     @router.get("/monitor/", response_class=HTMLResponse, summary="monitor: dashboard")
-    def dashboard(request: Request) -> Response:
-        return _page(request, pages.dashboard)
+    async def dashboard(request: Request) -> Response:
+        return await _page(request, "dashboard")
 
     @router.get("/monitor/task/{task_id}", response_class=HTMLResponse, summary="monitor: one task")
-    def task(request: Request, task_id: Id) -> Response:
-        return _page(request, pages.task, task_id)
+    async def task(request: Request, task_id: Id) -> Response:
+        return await _page(request, "task", task_id)
 
     @router.get("/monitor/job/{panda_id}", response_class=HTMLResponse, summary="monitor: one job")
-    def job(request: Request, panda_id: Id) -> Response:
-        return _page(request, pages.job, panda_id)
+    async def job(request: Request, panda_id: Id) -> Response:
+        return await _page(request, "job", panda_id)
 
     @router.get("/monitor/jedilog/{name}", response_class=HTMLResponse, summary="monitor: an uploaded log")
-    def jedilog(request: Request, name: str) -> Response:
-        return _page(request, pages.jedilog, name)
+    async def jedilog(request: Request, name: str) -> Response:
+        return await _page(request, "jedilog", name)
 
     @router.get("/monitor/job/{panda_id}/log", summary="monitor: a job's log tarball, as its pilot staged it out")
     def job_log(request: Request, panda_id: Id) -> Response:
@@ -133,20 +152,20 @@ def build_router() -> APIRouter:
         )
 
     @router.get("/monitor/worker/{worker_id}", response_class=HTMLResponse, summary="monitor: one worker")
-    def worker(request: Request, worker_id: Id) -> Response:
-        return _page(request, pages.worker, worker_id)
+    async def worker(request: Request, worker_id: Id) -> Response:
+        return await _page(request, "worker", worker_id)
 
     @router.get(
         "/monitor/worker/{worker_id}/file",
         response_class=HTMLResponse,
         summary="monitor: a log, script or stdout/stderr file of a worker's access point",
     )
-    def worker_file(request: Request, worker_id: Id, name: str) -> Response:
-        return _page(request, pages.worker_file, worker_id, name)
+    async def worker_file(request: Request, worker_id: Id, name: str) -> Response:
+        return await _page(request, "worker_file", worker_id, name)
 
     @router.get("/monitor/errors", response_class=HTMLResponse, summary="monitor: errors and classifications")
-    def errors(request: Request) -> Response:
-        return _page(request, pages.errors)
+    async def errors(request: Request) -> Response:
+        return await _page(request, "errors")
 
     @router.post("/monitor/errors/{rule_id}/promote", summary="monitor: confirm a suggested classification")
     async def promote(request: Request, rule_id: Id) -> Response:
@@ -170,20 +189,24 @@ def build_router() -> APIRouter:
         return RedirectResponse(f"/monitor/errors?done={quote(str(rule_id))}", status_code=303)
 
     @router.get("/monitor/sites", response_class=HTMLResponse, summary="monitor: sites and queues")
-    def sites(request: Request) -> Response:
-        return _page(request, pages.sites)
+    async def sites(request: Request) -> Response:
+        return await _page(request, "sites")
 
     @router.get("/metrics", summary="Prometheus metrics")
-    def metrics(request: Request) -> Response:
+    async def metrics(request: Request) -> Response:
         try:
             _check(request, READ_SCOPES)
         except AuthError as exc:
             return Response(str(exc) + "\n", status_code=403, media_type="text/plain")
         tokens = getattr(request.app.state.settings, "tokens", None)
-        body, content_type = m.exposition(
-            request.app.state.service, harvester_db_path(request.app), getattr(tokens, "token_file", None)
+        service = request.app.state.service
+        stored = await readers.run(  # the DB counts in a reader process; the timings are this process's own
+            readers.stored_metrics,
+            Path(service.db.path) if service is not None else None,
+            harvester_db_path(request.app),
+            getattr(tokens, "token_file", None),
         )
-        return Response(body, media_type=content_type)
+        return Response(stored + generate_latest(m.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return router
 

@@ -52,6 +52,25 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
     assert not alive, "the grandchild (sleep) survived the timeout"
 
 
+def test_exit_is_awaited_without_polling(monkeypatch):
+    """Popen.wait(timeout=...) polls the exit with sleeps of 1, 2, 4 ... ms: a few ms per sbatch for nothing
+    (issue 15). The runner waits without a timeout; its timeout is a timer that kills the process group."""
+    import subprocess
+
+    timeouts = []
+    real_wait = subprocess.Popen.wait
+
+    def spy(self, timeout=None):
+        timeouts.append(timeout)
+        return real_wait(self, timeout)
+
+    monkeypatch.setattr(subprocess.Popen, "wait", spy)
+    for _ in range(5):
+        res = CommandRunner().run(["bash", "-c", "echo out; sleep 0.01"], timeout=30)
+        assert (res.stdout, res.returncode, res.timed_out) == ("out\n", 0, False)
+    assert timeouts and all(t is None for t in timeouts), timeouts
+
+
 def test_recorder_sees_every_result_and_round_trips():
     seen: list[CommandResult] = []
     runner = CommandRunner(recorder=seen.append)

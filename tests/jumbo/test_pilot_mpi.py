@@ -78,6 +78,32 @@ def test_payload_failures_and_killed_children(mpi, ap, h):
     assert sum(m["childRestarts"] for m in report["perRank"].values()) == 2
 
 
+def test_fine_grained_ranges_deepen_the_rank_queues_within_the_budget(mpi, ap, h):
+    """One 10 ms event per range, prefetch 0: a rank whose payload child had no next range in hand asks for more
+    (its queue deepens), never beyond LATENCY_BUDGET seconds of work; every range is still reported exactly once."""
+    from jumbo.worker import LATENCY_BUDGET
+
+    ranges = h.make_ranges(77, 1001, 160, per_range=1)
+    job = {
+        "PandaID": 1001,
+        "taskID": 77,
+        "payload": {"callable": "jumbo.payloads:sleep", "args": {"seconds_per_event": 0.01}},
+    }
+    h.write_spec(ap, [job], prefetch=0, n_ranges=40)
+    with h.Harvester(ap, {1001: ranges}) as harvester:
+        pilot = h.PilotRun(ap, 2)
+        assert pilot.wait() == 0, pilot.output()
+    ids = Counter(s["eventRangeID"] for s in harvester.statuses)
+    assert set(ids) == {r["eventRangeID"] for r in ranges} and set(ids.values()) == {1}  # exactly once
+    assert len(harvester.by_status("finished")) == len(ranges)
+    check_sleep_outputs(harvester.by_status("finished"))
+    per_rank = protocol.read_job_report(ap)["perRank"]
+    depths = {rank: m["queueDepth"] for rank, m in per_rank.items()}
+    assert max(depths.values()) >= 2, depths  # started at prefetch + 1 = 1 and deepened
+    for rank, m in per_rank.items():  # a deeper queue only while it holds less than the budget
+        assert (m["queueDepth"] - 1) * m["meanRangeTime"] < LATENCY_BUDGET, (rank, m)
+
+
 def check_sleep_outputs(entries: list[dict]) -> None:
     for ev in entries:
         data = Path(ev["path"]).read_bytes()

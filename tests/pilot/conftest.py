@@ -6,6 +6,7 @@ import pytest
 
 from harvester_edge.central.server import EmbeddedCentral
 from harvester_edge.central.settings import CentralSettings, TokenSettings
+from harvester_edge.server import embedded_central
 
 from .harness import PilotSite, TrfServer, pilot_python
 
@@ -35,7 +36,7 @@ def start(tmp_path, trusted: bool, access_lifetime: int = 3600) -> EmbeddedCentr
         tokens=TokenSettings(access_lifetime=access_lifetime),
         pilot_log_dir=tmp_path / "pilot",
     )  # the pilots' -a directory (harness.py)
-    central = EmbeddedCentral(settings)
+    central = embedded_central(settings)  # with the monitor: the lifecycle test reads the job page
     central.start()
     return central
 

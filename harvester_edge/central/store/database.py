@@ -246,8 +246,12 @@ class Database:
             raise
         return results
 
-    def start_checkpointer(self, interval: float = 1.0) -> None:
-        """Move WAL checkpoints (page copies + fsync) off the writer: the event loop never waits for a disk sync."""
+    def start_checkpointer(self, interval: float = 1.0, busy_interval: float = 0.05, busy_frames: int = 8192) -> None:
+        """Move WAL checkpoints (page copies + fsync) off the writer: the event loop never waits for a disk sync.
+
+        While the WAL holds more than busy_frames frames (readers, such as the monitor's, kept it from starting
+        over), checkpoint every busy_interval seconds instead: each complete checkpoint is a chance for the next
+        write to start the WAL over, and a WAL growing by tens of MB/s slows every write (issue 15)."""
         if getattr(self, "_ckpt_thread", None) is not None:
             return
         assert self._wconn is not None, "Database.open() first"
@@ -257,10 +261,13 @@ class Database:
         def loop() -> None:
             conn = connect(self.path)
             try:
-                while not self._ckpt_stop.wait(interval):
+                wait = interval
+                while not self._ckpt_stop.wait(wait):
                     try:
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                        row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()  # (busy, frames, copied)
+                        wait = busy_interval if row is not None and row[1] > busy_frames else interval
                     except sqlite3.Error as exc:
+                        wait = interval
                         log.warning(
                             "central DB %s: checkpoint failed (%s); trying again in %ss", self.path, exc, interval
                         )
