@@ -158,8 +158,10 @@ class SiteConfig(Strict):
 
 
 def _resolve(path: Path | None, base: Path) -> Path | None:
-    if path is None:
-        return None
+    return None if path is None else _resolve_path(path, base)
+
+
+def _resolve_path(path: Path, base: Path) -> Path:
     path = Path(os.path.expandvars(os.path.expanduser(str(path))))
     return path if path.is_absolute() else (base / path).resolve()
 
@@ -174,7 +176,7 @@ def load_config(path: str | Path) -> SiteConfig:
         raise ConfigError(describe_validation_error(exc, path, lines, SiteConfig, data)) from None
     base = path.resolve().parent
     override = os.environ.get(WORK_DIR_ENV)
-    work_dir = Path(override).resolve() if override else _resolve(config.paths.work_dir, base)
+    work_dir = Path(override).resolve() if override else _resolve_path(config.paths.work_dir, base)
     paths = PathsConfig(
         work_dir=work_dir,
         db=_resolve(config.paths.db, base),

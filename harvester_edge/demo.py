@@ -131,7 +131,7 @@ def prepare_mpi(runner: Any = None, python: str = sys.executable) -> str:
 
 def smoke_test(mpirun: str, python: str, ranks: int = 2) -> None:
     """Two ranks must see one world of two: a launcher/library mismatch gives singletons of size 1."""
-    env = {}
+    env: dict[str, str] = {}
     if os.geteuid() == 0:  # Open MPI refuses root unless told twice (the worker scripts do the same)
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
 
@@ -200,9 +200,11 @@ def read_only(path: Path) -> sqlite3.Connection:
 
 
 def summarize(config: SiteConfig, task_id: int, wall: float) -> Summary:
-    with read_only(Path(config.central.db)) as conn:
+    with read_only(db_path(config.central)) as conn:
         task = central_tasks.get(conn, task_id)
         counts = central_counts(conn, task_id)
+    if task is None:
+        raise HarvesterEdgeError(f"task {task_id} is not in the central DB {db_path(config.central)}")
     with read_only(config.db_path) as conn:
         view = harvester_view(conn, task_id)
     manifests, outputs = [], 0

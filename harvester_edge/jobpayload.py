@@ -124,6 +124,8 @@ def events_total(job: dict[str, Any]) -> int | None:
 
 def _positive(job: dict[str, Any], key: str) -> int | None:
     value = job.get(key)
+    if value is None:
+        return None
     try:
         number = int(value)
     except (TypeError, ValueError):

@@ -17,10 +17,10 @@ from typing import Any
 
 import jwt
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.routing import compile_path
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from harvester_edge.central.store import monitor
 from harvester_edge.store import jobs, outbox, ranges, workers
@@ -185,7 +185,7 @@ class HttpTiming:
         scope[TIMED] = True
         start, code = time.perf_counter(), [500]
 
-        async def send_status(message: dict) -> None:
+        async def send_status(message: Message) -> None:
             if message["type"] == "http.response.start":
                 code[0] = message["status"]
             await send(message)
@@ -199,7 +199,7 @@ class HttpTiming:
             ).observe(time.perf_counter() - start)
 
 
-def _gauge(name: str, doc: str, labels: list[str], rows: Iterable[tuple]) -> GaugeMetricFamily:
+def _gauge(name: str, doc: str, labels: list[str], rows: Iterable[Sequence[Any]]) -> GaugeMetricFamily:
     g = GaugeMetricFamily(name, doc, labels=labels)
     for *values, n in rows:
         g.add_metric([str(v) for v in values], float(n or 0))
@@ -208,7 +208,7 @@ def _gauge(name: str, doc: str, labels: list[str], rows: Iterable[tuple]) -> Gau
 
 def central_families(conn: sqlite3.Connection, now: float) -> list:
     """Families from the central DB: tasks/jobs/ranges by state, events finished, token key expiry, task times."""
-    fams = [
+    fams: list[Metric] = [
         _gauge(
             "harvester_edge_central_tasks",
             "Tasks by state",

@@ -242,6 +242,14 @@ def read_report(ap: Path | str, name: str = protocol.JOB_REPORT) -> dict | None:
     return protocol.report_from(obj, Path(ap) / name)
 
 
+def _monitor_rank(name: str) -> int:
+    """The rank of a monitor file's name (one MONITOR_FILE matched: listed by that pattern)."""
+    match = MONITOR_FILE.match(name)
+    if match is None:
+        raise ValueError(f"{name} is not a monitor file name")
+    return int(match.group(1))
+
+
 def read_monitor(ap: Path | str) -> tuple[dict[int, list[dict]], dict[str, str]]:
     """prmon samples per rank and {file name: reason} for the files or lines that were unusable."""
     samples: dict[int, list[dict]] = {}
@@ -252,7 +260,7 @@ def read_monitor(ap: Path | str) -> tuple[dict[int, list[dict]], dict[str, str]]
         return samples, problems
     except OSError as exc:
         return samples, {"(access point)": exc.strerror or str(exc)}
-    names.sort(key=lambda n: int(MONITOR_FILE.match(n).group(1)))
+    names.sort(key=_monitor_rank)
     if len(names) > MONITOR_FILES:
         problems[f"{names[MONITOR_FILES]} and {len(names) - MONITOR_FILES - 1} more"] = (
             f"not read: only the first {MONITOR_FILES} ranks are shown"
@@ -280,5 +288,5 @@ def read_monitor(ap: Path | str) -> tuple[dict[int, list[dict]], dict[str, str]]
                 bad += 1
         if bad:
             problems[name] = f"{bad} line(s) that are not JSON objects were skipped"
-        samples[int(MONITOR_FILE.match(name).group(1))] = rows
+        samples[_monitor_rank(name)] = rows
     return samples, problems

@@ -3,7 +3,7 @@
 `build_site(config, runner, transport, files, clock, ...)` is the only place a site is put together (as Balsam's
 SiteConfig builds its services); every outside contact passes through the four seams it is given:
 - `runner`: batch commands (harvester_edge.seams.commands.CommandRunner or a stand-in),
-- `transport`: HTTP to the central service (harvester_edge.seams.http.HttpTransport or a stand-in),
+- `transport`: HTTP to the central service (harvester_edge.seams.http.Transport: HttpTransport or a stand-in),
 - `files`: the backend of the pilot-file seam (harvester_edge.seams.files.DirectFiles or a stand-in),
 - `clock`: time (harvester_edge.seams.clock.Clock or a virtual one).
 The daemon passes the real ones (`daemon_site`), offline replay ones that answer from a trace, the scale
@@ -31,7 +31,7 @@ from harvester_edge.errors import ConfigError
 from harvester_edge.seams.clock import Clock
 from harvester_edge.seams.commands import CommandRunner
 from harvester_edge.seams.files import DirectFiles, FilesBackend, PilotFiles
-from harvester_edge.seams.http import HttpTransport
+from harvester_edge.seams.http import HttpTransport, Transport
 from harvester_edge.server import embedded_central
 from harvester_edge.store import Store, queues
 
@@ -42,7 +42,7 @@ class SeamWrappers(Protocol):
     """What wraps the seams of a site before it is built (harvester_edge.replay.recorder.Recording)."""
 
     def runner(self, inner: CommandRunner) -> CommandRunner: ...
-    def transport(self, inner: HttpTransport) -> HttpTransport: ...
+    def transport(self, inner: Transport) -> Transport: ...
     def files(self, inner: FilesBackend) -> FilesBackend: ...
     def clock(self, inner: Clock) -> Clock: ...
     def close(self) -> None: ...
@@ -74,7 +74,7 @@ def make_plugins(config: SiteConfig, runner: CommandRunner, files: PilotFiles) -
 def build_site(
     config: SiteConfig,
     runner: CommandRunner,
-    transport: HttpTransport,
+    transport: Transport,
     files: FilesBackend,
     clock: Clock,
     *,
@@ -148,7 +148,9 @@ def daemon_site(
                 # Token mode, same process: the daemon holds a key of its own (minted here, kid on every token).
                 # Its identity (token sub) is the site name: the harvester_id it sends with every call.
                 issuer = InProcessIssuer(central.authority, config.site)
-        transport = remote_transport(settings, url)
+        if url is None:  # unreachable: the config requires central.url with mode remote; a started service has one
+            raise ConfigError("central.url: no URL of the central service (mode remote needs one)")
+        transport: Transport = remote_transport(settings, url)
         if recording is not None:
             transport = recording.transport(transport)
         site = build_site(config, runner, transport, files, clock, store=store, daemon_id=daemon_id, issuer=issuer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -28,10 +29,10 @@ def central_tasks(config: SiteConfig) -> tuple[list[dict], str | None]:
     """The central service's tasks (embedded: its DB file; remote: over HTTP), or a note why there are none."""
     settings = config.central
     try:
-        if settings.mode == "remote":
+        if settings.mode == "remote" and settings.url:  # the config requires the url with mode remote
             client = CentralClient(HttpTransport(settings.url, 5.0), token_file=settings.tokens.token_file)
             return list(client.call("GET", "task/list")), None
-        if settings.db is None or not settings.db.exists():
+        if settings.db is None or (isinstance(settings.db, Path) and not settings.db.exists()):
             return [], None
 
         service = CentralService.open(settings.db, settings)

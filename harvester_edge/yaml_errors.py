@@ -37,7 +37,7 @@ def load_yaml_mapping(path: Path, what: str = "file") -> tuple[dict, dict[KeyPat
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
-    if data is None:
+    if data is None or node is None:  # an empty document composes to no node and loads to None
         raise ConfigError(f"{path}: the {what} is empty; expected a mapping of keys (see configs/ for examples)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top of the {what}, got a {type(data).__name__}")

@@ -23,6 +23,7 @@ import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Protocol
 
 from jumbo.payloads import resolve
 
@@ -49,6 +50,27 @@ class Outcome:
     end: float | None = None
 
 
+class PayloadChild(Protocol):
+    """A worker child: a subprocess.Popen (stdin and stdout pipes), or jumbo.zygote's ForkedChild."""
+
+    @property
+    def stdin(self) -> IO[bytes] | None: ...
+    @property
+    def stdout(self) -> IO[bytes] | None: ...
+    @property
+    def returncode(self) -> int | None: ...
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def kill(self) -> None: ...
+
+
+def _pipe(stream: IO[bytes] | None) -> IO[bytes]:
+    """A worker child's stdin or stdout: always a pipe (both kinds of child are made with them)."""
+    if stream is None:
+        raise RuntimeError("payload child without a pipe")
+    return stream
+
+
 @dataclass
 class Ticket:
     """A range on its way through a worker child."""
@@ -58,7 +80,7 @@ class Ticket:
     last: int
     output: str
     context: dict
-    child: object = None  # the child that holds it; None: not handed out (or handed back)
+    child: PayloadChild | None = None  # the child that holds it; None: not handed out (or handed back)
     failed: Outcome | None = field(default=None)  # no child could be started for it
     submitted: float = 0.0
 
@@ -99,12 +121,14 @@ def _signal_outcome(returncode: int, what: str) -> Outcome:
 class PayloadRunner:
     """One per rank: runs ranges one at a time; ``close()`` stops the worker children."""
 
-    def __init__(self, rank: int, log_path: Path | None = None, fsync_outputs: bool = True, spare=None):
+    def __init__(
+        self, rank: int, log_path: Path | None = None, fsync_outputs: bool = True, spare: PayloadChild | None = None
+    ):
         self.rank = rank
         self._spare = spare  # a child forked before MPI started (jumbo.zygote), used by the first worker payload
         self.fsync_outputs = fsync_outputs
         self._log = open(log_path, "ab") if log_path else None
-        self._children: dict[str, subprocess.Popen] = {}
+        self._children: dict[str, PayloadChild] = {}
         self._inline: dict = {}
         self.restarts = 0
 
@@ -162,7 +186,7 @@ class PayloadRunner:
             )
         return outcome
 
-    def _spawn_child(self) -> subprocess.Popen:
+    def _spawn_child(self) -> PayloadChild:
         if self._spare is not None:
             spare, self._spare = self._spare, None
             if spare.poll() is None:
@@ -176,9 +200,9 @@ class PayloadRunner:
             start_new_session=True,
         )
 
-    def _stop(self, child: subprocess.Popen) -> None:
+    def _stop(self, child: PayloadChild) -> None:
         try:
-            child.stdin.close()
+            _pipe(child.stdin).close()
             child.wait(timeout=STOP_GRACE)
         except (OSError, subprocess.TimeoutExpired):
             child.kill()
@@ -230,8 +254,9 @@ class PayloadRunner:
         ticket.child = child
         self._tickets(child).append(ticket)
         try:
-            child.stdin.write(json.dumps(request).encode() + b"\n")
-            child.stdin.flush()
+            stdin = _pipe(child.stdin)
+            stdin.write(json.dumps(request).encode() + b"\n")
+            stdin.flush()
         except OSError:
             pass  # the child died before reading: its exit status says why, when the answer is awaited
         return None
@@ -253,6 +278,8 @@ class PayloadRunner:
 
     def _await(self, ticket: Ticket, deadline: float | None) -> Outcome:
         name, child = ticket.payload["callable"], ticket.child
+        if child is None:  # _hand gave it to a child or returned an Outcome instead of awaiting
+            raise RuntimeError(f"range {ticket.first}-{ticket.last} awaited without a payload child")
         tickets = self._tickets(child)
         if not tickets or tickets[0] is not ticket:  # answers come in order: anything else is a bug here
             log.error(
@@ -272,18 +299,18 @@ class PayloadRunner:
             self._drop_child(name, child)
             return Outcome("not-done", 0, "payload stopped at the walltime deadline")
         if not line:  # EOF: the child died (SIGKILL, segfault, os._exit)
-            child.wait()
+            code = child.wait()
             self._drop_child(name, child)
             self.restarts += 1
             log.warning(
                 "rank %d: payload child for %s died (%s) on events %d-%d; a new one starts next range",
                 self.rank,
                 name,
-                child.returncode,
+                code,
                 ticket.first,
                 ticket.last,
             )
-            return _signal_outcome(child.returncode, f"payload {name}")
+            return _signal_outcome(code, f"payload {name}")
         self._tickets(child).popleft()
         ticket.child = None
         answer = json.loads(line)
@@ -332,7 +359,7 @@ class PayloadRunner:
         """True if the range sits in a live child's hands (it runs, or runs next)."""
         return ticket.child is not None
 
-    def _read_answer(self, child: subprocess.Popen, deadline: float | None) -> bytes | None:
+    def _read_answer(self, child: PayloadChild, deadline: float | None) -> bytes | None:
         """One answer line; b'' on EOF; None if the deadline passed first.
 
         Reads the pipe with os.read into a per-child buffer: a buffered readline() after select() would pull a
@@ -340,7 +367,7 @@ class PayloadRunner:
         wait for the walltime.
         """
         buffer: bytearray = child.__dict__.setdefault("jumbo_answers", bytearray())
-        fd = child.stdout.fileno()
+        fd = _pipe(child.stdout).fileno()
         while True:
             end = buffer.find(b"\n")
             if end >= 0:

@@ -21,7 +21,7 @@ FIELDS = ("rss", "pss", "vmem", "utime", "stime", "read_bytes", "write_bytes", "
 
 def sample(proc: psutil.Process) -> dict:
     """One sample of ``proc`` and its descendants (processes that vanish while sampled are skipped)."""
-    total = dict.fromkeys(FIELDS, 0)
+    total: dict[str, float] = dict.fromkeys(FIELDS, 0)
     for p in [proc, *proc.children(recursive=True)]:
         try:
             with p.oneshot():

@@ -131,6 +131,7 @@ def _run(argv: list[str] | None) -> int:
         }
 
     dispatcher = None
+    channel: LocalChannel | MPIChannel
     if rank == 0:
         n_ranges = settings["n_ranges"] or 2 * size * (prefetch + 1)
         source = make_source(args.ap, jobs, settings, n_ranges)

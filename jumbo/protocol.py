@@ -360,7 +360,7 @@ def validate_status_entry(ev: Any, path: Path, pid: int) -> dict:
         raise ProtocolError(f"{path}: {where} must be an object, got {type(ev).__name__}")
     rid = _text(ev, "eventRangeID", path, where, required=True)
     if not rid or len(rid) > MAX_ID_CHARS:
-        raise ProtocolError(f"{path}: {where} has an eventRangeID of {len(rid)} characters (1..{MAX_ID_CHARS})")
+        raise ProtocolError(f"{path}: {where} has an eventRangeID of {len(rid or '')} characters (1..{MAX_ID_CHARS})")
     if ev.get("eventStatus") not in EVENT_STATUSES:
         raise ProtocolError(
             f"{path}: range {rid} has eventStatus {str(ev.get('eventStatus'))[:40]!r}, not one of {EVENT_STATUSES}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ def parse_end_time(value: str | float | None, now: float | None = None) -> float
 def resolve_end_time(
     option: str | None,
     spec_value: float | None,
-    env: dict | None = None,
+    env: Mapping[str, str] | None = None,
     walltime: float | None = None,
     started: float | None = None,
 ) -> float | None:
@@ -32,12 +33,12 @@ def resolve_end_time(
     The robust way on any batch system is a warning signal: ``sbatch --signal=USR1@300`` (srun steps get it) or
     LSF's ``bsub -wa USR1 -wt 5``: SIGUSR1 starts the drain at once.
     """
-    env = os.environ if env is None else env
+    environ: Mapping[str, str] = os.environ if env is None else env
     relative = None if walltime is None else (started if started is not None else time.time()) + float(walltime)
     for source, value in (
         ("--end-time", option),
         ("job spec", spec_value),
-        ("SLURM_JOB_END_TIME", env.get("SLURM_JOB_END_TIME")),
+        ("SLURM_JOB_END_TIME", environ.get("SLURM_JOB_END_TIME")),
         ("job spec walltime from the pilot's start", relative),
     ):
         end = parse_end_time(value)

@@ -11,16 +11,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 
 from jumbo.child import main
 
 
-def rank_before_mpi(env: dict | None = None) -> int:
+def rank_before_mpi(env: Mapping[str, str] | None = None) -> int:
     """The MPI rank from the launcher's environment (mpirun, srun --mpi=pmix), before MPI is initialised."""
-    env = os.environ if env is None else env
+    environ: Mapping[str, str] = os.environ if env is None else env
     for key in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
-        if env.get(key, "").isdigit():
-            return int(env[key])
+        if environ.get(key, "").isdigit():
+            return int(environ[key])
     return 0
 
 
@@ -42,11 +43,11 @@ class ForkedChild:
         if self.returncode is None:
             if timeout is not None:  # only used for a polite stop: poll, then let the caller kill
                 end = time.monotonic() + timeout
-                while self.poll() is None:
+                while (code := self.poll()) is None:
                     if time.monotonic() >= end:
                         raise subprocess.TimeoutExpired(["jumbo.child(forked)"], timeout)
                     time.sleep(0.01)
-                return self.returncode
+                return code
             _, status = os.waitpid(self.pid, 0)
             self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode

@@ -10,9 +10,11 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from harvester_edge import metrics
+from harvester_edge.batch import BatchPlugin
+from harvester_edge.central.client import CentralClient
 from harvester_edge.config import SiteConfig
 from harvester_edge.seams.clock import Clock
 from harvester_edge.seams.files import PilotFiles
@@ -31,8 +33,8 @@ class AgentContext:
     daemon_id: str
     stop: threading.Event = field(default_factory=threading.Event)
     files: PilotFiles = field(default_factory=PilotFiles)  # the pilot-file seam (every access-point read/write)
-    central: Any = None  # harvester_edge.central.client.CentralClient
-    plugins: dict[str, Any] = field(default_factory=dict)  # queue name -> BatchPlugin
+    central: CentralClient | None = None  # every built site has one (harvester_edge.site); a test's context may not
+    plugins: dict[str, BatchPlugin] = field(default_factory=dict)  # queue name -> its batch plugin
     stats: dict[str, CycleStats] = field(default_factory=dict)
 
 
@@ -56,6 +58,13 @@ class Agent:
     @property
     def owner(self) -> str:
         return f"{self.ctx.daemon_id}/{self.name}"
+
+    @property
+    def central(self) -> CentralClient:
+        """The site's central client: every built site has one (harvester_edge.site); a test's context may not."""
+        if self.ctx.central is None:
+            raise RuntimeError(f"{self.name}: this agent context has no central client")
+        return self.ctx.central
 
     @property
     def interval(self) -> float:

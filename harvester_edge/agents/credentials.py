@@ -65,7 +65,8 @@ def token_claims(token: str | None) -> dict[str, Any]:
 
 def token_expiry(token: str) -> float | None:
     try:
-        return float(token_claims(token).get("exp"))
+        exp = token_claims(token).get("exp")
+        return None if exp is None else float(exp)
     except (TypeError, ValueError):
         return None
 
@@ -185,7 +186,7 @@ class Credentials(Agent):
         return not self.ctx.config.central.trusted
 
     def issuer(self) -> Any:
-        client = self.ctx.central
+        client = self.central
         issuer = getattr(client, "issuer", None)
         if issuer is None:
             tokens = self.ctx.config.central.tokens
@@ -206,7 +207,7 @@ class Credentials(Agent):
     # -- the harvester's own token ------------------------------------------------------------------------------
     def renew_own(self, force: bool = False, now: float | None = None) -> bool:
         """Renew the harvester's token if due (or `force`: after a 403). True when a fresh token is in place."""
-        issuer, client = self.issuer(), self.ctx.central
+        issuer, client = self.issuer(), self.central
         if issuer is None:
             return False
         now = self.ctx.clock.now() if now is None else now

@@ -181,7 +181,7 @@ class Feeder(Agent):
             return True
         task_id, jobset_id = job["task_id"], job["jobset_id"]
         try:  # the job's own jobsetID (a real server's jobs have one of their own; the embedded's is the task id)
-            got = self.ctx.central.acquire_event_ranges(
+            got = self.central.acquire_event_ranges(
                 panda_id, task_id if jobset_id is None else jobset_id, task_id=task_id, n_ranges=n
             )
         except CentralUnavailable as exc:

@@ -29,9 +29,7 @@ class Fetcher(Agent):
             if room <= 0:
                 continue
             try:
-                jobs = self.ctx.central.acquire_jobs(
-                    config.site, queue=queue.name, n_jobs=room, harvester_id=config.site
-                )
+                jobs = self.central.acquire_jobs(config.site, queue=queue.name, n_jobs=room, harvester_id=config.site)
             except CentralUnavailable as exc:
                 log.warning("no jobs fetched for queue %s: %s", queue.name, exc)
                 return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from harvester_edge.agents.base import Agent
 from harvester_edge.batch import BatchError, BatchState
@@ -50,7 +51,7 @@ def range_report(range_id: str, status: str, entry: dict | None = None) -> dict:
             "errorCode": NOT_DONE_CODE,
             "errorDiag": NOT_DONE_DIAG,
         }
-    report = {"eventRangeID": range_id, "eventStatus": status}
+    report: dict[str, Any] = {"eventRangeID": range_id, "eventStatus": status}
     if entry.get("cpuTime") is not None:
         report["cpuConsumptionTime"] = entry["cpuTime"]
     if status == "failed":
@@ -132,7 +133,7 @@ class Monitor(Agent):
                 if status:
                     changes.update(batch_state=status.raw_state, batch_reason=status.reason, exit_code=status.exit_code)
                 src = W(row["state"])
-                if dst is not None and dst != src:
+                if status is not None and dst is not None and dst != src:  # dst comes from a status
                     try:
                         check_transition(src, dst)
                     except IllegalTransition:
@@ -144,7 +145,7 @@ class Monitor(Agent):
                             changes["ended_at"] = status.end_time or now
                 if changes:
                     update(conn, "workers", "id", [{"id": row["id"], **changes}], now=now, owner=self.owner)
-                if dst is not None and dst != src:
+                if status is not None and dst is not None and dst != src:
                     transition(
                         conn,
                         [row["id"]],
@@ -196,7 +197,8 @@ class Monitor(Agent):
                     extra={"worker_id": worker_id},
                 )
             entries = {rid: (pid, e) for rid, (pid, e) in entries.items() if rid not in foreign}
-            reports, moved = [], {R.FINISHED: [], R.FAILED: [], R.RELEASED: []}
+            reports: list[dict[str, Any]] = []
+            moved: dict[RangeState, list[str]] = {R.FINISHED: [], R.FAILED: [], R.RELEASED: []}
             done_per_job: dict[int, int] = {}
             for range_id, (_pid, entry) in entries.items():
                 if range_id not in held:

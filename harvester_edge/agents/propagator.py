@@ -139,7 +139,7 @@ class Propagator(Agent):
         return False
 
     def _send(self, kind: str, payload) -> None:
-        central = self.ctx.central
+        central = self.central
         if kind == "update_event_ranges":
             central.update_event_ranges(payload, version=0)
         elif kind == "update_jobs":
@@ -172,7 +172,7 @@ class Propagator(Agent):
                 continue  # waiting for its first worker
             try:
                 available = int(
-                    self.ctx.central.available_range_count(
+                    self.central.available_range_count(
                         job["task_id"],
                         job["panda_id"],
                         job["task_id"] if job["jobset_id"] is None else job["jobset_id"],
@@ -220,7 +220,7 @@ class Propagator(Agent):
             return
         updates = [{"jobId": j["panda_id"], "state": "running", "nEvents": j["events_done"]} for j in jobs]
         try:
-            answers = self.ctx.central.update_jobs_bulk(updates, harvester_id=self.ctx.config.site)
+            answers = self.central.update_jobs_bulk(updates, harvester_id=self.ctx.config.site)
         except (CentralUnavailable, CentralRejected) as exc:
             log.warning("job heartbeat not sent: %s", exc)
             return

@@ -97,7 +97,7 @@ def create_app(
             app.openapi_schema = apidoc.complete(generated())
         return app.openapi_schema
 
-    app.openapi = documented
+    app.openapi = documented  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
     apidocs.install(app)  # /docs and /redoc with their assets served from here (no CDN)
     return app
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from starlette.types import Receive, Scope
 
 from harvester_edge.codes import StatusCode
 
@@ -68,7 +68,7 @@ def check_declared_length(headers: list[tuple[bytes, bytes]], limit: int) -> Non
         )
 
 
-def has_body(scope: dict) -> bool:
+def has_body(scope: Scope) -> bool:
     headers = scope["headers"]
     length = header(headers, b"content-length")
     return (
@@ -117,7 +117,7 @@ class Inflater:
 
 
 async def read_body(
-    receive: Callable[[], Awaitable[dict]],
+    receive: Receive,
     headers: list[tuple[bytes, bytes]],
     limit: int,
     sniff_gzip: bool = False,
@@ -133,9 +133,7 @@ async def read_body(
         raise BodyTimeout(f"request body not complete within {timeout:g}s (central.body_timeout)") from exc
 
 
-async def _read(
-    receive: Callable[[], Awaitable[dict]], headers: list[tuple[bytes, bytes]], limit: int, sniff_gzip: bool
-) -> bytes:
+async def _read(receive: Receive, headers: list[tuple[bytes, bytes]], limit: int, sniff_gzip: bool) -> bytes:
     encoding = (header(headers, b"content-encoding") or b"").strip().lower()
     inflater = Inflater(limit) if encoding == b"gzip" else None
     plain: list[bytes] = []

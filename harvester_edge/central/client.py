@@ -17,7 +17,7 @@ from typing import Any
 
 from harvester_edge.codes import StatusCode
 from harvester_edge.errors import HarvesterEdgeError
-from harvester_edge.seams.http import HttpResult, HttpTransport, TransportError
+from harvester_edge.seams.http import HttpResult, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ def job_answer(entry: Any) -> dict:
     """One per-job answer of update_jobs_bulk: the real server's envelope {success, message, data: {StatusCode,
     command}} (older services: the bare {StatusCode, command}) -> {"ok", "StatusCode", "command", "ErrorDiag"}."""
     if isinstance(entry, dict) and "success" in entry:
-        data = entry.get("data") if isinstance(entry.get("data"), dict) else {}
+        raw = entry.get("data")
+        data: dict = raw if isinstance(raw, dict) else {}
         code = data.get("StatusCode", StatusCode.SUCCESS if entry.get("success") else StatusCode.FAILED)
         diag = data.get("ErrorDiag") or entry.get("message") or ""
         ok = bool(entry.get("success")) and code == StatusCode.SUCCESS
@@ -161,7 +162,7 @@ def parse_envelope(method: str, path: str, result: HttpResult) -> Any:
 class CentralClient:
     def __init__(
         self,
-        transport: HttpTransport,
+        transport: Transport,
         token: str | None = None,
         token_file: Path | None = None,
         origin: str | None = None,
@@ -267,7 +268,7 @@ class CentralClient:
         """updates: job updates, camelCase ({"jobId", "state", "nEvents", "endTime": epoch}) or the v1 names; sent
         as the real update_job parameters (v1_job_update). One answer per job: {"ok", "StatusCode", "command",
         "ErrorDiag"} (job_answer)."""
-        body = {"job_list": [v1_job_update(u) for u in updates]}
+        body: dict[str, object] = {"job_list": [v1_job_update(u) for u in updates]}
         hid = harvester_id or self.harvester_id
         if hid:
             body["harvester_id"] = hid

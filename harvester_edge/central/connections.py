@@ -21,7 +21,7 @@ import asyncio
 import logging
 import resource
 import time
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 FD_RESERVE = 64  # descriptors kept for the database, the log, the listening socket and batch commands
@@ -91,12 +91,25 @@ class _Closed:
 REFUSED = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 
+class _Cycle(Protocol):
+    """uvicorn's RequestResponseCycle (either protocol's): the request being answered."""
+
+    response_complete: bool
+
+
 class HeaderDeadline:
     """Mixin over uvicorn's HTTP protocol class (H11Protocol or HttpToolsProtocol, see protocol_class).
 
     Relies on what both have: `connections` (the server's open connections), `cycle` (the request being answered:
     a new one is made when a request's headers are complete), `transport` and `loop`. The class attributes are
     one server's (protocol_class makes a class per server)."""
+
+    # what the uvicorn class provides, declared for the type checker (annotations only: no class attributes);
+    # the super() calls below reach that class (next in the MRO), which mypy cannot see: hence their ignores
+    connections: set[Any]
+    cycle: _Cycle | None
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
 
     header_timeout: float
     max_connections: int
@@ -109,7 +122,7 @@ class HeaderDeadline:
         super().connection_made(transport)  # type: ignore[misc]
         self._arm()
         # connections closed here leave `connections` only in their connection_lost, a loop iteration later
-        while len(self.connections) - self.closing[0] > self.max_connections:  # type: ignore[attr-defined]
+        while len(self.connections) - self.closing[0] > self.max_connections:
             victim = next(iter(self.waiting))
             if victim is self:  # every other connection is busy answering a request: this one waits outside
                 self._close("refused", REFUSED)
@@ -117,18 +130,18 @@ class HeaderDeadline:
             victim._close("evicted")
 
     def data_received(self, data: bytes) -> None:
-        before = self.cycle  # type: ignore[has-type]
+        before = self.cycle
         entry = self.waiting.get(self)
         if (entry is None or entry[0] is None) and (before is None or before.response_complete):
             self._arm()  # the first byte of the next request on a keep-alive connection
         super().data_received(data)  # type: ignore[misc]
-        if self.cycle is not before:  # type: ignore[has-type]
+        if self.cycle is not before:
             self._disarm()  # headers complete: a request is being answered
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]
-        cycle = self.cycle  # type: ignore[has-type]
-        if not self.transport.is_closing() and (cycle is None or cycle.response_complete):  # type: ignore
+        cycle = self.cycle
+        if not self.transport.is_closing() and (cycle is None or cycle.response_complete):
             self._disarm()  # idle keep-alive: uvicorn's timeout_keep_alive closes it; evictable meanwhile
             self.waiting[self] = (None, cycle)
 
@@ -141,8 +154,8 @@ class HeaderDeadline:
 
     def _arm(self) -> None:
         self._disarm()  # re-armed: it moves to the end of the waiting order
-        loop = self.loop  # type: ignore[attr-defined]
-        self.waiting[self] = (loop.call_later(self.header_timeout, self._timeout), self.cycle)  # type: ignore
+        loop = self.loop
+        self.waiting[self] = (loop.call_later(self.header_timeout, self._timeout), self.cycle)
 
     def _disarm(self) -> None:
         entry = self.waiting.pop(self, None)
@@ -151,14 +164,14 @@ class HeaderDeadline:
 
     def _timeout(self) -> None:
         entry = self.waiting.get(self)
-        if entry is not None and self.cycle is entry[1]:  # type: ignore[has-type]
+        if entry is not None and self.cycle is entry[1]:
             self._close("timeout")
         else:  # a request started since (its headers parsed outside data_received: pipelining)
             self._disarm()
 
     def _close(self, reason: str, answer: bytes = b"") -> None:
         self._disarm()
-        transport = self.transport  # type: ignore[has-type]
+        transport = self.transport
         if transport.is_closing():
             return
         log.debug("central HTTP: closing the connection from %s: %s", getattr(self, "client", None), reason)
@@ -174,9 +187,13 @@ def protocol_class(header_timeout: float, max_connections: int) -> type:
     """A uvicorn HTTP protocol class (the one uvicorn's "auto" picks) with HeaderDeadline, for one server."""
     try:
         import httptools  # noqa: F401 - optional (uvicorn's faster parser): only to learn whether uvicorn can use it
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        base: type = HttpToolsProtocol
     except ImportError:  # pragma: no cover - h11 only
-        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        base = H11Protocol
     attrs: dict[str, Any] = {
         "header_timeout": float(header_timeout),
         "max_connections": int(max_connections),

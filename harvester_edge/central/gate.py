@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import check_token
 from .bodies import DEFAULT_MAX_BODY, Disconnected, has_body, header, parse_json, read_body, unread_body_headers
@@ -128,7 +128,7 @@ class CappedBodies:
         headers.append((b"content-length", str(len(body)).encode()))
         sent = False
 
-        async def replay() -> dict:
+        async def replay() -> Message:
             nonlocal sent
             if sent:
                 return await receive()

@@ -29,6 +29,7 @@ from .service import CentralService, Op
 
 log = logging.getLogger(__name__)
 
+loads: Callable[[bytes | str], Any]
 try:  # optional: orjson encodes/decodes the 100-range bodies several times faster
     import orjson
 

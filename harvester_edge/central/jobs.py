@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +31,7 @@ ACTIVE_TASK = (TaskStatus.DEFINED.value, TaskStatus.RUNNING.value)
 LOST_HEARTBEAT = (DispatcherError.LOST_HEARTBEAT, DispatcherError.MEANING[DispatcherError.LOST_HEARTBEAT])
 
 
-def _csv(values: list) -> str:
+def _csv(values: Iterable[object]) -> str:
     return ",".join(str(v) for v in values)
 
 
@@ -372,9 +373,9 @@ def settle_task(
     watched = tuple(JOB_WATCHED) + (JobStatus.ACTIVATED.value,)
     alive = job_rows.count_in(conn, task_id, watched)
     if task_kind(task) == "ordinary":  # one job per unit of work that is ready and has no job waiting for it
-        ready = ranges.count_ready(conn, task_id)
+        n_ready = ranges.count_ready(conn, task_id)
         waiting = job_rows.count_activated(conn, task_id)
-        missing = ready - waiting
+        missing = n_ready - waiting
     else:
         missing = task["n_jobs"] - alive
     if missing <= 0:

@@ -8,7 +8,7 @@ Integers stored by SQLite must fit 63 bits: BIG bounds every id and count.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal, overload
 
 from .errors import InvalidInput
 
@@ -19,6 +19,10 @@ MAX_DIAG = 500  # error diagnostics: truncated, not refused
 MAX_ATTRS = 64 * 1024  # the JSON of a worker's or a harvester's extra attributes
 
 
+@overload
+def name(field: str, value: Any, required: Literal[True], max_len: int = MAX_NAME) -> str: ...
+@overload
+def name(field: str, value: Any, required: bool = False, max_len: int = MAX_NAME) -> str | None: ...
 def name(field: str, value: Any, required: bool = False, max_len: int = MAX_NAME) -> str | None:
     """A name or id as stored text: a string (or an integer id), at most max_len characters, valid UTF-8."""
     if value is None or value == "":

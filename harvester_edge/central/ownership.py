@@ -54,7 +54,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import AuthError
+from .errors import AuthError, InvalidInput
 from .store import harvesters
 from .store import jobs as job_rows
 
@@ -91,7 +91,7 @@ def identity(claims: Mapping[str, Any]) -> tuple[str, str | None]:
     return str(claims["sub"]), None
 
 
-def may_change(claims: Mapping[str, Any] | None, job: Mapping[str, Any]) -> bool:
+def may_change(claims: Mapping[str, Any] | None, job: Mapping[str, Any] | sqlite3.Row) -> bool:
     """The contract's check on one job row (harvester_id, worker_id), without the reported worker links."""
     if claims is None:
         return True
@@ -131,6 +131,14 @@ def named_harvester(caller: Caller, harvester_id: Any = None, worker_id: Any = N
     return harvester, worker if worker is not None else worker_id
 
 
+def required_harvester(caller: Caller, harvester_id: str) -> str:
+    """named_harvester's harvester for a required harvester_id (limits.name(..., required=True) checked it)."""
+    name = named_harvester(caller, harvester_id)[0]
+    if name is None:  # an empty name: limits.name refused it already
+        raise InvalidInput("harvester_id is required")
+    return name
+
+
 def _linked_jobs(conn: sqlite3.Connection, harvester: str, worker: str) -> set[int] | None:
     """The PandaIDs the harvester reported for its worker (update_workers' pandaid_list); None: not reported."""
     row = harvesters.worker_attrs(conn, harvester, worker)
@@ -148,9 +156,10 @@ class Judge:
 
     def __init__(self, conn: sqlite3.Connection, caller: Caller) -> None:
         self.conn, self.caller = conn, caller
-        self._links: set[int] | bool | None = False  # False: not read yet
+        self._links: set[int] | None = None
+        self._links_read = False
 
-    def allows(self, job: Mapping[str, Any]) -> bool:
+    def allows(self, job: Mapping[str, Any] | sqlite3.Row) -> bool:
         caller = self.caller
         if caller.unchecked:
             return True
@@ -161,15 +170,15 @@ class Judge:
             return may_change(caller.claims, job)
         if job["harvester_id"] != harvester:
             return False
-        if self._links is False:
-            self._links = _linked_jobs(self.conn, harvester, worker)
+        if not self._links_read:
+            self._links, self._links_read = _linked_jobs(self.conn, harvester, worker), True
         if job["worker_id"] == worker:
             return True
         if self._links is not None:
             return job["panda_id"] in self._links
         return job["worker_id"] is None
 
-    def check(self, job: Mapping[str, Any]) -> None:
+    def check(self, job: Mapping[str, Any] | sqlite3.Row) -> None:
         if not self.allows(job):
             raise AuthError(
                 f"job {job['panda_id']} was dispatched to harvester {job['harvester_id']!r}"

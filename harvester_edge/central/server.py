@@ -98,17 +98,30 @@ class EmbeddedCentral:
             self.url,
             "trusted mode, no tokens" if self.settings.trusted else "tokens required",
         )
+        return self.listening()
+
+    def listening(self) -> str:
+        """The URL of the service; a RuntimeError before start() or after stop()."""
+        if self.url is None:
+            raise RuntimeError("the central service is not listening (start() it first)")
         return self.url
 
+    def opened(self) -> CentralService:
+        """The service's database layer and logic; a RuntimeError before start() or after stop()."""
+        if self.service is None:
+            raise RuntimeError("the central service is not open (start() it first)")
+        return self.service
+
     def _start(self, path: Path, timeout: float) -> None:
-        self.service.db.start_checkpointer()
+        service = self.opened()
+        service.db.start_checkpointer()
         if not self.settings.trusted:
             secret_file = self.settings.tokens.secret_file or path.with_name("central.secret")
             private_file(Path(secret_file))  # 0600 (created so by tokens.py; an older one is tightened)
             self.authority = TokenAuthority(
-                self.service.db, self.settings.tokens, load_or_create_secret(Path(secret_file)), self.clock
+                service.db, self.settings.tokens, load_or_create_secret(Path(secret_file)), self.clock
             )
-        app = HttpTiming(create_asgi(self.settings, self.service, self.authority, self.mounts))  # hot path timed too
+        app = HttpTiming(create_asgi(self.settings, service, self.authority, self.mounts))  # hot path timed too
         sock = self._bind()
         cap = connection_cap(self.settings.max_connections, raise_fd_limit())
         config = uvicorn.Config(
@@ -190,7 +203,8 @@ class EmbeddedCentral:
         """The watchdog cycle. On PostgreSQL with several service processes it runs in one of them: the holder of
         an advisory lock (a lease on a connection of its own; a process that dies or loses its connection lets it
         go, and another process takes it on its next cycle)."""
-        db = self.service.db
+        service = self.opened()
+        db = service.db
         lease = None
         try:
             while not self._stop.wait(self.settings.watchdog_interval):
@@ -199,7 +213,7 @@ class EmbeddedCentral:
                         lease = db.hold_lease(WATCHDOG_LEASE, lease)
                         if lease is None:
                             continue  # another process runs the watchdog
-                    self.service.run_watchdog()
+                    service.run_watchdog()
                     self.watchdog_runs += 1
                 except Exception:
                     log.exception("central watchdog cycle failed; trying again in %ss", self.settings.watchdog_interval)
@@ -213,7 +227,7 @@ class EmbeddedCentral:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout)
-            if self._thread.is_alive():
+            if self._thread.is_alive() and self._server is not None:
                 self._server.force_exit = True
                 self._thread.join(timeout)
         if self._watchdog is not None:
@@ -229,9 +243,9 @@ def serve(
 ) -> None:
     """Standalone process: run until SIGINT/SIGTERM (the handlers only set a flag)."""
     central = EmbeddedCentral(settings, mounts=mounts)
-    central.start()
+    url = central.start()
     if on_ready is not None:
-        on_ready(central.url)
+        on_ready(url)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -301,8 +315,8 @@ def serve_workers(
                 pid, status = os.waitpid(-1, os.WNOHANG)
                 if pid == 0:
                     break
-                slot = children.pop(pid, None)
-                if slot is not None and not stopping.is_set():
+                slot = children.pop(pid, -1)  # -1: not one of ours
+                if slot >= 0 and not stopping.is_set():
                     log.warning("central service process %d ended (status %d); starting another", pid, status)
                     spawn(slot)
     finally:

@@ -13,7 +13,7 @@ from harvester_edge.codes import StatusCode
 
 from . import classify, events, jobs, limits, tasks
 from .errors import CentralError, InvalidInput
-from .ownership import TRUSTED, Caller, Judge, named_harvester, report_job
+from .ownership import TRUSTED, Caller, Judge, named_harvester, report_job, required_harvester
 from .states import JOB_WATCHED, RangeStatus
 from .store import harvesters, ranges, rules
 from .store import jobs as job_rows
@@ -235,7 +235,7 @@ class CentralService:
     def heartbeat(
         self, harvester_id: str, attrs: dict | None = None, now: float | None = None, caller: Caller = TRUSTED
     ) -> None:
-        name = named_harvester(caller, limits.name("harvester_id", harvester_id, required=True))[0]
+        name = required_harvester(caller, limits.name("harvester_id", harvester_id, required=True))
         text = limits.attrs("heartbeat data", attrs or {})
         self.db.write(
             lambda c, n: harvesters.heartbeat(c, name, text, n),
@@ -246,7 +246,7 @@ class CentralService:
         self, harvester_id: str, workers: list[dict], now: float | None = None, caller: Caller = TRUSTED
     ) -> list[bool]:
         """Harvester's worker specs; "pandaid_list" (the jobs a worker runs) also bounds its pilot (ownership.py)."""
-        harvester_id = named_harvester(caller, limits.name("harvester_id", harvester_id, required=True))[0]
+        harvester_id = required_harvester(caller, limits.name("harvester_id", harvester_id, required=True))
         if not isinstance(workers, list) or not all(isinstance(w, dict) and "workerID" in w for w in workers):
             raise InvalidInput("workers must be a list of objects with a workerID")
         for w in workers:
@@ -280,11 +280,14 @@ class CentralService:
         now: float | None = None,
         caller: Caller = TRUSTED,
     ) -> None:
-        harvester_id, worker_id = named_harvester(
+        acting, worker = named_harvester(
             caller,
             limits.name("harvester_id", harvester_id, required=True),
             limits.name("worker_id", worker_id, required=True),
         )
+        if acting is None or worker is None:  # empty names: limits.name refused them already
+            raise InvalidInput("harvester_id and worker_id are required")
+        harvester_id, worker_id = acting, worker
         if not isinstance(status, str) or status not in ("started", "finished"):
             raise InvalidInput(f"pilot status must be 'started' or 'finished', got {status!r:.80}")
         row = (harvester_id, worker_id, status, limits.name("site", site), limits.name("node", node))

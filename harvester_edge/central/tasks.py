@@ -13,6 +13,7 @@ from .states import RANGE_OPEN, RangeStatus, TaskStatus
 from .store import jobs as job_rows
 from .store import ranges
 from .store import tasks as task_rows
+from .store.database import Conn
 from .taskspec import TaskSpec
 
 
@@ -36,12 +37,14 @@ def submit(conn: sqlite3.Connection, spec: TaskSpec, default_attempts: int, now:
             None if spec.kind == "jumbo" else json.dumps(spec.job_dict()),
         ),
     )
+    if task_id is None or spec.events is None or spec.events_per_range is None:  # TaskSpec's validator sets both
+        raise RuntimeError(f"task not stored, or its spec lacks events/events_per_range: {spec!r:.200}")
     ranges.insert(conn, events.split_rows(task_id, spec.events, spec.events_per_range))
     jobs.insert_jobs(conn, task_id, spec.jobs, 1, now)
     return task_id
 
 
-def _task(conn: sqlite3.Connection, task_id: int) -> sqlite3.Row:
+def _task(conn: Conn, task_id: int) -> sqlite3.Row:
     row = task_rows.get(conn, task_id)
     if row is None:
         raise NotFound(f"task {task_id} does not exist: see `harvester-edge task list`")
@@ -74,7 +77,7 @@ def retry(conn: sqlite3.Connection, task_id: int, now: float) -> str:
 _RANGE_NAMES = {int(s): s.name.lower() for s in RangeStatus}
 
 
-def summary(conn: sqlite3.Connection, task: sqlite3.Row) -> dict[str, Any]:
+def summary(conn: Conn, task: sqlite3.Row) -> dict[str, Any]:
     counts = {_RANGE_NAMES[s]: n for s, n in ranges.count_by_status(conn, task["task_id"]).items()}
     done = ranges.events_in(conn, task["task_id"], int(RangeStatus.FINISHED))
     out = {k: task[k] for k in task.keys() if k not in ("payload", "job_spec")}  # noqa: SIM118 (a sqlite3.Row)
@@ -85,11 +88,11 @@ def summary(conn: sqlite3.Connection, task: sqlite3.Row) -> dict[str, Any]:
     return out
 
 
-def list_tasks(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def list_tasks(conn: Conn) -> list[dict[str, Any]]:
     return [summary(conn, t) for t in task_rows.all_tasks(conn)]
 
 
-def show(conn: sqlite3.Connection, task_id: int) -> dict[str, Any]:
+def show(conn: Conn, task_id: int) -> dict[str, Any]:
     out = summary(conn, _task(conn, task_id))
     out["jobs"] = [dict(j) for j in job_rows.of_task(conn, task_id)]
     return out

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from harvester_edge.errors import ConfigError
 
@@ -91,7 +91,10 @@ class TaskSpec(BaseModel, extra="forbid"):
         except ValidationError as exc:
             if not isinstance(data, dict) or data.get("payload") is not None or data.get("transformation"):
                 raise
-            errors = [{k: e[k] for k in ("type", "loc", "input", "ctx") if k in e} for e in exc.errors()]
+            errors = [
+                cast(InitErrorDetails, {k: e[k] for k in ("type", "loc", "input", "ctx") if k in e})
+                for e in exc.errors()
+            ]
             errors.append(
                 {
                     "type": PydanticCustomError(
@@ -137,6 +140,8 @@ class TaskSpec(BaseModel, extra="forbid"):
                 raise ValueError("an eventservice task needs events and events_per_range")
             if self.seconds_per_event is None:
                 self.seconds_per_event = float(self.walltime or 60)
+        if self.events is None or self.events_per_range is None:  # each branch above set both or raised
+            raise ValueError("a task needs events and events_per_range")
         if -(-self.events // self.events_per_range) > 1_000_000:
             raise ValueError("events / events_per_range gives more than 1,000,000 ranges: use larger ranges")
         return self

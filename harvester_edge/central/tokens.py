@@ -42,6 +42,7 @@ from .errors import AuthError, CentralError
 from .settings import TokenSettings
 from .store import keys
 from .store.database import Database
+from .store.pg import PgDatabase
 
 log = logging.getLogger(__name__)
 SCOPES = ("pilot", "harvester", "admin")
@@ -85,7 +86,9 @@ def _hash(key: str) -> str:
 class TokenAuthority:
     """Issues and verifies tokens; keys live in the central DB (hashed)."""
 
-    def __init__(self, db: Database, settings: TokenSettings, secret: bytes, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, db: Database | PgDatabase, settings: TokenSettings, secret: bytes, clock: Callable[[], float]
+    ) -> None:
         self.db = db
         self.settings = settings
         self.secret = secret
@@ -208,14 +211,18 @@ class TokenAuthority:
         if client_name == MYSELF:
             client_name = str(sub)
         if client_name == sub:
-            extra = {k: str(bearer[k]) for k in ("harvester", "worker") if k in bearer}
+            extra: dict[str, str] = {k: str(bearer[k]) for k in ("harvester", "worker") if k in bearer}
             return self.new_key(client_name, scopes, parent=parent, extra=extra or None)
         worker = worker_of(str(sub), client_name) if "harvester" in scopes else None
         if worker is not None:
             # no per-name interval here: the key is bounded by its parent and a harvester may name any W anyway, so
             # the interval would protect nothing and would strand a restarted daemon's running workers for an hour
             return self.new_key(
-                client_name, ("pilot",), parent=parent, extra={"harvester": sub, "worker": worker}, check_interval=False
+                client_name,
+                ("pilot",),
+                parent=parent,
+                extra={"harvester": str(sub), "worker": worker},
+                check_interval=False,
             )
         if "admin" in scopes:
             return self.new_key(client_name, ("pilot",), parent=parent)

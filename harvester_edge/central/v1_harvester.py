@@ -26,6 +26,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
@@ -36,7 +37,7 @@ from .bodies import DEFAULT_MAX_BODY, parse_json
 from .errors import InvalidInput
 from .hotpath import dumps, json_list
 from .models import Body as Model
-from .ownership import Caller, named_harvester
+from .ownership import Caller, required_harvester
 from .states import JOB_TERMINAL
 from .store import harvesters
 from .store import jobs as job_rows
@@ -84,7 +85,7 @@ async def job_get_status(
 
     def read() -> list[dict]:
         conn = svc.db.reader()
-        out = []
+        out: list[dict[str, str | None]] = []
         for pid in ids:
             row = job_rows.command_of(conn, pid)
             if row is None:
@@ -128,7 +129,7 @@ MAX_DIALOGS = 1000
 )
 def add_dialogs(body: Dialogs, request: Request) -> Response:
     caller = Caller(authorize(request, "harvester"), body.harvester_id)
-    harvester = named_harvester(caller, limits.name("harvester_id", body.harvester_id, required=True))[0]
+    harvester = required_harvester(caller, limits.name("harvester_id", body.harvester_id, required=True))
     dialogs = json_list(body.dialogs, "dialogs")
     if len(dialogs) > MAX_DIALOGS or not all(isinstance(d, dict) for d in dialogs):
         raise InvalidInput(f"dialogs must be a list of at most {MAX_DIALOGS} objects")
@@ -160,7 +161,7 @@ def add_dialogs(body: Dialogs, request: Request) -> Response:
 )
 def update_service_metrics(body: ServiceMetrics, request: Request) -> Response:
     caller = Caller(authorize(request, "harvester"), body.harvester_id)
-    harvester = named_harvester(caller, limits.name("harvester_id", body.harvester_id, required=True))[0]
+    harvester = required_harvester(caller, limits.name("harvester_id", body.harvester_id, required=True))
     entries = json_list(body.metrics, "metrics")
     latest = None
     for i, entry in enumerate(entries):
@@ -196,7 +197,7 @@ async def get_current_worker_id(
     request: Request, harvester_id: Annotated[str, Query(min_length=1, max_length=limits.MAX_NAME)]
 ) -> Response:
     name = limits.name("harvester_id", harvester_id, required=True)
-    harvester = named_harvester(Caller(authorize(request, "harvester"), name), name)[0]
+    harvester = required_harvester(Caller(authorize(request, "harvester"), name), name)
     svc = request.app.state.service
 
     def read() -> int:
@@ -310,7 +311,7 @@ def multipart_file(body: bytes, content_type: str) -> tuple[str | None, bytes]:
         head, sep, content = part.removeprefix(b"\r\n").partition(b"\r\n\r\n")
         disposition = re.search(rb"(?im)^content-disposition:[^\r\n]*", head)
         name = re.search(rb';\s*name="([^"]*)"', disposition.group(0)) if disposition else None
-        if sep and name and name.group(1) == b"file":
+        if sep and disposition and name and name.group(1) == b"file":
             filename = re.search(rb';\s*filename="([^"]*)"', disposition.group(0))
             return (filename.group(1).decode("utf-8", "replace") if filename else None), content.removesuffix(b"\r\n")
     raise InvalidInput("the multipart body has no part named 'file'")
@@ -402,7 +403,7 @@ def alias_doc(path: str, target: str) -> dict[str, Any]:
     """Docs of `path`, another name of the call documented at `target` (apidoc: v1.py's routes; or this module's)."""
     entry = v1_entry("/api/v1" + target)
     if entry is None:
-        route = next(r for r in router.routes if getattr(r, "path", None) == target)
+        route = next(r for r in router.routes if isinstance(r, APIRoute) and r.path == target)
         entry = {
             "summary": route.summary,
             "description": route.description,
@@ -424,7 +425,7 @@ def _alias(path: str, endpoint, method: str, target: str) -> None:
         methods=[method],
         deprecated=True,
         operation_id=f"alias_{path.strip('/').replace('/', '_')}",
-        tags=next(r.tags for r in router.routes if getattr(r, "path", None) == target),
+        tags=next(r.tags for r in router.routes if isinstance(r, APIRoute) and r.path == target),
         **alias_doc(path, target),
     )
 

@@ -10,6 +10,7 @@ overlapped; replays are exact when cycles ran one at a time (daemon threads 1).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
@@ -24,7 +25,7 @@ from harvester_edge.replay import trace
 from harvester_edge.seams.clock import Clock
 from harvester_edge.seams.commands import CommandResult, CommandRunner
 from harvester_edge.seams.files import FilesBackend
-from harvester_edge.seams.http import HttpResult, HttpTransport, TransportError, redact_call, redact_mapping
+from harvester_edge.seams.http import HttpResult, Transport, TransportError, redact_call, redact_mapping
 from harvester_edge.store import Store, meta
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class TraceWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.work_dir = str(head["work_dir"])
-        self._fh = trace.open_text(self.path, "w")
+        self._fh: io.TextIOBase | None = trace.open_text(self.path, "w")
         self._lock = threading.Lock()
         self._seq = 0
         self._local = threading.local()
@@ -190,7 +191,7 @@ class RecordingRunner(CommandRunner):
 class RecordingTransport:
     """The HTTP seam, recorded: each call of the wrapped transport (request and answer, secrets redacted)."""
 
-    def __init__(self, inner: Any, writer: TraceWriter) -> None:
+    def __init__(self, inner: Transport, writer: TraceWriter) -> None:
         self.inner = inner
         self.writer = writer
         self.base_url = inner.base_url
@@ -236,7 +237,7 @@ class Recording:
     def runner(self, inner: CommandRunner) -> CommandRunner:
         return RecordingRunner(inner, self.writer)
 
-    def transport(self, inner: HttpTransport) -> Any:
+    def transport(self, inner: Transport) -> Transport:
         return RecordingTransport(inner, self.writer)
 
     def files(self, inner: FilesBackend) -> FilesBackend:

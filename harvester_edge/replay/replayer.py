@@ -15,7 +15,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,7 +184,7 @@ class Session:
         self.start = start
         self.expected: list[dict] = []
         self.index = 0
-        self.cycle: dict | None = None
+        self.cycle: dict = {}  # the recorded cycle being replayed (begin())
         self.calls = 0
         self.divergence: Divergence | None = None
 
@@ -255,7 +255,7 @@ class ReplayRunner(CommandRunner):
 
 
 class ReplayTransport:
-    """Stands in for HttpTransport: same `request` signature, answers from the trace."""
+    """Stands in for HttpTransport (the Transport seam), answers from the trace."""
 
     base_url = "replay://central"
 
@@ -267,9 +267,9 @@ class ReplayTransport:
         method: str,
         path: str,
         *,
-        params: Any = None,
-        json: Any = None,
-        headers: dict | None = None,
+        params: Mapping[str, Any] | None = None,
+        json: object = None,
+        headers: dict[str, str] | None = None,
         timeout: float | None = None,
         data: bytes | None = None,
     ) -> HttpResult:
@@ -359,7 +359,7 @@ def replay(
             f"parse differently; set TZ to the recording's zone for an exact replay"
         )
     own_dir = work_dir is None
-    work = Path(tempfile.mkdtemp(prefix="he-replay-")) if own_dir else Path(work_dir)
+    work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="he-replay-"))
     try:
         config = replay_config(head, work)
         if adjust is not None:

@@ -21,6 +21,7 @@ from harvester_edge.replay.synthetic import Behaviour, SyntheticBatch, Synthetic
 from harvester_edge.seams.clock import Clock
 from harvester_edge.seams.commands import CommandRunner
 from harvester_edge.seams.files import FilesBackend
+from harvester_edge.seams.http import Transport
 from harvester_edge.site import build_site, sync_queues
 from harvester_edge.store import open_store
 
@@ -117,7 +118,7 @@ class Simulation:
         config: SiteConfig | None = None,
         record: Path | None = None,
         tick: float = 10.0,
-        transport: Any = None,
+        transport: Transport | None = None,
     ) -> None:
         self.work_dir = Path(work_dir)
         self.config = config or site_config(self.work_dir)
@@ -128,7 +129,7 @@ class Simulation:
         self.store = open_store(self.config.db_path)
         sync_queues(self.store, self.config, START)
         runner: CommandRunner = SyntheticBatch(self.world)
-        http = transport if transport is not None else SyntheticTransport(self.world.central)
+        http: Transport = transport if transport is not None else SyntheticTransport(self.world.central)
         files: FilesBackend = self.world
         clock: Clock = self.clock
         self.recording: Recording | None = None

@@ -14,7 +14,7 @@ import json as jsonlib  # `json` is a parameter of the transport's request (Http
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,7 +168,7 @@ class SyntheticCentral:
 
 
 class SyntheticTransport:
-    """HttpTransport's interface over SyntheticCentral."""
+    """The Transport seam over SyntheticCentral."""
 
     base_url = "http://synthetic.invalid"
 
@@ -180,9 +180,9 @@ class SyntheticTransport:
         method: str,
         path: str,
         *,
-        params: Any = None,
-        json: Any = None,
-        headers: dict | None = None,
+        params: Mapping[str, Any] | None = None,
+        json: object = None,
+        headers: dict[str, str] | None = None,
         timeout: float | None = None,
         data: bytes | None = None,
     ) -> HttpResult:
@@ -197,6 +197,14 @@ class SyntheticTransport:
 
     def close(self) -> None:
         pass
+
+
+def _bsub_option(pattern: str, script: str) -> re.Match[str]:
+    """One #BSUB line of a batch script (the LSF plugin writes each one)."""
+    found = re.search(pattern, script, re.M)
+    if found is None:
+        raise ValueError(f"the bsub script has no line matching {pattern!r}")
+    return found
 
 
 def _slurm_time(text: str) -> float:
@@ -262,10 +270,11 @@ class SyntheticBatch(CommandRunner):
             self.next_id += 1
             return f"{job.batch_id}\n", "", 0
         if tool == "bsub":
-            name = re.search(r"^#BSUB -J (\S+)", stdin, re.M).group(1)
-            ranks = int(re.search(r"^#BSUB -n (\d+)", stdin, re.M).group(1))
-            wall = re.search(r"^#BSUB -W (\d+):(\d+)", stdin, re.M)
-            ap = re.search(r"^#BSUB -cwd (\S+)", stdin, re.M).group(1)
+            script = stdin or ""
+            name = _bsub_option(r"^#BSUB -J (\S+)", script).group(1)
+            ranks = int(_bsub_option(r"^#BSUB -n (\d+)", script).group(1))
+            wall = _bsub_option(r"^#BSUB -W (\d+):(\d+)", script)
+            ap = _bsub_option(r"^#BSUB -cwd (\S+)", script).group(1)
             seconds = int(wall.group(1)) * 3600 + int(wall.group(2)) * 60
             job = self.world.submit(str(self.next_id), name, ap, ranks, seconds)
             self.next_id += 1

@@ -15,7 +15,7 @@ import logging
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TypeVar, get_args
 
 from harvester_edge import pilot_files
 from harvester_edge.filemodes import private_dir
@@ -27,7 +27,7 @@ from jumbo.protocol import REQUESTS, STATUS, Batch, ProtocolError, Request  # no
 
 log = logging.getLogger(__name__)
 
-OPERATIONS = (
+FileOp = Literal[
     "pending",
     "load_event_request",
     "load_event_status",
@@ -39,7 +39,9 @@ OPERATIONS = (
     "request_drain",
     "write_script",
     "remove_access_point",
-)
+]
+OPERATIONS: tuple[FileOp, ...] = get_args(FileOp)
+T = TypeVar("T")
 
 
 class DirectFiles:
@@ -77,7 +79,10 @@ class DirectFiles:
 
 
 class FilesBackend(Protocol):
-    def call(self, op: str, *args: Any, **kwargs: Any) -> Any: ...
+    """Carries out one operation: its arguments and result are those of the PilotFiles method of that name (a
+    backend dispatches by name, so its own signature cannot say more; PilotFiles' methods type each one)."""
+
+    def call(self, op: FileOp, *args: Any, **kwargs: Any) -> Any: ...
 
 
 class PilotFiles:
@@ -99,7 +104,7 @@ class PilotFiles:
     def read_heartbeat(self, ap: Path | str) -> dict | None:
         return self.backend.call("read_heartbeat", ap)
 
-    def mark_consumed(self, ap: Path | str, item: Any) -> Path:
+    def mark_consumed(self, ap: Path | str, item: Request | Batch | Path) -> Path:
         return self.backend.call("mark_consumed", ap, item)
 
     def quarantine(self, path: Path | str) -> Path:
@@ -150,9 +155,7 @@ class PilotFiles:
             extra={"worker_id": worker_id},
         )
 
-    def each_pending(
-        self, worker_id: int, ap: Path, name: str, load: Callable[[Path], Any]
-    ) -> Iterator[tuple[Path, Any]]:
+    def each_pending(self, worker_id: int, ap: Path, name: str, load: Callable[[Path], T]) -> Iterator[tuple[Path, T]]:
         """(path, parsed) of each pending pilot file `name` of a worker, in order. A bad file is set aside; one that
         cannot be read this cycle (it vanished, the access point is unreadable) waits for the next; the rest go on."""
         try:

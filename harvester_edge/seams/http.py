@@ -1,6 +1,8 @@
 """The one HTTP seam: every call the harvester makes to the central service passes here.
 
-A `recorder` callable sees each call (request and answer) for offline replay, AFTER secrets are redacted:
+`Transport` is the seam (what the central client needs); `HttpTransport` the real one over requests. Offline replay
+and the scale simulation pass their own (harvester_edge.replay: ReplayTransport, SyntheticTransport, Recording's
+wrapper). A `recorder` callable sees each call (request and answer) for offline replay, AFTER secrets are redacted:
 Authorization headers, token parameters and the bodies of credential answers never reach it.
 """
 
@@ -9,9 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 
@@ -37,6 +39,27 @@ class HttpResult:
         return json.loads(self.body)
 
 
+class Transport(Protocol):
+    """The HTTP seam. `params`: query parameters (a value may be a list: a repeated parameter); `json`: the body,
+    anything json.dumps takes; `data`: a raw body instead. Raises TransportError when no answer came."""
+
+    base_url: str
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: object = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        data: bytes | None = None,
+    ) -> HttpResult: ...
+
+    def close(self) -> None: ...
+
+
 def redact_mapping(data: Any) -> Any:
     if isinstance(data, dict):
         return {
@@ -51,9 +74,9 @@ def redact_mapping(data: Any) -> Any:
 def redact_call(
     method: str,
     path: str,
-    params: Any,
-    json_body: Any,
-    headers: dict | None,
+    params: Mapping[str, Any] | None,
+    json_body: object,
+    headers: Mapping[str, str] | None,
     result: HttpResult | None,
     error: str | None,
 ) -> dict[str, Any]:
@@ -94,8 +117,8 @@ class HttpTransport:
         method: str,
         path: str,
         *,
-        params: Any = None,
-        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        json: object = None,
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
         data: bytes | None = None,

@@ -9,6 +9,6 @@ def install_id(conn: sqlite3.Connection) -> str:
     return conn.execute("SELECT value FROM meta WHERE key = 'install_id'").fetchone()[0]
 
 
-def set_install_id(conn: sqlite3.Connection, value: str) -> None:
+def set_install_id(conn: sqlite3.Connection, value: str | None) -> None:
     """Replay only: batch job names recorded under another install id must come out the same."""
     conn.execute("UPDATE meta SET value = ? WHERE key = 'install_id'", (value,))

@@ -8,7 +8,7 @@ directly. Every label is escaped; sizes are fixed so a chart never reflows the p
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from html import escape
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
@@ -43,7 +43,7 @@ def _open_svg(title: str, width: int, height: int) -> str:
 
 
 def line_chart(
-    series: dict[str, Sequence[tuple[float, float]]], title: str, unit: str = "", width: int = 560, height: int = 200
+    series: Mapping[str, Sequence[tuple[float, float]]], title: str, unit: str = "", width: int = 560, height: int = 200
 ) -> str:
     """One polyline per series over a shared x axis (seconds since the earliest point)."""
     left, right, top, bottom = 56, 110, 22, 26
@@ -125,15 +125,17 @@ def bar_chart(
     return "".join(out)
 
 
-def monitor_series(samples: dict[int, list[dict]], field: str, scale: float = 1.0) -> dict[str, list]:
+def monitor_series(
+    samples: dict[int, list[dict]], field: str, scale: float = 1.0
+) -> dict[str, list[tuple[float, float]]]:
     """prmon samples per rank -> {"rank N": [(time, value)]}; cpu = utime + stime."""
-    out: dict[str, list] = {}
+    out: dict[str, list[tuple[float, float]]] = {}
     for rank, rows in sorted(samples.items()):
         pts = []
         for row in rows:
             parts = [row.get("utime", 0), row.get("stime", 0)] if field == "cpu" else [row.get(field)]
             if all(_finite(v) for v in parts) and _finite(row.get("time")):  # samples are pilot input
-                pts.append((float(row["time"]), float(sum(parts)) * scale))
+                pts.append((float(row["time"]), float(sum(v for v in parts if v is not None)) * scale))
         out[f"rank {rank}"] = pts
     return out
 

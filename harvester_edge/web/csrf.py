@@ -46,8 +46,10 @@ def _nonce(request: Request) -> str | None:
 def form_token(request: Request) -> tuple[str, str | None]:
     """(the hidden field's value, a new nonce to set as the cookie or None when the browser has one)."""
     nonce = _nonce(request)
-    fresh = None if nonce else secrets.token_hex(16)
-    return sign(process_secret(request.app), nonce or fresh), fresh
+    if nonce:
+        return sign(process_secret(request.app), nonce), None
+    fresh = secrets.token_hex(16)
+    return sign(process_secret(request.app), fresh), fresh
 
 
 def set_cookie(response: Response, nonce: str | None) -> None:

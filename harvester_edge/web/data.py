@@ -12,12 +12,14 @@ import logging
 import os
 import re
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from harvester_edge import pilot_files
 from harvester_edge.central.states import RangeStatus
 from harvester_edge.central.store import monitor
+from harvester_edge.central.store.database import Conn
 from harvester_edge.store import history as history_rows
 from harvester_edge.store import job_workers as worker_links
 from harvester_edge.store import jobs as job_rows
@@ -43,7 +45,7 @@ def open_harvester(path: Path | None) -> sqlite3.Connection | None:
 
 
 # -- dashboard ------------------------------------------------------------------------------------------------
-def events_per_minute(central: sqlite3.Connection, now: float, minutes: int = 30) -> list[tuple[str, float]]:
+def events_per_minute(central: Conn, now: float, minutes: int = 30) -> list[tuple[str, float]]:
     """Events finished in each of the last `minutes` minutes (by the time their range was reported)."""
     first = int(now // 60) - minutes + 1
     done = monitor.events_per_minute(central, int(RangeStatus.FINISHED), first * 60)
@@ -52,7 +54,7 @@ def events_per_minute(central: sqlite3.Connection, now: float, minutes: int = 30
     ]
 
 
-def workers_by_queue(harvester: sqlite3.Connection | None, central: sqlite3.Connection) -> list[dict]:
+def workers_by_queue(harvester: sqlite3.Connection | None, central: Conn) -> list[dict]:
     """{queue, state, count}: the harvester's own view when it is here, else what harvesters reported."""
     if harvester is not None:
         return [dict(r) for r in worker_rows.count_by_queue_state(harvester)]
@@ -60,17 +62,17 @@ def workers_by_queue(harvester: sqlite3.Connection | None, central: sqlite3.Conn
 
 
 # -- task -----------------------------------------------------------------------------------------------------
-def task_errors(central: sqlite3.Connection, task_id: int) -> list[dict]:
+def task_errors(central: Conn, task_id: int) -> list[dict]:
     return monitor.range_errors(central, task_id) + monitor.job_errors(central, task_id)
 
 
-def error_groups(central: sqlite3.Connection) -> list[dict]:
+def error_groups(central: Conn) -> list[dict]:
     """Every failure grouped by (source, code, message), across tasks."""
     return monitor.all_range_errors(central) + monitor.job_errors(central)
 
 
 # -- job ------------------------------------------------------------------------------------------------------
-def central_job(central: sqlite3.Connection, panda_id: int) -> dict | None:
+def central_job(central: Conn, panda_id: int) -> dict | None:
     return monitor.job(central, panda_id)
 
 
@@ -113,9 +115,7 @@ def find_log_tarball(log_dir: Path | None, lfn: str | None) -> tuple[Path, str] 
     return None
 
 
-def job_ranges(
-    central: sqlite3.Connection, harvester: sqlite3.Connection | None, panda_id: int, task_id: int
-) -> list[dict]:
+def job_ranges(central: Conn, harvester: sqlite3.Connection | None, panda_id: int, task_id: int) -> list[dict]:
     """The central ranges last handed to this job, with the harvester's worker and state when known."""
     local = {
         (r["first_event"], r["last_event"]): r
@@ -247,7 +247,7 @@ def pilot_files_state(ap: Path) -> list[dict]:
 
 def _content_fault(ap: Path, name: str) -> str | None:
     """Why a stream file's content was refused (its loader's message), or None."""
-    loaders = {
+    loaders: dict[str, Callable[[Path], object]] = {
         STATUS: pilot_files.load_event_status,
         REQUESTS: pilot_files.load_event_request,
         HEARTBEAT: lambda path: pilot_files.heartbeat_of(path.parent, path.name),
@@ -279,11 +279,11 @@ def queues(harvester: sqlite3.Connection | None) -> list[dict]:
     return rows
 
 
-def harvesters(central: sqlite3.Connection) -> list[dict]:
+def harvesters(central: Conn) -> list[dict]:
     return monitor.harvesters(central)
 
 
-def sites(central: sqlite3.Connection) -> list[dict]:
+def sites(central: Conn) -> list[dict]:
     rows = monitor.jobs_by_site(central)
     out: dict[str, dict] = {}
     for r in rows:

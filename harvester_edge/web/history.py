@@ -11,11 +11,17 @@ from __future__ import annotations
 import bisect
 import math
 import sqlite3
+from typing import TYPE_CHECKING, Any
 
 from harvester_edge.central.states import TASK_TERMINAL, RangeStatus
 from harvester_edge.central.store import monitor
+from harvester_edge.central.store.database import Conn
 from harvester_edge.store import ranges
 from harvester_edge.store import workers as worker_rows
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs  # in typing from Python 3.13
+
 
 DAY = 86400.0
 TIMELINE_WORKERS = 50  # newest workers drawn in a task's worker timeline
@@ -33,12 +39,12 @@ WAIT_BINS = (
 MAX_RANKS = 256  # bars of the per-rank busy chart
 
 
-def _finite(v) -> bool:
+def _finite(v: object) -> TypeIs[float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # -- task -----------------------------------------------------------------------------------------------------
-def events_finished(central: sqlite3.Connection, task: dict, now: float) -> dict:
+def events_finished(central: Conn, task: dict, now: float) -> dict:
     """{"points": [(t, cumulative events)], "t0", "t1", "expected_end" (None when done or unknown), "rate"}.
 
     t0 is the task's creation; the expected end extrapolates the rate since the first finished range."""
@@ -112,7 +118,7 @@ def running_per_queue(
     """{"workers": {queue: [(t, running workers)]}, "cores": {queue: [(t, cores)]}, "t0", "t1"} over the last
     `hours` (or since `since`); cores are nodes × ranks per node of each running worker (one core per rank)."""
     t0 = min(since, now - 60) if since is not None else now - hours * 3600
-    out = {"workers": {}, "cores": {}, "t0": t0, "t1": now}
+    out: dict[str, Any] = {"workers": {}, "cores": {}, "t0": t0, "t1": now}
     if harvester is None:
         return out
     by_queue: dict[str, tuple[list, list, list, list]] = {}
@@ -151,7 +157,7 @@ def _cumsum(values) -> list[float]:
 def wait_times(harvester: sqlite3.Connection | None, now: float) -> dict:
     """{"bins": labels, "series": {queue: [count per bin]}, "figures": [{queue, started, waiting, p50, p90, max}]}:
     how long each worker waited from submission to start, per queue; workers still queued count as waiting."""
-    out = {"bins": [label for _, label in WAIT_BINS], "series": {}, "figures": []}
+    out: dict[str, Any] = {"bins": [label for _, label in WAIT_BINS], "series": {}, "figures": []}
     if harvester is None:
         return out
     waits: dict[str, list[float]] = {}
@@ -220,7 +226,8 @@ def busy_per_rank(harvester: sqlite3.Connection | None, worker: dict, now: float
     started = worker.get("started_at")
     if harvester is None or not _finite(started):
         return []
-    wall = (worker.get("ended_at") if _finite(worker.get("ended_at")) else now) - started
+    ended = worker.get("ended_at")
+    wall = (ended if _finite(ended) else now) - started
     n_ranks = max(int(worker.get("nodes") or 1) * int(worker.get("ranks_per_node") or 1), 1)
     busy: dict[int, float] = {}
     for rank, start, end in ranges.rank_timings(harvester, worker["id"]):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 from harvester_edge.central import jedilogs
 from harvester_edge.central.classify import CLASSES
@@ -124,7 +125,7 @@ def job(service: CentralService, hdb: Path | None, params: dict, now: float, pan
         ranges = data.job_ranges(central, hconn, panda_id, j["task_id"])
         here = job_rows.progress(hconn, panda_id) if hconn is not None else None
         local = [dict(here)] if here else []
-    panels = []
+    panels: list[dict[str, Any]] = []
     for w in workers[-MAX_PANELS:]:  # the newest workers get plots; the others are listed as links
         ap = Path(w["access_point"])
         samples, problems = data.monitor_samples(ap)

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import sqlite3
 
+from harvester_edge.central.store.database import Conn
+
 from . import charts, history, timecharts
 
 
-def task(central: sqlite3.Connection, harvester: sqlite3.Connection | None, t: dict, now: float) -> dict:
+def task(central: Conn, harvester: sqlite3.Connection | None, t: dict, now: float) -> dict:
     done = history.events_finished(central, t, now)
-    dashed, marks = {}, []
+    dashed: dict[str, list[tuple[float, float]]] = {}
+    marks: list[tuple[float, str]] = []
     if done["expected_end"]:
         dashed["expected"] = [(now, done["done"]), (done["expected_end"], done["n_events"])]
         label = timecharts.clock(done["expected_end"], done["t1"] - done["t0"])

@@ -71,9 +71,9 @@ def _base(request: Request) -> tuple[dict[str, Any], str | None]:
 def _respond(request: Request, html: str, status: int, nonce: str | None) -> HTMLResponse:
     response = HTMLResponse(html, status_code=status)
     csrf.set_cookie(response, nonce)
-    token = request.query_params.get("token")
-    if token:  # remembered so links and the auto-refresh need not carry it
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+    query_token = request.query_params.get("token")
+    if query_token:  # remembered so links and the auto-refresh need not carry it
+        response.set_cookie(COOKIE, query_token, httponly=True, samesite="strict")
     return response
 
 
@@ -140,7 +140,7 @@ def build_router() -> APIRouter:
             job = data.central_job(request.app.state.service.db.reader(), panda_id)
             lfn = (data.pilot_fields(job)["log_file"] or {}).get("lfn") if job else None
             found = data.find_log_tarball(getattr(request.app.state.settings, "pilot_log_dir", None), lfn)
-            if found is None:
+            if found is None or lfn is None:  # find_log_tarball finds nothing without a name
                 raise NotFound(f"job {panda_id}: no log tarball under central.pilot_log_dir")
             body = pilot_files.read_bytes(found[0], found[1], data.LOG_TARBALL_CAP)
         except AuthError as exc:
@@ -170,7 +170,7 @@ def build_router() -> APIRouter:
     @router.post("/monitor/errors/{rule_id}/promote", summary="monitor: confirm a suggested classification")
     async def promote(request: Request, rule_id: Id) -> Response:
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
-        klass = (form.get("class") or [None])[0] or None
+        klass = (form.get("class") or [""])[0] or None
         try:
             csrf.check(request, form)  # the Guard already refused a foreign Origin or Host
             _check(request, {"admin"})

@@ -66,14 +66,14 @@ def view(
         sort = default_sort
     desc = params.get(f"{key}.desc", "1" if default_desc else "0") == "1"
     query = (params.get(f"{key}.q") or "").strip()
-    rows = [dict(r) for r in rows]
-    total = len(rows)
+    table = [dict(r) for r in rows]
+    total = len(table)
     if query:
         needle = query.lower()
-        rows = [r for r in rows if any(needle in str(r.get(c, "")).lower() for c in columns)]
+        table = [r for r in table if any(needle in str(r.get(c, "")).lower() for c in columns)]
     if sort:
-        rows.sort(key=lambda r: _sort_key(r.get(sort)), reverse=desc)
-    pages = max(1, -(-len(rows) // page_size))
+        table.sort(key=lambda r: _sort_key(r.get(sort)), reverse=desc)
+    pages = max(1, -(-len(table) // page_size))
     try:
         page = min(max(1, int(params.get(f"{key}.page", "1"))), pages)
     except ValueError:
@@ -81,9 +81,9 @@ def view(
     return View(
         key,
         list(columns),
-        rows[(page - 1) * page_size : page * page_size],
+        table[(page - 1) * page_size : page * page_size],
         total,
-        len(rows),
+        len(table),
         sort,
         desc,
         query,

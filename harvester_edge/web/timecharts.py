@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from html import escape
 
 from .charts import PALETTE, _nice_max, _open_svg, human
@@ -55,14 +55,14 @@ def _x_axis(out: list, left: float, pw: float, y: float, t0: float, t1: float, t
 
 
 def time_chart(
-    series: dict[str, Sequence[tuple[float, float]]],
+    series: Mapping[str, Sequence[tuple[float, float]]],
     title: str,
     t0: float,
     t1: float,
     unit: str = "",
     step: bool = False,
     marks: Sequence[tuple[float, str]] = (),
-    dashed: dict[str, Sequence[tuple[float, float]]] | None = None,
+    dashed: Mapping[str, Sequence[tuple[float, float]]] | None = None,
     ymax: float | None = None,
     width: int = 560,
     height: int = 200,
@@ -175,7 +175,7 @@ def timeline_chart(
             f"{escape(str(row['label'])[:28])}</text>"
         )
         tip = escape(str(row.get("tip", row["label"])))
-        for part, colour in (("queued", QUEUED_COLOUR), ("running", END_COLOURS.get(row.get("end"), "#9467bd"))):
+        for part, colour in (("queued", QUEUED_COLOUR), ("running", END_COLOURS.get(str(row.get("end")), "#9467bd"))):
             span = row.get(part)
             if not span or not (_finite(span[0]) and _finite(span[1])):
                 continue

@@ -16,13 +16,27 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from harvester_edge.errors import StoreError
 from harvester_edge.filemodes import private_database, private_dir
 
 from ..classify import SEEDED_RULES
 from . import pg, rules
+
+
+class Conn(Protocol):
+    """What the table modules' functions use of a connection: a sqlite3.Connection, or on PostgreSQL the
+    reader/writer connections of store.pg, which answer execute() the same way."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
+
+
+class WriteConn(Conn, Protocol):
+    """The writer's connection (inside Database.write): executemany besides execute."""
+
+    def executemany(self, sql: str, parameters: Any, /) -> Any: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -302,8 +316,9 @@ class Database:
             finally:
                 conn.close()
 
-        self._ckpt_thread = threading.Thread(target=loop, name="central-checkpoint", daemon=True)
-        self._ckpt_thread.start()
+        thread = threading.Thread(target=loop, name="central-checkpoint", daemon=True)
+        thread.start()
+        self._ckpt_thread: threading.Thread | None = thread
 
     def start_writer(self) -> None:
         """Group commit: one thread drains queued writes into shared transactions."""
@@ -355,9 +370,10 @@ class Database:
 
     def close(self) -> None:
         self.stop_writer()
-        if getattr(self, "_ckpt_thread", None) is not None:
+        thread = getattr(self, "_ckpt_thread", None)
+        if thread is not None:
             self._ckpt_stop.set()
-            self._ckpt_thread.join(10)
+            thread.join(10)
             self._ckpt_thread = None
         with self._lock:
             for conn in self._readers:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 
+from .database import Conn, WriteConn
 from .pg import is_pg
 
 
-def heartbeat(conn: sqlite3.Connection, harvester_id: str, attrs: str, now: float) -> None:
+def heartbeat(conn: Conn, harvester_id: str, attrs: str, now: float) -> None:
     """The harvester's last heartbeat and its attributes (JSON)."""
     conn.execute(
         "INSERT INTO harvesters (harvester_id, last_heartbeat, attrs) VALUES (?, ?, ?) "
@@ -16,7 +17,7 @@ def heartbeat(conn: sqlite3.Connection, harvester_id: str, attrs: str, now: floa
     )
 
 
-def service_metrics(conn: sqlite3.Connection, harvester_id: str, metrics: str) -> None:
+def service_metrics(conn: Conn, harvester_id: str, metrics: str) -> None:
     """Store the harvester's latest service metrics (JSON) as attrs.service_metrics."""
     if is_pg(conn):
         conn.execute(
@@ -34,7 +35,7 @@ def service_metrics(conn: sqlite3.Connection, harvester_id: str, metrics: str) -
     )
 
 
-def upsert_workers(conn: sqlite3.Connection, harvester_id: str, rows: list[tuple], now: float) -> None:
+def upsert_workers(conn: WriteConn, harvester_id: str, rows: list[tuple], now: float) -> None:
     """rows: (worker_id, status, site, node, attrs JSON); a missing site or node keeps the old one."""
     conn.executemany(
         "INSERT INTO workers (harvester_id, worker_id, status, site, node, attrs, modified) "
@@ -45,7 +46,7 @@ def upsert_workers(conn: sqlite3.Connection, harvester_id: str, rows: list[tuple
     )
 
 
-def pilot_status(conn: sqlite3.Connection, row: tuple, now: float) -> None:
+def pilot_status(conn: Conn, row: tuple, now: float) -> None:
     """row: (harvester_id, worker_id, pilot_status, site, node)."""
     conn.execute(
         "INSERT INTO workers (harvester_id, worker_id, pilot_status, site, node, modified) "
@@ -55,14 +56,14 @@ def pilot_status(conn: sqlite3.Connection, row: tuple, now: float) -> None:
     )
 
 
-def worker_attrs(conn: sqlite3.Connection, harvester_id: str, worker_id: str) -> sqlite3.Row | None:
+def worker_attrs(conn: Conn, harvester_id: str, worker_id: str) -> sqlite3.Row | None:
     """A row with the worker's reported attributes (JSON text or None)."""
     return conn.execute(
         "SELECT attrs FROM workers WHERE harvester_id=? AND worker_id=?", (harvester_id, worker_id)
     ).fetchone()
 
 
-def max_worker_id(conn: sqlite3.Connection, harvester_id: str) -> int:
+def max_worker_id(conn: Conn, harvester_id: str) -> int:
     """The largest numeric worker id of the harvester (0 without one)."""
     if is_pg(conn):
         row = conn.execute(
@@ -78,7 +79,7 @@ def max_worker_id(conn: sqlite3.Connection, harvester_id: str) -> int:
     return int(row[0] or 0)
 
 
-def worker_counts(conn: sqlite3.Connection, since: float) -> list[sqlite3.Row]:
+def worker_counts(conn: Conn, since: float) -> list[sqlite3.Row]:
     """(site, harvester_id, jobType, resourceType, status, count) of the workers updated since then."""
     if is_pg(conn):  # attrs is written as JSON by upsert_workers (json.dumps)
         return conn.execute(
@@ -95,7 +96,7 @@ def worker_counts(conn: sqlite3.Connection, since: float) -> list[sqlite3.Row]:
     ).fetchall()
 
 
-def worker_node(conn: sqlite3.Connection, site: str, host_name: str, gpu: bool, text: str, now: float) -> None:
+def worker_node(conn: Conn, site: str, host_name: str, gpu: bool, text: str, now: float) -> None:
     """A pilot's description of its node (gpu: of its GPUs), one row per (site, host)."""
     column = "gpus" if gpu else "attrs"
     conn.execute(

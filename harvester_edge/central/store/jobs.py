@@ -6,10 +6,11 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
+from .database import Conn, WriteConn
 from .pg import is_pg
 
 
-def insert(conn: sqlite3.Connection, task_id: int, count: int, status: str, attempt_nr: int, now: float) -> None:
+def insert(conn: WriteConn, task_id: int, count: int, status: str, attempt_nr: int, now: float) -> None:
     """count new jobs of the task in this status and attempt."""
     conn.executemany(
         "INSERT INTO jobs (task_id, status, attempt_nr, created, modified) VALUES (?, ?, ?, ?, ?)",
@@ -18,7 +19,7 @@ def insert(conn: sqlite3.Connection, task_id: int, count: int, status: str, atte
 
 
 def claim_activated(
-    conn: sqlite3.Connection,
+    conn: Conn,
     n_jobs: int,
     site: str,
     harvester_id: str | None,
@@ -46,11 +47,11 @@ def claim_activated(
     ).fetchall()
 
 
-def cancel(conn: sqlite3.Connection, panda_id: int, now: float) -> None:
+def cancel(conn: Conn, panda_id: int, now: float) -> None:
     conn.execute("UPDATE jobs SET status='cancelled', modified=? WHERE panda_id=?", (now, panda_id))
 
 
-def append_state(conn: sqlite3.Connection, panda_id: int, state: str, now: float) -> None:
+def append_state(conn: Conn, panda_id: int, state: str, now: float) -> None:
     """Append [state, time] to the job's state history (a JSON list), unless it repeats the last state."""
     if is_pg(conn):
         conn.execute(
@@ -67,11 +68,11 @@ def append_state(conn: sqlite3.Connection, panda_id: int, state: str, now: float
     )
 
 
-def get(conn: sqlite3.Connection, panda_id: int) -> sqlite3.Row | None:
+def get(conn: Conn, panda_id: int) -> sqlite3.Row | None:
     return conn.execute("SELECT * FROM jobs WHERE panda_id=?", (panda_id,)).fetchone()
 
 
-def get_for_update(conn: sqlite3.Connection, panda_id: int) -> sqlite3.Row | None:
+def get_for_update(conn: Conn, panda_id: int) -> sqlite3.Row | None:
     """The job, to change it: on PostgreSQL its row is locked FOR UPDATE NOWAIT (another process changing the
     same job makes this write fail at once with LockNotAvailable; the writer runs it again, bounded). SQLite
     has one writer: a plain read."""
@@ -80,17 +81,17 @@ def get_for_update(conn: sqlite3.Connection, panda_id: int) -> sqlite3.Row | Non
     return get(conn, panda_id)
 
 
-def status_of(conn: sqlite3.Connection, panda_id: int) -> sqlite3.Row | None:
+def status_of(conn: Conn, panda_id: int) -> sqlite3.Row | None:
     """(status, attempt_nr, command) of the job."""
     return conn.execute("SELECT status, attempt_nr, command FROM jobs WHERE panda_id=?", (panda_id,)).fetchone()
 
 
-def command_of(conn: sqlite3.Connection, panda_id: int) -> sqlite3.Row | None:
+def command_of(conn: Conn, panda_id: int) -> sqlite3.Row | None:
     """(status, command) of the job."""
     return conn.execute("SELECT status, command FROM jobs WHERE panda_id=?", (panda_id,)).fetchone()
 
 
-def owners(conn: sqlite3.Connection, panda_ids: list[int]) -> Any:
+def owners(conn: Conn, panda_ids: list[int]) -> Any:
     """(panda_id, harvester_id, worker_id) of these jobs (at most 500 ids per call)."""
     return conn.execute(
         f"SELECT panda_id, harvester_id, worker_id FROM jobs WHERE panda_id IN ({','.join('?' * len(panda_ids))})",
@@ -99,7 +100,7 @@ def owners(conn: sqlite3.Connection, panda_ids: list[int]) -> Any:
 
 
 def report(
-    conn: sqlite3.Connection,
+    conn: Conn,
     panda_id: int,
     state: str,
     codes: dict[str, int],
@@ -135,7 +136,7 @@ def report(
     )
 
 
-def pilot_fields(conn: sqlite3.Connection, panda_id: int, values: tuple) -> None:
+def pilot_fields(conn: Conn, panda_id: int, values: tuple) -> None:
     """values (None keeps the old one): start_time, end_time, pilot_id, pilot_timing, cpu_time, cpu_unit,
     max_rss, pilot_log, log_file. Nothing reported: no statement (it would change nothing)."""
     if all(value is None for value in values):
@@ -149,11 +150,11 @@ def pilot_fields(conn: sqlite3.Connection, panda_id: int, values: tuple) -> None
     )
 
 
-def heartbeat(conn: sqlite3.Connection, panda_id: int, now: float) -> None:
+def heartbeat(conn: Conn, panda_id: int, now: float) -> None:
     conn.execute("UPDATE jobs SET heartbeat=? WHERE panda_id=?", (now, panda_id))
 
 
-def count_in(conn: sqlite3.Connection, task_id: int, statuses: tuple[str, ...]) -> int:
+def count_in(conn: Conn, task_id: int, statuses: tuple[str, ...]) -> int:
     """The task's jobs in these states."""
     return conn.execute(
         f"SELECT count(*) FROM jobs WHERE task_id=? AND status IN ({','.join('?' * len(statuses))})",
@@ -161,23 +162,23 @@ def count_in(conn: sqlite3.Connection, task_id: int, statuses: tuple[str, ...]) 
     ).fetchone()[0]
 
 
-def count_activated(conn: sqlite3.Connection, task_id: int) -> int:
+def count_activated(conn: Conn, task_id: int) -> int:
     return conn.execute("SELECT count(*) FROM jobs WHERE task_id=? AND status='activated'", (task_id,)).fetchone()[0]
 
 
-def last_attempt(conn: sqlite3.Connection, task_id: int) -> int:
+def last_attempt(conn: Conn, task_id: int) -> int:
     """The task's highest attempt number (0 without jobs)."""
     return conn.execute("SELECT coalesce(max(attempt_nr), 0) FROM jobs WHERE task_id=?", (task_id,)).fetchone()[0]
 
 
-def cancel_activated(conn: sqlite3.Connection, task_id: int, now: float) -> None:
+def cancel_activated(conn: Conn, task_id: int, now: float) -> None:
     """The task's jobs not yet dispatched are cancelled."""
     conn.execute(
         "UPDATE jobs SET status='cancelled', modified=? WHERE task_id=? AND status='activated'", (now, task_id)
     )
 
 
-def mark_to_kill(conn: sqlite3.Connection, task_id: int, now: float) -> None:
+def mark_to_kill(conn: Conn, task_id: int, now: float) -> None:
     """The task's jobs that have not ended get the command 'tobekilled'."""
     conn.execute(
         "UPDATE jobs SET command='tobekilled', modified=? WHERE task_id=? AND status NOT IN "
@@ -186,7 +187,7 @@ def mark_to_kill(conn: sqlite3.Connection, task_id: int, now: float) -> None:
     )
 
 
-def silent(conn: sqlite3.Connection, statuses: Iterable[str], cutoff: float) -> list[sqlite3.Row]:
+def silent(conn: Conn, statuses: Iterable[str], cutoff: float) -> list[sqlite3.Row]:
     """Jobs in these states whose last heartbeat is before cutoff (PostgreSQL: locked to fail them; a job another
     process is changing right now is skipped: it is not silent)."""
     marks = tuple(statuses)
@@ -197,7 +198,7 @@ def silent(conn: sqlite3.Connection, statuses: Iterable[str], cutoff: float) -> 
     ).fetchall()
 
 
-def fail_dispatcher(conn: sqlite3.Connection, panda_id: int, code: int, diag: str, now: float) -> None:
+def fail_dispatcher(conn: Conn, panda_id: int, code: int, diag: str, now: float) -> None:
     """The job failed for the dispatcher (code, diag), ending now."""
     conn.execute(
         "UPDATE jobs SET status='failed', dispatcher_error_code=?, dispatcher_error_diag=?, "
@@ -206,7 +207,7 @@ def fail_dispatcher(conn: sqlite3.Connection, panda_id: int, code: int, diag: st
     )
 
 
-def of_task(conn: sqlite3.Connection, task_id: int) -> list[sqlite3.Row]:
+def of_task(conn: Conn, task_id: int) -> list[sqlite3.Row]:
     """The task's jobs, the columns `task show` lists."""
     return conn.execute(
         "SELECT panda_id, status, attempt_nr, command, site, worker_id, heartbeat, n_events, pilot_error_code, "
@@ -215,7 +216,7 @@ def of_task(conn: sqlite3.Connection, task_id: int) -> list[sqlite3.Row]:
     ).fetchall()
 
 
-def active_by_site(conn: sqlite3.Connection, terminal: tuple[str, ...]) -> list[sqlite3.Row]:
+def active_by_site(conn: Conn, terminal: tuple[str, ...]) -> list[sqlite3.Row]:
     """(site, status, count) of the jobs not in the (three) terminal states."""
     return conn.execute(
         "SELECT coalesce(site, ''), status, count(*) FROM jobs WHERE status NOT IN (?, ?, ?) GROUP BY 1, 2", terminal

@@ -5,19 +5,20 @@ from __future__ import annotations
 import json
 import sqlite3
 
+from .database import Conn
 from .pg import is_pg
 
 
-def state(conn: sqlite3.Connection, key_id: str) -> sqlite3.Row | None:
+def state(conn: Conn, key_id: str) -> sqlite3.Row | None:
     """(revoked, expires) of the key."""
     return conn.execute("SELECT revoked, expires FROM token_keys WHERE key_id=?", (key_id,)).fetchone()
 
 
-def get(conn: sqlite3.Connection, key_id: str) -> sqlite3.Row | None:
+def get(conn: Conn, key_id: str) -> sqlite3.Row | None:
     return conn.execute("SELECT * FROM token_keys WHERE key_id=?", (key_id,)).fetchone()
 
 
-def recent_count(conn: sqlite3.Connection, client_name: str, since: float) -> int:
+def recent_count(conn: Conn, client_name: str, since: float) -> int:
     """The client's unrevoked keys with a secret created after `since`."""
     return conn.execute(
         "SELECT count(*) FROM token_keys WHERE client_name=? AND created > ? AND revoked=0 AND key_hash != ''",
@@ -26,7 +27,7 @@ def recent_count(conn: sqlite3.Connection, client_name: str, since: float) -> in
 
 
 def insert(
-    conn: sqlite3.Connection,
+    conn: Conn,
     client_name: str,
     key_id: str,
     key_hash: str,
@@ -43,7 +44,7 @@ def insert(
     )
 
 
-def usable(conn: sqlite3.Connection, client_name: str, now: float) -> list[sqlite3.Row]:
+def usable(conn: Conn, client_name: str, now: float) -> list[sqlite3.Row]:
     """The client's unrevoked, unexpired keys with a secret: key_id, key_hash, expires, scope, claims."""
     return conn.execute(
         "SELECT key_id, key_hash, expires, scope, claims FROM token_keys WHERE client_name=? "
@@ -52,7 +53,7 @@ def usable(conn: sqlite3.Connection, client_name: str, now: float) -> list[sqlit
     ).fetchall()
 
 
-def revoke_family(conn: sqlite3.Connection, client_name: str) -> int:
+def revoke_family(conn: Conn, client_name: str) -> int:
     """Revoke every key of the client and every key minted from them (recursively); how many were revoked."""
     family = [
         r[0]
@@ -71,7 +72,7 @@ def revoke_family(conn: sqlite3.Connection, client_name: str) -> int:
     ).rowcount
 
 
-def listing(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+def listing(conn: Conn) -> list[sqlite3.Row]:
     """Every key, newest first: key_id, client_name, scope, created, expires, revoked, parent, secret."""
     return conn.execute(
         "SELECT key_id, client_name, scope, created, expires, revoked, parent, key_hash != '' AS secret "

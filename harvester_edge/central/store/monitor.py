@@ -6,21 +6,22 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from .database import Conn
 from .pg import is_pg
 
 
-def _floor(conn: sqlite3.Connection, expr: str) -> str:
+def _floor(conn: Conn, expr: str) -> str:
     """expr (non-negative) rounded down to an integer: SQLite's CAST truncates, PostgreSQL's rounds."""
     return f"CAST(floor({expr}) AS BIGINT)" if is_pg(conn) else f"CAST({expr} AS INTEGER)"
 
 
-def _concat(conn: sqlite3.Connection, column: str) -> str:
+def _concat(conn: Conn, column: str) -> str:
     """The distinct values of column joined by commas."""
     return f"string_agg(DISTINCT CAST({column} AS TEXT), ',')" if is_pg(conn) else f"group_concat(DISTINCT {column})"
 
 
 # -- dashboard and sites --------------------------------------------------------------------------------------
-def events_per_minute(conn: sqlite3.Connection, finished: int, since: float) -> dict[int, int]:
+def events_per_minute(conn: Conn, finished: int, since: float) -> dict[int, int]:
     """minute (epoch // 60) -> events in ranges finished in it, since `since`."""
     return dict(
         conn.execute(
@@ -31,7 +32,7 @@ def events_per_minute(conn: sqlite3.Connection, finished: int, since: float) -> 
     )
 
 
-def workers_by_site(conn: sqlite3.Connection) -> list[dict]:
+def workers_by_site(conn: Conn) -> list[dict]:
     """{queue (the site), state, count} of the workers harvesters reported."""
     return [
         dict(r)
@@ -42,20 +43,20 @@ def workers_by_site(conn: sqlite3.Connection) -> list[dict]:
     ]
 
 
-def harvesters(conn: sqlite3.Connection) -> list[dict]:
+def harvesters(conn: Conn) -> list[dict]:
     return [
         dict(r)
         for r in conn.execute("SELECT harvester_id, last_heartbeat, attrs FROM harvesters ORDER BY harvester_id")
     ]
 
 
-def jobs_by_site(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+def jobs_by_site(conn: Conn) -> list[sqlite3.Row]:
     """(site ('' when not dispatched), status, n)."""
     return conn.execute("SELECT coalesce(site, '') AS site, status, count(*) AS n FROM jobs GROUP BY 1, 2").fetchall()
 
 
 # -- errors ---------------------------------------------------------------------------------------------------
-def range_errors(conn: sqlite3.Connection, task_id: int) -> list[dict]:
+def range_errors(conn: Conn, task_id: int) -> list[dict]:
     """The task's range failures grouped by (code, message): source 'event', code, message, count."""
     return [
         dict(r)
@@ -67,7 +68,7 @@ def range_errors(conn: sqlite3.Connection, task_id: int) -> list[dict]:
     ]
 
 
-def all_range_errors(conn: sqlite3.Connection) -> list[dict]:
+def all_range_errors(conn: Conn) -> list[dict]:
     """Every range failure grouped by (code, message), with the tasks it happened in."""
     return [
         dict(r)
@@ -79,7 +80,7 @@ def all_range_errors(conn: sqlite3.Connection) -> list[dict]:
     ]
 
 
-def job_errors(conn: sqlite3.Connection, task_id: int | None = None) -> list[dict]:
+def job_errors(conn: Conn, task_id: int | None = None) -> list[dict]:
     """Job failures (of one task, or all) grouped by (source, code, message) for pilot, exe and dispatcher codes."""
     where, args = ("WHERE task_id=?", (task_id,)) if task_id is not None else ("", ())
     out = []
@@ -101,21 +102,21 @@ def job_errors(conn: sqlite3.Connection, task_id: int | None = None) -> list[dic
 
 
 # -- task and job ---------------------------------------------------------------------------------------------
-def events_by_status(conn: sqlite3.Connection, task_id: int) -> list[sqlite3.Row]:
+def events_by_status(conn: Conn, task_id: int) -> list[sqlite3.Row]:
     """(status, events) of the task's ranges."""
     return conn.execute(
         "SELECT status, sum(last_event - start_event + 1) FROM ranges WHERE task_id=? GROUP BY status", (task_id,)
     ).fetchall()
 
 
-def finished_span(conn: sqlite3.Connection, task_id: int, finished: int) -> sqlite3.Row:
+def finished_span(conn: Conn, task_id: int, finished: int) -> sqlite3.Row:
     """(first, last) time a range of the task was finished (None, None without one)."""
     return conn.execute(
         "SELECT min(modified), max(modified) FROM ranges WHERE task_id=? AND status=?", (task_id, finished)
     ).fetchone()
 
 
-def finished_buckets(conn: sqlite3.Connection, task_id: int, finished: int, t0: float, width: float) -> Any:
+def finished_buckets(conn: Conn, task_id: int, finished: int, t0: float, width: float) -> Any:
     """(bucket, events) of the task's finished ranges by (modified - t0) // width, in bucket order."""
     return conn.execute(
         f"SELECT {_floor(conn, '(modified - ?) / ?')} AS b, sum(last_event - start_event + 1) FROM ranges "
@@ -124,12 +125,12 @@ def finished_buckets(conn: sqlite3.Connection, task_id: int, finished: int, t0: 
     )
 
 
-def job(conn: sqlite3.Connection, panda_id: int) -> dict | None:
+def job(conn: Conn, panda_id: int) -> dict | None:
     row = conn.execute("SELECT * FROM jobs WHERE panda_id=?", (panda_id,)).fetchone()
     return dict(row) if row else None
 
 
-def job_ranges(conn: sqlite3.Connection, task_id: int, panda_id: int) -> list[sqlite3.Row]:
+def job_ranges(conn: Conn, task_id: int, panda_id: int) -> list[sqlite3.Row]:
     """The ranges of the task last handed to the job, by process id."""
     return conn.execute(
         "SELECT process_id, start_event, last_event, status, attempt_nr, failures, error_code, "
@@ -139,33 +140,33 @@ def job_ranges(conn: sqlite3.Connection, task_id: int, panda_id: int) -> list[sq
 
 
 # -- metrics --------------------------------------------------------------------------------------------------
-def tasks_by_status(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+def tasks_by_status(conn: Conn) -> list[tuple[Any, ...]]:
     return conn.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall()
 
 
-def jobs_by_status(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+def jobs_by_status(conn: Conn) -> list[tuple[Any, ...]]:
     return conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
 
 
-def ranges_by_status(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+def ranges_by_status(conn: Conn) -> list[tuple[Any, ...]]:
     return conn.execute("SELECT status, count(*) FROM ranges GROUP BY status").fetchall()
 
 
-def events_finished_by_task(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+def events_finished_by_task(conn: Conn) -> list[tuple[Any, ...]]:
     """(task_id, events in finished ranges)."""
     return conn.execute(
         "SELECT task_id, sum(last_event - start_event + 1) FROM ranges WHERE status=3 GROUP BY task_id"
     ).fetchall()
 
 
-def key_expiry_by_client(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+def key_expiry_by_client(conn: Conn) -> list[tuple[Any, ...]]:
     """(client_name, latest expiry of its unrevoked keys)."""
     return conn.execute(
         "SELECT client_name, max(expires) FROM token_keys WHERE revoked=0 GROUP BY client_name"
     ).fetchall()
 
 
-def task_active_time(conn: sqlite3.Connection, now: float) -> sqlite3.Row:
+def task_active_time(conn: Conn, now: float) -> sqlite3.Row:
     """(average seconds tasks are active: created -> last change when done, -> now otherwise; number of tasks)."""
     return conn.execute(
         "SELECT avg(CASE WHEN status IN ('finished', 'failed', 'aborted') THEN modified - created "

@@ -10,10 +10,11 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
+from .database import Conn, WriteConn
 from .pg import is_pg
 
 
-def insert(conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
+def insert(conn: WriteConn, rows: Iterable[tuple]) -> None:
     """rows: (task_id, process_id, start_event, last_event, status).
 
     PostgreSQL: the table's statistics are renewed at once (ANALYZE, allowed in a transaction, no row locks):
@@ -25,7 +26,7 @@ def insert(conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
         conn.execute("ANALYZE ranges")
 
 
-def open_events(conn: sqlite3.Connection, task_id: int, open_states: tuple[int, ...]) -> int:
+def open_events(conn: Conn, task_id: int, open_states: tuple[int, ...]) -> int:
     """The number of events in the task's ranges of these (three) states."""
     row = conn.execute(
         "SELECT coalesce(sum(last_event - start_event + 1), 0) FROM ranges WHERE task_id=? AND status IN (?, ?, ?)",
@@ -34,7 +35,7 @@ def open_events(conn: sqlite3.Connection, task_id: int, open_states: tuple[int, 
     return int(row[0])
 
 
-def events_in(conn: sqlite3.Connection, task_id: int, status: int) -> int:
+def events_in(conn: Conn, task_id: int, status: int) -> int:
     """The number of events in the task's ranges of one state."""
     return conn.execute(
         "SELECT coalesce(sum(last_event - start_event + 1), 0) FROM ranges WHERE task_id=? AND status=?",
@@ -42,7 +43,7 @@ def events_in(conn: sqlite3.Connection, task_id: int, status: int) -> int:
     ).fetchone()[0]
 
 
-def claim(conn: sqlite3.Connection, task_id: int, panda_id: int, n_ranges: int, now: float) -> list[sqlite3.Row]:
+def claim(conn: Conn, task_id: int, panda_id: int, n_ranges: int, now: float) -> list[sqlite3.Row]:
     """Up to n_ranges ready ranges of the task sent to the job: (process_id, start_event, last_event, attempt_nr).
 
     On PostgreSQL the ready ranges are picked FOR UPDATE SKIP LOCKED: processes claiming at the same time take
@@ -68,7 +69,7 @@ def claim(conn: sqlite3.Connection, task_id: int, panda_id: int, n_ranges: int, 
     ).fetchall()
 
 
-def start_sent(conn: sqlite3.Connection, task_id: int, panda_id: int, now: float) -> list[sqlite3.Row]:
+def start_sent(conn: Conn, task_id: int, panda_id: int, now: float) -> list[sqlite3.Row]:
     """The job's sent ranges become running: (process_id, start_event, last_event, attempt_nr)."""
     return conn.execute(
         "UPDATE ranges SET status=2, modified=? WHERE task_id=? AND panda_id=? AND status=1 "
@@ -78,7 +79,7 @@ def start_sent(conn: sqlite3.Connection, task_id: int, panda_id: int, now: float
 
 
 def fail(
-    conn: sqlite3.Connection,
+    conn: Conn,
     key: tuple,
     max_attempts: int,
     counted: bool,
@@ -113,7 +114,7 @@ def fail(
     )
 
 
-def finish_held(conn: sqlite3.Connection, task_id: int, expected: dict[int, tuple[int, int]], now: float) -> bool:
+def finish_held(conn: Conn, task_id: int, expected: dict[int, tuple[int, int]], now: float) -> bool:
     """Finish these in-flight ranges of one task in one statement if each is held by the expected
     (attempt_nr, panda_id) (expected: process_id -> that pair); else undo and return False.
 
@@ -133,7 +134,7 @@ def finish_held(conn: sqlite3.Connection, task_id: int, expected: dict[int, tupl
     return False
 
 
-def finish(conn: sqlite3.Connection, task_id: int, process_ids: list[int], now: float) -> None:
+def finish(conn: Conn, task_id: int, process_ids: list[int], now: float) -> None:
     """These ranges of the task are finished (at most 500 ids per call)."""
     conn.execute(
         f"UPDATE ranges SET status=3, modified=? WHERE task_id=? "
@@ -142,7 +143,7 @@ def finish(conn: sqlite3.Connection, task_id: int, process_ids: list[int], now: 
     )
 
 
-def holders(conn: sqlite3.Connection, task_id: int, process_ids: list[int]) -> Any:
+def holders(conn: Conn, task_id: int, process_ids: list[int]) -> Any:
     """(process_id, status, attempt_nr, panda_id) of these ranges of the task (at most 500 ids per call), to
     change them: on PostgreSQL locked FOR UPDATE (in process_id order), so what is read stays true until commit."""
     return conn.execute(
@@ -153,14 +154,14 @@ def holders(conn: sqlite3.Connection, task_id: int, process_ids: list[int]) -> A
     )
 
 
-def holder(conn: sqlite3.Connection, key: tuple[int, int]) -> sqlite3.Row:
+def holder(conn: Conn, key: tuple[int, int]) -> sqlite3.Row:
     """(status, attempt_nr, panda_id) of the range (task_id, process_id)."""
     return conn.execute(
         "SELECT status, attempt_nr, panda_id FROM ranges WHERE task_id=? AND process_id=?", key
     ).fetchone()
 
 
-def in_flight_of_job(conn: sqlite3.Connection, task_id: int, panda_id: int) -> list[sqlite3.Row]:
+def in_flight_of_job(conn: Conn, task_id: int, panda_id: int) -> list[sqlite3.Row]:
     """(task_id, process_id) of the job's sent or running ranges (PostgreSQL: locked FOR UPDATE, to release)."""
     return conn.execute(
         "SELECT task_id, process_id FROM ranges NOT INDEXED WHERE task_id=? AND panda_id=? AND status IN (1, 2)"
@@ -169,7 +170,7 @@ def in_flight_of_job(conn: sqlite3.Connection, task_id: int, panda_id: int) -> l
     ).fetchall()
 
 
-def finish_job_units(conn: sqlite3.Connection, task_id: int, panda_id: int, finished: int, now: float) -> None:
+def finish_job_units(conn: Conn, task_id: int, panda_id: int, finished: int, now: float) -> None:
     """An ordinary job finished: its sent/running unit of work becomes `finished`."""
     conn.execute(
         "UPDATE ranges SET status=?, modified=? WHERE task_id=? AND panda_id=? AND status IN (1, 2)",
@@ -177,7 +178,7 @@ def finish_job_units(conn: sqlite3.Connection, task_id: int, panda_id: int, fini
     )
 
 
-def job_has(conn: sqlite3.Connection, task_id: int, panda_id: int, status: int) -> bool:
+def job_has(conn: Conn, task_id: int, panda_id: int, status: int) -> bool:
     """Whether the job holds a range of the task in this state."""
     return (
         conn.execute(
@@ -188,7 +189,7 @@ def job_has(conn: sqlite3.Connection, task_id: int, panda_id: int, status: int) 
     )
 
 
-def job_in_flight(conn: sqlite3.Connection, task_id: int, panda_id: int) -> bool:
+def job_in_flight(conn: Conn, task_id: int, panda_id: int) -> bool:
     """Whether the job holds a sent or running range of the task."""
     return (
         conn.execute(
@@ -199,7 +200,7 @@ def job_in_flight(conn: sqlite3.Connection, task_id: int, panda_id: int) -> bool
     )
 
 
-def any_ready(conn: sqlite3.Connection, task_id: int) -> bool:
+def any_ready(conn: Conn, task_id: int) -> bool:
     """Whether the task has a ready range (an index probe)."""
     return (
         conn.execute(
@@ -209,7 +210,7 @@ def any_ready(conn: sqlite3.Connection, task_id: int) -> bool:
     )
 
 
-def any_in_flight(conn: sqlite3.Connection, task_id: int) -> bool:
+def any_in_flight(conn: Conn, task_id: int) -> bool:
     """Whether the task has a sent or running range."""
     return (
         conn.execute(
@@ -219,18 +220,18 @@ def any_in_flight(conn: sqlite3.Connection, task_id: int) -> bool:
     )
 
 
-def count_by_status(conn: sqlite3.Connection, task_id: int) -> dict[int, int]:
+def count_by_status(conn: Conn, task_id: int) -> dict[int, int]:
     """status -> number of the task's ranges."""
     return dict(
         conn.execute("SELECT status, count(*) FROM ranges WHERE task_id=? GROUP BY status", (task_id,)).fetchall()
     )
 
 
-def count_ready(conn: sqlite3.Connection, task_id: int) -> int:
+def count_ready(conn: Conn, task_id: int) -> int:
     return conn.execute("SELECT count(*) FROM ranges WHERE task_id=? AND status=0", (task_id,)).fetchone()[0]
 
 
-def count_ready_of_active_tasks(conn: sqlite3.Connection, ready: int, task_id: int | None = None) -> int:
+def count_ready_of_active_tasks(conn: Conn, ready: int, task_id: int | None = None) -> int:
     """Ready ranges of defined or running tasks (of one task if given)."""
     sql, args = (
         "SELECT count(*) FROM ranges r JOIN tasks t USING (task_id) WHERE r.status=? "
@@ -242,9 +243,7 @@ def count_ready_of_active_tasks(conn: sqlite3.Connection, ready: int, task_id: i
     return conn.execute(sql, args).fetchone()[0]
 
 
-def cancel_open(
-    conn: sqlite3.Connection, task_id: int, cancelled: int, open_states: tuple[int, ...], now: float
-) -> None:
+def cancel_open(conn: Conn, task_id: int, cancelled: int, open_states: tuple[int, ...], now: float) -> None:
     """The task's ranges in the (three) open states become cancelled."""
     conn.execute(
         "UPDATE ranges SET status=?, modified=? WHERE task_id=? AND status IN (?, ?, ?)",
@@ -252,7 +251,7 @@ def cancel_open(
     )
 
 
-def reopen(conn: sqlite3.Connection, task_id: int, ready: int, ended: tuple[int, int, int], now: float) -> None:
+def reopen(conn: Conn, task_id: int, ready: int, ended: tuple[int, int, int], now: float) -> None:
     """The task's ranges in the (three) ended states become ready, with no failures and no holder."""
     conn.execute(
         "UPDATE ranges SET status=?, failures=0, panda_id=NULL, modified=? WHERE task_id=? AND status IN (?, ?, ?)",
@@ -260,7 +259,7 @@ def reopen(conn: sqlite3.Connection, task_id: int, ready: int, ended: tuple[int,
     )
 
 
-def event_totals(conn: sqlite3.Connection, task_id: int, finished: int, failed: tuple[int, int]) -> tuple:
+def event_totals(conn: Conn, task_id: int, finished: int, failed: tuple[int, int]) -> tuple:
     """(events finished, events failed for good, events retried, ranges retried) of a task."""
     return conn.execute(
         "SELECT coalesce(sum(CASE WHEN status = ? THEN last_event - start_event + 1 END), 0), "

@@ -5,8 +5,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
+from .database import Conn
 
-def confirmed(conn: sqlite3.Connection, source: str, code: int) -> list[sqlite3.Row]:
+
+def confirmed(conn: Conn, source: str, code: int) -> list[sqlite3.Row]:
     """The confirmed rules for (source, code), the longest diag pattern first."""
     return conn.execute(
         "SELECT id, diag_pattern, class FROM error_classes WHERE source=? AND code=? AND status='confirmed' "
@@ -15,11 +17,11 @@ def confirmed(conn: sqlite3.Connection, source: str, code: int) -> list[sqlite3.
     ).fetchall()
 
 
-def hit(conn: sqlite3.Connection, rule_id: int) -> None:
+def hit(conn: Conn, rule_id: int) -> None:
     conn.execute("UPDATE error_classes SET hits = hits + 1 WHERE id=?", (rule_id,))
 
 
-def suggest(conn: sqlite3.Connection, source: str, code: int, guess: str, example: str, now: float) -> None:
+def suggest(conn: Conn, source: str, code: int, guess: str, example: str, now: float) -> None:
     """Record (or count once more) a suggested rule for an unmatched failure."""
     conn.execute(
         "INSERT INTO error_classes (source, code, diag_pattern, class, status, hits, example, created) "
@@ -29,7 +31,7 @@ def suggest(conn: sqlite3.Connection, source: str, code: int, guess: str, exampl
     )
 
 
-def seed(conn: sqlite3.Connection, seeded: Iterable[tuple[str, int, str, str]], now: float) -> None:
+def seed(conn: Conn, seeded: Iterable[tuple[str, int, str, str]], now: float) -> None:
     """The rules every new DB starts with: (source, code, pattern, class), confirmed."""
     for source, code, pattern, klass in seeded:
         conn.execute(
@@ -39,9 +41,7 @@ def seed(conn: sqlite3.Connection, seeded: Iterable[tuple[str, int, str, str]], 
         )
 
 
-def upsert(
-    conn: sqlite3.Connection, source: str, code: int, diag_pattern: str, klass: str, status: str, now: float
-) -> int:
+def upsert(conn: Conn, source: str, code: int, diag_pattern: str, klass: str, status: str, now: float) -> int:
     """Add a rule or change the class and status of the same (source, code, pattern); its id."""
     cur = conn.execute(
         "INSERT INTO error_classes (source, code, diag_pattern, class, status, created) VALUES (?, ?, ?, ?, ?, ?) "
@@ -52,15 +52,15 @@ def upsert(
     return cur.fetchone()[0]
 
 
-def get(conn: sqlite3.Connection, rule_id: int) -> sqlite3.Row | None:
+def get(conn: Conn, rule_id: int) -> sqlite3.Row | None:
     return conn.execute("SELECT * FROM error_classes WHERE id=?", (rule_id,)).fetchone()
 
 
-def confirm(conn: sqlite3.Connection, rule_id: int, klass: str) -> None:
+def confirm(conn: Conn, rule_id: int, klass: str) -> None:
     conn.execute("UPDATE error_classes SET status='confirmed', class=? WHERE id=?", (klass, rule_id))
 
 
-def list_rules(conn: sqlite3.Connection, status: str | None = None) -> list[sqlite3.Row]:
+def list_rules(conn: Conn, status: str | None = None) -> list[sqlite3.Row]:
     """Every rule (or those of one status), by id."""
     sql = "SELECT * FROM error_classes" + (" WHERE status=?" if status else "") + " ORDER BY id"
     return conn.execute(sql, (status,) if status else ()).fetchall()

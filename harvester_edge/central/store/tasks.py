@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 
+from .database import Conn
 from .pg import is_pg
 
 
-def insert(conn: sqlite3.Connection, values: tuple) -> int | None:
+def insert(conn: Conn, values: tuple) -> int | None:
     """values: (name, payload, n_events, events_per_range, seconds_per_event, memory_per_rank_mb, max_attempts,
     n_jobs, guid, status, created, modified, kind, job_spec); the new task_id."""
     cur = conn.execute(
@@ -19,17 +20,17 @@ def insert(conn: sqlite3.Connection, values: tuple) -> int | None:
     return cur.fetchone()[0]
 
 
-def get(conn: sqlite3.Connection, task_id: int) -> sqlite3.Row | None:
+def get(conn: Conn, task_id: int) -> sqlite3.Row | None:
     return conn.execute("SELECT * FROM tasks WHERE task_id=?", (task_id,)).fetchone()
 
 
-def of_job(conn: sqlite3.Connection, task_id: int) -> sqlite3.Row:
+def of_job(conn: Conn, task_id: int) -> sqlite3.Row:
     """The task of an existing job (the foreign key jobs.task_id guarantees it exists)."""
     row: sqlite3.Row = conn.execute("SELECT * FROM tasks WHERE task_id=?", (task_id,)).fetchone()
     return row
 
 
-def lock(conn: sqlite3.Connection, task_id: int) -> sqlite3.Row:
+def lock(conn: Conn, task_id: int) -> sqlite3.Row:
     """The task, locked FOR UPDATE on PostgreSQL: two processes finishing a task's last ranges at once would
     each see the other's (uncommitted) ranges in flight and neither close the task; serialized, the second
     sees the first's commit. SQLite has one writer: a plain read."""
@@ -38,41 +39,41 @@ def lock(conn: sqlite3.Connection, task_id: int) -> sqlite3.Row:
     return row
 
 
-def all_tasks(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+def all_tasks(conn: Conn) -> list[sqlite3.Row]:
     return conn.execute("SELECT * FROM tasks ORDER BY task_id").fetchall()
 
 
-def status(conn: sqlite3.Connection, task_id: int) -> str:
+def status(conn: Conn, task_id: int) -> str:
     return conn.execute("SELECT status FROM tasks WHERE task_id=?", (task_id,)).fetchone()[0]
 
 
-def max_attempts(conn: sqlite3.Connection, task_id: int) -> sqlite3.Row:
+def max_attempts(conn: Conn, task_id: int) -> sqlite3.Row:
     """A row with the max_attempts of an existing range's task (the foreign key ranges.task_id guarantees it)."""
     row: sqlite3.Row = conn.execute("SELECT max_attempts FROM tasks WHERE task_id=?", (task_id,)).fetchone()
     return row
 
 
-def start(conn: sqlite3.Connection, task_id: int, now: float) -> None:
+def start(conn: Conn, task_id: int, now: float) -> None:
     """A defined task becomes running (its first job was dispatched)."""
     conn.execute("UPDATE tasks SET status='running', modified=? WHERE task_id=? AND status='defined'", (now, task_id))
 
 
-def count_failure(conn: sqlite3.Connection, task_id: int, diag: str) -> None:
+def count_failure(conn: Conn, task_id: int, diag: str) -> None:
     """One more counted job failure, with its diag."""
     conn.execute("UPDATE tasks SET job_failures = job_failures + 1, diag=? WHERE task_id=?", (diag, task_id))
 
 
-def close(conn: sqlite3.Connection, task_id: int, status: str, diag: str, now: float) -> None:
+def close(conn: Conn, task_id: int, status: str, diag: str, now: float) -> None:
     conn.execute("UPDATE tasks SET status=?, diag=?, modified=? WHERE task_id=?", (status, diag, now, task_id))
 
 
-def abort(conn: sqlite3.Connection, task_id: int, aborted: str, now: float) -> None:
+def abort(conn: Conn, task_id: int, aborted: str, now: float) -> None:
     conn.execute(
         "UPDATE tasks SET status=?, diag='killed by operator', modified=? WHERE task_id=?", (aborted, now, task_id)
     )
 
 
-def reopen(conn: sqlite3.Connection, task_id: int, now: float) -> None:
+def reopen(conn: Conn, task_id: int, now: float) -> None:
     """The task runs again with no counted failures."""
     conn.execute(
         "UPDATE tasks SET status='running', job_failures=0, diag='', modified=? WHERE task_id=?", (now, task_id)
