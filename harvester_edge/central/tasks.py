@@ -13,7 +13,7 @@ from .states import RANGE_OPEN, RangeStatus, TaskStatus
 from .store import jobs as job_rows
 from .store import ranges
 from .store import tasks as task_rows
-from .store.database import Conn
+from .store.conn import Conn
 from .taskspec import TaskSpec
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from harvester_edge import pilot_files
 from harvester_edge.central.states import RangeStatus
 from harvester_edge.central.store import monitor
-from harvester_edge.central.store.database import Conn
+from harvester_edge.central.store.conn import Conn
 from harvester_edge.store import history as history_rows
 from harvester_edge.store import job_workers as worker_links
 from harvester_edge.store import jobs as job_rows

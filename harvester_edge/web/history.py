@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from harvester_edge.central.states import TASK_TERMINAL, RangeStatus
 from harvester_edge.central.store import monitor
-from harvester_edge.central.store.database import Conn
+from harvester_edge.central.store.conn import Conn
 from harvester_edge.store import ranges
 from harvester_edge.store import workers as worker_rows
 

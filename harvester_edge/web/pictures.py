@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from harvester_edge.central.store.database import Conn
+from harvester_edge.central.store.conn import Conn
 
 from . import charts, history, timecharts
 

@@ -16,27 +16,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from harvester_edge.errors import StoreError
 from harvester_edge.filemodes import private_database, private_dir
 
 from ..classify import SEEDED_RULES
 from . import pg, rules
-
-
-class Conn(Protocol):
-    """What the table modules' functions use of a connection: a sqlite3.Connection, or on PostgreSQL the
-    reader/writer connections of store.pg, which answer execute() the same way."""
-
-    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
-
-
-class WriteConn(Conn, Protocol):
-    """The writer's connection (inside Database.write): executemany besides execute."""
-
-    def executemany(self, sql: str, parameters: Any, /) -> Any: ...
-
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from .database import Conn, WriteConn
+from .conn import Conn, WriteConn
 from .pg import is_pg
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from .database import Conn
+from .conn import Conn
 from .pg import is_pg
 
 

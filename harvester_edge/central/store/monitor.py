@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from .database import Conn
+from .conn import Conn
 from .pg import is_pg
 
 

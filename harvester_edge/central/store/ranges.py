@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
-from .database import Conn, WriteConn
+from .conn import Conn, WriteConn
 from .pg import is_pg
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-from .database import Conn
+from .conn import Conn
 
 
 def confirmed(conn: Conn, source: str, code: int) -> list[sqlite3.Row]:
