@@ -7,14 +7,10 @@ its savepoint alone: the others in the batch still commit, and a rejected reques
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +19,7 @@ from harvester_edge.filemodes import private_database, private_dir
 
 from ..classify import SEEDED_RULES
 from . import pg, rules
+from .groupcommit import Call, GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -176,18 +173,15 @@ def rollback_to(conn: sqlite3.Connection, name: str) -> None:
     conn.execute(f"RELEASE {name}")
 
 
-class Database:
+class Database(GroupCommit):
     """Thread-local readers and one writer path; `start_writer()` turns on group commit across threads."""
 
     def __init__(self, path: Path, max_batch: int = 256) -> None:
+        super().__init__(max_batch)
         self.path = Path(path)
-        self.max_batch = max_batch
         self._local = threading.local()
         self._lock = threading.Lock()
         self._wconn: sqlite3.Connection | None = None
-        self._queue: queue.SimpleQueue | None = None
-        self._thread: threading.Thread | None = None
-        self._pending: list = []
         self._readers: list[sqlite3.Connection] = []
 
     def open(self) -> Database:
@@ -213,43 +207,13 @@ class Database:
         return self.reader().execute(sql, params).fetchall()
 
     # -- writes ---------------------------------------------------------------------------------------------
-    def write(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run fn(conn, *args) in a transaction (its own savepoint); return its result or raise its error."""
-        q = self._queue
-        if q is None:
-            with self._lock:
-                ok, value = self._run_batch([(fn, args)])[0]
-            if not ok:
-                raise value
-            return value
-        fut: Future = Future()
-        q.put((fn, args, fut))
-        return fut.result()
-
-    async def write_async(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """write() for the event loop: the writes of one loop iteration share one transaction, no thread hop."""
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._pending.append((fn, args, fut))
-        if len(self._pending) == 1:
-            loop.call_soon(self._flush_pending)
-        return await fut
-
-    def _flush_pending(self) -> None:
-        batch, self._pending = self._pending, []
+    def _commit(self, calls: list[Call]) -> list[tuple[bool, Any]]:
         try:
             with self._lock:
-                results = self._run_batch([(fn, args) for fn, args, _ in batch])
+                return self._run_batch(calls)
         except Exception as exc:
-            log.error("central DB %s: group commit of %d writes failed: %s", self.path, len(batch), exc)
-            results = [(False, StoreError(f"central DB {self.path}: commit failed: {exc}"))] * len(batch)
-        for (_, _, fut), (ok, value) in zip(batch, results):
-            if fut.cancelled():
-                continue
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
+            log.error("central DB %s: group commit of %d writes failed: %s", self.path, len(calls), exc)
+            return [(False, StoreError(f"central DB {self.path}: commit failed: {exc}"))] * len(calls)
 
     def _run_batch(self, batch: list) -> list[tuple[bool, Any]]:
         """One transaction; each write in its own savepoint, so a failing write is undone alone."""
@@ -305,54 +269,6 @@ class Database:
         thread = threading.Thread(target=loop, name="central-checkpoint", daemon=True)
         thread.start()
         self._ckpt_thread: threading.Thread | None = thread
-
-    def start_writer(self) -> None:
-        """Group commit: one thread drains queued writes into shared transactions."""
-        if self._thread is not None:
-            return
-        self._queue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._writer_loop, name="central-writer", daemon=True)
-        self._thread.start()
-
-    def stop_writer(self, timeout: float = 5.0) -> None:
-        if self._thread is None or self._queue is None:
-            return
-        self._queue.put(None)
-        self._thread.join(timeout)
-        self._thread = None
-        self._queue = None
-
-    def _writer_loop(self) -> None:
-        q = self._queue
-        assert q is not None
-        stopping = False
-        while not stopping:
-            item = q.get()
-            if item is None:
-                break
-            batch = [item]
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                batch.append(nxt)
-            try:
-                with self._lock:
-                    results = self._run_batch([(fn, args) for fn, args, _ in batch])
-            except Exception as exc:
-                log.error("central DB %s: group commit of %d writes failed: %s", self.path, len(batch), exc)
-                for _, _, fut in batch:
-                    fut.set_exception(StoreError(f"central DB {self.path}: commit failed: {exc}"))
-                continue
-            for (_, _, fut), (ok, value) in zip(batch, results):
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
 
     def close(self) -> None:
         self.stop_writer()

@@ -16,7 +16,6 @@ commits, at most `lock_retries` times. A lost connection (database restart) is r
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import queue
@@ -24,7 +23,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,8 @@ from psycopg import errors as pgerr
 from psycopg.adapt import Loader
 
 from harvester_edge.errors import StoreError
+
+from .groupcommit import Call, GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class PgReader:
         raise AssertionError("unreachable")
 
 
-class PgDatabase:
+class PgDatabase(GroupCommit):
     """database.Database's interface over PostgreSQL (see the module docstring)."""
 
     def __init__(
@@ -223,16 +223,13 @@ class PgDatabase:
         self.connect_timeout = connect_timeout
         self.lock_timeout = lock_timeout
         self.lock_retries = lock_retries
-        self.max_batch = max_batch
+        super().__init__(max_batch)
         self._lock = threading.Lock()
         self._idle: queue.LifoQueue[psycopg.Connection] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(pool_size)
         self._all: list[psycopg.Connection] = []
         self._wconn: PgConnection | None = None
         self._reader = PgReader(self)
-        self._queue: queue.SimpleQueue | None = None
-        self._thread: threading.Thread | None = None
-        self._pending: list = []
 
     def __str__(self) -> str:
         return redact(self.url)
@@ -319,37 +316,7 @@ class PgDatabase:
         return self._reader.execute(sql, params).fetchall()
 
     # -- writes --------------------------------------------------------------------------------------------------
-    def write(self, fn: Callable[..., Any], *args: Any) -> Any:
-        q = self._queue
-        if q is None:
-            ok, value = self._run_with_retries([(fn, args)])[0]
-            if not ok:
-                raise value
-            return value
-        fut: Future = Future()
-        q.put((fn, args, fut))
-        return fut.result()
-
-    async def write_async(self, fn: Callable[..., Any], *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._pending.append((fn, args, fut))
-        if len(self._pending) == 1:
-            loop.call_soon(self._flush_pending)
-        return await fut
-
-    def _flush_pending(self) -> None:
-        batch, self._pending = self._pending, []
-        results = self._run_with_retries([(fn, args) for fn, args, _ in batch])
-        for (_, _, fut), (ok, value) in zip(batch, results):
-            if fut.cancelled():
-                continue
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
-
-    def _run_with_retries(self, batch: list) -> list[tuple[bool, Any]]:
+    def _commit(self, batch: list[Call]) -> list[tuple[bool, Any]]:
         """Run the batch; writes that met a lock are run again (bounded) after the others committed."""
         with self._lock:
             try:
@@ -442,46 +409,6 @@ class PgDatabase:
 
     def start_checkpointer(self, interval: float = 1.0) -> None:
         """Nothing to do: the server checkpoints."""
-
-    def start_writer(self) -> None:
-        if self._thread is not None:
-            return
-        self._queue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._writer_loop, name="central-writer", daemon=True)
-        self._thread.start()
-
-    def stop_writer(self, timeout: float = 5.0) -> None:
-        if self._thread is None or self._queue is None:
-            return
-        self._queue.put(None)
-        self._thread.join(timeout)
-        self._thread = None
-        self._queue = None
-
-    def _writer_loop(self) -> None:
-        q = self._queue
-        assert q is not None
-        stopping = False
-        while not stopping:
-            item = q.get()
-            if item is None:
-                break
-            batch = [item]
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                batch.append(nxt)
-            results = self._run_with_retries([(fn, args) for fn, args, _ in batch])
-            for (_, _, fut), (ok, value) in zip(batch, results):
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
 
     # -- periodic work once across processes ---------------------------------------------------------------------
     def try_lease(self, key: int) -> psycopg.Connection | None:
