@@ -22,6 +22,8 @@ from harvester_edge.seams.http import HttpTransport
 from .client import CentralClient
 from .service import CentralService
 from .settings import db_path, db_target
+from .store.database import SCHEMA_VERSION, open_database
+from .store.pg import redact
 from .taskspec import load_task_file
 from .tokens import TokenAuthority, list_keys, load_or_create_secret
 
@@ -107,8 +109,6 @@ def db_group() -> None:
 @db_group.command("migrate", help="Create the schema or bring it up to this version (both backends); then exit.")
 @click.pass_context
 def db_migrate_cmd(ctx: click.Context) -> None:
-    from .store.database import SCHEMA_VERSION, open_database
-    from .store.pg import redact
 
     settings = _settings(ctx)
     target = db_target(settings)

@@ -25,6 +25,16 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, TypeVar
 
+from prometheus_client import CollectorRegistry, generate_latest
+
+from harvester_edge.central.errors import CentralError, NotFound
+from harvester_edge.central.service import CentralService
+from harvester_edge.central.store.database import Database
+from harvester_edge.metrics import DatabaseCollector, TokenFileCollector
+
+from . import pages
+from .render import render
+
 log = logging.getLogger(__name__)
 
 PROCESSES = 1  # pages built at the same time; more readers queue
@@ -112,9 +122,6 @@ def _rested(started: float) -> None:
 
 def _service(central_db: str, pilot_log_dir: str | None) -> Any:
     """A CentralService on the central DB for reading only (its per-thread readers; no writer is started)."""
-    from harvester_edge.central.service import CentralService
-    from harvester_edge.central.store.database import Database
-
     key = (central_db, pilot_log_dir)
     svc = _services.get(key)
     if svc is None:
@@ -137,11 +144,6 @@ def page(
 ) -> tuple[int, str]:
     """(HTTP status, HTML) of the page `name` (a build function of pages.py) rendered with `base` (refresh, path,
     CSRF field and token); an unknown id or a refused one is the error page (404, 400)."""
-    from harvester_edge.central.errors import CentralError, NotFound
-
-    from . import pages
-    from .render import render
-
     build = getattr(pages, name)
     started = _rest()
     try:
@@ -159,10 +161,6 @@ def page(
 def stored_metrics(central_db: Path | None, harvester_db: Path | None, token_file: Path | None) -> bytes:
     """The /metrics families read from the DB files and the token file (the in-process timings are added by the
     service itself: they live in its memory)."""
-    from prometheus_client import CollectorRegistry, generate_latest
-
-    from harvester_edge.metrics import DatabaseCollector, TokenFileCollector
-
     started = _rest()
     try:
         registry = CollectorRegistry(auto_describe=False)

@@ -275,7 +275,7 @@ class PgDatabase(GroupCommit):
 
     def open(self) -> PgDatabase:
         """Create or upgrade the schema (one process at a time), refuse a newer schema; open the writer."""
-        from . import database
+        from . import database  # here, not at the top: database imports this module (the backend choice)
 
         raw = self.connect()
         try:
