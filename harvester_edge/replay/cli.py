@@ -116,6 +116,7 @@ def render_table(rows: list[dict]) -> str:
         "cpu_ms_per_worker",
         "db_mb",
         "cycle_ms_median",
+        "cycle_ms_p99",
         "cycle_ms_max",
         "cycles",
     ]

@@ -100,6 +100,7 @@ class SimResult:
             "cpu_ms_per_worker": round(1000 * self.harvester_cpu / max(1, self.workers), 3),
             "db_mb": round(self.db_bytes / 1e6, 2),
             "cycle_ms_median": round(1000 * statistics.median(walls), 3) if walls else 0.0,
+            "cycle_ms_p99": round(1000 * statistics.quantiles(walls, n=100)[98], 1) if len(walls) > 1 else 0.0,
             "cycle_ms_max": round(1000 * max(walls), 1) if walls else 0.0,
             "cycles": sum(a.cycles for a in self.agents.values()),
             "per_agent_cpu_s": {n: round(a.cpu, 2) for n, a in self.agents.items()},

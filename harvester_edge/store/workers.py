@@ -51,9 +51,11 @@ def live_counts(conn: sqlite3.Connection, queue: str) -> dict[str, int]:
 
 def recent_failures(conn: sqlite3.Connection, queue: str, since: float) -> int:
     """Workers of the queue that failed with an error (a refused submission) after `since`."""
+    # the state as a literal: SQLite uses the partial index workers_failed only for a WHERE that names its state
     return conn.execute(
-        "SELECT count(*) FROM workers WHERE queue = ? AND state = ? AND error IS NOT NULL AND updated_at > ?",
-        (queue, W.FAILED.value, since),
+        f"SELECT count(*) FROM workers WHERE queue = ? AND state = '{W.FAILED.value}' AND error IS NOT NULL "
+        "AND updated_at > ?",
+        (queue, since),
     ).fetchone()[0]
 
 
