@@ -102,8 +102,9 @@ def reopen_for_ranges(conn: sqlite3.Connection, range_ids: list[str], now: float
     conn.execute(
         "UPDATE jobs SET no_more_ranges = 0, updated_at = ? WHERE no_more_ranges = 1 AND state IN (?, ?) "
         "AND task_id IN (SELECT j.task_id FROM event_ranges e JOIN jobs j ON j.panda_id = e.panda_id "
-        "WHERE e.range_id IN (SELECT value FROM json_each(?))) AND EXISTS (SELECT 1 FROM job_workers jw "
-        "CROSS JOIN workers w ON w.id = jw.worker_id WHERE jw.panda_id = jobs.panda_id AND w.state IN (?, ?))",
+        # from the few queued/running workers to the job link, never through every worker the job ever had
+        "WHERE e.range_id IN (SELECT value FROM json_each(?))) AND EXISTS (SELECT 1 FROM workers w "
+        "CROSS JOIN job_workers jw ON jw.worker_id = w.id AND jw.panda_id = jobs.panda_id WHERE w.state IN (?, ?))",
         (now, *_ACTIVE, json.dumps(range_ids), W.QUEUED.value, W.RUNNING.value),
     )
 
