@@ -98,6 +98,7 @@ def summary(rows: list[dict]) -> dict:
                 "workers_x": round(b["workers"] / max(1, a["workers"]), 2),
                 "cpu_x": round(b["harvester_cpu_s"] / max(1e-9, a["harvester_cpu_s"]), 2),
                 "cpu_per_worker_x": round(b["cpu_ms_per_worker"] / max(1e-9, a["cpu_ms_per_worker"]), 2),
+                "cpu_per_range_x": round(b["cpu_ms_per_range"] / max(1e-9, a["cpu_ms_per_range"]), 2),
                 "db_x": round(b["db_mb"] / max(1e-9, a["db_mb"]), 2),
             }
         )
@@ -114,6 +115,7 @@ def render_table(rows: list[dict]) -> str:
         "real_s",
         "harvester_cpu_s",
         "cpu_ms_per_worker",
+        "cpu_ms_per_range",
         "db_mb",
         "cycle_ms_median",
         "cycle_ms_p99",

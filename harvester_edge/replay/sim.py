@@ -98,6 +98,8 @@ class SimResult:
             "real_s": round(self.real_seconds, 2),
             "harvester_cpu_s": round(self.harvester_cpu, 2),
             "cpu_ms_per_worker": round(1000 * self.harvester_cpu / max(1, self.workers), 3),
+            # the shaper gives longer workers to bigger tasks (more ranges each): per range is the unit of work
+            "cpu_ms_per_range": round(1000 * self.harvester_cpu / max(1, self.ranges_done), 4),
             "db_mb": round(self.db_bytes / 1e6, 2),
             "cycle_ms_median": round(1000 * statistics.median(walls), 3) if walls else 0.0,
             "cycle_ms_p99": round(1000 * statistics.quantiles(walls, n=100)[98], 1) if len(walls) > 1 else 0.0,
