@@ -219,3 +219,14 @@ def panda_ranges(panda_id: int, numbers: Sequence[int], task_id: int = 77, per_r
         }
         for n in numbers
     ]
+
+
+class ListTrace:
+    """A trace that keeps its records in a list: hand it to replay.recorder's RecordingRunner / RecordingTransport
+    to see what a seam recorded, exactly as a trace file would have it."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def write(self, record: dict, starts_cycle: bool = False) -> None:
+        self.records.append(record)

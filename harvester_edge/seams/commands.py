@@ -1,7 +1,7 @@
 """The one seam through which the appliance runs outside commands (sbatch, squeue, bsub, ...).
 
 Every call returns a `CommandResult` (argv, stdin, stdout, stderr, exit code, duration, timed_out) and never raises
-for a non-zero exit: callers parse. The `recorder` hook sees each result (offline replay records them);
+for a non-zero exit: callers parse. Offline replay records them by wrapping a runner (replay.recorder.RecordingRunner);
 `RecordedRunner` serves recorded results back, so plugins are tested against real outputs without the real tool.
 """
 
@@ -13,7 +13,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from harvester_edge import metrics
@@ -65,11 +65,8 @@ class CommandResult:
 class CommandRunner:
     """Runs argument lists (never a shell) with a timeout that kills the child's whole process group."""
 
-    def __init__(
-        self, env: Mapping[str, str] | None = None, recorder: Callable[[CommandResult], None] | None = None
-    ) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self.env = dict(env) if env is not None else None
-        self.recorder = recorder
 
     def _environ(self) -> dict[str, str] | None:
         if self.env is None:
@@ -107,8 +104,6 @@ class CommandRunner:
         metrics.observe_batch_command(
             os.path.basename(argv[0]), result.duration, result.ok or (failure_expected and not result.timed_out)
         )
-        if self.recorder is not None:
-            self.recorder(result)
         return result
 
     def _execute(self, argv: tuple[str, ...], *, stdin: str | None, timeout: float, cwd: str | None) -> CommandResult:
@@ -170,10 +165,8 @@ class RecordedRunner(CommandRunner):
     `calls` so tests can check what a plugin asked for.
     """
 
-    def __init__(
-        self, results: Iterable[CommandResult | Mapping], recorder: Callable[[CommandResult], None] | None = None
-    ) -> None:
-        super().__init__(recorder=recorder)
+    def __init__(self, results: Iterable[CommandResult | Mapping]) -> None:
+        super().__init__()
         self._queue = [r if isinstance(r, CommandResult) else CommandResult.from_dict(r) for r in results]
         self.calls: list[tuple[tuple[str, ...], str | None]] = []
 

@@ -2,8 +2,8 @@
 
 `Transport` is the seam (what the central client needs); `HttpTransport` the real one over requests. Offline replay
 and the scale simulation pass their own (harvester_edge.replay: ReplayTransport, SyntheticTransport, Recording's
-wrapper). A `recorder` callable sees each call (request and answer) for offline replay, AFTER secrets are redacted:
-Authorization headers, token parameters and the bodies of credential answers never reach it.
+wrapper, which records each call after `redact_call`: Authorization headers, token parameters and the bodies of
+credential answers never reach a trace).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -80,7 +80,7 @@ def redact_call(
     result: HttpResult | None,
     error: str | None,
 ) -> dict[str, Any]:
-    """The record the recorder sees: pure, so it is tested on its own."""
+    """The record a trace keeps of one call (replay.recorder.RecordingTransport): pure, so it is tested on its own."""
     secret_answer = any(p in path for p in SECRET_PATHS)
     record: dict[str, Any] = {
         "kind": "http",
@@ -107,7 +107,6 @@ class HttpTransport:
 
     base_url: str
     timeout: float = 30.0
-    recorder: Callable[[dict[str, Any]], None] | None = None
     verify: bool | str = True  # True: the system's CAs; a path: a CA bundle (file or directory)
     cert: str | tuple[str, str] | None = None  # x509 client certificate: "cert.pem" or ("cert.pem", "key.pem")
     _session: requests.Session | None = field(default=None, repr=False)
@@ -127,7 +126,6 @@ class HttpTransport:
             self._session = requests.Session()
         url = self.base_url.rstrip("/") + "/" + path.lstrip("/")
         start = time.monotonic()
-        result, error = None, None
         try:
             resp = self._session.request(
                 method,
@@ -144,14 +142,7 @@ class HttpTransport:
             log.debug("%s %s -> %d in %.3fs", method, path, resp.status_code, result.duration)
             return result
         except requests.RequestException as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            raise TransportError(f"{method} {url} got no answer: {error}") from exc
-        finally:
-            if self.recorder is not None:
-                try:
-                    self.recorder(redact_call(method, path, params, json, headers, result, error))
-                except Exception:
-                    log.exception("HTTP recorder failed on %s %s", method, path)
+            raise TransportError(f"{method} {url} got no answer: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         if self._session is not None:

@@ -7,7 +7,9 @@ import time
 import psutil
 import pytest
 
+from doubles import ListTrace
 from harvester_edge.errors import HarvesterEdgeError
+from harvester_edge.replay.recorder import RecordingRunner
 from harvester_edge.seams.commands import CommandNotFound, CommandResult, CommandRunner, RecordedRunner, ReplayMismatch
 
 
@@ -71,13 +73,13 @@ def test_exit_is_awaited_without_polling(monkeypatch):
     assert timeouts and all(t is None for t in timeouts), timeouts
 
 
-def test_recorder_sees_every_result_and_round_trips():
-    seen: list[CommandResult] = []
-    runner = CommandRunner(recorder=seen.append)
+def test_recording_sees_every_result_and_round_trips():
+    trace = ListTrace()
+    runner = RecordingRunner(CommandRunner(), trace)
     runner.run(["true"])
-    runner.run(["false"])
-    assert [r.returncode for r in seen] == [0, 1]
-    assert CommandResult.from_dict(seen[1].to_dict()) == seen[1]
+    failed = runner.run(["false"])
+    assert [(r["kind"], r["returncode"]) for r in trace.records] == [("command", 0), ("command", 1)]
+    assert CommandResult.from_dict(trace.records[1]) == failed
 
 
 def test_recorded_runner_serves_results_in_order_and_checks_argv():

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from doubles import ListTrace
 from harvester_edge.batch import TERMINAL, BatchState, WorkerSpec
 from harvester_edge.plugins.slurm import SlurmPlugin
+from harvester_edge.replay.recorder import RecordingRunner
 from harvester_edge.seams.commands import CommandResult, CommandRunner
 
 pytestmark = pytest.mark.slurm
@@ -126,8 +128,8 @@ def test_mpi_on_two_nodes(plugin, base, mpi4py_ok):
 
 
 def test_status_through_squeue_then_sacct(slurm_conf, base, queue_factory_module):
-    seen: list[CommandResult] = []
-    runner = CommandRunner(env={"SLURM_CONF": slurm_conf}, recorder=seen.append)
+    trace = ListTrace()
+    runner = RecordingRunner(CommandRunner(env={"SLURM_CONF": slurm_conf}), trace)
     plugin = SlurmPlugin(queue_factory_module(), runner)
     ok, bad = plugin.submit([spec(base, 2, ["true"]), spec(base, 3, ["bash", "-c", "exit 3"])])
     assert ok.ok and bad.ok
@@ -140,12 +142,13 @@ def test_status_through_squeue_then_sacct(slurm_conf, base, queue_factory_module
         assert time.monotonic() < deadline, "jobs never left squeue"
         time.sleep(1)
     plugin.status(both)  # the first sacct finds out once that there is no slurmdbd here (then sacct -c)
-    seen.clear()
+    trace.records.clear()
     got = plugin.status(both + ["987654"])
     assert got[ok.batch_id].state is BatchState.FINISHED and got[ok.batch_id].exit_code == 0
     assert got[bad.batch_id].state is BatchState.FAILED and got[bad.batch_id].exit_code == 3
     assert got["987654"].state is BatchState.MISSING
-    assert [r.argv[0] for r in seen] == ["squeue", "sacct"] and "-c" in seen[1].argv  # one call each
+    argvs = [r["argv"] for r in trace.records]
+    assert [a[0] for a in argvs] == ["squeue", "sacct"] and "-c" in argvs[1]  # one call each
     ok_name = spec(base, 2, []).job_name
     assert plugin.find_by_name([ok_name]) == {ok_name: ok.batch_id}  # crash recovery through sacct -c
 

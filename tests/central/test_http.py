@@ -10,10 +10,12 @@ import pytest
 import requests
 from fastapi.testclient import TestClient
 
+from doubles import ListTrace
 from harvester_edge.central.app import create_app, create_asgi
 from harvester_edge.central.client import CentralClient, CentralRejected, CentralUnavailable
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.settings import CentralSettings
+from harvester_edge.replay.recorder import RecordingTransport
 from harvester_edge.seams.http import HttpTransport
 
 from .conftest import task_dict
@@ -21,10 +23,10 @@ from .conftest import task_dict
 
 @pytest.fixture
 def client(trusted_central):
-    records: list[dict] = []
-    transport = HttpTransport(trusted_central.url, timeout=10, recorder=records.append)
+    trace = ListTrace()
+    transport = RecordingTransport(HttpTransport(trusted_central.url, timeout=10), trace)
     c = CentralClient(transport, harvester_id="h1")
-    c.records = records
+    c.records = trace.records
     yield c
     transport.close()
 

@@ -9,10 +9,12 @@ import jwt
 import pytest
 import requests
 
+from doubles import ListTrace
 from harvester_edge.central.client import CentralAuthFailed, CentralClient
 from harvester_edge.central.errors import CentralError
 from harvester_edge.central.server import EmbeddedCentral, trusted_allowed
 from harvester_edge.central.settings import CentralSettings
+from harvester_edge.replay.recorder import RecordingTransport
 from harvester_edge.seams.http import REDACTED, HttpTransport
 
 from .conftest import task_dict
@@ -89,15 +91,15 @@ def test_rejected_tokens_get_403_and_change_nothing(token_central):
 
 def test_client_with_token_and_redacting_recorder(token_central):
     auth = token_central.authority
-    records: list[dict] = []
+    trace = ListTrace()
     harvester = auth.issue("harvester-1", ["harvester"])
     client = CentralClient(
-        HttpTransport(token_central.url, recorder=records.append), token=harvester, harvester_id="harvester-1"
+        RecordingTransport(HttpTransport(token_central.url), trace), token=harvester, harvester_id="harvester-1"
     )
     key = client.get_token_key("harvester-1/worker/9")  # a name in the harvester's own namespace
     initial = client.get_access_token("harvester-1/worker/9", key)
     pilot = CentralClient(
-        HttpTransport(token_central.url, recorder=records.append), token=initial, harvester_id="harvester-1"
+        RecordingTransport(HttpTransport(token_central.url), trace), token=initial, harvester_id="harvester-1"
     )
     fresh = pilot.get_access_token("harvester-1/worker/9", key)  # the pilot renews itself with its key
     claims = jwt.decode(fresh, options={"verify_signature": False})
@@ -110,10 +112,12 @@ def test_client_with_token_and_redacting_recorder(token_central):
     client.heartbeat()
     with pytest.raises(CentralAuthFailed):
         pilot.heartbeat()  # a pilot token may not act as a harvester (403: transient for the outbox)
-    text = repr(records)
+    assert len(trace.records) >= 5
+    text = repr(trace.records)
     for secret in (harvester, key, initial, fresh):
         assert secret not in text
-    assert records[0]["headers"]["Authorization"] == REDACTED and records[0]["body"] == REDACTED
+    records = trace.records
+    assert "headers" not in records[0] and records[0]["body"] == REDACTED  # a trace keeps no request headers
     assert records[1]["params"]["token_key"] == REDACTED
 
 

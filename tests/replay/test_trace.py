@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harvester_edge.replay import trace
-from harvester_edge.replay.recorder import TraceWriter
+from harvester_edge.replay.recorder import RecordingTransport, TraceWriter
 from harvester_edge.replay.replayer import replay
 from harvester_edge.seams.http import HttpTransport
 
@@ -64,10 +64,7 @@ def test_secrets_never_reach_the_trace(tmp_path):
     path = tmp_path / "t.jsonl"
     writer = TraceWriter(path, trace.header("s", 0.0, str(tmp_path), "abc", {}))
     try:
-        transport = HttpTransport(
-            f"http://127.0.0.1:{server.server_port}",
-            recorder=lambda rec: writer.write({k: v for k, v in rec.items() if k != "headers"}),
-        )
+        transport = RecordingTransport(HttpTransport(f"http://127.0.0.1:{server.server_port}"), writer)
         transport.request(
             "GET",
             "/api/v1/creds/get_access_token",
