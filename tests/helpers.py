@@ -59,3 +59,25 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition", step: fl
             return value
         time.sleep(step)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def local_queue(name: str | None = "q", **fields: object) -> dict:
+    """A site-config queue on the local plugin: one node of 2 ranks under mpirun, 1-5 minute walltimes, at most one
+    queued and two running workers; `fields` change or add keys (name=None leaves the name out)."""
+    queue: dict = {
+        "name": name,
+        "batch": "local",
+        "nodes_min": 1,
+        "nodes_max": 1,
+        "ranks_per_node": 2,
+        "cores_per_node": 2,
+        "walltime_min": "1m",
+        "walltime_max": "5m",
+        "max_queued_workers": 1,
+        "max_running_workers": 2,
+        "launcher": "mpirun",
+    }
+    if name is None:
+        del queue["name"]
+    queue.update(fields)
+    return queue

@@ -7,22 +7,12 @@ import time
 
 import pytest
 
+from helpers import local_queue
 from jumbo import payloads
 
 pytestmark = pytest.mark.mpi
 
-LOCAL_QUEUE = {
-    "batch": "local",
-    "nodes_min": 1,
-    "nodes_max": 1,
-    "ranks_per_node": 2,
-    "cores_per_node": 2,
-    "walltime_min": "1m",
-    "walltime_max": "5m",
-    "max_queued_workers": 1,
-    "max_running_workers": 2,
-    "launcher": "mpirun",
-}
+LOCAL_QUEUE = local_queue(None)
 
 
 def test_task_completes_exactly_once_and_outputs_recompute(make_site, tasks):

@@ -16,22 +16,12 @@ import pytest
 import yaml
 
 from agents.conftest import Site, sleep_task
+from helpers import local_queue
 
 pytestmark = pytest.mark.mpi
 
 EVENTS = 30_000
-QUEUE = {
-    "batch": "local",
-    "nodes_min": 1,
-    "nodes_max": 1,
-    "ranks_per_node": 2,
-    "cores_per_node": 2,
-    "walltime_min": "1m",
-    "walltime_max": "10m",
-    "max_queued_workers": 1,
-    "max_running_workers": 1,
-    "launcher": "mpirun",
-}
+QUEUE = local_queue(None, walltime_max="10m", max_running_workers=1)
 
 
 def done_events(url: str, task_id: int) -> tuple[str, int]:

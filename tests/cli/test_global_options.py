@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from harvester_edge.cli import CliContext, cli, global_options
+from helpers import local_queue
 
 CLI = [sys.executable, "-m", "harvester_edge"]
 
@@ -63,17 +64,7 @@ def test_config_after_the_subcommand_overrides_the_one_before(path: tuple[str, .
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
     config = tmp_path / "site.yaml"
-    queue = {
-        "name": "q1",
-        "batch": "local",
-        "nodes_min": 1,
-        "nodes_max": 1,
-        "ranks_per_node": 2,
-        "cores_per_node": 2,
-        "walltime_min": "1m",
-        "walltime_max": "5m",
-        "launcher": "mpirun",
-    }
+    queue = local_queue("q1", max_queued_workers=2, max_running_workers=4)  # the config defaults
     config.write_text(
         yaml.safe_dump(
             {

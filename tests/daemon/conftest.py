@@ -23,23 +23,11 @@ import pytest
 import yaml
 
 from harvester_edge.states import JobState, OutboxState, RangeState, WorkerState
-from helpers import kill_local_workers, wait_gone
+from helpers import kill_local_workers, local_queue, wait_gone
 
 CLI = [sys.executable, "-m", "harvester_edge"]
 
-LOCAL_QUEUE = {
-    "name": "q",
-    "batch": "local",
-    "nodes_min": 1,
-    "nodes_max": 1,
-    "ranks_per_node": 2,
-    "cores_per_node": 2,
-    "walltime_min": "1m",
-    "walltime_max": "5m",
-    "max_queued_workers": 1,
-    "max_running_workers": 2,
-    "launcher": "mpirun",
-}
+LOCAL_QUEUE = local_queue()
 FAST_AGENTS = {
     "fetcher": "1s",
     "submitter": "0.5s",

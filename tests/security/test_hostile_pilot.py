@@ -32,22 +32,11 @@ import pytest
 import requests
 
 from agents.conftest import Site, sleep_task
-from helpers import kill_local_workers
+from helpers import kill_local_workers, local_queue
 
 pytestmark = pytest.mark.mpi
 
-LOCAL_QUEUE = {
-    "batch": "local",
-    "nodes_min": 1,
-    "nodes_max": 1,
-    "ranks_per_node": 2,
-    "cores_per_node": 2,
-    "walltime_min": "2m",
-    "walltime_max": "5m",
-    "max_queued_workers": 2,
-    "max_running_workers": 2,
-    "launcher": "mpirun",
-}
+LOCAL_QUEUE = local_queue(None, walltime_min="2m", max_queued_workers=2)
 EVENTS = 800  # two jobs, each on its own worker of 2 ranks: ~10 s of sleeping per worker
 BIG = 200 * 1024 * 1024
 MARK = "HOSTILE-PILOT-MARK"

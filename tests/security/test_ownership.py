@@ -19,6 +19,7 @@ import requests
 
 from central.conftest import backend, central_db, pg_cluster, token_central, trusted_central
 from harvester_edge.central.server import EmbeddedCentral
+from helpers import local_queue
 
 PAYLOAD = {"kind": "python", "callable": "jumbo.payloads:simulate", "args": {"size": 8}}
 
@@ -278,18 +279,7 @@ def test_daemon_finishes_a_task_in_embedded_token_mode(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from agents.conftest import Site, numpy_task  # the agents' real-daemon harness
 
-    queue = {
-        "batch": "local",
-        "nodes_min": 1,
-        "nodes_max": 1,
-        "ranks_per_node": 2,
-        "cores_per_node": 2,
-        "walltime_min": "1m",
-        "walltime_max": "5m",
-        "max_queued_workers": 1,
-        "max_running_workers": 2,
-        "launcher": "mpirun",
-    }
+    queue = local_queue(None)
     site = Site(
         tmp_path / "site", queue=queue, central={"mode": "embedded", "host": "127.0.0.1", "port": 0, "trusted": False}
     )

@@ -28,21 +28,11 @@ import pytest
 import requests
 import yaml
 
+from helpers import local_queue
+
 CLI = [sys.executable, "-m", "harvester_edge"]
 HALF_OPEN = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"  # request headers that never end
-LOCAL_QUEUE = {
-    "name": "q",
-    "batch": "local",
-    "nodes_min": 1,
-    "nodes_max": 1,
-    "ranks_per_node": 2,
-    "cores_per_node": 2,
-    "walltime_min": "1m",
-    "walltime_max": "5m",
-    "max_queued_workers": 1,
-    "max_running_workers": 1,
-    "launcher": "mpirun",
-}
+LOCAL_QUEUE = local_queue(max_running_workers=1)
 
 
 def write_site(root: Path, central: dict) -> Path:

@@ -14,25 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import kill_local_workers
+from helpers import kill_local_workers, local_queue
 
 from .conftest import get, wait_for
 
 pytestmark = pytest.mark.mpi
 CLI = [sys.executable, "-m", "harvester_edge"]
-QUEUE = {
-    "name": "q",
-    "batch": "local",
-    "nodes_min": 1,
-    "nodes_max": 1,
-    "ranks_per_node": 2,
-    "cores_per_node": 2,
-    "walltime_min": "1m",
-    "walltime_max": "5m",
-    "max_queued_workers": 1,
-    "max_running_workers": 1,
-    "launcher": "mpirun",
-}
+QUEUE = local_queue(max_running_workers=1)
 TASK = {
     "name": "webtask",
     "payload": {"kind": "python", "callable": "jumbo.payloads:sleep", "args": {"seconds_per_event": 0.1}},

@@ -11,18 +11,9 @@ from click.testing import CliRunner
 
 from harvester_edge.cli import CliContext
 from harvester_edge.cli_views import errors_summary, status_cmd, task_rows, worker_group
+from helpers import local_queue
 
-QUEUE = {
-    "name": "q",
-    "batch": "local",
-    "nodes_min": 1,
-    "nodes_max": 1,
-    "ranks_per_node": 2,
-    "cores_per_node": 2,
-    "walltime_min": "1m",
-    "walltime_max": "5m",
-    "launcher": "mpirun",
-}
+QUEUE = local_queue(max_queued_workers=2, max_running_workers=4)  # the config defaults
 
 
 @pytest.fixture
