@@ -128,7 +128,7 @@ def status_cmd(obj: Any, as_json: bool, watch: bool, interval: float, iterations
 
 # -- worker show ----------------------------------------------------------------------------------------------
 def worker_detail(db_path: Path, worker_id: int) -> dict | None:
-    """The worker row, its state history, jobs and access-point files, from the harvester DB (read-only)."""
+    """The worker row, its state history, jobs, access-point files and archive, from the harvester DB (read-only)."""
     if not Path(db_path).exists():
         return None
     conn = open_readonly(db_path)
@@ -138,6 +138,8 @@ def worker_detail(db_path: Path, worker_id: int) -> dict | None:
             return None
         row["state_history"] = data.state_history(conn, "workers", worker_id)
         row["jobs"] = data.worker_jobs(conn, worker_id)
+        found = data.worker_archive(conn, worker_id)
+        row["archive"] = str(found["path"]) if found else None
     finally:
         conn.close()
     row["files"] = data.ap_files(Path(row["access_point"]))
@@ -158,6 +160,7 @@ def render_worker(detail: dict, console: Console) -> None:
         "error",
         "job_name",
         "access_point",
+        "archive",
     ):
         if detail.get(key) not in (None, ""):
             info.add_row(key, str(detail[key]))
@@ -183,7 +186,7 @@ def worker_group() -> None:
     pass
 
 
-@worker_group.command("show", help="One worker: batch id, state history, jobs, access point files.")
+@worker_group.command("show", help="One worker: batch id, state history, jobs, access point files, archive.")
 @click.argument("worker_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj

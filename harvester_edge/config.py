@@ -92,6 +92,7 @@ class PathsConfig(Strict):
     db: Path | None = None  # default <work_dir>/harvester.db
     access_points: Path | None = None  # default <work_dir>/workers
     logs: Path | None = None  # default <work_dir>/logs
+    archives: Path | None = None  # ended access points' logs and reports as tar.gz; unset: none are kept
 
 
 class AgentIntervals(Strict):
@@ -113,6 +114,7 @@ class DaemonConfig(Strict):
     on_network_fs: Literal["warn", "refuse"] = "warn"
     cleanup_delay: Duration = 86400.0  # finished access points are removed after this
     keep_history: Duration = 604800.0  # ended jobs, their workers and ranges, sent messages are forgotten after this
+    archive_max_mb: PositiveInt = 64  # cap of one access point's archive (paths.archives); logs keep their ends
     heartbeat_timeout: Duration = 1800.0  # a running worker whose pilot heartbeat is older is killed
     queued_timeout: Duration = 172800.0  # a worker queued longer than this is cancelled
 
@@ -182,6 +184,7 @@ def load_config(path: str | Path) -> SiteConfig:
         db=_resolve(config.paths.db, base),
         access_points=_resolve(config.paths.access_points, base),
         logs=_resolve(config.paths.logs, base),
+        archives=_resolve(config.paths.archives, base),
     )
     central = config.central
     if central.db is None:

@@ -93,6 +93,8 @@ def private_dir(path: Path, tighten: bool = True) -> Path:
             pass  # made meanwhile by another process: checked below like any existing folder
         else:
             os.chmod(folder, DIR_MODE)  # the umask may have taken bits away; never adds any here, but be exact
+    if path not in missing and not path.is_dir():
+        raise NotADirectoryError(f"{path} is not a folder (a file or something else is in its place)")
     if tighten and path not in missing:
         _tighten(path, DIR_MODE, os.stat(path), "folder")
     return path

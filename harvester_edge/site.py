@@ -33,7 +33,7 @@ from harvester_edge.seams.commands import CommandRunner
 from harvester_edge.seams.files import DirectFiles, FilesBackend, PilotFiles
 from harvester_edge.seams.http import HttpTransport, Transport
 from harvester_edge.server import embedded_central
-from harvester_edge.store import Store, queues
+from harvester_edge.store import Store, meta, queues
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,9 @@ def daemon_site(
 
 
 def sync_queues(store: Store, config: SiteConfig, now: float) -> None:
-    """The queues table mirrors the config (workers and jobs reference it); a removed queue's rows stay."""
+    """The queues table mirrors the config (workers and jobs reference it); a removed queue's rows stay. The archive
+    folder is noted beside them, for the monitor, which reads the DB and not the config."""
     with store.write() as conn:
         for q in config.queues:
             queues.upsert(conn, q.name, q.batch, now)
+        meta.set_archive_dir(conn, str(config.paths.archives) if config.paths.archives else None)

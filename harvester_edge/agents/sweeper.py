@@ -1,5 +1,6 @@
 """Sweeper: cancel what must die (killed jobs, kill requests, workers queued too long or with a lost heartbeat),
-remove finished access points after a delay, and forget what ended long ago so the DB stays small."""
+remove finished access points after a delay (archived first if paths.archives is set), and forget what ended long
+ago so the DB stays small."""
 
 from __future__ import annotations
 
@@ -78,14 +79,37 @@ class Sweeper(Agent):
             # the monitor sees them CANCELLED on its next status call and hands their ranges back
 
     def clean(self, now: float) -> None:
+        """Remove the access points of workers that ended cleanup_delay ago, each archived first when paths.archives
+        is set; one whose archive cannot be written stays (and is tried again next cycle): nothing is lost."""
         delay = self.ctx.config.daemon.cleanup_delay
         rows = workers.uncleaned_ended(self.ctx.store.connection(), now - delay)
+        cleaned = [row["id"] for row in rows if self.archive(row["id"], row["access_point"], now)]
         for row in rows:
-            self.ctx.files.remove_access_point(row["access_point"])
-        if rows:
+            if row["id"] in cleaned:
+                self.ctx.files.remove_access_point(row["access_point"])
+        if cleaned:
             with self.ctx.store.write() as conn:
-                workers.mark_cleaned(conn, [r["id"] for r in rows], now)
-            log.info("removed %d finished access points (older than %.0fs)", len(rows), delay)
+                workers.mark_cleaned(conn, cleaned, now)
+            log.info("removed %d finished access points (older than %.0fs)", len(cleaned), delay)
+
+    def archive(self, worker_id: int, ap: str, now: float) -> bool:
+        """Archive an access point if archives are kept; False if that failed (the access point must stay)."""
+        where = self.ctx.config.paths.archives
+        if where is None:
+            return True
+        try:
+            self.ctx.files.archive_access_point(ap, where, worker_id, self.ctx.config.daemon.archive_max_mb << 20, now)
+        except OSError as exc:
+            log.error(
+                "worker %d: access point %s not archived to %s, kept until it can be: %s",
+                worker_id,
+                ap,
+                where,
+                exc,
+                extra={"worker_id": worker_id},
+            )
+            return False
+        return True
 
     def prune(self, now: float) -> None:
         """Delete jobs that ended more than daemon.keep_history ago with their ranges and workers (once every worker
@@ -109,7 +133,12 @@ class Sweeper(Agent):
             # ids grow with time: the oldest rows are the first by primary key, no scan of the whole table
             removed["history"] = history.prune(conn, PRUNE_ROWS, cutoff)
             removed["messages"] = outbox.prune_sent(conn, PRUNE_ROWS, cutoff)
-        busy = removed["jobs"] == PRUNE_JOBS or PRUNE_ROWS in (removed["history"], removed["messages"])
+        removed["archives"] = self.prune_archives(cutoff)
+        busy = removed["jobs"] == PRUNE_JOBS or PRUNE_ROWS in (
+            removed["history"],
+            removed["messages"],
+            removed["archives"],
+        )
         self._next_prune = now if busy else now + PRUNE_EVERY  # a backlog goes on next cycle, else hourly
         if any(removed.values()):
             log.info(
@@ -117,3 +146,13 @@ class Sweeper(Agent):
                 self.ctx.config.daemon.keep_history,
                 ", ".join(f"{n} {what}" for what, n in removed.items() if n),
             )
+
+    def prune_archives(self, cutoff: float) -> int:
+        where = self.ctx.config.paths.archives
+        if where is None:
+            return 0
+        try:
+            return self.ctx.files.prune_archives(where, cutoff, PRUNE_ROWS)
+        except OSError as exc:
+            log.error("old archives in %s not removed: %s", where, exc)
+            return 0

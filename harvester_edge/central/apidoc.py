@@ -255,6 +255,11 @@ _MONITOR = {  # path: (description, errors beyond 403)
         "(?name=...), read safely (no links, size-capped).",
         {404: "No such worker or file (HTML page)."},
     ),
+    "/monitor/worker/{worker_id}/archive": (
+        "The archive (tar.gz) of an ended worker's access point: its logs, job report, job spec and monitoring "
+        "samples with a MANIFEST.json, as the sweeper wrote it under paths.archives before removing the access point.",
+        {404: "No such worker, or no archive of it (paths.archives unset, not cleaned yet, or pruned) (HTML page)."},
+    ),
     "/monitor/errors": ("Error classifications: confirmed and suggested rules, hits and examples.", {}),
     "/monitor/errors/{rule_id}/promote": (
         "Confirm a suggested error classification (form with the CSRF token, "

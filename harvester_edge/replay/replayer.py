@@ -173,6 +173,8 @@ def file_value(op: str, value: Any) -> Any:
         )
     if op == "read_heartbeat":
         return value
+    if op == "prune_archives":
+        return int(value)
     return None if value is None else Path(value)
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar, get_args
 
-from harvester_edge import pilot_files
+from harvester_edge import archives, pilot_files
 from harvester_edge.filemodes import private_dir
 
 # re-exported for the agents, which see pilot files only through this seam
@@ -39,6 +39,8 @@ FileOp = Literal[
     "request_drain",
     "write_script",
     "remove_access_point",
+    "archive_access_point",
+    "prune_archives",
 ]
 OPERATIONS: tuple[FileOp, ...] = get_args(FileOp)
 T = TypeVar("T")
@@ -76,6 +78,16 @@ class DirectFiles:
     @staticmethod
     def _remove_access_point(ap: Path | str) -> None:
         shutil.rmtree(ap, ignore_errors=True)
+
+    @staticmethod
+    def _archive_access_point(
+        ap: Path | str, dest_dir: Path | str, worker_id: int, max_bytes: int, now: float
+    ) -> Path | None:
+        return archives.archive_access_point(ap, dest_dir, worker_id, max_bytes, now)
+
+    @staticmethod
+    def _prune_archives(dest_dir: Path | str, cutoff: float, limit: int) -> int:
+        return archives.prune_archives(dest_dir, cutoff, limit)
 
 
 class FilesBackend(Protocol):
@@ -130,6 +142,17 @@ class PilotFiles:
     def remove_access_point(self, ap: Path | str) -> None:
         """An ended worker's access point and everything in it (missing is fine)."""
         return self.backend.call("remove_access_point", ap)
+
+    def archive_access_point(
+        self, ap: Path | str, dest_dir: Path | str, worker_id: int, max_bytes: int, now: float
+    ) -> Path | None:
+        """The access point's logs, job report and monitoring data as dest_dir/worker-ID.tar.gz
+        (harvester_edge.archives); None when the access point is gone."""
+        return self.backend.call("archive_access_point", ap, dest_dir, worker_id, max_bytes, now)
+
+    def prune_archives(self, dest_dir: Path | str, cutoff: float, limit: int) -> int:
+        """Remove at most `limit` archives written before `cutoff`; how many went."""
+        return self.backend.call("prune_archives", dest_dir, cutoff, limit)
 
     # -- pending files, one by one --------------------------------------------------------------------------
     def set_aside(self, worker_id: int, path: Path, exc: Exception) -> None:

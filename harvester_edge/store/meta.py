@@ -12,3 +12,17 @@ def install_id(conn: sqlite3.Connection) -> str:
 def set_install_id(conn: sqlite3.Connection, value: str | None) -> None:
     """Replay only: batch job names recorded under another install id must come out the same."""
     conn.execute("UPDATE meta SET value = ? WHERE key = 'install_id'", (value,))
+
+
+def archive_dir(conn: sqlite3.Connection) -> str | None:
+    """Where the daemon archives ended access points (paths.archives), for the monitor; None: not archived."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'archive_dir'").fetchone()
+    return row[0] if row and row[0] else None
+
+
+def set_archive_dir(conn: sqlite3.Connection, value: str | None) -> None:
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('archive_dir', ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (value or "",),
+    )

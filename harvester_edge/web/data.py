@@ -16,13 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harvester_edge import pilot_files
+from harvester_edge import archives, pilot_files
 from harvester_edge.central.states import RangeStatus
 from harvester_edge.central.store import monitor
 from harvester_edge.central.store.conn import Conn
 from harvester_edge.store import history as history_rows
 from harvester_edge.store import job_workers as worker_links
 from harvester_edge.store import jobs as job_rows
+from harvester_edge.store import meta as meta_rows
 from harvester_edge.store import queues as queue_rows
 from harvester_edge.store import ranges as range_rows
 from harvester_edge.store import workers as worker_rows
@@ -137,6 +138,18 @@ def job_workers(harvester: sqlite3.Connection | None, panda_id: int) -> list[dic
 
 
 # -- worker ---------------------------------------------------------------------------------------------------
+def worker_archive(harvester: sqlite3.Connection | None, worker_id: int) -> dict | None:
+    """{path, size} of the worker's access point archive (harvester_edge.archives), if the daemon keeps one."""
+    where = None if harvester is None else meta_rows.archive_dir(harvester)
+    path = archives.find_archive(where, worker_id)
+    if path is None:
+        return None
+    try:
+        return {"path": path, "size": path.stat().st_size}
+    except OSError:
+        return None
+
+
 def worker(harvester: sqlite3.Connection | None, worker_id: int) -> dict | None:
     row = None if harvester is None else worker_rows.get(harvester, worker_id)
     return dict(row) if row else None

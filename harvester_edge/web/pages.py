@@ -201,6 +201,7 @@ def worker(service: CentralService, hdb: Path | None, params: dict, now: float, 
             )
         history = data.state_history(hconn, "workers", worker_id)
         jobs = data.worker_jobs(hconn, worker_id)
+        archive = data.worker_archive(hconn, worker_id)
     ap = Path(w["access_point"])
     files = data.ap_files(ap)
     shown = {}
@@ -217,6 +218,7 @@ def worker(service: CentralService, hdb: Path | None, params: dict, now: float, 
         "heartbeat": heartbeat,
         "heartbeat_problem": heartbeat_problem,
         "pilot_files": data.pilot_files_state(ap),
+        "archive": archive,
     }
 
 

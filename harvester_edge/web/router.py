@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -150,6 +150,27 @@ def build_router() -> APIRouter:
         return Response(
             body, media_type="application/gzip", headers={"Content-Disposition": f'attachment; filename="{quote(lfn)}"'}
         )
+
+    @router.get(
+        "/monitor/worker/{worker_id}/archive",
+        summary="monitor: a worker's access point archive (logs, job report, monitoring) as the sweeper wrote it",
+    )
+    def worker_archive(request: Request, worker_id: Id) -> Response:
+        try:
+            _check(request, READ_SCOPES)
+            hconn = data.open_harvester(harvester_db_path(request.app))
+            try:
+                found = data.worker_archive(hconn, worker_id)
+            finally:
+                if hconn is not None:
+                    hconn.close()
+            if found is None:
+                raise NotFound(f"worker {worker_id}: no archive (paths.archives unset, or not cleaned yet)")
+        except AuthError as exc:
+            return _html(request, "error.html", {"title": "not allowed", "message": str(exc)}, 403)
+        except (NotFound, OSError) as exc:
+            return _html(request, "error.html", {"title": "not found", "message": str(exc)}, 404)
+        return FileResponse(found["path"], media_type="application/gzip", filename=found["path"].name)
 
     @router.get("/monitor/worker/{worker_id}", response_class=HTMLResponse, summary="monitor: one worker")
     async def worker(request: Request, worker_id: Id) -> Response:

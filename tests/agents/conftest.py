@@ -51,6 +51,7 @@ class Site:
         env: dict | None = None,
         agents: dict | None = None,
         daemon: dict | None = None,
+        paths: dict | None = None,
     ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
@@ -60,7 +61,7 @@ class Site:
             "site": "t",
             "central": central or {"mode": "embedded", "trusted": True},
             "queues": [{"name": "q", **queue}],
-            "paths": {"work_dir": str(self.work)},
+            "paths": {"work_dir": str(self.work), **(paths or {})},
             "agents": agents
             or {
                 "fetcher": "1s",

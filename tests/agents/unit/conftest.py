@@ -151,7 +151,11 @@ def make_site(tmp_path: Path) -> Iterator[Callable[..., Site]]:
     made: list[Site] = []
 
     def make(
-        queues: list[dict] | None = None, central: dict | None = None, daemon: dict | None = None, **queue: Any
+        queues: list[dict] | None = None,
+        central: dict | None = None,
+        daemon: dict | None = None,
+        paths: dict | None = None,
+        **queue: Any,
     ) -> Site:
         root = tmp_path / f"site{len(made)}"
         root.mkdir()
@@ -160,7 +164,7 @@ def make_site(tmp_path: Path) -> Iterator[Callable[..., Site]]:
             "site": "unit",
             "central": central or {"mode": "remote", "url": "http://central.test", "trusted": True},
             "queues": queues or [{**QUEUE, **queue}],
-            "paths": {"work_dir": str(root / "work")},
+            "paths": {"work_dir": str(root / "work"), **(paths or {})},
             "daemon": daemon or {},
         }
         path.write_text(yaml.safe_dump(data))

@@ -1,8 +1,11 @@
 """Sweeper: cancels workers whose pilot heartbeat is lost or that queued too long (drain first, then scancel),
-cancels unsubmitted ones in the book only, removes ended access points after cleanup_delay, and forgets jobs that
-ended more than keep_history ago."""
+cancels unsubmitted ones in the book only, removes ended access points after cleanup_delay (archived first when
+paths.archives is set), and forgets jobs and archives that ended more than keep_history ago."""
 
 from __future__ import annotations
+
+import os
+import tarfile
 
 from doubles import out, panda_ranges
 from harvester_edge.agents.sweeper import Sweeper
@@ -88,3 +91,51 @@ def test_nothing_is_forgotten_while_a_message_waits_for_the_central_service(make
     site.message("update_jobs", [{"jobId": 1, "state": "finished"}])
     site.cycle(site.agent(Sweeper))
     assert [j["panda_id"] for j in site.read("jobs")] == [1]
+
+
+def archive_members(path) -> dict[str, bytes]:
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def test_an_access_point_is_archived_before_it_is_removed(make_site, tmp_path):
+    site = make_site(daemon={"cleanup_delay": "1h"}, paths={"archives": str(tmp_path / "archives")})
+    ap = site.worker(1, "finished", ended_at=site.clock.now() - HOUR - 1)
+    (ap / "logs").mkdir()
+    (ap / "logs" / "payload.0.log").write_text("event 1 done\n")
+    (ap / protocol.JOB_REPORT).write_text('{"exitCode": 0}')
+    site.cycle(site.agent(Sweeper))
+    assert not ap.exists() and site.one("workers")["cleaned_at"] == site.clock.now()
+    members = archive_members(tmp_path / "archives" / "worker-1.tar.gz")
+    assert members["logs/payload.0.log"] == b"event 1 done\n"
+    assert members[protocol.JOB_REPORT] == b'{"exitCode": 0}'
+    assert (tmp_path / "archives").stat().st_mode & 0o777 == 0o700
+
+
+def test_an_access_point_whose_archive_cannot_be_written_stays_until_it_can(make_site, tmp_path):
+    blocked = tmp_path / "archives"
+    blocked.write_text("a file where the archive folder should be")
+    site = make_site(daemon={"cleanup_delay": "1h"}, paths={"archives": str(blocked)})
+    ap = site.worker(1, "finished", ended_at=site.clock.now() - HOUR - 1)
+    sweeper = site.agent(Sweeper)
+    site.cycle(sweeper)
+    assert ap.exists() and site.one("workers")["cleaned_at"] is None  # nothing lost
+    blocked.unlink()
+    site.clock.advance(30)
+    site.cycle(sweeper)
+    assert not ap.exists() and (blocked / "worker-1.tar.gz").is_file()
+
+
+def test_archives_older_than_keep_history_are_removed(make_site, tmp_path):
+    where = tmp_path / "archives"
+    where.mkdir()
+    site = make_site(daemon={"keep_history": "1d"}, paths={"archives": str(where)})
+    now = site.clock.now()
+    for worker_id, age in ((1, 2 * 86400), (2, 3600)):
+        path = where / f"worker-{worker_id}.tar.gz"
+        path.write_bytes(b"")
+        os.utime(path, (now - age, now - age))
+    (where / "notes.txt").write_text("not an archive: left alone")
+    os.utime(where / "notes.txt", (now - 9 * 86400, now - 9 * 86400))
+    site.cycle(site.agent(Sweeper))
+    assert sorted(p.name for p in where.iterdir()) == ["notes.txt", "worker-2.tar.gz"]
