@@ -14,6 +14,7 @@ swapped after the site is built, and no seam is global.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from harvester_edge.seams.commands import CommandRunner
 from harvester_edge.seams.files import DirectFiles, FilesBackend, PilotFiles
 from harvester_edge.seams.http import HttpTransport, Transport
 from harvester_edge.server import embedded_central
-from harvester_edge.store import Store, queues
+from harvester_edge.store import Store, open_store, queues, release_all
 
 log = logging.getLogger(__name__)
 
@@ -168,3 +169,22 @@ def sync_queues(store: Store, config: SiteConfig, now: float) -> None:
     with store.write() as conn:
         for q in config.queues:
             queues.upsert(conn, q.name, q.batch, now)
+
+
+def restart_store(
+    config: SiteConfig, now: float, host: str, factory: type[sqlite3.Connection] = sqlite3.Connection
+) -> Store:
+    """What a daemon does with its database when it (re)starts, before its site is built: open and migrate it, free
+    the leases an earlier daemon on this host left (it is dead: this one holds the instance lock), mirror the queues.
+    The daemon and the scale simulation's restarts after a kill (harvester_edge.replay.chaos) both start here."""
+    store = open_store(config.db_path, config.daemon.on_network_fs, factory)
+    try:
+        with store.write() as conn:  # leases of an earlier daemon on this host that died are free at once
+            released = release_all(conn, f"{host}:")
+        if released:
+            log.info("released %d leases left by an earlier daemon on this host", released)
+        sync_queues(store, config, now)
+    except BaseException:
+        store.close()
+        raise
+    return store
