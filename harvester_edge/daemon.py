@@ -31,8 +31,8 @@ from harvester_edge.filemodes import private_dir, private_file, tighten_children
 from harvester_edge.logs import setup_logging
 from harvester_edge.replay.recorder import Recording
 from harvester_edge.seams.clock import Clock
-from harvester_edge.site import Site, daemon_site, sync_queues
-from harvester_edge.store import open_store, release_all
+from harvester_edge.site import Site, daemon_site, restart_store, sync_queues
+from harvester_edge.store import release_all
 
 log = logging.getLogger(__name__)
 
@@ -178,12 +178,7 @@ class Daemon:
             signal.signal(signal.SIGINT, self._on_term)
             signal.signal(signal.SIGHUP, self._on_hup)
         daemon_id = f"{socket.gethostname()}:{os.getpid()}"
-        store = open_store(config.db_path, config.daemon.on_network_fs)
-        with store.write() as conn:  # leases of an earlier daemon on this host that died are free at once
-            released = release_all(conn, f"{socket.gethostname()}:")
-        if released:
-            log.info("released %d leases left by an earlier daemon on this host", released)
-        sync_queues(store, config, self.clock.now())
+        store = restart_store(config, self.clock.now(), socket.gethostname())
         # a trace of every outside contact: the recording wraps the seams the site is built over
         recording = None if self.record is None else Recording.start(self.record, config, store, self.clock)
         site = daemon_site(config, store, self.clock, daemon_id, recording)

@@ -14,6 +14,7 @@ swapped after the site is built, and no seam is global.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,18 +23,19 @@ from typing import Protocol
 from harvester_edge.agents import build_agents
 from harvester_edge.agents.base import Agent, AgentContext
 from harvester_edge.agents.credentials import InProcessIssuer
+from harvester_edge.alerts.delivery import WebhookTransport
 from harvester_edge.batch import BatchPlugin, load_plugin
 from harvester_edge.central.client import CentralClient
 from harvester_edge.central.server import EmbeddedCentral
 from harvester_edge.central.settings import CentralSettings
-from harvester_edge.config import SiteConfig
+from harvester_edge.config import SiteConfig, WebhookConfig
 from harvester_edge.errors import ConfigError
 from harvester_edge.seams.clock import Clock
 from harvester_edge.seams.commands import CommandRunner
 from harvester_edge.seams.files import DirectFiles, FilesBackend, PilotFiles
 from harvester_edge.seams.http import HttpTransport, Transport
 from harvester_edge.server import embedded_central
-from harvester_edge.store import Store, meta, queues
+from harvester_edge.store import Store, meta, open_store, queues, release_all
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +83,11 @@ def build_site(
     store: Store,
     daemon_id: str,
     issuer: InProcessIssuer | None = None,
+    webhooks: Callable[[WebhookConfig], Transport] | None = None,
 ) -> Site:
     """The site's context and agents over the given seams. `issuer`: the embedded service's token issuer (token
-    mode, same process: the credentials agent renews the daemon's token in-process, see agents/credentials)."""
+    mode, same process: the credentials agent renews the daemon's token in-process, see agents/credentials).
+    `webhooks`: the HTTP seam to each alert webhook (default: the real one, harvester_edge.alerts.delivery)."""
     settings = config.central
     token = issuer.own_token(None, issuer.authority.clock()) if issuer is not None else None
     central = CentralClient(
@@ -92,6 +96,7 @@ def build_site(
         token_file=None if token else settings.tokens.token_file,
         origin=settings.origin if settings.mode == "remote" else None,
     )
+    central.reach.clock = clock.now
     if issuer is not None and token is not None:
         issuer.store(central, token)
         central.issuer = issuer
@@ -104,8 +109,21 @@ def build_site(
         files=pilot_files,
         central=central,
         plugins=make_plugins(config, runner, pilot_files),
+        webhooks=webhooks,
     )
     return Site(ctx=ctx, agents=build_agents(ctx))
+
+
+def recorded_webhooks(recording: SeamWrappers | None) -> Callable[[WebhookConfig], Transport] | None:
+    """With a recording, the alert webhooks' calls go into the trace too (under the webhook's name, not its URL)."""
+    if recording is None:
+        return None
+    rec = recording
+
+    def transport(hook: WebhookConfig) -> Transport:
+        return rec.transport(WebhookTransport(hook))
+
+    return transport
 
 
 def remote_transport(settings: CentralSettings, url: str) -> HttpTransport:
@@ -153,7 +171,17 @@ def daemon_site(
         transport: Transport = remote_transport(settings, url)
         if recording is not None:
             transport = recording.transport(transport)
-        site = build_site(config, runner, transport, files, clock, store=store, daemon_id=daemon_id, issuer=issuer)
+        site = build_site(
+            config,
+            runner,
+            transport,
+            files,
+            clock,
+            store=store,
+            daemon_id=daemon_id,
+            issuer=issuer,
+            webhooks=recorded_webhooks(recording),
+        )
     except BaseException:
         for stop in reversed(stoppers):  # what started before the failure
             stop()
@@ -170,3 +198,22 @@ def sync_queues(store: Store, config: SiteConfig, now: float) -> None:
         for q in config.queues:
             queues.upsert(conn, q.name, q.batch, now)
         meta.set_archive_dir(conn, str(config.paths.archives) if config.paths.archives else None)
+
+
+def restart_store(
+    config: SiteConfig, now: float, host: str, factory: type[sqlite3.Connection] = sqlite3.Connection
+) -> Store:
+    """What a daemon does with its database when it (re)starts, before its site is built: open and migrate it, free
+    the leases an earlier daemon on this host left (it is dead: this one holds the instance lock), mirror the queues.
+    The daemon and the scale simulation's restarts after a kill (harvester_edge.replay.chaos) both start here."""
+    store = open_store(config.db_path, config.daemon.on_network_fs, factory)
+    try:
+        with store.write() as conn:  # leases of an earlier daemon on this host that died are free at once
+            released = release_all(conn, f"{host}:")
+        if released:
+            log.info("released %d leases left by an earlier daemon on this host", released)
+        sync_queues(store, config, now)
+    except BaseException:
+        store.close()
+        raise
+    return store

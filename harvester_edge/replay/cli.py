@@ -57,6 +57,14 @@ def _sizes(text: str) -> list[int]:
 @click.option("--kill-rate", default=0.02, show_default=True, help="share of pilots killed at the walltime")
 @click.option("--max-running", default=200, show_default=True, help="the queue's max_running_workers")
 @click.option(
+    "--kills",
+    default=0,
+    show_default=True,
+    help="kill the daemon this many times per run (SIGKILL-like, inside a batch command, HTTP call, pilot-file "
+    "operation or transaction) and restart it; the JSON then counts lost and doubled workers and ranges",
+)
+@click.option("--kill-seed", default=1, show_default=True, help="seed of the kill moments and kinds")
+@click.option(
     "--work-dir",
     type=click.Path(exists=True, file_okay=False, writable=True, path_type=Path),
     default=None,
@@ -64,7 +72,14 @@ def _sizes(text: str) -> list[int]:
     "(default: a temporary folder on /dev/shm, removed after)",
 )
 def simulate_command(
-    sizes: str, queue_wait: float, fail_rate: float, kill_rate: float, max_running: int, work_dir: Path | None
+    sizes: str,
+    queue_wait: float,
+    fail_rate: float,
+    kill_rate: float,
+    max_running: int,
+    kills: int,
+    kill_seed: int,
+    work_dir: Path | None,
 ) -> None:
     """Drive the real agents at virtual time against a synthetic batch system, central service and pilots, and
     report the harvester's CPU time, DB size and cycle times per workload size (last line: JSON)."""
@@ -76,13 +91,15 @@ def simulate_command(
     rows = []
     try:
         for n in _sizes(sizes):
-            rows.append(scale_point(n, root, behaviour, max_running=max_running).row())
+            rows.append(scale_point(n, root, behaviour, max_running, kills, kill_seed).row())
             click.echo(f"simulated {n} workers: {json.dumps(rows[-1])}", err=True)
             shutil.rmtree(root / f"sim-{n}", ignore_errors=True)
     finally:
         if work_dir is None:
             shutil.rmtree(root, ignore_errors=True)
     click.echo(render_table(rows))
+    if kills:
+        click.echo(render_chaos(rows))
     click.echo(json.dumps(summary(rows)))
 
 
@@ -104,7 +121,35 @@ def summary(rows: list[dict]) -> dict:
         )
     out["ratios"] = ratios
     out["linear_or_better"] = all(r["cpu_per_worker_x"] <= 1.5 for r in ratios)
+    if any("chaos" in row for row in rows):
+        out["chaos_ok"] = all(row["chaos"]["ok"] for row in rows)
     return out
+
+
+CHAOS_COLUMNS = [
+    "kills",
+    "batch_jobs",
+    "workers_known",
+    "workers_lost",
+    "workers_doubled",
+    "workers_tracked_twice",
+    "ranges_finished",
+    "ranges_lost",
+    "ranges_double_finished",
+    "range_reports_redelivered",
+    "ok",
+]
+
+
+def render_chaos(rows: list[dict]) -> str:
+    """Per size: the kills (by kind) and the lost/doubled accounting."""
+    lines = ["  ".join(f"{c:>{max(7, len(c))}}" for c in ["workers", *CHAOS_COLUMNS])]
+    for row in rows:
+        chaos = row["chaos"]
+        cells = [row["workers"], *(chaos[c] for c in CHAOS_COLUMNS)]
+        lines.append("  ".join(f"{v!s:>{max(7, len(c))}}" for v, c in zip(cells, ["workers", *CHAOS_COLUMNS])))
+        lines.append("    kills by kind: " + ", ".join(f"{k}={n}" for k, n in sorted(chaos["kills_by_kind"].items())))
+    return "\n".join(lines)
 
 
 def render_table(rows: list[dict]) -> str:

@@ -8,13 +8,16 @@ daemon's agent order), the clock jumps to that time, the synthetic world moves f
 from __future__ import annotations
 
 import os
+import random
+import sqlite3
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from harvester_edge.config import SiteConfig
+from harvester_edge.replay.chaos import Chaos, Incarnation, accounting
 from harvester_edge.replay.recorder import Recording
 from harvester_edge.replay.replayer import VirtualClock
 from harvester_edge.replay.synthetic import Behaviour, SyntheticBatch, SyntheticTransport, SyntheticWorld
@@ -22,8 +25,8 @@ from harvester_edge.seams.clock import Clock
 from harvester_edge.seams.commands import CommandRunner
 from harvester_edge.seams.files import FilesBackend
 from harvester_edge.seams.http import Transport
-from harvester_edge.site import build_site, sync_queues
-from harvester_edge.store import open_store
+from harvester_edge.site import build_site, restart_store
+from harvester_edge.store import Store
 
 START = 1_800_000_000.0
 INTERVALS = {
@@ -87,9 +90,11 @@ class SimResult:
     world_cpu: float
     db_bytes: int
     agents: dict[str, AgentFigures]
+    chaos: dict[str, Any] | None = None  # kills and the lost/doubled accounting (a run with --kills)
 
     def row(self) -> dict[str, Any]:
         walls = [w for a in self.agents.values() for w in a.walls]
+        chaos = {"chaos": self.chaos} if self.chaos is not None else {}
         return {
             "workers": self.workers,
             "ranges_done": self.ranges_done,
@@ -106,6 +111,7 @@ class SimResult:
             "cycle_ms_max": round(1000 * max(walls), 1) if walls else 0.0,
             "cycles": sum(a.cycles for a in self.agents.values()),
             "per_agent_cpu_s": {n: round(a.cpu, 2) for n, a in self.agents.items()},
+            **chaos,
         }
 
 
@@ -122,6 +128,8 @@ class Simulation:
         record: Path | None = None,
         tick: float = 10.0,
         transport: Transport | None = None,
+        kills: int = 0,
+        kill_seed: int = 1,
     ) -> None:
         self.work_dir = Path(work_dir)
         self.config = config or site_config(self.work_dir)
@@ -129,21 +137,50 @@ class Simulation:
         self.tick = tick
         self.clock = VirtualClock(START)
         self.world.now = START
-        self.store = open_store(self.config.db_path)
-        sync_queues(self.store, self.config, START)
-        runner: CommandRunner = SyntheticBatch(self.world)
-        http: Transport = transport if transport is not None else SyntheticTransport(self.world.central)
-        files: FilesBackend = self.world
-        clock: Clock = self.clock
+        self.batch = SyntheticBatch(self.world)
+        self.http: Transport = transport if transport is not None else SyntheticTransport(self.world.central)
+        # `kills`: the daemon is killed that many times, SIGKILL-like, and restarted (harvester_edge.replay.chaos)
+        self.chaos: Chaos | None = None
+        self.restart_rng = random.Random(kill_seed)
+        if kills:
+            if record is not None:
+                raise ValueError("a recorded simulation cannot have kills (the trace of a killed daemon stops)")
+            central = self.world.central
+            self.chaos = Chaos(kills, kill_seed, lambda: len(central.finished) / central.b.ranges, self.clock.now)
         self.recording: Recording | None = None
+        self.incarnation: Incarnation | None = None
+        self.store = self.start_daemon(START, record)
+        self.figures = {a.name: AgentFigures() for a in self.agents}
+
+    def start_daemon(self, now: float, record: Path | None = None) -> Store:
+        """Build a daemon from the database file through the daemon's own restart path; with chaos, on a thread of
+        its own whose seams and statements are kill points."""
+        n = 0 if self.incarnation is None else self.incarnation.number + 1
+        factory = sqlite3.Connection if self.chaos is None else self.chaos.connection_class()
+        store = restart_store(self.config, now, "sim", factory)
+        runner: CommandRunner = self.batch
+        http, files, clock = self.http, cast(FilesBackend, self.world), cast(Clock, self.clock)
         if record is not None:
-            self.recording = Recording.start(record, self.config, self.store, self.clock)
+            self.recording = Recording.start(record, self.config, store, self.clock)
             runner, http = self.recording.runner(runner), self.recording.transport(http)
             files, clock = self.recording.files(files), self.recording.clock(clock)
-        self.site = build_site(self.config, runner, http, files, clock, store=self.store, daemon_id="sim:0")
+        if self.chaos is not None:
+            runner, http, files = self.chaos.runner(runner), self.chaos.transport(http), self.chaos.files(files)
+            self.incarnation = self.chaos.current = Incarnation(n)
+        self.site = build_site(self.config, runner, http, files, clock, store=store, daemon_id=f"sim:{n}")
         self.ctx = self.site.ctx
         self.agents = self.site.agents
-        self.figures = {a.name: AgentFigures() for a in self.agents}
+        return store
+
+    def kill_and_restart(self, now: float) -> float:
+        """The daemon was killed: its connections closed uncommitted, its memory dropped; a new one starts like
+        cron would start it, after a seeded pause in which the world goes on. Returns the restart time."""
+        self.store.close()  # the dead daemon's open transaction is rolled back by SQLite, never committed
+        restart = now + self.restart_rng.uniform(5.0, 60.0)
+        self.world.advance(restart)
+        self.clock.set(restart)
+        self.store = self.start_daemon(restart)
+        return restart
 
     def done(self) -> bool:
         central = self.world.central
@@ -174,12 +211,22 @@ class Simulation:
                 agent = by_name[name]
                 overhead = self.world.meter.overhead
                 cpu0, wall0 = time.process_time(), time.perf_counter()
-                agent.cycle()
+                killed = None
+                if self.incarnation is None:
+                    agent.cycle()
+                else:
+                    killed = self.incarnation.cycle(agent)
                 fig = self.figures[name]
                 fig.cycles += 1
                 fig.cpu += time.process_time() - cpu0 - (self.world.meter.overhead - overhead)
                 fig.walls.append(time.perf_counter() - wall0)
                 due[name] = t + agent.interval
+                if killed is not None:
+                    restart = self.kill_and_restart(t)
+                    last_tick = restart
+                    by_name = {a.name: a for a in self.agents}
+                    due = {a.name: restart for a in self.agents}  # a started daemon runs every agent at once
+            chaos = self.chaos_report()
         finally:
             self.close()
         db = self.config.db_path
@@ -194,7 +241,31 @@ class Simulation:
             world_cpu=self.world.meter.overhead,
             db_bytes=size,
             agents=self.figures,
+            chaos=chaos,
         )
+
+    def chaos_report(self) -> dict[str, Any] | None:
+        """The kills that happened, by kind, and the lost/doubled accounting of the outside world."""
+        if self.chaos is None:
+            return None
+        fired = self.chaos.fired
+        rows = self.store.query(
+            "SELECT batch_id, count(*) AS n FROM workers WHERE batch_id IS NOT NULL GROUP BY batch_id"
+        )
+        report = accounting(
+            self.world.jobs, self.batch.asked, [(r["batch_id"], r["n"]) for r in rows], self.world.central
+        )
+        return {
+            "kills_planned": len(self.chaos.plan),
+            "kills": len(fired),
+            "kills_by_kind": self.chaos.by_kind(),
+            "kills_by_agent": {a: sum(1 for k in fired if k.target == a) for a in sorted({k.target for k in fired})},
+            "kill_points": [f"{k.target}:{k.kind}:{k.detail}@{round((k.fired_at or START) - START)}" for k in fired],
+            **report,
+            "ok": len(fired) == len(self.chaos.plan)
+            and report["workers_lost"] == report["workers_doubled"] == report["workers_tracked_twice"] == 0
+            and report["ranges_lost"] == report["ranges_double_finished"] == 0,
+        }
 
     def close(self) -> None:
         if self.recording is not None:
@@ -204,14 +275,21 @@ class Simulation:
 
 
 def scale_point(
-    workers: int, work_root: Path, behaviour: Behaviour | None = None, max_running: int = 1000
+    workers: int,
+    work_root: Path,
+    behaviour: Behaviour | None = None,
+    max_running: int = 1000,
+    kills: int = 0,
+    kill_seed: int = 1,
 ) -> SimResult:
-    """One simulated run that needs about `workers` workers (10 ranges of 10 events per worker)."""
+    """One simulated run that needs about `workers` workers (10 ranges of 10 events per worker); `kills`: daemon
+    kills and restarts during it (harvester_edge.replay.chaos)."""
     b = behaviour or Behaviour()
     b = Behaviour(**{**b.__dict__, "ranges": min(workers * 10, 1_000_000), "jobs": max(1, min(20, workers // 100))})
     work = Path(work_root) / f"sim-{workers}"
     work.mkdir(parents=True, exist_ok=True)
-    sim = Simulation(work, b, site_config(work, max_running=max_running, max_queued=max_running // 2))
+    config = site_config(work, max_running=max_running, max_queued=max_running // 2)
+    sim = Simulation(work, b, config, kills=kills, kill_seed=kill_seed)
     return sim.run()
 
 

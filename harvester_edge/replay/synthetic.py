@@ -71,6 +71,7 @@ class Pilot:
     last: float = 0.0
     beat: float | None = None
     done: bool = False
+    answered: set = field(default_factory=set)  # sequences of ranges files written (each written once)
 
 
 class Clocked:
@@ -100,6 +101,15 @@ class SyntheticCentral:
         self.finished: set[int] = set()
         self.attempts: dict[int, int] = {}
         self.calls = 0
+        # exactly-once bookkeeping of the outside world (the chaos accounting reads it)
+        self.owed = behaviour.jobs  # jobs still to hand out: the task's jobs, plus a replacement per job end below
+        self.held: dict[int, set[int]] = {}  # PandaID -> range indexes in flight (handed out, no final report yet)
+        self.finished_by: dict[int, str] = {}  # range index -> the eventRangeID whose report finished it
+        self.ended: set[int] = set()
+        self.redelivered = 0  # a finished report again, same eventRangeID (a re-sent message: harmless)
+        self.double_finished = 0  # a finished report for a range already finished by another attempt
+        self.stale = 0  # reports of an attempt that no longer holds its range (ignored, as the real service does)
+        self.released = 0  # in-flight ranges of ended jobs, made ready again
 
     def range_spec(self, index: int, panda_id: int) -> dict:
         first = index * self.b.events_per_range + 1
@@ -119,11 +129,14 @@ class SyntheticCentral:
         if name == "pilot/acquire_jobs":
             out = []
             for _ in range(int(body.get("n_jobs", 1))):
-                if self.next_job >= self.b.jobs:
+                if self.owed <= 0:
                     break
+                self.owed -= 1
                 self.next_job += 1
                 pid = 1000 + self.next_job
                 events = self.b.ranges * self.b.events_per_range
+                if self.next_job > self.b.jobs:  # a replacement: the events still open
+                    events = (len(self.ready) + sum(len(h) for h in self.held.values())) * self.b.events_per_range
                 out.append(
                     {
                         "PandaID": pid,
@@ -140,24 +153,15 @@ class SyntheticCentral:
         if name == "event/acquire_event_ranges":
             n, pid = int(body.get("n_ranges", 1)), int(body["job_id"])
             got = [self.ready.pop() for _ in range(min(n, len(self.ready)))]
+            self.held.setdefault(pid, set()).update(got)
             return [self.range_spec(i, pid) for i in got]
         if name == "event/update_event_ranges":
             reports = json.loads(body["event_ranges"])
-            results = []
-            for rep in reports:
-                index = int(rep["eventRangeID"].rsplit("-", 2)[1])
-                if index in self.finished:
-                    results.append("duplicate")
-                elif rep["eventStatus"] == "finished":
-                    self.finished.add(index)
-                    results.append("applied")
-                else:
-                    self.attempts[index] = self.attempts.get(index, 0) + 1
-                    if self.attempts[index] < 5:
-                        self.ready.append(index)
-                    results.append("applied")
-            return {"Returns": [True] * len(reports), "Results": results, "Command": None}
+            return {"Returns": [True] * len(reports), "Results": [self.report(r) for r in reports], "Command": None}
         if name == "pilot/update_jobs_bulk":
+            for update in body.get("job_list", []):  # the real update_job's names (client.v1_job_update)
+                if update.get("job_status") in ("finished", "failed", "cancelled"):
+                    self.end_job(int(update["job_id"]))
             return [
                 {"success": True, "message": "", "data": {"StatusCode": StatusCode.SUCCESS, "command": "NULL"}}
                 for _ in body.get("job_list", [])
@@ -165,6 +169,48 @@ class SyntheticCentral:
         if name == "event/get_available_event_range_count":
             return len(self.ready)
         raise KeyError(f"the synthetic central service does not answer {method} {path}")
+
+    def report(self, rep: dict) -> str:
+        """One range report, applied only by the attempt that holds the range (ids: task-PandaID-index-attempt)."""
+        range_id = str(rep["eventRangeID"])
+        _task, pid, index, attempt = (int(x) for x in range_id.split("-"))
+        if index in self.finished:
+            if rep["eventStatus"] == "finished":
+                if self.finished_by[index] == range_id:
+                    self.redelivered += 1
+                else:
+                    self.double_finished += 1
+            return "duplicate"
+        if attempt != self.attempts.get(index, 0):
+            self.stale += 1
+            return "stale"
+        self.held.get(pid, set()).discard(index)
+        if rep["eventStatus"] == "finished":
+            self.finished.add(index)
+            self.finished_by[index] = range_id
+        else:
+            self.attempts[index] = self.attempts.get(index, 0) + 1
+            if self.attempts[index] < 5:
+                self.ready.append(index)
+        return "applied"
+
+    def end_job(self, panda_id: int) -> None:
+        """A job's final state: its ranges still in flight go back to ready under a new attempt, and a job replaces
+        it if it left any (as the real service's end_job / settle_task: see harvester_edge.central.jobs)."""
+        if panda_id in self.ended:
+            return
+        self.ended.add(panda_id)
+        left = sorted(self.held.pop(panda_id, set()), reverse=True)
+        for index in left:
+            self.attempts[index] = self.attempts.get(index, 0) + 1
+            self.ready.append(index)
+        self.released += len(left)
+        if left:
+            self.owed += 1
+
+    def given_up(self) -> int:
+        """Ranges out of attempts (failed for good, by the behaviour's failures): not finished, not lost."""
+        return sum(1 for i, n in self.attempts.items() if n >= 5 and i not in self.finished)
 
 
 class SyntheticTransport:
@@ -250,6 +296,7 @@ class SyntheticBatch(CommandRunner):
         super().__init__()
         self.world = world
         self.next_id = 4242
+        self.asked: set[str] = set()  # batch ids the daemon named in a query or cancel (it tracks them)
 
     def _execute(self, argv, *, stdin, timeout, cwd) -> CommandResult:
         out, err, code = self.world.meter.timed(self._answer, list(argv), stdin)
@@ -284,7 +331,9 @@ class SyntheticBatch(CommandRunner):
                 names = set(argv[argv.index("--name") + 1].split(","))
                 rows = [j for j in jobs.values() if j.name in names]
             else:
-                rows = [jobs[i] for i in argv[argv.index("-j") + 1].split(",") if i in jobs]
+                ids = argv[argv.index("-j") + 1].split(",")
+                self.asked.update(ids)
+                rows = [jobs[i] for i in ids if i in jobs]
             if not rows and "-j" in argv:
                 return "", "slurm_load_jobs error: Invalid job id specified\n", 1
             return (
@@ -300,10 +349,12 @@ class SyntheticBatch(CommandRunner):
             return "", "", 0
         if tool in ("scancel", "bkill"):
             for i in argv[1:]:
+                self.asked.add(i)
                 self.world.cancel(i)
             return ("".join(f"Job <{i}> is being terminated\n" for i in argv[1:]) if tool == "bkill" else ""), "", 0
         if tool == "bjobs":
             ids = argv[argv.index("-json") + 1 :]
+            self.asked.update(ids)
             records = []
             for i in ids or list(jobs):
                 j = jobs.get(i)
@@ -502,9 +553,13 @@ class SyntheticWorld:
 
     def _write_event_ranges(self, ap, seq, ranges, no_more=()):
         p = self.pilots[str(ap)]
+        path = Path(ap) / f"{protocol.RANGES}.{int(seq)}.json"
+        if int(seq) in p.answered:  # as the real write: exclusive, a sequence is never written twice
+            raise protocol.ProtocolError(f"{path}: sequence already used; take the next one")
+        p.answered.add(int(seq))
         for lst in ranges.values():
             p.held.extend(dict(r) for r in lst)
         if p.panda_id in set(int(x) for x in no_more):
             p.no_more = True
         p.waiting = False
-        return Path(ap) / f"{protocol.RANGES}.{int(seq)}.json"
+        return path

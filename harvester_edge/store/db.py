@@ -79,8 +79,9 @@ def _configure(conn: sqlite3.Connection) -> None:
 class Store:
     """The harvester's SQLite file. Cheap to pass around; connections are opened lazily per thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, factory: type[sqlite3.Connection] = sqlite3.Connection) -> None:
         self.path = Path(path)
+        self.factory = factory  # the connection class (the scale simulation's chaos wraps statements)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -91,7 +92,11 @@ class Store:
         if conn is None:
             # autocommit mode: transactions are begun explicitly in write()
             conn = sqlite3.connect(
-                self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+                self.path,
+                isolation_level=None,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                check_same_thread=False,
+                factory=self.factory,
             )
             conn.row_factory = sqlite3.Row
             _configure(conn)
@@ -148,8 +153,13 @@ def applied_migrations(conn: sqlite3.Connection) -> list[str]:
     return [row[0] for row in conn.execute("SELECT name FROM migrations ORDER BY id")]
 
 
-def open_store(path: Path, on_network_fs: Literal["warn", "refuse"] = "warn") -> Store:
-    """Open (creating if needed) and migrate the database at `path`; refuses a newer schema or, if asked, NFS."""
+def open_store(
+    path: Path,
+    on_network_fs: Literal["warn", "refuse"] = "warn",
+    factory: type[sqlite3.Connection] = sqlite3.Connection,
+) -> Store:
+    """Open (creating if needed) and migrate the database at `path`; refuses a newer schema or, if asked, NFS.
+    `factory`: the class of its connections (sqlite3.connect's factory)."""
     path = Path(path)
     try:
         private_dir(path.parent, tighten=False)  # a folder it makes is 0700; the daemon tightens the work dir
@@ -168,7 +178,7 @@ def open_store(path: Path, on_network_fs: Literal["warn", "refuse"] = "warn") ->
         private_database(path)  # 0600 before SQLite opens it: its -wal/-shm files take the same mode
     except OSError as exc:
         raise StoreError(f"{path}: cannot create the database file with mode 0600: {exc}") from exc
-    store = Store(path)
+    store = Store(path, factory)
     try:
         conn = store.connection()
         migrate(conn, path)
