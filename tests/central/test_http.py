@@ -16,7 +16,7 @@ from harvester_edge.central.service import CentralService
 from harvester_edge.central.settings import CentralSettings
 from harvester_edge.seams.http import HttpTransport
 
-from .conftest import task_dict
+from .conftest import db_settings, task_dict
 
 
 @pytest.fixture
@@ -195,12 +195,12 @@ def test_client_tells_outage_from_rejection(tmp_path, trusted_central):
     assert client.is_alive() is False
 
 
-def test_embedded_stop_is_bounded_and_port_freed(tmp_path):
+def test_embedded_stop_is_bounded_and_port_freed(tmp_path, central_db):
     import time
 
     from .conftest import start_central
 
-    central = start_central(tmp_path, trusted=True)
+    central = start_central(tmp_path, central_db, trusted=True)
     url = central.url
     t0 = time.monotonic()
     central.stop()
@@ -237,12 +237,12 @@ def test_concurrent_http_acquires_never_share_a_range(trusted_central):
     assert sum(1 for g in got if g) > 1
 
 
-def test_watchdog_thread_of_the_server_fails_silent_jobs(tmp_path):
+def test_watchdog_thread_of_the_server_fails_silent_jobs(tmp_path, central_db):
     import time
 
     from .conftest import start_central
 
-    central = start_central(tmp_path, trusted=True, heartbeat_timeout=1, watchdog_interval=0.2)
+    central = start_central(tmp_path, central_db, trusted=True, heartbeat_timeout=1, watchdog_interval=0.2)
     try:
         svc = central.service
         task_id = svc.submit_task(task_dict(events=20))
@@ -260,7 +260,7 @@ def test_watchdog_thread_of_the_server_fails_silent_jobs(tmp_path):
         central.stop()
 
 
-def test_standalone_serve_stops_on_sigterm(tmp_path):
+def test_standalone_serve_stops_on_sigterm(tmp_path, central_db):
     import signal
     import subprocess
     import sys
@@ -270,12 +270,13 @@ def test_standalone_serve_stops_on_sigterm(tmp_path):
         "import sys; from pathlib import Path; from types import SimpleNamespace;"
         "from harvester_edge.cli import central_serve;"
         "from harvester_edge.central.settings import CentralSettings;"
-        "c = CentralSettings(db=Path(sys.argv[1]), trusted=True);"
+        "db = sys.argv[1] if sys.argv[1].startswith('postgresql://') else Path(sys.argv[1]);"
+        "c = CentralSettings(db=db, files_dir=Path(sys.argv[2]), trusted=True);"
         "central_serve.main([], obj=SimpleNamespace(config=SimpleNamespace(central=c)),"
         " standalone_mode=False)"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(tmp_path / "central.db")],
+        [sys.executable, "-c", code, str(central_db), str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -295,11 +296,10 @@ def test_standalone_serve_stops_on_sigterm(tmp_path):
             proc.wait(5)
 
 
-def test_hot_path_and_fastapi_routes_answer_alike(tmp_path):
+def test_hot_path_and_fastapi_routes_answer_alike(tmp_path, central_db):
     """The same request through FastPath and through the documented FastAPI route gives the same answer."""
-    path = tmp_path / "central.db"
-    settings = CentralSettings(db=path, trusted=True)
-    svc = CentralService.open(path, settings)
+    settings = db_settings(central_db, tmp_path, trusted=True)
+    svc = CentralService.open(central_db, settings)
     task_id = svc.submit_task(task_dict(events=50, jobs=2))
     job = svc.acquire_jobs("S", 1)[0]["PandaID"]
     idle = next(j["panda_id"] for j in svc.show_task(task_id)["jobs"] if j["panda_id"] != job)
@@ -329,11 +329,10 @@ def test_hot_path_and_fastapi_routes_answer_alike(tmp_path):
     svc.close()
 
 
-def test_a_bug_is_logged_and_answered_in_the_dialect(tmp_path, caplog):
+def test_a_bug_is_logged_and_answered_in_the_dialect(tmp_path, central_db, caplog):
     """The last-resort handlers (FastAPI and FastPath): a traceback in the log, a 500 in the dialect's format."""
-    path = tmp_path / "central.db"
-    settings = CentralSettings(db=path, trusted=True)
-    svc = CentralService.open(path, settings)
+    settings = db_settings(central_db, tmp_path, trusted=True)
+    svc = CentralService.open(central_db, settings)
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
