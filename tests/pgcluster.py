@@ -20,6 +20,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,6 +126,29 @@ class Cluster:
                 return
             except OSError:
                 time.sleep(0.1)
+
+
+class ReadConn:
+    """A read-only view of a PostgreSQL central DB that takes the statements tests write for SQLite (`?`):
+    `with ReadConn(url) as conn: conn.execute(sql, params).fetchall()`, as with sqlite3.connect(...)."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        from harvester_edge.central.store import pg
+
+        self._translate = pg.translate
+        self._conn = psycopg.connect(url, autocommit=True)
+        self._conn.adapters.register_loader("numeric", pg._NumericLoader)
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        return self._conn.execute(self._translate(sql), params)
+
+    def __enter__(self) -> ReadConn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._conn.close()
 
 
 _shared: Cluster | None = None

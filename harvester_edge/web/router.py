@@ -37,11 +37,15 @@ READ_SCOPES = {"harvester", "admin"}
 
 
 def harvester_db_path(app: FastAPI) -> Path | None:
-    """The harvester DB next to the central DB (the embedded default), unless the router was given one."""
+    """The harvester DB next to the central DB (the embedded default), unless the router was given one. With a
+    PostgreSQL central.db: next to the service's files (central.files_dir, the work dir by default)."""
     explicit = getattr(app.state, "monitor_harvester_db", None)
     if explicit is not None:
         return Path(explicit)
     db = getattr(app.state.settings, "db", None)
+    if pg.is_postgresql_url(db):
+        files_dir = getattr(app.state.settings, "files_dir", None)
+        return Path(files_dir) / "harvester.db" if files_dir else None
     return Path(db).with_name("harvester.db") if db else None
 
 
