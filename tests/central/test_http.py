@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
@@ -352,3 +353,27 @@ def test_a_bug_is_logged_and_answered_in_the_dialect(tmp_path, central_db, caplo
     assert "StatusCode=" in legacy.text
     assert sum("RuntimeError: a bug" in (r.exc_text or "") for r in caplog.records) == 3
     svc.close()
+
+
+def test_monitor_pages_and_metrics_read_the_services_own_database(tmp_path, central_db):
+    """The monitor's reader processes and /metrics read the database the service writes (on PostgreSQL: not a
+    SQLite file made empty in files_dir), and find the harvester DB next to the service's files."""
+    from types import SimpleNamespace
+
+    from harvester_edge.server import embedded_central
+    from harvester_edge.web.router import harvester_db_path
+
+    central = embedded_central(db_settings(central_db, tmp_path, host="127.0.0.1", port=0, trusted=True))
+    central.start()
+    try:
+        task_id = central.service.submit_task(task_dict(name="seen-by-the-monitor", events=30))
+        page = requests.get(f"{central.url}/monitor/task/{task_id}", timeout=30)
+        assert page.status_code == 200 and "seen-by-the-monitor" in page.text
+        metrics = requests.get(central.url + "/metrics", timeout=30).text
+        assert 'harvester_edge_central_tasks{state="defined"} 1.0' in metrics, metrics[:2000]
+        assert 'harvester_edge_central_event_ranges{state="ready"} 3.0' in metrics
+    finally:
+        central.stop()
+    app = SimpleNamespace(state=SimpleNamespace(settings=db_settings(central_db, tmp_path)))
+    assert harvester_db_path(app) == tmp_path / "harvester.db"  # type: ignore[arg-type]
+    assert not (tmp_path / "central.db").exists() or isinstance(central_db, Path)
