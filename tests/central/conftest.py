@@ -77,6 +77,12 @@ def central_db(backend, tmp_path) -> Path | str:
     return new_central_db(backend, tmp_path)
 
 
+@pytest.fixture
+def empty_central_db(backend, tmp_path) -> Path | str:
+    """central_db with nothing in it yet (on PostgreSQL an empty schema): for tests of making the schema."""
+    return tmp_path / "central.db" if backend == "sqlite" else shared().fresh_url()
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def module_backend(request) -> str:
     """`backend` for a service a whole module shares (one per backend: the module's tests run once on each)."""

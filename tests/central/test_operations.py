@@ -26,7 +26,8 @@ def obj(settings: CentralSettings) -> SimpleNamespace:
     return SimpleNamespace(config=SimpleNamespace(central=settings))
 
 
-def test_db_migrate_creates_the_schema_on_both_backends(central_db, tmp_path):
+def test_db_migrate_creates_the_schema_on_both_backends(empty_central_db, tmp_path):
+    central_db = empty_central_db
     settings = db_settings(central_db, tmp_path)
     for _ in range(2):  # a second run finds everything in place
         out = CliRunner().invoke(central_group, ["db", "migrate"], obj=obj(settings))
