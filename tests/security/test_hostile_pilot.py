@@ -32,7 +32,6 @@ import pytest
 import requests
 
 from agents.conftest import Site, sleep_task
-from central.conftest import module_backend, new_central_db
 from helpers import kill_local_workers
 
 pytestmark = pytest.mark.mpi
@@ -165,10 +164,10 @@ def plant_page_files(ap: Path, outside: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def attacked(tmp_path_factory, module_backend):
+def attacked(tmp_path_factory, module_central_db):
     """The daemon after the attack: {site, url, worker, ap, panda_id, task_id, planted, page_files, foreign}."""
     root = tmp_path_factory.mktemp("hostile")
-    db = new_central_db(module_backend, root)
+    db = module_central_db
     on_pg = {"db": db} if isinstance(db, str) else {}  # PostgreSQL; else the SQLite file in work_dir
     outside = root / "outside"
     outside.mkdir()

@@ -278,6 +278,9 @@ def test_daemon_finishes_a_task_in_embedded_token_mode(tmp_path, central_db):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from agents.conftest import Site, numpy_task  # the agents' real-daemon harness
 
+    central = {"mode": "embedded", "host": "127.0.0.1", "port": 0, "trusted": False}
+    central.update({"db": central_db} if isinstance(central_db, str) else {})  # PostgreSQL, or work_dir/central.db
+
     queue = {
         "batch": "local",
         "nodes_min": 1,
@@ -290,9 +293,11 @@ def test_daemon_finishes_a_task_in_embedded_token_mode(tmp_path, central_db):
         "max_running_workers": 2,
         "launcher": "mpirun",
     }
-    db = {"db": central_db} if isinstance(central_db, str) else {}  # PostgreSQL; else the SQLite file in work_dir
-    central = {"mode": "embedded", "host": "127.0.0.1", "port": 0, "trusted": False, **db}
-    site = Site(tmp_path / "site", queue=queue, central=central)
+    site = Site(
+        tmp_path / "site",
+        queue=queue,
+        central=central,
+    )
     try:
         task_id = site.submit_task(**numpy_task(200))
         site.start()

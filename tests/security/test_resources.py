@@ -28,8 +28,6 @@ import pytest
 import requests
 import yaml
 
-from central.conftest import backend, central_db, pg_cluster
-
 CLI = [sys.executable, "-m", "harvester_edge"]
 HALF_OPEN = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"  # request headers that never end
 LOCAL_QUEUE = {
