@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
@@ -22,7 +23,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from harvester_edge.central.store import monitor
+from harvester_edge.central.store import monitor, pg
+from harvester_edge.central.store.conn import Conn
 from harvester_edge.store import jobs, outbox, ranges, workers
 from harvester_edge.store.readonly import open_readonly
 
@@ -206,7 +208,7 @@ def _gauge(name: str, doc: str, labels: list[str], rows: Iterable[Sequence[Any]]
     return g
 
 
-def central_families(conn: sqlite3.Connection, now: float) -> list:
+def central_families(conn: Conn, now: float) -> list:
     """Families from the central DB: tasks/jobs/ranges by state, events finished, token key expiry, task times."""
     fams: list[Metric] = [
         _gauge(
@@ -294,14 +296,34 @@ def harvester_families(conn: sqlite3.Connection) -> list:
 
 
 class DatabaseCollector:
-    """A prometheus_client collector over the two DB files; a DB that cannot be read is skipped with a warning."""
+    """A prometheus_client collector over the two DB files; a DB that cannot be read is skipped with a warning.
+    central_url: the central service's PostgreSQL database (central.db: postgresql://...) read instead of a file."""
 
-    def __init__(self, central_db: Path | None, harvester_db: Path | None, clock=time.time) -> None:
+    def __init__(
+        self, central_db: Path | None, harvester_db: Path | None, clock=time.time, central_url: str | None = None
+    ) -> None:
         self.central_db, self.harvester_db, self.clock = central_db, harvester_db, clock
+        self.central_url = central_url
+
+    def _central_on_postgresql(self, url: str) -> list:
+        db = pg.PgDatabase(url, Path(tempfile.gettempdir()), pool_size=1)  # reads only: no schema, no writer
+        try:
+            return central_families(db.reader(), self.clock())
+        finally:
+            db.close()
 
     def collect(self):
+        if self.central_url is not None:
+            try:
+                yield from self._central_on_postgresql(self.central_url)
+            except (pg.psycopg.Error, pg.StoreError) as exc:
+                log.warning(
+                    "metrics: cannot read %s (%s); its metrics are left out of this scrape",
+                    pg.redact(self.central_url),
+                    exc,
+                )
         for path, build in (
-            (self.central_db, lambda c: central_families(c, self.clock())),
+            (None if self.central_url else self.central_db, lambda c: central_families(c, self.clock())),
             (self.harvester_db, harvester_families),
         ):
             if path is None or not Path(path).exists():
@@ -347,7 +369,8 @@ class TokenFileCollector:
 def exposition(service: Any, harvester_db: Path | None, token_file: Path | None = None) -> tuple[bytes, str]:
     """The text exposition for /metrics: the DB-derived families, the token file, and the in-process timings."""
     central_db = Path(service.db.path) if service is not None else None
+    central_url = service.db.url if service is not None and isinstance(service.db, pg.PgDatabase) else None
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DatabaseCollector(central_db, harvester_db))
+    registry.register(DatabaseCollector(central_db, harvester_db, central_url=central_url))
     registry.register(TokenFileCollector(token_file))
     return generate_latest(registry) + generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from harvester_edge.central.errors import CentralError, NotFound
 from harvester_edge.central.service import CentralService
+from harvester_edge.central.store import pg
 from harvester_edge.central.store.database import Database
 from harvester_edge.metrics import DatabaseCollector, TokenFileCollector
 
@@ -100,7 +101,7 @@ async def run(fn: Callable[..., T], *args: Any) -> T:
 
 
 # -- what runs in a reader process ------------------------------------------------------------------------------
-_services: dict[tuple[str, str | None], Any] = {}
+_services: dict[tuple[str, str | None, str | None], Any] = {}
 _rest_until = 0.0  # when this reader process may start its next page
 
 
@@ -120,14 +121,19 @@ def _rested(started: float) -> None:
     _rest_until = time.monotonic() + REST * (time.monotonic() - started)
 
 
-def _service(central_db: str, pilot_log_dir: str | None) -> Any:
-    """A CentralService on the central DB for reading only (its per-thread readers; no writer is started)."""
-    key = (central_db, pilot_log_dir)
+def _service(central_db: str, pilot_log_dir: str | None, central_url: str | None = None) -> Any:
+    """A CentralService on the central DB for reading only (its per-thread readers; no writer is started).
+    central_url: its PostgreSQL database (central_db is then only where its files are: jedilogs)."""
+    key = (central_db, pilot_log_dir, central_url)
     svc = _services.get(key)
     if svc is None:
         while len(_services) >= SERVICES_KEPT:
             _services.pop(next(iter(_services))).close()
-        svc = _services[key] = CentralService(Database(Path(central_db)))
+        if central_url is not None:
+            db: Database | pg.PgDatabase = pg.PgDatabase(central_url, Path(central_db).parent, pool_size=2)
+        else:
+            db = Database(Path(central_db))
+        svc = _services[key] = CentralService(db)
         svc.pilot_log_dir = Path(pilot_log_dir) if pilot_log_dir else None
     return svc
 
@@ -141,13 +147,15 @@ def page(
     now: float,
     ids: tuple[Any, ...],
     base: dict[str, Any],
+    central_url: str | None = None,
 ) -> tuple[int, str]:
     """(HTTP status, HTML) of the page `name` (a build function of pages.py) rendered with `base` (refresh, path,
-    CSRF field and token); an unknown id or a refused one is the error page (404, 400)."""
+    CSRF field and token); an unknown id or a refused one is the error page (404, 400). central_url: the
+    service's PostgreSQL database, if it has one."""
     build = getattr(pages, name)
     started = _rest()
     try:
-        template, context = build(_service(central_db, pilot_log_dir), harvester_db, params, now, *ids)
+        template, context = build(_service(central_db, pilot_log_dir, central_url), harvester_db, params, now, *ids)
         status = 200
     except NotFound as exc:
         template, context, status = "error.html", {"title": "not found", "message": str(exc)}, 404
@@ -158,13 +166,15 @@ def page(
     return status, render(template, {**base, **context})
 
 
-def stored_metrics(central_db: Path | None, harvester_db: Path | None, token_file: Path | None) -> bytes:
+def stored_metrics(
+    central_db: Path | None, harvester_db: Path | None, token_file: Path | None, central_url: str | None = None
+) -> bytes:
     """The /metrics families read from the DB files and the token file (the in-process timings are added by the
     service itself: they live in its memory)."""
     started = _rest()
     try:
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(DatabaseCollector(central_db, harvester_db))
+        registry.register(DatabaseCollector(central_db, harvester_db, central_url=central_url))
         registry.register(TokenFileCollector(token_file))
         return generate_latest(registry)
     finally:

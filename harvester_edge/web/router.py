@@ -24,6 +24,7 @@ from harvester_edge import pilot_files
 from harvester_edge.central.auth import bearer
 from harvester_edge.central.errors import AuthError, CentralError, NotFound
 from harvester_edge.central.limits import BIG
+from harvester_edge.central.store import pg
 from harvester_edge.metrics import HttpTiming
 
 from . import csrf, data, readers
@@ -36,11 +37,15 @@ READ_SCOPES = {"harvester", "admin"}
 
 
 def harvester_db_path(app: FastAPI) -> Path | None:
-    """The harvester DB next to the central DB (the embedded default), unless the router was given one."""
+    """The harvester DB next to the central DB (the embedded default), unless the router was given one. With a
+    PostgreSQL central.db: next to the service's files (central.files_dir, the work dir by default)."""
     explicit = getattr(app.state, "monitor_harvester_db", None)
     if explicit is not None:
         return Path(explicit)
     db = getattr(app.state.settings, "db", None)
+    if pg.is_postgresql_url(db):
+        files_dir = getattr(app.state.settings, "files_dir", None)
+        return Path(files_dir) / "harvester.db" if files_dir else None
     return Path(db).with_name("harvester.db") if db else None
 
 
@@ -82,6 +87,11 @@ def _html(request: Request, template: str, context: dict[str, Any], status: int 
     return _respond(request, render(template, {**base, **context}), status, nonce)
 
 
+def central_url(service: Any) -> str | None:
+    """The service's PostgreSQL database (what a reader process reads instead of the file), or None."""
+    return service.db.url if service is not None and isinstance(service.db, pg.PgDatabase) else None
+
+
 async def _page(request: Request, name: str, *ids: Any) -> Response:
     """The page pages.<name>(..., *ids), built and rendered in a reader process (readers.py): the token is
     checked here first; the event loop only waits."""
@@ -102,6 +112,7 @@ async def _page(request: Request, name: str, *ids: Any) -> Response:
         time.time(),
         ids,
         base,
+        central_url(service),
     )
     return _respond(request, html, status, nonce)
 
@@ -226,6 +237,7 @@ def build_router() -> APIRouter:
             Path(service.db.path) if service is not None else None,
             harvester_db_path(request.app),
             getattr(tokens, "token_file", None),
+            central_url(service),
         )
         return Response(stored + generate_latest(m.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 

@@ -15,11 +15,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from helpers import kill_local_workers
+from pgcluster import ReadConn
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "harvester_edge"]
@@ -57,6 +59,8 @@ class Site:
         root.mkdir(parents=True, exist_ok=True)
         self.work = root / "work"
         self.config_path = root / "site.yaml"
+        db = (central or {}).get("db")
+        self.central_url: str | None = db if isinstance(db, str) and db.startswith("postgresql://") else None
         config = {
             "site": "t",
             "central": central or {"mode": "embedded", "trusted": True},
@@ -148,7 +152,11 @@ class Site:
         log = self.work / "logs" / "harvester-edge.log"
         return "\n".join(log.read_text().splitlines()[-n:]) if log.exists() else "(no log)"
 
-    def central_db(self) -> sqlite3.Connection:
+    def central_db(self) -> Any:
+        """The central DB read-only: the SQLite file, or (central.db: postgresql://...) that database, both taking
+        SQLite text (pgcluster.ReadConn)."""
+        if self.central_url is not None:
+            return ReadConn(self.central_url)
         return sqlite3.connect(f"file:{self.work / 'central.db'}?mode=ro", uri=True)
 
     def harvester_db(self) -> sqlite3.Connection:

@@ -12,11 +12,14 @@ from harvester_edge.central.cli import central_group, errors_group, task_group
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.settings import CentralSettings
 
+from .conftest import db_settings
+
 EXAMPLE = Path(__file__).parents[2] / "configs" / "tasks" / "example.yaml"
 
 
-def obj(tmp_path, **over):
-    central = CentralSettings(db=tmp_path / "central.db", **over)
+def obj(tmp_path, central_db=None, **over):
+    db = tmp_path / "central.db" if central_db is None else central_db
+    central = db_settings(db, tmp_path, **over)
     return SimpleNamespace(config=SimpleNamespace(central=central, paths=SimpleNamespace(work_dir=tmp_path)))
 
 
@@ -25,8 +28,8 @@ def run(group, args, o):
     return result
 
 
-def test_task_commands(tmp_path):
-    o = obj(tmp_path)
+def test_task_commands(tmp_path, central_db):
+    o = obj(tmp_path, central_db)
     out = run(task_group, ["submit", str(EXAMPLE), "--json"], o)
     assert out.exit_code == 0, out.output
     task_id = json.loads(out.output)["task_id"]
@@ -43,7 +46,7 @@ def test_task_commands(tmp_path):
     assert missing.exit_code != 0 and "task 99 does not exist" in missing.output
 
 
-def test_bad_task_file_is_a_clear_error(tmp_path):
+def test_bad_task_file_is_a_clear_error(tmp_path):  # SQLite only: that no DB file is made for a bad task file
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nevents: ten\n")
     out = run(task_group, ["submit", str(bad)], obj(tmp_path))
@@ -52,9 +55,9 @@ def test_bad_task_file_is_a_clear_error(tmp_path):
     assert not (tmp_path / "central.db").exists()
 
 
-def test_errors_commands(tmp_path):
-    o = obj(tmp_path)
-    svc = CentralService.open(tmp_path / "central.db")
+def test_errors_commands(tmp_path, central_db):
+    o = obj(tmp_path, central_db)
+    svc = CentralService.open(central_db, db_settings(central_db, tmp_path))
     task_id = svc.submit_task(
         {
             "name": "e",
@@ -85,8 +88,8 @@ def test_errors_commands(tmp_path):
     assert "1151" in run(errors_group, ["list"], o).output
 
 
-def test_issue_token(tmp_path):
-    out = run(central_group, ["issue-token", "pilot-1", "--json"], obj(tmp_path))
+def test_issue_token(tmp_path, central_db):
+    out = run(central_group, ["issue-token", "pilot-1", "--json"], obj(tmp_path, central_db))
     creds = json.loads(out.output)
     assert creds["token"].count(".") == 2 and len(creds["key"]) > 20
     assert (tmp_path / "central.secret").stat().st_mode & 0o777 == 0o600

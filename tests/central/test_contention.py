@@ -63,6 +63,7 @@ def contenders():
         p.wait(30)
 
 
+# PostgreSQL only: row locks (SKIP LOCKED, NOWAIT) between service processes; SQLite has one writer process
 def test_acquires_and_reports_from_several_processes_exactly_once(pg_cluster, contenders, tmp_path) -> None:
     totals = Counter()
 
@@ -78,7 +79,7 @@ def test_acquires_and_reports_from_several_processes_exactly_once(pg_cluster, co
         plans=st.lists(st.lists(op, min_size=8, max_size=30), min_size=PROCESSES, max_size=PROCESSES),
     )
     def check(jobs: int, attempts: int, plans: list[list[tuple]]) -> None:
-        url = pg_cluster.fresh_url()
+        url = pg_cluster.fresh_database()
         files = Path(tempfile.mkdtemp(dir=tmp_path))
         svc = CentralService.open(url, CentralSettings(db=url, files_dir=files))
         try:

@@ -185,10 +185,10 @@ TestExactlyOnce = ExactlyOnce.TestCase
 
 
 def test_exactly_once_on_postgresql(pg_cluster) -> None:
-    """The same machine over PostgreSQL (a fresh schema per run; fewer runs, each costs a schema)."""
+    """The same machine over PostgreSQL (a fresh database per run; fewer runs, each costs a database)."""
 
     class OnPostgres(ExactlyOnce):
-        target = staticmethod(pg_cluster.fresh_url)
+        target = staticmethod(pg_cluster.fresh_database)
 
     run_state_machine_as_test(
         OnPostgres,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
@@ -18,7 +19,7 @@ from harvester_edge.central.settings import CentralSettings
 from harvester_edge.replay.recorder import RecordingTransport
 from harvester_edge.seams.http import HttpTransport
 
-from .conftest import task_dict
+from .conftest import db_settings, task_dict
 
 
 @pytest.fixture
@@ -197,12 +198,12 @@ def test_client_tells_outage_from_rejection(tmp_path, trusted_central):
     assert client.is_alive() is False
 
 
-def test_embedded_stop_is_bounded_and_port_freed(tmp_path):
+def test_embedded_stop_is_bounded_and_port_freed(tmp_path, central_db):
     import time
 
     from .conftest import start_central
 
-    central = start_central(tmp_path, trusted=True)
+    central = start_central(tmp_path, central_db, trusted=True)
     url = central.url
     t0 = time.monotonic()
     central.stop()
@@ -239,12 +240,12 @@ def test_concurrent_http_acquires_never_share_a_range(trusted_central):
     assert sum(1 for g in got if g) > 1
 
 
-def test_watchdog_thread_of_the_server_fails_silent_jobs(tmp_path):
+def test_watchdog_thread_of_the_server_fails_silent_jobs(tmp_path, central_db):
     import time
 
     from .conftest import start_central
 
-    central = start_central(tmp_path, trusted=True, heartbeat_timeout=1, watchdog_interval=0.2)
+    central = start_central(tmp_path, central_db, trusted=True, heartbeat_timeout=1, watchdog_interval=0.2)
     try:
         svc = central.service
         task_id = svc.submit_task(task_dict(events=20))
@@ -262,7 +263,7 @@ def test_watchdog_thread_of_the_server_fails_silent_jobs(tmp_path):
         central.stop()
 
 
-def test_standalone_serve_stops_on_sigterm(tmp_path):
+def test_standalone_serve_stops_on_sigterm(tmp_path, central_db):
     import signal
     import subprocess
     import sys
@@ -272,12 +273,13 @@ def test_standalone_serve_stops_on_sigterm(tmp_path):
         "import sys; from pathlib import Path; from types import SimpleNamespace;"
         "from harvester_edge.cli import central_serve;"
         "from harvester_edge.central.settings import CentralSettings;"
-        "c = CentralSettings(db=Path(sys.argv[1]), trusted=True);"
+        "db = sys.argv[1] if sys.argv[1].startswith('postgresql://') else Path(sys.argv[1]);"
+        "c = CentralSettings(db=db, files_dir=Path(sys.argv[2]), trusted=True);"
         "central_serve.main([], obj=SimpleNamespace(config=SimpleNamespace(central=c)),"
         " standalone_mode=False)"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(tmp_path / "central.db")],
+        [sys.executable, "-c", code, str(central_db), str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -297,11 +299,10 @@ def test_standalone_serve_stops_on_sigterm(tmp_path):
             proc.wait(5)
 
 
-def test_hot_path_and_fastapi_routes_answer_alike(tmp_path):
+def test_hot_path_and_fastapi_routes_answer_alike(tmp_path, central_db):
     """The same request through FastPath and through the documented FastAPI route gives the same answer."""
-    path = tmp_path / "central.db"
-    settings = CentralSettings(db=path, trusted=True)
-    svc = CentralService.open(path, settings)
+    settings = db_settings(central_db, tmp_path, trusted=True)
+    svc = CentralService.open(central_db, settings)
     task_id = svc.submit_task(task_dict(events=50, jobs=2))
     job = svc.acquire_jobs("S", 1)[0]["PandaID"]
     idle = next(j["panda_id"] for j in svc.show_task(task_id)["jobs"] if j["panda_id"] != job)
@@ -331,11 +332,10 @@ def test_hot_path_and_fastapi_routes_answer_alike(tmp_path):
     svc.close()
 
 
-def test_a_bug_is_logged_and_answered_in_the_dialect(tmp_path, caplog):
+def test_a_bug_is_logged_and_answered_in_the_dialect(tmp_path, central_db, caplog):
     """The last-resort handlers (FastAPI and FastPath): a traceback in the log, a 500 in the dialect's format."""
-    path = tmp_path / "central.db"
-    settings = CentralSettings(db=path, trusted=True)
-    svc = CentralService.open(path, settings)
+    settings = db_settings(central_db, tmp_path, trusted=True)
+    svc = CentralService.open(central_db, settings)
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
@@ -355,3 +355,27 @@ def test_a_bug_is_logged_and_answered_in_the_dialect(tmp_path, caplog):
     assert "StatusCode=" in legacy.text
     assert sum("RuntimeError: a bug" in (r.exc_text or "") for r in caplog.records) == 3
     svc.close()
+
+
+def test_monitor_pages_and_metrics_read_the_services_own_database(tmp_path, central_db):
+    """The monitor's reader processes and /metrics read the database the service writes (on PostgreSQL: not a
+    SQLite file made empty in files_dir), and find the harvester DB next to the service's files."""
+    from types import SimpleNamespace
+
+    from harvester_edge.server import embedded_central
+    from harvester_edge.web.router import harvester_db_path
+
+    central = embedded_central(db_settings(central_db, tmp_path, host="127.0.0.1", port=0, trusted=True))
+    central.start()
+    try:
+        task_id = central.service.submit_task(task_dict(name="seen-by-the-monitor", events=30))
+        page = requests.get(f"{central.url}/monitor/task/{task_id}", timeout=30)
+        assert page.status_code == 200 and "seen-by-the-monitor" in page.text
+        metrics = requests.get(central.url + "/metrics", timeout=30).text
+        assert 'harvester_edge_central_tasks{state="defined"} 1.0' in metrics, metrics[:2000]
+        assert 'harvester_edge_central_event_ranges{state="ready"} 3.0' in metrics
+    finally:
+        central.stop()
+    app = SimpleNamespace(state=SimpleNamespace(settings=db_settings(central_db, tmp_path)))
+    assert harvester_db_path(app) == tmp_path / "harvester.db"  # type: ignore[arg-type]
+    assert not (tmp_path / "central.db").exists() or isinstance(central_db, Path)

@@ -38,6 +38,7 @@ def service_children(pid: int) -> list[str]:
     return subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
 
 
+# PostgreSQL only: several service processes and a database restart (issue 16 item 4)
 def test_three_daemons_two_service_processes_faults_exactly_once(pg_cluster, tmp_path):
     url = pg_cluster.fresh_url()
     with socket.socket() as sock:

@@ -14,6 +14,8 @@ from harvester_edge.central.service import CentralService
 from harvester_edge.central.settings import CentralSettings
 from harvester_edge.server import central_app, embedded_central
 
+from .conftest import db_settings
+
 HIDDEN = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
@@ -63,7 +65,7 @@ def routes(app) -> set[tuple[str, str]]:
     }
 
 
-def test_every_route_is_documented(tmp_path):
+def test_every_route_is_documented(tmp_path):  # one backend: the documents, not the DB
     app = make_app(tmp_path)
     spec = app.openapi()
     assert problems(spec) == []
@@ -91,9 +93,9 @@ def test_an_undocumented_route_fails_the_check(tmp_path):
 
 
 @pytest.fixture
-def token_service(tmp_path):
+def token_service(tmp_path, central_db):
     central = embedded_central(
-        CentralSettings(db=tmp_path / "central.db", host="127.0.0.1", port=0, trusted=False, max_body=64 * 1024)
+        db_settings(central_db, tmp_path, host="127.0.0.1", port=0, trusted=False, max_body=64 * 1024)
     )
     central.start()
     yield central

@@ -26,7 +26,8 @@ def obj(settings: CentralSettings) -> SimpleNamespace:
     return SimpleNamespace(config=SimpleNamespace(central=settings))
 
 
-def test_db_migrate_creates_the_schema_on_both_backends(central_db, tmp_path):
+def test_db_migrate_creates_the_schema_on_both_backends(empty_central_db, tmp_path):
+    central_db = empty_central_db
     settings = db_settings(central_db, tmp_path)
     for _ in range(2):  # a second run finds everything in place
         out = CliRunner().invoke(central_group, ["db", "migrate"], obj=obj(settings))
@@ -40,7 +41,7 @@ def test_db_migrate_creates_the_schema_on_both_backends(central_db, tmp_path):
         svc.close()
 
 
-def test_migrate_adds_missing_columns_on_postgresql(pg_cluster, tmp_path):
+def test_migrate_adds_missing_columns_on_postgresql(pg_cluster, tmp_path):  # SQLite's: test_tokens.py
     """A schema-1 database made before the added columns gains them (the same upgrade_columns as SQLite)."""
     import psycopg
 
@@ -61,7 +62,7 @@ def test_migrate_adds_missing_columns_on_postgresql(pg_cluster, tmp_path):
     assert {"claims", "log_file"} <= cols
 
 
-def test_unreachable_database_is_a_one_line_error(tmp_path):
+def test_unreachable_database_is_a_one_line_error(tmp_path):  # a server to reach: PostgreSQL only
     url = "postgresql://someone:secret-pw@127.0.0.1:1/nothing"
     settings = CentralSettings(db=url, files_dir=tmp_path, pool={"connect_timeout": 2})
     code = (
@@ -81,7 +82,7 @@ def test_unreachable_database_is_a_one_line_error(tmp_path):
         assert time.monotonic() - t0 < 30
 
 
-def test_service_reconnects_after_a_database_restart(pg_cluster, tmp_path):
+def test_service_reconnects_after_a_database_restart(pg_cluster, tmp_path):  # a server restart: PostgreSQL only
     url = pg_cluster.fresh_url()
     central = EmbeddedCentral(CentralSettings(db=url, files_dir=tmp_path, trusted=True, port=0))
     central.start()
@@ -106,6 +107,7 @@ def test_service_reconnects_after_a_database_restart(pg_cluster, tmp_path):
         central.stop()
 
 
+# PostgreSQL only: several service processes (an advisory lock); SQLite runs one service process
 def test_watchdog_runs_in_one_process_and_moves_when_it_stops(pg_cluster, tmp_path):
     url = pg_cluster.fresh_url()
     settings = CentralSettings(db=url, files_dir=tmp_path, trusted=True, port=0, watchdog_interval=0.05)
@@ -124,13 +126,14 @@ def test_watchdog_runs_in_one_process_and_moves_when_it_stops(pg_cluster, tmp_pa
         b.stop()
 
 
-def test_serve_workers_needs_postgresql(tmp_path):
+def test_serve_workers_needs_postgresql(tmp_path):  # the refusal on SQLite
     settings = CentralSettings(db=tmp_path / "central.db", trusted=True)
     out = CliRunner().invoke(central_group, ["serve", "--workers", "2"], obj=obj(settings))
     assert out.exit_code != 0 and "needs central.db: postgresql://" in out.output
     assert not (tmp_path / "central.db").exists()
 
 
+# PostgreSQL only: --workers needs it
 def test_serve_workers_two_processes_share_the_socket_and_survive_kill_9(pg_cluster, tmp_path):
     url = pg_cluster.fresh_url()
     settings = CentralSettings(db=url, files_dir=tmp_path, trusted=True, port=0)

@@ -17,7 +17,7 @@ from harvester_edge.central.settings import CentralSettings
 from harvester_edge.replay.recorder import RecordingTransport
 from harvester_edge.seams.http import REDACTED, HttpTransport
 
-from .conftest import task_dict
+from .conftest import db_settings, task_dict
 
 
 def get(url: str, path: str, token: str | None = None, **params) -> requests.Response:
@@ -202,7 +202,7 @@ def test_pilot_server_means_myself(token_central):
         auth.pilot_credentials("pilot_server")
 
 
-def test_port_in_use_is_a_clear_error_and_releases_the_db(tmp_path):
+def test_port_in_use_is_a_clear_error_and_releases_the_db(tmp_path, central_db):
     import socket
 
     blocker = socket.socket()
@@ -210,7 +210,7 @@ def test_port_in_use_is_a_clear_error_and_releases_the_db(tmp_path):
     blocker.listen()
     port = blocker.getsockname()[1]
     try:
-        central = EmbeddedCentral(CentralSettings(db=tmp_path / "c.db", port=port, trusted=True))
+        central = EmbeddedCentral(db_settings(central_db, tmp_path, port=port, trusted=True))
         with pytest.raises(CentralError, match=f"cannot listen on 127.0.0.1:{port}"):
             central.start()
         assert central.url is None and central.service.db._wconn is None
@@ -331,6 +331,7 @@ def test_who_may_mint_keys_for_whom(token_central):
 
 
 def test_old_token_keys_table_is_upgraded_in_place(tmp_path):
+    # SQLite only (an old SQLite file); test_operations.py upgrades an old schema on PostgreSQL
     import sqlite3
 
     from harvester_edge.central.store.database import Database
@@ -355,7 +356,7 @@ def test_old_token_keys_table_is_upgraded_in_place(tmp_path):
     Database(path).open().close()  # opening again: nothing to add, no error
 
 
-def test_keys_and_revoke_commands(tmp_path):
+def test_keys_and_revoke_commands(tmp_path, central_db):
     from types import SimpleNamespace
 
     from click.testing import CliRunner
@@ -364,7 +365,7 @@ def test_keys_and_revoke_commands(tmp_path):
 
     o = SimpleNamespace(
         config=SimpleNamespace(
-            central=CentralSettings(db=tmp_path / "central.db", trusted=False), paths=SimpleNamespace(work_dir=tmp_path)
+            central=db_settings(central_db, tmp_path, trusted=False), paths=SimpleNamespace(work_dir=tmp_path)
         )
     )
     runner = CliRunner()

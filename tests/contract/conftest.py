@@ -1,4 +1,8 @@
-"""Fixtures of the contract tests: the real PanDA server's api/v1 code on 127.0.0.1 (contract/harness.py)."""
+"""Fixtures of the contract tests: the real PanDA server's api/v1 code on 127.0.0.1 (contract/harness.py).
+
+Harvester's communicator (test_harvester_communicator.py) talks to this project's central service, on SQLite and
+on PostgreSQL; the other tests run this project's client against panda-server's code (no central service of
+ours, so one run)."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ import json
 import pytest
 import requests
 
+from central.conftest import module_backend, new_central_db
 from contract.communicator_replica import Communicator
 from harvester_edge.central.settings import CentralSettings
 from harvester_edge.server import embedded_central
@@ -32,9 +33,10 @@ PAYLOAD = {"kind": "python", "callable": "jumbo.payloads:simulate", "args": {"si
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
+def live(tmp_path_factory, module_backend):
     tmp = tmp_path_factory.mktemp("harvester-contract")
-    central = embedded_central(CentralSettings(db=tmp / "central.db", host="127.0.0.1", port=0, trusted=False))
+    db = new_central_db(module_backend, tmp)
+    central = embedded_central(CentralSettings(db=db, files_dir=tmp, host="127.0.0.1", port=0, trusted=False))
     central.start()
     svc = central.service
     task_id = svc.submit_task(

@@ -1,9 +1,11 @@
-"""Fixtures: the embedded service (trusted or token mode), a transformation server and a pilot site."""
+"""Fixtures: the embedded service (trusted or token mode; on SQLite and on PostgreSQL: `backend`), a transformation
+server and a pilot site."""
 
 from __future__ import annotations
 
 import pytest
 
+from central.conftest import backend, central_db, pg_cluster
 from harvester_edge.central.server import EmbeddedCentral
 from harvester_edge.central.settings import CentralSettings, TokenSettings
 from harvester_edge.server import embedded_central
@@ -27,9 +29,10 @@ def trf(tmp_path):
     server.close()
 
 
-def start(tmp_path, trusted: bool, access_lifetime: int = 3600) -> EmbeddedCentral:
+def start(tmp_path, central_db, trusted: bool, access_lifetime: int = 3600) -> EmbeddedCentral:
     settings = CentralSettings(
-        db=tmp_path / "central.db",
+        db=central_db,
+        files_dir=tmp_path,
         host="127.0.0.1",
         port=0,
         trusted=trusted,
@@ -50,8 +53,8 @@ def pilot_credentials(central: EmbeddedCentral) -> tuple[str, str]:
     return auth.exchange(harvester, name, key), key
 
 
-def make_site(tmp_path, trf, mode: str, access_lifetime: int = 3600) -> PilotSite:
-    central = start(tmp_path, mode == "trusted", access_lifetime)
+def make_site(tmp_path, central_db, trf, mode: str, access_lifetime: int = 3600) -> PilotSite:
+    central = start(tmp_path, central_db, mode == "trusted", access_lifetime)
     site = PilotSite(tmp_path, central.url, trf)
     site.mode, site.central = mode, central
     if mode == "token":
@@ -60,23 +63,23 @@ def make_site(tmp_path, trf, mode: str, access_lifetime: int = 3600) -> PilotSit
 
 
 @pytest.fixture(params=["trusted", "token"])
-def site(request, tmp_path, trf, pilot_installed):
+def site(request, tmp_path, central_db, trf, pilot_installed):
     """A running service in the mode of the parameter and a pilot site pointed at it."""
-    site = make_site(tmp_path, trf, request.param)
+    site = make_site(tmp_path, central_db, trf, request.param)
     yield site
     site.central.stop()
 
 
 @pytest.fixture
-def trusted_site(tmp_path, trf, pilot_installed):
-    site = make_site(tmp_path, trf, "trusted")
+def trusted_site(tmp_path, central_db, trf, pilot_installed):
+    site = make_site(tmp_path, central_db, trf, "trusted")
     yield site
     site.central.stop()
 
 
 @pytest.fixture
-def short_token_site(tmp_path, trf, pilot_installed):
+def short_token_site(tmp_path, central_db, trf, pilot_installed):
     """Token mode with 10 s access tokens: a job of ~25 s outlives the pilot's initial token."""
-    site = make_site(tmp_path, trf, "token", access_lifetime=10)
+    site = make_site(tmp_path, central_db, trf, "token", access_lifetime=10)
     yield site
     site.central.stop()

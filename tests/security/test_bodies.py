@@ -11,7 +11,6 @@ import functools
 import gzip
 import json
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -25,6 +24,8 @@ import pytest
 import requests
 import yaml
 
+from central.conftest import db_rows, module_backend, new_central_db
+
 MiB = 1024 * 1024
 MAX_BODY = 16 * MiB  # the default of central.max_body
 HOT, V1, LEGACY = (
@@ -37,11 +38,13 @@ HOT, V1, LEGACY = (
 class Served:
     """`harvester-edge --config central.yaml central serve` on a free loopback port, stopped with SIGTERM."""
 
-    def __init__(self, work: Path, trusted: bool) -> None:
+    def __init__(self, work: Path, trusted: bool, backend: str) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.work = work
+        self.db = new_central_db(backend, work)  # the default place of the SQLite file, or a PostgreSQL database
+        db = {"db": self.db} if isinstance(self.db, str) else {}
         self.config = work / "central.yaml"
         self.config.write_text(
             yaml.safe_dump(
@@ -49,7 +52,7 @@ class Served:
                     "site": "bodies",
                     "queues": [{"name": "unused", "batch": "local"}],
                     "paths": {"work_dir": str(work)},
-                    "central": {"mode": "embedded", "host": "127.0.0.1", "port": self.port, "trusted": trusted},
+                    "central": {"mode": "embedded", "host": "127.0.0.1", "port": self.port, "trusted": trusted, **db},
                 }
             )
         )
@@ -97,15 +100,15 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def trusted(tmp_path_factory):
-    served = Served(tmp_path_factory.mktemp("trusted"), trusted=True)
+def trusted(tmp_path_factory, module_backend):
+    served = Served(tmp_path_factory.mktemp("trusted"), trusted=True, backend=module_backend)
     yield served
     served.stop()
 
 
 @pytest.fixture(scope="module")
-def token_mode(tmp_path_factory):
-    served = Served(tmp_path_factory.mktemp("token"), trusted=False)
+def token_mode(tmp_path_factory, module_backend):
+    served = Served(tmp_path_factory.mktemp("token"), trusted=False, backend=module_backend)
     yield served
     served.stop()
 
@@ -329,8 +332,7 @@ def test_stored_strings_are_capped(trusted):
         json={"job_id": job["PandaID"], "job_status": "failed", "exe_error_diag": "e" * 10_000},
     )
     assert resp.status_code == 200 and "StatusCode" in resp.text
-    with sqlite3.connect(f"file:{trusted.work / 'central.db'}?mode=ro", uri=True) as conn:
-        longest = conn.execute("SELECT max(length(harvester_id)), max(length(worker_id)) FROM workers").fetchone()
-        diag = conn.execute("SELECT pilot_error_diag FROM jobs WHERE panda_id=?", (job["PandaID"],)).fetchone()[0]
+    longest = db_rows(trusted.db, "SELECT max(length(harvester_id)), max(length(worker_id)) FROM workers")[0]
+    diag = db_rows(trusted.db, "SELECT pilot_error_diag FROM jobs WHERE panda_id=?", (job["PandaID"],))[0][0]
     assert all(n is None or n <= 256 for n in longest)
     assert diag == "d" * 500

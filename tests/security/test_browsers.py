@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import sqlite3
 import stat
 import threading
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 import requests
 from fastapi.testclient import TestClient
 
+from central.conftest import backend, central_db, db_rows, db_settings, pg_cluster
 from harvester_edge.central.guard import Guard
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.settings import CentralSettings
@@ -45,9 +45,9 @@ TASK = {
 EVIL = "http://evil.example"
 
 
-def seed(db: Path) -> dict:
+def seed(db: Path | str, files: Path) -> dict:
     """A task with one dispatched job and a suggested error rule (an unknown failure code)."""
-    svc = CentralService.open(db, CentralSettings(db=db))
+    svc = CentralService.open(db, db_settings(db, files))
     try:
         task_id = svc.submit_task(dict(TASK, jobs=2))
         job = svc.acquire_jobs("S", harvester_id="h1", worker_id="1")[0]
@@ -68,21 +68,20 @@ def seed(db: Path) -> dict:
         svc.close()
 
 
-def snapshot(db: Path) -> dict:
+def snapshot(db: Path | str) -> dict:
     """Everything an attack could change: tasks, jobs (state, attempt), ranges, rules, token keys."""
-    with sqlite3.connect(db) as conn:
-        return {
-            table: conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
-            for table in ("tasks", "jobs", "ranges", "error_classes", "token_keys")
-        }
+    return {
+        table: sorted(db_rows(db, f"SELECT * FROM {table}"), key=repr)
+        for table in ("tasks", "jobs", "ranges", "error_classes", "token_keys")
+    }
 
 
 @pytest.fixture
-def live(tmp_path):
+def live(tmp_path, central_db):
     """(url, ids, db) of the real service in trusted mode on 127.0.0.1 over a seeded DB."""
-    db = tmp_path / "central.db"
-    ids = seed(db)
-    central = embedded_central(CentralSettings(db=db, host="127.0.0.1", port=0, trusted=True))
+    db = central_db
+    ids = seed(db, tmp_path)
+    central = embedded_central(db_settings(db, tmp_path, host="127.0.0.1", port=0, trusted=True))
     central.start()
     yield central.url, ids, db
     central.stop()
@@ -104,7 +103,7 @@ def scope(client, method="POST", path="/api/v1/task/submit", headers=()):
     }
 
 
-def test_guard_checks_each_peer_in_trusted_mode(tmp_path):
+def test_guard_checks_each_peer_in_trusted_mode(tmp_path):  # one backend: the Guard alone, no DB
     trusted = Guard(None, CentralSettings(trusted=True, trusted_networks=["10.1.0.0/16"]), trusted=True)
     assert trusted.refusal(scope(("127.0.0.1", 5))) is None
     assert trusted.refusal(scope(("::1", 5))) is None
@@ -121,12 +120,12 @@ def test_guard_checks_each_peer_in_trusted_mode(tmp_path):
     assert Guard(None, CentralSettings(), trusted=False).refusal(scope(("192.168.1.9", 5))) is None
 
 
-def test_foreign_peer_is_refused_before_any_work_by_the_served_stack(tmp_path):
+def test_foreign_peer_is_refused_before_any_work_by_the_served_stack(tmp_path, central_db):
     """The stack the server runs, with a foreign client address: 403 on every route, hot path included."""
-    db = tmp_path / "central.db"
-    ids = seed(db)
+    db = central_db
+    ids = seed(db, tmp_path)
     before = snapshot(db)
-    settings = CentralSettings(db=db, trusted=True)
+    settings = db_settings(db, tmp_path, trusted=True)
     svc = CentralService.open(db, settings)
     try:
         asgi = central_asgi(settings, svc, None)
@@ -269,9 +268,8 @@ def form_token(html: str) -> str:
     return found.group(1)
 
 
-def rule_state(db: Path, rule: int) -> tuple:
-    with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT status, class FROM error_classes WHERE id=?", (rule,)).fetchone()
+def rule_state(db: Path | str, rule: int) -> tuple:
+    return db_rows(db, "SELECT status, class FROM error_classes WHERE id=?", (rule,))[0]
 
 
 def test_monitor_form_needs_the_right_csrf_token(live):
@@ -317,13 +315,13 @@ def test_monitor_form_needs_the_right_csrf_token(live):
 
 
 # -- the unix socket ---------------------------------------------------------------------------------------
-def test_unix_socket_trusted_mode_with_file_permissions(tmp_path):
-    db = tmp_path / "central.db"
-    seed(db)
+def test_unix_socket_trusted_mode_with_file_permissions(tmp_path, central_db):
+    db = central_db
+    seed(db, tmp_path)
     sock = tmp_path / "central.sock"
     group = grp.getgrgid(os.getgid()).gr_name
     central = embedded_central(
-        CentralSettings(db=db, unix_socket=sock, trusted=True, unix_socket_mode=0o660, unix_socket_group=group)
+        db_settings(db, tmp_path, unix_socket=sock, trusted=True, unix_socket_mode=0o660, unix_socket_group=group)
     )
     central.start()
     try:
@@ -343,9 +341,9 @@ def test_unix_socket_trusted_mode_with_file_permissions(tmp_path):
         central.stop()
 
 
-def test_unix_socket_defaults_to_owner_only(tmp_path):
+def test_unix_socket_defaults_to_owner_only(tmp_path, central_db):
     sock = tmp_path / "c.sock"
-    central = embedded_central(CentralSettings(db=tmp_path / "central.db", unix_socket=sock, trusted=True))
+    central = embedded_central(db_settings(central_db, tmp_path, unix_socket=sock, trusted=True))
     central.start()
     try:
         assert stat.S_IMODE(sock.stat().st_mode) == 0o600

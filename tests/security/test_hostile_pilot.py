@@ -153,16 +153,18 @@ def plant_page_files(ap: Path, outside: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def attacked(tmp_path_factory):
+def attacked(tmp_path_factory, module_central_db):
     """The daemon after the attack: {site, url, worker, ap, panda_id, task_id, planted, page_files, foreign}."""
     root = tmp_path_factory.mktemp("hostile")
+    db = module_central_db
+    on_pg = {"db": db} if isinstance(db, str) else {}  # PostgreSQL; else the SQLite file in work_dir
     outside = root / "outside"
     outside.mkdir()
     port = free_port()
     site = Site(
         root / "site",
         queue=LOCAL_QUEUE,
-        central={"mode": "embedded", "trusted": True, "port": port},
+        central={"mode": "embedded", "trusted": True, "port": port, **on_pg},
         daemon={"cleanup_delay": "1h"},
     )
     try:

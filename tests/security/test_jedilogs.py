@@ -9,6 +9,7 @@ import zlib
 import pytest
 import requests
 
+from central.conftest import backend, central_db, db_settings, pg_cluster
 from harvester_edge.central import jedilogs
 from harvester_edge.central.bodies import BodyTooLarge
 from harvester_edge.central.errors import InvalidInput, NotFound
@@ -70,9 +71,9 @@ def test_links_are_never_followed(tmp_path):
     assert target.read_text() == "keep" and not (tmp_path / "jedilog" / "evil.log").is_symlink()
 
 
-def test_http_upload_refusals(tmp_path):
+def test_http_upload_refusals(tmp_path, central_db):
     central = EmbeddedCentral(
-        CentralSettings(db=tmp_path / "central.db", host="127.0.0.1", port=0, trusted=False, max_body=64 * 1024)
+        db_settings(central_db, tmp_path, host="127.0.0.1", port=0, trusted=False, max_body=64 * 1024)
     )
     central.start()
     try:

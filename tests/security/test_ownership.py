@@ -275,13 +275,17 @@ def test_trusted_mode_holds_a_named_harvester_to_its_jobs(trusted_central):
 
 
 @pytest.mark.mpi
-def test_daemon_finishes_a_task_in_embedded_token_mode(tmp_path):
+def test_daemon_finishes_a_task_in_embedded_token_mode(tmp_path, central_db):
+    central = {"mode": "embedded", "host": "127.0.0.1", "port": 0, "trusted": False}
+    central.update({"db": central_db} if isinstance(central_db, str) else {})  # PostgreSQL, or work_dir/central.db
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from agents.conftest import Site, numpy_task  # the agents' real-daemon harness
 
     queue = local_queue(None)
     site = Site(
-        tmp_path / "site", queue=queue, central={"mode": "embedded", "host": "127.0.0.1", "port": 0, "trusted": False}
+        tmp_path / "site",
+        queue=queue,
+        central=central,
     )
     try:
         task_id = site.submit_task(**numpy_task(200))

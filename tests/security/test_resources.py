@@ -100,11 +100,12 @@ class Served:
 
 
 @pytest.fixture
-def serve(tmp_path):
+def serve(tmp_path, central_db):
     started: list[Served] = []
+    db = {"db": central_db} if isinstance(central_db, str) else {}  # PostgreSQL; else the SQLite file in work_dir
 
     def start(ulimit: str | None = None, **central) -> Served:
-        served = Served(tmp_path / f"site{len(started)}", {"trusted": True, **central}, ulimit)
+        served = Served(tmp_path / f"site{len(started)}", {"trusted": True, **db, **central}, ulimit)
         started.append(served)
         return served
 
@@ -372,7 +373,7 @@ def submit_task(root: Path, config: Path) -> None:
     )
 
 
-def test_a_fresh_daemon_makes_everything_private(tmp_path):
+def test_a_fresh_daemon_makes_everything_private(tmp_path):  # SQLite only: the modes of its files (-wal, -shm)
     root = tmp_path / "site"
     config = write_site(root, {"trusted": False})  # token mode: the signing secret exists too
     work = root / "work"
@@ -412,7 +413,7 @@ def test_a_fresh_daemon_makes_everything_private(tmp_path):
     assert {p: oct(m) for p, m in modes.items() if m != (0o700 if p in dirs else 0o600)} == {}
 
 
-def test_an_older_versions_loose_modes_are_tightened_at_start(tmp_path):
+def test_an_older_versions_loose_modes_are_tightened_at_start(tmp_path):  # SQLite only: its file modes
     root = tmp_path / "site"
     config = write_site(root, {"trusted": False})
     work = root / "work"
