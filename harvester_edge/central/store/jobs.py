@@ -81,6 +81,21 @@ def get_for_update(conn: Conn, panda_id: int) -> sqlite3.Row | None:
     return get(conn, panda_id)
 
 
+def get_with_task(conn: Conn, panda_id: int, lock: bool) -> tuple[sqlite3.Row | None, sqlite3.Row | None]:
+    """The job (locked as get_for_update does when lock) and its task, or (None, None). On PostgreSQL both
+    statements are sent before either is read: one round trip in the writer's pipeline (store/pg.py)."""
+    if is_pg(conn):
+        job = conn.execute("SELECT * FROM jobs WHERE panda_id=?" + (" FOR UPDATE NOWAIT" if lock else ""), (panda_id,))
+        task = conn.execute(
+            "SELECT * FROM tasks WHERE task_id = (SELECT task_id FROM jobs WHERE panda_id=?)", (panda_id,)
+        )
+        return job.fetchone(), task.fetchone()
+    row = get_for_update(conn, panda_id) if lock else get(conn, panda_id)
+    if row is None:
+        return None, None
+    return row, conn.execute("SELECT * FROM tasks WHERE task_id=?", (row["task_id"],)).fetchone()
+
+
 def status_of(conn: Conn, panda_id: int) -> sqlite3.Row | None:
     """(status, attempt_nr, command) of the job."""
     return conn.execute("SELECT status, attempt_nr, command FROM jobs WHERE panda_id=?", (panda_id,)).fetchone()

@@ -131,20 +131,53 @@ class Result:
     def __init__(self, rows: list[Row], rowcount: int) -> None:
         self._rows = rows
         self._next = 0
-        self.rowcount = rowcount
+        self._rowcount = rowcount
+
+    def _load(self) -> None:
+        """The rows are here already."""
+
+    @property
+    def rowcount(self) -> int:
+        self._load()
+        return self._rowcount
 
     def fetchone(self) -> Row | None:
+        self._load()
         if self._next >= len(self._rows):
             return None
         self._next += 1
         return self._rows[self._next - 1]
 
     def fetchall(self) -> list[Row]:
+        self._load()
         rows, self._next = self._rows[self._next :], len(self._rows)
         return rows
 
     def __iter__(self) -> Iterator[Row]:
         return iter(self.fetchall())
+
+
+class PipelinedResult(Result):
+    """A statement queued in the writer's pipeline: its result is waited for only when read (rows or rowcount).
+    A statement nobody reads costs no round trip of its own: its result (or error) arrives at the next read or at
+    the sync that ends its write (PgDatabase._run_batch)."""
+
+    def __init__(self, cursor: psycopg.Cursor[Row]) -> None:
+        super().__init__([], -1)
+        self._cursor: psycopg.Cursor[Row] | None = cursor
+
+    def _load(self) -> None:
+        cur = self._cursor
+        if cur is None:
+            return
+        try:
+            self._rows = cur.fetchall()
+        except psycopg.ProgrammingError:
+            if cur.pgresult is None:  # an error of this statement or an earlier one, not "no rows"
+                raise
+            self._rows = []  # a command (UPDATE without RETURNING): its result is in, without rows
+        self._rowcount, self._cursor = cur.rowcount, None
+        cur.close()
 
 
 def _run(raw: psycopg.Connection, sql: str, params: Any) -> Result:
@@ -161,9 +194,14 @@ class PgConnection:
 
     def __init__(self, raw: psycopg.Connection) -> None:
         self.raw = raw
+        self.pipelined = False  # in PgDatabase._run_batch: statements are queued, results waited for when read
 
     def execute(self, sql: str, params: Any = ()) -> Result:
-        return _run(self.raw, sql, params)
+        if not self.pipelined:
+            return _run(self.raw, sql, params)
+        cur = self.raw.cursor(row_factory=_row_factory)
+        cur.execute(translate(sql), tuple(params) if params else None)
+        return PipelinedResult(cur)
 
     def executemany(self, sql: str, rows: Any) -> None:
         with self.raw.cursor() as cur:
@@ -290,7 +328,7 @@ class PgDatabase(GroupCommit):
                 database.check_version(conn, str(self))
         finally:
             raw.close()
-        self._wconn = PgConnection(self.connect())
+        self._wconn = self._writer_connection()
         return self
 
     @staticmethod
@@ -350,50 +388,55 @@ class PgDatabase(GroupCommit):
             if conn is not None:
                 log.warning("central DB %s: the writer's connection was lost; connecting again", self)
                 conn.raw.close()
-            self._wconn = conn = PgConnection(self.connect())
+            self._wconn = conn = self._writer_connection()
         return conn
+
+    def _writer_connection(self) -> PgConnection:
+        """The writer's connection, without psycopg's automatic prepared statements: in pipeline mode a statement
+        prepared as it runs after one that failed is skipped by the server, yet psycopg 3.3 records it as
+        prepared and later runs the missing name."""
+        raw = self.connect()
+        raw.prepare_threshold = None
+        return PgConnection(raw)
 
     def _run_batch(self, batch: list) -> list[tuple[bool, Any]]:
         """One transaction; each write in its own savepoint. A connection lost before COMMIT: the server undid
-        the transaction, so it runs once more on a new connection."""
+        the transaction, so it runs once more on a new connection.
+
+        In pipeline mode: a statement waits for the server only when its rows are read (PipelinedResult); the
+        savepoint commands, BEGIN and the writes' unread statements travel with the next read, and each write
+        ends with one sync, so an error is still its own write's (undone to its savepoint). A job update is two
+        round trips (read the job and its task; write and release), not one per statement."""
         for attempt in (1, 2):
             conn = self._writer()
             committing = False
             try:
-                results: list = []
-                conn.raw.execute("BEGIN")
-                if len(batch) == 1:  # alone in its transaction: no savepoint needed (two round trips fewer)
-                    fn, args = batch[0]
+                with conn.raw.pipeline() as pipe:
+                    conn.pipelined = True
                     try:
-                        results.append((True, fn(conn, *args)))
-                    except psycopg.OperationalError as exc:
-                        if conn.raw.broken or conn.raw.closed:
-                            raise
-                        conn.raw.execute("ROLLBACK")
-                        return [(False, exc)]
-                    except Exception as exc:
-                        conn.raw.execute("ROLLBACK")
-                        return [(False, exc)]
-                    committing = True
-                    conn.raw.execute("COMMIT")
-                    return results
-                for fn, args in batch:
-                    conn.raw.execute("SAVEPOINT w")
-                    try:
-                        results.append((True, fn(conn, *args)))
-                        conn.raw.execute("RELEASE w")
-                    except psycopg.OperationalError as exc:
-                        if conn.raw.broken or conn.raw.closed:
-                            raise
-                        conn.raw.execute("ROLLBACK TO w")
-                        conn.raw.execute("RELEASE w")
-                        results.append((False, exc))
-                    except Exception as exc:
-                        conn.raw.execute("ROLLBACK TO w")
-                        conn.raw.execute("RELEASE w")
-                        results.append((False, exc))
-                committing = True
-                conn.raw.execute("COMMIT")
+                        results: list = []
+                        conn.raw.execute("BEGIN")
+                        alone = len(batch) == 1  # alone in its transaction: no savepoint needed
+                        for fn, args in batch:
+                            if not alone:
+                                conn.raw.execute("SAVEPOINT w")
+                            try:
+                                value = fn(conn, *args)
+                                if not alone:
+                                    conn.raw.execute("RELEASE w")
+                                pipe.sync()  # the write's unread statements: their errors are this write's
+                                results.append((True, value))
+                            except Exception as exc:
+                                if isinstance(exc, psycopg.OperationalError) and (conn.raw.broken or conn.raw.closed):
+                                    raise
+                                self._undo(conn, pipe, alone)
+                                if alone:
+                                    return [(False, exc)]
+                                results.append((False, exc))
+                        committing = True
+                        conn.raw.execute("COMMIT")  # sent and waited for by the pipeline's closing sync
+                    finally:
+                        conn.pipelined = False
                 return results
             except psycopg.OperationalError:
                 if not (conn.raw.broken or conn.raw.closed) or committing or attempt == 2:
@@ -406,6 +449,22 @@ class PgDatabase(GroupCommit):
                     conn.raw.execute("ROLLBACK")
                 raise
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _undo(conn: PgConnection, pipe: psycopg.Pipeline, alone: bool) -> None:
+        """A write failed: leave the pipeline's aborted state (the errors of the statements after the failed one
+        are that failure's echo), then undo the write (its savepoint, or the transaction when alone)."""
+        try:
+            pipe.sync()
+        except psycopg.Error:
+            if conn.raw.broken or conn.raw.closed:
+                raise
+        if alone:
+            conn.raw.execute("ROLLBACK")
+        else:
+            conn.raw.execute("ROLLBACK TO w")
+            conn.raw.execute("RELEASE w")
+        pipe.sync()
 
     def start_checkpointer(self, interval: float = 1.0) -> None:
         """Nothing to do: the server checkpoints."""
