@@ -113,6 +113,14 @@ def _row_class(names: tuple[str, ...]) -> type[Row]:
     return type("Row", (Row,), {"_names": names, "__slots__": ()})
 
 
+def split_row(row: Any, first: str) -> tuple[Any, Any]:
+    """A row of `SELECT a.*, b.* ...` as the row of a and the row of b: b's columns start at the second column
+    named first (b's first column, which a also has)."""
+    names = row._names
+    at = names.index(first, names.index(first) + 1)
+    return _row_class(names[:at])(row[:at]), _row_class(names[at:])(row[at:])
+
+
 def _row_factory(cursor: Any) -> Callable[[Sequence[Any]], Row]:
     return _row_class(tuple(c.name for c in cursor.description or ()))
 
@@ -195,6 +203,7 @@ class PgConnection:
     def __init__(self, raw: psycopg.Connection) -> None:
         self.raw = raw
         self.pipelined = False  # in PgDatabase._run_batch: statements are queued, results waited for when read
+        self.committing = False  # the COMMIT is on its way: a connection lost now leaves its outcome unknown
 
     def execute(self, sql: str, params: Any = ()) -> Result:
         if not self.pipelined:
@@ -392,54 +401,40 @@ class PgDatabase(GroupCommit):
         return conn
 
     def _writer_connection(self) -> PgConnection:
-        """The writer's connection, without psycopg's automatic prepared statements: in pipeline mode a statement
-        prepared as it runs after one that failed is skipped by the server, yet psycopg 3.3 records it as
-        prepared and later runs the missing name."""
+        """The writer's connection; its statements are prepared at their first run (server-side plans: half the
+        database's CPU per job update). At once, not after psycopg's default 5 runs: in pipeline mode a statement
+        prepared on a later run after a failed one is skipped by the server, yet psycopg 3.3 records it as
+        prepared and then runs the missing name; a first-run preparation is checked against its result."""
         raw = self.connect()
-        raw.prepare_threshold = None
+        raw.prepare_threshold = 0
         return PgConnection(raw)
 
     def _run_batch(self, batch: list) -> list[tuple[bool, Any]]:
-        """One transaction; each write in its own savepoint. A connection lost before COMMIT: the server undid
-        the transaction, so it runs once more on a new connection.
+        """One transaction. A connection lost before COMMIT: the server undid the transaction, so it runs once
+        more on a new connection.
 
-        In pipeline mode: a statement waits for the server only when its rows are read (PipelinedResult); the
-        savepoint commands, BEGIN and the writes' unread statements travel with the next read, and each write
-        ends with one sync, so an error is still its own write's (undone to its savepoint). A job update is two
-        round trips (read the job and its task; write and release), not one per statement."""
+        Each statement costs the client and the server tens of microseconds of CPU (more than a job update's own
+        work), so the batch first runs as it usually ends, with no savepoints (_optimistic): BEGIN, the writes,
+        COMMIT. Only when one write fails is it undone and run again with a savepoint per write (_careful),
+        which gives each write its own error and keeps the others."""
         for attempt in (1, 2):
             conn = self._writer()
-            committing = False
+            conn.committing = False
             try:
-                with conn.raw.pipeline() as pipe:
-                    conn.pipelined = True
-                    try:
-                        results: list = []
-                        conn.raw.execute("BEGIN")
-                        alone = len(batch) == 1  # alone in its transaction: no savepoint needed
-                        for fn, args in batch:
-                            if not alone:
-                                conn.raw.execute("SAVEPOINT w")
-                            try:
-                                value = fn(conn, *args)
-                                if not alone:
-                                    conn.raw.execute("RELEASE w")
-                                pipe.sync()  # the write's unread statements: their errors are this write's
-                                results.append((True, value))
-                            except Exception as exc:
-                                if isinstance(exc, psycopg.OperationalError) and (conn.raw.broken or conn.raw.closed):
-                                    raise
-                                self._undo(conn, pipe, alone)
-                                if alone:
-                                    return [(False, exc)]
-                                results.append((False, exc))
-                        committing = True
-                        conn.raw.execute("COMMIT")  # sent and waited for by the pipeline's closing sync
-                    finally:
-                        conn.pipelined = False
-                return results
+                results = self._optimistic(conn, batch)
+                return results if results is not None else self._careful(conn, batch)
+            except pgerr.InvalidSqlStatementName:
+                # psycopg 3.3 can lose track of a statement prepared in a pipeline that a failed statement cut
+                # short; the transaction failed whole (nothing committed): a new connection runs the batch again
+                if not (conn.raw.broken or conn.raw.closed) and conn.in_transaction:
+                    conn.raw.execute("ROLLBACK")
+                conn.raw.close()
+                self._wconn = None
+                if attempt == 2:
+                    raise
+                log.warning("central DB %s: a prepared statement went missing; running the batch again", self)
             except psycopg.OperationalError:
-                if not (conn.raw.broken or conn.raw.closed) or committing or attempt == 2:
+                if not (conn.raw.broken or conn.raw.closed) or conn.committing or attempt == 2:
                     if not (conn.raw.broken or conn.raw.closed) and conn.in_transaction:
                         conn.raw.execute("ROLLBACK")
                     raise
@@ -450,20 +445,86 @@ class PgDatabase(GroupCommit):
                 raise
         raise AssertionError("unreachable")
 
+    def _optimistic(self, conn: PgConnection, batch: list) -> list[tuple[bool, Any]] | None:
+        """The batch in one transaction without savepoints, in pipeline mode: a statement waits for the server
+        only when its rows are read (PipelinedResult), the unread ones travel with the next read or the COMMIT.
+        None: a write failed and the transaction was undone (a write alone: its error is the answer)."""
+        raw = conn.raw
+        results: list[tuple[bool, Any]] = []
+        failed: Exception | None = None
+        try:
+            with raw.pipeline():
+                conn.pipelined = True
+                try:
+                    raw.execute("BEGIN")
+                    for fn, args in batch:
+                        try:
+                            results.append((True, fn(conn, *args)))
+                        except Exception as exc:
+                            if isinstance(exc, psycopg.OperationalError) and (raw.broken or raw.closed):
+                                raise
+                            failed = exc
+                            break
+                    if failed is None:
+                        conn.committing = True
+                        raw.execute("COMMIT")  # sent with the unread statements by the pipeline's closing sync
+                finally:
+                    conn.pipelined = False
+        except psycopg.Error as exc:  # an unread statement's error, from the closing sync
+            if raw.broken or raw.closed:
+                raise
+            failed = failed or exc
+        if failed is None:
+            return results
+        conn.committing = False
+        if isinstance(failed, pgerr.InvalidSqlStatementName):
+            raise failed  # not the write's fault: _run_batch runs the batch again on a new connection
+        if conn.in_transaction:  # the failed statement's transaction (its COMMIT was never run)
+            raw.execute("ROLLBACK")
+        if len(batch) == 1:
+            return [(False, failed)]
+        return None
+
+    def _careful(self, conn: PgConnection, batch: list) -> list[tuple[bool, Any]]:
+        """The batch in one transaction, each write in its own savepoint and ending with a sync: an error is its
+        own write's, undone to its savepoint; the others commit."""
+        raw = conn.raw
+        with raw.pipeline() as pipe:
+            conn.pipelined = True
+            try:
+                results: list = []
+                raw.execute("BEGIN")
+                for fn, args in batch:
+                    raw.execute("SAVEPOINT w")
+                    try:
+                        value = fn(conn, *args)
+                        raw.execute("RELEASE w")
+                        pipe.sync()  # the write's unread statements: their errors are this write's
+                        results.append((True, value))
+                    except Exception as exc:
+                        if isinstance(exc, psycopg.OperationalError) and (raw.broken or raw.closed):
+                            raise
+                        if isinstance(exc, pgerr.InvalidSqlStatementName):
+                            raise  # not the write's fault: _run_batch runs the batch again on a new connection
+                        self._undo(conn, pipe)
+                        results.append((False, exc))
+                conn.committing = True
+                raw.execute("COMMIT")  # sent and waited for by the pipeline's closing sync
+            finally:
+                conn.pipelined = False
+        return results
+
     @staticmethod
-    def _undo(conn: PgConnection, pipe: psycopg.Pipeline, alone: bool) -> None:
+    def _undo(conn: PgConnection, pipe: psycopg.Pipeline) -> None:
         """A write failed: leave the pipeline's aborted state (the errors of the statements after the failed one
-        are that failure's echo), then undo the write (its savepoint, or the transaction when alone)."""
+        are that failure's echo), then undo the write to its savepoint."""
         try:
             pipe.sync()
         except psycopg.Error:
             if conn.raw.broken or conn.raw.closed:
                 raise
-        if alone:
-            conn.raw.execute("ROLLBACK")
-        else:
-            conn.raw.execute("ROLLBACK TO w")
-            conn.raw.execute("RELEASE w")
+        conn.raw.execute("ROLLBACK TO w")
+        conn.raw.execute("RELEASE w")
         pipe.sync()
 
     def start_checkpointer(self, interval: float = 1.0) -> None:
