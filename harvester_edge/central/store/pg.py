@@ -9,9 +9,15 @@ a second dependency for no behaviour we need; its pool is replaced by a small bo
 
 Readers: a bounded pool (central.pool.size); each statement borrows a connection in autocommit mode and returns
 it with the rows fetched (a statement is its own snapshot, as SQLite readers are). The writer: one connection per
-process, the same group commit (one transaction, one savepoint per write). A write that meets a row lock
-(NOWAIT), a deadlock or a serialization failure is undone to its savepoint and run again after the batch
-commits, at most `lock_retries` times. A lost connection (database restart) is replaced on the next use.
+process, the same group commit (one transaction per batch; each write alone in its savepoint once one fails, see
+_run_batch), in pipeline mode with prepared statements: a statement waits for the server only when its rows are
+read. A write that meets a row lock (NOWAIT), a deadlock or a serialization failure is undone to its savepoint and
+run again after the batch commits, at most `lock_retries` times. A lost connection (database restart) is replaced
+on the next use.
+
+Cost model (scripts/bench/central --backend postgresql): every statement costs the service and the server tens of
+microseconds of CPU and a wake-up of each, more than a job update's own work; so the hot writes use few
+statements (a job update: the job with its task, then the update), not few round trips alone.
 """
 
 from __future__ import annotations
