@@ -193,6 +193,16 @@ def get_job(conn: sqlite3.Connection, panda_id: Any, lock: bool = False) -> sqli
     return job
 
 
+def get_job_and_task(conn: sqlite3.Connection, panda_id: Any, lock: bool = False) -> tuple[sqlite3.Row, sqlite3.Row]:
+    """get_job and the job's task, read together (PostgreSQL: one round trip, see store/jobs.get_with_task)."""
+    if isinstance(panda_id, bool) or not isinstance(panda_id, int) or not 0 <= panda_id <= limits.BIG:
+        raise InvalidInput(f"job id must be an integer PandaID, got {panda_id!r:.80}")
+    job, task = job_rows.get_with_task(conn, panda_id, lock)
+    if job is None or task is None:
+        raise NotFound(f"job {panda_id} does not exist")
+    return job, task
+
+
 def _int(update: dict, key: str) -> int:
     value = update.get(key)
     if value in (None, ""):
@@ -210,11 +220,10 @@ def update(conn: sqlite3.Connection, panda_id: Any, state: Any, fields: dict, no
     """A pilot's update; returns the command for the pilot ('NULL' or 'tobekilled')."""
     if not isinstance(state, str) or state not in {s.value for s in PILOT_REPORTED}:
         raise InvalidInput(f"job state {state!r:.80} is not one of {sorted(s.value for s in PILOT_REPORTED)}")
-    job = get_job(conn, panda_id, lock=True)
+    job, task = get_job_and_task(conn, panda_id, lock=True)
     old = job["status"]
     if not job_transition_allowed(old, state):
         raise IllegalStateChange(f"job {panda_id} is {old}: it cannot become {state}")
-    task = task_rows.of_job(conn, job["task_id"])
     command = "tobekilled" if job["command"] == "tobekilled" else "NULL"
     if old == state and old in {s.value for s in JOB_TERMINAL}:
         return command  # a repeated final report: nothing to do

@@ -17,7 +17,6 @@ from .ownership import TRUSTED, Caller, Judge, named_harvester, report_job, requ
 from .states import JOB_WATCHED, RangeStatus
 from .store import harvesters, ranges, rules
 from .store import jobs as job_rows
-from .store import tasks as task_rows
 from .store.database import Database, open_database, release, rollback_to, savepoint
 from .store.pg import PgDatabase
 from .taskspec import TaskSpec, parse_task
@@ -351,13 +350,13 @@ def _bulk(conn, updates: list, now: float, caller: Caller = TRUSTED) -> list[dic
 
 
 def _acquire_ranges(conn, job_id: Any, task_id: Any, n_ranges: int, now: float, caller: Caller = TRUSTED) -> list[dict]:
-    job = jobs.get_job(conn, job_id, lock=True)  # PostgreSQL: the job cannot end while its ranges are claimed
+    # PostgreSQL: the job is locked (it cannot end while its ranges are claimed); job and task in one round trip
+    job, task = jobs.get_job_and_task(conn, job_id, lock=True)
     Judge(conn, caller).check(job)
     if task_id is not None and task_id != job["task_id"]:
         raise InvalidInput(f"job {job_id} belongs to task {job['task_id']}, not {task_id!r}")
     if job["status"] not in JOB_WATCHED or job["command"] == "tobekilled":
         return []  # a job that ended or must die gets no more work
-    task = task_rows.of_job(conn, job["task_id"])
     if task["status"] not in jobs.ACTIVE_TASK:
         return []
     job_rows.heartbeat(conn, job_id, now)

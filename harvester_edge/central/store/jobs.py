@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .conn import Conn, WriteConn
-from .pg import is_pg
+from .pg import is_pg, split_row
 
 
 def insert(conn: WriteConn, task_id: int, count: int, status: str, attempt_nr: int, now: float) -> None:
@@ -79,6 +79,22 @@ def get_for_update(conn: Conn, panda_id: int) -> sqlite3.Row | None:
     if is_pg(conn):
         return conn.execute("SELECT * FROM jobs WHERE panda_id=? FOR UPDATE NOWAIT", (panda_id,)).fetchone()
     return get(conn, panda_id)
+
+
+def get_with_task(conn: Conn, panda_id: int, lock: bool) -> tuple[sqlite3.Row | None, sqlite3.Row | None]:
+    """The job (locked as get_for_update does when lock) and its task, or (None, None). On PostgreSQL in one
+    statement: each costs the client and the server tens of microseconds of CPU, more than the update's own work."""
+    if is_pg(conn):
+        row = conn.execute(
+            "SELECT j.*, t.* FROM jobs j JOIN tasks t ON t.task_id = j.task_id WHERE j.panda_id=?"
+            + (" FOR UPDATE OF j NOWAIT" if lock else ""),
+            (panda_id,),
+        ).fetchone()
+        return (None, None) if row is None else split_row(row, "task_id")
+    row = get_for_update(conn, panda_id) if lock else get(conn, panda_id)
+    if row is None:
+        return None, None
+    return row, conn.execute("SELECT * FROM tasks WHERE task_id=?", (row["task_id"],)).fetchone()
 
 
 def status_of(conn: Conn, panda_id: int) -> sqlite3.Row | None:

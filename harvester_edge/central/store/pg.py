@@ -9,9 +9,15 @@ a second dependency for no behaviour we need; its pool is replaced by a small bo
 
 Readers: a bounded pool (central.pool.size); each statement borrows a connection in autocommit mode and returns
 it with the rows fetched (a statement is its own snapshot, as SQLite readers are). The writer: one connection per
-process, the same group commit (one transaction, one savepoint per write). A write that meets a row lock
-(NOWAIT), a deadlock or a serialization failure is undone to its savepoint and run again after the batch
-commits, at most `lock_retries` times. A lost connection (database restart) is replaced on the next use.
+process, the same group commit (one transaction per batch; each write alone in its savepoint once one fails, see
+_run_batch), in pipeline mode with prepared statements: a statement waits for the server only when its rows are
+read. A write that meets a row lock (NOWAIT), a deadlock or a serialization failure is undone to its savepoint and
+run again after the batch commits, at most `lock_retries` times. A lost connection (database restart) is replaced
+on the next use.
+
+Cost model (scripts/bench/central --backend postgresql): every statement costs the service and the server tens of
+microseconds of CPU and a wake-up of each, more than a job update's own work; so the hot writes use few
+statements (a job update: the job with its task, then the update), not few round trips alone.
 """
 
 from __future__ import annotations
@@ -113,6 +119,14 @@ def _row_class(names: tuple[str, ...]) -> type[Row]:
     return type("Row", (Row,), {"_names": names, "__slots__": ()})
 
 
+def split_row(row: Any, first: str) -> tuple[Any, Any]:
+    """A row of `SELECT a.*, b.* ...` as the row of a and the row of b: b's columns start at the second column
+    named first (b's first column, which a also has)."""
+    names = row._names
+    at = names.index(first, names.index(first) + 1)
+    return _row_class(names[:at])(row[:at]), _row_class(names[at:])(row[at:])
+
+
 def _row_factory(cursor: Any) -> Callable[[Sequence[Any]], Row]:
     return _row_class(tuple(c.name for c in cursor.description or ()))
 
@@ -131,20 +145,53 @@ class Result:
     def __init__(self, rows: list[Row], rowcount: int) -> None:
         self._rows = rows
         self._next = 0
-        self.rowcount = rowcount
+        self._rowcount = rowcount
+
+    def _load(self) -> None:
+        """The rows are here already."""
+
+    @property
+    def rowcount(self) -> int:
+        self._load()
+        return self._rowcount
 
     def fetchone(self) -> Row | None:
+        self._load()
         if self._next >= len(self._rows):
             return None
         self._next += 1
         return self._rows[self._next - 1]
 
     def fetchall(self) -> list[Row]:
+        self._load()
         rows, self._next = self._rows[self._next :], len(self._rows)
         return rows
 
     def __iter__(self) -> Iterator[Row]:
         return iter(self.fetchall())
+
+
+class PipelinedResult(Result):
+    """A statement queued in the writer's pipeline: its result is waited for only when read (rows or rowcount).
+    A statement nobody reads costs no round trip of its own: its result (or error) arrives at the next read or at
+    the sync that ends its write (PgDatabase._run_batch)."""
+
+    def __init__(self, cursor: psycopg.Cursor[Row]) -> None:
+        super().__init__([], -1)
+        self._cursor: psycopg.Cursor[Row] | None = cursor
+
+    def _load(self) -> None:
+        cur = self._cursor
+        if cur is None:
+            return
+        try:
+            self._rows = cur.fetchall()
+        except psycopg.ProgrammingError:
+            if cur.pgresult is None:  # an error of this statement or an earlier one, not "no rows"
+                raise
+            self._rows = []  # a command (UPDATE without RETURNING): its result is in, without rows
+        self._rowcount, self._cursor = cur.rowcount, None
+        cur.close()
 
 
 def _run(raw: psycopg.Connection, sql: str, params: Any) -> Result:
@@ -161,9 +208,15 @@ class PgConnection:
 
     def __init__(self, raw: psycopg.Connection) -> None:
         self.raw = raw
+        self.pipelined = False  # in PgDatabase._run_batch: statements are queued, results waited for when read
+        self.committing = False  # the COMMIT is on its way: a connection lost now leaves its outcome unknown
 
     def execute(self, sql: str, params: Any = ()) -> Result:
-        return _run(self.raw, sql, params)
+        if not self.pipelined:
+            return _run(self.raw, sql, params)
+        cur = self.raw.cursor(row_factory=_row_factory)
+        cur.execute(translate(sql), tuple(params) if params else None)
+        return PipelinedResult(cur)
 
     def executemany(self, sql: str, rows: Any) -> None:
         with self.raw.cursor() as cur:
@@ -290,7 +343,7 @@ class PgDatabase(GroupCommit):
                 database.check_version(conn, str(self))
         finally:
             raw.close()
-        self._wconn = PgConnection(self.connect())
+        self._wconn = self._writer_connection()
         return self
 
     @staticmethod
@@ -350,53 +403,44 @@ class PgDatabase(GroupCommit):
             if conn is not None:
                 log.warning("central DB %s: the writer's connection was lost; connecting again", self)
                 conn.raw.close()
-            self._wconn = conn = PgConnection(self.connect())
+            self._wconn = conn = self._writer_connection()
         return conn
 
+    def _writer_connection(self) -> PgConnection:
+        """The writer's connection; its statements are prepared at their first run (server-side plans: half the
+        database's CPU per job update). At once, not after psycopg's default 5 runs: in pipeline mode a statement
+        prepared on a later run after a failed one is skipped by the server, yet psycopg 3.3 records it as
+        prepared and then runs the missing name; a first-run preparation is checked against its result."""
+        raw = self.connect()
+        raw.prepare_threshold = 0
+        return PgConnection(raw)
+
     def _run_batch(self, batch: list) -> list[tuple[bool, Any]]:
-        """One transaction; each write in its own savepoint. A connection lost before COMMIT: the server undid
-        the transaction, so it runs once more on a new connection."""
+        """One transaction. A connection lost before COMMIT: the server undid the transaction, so it runs once
+        more on a new connection.
+
+        Each statement costs the client and the server tens of microseconds of CPU (more than a job update's own
+        work), so the batch first runs as it usually ends, with no savepoints (_optimistic): BEGIN, the writes,
+        COMMIT. Only when one write fails is it undone and run again with a savepoint per write (_careful),
+        which gives each write its own error and keeps the others."""
         for attempt in (1, 2):
             conn = self._writer()
-            committing = False
+            conn.committing = False
             try:
-                results: list = []
-                conn.raw.execute("BEGIN")
-                if len(batch) == 1:  # alone in its transaction: no savepoint needed (two round trips fewer)
-                    fn, args = batch[0]
-                    try:
-                        results.append((True, fn(conn, *args)))
-                    except psycopg.OperationalError as exc:
-                        if conn.raw.broken or conn.raw.closed:
-                            raise
-                        conn.raw.execute("ROLLBACK")
-                        return [(False, exc)]
-                    except Exception as exc:
-                        conn.raw.execute("ROLLBACK")
-                        return [(False, exc)]
-                    committing = True
-                    conn.raw.execute("COMMIT")
-                    return results
-                for fn, args in batch:
-                    conn.raw.execute("SAVEPOINT w")
-                    try:
-                        results.append((True, fn(conn, *args)))
-                        conn.raw.execute("RELEASE w")
-                    except psycopg.OperationalError as exc:
-                        if conn.raw.broken or conn.raw.closed:
-                            raise
-                        conn.raw.execute("ROLLBACK TO w")
-                        conn.raw.execute("RELEASE w")
-                        results.append((False, exc))
-                    except Exception as exc:
-                        conn.raw.execute("ROLLBACK TO w")
-                        conn.raw.execute("RELEASE w")
-                        results.append((False, exc))
-                committing = True
-                conn.raw.execute("COMMIT")
-                return results
+                results = self._optimistic(conn, batch)
+                return results if results is not None else self._careful(conn, batch)
+            except pgerr.InvalidSqlStatementName:
+                # psycopg 3.3 can lose track of a statement prepared in a pipeline that a failed statement cut
+                # short; the transaction failed whole (nothing committed): a new connection runs the batch again
+                if not (conn.raw.broken or conn.raw.closed) and conn.in_transaction:
+                    conn.raw.execute("ROLLBACK")
+                conn.raw.close()
+                self._wconn = None
+                if attempt == 2:
+                    raise
+                log.warning("central DB %s: a prepared statement went missing; running the batch again", self)
             except psycopg.OperationalError:
-                if not (conn.raw.broken or conn.raw.closed) or committing or attempt == 2:
+                if not (conn.raw.broken or conn.raw.closed) or conn.committing or attempt == 2:
                     if not (conn.raw.broken or conn.raw.closed) and conn.in_transaction:
                         conn.raw.execute("ROLLBACK")
                     raise
@@ -406,6 +450,88 @@ class PgDatabase(GroupCommit):
                     conn.raw.execute("ROLLBACK")
                 raise
         raise AssertionError("unreachable")
+
+    def _optimistic(self, conn: PgConnection, batch: list) -> list[tuple[bool, Any]] | None:
+        """The batch in one transaction without savepoints, in pipeline mode: a statement waits for the server
+        only when its rows are read (PipelinedResult), the unread ones travel with the next read or the COMMIT.
+        None: a write failed and the transaction was undone (a write alone: its error is the answer)."""
+        raw = conn.raw
+        results: list[tuple[bool, Any]] = []
+        failed: Exception | None = None
+        try:
+            with raw.pipeline():
+                conn.pipelined = True
+                try:
+                    raw.execute("BEGIN")
+                    for fn, args in batch:
+                        try:
+                            results.append((True, fn(conn, *args)))
+                        except Exception as exc:
+                            if isinstance(exc, psycopg.OperationalError) and (raw.broken or raw.closed):
+                                raise
+                            failed = exc
+                            break
+                    if failed is None:
+                        conn.committing = True
+                        raw.execute("COMMIT")  # sent with the unread statements by the pipeline's closing sync
+                finally:
+                    conn.pipelined = False
+        except psycopg.Error as exc:  # an unread statement's error, from the closing sync
+            if raw.broken or raw.closed:
+                raise
+            failed = failed or exc
+        if failed is None:
+            return results
+        conn.committing = False
+        if isinstance(failed, pgerr.InvalidSqlStatementName):
+            raise failed  # not the write's fault: _run_batch runs the batch again on a new connection
+        if conn.in_transaction:  # the failed statement's transaction (its COMMIT was never run)
+            raw.execute("ROLLBACK")
+        if len(batch) == 1:
+            return [(False, failed)]
+        return None
+
+    def _careful(self, conn: PgConnection, batch: list) -> list[tuple[bool, Any]]:
+        """The batch in one transaction, each write in its own savepoint and ending with a sync: an error is its
+        own write's, undone to its savepoint; the others commit."""
+        raw = conn.raw
+        with raw.pipeline() as pipe:
+            conn.pipelined = True
+            try:
+                results: list = []
+                raw.execute("BEGIN")
+                for fn, args in batch:
+                    raw.execute("SAVEPOINT w")
+                    try:
+                        value = fn(conn, *args)
+                        raw.execute("RELEASE w")
+                        pipe.sync()  # the write's unread statements: their errors are this write's
+                        results.append((True, value))
+                    except Exception as exc:
+                        if isinstance(exc, psycopg.OperationalError) and (raw.broken or raw.closed):
+                            raise
+                        if isinstance(exc, pgerr.InvalidSqlStatementName):
+                            raise  # not the write's fault: _run_batch runs the batch again on a new connection
+                        self._undo(conn, pipe)
+                        results.append((False, exc))
+                conn.committing = True
+                raw.execute("COMMIT")  # sent and waited for by the pipeline's closing sync
+            finally:
+                conn.pipelined = False
+        return results
+
+    @staticmethod
+    def _undo(conn: PgConnection, pipe: psycopg.Pipeline) -> None:
+        """A write failed: leave the pipeline's aborted state (the errors of the statements after the failed one
+        are that failure's echo), then undo the write to its savepoint."""
+        try:
+            pipe.sync()
+        except psycopg.Error:
+            if conn.raw.broken or conn.raw.closed:
+                raise
+        conn.raw.execute("ROLLBACK TO w")
+        conn.raw.execute("RELEASE w")
+        pipe.sync()
 
     def start_checkpointer(self, interval: float = 1.0) -> None:
         """Nothing to do: the server checkpoints."""
