@@ -90,3 +90,54 @@ def test_issue_token(tmp_path):
     creds = json.loads(out.output)
     assert creds["token"].count(".") == 2 and len(creds["key"]) > 20
     assert (tmp_path / "central.secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_errors_suggest_add_edit_delete_history(tmp_path):
+    o = obj(tmp_path)
+    svc = CentralService.open(tmp_path / "central.db")
+    svc.submit_task(
+        {
+            "name": "f",
+            "payload": {"kind": "command", "template": "run"},
+            "events": 5,
+            "events_per_range": 5,
+            "seconds_per_event": 1,
+        }
+    )
+    job = svc.acquire_jobs("S")[0]["PandaID"]
+    svc.update_job(job, "failed", {"exeErrorCode": 137, "exeErrorDiag": "payload killed after 3600 s"})
+    svc.close()
+    shown = run(errors_group, ["suggest", "--job", str(job)], o)
+    assert shown.exit_code == 0, shown.output
+    assert "exe 137" in shown.output and "harvester-edge errors add --source exe --code 137" in shown.output
+    added = json.loads(
+        run(errors_group, ["suggest", "--job", str(job), "--add", "--class", "fatal", "--json"], o).output
+    )
+    assert (added["source"], added["code"], added["class"]) == ("exe", 137, "fatal")
+    assert added["diag_pattern"] == "payload\\ killed\\ after\\ [0-9]+\\ s"
+    rule_id = added["id"]
+    out = run(errors_group, ["edit", str(rule_id), "--class", "user", "--pattern", "killed"], o)
+    assert out.exit_code == 0 and f"rule {rule_id}: exe 137 'killed' -> user (confirmed)" in out.output
+    bad = run(errors_group, ["edit", str(rule_id), "--pattern", "("], o)
+    assert bad.exit_code != 0 and "not a valid regular expression" in bad.output
+    out = run(errors_group, ["add", "--source", "pilot", "--code", "1099", "--class", "system"], o)
+    assert out.exit_code == 0 and "pilot 1099 '' -> system (confirmed)" in out.output
+    assert run(errors_group, ["delete", str(rule_id)], o).exit_code == 0
+    missing = run(errors_group, ["delete", str(rule_id)], o)
+    assert missing.exit_code != 0 and "does not exist" in missing.output
+    history = json.loads(run(errors_group, ["history", "--rule", str(rule_id), "--json"], o).output)
+    assert [h["action"] for h in history] == ["delete", "edit", "add"]
+    assert all(h["who"].endswith("(cli)") and h["at"] > 0 for h in history)
+    assert "delete" in run(errors_group, ["history"], o).output
+
+
+def test_task_set_priority_and_share(tmp_path):
+    o = obj(tmp_path)
+    task_id = json.loads(run(task_group, ["submit", str(EXAMPLE), "--json"], o).output)["task_id"]
+    out = run(task_group, ["set", str(task_id), "--priority", "50", "--share", "0.3"], o)
+    assert out.output.strip() == f"task {task_id}: priority 50, share 0.3"
+    assert json.loads(run(task_group, ["show", str(task_id), "--json"], o).output)["priority"] == 50
+    out = run(task_group, ["set", str(task_id), "--share", "none", "--json"], o)
+    assert json.loads(out.output) == {"task_id": task_id, "priority": 50, "share": None}
+    for bad in (["--share", "2"], ["--share", "lots"], ["--priority", "9999999"], []):
+        assert run(task_group, ["set", str(task_id), *bad], o).exit_code != 0
