@@ -350,7 +350,10 @@ def task_set(ctx: click.Context, task_id: int, priority: int | None, share_text:
 ERROR_COLUMNS = ["id", "source", "code", "diag_pattern", "class", "status", "hits", "example"]
 
 
-@click.group("errors", help="The error classification table (class 'system' does not use up attempts).")
+@click.group(
+    "errors",
+    help="The error classification rules (class 'system' does not use up attempts, 'fatal' is never retried).",
+)
 def errors_group() -> None:
     pass
 

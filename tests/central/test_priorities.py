@@ -4,6 +4,7 @@ a share caps a task's running jobs while another task waits, and gives way when 
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 
 import pytest
@@ -11,9 +12,10 @@ import requests
 
 from harvester_edge.central.client import CentralClient
 from harvester_edge.central.errors import IllegalStateChange, InvalidInput
+from harvester_edge.central.service import CentralService
 from harvester_edge.seams.http import HttpTransport
 
-from .conftest import task_dict
+from .conftest import db_settings, task_dict
 
 
 @pytest.fixture
@@ -112,3 +114,48 @@ def test_a_share_caps_running_jobs_while_others_wait(service):
     service.kill_task(other)  # nobody else waits: the share gives way (no worker left idle)
     service.acquire_jobs("SITE", n_jobs=10)
     assert running(service) == {capped: 8, other: 4}  # other's 4 were told to stop (tobekilled)
+
+
+def _run_sql(backend: str, central_db, *statements: str) -> None:
+    if backend == "sqlite":
+        with sqlite3.connect(central_db) as conn:
+            for sql in statements:
+                conn.execute(sql)
+        return
+    import psycopg
+
+    with psycopg.connect(str(central_db), autocommit=True) as conn:
+        for sql in statements:
+            conn.execute(sql)
+
+
+def test_an_older_database_gains_the_new_columns_and_table(backend, central_db, tmp_path):
+    """A central DB made before issue 17 (no tasks.priority/share, no error_class_changes) is upgraded on open,
+    on both backends; so is one that lacks only the new table."""
+    settings = db_settings(central_db, tmp_path)
+    svc = CentralService.open(central_db, settings)
+    task_id = svc.submit_task(task_dict())
+    svc.close()
+    _run_sql(
+        backend,
+        central_db,
+        "ALTER TABLE tasks DROP COLUMN priority",
+        "ALTER TABLE tasks DROP COLUMN share",
+        "DROP TABLE error_class_changes",
+    )
+    svc = CentralService.open(central_db, settings)
+    try:
+        assert svc.show_task(task_id)["priority"] == 0 and svc.show_task(task_id)["share"] is None
+        assert svc.set_task_dispatch(task_id, priority=2, share=0.5)["priority"] == 2
+        rule_id = svc.add_error_rule("pilot", 1, "", "fatal", who="upgrade")
+        assert [h["rule_id"] for h in svc.error_history()] == [rule_id]
+    finally:
+        svc.close()
+    _run_sql(backend, central_db, "DROP TABLE error_class_changes")
+    svc = CentralService.open(central_db, settings)
+    try:
+        assert svc.error_history() == []
+        svc.delete_error_rule(rule_id, who="upgrade")
+        assert [h["action"] for h in svc.error_history()] == ["delete"]
+    finally:
+        svc.close()
