@@ -84,6 +84,9 @@ class _Remote:
         body = {"id": rule_id, **{k: v for k, v in changes.items() if v is not None}}
         return self.client.call("POST", "errors/edit", body=body)
 
+    def promote_error(self, rule_id: int, klass: str | None, who: str) -> dict:
+        return self.edit_error_rule(rule_id, {"status": "confirmed", "class": klass}, who)
+
     def delete_error_rule(self, rule_id: int, who: str) -> dict:
         return self.client.call("POST", "errors/delete", body={"id": rule_id})
 
@@ -362,7 +365,7 @@ def errors_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def errors_list(ctx: click.Context, as_json: bool) -> None:
-    _emit(_run(ctx, lambda svc: svc.list_errors(), local_only=True), as_json, ERROR_COLUMNS, "error classes")
+    _emit(_run(ctx, lambda svc: svc.list_errors()), as_json, ERROR_COLUMNS, "error classes")
 
 
 @errors_group.command("suggested", help="Classifications waiting for an operator's review.")
@@ -370,7 +373,7 @@ def errors_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def errors_suggested(ctx: click.Context, as_json: bool) -> None:
     _emit(
-        _run(ctx, lambda svc: svc.list_errors("suggested"), local_only=True),
+        _run(ctx, lambda svc: svc.list_errors("suggested")),
         as_json,
         ERROR_COLUMNS,
         "suggested error classes",
@@ -382,7 +385,7 @@ def errors_suggested(ctx: click.Context, as_json: bool) -> None:
 @click.option("--class", "klass", type=click.Choice(CLASSES), default=None)
 @click.pass_context
 def errors_promote(ctx: click.Context, rule_id: int, klass: str | None) -> None:
-    row = _run(ctx, lambda svc: svc.promote_error(rule_id, klass, local_user()), local_only=True)
+    row = _run(ctx, lambda svc: svc.promote_error(rule_id, klass, local_user()))
     click.echo(f"classification {row['id']} ({row['source']} {row['code']}) confirmed as {row['class']}")
 
 

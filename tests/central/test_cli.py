@@ -12,6 +12,8 @@ from harvester_edge.central.cli import central_group, errors_group, task_group
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.settings import CentralSettings
 
+from .conftest import task_dict
+
 EXAMPLE = Path(__file__).parents[2] / "configs" / "tasks" / "example.yaml"
 
 
@@ -141,3 +143,24 @@ def test_task_set_priority_and_share(tmp_path):
     assert json.loads(out.output) == {"task_id": task_id, "priority": 50, "share": None}
     for bad in (["--share", "2"], ["--share", "lots"], ["--priority", "9999999"], []):
         assert run(task_group, ["set", str(task_id), *bad], o).exit_code != 0
+
+
+def test_errors_and_task_set_in_remote_mode(tmp_path, trusted_central):
+    """The same commands over /api/v1 (central.mode remote): the service records the change."""
+    o = obj(tmp_path, mode="remote", url=trusted_central.url)
+    task_id = trusted_central.service.submit_task(task_dict())
+    out = run(task_group, ["set", str(task_id), "--priority", "9", "--share", "0.5"], o)
+    assert out.exit_code == 0 and out.output.strip() == f"task {task_id}: priority 9, share 0.5"
+    assert trusted_central.service.show_task(task_id)["priority"] == 9
+    out = run(errors_group, ["add", "--source", "exe", "--code", "3", "--class", "user", "--status", "suggested"], o)
+    assert out.exit_code == 0, out.output
+    rule_id = next(r["id"] for r in trusted_central.service.list_errors() if (r["source"], r["code"]) == ("exe", 3))
+    assert [r["id"] for r in json.loads(run(errors_group, ["suggested", "--json"], o).output)] == [rule_id]
+    assert "confirmed as fatal" in run(errors_group, ["promote", str(rule_id), "--class", "fatal"], o).output
+    assert run(errors_group, ["delete", str(rule_id)], o).exit_code == 0
+    history = json.loads(run(errors_group, ["history", "--json"], o).output)
+    assert [(h["action"], h["who"]) for h in history] == [
+        ("delete", "trusted"),
+        ("edit", "trusted"),
+        ("add", "trusted"),
+    ]
