@@ -266,10 +266,37 @@ _MONITOR = {  # path: (description, errors beyond 403)
         "optional class). Redirects (303) back to /monitor/errors.",
         {400: "Refused: unknown rule, bad class or CSRF token (HTML page)."},
     ),
+    "/monitor/errors/add": (
+        "Add an error rule (form with the CSRF token: source, code, diag_pattern, class, status), recorded with "
+        "the token's subject. Redirects (303) back to /monitor/errors.",
+        {400: "Refused: a missing or bad field, or a bad CSRF token (HTML page)."},
+    ),
+    "/monitor/errors/{rule_id}/edit": (
+        "Edit an error rule (form with the CSRF token and the fields to change), recorded with the token's subject. "
+        "Redirects (303) back to /monitor/errors.",
+        {400: "Refused: unknown rule, a bad field or CSRF token (HTML page)."},
+    ),
+    "/monitor/errors/{rule_id}/delete": (
+        "Delete an error rule (form with the CSRF token), recorded with the token's subject. "
+        "Redirects (303) back to /monitor/errors.",
+        {400: "Refused: unknown rule or a bad CSRF token (HTML page)."},
+    ),
+    "/monitor/task/{task_id}/set": (
+        "Set a task's priority and/or share (form with the CSRF token: priority, share; share 'none' removes the "
+        "limit). Redirects (303) back to the task's page.",
+        {400: "Refused: unknown or ended task, a bad value or CSRF token (HTML page)."},
+    ),
     "/monitor/sites": ("Sites and queues: workers by state and recent throughput.", {}),
     "/metrics": ("Prometheus text exposition: jobs, ranges, workers, HTTP request timings, token expiry.", {}),
 }
 _MONITOR_SCOPE = ["admin", "harvester"]
+_RULE_FIELDS = ("source", "code", "diag_pattern", "class", "status")
+_FORM_FIELDS = {  # a monitor form's fields besides csrf (default: class)
+    "/monitor/errors/add": _RULE_FIELDS,
+    "/monitor/errors/{rule_id}/edit": _RULE_FIELDS,
+    "/monitor/errors/{rule_id}/delete": (),
+    "/monitor/task/{task_id}/set": ("priority", "share"),
+}
 
 
 def _document_monitor(path: str, method: str, operation: dict[str, Any]) -> None:
@@ -288,7 +315,8 @@ def _document_monitor(path: str, method: str, operation: dict[str, Any]) -> None
     ok["content"] = {kind: {"schema": {"type": "string"}}}
     if method == "post":
         responses.pop("200", None)
-        responses["303"] = {"description": "Done: back to /monitor/errors."}
+        back = "the task's page" if path.startswith("/monitor/task/") else "/monitor/errors"
+        responses["303"] = {"description": f"Done: back to {back}."}
     responses["403"] = {
         "description": "No token or a scope that may not read this (HTML page; plain text on /metrics)."
     }
@@ -305,7 +333,9 @@ def _document_monitor(path: str, method: str, operation: dict[str, Any]) -> None
                 "application/x-www-form-urlencoded": {
                     "schema": {
                         "type": "object",
-                        "properties": {"class": {"type": "string"}, "csrf": {"type": "string"}},
+                        "properties": {
+                            name: {"type": "string"} for name in _FORM_FIELDS.get(path, ("class",)) + ("csrf",)
+                        },
                     }
                 }
             }
@@ -534,6 +564,59 @@ _V1: dict[str, tuple[str | None, str, str, str, dict | None]] = {  # path: (modu
         "{task_id, status}.",
         None,
     ),
+    "/api/v1/task/set": (
+        "task",
+        "Set a task's priority and share",
+        "task_id; priority (dispatch order, higher first, -1000000..1000000) and/or share (the fraction in (0, 1] "
+        "of the running jobs the task may hold while other tasks wait; clear_share: no limit). Only a defined or "
+        "running task; takes effect at the next job dispatch.",
+        "{task_id, priority, share}.",
+        None,
+    ),
+    "/api/v1/errors/list": (
+        "errors",
+        "List error rules",
+        "status (optional: suggested or confirmed; then ranked by hits). Read-only.",
+        "a list of rules {id, source, code, diag_pattern, class, status, hits, example, created}.",
+        None,
+    ),
+    "/api/v1/errors/suggest": (
+        "errors",
+        "Suggest a rule from a job",
+        "panda_id: a failed job (or one whose ranges failed). Read-only: nothing is stored.",
+        "{panda_id, source, code, diag, diag_pattern, class, existing: the rules of that source and code}.",
+        None,
+    ),
+    "/api/v1/errors/history": (
+        "errors",
+        "Error rule changes",
+        "rule_id (optional). Read-only.",
+        "a list of {id, rule_id, action, who, at, before, after}, newest first.",
+        None,
+    ),
+    "/api/v1/errors/add": (
+        "errors",
+        "Add an error rule",
+        "source, code, diag_pattern (a regex, '' matches any), class (system, payload, user, unknown, fatal), "
+        "status (confirmed or suggested). The same source, code and pattern: its class and status change. "
+        "Recorded with the token's subject.",
+        "{id}.",
+        None,
+    ),
+    "/api/v1/errors/edit": (
+        "errors",
+        "Edit an error rule",
+        "id and the fields to change (source, code, diag_pattern, class, status). Recorded with the token's subject.",
+        "the rule after the change.",
+        None,
+    ),
+    "/api/v1/errors/delete": (
+        "errors",
+        "Delete an error rule",
+        "id. Recorded with the token's subject.",
+        "the rule as it was.",
+        None,
+    ),
 }
 
 
@@ -551,6 +634,8 @@ def v1_entry(path: str) -> dict[str, Any] | None:
             "/is_alive",
             "/list",
             "/show",
+            "/suggest",
+            "/history",
             "/get_available_event_range_count",
         )
     )

@@ -14,6 +14,7 @@ MODULE_SCOPES = {
     "event": {"pilot", "harvester"},
     "harvester": {"harvester"},
     "task": {"admin"},
+    "errors": {"admin"},  # the error classification rules (read and change)
     "creds": {"pilot", "harvester", "admin"},
     "metaconfig": {"pilot", "harvester", "admin"},
     "job": {"pilot", "harvester", "admin"},

@@ -7,7 +7,9 @@ calls the service over HTTP with the harvester's token.
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from rich.table import Table
 from harvester_edge.errors import HarvesterEdgeError
 from harvester_edge.seams.http import HttpTransport
 
+from .classify import CLASSES, STATUSES
 from .client import CentralClient
 from .service import CentralService
 from .settings import db_path, db_target
@@ -57,6 +60,35 @@ class _Remote:
 
     def retry_task(self, task_id: int) -> str:
         return self.client.call("POST", "task/retry", body={"task_id": task_id})["status"]
+
+    def set_task_dispatch(
+        self, task_id: int, priority: int | None, share: float | None, clear_share: bool, who: str
+    ) -> dict:
+        body = {"task_id": task_id, "priority": priority, "share": share, "clear_share": clear_share}
+        return self.client.call("POST", "task/set", body={k: v for k, v in body.items() if v is not None})
+
+    def list_errors(self, status: str | None = None) -> list:
+        return self.client.call("GET", "errors/list", params={"status": status} if status else {})
+
+    def suggest_error_rule(self, panda_id: int) -> dict:
+        return self.client.call("GET", "errors/suggest", params={"panda_id": panda_id})
+
+    def error_history(self, rule_id: int | None = None) -> list:
+        return self.client.call("GET", "errors/history", params={"rule_id": rule_id} if rule_id is not None else {})
+
+    def add_error_rule(self, source: str, code: int, pattern: str, klass: str, status: str, who: str) -> int:
+        body = {"source": source, "code": code, "diag_pattern": pattern, "class": klass, "status": status}
+        return self.client.call("POST", "errors/add", body=body)["id"]
+
+    def edit_error_rule(self, rule_id: int, changes: dict, who: str) -> dict:
+        body = {"id": rule_id, **{k: v for k, v in changes.items() if v is not None}}
+        return self.client.call("POST", "errors/edit", body=body)
+
+    def promote_error(self, rule_id: int, klass: str | None, who: str) -> dict:
+        return self.edit_error_rule(rule_id, {"status": "confirmed", "class": klass}, who)
+
+    def delete_error_rule(self, rule_id: int, who: str) -> dict:
+        return self.client.call("POST", "errors/delete", body={"id": rule_id})
 
     def close(self) -> None:
         self.client.transport.close()
@@ -193,7 +225,18 @@ def keys_cmd(ctx: click.Context, client_name: str | None, as_json: bool) -> None
 
 
 # -- task -----------------------------------------------------------------------------------------------------
-TASK_COLUMNS = ["task_id", "name", "status", "n_events", "events_finished", "ranges", "n_jobs", "max_attempts"]
+TASK_COLUMNS = [
+    "task_id",
+    "name",
+    "status",
+    "n_events",
+    "events_finished",
+    "ranges",
+    "n_jobs",
+    "max_attempts",
+    "priority",
+    "share",
+]
 
 
 @click.group("task", help="Submit and manage tasks of the central service.")
@@ -263,11 +306,57 @@ def task_retry(ctx: click.Context, task_id: int) -> None:
     click.echo(f"task {task_id}: {_run(ctx, lambda svc: svc.retry_task(task_id))}")
 
 
+def local_user() -> str:
+    """Who runs this command, for the records of changes made from the CLI (embedded mode)."""
+    try:
+        return f"{getpass.getuser()} (cli)"
+    except (KeyError, OSError):
+        return f"uid {os.getuid()} (cli)"
+
+
+def _share(text: str | None) -> tuple[float | None, bool]:
+    """--share: a fraction in (0, 1], or 'none' to remove the limit -> (share, clear)."""
+    if text is None:
+        return None, False
+    if text.strip().lower() == "none":
+        return None, True
+    try:
+        return float(text), False
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r} is not a fraction in (0, 1] nor 'none'", param_hint="--share") from exc
+
+
+@task_group.command(
+    "set",
+    help="Change a defined or running task's priority (dispatch order: higher first) and/or share (the fraction "
+    "of the service's running jobs it may hold while other tasks wait; 'none': no limit). Takes effect at the "
+    "next job dispatch.",
+)
+@click.argument("task_id", type=int)
+@click.option("--priority", type=int, default=None, help="Dispatch priority, -1000000..1000000 (default 0).")
+@click.option("--share", "share_text", default=None, help="A fraction in (0, 1] of the running jobs, or 'none'.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def task_set(ctx: click.Context, task_id: int, priority: int | None, share_text: str | None, as_json: bool) -> None:
+    if priority is None and share_text is None:
+        raise click.UsageError("give --priority and/or --share")
+    share, clear = _share(share_text)
+    out = _run(ctx, lambda svc: svc.set_task_dispatch(task_id, priority, share, clear, local_user()))
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    shown = "none" if out["share"] is None else out["share"]
+    click.echo(f"task {task_id}: priority {out['priority']}, share {shown}")
+
+
 # -- errors ---------------------------------------------------------------------------------------------------
 ERROR_COLUMNS = ["id", "source", "code", "diag_pattern", "class", "status", "hits", "example"]
 
 
-@click.group("errors", help="The error classification table (class 'system' does not use up attempts).")
+@click.group(
+    "errors",
+    help="The error classification rules (class 'system' does not use up attempts, 'fatal' is never retried).",
+)
 def errors_group() -> None:
     pass
 
@@ -276,7 +365,7 @@ def errors_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def errors_list(ctx: click.Context, as_json: bool) -> None:
-    _emit(_run(ctx, lambda svc: svc.list_errors(), local_only=True), as_json, ERROR_COLUMNS, "error classes")
+    _emit(_run(ctx, lambda svc: svc.list_errors()), as_json, ERROR_COLUMNS, "error classes")
 
 
 @errors_group.command("suggested", help="Classifications waiting for an operator's review.")
@@ -284,7 +373,7 @@ def errors_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def errors_suggested(ctx: click.Context, as_json: bool) -> None:
     _emit(
-        _run(ctx, lambda svc: svc.list_errors("suggested"), local_only=True),
+        _run(ctx, lambda svc: svc.list_errors("suggested")),
         as_json,
         ERROR_COLUMNS,
         "suggested error classes",
@@ -293,8 +382,107 @@ def errors_suggested(ctx: click.Context, as_json: bool) -> None:
 
 @errors_group.command("promote", help="Confirm a suggested classification (optionally with another class).")
 @click.argument("rule_id", type=int)
-@click.option("--class", "klass", type=click.Choice(["system", "payload", "user", "unknown"]), default=None)
+@click.option("--class", "klass", type=click.Choice(CLASSES), default=None)
 @click.pass_context
 def errors_promote(ctx: click.Context, rule_id: int, klass: str | None) -> None:
-    row = _run(ctx, lambda svc: svc.promote_error(rule_id, klass), local_only=True)
+    row = _run(ctx, lambda svc: svc.promote_error(rule_id, klass, local_user()))
     click.echo(f"classification {row['id']} ({row['source']} {row['code']}) confirmed as {row['class']}")
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+@errors_group.command(
+    "suggest", help="A rule pre-filled from a failed job (source, code, diag pattern); --add stores it."
+)
+@click.option("--job", "panda_id", type=int, required=True, help="The PandaID of a failed job.")
+@click.option("--class", "klass", type=click.Choice(CLASSES), default=None, help="The class to add it with.")
+@click.option("--add", "add", is_flag=True, help="Add the suggested rule (confirmed) at once.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def errors_suggest(ctx: click.Context, panda_id: int, klass: str | None, add: bool, as_json: bool) -> None:
+    rule = _run(ctx, lambda svc: svc.suggest_error_rule(panda_id))
+    if klass:
+        rule["class"] = klass
+    if add:
+        rule["id"] = _run(
+            ctx,
+            lambda svc: svc.add_error_rule(
+                rule["source"], rule["code"], rule["diag_pattern"], rule["class"], "confirmed", local_user()
+            ),
+        )
+    if as_json:
+        click.echo(json.dumps(rule, indent=2, default=str))
+        return
+    click.echo(f"job {panda_id} failed with {rule['source']} {rule['code']}: {rule['diag']}")
+    for other in rule["existing"]:
+        click.echo(
+            f"  existing rule {other['id']}: {other['diag_pattern']!r} -> {other['class']} "
+            f"({other['status']}, {other['hits']} hits)"
+        )
+    if add:
+        click.echo(
+            f"rule {rule['id']} added: {rule['source']} {rule['code']} {rule['diag_pattern']!r} -> {rule['class']}"
+        )
+    else:
+        click.echo(
+            f"harvester-edge errors add --source {rule['source']} --code {rule['code']} "
+            f"--pattern {_quote(rule['diag_pattern'])} --class {rule['class']}"
+        )
+
+
+@errors_group.command("add", help="Add a rule (the same source, code and pattern: its class/status change).")
+@click.option("--source", required=True, help="pilot, exe, event, jobDispatcher, ...")
+@click.option("--code", type=int, required=True)
+@click.option("--pattern", "pattern", default="", help="A regular expression searched in the diag ('' matches any).")
+@click.option("--class", "klass", type=click.Choice(CLASSES), required=True)
+@click.option("--status", type=click.Choice(STATUSES), default="confirmed", show_default=True)
+@click.pass_context
+def errors_add(ctx: click.Context, source: str, code: int, pattern: str, klass: str, status: str) -> None:
+    rule_id = _run(ctx, lambda svc: svc.add_error_rule(source, code, pattern, klass, status, local_user()))
+    click.echo(f"rule {rule_id}: {source} {code} {pattern!r} -> {klass} ({status})")
+
+
+@errors_group.command("edit", help="Change some fields of a rule.")
+@click.argument("rule_id", type=int)
+@click.option("--source", default=None)
+@click.option("--code", type=int, default=None)
+@click.option("--pattern", "pattern", default=None, help="A regular expression searched in the diag.")
+@click.option("--class", "klass", type=click.Choice(CLASSES), default=None)
+@click.option("--status", type=click.Choice(STATUSES), default=None)
+@click.pass_context
+def errors_edit(
+    ctx: click.Context,
+    rule_id: int,
+    source: str | None,
+    code: int | None,
+    pattern: str | None,
+    klass: str | None,
+    status: str | None,
+) -> None:
+    changes = {"source": source, "code": code, "diag_pattern": pattern, "class": klass, "status": status}
+    if all(v is None for v in changes.values()):
+        raise click.UsageError("give at least one of --source --code --pattern --class --status")
+    row = _run(ctx, lambda svc: svc.edit_error_rule(rule_id, changes, local_user()))
+    click.echo(
+        f"rule {row['id']}: {row['source']} {row['code']} {row['diag_pattern']!r} -> {row['class']} ({row['status']})"
+    )
+
+
+@errors_group.command("delete", help="Remove a rule.")
+@click.argument("rule_id", type=int)
+@click.pass_context
+def errors_delete(ctx: click.Context, rule_id: int) -> None:
+    row = _run(ctx, lambda svc: svc.delete_error_rule(rule_id, local_user()))
+    click.echo(f"rule {rule_id} deleted ({row['source']} {row['code']} {row['diag_pattern']!r} -> {row['class']})")
+
+
+@errors_group.command("history", help="Who changed which rule when, newest first.")
+@click.option("--rule", "rule_id", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def errors_history(ctx: click.Context, rule_id: int | None, as_json: bool) -> None:
+    rows = _run(ctx, lambda svc: svc.error_history(rule_id))
+    shown = [{**r, "at": datetime.fromtimestamp(r["at"], UTC).strftime("%Y-%m-%d %H:%M:%S")} for r in rows]
+    _emit(shown if not as_json else rows, as_json, ["at", "who", "rule_id", "action", "before", "after"], "changes")

@@ -146,8 +146,9 @@ def apply_reports(conn: sqlite3.Connection, reports: list[dict], now: float) -> 
             task = tasks.get(key[0]) or task_rows.max_attempts(conn, key[0])
             tasks[key[0]] = task
             diag = str(rep.get("errorDiag") or "")[:500]
-            _, counted = classify.classify(conn, "event", code or 0, diag, now)
-            final = RangeStatus.FATAL if target == RangeStatus.FATAL else RangeStatus.FAILED
+            klass, counted = classify.classify(conn, "event", code or 0, diag, now)
+            fatal = target == RangeStatus.FATAL or klass == classify.FATAL  # a fatal class is never retried
+            final = RangeStatus.FATAL if fatal else RangeStatus.FAILED
             _fail(conn, key, task["max_attempts"], counted, final, code, diag, now)
             rows[key] = tuple(ranges.holder(conn, key))
             results.append("applied")
@@ -219,9 +220,12 @@ def release_job_ranges(
     code: int,
     diag: str,
     now: float,
+    fatal: bool = False,
 ) -> int:
-    """A job ended: its in-flight ranges go back to ready (a counted failure each, if the job's failure counts)."""
+    """A job ended: its in-flight ranges go back to ready (a counted failure each, if the job's failure counts);
+    fatal (its failure's class is 'fatal'): they end as fatal, not retried."""
     rows = ranges.in_flight_of_job(conn, task_id, panda_id)
+    final = RangeStatus.FATAL if fatal else RangeStatus.FAILED
     for row in rows:
-        _fail(conn, (row[0], row[1]), max_attempts, counted, RangeStatus.FAILED, code, diag, now)
+        _fail(conn, (row[0], row[1]), max_attempts, counted, final, code, diag, now)
     return len(rows)

@@ -11,7 +11,7 @@ from typing import Any
 
 from harvester_edge.codes import DispatcherError
 
-from . import classify, events, limits
+from . import classify, dispatch_order, events, limits
 from .errors import IllegalStateChange, InvalidInput, NotFound
 from .states import (
     JOB_TERMINAL,
@@ -163,8 +163,9 @@ def dispatch(
     node: str | None,
     now: float,
 ) -> list[dict]:
-    """Claim up to n_jobs activated jobs of active tasks in one UPDATE ... RETURNING."""
-    jobs = job_rows.claim_activated(conn, n_jobs, site, harvester_id, worker_id, node, ACTIVE_TASK, now)
+    """Claim up to n_jobs activated jobs of active tasks in one UPDATE ... RETURNING (per task, in the order of
+    the tasks' priorities and shares: dispatch_order.py)."""
+    jobs = dispatch_order.claim(conn, n_jobs, site, harvester_id, worker_id, node, ACTIVE_TASK, now)
     out = []
     for job in sorted(jobs, key=lambda j: j["panda_id"]):
         task_rows.start(conn, job["task_id"], now)
@@ -333,9 +334,10 @@ def end_job(
     A job that finishes without having finished any range (an event-service pilot that ran none) returns its
     ranges and counts as a failed attempt too: replacements stop after max_attempts x jobs such attempts
     (settle_task), so such a job is not replaced without bound."""
-    counted = False
+    counted = fatal = False
     if failed:
-        _, counted = classify.classify(conn, source, code, diag, now)
+        klass, counted = classify.classify(conn, source, code, diag, now)
+        fatal = klass == classify.FATAL  # never retried: the job's ranges end as fatal
     elif task_kind(task) == "ordinary":
         ranges.finish_job_units(conn, task["task_id"], job["panda_id"], int(RangeStatus.FINISHED), now)
     elif not ranges.job_has(conn, task["task_id"], job["panda_id"], int(RangeStatus.FINISHED)) and (
@@ -351,7 +353,7 @@ def end_job(
             f"{source + ' ' if source else ''}{code or ''} {diag}".strip()[:500],
         )
     events.release_job_ranges(
-        conn, task["task_id"], job["panda_id"], task["max_attempts"], counted and failed, code, diag, now
+        conn, task["task_id"], job["panda_id"], task["max_attempts"], counted and failed, code, diag, now, fatal
     )
     settle_task(conn, task["task_id"], now, next_attempt=job["attempt_nr"] + 1)
 

@@ -117,6 +117,40 @@ class TaskRef(Body):
     task_id: int = Field(ge=0, le=BIG)
 
 
+class TaskSet(Body):
+    """task/set: a task's dispatch priority and/or share (omitted: unchanged; clear_share: no share limit)."""
+
+    task_id: int = Field(ge=0, le=BIG)
+    priority: int | None = Field(None, ge=-1_000_000, le=1_000_000)
+    share: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    clear_share: bool = False
+
+
+class ErrorRule(Body):
+    """errors/add: a classification rule (source, code, diag regex) -> class."""
+
+    source: str = Field(min_length=1, max_length=64)
+    code: int = Field(ge=-BIG, le=BIG)
+    diag_pattern: str = Field("", max_length=1000)
+    error_class: str = Field(validation_alias=AliasChoices("class", "error_class"), max_length=32)
+    status: str = Field("confirmed", max_length=32)
+
+
+class ErrorEdit(Body):
+    """errors/edit: the fields to change of rule `id` (omitted: unchanged)."""
+
+    id: int = Field(ge=0, le=BIG)
+    source: str | None = Field(None, min_length=1, max_length=64)
+    code: int | None = Field(None, ge=-BIG, le=BIG)
+    diag_pattern: str | None = Field(None, max_length=1000)
+    error_class: str | None = Field(None, validation_alias=AliasChoices("class", "error_class"), max_length=32)
+    status: str | None = Field(None, max_length=32)
+
+
+class RuleRef(Body):
+    id: int = Field(ge=0, le=BIG)
+
+
 class WorkerNode(Body):
     """pilot/update_worker_node (pilot 3.14+): the node's CPU description, stored per (site, host_name)."""
 

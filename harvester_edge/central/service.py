@@ -12,7 +12,7 @@ from typing import Any
 from harvester_edge.codes import StatusCode
 
 from . import classify, events, jobs, limits, tasks
-from .errors import CentralError, InvalidInput
+from .errors import CentralError, InvalidInput, NotFound
 from .ownership import TRUSTED, Caller, Judge, named_harvester, report_job, required_harvester
 from .states import JOB_WATCHED, RangeStatus
 from .store import harvesters, ranges, rules
@@ -318,11 +318,62 @@ class CentralService:
     def list_errors(self, status: str | None = None) -> list[dict]:
         return [dict(r) for r in rules.list_rules(self.db.reader(), status)]
 
-    def add_error_rule(self, source: str, code: int, diag_pattern: str, klass: str, status: str = "confirmed") -> int:
-        return self.db.write(classify.add_rule, source, code, diag_pattern, klass, status, self.clock())
+    # who: the token subject (API, monitor) or the local user (CLI) that changes a rule; kept in its history
+    def add_error_rule(
+        self,
+        source: str,
+        code: int,
+        diag_pattern: str,
+        klass: str,
+        status: str = "confirmed",
+        who: str = "operator",
+    ) -> int:
+        rule_id = self.db.write(classify.add_rule, source, code, diag_pattern, klass, status, self.clock(), who)
+        log.info(
+            "error rule %s (%s %s %r) set to %s, %s, by %s", rule_id, source, code, diag_pattern, klass, status, who
+        )
+        return rule_id
 
-    def promote_error(self, rule_id: int, klass: str | None = None) -> dict:
-        return self.db.write(classify.promote, rule_id, klass)
+    def edit_error_rule(self, rule_id: int, changes: dict[str, Any], who: str = "operator") -> dict:
+        row = self.db.write(classify.edit_rule, _check_int("rule_id", rule_id), changes, who, self.clock())
+        log.info("error rule %s edited by %s: %s", rule_id, who, changes)
+        return row
+
+    def delete_error_rule(self, rule_id: int, who: str = "operator") -> dict:
+        row = self.db.write(classify.delete_rule, _check_int("rule_id", rule_id), who, self.clock())
+        log.info("error rule %s (%s %s) deleted by %s", rule_id, row["source"], row["code"], who)
+        return row
+
+    def promote_error(self, rule_id: int, klass: str | None = None, who: str = "operator") -> dict:
+        return self.db.write(classify.promote, rule_id, klass, who, self.clock())
+
+    def suggest_error_rule(self, panda_id: int) -> dict:
+        """A rule pre-filled from a job's failure (classify.suggest_for_job); changes nothing."""
+        conn = self.db.reader()
+        job = job_rows.get(conn, _check_int("panda_id", panda_id))
+        if job is None:
+            raise NotFound(f"job {panda_id} does not exist")
+        return classify.suggest_for_job(conn, job, ranges.failures_of_job(conn, job["task_id"], job["panda_id"]))
+
+    def error_history(self, rule_id: int | None = None, limit: int = 200) -> list[dict]:
+        """Who changed which rule when, newest first."""
+        rid = None if rule_id is None else _check_int("rule_id", rule_id)
+        return [dict(r) for r in rules.changes(self.db.reader(), rid, _check_int("limit", limit, 1, 10_000))]
+
+    # -- priorities and shares (dispatch_order.py) ------------------------------------------------------------
+    def set_task_dispatch(
+        self,
+        task_id: int,
+        priority: int | None = None,
+        share: float | None = None,
+        clear_share: bool = False,
+        who: str = "operator",
+    ) -> dict:
+        out = self.db.write(
+            tasks.set_dispatch, _check_int("task_id", task_id), priority, share, clear_share, self.clock()
+        )
+        log.info("task %s: priority %s, share %s (set by %s)", task_id, out["priority"], out["share"], who)
+        return out
 
 
 def _update_job(

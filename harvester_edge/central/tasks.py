@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from . import events, jobs
-from .errors import IllegalStateChange, NotFound
+from .errors import IllegalStateChange, InvalidInput, NotFound
 from .states import RANGE_OPEN, RangeStatus, TaskStatus
 from .store import jobs as job_rows
 from .store import ranges
@@ -41,7 +41,38 @@ def submit(conn: sqlite3.Connection, spec: TaskSpec, default_attempts: int, now:
         raise RuntimeError(f"task not stored, or its spec lacks events/events_per_range: {spec!r:.200}")
     ranges.insert(conn, events.split_rows(task_id, spec.events, spec.events_per_range))
     jobs.insert_jobs(conn, task_id, spec.jobs, 1, now)
+    if spec.priority or spec.share is not None:
+        task_rows.set_dispatch(conn, task_id, spec.priority, spec.share, now)
     return task_id
+
+
+PRIORITY_LIMIT = 1_000_000
+
+
+def set_dispatch(
+    conn: sqlite3.Connection, task_id: int, priority: Any, share: Any, clear_share: bool, now: float
+) -> dict[str, Any]:
+    """Change a task's priority and/or share (None: keep; clear_share: no share limit) while it is defined or
+    running; the task's new {task_id, priority, share}."""
+    task = _task(conn, task_id)
+    if task["status"] not in jobs.ACTIVE_TASK:
+        raise IllegalStateChange(
+            f"task {task_id} is {task['status']}: only a defined or running task's priority changes"
+        )
+    if priority is not None and (
+        isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > PRIORITY_LIMIT
+    ):
+        raise InvalidInput(
+            f"priority must be an integer in [-{PRIORITY_LIMIT}, {PRIORITY_LIMIT}], got {priority!r:.80}"
+        )
+    if share is not None and (
+        isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < float(share) <= 1
+    ):
+        raise InvalidInput(f"share must be a fraction in (0, 1] of the running jobs, got {share!r:.80}")
+    new_priority = task["priority"] if priority is None else priority
+    new_share = None if clear_share else (task["share"] if share is None else float(share))
+    task_rows.set_dispatch(conn, task_id, new_priority, new_share, now)
+    return {"task_id": task_id, "priority": new_priority, "share": new_share}
 
 
 def _task(conn: Conn, task_id: int) -> sqlite3.Row:

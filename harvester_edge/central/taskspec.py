@@ -81,6 +81,9 @@ class TaskSpec(BaseModel, extra="forbid"):
     memory_per_rank_mb: int = Field(2000, gt=0, le=10**8)  # SQLite integers: 63 bits; 100 TB per rank is plenty
     max_attempts: int | None = Field(None, ge=1, le=100)
     jobs: int = Field(1, ge=1, le=10_000)
+    # dispatch order (higher first) and the fraction of running jobs the task may hold while others wait
+    priority: int = Field(0, ge=-1_000_000, le=1_000_000)
+    share: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
 
     @model_validator(mode="wrap")
     @classmethod

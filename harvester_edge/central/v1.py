@@ -19,9 +19,13 @@ from .models import (
     BIG,
     AcquireJobs,
     AcquireRanges,
+    ErrorEdit,
+    ErrorRule,
     Heartbeat,
     PilotStatus,
+    RuleRef,
     TaskRef,
+    TaskSet,
     UpdateJob,
     UpdateJobsBulk,
     UpdateRanges,
@@ -230,6 +234,65 @@ def task_kill(body: TaskRef, request: Request) -> Response:
 def task_retry(body: TaskRef, request: Request) -> Response:
     authorize(request, "task")
     return ok({"task_id": body.task_id, "status": svc(request).retry_task(body.task_id)})
+
+
+def who(claims: dict[str, Any] | None) -> str:
+    """Who makes a change, for the records: the token's subject ('trusted' in trusted mode)."""
+    return str(claims.get("sub") or "?")[:200] if claims else "trusted"
+
+
+@router.post("/task/set", tags=["task"])
+def task_set(body: TaskSet, request: Request) -> Response:
+    claims = authorize(request, "task")
+    service = svc(request)
+    return ok(service.set_task_dispatch(body.task_id, body.priority, body.share, body.clear_share, who(claims)))
+
+
+@router.get("/errors/list", tags=["errors"])
+def errors_list(request: Request, status: str | None = Query(None, max_length=32)) -> Response:
+    authorize(request, "errors")
+    return ok(svc(request).list_errors(status))
+
+
+@router.get("/errors/suggest", tags=["errors"])
+def errors_suggest(request: Request, panda_id: int = Query(ge=0, le=BIG)) -> Response:
+    authorize(request, "errors")
+    return ok(svc(request).suggest_error_rule(panda_id))
+
+
+@router.get("/errors/history", tags=["errors"])
+def errors_history(request: Request, rule_id: int | None = Query(None, ge=0, le=BIG)) -> Response:
+    authorize(request, "errors")
+    return ok(svc(request).error_history(rule_id))
+
+
+@router.post("/errors/add", tags=["errors"])
+def errors_add(body: ErrorRule, request: Request) -> Response:
+    claims = authorize(request, "errors")
+    service = svc(request)
+    rule_id = service.add_error_rule(
+        body.source, body.code, body.diag_pattern, body.error_class, body.status, who(claims)
+    )
+    return ok({"id": rule_id})
+
+
+@router.post("/errors/edit", tags=["errors"])
+def errors_edit(body: ErrorEdit, request: Request) -> Response:
+    claims = authorize(request, "errors")
+    changes = {
+        "source": body.source,
+        "code": body.code,
+        "diag_pattern": body.diag_pattern,
+        "class": body.error_class,
+        "status": body.status,
+    }
+    return ok(svc(request).edit_error_rule(body.id, changes, who(claims)))
+
+
+@router.post("/errors/delete", tags=["errors"])
+def errors_delete(body: RuleRef, request: Request) -> Response:
+    claims = authorize(request, "errors")
+    return ok(svc(request).delete_error_rule(body.id, who(claims)))
 
 
 router.include_router(v1_harvester.router)  # the other calls of Harvester's communicator (v1_harvester.py)

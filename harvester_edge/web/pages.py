@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from harvester_edge.central import jedilogs
-from harvester_edge.central.classify import CLASSES
-from harvester_edge.central.errors import NotFound
+from harvester_edge.central.classify import CLASSES, STATUSES
+from harvester_edge.central.errors import CentralError, NotFound
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.states import RangeStatus
 from harvester_edge.central.store import monitor
@@ -89,6 +89,7 @@ def task(service: CentralService, hdb: Path | None, params: dict, now: float, ta
     return "task.html", {
         "title": f"task {task_id}",
         "task": t,
+        "done": params.get("done"),
         "events": events,
         "timelines": timelines,
         "events_chart": charts.bar_chart(sorted(events.items()), "events by state", height=140),
@@ -242,10 +243,19 @@ def errors(service: CentralService, hdb: Path | None, params: dict, now: float) 
     groups = data.error_groups(central)
     for g in groups:
         g["class"] = data.classification(g, rules)
+    suggestion, problem = _suggestion(service, params.get("suggest"))
+    editing = next((r for r in rules if str(r["id"]) == params.get("edit")), None)
+    history = service.error_history(limit=50)
     return "errors.html", {
         "title": "errors",
         "classes": CLASSES,
+        "statuses": STATUSES,
         "done": params.get("done"),
+        "suggestion": suggestion,
+        "suggest_problem": problem,
+        "editing": editing,
+        "ranked": sorted((r for r in rules if r["status"] == "suggested"), key=lambda r: (-r["hits"], r["id"])),
+        "history": history,
         "groups": view(
             "groups", groups, ["source", "code", "message", "count", "class", "tasks"], params, "count", True
         ),
@@ -253,6 +263,18 @@ def errors(service: CentralService, hdb: Path | None, params: dict, now: float) 
             "rules", rules, ["id", "source", "code", "diag_pattern", "class", "status", "hits", "example"], params, "id"
         ),
     }
+
+
+def _suggestion(service: CentralService, panda_id: str | None) -> tuple[dict | None, str | None]:
+    """The rule pre-filled from job ?suggest=PANDAID, or why there is none."""
+    if not panda_id:
+        return None, None
+    if not (panda_id.isascii() and panda_id.isdigit() and len(panda_id) < 19):
+        return None, f"job id {panda_id!r:.40} is not a PandaID"
+    try:
+        return service.suggest_error_rule(int(panda_id)), None
+    except CentralError as exc:
+        return None, str(exc)
 
 
 def sites(service: CentralService, hdb: Path | None, params: dict, now: float) -> tuple[str, dict]:

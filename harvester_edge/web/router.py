@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, quote
@@ -22,7 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from harvester_edge import metrics as m
 from harvester_edge import pilot_files
 from harvester_edge.central.auth import bearer
-from harvester_edge.central.errors import AuthError, CentralError, NotFound
+from harvester_edge.central.errors import AuthError, CentralError, InvalidInput, NotFound
 from harvester_edge.central.limits import BIG
 from harvester_edge.central.store import pg
 from harvester_edge.metrics import HttpTiming
@@ -49,16 +50,61 @@ def harvester_db_path(app: FastAPI) -> Path | None:
     return Path(db).with_name("harvester.db") if db else None
 
 
-def _check(request: Request, scopes: set[str]) -> None:
+def _check(request: Request, scopes: set[str]) -> str:
+    """Who the caller is (the token's subject; 'monitor (trusted)' in trusted mode); AuthError if not allowed."""
     authority = request.app.state.authority
     if authority is None:
-        return
+        return "monitor (trusted)"
     token = bearer(request) or request.query_params.get("token") or request.cookies.get(COOKIE)
     if not token:
         raise AuthError("the monitor needs a token: open it once with ?token=<token with scope harvester or admin>")
     claims = authority.verify(token)
     if not scopes & set(str(claims.get("scope", "")).split()):
         raise AuthError(f"token scope {claims.get('scope')!r} may not do this here: needs one of {sorted(scopes)}")
+    return f"{str(claims.get('sub') or '?')[:200]} (monitor)"
+
+
+def _field(form: dict[str, list[str]], name: str) -> str | None:
+    """A form field's value, stripped; None when it is missing or empty."""
+    value = (form.get(name) or [""])[0].strip()
+    return value or None
+
+
+def _number(form: dict[str, list[str]], name: str, kind: type) -> Any:
+    """A number field (None when empty); InvalidInput naming the field otherwise."""
+    value = _field(form, name)
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r:.80}") from exc
+
+
+async def _change(request: Request, back: str, change: Callable[[str, dict[str, list[str]]], str]) -> Response:
+    """A monitor form that changes something (admin): CSRF token and scope first, then change(who, form), which
+    says what it did; 303 back to `back` with ?done=<what it did>."""
+    form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+    try:
+        csrf.check(request, form)  # the Guard already refused a foreign Origin or Host
+        who = _check(request, {"admin"})
+        done = change(who, form)
+    except AuthError as exc:
+        return _html(request, "error.html", {"title": "not allowed", "message": str(exc)}, 403)
+    except CentralError as exc:
+        return _html(request, "error.html", {"title": "refused", "message": str(exc)}, 400)
+    log.info("monitor: %s (by %s)", done, who)
+    return RedirectResponse(f"{back}?done={quote(done)}", status_code=303)
+
+
+def _rule_fields(form: dict[str, list[str]]) -> dict[str, Any]:
+    return {
+        "source": _field(form, "source"),
+        "code": _number(form, "code", int),
+        "diag_pattern": form["diag_pattern"][0] if form.get("diag_pattern") else None,
+        "class": _field(form, "class"),
+        "status": _field(form, "status"),
+    }
 
 
 def _base(request: Request) -> tuple[dict[str, Any], str | None]:
@@ -205,8 +251,8 @@ def build_router() -> APIRouter:
         klass = (form.get("class") or [""])[0] or None
         try:
             csrf.check(request, form)  # the Guard already refused a foreign Origin or Host
-            _check(request, {"admin"})
-            row = request.app.state.service.promote_error(rule_id, klass)
+            who = _check(request, {"admin"})
+            row = request.app.state.service.promote_error(rule_id, klass, who)
         except AuthError as exc:
             return _html(request, "error.html", {"title": "not allowed", "message": str(exc)}, 403)
         except CentralError as exc:
@@ -218,7 +264,50 @@ def build_router() -> APIRouter:
             row["code"],
             row["class"],
         )
-        return RedirectResponse(f"/monitor/errors?done={quote(str(rule_id))}", status_code=303)
+        return RedirectResponse(f"/monitor/errors?done={quote(f'rule {rule_id} confirmed')}", status_code=303)
+
+    @router.post("/monitor/errors/add", summary="monitor: add an error rule")
+    async def add_rule(request: Request) -> Response:
+        def change(who: str, form: dict[str, list[str]]) -> str:
+            f = _rule_fields(form)
+            if f["source"] is None or f["code"] is None or f["class"] is None:
+                raise InvalidInput("a rule needs a source, a code and a class")
+            service = request.app.state.service
+            rule_id = service.add_error_rule(
+                f["source"], f["code"], f["diag_pattern"] or "", f["class"], f["status"] or "confirmed", who
+            )
+            return f"rule {rule_id} added"
+
+        return await _change(request, "/monitor/errors", change)
+
+    @router.post("/monitor/errors/{rule_id}/edit", summary="monitor: edit an error rule")
+    async def edit_rule(request: Request, rule_id: Id) -> Response:
+        def change(who: str, form: dict[str, list[str]]) -> str:
+            request.app.state.service.edit_error_rule(rule_id, _rule_fields(form), who)
+            return f"rule {rule_id} changed"
+
+        return await _change(request, "/monitor/errors", change)
+
+    @router.post("/monitor/errors/{rule_id}/delete", summary="monitor: delete an error rule")
+    async def delete_rule(request: Request, rule_id: Id) -> Response:
+        def change(who: str, form: dict[str, list[str]]) -> str:
+            request.app.state.service.delete_error_rule(rule_id, who)
+            return f"rule {rule_id} deleted"
+
+        return await _change(request, "/monitor/errors", change)
+
+    @router.post("/monitor/task/{task_id}/set", summary="monitor: set a task's priority and share")
+    async def task_set(request: Request, task_id: Id) -> Response:
+        def change(who: str, form: dict[str, list[str]]) -> str:
+            share_text = _field(form, "share")
+            clear = share_text is not None and share_text.lower() in ("none", "-")
+            share = None if clear else _number(form, "share", float)
+            out = request.app.state.service.set_task_dispatch(
+                task_id, _number(form, "priority", int), share, clear, who
+            )
+            return f"priority {out['priority']}, share {out['share'] if out['share'] is not None else 'none'}"
+
+        return await _change(request, f"/monitor/task/{task_id}", change)
 
     @router.get("/monitor/sites", response_class=HTMLResponse, summary="monitor: sites and queues")
     async def sites(request: Request) -> Response:

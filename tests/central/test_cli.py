@@ -12,7 +12,7 @@ from harvester_edge.central.cli import central_group, errors_group, task_group
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.settings import CentralSettings
 
-from .conftest import db_settings
+from .conftest import db_settings, task_dict
 
 EXAMPLE = Path(__file__).parents[2] / "configs" / "tasks" / "example.yaml"
 
@@ -93,3 +93,75 @@ def test_issue_token(tmp_path, central_db):
     creds = json.loads(out.output)
     assert creds["token"].count(".") == 2 and len(creds["key"]) > 20
     assert (tmp_path / "central.secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_errors_suggest_add_edit_delete_history(tmp_path):
+    o = obj(tmp_path)
+    svc = CentralService.open(tmp_path / "central.db")
+    svc.submit_task(
+        {
+            "name": "f",
+            "payload": {"kind": "command", "template": "run"},
+            "events": 5,
+            "events_per_range": 5,
+            "seconds_per_event": 1,
+        }
+    )
+    job = svc.acquire_jobs("S")[0]["PandaID"]
+    svc.update_job(job, "failed", {"exeErrorCode": 137, "exeErrorDiag": "payload killed after 3600 s"})
+    svc.close()
+    shown = run(errors_group, ["suggest", "--job", str(job)], o)
+    assert shown.exit_code == 0, shown.output
+    assert "exe 137" in shown.output and "harvester-edge errors add --source exe --code 137" in shown.output
+    added = json.loads(
+        run(errors_group, ["suggest", "--job", str(job), "--add", "--class", "fatal", "--json"], o).output
+    )
+    assert (added["source"], added["code"], added["class"]) == ("exe", 137, "fatal")
+    assert added["diag_pattern"] == "payload\\ killed\\ after\\ [0-9]+\\ s"
+    rule_id = added["id"]
+    out = run(errors_group, ["edit", str(rule_id), "--class", "user", "--pattern", "killed"], o)
+    assert out.exit_code == 0 and f"rule {rule_id}: exe 137 'killed' -> user (confirmed)" in out.output
+    bad = run(errors_group, ["edit", str(rule_id), "--pattern", "("], o)
+    assert bad.exit_code != 0 and "not a valid regular expression" in bad.output
+    out = run(errors_group, ["add", "--source", "pilot", "--code", "1099", "--class", "system"], o)
+    assert out.exit_code == 0 and "pilot 1099 '' -> system (confirmed)" in out.output
+    assert run(errors_group, ["delete", str(rule_id)], o).exit_code == 0
+    missing = run(errors_group, ["delete", str(rule_id)], o)
+    assert missing.exit_code != 0 and "does not exist" in missing.output
+    history = json.loads(run(errors_group, ["history", "--rule", str(rule_id), "--json"], o).output)
+    assert [h["action"] for h in history] == ["delete", "edit", "add"]
+    assert all(h["who"].endswith("(cli)") and h["at"] > 0 for h in history)
+    assert "delete" in run(errors_group, ["history"], o).output
+
+
+def test_task_set_priority_and_share(tmp_path):
+    o = obj(tmp_path)
+    task_id = json.loads(run(task_group, ["submit", str(EXAMPLE), "--json"], o).output)["task_id"]
+    out = run(task_group, ["set", str(task_id), "--priority", "50", "--share", "0.3"], o)
+    assert out.output.strip() == f"task {task_id}: priority 50, share 0.3"
+    assert json.loads(run(task_group, ["show", str(task_id), "--json"], o).output)["priority"] == 50
+    out = run(task_group, ["set", str(task_id), "--share", "none", "--json"], o)
+    assert json.loads(out.output) == {"task_id": task_id, "priority": 50, "share": None}
+    for bad in (["--share", "2"], ["--share", "lots"], ["--priority", "9999999"], []):
+        assert run(task_group, ["set", str(task_id), *bad], o).exit_code != 0
+
+
+def test_errors_and_task_set_in_remote_mode(tmp_path, trusted_central):
+    """The same commands over /api/v1 (central.mode remote): the service records the change."""
+    o = obj(tmp_path, mode="remote", url=trusted_central.url)
+    task_id = trusted_central.service.submit_task(task_dict())
+    out = run(task_group, ["set", str(task_id), "--priority", "9", "--share", "0.5"], o)
+    assert out.exit_code == 0 and out.output.strip() == f"task {task_id}: priority 9, share 0.5"
+    assert trusted_central.service.show_task(task_id)["priority"] == 9
+    out = run(errors_group, ["add", "--source", "exe", "--code", "3", "--class", "user", "--status", "suggested"], o)
+    assert out.exit_code == 0, out.output
+    rule_id = next(r["id"] for r in trusted_central.service.list_errors() if (r["source"], r["code"]) == ("exe", 3))
+    assert [r["id"] for r in json.loads(run(errors_group, ["suggested", "--json"], o).output)] == [rule_id]
+    assert "confirmed as fatal" in run(errors_group, ["promote", str(rule_id), "--class", "fatal"], o).output
+    assert run(errors_group, ["delete", str(rule_id)], o).exit_code == 0
+    history = json.loads(run(errors_group, ["history", "--json"], o).output)
+    assert [(h["action"], h["who"]) for h in history] == [
+        ("delete", "trusted"),
+        ("edit", "trusted"),
+        ("add", "trusted"),
+    ]

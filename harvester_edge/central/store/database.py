@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     memory_per_rank_mb INTEGER NOT NULL, max_attempts INTEGER NOT NULL, n_jobs INTEGER NOT NULL,
     job_failures INTEGER NOT NULL DEFAULT 0, guid TEXT NOT NULL,
     status TEXT NOT NULL, diag TEXT NOT NULL DEFAULT '', created REAL NOT NULL, modified REAL NOT NULL,
-    kind TEXT NOT NULL DEFAULT 'jumbo', job_spec TEXT);
+    kind TEXT NOT NULL DEFAULT 'jumbo', job_spec TEXT,
+    priority INTEGER NOT NULL DEFAULT 0, share REAL);
 CREATE TABLE IF NOT EXISTS jobs (
     panda_id INTEGER PRIMARY KEY AUTOINCREMENT, task_id INTEGER NOT NULL REFERENCES tasks(task_id),
     status TEXT NOT NULL, attempt_nr INTEGER NOT NULL, command TEXT,
@@ -67,6 +68,10 @@ CREATE TABLE IF NOT EXISTS error_classes (
     diag_pattern TEXT NOT NULL DEFAULT '', class TEXT NOT NULL, status TEXT NOT NULL,
     hits INTEGER NOT NULL DEFAULT 0, example TEXT NOT NULL DEFAULT '', created REAL NOT NULL,
     UNIQUE (source, code, diag_pattern));
+-- who changed which error rule when (errors add / edit / delete / promote): the rule as it was and became (JSON)
+CREATE TABLE IF NOT EXISTS error_class_changes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, rule_id INTEGER NOT NULL, action TEXT NOT NULL, who TEXT NOT NULL,
+    at REAL NOT NULL, before TEXT, after TEXT);
 CREATE TABLE IF NOT EXISTS token_keys (
     client_name TEXT NOT NULL, key_id TEXT PRIMARY KEY, key_hash TEXT NOT NULL,
     created REAL NOT NULL, expires REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0,
@@ -80,7 +85,13 @@ TOKEN_KEY_COLUMNS = (("scope", "TEXT"), ("parent", "TEXT"), ("claims", "TEXT"))
 ADDED_COLUMNS = {
     "token_keys": TOKEN_KEY_COLUMNS,
     # task kinds (jumbo / ordinary / eventservice) and what an ordinary job runs (JSON)
-    "tasks": (("kind", "TEXT NOT NULL DEFAULT 'jumbo'"), ("job_spec", "TEXT")),
+    "tasks": (
+        ("kind", "TEXT NOT NULL DEFAULT 'jumbo'"),
+        ("job_spec", "TEXT"),
+        # dispatch order (higher first) and the fraction of running jobs a task may hold (NULL: no limit)
+        ("priority", "INTEGER NOT NULL DEFAULT 0"),
+        ("share", "REAL"),
+    ),
     # what the PanDA pilot reports: state history (JSON list), pilot id, timing, CPU, log tail, log file
     "jobs": (
         ("state_history", "TEXT"),

@@ -27,24 +27,46 @@ def claim_activated(
     node: str | None,
     active_task: tuple[str, str],
     now: float,
+    task_id: int | None = None,
 ) -> list[sqlite3.Row]:
     """Up to n_jobs activated jobs of tasks in the (two) active states become sent, in one UPDATE ... RETURNING
-    (on PostgreSQL picked FOR UPDATE SKIP LOCKED: concurrent acquires take different jobs without waiting)."""
+    (on PostgreSQL picked FOR UPDATE SKIP LOCKED: concurrent acquires take different jobs without waiting).
+    task_id: only that task's jobs (the dispatch order's plan, central/dispatch_order.py)."""
+    only = " AND j.task_id=?" if task_id is not None else ""
+    one = (task_id,) if task_id is not None else ()
     if is_pg(conn):
         return conn.execute(
             "WITH picked AS MATERIALIZED (SELECT j.panda_id FROM jobs j JOIN tasks t USING (task_id) "
-            "WHERE j.status='activated' AND t.status IN (?, ?) ORDER BY j.panda_id LIMIT ? "
+            f"WHERE j.status='activated' AND t.status IN (?, ?){only} ORDER BY j.panda_id LIMIT ? "
             "FOR UPDATE OF j SKIP LOCKED) "
             "UPDATE jobs SET status='sent', site=?, harvester_id=?, worker_id=?, node=?, heartbeat=?, modified=? "
             "WHERE panda_id = ANY(ARRAY(SELECT panda_id FROM picked)) AND status='activated' RETURNING *",
-            (*active_task, n_jobs, site, harvester_id, worker_id, node, now, now),
+            (*active_task, *one, n_jobs, site, harvester_id, worker_id, node, now, now),
         ).fetchall()
     return conn.execute(
         "UPDATE jobs SET status='sent', site=?, harvester_id=?, worker_id=?, node=?, heartbeat=?, modified=? "
         "WHERE panda_id IN (SELECT j.panda_id FROM jobs j JOIN tasks t USING (task_id) "
-        "WHERE j.status='activated' AND t.status IN (?, ?) ORDER BY j.panda_id LIMIT ?) RETURNING *",
-        (site, harvester_id, worker_id, node, now, now, *active_task, n_jobs),
+        f"WHERE j.status='activated' AND t.status IN (?, ?){only} ORDER BY j.panda_id LIMIT ?) RETURNING *",
+        (site, harvester_id, worker_id, node, now, now, *active_task, *one, n_jobs),
     ).fetchall()
+
+
+def waiting_by_task(conn: Conn, active_task: tuple[str, str]) -> list[sqlite3.Row]:
+    """(task_id, priority, share, first panda_id, activated count) of active tasks with activated jobs."""
+    return conn.execute(
+        "SELECT j.task_id, t.priority, t.share, min(j.panda_id), count(*) FROM jobs j JOIN tasks t USING (task_id) "
+        "WHERE j.status='activated' AND t.status IN (?, ?) GROUP BY j.task_id, t.priority, t.share",
+        active_task,
+    ).fetchall()
+
+
+def running_by_task(conn: Conn, statuses: tuple[str, ...]) -> dict[int, int]:
+    """task_id -> its jobs in these (dispatched, not ended) states."""
+    rows = conn.execute(
+        f"SELECT task_id, count(*) FROM jobs WHERE status IN ({','.join('?' * len(statuses))}) GROUP BY task_id",
+        statuses,
+    ).fetchall()
+    return {row[0]: row[1] for row in rows}
 
 
 def cancel(conn: Conn, panda_id: int, now: float) -> None:

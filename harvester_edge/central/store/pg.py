@@ -335,7 +335,7 @@ class PgDatabase(GroupCommit):
             with raw.transaction():
                 raw.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
                 conn = PgConnection(raw)
-                if not self._up_to_date(conn, database.SCHEMA_VERSION, database.ADDED_COLUMNS):
+                if not self._up_to_date(conn, database.SCHEMA_VERSION, database.ADDED_COLUMNS, database.SCHEMA):
                     # DDL (even CREATE INDEX IF NOT EXISTS) locks tables: only when something is missing, so a
                     # process starting next to busy ones never deadlocks with their writes
                     raw.execute(schema_ddl(database.SCHEMA))
@@ -347,8 +347,9 @@ class PgDatabase(GroupCommit):
         return self
 
     @staticmethod
-    def _up_to_date(conn: PgConnection, version: int, added: dict[str, tuple]) -> bool:
-        """Whether the schema is this code's: the version row says so and no added column is missing."""
+    def _up_to_date(conn: PgConnection, version: int, added: dict[str, tuple], schema: str = "") -> bool:
+        """Whether the schema is this code's: the version row says so and no table of `schema` (the SQLite schema
+        text) nor added column is missing."""
         if conn.execute("SELECT to_regclass('meta')").fetchone()[0] is None:  # type: ignore[index]
             return False
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -360,6 +361,9 @@ class PgDatabase(GroupCommit):
                 "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()"
             )
         }
+        # a table added to the schema later (error_class_changes, ...) is created too
+        if not set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", schema)) <= {table for table, _ in have}:
+            return False
         return all((table, name) in have for table, columns in added.items() for name, _ in columns)
 
     def reader(self) -> PgReader:

@@ -268,3 +268,11 @@ def event_totals(conn: Conn, task_id: int, finished: int, failed: tuple[int, int
         "coalesce(sum(attempt_nr > 1), 0) FROM ranges WHERE task_id = ?",
         (finished, *failed, task_id),
     ).fetchone()
+
+
+def failures_of_job(conn: Conn, task_id: int, panda_id: int) -> list[sqlite3.Row]:
+    """(error_code, error_diag) of the job's ranges that failed with a code, else of any of the task's (a range
+    retried after a failure no longer names its job); at most 1000."""
+    sql = "SELECT error_code, error_diag FROM ranges WHERE task_id=? AND error_code IS NOT NULL AND error_code != 0"
+    rows = conn.execute(sql + " AND panda_id=? LIMIT 1000", (task_id, panda_id)).fetchall()
+    return rows or conn.execute(sql + " LIMIT 1000", (task_id,)).fetchall()

@@ -61,6 +61,52 @@ def confirm(conn: Conn, rule_id: int, klass: str) -> None:
 
 
 def list_rules(conn: Conn, status: str | None = None) -> list[sqlite3.Row]:
-    """Every rule (or those of one status), by id."""
-    sql = "SELECT * FROM error_classes" + (" WHERE status=?" if status else "") + " ORDER BY id"
-    return conn.execute(sql, (status,) if status else ()).fetchall()
+    """Every rule by id; those of one status by hits (the most frequent first: what to review first), then id."""
+    if status:
+        sql = "SELECT * FROM error_classes WHERE status=? ORDER BY hits DESC, id"
+        return conn.execute(sql, (status,)).fetchall()
+    return conn.execute("SELECT * FROM error_classes ORDER BY id").fetchall()
+
+
+def change(conn: Conn, rule_id: int, source: str, code: int, diag_pattern: str, klass: str, status: str) -> None:
+    """An operator's edit of every field of a rule (hits and example stay)."""
+    conn.execute(
+        "UPDATE error_classes SET source=?, code=?, diag_pattern=?, class=?, status=? WHERE id=?",
+        (source, code, diag_pattern, klass, status, rule_id),
+    )
+
+
+def delete(conn: Conn, rule_id: int) -> None:
+    conn.execute("DELETE FROM error_classes WHERE id=?", (rule_id,))
+
+
+def same_key(conn: Conn, source: str, code: int, diag_pattern: str) -> sqlite3.Row | None:
+    """The rule with this (source, code, pattern), if any."""
+    return conn.execute(
+        "SELECT * FROM error_classes WHERE source=? AND code=? AND diag_pattern=?", (source, code, diag_pattern)
+    ).fetchone()
+
+
+def of_code(conn: Conn, source: str, code: int) -> list[sqlite3.Row]:
+    """Every rule of (source, code), confirmed first, then by hits."""
+    return conn.execute(
+        "SELECT * FROM error_classes WHERE source=? AND code=? ORDER BY status='confirmed' DESC, hits DESC, id",
+        (source, code),
+    ).fetchall()
+
+
+def record_change(
+    conn: Conn, rule_id: int, action: str, who: str, now: float, before: str | None, after: str | None
+) -> None:
+    """One line of the rules' history: who did what to which rule, when (before/after: the rule as JSON)."""
+    conn.execute(
+        "INSERT INTO error_class_changes (rule_id, action, who, at, before, after) VALUES (?, ?, ?, ?, ?, ?)",
+        (rule_id, action, who, now, before, after),
+    )
+
+
+def changes(conn: Conn, rule_id: int | None = None, limit: int = 200) -> list[sqlite3.Row]:
+    """The latest changes (of one rule, or all), newest first."""
+    where = " WHERE rule_id=?" if rule_id is not None else ""
+    params: tuple = ((rule_id,) if rule_id is not None else ()) + (limit,)
+    return conn.execute(f"SELECT * FROM error_class_changes{where} ORDER BY id DESC LIMIT ?", params).fetchall()

@@ -78,3 +78,8 @@ def reopen(conn: Conn, task_id: int, now: float) -> None:
     conn.execute(
         "UPDATE tasks SET status='running', job_failures=0, diag='', modified=? WHERE task_id=?", (now, task_id)
     )
+
+
+def set_dispatch(conn: Conn, task_id: int, priority: int, share: float | None, now: float) -> None:
+    """The task's dispatch priority and share (central/dispatch_order.py)."""
+    conn.execute("UPDATE tasks SET priority=?, share=?, modified=? WHERE task_id=?", (priority, share, now, task_id))
