@@ -22,11 +22,12 @@ from typing import Protocol
 from harvester_edge.agents import build_agents
 from harvester_edge.agents.base import Agent, AgentContext
 from harvester_edge.agents.credentials import InProcessIssuer
+from harvester_edge.alerts.delivery import WebhookTransport
 from harvester_edge.batch import BatchPlugin, load_plugin
 from harvester_edge.central.client import CentralClient
 from harvester_edge.central.server import EmbeddedCentral
 from harvester_edge.central.settings import CentralSettings
-from harvester_edge.config import SiteConfig
+from harvester_edge.config import SiteConfig, WebhookConfig
 from harvester_edge.errors import ConfigError
 from harvester_edge.seams.clock import Clock
 from harvester_edge.seams.commands import CommandRunner
@@ -81,9 +82,11 @@ def build_site(
     store: Store,
     daemon_id: str,
     issuer: InProcessIssuer | None = None,
+    webhooks: Callable[[WebhookConfig], Transport] | None = None,
 ) -> Site:
     """The site's context and agents over the given seams. `issuer`: the embedded service's token issuer (token
-    mode, same process: the credentials agent renews the daemon's token in-process, see agents/credentials)."""
+    mode, same process: the credentials agent renews the daemon's token in-process, see agents/credentials).
+    `webhooks`: the HTTP seam to each alert webhook (default: the real one, harvester_edge.alerts.delivery)."""
     settings = config.central
     token = issuer.own_token(None, issuer.authority.clock()) if issuer is not None else None
     central = CentralClient(
@@ -92,6 +95,7 @@ def build_site(
         token_file=None if token else settings.tokens.token_file,
         origin=settings.origin if settings.mode == "remote" else None,
     )
+    central.reach.clock = clock.now
     if issuer is not None and token is not None:
         issuer.store(central, token)
         central.issuer = issuer
@@ -104,8 +108,21 @@ def build_site(
         files=pilot_files,
         central=central,
         plugins=make_plugins(config, runner, pilot_files),
+        webhooks=webhooks,
     )
     return Site(ctx=ctx, agents=build_agents(ctx))
+
+
+def recorded_webhooks(recording: SeamWrappers | None) -> Callable[[WebhookConfig], Transport] | None:
+    """With a recording, the alert webhooks' calls go into the trace too (under the webhook's name, not its URL)."""
+    if recording is None:
+        return None
+    rec = recording
+
+    def transport(hook: WebhookConfig) -> Transport:
+        return rec.transport(WebhookTransport(hook))
+
+    return transport
 
 
 def remote_transport(settings: CentralSettings, url: str) -> HttpTransport:
@@ -153,7 +170,17 @@ def daemon_site(
         transport: Transport = remote_transport(settings, url)
         if recording is not None:
             transport = recording.transport(transport)
-        site = build_site(config, runner, transport, files, clock, store=store, daemon_id=daemon_id, issuer=issuer)
+        site = build_site(
+            config,
+            runner,
+            transport,
+            files,
+            clock,
+            store=store,
+            daemon_id=daemon_id,
+            issuer=issuer,
+            webhooks=recorded_webhooks(recording),
+        )
     except BaseException:
         for stop in reversed(stoppers):  # what started before the failure
             stop()
