@@ -37,6 +37,7 @@ class Alerter(Agent):
         super().__init__(ctx)
         self.started: float | None = None
         self.deliverer = Deliverer(ctx.store, ctx.webhooks)
+        self.resume_outage()  # before any agent's first call
 
     def run_cycle(self, now: float) -> None:
         if self.started is None:
@@ -44,6 +45,14 @@ class Alerter(Agent):
         config = self.ctx.config
         self.evaluate(config, now)
         self.deliverer.deliver(config.alerts, now)
+
+    def resume_outage(self) -> None:
+        """After a restart, an outage the alerts table still shows as firing goes on until the service answers (a
+        fresh process has not seen it begin; without this its first failed call would restart the count)."""
+        row = alert_rows.by_key(self.ctx.store.connection()).get(("central_unreachable", ""))
+        if row is not None and row["state"] == alert_rows.FIRING and self.ctx.central is not None:
+            began = float(row["since"]) - float(row["threshold"] or 0)
+            self.ctx.central.reach.resume(began, "unreachable before the daemon restarted")
 
     def evaluate(self, config: SiteConfig, now: float) -> list[tracker.Change]:
         cdb = None

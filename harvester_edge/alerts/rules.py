@@ -84,8 +84,8 @@ Evaluated = dict[str, list[Observation] | None]
 
 def central_unreachable(i: Inputs) -> list[Observation] | None:
     rule = i.config.alerts.rules.central_unreachable
-    if i.reach is None:
-        return None
+    if i.reach is None or (i.reach.unreachable_since is None and i.reach.last_answer_at is None):
+        return None  # no call made yet (a daemon just started): unknown, so a firing alert is not resolved blindly
     seconds = i.reach.seconds_unreachable(i.now)
     firing = i.reach.unreachable_since is not None and seconds >= rule.seconds
     summary = (

@@ -185,6 +185,12 @@ class Reachability:
             self.unreachable_since = self.clock()
         self.last_error = error
 
+    def resume(self, since: float, error: str) -> None:
+        """An outage an earlier daemon saw (the alerts table): it goes on from `since` until an answer comes."""
+        if self.last_answer_at is None:
+            self.unreachable_since = min(since, self.unreachable_since or since)
+            self.last_error = self.last_error or error
+
     def seconds_unreachable(self, now: float) -> float:
         return 0.0 if self.unreachable_since is None else max(0.0, now - self.unreachable_since)
 
