@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,7 @@ def central_unreachable(i: Inputs) -> list[Observation] | None:
     seconds = i.reach.seconds_unreachable(i.now)
     firing = i.reach.unreachable_since is not None and seconds >= rule.seconds
     summary = (
-        f"central service unreachable for {format_duration(seconds)} ({i.reach.last_error})"
+        f"central service unreachable for {format_duration(seconds)} ({str(i.reach.last_error)[:200]})"
         if i.reach.unreachable_since is not None
         else "central service answers"
     )
@@ -232,5 +232,5 @@ def evaluate(i: Inputs) -> Evaluated:
         except sqlite3.Error as exc:
             log.warning("alerts: rule %s not evaluated this time: %s", name, exc)
             found = None
-        out[name] = None if found is None else [Observation(**{**o.__dict__, "severity": rule.severity}) for o in found]
+        out[name] = None if found is None else [replace(o, severity=rule.severity) for o in found]
     return out

@@ -214,3 +214,70 @@ def test_alert_rules_of_the_config_are_the_rules_evaluated():
     from harvester_edge.config import AlertRules
 
     assert set(AlertRules.model_fields) == set(RULES) == set(EVALUATORS)
+
+
+def test_a_failed_task_of_the_embedded_service_fires_and_a_retry_resolves_it(make_alert_site, receiver, tmp_path):
+    from harvester_edge.central.service import CentralService
+    from harvester_edge.central.settings import CentralSettings
+    from harvester_edge.central.store import tasks
+
+    db = tmp_path / "central.db"
+    service = CentralService.open(db, CentralSettings(db=db))
+    try:
+        task_id = service.submit_task(
+            {
+                "name": "doomed",
+                "payload": {"kind": "python", "callable": "jumbo.payloads:sleep", "args": {}},
+                "events": 10,
+                "events_per_range": 5,
+                "seconds_per_event": 0.1,
+                "jobs": 1,
+            }
+        )
+        site = make_alert_site(
+            rules={"task_failed": {"severity": "critical"}},
+            webhooks=[hook(receiver)],
+            central={"mode": "embedded", "trusted": True, "db": str(db)},
+        )
+        site.cycle()
+        assert receiver.messages == []
+        service.db.write(tasks.close, task_id, "failed", "too many job failures", site.clock.now())
+        site.cycle(1)
+        [firing] = receiver.wait(1)
+        assert firing["alert"] == "task_failed" and firing["labels"] == {"task": str(task_id), "name": "doomed"}
+        assert "too many job failures" in firing["summary"] and firing["severity"] == "critical"
+        site.cycle(1)
+        assert len(receiver.messages) == 1
+        service.retry_task(task_id)
+        site.cycle(1)
+        [resolved] = receiver.wait(1, state="resolved")
+        assert resolved["labels"]["task"] == str(task_id) and "no longer the case" in resolved["summary"]
+    finally:
+        service.close()
+
+
+def test_a_token_file_expiring_within_the_hours_fires(make_alert_site, receiver, tmp_path):
+    import jwt
+
+    from doubles import NOW
+
+    token_file = tmp_path / "token"
+    token_file.write_text(jwt.encode({"sub": "unit", "exp": int(NOW + 3 * 3600)}, "k" * 32, algorithm="HS256"))
+    token_file.chmod(0o600)
+    site = make_alert_site(
+        rules={"credential_expiring": {"hours": 24}},
+        webhooks=[hook(receiver)],
+        central={
+            "mode": "remote",
+            "url": "http://central.test",
+            "trusted": False,
+            "tokens": {"token_file": str(token_file)},
+        },
+    )
+    site.cycle()
+    [firing] = receiver.wait(1)
+    assert firing["alert"] == "credential_expiring" and firing["value"] == 3.0 and firing["threshold"] == 24
+    assert firing["labels"] == {"token_file": str(token_file)} and "expires in 3h00m" in firing["summary"]
+    token_file.write_text(jwt.encode({"sub": "unit", "exp": int(NOW + 48 * 3600)}, "k" * 32, algorithm="HS256"))
+    site.cycle(1)  # renewed outside (as on real sites): resolved
+    receiver.wait(1, state="resolved")
