@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from harvester_edge.store import alerts as rows
 
 log = logging.getLogger(__name__)
 BACKOFF_FIRST = 5.0
+ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")\]]+")
 PER_CYCLE = 20  # messages one webhook gets per cycle at most (a long backlog drains over several cycles)
 
 
@@ -59,7 +61,9 @@ class WebhookTransport:
             )
         except TransportError as exc:  # its text holds the URL: keep only what went wrong
             cause = exc.__cause__ or exc
-            raise TransportError(f"{method} webhook {self.name} got no answer: {type(cause).__name__}") from None
+            errno = ERRNO.search(str(cause))  # "[Errno 111] Connection refused", "[Errno -2] Name or service ..."
+            what = type(cause).__name__ + (f" ({errno.group(0).strip()})" if errno else "")
+            raise TransportError(f"{method} webhook {self.name} got no answer: {what}") from None
 
     def close(self) -> None:
         self.inner.close()
