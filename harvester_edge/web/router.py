@@ -15,9 +15,10 @@ from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.responses import JSONResponse
 
 from harvester_edge import metrics as m
 from harvester_edge import pilot_files
