@@ -281,3 +281,26 @@ def test_a_token_file_expiring_within_the_hours_fires(make_alert_site, receiver,
     token_file.write_text(jwt.encode({"sub": "unit", "exp": int(NOW + 48 * 3600)}, "k" * 32, algorithm="HS256"))
     site.cycle(1)  # renewed outside (as on real sites): resolved
     receiver.wait(1, state="resolved")
+
+
+def test_a_recording_keeps_webhook_calls_under_the_webhook_name_never_its_url(make_alert_site, receiver, tmp_path):
+    from harvester_edge.replay import trace
+    from harvester_edge.replay.recorder import Recording, config_snapshot
+    from harvester_edge.site import recorded_webhooks
+
+    site = make_alert_site(
+        rules={"queue_paused": {}}, webhooks=[hook(receiver, "ops", url=receiver.url("/services/T0/B0/s3cr3t"))]
+    )
+    recording = Recording.start(tmp_path / "trace.jsonl", site.config, site.store, site.clock)
+    site.agent.deliverer.transport_for = recorded_webhooks(recording)
+    site.failed_workers(3)
+    site.cycle()
+    recording.close()
+    receiver.wait(1)
+    assert receiver.paths == ["/services/T0/B0/s3cr3t"]  # the real URL was called
+    head, records = trace.read_trace(tmp_path / "trace.jsonl")
+    [call] = [r for r in records if r["kind"] == "http"]
+    assert call["path"] == "webhook/ops" and call["status"] == 200 and call["json"]["alert"] == "queue_paused"
+    text = (tmp_path / "trace.jsonl").read_text()
+    assert "s3cr3t" not in text  # neither in the calls nor in the config the trace's head keeps
+    assert config_snapshot(site.config)["alerts"]["webhooks"][0]["url"] == "https://redacted.invalid/ops"
