@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from harvester_edge.alerts.cli import alerts_group
 from harvester_edge.central.cli import _settings as central_settings
 from harvester_edge.central.cli import central_group, errors_group, task_group
 from harvester_edge.cli_views import errors_summary, status_cmd, worker_group
@@ -172,6 +173,7 @@ def _register_groups() -> None:
     cli.add_command(replay_command, "replay")
     cli.add_command(simulate_command, "simulate")
     cli.add_command(report_command, "report")
+    cli.add_command(alerts_group, "alerts")
 
 
 def _global_option_after_subcommand(ctx: click.Context, param: click.Parameter, value: object) -> object:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
@@ -103,6 +104,7 @@ class AgentIntervals(Strict):
     propagator: Duration = 2.0
     sweeper: Duration = 30.0
     credentials: Duration = 300.0
+    alerts: Duration = 15.0
 
 
 class DaemonConfig(Strict):
@@ -119,6 +121,95 @@ class DaemonConfig(Strict):
     queued_timeout: Duration = 172800.0  # a worker queued longer than this is cancelled
 
 
+Severity = Literal["info", "warning", "critical"]
+
+
+class WebhookConfig(Strict):
+    """Where alert messages go: a Slack/Mattermost incoming webhook (`{"text": ...}`) or any HTTP endpoint that
+    takes the generic JSON message (see harvester_edge/alerts/messages.py)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str  # may hold a secret (Slack's do): logs and traces name the webhook, never its URL
+    format: Literal["slack", "json"] = "json"
+    timeout: Annotated[Duration, Field(gt=0, le=60)] = 5.0  # seconds one delivery may take
+    max_messages: PositiveInt = 10  # rate limit of this webhook: at most max_messages ...
+    per: Annotated[Duration, Field(gt=0)] = 60.0  # ... per this many seconds; the rest wait their turn
+    headers: dict[str, str] = {}
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+            raise ValueError("expected an http:// or https:// URL such as https://hooks.slack.com/services/T/B/X")
+        return url
+
+
+class AlertRule(Strict):
+    enabled: bool = True
+    severity: Severity = "warning"
+
+
+class CentralUnreachableRule(AlertRule):
+    severity: Severity = "critical"
+    seconds: Annotated[Duration, Field(gt=0)] = 300.0  # no answer from the central service for this long
+
+
+class OutboxRejectedRule(AlertRule):
+    count: PositiveInt = 1  # messages the central service refused for good ...
+    window: Annotated[Duration, Field(gt=0)] = 3600.0  # ... within this long
+
+
+class QueuePausedRule(AlertRule):
+    pass  # the submitter's own pause (PERMANENT_FAILURES_PAUSE refused submissions in PAUSE_WINDOW)
+
+
+class CredentialExpiringRule(AlertRule):
+    hours: float = Field(default=24.0, gt=0)  # the token file or a token key expires within this many hours
+
+
+class AgentStalledRule(AlertRule):
+    severity: Severity = "critical"
+    intervals: PositiveInt = 5  # an agent without a completed cycle for this many of its intervals
+
+
+class TaskFailedRule(AlertRule):
+    pass
+
+
+class WorkerFailuresRule(AlertRule):
+    percent: float = Field(default=50.0, gt=0, le=100)  # failed share of the workers that ended ...
+    window: Annotated[Duration, Field(gt=0)] = 3600.0  # ... within this long ...
+    min_workers: PositiveInt = 4  # ... once at least this many ended (a single failure is not a rate)
+
+
+class AlertRules(Strict):
+    central_unreachable: CentralUnreachableRule = CentralUnreachableRule()
+    outbox_rejected: OutboxRejectedRule = OutboxRejectedRule()
+    queue_paused: QueuePausedRule = QueuePausedRule()
+    credential_expiring: CredentialExpiringRule = CredentialExpiringRule()
+    agent_stalled: AgentStalledRule = AgentStalledRule()
+    task_failed: TaskFailedRule = TaskFailedRule()
+    worker_failures: WorkerFailuresRule = WorkerFailuresRule()
+
+
+class AlertsConfig(Strict):
+    """Alert rules (evaluated by the alerts agent) and the webhooks their firing/resolved messages go to."""
+
+    webhooks: list[WebhookConfig] = []
+    rules: AlertRules = AlertRules()
+    retry_max: Annotated[Duration, Field(gt=0)] = 600.0  # longest wait between tries of a failing webhook
+    give_up_after: Annotated[Duration, Field(gt=0)] = 86400.0  # an undelivered message is dropped after this
+
+    @model_validator(mode="after")
+    def _unique_webhooks(self) -> AlertsConfig:
+        names = [w.name for w in self.webhooks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"webhook names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+
 class SiteConfig(Strict):
     site: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     central: CentralSettings = CentralSettings()
@@ -126,6 +217,7 @@ class SiteConfig(Strict):
     paths: PathsConfig
     agents: AgentIntervals = AgentIntervals()
     daemon: DaemonConfig = DaemonConfig()
+    alerts: AlertsConfig = AlertsConfig()
     source: Path | None = None  # the file it was loaded from (set by load_config)
 
     @model_validator(mode="after")

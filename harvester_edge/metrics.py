@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from harvester_edge.central.store import monitor, pg
 from harvester_edge.central.store.conn import Conn
-from harvester_edge.store import jobs, outbox, ranges, workers
+from harvester_edge.store import alerts, jobs, outbox, ranges, workers
 from harvester_edge.store.readonly import open_readonly
 
 log = logging.getLogger(__name__)
@@ -256,8 +256,8 @@ def central_families(conn: Conn, now: float) -> list:
 
 
 def harvester_families(conn: sqlite3.Connection) -> list:
-    """Families from the harvester DB: jobs, workers, ranges by state, outbox depth, average queue time."""
-    fams = [
+    """Families from the harvester DB: jobs, workers, ranges by state, outbox depth, average queue time, alerts."""
+    fams: list[Metric] = [
         _gauge(
             "harvester_edge_jobs",
             "Jobs held by the harvester, by state",
@@ -292,7 +292,57 @@ def harvester_families(conn: sqlite3.Connection) -> list:
             workers.queue_time_avg(conn),
         )
     )
+    fams += alert_families(conn)
     return fams
+
+
+ALERT_RULES = (  # every rule of harvester_edge.alerts.rules: each has its firing gauge, 0 when nothing fires
+    "central_unreachable",
+    "outbox_rejected",
+    "queue_paused",
+    "credential_expiring",
+    "agent_stalled",
+    "task_failed",
+    "worker_failures",
+)
+
+
+def alert_families(conn: sqlite3.Connection) -> list[Metric]:
+    """The alert rules' conditions as the daemon's alerts agent last evaluated them (the alerts table), so
+    Alertmanager can alert on the same things: firing alerts per rule, and every observed value and threshold."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'alerts'").fetchone() is None:
+        return []  # a DB the daemon of this version has not migrated yet
+    rows = alerts.all_alerts(conn)
+    counts = alerts.firing_by_rule(conn)
+    firing_count = GaugeMetricFamily(
+        "harvester_edge_alert_firing", "Alerts firing now, per rule (harvester-edge alerts)", labels=["rule"]
+    )
+    for rule in sorted(set(ALERT_RULES) | set(counts)):
+        firing_count.add_metric([rule], float(counts.get(rule, 0)))
+    firing = GaugeMetricFamily(
+        "harvester_edge_alert_active", "1 while the alert (rule, key) fires, else 0", labels=["rule", "key"]
+    )
+    value = GaugeMetricFamily(
+        "harvester_edge_alert_value", "The value the alert rule last observed", labels=["rule", "key"]
+    )
+    threshold = GaugeMetricFamily(
+        "harvester_edge_alert_threshold", "The alert rule's threshold", labels=["rule", "key"]
+    )
+    for row in rows:
+        labels = [row["rule"], row["key"]]
+        firing.add_metric(labels, 1.0 if row["state"] == alerts.FIRING else 0.0)
+        if row["value"] is not None:
+            value.add_metric(labels, float(row["value"]))
+        if row["threshold"] is not None:
+            threshold.add_metric(labels, float(row["threshold"]))
+    evaluated = GaugeMetricFamily(
+        "harvester_edge_alerts_evaluated_timestamp_seconds",
+        "When the daemon's alerts agent last evaluated the rules (a stale value: the daemon is not running)",
+    )
+    last = alerts.last_evaluated(conn)
+    if last is not None:
+        evaluated.add_metric([], float(last))
+    return [firing_count, firing, value, threshold, evaluated]
 
 
 class DatabaseCollector:
@@ -340,9 +390,15 @@ class DatabaseCollector:
             yield from families
 
 
+def token_file_expiry(token_file: Path) -> float:
+    """The `exp` claim of the bearer token in a file (not verified: the file is the harvester's own, and only its
+    expiry is read). Raises OSError, KeyError, TypeError, ValueError or jwt.PyJWTError when there is none."""
+    claims = jwt.decode(Path(token_file).read_text().strip(), options={"verify_signature": False})
+    return float(claims["exp"])
+
+
 class TokenFileCollector:
-    """Seconds until the bearer token in the harvester's token file expires (its `exp` claim, not verified here:
-    the file is the harvester's own, and only its expiry is read)."""
+    """Seconds until the bearer token in the harvester's token file expires (token_file_expiry)."""
 
     def __init__(self, token_file: Path | None, clock=time.time) -> None:
         self.token_file, self.clock = token_file, clock
@@ -352,8 +408,7 @@ class TokenFileCollector:
             return
 
         try:
-            claims = jwt.decode(Path(self.token_file).read_text().strip(), options={"verify_signature": False})
-            exp = float(claims["exp"])
+            exp = token_file_expiry(Path(self.token_file))
         except (OSError, KeyError, TypeError, ValueError, jwt.PyJWTError) as exc:
             log.warning(
                 "metrics: token file %s has no readable exp claim (%s); token expiry left out", self.token_file, exc

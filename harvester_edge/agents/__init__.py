@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from harvester_edge.agents.alerter import Alerter
 from harvester_edge.agents.base import Agent, AgentContext
 from harvester_edge.agents.credentials import Credentials
 from harvester_edge.agents.feeder import Feeder
@@ -13,7 +14,7 @@ from harvester_edge.agents.sweeper import Sweeper
 
 
 def agent_classes() -> list[type[Agent]]:
-    return [Fetcher, Submitter, Monitor, Feeder, Propagator, Sweeper, Credentials]
+    return [Fetcher, Submitter, Monitor, Feeder, Propagator, Sweeper, Credentials, Alerter]
 
 
 def build_agents(ctx: AgentContext) -> list[Agent]:

@@ -9,15 +9,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from harvester_edge import metrics
 from harvester_edge.batch import BatchPlugin
 from harvester_edge.central.client import CentralClient
-from harvester_edge.config import SiteConfig
+from harvester_edge.config import SiteConfig, WebhookConfig
 from harvester_edge.seams.clock import Clock
 from harvester_edge.seams.files import PilotFiles
+from harvester_edge.seams.http import Transport
 from harvester_edge.store import Store
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ class AgentContext:
     central: CentralClient | None = None  # every built site has one (harvester_edge.site); a test's context may not
     plugins: dict[str, BatchPlugin] = field(default_factory=dict)  # queue name -> its batch plugin
     stats: dict[str, CycleStats] = field(default_factory=dict)
+    # webhook config -> the HTTP seam to it (harvester_edge.alerts.delivery); None: the real one, unrecorded
+    webhooks: Callable[[WebhookConfig], Transport] | None = None
 
 
 @dataclass
@@ -46,6 +50,7 @@ class CycleStats:
     total_duration: float = 0.0
     last_error: str | None = None
     last_run: float | None = None
+    last_ok: float | None = None  # when the last cycle that completed without an error started (alerts)
 
 
 class Agent:
@@ -81,6 +86,7 @@ class Agent:
         now = self.ctx.clock.now()
         try:
             self.run_cycle(now)
+            self.stats.last_ok = now
         except Exception as exc:  # an agent cycle must never kill the daemon
             self.stats.errors += 1
             self.stats.last_error = f"{type(exc).__name__}: {exc}"

@@ -26,6 +26,13 @@ log = logging.getLogger(__name__)
 W = WorkerState
 BACKOFF_MAX = 600.0
 PERMANENT_FAILURES_PAUSE = 3  # permanent submit failures in 10 minutes that pause a queue's new workers
+PAUSE_WINDOW = 600.0  # seconds: the 10 minutes
+
+
+def submit_failures(conn, queue: str, now: float) -> int:
+    """Refused submissions of the queue in the last PAUSE_WINDOW; PERMANENT_FAILURES_PAUSE of them pause its new
+    workers (here) and fire the `queue_paused` alert (harvester_edge.alerts.rules)."""
+    return workers.recent_failures(conn, queue, now - PAUSE_WINDOW)
 
 
 class Submitter(Agent):
@@ -117,7 +124,7 @@ class Submitter(Agent):
         parallel = queue.max_running_workers - queued - counts.get(W.RUNNING.value, 0)  # could run at once
         if room == 0:
             return
-        failed = workers.recent_failures(conn, queue.name, now - 600)
+        failed = submit_failures(conn, queue.name, now)
         if failed >= PERMANENT_FAILURES_PAUSE:
             log.info(
                 "queue %s: %d workers failed to submit in the last 10 minutes; no new workers until that "

@@ -287,6 +287,17 @@ _MONITOR = {  # path: (description, errors beyond 403)
         {400: "Refused: unknown or ended task, a bad value or CSRF token (HTML page)."},
     ),
     "/monitor/sites": ("Sites and queues: workers by state and recent throughput.", {}),
+    "/monitor/alerts": (
+        "Alerts of the harvester on this machine: firing first, then resolved (?all=1: also the conditions that "
+        "never fired), and each webhook's deliveries.",
+        {},
+    ),
+    "/monitor/alerts.json": (
+        "The alert states as JSON: {alerts: [{rule, key, state, severity, labels, value, threshold, since, "
+        "resolved_at, summary}], deliveries: {webhook: {sent, pending, dropped}}} (?all=1: also state ok); "
+        "what `harvester-edge alerts --json` prints.",
+        {},
+    ),
     "/metrics": ("Prometheus text exposition: jobs, ranges, workers, HTTP request timings, token expiry.", {}),
 }
 _MONITOR_SCOPE = ["admin", "harvester"]
@@ -311,7 +322,7 @@ def _document_monitor(path: str, method: str, operation: dict[str, Any]) -> None
     operation[SCOPE_KEY] = names
     responses = operation.setdefault("responses", {})
     ok = responses.setdefault("200", {"description": "Successful Response"})
-    kind = "text/plain" if path == "/metrics" else "text/html"
+    kind = "text/plain" if path == "/metrics" else "application/json" if path.endswith(".json") else "text/html"
     ok["content"] = {kind: {"schema": {"type": "string"}}}
     if method == "post":
         responses.pop("200", None)

@@ -159,6 +159,42 @@ def parse_envelope(method: str, path: str, result: HttpResult) -> Any:
     return doc.get("data")
 
 
+class Reachability:
+    """Since when the central service has given no answer (refused, reset, timed out, a gateway's 502/503/504),
+    as the client saw it on its calls: the alerts agent's `central_unreachable` rule reads it. `clock`: epoch
+    seconds (build_site passes the site's clock)."""
+
+    GATEWAY = (502, 503, 504)
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.unreachable_since: float | None = None
+        self.last_answer_at: float | None = None
+        self.last_error: str | None = None
+
+    def answered(self, status: int) -> None:
+        if status in self.GATEWAY:
+            self.failed(f"HTTP {status}")
+            return
+        self.last_answer_at = self.clock()
+        self.unreachable_since = None
+        self.last_error = None
+
+    def failed(self, error: str) -> None:
+        if self.unreachable_since is None:
+            self.unreachable_since = self.clock()
+        self.last_error = error
+
+    def resume(self, since: float, error: str) -> None:
+        """An outage an earlier daemon saw (the alerts table): it goes on from `since` until an answer comes."""
+        if self.last_answer_at is None:
+            self.unreachable_since = min(since, self.unreachable_since or since)
+            self.last_error = self.last_error or error
+
+    def seconds_unreachable(self, now: float) -> float:
+        return 0.0 if self.unreachable_since is None else max(0.0, now - self.unreachable_since)
+
+
 class CentralClient:
     def __init__(
         self,
@@ -177,6 +213,7 @@ class CentralClient:
         # Set by the credentials agent; None = no renewal (a plain client).
         self.renewer: Callable[..., bool] | None = None
         self.issuer: Any = None  # where fresh tokens come from (harvester_edge.agents.credentials)
+        self.reach = Reachability()
 
     def current_token(self) -> str | None:
         """The token file, read on every call (an external tool renews it, as on real sites), else the token held."""
@@ -228,7 +265,9 @@ class CentralClient:
                 method, "/api/v1/" + path, params=params, json=body, headers=self._headers(bearer), timeout=timeout
             )
         except TransportError as exc:
+            self.reach.failed(str(exc))
             raise CentralUnavailable(f"central service at {self.transport.base_url} unreachable: {exc}") from exc
+        self.reach.answered(result.status)
         return parse_envelope(method, path, result)
 
     # -- pilot / jobs ---------------------------------------------------------------------------------------

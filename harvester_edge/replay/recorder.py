@@ -25,7 +25,14 @@ from harvester_edge.replay import trace
 from harvester_edge.seams.clock import Clock
 from harvester_edge.seams.commands import CommandResult, CommandRunner
 from harvester_edge.seams.files import FilesBackend
-from harvester_edge.seams.http import HttpResult, Transport, TransportError, redact_call, redact_mapping
+from harvester_edge.seams.http import (
+    REDACTED,
+    HttpResult,
+    Transport,
+    TransportError,
+    redact_call,
+    redact_mapping,
+)
 from harvester_edge.store import Store, meta
 
 log = logging.getLogger(__name__)
@@ -254,4 +261,7 @@ class Recording:
 def config_snapshot(config: Any) -> dict:
     """The site config as the trace header keeps it: JSON, secrets redacted, no source path."""
     data = config.model_dump(mode="json", exclude={"source"})
+    for hook in (data.get("alerts") or {}).get("webhooks") or []:  # a webhook URL may be a secret (Slack's are)
+        hook["url"] = f"https://redacted.invalid/{hook['name']}"
+        hook["headers"] = {k: REDACTED for k in hook.get("headers") or {}}
     return redact_mapping(data)

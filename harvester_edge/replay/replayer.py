@@ -380,6 +380,7 @@ def replay(
             clock,
             store=store,
             daemon_id="replay:0",
+            webhooks=lambda hook: ReplayTransport(session),  # alert webhooks answer from the trace too
         )
         _run(cycles, {a.name: a for a in site.agents}, clock, session, report, progress)
         store.close()

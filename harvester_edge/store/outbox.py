@@ -77,3 +77,10 @@ def prune_sent(conn: sqlite3.Connection, limit: int, before: float) -> int:
 def count_by_state(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     """(state, count) rows."""
     return conn.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall()
+
+
+def rejected_since(conn: sqlite3.Connection, since: float) -> int:
+    """Messages the central service refused for good after `since` (the outbox_rejected alert)."""
+    return conn.execute(
+        "SELECT count(*) FROM outbox WHERE state = ? AND updated_at > ?", (OutboxState.REJECTED.value, since)
+    ).fetchone()[0]

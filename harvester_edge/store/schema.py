@@ -136,11 +136,52 @@ def _recent_failures_index(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX workers_failed ON workers(queue, updated_at) WHERE state = 'failed'")
 
 
+def _alerts(conn: sqlite3.Connection) -> None:
+    # the alerts agent's memory: one row per alert (rule + key) with its state, so a restart neither re-sends a
+    # firing alert nor forgets to resolve it; and the messages to the webhooks, kept until delivered (an outbox)
+    _run_script(
+        conn,
+        """
+    CREATE TABLE alerts (
+        rule TEXT NOT NULL,
+        key TEXT NOT NULL,               -- what it is about: '' (the site), a queue, an agent, a task, a credential
+        state TEXT NOT NULL,             -- firing | resolved
+        severity TEXT NOT NULL,
+        labels TEXT NOT NULL,            -- JSON object
+        value REAL,
+        threshold REAL,
+        summary TEXT NOT NULL,
+        since REAL NOT NULL,             -- when it started firing (resolved: when it fired last)
+        resolved_at REAL,
+        evaluated_at REAL NOT NULL,
+        PRIMARY KEY (rule, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE alert_messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,   -- delivered in id order per webhook
+        webhook TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        key TEXT NOT NULL,
+        state TEXT NOT NULL,             -- firing | resolved: what the message says
+        status TEXT NOT NULL,            -- pending | sent | dropped
+        body TEXT NOT NULL,              -- the generic JSON message (the Slack text is made from it)
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_try_at REAL,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        sent_at REAL
+    );
+    CREATE INDEX alert_messages_pending ON alert_messages(webhook, id) WHERE status = 'pending';
+    CREATE INDEX alert_messages_sent ON alert_messages(webhook, sent_at) WHERE status = 'sent'
+    """,
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_install_id_and_request_seq", _install_id_and_request_seq),
     ("0003_uncleaned_workers_index", _uncleaned_workers_index),
     ("0004_recent_failures_index", _recent_failures_index),
+    ("0007_alerts", _alerts),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -313,3 +313,13 @@ def listing(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     return conn.execute(
         "SELECT id, queue, state, batch_id, exit_code, submitted_at, started_at, ended_at FROM workers"
     ).fetchall()
+
+
+def ended_by_queue(conn: sqlite3.Connection, since: float) -> list[sqlite3.Row]:
+    """(queue, state, count) of the workers that ended after `since` (the worker_failures alert's window)."""
+    marks = ",".join("?" * len(_ENDED))
+    return conn.execute(
+        f"SELECT queue, state, count(*) FROM workers WHERE state IN ({marks}) "
+        "AND coalesce(ended_at, updated_at) > ? GROUP BY queue, state",
+        (*_ENDED, since),
+    ).fetchall()

@@ -7,6 +7,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from harvester_edge.alerts import view as alert_view
 from harvester_edge.central import jedilogs
 from harvester_edge.central.classify import CLASSES, STATUSES
 from harvester_edge.central.errors import CentralError, NotFound
@@ -306,4 +307,40 @@ def sites(service: CentralService, hdb: Path | None, params: dict, now: float) -
         "sites": data.sites(central),
         "harvester_db": hdb,
         "ready": int(RangeStatus.READY),
+    }
+
+
+def alerts_data(hdb: Path | None, everything: bool) -> dict[str, Any]:
+    """The alert states and webhook deliveries as the daemon's alerts agent keeps them (harvester_edge.alerts.view)."""
+    with _harvester(hdb) as hconn:
+        if hconn is None or not alert_view.has_tables(hconn):
+            return {"alerts": [], "deliveries": {}, "note": f"no alerts in the harvester DB {hdb} (yet)"}
+        return {"alerts": alert_view.alert_list(hconn, everything), "deliveries": alert_view.deliveries(hconn)}
+
+
+def alerts(service: CentralService, hdb: Path | None, params: dict, now: float) -> tuple[str, dict]:
+    everything = params.get("all") == "1"
+    found = alerts_data(hdb, everything)
+    rows = [
+        {
+            **a,
+            "key": a["key"] or "-",
+            "value": "" if a["value"] is None else f"{a['value']:g}",
+            "threshold": "" if a["threshold"] is None else f"{a['threshold']:g}",
+            "age": now - a["since"],
+        }
+        for a in found["alerts"]
+    ]
+    return "alerts.html", {
+        "title": "alerts",
+        "everything": everything,
+        "note": found.get("note"),
+        "firing": sum(1 for a in rows if a["state"] == "firing"),
+        "alerts": view(
+            "alerts",
+            rows,
+            ["rule", "key", "state", "severity", "value", "threshold", "since", "resolved_at", "summary"],
+            params,
+        ),
+        "deliveries": found["deliveries"],
     }

@@ -19,6 +19,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.responses import JSONResponse
 
 from harvester_edge import metrics as m
 from harvester_edge import pilot_files
@@ -28,7 +29,7 @@ from harvester_edge.central.limits import BIG
 from harvester_edge.central.store import pg
 from harvester_edge.metrics import HttpTiming
 
-from . import csrf, data, readers
+from . import csrf, data, pages, readers
 from .render import render
 
 log = logging.getLogger(__name__)
@@ -312,6 +313,21 @@ def build_router() -> APIRouter:
     @router.get("/monitor/sites", response_class=HTMLResponse, summary="monitor: sites and queues")
     async def sites(request: Request) -> Response:
         return await _page(request, "sites")
+
+    @router.get("/monitor/alerts", response_class=HTMLResponse, summary="monitor: alerts")
+    async def alerts(request: Request) -> Response:
+        return await _page(request, "alerts")
+
+    @router.get("/monitor/alerts.json", summary="monitor: alert states as JSON")
+    async def alerts_json(request: Request) -> Response:
+        try:
+            _check(request, READ_SCOPES)
+        except AuthError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=403)
+        found = await readers.run(
+            pages.alerts_data, harvester_db_path(request.app), request.query_params.get("all") == "1"
+        )
+        return JSONResponse(found)
 
     @router.get("/metrics", summary="Prometheus metrics")
     async def metrics(request: Request) -> Response:

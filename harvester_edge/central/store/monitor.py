@@ -173,3 +173,10 @@ def task_active_time(conn: Conn, now: float) -> sqlite3.Row:
         "ELSE ? - created END), count(*) FROM tasks",
         (now,),
     ).fetchone()
+
+
+def failed_tasks(conn: Conn) -> list[tuple[Any, ...]]:
+    """(task_id, name, diag, modified) of the tasks in state failed (the task_failed alert)."""
+    return conn.execute(
+        "SELECT task_id, name, diag, modified FROM tasks WHERE status = 'failed' ORDER BY task_id"
+    ).fetchall()

@@ -1,0 +1,80 @@
+"""Observations -> alert states and messages: one message per webhook when an alert starts firing, one when it is
+resolved, nothing while it stays as it is (deduplicated across cycles and daemon restarts: the state is a row).
+
+Per (rule, key): not firing and unknown -> an `ok` row (its value kept); firing and not yet firing -> `firing`,
+messages; still firing -> value refreshed; firing, now clear (or no longer observed) -> `resolved`, messages; an
+`ok` row no longer observed goes. A rule evaluated as None (unreadable this time) changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from dataclasses import dataclass
+
+from harvester_edge.alerts.messages import alert_body
+from harvester_edge.alerts.rules import Evaluated
+from harvester_edge.config import SiteConfig
+from harvester_edge.store import alerts as rows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Change:
+    rule: str
+    key: str
+    state: str  # firing | resolved
+    summary: str
+
+
+def _announce(conn: sqlite3.Connection, config: SiteConfig, body: dict, rule: str, key: str, now: float) -> None:
+    for hook in config.alerts.webhooks:
+        rows.enqueue(conn, hook.name, rule, key, body["state"], body, now)
+
+
+def apply(conn: sqlite3.Connection, config: SiteConfig, evaluated: Evaluated, now: float) -> list[Change]:
+    """Record the observations in one transaction (the caller's); returns the state changes."""
+    current = rows.by_key(conn)
+    changes: list[Change] = []
+    for rule, observations in evaluated.items():
+        if observations is None:
+            continue
+        seen = set()
+        for o in observations:
+            seen.add(o.key)
+            row = current.get((rule, o.key))
+            alert = o.row()
+            if o.firing and (row is None or row["state"] != rows.FIRING):
+                rows.fire(conn, alert, now)
+                _announce(conn, config, alert_body(config.site, alert, rows.FIRING, now, now), rule, o.key, now)
+                changes.append(Change(rule, o.key, rows.FIRING, o.summary))
+            elif not o.firing and row is not None and row["state"] == rows.FIRING:
+                rows.resolve(conn, rule, o.key, o.value, o.summary, now)
+                body = alert_body(config.site, alert, rows.RESOLVED, row["since"], now)
+                _announce(conn, config, body, rule, o.key, now)
+                changes.append(Change(rule, o.key, rows.RESOLVED, o.summary))
+            elif row is None:
+                rows.observe_ok(conn, alert, now)
+            else:
+                rows.refresh(conn, alert, now)
+        for (r, key), row in current.items():
+            if r != rule or key in seen:
+                continue
+            if row["state"] == rows.FIRING:  # no longer observed at all (a task retried, a queue removed): cleared
+                summary = f"{row['summary']} (no longer the case)"
+                rows.resolve(conn, rule, key, row["value"], summary, now)
+                alert = {**dict(row), "labels": json.loads(row["labels"])}
+                _announce(
+                    conn,
+                    config,
+                    alert_body(config.site, alert, rows.RESOLVED, row["since"], now, summary),
+                    rule,
+                    key,
+                    now,
+                )
+                changes.append(Change(rule, key, rows.RESOLVED, summary))
+            elif row["state"] == rows.OK:
+                rows.delete(conn, rule, key)
+    return changes
