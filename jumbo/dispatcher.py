@@ -59,7 +59,7 @@ class Dispatcher:
         self.end_reason = ""
         self.fatal = ""
         self.dispatched = 0
-        self.asked: set[int] = set()  # ranks asked to give ranges back that have not answered yet
+        self.asked: dict[int, tuple[int, int]] = {}  # donor -> (taker, n): asked to give back, no answer yet
         self.spare: dict[int, int] = {}  # unhanded ranges a rank said it kept when it gave back (not asked at 0)
         self.sends = Sends()
         self._next_beat = 0.0
@@ -120,7 +120,8 @@ class Dispatcher:
     def _returned(self, rank: int, tasks: list[dict]) -> None:
         """Ranges a rank gave back unstarted (see _rebalance): queued again for another rank (or, while draining,
         reported not-done); the rank itself reports nothing for them."""
-        self.asked.discard(rank)
+        self.asked.pop(rank, None)
+        log.info("rank %d gave back %d ranges", rank, len(tasks))
         for task in reversed(tasks):
             if self.in_flight[rank].pop(task["range"]["eventRangeID"], None) is None:
                 log.error("rank %d gave back range %s it was not given: ignored", rank, task["range"]["eventRangeID"])
@@ -131,25 +132,43 @@ class Dispatcher:
                 self.queue.appendleft(task)
 
     def _rebalance(self) -> None:
-        """End of the work (nothing queued, nothing more to come): the rank that holds the fewest ranges and wants
-        more asks the one that holds the most to give back half the difference, when it is at least GIVE_BACK_GAP
-        (equal holdings end at about the same time). One request open at a time; a rank answers with what it had
-        not handed to its payload child and is not asked again while it said it keeps none."""
+        """End of the work (nothing queued, nothing more to come): the rank that holds the fewest ranges (counting
+        those asked for it) and wants more asks the one that holds the most to give back half the difference, when
+        it is at least GIVE_BACK_GAP (equal holdings end at about the same time). One request open per donor; a
+        rank answers with what it had not handed to its payload child and is not asked again while it said it keeps
+        none."""
         active = [r for r in range(self.size) if self.state[r] == "active"]
         wanting = [r for r in active if self.credits[r] > 0]
-        if not wanting or self.asked & set(active):  # one request at a time: its answer changes the holdings
+        if not wanting:
             return
-        taker = min(wanting, key=lambda r: len(self.in_flight[r]))
+        coming: dict[int, int] = {}
+        for taker, n in self.asked.values():
+            coming[taker] = coming.get(taker, 0) + n
+
+        def held(rank: int) -> int:
+            return len(self.in_flight[rank]) + coming.get(rank, 0)
+
+        taker = min(wanting, key=held)
         donors = {
             r: len(self.in_flight[r]) for r in active if r != taker and r not in self.asked and self.spare.get(r, 1) > 0
         }
         if not donors:
             return
         donor = max(donors, key=donors.__getitem__)
-        gap = donors[donor] - len(self.in_flight[taker])
+        gap = donors[donor] - held(taker)
         if gap >= GIVE_BACK_GAP:
-            self.asked.add(donor)
-            self._send(donor, {"kind": "give_back", "n": min(gap // 2, self.credits[taker])})
+            n = min(gap // 2, self.credits[taker])
+            log.info(
+                "rank %d holds %d ranges, rank %d %d: asking rank %d for %d",
+                donor,
+                donors[donor],
+                taker,
+                held(taker),
+                donor,
+                n,
+            )
+            self.asked[donor] = (taker, n)
+            self._send(donor, {"kind": "give_back", "n": n})
 
     def _stop_rank(self, rank: int) -> None:
         if self.state[rank] == "active":

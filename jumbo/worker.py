@@ -5,8 +5,10 @@ next range is already local when one ends. When ranges are so short that the ans
 queue ran dry), the rank deepens its queue by one, as long as the queue holds less than LATENCY_BUDGET seconds of
 work: tiny ranges get a deep queue, long ranges keep ``prefetch`` (no imbalance at the end). With a worker child,
 the next ranges (AHEAD_BUDGET seconds of work) are handed to the child before the current one ends, so the child
-never waits for the rank, even while the rank fsyncs an output on a busy disk. At the end of the work, the
-dispatcher may ask a rank to give back ranges it holds but has not handed to its child, for idle ranks to run.
+never waits for the rank, even while the rank fsyncs an output on a busy disk; a range handed over only after the
+child had finished the one before (the rank was descheduled longer) gives the child one more, up to LATENCY_BUDGET.
+At the end of the work, the dispatcher may ask a rank to give back ranges it holds but has not handed to its child,
+for idle ranks to run.
 It stops taking work when asked to ("stop"), when a drain signal arrives,
 or when its measured time per range no longer fits before the deadline; every range it holds but did not run goes
 back as not-done. A payload killed by a signal while the batch system tears the step down is not-done too (the
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 LATENCY_BUDGET = 0.1  # seconds of queued work that cover a dispatcher round trip, or rank 0 descheduled, on a busy node
 MAX_DEPTH = 64
 AHEAD_BUDGET = 0.03  # seconds of work a payload child holds beyond its current range (covers the rank's stalls)
-MAX_AHEAD = 4
+MAX_AHEAD = 8  # and at most this many ranges, or LATENCY_BUDGET seconds, once it deepened (a late hand-over)
 TEARDOWN_GRACE = 1.0  # seconds a rank waits, after its payload died of a signal, for the step's teardown signal
 
 
@@ -87,6 +89,7 @@ class Worker:
         self._dirs: set[int] = set()
         self._ap_str = str(self.ap)
         self.given_back = 0
+        self.ahead_extra = 0
 
     def run(self) -> None:
         local: deque = deque()
@@ -94,6 +97,7 @@ class Worker:
         for job in self.jobs.values():  # the payload child imports while the first ranges travel
             self.runner.prestart(job["payload"])
         depth = self.prefetch + 1
+        last_end = float("inf")  # the child's end of the previous range
         self.channel.send({"kind": "ready", "rank": self.rank, "want": depth})
         leaving = stopped = False
         while not stopped:
@@ -135,6 +139,9 @@ class Worker:
             # to hand it over); otherwise, an empty local queue.
             dry = not ahead and (not local or self.runner.pipelines(self.jobs[task["pid"]]["payload"]))
             result = self._finish(task, ticket)
+            if ticket.submitted > last_end and self.runner.pipelines(self.jobs[task["pid"]]["payload"]):
+                self.ahead_extra += 1  # handed after its child ran out of work: hand further ahead (capped)
+            last_end = result.get("endTime", last_end)
             want = 1
             if dry and depth < MAX_DEPTH and (depth + 1) * self.timer.mean < LATENCY_BUDGET:
                 depth += 1
@@ -155,6 +162,7 @@ class Worker:
                     "queueDepth": depth,
                     "childRestarts": self.runner.restarts,
                     "givenBack": self.given_back,
+                    "aheadLimit": self._ahead_limit(),
                 },
             }
         )
@@ -170,12 +178,14 @@ class Worker:
 
     def _ahead_limit(self) -> int:
         """How many ranges the payload child gets beyond the one it runs: enough to cover AHEAD_BUDGET seconds (the
-        rank's own stalls: an output's fsync on a busy disk, the rank descheduled), at least one, at most
-        MAX_AHEAD. Ranges in the child's hands are the rank's for good (never given back)."""
+        rank's own stalls: an output's fsync on a busy disk, the rank descheduled), at least one, plus one for each
+        range handed over too late, within LATENCY_BUDGET seconds and MAX_AHEAD ranges. Ranges in the child's
+        hands are the rank's for good (never given back)."""
         mean = self.timer.mean
         if mean <= 0:
             return 1
-        return max(1, min(MAX_AHEAD, int(AHEAD_BUDGET / mean)))
+        cap = max(1, min(MAX_AHEAD, int(LATENCY_BUDGET / mean)))
+        return min(cap, max(1, int(AHEAD_BUDGET / mean)) + self.ahead_extra)
 
     def _pipelines(self, task: dict, nxt: dict, queued: int = 0) -> bool:
         """Hand ``nxt`` to the payload child now (behind ``queued`` others) if the same child runs them and they all

@@ -67,7 +67,7 @@ def test_the_emptiest_wanting_rank_gets_half_the_difference_from_the_fullest(tmp
     d._rebalance()
     assert comm.sent == [(1, {"kind": "give_back", "n": 4})]  # (9 - 1) // 2, rank 1 the fullest, rank 2 the taker
     d._rebalance()
-    assert len(comm.sent) == 1  # one request open at a time (rank 0 holds 2 more than rank 2)
+    assert len(comm.sent) == 1  # with the 4 asked for it, rank 2 counts as holding 5: rank 0 (3) gives nothing
     d._handle({"kind": "returned", "rank": 1, "tasks": [task(7), task(8)], "kept": 0})
     assert [t["range"]["eventRangeID"] for t in d.queue] == ["r7", "r8"] and set(d.in_flight[1]) == {
         f"r{i}" for i in range(7)
@@ -95,3 +95,15 @@ def test_ranges_given_back_while_draining_are_reported_not_done_once_and_strange
     d._handle({"kind": "returned", "rank": 1, "tasks": [task(3), task(99)], "kept": 0})
     assert [(r["eventRangeID"], r["eventStatus"]) for r in reporter.added] == [("r3", "not-done")]
     assert not d.queue and set(d.in_flight[1]) == {"r0", "r1", "r2"}
+
+
+def test_a_donor_that_has_not_answered_yet_does_not_hold_up_the_others(tmp_path):
+    d, comm, _ = dispatcher(tmp_path, size=4)
+    hold(d, 1, range(0, 9))
+    hold(d, 2, range(9, 17))
+    d.credits.update({1: 0, 2: 0, 3: 10})  # rank 0 holds nothing and wants nothing (its loop is over)
+    d._rebalance()
+    d._rebalance()
+    d._rebalance()
+    # rank 3 holds 0: rank 1 is asked for 4; counting those, rank 3 holds 4, rank 2 (8) is asked for 2; then 6 vs 8
+    assert comm.sent == [(1, {"kind": "give_back", "n": 4}), (2, {"kind": "give_back", "n": 2})]
