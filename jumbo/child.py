@@ -34,8 +34,21 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+TIMER_SLACK_NS = 1000  # Linux's default is 50 µs: a 10 ms sleep of a payload would end up to 0.5 % late
+
+
+def _precise_timers() -> None:
+    """Linux: wake the payload when its timers expire (a sleep, a poll timeout), within TIMER_SLACK_NS, instead of
+    the default 50 µs of slack the kernel uses to batch wake-ups."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(29, TIMER_SLACK_NS, 0, 0, 0)  # PR_SET_TIMERSLACK
+    except (OSError, AttributeError):
+        pass
+
+
 def main() -> int:
     _die_with_parent()
+    _precise_timers()
     # The rank decides when a payload must stop (deadline -> SIGKILL); a drain signal sent to the whole process
     # group or step must not kill ranges that still fit.
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):

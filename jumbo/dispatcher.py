@@ -2,12 +2,16 @@
 
 Credit-based pull: each rank announces how many ranges it wants ("ready" with prefetch + 1, then one per result);
 the dispatcher sends a range wherever a credit is open. A range a rank gives back unrun (its own drain) goes to
-another rank unless the whole pilot drains, in which case it is reported not-done. Rank 0's own work loop is fed
+another rank unless the whole pilot drains, in which case it is reported not-done. At the end of the work (nothing
+queued, nothing more to come), a rank that runs dry while another still holds several ranges makes the dispatcher
+ask that one to give back those it has not started ("give_back" -> "returned"): they go to the idle rank, and a
+range is still run by one rank and reported once. Rank 0's own work loop is fed
 through a LocalChannel, the others over MPI; only this thread calls MPI on rank 0.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import threading
@@ -20,6 +24,8 @@ from jumbo.channel import MAX_SLEEP, MIN_SLEEP, TAG_DOWN, TAG_UP, LocalChannel, 
 from jumbo.walltime import RangeTimer
 
 log = logging.getLogger(__name__)
+
+GIVE_BACK_GAP = 2  # ranges between the most and the least held at the end that make the dispatcher rebalance
 
 
 class Dispatcher:
@@ -53,6 +59,8 @@ class Dispatcher:
         self.end_reason = ""
         self.fatal = ""
         self.dispatched = 0
+        self.asked: dict[int, tuple[int, int]] = {}  # donor -> (taker, n): asked to give back, no answer yet
+        self.spare: dict[int, int] = {}  # unhanded ranges a rank said it kept when it gave back (not asked at 0)
         self.sends = Sends()
         self._next_beat = 0.0
         self._next_kill_check = 0.0
@@ -87,6 +95,9 @@ class Dispatcher:
         self._take_back(rank, msg.get("results", []))
         if kind in ("ready", "result"):
             self.credits[rank] += msg.get("want", 0)
+        elif kind == "returned":
+            self._returned(rank, msg["tasks"])
+            self.spare[rank] = msg.get("kept", 0)
         elif kind == "leaving":
             log.info("rank %d leaves: %s", rank, msg.get("reason"))
             self._stop_rank(rank)
@@ -105,6 +116,59 @@ class Dispatcher:
                     }
                 )
             self.in_flight[rank].clear()
+
+    def _returned(self, rank: int, tasks: list[dict]) -> None:
+        """Ranges a rank gave back unstarted (see _rebalance): queued again for another rank (or, while draining,
+        reported not-done); the rank itself reports nothing for them."""
+        self.asked.pop(rank, None)
+        log.info("rank %d gave back %d ranges", rank, len(tasks))
+        for task in reversed(tasks):
+            if self.in_flight[rank].pop(task["range"]["eventRangeID"], None) is None:
+                log.error("rank %d gave back range %s it was not given: ignored", rank, task["range"]["eventRangeID"])
+                continue
+            if self.draining:
+                self.reporter.add(_unrun(task, self.end_reason or "pilot stopped"))
+            else:
+                self.queue.appendleft(task)
+
+    def _rebalance(self) -> None:
+        """End of the work (nothing queued, nothing more to come): the rank that holds the fewest ranges (counting
+        those asked for it) and wants more asks the one that holds the most to give back half the difference, when
+        it is at least GIVE_BACK_GAP (equal holdings end at about the same time). One request open per donor; a
+        rank answers with what it had not handed to its payload child and is not asked again while it said it keeps
+        none."""
+        active = [r for r in range(self.size) if self.state[r] == "active"]
+        wanting = [r for r in active if self.credits[r] > 0]
+        if not wanting:
+            return
+        coming: dict[int, int] = {}
+        for taker, n in self.asked.values():
+            coming[taker] = coming.get(taker, 0) + n
+
+        def held(rank: int) -> int:
+            return len(self.in_flight[rank]) + coming.get(rank, 0)
+
+        taker = min(wanting, key=held)
+        donors = {
+            r: len(self.in_flight[r]) for r in active if r != taker and r not in self.asked and self.spare.get(r, 1) > 0
+        }
+        if not donors:
+            return
+        donor = max(donors, key=donors.__getitem__)
+        gap = donors[donor] - held(taker)
+        if gap >= GIVE_BACK_GAP:
+            n = min(gap // 2, self.credits[taker])
+            log.info(
+                "rank %d holds %d ranges, rank %d %d: asking rank %d for %d",
+                donor,
+                donors[donor],
+                taker,
+                held(taker),
+                donor,
+                n,
+            )
+            self.asked[donor] = (taker, n)
+            self._send(donor, {"kind": "give_back", "n": n})
 
     def _stop_rank(self, rank: int) -> None:
         if self.state[rank] == "active":
@@ -137,19 +201,21 @@ class Dispatcher:
                 self._stop_rank(rank)
 
     def _assign(self) -> bool:
+        """Queued ranges to the ranks with open credits, each to the one that holds the fewest at that moment (when
+        few are queued, at the end, the emptiest ranks get them)."""
         batches: dict[int, list] = {}
-        open_ranks = [r for r in range(self.size) if self.state[r] == "active" and self.credits[r] > 0]
-        while self.queue and open_ranks:
-            for rank in list(open_ranks):
-                if not self.queue:
-                    break
-                task = self.queue.popleft()
-                batches.setdefault(rank, []).append(task)
-                self.in_flight[rank][task["range"]["eventRangeID"]] = task
-                self.credits[rank] -= 1
-                if self.credits[rank] == 0:
-                    open_ranks.remove(rank)
+        heap = [(len(self.in_flight[r]), r) for r in range(self.size) if self.state[r] == "active" and self.credits[r]]
+        heapq.heapify(heap)
+        while self.queue and heap:
+            held, rank = heapq.heappop(heap)
+            task = self.queue.popleft()
+            batches.setdefault(rank, []).append(task)
+            self.in_flight[rank][task["range"]["eventRangeID"]] = task
+            self.credits[rank] -= 1
+            if self.credits[rank] > 0:
+                heapq.heappush(heap, (held + 1, rank))
         for rank, tasks in batches.items():
+            self.spare.pop(rank, None)  # it holds new ranges: it may give back again
             self._send(rank, {"kind": "ranges", "tasks": tasks})
             self.dispatched += len(tasks)
         return bool(batches)
@@ -190,6 +256,8 @@ class Dispatcher:
                     self._stop_rank(rank)
             elif self._assign():
                 progressed = True
+            elif self.source.exhausted and not self.queue:
+                self._rebalance()
         self.reporter.maybe_flush(now)
         if now >= self._next_beat:
             self._heartbeat(now, "draining" if self.draining else "running")

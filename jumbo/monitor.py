@@ -17,6 +17,8 @@ import psutil
 log = logging.getLogger(__name__)
 
 FIELDS = ("rss", "pss", "vmem", "utime", "stime", "read_bytes", "write_bytes", "nprocs")
+FIRST_SAMPLE_AFTER = 1.0  # seconds: a sample scans /proc for the children (~5 ms of CPU), which the ranks need
+# while they start; a pilot that ends sooner takes its one sample when it stops
 
 
 def sample(proc: psutil.Process) -> dict:
@@ -69,6 +71,8 @@ class Monitor:
         return record
 
     def _loop(self) -> None:
+        if self._stop.wait(min(self.interval, FIRST_SAMPLE_AFTER)):
+            return
         while True:
             try:
                 self.step()
@@ -79,10 +83,11 @@ class Monitor:
 
     def stop(self, last_sample: bool = False) -> dict:
         """Stop sampling and return the maxima. The pilot skips the last sample: with many ranks on few cores
-        it delayed the end of the pilot by ~0.1 s (psutil reads smaps); the periodic samples give the maxima."""
+        it delayed the end of the pilot by ~0.1 s (psutil reads smaps); the periodic samples give the maxima (a pilot
+        that ended before the first one takes one here)."""
         self._stop.set()
         self._thread.join(timeout=10)
-        if last_sample:
+        if last_sample or not self.maxima["nprocs"]:
             try:
                 self.step()
             except Exception:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from jumbo import protocol
-from jumbo.channel import LocalChannel, MPIChannel
+from jumbo.channel import LocalChannel, MPIChannel, polite_barrier
 from jumbo.dispatcher import Dispatcher
 from jumbo.execute import PayloadRunner
 from jumbo.monitor import Monitor
@@ -56,8 +56,9 @@ def _install_signals(drain: threading.Event) -> None:
         signal.signal(sig, handler)
 
 
-def _read_spec(comm, ap: Path, rank: int):
-    spec = error = None
+def _read_spec(comm, ap: Path, rank: int, end_option: str | None, started: float):
+    """(spec, error, end time) on every rank: rank 0 reads them while the others wait without spinning."""
+    spec = error = end_time = None
     if rank == 0:
         try:
             spec = protocol.read_job_spec(ap)
@@ -70,7 +71,13 @@ def _read_spec(comm, ap: Path, rank: int):
                 )
             except OSError:
                 log.exception("cannot write %s either", protocol.ATTRIBUTES)
-    return comm.bcast((spec, error), root=0)
+        if spec is not None:
+            settings = spec["pilot"]
+            end_time = resolve_end_time(
+                end_option, settings.get("end_time"), walltime=settings.get("walltime"), started=started
+            )
+    polite_barrier(comm)
+    return comm.bcast((spec, error, end_time), root=0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,19 +103,13 @@ def _run(argv: list[str] | None) -> int:
     drain = threading.Event()
     _install_signals(drain)
     started = time.time()
-    spec, error = _read_spec(comm, args.ap, rank)
+    spec, error, end_time = _read_spec(comm, args.ap, rank, args.end_time, started)
     if error:
         if spare is not None:
             spare.stdin.close()
             spare.wait()
         return 1
     settings = spec["pilot"]
-    end_time = None
-    if rank == 0:
-        end_time = resolve_end_time(
-            args.end_time, settings.get("end_time"), walltime=settings.get("walltime"), started=started
-        )
-    end_time = comm.bcast(end_time, root=0)
     deadline = None if end_time is None else end_time - float(settings["safety_margin"])
     jobs = {int(j["PandaID"]): j for j in spec["jobs"]}
     prefetch = int(settings["prefetch"])
@@ -154,10 +155,12 @@ def _run(argv: list[str] | None) -> int:
         if dispatcher is None:
             runner.close()
     if dispatcher is None:
+        polite_barrier(comm)  # wait for rank 0's final reports without spinning (MPI_Finalize would)
         return 0
     try:
         return _finish(dispatcher, source, reporter, started, size)
     finally:
+        polite_barrier(comm)
         runner.close()  # after the reports: stopping the payload children takes a moment
 
 
@@ -167,7 +170,7 @@ def _finish(dispatcher, source, reporter, started: float, size: int) -> int:
     if hasattr(source, "flush_pending") and not source.flush_pending():
         dispatcher.fatal = dispatcher.fatal or "could not send the last event statuses to the central service"
     errors = list(source.errors)
-    reporter.finalize(dispatcher.metrics, time.time() - started, dispatcher.end_reason, dispatcher.fatal, errors, size)
+    reporter.finalize(dispatcher.metrics, started, dispatcher.end_reason, dispatcher.fatal, errors, size)
     dispatcher._heartbeat(time.time(), "finished")
     log.info("pilot done in %.1f s: %s (%s)", time.time() - started, reporter.totals(), dispatcher.end_reason)
     return 1 if dispatcher.fatal else 0

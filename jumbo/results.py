@@ -80,8 +80,10 @@ class Reporter:
         return out
 
     def finalize(
-        self, per_rank: dict[int, dict], wall: float, end_reason: str, fatal: str, errors: list[str], size: int
+        self, per_rank: dict[int, dict], started: float, end_reason: str, fatal: str, errors: list[str], size: int
     ) -> None:
+        """Write the manifests, worker_attributes.json and, last, jobReport.json, whose wallTime runs from
+        ``started`` (MPI up) to the moment it is written: the final reports' own writing counts."""
         manifests = self.write_manifests()
         jobs = {}
         for pid in self.jobs:
@@ -112,8 +114,8 @@ class Reporter:
         protocol.write_job_report(
             self.ap,
             {
-                "wallTime": wall,
-                "startTime": now - wall,
+                "wallTime": now - started,
+                "startTime": started,
                 "endTime": now,
                 "ranks": size,
                 "endReason": end_reason,

@@ -4,7 +4,11 @@ Pull with prefetch: a rank asks for ``prefetch + 1`` ranges at start and for one
 next range is already local when one ends. When ranges are so short that the answer comes too late (the local
 queue ran dry), the rank deepens its queue by one, as long as the queue holds less than LATENCY_BUDGET seconds of
 work: tiny ranges get a deep queue, long ranges keep ``prefetch`` (no imbalance at the end). With a worker child,
-the next range is handed to the child before the current one ends, so the child never waits for the rank.
+the next ranges (AHEAD_BUDGET seconds of work) are handed to the child before the current one ends, so the child
+never waits for the rank, even while the rank fsyncs an output on a busy disk; a range handed over only after the
+child had finished the one before (the rank was descheduled longer) gives the child one more, up to LATENCY_BUDGET.
+At the end of the work, the dispatcher may ask a rank to give back ranges it holds but has not handed to its child,
+for idle ranks to run.
 It stops taking work when asked to ("stop"), when a drain signal arrives,
 or when its measured time per range no longer fits before the deadline; every range it holds but did not run goes
 back as not-done. A payload killed by a signal while the batch system tears the step down is not-done too (the
@@ -28,6 +32,8 @@ log = logging.getLogger(__name__)
 
 LATENCY_BUDGET = 0.1  # seconds of queued work that cover a dispatcher round trip, or rank 0 descheduled, on a busy node
 MAX_DEPTH = 64
+AHEAD_BUDGET = 0.03  # seconds of work a payload child holds beyond its current range (covers the rank's stalls)
+MAX_AHEAD = 8  # and at most this many ranges, or LATENCY_BUDGET seconds, once it deepened (a late hand-over)
 TEARDOWN_GRACE = 1.0  # seconds a rank waits, after its payload died of a signal, for the step's teardown signal
 
 
@@ -82,13 +88,16 @@ class Worker:
         self.counts = {"finished": 0, "failed": 0, "not-done": 0}
         self._dirs: set[int] = set()
         self._ap_str = str(self.ap)
+        self.given_back = 0
+        self.ahead_extra = 0
 
     def run(self) -> None:
         local: deque = deque()
-        ahead = None  # (task, ticket): the next range, already in the payload child's hands
+        ahead: deque = deque()  # (task, ticket): the next ranges, already in the payload child's hands, in order
         for job in self.jobs.values():  # the payload child imports while the first ranges travel
             self.runner.prestart(job["payload"])
         depth = self.prefetch + 1
+        last_end = float("inf")  # the child's end of the previous range
         self.channel.send({"kind": "ready", "rank": self.rank, "want": depth})
         leaving = stopped = False
         while not stopped:
@@ -96,6 +105,8 @@ class Worker:
             while msg is not None:
                 if msg["kind"] == "ranges":
                     local.extend(msg["tasks"])
+                elif msg["kind"] == "give_back":
+                    self._give_back(local, msg["n"])
                 elif msg["kind"] == "stop":
                     stopped = True
                 msg = self.channel.poll(0.0)
@@ -104,35 +115,39 @@ class Worker:
             why = self._why_leave()
             if why:
                 log.info("rank %d: leaving (%s); %d queued ranges go back as not-done", self.rank, why, len(local))
-                results = [self._settle(ahead, why)] if ahead else []
-                ahead = None
+                results = [self._settle(a, why) for a in ahead]
+                ahead.clear()
                 results += [self._count(not_done(t, self.rank, why)) for t in local]
                 self.channel.send({"kind": "leaving", "rank": self.rank, "reason": why, "results": results})
                 local.clear()
                 leaving = True
                 continue
             if ahead:
-                (task, ticket), ahead = ahead, None
-                self.runner.hand(ticket)  # back into a child first if its child died
+                task, ticket = ahead.popleft()
+                for _, later in ((task, ticket), *ahead):
+                    self.runner.hand(later)  # back into a child, in order, if their child died
             elif local:
                 task = local.popleft()
                 ticket = self._submit(task)
             else:
                 continue
-            if local and self._pipelines(task, local[0]):
+            while local and len(ahead) < self._ahead_limit() and self._pipelines(task, local[0], len(ahead)):
                 nxt = local.popleft()
-                ahead = (nxt, self._submit(nxt))
+                ahead.append((nxt, self._submit(nxt)))
             # ran dry: the next range was not here in time. With a worker child that means "not already in the
             # child's hands when this range started" (a range that arrives while this one runs waits for the rank
             # to hand it over); otherwise, an empty local queue.
-            dry = ahead is None and (not local or self.runner.pipelines(self.jobs[task["pid"]]["payload"]))
+            dry = not ahead and (not local or self.runner.pipelines(self.jobs[task["pid"]]["payload"]))
             result = self._finish(task, ticket)
+            if ticket.submitted > last_end and self.runner.pipelines(self.jobs[task["pid"]]["payload"]):
+                self.ahead_extra += 1  # handed after its child ran out of work: hand further ahead (capped)
+            last_end = result.get("endTime", last_end)
             want = 1
             if dry and depth < MAX_DEPTH and (depth + 1) * self.timer.mean < LATENCY_BUDGET:
                 depth += 1
                 want += 1
             self.channel.send({"kind": "result", "rank": self.rank, "results": [result], "want": want})
-        leftovers = [self._settle(ahead, "pilot stopped")] if ahead else []
+        leftovers = [self._settle(a, "pilot stopped") for a in ahead]
         leftovers += [self._count(not_done(t, self.rank, "pilot stopped")) for t in local]
         self.channel.send(
             {
@@ -146,19 +161,41 @@ class Worker:
                     "meanRangeTime": self.timer.mean,
                     "queueDepth": depth,
                     "childRestarts": self.runner.restarts,
+                    "givenBack": self.given_back,
+                    "aheadLimit": self._ahead_limit(),
                 },
             }
         )
         self.channel.close()
 
-    def _pipelines(self, task: dict, nxt: dict) -> bool:
-        """Hand ``nxt`` to the payload child now if the same child runs both and both fit before the deadline."""
+    def _give_back(self, local: deque, n: int) -> None:
+        """The dispatcher has idle ranks and nothing queued: return up to ``n`` ranges this rank holds but has not
+        handed to its payload child (the last ones), so an idle rank runs them. They were never started here and
+        are not reported here: the dispatcher hands them out again (exactly once). The answer goes even if empty."""
+        tasks = [local.pop() for _ in range(min(n, len(local)))][::-1]
+        self.given_back += len(tasks)
+        self.channel.send({"kind": "returned", "rank": self.rank, "tasks": tasks, "kept": len(local)})
+
+    def _ahead_limit(self) -> int:
+        """How many ranges the payload child gets beyond the one it runs: enough to cover AHEAD_BUDGET seconds (the
+        rank's own stalls: an output's fsync on a busy disk, the rank descheduled), at least one, plus one for each
+        range handed over too late, within LATENCY_BUDGET seconds and MAX_AHEAD ranges. Ranges in the child's
+        hands are the rank's for good (never given back)."""
+        mean = self.timer.mean
+        if mean <= 0:
+            return 1
+        cap = max(1, min(MAX_AHEAD, int(LATENCY_BUDGET / mean)))
+        return min(cap, max(1, int(AHEAD_BUDGET / mean)) + self.ahead_extra)
+
+    def _pipelines(self, task: dict, nxt: dict, queued: int = 0) -> bool:
+        """Hand ``nxt`` to the payload child now (behind ``queued`` others) if the same child runs them and they all
+        fit before the deadline."""
         cur, after = self.jobs[task["pid"]]["payload"], self.jobs[nxt["pid"]]["payload"]
         return (
             self.runner.pipelines(cur)
             and self.runner.pipelines(after)
             and cur["callable"] == after["callable"]
-            and (self.deadline is None or time.time() + 2 * self.timer.mean <= self.deadline)
+            and (self.deadline is None or time.time() + (2 + queued) * self.timer.mean <= self.deadline)
         )
 
     def _settle(self, ahead: tuple, why: str) -> dict:

@@ -104,6 +104,42 @@ def test_fine_grained_ranges_deepen_the_rank_queues_within_the_budget(mpi, ap, h
         assert (m["queueDepth"] - 1) * m["meanRangeTime"] < LATENCY_BUDGET, (rank, m)
 
 
+UNEVEN_PAYLOAD = """
+import time
+
+
+def run(first_event, last_event, output_path, context):
+    time.sleep(0.004 if context["rank"] == 2 else 0.04)  # ranks 0 and 1 are ten times slower than rank 2
+    with open(output_path, "w") as fh:
+        fh.write(f"{first_event} {last_event}\\n")
+"""
+
+
+def test_at_the_end_a_loaded_rank_gives_back_unstarted_ranges_exactly_once(mpi, ap, h, tmp_path):
+    """Ranks 0 and 1 are ten times slower than rank 2 and hold deep queues (prefetch 8) when nothing is left to
+    hand out: the dispatcher asks them to give back ranges they have not handed to their payload child (rank 0
+    through its local channel, rank 1 over MPI), rank 2 runs them; every range is still run by one rank and
+    reported once, finished, with its output."""
+    (tmp_path / "uneven.py").write_text(UNEVEN_PAYLOAD)
+    ranges = h.make_ranges(77, 1001, 120, per_range=1)
+    job = {"PandaID": 1001, "taskID": 77, "payload": {"callable": "uneven:run"}}
+    h.write_spec(ap, [job], prefetch=8, n_ranges=120)
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    with h.Harvester(ap, {1001: ranges}) as harvester:
+        pilot = h.PilotRun(ap, 3, env=env)
+        assert pilot.wait() == 0, pilot.output()
+    ids = Counter(s["eventRangeID"] for s in harvester.statuses)
+    assert set(ids) == {r["eventRangeID"] for r in ranges} and set(ids.values()) == {1}  # exactly once
+    finished = harvester.by_status("finished")
+    assert len(finished) == len(ranges)
+    check_sleep_outputs(finished)
+    per_rank = protocol.read_job_report(ap)["perRank"]
+    assert per_rank["0"]["givenBack"] + per_rank["1"]["givenBack"] >= 1, (per_rank, pilot.output()[-3000:])
+    assert "gave back" in pilot.output()
+    attrs = protocol.read_worker_attributes(ap)
+    assert attrs["jobs"]["1001"]["nRangesFinished"] == len(ranges) and attrs["endReason"] == "no more ranges"
+
+
 def check_sleep_outputs(entries: list[dict]) -> None:
     for ev in entries:
         data = Path(ev["path"]).read_bytes()
