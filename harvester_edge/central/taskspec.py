@@ -81,6 +81,8 @@ class TaskSpec(BaseModel, extra="forbid"):
     memory_per_rank_mb: int = Field(2000, gt=0, le=10**8)  # SQLite integers: 63 bits; 100 TB per rank is plenty
     max_attempts: int | None = Field(None, ge=1, le=100)
     jobs: int = Field(1, ge=1, le=10_000)
+    scouts: int = Field(10, ge=0, le=1000)  # jumbo: the first ranges measure time and memory (central/scouts.py)
+    wait_for_scouts: bool = False  # jumbo: the other ranges wait until no scout is open (PanDA's scouting phase)
 
     @model_validator(mode="wrap")
     @classmethod

@@ -28,6 +28,7 @@ from .models import (
     UpdateWorkers,
     WorkerNode,
     WorkerNodeGpu,
+    WorkShortage,
 )
 from .ownership import Caller
 from .taskspec import TaskSpec
@@ -230,6 +231,18 @@ def task_kill(body: TaskRef, request: Request) -> Response:
 def task_retry(body: TaskRef, request: Request) -> Response:
     authorize(request, "task")
     return ok({"task_id": body.task_id, "status": svc(request).retry_task(body.task_id)})
+
+
+@router.get("/harvester/get_work_shortage", tags=["harvester"])
+def get_work_shortage(request: Request) -> Response:
+    authorize(request, "harvester")
+    return ok(svc(request).work_shortage())
+
+
+@router.post("/task/set_work_shortage", tags=["task"])
+def set_work_shortage(body: WorkShortage, request: Request) -> Response:
+    authorize(request, "task")
+    return ok(svc(request).set_work_shortage(body.mode))
 
 
 router.include_router(v1_harvester.router)  # the other calls of Harvester's communicator (v1_harvester.py)

@@ -27,23 +27,31 @@ def claim_activated(
     node: str | None,
     active_task: tuple[str, str],
     now: float,
+    fit: tuple[str, tuple] = ("", ()),
+    placed: tuple[str | None, int | None] = (None, None),
 ) -> list[sqlite3.Row]:
     """Up to n_jobs activated jobs of tasks in the (two) active states become sent, in one UPDATE ... RETURNING
-    (on PostgreSQL picked FOR UPDATE SKIP LOCKED: concurrent acquires take different jobs without waiting)."""
+    (on PostgreSQL picked FOR UPDATE SKIP LOCKED: concurrent acquires take different jobs without waiting).
+
+    fit: (" AND ...", args) on the task (alias t) from brokerage.fit_sql: only jobs that fit the asking queue;
+    placed: (computing_element, mem_limit_mb) of that queue, kept on the job (brokerage.job_fits)."""
+    where, fit_args = fit
     if is_pg(conn):
         return conn.execute(
             "WITH picked AS MATERIALIZED (SELECT j.panda_id FROM jobs j JOIN tasks t USING (task_id) "
-            "WHERE j.status='activated' AND t.status IN (?, ?) ORDER BY j.panda_id LIMIT ? "
+            "WHERE j.status='activated' AND t.status IN (?, ?)" + where + " ORDER BY j.panda_id LIMIT ? "
             "FOR UPDATE OF j SKIP LOCKED) "
-            "UPDATE jobs SET status='sent', site=?, harvester_id=?, worker_id=?, node=?, heartbeat=?, modified=? "
+            "UPDATE jobs SET status='sent', site=?, harvester_id=?, worker_id=?, node=?, heartbeat=?, modified=?, "
+            "computing_element=?, mem_limit_mb=? "
             "WHERE panda_id = ANY(ARRAY(SELECT panda_id FROM picked)) AND status='activated' RETURNING *",
-            (*active_task, n_jobs, site, harvester_id, worker_id, node, now, now),
+            (*active_task, *fit_args, n_jobs, site, harvester_id, worker_id, node, now, now, *placed),
         ).fetchall()
     return conn.execute(
-        "UPDATE jobs SET status='sent', site=?, harvester_id=?, worker_id=?, node=?, heartbeat=?, modified=? "
+        "UPDATE jobs SET status='sent', site=?, harvester_id=?, worker_id=?, node=?, heartbeat=?, modified=?, "
+        "computing_element=?, mem_limit_mb=? "
         "WHERE panda_id IN (SELECT j.panda_id FROM jobs j JOIN tasks t USING (task_id) "
-        "WHERE j.status='activated' AND t.status IN (?, ?) ORDER BY j.panda_id LIMIT ?) RETURNING *",
-        (site, harvester_id, worker_id, node, now, now, *active_task, n_jobs),
+        "WHERE j.status='activated' AND t.status IN (?, ?)" + where + " ORDER BY j.panda_id LIMIT ?) RETURNING *",
+        (site, harvester_id, worker_id, node, now, now, *placed, *active_task, *fit_args, n_jobs),
     ).fetchall()
 
 
