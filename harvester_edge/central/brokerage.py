@@ -59,7 +59,7 @@ def _mb(name: str, value: Any) -> int | None:
 
 def fit_sql(res: Resources) -> tuple[str, tuple]:
     """(" AND ...", args) that keeps the tasks (alias t) that fit a rank of the asking queue; ("", ()) for none."""
-    sql, args = "", ()
+    sql, args = "", ()  # type: tuple[str, tuple[int, ...]]
     if res.memory is not None:
         sql, args = sql + f" AND {TASK_MEMORY_SQL} <= ?", (*args, res.memory)
     if res.memory_min is not None:

@@ -313,3 +313,24 @@ def listing(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     return conn.execute(
         "SELECT id, queue, state, batch_id, exit_code, submitted_at, started_at, ended_at FROM workers"
     ).fetchall()
+
+
+def live_nodes(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+    """{(queue, state): nodes} of the unfinished workers (pledges: cores in use and waiting)."""
+    return {
+        (r[0], r[1]): int(r[2])
+        for r in conn.execute(
+            f"SELECT queue, state, sum(nodes) FROM workers WHERE state IN ({','.join('?' * 4)}) GROUP BY queue, state",
+            _LIVE,
+        )
+    }
+
+
+def ran_since(conn: sqlite3.Connection, since: float) -> list[sqlite3.Row]:
+    """(queue, nodes, started_at, ended_at, state, updated_at) of the workers that ran at some time after since."""
+    return conn.execute(
+        "SELECT queue, nodes, started_at, ended_at, state, updated_at FROM workers WHERE started_at IS NOT NULL "
+        "AND coalesce(ended_at, updated_at) >= ? OR (started_at IS NOT NULL AND ended_at IS NULL "
+        f"AND state IN ({','.join('?' * 4)}))",
+        (since, *_LIVE),
+    ).fetchall()
