@@ -9,11 +9,11 @@ day against the pledge (pledged_cores x 24 h).
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+from typing import Any, NamedTuple
 
 from harvester_edge.config import QueueConfig, SiteConfig
 from harvester_edge.states import WORKER_WAITING, WorkerState
-from harvester_edge.store import meta, workers
+from harvester_edge.store import meta, queues, workers
 
 DAY = 86400.0
 _WAITING = {s.value for s in WORKER_WAITING}
@@ -33,18 +33,29 @@ def cores_budget(conn: sqlite3.Connection, queue: QueueConfig, shortage: bool) -
     return max(0, queue.pledged_cores - live * queue.cores_per_node)
 
 
-def usage(conn: sqlite3.Connection, config: SiteConfig, now: float) -> dict[str, Any]:
+class QueueFacts(NamedTuple):
+    name: str
+    cores_per_node: int
+    pledged_cores: int | None
+    opportunistic: bool
+
+
+def facts_of_config(config: SiteConfig) -> list[QueueFacts]:
+    return [QueueFacts(q.name, q.cores_per_node, q.pledged_cores, q.opportunistic) for q in config.queues]
+
+
+def facts_of_db(conn: sqlite3.Connection) -> list[QueueFacts]:
+    """The queues as the daemon last synced them from the config (the monitor has no config)."""
+    return [QueueFacts(r[0], int(r[1]), r[2], bool(r[3])) for r in queues.pledges(conn)]
+
+
+def usage(conn: sqlite3.Connection, queue_facts: list[QueueFacts], now: float) -> dict[str, Any]:
     """Per queue: cores running and waiting, core-hours of the last day, the pledge; and the shortage flag."""
     live = workers.live_nodes(conn)
-    core_seconds: dict[str, float] = {}
-    cores_of = {q.name: q.cores_per_node for q in config.queues}
-    since = now - DAY
-    for queue, nodes, started, ended, state, updated in workers.ran_since(conn, since):
-        end = ended if ended is not None else (now if state == WorkerState.RUNNING.value else updated)
-        seconds = max(0.0, min(end, now) - max(started, since))
-        core_seconds[queue] = core_seconds.get(queue, 0.0) + seconds * nodes * cores_of.get(queue, 1)
+    node_seconds = workers.node_seconds_since(conn, now - DAY, now)
+    core_seconds = {q.name: node_seconds.get(q.name, 0.0) * q.cores_per_node for q in queue_facts}
     queues = []
-    for q in config.queues:
+    for q in queue_facts:
         running = live.get((q.name, WorkerState.RUNNING.value), 0) * q.cores_per_node
         waiting = sum(n for (name, state), n in live.items() if name == q.name and state in _WAITING)
         used = core_seconds.get(q.name, 0.0) / 3600

@@ -326,11 +326,16 @@ def live_nodes(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
     }
 
 
-def ran_since(conn: sqlite3.Connection, since: float) -> list[sqlite3.Row]:
-    """(queue, nodes, started_at, ended_at, state, updated_at) of the workers that ran at some time after since."""
-    return conn.execute(
-        "SELECT queue, nodes, started_at, ended_at, state, updated_at FROM workers WHERE started_at IS NOT NULL "
-        "AND coalesce(ended_at, updated_at) >= ? OR (started_at IS NOT NULL AND ended_at IS NULL "
-        f"AND state IN ({','.join('?' * 4)}))",
-        (since, *_LIVE),
-    ).fetchall()
+def node_seconds_since(conn: sqlite3.Connection, since: float, now: float) -> dict[str, float]:
+    """{queue: node-seconds} the workers ran between since and now (running ones: until now; one that ended
+    without an end time: until its last update)."""
+    running = W.RUNNING.value
+    return {
+        r[0]: float(r[1] or 0.0)
+        for r in conn.execute(
+            "SELECT queue, sum(nodes * max(0.0, min(coalesce(ended_at, CASE WHEN state = ? THEN ? ELSE updated_at "
+            "END), ?) - max(started_at, ?))) FROM workers WHERE started_at IS NOT NULL "
+            "AND coalesce(ended_at, updated_at) >= ? OR state = ? GROUP BY queue",
+            (running, now, now, since, since, running),
+        )
+    }

@@ -219,7 +219,7 @@ def of_task(conn: Conn, task_id: int) -> list[sqlite3.Row]:
     """The task's jobs, the columns `task show` lists."""
     return conn.execute(
         "SELECT panda_id, status, attempt_nr, command, site, worker_id, heartbeat, n_events, pilot_error_code, "
-        "dispatcher_error_code, dispatcher_error_diag FROM jobs WHERE task_id=? ORDER BY panda_id",
+        "dispatcher_error_code, dispatcher_error_diag, computing_element FROM jobs WHERE task_id=? ORDER BY panda_id",
         (task_id,),
     ).fetchall()
 
