@@ -11,7 +11,7 @@ from typing import Any
 
 from harvester_edge.codes import StatusCode
 
-from . import brokerage, classify, events, jobs, limits, shortage, tasks
+from . import brokerage, classify, events, jobs, limits, scouts, shortage, tasks
 from .errors import CentralError, InvalidInput
 from .ownership import TRUSTED, Caller, Judge, named_harvester, report_job, required_harvester
 from .states import JOB_WATCHED, RangeStatus
@@ -237,10 +237,17 @@ class CentralService:
         return out
 
     # -- reads ----------------------------------------------------------------------------------------------
-    def available_range_count(self, task_id: int | None = None) -> int:
+    def available_range_count(self, task_id: int | None = None, job_id: int | None = None) -> int:
+        """Ready ranges of the task (or all active tasks); for a job (job_id) none while it is held back: its task
+        scouts elsewhere or outgrew the job's queue (scouts.held_back): more workers for it would get nothing."""
         if task_id is not None:
             task_id = _check_int("task_id", task_id)
-        return ranges.count_ready_of_active_tasks(self.db.reader(), int(RangeStatus.READY), task_id)
+        conn = self.db.reader()
+        if job_id is not None:
+            job = job_rows.get(conn, _check_int("job_id", job_id))
+            if job is not None and scouts.held_back(job, task_rows.of_job(conn, job["task_id"])):
+                return 0
+        return ranges.count_ready_of_active_tasks(conn, int(RangeStatus.READY), task_id)
 
     # -- harvester and workers ------------------------------------------------------------------------------
     def heartbeat(

@@ -136,7 +136,7 @@ def get_available_event_range_count(
 ) -> Response:
     """The real server takes job_id, jobset_id and task_id; ranges are task-wide here (jumbo), so the task counts."""
     authorize(request, "event")
-    return ok(svc(request).available_range_count(task_id))
+    return ok(svc(request).available_range_count(task_id, job_id))
 
 
 @router.post("/harvester/heartbeat", tags=["harvester"])
