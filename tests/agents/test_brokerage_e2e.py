@@ -83,6 +83,9 @@ def test_work_shortage_leaves_opportunistic_queues_alone_and_keeps_the_pledge(ma
     deadline = time.monotonic() + 240
     while site.task(task_id)["status"] not in ("finished", "failed"):
         assert time.monotonic() < deadline, site.log_tail()
+        if not (site.work / "harvester.db").exists():  # the daemon is starting
+            time.sleep(0.3)
+            continue
         with site.harvester_db() as conn:
             live = conn.execute(
                 "SELECT count(*) FROM workers WHERE queue = 'q' AND state IN ('submitting', 'queued', 'running')"
