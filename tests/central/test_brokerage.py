@@ -120,3 +120,39 @@ def test_work_shortage_modes(service):
     assert service.set_work_shortage("auto")["shortage"] is True
     with pytest.raises(InvalidInput, match="on, off, auto"):
         service.set_work_shortage("maybe")
+
+
+def test_brokerage_and_shortage_over_http(trusted_central):
+    """The harvester's client: acquire_jobs with a queue's resources (v1), legacy getJob's mem/coreCount, the
+    work-shortage routes; the scouts' measures travel with the range reports."""
+    import requests
+
+    from harvester_edge.central.client import CentralClient
+    from harvester_edge.seams.http import HttpTransport
+
+    transport = HttpTransport(trusted_central.url, timeout=10)
+    client = CentralClient(transport, harvester_id="h1")
+    try:
+        task_id = client.submit_task(task_dict(events=4, events_per_range=1, memory_per_rank_mb=600, scouts=1))
+        assert client.acquire_jobs("S", "small", harvester_id="h1", memory=500, memory_min=0, core_count=1) == []
+        legacy = trusted_central.url + "/server/panda/getJob"
+        answer = requests.post(legacy, data={"siteName": "S", "mem": "500", "coreCount": "1"}, timeout=10)
+        assert "StatusCode=20" in answer.text  # nothing fits 500 MB per rank
+        (job,) = client.acquire_jobs("S", "big", harvester_id="h1", memory=1000, memory_min=0, core_count=1)
+        ranges = client.acquire_event_ranges(job["PandaID"], task_id, task_id, 1)
+        reports = [{**range_report(r), "wallTime": 4.0, "maxPSS": 900 * 1024} for r in ranges]
+        assert client.update_event_ranges(reports)["Results"] == ["applied"]
+        est = trusted_central.service.show_task(task_id)["estimates"]
+        assert est["memory_per_rank_mb"] == 900 and est["seconds_per_event"] == 4.0
+        assert client.work_shortage()["shortage"] is False
+        url = trusted_central.url + "/api/v1/task/set_work_shortage"
+        assert requests.post(url, json={"mode": "on"}, timeout=10).json()["data"]["shortage"] is True
+        assert client.work_shortage() == {"shortage": True, "mode": "on", "reason": "declared by the operator"}
+        bad = requests.post(url, json={"mode": "sometimes"}, timeout=10)
+        assert bad.json()["success"] is False and client.work_shortage()["mode"] == "on"  # the v1 envelope
+    finally:
+        transport.close()
+
+
+def range_report(r: dict) -> dict:
+    return {"eventRangeID": r["eventRangeID"], "eventStatus": "finished"}
