@@ -54,6 +54,15 @@ class QueueConfig(Strict):
     template: Path | None = None
     command_timeout: Annotated[Duration, Field(gt=0)] = 30.0  # seconds a batch command may take
     backfill: bool = False  # shape workers to the nodes idle now (Slurm: sinfo), so a fitting worker starts at once
+    # brokerage (README "Brokerage by resources"): the memory one rank may use, sent with every job request so the
+    # central service hands this queue only tasks whose memory estimate fits (a high-memory queue sets the min)
+    rank_memory_min_mb: int = Field(default=0, ge=0)
+    rank_memory_max_mb: PositiveInt | None = None
+    monitor_interval: Annotated[Duration, Field(gt=0)] | None = None  # the pilot's memory/CPU sampling, seconds
+    # pledges (README "Pledges and work shortage"): during a WORK_SHORTAGE an opportunistic queue gets no new jobs
+    # or workers, and a queue with pledged_cores keeps its running + queued cores within the pledge
+    pledged_cores: PositiveInt | None = None
+    opportunistic: bool = False
 
     @field_validator("batch")
     @classmethod
@@ -79,7 +88,24 @@ class QueueConfig(Strict):
             raise ValueError(
                 f"ranks_per_node ({self.ranks_per_node}) is far above cores_per_node ({self.cores_per_node})"
             )
+        if self.rank_memory_max_mb is not None and self.rank_memory_min_mb > self.rank_memory_max_mb:
+            raise ValueError(
+                f"rank_memory_min_mb ({self.rank_memory_min_mb}) must not exceed rank_memory_max_mb "
+                f"({self.rank_memory_max_mb})"
+            )
         return self
+
+    @property
+    def brokerage(self) -> dict[str, int]:
+        """What a job request says about this queue's ranks (the central service's fit): memory (MB a rank may
+        use, PanDA's getJob `mem`), memory_min and core_count (cores per rank); empty when the queue declares no
+        rank memory (then every job fits, as before)."""
+        if self.rank_memory_max_mb is None and not self.rank_memory_min_mb:
+            return {}
+        out = {"memory_min": self.rank_memory_min_mb, "core_count": self.cores_per_rank}
+        if self.rank_memory_max_mb is not None:
+            out["memory"] = self.rank_memory_max_mb
+        return out
 
     @property
     def cores_per_rank(self) -> int:

@@ -197,6 +197,7 @@ def sync_queues(store: Store, config: SiteConfig, now: float) -> None:
     with store.write() as conn:
         for q in config.queues:
             queues.upsert(conn, q.name, q.batch, now)
+            queues.set_pledge(conn, q.name, q.cores_per_node, q.pledged_cores, q.opportunistic)
         meta.set_archive_dir(conn, str(config.paths.archives) if config.paths.archives else None)
 
 

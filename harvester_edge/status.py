@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from harvester_edge import pledges
 from harvester_edge.central.client import CentralClient
 from harvester_edge.central.service import CentralService
 from harvester_edge.config import SiteConfig
@@ -81,6 +83,9 @@ def collect(config: SiteConfig) -> dict[str, Any]:
         snapshot["workers"] = {k[0]: v for k, v in _counts(worker_rows.count_by_state(conn)).items()}
         snapshot["event_ranges"] = {k[0]: v for k, v in _counts(range_rows.count_by_state(conn)).items()}
         snapshot["outbox_pending"] = outbox.depth(conn)
+        snapshot["pledges"] = pledges.usage(
+            conn, pledges.facts_of_config(config), time.time()
+        )  # cores in use, core-hours vs the pledge
     finally:
         conn.close()
     return snapshot
@@ -135,3 +140,25 @@ def render(snapshot: dict[str, Any], console: Console | None = None) -> None:
     console.print(_state_table("event ranges", [s.value for s in RangeState], snapshot["event_ranges"]))
     if "outbox_pending" in snapshot:
         console.print(f"outbox: {snapshot['outbox_pending']} messages waiting for the central service")
+    if snapshot.get("pledges"):
+        console.print(pledge_table(snapshot["pledges"]))
+
+
+def pledge_table(usage: dict[str, Any]) -> Table:
+    """Cores in use and core-hours of the last day against the pledge, per queue (harvester_edge.pledges)."""
+    shortage = "[red]WORK_SHORTAGE[/red]" if usage.get("work_shortage") else "no work shortage"
+    table = Table(title=f"cores and pledges (last 24 h; {shortage})", title_justify="left")
+    for col in ("queue", "kind", "cores running", "cores waiting", "pledged cores", "core-h 24h", "pledge core-h", "%"):
+        table.add_column(col, justify="left" if col in ("queue", "kind") else "right")
+    for q in usage["queues"]:
+        table.add_row(
+            q["queue"],
+            "opportunistic" if q["opportunistic"] else "pledged" if q["pledged_cores"] else "",
+            str(q["cores_running"]),
+            str(q["cores_waiting"]),
+            "" if q["pledged_cores"] is None else str(q["pledged_cores"]),
+            f"{q['core_hours_24h']:.2f}",
+            "" if q["pledged_core_hours_24h"] is None else f"{q['pledged_core_hours_24h']:.0f}",
+            "" if q["pledge_used_pct"] is None else f"{q['pledge_used_pct']:.1f}",
+        )
+    return table

@@ -38,11 +38,17 @@ def pilot_payload(job_spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_job_spec(
-    files: PilotFiles, ap: Path, jobs: list[dict[str, Any]], walltime: int, drain_warning: int, ranks: int
+    files: PilotFiles,
+    ap: Path,
+    jobs: list[dict[str, Any]],
+    walltime: int,
+    drain_warning: int,
+    ranks: int,
+    monitor_interval: float | None = None,
 ) -> None:
     """HPCJobs.json through the file seam, which makes the access point: what the pilot runs (jumbo.protocol
-    validates it before it reaches a node)."""
-    spec = {
+    validates it before it reaches a node); monitor_interval: the queue's memory/CPU sampling (else the pilot's)."""
+    spec: dict[str, Any] = {
         "jobs": [
             {
                 "PandaID": int(j["PandaID"]),
@@ -60,6 +66,8 @@ def write_job_spec(
             "safety_margin": float(min(max(drain_warning, 10), walltime // 4)),
         },
     }
+    if monitor_interval is not None:
+        spec["pilot"]["monitor_interval"] = float(monitor_interval)
     files.write_job_spec(ap, spec)
 
 

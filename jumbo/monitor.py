@@ -53,6 +53,7 @@ class Monitor:
     def __init__(self, path: Path, rank: int, interval: float):
         self.path, self.rank, self.interval = Path(path), rank, max(0.05, float(interval))
         self.maxima = dict.fromkeys(FIELDS, 0)
+        self._window_pss = 0  # the highest PSS since take_pss_peak() last ran (per-range peaks, for the scouts)
         self._stop = threading.Event()
         self._proc = psutil.Process()
         self._thread = threading.Thread(target=self._loop, name=f"monitor-{rank}", daemon=True)
@@ -66,9 +67,16 @@ class Monitor:
         record = {"time": now if now is not None else time.time(), "rank": self.rank, **sample(self._proc)}
         for key in FIELDS:
             self.maxima[key] = max(self.maxima[key], record[key])
+        self._window_pss = max(self._window_pss, int(record["pss"]))
         self._fh.write(json.dumps(record) + "\n")
         self._fh.flush()
         return record
+
+    def take_pss_peak(self) -> int:
+        """The highest PSS (bytes, the rank and its payload processes; psutil reads /proc/<pid>/smaps_rollup) of
+        the samples since the last call, then start over: called at each range's end, it is that range's peak."""
+        peak, self._window_pss = self._window_pss, 0
+        return peak
 
     def _loop(self) -> None:
         if self._stop.wait(min(self.interval, FIRST_SAMPLE_AFTER)):

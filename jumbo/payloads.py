@@ -6,6 +6,7 @@ A payload signals failure by raising (``PayloadError`` carries an error code) or
 - :func:`simulate`: a numpy simulation whose output for an event depends only on (task id, event number);
   :func:`expected` recomputes one event and :func:`verify` checks a whole output file.
 - :func:`sleep`: ``seconds_per_event`` of sleep per event (dispatch benchmarks).
+- :func:`allocate`: holds ``mb`` MB really in use for ``seconds`` (memory measured by the pilot: scouts).
 - :func:`noop`: does nothing (dispatch overhead benchmark; payload spec "output": false).
 - :func:`fail`: fails the ranges holding ``fail_events`` (raise with ``code``, ``exit``, ``kill`` = SIGKILL itself,
   or ``segfault``), and runs ``then`` (default :func:`simulate`) for the others.
@@ -90,6 +91,19 @@ def sleep(first_event: int, last_event: int, output_path: str, context: dict) ->
     time.sleep(per_event * (last_event - first_event + 1))
     with open(output_path, "w") as fh:
         fh.write(f"{first_event} {last_event}\n")
+
+
+def allocate(first_event: int, last_event: int, output_path: str, context: dict) -> None:
+    """Hold ``mb`` MB of memory really in use (every page written) for ``seconds`` (default 1), then write one line:
+    a payload whose PSS the pilot's monitor measures (scouts and brokerage by memory)."""
+    args = context.get("args") or {}
+    block = bytearray(int(float(args.get("mb", 100)) * 1024 * 1024))
+    for i in range(0, len(block), 4096):  # touch each page: resident, so it counts in RSS and PSS
+        block[i] = 1
+    time.sleep(float(args.get("seconds", 1.0)))
+    with open(output_path, "w") as fh:
+        fh.write(f"{first_event} {last_event} {len(block) >> 20}\n")
+    del block
 
 
 def noop(first_event: int, last_event: int, output_path: str, context: dict) -> None:

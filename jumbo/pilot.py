@@ -143,7 +143,7 @@ def _run(argv: list[str] | None) -> int:
     else:
         channel = MPIChannel(comm, rank)
     try:
-        Worker(channel, rank, args.ap, jobs, runner, prefetch, deadline, drain, metrics).run()
+        Worker(channel, rank, args.ap, jobs, runner, prefetch, deadline, drain, metrics, monitor.take_pss_peak).run()
     except Exception as exc:
         if dispatcher is None:
             raise  # the traceback ends this rank, and with it the MPI job

@@ -349,6 +349,7 @@ STATUS_NUMBERS = {
     "rank": (0, MAX_COUNT, True),
     "errorCode": (-MAX_COUNT, MAX_COUNT, True),
     "fsize": (0, MAX_ID, True),
+    "maxPSS": (0, MAX_ID, True),  # kB: the rank's peak PSS while the range ran (scouts, central/scouts.py)
 }
 STATUS_TEXTS = ("errorDiag", "path", "adler32")
 

@@ -80,9 +80,11 @@ class Worker:
         deadline: float | None,
         drain: threading.Event,
         metrics: Callable[[], dict] = dict,
+        pss_peak: Callable[[], int] | None = None,
     ):
         self.channel, self.rank, self.ap, self.jobs, self.runner = channel, rank, Path(ap), jobs, runner
         self.prefetch, self.deadline, self.drain, self.metrics = max(0, int(prefetch)), deadline, drain, metrics
+        self.pss_peak = pss_peak  # the monitor's highest PSS (bytes) since the last call: a range's own peak
         self.timer = RangeTimer()
         self.cpu = 0.0
         self.counts = {"finished": 0, "failed": 0, "not-done": 0}
@@ -280,6 +282,8 @@ class Worker:
             "errorCode": outcome.code,
             "errorDiag": outcome.message,
         }
+        if self.pss_peak is not None:  # kB, as PanDA counts memory; 0: no monitor sample fell within the range
+            result["maxPSS"] = int(self.pss_peak()) // 1024
         if outcome.status == "finished":
             if payload.get("output", True) is not False:
                 result.update(path=out, fsize=outcome.fsize, adler32=outcome.adler32)

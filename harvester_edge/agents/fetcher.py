@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from harvester_edge import jobpayload
 from harvester_edge.agents.base import Agent
 from harvester_edge.central.client import CentralRejected, CentralUnavailable
 from harvester_edge.store import jobs as job_rows
-from harvester_edge.store import queues
+from harvester_edge.store import meta, queues
 
 log = logging.getLogger(__name__)
 
@@ -18,10 +19,18 @@ class Fetcher(Agent):
 
     def run_cycle(self, now: float) -> None:
         config = self.ctx.config
+        shortage = self.check_work_shortage(now)
         for queue in config.queues:
             conn = self.ctx.store.connection()
             if queues.is_draining(conn, queue.name):
                 log.info("queue %s is draining: fetching no jobs", queue.name, extra={"queue": queue.name})
+                continue
+            if shortage and queue.opportunistic:
+                log.info(
+                    "queue %s is opportunistic and the central service declares a work shortage: fetching no jobs",
+                    queue.name,
+                    extra={"queue": queue.name},
+                )
                 continue
             active = job_rows.active_count(conn, queue.name)
             # one job keeps several workers busy (ranges are taken task-wide): hold no more jobs than workers can run
@@ -29,7 +38,10 @@ class Fetcher(Agent):
             if room <= 0:
                 continue
             try:
-                jobs = self.central.acquire_jobs(config.site, queue=queue.name, n_jobs=room, harvester_id=config.site)
+                resources: dict[str, Any] = queue.brokerage  # memory per rank and cores: only jobs that fit
+                jobs = self.central.acquire_jobs(
+                    config.site, queue=queue.name, n_jobs=room, harvester_id=config.site, **resources
+                )
             except CentralUnavailable as exc:
                 log.warning("no jobs fetched for queue %s: %s", queue.name, exc)
                 return
@@ -60,3 +72,27 @@ class Fetcher(Agent):
                 ", ".join(str(j["PandaID"]) for j in jobs),
                 extra={"queue": queue.name},
             )
+
+    def check_work_shortage(self, now: float) -> bool:
+        """Ask the central service about a WORK_SHORTAGE when a queue cares (opportunistic or pledged_cores), and
+        keep the answer for the submitter; unreachable: the last answer stands."""
+        config = self.ctx.config
+        if not any(q.opportunistic or q.pledged_cores for q in config.queues):
+            return False
+        try:
+            shortage = bool(self.central.work_shortage().get("shortage"))
+        except (CentralUnavailable, CentralRejected) as exc:
+            log.warning("work shortage not known this cycle (the last answer stands): %s", exc)
+            last = meta.work_shortage(self.ctx.store.connection())
+            return bool(last and last[0])
+        with self.ctx.store.write() as conn:
+            before = meta.work_shortage(conn)
+            meta.set_work_shortage(conn, shortage, now)
+        if before is None or before[0] != shortage:
+            log.info(
+                "the central service %s a work shortage: opportunistic queues %s, pledged queues %s",
+                "declares" if shortage else "ends",
+                "get no new jobs or workers" if shortage else "run again",
+                "keep within their pledge" if shortage else "use their usual limits",
+            )
+        return shortage

@@ -54,6 +54,12 @@ def range_report(range_id: str, status: str, entry: dict | None = None) -> dict:
     report: dict[str, Any] = {"eventRangeID": range_id, "eventStatus": status}
     if entry.get("cpuTime") is not None:
         report["cpuConsumptionTime"] = entry["cpuTime"]
+    if status == "finished" and entry.get("maxPSS") is not None:
+        # a pilot that measures memory per range: the scouts' measures (central/scouts.py; not PanDA fields)
+        start, end = entry.get("startTime"), entry.get("endTime")
+        if start is not None and end is not None and end >= start:
+            report["wallTime"] = round(float(end) - float(start), 3)
+        report["maxPSS"] = int(entry["maxPSS"])
     if status == "failed":
         report["errorCode"] = int(entry.get("errorCode") or EventError.PAYLOAD_FAILED)
         report["errorDiag"] = str(entry.get("errorDiag") or "payload failed")[:500]

@@ -12,7 +12,7 @@ import logging
 import secrets
 from pathlib import Path
 
-from harvester_edge import jobpayload
+from harvester_edge import jobpayload, pledges
 from harvester_edge.agents.base import Agent
 from harvester_edge.batch import BatchError
 from harvester_edge.config import QueueConfig
@@ -42,11 +42,15 @@ class Submitter(Agent):
         self.recover(now)
         conn = self.ctx.store.connection()
         draining = queues.draining_names(conn)
+        shortage = pledges.shortage_known(conn)
         for queue in self.ctx.config.queues:
             if queue.name in draining:
                 log.info("queue %s is draining: no new workers", queue.name, extra={"queue": queue.name})
                 continue
-            self.make_workers(queue, now)
+            if shortage and queue.opportunistic:  # a WORK_SHORTAGE: the work goes to the pledged resources
+                log.info("queue %s is opportunistic: no new workers in a work shortage", queue.name)
+                continue
+            self.make_workers(queue, now, pledges.cores_budget(conn, queue, shortage))
             self.submit(queue, now)
 
     # -- crash recovery -------------------------------------------------------------------------------------
@@ -115,7 +119,8 @@ class Submitter(Agent):
                 )
 
     # -- shaping --------------------------------------------------------------------------------------------
-    def make_workers(self, queue: QueueConfig, now: float) -> None:
+    def make_workers(self, queue: QueueConfig, now: float, cores_budget: int | None = None) -> None:
+        """cores_budget: the cores new workers may take in all (a pledge in a work shortage); None: no limit."""
         conn = self.ctx.store.connection()
         # only the unfinished states: the workers_state index skips the ever-growing finished history
         counts = workers.live_counts(conn, queue.name)
@@ -154,6 +159,11 @@ class Submitter(Agent):
                     queue.walltime_max,
                 )
                 shape = Shape(queue.nodes_min, real.walltime, 0)  # events unknown: the server says when done
+                if cores_budget is not None:
+                    if shape.nodes * queue.cores_per_node > cores_budget:
+                        log.info("queue %s: no new worker beyond the pledge in a work shortage", queue.name)
+                        break
+                    cores_budget -= shape.nodes * queue.cores_per_node
                 if idle is not None:
                     idle = max(0, idle - shape.nodes)
                 self._create_worker(queue, job, shape.nodes, shape.walltime, now, real.ranks_per_node)
@@ -182,6 +192,15 @@ class Submitter(Agent):
             # the uncovered work is shared evenly by the workers that can start now (they finish together); a
             # rest too small for a useful worker is left to the pilots that run the job already
             shapes = shape_workers(queue, left, spe, min(room, max(1, parallel)), idle, others_running=bool(running))
+            if cores_budget is not None:  # a work shortage: the queue's cores stay within its pledge
+                fitting = []
+                for shape in shapes:
+                    if shape.nodes * queue.cores_per_node > cores_budget:
+                        log.info("queue %s: no new worker beyond the pledge in a work shortage", queue.name)
+                        break
+                    cores_budget -= shape.nodes * queue.cores_per_node
+                    fitting.append(shape)
+                shapes = fitting
             for shape in shapes:
                 if idle is not None:
                     idle = max(0, idle - shape.nodes)
@@ -221,7 +240,13 @@ class Submitter(Agent):
                     reason=f"first worker {worker_id}",
                 )
             write_job_spec(
-                self.ctx.files, Path(ap), [job_spec_of(job)], walltime, queue.drain_warning, nodes * ranks_per_node
+                self.ctx.files,
+                Path(ap),
+                [job_spec_of(job)],
+                walltime,
+                queue.drain_warning,
+                nodes * ranks_per_node,
+                queue.monitor_interval,
             )
         return worker_id
 

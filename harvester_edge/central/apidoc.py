@@ -94,7 +94,8 @@ _LEGACY = {  # method: (module, summary, parameters, answer)
         "pilot",
         "Get a job (or nJobs jobs)",
         "siteName, node, computingElement, prodSourceLabel, nJobs, "
-        "harvester_id, worker_id, schedulerID, resourceType, jobType",
+        "harvester_id, worker_id, schedulerID, resourceType, jobType; brokerage: mem (MB per rank), memMin, "
+        "coreCount (cores per rank)",
         "a flat job description and "
         "StatusCode=0 (nSent); with nJobs {StatusCode, jobs}; StatusCode=20 when there is no job",
     ),
@@ -399,7 +400,9 @@ _V1: dict[str, tuple[str | None, str, str, str, dict | None]] = {  # path: (modu
         "pilot",
         "Get jobs for a site",
         "Dispatch up to n_jobs jobs of the active tasks to site_name (PanDA "
-        "pilot/acquire_jobs). In token mode the jobs go to the token's harvester (and a pilot token's worker).",
+        "pilot/acquire_jobs). In token mode the jobs go to the token's harvester (and a pilot token's worker). "
+        "Brokerage: memory (MB one rank of the queue may use; legacy mem), memory_min and core_count (cores per "
+        "rank) hand out only jobs of tasks whose memory estimate (declared, or measured by the scouts) fits.",
         "{StatusCode: 0, jobs: [job description, ...]}; StatusCode 20 and no jobs when there is no work.",
         None,
     ),
@@ -628,6 +631,22 @@ _V1: dict[str, tuple[str | None, str, str, str, dict | None]] = {  # path: (modu
         "the rule as it was.",
         None,
     ),
+    "/api/v1/harvester/get_work_shortage": (
+        "harvester",
+        "Is there a work shortage (WORK_SHORTAGE)",
+        "No parameters. In a shortage a harvester gives its opportunistic queues no new jobs or workers and keeps "
+        "queues with pledged_cores within the pledge. Read-only.",
+        "{shortage: bool, mode: on|off|auto, reason}.",
+        None,
+    ),
+    "/api/v1/task/set_work_shortage": (
+        "task",
+        "Declare or end a work shortage",
+        "mode: on (a shortage), off (never), auto (a shortage while no ready range and no activated job "
+        "of an active task waits).",
+        "{shortage, mode, reason} as it is now.",
+        None,
+    ),
 }
 
 
@@ -648,6 +667,7 @@ def v1_entry(path: str) -> dict[str, Any] | None:
             "/suggest",
             "/history",
             "/get_available_event_range_count",
+            "/get_work_shortage",
         )
     )
     return v1doc(module, summary, description, data, body=not get, request_body=body)

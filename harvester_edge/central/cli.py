@@ -90,6 +90,12 @@ class _Remote:
     def delete_error_rule(self, rule_id: int, who: str) -> dict:
         return self.client.call("POST", "errors/delete", body={"id": rule_id})
 
+    def work_shortage(self) -> dict:
+        return self.client.work_shortage()
+
+    def set_work_shortage(self, mode: str) -> dict:
+        return self.client.call("POST", "task/set_work_shortage", body={"mode": mode})
+
     def close(self) -> None:
         self.client.transport.close()
 
@@ -224,6 +230,22 @@ def keys_cmd(ctx: click.Context, client_name: str | None, as_json: bool) -> None
     )
 
 
+@central_group.command(
+    "shortage",
+    help="Show or set WORK_SHORTAGE: on (declared), off (never), auto (while no work waits; the default). In a "
+    "shortage harvesters give opportunistic queues no new jobs or workers and keep pledged queues within the pledge.",
+)
+@click.argument("mode", required=False, type=click.Choice(["on", "off", "auto"]))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def shortage_cmd(ctx: click.Context, mode: str | None, as_json: bool) -> None:
+    state = _run(ctx, lambda svc: svc.work_shortage() if mode is None else svc.set_work_shortage(mode))
+    if as_json:
+        click.echo(json.dumps(state))
+        return
+    click.echo(f"work shortage: {'yes' if state['shortage'] else 'no'} (mode {state['mode']}: {state['reason']})")
+
+
 # -- task -----------------------------------------------------------------------------------------------------
 TASK_COLUMNS = [
     "task_id",
@@ -274,6 +296,8 @@ def task_show(ctx: click.Context, task_id: int, as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2, default=str))
         return
     _emit(data, False, TASK_COLUMNS, f"task {task_id}")
+    if data.get("estimates"):
+        _emit(data["estimates"], False, ESTIMATE_COLUMNS, "estimates (declared, or measured by the scouts)")
     _emit(
         data.get("jobs", []),
         False,
@@ -283,6 +307,7 @@ def task_show(ctx: click.Context, task_id: int, as_json: bool) -> None:
             "attempt_nr",
             "command",
             "site",
+            "computing_element",
             "worker_id",
             "n_events",
             "dispatcher_error_code",
@@ -290,6 +315,17 @@ def task_show(ctx: click.Context, task_id: int, as_json: bool) -> None:
         ],
         "jobs",
     )
+
+
+ESTIMATE_COLUMNS = [
+    "scouts",
+    "scouts_done",
+    "scouting",
+    "seconds_per_event",
+    "seconds_per_event_from",
+    "memory_per_rank_mb",
+    "memory_from",
+]
 
 
 @task_group.command("kill", help="Abort a task: cancel its ranges, tell running pilots to stop.")

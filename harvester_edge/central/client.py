@@ -347,6 +347,10 @@ class CentralClient:
             params["jobset_id"] = int(jobset_id)
         return int(self.call("GET", "event/get_available_event_range_count", params=params) or 0)
 
+    def work_shortage(self) -> dict:
+        """{"shortage": bool, "mode", "reason"}: whether the service declares a WORK_SHORTAGE (central/shortage.py)."""
+        return dict(self.call("GET", "harvester/get_work_shortage") or {})
+
     # -- harvester ------------------------------------------------------------------------------------------
     def _hid(self, harvester_id: str | None) -> str:
         hid = harvester_id or self.harvester_id

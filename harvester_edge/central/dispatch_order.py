@@ -27,10 +27,13 @@ from .store import jobs as job_rows
 _EPSILON = 1e-9
 
 
-def plan(conn: sqlite3.Connection, n_jobs: int, active_task: tuple[str, str]) -> list[tuple[int, int]] | None:
+def plan(
+    conn: sqlite3.Connection, n_jobs: int, active_task: tuple[str, str], fit: tuple[str, tuple] = ("", ())
+) -> list[tuple[int, int]] | None:
     """(task_id, count) in the order to claim them, or None when the plain order (oldest job first) is the
-    same: at most one task waits, or every waiting task has the same priority and no share."""
-    waiting = job_rows.waiting_by_task(conn, active_task)
+    same: at most one task waits, or every waiting task has the same priority and no share. fit: only the tasks
+    whose jobs fit the asking queue (brokerage.fit_sql) are planned."""
+    waiting = job_rows.waiting_by_task(conn, active_task, fit)
     if len(waiting) <= 1:
         return None
     if len({row[1] for row in waiting}) == 1 and all(row[2] is None or row[2] >= 1 for row in waiting):
@@ -75,14 +78,23 @@ def claim(
     node: str | None,
     active_task: tuple[str, str],
     now: float,
+    fit: tuple[str, tuple] = ("", ()),
+    placed: tuple[str | None, int | None] = (None, None),
 ) -> list[sqlite3.Row]:
-    """Up to n_jobs activated jobs become sent, in the order of plan() (store/jobs.py claim_activated)."""
-    steps = plan(conn, n_jobs, active_task)
+    """Up to n_jobs activated jobs that fit the asking queue (fit, placed: brokerage.py) become sent, in the order
+    of plan() (store/jobs.py claim_activated)."""
+
+    def take(count: int, task_id: int | None = None) -> list[sqlite3.Row]:
+        return job_rows.claim_activated(
+            conn, count, site, harvester_id, worker_id, node, active_task, now, task_id, fit, placed
+        )
+
+    steps = plan(conn, n_jobs, active_task, fit)
     if steps is None:
-        return job_rows.claim_activated(conn, n_jobs, site, harvester_id, worker_id, node, active_task, now)
+        return take(n_jobs)
     out: list[sqlite3.Row] = []
     for task_id, count in steps:
-        out += job_rows.claim_activated(conn, count, site, harvester_id, worker_id, node, active_task, now, task_id)
+        out += take(count, task_id)
     if len(out) < n_jobs:  # a concurrent acquire took some of the planned jobs
-        out += job_rows.claim_activated(conn, n_jobs - len(out), site, harvester_id, worker_id, node, active_task, now)
+        out += take(n_jobs - len(out))
     return out

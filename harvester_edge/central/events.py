@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from . import classify
+from . import classify, scouts
 from .errors import InvalidInput, NotFound
 from .states import RANGE_REPORTED, RangeStatus
 from .store import ranges
@@ -66,7 +66,7 @@ def render_ranges(task: sqlite3.Row | dict, panda_id: int, rows: list) -> list[d
 
 def claim(conn: sqlite3.Connection, task: sqlite3.Row, panda_id: int, n_ranges: int, now: float) -> list[dict]:
     """Hand out up to n_ranges ready ranges of the task (task-wide: jumbo jobs) to one job."""
-    rows = ranges.claim(conn, task["task_id"], panda_id, n_ranges, now)
+    rows = ranges.claim(conn, task["task_id"], panda_id, n_ranges, now, scouts.claim_upto(conn, task))
     rows.sort(key=lambda r: r[0])
     return render_ranges(task, panda_id, rows)
 
@@ -121,10 +121,12 @@ def apply_reports(conn: sqlite3.Connection, reports: list[dict], now: float) -> 
         keys.append(key)
         parsed.append((key, panda_id, file_id, attempt_nr, status, code, rep, text))
     if len(parsed) > 1 and _all_finished_in_one_go(conn, parsed, now):
+        scouts.record(conn, [(p[0][0], p[0][1], p[6]) for p in parsed])
         return ["applied"] * len(parsed), {parsed[0][0][0]}
     rows = _current(conn, keys)
     tasks: dict[int, sqlite3.Row] = {}
     results, touched, finished = [], set(), []
+    finished_reports: list[tuple[int, int, dict]] = []
     for key, panda_id, file_id, attempt_nr, status, code, rep, text in parsed:
         row = rows.get(key)
         if row is None or file_id != FILE_ID:
@@ -139,6 +141,7 @@ def apply_reports(conn: sqlite3.Connection, reports: list[dict], now: float) -> 
             results.append("applied")
         elif target == 3:  # finished
             finished.append(key)
+            finished_reports.append((key[0], key[1], rep))
             rows[key] = (3, held_attempt, holder)
             results.append("applied")
             touched.add(key[0])
@@ -159,6 +162,7 @@ def apply_reports(conn: sqlite3.Connection, reports: list[dict], now: float) -> 
     for task_id, pids in by_task.items():
         for i in range(0, len(pids), 500):
             ranges.finish(conn, task_id, pids[i : i + 500], now)
+    scouts.record(conn, finished_reports)
     return results, touched
 
 

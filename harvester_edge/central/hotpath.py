@@ -23,6 +23,7 @@ from harvester_edge.errors import StoreError
 from . import models as m
 from .auth import check_token
 from .bodies import DEFAULT_MAX_BODY, Disconnected, parse_json, read_body, unread_body_headers
+from .brokerage import Resources
 from .errors import AuthError, CentralError, InvalidInput, NoJobs
 from .ownership import Caller
 from .service import CentralService, Op
@@ -110,7 +111,13 @@ HOT: dict[str, Hot] = {
         "pilot",
         m.AcquireJobs,
         lambda s, b, c: s.acquire_jobs_op(
-            b.site_name, b.n_jobs, b.harvester_id, None if b.worker_id is None else str(b.worker_id), b.node, caller=c
+            b.site_name,
+            b.n_jobs,
+            b.harvester_id,
+            None if b.worker_id is None else str(b.worker_id),
+            b.node,
+            caller=c,
+            resources=Resources.of(b.computing_element, b.memory, b.memory_min, b.core_count),
         ),
         jobs_answer,
     ),

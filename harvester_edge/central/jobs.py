@@ -11,7 +11,7 @@ from typing import Any
 
 from harvester_edge.codes import DispatcherError
 
-from . import classify, dispatch_order, events, limits
+from . import brokerage, classify, dispatch_order, events, limits, scouts
 from .errors import IllegalStateChange, InvalidInput, NotFound
 from .states import (
     JOB_TERMINAL,
@@ -75,7 +75,7 @@ def render_job(job: sqlite3.Row | dict, task: sqlite3.Row | dict, remaining_even
             "prodSourceLabel": "managed",
             "coreCount": 1,
             "maxCpuCount": 0,
-            "minRamCount": task["memory_per_rank_mb"],
+            "minRamCount": brokerage.task_memory(task),
             "maxDiskCount": 0,
             "maxWalltime": 0,
             "resource_type": "MCORE",
@@ -91,8 +91,8 @@ def render_job(job: sqlite3.Row | dict, task: sqlite3.Row | dict, remaining_even
             "payload": json.loads(task["payload"]),
             "nEvents": task["n_events"],
             "eventsPerRange": task["events_per_range"],
-            "secondsPerEvent": task["seconds_per_event"],
-            "memoryPerRankMB": task["memory_per_rank_mb"],
+            "secondsPerEvent": scouts.seconds_per_event(task),
+            "memoryPerRankMB": brokerage.task_memory(task),
             "nEventsRemaining": remaining_events,
         }
     spec = json.loads(task["job_spec"])
@@ -162,10 +162,22 @@ def dispatch(
     worker_id: str | None,
     node: str | None,
     now: float,
+    resources: brokerage.Resources = brokerage.NO_LIMITS,
 ) -> list[dict]:
-    """Claim up to n_jobs activated jobs of active tasks in one UPDATE ... RETURNING (per task, in the order of
-    the tasks' priorities and shares: dispatch_order.py)."""
-    jobs = dispatch_order.claim(conn, n_jobs, site, harvester_id, worker_id, node, ACTIVE_TASK, now)
+    """Claim up to n_jobs activated jobs of active tasks that fit the asking queue's resources (brokerage.py), in
+    the order of the tasks' priorities and shares (dispatch_order.py), each batch in one UPDATE ... RETURNING."""
+    jobs = dispatch_order.claim(
+        conn,
+        n_jobs,
+        site,
+        harvester_id,
+        worker_id,
+        node,
+        ACTIVE_TASK,
+        now,
+        brokerage.fit_sql(resources),
+        (resources.computing_element, resources.memory),
+    )
     out = []
     for job in sorted(jobs, key=lambda j: j["panda_id"]):
         task_rows.start(conn, job["task_id"], now)
@@ -340,8 +352,10 @@ def end_job(
         fatal = klass == classify.FATAL  # never retried: the job's ranges end as fatal
     elif task_kind(task) == "ordinary":
         ranges.finish_job_units(conn, task["task_id"], job["panda_id"], int(RangeStatus.FINISHED), now)
-    elif not ranges.job_has(conn, task["task_id"], job["panda_id"], int(RangeStatus.FINISHED)) and (
-        ranges.any_ready(conn, task["task_id"]) or ranges.job_in_flight(conn, task["task_id"], job["panda_id"])
+    elif (
+        not ranges.job_has(conn, task["task_id"], job["panda_id"], int(RangeStatus.FINISHED))
+        and (ranges.any_ready(conn, task["task_id"]) or ranges.job_in_flight(conn, task["task_id"], job["panda_id"]))
+        and not scouts.held_back(job, task)  # no range for it while scouting, or its queue no longer fits: no fault
     ):
         counted = True  # finished with nothing done while work is left: an attempt used up
         code, diag = 0, f"job {job['panda_id']} finished without finishing an event range"

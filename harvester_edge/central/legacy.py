@@ -21,6 +21,7 @@ from harvester_edge.codes import StatusCode
 from . import limits
 from .auth import authorize
 from .bodies import parse_json
+from .brokerage import Resources
 from .errors import AuthError, CentralError, InvalidInput
 from .ownership import Caller
 
@@ -102,6 +103,7 @@ def get_job(svc, p: dict, claims) -> Any:
         p.get("worker_id"),
         p.get("node"),
         caller=caller(p, claims),
+        resources=Resources.of(p.get("computingElement"), p.get("mem"), p.get("memMin"), p.get("coreCount")),
     )
     if "nJobs" in p:
         return (

@@ -34,6 +34,10 @@ class AcquireJobs(Body):
     scheduler_id: Name | None = None
     job_type: Name | None = None
     remaining_time: float | None = None
+    # brokerage (brokerage.py): what one rank of the asking queue offers; PanDA's getJob names `mem`, `coreCount`
+    memory: int | None = Field(None, ge=0, le=BIG, validation_alias=_also("memory", "mem"))
+    memory_min: int | None = Field(None, ge=0, le=BIG, validation_alias=_also("memory_min", "memMin"))
+    core_count: int | None = Field(None, ge=0, le=1_000_000, validation_alias=_also("core_count", "coreCount"))
 
 
 # snake_case v1 names -> the PanDA camelCase names the service layer stores
@@ -183,3 +187,7 @@ class WorkerNodeGpu(Body):
     framework: Name | None = None
     framework_version: Name | None = None
     driver_version: Name | None = None
+
+
+class WorkShortage(Body):
+    mode: str = Field(pattern="^(on|off|auto)$")  # shortage.py: on, off, or auto (a shortage when no work waits)

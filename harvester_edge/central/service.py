@@ -11,12 +11,13 @@ from typing import Any
 
 from harvester_edge.codes import StatusCode
 
-from . import classify, events, jobs, limits, tasks
+from . import brokerage, classify, events, jobs, limits, scouts, shortage, tasks
 from .errors import CentralError, InvalidInput, NotFound
 from .ownership import TRUSTED, Caller, Judge, named_harvester, report_job, required_harvester
 from .states import JOB_WATCHED, RangeStatus
 from .store import harvesters, ranges, rules
 from .store import jobs as job_rows
+from .store import tasks as task_rows
 from .store.database import Database, open_database, release, rollback_to, savepoint
 from .store.pg import PgDatabase
 from .taskspec import TaskSpec, parse_task
@@ -88,6 +89,13 @@ class CentralService:
     def list_tasks(self) -> list[dict]:
         return tasks.list_tasks(self.db.reader())
 
+    def work_shortage(self) -> dict:
+        """{"shortage", "mode", "reason"}: WORK_SHORTAGE as the harvesters read it (shortage.py)."""
+        return shortage.state(self.db.reader())
+
+    def set_work_shortage(self, mode: str) -> dict:
+        return self.db.write(shortage.set_mode, mode)
+
     def show_task(self, task_id: int) -> dict:
         return tasks.show(self.db.reader(), _check_int("task_id", task_id))
 
@@ -116,7 +124,9 @@ class CentralService:
         node: str | None = None,
         now: float | None = None,
         caller: Caller = TRUSTED,
+        resources: brokerage.Resources = brokerage.NO_LIMITS,
     ) -> Op:
+        """resources: what a rank of the asking queue offers (brokerage.py): only jobs that fit are handed out."""
         _check_int("n_jobs", n_jobs, 1, 10_000)
         harvester_id, worker_id = named_harvester(
             caller, limits.name("harvester_id", harvester_id), limits.name("worker_id", worker_id)
@@ -130,6 +140,7 @@ class CentralService:
                 worker_id,
                 limits.name("node", node),
                 self._now(now),
+                resources,
             ),
         )
 
@@ -182,8 +193,9 @@ class CentralService:
         node: str | None = None,
         now: float | None = None,
         caller: Caller = TRUSTED,
+        resources: brokerage.Resources = brokerage.NO_LIMITS,
     ) -> list[dict]:
-        return self.run(self.acquire_jobs_op(site, n_jobs, harvester_id, worker_id, node, now, caller))
+        return self.run(self.acquire_jobs_op(site, n_jobs, harvester_id, worker_id, node, now, caller, resources))
 
     def update_job(
         self, job_id: int, state: str, fields: dict | None = None, now: float | None = None, caller: Caller = TRUSTED
@@ -225,10 +237,17 @@ class CentralService:
         return out
 
     # -- reads ----------------------------------------------------------------------------------------------
-    def available_range_count(self, task_id: int | None = None) -> int:
+    def available_range_count(self, task_id: int | None = None, job_id: int | None = None) -> int:
+        """Ready ranges of the task (or all active tasks); for a job (job_id) none while it is held back: its task
+        scouts elsewhere or outgrew the job's queue (scouts.held_back): more workers for it would get nothing."""
         if task_id is not None:
             task_id = _check_int("task_id", task_id)
-        return ranges.count_ready_of_active_tasks(self.db.reader(), int(RangeStatus.READY), task_id)
+        conn = self.db.reader()
+        if job_id is not None:
+            job = job_rows.get(conn, _check_int("job_id", job_id))
+            if job is not None and scouts.held_back(job, task_rows.of_job(conn, job["task_id"])):
+                return 0
+        return ranges.count_ready_of_active_tasks(conn, int(RangeStatus.READY), task_id)
 
     # -- harvester and workers ------------------------------------------------------------------------------
     def heartbeat(
@@ -411,6 +430,8 @@ def _acquire_ranges(conn, job_id: Any, task_id: Any, n_ranges: int, now: float, 
     if task["status"] not in jobs.ACTIVE_TASK:
         return []
     job_rows.heartbeat(conn, job_id, now)
+    if not brokerage.job_fits(job, task):  # the scouts found the task bigger than the job's queue: none for it
+        return []
     if jobs.task_kind(task) == "ordinary":  # its one unit of work, claimed at dispatch: handed out once
         rows = ranges.start_sent(conn, task["task_id"], job_id, now)
         return events.render_ranges(task, job_id, rows)

@@ -7,7 +7,7 @@ import sqlite3
 import uuid
 from typing import Any
 
-from . import events, jobs
+from . import events, jobs, scouts
 from .errors import IllegalStateChange, InvalidInput, NotFound
 from .states import RANGE_OPEN, RangeStatus, TaskStatus
 from .store import jobs as job_rows
@@ -40,6 +40,9 @@ def submit(conn: sqlite3.Connection, spec: TaskSpec, default_attempts: int, now:
     if task_id is None or spec.events is None or spec.events_per_range is None:  # TaskSpec's validator sets both
         raise RuntimeError(f"task not stored, or its spec lacks events/events_per_range: {spec!r:.200}")
     ranges.insert(conn, events.split_rows(task_id, spec.events, spec.events_per_range))
+    n_ranges = -(-spec.events // spec.events_per_range)
+    n_scouts = min(spec.scouts, n_ranges) if spec.kind == "jumbo" else 0
+    task_rows.set_scouts(conn, task_id, n_scouts, spec.wait_for_scouts, spec.cores)
     jobs.insert_jobs(conn, task_id, spec.jobs, 1, now)
     if spec.priority or spec.share is not None:
         task_rows.set_dispatch(conn, task_id, spec.priority, spec.share, now)
@@ -116,6 +119,7 @@ def summary(conn: Conn, task: sqlite3.Row) -> dict[str, Any]:
     out["job"] = json.loads(task["job_spec"]) if task["job_spec"] else None
     out["ranges"] = counts
     out["events_finished"] = done
+    out["estimates"] = scouts.estimates(task)
     return out
 
 

@@ -84,6 +84,8 @@ class TaskSpec(BaseModel, extra="forbid"):
     # dispatch order (higher first) and the fraction of running jobs the task may hold while others wait
     priority: int = Field(0, ge=-1_000_000, le=1_000_000)
     share: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    scouts: int = Field(10, ge=0, le=1000)  # jumbo: the first ranges measure time and memory (central/scouts.py)
+    wait_for_scouts: bool = False  # jumbo: the other ranges wait until no scout is open (PanDA's scouting phase)
 
     @model_validator(mode="wrap")
     @classmethod

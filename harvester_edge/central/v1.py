@@ -32,6 +32,7 @@ from .models import (
     UpdateWorkers,
     WorkerNode,
     WorkerNodeGpu,
+    WorkShortage,
 )
 from .ownership import Caller
 from .taskspec import TaskSpec
@@ -139,7 +140,7 @@ def get_available_event_range_count(
 ) -> Response:
     """The real server takes job_id, jobset_id and task_id; ranges are task-wide here (jumbo), so the task counts."""
     authorize(request, "event")
-    return ok(svc(request).available_range_count(task_id))
+    return ok(svc(request).available_range_count(task_id, job_id))
 
 
 @router.post("/harvester/heartbeat", tags=["harvester"])
@@ -293,6 +294,18 @@ def errors_edit(body: ErrorEdit, request: Request) -> Response:
 def errors_delete(body: RuleRef, request: Request) -> Response:
     claims = authorize(request, "errors")
     return ok(svc(request).delete_error_rule(body.id, who(claims)))
+
+
+@router.get("/harvester/get_work_shortage", tags=["harvester"])
+def get_work_shortage(request: Request) -> Response:
+    authorize(request, "harvester")
+    return ok(svc(request).work_shortage())
+
+
+@router.post("/task/set_work_shortage", tags=["task"])
+def set_work_shortage(body: WorkShortage, request: Request) -> Response:
+    authorize(request, "task")
+    return ok(svc(request).set_work_shortage(body.mode))
 
 
 router.include_router(v1_harvester.router)  # the other calls of Harvester's communicator (v1_harvester.py)

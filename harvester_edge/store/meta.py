@@ -26,3 +26,21 @@ def set_archive_dir(conn: sqlite3.Connection, value: str | None) -> None:
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (value or "",),
     )
+
+
+def set_work_shortage(conn: sqlite3.Connection, shortage: bool, now: float) -> None:
+    """What the central service said last about a WORK_SHORTAGE ("1"/"0" and when): the submitter reads it."""
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('work_shortage', ?) ON CONFLICT (key) DO UPDATE SET value = "
+        "excluded.value",
+        (f"{int(shortage)} {now}",),
+    )
+
+
+def work_shortage(conn: sqlite3.Connection) -> tuple[bool, float] | None:
+    """(shortage, when it was heard) or None if never asked."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'work_shortage'").fetchone()
+    if row is None:
+        return None
+    flag, when = row[0].split()
+    return flag == "1", float(when)

@@ -36,3 +36,22 @@ def all_queues(conn: sqlite3.Connection) -> list[sqlite3.Row]:
 
 def draining_by_name(conn: sqlite3.Connection) -> dict[str, int]:
     return {r[0]: r[1] for r in conn.execute("SELECT name, draining FROM queues")}
+
+
+def set_pledge(
+    conn: sqlite3.Connection, name: str, cores_per_node: int, pledged_cores: int | None, opportunistic: bool
+) -> None:
+    """The queue's cores per node, pledge and opportunistic flag, as configured (the monitor's pledge view)."""
+    conn.execute(
+        "INSERT INTO queue_pledges (name, cores_per_node, pledged_cores, opportunistic) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET cores_per_node = excluded.cores_per_node, "
+        "pledged_cores = excluded.pledged_cores, opportunistic = excluded.opportunistic",
+        (name, cores_per_node, pledged_cores, int(opportunistic)),
+    )
+
+
+def pledges(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """(name, cores_per_node, pledged_cores, opportunistic) of every configured queue, by name."""
+    return conn.execute(
+        "SELECT name, cores_per_node, pledged_cores, opportunistic FROM queue_pledges ORDER BY name"
+    ).fetchall()

@@ -176,12 +176,21 @@ def _alerts(conn: sqlite3.Connection) -> None:
     )
 
 
+def _queue_pledges(conn: sqlite3.Connection) -> None:
+    # what the monitor needs of a queue's config to show cores against the pledge (harvester_edge.pledges)
+    conn.execute(
+        "CREATE TABLE queue_pledges (name TEXT PRIMARY KEY REFERENCES queues(name), "
+        "cores_per_node INTEGER NOT NULL, pledged_cores INTEGER, opportunistic INTEGER NOT NULL DEFAULT 0)"
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_install_id_and_request_seq", _install_id_and_request_seq),
     ("0003_uncleaned_workers_index", _uncleaned_workers_index),
     ("0004_recent_failures_index", _recent_failures_index),
     ("0007_alerts", _alerts),
+    ("0008_queue_pledges", _queue_pledges),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

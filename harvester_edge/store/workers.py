@@ -323,3 +323,29 @@ def ended_by_queue(conn: sqlite3.Connection, since: float) -> list[sqlite3.Row]:
         "AND coalesce(ended_at, updated_at) > ? GROUP BY queue, state",
         (*_ENDED, since),
     ).fetchall()
+
+
+def live_nodes(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+    """{(queue, state): nodes} of the unfinished workers (pledges: cores in use and waiting)."""
+    return {
+        (r[0], r[1]): int(r[2])
+        for r in conn.execute(
+            f"SELECT queue, state, sum(nodes) FROM workers WHERE state IN ({','.join('?' * 4)}) GROUP BY queue, state",
+            _LIVE,
+        )
+    }
+
+
+def node_seconds_since(conn: sqlite3.Connection, since: float, now: float) -> dict[str, float]:
+    """{queue: node-seconds} the workers ran between since and now (running ones: until now; one that ended
+    without an end time: until its last update)."""
+    running = W.RUNNING.value
+    return {
+        r[0]: float(r[1] or 0.0)
+        for r in conn.execute(
+            "SELECT queue, sum(nodes * max(0.0, min(coalesce(ended_at, CASE WHEN state = ? THEN ? ELSE updated_at "
+            "END), ?) - max(started_at, ?))) FROM workers WHERE started_at IS NOT NULL "
+            "AND coalesce(ended_at, updated_at) >= ? OR state = ? GROUP BY queue",
+            (running, now, now, since, since, running),
+        )
+    }

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harvester_edge import archives, pilot_files
+from harvester_edge import archives, pilot_files, pledges
 from harvester_edge.central.states import RangeStatus
 from harvester_edge.central.store import monitor
 from harvester_edge.central.store.conn import Conn
@@ -290,6 +290,17 @@ def queues(harvester: sqlite3.Connection | None) -> list[dict]:
         q["workers"] = {c["state"]: c["count"] for c in counts if c["queue"] == q["name"]}
         q["jobs"] = {c["state"]: c["n"] for c in jobs if c["queue"] == q["name"]}
     return rows
+
+
+def pledge_usage(harvester: sqlite3.Connection | None, now: float) -> dict | None:
+    """Cores in use and core-hours of the last day against each queue's pledge (None: no harvester DB, or one
+    the daemon has not migrated yet)."""
+    if harvester is None:
+        return None
+    try:
+        return pledges.usage(harvester, pledges.facts_of_db(harvester), now)
+    except sqlite3.OperationalError:
+        return None
 
 
 def harvesters(central: Conn) -> list[dict]:

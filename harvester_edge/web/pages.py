@@ -102,6 +102,7 @@ def task(service: CentralService, hdb: Path | None, params: dict, now: float, ta
                 "status",
                 "attempt_nr",
                 "site",
+                "computing_element",
                 "worker_id",
                 "n_events",
                 "pilot_error_code",
@@ -284,6 +285,7 @@ def sites(service: CentralService, hdb: Path | None, params: dict, now: float) -
         queues = data.queues(hconn)
         workers = [dict(r) for r in worker_rows.listing(hconn)] if hconn is not None else []
         timelines = pictures.sites(hconn, now)
+        pledge_usage = data.pledge_usage(hconn, now)
     harvesters = data.harvesters(central)
     for h in harvesters:
         try:
@@ -307,6 +309,8 @@ def sites(service: CentralService, hdb: Path | None, params: dict, now: float) -
         "sites": data.sites(central),
         "harvester_db": hdb,
         "ready": int(RangeStatus.READY),
+        "pledges": pledge_usage,
+        "shortage": service.work_shortage(),
     }
 
 

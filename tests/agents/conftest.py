@@ -54,6 +54,7 @@ class Site:
         agents: dict | None = None,
         daemon: dict | None = None,
         paths: dict | None = None,
+        extra_queues: list[dict] | None = None,
     ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
@@ -64,7 +65,7 @@ class Site:
         config = {
             "site": "t",
             "central": central or {"mode": "embedded", "trusted": True},
-            "queues": [{"name": "q", **queue}],
+            "queues": [{"name": "q", **queue}, *(extra_queues or [])],
             "paths": {"work_dir": str(self.work), **(paths or {})},
             "agents": agents
             or {

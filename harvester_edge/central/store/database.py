@@ -104,6 +104,18 @@ ADDED_COLUMNS = {
         ("log_file", "TEXT"),
     ),
 }
+# brokerage by resources and scouts (central/brokerage.py, central/scouts.py): a task's scouts and what they measured,
+# cores per rank; a job's queue (computing element) and the memory per rank it offers
+ADDED_COLUMNS["tasks"] += (
+    ("n_scouts", "INTEGER NOT NULL DEFAULT 0"),
+    ("scouting", "INTEGER NOT NULL DEFAULT 0"),
+    ("scouts_done", "INTEGER NOT NULL DEFAULT 0"),
+    ("scout_events", "INTEGER NOT NULL DEFAULT 0"),
+    ("scout_seconds", "REAL NOT NULL DEFAULT 0"),
+    ("scout_pss_mb", "INTEGER"),
+    ("cores_per_rank", "INTEGER NOT NULL DEFAULT 1"),
+)
+ADDED_COLUMNS["jobs"] += (("computing_element", "TEXT"), ("mem_limit_mb", "INTEGER"))
 
 
 def upgrade_columns(conn: Any) -> None:

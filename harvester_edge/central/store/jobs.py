@@ -28,35 +28,45 @@ def claim_activated(
     active_task: tuple[str, str],
     now: float,
     task_id: int | None = None,
+    fit: tuple[str, tuple] = ("", ()),
+    placed: tuple[str | None, int | None] = (None, None),
 ) -> list[sqlite3.Row]:
     """Up to n_jobs activated jobs of tasks in the (two) active states become sent, in one UPDATE ... RETURNING
     (on PostgreSQL picked FOR UPDATE SKIP LOCKED: concurrent acquires take different jobs without waiting).
-    task_id: only that task's jobs (the dispatch order's plan, central/dispatch_order.py)."""
-    only = " AND j.task_id=?" if task_id is not None else ""
-    one = (task_id,) if task_id is not None else ()
+
+    task_id: only that task's jobs (the dispatch order's plan, central/dispatch_order.py);
+    fit: (" AND ...", args) on the task (alias t) from brokerage.fit_sql: only jobs that fit the asking queue;
+    placed: (computing_element, mem_limit_mb) of that queue, kept on the job (brokerage.job_fits)."""
+    where, fit_args = fit
+    if task_id is not None:
+        where, fit_args = where + " AND j.task_id=?", (*fit_args, task_id)
     if is_pg(conn):
         return conn.execute(
             "WITH picked AS MATERIALIZED (SELECT j.panda_id FROM jobs j JOIN tasks t USING (task_id) "
-            f"WHERE j.status='activated' AND t.status IN (?, ?){only} ORDER BY j.panda_id LIMIT ? "
+            "WHERE j.status='activated' AND t.status IN (?, ?)" + where + " ORDER BY j.panda_id LIMIT ? "
             "FOR UPDATE OF j SKIP LOCKED) "
-            "UPDATE jobs SET status='sent', site=?, harvester_id=?, worker_id=?, node=?, heartbeat=?, modified=? "
+            "UPDATE jobs SET status='sent', site=?, harvester_id=?, worker_id=?, node=?, heartbeat=?, modified=?, "
+            "computing_element=?, mem_limit_mb=? "
             "WHERE panda_id = ANY(ARRAY(SELECT panda_id FROM picked)) AND status='activated' RETURNING *",
-            (*active_task, *one, n_jobs, site, harvester_id, worker_id, node, now, now),
+            (*active_task, *fit_args, n_jobs, site, harvester_id, worker_id, node, now, now, *placed),
         ).fetchall()
     return conn.execute(
-        "UPDATE jobs SET status='sent', site=?, harvester_id=?, worker_id=?, node=?, heartbeat=?, modified=? "
+        "UPDATE jobs SET status='sent', site=?, harvester_id=?, worker_id=?, node=?, heartbeat=?, modified=?, "
+        "computing_element=?, mem_limit_mb=? "
         "WHERE panda_id IN (SELECT j.panda_id FROM jobs j JOIN tasks t USING (task_id) "
-        f"WHERE j.status='activated' AND t.status IN (?, ?){only} ORDER BY j.panda_id LIMIT ?) RETURNING *",
-        (site, harvester_id, worker_id, node, now, now, *active_task, *one, n_jobs),
+        "WHERE j.status='activated' AND t.status IN (?, ?)" + where + " ORDER BY j.panda_id LIMIT ?) RETURNING *",
+        (site, harvester_id, worker_id, node, now, now, *placed, *active_task, *fit_args, n_jobs),
     ).fetchall()
 
 
-def waiting_by_task(conn: Conn, active_task: tuple[str, str]) -> list[sqlite3.Row]:
-    """(task_id, priority, share, first panda_id, activated count) of active tasks with activated jobs."""
+def waiting_by_task(conn: Conn, active_task: tuple[str, str], fit: tuple[str, tuple] = ("", ())) -> list[sqlite3.Row]:
+    """(task_id, priority, share, first panda_id, activated count) of active tasks with activated jobs (that fit
+    the asking queue: brokerage.fit_sql)."""
+    where, fit_args = fit
     return conn.execute(
         "SELECT j.task_id, t.priority, t.share, min(j.panda_id), count(*) FROM jobs j JOIN tasks t USING (task_id) "
-        "WHERE j.status='activated' AND t.status IN (?, ?) GROUP BY j.task_id, t.priority, t.share",
-        active_task,
+        "WHERE j.status='activated' AND t.status IN (?, ?)" + where + " GROUP BY j.task_id, t.priority, t.share",
+        (*active_task, *fit_args),
     ).fetchall()
 
 
@@ -249,7 +259,7 @@ def of_task(conn: Conn, task_id: int) -> list[sqlite3.Row]:
     """The task's jobs, the columns `task show` lists."""
     return conn.execute(
         "SELECT panda_id, status, attempt_nr, command, site, worker_id, heartbeat, n_events, pilot_error_code, "
-        "dispatcher_error_code, dispatcher_error_diag FROM jobs WHERE task_id=? ORDER BY panda_id",
+        "dispatcher_error_code, dispatcher_error_diag, computing_element FROM jobs WHERE task_id=? ORDER BY panda_id",
         (task_id,),
     ).fetchall()
 

@@ -43,29 +43,33 @@ def events_in(conn: Conn, task_id: int, status: int) -> int:
     ).fetchone()[0]
 
 
-def claim(conn: Conn, task_id: int, panda_id: int, n_ranges: int, now: float) -> list[sqlite3.Row]:
-    """Up to n_ranges ready ranges of the task sent to the job: (process_id, start_event, last_event, attempt_nr).
+def claim(
+    conn: Conn, task_id: int, panda_id: int, n_ranges: int, now: float, upto: int | None = None
+) -> list[sqlite3.Row]:
+    """Up to n_ranges ready ranges of the task sent to the job: (process_id, start_event, last_event, attempt_nr);
+    upto: only ranges with process_id <= upto (a scouting task's scouts, central/scouts.py).
 
     On PostgreSQL the ready ranges are picked FOR UPDATE SKIP LOCKED: processes claiming at the same time take
     different ranges and never wait for each other."""
+    only, only_args = ("", ()) if upto is None else (" AND process_id <= ?", (upto,))
     if is_pg(conn):
         # a CTE runs once (a subquery under IN may run again per row and pick more): at most n_ranges rows;
         # = ANY(ARRAY(...)) makes the update primary-key probes (a join planned on stale statistics was a
         # nested loop over every ready range)
         return conn.execute(
-            "WITH picked AS MATERIALIZED (SELECT process_id FROM ranges WHERE task_id=? AND status=0 "
+            "WITH picked AS MATERIALIZED (SELECT process_id FROM ranges WHERE task_id=? AND status=0" + only + " "
             "ORDER BY process_id LIMIT ? FOR UPDATE SKIP LOCKED) "
             "UPDATE ranges r SET status=1, panda_id=?, attempt_nr=r.attempt_nr+1, modified=? "
             "WHERE r.task_id=? AND r.process_id = ANY(ARRAY(SELECT process_id FROM picked)) AND r.status=0 "
             "RETURNING r.process_id, r.start_event, r.last_event, r.attempt_nr",
-            (task_id, n_ranges, panda_id, now, task_id),
+            (task_id, *only_args, n_ranges, panda_id, now, task_id),
         ).fetchall()
     return conn.execute(
         "UPDATE ranges SET status=1, panda_id=?, attempt_nr=attempt_nr+1, modified=? "
         "WHERE task_id=? AND status=0 AND process_id IN (SELECT process_id FROM ranges INDEXED BY ranges_ready "
-        "WHERE task_id=? AND status=0 ORDER BY process_id LIMIT ?) "
+        "WHERE task_id=? AND status=0" + only + " ORDER BY process_id LIMIT ?) "
         "RETURNING process_id, start_event, last_event, attempt_nr",
-        (panda_id, now, task_id, task_id, n_ranges),
+        (panda_id, now, task_id, task_id, *only_args, n_ranges),
     ).fetchall()
 
 
@@ -276,3 +280,25 @@ def failures_of_job(conn: Conn, task_id: int, panda_id: int) -> list[sqlite3.Row
     sql = "SELECT error_code, error_diag FROM ranges WHERE task_id=? AND error_code IS NOT NULL AND error_code != 0"
     rows = conn.execute(sql + " AND panda_id=? LIMIT 1000", (task_id, panda_id)).fetchall()
     return rows or conn.execute(sql + " LIMIT 1000", (task_id,)).fetchall()
+
+
+def any_open_upto(conn: Conn, task_id: int, upto: int) -> bool:
+    """Whether a range of the task with process_id <= upto is ready, sent or running (a scout still open)."""
+    return (
+        conn.execute(
+            "SELECT 1 FROM ranges WHERE task_id=? AND process_id <= ? AND status IN (0, 1, 2) LIMIT 1",
+            (task_id, upto),
+        ).fetchone()
+        is not None
+    )
+
+
+def sizes(conn: Conn, task_id: int, process_ids: list[int]) -> dict[int, int]:
+    """process_id -> number of events, of these ranges of the task (at most 500 ids per call)."""
+    return dict(
+        conn.execute(
+            f"SELECT process_id, last_event - start_event + 1 FROM ranges WHERE task_id=? "
+            f"AND process_id IN ({','.join('?' * len(process_ids))})",
+            (task_id, *process_ids),
+        ).fetchall()
+    )

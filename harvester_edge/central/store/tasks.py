@@ -83,3 +83,31 @@ def reopen(conn: Conn, task_id: int, now: float) -> None:
 def set_dispatch(conn: Conn, task_id: int, priority: int, share: float | None, now: float) -> None:
     """The task's dispatch priority and share (central/dispatch_order.py)."""
     conn.execute("UPDATE tasks SET priority=?, share=?, modified=? WHERE task_id=?", (priority, share, now, task_id))
+
+
+def set_scouts(conn: Conn, task_id: int, n_scouts: int, wait: bool, cores_per_rank: int) -> None:
+    """The task's first n_scouts ranges are its scouts; wait: the others are held back until none is open
+    (`scouting`); cores one rank needs."""
+    conn.execute(
+        "UPDATE tasks SET n_scouts=?, scouting=?, cores_per_rank=? WHERE task_id=?",
+        (n_scouts, int(n_scouts > 0 and wait), cores_per_rank, task_id),
+    )
+
+
+def scout_fields(conn: Conn, task_id: int) -> sqlite3.Row | None:
+    """(n_scouts, scouting) of the task."""
+    return conn.execute("SELECT n_scouts, scouting FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+
+
+def add_scout_measures(conn: Conn, task_id: int, n: int, events: int, seconds: float, pss_mb: int) -> None:
+    """n more scouts finished: their events and wall seconds add up, their highest PSS (MB; 0: none measured)."""
+    conn.execute(
+        "UPDATE tasks SET scouts_done = scouts_done + ?, scout_events = scout_events + ?, "
+        "scout_seconds = scout_seconds + ?, "
+        "scout_pss_mb = CASE WHEN ? > coalesce(scout_pss_mb, 0) THEN ? ELSE scout_pss_mb END WHERE task_id=?",
+        (n, events, seconds, pss_mb, pss_mb, task_id),
+    )
+
+
+def end_scouting(conn: Conn, task_id: int) -> None:
+    conn.execute("UPDATE tasks SET scouting=0 WHERE task_id=?", (task_id,))
