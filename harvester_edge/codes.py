@@ -49,12 +49,14 @@ class PilotError:
     STAGEINFAILED = 1099  # failed to stage-in file
     STAGEOUTFAILED = 1137  # failed to stage-out file (a put error)
     TRFDOWNLOADFAILURE = 1149  # the transformation could not be downloaded (jumbo/transform.py sets it)
+    LOOPINGJOB = 1150  # no output and no CPU progress for the looping timeout: killed (jumbo.execute.CODE_LOOPING)
     STAGEINTIMEOUT = 1151  # file transfer timed out during stage-in (GETTIMEOUT in Pilot 1)
 
     MEANING: ClassVar[dict[int, str]] = {
         STAGEINFAILED: "Failed to stage-in file",
         STAGEOUTFAILED: "Failed to stage-out file",
         TRFDOWNLOADFAILURE: "Transform could not be downloaded",
+        LOOPINGJOB: "Looping job killed by pilot",
         STAGEINTIMEOUT: "File transfer timed out during stage-in",
     }
 

@@ -59,10 +59,22 @@ class QueueConfig(Strict):
     rank_memory_min_mb: int = Field(default=0, ge=0)
     rank_memory_max_mb: PositiveInt | None = None
     monitor_interval: Annotated[Duration, Field(gt=0)] | None = None  # the pilot's memory/CPU sampling, seconds
+    # pilot health checks (README "Pilot health checks"); unset: the pilot's defaults (30 min, 1024 MB)
+    looping_timeout: Annotated[Duration, Field(gt=0)] | None = None  # no output and no CPU progress: killed
+    min_free_disk_mb: int | None = Field(default=None, ge=0)  # the pilot drains below this free in the work dir
     # pledges (README "Pledges and work shortage"): during a WORK_SHORTAGE an opportunistic queue gets no new jobs
     # or workers, and a queue with pledged_cores keeps its running + queued cores within the pledge
     pledged_cores: PositiveInt | None = None
     opportunistic: bool = False
+
+    def pilot_settings(self) -> dict[str, float]:
+        """The pilot settings of this queue that override the pilot's defaults (jumbo.protocol.PILOT_DEFAULTS)."""
+        fields = {
+            "monitor_interval": self.monitor_interval,
+            "looping_timeout": self.looping_timeout,
+            "min_free_disk_mb": self.min_free_disk_mb,
+        }
+        return {name: float(value) for name, value in fields.items() if value is not None}
 
     @field_validator("batch")
     @classmethod

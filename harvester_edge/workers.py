@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +45,11 @@ def write_job_spec(
     walltime: int,
     drain_warning: int,
     ranks: int,
-    monitor_interval: float | None = None,
+    pilot: Mapping[str, Any] | None = None,
 ) -> None:
     """HPCJobs.json through the file seam, which makes the access point: what the pilot runs (jumbo.protocol
-    validates it before it reaches a node); monitor_interval: the queue's memory/CPU sampling (else the pilot's)."""
+    validates it before it reaches a node); pilot: the queue's pilot settings (QueueConfig.pilot_settings: memory/CPU
+    sampling, looping timeout, free disk minimum), else the pilot's defaults."""
     spec: dict[str, Any] = {
         "jobs": [
             {
@@ -66,8 +68,7 @@ def write_job_spec(
             "safety_margin": float(min(max(drain_warning, 10), walltime // 4)),
         },
     }
-    if monitor_interval is not None:
-        spec["pilot"]["monitor_interval"] = float(monitor_interval)
+    spec["pilot"].update(pilot or {})
     files.write_job_spec(ap, spec)
 
 

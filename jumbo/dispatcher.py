@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import logging
 import os
+import shutil
 import threading
 import time
 from collections import deque
@@ -64,6 +65,7 @@ class Dispatcher:
         self.sends = Sends()
         self._next_beat = 0.0
         self._next_kill_check = 0.0
+        self._next_disk_check = 0.0
         self.thread = threading.Thread(target=self.run, name="dispatcher", daemon=True)
 
     # -- messaging
@@ -177,6 +179,20 @@ class Dispatcher:
             self._send(rank, {"kind": "stop"})
 
     # -- decisions
+    def _low_disk(self) -> str:
+        """A drain reason if the access point's file system has less free space than min_free_disk_mb, else ''.
+        Outputs are written there: draining while there is room lets in-flight ranges finish and be reported."""
+        want = int(self.settings["min_free_disk_mb"] or 0)
+        try:
+            free = shutil.disk_usage(self.ap).free >> 20
+        except OSError as exc:
+            log.warning("cannot read the free disk space of %s: %s", self.ap, exc)
+            return ""
+        if free >= want:
+            return ""
+        log.error("only %d MB free in %s (min_free_disk_mb %d): draining", free, self.ap, want)
+        return f"low disk space: {free} MB free in the work dir (< {want} MB)"
+
     def _check_drain(self, now: float) -> None:
         if self.draining:
             return
@@ -187,6 +203,9 @@ class Dispatcher:
             asked = protocol.drain_requested(self.ap)
             if asked is not None:
                 self.draining = f"harvester asked to drain ({asked.get('reason', '')})"
+        if not self.draining and now >= self._next_disk_check:
+            self._next_disk_check = now + float(self.settings["disk_check_interval"])
+            self.draining = self._low_disk()
         if not self.draining and self.deadline is not None and not self.timer.fits(now, self.deadline):
             self.draining = "walltime: another range does not fit"
         if self.draining:

@@ -1,5 +1,9 @@
 """Run one event range's payload in a supervised child process, so the rank survives whatever the payload does.
 
+A payload that writes nothing (its log and its output stay the same size) and uses no CPU (the child and its
+descendants) for ``looping_timeout`` seconds is looping: it is killed and its range reported failed with
+CODE_LOOPING, so the central service hands the range out again while attempts remain.
+
 Isolation per payload spec: ``worker`` keeps one long-lived ``python -m jumbo.child`` per rank and callable (cheap,
 restarted if it dies); ``process`` starts a fresh child per range; commands always get a fresh process. A range that
 is still running at the deadline is killed (SIGKILL) and reported not-done, so it is handed out again.
@@ -9,6 +13,7 @@ still a failed range, but a crash takes the rank (and with MPI the whole pilot) 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
+import psutil
+
 from jumbo.payloads import resolve
 
 log = logging.getLogger(__name__)
@@ -32,6 +39,7 @@ log = logging.getLogger(__name__)
 CODE_EXCEPTION = 1  # a callable raised without an error code
 CODE_NO_OUTPUT = 70  # the payload said OK but the output file is missing
 CODE_START_FAILED = 71  # the child process or command could not be started
+CODE_LOOPING = 1150  # pilot3's LOOPINGJOB: no output and no CPU progress for looping_timeout, killed
 CODE_SIGNAL_BASE = 128  # killed by signal N -> 128 + N (as a shell reports it)
 STOP_GRACE = 5.0  # seconds a worker child gets to exit after its stdin closes
 
@@ -118,13 +126,66 @@ def _signal_outcome(returncode: int, what: str) -> Outcome:
     return Outcome("failed", returncode or CODE_EXCEPTION, f"{what} exited with code {returncode}")
 
 
+LOOPING = b"looping"  # _read_answer's word for a payload that made no progress for the looping timeout
+
+
+class Progress:
+    """Whether a payload child is doing anything: the CPU time of it and its descendants, the size of the rank's
+    payload log and of the range's output. `stalled()` is true once none of them moved for the looping timeout."""
+
+    def __init__(self, runner: PayloadRunner, child: PayloadChild, output: str) -> None:
+        self.timeout = runner.looping_timeout
+        self.log, self.output = runner._log, output
+        self.pid = getattr(child, "pid", None)
+        self.check = None if not self.timeout else max(0.05, min(self.timeout / 4, 30.0))
+        self.last: tuple = ()
+        self.since = time.monotonic()
+
+    def wait(self) -> float | None:
+        """Seconds to wait before the next look (None: no looping check)."""
+        return self.check
+
+    def _sample(self) -> tuple:
+        cpu = 0.0
+        try:
+            proc = psutil.Process(self.pid)
+            for p in (proc, *proc.children(recursive=True)):
+                with contextlib.suppress(psutil.Error):
+                    times = p.cpu_times()
+                    cpu += times.user + times.system
+        except psutil.Error:
+            pass
+        sizes = []
+        for fd_or_path in (self.log.fileno() if self.log else None, self.output):
+            try:
+                sizes.append(os.stat(fd_or_path).st_size if fd_or_path is not None else 0)
+            except OSError:
+                sizes.append(-1)
+        return (round(cpu, 2), *sizes)
+
+    def stalled(self) -> bool:
+        if not self.timeout or self.pid is None:
+            return False
+        now, sample = time.monotonic(), self._sample()
+        if sample != self.last:
+            self.last, self.since = sample, now
+            return False
+        return now - self.since >= self.timeout
+
+
 class PayloadRunner:
     """One per rank: runs ranges one at a time; ``close()`` stops the worker children."""
 
     def __init__(
-        self, rank: int, log_path: Path | None = None, fsync_outputs: bool = True, spare: PayloadChild | None = None
+        self,
+        rank: int,
+        log_path: Path | None = None,
+        fsync_outputs: bool = True,
+        spare: PayloadChild | None = None,
+        looping_timeout: float | None = None,
     ):
         self.rank = rank
+        self.looping_timeout = looping_timeout
         self._spare = spare  # a child forked before MPI started (jumbo.zygote), used by the first worker payload
         self.fsync_outputs = fsync_outputs
         self._log = open(log_path, "ab") if log_path else None
@@ -292,11 +353,13 @@ class PayloadRunner:
             child.wait()
             self._drop_child(name, child)
             return Outcome("failed", CODE_START_FAILED, "internal: payload child queue out of order")
-        line = self._read_answer(child, deadline)
-        if line is None:  # deadline passed
+        line = self._read_answer(child, deadline, Progress(self, child, ticket.output))
+        if line is None or line is LOOPING:  # deadline passed, or the payload loops
             child.kill()
             child.wait()
             self._drop_child(name, child)
+            if line is LOOPING:
+                return self._looping(f"payload {name}", ticket.first, ticket.last)
             return Outcome("not-done", 0, "payload stopped at the walltime deadline")
         if not line:  # EOF: the child died (SIGKILL, segfault, os._exit)
             code = child.wait()
@@ -359,8 +422,16 @@ class PayloadRunner:
         """True if the range sits in a live child's hands (it runs, or runs next)."""
         return ticket.child is not None
 
-    def _read_answer(self, child: PayloadChild, deadline: float | None) -> bytes | None:
-        """One answer line; b'' on EOF; None if the deadline passed first.
+    def _looping(self, what: str, first: int, last: int) -> Outcome:
+        why = f"{what} looping: no output and no CPU progress for {self.looping_timeout:.0f} s; killed"
+        log.error("rank %d: events %d-%d: %s", self.rank, first, last, why)
+        return Outcome("failed", CODE_LOOPING, why)
+
+    def _read_answer(
+        self, child: PayloadChild, deadline: float | None, progress: Progress | None = None
+    ) -> bytes | None:
+        """One answer line; b'' on EOF; None if the deadline passed first; LOOPING if `progress` saw none for the
+        looping timeout.
 
         Reads the pipe with os.read into a per-child buffer: a buffered readline() after select() would pull a
         second, pipelined answer into Python's buffer where select() no longer sees it, and that range would
@@ -374,12 +445,17 @@ class PayloadRunner:
                 line = bytes(buffer[: end + 1])
                 del buffer[: end + 1]
                 return line
+            wait = None if progress is None else progress.wait()
             if deadline is not None:
                 left = deadline - time.time()
                 if left <= 0:
                     return None
-                ready, _, _ = select.select([fd], [], [], left)
+                wait = left if wait is None else min(wait, left)
+            if wait is not None:
+                ready, _, _ = select.select([fd], [], [], wait)
                 if not ready:
+                    if progress is not None and progress.stalled():
+                        return LOOPING
                     continue
             chunk = os.read(fd, 65536)
             if not chunk:
@@ -402,12 +478,22 @@ class PayloadRunner:
             )
         except OSError as exc:
             return Outcome("failed", CODE_START_FAILED, f"cannot start payload command {argv[0]!r}: {exc}")
-        try:
-            proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            return Outcome("not-done", 0, "payload stopped at the walltime deadline")
+        progress = Progress(self, proc, output)
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.time())
+            wait = progress.wait()
+            try:
+                proc.wait(timeout=left if wait is None else wait if left is None else min(left, wait))
+                break
+            except subprocess.TimeoutExpired:
+                if deadline is not None and time.time() >= deadline:
+                    proc.kill()
+                    proc.wait()
+                    return Outcome("not-done", 0, "payload stopped at the walltime deadline")
+                if progress.stalled():
+                    os.killpg(proc.pid, signal.SIGKILL)  # the command and whatever it started
+                    proc.wait()
+                    return self._looping(f"payload command {argv[0]!r}", first, last)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         if proc.returncode != 0:

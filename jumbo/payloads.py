@@ -116,8 +116,8 @@ def noop(first_event: int, last_event: int, output_path: str, context: dict) -> 
 def fail(first_event: int, last_event: int, output_path: str, context: dict) -> Any:
     """Fail ranges that hold one of ``fail_events``; run ``then`` for the others.
 
-    args: fail_events (list of ints), code (int, default 42), mode (raise | exit | kill | segfault),
-    then ("module:function", default jumbo.payloads:simulate).
+    args: fail_events (list of ints), code (int, default 42), mode (raise | exit | kill | segfault | hang: sleep
+    without output or CPU until killed, a looping payload), then ("module:function", default jumbo.payloads:simulate).
     """
     args = context.get("args") or {}
     hit = [ev for ev in args.get("fail_events", []) if first_event <= ev <= last_event]
@@ -130,5 +130,8 @@ def fail(first_event: int, last_event: int, output_path: str, context: dict) -> 
             ctypes.string_at(0)
         elif mode == "exit":
             os._exit(code)
+        elif mode == "hang":
+            while True:
+                time.sleep(3600)
         raise PayloadError(code, f"event {hit[0]} fails on purpose (fail payload, mode {mode})")
     return resolve(args.get("then", "jumbo.payloads:simulate"))(first_event, last_event, output_path, context)

@@ -115,7 +115,13 @@ def _run(argv: list[str] | None) -> int:
     prefetch = int(settings["prefetch"])
 
     monitor = Monitor(args.ap / protocol.MONITOR.format(rank=rank), rank, settings["monitor_interval"]).start()
-    runner = PayloadRunner(rank, args.ap / "logs" / f"payload.{rank}.log", fsync_outputs=not args.no_fsync, spare=spare)
+    runner = PayloadRunner(
+        rank,
+        args.ap / "logs" / f"payload.{rank}.log",
+        fsync_outputs=not args.no_fsync,
+        spare=spare,
+        looping_timeout=settings["looping_timeout"],
+    )
     maxima: dict = {}
     node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()  # fake Slurm nodes share one hostname
 

@@ -126,6 +126,10 @@ PILOT_DEFAULTS: dict[str, Any] = {
     "status_flush_interval": 1.0,
     "monitor_interval": 10.0,
     "poll_interval": 0.2,  # how often rank 0 looks for new ranges files
+    # a payload with no output and no CPU progress for this long is looping: killed, its range failed (code 1150)
+    "looping_timeout": 1800.0,
+    "min_free_disk_mb": 1024,  # below this free in the access point's file system the pilot drains
+    "disk_check_interval": 60.0,
     "central_url": None,
     "token_file": None,
 }

@@ -246,7 +246,7 @@ class Submitter(Agent):
                 walltime,
                 queue.drain_warning,
                 nodes * ranks_per_node,
-                queue.monitor_interval,
+                queue.pilot_settings(),
             )
         return worker_id
 

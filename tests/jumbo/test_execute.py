@@ -7,10 +7,11 @@ import time
 import zlib
 
 import numpy as np
+import psutil
 import pytest
 
 from jumbo import payloads
-from jumbo.execute import CODE_NO_OUTPUT, PayloadRunner, render_command
+from jumbo.execute import CODE_LOOPING, CODE_NO_OUTPUT, PayloadRunner, render_command
 
 ARGS = {"size": 500, "rounds": 3}
 
@@ -158,3 +159,53 @@ def test_pipelined_answers_that_arrive_together_are_both_read(runner, tmp_path):
     started = time.monotonic()
     assert runner.collect(b, time.time() + 30).status == "finished"
     assert time.monotonic() - started < 10, "the second answer was already read but not seen"
+
+
+@pytest.fixture
+def watched(tmp_path):
+    """A runner whose payloads count as looping after 1 s without output or CPU progress."""
+    r = PayloadRunner(rank=0, log_path=tmp_path / "payload.log", looping_timeout=1.0)
+    yield r
+    r.close()
+
+
+@pytest.mark.parametrize("isolation", ["worker", "process"])
+def test_a_looping_callable_is_killed_with_its_own_code(watched, tmp_path, isolation):
+    payload = {
+        "callable": "jumbo.payloads:fail",
+        "isolation": isolation,
+        "args": {**ARGS, "fail_events": [5], "mode": "hang"},
+    }
+    started = time.monotonic()
+    hung = watched.run(payload, 0, 9, str(tmp_path / "hung"), ctx(payload["args"]), time.time() + 120)
+    assert (hung.status, hung.code) == ("failed", CODE_LOOPING) and "looping" in hung.message
+    assert time.monotonic() - started < 60  # killed by the looping check, long before the deadline
+    fine = watched.run(payload, 10, 14, str(tmp_path / "fine.npy"), ctx(payload["args"]), None)
+    assert fine.status == "finished"  # a new child takes the next range
+
+
+def test_a_looping_command_and_what_it_started_are_killed(watched, tmp_path):
+    pidfile = tmp_path / "grandchild.pid"
+    payload = {"command": ["sh", "-c", f"sleep 600 & echo $! > {pidfile}; wait"], "output": False}
+    hung = watched.run(payload, 0, 9, str(tmp_path / "out"), ctx(), time.time() + 120)
+    assert (hung.status, hung.code) == ("failed", CODE_LOOPING)
+    grandchild = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(grandchild) and psutil.Process(grandchild).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the command's child survived"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    "busy",
+    [
+        "i=0; while [ $i -lt 3000000 ]; do i=$((i+1)); done",  # CPU, no output
+        "for i in $(seq 30); do echo tick; sleep 0.1; done",  # output, no CPU to speak of
+    ],
+)
+def test_a_payload_that_makes_progress_is_not_looping(watched, tmp_path, busy):
+    payload = {"command": ["sh", "-c", busy], "output": False}
+    started = time.monotonic()
+    outcome = watched.run(payload, 0, 9, str(tmp_path / "out"), ctx(), time.time() + 120)
+    assert outcome.status == "finished", outcome
+    assert time.monotonic() - started > 1.0  # it ran past the looping timeout

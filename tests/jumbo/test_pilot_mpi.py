@@ -12,6 +12,7 @@ import pytest
 
 from helpers import wait_for
 from jumbo import protocol
+from jumbo.execute import CODE_LOOPING
 
 pytestmark = pytest.mark.mpi
 
@@ -252,3 +253,50 @@ def test_bad_job_spec_fails_the_worker_with_the_reason(mpi, ap, h):
     attrs = protocol.read_worker_attributes(ap)
     assert attrs["workerStatus"] == "failed" and "HPCJobs.json" in attrs["pilotErrorDiag"]
     assert "exactly one of 'callable' or 'command'" in attrs["pilotErrorDiag"]
+
+
+def test_a_looping_payload_is_killed_and_its_range_fails_with_its_own_code(mpi, ap, h):
+    """Under real mpirun: a range whose payload hangs (no output, no CPU) is killed after looping_timeout and
+    reported failed with code 1150 (the central service hands it out again); the ranks go on with the rest."""
+    ranges = h.make_ranges(77, 1001, 12, per_range=5)
+    job = h.sim_job(callable="jumbo.payloads:fail", args={**h.SIM_ARGS, "fail_events": [22], "mode": "hang"})
+    h.write_spec(ap, [job], n_ranges=4, looping_timeout=2.0)
+    with h.Harvester(ap, {1001: ranges}) as harvester:
+        pilot = h.PilotRun(ap, 2)
+        assert pilot.wait() == 0, pilot.output()
+    failed = harvester.by_status("failed")
+    assert [(s["startEvent"], s["errorCode"]) for s in failed] == [(20, CODE_LOOPING)], failed
+    assert "looping" in failed[0]["errorDiag"]
+    finished = harvester.by_status("finished")
+    assert len(finished) == 11 and not harvester.by_status("not-done")
+    h.check_finished(finished, 77)
+    assert Counter(s["eventRangeID"] for s in harvester.statuses).most_common(1)[0][1] == 1  # each once
+
+
+def test_low_free_disk_space_drains_the_pilot_cleanly(mpi, ap, h):
+    """Under real mpirun: less free space in the work dir than min_free_disk_mb drains the pilot: what runs
+    finishes and is reported, the rest goes back not-done, the pilot exits 0 and says why."""
+    ranges = h.make_ranges(77, 1001, 40, per_range=10)
+    job = {
+        "PandaID": 1001,
+        "taskID": 77,
+        "payload": {"callable": "jumbo.payloads:sleep", "args": {"seconds_per_event": 0.01}},
+    }
+    h.write_spec(ap, [job], n_ranges=8, min_free_disk_mb=1 << 40, disk_check_interval=0.5)  # a petabyte: never
+    with h.Harvester(ap, {1001: ranges}) as harvester:
+        pilot = h.PilotRun(ap, 2)
+        assert pilot.wait() == 0, pilot.output()
+    attrs = protocol.read_worker_attributes(ap)
+    assert attrs["endReason"].startswith("low disk space"), attrs["endReason"]
+    assert protocol.read_heartbeat(ap)["state"] == "finished"
+    ids = Counter(s["eventRangeID"] for s in harvester.statuses)
+    assert set(ids.values()) <= {1}  # reported at most once, finished or not-done
+    assert not harvester.by_status("failed")
+    assert len(harvester.by_status("finished")) < len(ranges)  # it stopped early (here: before taking work)
+    # nothing lost: each range is finished, reported not-done, never handed out, or in an answer the draining pilot
+    # left unread (the harvester hands those back when the worker ends)
+    unread = {r["eventRangeID"] for answer in protocol.read_event_ranges(ap) for r in answer.ranges.get(1001, [])}
+    back = {s["eventRangeID"] for s in harvester.by_status("not-done")} | unread
+    back |= {r["eventRangeID"] for r in harvester.remaining[1001]}
+    assert back | {s["eventRangeID"] for s in harvester.by_status("finished")} == {r["eventRangeID"] for r in ranges}
+    check_sleep_outputs(harvester.by_status("finished"))

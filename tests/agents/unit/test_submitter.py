@@ -4,9 +4,12 @@ a crash interrupted by looking them up by name."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from doubles import out, panda_job, sbatch_ids, squeue_line
 from harvester_edge.agents.submitter import PERMANENT_FAILURES_PAUSE, Submitter
 from harvester_edge.operations import set_draining
+from jumbo import protocol
 
 BIG = panda_job(1, events=100_000)  # more work than any number of workers the limits allow
 
@@ -118,3 +121,20 @@ def test_an_interrupted_submission_is_found_by_name_or_submitted_again(site):
         (2, "queued", "902"),
     ]
     assert len(site.runner.called("sbatch")) == 1  # never doubled
+
+
+def test_the_queues_pilot_health_settings_reach_the_job_spec(make_site):
+    site = make_site(max_queued_workers=1, looping_timeout="10m", min_free_disk_mb=2048)
+    site.job(1, "fetched", spec=BIG)
+    site.runner.always("sbatch", sbatch_ids(500))
+    site.cycle(site.agent(Submitter))
+    spec = protocol.load_job_spec(Path(site.one("workers")["access_point"]) / protocol.JOB_SPEC)
+    assert (spec["pilot"]["looping_timeout"], spec["pilot"]["min_free_disk_mb"]) == (600.0, 2048.0)
+
+
+def test_without_them_the_pilot_keeps_its_own_defaults(site):
+    site.job(1, "fetched", spec=BIG)
+    site.runner.always("sbatch", sbatch_ids(500))
+    site.cycle(site.agent(Submitter))
+    spec = protocol.load_job_spec(Path(site.read("workers")[0]["access_point"]) / protocol.JOB_SPEC)
+    assert spec["pilot"]["looping_timeout"] == protocol.PILOT_DEFAULTS["looping_timeout"]
