@@ -25,9 +25,10 @@ from harvester_edge.agents.base import Agent
 from harvester_edge.central.client import CentralRejected, CentralUnavailable
 from harvester_edge.seams import files as protocol  # the pilot-file seam (offline replay records it)
 from harvester_edge.states import JOB_ACTIVE, RangeState
-from harvester_edge.store import job_workers, jobs, outbox, transition
+from harvester_edge.store import job_workers, jobs, outbox
 from harvester_edge.store import ranges as held_ranges
 from harvester_edge.store import workers as worker_rows
+from harvester_edge.store.rows import transition_each
 from harvester_edge.workers import range_limit
 
 log = logging.getLogger(__name__)
@@ -159,8 +160,7 @@ class Feeder(Agent):
             return
         try:
             with self.ctx.store.write() as conn:
-                for a in planned:
-                    self._assign(conn, a, now)
+                self._assign(conn, planned, now)
             done = planned
         except Exception:
             log.warning("%d answers failed to commit together: committing them one by one", len(planned))
@@ -168,7 +168,7 @@ class Feeder(Agent):
             for a in planned:
                 try:
                     with self.ctx.store.write() as conn:
-                        self._assign(conn, a, now)
+                        self._assign(conn, [a], now)
                 except Exception:
                     log.exception(
                         "worker %d: request %d not answered this cycle",
@@ -190,9 +190,12 @@ class Feeder(Agent):
                 )
 
     @staticmethod
-    def _assign(conn, a: Answer, now: float) -> None:
-        held_ranges.assign(conn, a.ids, a.worker_id, a.request.seq)
-        transition(conn, a.ids, R.FETCHED, R.DISPATCHED, now=now, reason=f"worker {a.worker_id} seq {a.request.seq}")
+    def _assign(conn, answers: list[Answer], now: float) -> None:
+        """The answers' ranges to their workers (FETCHED -> DISPATCHED, with each request's sequence): two
+        statements for all of them."""
+        held_ranges.assign_each(conn, [(i, a.worker_id, a.request.seq) for a in answers for i in a.ids])
+        pairs = [(i, f"worker {a.worker_id} seq {a.request.seq}") for a in answers for i in a.ids]
+        transition_each(conn, pairs, R.FETCHED, R.DISPATCHED, now=now)
 
     def deliver(self, a: Answer) -> None:
         """Write the ranges file of a committed answer, then mark its request consumed."""

@@ -20,6 +20,8 @@ from harvester_edge.outbox import enqueue
 from harvester_edge.seams import files as protocol  # the pilot-file seam (offline replay records it)
 from harvester_edge.states import RangeState, WorkerState, check_transition
 from harvester_edge.store import claim, jobs, ranges, transition, update, workers
+from harvester_edge.store.outbox import enqueue_many
+from harvester_edge.store.rows import transition_each
 from jumbo.protocol import HEARTBEAT
 
 log = logging.getLogger(__name__)
@@ -192,9 +194,8 @@ class Monitor(Agent):
 
     def _apply_group(self, group: list[tuple[int, Path, protocol.Batch]], now: float, isolate: bool) -> None:
         try:
-            with self.ctx.store.write():  # the outer transaction: each apply_batch inside is a savepoint
-                for worker_id, _, batch in group:
-                    self.apply_batch(worker_id, batch, now)
+            with self.ctx.store.write() as conn:
+                self.apply_files(conn, [(worker_id, batch) for worker_id, _, batch in group], now)
         except Exception:
             if not isolate and len(group) == 1:
                 raise
@@ -217,12 +218,28 @@ class Monitor(Agent):
             self.ctx.files.mark_consumed(ap, batch)
 
     def apply_batch(self, worker_id: int, batch: protocol.Batch, now: float) -> None:
-        entries = {e["eventRangeID"]: (pid, e) for pid, lst in batch.events.items() for e in lst}
-        if not entries:
-            return
+        """One status file in its own transaction (see apply_files)."""
         with self.ctx.store.write() as conn:
-            known = ranges.by_ids(conn, list(entries))
-            held = {rid: r for rid, r in known.items() if r[4] == worker_id and r[5] == R.DISPATCHED.value}
+            self.apply_files(conn, [(worker_id, batch)], now)
+
+    def apply_files(self, conn, files: list[tuple[int, protocol.Batch]], now: float) -> None:
+        """Status files into range transitions and one outbox message per file, inside the caller's transaction,
+        with a few statements for all of them. A range is applied once: when its worker holds it DISPATCHED and no
+        earlier file of the group applied it (a file read again after a crash finds its ranges moved already)."""
+        all_ids = [e["eventRangeID"] for _, batch in files for lst in batch.events.values() for e in lst]
+        if not all_ids:
+            return
+        known = ranges.by_ids(conn, all_ids)
+        applied: set[str] = set()
+        results: list[tuple[str, dict[str, Any]]] = []
+        moved: dict[RangeState, list[tuple[str, str]]] = {R.FINISHED: [], R.FAILED: [], R.RELEASED: []}
+        done_per_job: dict[int, int] = {}
+        blends: list[tuple[int, float]] = []
+        messages: list[list[dict[str, Any]]] = []
+        for worker_id, batch in files:
+            entries = {e["eventRangeID"]: (pid, e) for pid, lst in batch.events.items() for e in lst}
+            if not entries:
+                continue
             foreign = sorted(
                 rid
                 for rid, (pid, _) in entries.items()
@@ -238,39 +255,39 @@ class Monitor(Agent):
                     ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else ""),
                     extra={"worker_id": worker_id},
                 )
-            entries = {rid: (pid, e) for rid, (pid, e) in entries.items() if rid not in foreign}
+                entries = {rid: (pid, e) for rid, (pid, e) in entries.items() if rid not in foreign}
             reports: list[dict[str, Any]] = []
-            moved: dict[RangeState, list[str]] = {R.FINISHED: [], R.FAILED: [], R.RELEASED: []}
-            done_per_job: dict[int, int] = {}
-            results: list[tuple[str, dict[str, Any]]] = []
+            reason = f"pilot report seq {batch.seq}"
             for range_id, (_pid, entry) in entries.items():
-                if range_id not in held:
+                row = known[range_id]
+                if range_id in applied or row[5] != R.DISPATCHED.value:
                     continue  # already applied: a file read again after a crash
+                applied.add(range_id)
                 status = entry["eventStatus"]
                 dst = {"finished": R.FINISHED, "failed": R.FAILED, "not-done": R.RELEASED}[status]
-                moved[dst].append(range_id)
+                moved[dst].append((range_id, reason))
                 reports.append(range_report(range_id, status, entry))
                 results.append((range_id, entry))
                 if dst != R.RELEASED:
-                    n = held[range_id][3] - held[range_id][2] + 1
-                    done_per_job[held[range_id][1]] = done_per_job.get(held[range_id][1], 0) + n
-            ranges.set_results(conn, results)
-            for dst, ids in moved.items():
-                transition(conn, ids, R.DISPATCHED, dst, now=now, reason=f"pilot report seq {batch.seq}")
-            for pid, n in done_per_job.items():
-                jobs.add_events_done(conn, pid, n, now)
-            for pid, spe in measured_seconds_per_event(entries.values()).items():
-                jobs.blend_seconds_per_event(conn, pid, spe)
+                    done_per_job[row[1]] = done_per_job.get(row[1], 0) + row[3] - row[2] + 1
+            blends.extend(measured_seconds_per_event(entries.values()).items())
             if reports:
-                enqueue(conn, "update_event_ranges", reports, now)
-        if reports:
-            log.debug(
-                "worker %d: %d range reports (seq %d) queued for the central service",
-                worker_id,
-                len(reports),
-                batch.seq,
-                extra={"worker_id": worker_id},
-            )
+                messages.append(reports)
+                log.debug(
+                    "worker %d: %d range reports (seq %d) queued for the central service",
+                    worker_id,
+                    len(reports),
+                    batch.seq,
+                    extra={"worker_id": worker_id},
+                )
+        ranges.set_results(conn, results)
+        for dst, pairs in moved.items():
+            transition_each(conn, pairs, R.DISPATCHED, dst, now=now)
+        for pid, n in done_per_job.items():
+            jobs.add_events_done(conn, pid, n, now)
+        for pid, spe in blends:  # file by file, in order: the blend weighs each file's measure as before
+            jobs.blend_seconds_per_event(conn, pid, spe)
+        enqueue_many(conn, "update_event_ranges", messages, now)
 
     def release_orphans(self, now: float) -> None:
         """Ranges still dispatched to workers that ended go back as not done (after their last reports were read)."""

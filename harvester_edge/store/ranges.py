@@ -94,6 +94,13 @@ def assign(conn: sqlite3.Connection, range_ids: list[str], worker_id: int, reque
     )
 
 
+def assign_each(conn: sqlite3.Connection, rows: list[tuple[str, int, int]]) -> None:
+    """assign() of many answers: [(range_id, worker_id, request_seq), ...] in one statement."""
+    conn.executemany(
+        "UPDATE event_ranges SET worker_id = ?, request_seq = ? WHERE range_id = ?", [(w, s, i) for i, w, s in rows]
+    )
+
+
 def by_ids(conn: sqlite3.Connection, range_ids: list[str]) -> dict[str, sqlite3.Row]:
     """{range_id: (range_id, panda_id, first_event, last_event, worker_id, state)} of the known ones."""
     return {
