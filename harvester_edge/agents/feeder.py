@@ -18,37 +18,61 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harvester_edge.agents.base import Agent
 from harvester_edge.central.client import CentralRejected, CentralUnavailable
 from harvester_edge.seams import files as protocol  # the pilot-file seam (offline replay records it)
 from harvester_edge.states import JOB_ACTIVE, RangeState
-from harvester_edge.store import job_workers, jobs, outbox, transition
+from harvester_edge.store import job_workers, jobs, outbox
 from harvester_edge.store import ranges as held_ranges
 from harvester_edge.store import workers as worker_rows
+from harvester_edge.store.rows import transition_each
 from harvester_edge.workers import range_limit
 
 log = logging.getLogger(__name__)
 
 R = RangeState
 ACTIVE_JOB = tuple(s.value for s in JOB_ACTIVE)
+GROUP_ANSWERS = 500  # answers committed in one transaction (bounds the write lock's hold and a crash's redo)
+
+
+@dataclass
+class Answer:
+    """A request's answer: the ranges per job (assigned to the worker in the book before the file is written)."""
+
+    worker_id: int
+    ap: Path
+    request: protocol.Request
+    ranges: dict[int, list[dict]]
+    no_more: set[int]
+    ids: list[str]
 
 
 class Feeder(Agent):
     name = "feeder"
 
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self._planned: list[Answer] = []  # answers of this cycle not yet committed (see flush)
+        self._planned_ids: set[str] = set()  # their ranges: no longer in stock for the next request
+
     def run_cycle(self, now: float) -> None:
-        for worker in worker_rows.in_batch(self.ctx.store.connection()):
-            try:
-                self.answer_worker(worker, now)
-            except Exception:  # one worker's files never stop the others' supply
-                log.exception(
-                    "worker %d: its range requests were not answered this cycle",
-                    worker["id"],
-                    extra={"worker_id": worker["id"]},
-                )
+        try:
+            for worker in worker_rows.in_batch(self.ctx.store.connection()):
+                try:
+                    self.answer_worker(worker, now)
+                except Exception:  # one worker's files never stop the others' supply
+                    log.exception(
+                        "worker %d: its range requests were not answered this cycle",
+                        worker["id"],
+                        extra={"worker_id": worker["id"]},
+                    )
+                if len(self._planned) >= GROUP_ANSWERS:
+                    self.flush(now)
+        finally:
+            self.flush(now)
         self.top_up(now)
 
     def answer_worker(self, worker, now: float) -> None:
@@ -119,10 +143,63 @@ class Feeder(Agent):
                     extra={"worker_id": worker_id},
                 )
                 return False  # nothing now, but ranges in flight may come back: answer when they do
-            with store.write() as conn:
-                ids = [r["eventRangeID"] for lst in ranges.values() for r in lst]
-                held_ranges.assign(conn, ids, worker_id, request.seq)
-                transition(conn, ids, R.FETCHED, R.DISPATCHED, now=now, reason=f"worker {worker_id} seq {request.seq}")
+            ids = [r["eventRangeID"] for lst in ranges.values() for r in lst]
+            self._planned.append(Answer(worker_id, ap, request, ranges, no_more, ids))
+            self._planned_ids.update(ids)
+            return True
+        self.deliver(Answer(worker_id, ap, request, ranges, no_more, []))
+        return True
+
+    def flush(self, now: float) -> None:
+        """Commit the answers planned so far, all in one transaction, THEN write their ranges files and mark their
+        requests consumed (module doc: a crash after the commit answers each request again, identically). If the
+        group cannot commit (a range left the stock meanwhile), each answer is tried alone; one that fails stays
+        unanswered and its request is looked at again next cycle."""
+        planned, self._planned, self._planned_ids = self._planned, [], set()
+        if not planned:
+            return
+        try:
+            with self.ctx.store.write() as conn:
+                self._assign(conn, planned, now)
+            done = planned
+        except Exception:
+            log.warning("%d answers failed to commit together: committing them one by one", len(planned))
+            done = []
+            for a in planned:
+                try:
+                    with self.ctx.store.write() as conn:
+                        self._assign(conn, [a], now)
+                except Exception:
+                    log.exception(
+                        "worker %d: request %d not answered this cycle",
+                        a.worker_id,
+                        a.request.seq,
+                        extra={"worker_id": a.worker_id},
+                    )
+                    continue
+                done.append(a)
+        for a in done:
+            try:
+                self.deliver(a)
+            except Exception:  # committed: answered again from the book next cycle
+                log.exception(
+                    "worker %d: ranges file of request %d not written this cycle",
+                    a.worker_id,
+                    a.request.seq,
+                    extra={"worker_id": a.worker_id},
+                )
+
+    @staticmethod
+    def _assign(conn, answers: list[Answer], now: float) -> None:
+        """The answers' ranges to their workers (FETCHED -> DISPATCHED, with each request's sequence): two
+        statements for all of them."""
+        held_ranges.assign_each(conn, [(i, a.worker_id, a.request.seq) for a in answers for i in a.ids])
+        pairs = [(i, f"worker {a.worker_id} seq {a.request.seq}") for a in answers for i in a.ids]
+        transition_each(conn, pairs, R.FETCHED, R.DISPATCHED, now=now)
+
+    def deliver(self, a: Answer) -> None:
+        """Write the ranges file of a committed answer, then mark its request consumed."""
+        worker_id, ap, request, ranges, no_more = a.worker_id, a.ap, a.request, a.ranges, a.no_more
         try:
             self.ctx.files.write_event_ranges(ap, request.seq, {p: r for p, r in ranges.items() if r}, no_more=no_more)
         except protocol.ProtocolError:
@@ -143,7 +220,6 @@ class Feeder(Agent):
             f", no more for {sorted(no_more)}" if no_more else "",
             extra={"worker_id": worker_id},
         )
-        return True
 
     def _nothing_can_come(self, panda_id: int) -> bool:
         """No range will come for this job: it ended, or none is ready (no-more flag), in stock, in flight at any
@@ -165,15 +241,17 @@ class Feeder(Agent):
 
     def _take(self, panda_id: int, n: int, now: float) -> list[dict] | None:
         """Up to n ranges of the job from the stock, fetching what is missing; None if the central is unreachable."""
-        stock = self._stock(panda_id)
+        stock = self._stock(panda_id, n)
         if len(stock) < n and not self._exhausted(panda_id):
             if not self._fetch(panda_id, n - len(stock) + n, now) and not stock:
                 return None
-            stock = self._stock(panda_id)
-        return stock[:n]
+            stock = self._stock(panda_id, n)
+        return stock
 
-    def _stock(self, panda_id: int) -> list[dict]:
-        return [json.loads(spec) for spec in held_ranges.stock_specs(self.ctx.store.connection(), panda_id)]
+    def _stock(self, panda_id: int, n: int) -> list[dict]:
+        """The first n ranges of the job's stock that no answer of this cycle took yet (only those are decoded)."""
+        rows = held_ranges.stock_rows(self.ctx.store.connection(), panda_id, n + len(self._planned_ids))
+        return [json.loads(spec) for rid, spec in rows if rid not in self._planned_ids][:n]
 
     def _fetch(self, panda_id: int, n: int, now: float) -> bool:
         job = jobs.brief(self.ctx.store.connection(), panda_id)
@@ -214,6 +292,6 @@ class Feeder(Agent):
         rows = jobs.ranks_to_supply(self.ctx.store.connection())
         for row in rows:
             want = 2 * int(row["ranks"])
-            have = len(self._stock(row["panda_id"]))
+            have = held_ranges.stock_size(self.ctx.store.connection(), row["panda_id"])
             if have < want // 2:
                 self._fetch(row["panda_id"], want - have, now)

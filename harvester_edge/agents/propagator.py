@@ -62,18 +62,25 @@ class Propagator(Agent):
             self.heartbeat(now)
 
     def drain_outbox(self, now: float) -> bool:
-        """Send pending messages oldest first; False if the central service is unreachable."""
+        """Send pending messages oldest first; False if the central service is unreachable.
+
+        The messages the service took are marked sent together, in one transaction per batch read (and before any
+        other outcome is written, so the marks stay in id order): a crash before that commit re-sends them, which
+        is harmless (module doc)."""
         while True:
             messages = pending(self.ctx.store.connection(), 100)
+            sent: list = []
             if not messages:
                 if self._outage_logged:
                     log.info("central service reachable again: outbox drained")
                     self._outage_logged = False
                 return True
             for message in messages:
+                payload = json.loads(message["payload"])
                 try:
-                    self._send(message["kind"], json.loads(message["payload"]))
+                    self._send(message["kind"], payload)
                 except CentralServerError as exc:
+                    self._mark_sent(sent, now)
                     if message["kind"] != "update_event_ranges":
                         if not self._kept(message, exc, now):
                             return False
@@ -92,6 +99,7 @@ class Propagator(Agent):
                     self._kept(message, exc, now)
                     return False  # re-sent next cycle, at most MAX_SERVER_ERRORS times
                 except CentralUnavailable as exc:
+                    self._mark_sent(sent, now)
                     with self.ctx.store.write() as conn:
                         outbox.count_failed_try(conn, message["id"], str(exc)[:500], now)
                     if not self._outage_logged:
@@ -104,6 +112,7 @@ class Propagator(Agent):
                         self._outage_logged = True
                     return False
                 except CentralRejected as exc:
+                    self._mark_sent(sent, now)
                     log.error(
                         "outbox message %d (%s) rejected by the central service, parked: %s",
                         message["id"],
@@ -114,10 +123,18 @@ class Propagator(Agent):
                         outbox.set_error(conn, message["id"], str(exc)[:500])
                         transition(conn, [message["id"]], O.PENDING, O.REJECTED, now=now, reason=str(exc)[:200])
                     continue
-                with self.ctx.store.write() as conn:
-                    transition(conn, [message["id"]], O.PENDING, O.SENT, now=now)
-                    if message["kind"] == "update_event_ranges":
-                        self._ranges_ready_again(conn, json.loads(message["payload"]), now)
+                sent.append((message["id"], message["kind"], payload))
+            self._mark_sent(sent, now)
+
+    def _mark_sent(self, sent: list, now: float) -> None:
+        """Mark messages the central service took as sent, in one transaction; empties `sent`."""
+        if not sent:
+            return
+        with self.ctx.store.write() as conn:
+            transition(conn, [m[0] for m in sent], O.PENDING, O.SENT, now=now)
+            reports = [r for _, kind, payload in sent if kind == "update_event_ranges" for r in payload]
+            self._ranges_ready_again(conn, reports, now)
+        sent.clear()
 
     @staticmethod
     def _ranges_ready_again(conn, reports: list[dict], now: float) -> None:

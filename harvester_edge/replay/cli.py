@@ -71,6 +71,18 @@ def _sizes(text: str) -> list[int]:
     help="an existing, writable directory where the simulated sites live, in a he-sim-* folder of it "
     "(default: a temporary folder on /dev/shm, removed after)",
 )
+@click.option(
+    "--days",
+    type=float,
+    default=0.0,
+    help="instead of the sizes: steady work for this many virtual days (a job of --ranges-per-job ranges every "
+    "--job-every seconds, --keep-history short), with the DB's size and rows per table at each virtual day",
+)
+@click.option("--job-every", default=7200.0, show_default=True, help="with --days: seconds between arriving jobs")
+@click.option("--ranges-per-job", default=200, show_default=True, help="with --days: ranges each job brings")
+@click.option(
+    "--keep-history", default=86400.0, show_default=True, help="with --days: the sweeper's daemon.keep_history (s)"
+)
 def simulate_command(
     sizes: str,
     queue_wait: float,
@@ -80,6 +92,10 @@ def simulate_command(
     kills: int,
     kill_seed: int,
     work_dir: Path | None,
+    days: float = 0.0,
+    job_every: float = 7200.0,
+    ranges_per_job: int = 200,
+    keep_history: float = 86400.0,
 ) -> None:
     """Drive the real agents at virtual time against a synthetic batch system, central service and pilots, and
     report the harvester's CPU time, DB size and cycle times per workload size (last line: JSON)."""
@@ -88,6 +104,13 @@ def simulate_command(
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     behaviour = Behaviour(queue_wait=queue_wait, fail_rate=fail_rate, kill_rate=kill_rate)
     root = Path(tempfile.mkdtemp(prefix="he-sim-", dir=work_dir or default_work_root()))
+    if days > 0:
+        try:
+            steady(days, root, behaviour, max_running, job_every, ranges_per_job, keep_history)
+        finally:
+            if work_dir is None:
+                shutil.rmtree(root, ignore_errors=True)
+        return
     rows = []
     try:
         for n in _sizes(sizes):
@@ -101,6 +124,59 @@ def simulate_command(
     if kills:
         click.echo(render_chaos(rows))
     click.echo(json.dumps(summary(rows)))
+
+
+def steady(
+    days: float,
+    root: Path,
+    behaviour: Behaviour,
+    max_running: int,
+    job_every: float,
+    ranges_per_job: int,
+    keep_history: float,
+) -> None:
+    """`simulate --days N`: a table of the book's size per virtual day, then the JSON line (with `bounded`: the
+    last day's file and rows are no more than 1.25x those at the first day past keep_history + 1 day)."""
+    from harvester_edge.replay.sim import steady_point
+
+    row = steady_point(
+        days,
+        root,
+        behaviour,
+        max_running=max_running,
+        job_every=job_every,
+        ranges_per_job=ranges_per_job,
+        keep_history=keep_history,
+    ).row()
+    per_day = row["days"]
+    tables = list(per_day[0]["rows"]) if per_day else []
+    lines = ["  ".join(f"{c:>13}" for c in ["day", "db_mb", "free_pages", "ranges_done", *tables])]
+    for d in per_day:
+        cells = [d["day"], d["db_mb"], d["free_pages"], d["ranges_done"], *(d["rows"][t] for t in tables)]
+        lines.append("  ".join(f"{c:>13}" for c in cells))
+    click.echo("\n".join(lines))
+    settled = [d for d in per_day if d["day"] * 86400.0 >= keep_history + 2 * 86400.0]
+    bounded = bool(settled) and all(
+        settled[-1]["db_mb"] <= 1.25 * settled[0]["db_mb"]
+        and settled[-1]["rows"][t] <= 1.25 * max(settled[0]["rows"][t], 1)
+        for t in tables
+    )
+    summary_row = {k: v for k, v in row.items() if k != "days"}
+    click.echo(
+        json.dumps(
+            {
+                "benchmark": "simulate-steady",
+                "days": days,
+                "job_every_s": job_every,
+                "ranges_per_job": ranges_per_job,
+                "keep_history_s": keep_history,
+                "vacuum": "none (SQLite reuses free pages; no auto/incremental vacuum)",
+                "run": summary_row,
+                "per_day": per_day,
+                "bounded": bounded,
+            }
+        )
+    )
 
 
 def summary(rows: list[dict]) -> dict:

@@ -40,8 +40,18 @@ INTERVALS = {
 }
 
 
+DAY = 86400.0
+STEADY_INTERVALS = {name: 6 * every for name, every in INTERVALS.items()}  # 30 virtual days in minutes, not hours
+BOOK_TABLES = ("jobs", "workers", "job_workers", "event_ranges", "outbox", "state_history")
+
+
 def site_config(
-    work_dir: Path, batch: str = "slurm", max_running: int = 1000, max_queued: int = 500, intervals: dict | None = None
+    work_dir: Path,
+    batch: str = "slurm",
+    max_running: int = 1000,
+    max_queued: int = 500,
+    intervals: dict | None = None,
+    keep_history: float | None = None,
 ) -> SiteConfig:
     """A one-queue site whose workers are 1 node x 1 rank for up to 3 minutes (about 10 ranges each)."""
     return SiteConfig.model_validate(
@@ -67,7 +77,12 @@ def site_config(
             ],
             "paths": {"work_dir": str(work_dir)},
             "agents": intervals or INTERVALS,
-            "daemon": {"lease_time": 300, "cleanup_delay": 600, "heartbeat_timeout": 1800},
+            "daemon": {
+                "lease_time": 300,
+                "cleanup_delay": 600,
+                "heartbeat_timeout": 1800,
+                **({} if keep_history is None else {"keep_history": keep_history}),
+            },
         }
     )
 
@@ -91,6 +106,7 @@ class SimResult:
     db_bytes: int
     agents: dict[str, AgentFigures]
     chaos: dict[str, Any] | None = None  # kills and the lost/doubled accounting (a run with --kills)
+    days: list[dict[str, Any]] = field(default_factory=list)  # book size at each virtual day (see book_size)
 
     def row(self) -> dict[str, Any]:
         walls = [w for a in self.agents.values() for w in a.walls]
@@ -112,6 +128,7 @@ class SimResult:
             "cycles": sum(a.cycles for a in self.agents.values()),
             "per_agent_cpu_s": {n: round(a.cpu, 2) for n, a in self.agents.items()},
             **chaos,
+            **({"days": self.days} if self.days else {}),
         }
 
 
@@ -184,10 +201,25 @@ class Simulation:
 
     def done(self) -> bool:
         central = self.world.central
-        return len(central.finished) >= central.b.ranges and not self.world.running
+        return len(central.finished) >= central.total_ranges and not self.world.running
 
-    def run(self, max_virtual: float = 30 * 86400.0, stall: float = 6 * 3600.0) -> SimResult:
+    def book_size(self, day: int) -> dict[str, Any]:
+        """The DB at a virtual day: file bytes (db + WAL), free pages (reused by SQLite; no auto/incremental
+        vacuum) and rows per bookkeeping table."""
+        db = self.config.db_path
+        conn = self.store.connection()
+        return {
+            "day": day,
+            "db_mb": round(sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists()) / 1e6, 3),
+            "free_pages": conn.execute("PRAGMA freelist_count").fetchone()[0],
+            "rows": {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in BOOK_TABLES},
+            "ranges_done": len(self.world.central.finished),
+        }
+
+    def run(self, max_virtual: float = 30 * 86400.0, stall: float = 6 * 3600.0, daily: bool = False) -> SimResult:
+        """`daily`: the book's size at the end of each virtual day goes into the result (SimResult.days)."""
         started = time.perf_counter()
+        days: list[dict[str, Any]] = []
         due = {a.name: START for a in self.agents}
         order = {a.name: i for i, a in enumerate(self.agents)}
         by_name = {a.name: a for a in self.agents}
@@ -204,6 +236,8 @@ class Simulation:
                     progress, progress_at = len(self.world.central.finished), t
                 elif t - progress_at > stall:  # nothing finished for hours: report what was reached
                     break
+                if daily and t - START >= DAY * (len(days) + 1):
+                    days.append(self.book_size(len(days) + 1))
                 if t - last_tick >= self.tick:
                     self.world.advance(t)
                     last_tick = t
@@ -226,6 +260,8 @@ class Simulation:
                     last_tick = restart
                     by_name = {a.name: a for a in self.agents}
                     due = {a.name: restart for a in self.agents}  # a started daemon runs every agent at once
+            if daily:
+                days.append(self.book_size(len(days) + 1))  # the last (partial) day
             chaos = self.chaos_report()
         finally:
             self.close()
@@ -234,7 +270,7 @@ class Simulation:
         return SimResult(
             workers=len(self.world.jobs),
             ranges_done=len(self.world.central.finished),
-            ranges_total=self.world.central.b.ranges,
+            ranges_total=self.world.central.total_ranges,
             virtual_seconds=t - START,
             real_seconds=time.perf_counter() - started,
             harvester_cpu=sum(f.cpu for f in self.figures.values()),
@@ -242,6 +278,7 @@ class Simulation:
             db_bytes=size,
             agents=self.figures,
             chaos=chaos,
+            days=days,
         )
 
     def chaos_report(self) -> dict[str, Any] | None:
@@ -291,6 +328,33 @@ def scale_point(
     config = site_config(work, max_running=max_running, max_queued=max_running // 2)
     sim = Simulation(work, b, config, kills=kills, kill_seed=kill_seed)
     return sim.run()
+
+
+def steady_point(
+    days: float,
+    work_root: Path,
+    behaviour: Behaviour | None = None,
+    max_running: int = 200,
+    job_every: float = 7200.0,
+    ranges_per_job: int = 200,
+    keep_history: float = DAY,
+) -> SimResult:
+    """Steady work for `days` virtual days: a job of `ranges_per_job` ranges arrives every `job_every` seconds,
+    the sweeper forgets what ended more than `keep_history` ago; the book's size is sampled every virtual day.
+    The agents run at 6x the default intervals (STEADY_INTERVALS), so a month takes minutes."""
+    b = behaviour or Behaviour()
+    jobs = max(1, int(days * DAY // job_every))
+    b = Behaviour(**{**b.__dict__, "ranges": ranges_per_job, "jobs": jobs, "job_every": job_every})
+    work = Path(work_root) / f"steady-{days:g}d"
+    work.mkdir(parents=True, exist_ok=True)
+    config = site_config(
+        work,
+        max_running=max_running,
+        max_queued=max_running // 2,
+        intervals=STEADY_INTERVALS,
+        keep_history=keep_history,
+    )
+    return Simulation(work, b, config).run(max_virtual=days * DAY + DAY, daily=True)
 
 
 def default_work_root() -> Path:

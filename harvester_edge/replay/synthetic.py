@@ -36,6 +36,9 @@ class Behaviour:
     ranges: int = 1000  # event ranges of the one task
     jobs: int = 4  # jumbo jobs sharing the task's ranges
     seed: int = 1
+    # steady work: 0 = every job (and all `ranges`) there at the start; > 0 = a job arrives every `job_every`
+    # virtual seconds (the first at once), bringing `ranges` new ranges of its own into the task's pool
+    job_every: float = 0.0
 
 
 @dataclass
@@ -91,12 +94,14 @@ class Clocked:
 class SyntheticCentral:
     """The central service's answers for what the agents call: jobs, ranges (task-wide), reports."""
 
-    def __init__(self, behaviour: Behaviour, meter: Clocked) -> None:
+    def __init__(self, behaviour: Behaviour, meter: Clocked, clock: Callable[[], float] | None = None) -> None:
         self.b = behaviour
         self.meter = meter
+        self.clock = clock or (lambda: 0.0)
+        self.first_arrival: float | None = None
         self.task_id = 77
         self.next_job = 0
-        self.ready = list(range(behaviour.ranges))
+        self.ready = [] if behaviour.job_every > 0 else list(range(behaviour.ranges))
         self.ready.reverse()  # pop() from the end hands out the lowest range first
         self.finished: set[int] = set()
         self.attempts: dict[int, int] = {}
@@ -110,6 +115,24 @@ class SyntheticCentral:
         self.double_finished = 0  # a finished report for a range already finished by another attempt
         self.stale = 0  # reports of an attempt that no longer holds its range (ignored, as the real service does)
         self.released = 0  # in-flight ranges of ended jobs, made ready again
+
+    @property
+    def total_ranges(self) -> int:
+        """Ranges the whole run hands out (steady work: each job brings its own)."""
+        return self.b.ranges * self.b.jobs if self.b.job_every > 0 else self.b.ranges
+
+    def _arrived(self) -> bool:
+        """Whether the next job is there (steady work: one every job_every seconds); its ranges join the pool."""
+        if self.b.job_every <= 0:
+            return True
+        now = self.clock()
+        if self.first_arrival is None:
+            self.first_arrival = now
+        if now < self.first_arrival + self.next_job * self.b.job_every:
+            return False
+        k = self.next_job
+        self.ready[:0] = range((k + 1) * self.b.ranges - 1, k * self.b.ranges - 1, -1)  # handed out after retries
+        return True
 
     def range_spec(self, index: int, panda_id: int) -> dict:
         first = index * self.b.events_per_range + 1
@@ -129,7 +152,8 @@ class SyntheticCentral:
         if name == "pilot/acquire_jobs":
             out = []
             for _ in range(int(body.get("n_jobs", 1))):
-                if self.owed <= 0:
+                # the task's jobs arrive on schedule (steady work: _arrived); a replacement for an ended one at once
+                if self.owed <= 0 or (self.next_job < self.b.jobs and not self._arrived()):
                     break
                 self.owed -= 1
                 self.next_job += 1
@@ -390,7 +414,7 @@ class SyntheticWorld:
         self.b = behaviour
         self.rng = random.Random(behaviour.seed)
         self.meter = Clocked()
-        self.central = SyntheticCentral(behaviour, self.meter)
+        self.central = SyntheticCentral(behaviour, self.meter, clock=lambda: self.now)
         self.jobs: dict[str, SimJob] = {}
         self.pilots: dict[str, Pilot] = {}  # access point -> pilot
         self.running: dict[str, SimJob] = {}  # not ended yet

@@ -25,6 +25,16 @@ def enqueue(conn: sqlite3.Connection, kind: str, payload: Any, now: float) -> in
     return int(cur.lastrowid or 0)
 
 
+def enqueue_many(conn: sqlite3.Connection, kind: str, payloads: list[Any], now: float) -> None:
+    """enqueue() of several messages of one kind, in order, in one statement."""
+    if kind not in KINDS:
+        raise ValueError(f"outbox kind {kind!r} is not one of {KINDS}")
+    conn.executemany(
+        "INSERT INTO outbox (kind, state, payload, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+        [(kind, OutboxState.PENDING.value, json.dumps(p), now, now) for p in payloads],
+    )
+
+
 def pending(conn: sqlite3.Connection, limit: int) -> list[sqlite3.Row]:
     return conn.execute(
         "SELECT * FROM outbox WHERE state = ? ORDER BY id LIMIT ?", (OutboxState.PENDING.value, limit)

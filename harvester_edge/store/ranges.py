@@ -47,6 +47,23 @@ def stock_specs(conn: sqlite3.Connection, panda_id: int) -> list[str]:
     ]
 
 
+def stock_rows(conn: sqlite3.Connection, panda_id: int, limit: int) -> list[sqlite3.Row]:
+    """(range_id, spec) of the first `limit` ranges of the job in stock, first event first (as stock_specs)."""
+    return conn.execute(
+        "SELECT range_id, spec FROM event_ranges WHERE panda_id = ? AND state = ? AND worker_id IS NULL "
+        "ORDER BY first_event LIMIT ?",
+        (panda_id, R.FETCHED.value, limit),
+    ).fetchall()
+
+
+def stock_size(conn: sqlite3.Connection, panda_id: int) -> int:
+    """How many ranges of the job are in stock (as stock_specs)."""
+    return conn.execute(
+        "SELECT count(*) FROM event_ranges WHERE panda_id = ? AND state = ? AND worker_id IS NULL",
+        (panda_id, R.FETCHED.value),
+    ).fetchone()[0]
+
+
 def stock_count(conn: sqlite3.Connection, panda_id: int) -> int:
     return conn.execute(
         "SELECT count(*) FROM event_ranges WHERE panda_id = ? AND state = ?", (panda_id, R.FETCHED.value)
@@ -77,6 +94,13 @@ def assign(conn: sqlite3.Connection, range_ids: list[str], worker_id: int, reque
     )
 
 
+def assign_each(conn: sqlite3.Connection, rows: list[tuple[str, int, int]]) -> None:
+    """assign() of many answers: [(range_id, worker_id, request_seq), ...] in one statement."""
+    conn.executemany(
+        "UPDATE event_ranges SET worker_id = ?, request_seq = ? WHERE range_id = ?", [(w, s, i) for i, w, s in rows]
+    )
+
+
 def by_ids(conn: sqlite3.Connection, range_ids: list[str]) -> dict[str, sqlite3.Row]:
     """{range_id: (range_id, panda_id, first_event, last_event, worker_id, state)} of the known ones."""
     return {
@@ -92,6 +116,11 @@ def by_ids(conn: sqlite3.Connection, range_ids: list[str]) -> dict[str, sqlite3.
 def set_result(conn: sqlite3.Connection, range_id: str, result: dict[str, Any]) -> None:
     """The pilot's report on the range (kept as JSON)."""
     conn.execute("UPDATE event_ranges SET result = ? WHERE range_id = ?", (json.dumps(result), range_id))
+
+
+def set_results(conn: sqlite3.Connection, results: list[tuple[str, dict[str, Any]]]) -> None:
+    """set_result for many ranges: [(range_id, report), ...] in one statement."""
+    conn.executemany("UPDATE event_ranges SET result = ? WHERE range_id = ?", [(json.dumps(r), i) for i, r in results])
 
 
 def workers_ended_holding(conn: sqlite3.Connection) -> list[int]:

@@ -76,6 +76,31 @@ def transition(
     return cur.rowcount
 
 
+def transition_each(
+    conn: sqlite3.Connection, pairs: Sequence[tuple[Any, str | None]], src: Enum, dst: Enum, *, now: float
+) -> int:
+    """transition() of many rows, each with its own history reason ([(id, reason), ...]), in two statements."""
+    check_transition(src, dst)
+    _require_transaction(conn)
+    pairs = list({i: (i, r) for i, r in pairs}.values())
+    if not pairs:
+        return 0
+    table, key = TABLES[type(src)]
+    ids = [i for i, _ in pairs]
+    cur = conn.execute(
+        f"UPDATE {table} SET state = ?, updated_at = ? WHERE {key} IN {_IDS} AND +state = ?",
+        (dst.value, now, json.dumps(ids), src.value),
+    )
+    if cur.rowcount != len(ids):
+        _explain(conn, table, key, ids, src, dst, None, now)
+    conn.execute(
+        "INSERT INTO state_history (kind, object_id, src, dst, at, reason) "
+        "SELECT ?, json_extract(value, '$[0]'), ?, ?, ?, json_extract(value, '$[1]') FROM json_each(?)",
+        (table, src.value, dst.value, now, json.dumps(pairs)),
+    )
+    return cur.rowcount
+
+
 def transition_rows(conn: sqlite3.Connection, rows: Iterable[tuple[Any, Enum]], dst: Enum, **kwargs: Any) -> int:
     """transition() for rows in different current states: [(id, current_state), ...] grouped by state."""
     by_state: dict[Enum, list[Any]] = {}
