@@ -310,7 +310,7 @@ ALERT_RULES = (  # every rule of harvester_edge.alerts.rules: each has its firin
 def alert_families(conn: sqlite3.Connection) -> list[Metric]:
     """The alert rules' conditions as the daemon's alerts agent last evaluated them (the alerts table), so
     Alertmanager can alert on the same things: firing alerts per rule, and every observed value and threshold."""
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'alerts'").fetchone() is None:
+    if not alerts.has_table(conn):
         return []  # a DB the daemon of this version has not migrated yet
     rows = alerts.all_alerts(conn)
     counts = alerts.firing_by_rule(conn)

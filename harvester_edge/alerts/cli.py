@@ -13,6 +13,7 @@ from rich.table import Table
 from harvester_edge.alerts import view
 from harvester_edge.alerts.delivery import send_test
 from harvester_edge.durations import format_duration
+from harvester_edge.store import alerts as alert_rows
 from harvester_edge.store.readonly import open_readonly
 
 
@@ -21,7 +22,7 @@ def _read(config: Any, everything: bool) -> tuple[list[dict], dict[str, dict[str
         return [], {}, "no bookkeeping database yet: the daemon has not run with this config"
     conn = open_readonly(config.db_path)
     try:
-        if not view.has_tables(conn):
+        if not alert_rows.has_table(conn):
             return [], {}, "no alerts yet: the daemon has not run this version (its migration adds them)"
         return view.alert_list(conn, everything), view.deliveries(conn), None
     finally:

@@ -37,8 +37,3 @@ def deliveries(conn: sqlite3.Connection | None) -> dict[str, dict[str, int]]:
     for webhook, status, n in alert_rows.message_counts(conn):
         out.setdefault(webhook, {})[status] = n
     return out
-
-
-def has_tables(conn: sqlite3.Connection) -> bool:
-    """An older DB the daemon has not migrated yet has no alerts table."""
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'alerts'").fetchone() is not None

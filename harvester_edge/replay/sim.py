@@ -27,6 +27,7 @@ from harvester_edge.seams.files import FilesBackend
 from harvester_edge.seams.http import Transport
 from harvester_edge.site import build_site, restart_store
 from harvester_edge.store import Store
+from harvester_edge.store import db as store_db
 
 START = 1_800_000_000.0
 INTERVALS = {
@@ -211,8 +212,8 @@ class Simulation:
         return {
             "day": day,
             "db_mb": round(sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists()) / 1e6, 3),
-            "free_pages": conn.execute("PRAGMA freelist_count").fetchone()[0],
-            "rows": {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in BOOK_TABLES},
+            "free_pages": store_db.free_pages(conn),
+            "rows": store_db.row_counts(conn, BOOK_TABLES),
             "ranges_done": len(self.world.central.finished),
         }
 

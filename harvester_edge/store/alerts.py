@@ -18,6 +18,11 @@ RESOLVED = "resolved"  # fired, then cleared
 PENDING, SENT, DROPPED = "pending", "sent", "dropped"
 
 
+def has_table(conn: sqlite3.Connection) -> bool:
+    """An older DB the daemon has not migrated yet (migration 0007) has no alerts table."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'alerts'").fetchone() is not None
+
+
 def all_alerts(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     """Every alert, firing ones first, then the most recent."""
     return conn.execute(

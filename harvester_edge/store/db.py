@@ -146,6 +146,16 @@ class Store:
         self._local = threading.local()
 
 
+def free_pages(conn: sqlite3.Connection) -> int:
+    """Pages freed by deletes that SQLite reuses before it grows the file (no auto or incremental vacuum)."""
+    return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+
+def row_counts(conn: sqlite3.Connection, tables: tuple[str, ...]) -> dict[str, int]:
+    """Rows per table, for tables named by the code (never by input)."""
+    return {t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in tables}
+
+
 def applied_migrations(conn: sqlite3.Connection) -> list[str]:
     exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='migrations'").fetchone()
     if not exists:

@@ -15,6 +15,7 @@ from harvester_edge.central.service import CentralService
 from harvester_edge.central.states import RangeStatus
 from harvester_edge.central.store import monitor
 from harvester_edge.states import WorkerState
+from harvester_edge.store import alerts as alert_rows
 from harvester_edge.store import jobs as job_rows
 from harvester_edge.store import workers as worker_rows
 from harvester_edge.store.outbox import depth as outbox_depth
@@ -317,7 +318,7 @@ def sites(service: CentralService, hdb: Path | None, params: dict, now: float) -
 def alerts_data(hdb: Path | None, everything: bool) -> dict[str, Any]:
     """The alert states and webhook deliveries as the daemon's alerts agent keeps them (harvester_edge.alerts.view)."""
     with _harvester(hdb) as hconn:
-        if hconn is None or not alert_view.has_tables(hconn):
+        if hconn is None or not alert_rows.has_table(hconn):
             return {"alerts": [], "deliveries": {}, "note": f"no alerts in the harvester DB {hdb} (yet)"}
         return {"alerts": alert_view.alert_list(hconn, everything), "deliveries": alert_view.deliveries(hconn)}
 

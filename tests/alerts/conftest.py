@@ -15,6 +15,7 @@ import yaml
 from doubles import NOW, BatchRunner, FakeClock, FakeTransport
 from harvester_edge.agents.alerter import Alerter
 from harvester_edge.agents.base import AgentContext
+from harvester_edge.alerts.rules import RULES
 from harvester_edge.config import SiteConfig, load_config
 from harvester_edge.seams.files import DirectFiles
 from harvester_edge.site import build_site, sync_queues
@@ -23,18 +24,7 @@ from webhook_receiver import Receiver
 
 QUEUE = {"name": "q", "batch": "slurm", "partition": "debug", "launcher": "srun", "walltime_max": 3600}
 # the rules of a test are the ones it names: the others stay quiet (agent_stalled would fire as the clock jumps)
-QUIET = {
-    name: {"enabled": False}
-    for name in (
-        "central_unreachable",
-        "outbox_rejected",
-        "queue_paused",
-        "credential_expiring",
-        "agent_stalled",
-        "task_failed",
-        "worker_failures",
-    )
-}
+QUIET = {name: {"enabled": False} for name in RULES}
 
 
 @dataclass
