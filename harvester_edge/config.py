@@ -186,6 +186,10 @@ class WebhookConfig(Strict):
 class AlertRule(Strict):
     enabled: bool = True
     severity: Severity = "warning"
+    # flap damping: the condition must hold this long before the alert fires (it is "pending" meanwhile) ...
+    fire_after: Annotated[Duration, Field(ge=0)] = 0.0
+    # ... and be clear this long before a firing alert resolves (a condition that blinks sends nothing new)
+    resolve_after: Annotated[Duration, Field(ge=0)] = 0.0
 
 
 class CentralUnreachableRule(AlertRule):

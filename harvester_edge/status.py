@@ -16,7 +16,7 @@ from harvester_edge.central.service import CentralService
 from harvester_edge.config import SiteConfig
 from harvester_edge.seams.http import HttpTransport
 from harvester_edge.states import JobState, RangeState, WorkerState
-from harvester_edge.store import jobs, outbox
+from harvester_edge.store import alerts, jobs, outbox
 from harvester_edge.store import queues as queue_rows
 from harvester_edge.store import ranges as range_rows
 from harvester_edge.store import workers as worker_rows
@@ -83,6 +83,17 @@ def collect(config: SiteConfig) -> dict[str, Any]:
         snapshot["workers"] = {k[0]: v for k, v in _counts(worker_rows.count_by_state(conn)).items()}
         snapshot["event_ranges"] = {k[0]: v for k, v in _counts(range_rows.count_by_state(conn)).items()}
         snapshot["outbox_pending"] = outbox.depth(conn)
+        if alerts.has_table(conn):  # the alerts agent's view: what fires now (`harvester-edge alerts` for the rest)
+            snapshot["alerts_firing"] = [
+                {
+                    "rule": r["rule"],
+                    "key": r["key"],
+                    "severity": r["severity"],
+                    "since": r["since"],
+                    "summary": r["summary"],
+                }
+                for r in alerts.firing(conn)
+            ]
         snapshot["pledges"] = pledges.usage(
             conn, pledges.facts_of_config(config), time.time()
         )  # cores in use, core-hours vs the pledge
@@ -142,6 +153,18 @@ def render(snapshot: dict[str, Any], console: Console | None = None) -> None:
         console.print(f"outbox: {snapshot['outbox_pending']} messages waiting for the central service")
     if snapshot.get("pledges"):
         console.print(pledge_table(snapshot["pledges"]))
+    if "alerts_firing" in snapshot:
+        console.print(alert_lines(snapshot["alerts_firing"]))
+
+
+def alert_lines(firing: list[dict[str, Any]]) -> str:
+    if not firing:
+        return "alerts: none firing"
+    lines = [f"[red]alerts: {len(firing)} firing[/red] (harvester-edge alerts)"]
+    for a in firing:
+        about = f"[{a['key']}]" if a["key"] else ""
+        lines.append(f"  {a['severity']:<8} {a['rule']}{about}: {a['summary']}")
+    return "\n".join(lines)
 
 
 def pledge_table(usage: dict[str, Any]) -> Table:

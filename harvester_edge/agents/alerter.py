@@ -50,7 +50,7 @@ class Alerter(Agent):
         """After a restart, an outage the alerts table still shows as firing goes on until the service answers (a
         fresh process has not seen it begin; without this its first failed call would restart the count)."""
         row = alert_rows.by_key(self.ctx.store.connection()).get(("central_unreachable", ""))
-        if row is not None and row["state"] == alert_rows.FIRING and self.ctx.central is not None:
+        if row is not None and row["state"] in (alert_rows.FIRING, alert_rows.HOLDING) and self.ctx.central is not None:
             began = float(row["since"]) - float(row["threshold"] or 0)
             self.ctx.central.reach.resume(began, "unreachable before the daemon restarted")
 

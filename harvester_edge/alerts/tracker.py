@@ -4,6 +4,11 @@ resolved, nothing while it stays as it is (deduplicated across cycles and daemon
 Per (rule, key): not firing and unknown -> an `ok` row (its value kept); firing and not yet firing -> `firing`,
 messages; still firing -> value refreshed; firing, now clear (or no longer observed) -> `resolved`, messages; an
 `ok` row no longer observed goes. A rule evaluated as None (unreadable this time) changes nothing.
+
+Flap damping, per rule: with `fire_after`, a condition that starts holding is `pending` (no message) and fires only
+once it has held that long (the alert's `since` is when it began); one that clears before goes back to `ok`. With
+`resolve_after`, a firing alert whose condition clears notes when (clear_since) and resolves only once it has stayed
+clear that long; if it holds again before, it simply goes on firing: nothing is sent.
 """
 
 from __future__ import annotations
@@ -42,19 +47,35 @@ def apply(conn: sqlite3.Connection, config: SiteConfig, evaluated: Evaluated, no
         if observations is None:
             continue
         seen = set()
+        settings = getattr(config.alerts.rules, rule)
         for o in observations:
             seen.add(o.key)
             row = current.get((rule, o.key))
             alert = o.row()
-            if o.firing and (row is None or row["state"] != rows.FIRING):
-                rows.fire(conn, alert, now)
-                _announce(conn, config, alert_body(config.site, alert, rows.FIRING, now, now), rule, o.key, now)
+            state = row["state"] if row is not None else None
+            since = float(row["since"]) if row is not None else now  # a pending alert: when its condition began
+            cleared = row["clear_since"] if row is not None and row["clear_since"] is not None else now
+            if o.firing and state == rows.FIRING:
+                rows.refresh(conn, alert, now)  # holds on (a clearing that did not last is forgotten)
+            elif o.firing and state == rows.HOLDING and now - since < settings.fire_after:
+                rows.refresh(conn, alert, now)
+            elif o.firing and state != rows.HOLDING and settings.fire_after > 0:
+                rows.hold(conn, alert, now)
+            elif o.firing:
+                since = since if state == rows.HOLDING else now
+                rows.fire(conn, alert, now, since)
+                _announce(conn, config, alert_body(config.site, alert, rows.FIRING, since, now), rule, o.key, now)
                 changes.append(Change(rule, o.key, rows.FIRING, o.summary))
-            elif not o.firing and row is not None and row["state"] == rows.FIRING:
+            elif state == rows.FIRING:
+                if now - float(cleared) < settings.resolve_after:
+                    rows.refresh(conn, alert, now, clear_since=cleared)
+                    continue
                 rows.resolve(conn, rule, o.key, o.value, o.summary, now)
-                body = alert_body(config.site, alert, rows.RESOLVED, row["since"], now)
+                body = alert_body(config.site, alert, rows.RESOLVED, since, now)
                 _announce(conn, config, body, rule, o.key, now)
                 changes.append(Change(rule, o.key, rows.RESOLVED, o.summary))
+            elif state == rows.HOLDING:
+                rows.settle(conn, alert, now)  # cleared before it lasted: nothing was announced, nothing is
             elif row is None:
                 rows.observe_ok(conn, alert, now)
             else:
@@ -75,6 +96,6 @@ def apply(conn: sqlite3.Connection, config: SiteConfig, evaluated: Evaluated, no
                     now,
                 )
                 changes.append(Change(rule, key, rows.RESOLVED, summary))
-            elif row["state"] == rows.OK:
+            elif row["state"] in (rows.OK, rows.HOLDING):
                 rows.delete(conn, rule, key)
     return changes

@@ -12,7 +12,8 @@ import json
 import sqlite3
 from typing import Any
 
-OK = "ok"  # observed, never fired (its value is kept for the metrics and the monitor)
+OK = "ok"  # observed, not firing (its value is kept for the metrics and the monitor)
+HOLDING = "pending"  # the condition holds, not yet for the rule's fire_after: no message yet (Prometheus' pending)
 FIRING = "firing"
 RESOLVED = "resolved"  # fired, then cleared
 PENDING, SENT, DROPPED = "pending", "sent", "dropped"
@@ -33,6 +34,11 @@ def all_alerts(conn: sqlite3.Connection) -> list[sqlite3.Row]:
 def by_key(conn: sqlite3.Connection) -> dict[tuple[str, str], sqlite3.Row]:
     """(rule, key) -> row, of every alert."""
     return {(r["rule"], r["key"]): r for r in conn.execute("SELECT * FROM alerts").fetchall()}
+
+
+def firing(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """The alerts firing now, oldest first (the dashboard's and `status`'s count)."""
+    return conn.execute("SELECT * FROM alerts WHERE state = ? ORDER BY since, rule, key", (FIRING,)).fetchall()
 
 
 def firing_by_rule(conn: sqlite3.Connection) -> dict[str, int]:
@@ -58,16 +64,31 @@ def _row(alert: dict[str, Any], state: str, now: float) -> tuple:
     )
 
 
-def fire(conn: sqlite3.Connection, alert: dict[str, Any], now: float) -> None:
-    """The alert (rule, key, severity, labels, value, threshold, summary) starts firing now."""
+def _enter(conn: sqlite3.Connection, alert: dict[str, Any], state: str, since: float, now: float) -> None:
     conn.execute(
         "INSERT INTO alerts (rule, key, state, severity, labels, value, threshold, summary, since, resolved_at,"
         " evaluated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?) ON CONFLICT (rule, key) DO UPDATE SET"
         " state = excluded.state, severity = excluded.severity, labels = excluded.labels, value = excluded.value,"
         " threshold = excluded.threshold, summary = excluded.summary, since = excluded.since, resolved_at = NULL,"
-        " evaluated_at = excluded.evaluated_at",
-        _row(alert, FIRING, now),
+        " clear_since = NULL, evaluated_at = excluded.evaluated_at",
+        (*_row(alert, state, since)[:-1], now),
     )
+
+
+def fire(conn: sqlite3.Connection, alert: dict[str, Any], now: float, since: float | None = None) -> None:
+    """The alert (rule, key, severity, labels, value, threshold, summary) starts firing now; `since` is when its
+    condition began (earlier than now when it was held back as pending)."""
+    _enter(conn, alert, FIRING, now if since is None else since, now)
+
+
+def hold(conn: sqlite3.Connection, alert: dict[str, Any], now: float) -> None:
+    """The condition holds from now on, but the rule wants it to last before the alert fires."""
+    _enter(conn, alert, HOLDING, now, now)
+
+
+def settle(conn: sqlite3.Connection, alert: dict[str, Any], now: float) -> None:
+    """A pending condition that cleared before it fired: back to ok, nothing was announced."""
+    _enter(conn, alert, OK, now, now)
 
 
 def observe_ok(conn: sqlite3.Connection, alert: dict[str, Any], now: float) -> None:
@@ -79,11 +100,12 @@ def observe_ok(conn: sqlite3.Connection, alert: dict[str, Any], now: float) -> N
     )
 
 
-def refresh(conn: sqlite3.Connection, alert: dict[str, Any], now: float) -> None:
-    """No state change (no message): the latest value, summary and the rule's current settings."""
+def refresh(conn: sqlite3.Connection, alert: dict[str, Any], now: float, clear_since: float | None = None) -> None:
+    """No state change (no message): the latest value, summary and the rule's current settings; `clear_since`: when
+    the condition of a firing alert cleared, while the rule's resolve_after has not passed yet."""
     conn.execute(
-        "UPDATE alerts SET value = ?, threshold = ?, severity = ?, labels = ?, summary = ?, evaluated_at = ? "
-        "WHERE rule = ? AND key = ?",
+        "UPDATE alerts SET value = ?, threshold = ?, severity = ?, labels = ?, summary = ?, evaluated_at = ?, "
+        "clear_since = ? WHERE rule = ? AND key = ?",
         (
             alert["value"],
             alert["threshold"],
@@ -91,6 +113,7 @@ def refresh(conn: sqlite3.Connection, alert: dict[str, Any], now: float) -> None
             json.dumps(alert["labels"], sort_keys=True),
             alert["summary"],
             now,
+            clear_since,
             alert["rule"],
             alert["key"],
         ),
@@ -103,7 +126,7 @@ def delete(conn: sqlite3.Connection, rule: str, key: str) -> None:
 
 def resolve(conn: sqlite3.Connection, rule: str, key: str, value: float | None, summary: str, now: float) -> None:
     conn.execute(
-        "UPDATE alerts SET state = ?, value = ?, summary = ?, resolved_at = ?, evaluated_at = ? "
+        "UPDATE alerts SET state = ?, value = ?, summary = ?, resolved_at = ?, evaluated_at = ?, clear_since = NULL "
         "WHERE rule = ? AND key = ?",
         (RESOLVED, value, summary, now, now, rule, key),
     )

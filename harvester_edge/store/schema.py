@@ -184,6 +184,11 @@ def _queue_pledges(conn: sqlite3.Connection) -> None:
     )
 
 
+def _alert_clear_since(conn: sqlite3.Connection) -> None:
+    # flap damping: when a firing alert's condition cleared, so it resolves only after the rule's resolve_after
+    conn.execute("ALTER TABLE alerts ADD COLUMN clear_since REAL")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_install_id_and_request_seq", _install_id_and_request_seq),
@@ -191,6 +196,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0004_recent_failures_index", _recent_failures_index),
     ("0007_alerts", _alerts),
     ("0008_queue_pledges", _queue_pledges),
+    ("0011_alert_clear_since", _alert_clear_since),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

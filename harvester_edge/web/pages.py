@@ -54,6 +54,7 @@ def dashboard(service: CentralService, hdb: Path | None, params: dict, now: floa
     with _harvester(hdb) as hconn:
         cells = data.workers_by_queue(hconn, central)
         outbox = outbox_depth(hconn) if hconn else None
+        firing = len(alert_rows.firing(hconn)) if hconn and alert_rows.has_table(hconn) else None
         timelines = pictures.dashboard(hconn, now)
     states = sorted({c["state"] for c in cells}, key=lambda s: (STATE_ORDER.index(s) if s in STATE_ORDER else 99, s))
     pivot: dict[str, dict] = {}
@@ -64,6 +65,7 @@ def dashboard(service: CentralService, hdb: Path | None, params: dict, now: floa
         "title": "dashboard",
         "tasks_by_state": by_state,
         "outbox": outbox,
+        "alerts_firing": firing,
         "harvester_db": hdb,
         "tasks": view(
             "tasks",

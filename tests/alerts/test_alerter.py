@@ -304,3 +304,72 @@ def test_a_recording_keeps_webhook_calls_under_the_webhook_name_never_its_url(ma
     text = (tmp_path / "trace.jsonl").read_text()
     assert "s3cr3t" not in text  # neither in the calls nor in the config the trace's head keeps
     assert config_snapshot(site.config)["alerts"]["webhooks"][0]["url"] == "https://redacted.invalid/ops"
+
+
+def test_fire_after_holds_a_condition_back_until_it_lasts(make_alert_site, receiver):
+    site = make_alert_site(rules={"queue_paused": {"fire_after": "2m"}}, webhooks=[hook(receiver)])
+    site.failed_workers(3)
+    began = site.clock.now()
+    site.cycle()
+    site.cycle(60)
+    [row] = site.rows("SELECT state, since FROM alerts WHERE rule = 'queue_paused'")
+    assert row == {"state": "pending", "since": began}  # held, announced to nobody
+    assert site.rows("SELECT count(*) AS n FROM alert_messages") == [{"n": 0}]
+
+    site.cycle(61)  # held for 121 s >= 2 minutes: it fires, dated from when the condition began
+    [firing] = receiver.wait(1)
+    assert firing["state"] == "firing" and firing["alert"] == "queue_paused"
+    [row] = site.rows("SELECT state, since FROM alerts WHERE rule = 'queue_paused'")
+    assert row == {"state": "firing", "since": began}
+
+
+def test_fire_after_forgets_a_blip_that_clears_before_it_lasts(make_alert_site, receiver):
+    site = make_alert_site(rules={"queue_paused": {"fire_after": "15m"}}, webhooks=[hook(receiver)])
+    site.failed_workers(3)
+    site.cycle()
+    site.cycle(601)  # the submitter's 10-minute window has passed: the pause is over before 15 minutes
+    [row] = site.rows("SELECT state FROM alerts WHERE rule = 'queue_paused'")
+    assert row == {"state": "ok"}
+    site.cycle(600)
+    time.sleep(0.2)
+    assert receiver.messages == [] and site.rows("SELECT count(*) AS n FROM alert_messages") == [{"n": 0}]
+
+
+def test_resolve_after_keeps_a_flapping_alert_firing_with_one_message(make_alert_site, receiver):
+    site = make_alert_site(rules={"queue_paused": {"resolve_after": "5m"}}, webhooks=[hook(receiver)])
+    site.failed_workers(3)
+    site.cycle()
+    receiver.wait(1)
+
+    site.cycle(601)  # clear, but not for 5 minutes yet: still firing, the moment it cleared noted
+    [row] = site.rows("SELECT state, clear_since FROM alerts WHERE rule = 'queue_paused'")
+    assert row == {"state": "firing", "clear_since": site.clock.now()}
+    site.failed_workers(3)  # and it comes back: goes on firing, nothing sent, the clearing forgotten
+    site.cycle(10)
+    [row] = site.rows("SELECT state, clear_since FROM alerts WHERE rule = 'queue_paused'")
+    assert row == {"state": "firing", "clear_since": None}
+
+    site.cycle(601)
+    site.cycle(299)
+    time.sleep(0.2)
+    assert len(receiver.messages) == 1  # 4 min 59 s clear: not resolved yet
+    site.cycle(2)
+    [resolved] = receiver.wait(1, state="resolved")
+    assert resolved["alert"] == "queue_paused"
+    assert len(receiver.messages) == 2
+
+
+def test_status_lists_what_fires(make_alert_site, receiver):
+    from harvester_edge import status
+
+    site = make_alert_site(rules={"queue_paused": {}}, webhooks=[hook(receiver)])
+    site.failed_workers(3)
+    site.cycle()
+    snapshot = status.collect(site.config)
+    [firing] = snapshot["alerts_firing"]
+    assert firing["rule"] == "queue_paused" and firing["key"] == "q" and "queue q paused" in firing["summary"]
+    text = status.alert_lines(snapshot["alerts_firing"])
+    assert text.splitlines()[0].endswith("alerts: 1 firing[/red] (harvester-edge alerts)")
+    assert "queue_paused[q]: queue q paused" in text
+    site.cycle(700)
+    assert status.collect(site.config)["alerts_firing"] == []

@@ -51,6 +51,9 @@ def test_alerts_page_lists_states_and_deliveries(seeded):
         assert alert["value"] == 3 and alert["threshold"] == 3 and alert["since"] == T0
         assert doc["deliveries"] == {"ops": {"sent": 1}}
         assert len(get(f"{central.url}/monitor/alerts.json?all=1").json()["alerts"]) == 2
+
+        dashboard = get(f"{central.url}/monitor/").text  # the count at a glance, linked to this page
+        assert '<a class="tile alarm" href="/monitor/alerts">alerts<b>1</b>firing</a>' in dashboard
     finally:
         central.stop()
 
