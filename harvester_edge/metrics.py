@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
@@ -356,11 +355,8 @@ class DatabaseCollector:
         self.central_url = central_url
 
     def _central_on_postgresql(self, url: str) -> list:
-        db = pg.PgDatabase(url, Path(tempfile.gettempdir()), pool_size=1)  # reads only: no schema, no writer
-        try:
-            return central_families(db.reader(), self.clock())
-        finally:
-            db.close()
+        with pg.reading(url) as reader:
+            return central_families(reader, self.clock())
 
     def collect(self):
         if self.central_url is not None:

@@ -8,13 +8,16 @@ cycle: every delivery is bounded by the webhook's timeout, and a failing webhook
 from __future__ import annotations
 
 import logging
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import ExitStack, closing, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from harvester_edge.agents.base import Agent
 from harvester_edge.alerts import rules, tracker
 from harvester_edge.alerts.delivery import Deliverer
+from harvester_edge.central.store import pg
 from harvester_edge.config import SiteConfig
 from harvester_edge.store import alerts as alert_rows
 from harvester_edge.store.readonly import open_readonly
@@ -22,12 +25,21 @@ from harvester_edge.store.readonly import open_readonly
 log = logging.getLogger(__name__)
 
 
-def central_db(config: SiteConfig) -> Any:
-    """A read-only connection to the embedded central service's SQLite DB, or None (remote, PostgreSQL, absent)."""
+@contextmanager
+def central_db(config: SiteConfig) -> Iterator[Any]:
+    """A read-only connection to the embedded central service's DB (its SQLite file or its PostgreSQL database), or
+    None: a remote service (its DB is not ours to read) or a file not made yet. Raises when it cannot be opened."""
     db = config.central.db
-    if config.central.mode != "embedded" or not isinstance(db, Path) or not db.exists():
-        return None
-    return open_readonly(db)
+    if config.central.mode != "embedded":
+        yield None
+    elif pg.is_postgresql_url(db):
+        with pg.reading(str(db)) as reader:
+            yield reader
+    elif isinstance(db, Path) and db.exists():
+        with closing(open_readonly(db)) as conn:
+            yield conn
+    else:
+        yield None
 
 
 class Alerter(Agent):
@@ -55,21 +67,19 @@ class Alerter(Agent):
             self.ctx.central.reach.resume(began, "unreachable before the daemon restarted")
 
     def evaluate(self, config: SiteConfig, now: float) -> list[tracker.Change]:
-        cdb = None
-        try:
-            cdb = central_db(config)
-        except Exception as exc:  # the rules that need it are left as they are (None)
-            log.warning("alerts: the central DB is not readable (%s); task and key alerts keep their state", exc)
-        with closing(cdb) if cdb is not None else _nothing():
-            inputs = rules.Inputs(
-                config=config,
-                conn=self.ctx.store.connection(),
-                now=now,
-                started=self.started if self.started is not None else now,
-                reach=self.ctx.central.reach if self.ctx.central is not None else None,
-                stats=self.ctx.stats,
-                central_db=cdb,
-            )
+        inputs = rules.Inputs(
+            config=config,
+            conn=self.ctx.store.connection(),
+            now=now,
+            started=self.started if self.started is not None else now,
+            reach=self.ctx.central.reach if self.ctx.central is not None else None,
+            stats=self.ctx.stats,
+        )
+        with ExitStack() as stack:
+            try:
+                inputs = replace(inputs, central_db=stack.enter_context(central_db(config)))
+            except Exception as exc:  # the rules that need it are left as they are (None)
+                log.warning("alerts: the central DB is not readable (%s); task and key alerts keep their state", exc)
             evaluated = rules.evaluate(inputs)
         with self.ctx.store.write() as conn:
             changes = tracker.apply(conn, config, evaluated, now)
@@ -85,11 +95,3 @@ class Alerter(Agent):
                 change.summary,
             )
         return changes
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

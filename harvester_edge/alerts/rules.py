@@ -27,10 +27,11 @@ import jwt
 from harvester_edge.agents.base import CycleStats
 from harvester_edge.agents.submitter import PERMANENT_FAILURES_PAUSE, submit_failures
 from harvester_edge.central.client import Reachability
-from harvester_edge.central.store import monitor
+from harvester_edge.central.store import monitor, pg
 from harvester_edge.central.tokens import WORKER_SEP
 from harvester_edge.config import SiteConfig
 from harvester_edge.durations import format_duration
+from harvester_edge.errors import StoreError
 from harvester_edge.metrics import ALERT_RULES, token_file_expiry
 from harvester_edge.states import WorkerState
 from harvester_edge.store import outbox
@@ -67,8 +68,9 @@ class Observation:
 
 @dataclass
 class Inputs:
-    """What the rules read. `central_db`: the embedded central service's DB (read-only), None when it is not
-    readable from here (a remote service, PostgreSQL): the rules that need it are then not evaluated."""
+    """What the rules read. `central_db`: the embedded central service's DB (read-only, its SQLite file or its
+    PostgreSQL database), None when it is not readable from here (a remote service): the rules that need it are
+    then not evaluated."""
 
     config: SiteConfig
     conn: sqlite3.Connection
@@ -229,7 +231,7 @@ def evaluate(i: Inputs) -> Evaluated:
             continue
         try:
             found = EVALUATORS[name](i)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, pg.psycopg.Error, StoreError) as exc:
             log.warning("alerts: rule %s not evaluated this time: %s", name, exc)
             found = None
         out[name] = None if found is None else [replace(o, severity=rule.severity) for o in found]

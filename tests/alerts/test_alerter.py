@@ -9,6 +9,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from central.conftest import backend, central_db, pg_cluster  # fixtures: both backends
 from doubles import Outage
 from harvester_edge.central.client import CentralUnavailable
 from harvester_edge.metrics import DatabaseCollector
@@ -216,13 +217,16 @@ def test_alert_rules_of_the_config_are_the_rules_evaluated():
     assert set(AlertRules.model_fields) == set(RULES) == set(EVALUATORS)
 
 
-def test_a_failed_task_of_the_embedded_service_fires_and_a_retry_resolves_it(make_alert_site, receiver, tmp_path):
+def test_a_failed_task_of_the_embedded_service_fires_and_a_retry_resolves_it(
+    make_alert_site, receiver, tmp_path, central_db
+):
+    """On either backend of the embedded service: the agent reads its SQLite file or its PostgreSQL database."""
     from harvester_edge.central.service import CentralService
     from harvester_edge.central.settings import CentralSettings
     from harvester_edge.central.store import tasks
 
-    db = tmp_path / "central.db"
-    service = CentralService.open(db, CentralSettings(db=db))
+    db = central_db
+    service = CentralService.open(db, CentralSettings(db=db, files_dir=tmp_path / "files"))
     try:
         task_id = service.submit_task(
             {
@@ -237,7 +241,7 @@ def test_a_failed_task_of_the_embedded_service_fires_and_a_retry_resolves_it(mak
         site = make_alert_site(
             rules={"task_failed": {"severity": "critical"}},
             webhooks=[hook(receiver)],
-            central={"mode": "embedded", "trusted": True, "db": str(db)},
+            central={"mode": "embedded", "trusted": True, "db": str(db), "files_dir": str(tmp_path / "files")},
         )
         site.cycle()
         assert receiver.messages == []

@@ -22,10 +22,12 @@ statements (a job update: the job with its task, then the update), not few round
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import queue
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -255,6 +257,17 @@ class PgReader:
             self.db._give_back(raw)
             return result
         raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def reading(url: str) -> Iterator[PgReader]:
+    """A reader of a PostgreSQL central DB for a process that is not the service (metrics, alerts): one pooled
+    connection, no schema work, no writer; closed on exit. Raises DatabaseUnreachable / psycopg.Error."""
+    db = PgDatabase(url, Path(tempfile.gettempdir()), pool_size=1)
+    try:
+        yield db.reader()
+    finally:
+        db.close()
 
 
 class PgDatabase(GroupCommit):
