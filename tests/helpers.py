@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 
 def need(condition: bool, what: str) -> None:
@@ -81,3 +85,41 @@ def local_queue(name: str | None = "q", **fields: object) -> dict:
         del queue["name"]
     queue.update(fields)
     return queue
+
+
+def free_port() -> int:
+    """A loopback port free right now (for a server the test starts next)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def central_service_config(folder: Path, **central: object) -> tuple[Path, int]:
+    """folder/central.yaml for a stand-alone central service on a free loopback port (trusted, its DB in folder
+    unless `central` says otherwise): (the config's path, the port)."""
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "central.yaml"
+    settings = {"mode": "embedded", "host": "127.0.0.1", "port": port, "trusted": True, **central}
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "site": "central",
+                "queues": [{"name": "unused", "batch": "local"}],
+                "paths": {"work_dir": str(folder)},
+                "central": settings,
+            }
+        )
+    )
+    return config, port
+
+
+def cli(config: Path) -> list[str]:
+    """The harvester-edge command line on a config, as a subprocess runs it."""
+    return [sys.executable, "-m", "harvester_edge", "--config", str(config)]
+
+
+def serve_central(config: Path, *args: str) -> subprocess.Popen:
+    """`harvester-edge central serve [args]` on that config; its output appended to serve.out beside it."""
+    with open(config.parent / "serve.out", "ab") as out:
+        return subprocess.Popen([*cli(config), "central", "serve", *args], stdout=out, stderr=subprocess.STDOUT)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from helpers import local_queue
+from helpers import central_service_config, cli, local_queue, serve_central
 from jumbo import payloads
 
 pytestmark = pytest.mark.mpi
@@ -87,37 +87,11 @@ def test_worker_killed_mid_run_hands_ranges_back(make_site, tasks):
 
 
 def test_central_service_outage_is_survived_through_the_outbox(make_site, tasks, tmp_path):
-    import socket
     import subprocess
-    import sys
 
-    import yaml
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     central_dir = tmp_path / "central"
-    central_dir.mkdir()
-    central_config = central_dir / "central.yaml"
-    central_config.write_text(
-        yaml.safe_dump(
-            {
-                "site": "central",
-                "queues": [{"name": "unused", "batch": "local"}],
-                "paths": {"work_dir": str(central_dir)},
-                "central": {"mode": "embedded", "host": "127.0.0.1", "port": port, "trusted": True},
-            }
-        )
-    )
-
-    def serve():
-        return subprocess.Popen(
-            [sys.executable, "-m", "harvester_edge", "--config", str(central_config), "central", "serve"],
-            stdout=open(central_dir / "serve.out", "ab"),
-            stderr=subprocess.STDOUT,
-        )
-
-    central = serve()
+    central_config, port = central_service_config(central_dir)
+    central = serve_central(central_config)
     try:
         site = make_site(
             queue=LOCAL_QUEUE, central={"mode": "remote", "url": f"http://127.0.0.1:{port}", "trusted": True}
@@ -128,11 +102,7 @@ def test_central_service_outage_is_survived_through_the_outbox(make_site, tasks,
             json.loads(
                 subprocess.run(
                     [
-                        sys.executable,
-                        "-m",
-                        "harvester_edge",
-                        "--config",
-                        str(central_config),
+                        *cli(central_config),
                         "task",
                         "submit",
                         _write_task(tmp_path, tasks.sleep(600, 0.03, per_range=10)),
@@ -153,7 +123,7 @@ def test_central_service_outage_is_survived_through_the_outbox(make_site, tasks,
             time.sleep(0.5)
             with site.harvester_db() as conn:
                 peak = max(peak, conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0])
-        central = serve()  # back, on the same port and database
+        central = serve_central(central_config)  # back, on the same port and database
         deadline = time.monotonic() + 180
         while _task_row(central_dir, task_id)[0] != "finished":
             assert time.monotonic() < deadline, site.log_tail()

@@ -6,9 +6,7 @@ daemon, and a PostgreSQL restart, all mid-run. Real processes throughout."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import sys
 import time
 
 import psycopg
@@ -16,7 +14,7 @@ import pytest
 import yaml
 
 from agents.conftest import Site, sleep_task
-from helpers import local_queue
+from helpers import central_service_config, cli, local_queue, serve_central
 
 pytestmark = pytest.mark.mpi
 
@@ -41,28 +39,9 @@ def service_children(pid: int) -> list[str]:
 # PostgreSQL only: several service processes and a database restart (issue 16 item 4)
 def test_three_daemons_two_service_processes_faults_exactly_once(pg_cluster, tmp_path):
     url = pg_cluster.fresh_url()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     central_dir = tmp_path / "central"
-    central_dir.mkdir()
-    central_config = central_dir / "central.yaml"
-    central_config.write_text(
-        yaml.safe_dump(
-            {
-                "site": "central",
-                "queues": [{"name": "unused", "batch": "local"}],
-                "paths": {"work_dir": str(central_dir)},
-                "central": {"mode": "embedded", "host": "127.0.0.1", "port": port, "trusted": True, "db": url},
-            }
-        )
-    )
-    cli = [sys.executable, "-m", "harvester_edge", "--config", str(central_config)]
-    service = subprocess.Popen(
-        [*cli, "central", "serve", "--workers", "2"],
-        stdout=open(central_dir / "serve.out", "ab"),
-        stderr=subprocess.STDOUT,
-    )
+    central_config, port = central_service_config(central_dir, db=url)
+    service = serve_central(central_config, "--workers", "2")
     sites: list[Site] = []
     try:
         task_file = tmp_path / "task.yaml"
@@ -76,7 +55,10 @@ def test_three_daemons_two_service_processes_faults_exactly_once(pg_cluster, tmp
         task_id = int(
             json.loads(
                 subprocess.run(
-                    [*cli, "task", "submit", str(task_file), "--json"], capture_output=True, text=True, check=True
+                    [*cli(central_config), "task", "submit", str(task_file), "--json"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
                 ).stdout
             )["task_id"]
         )

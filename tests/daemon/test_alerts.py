@@ -6,21 +6,15 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import time
 
 import pytest
 
+from helpers import free_port
 from webhook_receiver import Receiver
 
 STOP = 30
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import kill_local_workers, local_queue
+from helpers import free_port, kill_local_workers, local_queue
 
 from .conftest import get, wait_for
 
@@ -31,12 +30,6 @@ TASK = {
     "max_attempts": 3,
     "jobs": 1,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
