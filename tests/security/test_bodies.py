@@ -113,6 +113,11 @@ def token_mode(tmp_path_factory, module_backend):
     served.stop()
 
 
+# an answer within this many seconds was not waiting for the body (the service would wait body_timeout, 60 s, and
+# raw_request gives up after 5 s); a loaded 2-core machine can take a second for any answer, so not tighter
+PROMPT = 3.0
+
+
 def raw_request(port: int, head: str, body: bytes = b"", wait: float = 5.0) -> tuple[int, bytes, float]:
     """Send the head (and what body we choose: maybe less than announced), return (status, answer, seconds)."""
     with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
@@ -207,7 +212,7 @@ def test_gzip_bomb_is_inflated_in_a_stream_and_refused(trusted, path, encoding):
     )
     assert status == 413, answer[:300]
     assert b"inflates to more than" in answer
-    assert took < 1.0
+    assert took < PROMPT
     assert rss.growth < 50 * MiB, f"RSS grew by {rss.growth / MiB:.1f} MiB"
 
 
@@ -216,7 +221,7 @@ def test_gzip_bomb_without_token_is_refused_before_inflating(token_mode):
     with PeakRss(token_mode) as rss:
         for path in (HOT, V1, LEGACY):
             status, answer, took = raw_request(token_mode.port, head(path, len(body), Content_Encoding="gzip"), body)
-            assert (status, took < 1.0) == (403, True), (path, answer[:200])
+            assert (status, took < PROMPT) == (403, True), (path, answer[:200])
     assert rss.growth < 50 * MiB
 
 
@@ -225,7 +230,7 @@ def test_declared_length_over_the_cap_is_413_before_reading(trusted, path):
     # announce MAX_BODY + 1 bytes and send none: an answer proves the service did not wait for the body
     status, answer, took = raw_request(trusted.port, head(path, MAX_BODY + 1))
     assert status == 413, answer[:300]
-    assert b"larger than the limit" in answer and took < 1.0
+    assert b"larger than the limit" in answer and took < PROMPT
     if path.startswith("/api/v1/"):
         assert json.loads(answer)["success"] is False
 
@@ -245,12 +250,12 @@ def test_token_is_checked_before_the_body_is_read(token_mode, path):
     """100 MB announced, not a byte of it sent: the 403 comes back at once, the body was never waited for."""
     status, answer, took = raw_request(token_mode.port, head(path, 100_000_000))
     assert status == 403, answer[:300]
-    assert took < 1.0
+    assert took < PROMPT
     # the same with a body that streams in slowly (chunked, one chunk so far)
     status, answer, took = raw_request(
         token_mode.port, head(path, None, Transfer_Encoding="chunked"), b"10\r\n" + b"[" * 16 + b"\r\n"
     )
-    assert status == 403 and took < 1.0, answer[:300]
+    assert status == 403 and took < PROMPT, answer[:300]
 
 
 def test_with_a_token_the_size_cap_still_holds(token_mode):
