@@ -37,7 +37,7 @@ from helpers import kill_local_workers, local_queue
 pytestmark = pytest.mark.mpi
 
 LOCAL_QUEUE = local_queue(None, walltime_min="2m", max_queued_workers=2)
-EVENTS = 800  # two jobs, each on its own worker of 2 ranks: ~10 s of sleeping per worker
+EVENTS = 1600  # two jobs, each on its own worker of 2 ranks: ~20 s of sleeping per worker (margin for the attack on a loaded machine)
 BIG = 200 * 1024 * 1024
 MARK = "HOSTILE-PILOT-MARK"
 
