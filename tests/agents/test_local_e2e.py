@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from helpers import central_service_config, cli, local_queue, serve_central
+from helpers import central_service_config, cli, local_queue, serve_central, wait_for
 from jumbo import payloads
 
 pytestmark = pytest.mark.mpi
@@ -66,11 +66,20 @@ def test_worker_killed_mid_run_hands_ranges_back(make_site, tasks):
     site = make_site(queue=LOCAL_QUEUE)
     task_id = site.submit_task(**tasks.sleep(600, 0.05, per_range=10))  # ~15 s of work per worker of 2 ranks
     site.start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if site.task(task_id)["events_finished"] >= 40:
-            break
-        time.sleep(0.5)
+
+    def running_and_holding() -> bool:  # kill a worker in the middle of its work: it has ranges to hand back
+        if site.task(task_id)["events_finished"] < 40:
+            return False
+        with site.harvester_db() as conn:
+            return (
+                conn.execute(
+                    "SELECT count(*) FROM event_ranges e JOIN workers w ON e.worker_id = w.id "
+                    "WHERE w.state = 'running' AND e.state = 'dispatched'"
+                ).fetchone()[0]
+                > 0
+            )
+
+    wait_for(running_and_holding, 120, "40 events finished and a running worker holding ranges")
     killed = site.cli("kill-workers", "--all").stdout
     assert "flagged" in killed and not killed.startswith("0 ")
     result = site.wait_task(task_id, timeout=180)
