@@ -176,8 +176,10 @@ class PilotSite:
         return env
 
     def run(
-        self, *extra: str, heartbeat: int = 2, timeout: float = 150, script: Path = LAUNCHER, name: str = "pilot"
+        self, *extra: str, heartbeat: int = 2, timeout: float = 300, script: Path = LAUNCHER, name: str = "pilot"
     ) -> PilotRun:
+        """The real pilot against the service; `timeout` only bounds a hung run (a loaded 2-core machine took 150 s
+        for a run that takes 30 s alone)."""
         import time
 
         workdir = self.tmp / name
