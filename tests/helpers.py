@@ -123,3 +123,21 @@ def serve_central(config: Path, *args: str) -> subprocess.Popen:
     """`harvester-edge central serve [args]` on that config; its output appended to serve.out beside it."""
     with open(config.parent / "serve.out", "ab") as out:
         return subprocess.Popen([*cli(config), "central", "serve", *args], stdout=out, stderr=subprocess.STDOUT)
+
+
+def sleep_task(events: int, seconds_per_event: float, per_range: int = 10) -> dict:
+    """The shape of configs/tasks/example.yaml, with the sleep payload (cheap, and a range takes known time)."""
+    return {
+        "name": f"sleep{events}",
+        "payload": {
+            "kind": "python",
+            "callable": "jumbo.payloads:sleep",
+            "args": {"seconds_per_event": seconds_per_event},
+        },
+        "events": events,
+        "events_per_range": per_range,
+        "seconds_per_event": seconds_per_event,
+        "memory_per_rank_mb": 100,
+        "max_attempts": 3,
+        "jobs": 1,
+    }

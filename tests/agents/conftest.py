@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import kill_local_workers
+from helpers import kill_local_workers, sleep_task
 from pgcluster import ReadConn
 
 REPO = Path(__file__).resolve().parents[2]
@@ -216,23 +216,6 @@ def numpy_task(events: int, per_range: int = 20, attempts: int = 3, **payload_ar
         "seconds_per_event": 0.01,
         "memory_per_rank_mb": 200,
         "max_attempts": attempts,
-        "jobs": 1,
-    }
-
-
-def sleep_task(events: int, seconds_per_event: float, per_range: int = 10) -> dict:
-    return {
-        "name": f"sleep{events}",
-        "payload": {
-            "kind": "python",
-            "callable": "jumbo.payloads:sleep",
-            "args": {"seconds_per_event": seconds_per_event},
-        },
-        "events": events,
-        "events_per_range": per_range,
-        "seconds_per_event": seconds_per_event,
-        "memory_per_rank_mb": 100,
-        "max_attempts": 3,
         "jobs": 1,
     }
 

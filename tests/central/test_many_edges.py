@@ -13,8 +13,8 @@ import psycopg
 import pytest
 import yaml
 
-from agents.conftest import Site, sleep_task
-from helpers import central_service_config, cli, local_queue, serve_central
+from agents.conftest import Site
+from helpers import central_service_config, cli, local_queue, serve_central, sleep_task
 
 pytestmark = pytest.mark.mpi
 

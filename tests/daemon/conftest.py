@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from harvester_edge.states import JobState, OutboxState, RangeState, WorkerState
-from helpers import kill_local_workers, local_queue, wait_gone
+from helpers import kill_local_workers, local_queue, sleep_task, wait_gone
 
 CLI = [sys.executable, "-m", "harvester_edge"]
 
@@ -58,24 +58,6 @@ def site_config(work: Path, queue: dict | None = None, **over) -> dict:
     }
     config.update(over)
     return config
-
-
-def sleep_task(events: int, seconds_per_event: float, per_range: int = 10) -> dict:
-    """The shape of configs/tasks/example.yaml, with the sleep payload (cheap, and a range takes known time)."""
-    return {
-        "name": f"sleep{events}",
-        "payload": {
-            "kind": "python",
-            "callable": "jumbo.payloads:sleep",
-            "args": {"seconds_per_event": seconds_per_event},
-        },
-        "events": events,
-        "events_per_range": per_range,
-        "seconds_per_event": seconds_per_event,
-        "memory_per_rank_mb": 100,
-        "max_attempts": 3,
-        "jobs": 1,
-    }
 
 
 class Site:

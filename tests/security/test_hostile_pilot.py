@@ -31,8 +31,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from agents.conftest import Site, sleep_task
-from helpers import kill_local_workers, local_queue
+from agents.conftest import Site
+from helpers import kill_local_workers, local_queue, sleep_task
 
 pytestmark = pytest.mark.mpi
 
