@@ -16,7 +16,7 @@ import zlib
 from typing import Any
 
 import orjson
-from starlette.types import Receive, Scope
+from starlette.types import Message, Receive, Scope, Send
 
 from harvester_edge.codes import StatusCode
 
@@ -42,10 +42,50 @@ class BodyTimeout(CentralError):
     http_status = 408
 
 
-def unread_body_headers(status: int) -> list[tuple[bytes, bytes]]:
-    """Extra answer headers: after a 408 or 413 the rest of the body is still on its way, so the connection
-    cannot carry another request and is closed."""
-    return [(b"connection", b"close")] if status in (BodyTimeout.http_status, BodyTooLarge.http_status) else []
+LINGER_SECONDS = 5.0  # after an answer sent before the whole body came: how long what still comes is read ...
+LINGER_BYTES = 64 * 1024 * 1024  # ... and how much of it, at most, before the connection is closed anyway
+
+
+class BodyReceiver:
+    """The ASGI receive() of one request, noting whether the whole body has come (or the client left): an answer
+    sent before that must close the connection, and should let the rest of the body in first (answer())."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.inner = receive
+        self.complete = False
+
+    async def __call__(self) -> Message:
+        msg = await self.inner()
+        if msg["type"] == "http.disconnect" or not msg.get("more_body", False):
+            self.complete = True
+        return msg
+
+    async def drain(self, seconds: float = LINGER_SECONDS, max_bytes: int = LINGER_BYTES) -> None:
+        """Read and drop the rest of the body, bounded by time and size."""
+        dropped = 0
+        try:
+            async with asyncio.timeout(seconds):
+                while not self.complete and dropped <= max_bytes:
+                    dropped += len((await self()).get("body", b""))
+        except TimeoutError:
+            pass
+
+
+async def answer(
+    send: Send, receive: BodyReceiver, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    """Send one answer. When it comes before the whole request body (a refused token, a body over the cap), the
+    connection closes after it, and what the client still sends is read and dropped first (bounded: LINGER_SECONDS,
+    LINGER_BYTES): a client that sends its whole body before it reads (requests, curl, the pilot) then sees this
+    answer, where closing at once would reset the connection under it and lose the answer (a lingering close)."""
+    unread = not receive.complete
+    if unread:
+        headers = [*headers, (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": unread})
+    if unread:  # the answer is on its way already; the response ends (and the connection closes) after the drain
+        await receive.drain()
+        await send({"type": "http.response.body", "body": b""})
 
 
 class Disconnected(Exception):

@@ -16,7 +16,16 @@ from urllib.parse import urlencode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import check_token
-from .bodies import DEFAULT_MAX_BODY, Disconnected, has_body, header, parse_json, read_body, unread_body_headers
+from .bodies import (
+    DEFAULT_MAX_BODY,
+    BodyReceiver,
+    Disconnected,
+    answer,
+    has_body,
+    header,
+    parse_json,
+    read_body,
+)
 from .errors import AuthError, CentralError, InvalidInput
 from .hotpath import bearer_token, dumps
 from .legacy import METHODS
@@ -72,20 +81,10 @@ def get_parameters(scope: Scope, body: bytes) -> Scope:
     return dict(scope, query_string=text)
 
 
-async def refuse(scope: Scope, send: Send, exc: CentralError) -> None:
+async def refuse(scope: Scope, send: Send, receive: BodyReceiver, exc: CentralError) -> None:
     status, content_type, body = refusal(scope["path"], scope["headers"], exc)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-                *unread_body_headers(status),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await answer(send, receive, status, headers, body)
 
 
 class CappedBodies:
@@ -101,12 +100,13 @@ class CappedBodies:
             return
         path, headers = scope["path"], scope["headers"]
         limit = getattr(self.state.settings, "max_body", DEFAULT_MAX_BODY)
+        incoming = BodyReceiver(receive)
         try:
             module = api_module(path)
             if self.state.authority is not None and module is not None:
                 check_token(self.state.authority, bearer_token(headers), module)
             body = await read_body(
-                receive,
+                incoming,
                 headers,
                 limit,
                 sniff_gzip=path.startswith(LEGACY),
@@ -120,7 +120,7 @@ class CappedBodies:
         except Disconnected:
             return
         except CentralError as exc:
-            await refuse(scope, send, exc)
+            await refuse(scope, send, incoming, exc)
             return
         headers = [
             (k, v) for k, v in headers if k not in (b"content-encoding", b"content-length", b"transfer-encoding")

@@ -22,7 +22,7 @@ from harvester_edge.errors import StoreError
 
 from . import models as m
 from .auth import check_token
-from .bodies import DEFAULT_MAX_BODY, Disconnected, parse_json, read_body, unread_body_headers
+from .bodies import DEFAULT_MAX_BODY, BodyReceiver, Disconnected, answer, parse_json, read_body
 from .brokerage import Resources
 from .errors import AuthError, CentralError, InvalidInput, NoJobs
 from .ownership import Caller
@@ -179,13 +179,14 @@ class FastPath:
             await self.app(scope, receive, send)
             return
         status, doc = 200, None
+        incoming = BodyReceiver(receive)
         try:  # the order matters: the token, the declared size, then (only then) the body
             headers = scope["headers"]
             claims = None
             if self.state.authority is not None:
                 claims = check_token(self.state.authority, bearer_token(headers), hot.module)
             limit = getattr(self.state.settings, "max_body", DEFAULT_MAX_BODY)
-            body = await read_body(receive, headers, limit, timeout=getattr(self.state.settings, "body_timeout", None))
+            body = await read_body(incoming, headers, limit, timeout=getattr(self.state.settings, "body_timeout", None))
             parse_json(body)  # depth and encoding; the model then validates the same bytes in Rust
             try:
                 model = hot.model.model_validate_json(body)
@@ -205,15 +206,5 @@ class FastPath:
             log.exception("unexpected error answering %s", path)
             status, doc = 500, {"success": False, "message": "internal error (logged by the service)", "data": None}
         payload = dumps(doc)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    *unread_body_headers(status),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        await answer(send, incoming, status, headers, payload)

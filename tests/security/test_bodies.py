@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote_plus
 
@@ -341,3 +342,41 @@ def test_stored_strings_are_capped(trusted):
     diag = db_rows(trusted.db, "SELECT pilot_error_diag FROM jobs WHERE panda_id=?", (job["PandaID"],))[0][0]
     assert all(n is None or n <= 256 for n in longest)
     assert diag == "d" * 500
+
+
+def forty_mib() -> Iterator[bytes]:
+    for _ in range(40):
+        yield b"x" * MiB
+
+
+@pytest.mark.parametrize("path", [HOT, V1, LEGACY])
+@pytest.mark.parametrize("how", ["declared", "chunked"])
+def test_a_client_that_sends_its_whole_body_first_reads_the_413(trusted, path, how):
+    """requests (like curl and the pilot) sends the whole body before it reads: closing at once on 40 MiB would
+    reset the connection under it and lose the answer; the service lets the rest in (bounded) and closes after."""
+    data = b"x" * (40 * MiB) if how == "declared" else forty_mib()
+    answer = requests.post(trusted.url + path, data=data, headers={"Content-Type": "application/json"}, timeout=30)
+    assert answer.status_code == 413 and "larger than the limit" in unquote_plus(answer.text)  # legacy: form-encoded
+    assert answer.headers["connection"] == "close"
+
+
+@pytest.mark.parametrize("path", [HOT, V1, LEGACY])
+def test_a_plain_socket_that_sends_40_mib_before_reading_gets_the_413_not_a_reset(trusted, path):
+    """No client library to rescue the answer (urllib3 reads a response that came early): sendall, then recv."""
+    wire = b"".join(b"%x\r\n%s\r\n" % (MiB, b"x" * MiB) for _ in range(40)) + b"0\r\n\r\n"
+    status, answer, _took = raw_request(trusted.port, head(path, None, Transfer_Encoding="chunked"), wire, wait=30)
+    assert status == 413 and b"larger than the limit" in unquote_plus(answer.decode()).encode()
+
+
+@pytest.mark.parametrize("path", [HOT, V1, LEGACY])
+def test_a_client_without_a_token_that_sends_its_whole_body_first_reads_the_403(token_mode, path):
+    answer = requests.post(token_mode.url + path, data=forty_mib(), headers={"Content-Type": "application/json"})
+    assert answer.status_code == 403 and answer.headers["connection"] == "close"
+
+
+def test_a_refusal_after_the_whole_body_keeps_the_connection(trusted):
+    """Bad JSON read to its end: nothing is left unread, so the connection serves the next request."""
+    with requests.Session() as session:
+        bad = session.post(trusted.url + V1, data=b"{not json", headers={"Content-Type": "application/json"})
+        assert bad.json()["success"] is False and bad.headers.get("connection") != "close"
+        assert session.get(trusted.url + "/api/v1/system/is_alive").ok
