@@ -320,6 +320,11 @@ def payload_logs(ap: Path | str) -> list[str]:
     return sorted(names, key=lambda n: int(n.split(".")[1]))
 
 
+def _clean(text: str) -> str:
+    """Text any JSON encoder and database takes: a lone surrogate (a \\ud800 escape) becomes '?'."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _paylog_record(obj: Any) -> dict | None:
     """A payload log record with the fields the central service takes, or None when it is not one."""
     if not isinstance(obj, dict):
@@ -335,10 +340,10 @@ def _paylog_record(obj: Any) -> dict | None:
         "job": job,
         "task": task if isinstance(task, int) and not isinstance(task, bool) and 0 <= task <= protocol.MAX_ID else None,
         "rank": rank,
-        "range": rng[: protocol.MAX_ID_CHARS] if isinstance(rng, str) else None,
+        "range": _clean(rng[: protocol.MAX_ID_CHARS]) if isinstance(rng, str) else None,
         "stream": stream,
         "time": float(when),
-        "msg": msg[:16384],
+        "msg": _clean(msg[:16384]),
         "truncated": obj.get("truncated") is True,
     }
 

@@ -21,6 +21,11 @@ MAX_MSG = 16 * 1024  # characters of one line (the pilot cuts lines at 8 KiB)
 STREAMS = ("stdout", "stderr", "meta")
 
 
+def text(value: str | None) -> str | None:
+    """Text as both backends store it: PostgreSQL's text holds no NUL, so a NUL becomes U+FFFD on both."""
+    return None if value is None else value.replace("\x00", "\ufffd")
+
+
 def store(
     conn: Any, harvester_id: str, source: str, records: list[dict[str, Any]], cap: int, caller: Caller
 ) -> dict[str, Any]:
@@ -37,7 +42,7 @@ def store(
         if job in refused:
             continue
         size, lines, truncated, lost = changed.get(job) or list(totals.get(job, (0, 0, 0, 0)))
-        msg = rec["msg"]
+        msg = text(rec["msg"]) or ""
         cost = len(msg.encode("utf-8", "replace"))
         if rec["stream"] == "meta" and rec.get("truncated"):  # a rank's own file bound was hit: say so too
             truncated = 1
@@ -51,7 +56,7 @@ def store(
             harvester_id,
             rec.get("worker"),
             int(rec["rank"]),
-            rec.get("range"),
+            text(rec.get("range")),
             rec["stream"],
             float(rec["time"]),
             msg,
@@ -83,7 +88,7 @@ def read(
 ) -> dict[str, Any]:
     """{lines (oldest first, id > after; newest: the last `limit`), last_id (pass it as `after` to follow),
     truncated: [{job, bytes, lines, dropped}] of the matching jobs whose bound was hit}."""
-    lines = rows.query(conn, task_id, panda_id, rank, stream, grep, after, limit, newest)
+    lines = rows.query(conn, task_id, panda_id, rank, stream, text(grep), after, limit, newest)
     return {
         "lines": lines,
         "last_id": lines[-1]["id"] if lines else after,

@@ -67,10 +67,15 @@ def test_upload_dedup_filters_follow_and_ownership(tmp_path, central_db):
         ]
         assert [r["msg"] for r in listing(url, admin, task_id=task_id, grep="event 1")["lines"]] == ["hello event 1"]
         assert listing(url, admin, task_id=task_id + 1)["lines"] == []
+        # a NUL (PostgreSQL's text holds none) is stored as U+FFFD on both backends, and found as such
+        nul = {**batch, "source": "w7/payload.9.jsonl", "records": [line(0, job, 9, "stdout", "a\x00b")]}
+        assert post(url, "/api/v1/logs/upload", nul, h1).json()["data"]["stored"] == 1
+        assert [r["msg"] for r in listing(url, admin, task_id=task_id, rank=9)["lines"]] == ["a\ufffdb"]
+        assert [r["rank"] for r in listing(url, admin, task_id=task_id, grep="a\x00b")["lines"]] == [9]
         # follow: only what came after the last id seen
         last = everything["last_id"]
         post(url, "/api/v1/logs/upload", {**batch, "records": [line(300, job, 1, "stdout", "later")]}, h1)
-        follow = listing(url, admin, task_id=task_id, after=last)
+        follow = listing(url, admin, task_id=task_id, after=last, rank=1)
         assert [r["msg"] for r in follow["lines"]] == ["later"] and follow["last_id"] > last
 
         # another harvester's job: refused per job, nothing stored; a pilot token may not upload; nor read
@@ -86,7 +91,7 @@ def test_upload_dedup_filters_follow_and_ownership(tmp_path, central_db):
             requests.get(url + "/api/v1/logs/list", headers={"Authorization": f"Bearer {h1}"}, timeout=10).status_code
             == 403
         )
-        assert len(listing(url, admin, task_id=task_id)["lines"]) == 4
+        assert len(listing(url, admin, task_id=task_id)["lines"]) == 5
         bad = post(
             url, "/api/v1/logs/upload", {**batch, "records": [{**line(0, job, 0, "stdout", "x"), "stream": "x"}]}, h1
         )

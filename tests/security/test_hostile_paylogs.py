@@ -41,6 +41,14 @@ def test_garbage_lines_are_skipped_and_counted(ap):
     assert [r["msg"] for r in got["records"]] == ["ok"] and got["skipped"] == 6
 
 
+def test_text_any_encoder_takes(ap):
+    line = b'{"time": 1, "job": 1, "rank": 0, "stream": "stderr", "msg": "a\\ud800b\\u0000c", "range": "\\udfff"}\n'
+    (ap / "logs" / "payload.3.jsonl").write_bytes(line)
+    (rec,) = pilot_files.read_payload_log(ap, "payload.3.jsonl", 0)["records"]
+    assert rec["msg"] == "a?b\x00c" and rec["range"] == "?"
+    json.dumps(rec).encode()  # no lone surrogate left
+
+
 @pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo", "huge", "shrunk", "name", "logs-link"])
 def test_unsafe_files_are_refused_with_the_reason(ap, tmp_path_factory, kind):
     other = tmp_path_factory.mktemp("outside") / "secret"
