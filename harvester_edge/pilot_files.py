@@ -330,7 +330,11 @@ def _paylog_record(obj: Any) -> dict | None:
     if not isinstance(obj, dict):
         return None
     job, rank, stream, msg, when = obj.get("job"), obj.get("rank"), obj.get("stream"), obj.get("msg"), obj.get("time")
-    ints_ok = all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= protocol.MAX_ID for v in (job, rank))
+    # within what the service takes (central/models.py LogRecord): a record it would refuse would stall its file
+    ints_ok = all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= high
+        for v, high in ((job, 2**62), (rank, protocol.MAX_COUNT))
+    )
     if not ints_ok or stream not in PAYLOG_STREAMS or not isinstance(msg, str):
         return None
     if isinstance(when, bool) or not isinstance(when, (int, float)) or not 0 <= when <= protocol.MAX_TIME:
@@ -338,7 +342,7 @@ def _paylog_record(obj: Any) -> dict | None:
     rng, task = obj.get("range"), obj.get("task")
     return {
         "job": job,
-        "task": task if isinstance(task, int) and not isinstance(task, bool) and 0 <= task <= protocol.MAX_ID else None,
+        "task": task if isinstance(task, int) and not isinstance(task, bool) and 0 <= task <= 2**62 else None,
         "rank": rank,
         "range": _clean(rng[: protocol.MAX_ID_CHARS]) if isinstance(rng, str) else None,
         "stream": stream,

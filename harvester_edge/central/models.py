@@ -200,7 +200,7 @@ class LogRecord(Body):
     job: int = Field(ge=0, le=BIG)
     task: int | None = Field(None, ge=0, le=BIG)  # informational: the job's own task is stored
     worker: int | None = Field(None, ge=0, le=BIG)
-    rank: int = Field(ge=0, le=10_000_000)
+    rank: int = Field(ge=0, le=2**31 - 1)
     range: str | None = Field(None, max_length=MAX_NAME)
     stream: str = Field(pattern="^(stdout|stderr|meta)$")
     time: float = Field(ge=0, le=1e11)

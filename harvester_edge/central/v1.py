@@ -322,7 +322,7 @@ def logs_list(
     request: Request,
     task_id: int | None = Query(None, ge=0, le=BIG),
     panda_id: int | None = Query(None, ge=0, le=BIG),
-    rank: int | None = Query(None, ge=0, le=10_000_000),
+    rank: int | None = Query(None, ge=0, le=2**31 - 1),
     stream: str | None = Query(None, pattern="^(stdout|stderr|meta)$"),
     grep: str | None = Query(None, max_length=256),
     after: int = Query(0, ge=0, le=BIG),

@@ -3,6 +3,8 @@ de-duplicated by source and offset, bounded per job with a truncated mark, body 
 
 from __future__ import annotations
 
+import json
+
 import requests
 
 from .conftest import start_central, task_dict
@@ -138,3 +140,28 @@ def test_an_upload_over_the_body_cap_is_refused(tmp_path, central_db):
         assert central.service.payload_logs(panda_id=job)["lines"] == []
     finally:
         central.stop()
+
+
+def test_the_logs_command_over_a_remote_service(tmp_path, trusted_central):
+    """`harvester-edge logs` with central.mode remote: /api/v1/logs/list with the filters, the truncation said."""
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from harvester_edge.central.logs_cli import logs_command
+
+    from .conftest import db_settings
+
+    svc = trusted_central.service
+    task_id = svc.submit_task(task_dict())
+    job = svc.acquire_jobs("S", harvester_id="h1")[0]["PandaID"]
+    records = [line(0, job, 0, "stdout", "one"), line(50, job, 1, "stderr", "two"), line(99, job, 1, "stdout", "3")]
+    svc.upload_payload_logs("h1", "w1/p", records)
+    central = db_settings(tmp_path / "unused.db", tmp_path, mode="remote", url=trusted_central.url)
+    o = SimpleNamespace(config=SimpleNamespace(central=central, paths=SimpleNamespace(work_dir=tmp_path)))
+    out = CliRunner().invoke(logs_command, ["--task", str(task_id), "--rank", "1"], obj=o, catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert [line.split(" | ")[1] for line in out.output.splitlines()] == ["two", "3"]
+    assert f"job {job} rank 1 r-1 stderr | two" in out.output
+    out = CliRunner().invoke(logs_command, ["--task", str(task_id), "--grep", "on", "--json"], obj=o)
+    assert [json.loads(x)["msg"] for x in out.output.splitlines()] == ["one"]
