@@ -14,6 +14,7 @@ import click
 from harvester_edge.alerts.cli import alerts_group
 from harvester_edge.central.cli import _settings as central_settings
 from harvester_edge.central.cli import central_group, errors_group, task_group
+from harvester_edge.central.logs_cli import logs_command
 from harvester_edge.cli_views import errors_summary, status_cmd, worker_group
 from harvester_edge.config import SiteConfig, load_config
 from harvester_edge.demo import demo
@@ -174,6 +175,7 @@ def _register_groups() -> None:
     cli.add_command(simulate_command, "simulate")
     cli.add_command(report_command, "report")
     cli.add_command(alerts_group, "alerts")
+    cli.add_command(logs_command, "logs")  # payload logs (README "Payload logs")
 
 
 def _global_option_after_subcommand(ctx: click.Context, param: click.Parameter, value: object) -> object:

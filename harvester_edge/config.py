@@ -143,6 +143,7 @@ class AgentIntervals(Strict):
     sweeper: Duration = 30.0
     credentials: Duration = 300.0
     alerts: Duration = 15.0
+    paylogs: Duration = 5.0  # payload log lines shipped to the central service (agents/paylogs.py)
 
 
 class DaemonConfig(Strict):

@@ -26,6 +26,7 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from jumbo import protocol
 from jumbo.protocol import ProtocolError
@@ -290,3 +291,99 @@ def read_monitor(ap: Path | str) -> tuple[dict[int, list[dict]], dict[str, str]]
             problems[name] = f"{bad} line(s) that are not JSON objects were skipped"
         samples[_monitor_rank(name)] = rows
     return samples, problems
+
+
+# ---------------------------------------------------------------- payload logs (jumbo.paylog): shipped in batches
+
+PAYLOG_FILE = re.compile(r"^payload\.(\d{1,9})\.jsonl$")  # in the access point's logs/ folder
+PAYLOG_CAP = 1024 * MiB  # a payload log larger than this is refused (the pilot bounds it at payload_log_max_mb)
+PAYLOG_CHUNK = 1 * MiB  # bytes read from one file per call: a batch
+PAYLOG_FILES = 4096  # names looked at per access point
+PAYLOG_STREAMS = ("stdout", "stderr", "meta")
+
+
+def payload_logs(ap: Path | str) -> list[str]:
+    """The payload log files' names below the access point (logs/payload.<rank>.jsonl), by rank; what they are is
+    checked when read. A logs/ that is a symbolic link or not a directory is Unreadable."""
+    with open_dir(ap) as top:
+        try:
+            fd = os.open("logs", _DIR_FLAGS, dir_fd=top)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            reason = "a symbolic link" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else exc.strerror
+            raise Unreadable(Path(ap) / "logs", f"logs: {reason}") from None
+        try:
+            names = [e.name for e in os.scandir(fd) if PAYLOG_FILE.match(e.name)][:PAYLOG_FILES]
+        finally:
+            os.close(fd)
+    return sorted(names, key=lambda n: int(n.split(".")[1]))
+
+
+def _clean(text: str) -> str:
+    """Text any JSON encoder and database takes: a lone surrogate (a \\ud800 escape) becomes '?'."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _paylog_record(obj: Any) -> dict | None:
+    """A payload log record with the fields the central service takes, or None when it is not one."""
+    if not isinstance(obj, dict):
+        return None
+    job, rank, stream, msg, when = obj.get("job"), obj.get("rank"), obj.get("stream"), obj.get("msg"), obj.get("time")
+    # within what the service takes (central/models.py LogRecord): a record it would refuse would stall its file
+    ints_ok = all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= high
+        for v, high in ((job, 2**62), (rank, protocol.MAX_COUNT))
+    )
+    if not ints_ok or stream not in PAYLOG_STREAMS or not isinstance(msg, str):
+        return None
+    if isinstance(when, bool) or not isinstance(when, (int, float)) or not 0 <= when <= protocol.MAX_TIME:
+        return None
+    rng, task = obj.get("range"), obj.get("task")
+    return {
+        "job": job,
+        "task": task if isinstance(task, int) and not isinstance(task, bool) and 0 <= task <= 2**62 else None,
+        "rank": rank,
+        "range": _clean(rng[: protocol.MAX_ID_CHARS]) if isinstance(rng, str) else None,
+        "stream": stream,
+        "time": float(when),
+        "msg": _clean(msg[:16384]),
+        "truncated": obj.get("truncated") is True,
+    }
+
+
+def read_payload_log(ap: Path | str, name: str, offset: int, limit: int = PAYLOG_CHUNK) -> dict:
+    """The complete lines of logs/`name` from byte `offset`, at most `limit` bytes: {"records": [record with its
+    "offset"], "offset": where the next read starts, "size": the file's size, "skipped": lines that were not
+    payload log records (invalid JSON, wrong fields)}. Unreadable when the file is not a regular, singly linked
+    file under PAYLOG_CAP or is shorter than `offset` (replaced or cut by someone)."""
+    if not PAYLOG_FILE.match(name):
+        raise Unreadable(Path(ap) / "logs" / name, "not a payload log name (payload.<rank>.jsonl)")
+    rel = f"logs/{name}"
+    with open_file(ap, rel) as (fd, st):
+        if st.st_size > PAYLOG_CAP:
+            raise Unreadable(Path(ap) / rel, f"{st.st_size} bytes, over the cap of {PAYLOG_CAP}")
+        if st.st_size < offset:
+            raise Unreadable(Path(ap) / rel, f"{st.st_size} bytes, shorter than the {offset} already read")
+        os.lseek(fd, offset, os.SEEK_SET)
+        data = os.read(fd, min(limit, st.st_size - offset))
+    end = data.rfind(b"\n")
+    if end < 0:
+        if len(data) >= limit:  # a "line" longer than a whole batch: not the pilot's; skipped
+            return {"records": [], "offset": offset + len(data), "size": st.st_size, "skipped": 1}
+        return {"records": [], "offset": offset, "size": st.st_size, "skipped": 0}  # a line still being written
+    records, skipped, at = [], 0, offset
+    for line in data[: end + 1].split(b"\n")[:-1]:
+        here, at = at, at + len(line) + 1
+        if not line.strip():
+            continue
+        try:
+            rec = _paylog_record(json.loads(line))
+        except (ValueError, RecursionError):
+            rec = None
+        if rec is None:
+            skipped += 1
+            continue
+        rec["offset"] = here
+        records.append(rec)
+    return {"records": records, "offset": offset + end + 1, "size": st.st_size, "skipped": skipped}

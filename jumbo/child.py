@@ -4,6 +4,8 @@ Started by :mod:`jumbo.execute` as ``python -m jumbo.child``; it never touches M
 killed takes only this process down and the rank reports the range failed and starts a new child.
 Request: {"callable", "first", "last", "output", "context"}; answer: {"ok", "code", "message", "cpu", "wall",
 "start", "end"}. Requests queue up in the pipe: the rank may hand over the next range while this one runs.
+The first request may carry "log" (jumbo.paylog.Settings): from then on the payload's stdout and stderr are pipes
+whose lines go, tagged with each range, into the rank's JSON-lines payload log (jumbo.paylog).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import signal
 import sys
 import time
 import traceback
+
+from jumbo import paylog
 
 
 def _answer(out, **fields) -> None:
@@ -46,6 +50,29 @@ def _precise_timers() -> None:
         pass
 
 
+def _capture(settings: paylog.Settings, rank: int) -> paylog.Pump:
+    """From now on the payload's descriptors 1 and 2 are pipes to a pump thread writing the JSON-lines log."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    streams, (out_w, err_w) = paylog.pipes()
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    os.close(out_w)
+    os.close(err_w)
+    # line buffered: a print reaches the log (and the monitor) as it happens, not at the range's end
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
+    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
+    return paylog.Pump(paylog.LogFile(settings, rank), streams, {}).start()
+
+
+def _settle(pump: paylog.Pump | None) -> None:
+    """At a range's end, before its answer: its last lines go out under its tags."""
+    if pump is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pump.drain()
+
+
 def main() -> int:
     _die_with_parent()
     _precise_timers()
@@ -59,8 +86,16 @@ def main() -> int:
     from jumbo.payloads import resolve  # after the dup: an import that prints cannot corrupt the channel
 
     cache: dict = {}
+    pump: paylog.Pump | None = None
+    worker: int | None = None
     for line in sys.stdin.buffer:
         req = json.loads(line)
+        if pump is None and req.get("log"):
+            settings = paylog.Settings.from_dict(req["log"])
+            pump = _capture(settings, int(req["context"].get("rank", 0)))
+            worker = settings.worker
+        if pump is not None:
+            pump.retag(**paylog.tags_of(req["context"], int(req["context"].get("rank", 0)), worker))
         start, t0, c0 = time.time(), time.monotonic(), time.process_time()
         try:
             fn = cache.get(req["callable"])
@@ -72,6 +107,7 @@ def main() -> int:
             code = code if isinstance(code, int) and code != 0 else 1
             tb = traceback.format_exc(limit=3)
             sys.stderr.write(tb)
+            _settle(pump)
             _answer(
                 out,
                 ok=False,
@@ -83,6 +119,7 @@ def main() -> int:
                 end=time.time(),
             )
             continue
+        _settle(pump)
         _answer(
             out,
             ok=True,

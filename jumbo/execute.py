@@ -28,10 +28,11 @@ import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 import psutil
 
+from jumbo import paylog
 from jumbo.payloads import resolve
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ class Progress:
     def __init__(self, runner: PayloadRunner, child: PayloadChild, output: str) -> None:
         self.timeout = runner.looping_timeout
         self.log, self.output = runner._log, output
+        self.jsonl = runner.payload_log.path if runner.payload_log is not None else None
         self.pid = getattr(child, "pid", None)
         self.check = None if not self.timeout else max(0.05, min(self.timeout / 4, 30.0))
         self.last: tuple = ()
@@ -156,7 +158,7 @@ class Progress:
         except psutil.Error:
             pass
         sizes = []
-        for fd_or_path in (self.log.fileno() if self.log else None, self.output):
+        for fd_or_path in (self.log.fileno() if self.log else None, self.output, self.jsonl):
             try:
                 sizes.append(os.stat(fd_or_path).st_size if fd_or_path is not None else 0)
             except OSError:
@@ -183,8 +185,11 @@ class PayloadRunner:
         fsync_outputs: bool = True,
         spare: PayloadChild | None = None,
         looping_timeout: float | None = None,
+        payload_log: paylog.Settings | None = None,
     ):
         self.rank = rank
+        self.payload_log = payload_log  # stdout/stderr as tagged JSON lines (jumbo.paylog); None: into log_path
+        self._jsonl: paylog.LogFile | None = None  # the rank's own writer (command payloads)
         self.looping_timeout = looping_timeout
         self._spare = spare  # a child forked before MPI started (jumbo.zygote), used by the first worker payload
         self.fsync_outputs = fsync_outputs
@@ -227,6 +232,8 @@ class PayloadRunner:
             self._spare = None
         if self._log:
             self._log.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
 
     # -- internals
     def _verify_output(self, output: str, outcome: Outcome) -> Outcome:
@@ -312,6 +319,9 @@ class PayloadRunner:
             "output": ticket.output,
             "context": ticket.context,
         }
+        if self.payload_log is not None and not getattr(child, "jumbo_log", False):
+            request["log"] = self.payload_log.as_dict()  # once per child: it pumps its output from now on
+            child.jumbo_log = True  # type: ignore[attr-defined]
         ticket.child = child
         self._tickets(child).append(ticket)
         try:
@@ -466,18 +476,39 @@ class PayloadRunner:
         argv = render_command(
             payload["command"], first_event=first, last_event=last, output=output, rank=self.rank, seed=context["seed"]
         )
+        pump = None
+        out: Any = self._log or None
+        err: Any = out
+        if self.payload_log is not None:
+            if self._jsonl is None:
+                self._jsonl = paylog.LogFile(self.payload_log, self.rank)
+            streams, (out, err) = paylog.pipes()
+            pump = paylog.Pump(self._jsonl, streams, paylog.tags_of(context, self.rank, self.payload_log.worker))
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log or None,
-                stderr=self._log or None,
-                env=child_env(),
-                start_new_session=True,
-            )
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    env=child_env(),
+                    start_new_session=True,
+                )
+            finally:
+                if pump is not None:  # the command holds the write ends now (or never started)
+                    os.close(out)
+                    os.close(err)
+                    pump.start()
         except OSError as exc:
             return Outcome("failed", CODE_START_FAILED, f"cannot start payload command {argv[0]!r}: {exc}")
+        try:
+            return self._wait_command(proc, argv, first, last, output, deadline, before)
+        finally:
+            if pump is not None:
+                pump.join(timeout=1.0)
+
+    def _wait_command(self, proc, argv, first, last, output, deadline, before) -> Outcome:
         progress = Progress(self, proc, output)
         while True:
             left = None if deadline is None else max(0.0, deadline - time.time())

@@ -8,6 +8,7 @@ A payload signals failure by raising (``PayloadError`` carries an error code) or
 - :func:`sleep`: ``seconds_per_event`` of sleep per event (dispatch benchmarks).
 - :func:`allocate`: holds ``mb`` MB really in use for ``seconds`` (memory measured by the pilot: scouts).
 - :func:`noop`: does nothing (dispatch overhead benchmark; payload spec "output": false).
+- :func:`chatty`: prints lines to stdout and stderr (payload logs, jumbo.paylog), then runs ``then``.
 - :func:`fail`: fails the ranges holding ``fail_events`` (raise with ``code``, ``exit``, ``kill`` = SIGKILL itself,
   or ``segfault``), and runs ``then`` (default :func:`simulate`) for the others.
 """
@@ -135,3 +136,17 @@ def fail(first_event: int, last_event: int, output_path: str, context: dict) -> 
                 time.sleep(3600)
         raise PayloadError(code, f"event {hit[0]} fails on purpose (fail payload, mode {mode})")
     return resolve(args.get("then", "jumbo.payloads:simulate"))(first_event, last_event, output_path, context)
+
+
+def chatty(first_event: int, last_event: int, output_path: str, context: dict) -> Any:
+    """Print ``lines`` (default 1) lines per event to stdout (print) and one per event to stderr (a raw write to
+    descriptor 2, as C code would), each naming the event and the range, padded to ``pad`` characters (default 0);
+    then run ``then`` (default :func:`sleep` with its args)."""
+    args = context.get("args") or {}
+    lines, pad = int(args.get("lines", 1)), int(args.get("pad", 0))
+    rid = context.get("event_range_id")
+    for ev in range(first_event, last_event + 1):
+        for i in range(lines):
+            print(f"out event {ev} line {i} range {rid} " + "x" * pad)
+        os.write(2, f"err event {ev} range {rid}\n".encode())
+    return resolve(args.get("then", "jumbo.payloads:sleep"))(first_event, last_event, output_path, context)

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from jumbo import protocol
+from jumbo import paylog, protocol
 from jumbo.channel import LocalChannel, MPIChannel, polite_barrier
 from jumbo.dispatcher import Dispatcher
 from jumbo.execute import PayloadRunner
@@ -121,6 +121,7 @@ def _run(argv: list[str] | None) -> int:
         fsync_outputs=not args.no_fsync,
         spare=spare,
         looping_timeout=settings["looping_timeout"],
+        payload_log=paylog.settings_for(str(args.ap / "logs"), rank, settings.get("payload_log_max_mb")),
     )
     maxima: dict = {}
     node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()  # fake Slurm nodes share one hostname

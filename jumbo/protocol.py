@@ -83,6 +83,12 @@ the pilot starts; :func:`write_event_ranges` / :func:`read_event_ranges`)::
 
     {"time": 1790000100.0, "rank": 1, "rss": 1234, "pss": 1000, "vmem": 5678, "utime": 1.2, "stime": 0.1,
      "read_bytes": 0, "write_bytes": 4096, "nprocs": 2}
+
+``logs/payload.<rank>.jsonl`` (pilot, the payload's stdout/stderr, one JSON record per line, appended, at most
+``payload_log_max_mb`` per rank; see jumbo.paylog)::
+
+    {"time": 1790000100.25, "task": 77, "job": 1001, "worker": 12, "rank": 2, "range": "77-1001-1-3-1",
+     "stream": "stdout", "msg": "event 20 done"}
 """
 
 from __future__ import annotations
@@ -130,6 +136,8 @@ PILOT_DEFAULTS: dict[str, Any] = {
     "looping_timeout": 1800.0,
     "min_free_disk_mb": 1024,  # below this free in the access point's file system the pilot drains
     "disk_check_interval": 60.0,
+    # each rank's payload stdout/stderr as JSON lines, logs/payload.<rank>.jsonl (jumbo.paylog), at most this big
+    "payload_log_max_mb": 64.0,
     "central_url": None,
     "token_file": None,
 }

@@ -262,6 +262,12 @@ _MONITOR = {  # path: (description, errors beyond 403)
         {404: "No such worker, or no archive of it (paths.archives unset, not cleaned yet, or pruned) (HTML page)."},
     ),
     "/monitor/errors": ("Error classifications: confirmed and suggested rules, hits and examples.", {}),
+    "/monitor/logs": (
+        "Payload logs (the pilots' stdout/stderr lines): the newest 500 matching ?task, job, rank, stream "
+        "(stdout|stderr|meta) and grep (text), newest last; refreshes itself (?refresh=seconds, default 5: follow). "
+        "Jobs whose log reached its bound are marked truncated.",
+        {400: "A filter that is not a number, or an unknown stream (HTML page)."},
+    ),
     "/monitor/errors/{rule_id}/promote": (
         "Confirm a suggested error classification (form with the CSRF token, "
         "optional class). Redirects (303) back to /monitor/errors.",
@@ -645,6 +651,27 @@ _V1: dict[str, tuple[str | None, str, str, str, dict | None]] = {  # path: (modu
         "mode: on (a shortage), off (never), auto (a shortage while no ready range and no activated job "
         "of an active task waits).",
         "{shortage, mode, reason} as it is now.",
+        None,
+    ),
+    "/api/v1/logs/upload": (
+        "logs",
+        "Store a batch of payload log lines",
+        "Harvester scope. harvester_id, source (the harvester's name of the pilot file read: worker and file), "
+        "records: [{offset (byte offset of the line in source), job, rank, range, stream (stdout|stderr|meta), "
+        "time, msg, worker}]. A line already stored under (harvester, source, offset) is skipped (a batch sent "
+        "twice stores once). Lines of jobs the caller may not change (ownership: dispatched to another harvester "
+        "or worker) or that do not exist are refused per job; a job's lines stop at central.payload_log_max_mb "
+        "and the job is marked truncated.",
+        "{stored, duplicate, dropped (over the bound), refused: [PandaIDs]}.",
+        None,
+    ),
+    "/api/v1/logs/list": (
+        "logs",
+        "Read payload log lines",
+        "Admin scope (like task/show). Filters: task_id, panda_id, rank, stream, grep (a substring of the line); "
+        "after: only lines with a larger id (follow: pass the last_id of the previous answer); limit. Read-only.",
+        "{lines: [{id, job, task, worker, rank, range, stream, time, msg}] oldest first, last_id, truncated: "
+        "[{job, bytes, lines, dropped}] of the matching jobs whose bound was hit}.",
         None,
     ),
 }

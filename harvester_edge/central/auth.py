@@ -23,6 +23,8 @@ MODULE_SCOPES = {
     # module names of Harvester's communicator (request_ssl version) for creds/ and file_server/ (v1_harvester.py)
     "credential": {"pilot", "harvester", "admin"},
     "file": {"harvester", "admin"},
+    # payload logs (central/paylogs.py): the routes narrow it, upload to harvesters and list to admins
+    "logs": {"harvester", "admin"},
 }
 
 

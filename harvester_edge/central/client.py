@@ -351,6 +351,18 @@ class CentralClient:
         """{"shortage": bool, "mode", "reason"}: whether the service declares a WORK_SHORTAGE (central/shortage.py)."""
         return dict(self.call("GET", "harvester/get_work_shortage") or {})
 
+    # -- payload logs (central/paylogs.py) ------------------------------------------------------------------
+    def upload_payload_logs(self, source: str, records: list[dict], harvester_id: str | None = None) -> dict:
+        """Lines of one pilot file (source: its name, records: each with its byte offset): {stored, duplicate,
+        dropped, refused}."""
+        body = {"harvester_id": harvester_id or self.harvester_id, "source": source, "records": records}
+        return dict(self.call("POST", "logs/upload", body=body) or {})
+
+    def payload_logs(self, **filters: Any) -> dict:
+        """{lines, last_id, truncated} of the lines matching task_id, panda_id, rank, stream, grep, after id, limit."""
+        params = {key: value for key, value in filters.items() if value is not None}
+        return dict(self.call("GET", "logs/list", params=params) or {})
+
     # -- harvester ------------------------------------------------------------------------------------------
     def _hid(self, harvester_id: str | None) -> str:
         hid = harvester_id or self.harvester_id

@@ -191,3 +191,26 @@ class WorkerNodeGpu(Body):
 
 class WorkShortage(Body):
     mode: str = Field(pattern="^(on|off|auto)$")  # shortage.py: on, off, or auto (a shortage when no work waits)
+
+
+class LogRecord(Body):
+    """One payload output line as the pilot wrote it (jumbo.paylog) and the harvester read it (offset in its file)."""
+
+    offset: int = Field(ge=0, le=BIG)
+    job: int = Field(ge=0, le=BIG)
+    task: int | None = Field(None, ge=0, le=BIG)  # informational: the job's own task is stored
+    worker: int | None = Field(None, ge=0, le=BIG)
+    rank: int = Field(ge=0, le=2**31 - 1)
+    range: str | None = Field(None, max_length=MAX_NAME)
+    stream: str = Field(pattern="^(stdout|stderr|meta)$")
+    time: float = Field(ge=0, le=1e11)
+    msg: str = Field(max_length=16 * 1024)
+    truncated: bool = False
+
+
+class LogUpload(Body):
+    """logs/upload: lines of one pilot file (source: the harvester's name for it), each with its byte offset."""
+
+    harvester_id: Name | None = None
+    source: str = Field(min_length=1, max_length=MAX_NAME)
+    records: list[LogRecord] = Field(max_length=20_000)

@@ -11,7 +11,7 @@ from typing import Any
 
 from harvester_edge.codes import StatusCode
 
-from . import brokerage, classify, events, jobs, limits, scouts, shortage, tasks
+from . import brokerage, classify, events, jobs, limits, paylogs, scouts, shortage, tasks
 from .errors import CentralError, InvalidInput, NotFound
 from .ownership import TRUSTED, Caller, Judge, named_harvester, report_job, required_harvester
 from .states import JOB_WATCHED, RangeStatus
@@ -55,6 +55,7 @@ class CentralService:
         self.heartbeat_timeout = heartbeat_timeout
         self.clock = clock
         self.pilot_log_dir: Path | None = None  # where PanDA pilots stage out log tarballs (the monitor reads it)
+        self.payload_log_max_bytes = 16 * 1024 * 1024  # per job (settings.payload_log_max_mb; central/paylogs.py)
 
     @classmethod
     def open(cls, path: Path | str, settings: Any = None, clock: Callable[[], float] = time.time) -> CentralService:
@@ -64,6 +65,7 @@ class CentralService:
             return cls(db, clock=clock)
         svc = cls(db, settings.max_attempts, settings.heartbeat_timeout, clock)
         svc.pilot_log_dir = getattr(settings, "pilot_log_dir", None)
+        svc.payload_log_max_bytes = int(float(getattr(settings, "payload_log_max_mb", 16.0)) * 1024 * 1024)
         return svc
 
     def close(self) -> None:
@@ -248,6 +250,28 @@ class CentralService:
             if job is not None and scouts.held_back(job, task_rows.of_job(conn, job["task_id"])):
                 return 0
         return ranges.count_ready_of_active_tasks(conn, int(RangeStatus.READY), task_id)
+
+    # -- payload logs (central/paylogs.py) ------------------------------------------------------------------
+    def upload_payload_logs(
+        self, harvester_id: str | None, source: str, records: list[dict], caller: Caller = TRUSTED
+    ) -> dict:
+        """A harvester's batch of payload log lines (validated by the route's model); stored per job, bounded."""
+        name = named_harvester(caller, limits.name("harvester_id", harvester_id))[0] or "trusted"
+        source = limits.name("source", source, required=True)
+        return self.db.write(paylogs.store, name, source, records, self.payload_log_max_bytes, caller)
+
+    def payload_logs(
+        self,
+        task_id: int | None = None,
+        panda_id: int | None = None,
+        rank: int | None = None,
+        stream: str | None = None,
+        grep: str | None = None,
+        after: int = 0,
+        limit: int = 1000,
+        newest: bool = False,
+    ) -> dict:
+        return paylogs.read(self.db.reader(), task_id, panda_id, rank, stream, grep, after, limit, newest)
 
     # -- harvester and workers ------------------------------------------------------------------------------
     def heartbeat(

@@ -103,6 +103,13 @@ class CentralSettings(BaseModel, extra="forbid"):
         "work directory with `mv` stage-out): the monitor's job page serves "
         "<dir>/<logFile> or <dir>/<one sub-directory>/<logFile>",
     )
+    payload_log_max_mb: float = Field(
+        16.0,
+        gt=0,
+        le=100_000,
+        description="payload log lines kept per job (their text, MiB): later lines are dropped and the job's "
+        "log is marked truncated (README 'Payload logs')",
+    )
     heartbeat_timeout: IntDuration = Field(2 * 3600, description="jobs without heartbeat this long fail (code 100)")
     watchdog_interval: Duration = Field(60, gt=0)
     max_attempts: int = Field(3, ge=1, le=100, description="default attempts of a task's ranges")

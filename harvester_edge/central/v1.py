@@ -22,6 +22,7 @@ from .models import (
     ErrorEdit,
     ErrorRule,
     Heartbeat,
+    LogUpload,
     PilotStatus,
     RuleRef,
     TaskRef,
@@ -306,6 +307,29 @@ def get_work_shortage(request: Request) -> Response:
 def set_work_shortage(body: WorkShortage, request: Request) -> Response:
     authorize(request, "task")
     return ok(svc(request).set_work_shortage(body.mode))
+
+
+@router.post("/logs/upload", tags=["logs"])
+def logs_upload(body: LogUpload, request: Request) -> Response:
+    claims = authorize(request, "harvester")
+    records = [r.model_dump() for r in body.records]
+    caller = Caller(claims, body.harvester_id)
+    return ok(svc(request).upload_payload_logs(body.harvester_id, body.source, records, caller))
+
+
+@router.get("/logs/list", tags=["logs"])
+def logs_list(
+    request: Request,
+    task_id: int | None = Query(None, ge=0, le=BIG),
+    panda_id: int | None = Query(None, ge=0, le=BIG),
+    rank: int | None = Query(None, ge=0, le=2**31 - 1),
+    stream: str | None = Query(None, pattern="^(stdout|stderr|meta)$"),
+    grep: str | None = Query(None, max_length=256),
+    after: int = Query(0, ge=0, le=BIG),
+    limit: int = Query(1000, ge=1, le=10_000),
+) -> Response:
+    authorize(request, "task")
+    return ok(svc(request).payload_logs(task_id, panda_id, rank, stream, grep, after, limit))
 
 
 router.include_router(v1_harvester.router)  # the other calls of Harvester's communicator (v1_harvester.py)

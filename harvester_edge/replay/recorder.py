@@ -126,7 +126,7 @@ def file_result(op: str, value: Any) -> Any:
             "time": value.time,
             "events": {str(k): v for k, v in value.events.items()},
         }
-    if op == "read_heartbeat":
+    if op in ("read_heartbeat", "payload_logs", "read_payload_log"):
         return value
     return None if value is None else str(value)
 

@@ -171,7 +171,7 @@ def file_value(op: str, value: Any) -> Any:
             time=value["time"],
             events={int(k): v for k, v in value["events"].items()},
         )
-    if op == "read_heartbeat":
+    if op in ("read_heartbeat", "payload_logs", "read_payload_log"):
         return value
     if op == "prune_archives":
         return int(value)

@@ -548,6 +548,9 @@ class SyntheticWorld:
         files = p.requests if name == protocol.REQUESTS else p.statuses
         return [(seq, item.path) for seq, item in sorted(files.items())]
 
+    def _payload_logs(self, ap):  # synthetic pilots print nothing
+        return []
+
     def _find(self, path):
         path = Path(path)
         p = self.pilots[str(path.parent)]

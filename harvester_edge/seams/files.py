@@ -41,6 +41,8 @@ FileOp = Literal[
     "remove_access_point",
     "archive_access_point",
     "prune_archives",
+    "payload_logs",
+    "read_payload_log",
 ]
 OPERATIONS: tuple[FileOp, ...] = get_args(FileOp)
 T = TypeVar("T")
@@ -126,6 +128,14 @@ class PilotFiles:
         self, ap: Path | str, seq: int, ranges: Mapping[int, Iterable[Mapping]], no_more: Iterable[int] = ()
     ) -> Path:
         return self.backend.call("write_event_ranges", ap, seq, ranges, no_more=no_more)
+
+    def payload_logs(self, ap: Path | str) -> list[str]:
+        """The names of the payload log files (logs/payload.<rank>.jsonl, jumbo.paylog) in an access point."""
+        return self.backend.call("payload_logs", ap)
+
+    def read_payload_log(self, ap: Path | str, name: str, offset: int, limit: int) -> dict:
+        """A batch of complete payload log lines from `offset` (harvester_edge.pilot_files.read_payload_log)."""
+        return self.backend.call("read_payload_log", ap, name, offset, limit)
 
     # -- the daemon's own writes into access points ---------------------------------------------------------
     def write_job_spec(self, ap: Path | str, spec: Mapping) -> Path:

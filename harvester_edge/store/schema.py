@@ -184,6 +184,25 @@ def _queue_pledges(conn: sqlite3.Connection) -> None:
     )
 
 
+def _payload_log_offsets(conn: sqlite3.Connection) -> None:
+    # payload logs shipped to the central service (harvester_edge.agents.paylogs): per worker and file, how far it
+    # was read and sent; a worker whose files were all sent after it ended is done
+    _run_script(
+        conn,
+        """
+    CREATE TABLE payload_log_offsets (
+        worker_id INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        shipped_to INTEGER NOT NULL,
+        error TEXT,                      -- why the file is not read (unsafe, replaced): kept for the operator
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (worker_id, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE payload_log_done (worker_id INTEGER PRIMARY KEY, done_at REAL NOT NULL)
+    """,
+    )
+
+
 def _alert_clear_since(conn: sqlite3.Connection) -> None:
     # flap damping: when a firing alert's condition cleared, so it resolves only after the rule's resolve_after
     conn.execute("ALTER TABLE alerts ADD COLUMN clear_since REAL")
@@ -196,6 +215,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0004_recent_failures_index", _recent_failures_index),
     ("0007_alerts", _alerts),
     ("0008_queue_pledges", _queue_pledges),
+    ("0010_payload_log_offsets", _payload_log_offsets),
     ("0011_alert_clear_since", _alert_clear_since),
 ]
 

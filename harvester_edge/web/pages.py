@@ -10,7 +10,7 @@ from typing import Any
 from harvester_edge.alerts import view as alert_view
 from harvester_edge.central import jedilogs
 from harvester_edge.central.classify import CLASSES, STATUSES
-from harvester_edge.central.errors import CentralError, NotFound
+from harvester_edge.central.errors import CentralError, InvalidInput, NotFound
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.states import RangeStatus
 from harvester_edge.central.store import monitor
@@ -350,4 +350,38 @@ def alerts(service: CentralService, hdb: Path | None, params: dict, now: float) 
             params,
         ),
         "deliveries": found["deliveries"],
+    }
+
+
+PAYLOG_SHOWN = 500  # newest payload log lines on the logs page
+
+
+def _int_param(params: dict, name: str) -> int | None:
+    value = str(params.get(name) or "").strip()
+    if not value:
+        return None
+    if not (value.isascii() and value.isdigit() and len(value) < 19):
+        raise InvalidInput(f"{name} must be a whole number, got {value[:40]!r}")
+    return int(value)
+
+
+def logs(service: CentralService, hdb: Path | None, params: dict, now: float) -> tuple[str, dict]:
+    """Payload log lines (central/paylogs.py), newest last, filtered by task, job, rank, stream and text; the page
+    refreshes itself (follow)."""
+    stream = str(params.get("stream") or "") or None
+    if stream is not None and stream not in ("stdout", "stderr", "meta"):
+        raise InvalidInput(f"stream must be stdout, stderr or meta, got {stream[:40]!r}")
+    grep = str(params.get("grep") or "")[:256] or None
+    task_id, panda_id, rank = _int_param(params, "task"), _int_param(params, "job"), _int_param(params, "rank")
+    filters: dict[str, Any] = {"task": task_id, "job": panda_id, "rank": rank, "stream": stream, "grep": grep}
+    got = service.payload_logs(task_id, panda_id, rank, stream, grep, 0, PAYLOG_SHOWN, newest=True)
+    title = "payload logs" + (f" of task {filters['task']}" if filters["task"] is not None else "")
+    extra = {} if "refresh" in params else {"refresh": 5}  # following: a shorter refresh than other pages
+    return "logs.html", {
+        **extra,
+        "title": title + (f", job {filters['job']}" if filters["job"] is not None else ""),
+        "filters": filters,
+        "lines": got["lines"],
+        "truncated": got["truncated"],
+        "shown": PAYLOG_SHOWN,
     }

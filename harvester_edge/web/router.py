@@ -318,6 +318,10 @@ def build_router() -> APIRouter:
     async def alerts(request: Request) -> Response:
         return await _page(request, "alerts")
 
+    @router.get("/monitor/logs", response_class=HTMLResponse, summary="monitor: payload logs, live")
+    async def payload_logs(request: Request) -> Response:
+        return await _page(request, "logs")
+
     @router.get("/monitor/alerts.json", summary="monitor: alert states as JSON")
     async def alerts_json(request: Request) -> Response:
         try:

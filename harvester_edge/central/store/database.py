@@ -77,6 +77,17 @@ CREATE TABLE IF NOT EXISTS token_keys (
     created REAL NOT NULL, expires REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0,
     scope TEXT, parent TEXT, claims TEXT);
 CREATE INDEX IF NOT EXISTS token_keys_client ON token_keys(client_name, created);
+-- pilots' payload output, one row per line (central/paylogs.py): unique by the harvester's file and byte offset
+CREATE TABLE IF NOT EXISTS payload_logs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, panda_id INTEGER NOT NULL, task_id INTEGER NOT NULL,
+    harvester_id TEXT NOT NULL, worker_id INTEGER, rank_nr INTEGER NOT NULL, range_id TEXT, stream TEXT NOT NULL,
+    at REAL NOT NULL, msg TEXT NOT NULL, source TEXT NOT NULL, src_offset INTEGER NOT NULL,
+    UNIQUE (harvester_id, source, src_offset));
+CREATE INDEX IF NOT EXISTS payload_logs_job ON payload_logs(panda_id, id);
+CREATE INDEX IF NOT EXISTS payload_logs_task ON payload_logs(task_id, id);
+CREATE TABLE IF NOT EXISTS payload_log_totals (
+    panda_id INTEGER PRIMARY KEY, bytes INTEGER NOT NULL DEFAULT 0, lines INTEGER NOT NULL DEFAULT 0,
+    truncated INTEGER NOT NULL DEFAULT 0, dropped INTEGER NOT NULL DEFAULT 0);
 """
 
 
