@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from jumbo.execute import CODE_SIGNAL_BASE, Outcome, PayloadRunner
+from jumbo.execute import CODE_NO_OUTPUT, CODE_SIGNAL_BASE, Outcome, PayloadRunner
 from jumbo.walltime import RangeTimer
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,7 @@ class Worker:
                 results = self._take_held() + [self._settle(a, why) for a in ahead]
                 ahead.clear()
                 results += [self._count(not_done(t, self.rank, why)) for t in local]
+                results = self._synced(results)
                 self.channel.send({"kind": "leaving", "rank": self.rank, "reason": why, "results": results})
                 local.clear()
                 leaving = True
@@ -162,6 +163,7 @@ class Worker:
             self._hold(result, want, len(local) + len(ahead))
         leftovers = self._take_held() + [self._settle(a, "pilot stopped") for a in ahead]
         leftovers += [self._count(not_done(t, self.rank, "pilot stopped")) for t in local]
+        leftovers = self._synced(leftovers)
         self.channel.send(
             {
                 "kind": "bye",
@@ -202,8 +204,36 @@ class Worker:
         self._held.append(result)
         self._held_want += want
         if holds < 2 or result["eventStatus"] != "finished" or now - self._held_since + self.timer.mean > REPORT_WINDOW:
-            want, results = self._held_want, self._take_held()
+            want, results = self._held_want, self._synced(self._take_held())
             self.channel.send({"kind": "result", "rank": self.rank, "results": results, "want": want})
+
+    def _synced(self, results: list[dict]) -> list[dict]:
+        """The results, once the outputs of the finished ones are fsynced (all at once: one journal commit for
+        several); a finished range whose output cannot be made durable becomes a failed one, without its output.
+        Every result leaves the rank through here: a range is reported finished only with its output on disk."""
+        errors = self.runner.sync_outputs(
+            [r["path"] for r in results if r["eventStatus"] == "finished" and "path" in r]
+        )
+        for result in results:
+            exc = errors.get(result.get("path", ""))
+            if exc is None or result["eventStatus"] != "finished":
+                continue
+            path = result.pop("path")
+            log.warning("rank %d: range %s: output %s not durable: %s", self.rank, result["eventRangeID"], path, exc)
+            self.counts["finished"] -= 1
+            self.counts["failed"] += 1
+            result.update(
+                eventStatus="failed",
+                errorCode=CODE_NO_OUTPUT,
+                errorDiag=f"payload reported success but its output {path} cannot be fsynced ({exc})",
+            )
+            result.pop("fsize", None)
+            result.pop("adler32", None)
+            try:
+                os.unlink(path)  # an output that may not survive a crash must not look like a result
+            except OSError:
+                pass
+        return results
 
     def _take_held(self) -> list[dict]:
         """The held results (they go in the next message; their credits are dropped when the rank leaves or stops)."""
@@ -290,7 +320,7 @@ class Worker:
         pid, rng = task["pid"], task["range"]
         payload = self.jobs[pid]["payload"]
         first, last, rid, out = rng["startEvent"], rng["lastEvent"], rng["eventRangeID"], ticket.output
-        outcome = self.runner.collect(ticket, self.deadline)
+        outcome = self.runner.collect(ticket, self.deadline, sync=False)  # fsynced in _synced, before it is reported
         if outcome.status == "failed" and killed_by_signal(outcome.code) and self._torn_down():
             # the batch system ended the step (scancel, a rank lost, the time limit): it killed the payload, the
             # payload did not fail, so the range goes back unprocessed and uses up none of its attempts
