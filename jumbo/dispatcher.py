@@ -27,6 +27,7 @@ from jumbo.walltime import RangeTimer
 log = logging.getLogger(__name__)
 
 GIVE_BACK_GAP = 2  # ranges between the most and the least held at the end that make the dispatcher rebalance
+IDLE_CAP = 0.02  # longest idle sleep while every rank holds work for longer (more wake-ups cost the payloads CPU)
 
 
 class Dispatcher:
@@ -222,6 +223,8 @@ class Dispatcher:
     def _assign(self) -> bool:
         """Queued ranges to the ranks with open credits, each to the one that holds the fewest at that moment (when
         few are queued, at the end, the emptiest ranks get them)."""
+        if not self.queue:
+            return False
         batches: dict[int, list] = {}
         heap = [(len(self.in_flight[r]), r) for r in range(self.size) if self.state[r] == "active" and self.credits[r]]
         heapq.heapify(heap)
@@ -285,19 +288,21 @@ class Dispatcher:
     def _max_pause(self) -> float:
         """Idle sleep cap: a fraction of the time a rank can work on from what it holds, so a rank with one range
         left gets a quick answer (a quarter of the time between two results), ranks with a queue let the
-        dispatcher sleep longer, and long ranges do not cost CPU in polling."""
+        dispatcher sleep longer (up to IDLE_CAP while each holds a range beyond the one it runs: ranks of short
+        ranges hold deep queues), and long ranges do not cost CPU in polling."""
         if not self.timer.count:
             return MAX_SLEEP
         held = min((len(self.in_flight[r]) for r in range(self.size) if self.state[r] == "active"), default=0)
-        cover = self.timer.mean * (held - 1) / 2 if held > 1 else self.timer.mean / (4 * self.size)
-        return min(MAX_SLEEP, max(MIN_SLEEP, cover))
+        if held > 1:
+            return min(IDLE_CAP, max(MIN_SLEEP, self.timer.mean * (held - 1) / 2))
+        return min(MAX_SLEEP, max(MIN_SLEEP, self.timer.mean / (4 * self.size)))
 
     def run(self) -> None:
         pause = MIN_SLEEP
         try:
             while any(s != "gone" for s in self.state.values()):
                 if self.step(time.time()):
-                    pause = MIN_SLEEP
+                    pause = MIN_SLEEP  # then doubling up to the cap: another rank may answer soon
                     continue
                 self.local.wake.wait(pause)
                 self.local.wake.clear()

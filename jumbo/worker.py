@@ -7,6 +7,10 @@ work: tiny ranges get a deep queue, long ranges keep ``prefetch`` (no imbalance 
 the next ranges (AHEAD_BUDGET seconds of work) are handed to the child before the current one ends, so the child
 never waits for the rank, even while the rank fsyncs an output on a busy disk; a range handed over only after the
 child had finished the one before (the rank was descheduled longer) gives the child one more, up to LATENCY_BUDGET.
+Results of short ranges travel together: a finished range's result (its output already fsynced) waits on the rank
+for the next ones while the oldest is younger than REPORT_WINDOW, so rank 0 wakes once for several ranges; for
+that, a rank with short ranges holds REPORT_WINDOW of work more (within LATENCY_BUDGET), and it reports at once
+when it holds fewer than two ranges, and whenever it leaves or stops.
 At the end of the work, the dispatcher may ask a rank to give back ranges it holds but has not handed to its child,
 for idle ranks to run.
 It stops taking work when asked to ("stop"), when a drain signal arrives,
@@ -25,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from jumbo.execute import CODE_SIGNAL_BASE, Outcome, PayloadRunner
+from jumbo.execute import CODE_NO_OUTPUT, CODE_SIGNAL_BASE, Outcome, PayloadRunner
 from jumbo.walltime import RangeTimer
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,7 @@ MAX_DEPTH = 64
 AHEAD_BUDGET = 0.03  # seconds of work a payload child holds beyond its current range (covers the rank's stalls)
 MAX_AHEAD = 8  # and at most this many ranges, or LATENCY_BUDGET seconds, once it deepened (a late hand-over)
 TEARDOWN_GRACE = 1.0  # seconds a rank waits, after its payload died of a signal, for the step's teardown signal
+REPORT_WINDOW = 0.03  # seconds a finished range's result may wait for the next ones' (one message for several)
 
 
 def output_path(ap: Path | str, panda_id: int, range_id: str, suffix: str) -> str:
@@ -92,6 +97,9 @@ class Worker:
         self._ap_str = str(self.ap)
         self.given_back = 0
         self.ahead_extra = 0
+        self._held: list[dict] = []  # finished results not yet sent (see REPORT_WINDOW), and the credits they ask
+        self._held_want = 0
+        self._held_since = 0.0
 
     def run(self) -> None:
         local: deque = deque()
@@ -117,9 +125,10 @@ class Worker:
             why = self._why_leave()
             if why:
                 log.info("rank %d: leaving (%s); %d queued ranges go back as not-done", self.rank, why, len(local))
-                results = [self._settle(a, why) for a in ahead]
+                results = self._take_held() + [self._settle(a, why) for a in ahead]
                 ahead.clear()
                 results += [self._count(not_done(t, self.rank, why)) for t in local]
+                results = self._synced(results)
                 self.channel.send({"kind": "leaving", "rank": self.rank, "reason": why, "results": results})
                 local.clear()
                 leaving = True
@@ -148,9 +157,13 @@ class Worker:
             if dry and depth < MAX_DEPTH and (depth + 1) * self.timer.mean < LATENCY_BUDGET:
                 depth += 1
                 want += 1
-            self.channel.send({"kind": "result", "rank": self.rank, "results": [result], "want": want})
-        leftovers = [self._settle(a, "pilot stopped") for a in ahead]
+            if depth < self._report_depth():  # room for the results that wait for the next ones
+                want += self._report_depth() - depth
+                depth = self._report_depth()
+            self._hold(result, want, len(local) + len(ahead))
+        leftovers = self._take_held() + [self._settle(a, "pilot stopped") for a in ahead]
         leftovers += [self._count(not_done(t, self.rank, "pilot stopped")) for t in local]
+        leftovers = self._synced(leftovers)
         self.channel.send(
             {
                 "kind": "bye",
@@ -169,6 +182,63 @@ class Worker:
             }
         )
         self.channel.close()
+
+    def _report_depth(self) -> int:
+        """The queue depth that lets results wait up to REPORT_WINDOW with work left to cover the round trip:
+        REPORT_WINDOW of ranges plus three, while that is less than LATENCY_BUDGET of work (0: ranges too long)."""
+        mean = self.timer.mean
+        if mean <= 0 or mean >= REPORT_WINDOW:
+            return 0
+        depth = min(MAX_DEPTH, int(REPORT_WINDOW / mean) + 3)
+        while depth > 0 and depth * mean >= LATENCY_BUDGET:
+            depth -= 1
+        return depth
+
+    def _hold(self, result: dict, want: int, holds: int) -> None:
+        """Send a finished range's result now, with any held ones, or hold it for the next ranges' (REPORT_WINDOW):
+        at once when the rank holds fewer than two ranges (it needs its credits back), when the result is not
+        finished, or when the oldest held result would wait longer than REPORT_WINDOW for the next range."""
+        now = time.time()
+        if not self._held:
+            self._held_since = now
+        self._held.append(result)
+        self._held_want += want
+        if holds < 2 or result["eventStatus"] != "finished" or now - self._held_since + self.timer.mean > REPORT_WINDOW:
+            want, results = self._held_want, self._synced(self._take_held())
+            self.channel.send({"kind": "result", "rank": self.rank, "results": results, "want": want})
+
+    def _synced(self, results: list[dict]) -> list[dict]:
+        """The results, once the outputs of the finished ones are fsynced (all at once: one journal commit for
+        several); a finished range whose output cannot be made durable becomes a failed one, without its output.
+        Every result leaves the rank through here: a range is reported finished only with its output on disk."""
+        errors = self.runner.sync_outputs(
+            [r["path"] for r in results if r["eventStatus"] == "finished" and "path" in r]
+        )
+        for result in results:
+            exc = errors.get(result.get("path", ""))
+            if exc is None or result["eventStatus"] != "finished":
+                continue
+            path = result.pop("path")
+            log.warning("rank %d: range %s: output %s not durable: %s", self.rank, result["eventRangeID"], path, exc)
+            self.counts["finished"] -= 1
+            self.counts["failed"] += 1
+            result.update(
+                eventStatus="failed",
+                errorCode=CODE_NO_OUTPUT,
+                errorDiag=f"payload reported success but its output {path} cannot be fsynced ({exc})",
+            )
+            result.pop("fsize", None)
+            result.pop("adler32", None)
+            try:
+                os.unlink(path)  # an output that may not survive a crash must not look like a result
+            except OSError:
+                pass
+        return results
+
+    def _take_held(self) -> list[dict]:
+        """The held results (they go in the next message; their credits are dropped when the rank leaves or stops)."""
+        results, self._held, self._held_want = self._held, [], 0
+        return results
 
     def _give_back(self, local: deque, n: int) -> None:
         """The dispatcher has idle ranks and nothing queued: return up to ``n`` ranges this rank holds but has not
@@ -250,7 +320,7 @@ class Worker:
         pid, rng = task["pid"], task["range"]
         payload = self.jobs[pid]["payload"]
         first, last, rid, out = rng["startEvent"], rng["lastEvent"], rng["eventRangeID"], ticket.output
-        outcome = self.runner.collect(ticket, self.deadline)
+        outcome = self.runner.collect(ticket, self.deadline, sync=False)  # fsynced in _synced, before it is reported
         if outcome.status == "failed" and killed_by_signal(outcome.code) and self._torn_down():
             # the batch system ended the step (scancel, a rank lost, the time limit): it killed the payload, the
             # payload did not fail, so the range goes back unprocessed and uses up none of its attempts
