@@ -118,11 +118,34 @@ def fail(
     )
 
 
-def finish_held(conn: Conn, task_id: int, expected: dict[int, tuple[int, int]], now: float) -> bool:
-    """Finish these in-flight ranges of one task in one statement if each is held by the expected
-    (attempt_nr, panda_id) (expected: process_id -> that pair); else undo and return False.
+def finish_held(
+    conn: Conn, task_id: int, expected: dict[int, tuple[int, int]], now: float
+) -> tuple[list[int], bool | None]:
+    """Finish those of these in-flight ranges of one task that are held by the expected (attempt_nr, panda_id)
+    (expected: process_id -> that pair), in one statement. Returns the process_ids finished and whether the task
+    still had a ready range (None: not asked).
 
-    Optimistic: one UPDATE ... RETURNING inside a savepoint, rolled back on any surprise."""
+    SQLite: all or none: one UPDATE ... RETURNING inside a savepoint, rolled back on any surprise. PostgreSQL:
+    each range held as expected (UPDATE ... FROM unnest(...)), no savepoint; the same statement probes the
+    ready index, so the report's settle_task is skipped while ranges are left to claim (each statement costs
+    the service and the server a wake-up and tens of microseconds, more than the finish itself)."""
+    if is_pg(conn):
+        pids, attempts, panda_ids = [], [], []
+        for pid, (attempt, panda_id) in expected.items():
+            pids.append(pid)
+            attempts.append(attempt)
+            panda_ids.append(panda_id)
+        rows = conn.execute(
+            "WITH done AS (UPDATE ranges r SET status=3, modified=? "
+            "FROM unnest(?::bigint[], ?::bigint[], ?::bigint[]) AS w(pid, att, holder) "
+            "WHERE r.task_id=? AND r.process_id = w.pid AND r.status IN (1, 2) AND r.attempt_nr = w.att "
+            "AND r.panda_id = w.holder RETURNING r.process_id) "
+            "SELECT process_id, "
+            "(SELECT process_id FROM ranges WHERE task_id=? AND status=0 ORDER BY process_id LIMIT 1) IS NOT NULL "
+            "FROM done",
+            (now, pids, attempts, panda_ids, task_id, task_id),
+        ).fetchall()
+        return [row[0] for row in rows], (bool(rows[0][1]) if rows else None)
     conn.execute("SAVEPOINT finish_all")
     got = conn.execute(
         f"UPDATE ranges SET status=3, modified=? WHERE task_id=? AND status IN (1, 2) AND "
@@ -132,10 +155,10 @@ def finish_held(conn: Conn, task_id: int, expected: dict[int, tuple[int, int]], 
     ).fetchall()
     if len(got) == len(expected) and all(expected[pid] == (att, holder) for pid, att, holder in got):
         conn.execute("RELEASE finish_all")
-        return True
+        return list(expected), None
     conn.execute("ROLLBACK TO finish_all")
     conn.execute("RELEASE finish_all")
-    return False
+    return [], None
 
 
 def finish(conn: Conn, task_id: int, process_ids: list[int], now: float) -> None:
@@ -205,10 +228,12 @@ def job_in_flight(conn: Conn, task_id: int, panda_id: int) -> bool:
 
 
 def any_ready(conn: Conn, task_id: int) -> bool:
-    """Whether the task has a ready range (an index probe)."""
+    """Whether the task has a ready range (an index probe). ORDER BY: PostgreSQL, planning on the statistics of
+    a fresh task (all ranges ready), otherwise scans the table from its start, past every range already claimed."""
     return (
         conn.execute(
-            "SELECT 1 FROM ranges INDEXED BY ranges_ready WHERE task_id=? AND status=0 LIMIT 1", (task_id,)
+            "SELECT 1 FROM ranges INDEXED BY ranges_ready WHERE task_id=? AND status=0 ORDER BY process_id LIMIT 1",
+            (task_id,),
         ).fetchone()
         is not None
     )
