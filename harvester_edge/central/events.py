@@ -88,7 +88,7 @@ def _fail(
 
 def apply_reports(conn: sqlite3.Connection, reports: list[dict], now: float) -> tuple[list[str], set[int]]:
     """Apply version-0 reports; per report 'applied' | 'duplicate' | 'stale' | 'ignored'. Unknown ids raise.
-    Also returns the tasks to settle (none when the one-statement finish saw ranges of the task left to claim).
+    Also returns the tasks whose ranges changed (to settle).
 
     The hot loop of the service (100 reports per request): plain tuples (task, panda, file, process, attempt)
     and C-level calls; one SELECT for the current holders and one UPDATE for the finished, per task.
@@ -121,13 +121,10 @@ def apply_reports(conn: sqlite3.Connection, reports: list[dict], now: float) -> 
         key = (task_id, process_id)
         keys.append(key)
         parsed.append((key, panda_id, file_id, attempt_nr, status, code, rep, text))
-    done: set[tuple[int, int]] = set()
-    if len(parsed) > 1:
-        done, ready_left = _all_finished_in_one_go(conn, parsed, now)
-        if len(done) == len(parsed):
-            scouts.record(conn, [(p[0][0], p[0][1], p[6]) for p in parsed])
-            # ranges left to claim: settling the task would change nothing (jobs.settle_task, top_up=False)
-            return ["applied"] * len(parsed), set() if ready_left else {parsed[0][0][0]}
+    done = _all_finished_in_one_go(conn, parsed, now) if len(parsed) > 1 else set()
+    if done and len(done) == len(parsed):
+        scouts.record(conn, [(p[0][0], p[0][1], p[6]) for p in parsed])
+        return ["applied"] * len(parsed), {parsed[0][0][0]}
     rows = _current(conn, keys)
     tasks: dict[int, sqlite3.Row] = {}
     results, touched, finished = [], set(), []
@@ -176,25 +173,22 @@ def apply_reports(conn: sqlite3.Connection, reports: list[dict], now: float) -> 
     return results, touched
 
 
-def _all_finished_in_one_go(
-    conn: sqlite3.Connection, parsed: list, now: float
-) -> tuple[set[tuple[int, int]], bool | None]:
+def _all_finished_in_one_go(conn: sqlite3.Connection, parsed: list, now: float) -> set[tuple[int, int]]:
     """The common case in one statement: every report 'finished', one task, each by the current holder.
 
     Finishes those held as reported (store/ranges.py finish_held: SQLite all or none, in a savepoint; PostgreSQL
-    each one held as reported) and returns their keys and whether the task had ranges left to claim (None: not
-    known); the general path decides for the others (a stale or duplicate report).
+    each one held as reported) and returns their keys; the general path decides for the others (a stale or
+    duplicate report).
     """
     task_id = parsed[0][0][0]
     expected = {}
     for key, panda_id, file_id, attempt_nr, status, *_ in parsed:
         if status != "finished" or key[0] != task_id or file_id != FILE_ID:
-            return set(), None
+            return set()
         expected[key[1]] = (attempt_nr, panda_id)
     if len(expected) != len(parsed) or len(parsed) > 500:
-        return set(), None
-    finished, ready_left = ranges.finish_held(conn, task_id, expected, now)
-    return {(task_id, pid) for pid in finished}, ready_left
+        return set()
+    return {(task_id, pid) for pid in ranges.finish_held(conn, task_id, expected, now)}
 
 
 def _current(conn: sqlite3.Connection, keys: list[tuple[int, int]]) -> dict[tuple[int, int], tuple]:

@@ -407,6 +407,8 @@ def settle_task(
     conn: sqlite3.Connection, task_id: int, now: float, next_attempt: int | None = None, top_up: bool = True
 ) -> None:
     """Finish/fail the task when nothing is open; otherwise keep n_jobs jobs alive while failures allow."""
+    if not top_up and ranges.any_ready(conn, task_id):
+        return  # after range reports (most of them): ranges left to claim, nothing to settle; no task read
     task = task_rows.of_job(conn, task_id)
     if task["status"] not in ACTIVE_TASK:
         return

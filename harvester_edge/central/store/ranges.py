@@ -118,17 +118,14 @@ def fail(
     )
 
 
-def finish_held(
-    conn: Conn, task_id: int, expected: dict[int, tuple[int, int]], now: float
-) -> tuple[list[int], bool | None]:
+def finish_held(conn: Conn, task_id: int, expected: dict[int, tuple[int, int]], now: float) -> list[int]:
     """Finish those of these in-flight ranges of one task that are held by the expected (attempt_nr, panda_id)
-    (expected: process_id -> that pair), in one statement. Returns the process_ids finished and whether the task
-    still had a ready range (None: not asked).
+    (expected: process_id -> that pair), in one statement; returns the process_ids finished.
 
     SQLite: all or none: one UPDATE ... RETURNING inside a savepoint, rolled back on any surprise. PostgreSQL:
-    each range held as expected (UPDATE ... FROM unnest(...)), no savepoint; the same statement probes the
-    ready index, so the report's settle_task is skipped while ranges are left to claim (each statement costs
-    the service and the server a wake-up and tens of microseconds, more than the finish itself)."""
+    each range held as expected, no savepoint (each statement costs the service and the server a wake-up and
+    tens of microseconds). The expectations are arrays looked up per row (array_position; at most 500), not a
+    join with unnest(...): the prepared statement's generic plan ran the unnest again for every row."""
     if is_pg(conn):
         pids, attempts, panda_ids = [], [], []
         for pid, (attempt, panda_id) in expected.items():
@@ -136,16 +133,12 @@ def finish_held(
             attempts.append(attempt)
             panda_ids.append(panda_id)
         rows = conn.execute(
-            "WITH done AS (UPDATE ranges r SET status=3, modified=? "
-            "FROM unnest(?::bigint[], ?::bigint[], ?::bigint[]) AS w(pid, att, holder) "
-            "WHERE r.task_id=? AND r.process_id = w.pid AND r.status IN (1, 2) AND r.attempt_nr = w.att "
-            "AND r.panda_id = w.holder RETURNING r.process_id) "
-            "SELECT process_id, "
-            "(SELECT process_id FROM ranges WHERE task_id=? AND status=0 ORDER BY process_id LIMIT 1) IS NOT NULL "
-            "FROM done",
-            (now, pids, attempts, panda_ids, task_id, task_id),
+            "UPDATE ranges SET status=3, modified=? WHERE task_id=? AND process_id = ANY(?::bigint[]) "
+            "AND status IN (1, 2) AND attempt_nr = (?::bigint[])[array_position(?::bigint[], process_id)] "
+            "AND panda_id = (?::bigint[])[array_position(?::bigint[], process_id)] RETURNING process_id",
+            (now, task_id, pids, attempts, pids, panda_ids, pids),
         ).fetchall()
-        return [row[0] for row in rows], (bool(rows[0][1]) if rows else None)
+        return [row[0] for row in rows]
     conn.execute("SAVEPOINT finish_all")
     got = conn.execute(
         f"UPDATE ranges SET status=3, modified=? WHERE task_id=? AND status IN (1, 2) AND "
@@ -155,10 +148,10 @@ def finish_held(
     ).fetchall()
     if len(got) == len(expected) and all(expected[pid] == (att, holder) for pid, att, holder in got):
         conn.execute("RELEASE finish_all")
-        return list(expected), None
+        return list(expected)
     conn.execute("ROLLBACK TO finish_all")
     conn.execute("RELEASE finish_all")
-    return [], None
+    return []
 
 
 def finish(conn: Conn, task_id: int, process_ids: list[int], now: float) -> None:
