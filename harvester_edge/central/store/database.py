@@ -11,11 +11,13 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from harvester_edge.errors import StoreError
 from harvester_edge.filemodes import private_database, private_dir
+from harvester_edge.store.readonly import open_readonly
 
 from ..classify import SEEDED_RULES
 from . import pg, rules
@@ -162,6 +164,27 @@ def open_database(target: Path | str, files_dir: Path | None = None, pool: Any =
         options = pool.model_dump() if pool is not None else {}
         return pg.PgDatabase(str(target), files_dir, **options).open()
     return Database(Path(target)).open()
+
+
+def open_reader(target: Path | str) -> tuple[Any, Callable[[], None]]:
+    """A read-only view of the central DB for the CLI's views (errors summary): (connection, close). A SQLite file
+    is opened read-only (safe next to a running service); a postgresql:// URL gets a reader of one pooled
+    connection, nothing created or migrated (a DB newer than this code is refused, as open_database does)."""
+    if pg.is_postgresql_url(target):
+        db = pg.PgDatabase(str(target), Path("."), pool_size=1)
+        try:
+            reader = db.reader()
+            if reader.execute("SELECT to_regclass('meta')").fetchone()[0] is None:  # type: ignore[index]
+                raise StoreError(
+                    f"central DB {db} has no central service schema: run `harvester-edge central db migrate`"
+                )
+            check_version(reader, str(db))
+        except BaseException:
+            db.close()
+            raise
+        return reader, db.close
+    conn = open_readonly(target)
+    return conn, conn.close
 
 
 upgrade_token_keys = upgrade_columns  # the name issue 11 gave it
