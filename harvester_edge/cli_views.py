@@ -19,6 +19,9 @@ from rich.table import Table
 from rich.text import Text
 
 from harvester_edge import status as status_view
+from harvester_edge.central.store.database import reading
+from harvester_edge.central.store.pg import is_postgresql_url
+from harvester_edge.errors import HarvesterEdgeError
 from harvester_edge.store.readonly import open_readonly
 from harvester_edge.web import data
 from harvester_edge.web.render import ts
@@ -201,21 +204,24 @@ def worker_show(obj: Any, worker_id: int, as_json: bool) -> None:
 
 
 # -- errors summary -------------------------------------------------------------------------------------------
-@click.command("summary", help="Failures grouped by source, code and message, with counts (embedded service).")
+@click.command(
+    "summary",
+    help="Failures grouped by source, code and message, with counts (embedded service, or central.db: postgresql://...).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def errors_summary(obj: Any, as_json: bool) -> None:
     db = obj.config.central.db
-    if obj.config.central.mode == "remote" or db is None or not Path(db).exists():
+    if obj.config.central.mode == "remote" or db is None or not (is_postgresql_url(db) or Path(db).exists()):
         raise click.ClickException(
-            "errors summary reads the central DB of the embedded service: none here "
-            f"({db}); on a remote service use its web monitor (/monitor/errors)"
+            "errors summary reads the central DB of the embedded service (or central.db: postgresql://...): none "
+            f"here ({db}); on a remote service use its web monitor (/monitor/errors)"
         )
-    conn = open_readonly(db)
     try:
-        groups = sorted(data.error_groups(conn), key=lambda g: -g["count"])
-    finally:
-        conn.close()
+        with reading(db) as conn:
+            groups = sorted(data.error_groups(conn), key=lambda g: -g["count"])
+    except HarvesterEdgeError as exc:  # PostgreSQL unreachable, no schema, a newer schema
+        raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps(groups, indent=2, default=str))
         return

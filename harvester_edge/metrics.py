@@ -22,7 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from harvester_edge.central.store import monitor, pg
+from harvester_edge.central.store import database, monitor, pg
 from harvester_edge.central.store.conn import Conn
 from harvester_edge.store import alerts, jobs, outbox, ranges, workers
 from harvester_edge.store.readonly import open_readonly
@@ -355,7 +355,7 @@ class DatabaseCollector:
         self.central_url = central_url
 
     def _central_on_postgresql(self, url: str) -> list:
-        with pg.reading(url) as reader:
+        with database.reading(url) as reader:
             return central_families(reader, self.clock())
 
     def collect(self):

@@ -4,7 +4,8 @@ figures. Inline CSS, no script, no link to anything outside the file (the monito
 does not).
 
 Reads the central DB and the harvester DB of this site directly (read-only; safe next to a running daemon), so it
-works where the central service is embedded (central.mode: embedded).
+works where the central service is embedded (central.mode: embedded), or on a PostgreSQL central.db (the URL in
+the site's config; read through the store layer as the service does).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import click
 
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.settings import CentralSettings
+from harvester_edge.central.store.pg import is_postgresql_url
 from harvester_edge.errors import HarvesterEdgeError
 from harvester_edge.web import data, history, pictures, timecharts
 from harvester_edge.web.render import render
@@ -25,15 +27,28 @@ from harvester_edge.web.render import render
 log = logging.getLogger(__name__)
 
 
-def build(central_db: Path, harvester_db: Path | None, task_id: int, now: float | None = None) -> str:
-    """The report's HTML for task `task_id` (NotFound when the central DB has no such task)."""
+def build(
+    central_db: Path | str,
+    harvester_db: Path | None,
+    task_id: int,
+    now: float | None = None,
+    settings: CentralSettings | None = None,
+) -> str:
+    """The report's HTML for task `task_id` (NotFound when the central DB has no such task). central_db: the
+    SQLite file or a postgresql:// URL (then settings: the site's central settings, for files_dir and pool)."""
     now = time.time() if now is None else now
-    if not Path(central_db).is_file():
+    if is_postgresql_url(central_db):
+        target: Path | str = str(central_db)
+        settings = settings if settings is not None else CentralSettings(db=target)
+    elif not Path(central_db).is_file():
         raise HarvesterEdgeError(
             f"no central DB at {central_db}: the report reads the embedded central service's "
-            f"DB (central.db in the site's work_dir)"
+            f"DB (central.db in the site's work_dir, or central.db: postgresql://...)"
         )
-    service = CentralService.open(Path(central_db), CentralSettings(db=Path(central_db)))
+    else:
+        target = Path(central_db)
+        settings = CentralSettings(db=target)
+    service = CentralService.open(target, settings)
     try:
         task = service.show_task(task_id)
         central = service.db.reader()
@@ -104,7 +119,7 @@ def report_command(obj, task_id: int, out: Path) -> None:
             "it where the central service (and its central.db) is"
         )
     try:
-        html = build(config.central.db, config.db_path, task_id)
+        html = build(config.central.db, config.db_path, task_id, settings=config.central)
     except HarvesterEdgeError as exc:  # no such task, no central DB
         raise click.ClickException(str(exc)) from exc
     out.write_text(html, encoding="utf-8")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,9 @@ from typing import Any
 from harvester_edge.agents.base import Agent
 from harvester_edge.alerts import rules, tracker
 from harvester_edge.alerts.delivery import Deliverer
-from harvester_edge.central.store import pg
+from harvester_edge.central.store import database, pg
 from harvester_edge.config import SiteConfig
 from harvester_edge.store import alerts as alert_rows
-from harvester_edge.store.readonly import open_readonly
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +29,11 @@ def central_db(config: SiteConfig) -> Iterator[Any]:
     """A read-only connection to the embedded central service's DB (its SQLite file or its PostgreSQL database), or
     None: a remote service (its DB is not ours to read) or a file not made yet. Raises when it cannot be opened."""
     db = config.central.db
-    if config.central.mode != "embedded":
+    if config.central.mode != "embedded" or db is None or not (pg.is_postgresql_url(db) or Path(db).exists()):
         yield None
-    elif pg.is_postgresql_url(db):
-        with pg.reading(str(db)) as reader:
-            yield reader
-    elif isinstance(db, Path) and db.exists():
-        with closing(open_readonly(db)) as conn:
-            yield conn
-    else:
-        yield None
+        return
+    with database.reading(db) as conn:
+        yield conn
 
 
 class Alerter(Agent):

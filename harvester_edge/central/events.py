@@ -88,6 +88,7 @@ def _fail(
 
 def apply_reports(conn: sqlite3.Connection, reports: list[dict], now: float) -> tuple[list[str], set[int]]:
     """Apply version-0 reports; per report 'applied' | 'duplicate' | 'stale' | 'ignored'. Unknown ids raise.
+    Also returns the tasks whose ranges changed (to settle).
 
     The hot loop of the service (100 reports per request): plain tuples (task, panda, file, process, attempt)
     and C-level calls; one SELECT for the current holders and one UPDATE for the finished, per task.
@@ -120,7 +121,8 @@ def apply_reports(conn: sqlite3.Connection, reports: list[dict], now: float) -> 
         key = (task_id, process_id)
         keys.append(key)
         parsed.append((key, panda_id, file_id, attempt_nr, status, code, rep, text))
-    if len(parsed) > 1 and _all_finished_in_one_go(conn, parsed, now):
+    done = _all_finished_in_one_go(conn, parsed, now) if len(parsed) > 1 else set()
+    if done and len(done) == len(parsed):
         scouts.record(conn, [(p[0][0], p[0][1], p[6]) for p in parsed])
         return ["applied"] * len(parsed), {parsed[0][0][0]}
     rows = _current(conn, keys)
@@ -131,6 +133,11 @@ def apply_reports(conn: sqlite3.Connection, reports: list[dict], now: float) -> 
         row = rows.get(key)
         if row is None or file_id != FILE_ID:
             raise NotFound(f"event range {text} does not exist (task {key[0]}, process {key[1]}); nothing was updated")
+        if key in done:  # finished by the one-statement attempt, held as reported (PostgreSQL: some of them)
+            finished_reports.append((key[0], key[1], rep))
+            results.append("applied")
+            touched.add(key[0])
+            continue
         current, held_attempt, holder = row
         target = RANGE_REPORTED[status]
         if held_attempt != attempt_nr or holder != panda_id:
@@ -166,22 +173,22 @@ def apply_reports(conn: sqlite3.Connection, reports: list[dict], now: float) -> 
     return results, touched
 
 
-def _all_finished_in_one_go(conn: sqlite3.Connection, parsed: list, now: float) -> bool:
+def _all_finished_in_one_go(conn: sqlite3.Connection, parsed: list, now: float) -> set[tuple[int, int]]:
     """The common case in one statement: every report 'finished', one task, each by the current holder.
 
-    Optimistic: finish them in one UPDATE ... RETURNING and check the holders; on any surprise (a stale or
-    duplicate report, another task) roll back to the savepoint and let the general path decide per report
-    (store/ranges.py finish_held).
+    Finishes those held as reported (store/ranges.py finish_held: SQLite all or none, in a savepoint; PostgreSQL
+    each one held as reported) and returns their keys; the general path decides for the others (a stale or
+    duplicate report).
     """
     task_id = parsed[0][0][0]
     expected = {}
     for key, panda_id, file_id, attempt_nr, status, *_ in parsed:
         if status != "finished" or key[0] != task_id or file_id != FILE_ID:
-            return False
+            return set()
         expected[key[1]] = (attempt_nr, panda_id)
     if len(expected) != len(parsed) or len(parsed) > 500:
-        return False
-    return ranges.finish_held(conn, task_id, expected, now)
+        return set()
+    return {(task_id, pid) for pid in ranges.finish_held(conn, task_id, expected, now)}
 
 
 def _current(conn: sqlite3.Connection, keys: list[tuple[int, int]]) -> dict[tuple[int, int], tuple]:

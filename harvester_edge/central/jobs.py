@@ -26,6 +26,7 @@ from .states import (
 from .store import jobs as job_rows
 from .store import ranges
 from .store import tasks as task_rows
+from .store.pg import is_pg
 
 ACTIVE_TASK = (TaskStatus.DEFINED.value, TaskStatus.RUNNING.value)
 LOST_HEARTBEAT = (DispatcherError.LOST_HEARTBEAT, DispatcherError.MEANING[DispatcherError.LOST_HEARTBEAT])
@@ -233,6 +234,9 @@ def update(conn: sqlite3.Connection, panda_id: Any, state: Any, fields: dict, no
     """A pilot's update; returns the command for the pilot ('NULL' or 'tobekilled')."""
     if not isinstance(state, str) or state not in {s.value for s in PILOT_REPORTED}:
         raise InvalidInput(f"job state {state!r:.80} is not one of {sorted(s.value for s in PILOT_REPORTED)}")
+    command = _same_state(conn, panda_id, state, fields, now) if is_pg(conn) else None
+    if command is not None:
+        return command
     job, task = get_job_and_task(conn, panda_id, lock=True)
     old = job["status"]
     if not job_transition_allowed(old, state):
@@ -240,12 +244,7 @@ def update(conn: sqlite3.Connection, panda_id: Any, state: Any, fields: dict, no
     command = "tobekilled" if job["command"] == "tobekilled" else "NULL"
     if old == state and old in {s.value for s in JOB_TERMINAL}:
         return command  # a repeated final report: nothing to do
-    codes = {k: _int(fields, k) for k in ("pilotErrorCode", "exeErrorCode", "transExitCode", "nEvents", "coreCount")}
-    pdiag, ediag = limits.diag(fields.get("pilotErrorDiag") or ""), limits.diag(fields.get("exeErrorDiag") or "")
-    node = fields.get("node")
-    if node is not None and not isinstance(node, str):
-        raise InvalidInput(f"node must be a string, got {node!r:.80}")
-    node = limits.name("node", node)
+    codes, pdiag, ediag, node = _report_fields(fields)
     job_rows.report(conn, panda_id, state, codes, pdiag, ediag, node, now)
     record_pilot_fields(conn, panda_id, fields)
     if old != state:
@@ -260,6 +259,38 @@ def update(conn: sqlite3.Connection, panda_id: Any, state: Any, fields: dict, no
     elif state == JobStatus.FINISHED.value and old != state:
         end_job(conn, job, task, False, "", 0, "", now)
     return command
+
+
+def _report_fields(fields: dict) -> tuple[dict[str, int], str, str, str | None]:
+    """(codes, pilot diag, exe diag, node) of a pilot's update, checked."""
+    codes = {k: _int(fields, k) for k in ("pilotErrorCode", "exeErrorCode", "transExitCode", "nEvents", "coreCount")}
+    pdiag, ediag = limits.diag(fields.get("pilotErrorDiag") or ""), limits.diag(fields.get("exeErrorDiag") or "")
+    node = fields.get("node")
+    if node is not None and not isinstance(node, str):
+        raise InvalidInput(f"node must be a string, got {node!r:.80}")
+    return codes, pdiag, ediag, limits.name("node", node)
+
+
+_TERMINAL = frozenset(s.value for s in JOB_TERMINAL)
+
+
+def _same_state(conn: sqlite3.Connection, panda_id: Any, state: str, fields: dict, now: float) -> str | None:
+    """PostgreSQL: the update of a job already in `state` (not a final one: a pilot's heartbeat) in one statement
+    (store/jobs.py report_same_state); the command for the pilot, or None: the general path decides (another
+    state, no such job, a field it refuses)."""
+    if state in _TERMINAL or isinstance(panda_id, bool) or not isinstance(panda_id, int):
+        return None
+    if not 0 <= panda_id <= limits.BIG:
+        return None
+    try:
+        codes, pdiag, ediag, node = _report_fields(fields)
+    except InvalidInput:
+        return None  # the general path raises it, after the checks that come first there
+    row = job_rows.report_same_state(conn, panda_id, state, codes, pdiag, ediag, node, now)
+    if row is None:
+        return None
+    record_pilot_fields(conn, panda_id, fields)
+    return "tobekilled" if row[0] == "tobekilled" else "NULL"
 
 
 def _time(fields: dict, key: str) -> float | None:
@@ -376,6 +407,8 @@ def settle_task(
     conn: sqlite3.Connection, task_id: int, now: float, next_attempt: int | None = None, top_up: bool = True
 ) -> None:
     """Finish/fail the task when nothing is open; otherwise keep n_jobs jobs alive while failures allow."""
+    if not top_up and ranges.any_ready(conn, task_id):
+        return  # after range reports (most of them): ranges left to claim, nothing to settle; no task read
     task = task_rows.of_job(conn, task_id)
     if task["status"] not in ACTIVE_TASK:
         return

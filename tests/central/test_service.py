@@ -258,3 +258,46 @@ def test_example_task_file_is_valid():
 
     spec = load_task_file(Path(__file__).parents[2] / "configs" / "tasks" / "example.yaml")
     assert spec.events >= 1000 and spec.payload.kind == "python"
+
+
+def test_mixed_finish_reports_apply_only_the_held_ones(service):
+    """One request finishing ranges of one task, some held as reported and some not (a stale attempt, a
+    duplicate): those held are applied, the others are answered by what they are; on PostgreSQL the held ones
+    are finished by the one-statement path (store/ranges.py finish_held) and the others by the general one."""
+    task_id = service.submit_task(task_dict(events=60, max_attempts=5))
+    job = service.acquire_jobs("SITE")[0]["PandaID"]
+    a, b, c, d = service.acquire_event_ranges(job, task_id, 4)
+    assert finish(service, [d])["Results"] == ["applied"]
+    service.update_event_ranges([{"eventRangeID": b["eventRangeID"], "eventStatus": "failed", "errorCode": 1}])
+    b2 = service.acquire_event_ranges(job, task_id, 1)[0]
+    assert b2["eventRangeID"].endswith("-2") and b2["eventRangeID"][:-2] == b["eventRangeID"][:-2]
+    out = finish(service, [a, b, c, d])
+    assert out["Results"] == ["applied", "stale", "applied", "duplicate"]
+    assert out["Returns"] == [True, False, True, True]
+    assert service.show_task(task_id)["ranges"] == {"finished": 3, "sent": 1, "ready": 2}
+    # the rest, then the task is done: its last report settles it
+    rest = service.acquire_event_ranges(job, task_id, 10)
+    assert finish(service, [b2, *rest])["Results"] == ["applied"] * 3
+    shown = service.show_task(task_id)
+    assert shown["status"] == "finished" and shown["events_finished"] == 60
+
+
+def test_running_update_of_a_running_job_and_its_refusals(service):
+    """A pilot's repeated state (PostgreSQL: one statement, store/jobs.py report_same_state) keeps the general
+    path's answers: the command, an unknown job, a refused field writes nothing, a state change still checked."""
+    task_id = service.submit_task(task_dict(events=10))
+    job = service.acquire_jobs("SITE")[0]["PandaID"]
+    assert service.update_job(job, "running", {"nEvents": 5, "coreCount": 4}) == "NULL"
+    assert service.update_job(job, "running", {"nEvents": 3}) == "NULL"
+    shown = {j["panda_id"]: j for j in service.show_task(task_id)["jobs"]}[job]
+    assert (shown["status"], shown["n_events"]) == ("running", 5)  # events never fewer
+    with pytest.raises(NotFound):
+        service.update_job(job + 1000, "running")
+    with pytest.raises(InvalidInput):
+        service.update_job(job, "running", {"coreCount": "many", "nEvents": 9})
+    assert {j["panda_id"]: j for j in service.show_task(task_id)["jobs"]}[job]["n_events"] == 5
+    service.kill_task(task_id)
+    assert service.update_job(job, "running") == "tobekilled"
+    service.update_job(job, "failed", {"pilotErrorCode": 1})
+    with pytest.raises(IllegalStateChange):
+        service.update_job(job, "running")

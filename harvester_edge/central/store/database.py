@@ -7,15 +7,19 @@ its savepoint alone: the others in the batch still commit, and a rejected reques
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from harvester_edge.errors import StoreError
 from harvester_edge.filemodes import private_database, private_dir
+from harvester_edge.store.readonly import open_readonly
 
 from ..classify import SEEDED_RULES
 from . import pg, rules
@@ -173,6 +177,31 @@ def open_database(target: Path | str, files_dir: Path | None = None, pool: Any =
         options = pool.model_dump() if pool is not None else {}
         return pg.PgDatabase(str(target), files_dir, **options).open()
     return Database(Path(target)).open()
+
+
+@contextlib.contextmanager
+def reading(target: Path | str) -> Iterator[Any]:
+    """A read-only view of the central DB for a process that is not the service (the CLI's views, /metrics, the
+    alerts agent), closed on exit. A SQLite file is opened read-only (safe next to a running service); a
+    postgresql:// URL gets a reader of one pooled connection, nothing created or migrated, no writer (a database
+    without the schema, or newer than this code, is refused as open_database does). Raises StoreError (and its
+    DatabaseUnreachable) or sqlite3.Error."""
+    if not pg.is_postgresql_url(target):
+        conn = open_readonly(Path(target))
+        try:
+            yield conn
+        finally:
+            conn.close()
+        return
+    db = pg.PgDatabase(str(target), Path(tempfile.gettempdir()), pool_size=1)
+    try:
+        reader = db.reader()
+        if reader.execute("SELECT to_regclass('meta')").fetchone()[0] is None:  # type: ignore[index]
+            raise StoreError(f"central DB {db} has no central service schema: run `harvester-edge central db migrate`")
+        check_version(reader, str(db))
+        yield reader
+    finally:
+        db.close()
 
 
 upgrade_token_keys = upgrade_columns  # the name issue 11 gave it

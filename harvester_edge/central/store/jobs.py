@@ -184,6 +184,47 @@ def report(
     )
 
 
+def report_same_state(
+    conn: Conn,
+    panda_id: int,
+    state: str,
+    codes: dict[str, int],
+    pilot_diag: str,
+    exe_diag: str,
+    node: str | None,
+    now: float,
+) -> tuple[str | None] | None:
+    """PostgreSQL: report() for a job already in `state` (a pilot's heartbeat), in one statement that locks the
+    job NOWAIT, checks its state and updates it: (command,) of the job, or None if the job is not in that state
+    (or does not exist; the caller then takes the general path). Each statement costs the service and the
+    server a wake-up and tens of microseconds, more than the update itself. SQLite: None (reads are in-process)."""
+    if not is_pg(conn):
+        return None
+    row = conn.execute(
+        "UPDATE jobs SET heartbeat=?, modified=?, pilot_error_code=?, pilot_error_diag=?, "
+        "exe_error_code=?, exe_error_diag=?, trans_exit_code=?, n_events=greatest(n_events, ?), "
+        "core_count=coalesce(nullif(?, 0), core_count), node=coalesce(?, node) "
+        "WHERE panda_id = (SELECT panda_id FROM jobs WHERE panda_id=? AND status=? FOR UPDATE NOWAIT) "
+        "AND status=? RETURNING command",
+        (
+            now,
+            now,
+            codes["pilotErrorCode"],
+            pilot_diag,
+            codes["exeErrorCode"],
+            exe_diag,
+            codes["transExitCode"],
+            codes["nEvents"],
+            codes["coreCount"],
+            node,
+            panda_id,
+            state,
+            state,
+        ),
+    ).fetchone()
+    return None if row is None else (row[0],)
+
+
 def pilot_fields(conn: Conn, panda_id: int, values: tuple) -> None:
     """values (None keeps the old one): start_time, end_time, pilot_id, pilot_timing, cpu_time, cpu_unit,
     max_rss, pilot_log, log_file. Nothing reported: no statement (it would change nothing)."""

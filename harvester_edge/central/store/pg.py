@@ -22,12 +22,11 @@ statements (a job update: the job with its task, then the update), not few round
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import functools
 import logging
 import queue
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -259,17 +258,6 @@ class PgReader:
         raise AssertionError("unreachable")
 
 
-@contextlib.contextmanager
-def reading(url: str) -> Iterator[PgReader]:
-    """A reader of a PostgreSQL central DB for a process that is not the service (metrics, alerts): one pooled
-    connection, no schema work, no writer; closed on exit. Raises DatabaseUnreachable / psycopg.Error."""
-    db = PgDatabase(url, Path(tempfile.gettempdir()), pool_size=1)
-    try:
-        yield db.reader()
-    finally:
-        db.close()
-
-
 class PgDatabase(GroupCommit):
     """database.Database's interface over PostgreSQL (see the module docstring)."""
 
@@ -296,6 +284,9 @@ class PgDatabase(GroupCommit):
         self._all: list[psycopg.Connection] = []
         self._wconn: PgConnection | None = None
         self._reader = PgReader(self)
+        self._waiting: list[tuple[Callable[..., Any], tuple, asyncio.Future]] = []  # write_async's next batch
+        self._in_flight = False  # a write_async batch is with the committer thread
+        self._committer: queue.SimpleQueue | None = None
 
     def __str__(self) -> str:
         return redact(self.url)
@@ -413,6 +404,59 @@ class PgDatabase(GroupCommit):
                 else (ok, value)
                 for ok, value in results
             ]
+
+    async def write_async(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """write() for the event loop: the writes of one loop iteration share one transaction, run by a committer
+        thread so the loop reads and answers other requests meanwhile (SQLite commits on the loop: no server to
+        wait for). The writes that arrive while a batch is with the server join the next one: one batch at a time,
+        so the writer keeps one connection and the order of commits is the order of the batches."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._waiting.append((fn, args, fut))
+        if not self._in_flight:
+            self._in_flight = True
+            loop.call_soon(self._hand_over, loop)  # after this iteration's other writes joined
+        return await fut
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._waiting = self._waiting, []
+        if not batch:
+            self._in_flight = False
+            return
+        if self._committer is None:
+            self._committer = queue.SimpleQueue()
+            threading.Thread(
+                target=self._committer_loop, args=(self._committer,), name="central-pg-commit", daemon=True
+            ).start()
+        self._committer.put((loop, batch))
+
+    def _committer_loop(self, jobs: queue.SimpleQueue) -> None:
+        while True:
+            item = jobs.get()
+            if item is None:
+                return
+            loop, batch = item
+            try:
+                results = self._commit([(fn, args) for fn, args, _ in batch])
+            except BaseException as exc:  # _commit answers per write and does not raise; never leave callers hanging
+                results = [(False, StoreError(f"central DB {self}: commit failed: {exc}"))] * len(batch)
+            try:
+                loop.call_soon_threadsafe(self._answer, loop, batch, results)
+            except RuntimeError:  # the loop closed meanwhile: nobody waits for these answers
+                pass
+
+    def _answer(self, loop: asyncio.AbstractEventLoop, batch: list, results: list[tuple[bool, Any]]) -> None:
+        for (_, _, fut), (ok, value) in zip(batch, results):
+            if fut.cancelled():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        self._in_flight = False
+        if self._waiting:
+            self._in_flight = True
+            self._hand_over(loop)
 
     def _writer(self) -> PgConnection:
         conn = self._wconn
@@ -575,6 +619,9 @@ class PgDatabase(GroupCommit):
 
     def close(self) -> None:
         self.stop_writer()
+        if self._committer is not None:
+            self._committer.put(None)
+            self._committer = None
         with self._lock:
             for raw in self._all:
                 raw.close()
