@@ -309,6 +309,7 @@ class Dispatcher:
                     self._send(rank, {"kind": "jobs", "jobs": jobs})
             self.idle_since = None
             self.end_reason = ""
+            self._heartbeat(now, "running")
             return True
         if answer is not None:
             self.end_reason = f"harvester: {answer.stop}"
