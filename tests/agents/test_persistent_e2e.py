@@ -141,3 +141,49 @@ def test_drained_queue_stops_its_idle_pilot(make_site, tasks):
     site.assert_exactly_once(first, 100)
     wait_for(lambda: central_jobs(site, first) == ["finished"], 30)
     assert site.stop() == 0
+
+
+@pytest.mark.slurm
+def test_idle_pilot_on_slurm_takes_a_later_task_and_is_killed_while_idle(make_site, tasks, slurm_conf):
+    queue = {
+        "batch": "slurm",
+        "partition": "debug",
+        "nodes_min": 1,
+        "nodes_max": 1,
+        "ranks_per_node": 2,
+        "cores_per_node": 4,
+        "walltime_min": "5m",
+        "walltime_max": "10m",
+        "max_queued_workers": 1,
+        "max_running_workers": 1,
+        "launcher": "srun",
+        "env_setup": ["export OMPI_MCA_btl=^vader", "export OMPI_MCA_btl_tcp_if_include=lo"],
+        "persistent": {"idle_timeout": "10m"},
+    }
+    site = make_site(queue=queue, agents=AGENTS, env=slurm_conf)
+    first = site.submit_task(**tasks.numpy(200))
+    site.start()
+    assert site.wait_task(first, timeout=180)["status"] == "finished"
+    wid, _, ap = idle_worker(site, timeout=120)
+    submitted = time.time()
+    second = site.submit_task(**tasks.numpy(200))
+    assert site.wait_task(second, timeout=90)["status"] == "finished"
+    assert [w[0] for w in workers(site)] == [wid]  # the same Slurm job ran both tasks
+    with site.harvester_db() as conn:
+        starts = [
+            json.loads(r[0])["startTime"]
+            for r in conn.execute(
+                "SELECT e.result FROM event_ranges e JOIN jobs j ON j.panda_id = e.panda_id "
+                "WHERE j.task_id = ? AND e.state = 'finished'",
+                (second,),
+            )
+        ]
+    assert min(starts) - submitted < 10  # seconds (the CLI's own start is in it): not a new batch job's wait
+    idle_worker(site, timeout=60)
+    assert "flagged" in site.cli("kill-workers", "--all").stdout
+    ended = site.wait_workers_ended(timeout=90)
+    assert [w[0] for w in ended] == [wid]
+    site.assert_exactly_once(first, 200)
+    site.assert_exactly_once(second, 200)
+    wait_for(lambda: central_jobs(site, first) == ["finished"] and central_jobs(site, second) == ["finished"], 30)
+    assert site.stop() == 0
