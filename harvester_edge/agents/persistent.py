@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 
 from harvester_edge import pledges
-from harvester_edge.agents.base import Agent
+from harvester_edge.agents.base import Agent, AgentContext
 from harvester_edge.agents.fetcher import acquire
 from harvester_edge.central.client import CentralRejected, CentralUnavailable
 from harvester_edge.config import QueueConfig
@@ -32,6 +32,20 @@ from harvester_edge.workers import job_spec_of, pilot_job_entry
 log = logging.getLogger(__name__)
 
 WAKE_WINDOW = 30.0  # seconds after a hand-over during which the worker's new range requests wake the feeder
+
+
+def idle_pilots(ctx: AgentContext, queue: QueueConfig) -> int:
+    """How many running workers of a persistent queue have a job request open (the submitter makes no new worker
+    while one waits: the next job is theirs)."""
+    if queue.persistent is None:
+        return 0
+    idle = 0
+    for row in workers.running_of_queue(ctx.store.connection(), queue.name):
+        try:
+            idle += bool(ctx.files.pending(Path(row["access_point"]), protocol.JOB_REQUESTS))
+        except OSError:
+            continue
+    return idle
 
 
 class PersistentPilots(Agent):
@@ -96,13 +110,16 @@ class PersistentPilots(Agent):
     def _answer(self, queue: QueueConfig, asking: list, now: float) -> None:
         conn = self.ctx.store.connection()
         handed = {wid: job_workers.job_of_request(conn, wid, req.seq) for wid, _, req, _ in asking}
-        wanting = sum(1 for wid, _, _, stop in asking if not stop and handed[wid] is None)
-        if wanting and len(jobs.for_idle_pilot(conn, queue.name, wanting)) < wanting:
-            self._fetch(queue, wanting, now)
+        wanting = [wid for wid, _, _, stop in asking if not stop and handed[wid] is None]
+        fetched = False
         for worker_id, ap, request, stop in asking:
             panda_id = handed[worker_id]
             if panda_id is None and not stop:
                 panda_id = self._hand_over(queue, worker_id, request.seq, now)
+                if panda_id is None and not fetched:  # none here: one call for this and the pilots after it
+                    fetched = True
+                    self._fetch(queue, len(wanting) - wanting.index(worker_id), now)
+                    panda_id = self._hand_over(queue, worker_id, request.seq, now)
                 if panda_id is None:
                     continue  # no job yet: the request stays open
             try:
@@ -131,7 +148,7 @@ class PersistentPilots(Agent):
     def _hand_over(self, queue: QueueConfig, worker_id: int, seq: int, now: float) -> int | None:
         """The oldest job of the queue that no live worker runs, linked to the worker for job request `seq`."""
         with self.ctx.store.write() as conn:
-            rows = jobs.for_idle_pilot(conn, queue.name, 1)
+            rows = jobs.for_idle_pilot(conn, queue.name, 1, worker_id)
             if not rows:
                 return None
             panda_id = int(rows[0]["panda_id"])

@@ -63,14 +63,16 @@ def wanting_workers(conn: sqlite3.Connection, queue: str) -> list[sqlite3.Row]:
     ).fetchall()
 
 
-def for_idle_pilot(conn: sqlite3.Connection, queue: str, limit: int) -> list[sqlite3.Row]:
-    """The queue's unfinished jobs that may get ranges and that no live worker runs (fetched and waiting for a
-    worker, or ready again): what an idle persistent pilot takes before a new job is fetched; oldest first."""
+def for_idle_pilot(conn: sqlite3.Connection, queue: str, limit: int, worker_id: int = 0) -> list[sqlite3.Row]:
+    """The queue's unfinished jobs that may get ranges and that no live worker (but `worker_id`, the idle one)
+    runs: fetched and waiting for a worker, or ready again (its own earlier job too, when its failed ranges came
+    back after it had been told "no more"): what an idle persistent pilot takes before a job is fetched; oldest
+    first."""
     return conn.execute(
         "SELECT * FROM jobs j WHERE j.queue = ? AND j.state IN (?, ?) AND j.no_more_ranges = 0 AND NOT EXISTS "
         "(SELECT 1 FROM workers w CROSS JOIN job_workers jw ON jw.worker_id = w.id AND jw.panda_id = j.panda_id "
-        "AND jw.left_at IS NULL WHERE w.state IN (?, ?, ?, ?)) ORDER BY j.panda_id LIMIT ?",
-        (queue, *_ACTIVE, *(s.value for s in WORKER_LIVE), limit),
+        "AND jw.left_at IS NULL WHERE w.state IN (?, ?, ?, ?) AND w.id != ?) ORDER BY j.panda_id LIMIT ?",
+        (queue, *_ACTIVE, *(s.value for s in WORKER_LIVE), worker_id, limit),
     ).fetchall()
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from doubles import Outage, panda_job
+from doubles import Outage, panda_job, sbatch_ids
 from harvester_edge.agents.feeder import Feeder
 from harvester_edge.agents.persistent import PersistentPilots
 from harvester_edge.operations import set_draining
@@ -138,3 +138,28 @@ def test_the_first_range_request_after_a_hand_over_wakes_the_feeder(make_site):
     site.cycle(agent)
     site.cycle(agent)  # the same request: no second wake
     assert woken == [Feeder.name]
+
+
+def test_the_submitter_makes_no_new_worker_while_a_pilot_waits_for_a_job(make_site):
+    from harvester_edge.agents.submitter import Submitter
+
+    site = make_site(max_queued_workers=1, **PERSISTENT)
+    site.job(1, "running", no_more_ranges=1)
+    site.job(2, "fetched")
+    idle(site)
+    site.cycle(site.agent(Submitter))
+    assert [w["id"] for w in site.read("workers")] == [7]
+    site.cycle(site.agent(PersistentPilots))  # the idle pilot takes job 2; nothing waits any more
+    site.job(3, "fetched")
+    site.runner.always("sbatch", sbatch_ids(500))
+    site.cycle(site.agent(Submitter))
+    assert len(site.read("workers")) == 2  # job 3 gets a new worker
+
+
+def test_an_idle_pilot_takes_its_own_job_again_when_its_ranges_came_back(make_site):
+    site = make_site(**PERSISTENT)
+    site.job(1, "running", no_more_ranges=0)  # a failed range of job 1 is ready again
+    ap = idle(site)
+    site.cycle(site.agent(PersistentPilots))
+    assert [j["PandaID"] for j in answers(ap)[0].jobs] == [1]
+    assert links(site) == [(1, 7, 1, False)]
