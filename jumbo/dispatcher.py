@@ -297,8 +297,8 @@ class Dispatcher:
         if self.idle_since is None:
             self.idle_since = now
             self.reporter.maybe_flush(now, force=True)  # the last results out first: the job can settle
-            self.source.request_job()
             self._heartbeat(now, "idle")
+        self.source.request_job()  # once; again only if the answer was unusable (one request open at a time)
         answer = self.source.new_jobs(now)
         if answer is not None and answer.jobs:
             jobs = {int(j["PandaID"]): j for j in answer.jobs}

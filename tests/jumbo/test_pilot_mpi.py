@@ -322,12 +322,17 @@ def test_persistent_pilot_idles_takes_a_new_job_and_ends_at_its_idle_timeout(mpi
     assert len(protocol.pending(ap, protocol.JOB_REQUESTS)) == 1  # it asked again, then timed out
 
 
-def test_persistent_pilot_ends_at_a_stop_answer(mpi, ap, h):
+def test_persistent_pilot_asks_again_after_a_bad_answer_and_ends_at_a_stop(mpi, ap, h):
     h.write_spec(ap, [h.sim_job()], prefetch=1, n_ranges=4, idle_timeout=600.0)
     with h.Harvester(ap, {1001: h.make_ranges(77, 1001, 4, per_range=5)}):
         pilot = h.PilotRun(ap, 2)
         ((seq, path),) = wait_for(lambda: protocol.pending(ap, protocol.JOB_REQUESTS), 60, "the job request", 0.02)
         protocol.mark_consumed(ap, path)
-        protocol.write_new_jobs(ap, seq, [], stop="queue draining")
+        protocol.stream_path(ap, protocol.NEW_JOBS, seq).write_text('{"protocol": 1, "seq": %d, "jobs": 5}' % seq)
+        ((again, path),) = wait_for(lambda: protocol.pending(ap, protocol.JOB_REQUESTS), 30, "a new request", 0.02)
+        assert again == seq + 1 and protocol.stream_path(ap, protocol.NEW_JOBS, seq).with_suffix(".json.bad").exists()
+        protocol.mark_consumed(ap, path)
+        protocol.write_new_jobs(ap, again, [], stop="queue draining")
         assert pilot.wait(timeout=30) == 0, pilot.output()
-    assert protocol.read_worker_attributes(ap)["endReason"] == "harvester: queue draining"
+    attrs = protocol.read_worker_attributes(ap)
+    assert attrs["endReason"] == "harvester: queue draining" and "rejected" in " ".join(attrs["errors"])
