@@ -176,19 +176,19 @@ def _alerts(conn: sqlite3.Connection) -> None:
     )
 
 
+def _persistent_pilots(conn: sqlite3.Connection) -> None:
+    # a persistent pilot's next job (agents/persistent.py): the job request it answers (a crash re-sends the same
+    # job), and when the worker moved on from an earlier job (the job then settles though its worker still runs)
+    conn.execute("ALTER TABLE job_workers ADD COLUMN request_seq INTEGER")
+    conn.execute("ALTER TABLE job_workers ADD COLUMN left_at REAL")
+
+
 def _queue_pledges(conn: sqlite3.Connection) -> None:
     # what the monitor needs of a queue's config to show cores against the pledge (harvester_edge.pledges)
     conn.execute(
         "CREATE TABLE queue_pledges (name TEXT PRIMARY KEY REFERENCES queues(name), "
         "cores_per_node INTEGER NOT NULL, pledged_cores INTEGER, opportunistic INTEGER NOT NULL DEFAULT 0)"
     )
-
-
-def _persistent_pilots(conn: sqlite3.Connection) -> None:
-    # a persistent pilot's next job (agents/persistent.py): the job request it answers (a crash re-sends the same
-    # job), and when the worker moved on from an earlier job (the job then settles though its worker still runs)
-    conn.execute("ALTER TABLE job_workers ADD COLUMN request_seq INTEGER")
-    conn.execute("ALTER TABLE job_workers ADD COLUMN left_at REAL")
 
 
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
