@@ -66,12 +66,14 @@ class PersistentPilots(Agent):
         conn = self.ctx.store.connection()
         draining = queues.draining_names(conn)
         wake = False
+        running: set[int] = set()
         for queue in self.ctx.config.queues:
             if queue.persistent is None:
                 continue
             asking: list[tuple[int, Path, protocol.JobRequest, str]] = []
             for row in workers.running_of_queue(conn, queue.name):
                 worker_id, ap = int(row["id"]), Path(row["access_point"])
+                running.add(worker_id)
                 wake = self._new_range_request(worker_id, ap, now) or wake
                 request = self._newest_request(worker_id, ap)
                 if request is None:
@@ -83,6 +85,8 @@ class PersistentPilots(Agent):
                 self._answer(queue, asking, now)
         if wake and self.ctx.wake is not None:
             self.ctx.wake("feeder")
+        self._handed = {w: t for w, t in self._handed.items() if w in running}  # ended workers are forgotten
+        self._asked = {w: seq for w, seq in self._asked.items() if w in running}
 
     def _new_range_request(self, worker_id: int, ap: Path, now: float) -> bool:
         """Whether a worker that just got a job asked for ranges since the last look (the feeder is woken)."""
