@@ -336,3 +336,13 @@ def test_persistent_pilot_asks_again_after_a_bad_answer_and_ends_at_a_stop(mpi, 
         assert pilot.wait(timeout=30) == 0, pilot.output()
     attrs = protocol.read_worker_attributes(ap)
     assert attrs["endReason"] == "harvester: queue draining" and "rejected" in " ".join(attrs["errors"])
+
+
+def test_idle_persistent_pilot_ends_at_its_walltime_drain(mpi, ap, h):
+    h.write_spec(ap, [h.sim_job()], prefetch=1, n_ranges=4, idle_timeout=600.0)
+    with h.Harvester(ap, {1001: h.make_ranges(77, 1001, 4, per_range=5)}) as harvester:
+        pilot = h.PilotRun(ap, 2, args=("--end-time", "+8"))
+        wait_for(lambda: protocol.pending(ap, protocol.JOB_REQUESTS), 60, "the job request", 0.02)
+        assert pilot.wait(timeout=40) == 0, pilot.output()  # at the end time, not after 10 minutes idle
+    assert protocol.read_worker_attributes(ap)["endReason"].startswith("walltime")
+    assert len(harvester.by_status("finished")) == 4
