@@ -5,10 +5,11 @@ idle_timeout), looking for the answer a few times a second. This agent runs on a
 running workers of persistent queues (no such queue: no cycle at all). For the newest open job request of a worker
 it takes a job of the queue that no live worker runs (fetched already, or whose ranges are ready again), else
 acquires one from the central service (the fetcher's path: agents.fetcher.acquire), links it to the worker with the
-request's sequence (the worker leaves its earlier jobs, which then settle: store.job_workers.hand_over), commits,
-THEN writes worker_newjob.<seq>.json, THEN marks the request consumed: after a crash in between the same job is
-written again, so a request gets one job. No job yet: the request stays open and is looked at next cycle. A worker
-flagged for a kill, or of a draining queue, is answered with a stop instead (the pilot ends at once).
+request's sequence (store.job_workers.hand_over), commits, THEN writes worker_newjob.<seq>.json, THEN marks the
+request consumed: after a crash in between the same job is written again, so a request gets one job. No job yet:
+the request stays open and is looked at next cycle. A worker flagged for a kill, or of a draining queue, is
+answered with a stop instead (the pilot ends at once). A pilot that asks is done with its jobs: their links are
+"left" at once (store.job_workers.leave), so they settle and are reported finished while it waits or goes on.
 
 The new job's first range request comes a moment after the answer: a new range request of a worker that got a job
 in the last WAKE_WINDOW seconds wakes the feeder at once (AgentContext.wake), instead of at the feeder's interval.
@@ -55,6 +56,7 @@ class PersistentPilots(Agent):
         super().__init__(ctx)
         self._handed: dict[int, float] = {}  # worker id -> when it last got a job
         self._asked: dict[int, int] = {}  # worker id -> its newest range request seen
+        self._left: set[tuple[int, int]] = set()  # (worker id, job request) whose earlier jobs were left
         self._unreachable = False
 
     def cycle(self) -> None:
@@ -87,6 +89,7 @@ class PersistentPilots(Agent):
             self.ctx.wake("feeder")
         self._handed = {w: t for w, t in self._handed.items() if w in running}  # ended workers are forgotten
         self._asked = {w: seq for w, seq in self._asked.items() if w in running}
+        self._left = {(w, seq) for w, seq in self._left if w in running}
 
     def _new_range_request(self, worker_id: int, ap: Path, now: float) -> bool:
         """Whether a worker that just got a job asked for ranges since the last look (the feeder is woken)."""
@@ -112,6 +115,12 @@ class PersistentPilots(Agent):
         return self.ctx.files.load_job_request(path)
 
     def _answer(self, queue: QueueConfig, asking: list, now: float) -> None:
+        new = [(wid, req.seq) for wid, _, req, _ in asking if (wid, req.seq) not in self._left]
+        if new:  # an idle pilot is done with its jobs: they settle now, not when the pilot ends
+            with self.ctx.store.write() as conn:
+                for worker_id, seq in new:
+                    job_workers.leave(conn, worker_id, seq, now)
+            self._left.update(new)
         conn = self.ctx.store.connection()
         handed = {wid: job_workers.job_of_request(conn, wid, req.seq) for wid, _, req, _ in asking}
         wanting = [wid for wid, _, _, stop in asking if not stop and handed[wid] is None]

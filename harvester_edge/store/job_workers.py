@@ -53,3 +53,13 @@ def job_of_request(conn: sqlite3.Connection, worker_id: int, request_seq: int) -
         "SELECT panda_id FROM job_workers WHERE worker_id = ? AND request_seq = ?", (worker_id, request_seq)
     ).fetchone()
     return None if row is None else int(row[0])
+
+
+def leave(conn: sqlite3.Connection, worker_id: int, keep_seq: int, now: float) -> int:
+    """A persistent pilot asked for a job (request `keep_seq`): it runs its jobs no more (the link of a job already
+    handed for that request stays); how many links were left."""
+    return conn.execute(
+        "UPDATE job_workers SET left_at = ? WHERE worker_id = ? AND left_at IS NULL "
+        "AND (request_seq IS NULL OR request_seq != ?)",
+        (now, worker_id, keep_seq),
+    ).rowcount

@@ -70,7 +70,8 @@ def test_no_job_anywhere_leaves_the_request_open_and_an_outage_too(make_site):
     site.transport.on("pilot/acquire_jobs", Outage)
     site.cycle(site.agent(PersistentPilots))
     assert answers(ap) == [] and len(protocol.pending(ap, protocol.JOB_REQUESTS)) == 1
-    assert links(site) == [(1, 7, None, False)]
+    assert links(site) == [(1, 7, None, True)]  # the waiting pilot is done with job 1: it settles meanwhile
+    assert [r["panda_id"] for r in jobs.without_work(site.store.connection())] == [1]
 
 
 def test_a_crash_before_the_answer_sends_the_same_job_again(make_site, monkeypatch):
