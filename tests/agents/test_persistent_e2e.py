@@ -65,11 +65,14 @@ def job_report(ap: str) -> dict:
 
 
 def test_idle_pilot_takes_a_later_task_then_ends_at_its_idle_timeout(make_site, tasks):
-    site = make_site(queue=persistent_queue("8s"), agents=AGENTS)
+    site = make_site(queue=persistent_queue("20s"), agents=AGENTS)
     first = site.submit_task(**tasks.numpy(200))
     site.start()
     assert site.wait_task(first, timeout=120)["status"] == "finished"
     wid, _, ap = idle_worker(site)
+    # the idle pilot is done with its job: it is reported finished while the pilot waits for the next one
+    wait_for(lambda: central_jobs(site, first) == ["finished"], 15, "the first job reported finished")
+    assert [w[1] for w in workers(site)] == ["running"]
     second = site.submit_task(**tasks.numpy(300))
     assert site.wait_task(second, timeout=60)["status"] == "finished"
     assert [w[0] for w in workers(site)] == [wid]  # the same pilot ran both tasks, no new worker came
@@ -84,7 +87,7 @@ def test_idle_pilot_takes_a_later_task_then_ends_at_its_idle_timeout(make_site, 
     wait_for(lambda: central_jobs(site, first) == ["finished"] and central_jobs(site, second) == ["finished"], 30)
     with site.harvester_db() as conn:
         links = conn.execute("SELECT request_seq, left_at IS NOT NULL FROM job_workers ORDER BY panda_id").fetchall()
-    assert links == [(None, 1), (1, 0)]  # the first job was left when the pilot took the second
+    assert links == [(None, 1), (1, 1)]  # each job was left when the pilot asked for the next one
     assert site.stop() == 0
 
 
