@@ -27,6 +27,12 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PersistentConfig(Strict):
+    """Semi-persistent pilots (README "Persistent pilots"): a pilot out of ranges asks for another job."""
+
+    idle_timeout: Annotated[Duration, Field(gt=0)] = 600.0  # seconds an idle pilot waits for a job, then ends
+
+
 class QueueConfig(Strict):
     """One batch queue (a Slurm partition or LSF queue) and how workers are shaped for it."""
 
@@ -66,6 +72,7 @@ class QueueConfig(Strict):
     # or workers, and a queue with pledged_cores keeps its running + queued cores within the pledge
     pledged_cores: PositiveInt | None = None
     opportunistic: bool = False
+    persistent: PersistentConfig | None = None  # set: pilots take new jobs instead of ending when out of ranges
 
     def pilot_settings(self) -> dict[str, float]:
         """The pilot settings of this queue that override the pilot's defaults (jumbo.protocol.PILOT_DEFAULTS)."""
@@ -74,6 +81,8 @@ class QueueConfig(Strict):
             "looping_timeout": self.looping_timeout,
             "min_free_disk_mb": self.min_free_disk_mb,
         }
+        if self.persistent is not None:
+            fields["idle_timeout"] = self.persistent.idle_timeout
         return {name: float(value) for name, value in fields.items() if value is not None}
 
     @field_validator("batch")
@@ -144,6 +153,7 @@ class AgentIntervals(Strict):
     credentials: Duration = 300.0
     alerts: Duration = 15.0
     paylogs: Duration = 5.0  # payload log lines shipped to the central service (agents/paylogs.py)
+    persistent: Duration = 0.25  # idle persistent pilots asking for a job (none: the cycle reads nothing)
 
 
 class DaemonConfig(Strict):

@@ -191,6 +191,7 @@ class Daemon:
             scheduler.add_job(
                 agent.cycle, "interval", seconds=agent.interval, id=agent.name, name=agent.name, next_run_time=_now_dt()
             )
+        ctx.wake = lambda name: _wake(scheduler, name)
         scheduler.start()
         log.info(
             "daemon %s started for site %s: %d agents (%s), db %s",
@@ -275,6 +276,14 @@ def secure_paths(config: SiteConfig) -> None:
     for path in (config.lock_path, tokens.token_file, tokens.key_file, tokens.secret_file):
         if path is not None:
             private_file(Path(path))
+
+
+def _wake(scheduler: BackgroundScheduler, name: str) -> None:
+    """Run agent `name`'s next cycle now (a cycle running now is not doubled: max_instances 1)."""
+    try:
+        scheduler.modify_job(name, next_run_time=_now_dt())
+    except Exception as exc:  # stopping, or no such agent: the cycle comes at its interval
+        log.debug("cannot wake agent %s: %s", name, exc)
 
 
 def _now_dt() -> datetime:

@@ -34,6 +34,7 @@ from jumbo.protocol import ProtocolError
 KiB, MiB = 1024, 1024 * 1024
 STATUS_CAP = 16 * MiB  # event_status.<seq>.json: thousands of ranges fit in a few MiB
 REQUEST_CAP = 1 * MiB  # worker_requestevents.<seq>.json: one small object per job
+JOB_REQUEST_CAP = 64 * KiB  # worker_requestjob.<seq>.json: a sequence and a time
 HEARTBEAT_CAP = 64 * KiB  # worker_heartbeat.json: a snapshot of a few counters
 REPORT_CAP = 4 * MiB  # jobReport.json, worker_attributes.json
 MONITOR_CAP = 4 * MiB  # prmon.<rank>.jsonl: ~200 B per sample every 10 s, some 2 days of samples
@@ -194,6 +195,12 @@ def load_event_request(path: Path | str) -> protocol.Request:
     return protocol.event_request_from(read_json(ap, name, REQUEST_CAP), Path(path))
 
 
+def load_job_request(path: Path | str) -> protocol.JobRequest:
+    """A persistent pilot's request for another job (worker_requestjob.<seq>.json), read like the others."""
+    ap, name = _split(path)
+    return protocol.job_request_from(read_json(ap, name, JOB_REQUEST_CAP), Path(path))
+
+
 def load_event_status(path: Path | str) -> protocol.Batch:
     ap, name = _split(path)
     return protocol.event_status_from(read_json(ap, name, STATUS_CAP), Path(path))
@@ -229,6 +236,10 @@ def quarantine(path: Path | str) -> Path:
 
 def write_event_ranges(ap: Path | str, seq: int, ranges, no_more=()) -> Path:
     return protocol.write_event_ranges(ap, seq, ranges, no_more=no_more)
+
+
+def write_new_jobs(ap: Path | str, seq: int, jobs: list, stop: str = "") -> Path:
+    return protocol.write_new_jobs(ap, seq, jobs, stop=stop)
 
 
 # ---------------------------------------------------------------- what the monitor pages show

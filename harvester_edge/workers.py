@@ -38,6 +38,16 @@ def pilot_payload(job_spec: dict[str, Any]) -> dict[str, Any]:
     return jumbo_payload(job_spec)
 
 
+def pilot_job_entry(job: Mapping[str, Any]) -> dict[str, Any]:
+    """One job as the pilot reads it (HPCJobs.json's "jobs", a persistent pilot's next jobs)."""
+    return {
+        "PandaID": int(job["PandaID"]),
+        "taskID": int(job["taskID"]),
+        "jobsetID": int(job.get("jobsetID") or 0),
+        "payload": pilot_payload(dict(job)),
+    }
+
+
 def write_job_spec(
     files: PilotFiles,
     ap: Path,
@@ -51,15 +61,7 @@ def write_job_spec(
     validates it before it reaches a node); pilot: the queue's pilot settings (QueueConfig.pilot_settings: memory/CPU
     sampling, looping timeout, free disk minimum), else the pilot's defaults."""
     spec: dict[str, Any] = {
-        "jobs": [
-            {
-                "PandaID": int(j["PandaID"]),
-                "taskID": int(j["taskID"]),
-                "jobsetID": int(j.get("jobsetID") or 0),
-                "payload": pilot_payload(j),
-            }
-            for j in jobs
-        ],
+        "jobs": [pilot_job_entry(j) for j in jobs],
         "pilot": {
             "heartbeat_interval": HEARTBEAT_INTERVAL,
             "mode": "file",

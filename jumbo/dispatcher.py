@@ -7,6 +7,10 @@ queued, nothing more to come), a rank that runs dry while another still holds se
 ask that one to give back those it has not started ("give_back" -> "returned"): they go to the idle rank, and a
 range is still run by one rank and reported once. Rank 0's own work loop is fed
 through a LocalChannel, the others over MPI; only this thread calls MPI on rank 0.
+
+A persistent pilot (``idle_timeout`` > 0, file mode) out of ranges does not stop its ranks: it asks the harvester
+for another job and idles (ranks keep their credits) until the answer brings jobs ("jobs" to every rank, then their
+ranges as usual), a stop, the idle timeout, a drain or the walltime.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ class Dispatcher:
         self._next_beat = 0.0
         self._next_kill_check = 0.0
         self._next_disk_check = 0.0
+        self.idle_since: float | None = None  # a persistent pilot waiting for another job since then
         self.thread = threading.Thread(target=self.run, name="dispatcher", daemon=True)
 
     # -- messaging
@@ -273,23 +278,57 @@ class Dispatcher:
         self._check_drain(now)
         if not self.draining:
             if self.source.exhausted and not self.queue and not any(self.in_flight.values()):
-                self.end_reason = self.end_reason or "no more ranges"
-                for rank in range(self.size):
-                    self._stop_rank(rank)
+                if not self._idle(now):
+                    self.end_reason = self.end_reason or "no more ranges"
+                    for rank in range(self.size):
+                        self._stop_rank(rank)
             elif self._assign():
                 progressed = True
             elif self.source.exhausted and not self.queue:
                 self._rebalance()
         self.reporter.maybe_flush(now)
         if now >= self._next_beat:
-            self._heartbeat(now, "draining" if self.draining else "running")
+            self._heartbeat(now, "draining" if self.draining else "idle" if self.idle_since is not None else "running")
         return progressed
+
+    def _idle(self, now: float) -> bool:
+        """Out of ranges: True while a persistent pilot waits for another job (it asks once, then looks for the
+        answer); False when the pilot is to end (not persistent, a stop answer, the idle timeout)."""
+        timeout = float(self.settings.get("idle_timeout") or 0.0)
+        if timeout <= 0 or not hasattr(self.source, "request_job"):
+            return False
+        if self.idle_since is None:
+            self.idle_since = now
+            self.reporter.maybe_flush(now, force=True)  # the last results out first: the job can settle
+            self._heartbeat(now, "idle")
+        self.source.request_job()  # once; again only if the answer was unusable (one request open at a time)
+        answer = self.source.new_jobs(now)
+        if answer is not None and answer.jobs:
+            jobs = {int(j["PandaID"]): j for j in answer.jobs}
+            log.info("new job(s) %s after %.2f s idle", sorted(jobs), now - self.idle_since)
+            self.reporter.add_jobs(jobs)
+            for rank in range(self.size):
+                if self.state[rank] == "active":
+                    self._send(rank, {"kind": "jobs", "jobs": jobs})
+            self.idle_since = None
+            self.end_reason = ""
+            self._heartbeat(now, "running")
+            return True
+        if answer is not None:
+            self.end_reason = f"harvester: {answer.stop}"
+            return False
+        if now - self.idle_since >= timeout:
+            self.end_reason = f"idle timeout: no new job within {timeout:.0f} s"
+            return False
+        return True
 
     def _max_pause(self) -> float:
         """Idle sleep cap: a fraction of the time a rank can work on from what it holds, so a rank with one range
         left gets a quick answer (a quarter of the time between two results), ranks with a queue let the
         dispatcher sleep longer (up to IDLE_CAP while each holds a range beyond the one it runs: ranks of short
         ranges hold deep queues), and long ranges do not cost CPU in polling."""
+        if self.idle_since is not None:  # waiting for a job: look a few times per poll interval, no faster
+            return max(MAX_SLEEP, float(self.settings["poll_interval"]) / 4)
         if not self.timer.count:
             return MAX_SLEEP
         held = min((len(self.in_flight[r]) for r in range(self.size) if self.state[r] == "active"), default=0)

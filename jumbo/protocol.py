@@ -60,6 +60,20 @@ the pilot starts; :func:`write_event_ranges` / :func:`read_event_ranges`)::
   ``eventStatus`` is ``finished`` (output verified on disk), ``failed`` (payload error; errorCode/errorDiag say
   why) or ``not-done`` (never run, or stopped by the walltime/drain: hand it out again).
 
+``worker_requestjob.<seq>.json`` (pilot -> harvester: a persistent pilot out of ranges asks for another job;
+:func:`write_job_request` / :func:`job_request_from`)::
+
+    {"protocol": 1, "seq": 1, "time": 1790000300.0}
+
+``worker_newjob.<seq>.json`` (harvester -> pilot, answers job request ``seq``; :func:`write_new_jobs` /
+:func:`load_new_jobs`)::
+
+    {"protocol": 1, "seq": 1, "jobs": [{"PandaID": 1002, "taskID": 78, "jobsetID": 78, "payload": {...}}],
+     "stop": ""}
+
+  ``jobs`` as in ``HPCJobs.json``; no jobs and a ``stop`` reason (the queue drains, the worker is to end): the
+  pilot ends. A request stays unanswered while there is no job for it; the pilot ends at its ``idle_timeout``.
+
 ``worker_heartbeat.json`` (pilot -> harvester, a snapshot rewritten every ``heartbeat_interval``)::
 
     {"protocol": 1, "time": 1790000100.0, "state": "running", "pid": 4242, "ranks": 4,
@@ -98,7 +112,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,6 +127,8 @@ HEARTBEAT = "worker_heartbeat.json"
 ATTRIBUTES = "worker_attributes.json"
 JOB_REPORT = "jobReport.json"
 KILL = "kill_worker.json"
+JOB_REQUESTS = "worker_requestjob"
+NEW_JOBS = "worker_newjob"
 MONITOR = "prmon.{rank}.jsonl"
 
 EVENT_STATUSES = ("finished", "failed", "not-done")
@@ -138,6 +154,8 @@ PILOT_DEFAULTS: dict[str, Any] = {
     "disk_check_interval": 60.0,
     # each rank's payload stdout/stderr as JSON lines, logs/payload.<rank>.jsonl (jumbo.paylog), at most this big
     "payload_log_max_mb": 64.0,
+    # a persistent pilot (seconds > 0): out of ranges, it asks for another job and waits this long for one
+    "idle_timeout": 0.0,
     "central_url": None,
     "token_file": None,
 }
@@ -165,6 +183,25 @@ class Ranges:
     path: Path
     ranges: dict[int, list[dict]]
     no_more: frozenset[int]
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A persistent pilot's request for another job."""
+
+    seq: int
+    path: Path
+    time: float
+
+
+@dataclass(frozen=True)
+class NewJobs:
+    """The harvester's answer to job request ``seq``: jobs to run next, or none and why the pilot is to stop."""
+
+    seq: int
+    path: Path
+    jobs: list[dict]
+    stop: str
 
 
 @dataclass(frozen=True)
@@ -407,6 +444,19 @@ def load_job_spec(path: Path | str) -> dict:
     jobs = obj.get("jobs")
     if not isinstance(jobs, list) or not jobs:
         raise ProtocolError(f"{path}: 'jobs' must be a non-empty list")
+    _validate_jobs(jobs, path)
+    pilot = dict(PILOT_DEFAULTS)
+    pilot.update(obj.get("pilot") or {})
+    if pilot["mode"] not in MODES:
+        raise ProtocolError(f"{path}: pilot mode {pilot['mode']!r} is not one of {MODES}")
+    if pilot["mode"] == "http" and not pilot.get("central_url"):
+        raise ProtocolError(f"{path}: pilot mode 'http' needs 'central_url'")
+    obj["pilot"] = pilot
+    return obj
+
+
+def _validate_jobs(jobs: list, path: Path) -> None:
+    """Each job of a job spec (or of a persistent pilot's next jobs): PandaID, taskID and a payload."""
     for job in jobs:
         if not isinstance(job, dict):
             raise ProtocolError(f"{path}: each job must be an object")
@@ -417,14 +467,6 @@ def load_job_spec(path: Path | str) -> dict:
             raise ProtocolError(f"{path}: job {pid} payload needs exactly one of 'callable' or 'command'")
         if payload.get("isolation", "worker") not in ISOLATIONS:
             raise ProtocolError(f"{path}: job {pid} payload isolation must be one of {ISOLATIONS}")
-    pilot = dict(PILOT_DEFAULTS)
-    pilot.update(obj.get("pilot") or {})
-    if pilot["mode"] not in MODES:
-        raise ProtocolError(f"{path}: pilot mode {pilot['mode']!r} is not one of {MODES}")
-    if pilot["mode"] == "http" and not pilot.get("central_url"):
-        raise ProtocolError(f"{path}: pilot mode 'http' needs 'central_url'")
-    obj["pilot"] = pilot
-    return obj
 
 
 def load_event_request(path: Path | str) -> Request:
@@ -445,6 +487,30 @@ def event_request_from(obj: dict, path: Path) -> Request:
         for key in ("pandaID", "taskID", "jobsetID"):
             _number(req, key, path, where, MAX_ID, integer=True)
     return Request(seq=seq, path=path, time=float(when), requests=reqs)
+
+
+def job_request_from(obj: dict, path: Path) -> JobRequest:
+    """Validate a decoded job request: seq and time (pure)."""
+    seq = _number(obj, "seq", path, "the job request", MAX_ID, required=True, integer=True)
+    when = _number(obj, "time", path, "the job request", MAX_TIME) or 0.0
+    return JobRequest(seq=seq, path=path, time=float(when))
+
+
+def load_new_jobs(path: Path | str) -> NewJobs:
+    """A harvester's answer to a job request: its jobs validated like the job spec's."""
+    path = Path(path)
+    obj = read_json(path)
+    seq = _need(obj, "seq", int, path, "the new jobs file")
+    jobs = obj.get("jobs", [])
+    if not isinstance(jobs, list):
+        raise ProtocolError(f"{path}: 'jobs' must be a list")
+    _validate_jobs(jobs, path)
+    stop = obj.get("stop") or ""
+    if not isinstance(stop, str):
+        raise ProtocolError(f"{path}: 'stop' must be a string")
+    if not jobs and not stop:
+        raise ProtocolError(f"{path}: neither jobs nor a 'stop' reason")
+    return NewJobs(seq=seq, path=path, jobs=jobs, stop=stop)
 
 
 def load_event_ranges(path: Path | str) -> Ranges:
@@ -544,6 +610,17 @@ def write_event_ranges(
     return write_json_atomic(path, body, exclusive=True)
 
 
+def write_new_jobs(ap: Path | str, seq: int, jobs: Sequence[Mapping], stop: str = "") -> Path:
+    """Answer job request ``seq`` with the jobs to run next (as in HPCJobs.json), or none and why to stop."""
+    path = stream_path(ap, NEW_JOBS, seq)
+    entries = [dict(j) for j in jobs]
+    _validate_jobs(entries, path)
+    body = {"seq": int(seq), "time": time.time(), "jobs": entries, "stop": stop}
+    if not jobs and not stop:
+        raise ProtocolError(f"{path}: an answer needs jobs or a stop reason")
+    return write_json_atomic(path, body, exclusive=True)
+
+
 def read_event_status(ap: Path | str) -> list[Batch]:
     """Unconsumed event status batches, oldest first; call :func:`mark_consumed` on each once propagated."""
     return _load_all(ap, STATUS, load_event_status)
@@ -594,6 +671,11 @@ def write_event_request(ap: Path | str, seq: int, requests: Mapping[int, Mapping
     """Ask for ranges: {PandaID: {pandaID, taskID, jobsetID, nRanges}} under a new sequence number."""
     body = {"seq": int(seq), "time": time.time(), "requests": {str(k): dict(v) for k, v in requests.items()}}
     return write_json_atomic(stream_path(ap, REQUESTS, seq), body, exclusive=True)
+
+
+def write_job_request(ap: Path | str, seq: int) -> Path:
+    """A persistent pilot out of ranges asks for another job under a new sequence number."""
+    return write_json_atomic(stream_path(ap, JOB_REQUESTS, seq), {"seq": int(seq), "time": time.time()}, exclusive=True)
 
 
 def read_event_ranges(ap: Path | str) -> list[Ranges]:

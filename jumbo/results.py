@@ -26,6 +26,14 @@ class Reporter:
         self.payload_time = 0.0
         self._last_flush = time.time()
 
+    def add_jobs(self, jobs: dict[int, dict]) -> None:
+        """A persistent pilot's next jobs: counted from here on (a job given again keeps its counts)."""
+        for pid, job in jobs.items():
+            self.jobs[pid] = job
+            self.finished.setdefault(pid, [])
+            self.counts.setdefault(pid, {s: 0 for s in STATUSES})
+            self.events.setdefault(pid, {s: 0 for s in STATUSES})
+
     def add(self, result: dict) -> None:
         rid, status = result["eventRangeID"], result["eventStatus"]
         if self.reported.get(rid) in ("finished", "failed"):

@@ -2,7 +2,9 @@
 
 Both sources have ``poll(now, queued, low_water) -> [task]`` (a task is {"pid": PandaID, "range": {...}}),
 ``exhausted`` (every job has said "no more ranges") and ``report(results)``; ``errors`` collects problems a
-human should see (they end up in worker_attributes.json).
+human should see (they end up in worker_attributes.json). A persistent pilot (``idle_timeout``) out of ranges asks
+the FileSource for another job: ``request_job()`` writes the request, ``new_jobs(now)`` looks for the answer and
+adds its jobs to ``jobs`` (the dict every part of rank 0 shares).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ class FileSource:
         self.outstanding: int | None = None
         self.next_request = protocol.next_seq(ap, protocol.REQUESTS)
         self.next_status = protocol.next_seq(ap, protocol.STATUS)
+        self.next_job_request = protocol.next_seq(ap, protocol.JOB_REQUESTS)
+        self.job_request: int | None = None  # the open job request
+        self._last_job_look = float("-inf")
         self.errors: list[str] = []
         self._last_poll = float("-inf")
         self._not_before = float("-inf")
@@ -84,6 +89,46 @@ class FileSource:
             self.outstanding = self.next_request
             self.next_request += 1
         return tasks
+
+    def request_job(self) -> int:
+        """Ask the harvester for another job (any task that fits this queue); one request open at a time."""
+        if self.job_request is None:
+            protocol.write_job_request(self.ap, self.next_job_request)
+            self.job_request = self.next_job_request
+            self.next_job_request += 1
+            log.info("out of ranges: asked for another job (request %d)", self.job_request)
+        return self.job_request
+
+    def new_jobs(self, now: float) -> protocol.NewJobs | None:
+        """The harvester's answer to the open job request, if it came (looked for every poll_interval). Its jobs
+        join ``jobs`` and may get ranges at once; a job given again (its task has ranges again) is asked again."""
+        if self.job_request is None or now - self._last_job_look < self.poll_interval:
+            return None
+        self._last_job_look = now
+        for seq, path in protocol.pending(self.ap, protocol.NEW_JOBS):
+            try:
+                answer = protocol.load_new_jobs(path)
+            except (protocol.ProtocolError, OSError) as exc:
+                bad = protocol.quarantine(path)
+                msg = f"new jobs file rejected and renamed to {bad.name}: {exc}"
+                log.error("%s; the pilot asks again", msg)
+                self.errors.append(msg)
+                self.job_request = None
+                continue
+            protocol.mark_consumed(self.ap, path)
+            if seq != self.job_request:
+                log.warning(
+                    "%s answers job request %d, not the open one (%d): ignored", path.name, seq, self.job_request
+                )
+                continue
+            self.job_request = None
+            for job in answer.jobs:
+                pid = int(job["PandaID"])
+                self.jobs[pid] = job
+                self.no_more.discard(pid)
+            self._last_poll = self._not_before = float("-inf")  # ask ranges of the new jobs at once
+            return answer
+        return None
 
     def report(self, results: list[dict]) -> None:
         events: dict[int, list[dict]] = {}

@@ -115,6 +115,10 @@ class Worker:
             while msg is not None:
                 if msg["kind"] == "ranges":
                     local.extend(msg["tasks"])
+                elif msg["kind"] == "jobs":  # a persistent pilot's next jobs, before their ranges
+                    self.jobs.update(msg["jobs"])
+                    for job in msg["jobs"].values():
+                        self.runner.prestart(job["payload"])
                 elif msg["kind"] == "give_back":
                     self._give_back(local, msg["n"])
                 elif msg["kind"] == "stop":

@@ -9,13 +9,25 @@ from harvester_edge.agents.feeder import Feeder
 from harvester_edge.agents.fetcher import Fetcher
 from harvester_edge.agents.monitor import Monitor
 from harvester_edge.agents.paylogs import PayloadLogs
+from harvester_edge.agents.persistent import PersistentPilots
 from harvester_edge.agents.propagator import Propagator
 from harvester_edge.agents.submitter import Submitter
 from harvester_edge.agents.sweeper import Sweeper
 
 
 def agent_classes() -> list[type[Agent]]:
-    return [Fetcher, Submitter, Monitor, Feeder, Propagator, Sweeper, Credentials, Alerter, PayloadLogs]
+    return [
+        Fetcher,
+        Submitter,
+        Monitor,
+        Feeder,
+        Propagator,
+        Sweeper,
+        Credentials,
+        Alerter,
+        PayloadLogs,
+        PersistentPilots,
+    ]
 
 
 def build_agents(ctx: AgentContext) -> list[Agent]:

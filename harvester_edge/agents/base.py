@@ -40,6 +40,8 @@ class AgentContext:
     stats: dict[str, CycleStats] = field(default_factory=dict)
     # webhook config -> the HTTP seam to it (harvester_edge.alerts.delivery); None: the real one, unrecorded
     webhooks: Callable[[WebhookConfig], Transport] | None = None
+    # run an agent's next cycle now (the daemon's scheduler; agents/persistent.py wakes the feeder); None: no-op
+    wake: Callable[[str], None] | None = None
 
 
 @dataclass

@@ -6,12 +6,50 @@ import logging
 from typing import Any
 
 from harvester_edge import jobpayload
-from harvester_edge.agents.base import Agent
+from harvester_edge.agents.base import Agent, AgentContext
 from harvester_edge.central.client import CentralRejected, CentralUnavailable
+from harvester_edge.config import QueueConfig
 from harvester_edge.store import jobs as job_rows
 from harvester_edge.store import meta, queues
 
 log = logging.getLogger(__name__)
+
+
+def acquire(ctx: AgentContext, queue: QueueConfig, n_jobs: int, now: float) -> list[dict]:
+    """Up to n_jobs jobs of tasks that fit the queue from the central service, into the book as FETCHED (the
+    fetcher's cycle, and an idle persistent pilot's request: agents/persistent.py). CentralUnavailable and
+    CentralRejected pass to the caller."""
+    if ctx.central is None:
+        raise RuntimeError("fetcher: this agent context has no central client")
+    resources: dict[str, Any] = queue.brokerage  # memory per rank and cores: only jobs that fit
+    jobs = ctx.central.acquire_jobs(
+        ctx.config.site, queue=queue.name, n_jobs=n_jobs, harvester_id=ctx.config.site, **resources
+    )
+    if not jobs:
+        return []
+    kept = []
+    for job in jobs:  # a real server's job (no payload extension) gets its command payload here
+        try:
+            kept.append(jobpayload.pilot_job(job))
+        except jobpayload.JobPayloadError as exc:
+            log.error(
+                "job %s cannot run here and is left alone: %s",
+                job.get("PandaID"),
+                exc,
+                extra={"queue": queue.name},
+            )
+    jobs = kept
+    with ctx.store.write() as conn:
+        for job in jobs:
+            job_rows.insert_fetched(conn, job, queue.name, jobpayload.events_total(job), now)
+    log.info(
+        "fetched %d job(s) for queue %s: %s",
+        len(jobs),
+        queue.name,
+        ", ".join(str(j["PandaID"]) for j in jobs),
+        extra={"queue": queue.name},
+    )
+    return jobs
 
 
 class Fetcher(Agent):
@@ -38,40 +76,13 @@ class Fetcher(Agent):
             if room <= 0:
                 continue
             try:
-                resources: dict[str, Any] = queue.brokerage  # memory per rank and cores: only jobs that fit
-                jobs = self.central.acquire_jobs(
-                    config.site, queue=queue.name, n_jobs=room, harvester_id=config.site, **resources
-                )
+                acquire(self.ctx, queue, room, now)
             except CentralUnavailable as exc:
                 log.warning("no jobs fetched for queue %s: %s", queue.name, exc)
                 return
             except CentralRejected as exc:
                 log.error("the central service refused to give jobs for queue %s: %s", queue.name, exc)
                 continue
-            if not jobs:
-                continue
-            kept = []
-            for job in jobs:  # a real server's job (no payload extension) gets its command payload here
-                try:
-                    kept.append(jobpayload.pilot_job(job))
-                except jobpayload.JobPayloadError as exc:
-                    log.error(
-                        "job %s cannot run here and is left alone: %s",
-                        job.get("PandaID"),
-                        exc,
-                        extra={"queue": queue.name},
-                    )
-            jobs = kept
-            with self.ctx.store.write() as conn:
-                for job in jobs:
-                    job_rows.insert_fetched(conn, job, queue.name, jobpayload.events_total(job), now)
-            log.info(
-                "fetched %d job(s) for queue %s: %s",
-                len(jobs),
-                queue.name,
-                ", ".join(str(j["PandaID"]) for j in jobs),
-                extra={"queue": queue.name},
-            )
 
     def check_work_shortage(self, now: float) -> bool:
         """Ask the central service about a WORK_SHORTAGE when a queue cares (opportunistic or pledged_cores), and

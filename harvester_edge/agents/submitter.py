@@ -14,6 +14,7 @@ from pathlib import Path
 
 from harvester_edge import jobpayload, pledges
 from harvester_edge.agents.base import Agent
+from harvester_edge.agents.persistent import idle_pilots
 from harvester_edge.batch import BatchError
 from harvester_edge.config import QueueConfig
 from harvester_edge.shaper import Shape, queue_room, shape_workers, worker_capacity
@@ -128,6 +129,10 @@ class Submitter(Agent):
         room = queue_room(queue, queued, counts.get(W.RUNNING.value, 0))
         parallel = queue.max_running_workers - queued - counts.get(W.RUNNING.value, 0)  # could run at once
         if room == 0:
+            return
+        waiting = idle_pilots(self.ctx, queue)
+        if waiting:
+            log.debug("queue %s: %d idle persistent pilot(s) take the next jobs: no new worker", queue.name, waiting)
             return
         failed = submit_failures(conn, queue.name, now)
         if failed >= PERMANENT_FAILURES_PAUSE:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar, get_args
 
@@ -23,7 +23,7 @@ from harvester_edge.filemodes import private_dir
 # re-exported for the agents, which see pilot files only through this seam
 from harvester_edge.pilot_files import Unreadable  # noqa: F401
 from jumbo import protocol
-from jumbo.protocol import REQUESTS, STATUS, Batch, ProtocolError, Request  # noqa: F401
+from jumbo.protocol import JOB_REQUESTS, REQUESTS, STATUS, Batch, JobRequest, ProtocolError, Request  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ FileOp = Literal[
     "mark_consumed",
     "quarantine",
     "write_event_ranges",
+    "load_job_request",
+    "write_new_jobs",
     "write_job_spec",
     "request_drain",
     "write_script",
@@ -136,6 +138,13 @@ class PilotFiles:
     def read_payload_log(self, ap: Path | str, name: str, offset: int, limit: int) -> dict:
         """A batch of complete payload log lines from `offset` (harvester_edge.pilot_files.read_payload_log)."""
         return self.backend.call("read_payload_log", ap, name, offset, limit)
+
+    def load_job_request(self, path: Path | str) -> JobRequest:
+        return self.backend.call("load_job_request", path)
+
+    def write_new_jobs(self, ap: Path | str, seq: int, jobs: Sequence[Mapping], stop: str = "") -> Path:
+        """Answer a persistent pilot's job request with its next jobs (or none and why it is to stop)."""
+        return self.backend.call("write_new_jobs", ap, seq, jobs, stop=stop)
 
     # -- the daemon's own writes into access points ---------------------------------------------------------
     def write_job_spec(self, ap: Path | str, spec: Mapping) -> Path:

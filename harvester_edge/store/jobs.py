@@ -63,8 +63,25 @@ def wanting_workers(conn: sqlite3.Connection, queue: str) -> list[sqlite3.Row]:
     ).fetchall()
 
 
+def for_idle_pilot(conn: sqlite3.Connection, queue: str, limit: int, worker_id: int = 0) -> list[sqlite3.Row]:
+    """The queue's unfinished jobs that may get ranges and that no live worker (but `worker_id`, the idle one)
+    runs: fetched and waiting for a worker, or ready again (its own earlier job too, when its failed ranges came
+    back after it had been told "no more"): what an idle persistent pilot takes before a job is fetched; oldest
+    first."""
+    return conn.execute(
+        "SELECT * FROM jobs j WHERE j.queue = ? AND j.state IN (?, ?) AND j.no_more_ranges = 0 AND NOT EXISTS "
+        "(SELECT 1 FROM workers w CROSS JOIN job_workers jw ON jw.worker_id = w.id AND jw.panda_id = j.panda_id "
+        "AND jw.left_at IS NULL WHERE w.state IN (?, ?, ?, ?) AND w.id != ?) ORDER BY j.panda_id LIMIT ?",
+        (queue, *_ACTIVE, *(s.value for s in WORKER_LIVE), worker_id, limit),
+    ).fetchall()
+
+
 def state_of(conn: sqlite3.Connection, panda_id: int) -> str:
     return conn.execute("SELECT state FROM jobs WHERE panda_id = ?", (panda_id,)).fetchone()[0]
+
+
+def get(conn: sqlite3.Connection, panda_id: int) -> sqlite3.Row | None:
+    return conn.execute("SELECT * FROM jobs WHERE panda_id = ?", (panda_id,)).fetchone()
 
 
 def brief(conn: sqlite3.Connection, panda_id: int) -> sqlite3.Row | None:
@@ -104,7 +121,8 @@ def reopen_for_ranges(conn: sqlite3.Connection, range_ids: list[str], now: float
         "AND task_id IN (SELECT j.task_id FROM event_ranges e JOIN jobs j ON j.panda_id = e.panda_id "
         # from the few queued/running workers to the job link, never through every worker the job ever had
         "WHERE e.range_id IN (SELECT value FROM json_each(?))) AND EXISTS (SELECT 1 FROM workers w "
-        "CROSS JOIN job_workers jw ON jw.worker_id = w.id AND jw.panda_id = jobs.panda_id WHERE w.state IN (?, ?))",
+        "CROSS JOIN job_workers jw ON jw.worker_id = w.id AND jw.panda_id = jobs.panda_id AND jw.left_at IS NULL "
+        "WHERE w.state IN (?, ?))",
         (now, *_ACTIVE, json.dumps(range_ids), W.QUEUED.value, W.RUNNING.value),
     )
 
@@ -126,7 +144,8 @@ def without_work(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     """Unfinished jobs without a live worker and without a range dispatched: to be settled (finished or refilled)."""
     return conn.execute(
         "SELECT j.* FROM jobs j WHERE j.state IN (?, ?) AND NOT EXISTS (SELECT 1 FROM workers w CROSS JOIN "
-        "job_workers jw ON jw.worker_id = w.id AND jw.panda_id = j.panda_id WHERE w.state IN (?, ?, ?, ?)) "
+        "job_workers jw ON jw.worker_id = w.id AND jw.panda_id = j.panda_id AND jw.left_at IS NULL "
+        "WHERE w.state IN (?, ?, ?, ?)) "
         "AND NOT EXISTS (SELECT 1 FROM event_ranges e WHERE e.panda_id = j.panda_id AND e.state = ?)",
         (*_ACTIVE, *(s.value for s in WORKER_LIVE), R.DISPATCHED.value),
     ).fetchall()
@@ -142,7 +161,8 @@ def ranks_to_supply(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     return conn.execute(
         # from the active workers (CROSS JOIN keeps that order), never through all workers a job ever had
         "SELECT j.panda_id, sum(w.nodes * w.ranks_per_node) AS ranks FROM workers w "
-        "CROSS JOIN job_workers jw ON jw.worker_id = w.id CROSS JOIN jobs j ON j.panda_id = jw.panda_id "
+        "CROSS JOIN job_workers jw ON jw.worker_id = w.id AND jw.left_at IS NULL "
+        "CROSS JOIN jobs j ON j.panda_id = jw.panda_id "
         "WHERE j.state = ? AND j.no_more_ranges = 0 AND w.state IN (?, ?) GROUP BY j.panda_id",
         (J.RUNNING.value, W.QUEUED.value, W.RUNNING.value),
     ).fetchall()

@@ -176,6 +176,13 @@ def _alerts(conn: sqlite3.Connection) -> None:
     )
 
 
+def _persistent_pilots(conn: sqlite3.Connection) -> None:
+    # a persistent pilot's next job (agents/persistent.py): the job request it answers (a crash re-sends the same
+    # job), and when the worker moved on from an earlier job (the job then settles though its worker still runs)
+    conn.execute("ALTER TABLE job_workers ADD COLUMN request_seq INTEGER")
+    conn.execute("ALTER TABLE job_workers ADD COLUMN left_at REAL")
+
+
 def _queue_pledges(conn: sqlite3.Connection) -> None:
     # what the monitor needs of a queue's config to show cores against the pledge (harvester_edge.pledges)
     conn.execute(
@@ -215,6 +222,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0004_recent_failures_index", _recent_failures_index),
     ("0007_alerts", _alerts),
     ("0008_queue_pledges", _queue_pledges),
+    ("0009_persistent_pilots", _persistent_pilots),
     ("0010_payload_log_offsets", _payload_log_offsets),
     ("0011_alert_clear_since", _alert_clear_since),
 ]

@@ -64,7 +64,7 @@ def live_of_job(conn: sqlite3.Connection, panda_id: int) -> list[sqlite3.Row]:
         # from the few active workers to the job link (CROSS JOIN keeps that order): a job's finished
         # workers, which grow without bound, are never read
         "SELECT w.* FROM workers w CROSS JOIN job_workers jw ON jw.worker_id = w.id AND jw.panda_id = ? "
-        "WHERE w.state IN (?, ?, ?, ?)",
+        "AND jw.left_at IS NULL WHERE w.state IN (?, ?, ?, ?)",
         (panda_id, *_LIVE),
     ).fetchall()
 
@@ -80,6 +80,14 @@ def in_batch(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     return conn.execute(
         "SELECT w.id, w.access_point, w.nodes * w.ranks_per_node AS ranks FROM workers w WHERE w.state IN (?, ?)",
         (W.QUEUED.value, W.RUNNING.value),
+    ).fetchall()
+
+
+def running_of_queue(conn: sqlite3.Connection, queue: str) -> list[sqlite3.Row]:
+    """(id, access_point, kill_requested) of the queue's running workers: those whose pilot may ask for a job."""
+    return conn.execute(
+        "SELECT id, access_point, kill_requested FROM workers WHERE state = ? AND queue = ?",
+        (W.RUNNING.value, queue),
     ).fetchall()
 
 
@@ -105,7 +113,7 @@ def flag_of_job(conn: sqlite3.Connection, panda_id: int, now: float) -> None:
     """Request the kill of the job's unfinished workers (the central service killed the job)."""
     conn.execute(
         "UPDATE workers SET kill_requested = 1, updated_at = ? WHERE id IN (SELECT worker_id FROM "
-        "job_workers WHERE panda_id = ?) AND state IN (?, ?, ?, ?)",
+        "job_workers WHERE panda_id = ? AND left_at IS NULL) AND state IN (?, ?, ?, ?)",
         (now, panda_id, *_LIVE),
     )
 

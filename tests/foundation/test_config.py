@@ -161,3 +161,27 @@ def test_several_problems_reported_together(tmp_path):
     assert len(message.splitlines()) == 3, message  # one line per problem, each named:
     assert "site: missing required key" in message and "unknown key 'sit'" in message
     assert "queues[0].nodes_max" in message
+
+
+def test_persistent_queue_option_reaches_the_pilot_settings(tmp_path):
+    config = load_config(write(tmp_path, GOOD.replace("    partition: debug", "    persistent: {idle_timeout: 10m}")))
+    assert config.queues[0].persistent is not None and config.queues[0].persistent.idle_timeout == 600
+    assert config.queues[0].pilot_settings()["idle_timeout"] == 600.0
+    plain = load_config(write(tmp_path, GOOD))
+    assert plain.queues[0].persistent is None and "idle_timeout" not in plain.queues[0].pilot_settings()
+    default = load_config(write(tmp_path, GOOD.replace("    partition: debug", "    persistent: {}")))
+    assert default.queues[0].persistent is not None and default.queues[0].persistent.idle_timeout == 600
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("{idle_timeout: soon}", "queues[0].persistent.idle_timeout"),
+        ("{idle_timeout: 0}", "queues[0].persistent.idle_timeout"),
+        ("{idle_timout: 5m}", "did you mean 'idle_timeout'"),
+        ("yes", "queues[0].persistent"),
+    ],
+)
+def test_bad_persistent_option_names_the_key(tmp_path, value, expected):
+    message = load_error(tmp_path, GOOD.replace("    partition: debug", f"    persistent: {value}"))
+    assert expected in message and "site.yaml:5" in message, message

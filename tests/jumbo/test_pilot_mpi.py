@@ -300,3 +300,49 @@ def test_low_free_disk_space_drains_the_pilot_cleanly(mpi, ap, h):
     back |= {r["eventRangeID"] for r in harvester.remaining[1001]}
     assert back | {s["eventRangeID"] for s in harvester.by_status("finished")} == {r["eventRangeID"] for r in ranges}
     check_sleep_outputs(harvester.by_status("finished"))
+
+
+def test_persistent_pilot_idles_takes_a_new_job_and_ends_at_its_idle_timeout(mpi, ap, h):
+    first, second = h.make_ranges(77, 1001, 8, per_range=5), h.make_ranges(78, 1002, 8, per_range=5)
+    h.write_spec(ap, [h.sim_job()], prefetch=1, n_ranges=4, idle_timeout=3.0)
+    with h.Harvester(ap, {1001: first, 1002: second}) as harvester:
+        pilot = h.PilotRun(ap, 2)
+        request = wait_for(lambda: protocol.pending(ap, protocol.JOB_REQUESTS), 60, "the job request", 0.02)
+        wait_for(lambda: protocol.read_heartbeat(ap)["state"] == "idle", 10, "the idle heartbeat", 0.02)
+        ((seq, path),) = request
+        protocol.mark_consumed(ap, path)
+        protocol.write_new_jobs(ap, seq, [h.sim_job(panda_id=1002, task_id=78)])
+        assert pilot.wait() == 0, pilot.output()
+    ids = Counter(s["eventRangeID"] for s in harvester.by_status("finished"))
+    assert set(ids) == {r["eventRangeID"] for r in first + second} and set(ids.values()) == {1}  # exactly once
+    h.check_finished([s for s in harvester.statuses if s["PandaID"] == 1002], 78)
+    attrs = protocol.read_worker_attributes(ap)
+    assert attrs["endReason"].startswith("idle timeout") and sorted(attrs["jobs"]) == ["1001", "1002"]
+    assert attrs["jobs"]["1002"]["nEventsFinished"] == 40
+    assert len(protocol.pending(ap, protocol.JOB_REQUESTS)) == 1  # it asked again, then timed out
+
+
+def test_persistent_pilot_asks_again_after_a_bad_answer_and_ends_at_a_stop(mpi, ap, h):
+    h.write_spec(ap, [h.sim_job()], prefetch=1, n_ranges=4, idle_timeout=600.0)
+    with h.Harvester(ap, {1001: h.make_ranges(77, 1001, 4, per_range=5)}):
+        pilot = h.PilotRun(ap, 2)
+        ((seq, path),) = wait_for(lambda: protocol.pending(ap, protocol.JOB_REQUESTS), 60, "the job request", 0.02)
+        protocol.mark_consumed(ap, path)
+        protocol.stream_path(ap, protocol.NEW_JOBS, seq).write_text('{"protocol": 1, "seq": %d, "jobs": 5}' % seq)
+        ((again, path),) = wait_for(lambda: protocol.pending(ap, protocol.JOB_REQUESTS), 30, "a new request", 0.02)
+        assert again == seq + 1 and protocol.stream_path(ap, protocol.NEW_JOBS, seq).with_suffix(".json.bad").exists()
+        protocol.mark_consumed(ap, path)
+        protocol.write_new_jobs(ap, again, [], stop="queue draining")
+        assert pilot.wait(timeout=30) == 0, pilot.output()
+    attrs = protocol.read_worker_attributes(ap)
+    assert attrs["endReason"] == "harvester: queue draining" and "rejected" in " ".join(attrs["errors"])
+
+
+def test_idle_persistent_pilot_ends_at_its_walltime_drain(mpi, ap, h):
+    h.write_spec(ap, [h.sim_job()], prefetch=1, n_ranges=4, idle_timeout=600.0)
+    with h.Harvester(ap, {1001: h.make_ranges(77, 1001, 4, per_range=5)}) as harvester:
+        pilot = h.PilotRun(ap, 2, args=("--end-time", "+8"))
+        wait_for(lambda: protocol.pending(ap, protocol.JOB_REQUESTS), 60, "the job request", 0.02)
+        assert pilot.wait(timeout=40) == 0, pilot.output()  # at the end time, not after 10 minutes idle
+    assert protocol.read_worker_attributes(ap)["endReason"].startswith("walltime")
+    assert len(harvester.by_status("finished")) == 4

@@ -115,7 +115,7 @@ def seed_harvester(path: Path, ap: Path, panda_id: int, task_id: int) -> int:
                 "?, ?, ?, ?, ?)",
                 (str(ap), T0, T0 + 4, T0 + 30, T0, T0 + 30),
             )
-            conn.execute("INSERT INTO job_workers VALUES (?, 1)", (panda_id,))
+            conn.execute("INSERT INTO job_workers (panda_id, worker_id) VALUES (?, 1)", (panda_id,))
             for i, (src, dst) in enumerate(
                 (("new", "submitting"), ("submitting", "queued"), ("queued", "running"), ("running", "finished"))
             ):
