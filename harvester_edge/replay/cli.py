@@ -59,7 +59,7 @@ def _sizes(text: str) -> list[int]:
     "--max-running",
     type=int,
     default=None,
-    help="the queue's max_running_workers (default: 1% of the workers, at least 5, so every size runs the same "
+    help="the queue's max_running_workers (default: 0.5% of the workers, at least 2, so every size runs the same "
     "number of waves and its workers the same ranges each; with --days: 200)",
 )
 @click.option(

@@ -207,8 +207,16 @@ class Simulation:
         return restart
 
     def done(self) -> bool:
+        """Every range finished, or out of attempts once nothing is ready or held (the task is over: a run of a
+        million ranges has some that failed five times), and no batch job left."""
         central = self.world.central
-        return len(central.finished) >= central.total_ranges and not self.world.running
+        if self.world.running:
+            return False
+        if len(central.finished) >= central.total_ranges:
+            return True
+        if central.ready or any(central.held.values()):
+            return False
+        return len(central.finished) + central.given_up() >= central.total_ranges
 
     def book_size(self, day: int) -> dict[str, Any]:
         """The DB at a virtual day: file bytes (db + WAL), free pages (reused by SQLite; no auto/incremental
@@ -320,15 +328,15 @@ class Simulation:
 
 
 WALLTIME = 140  # scale_point's walltime_max: the pilot drains 30 s before it, so ~10 ranges of 10 s per worker
-RUNNING_SHARE = 0.01  # scale_point's default concurrency: this share of its workers run at once (~100 waves)
+RUNNING_SHARE = 0.005  # scale_point's default concurrency: this share of its workers run at once (~200 waves)
 
 
 def running_for(workers: int) -> int:
-    """scale_point's default max_running_workers: RUNNING_SHARE of the workers (at least 5), so every size runs
+    """scale_point's default max_running_workers: RUNNING_SHARE of the workers (at least 2), so every size runs
     the same number of waves and its task's end (the last wave: workers that start when few or no ranges are left)
     is the same share of its workers; at a fixed 200 running that share was about a third of 1,000 workers and
     some 5 % of 10,000, and the ranges per worker grew with the size (10.7 at 1,000 -> 14.7 at 100,000)."""
-    return max(5, round(workers * RUNNING_SHARE))
+    return max(2, round(workers * RUNNING_SHARE))
 
 
 def scale_point(

@@ -64,12 +64,12 @@ def test_every_size_gives_its_workers_the_same_work(tmp_path):
     the workers at every size: the ranges per worker (what cpu_ms_per_worker compares) stay the same. With the
     same concurrency at both sizes the smaller one's workers do visibly fewer ranges each (issue 15)."""
     behaviour = Behaviour(queue_wait=60, fail_rate=0.02, kill_rate=0.02)
-    small, large = (scale_point(n, tmp_path, behaviour).row() for n in (500, 2000))
-    assert (small["max_running"], large["max_running"]) == (running_for(500), running_for(2000)) == (5, 20)
-    assert small["ranges_done"] == 5000 and large["ranges_done"] == 20000
+    small, large = (scale_point(n, tmp_path, behaviour).row() for n in (600, 2400))
+    assert (small["max_running"], large["max_running"]) == (running_for(600), running_for(2400)) == (3, 12)
+    assert small["ranges_done"] == 6000 and large["ranges_done"] == 24000
     assert 9 <= small["ranges_per_worker"] <= 12 and 9 <= large["ranges_per_worker"] <= 12
     assert abs(large["ranges_per_worker"] / small["ranges_per_worker"] - 1) <= 0.05
-    # the old way, one concurrency for every size: 500 workers at 100 running (as 1,000 at 200) are ~5 waves, and
+    # the old way, one concurrency for every size: 600 workers at 120 running (as 1,000 at 200) are ~5 waves, and
     # the task's end leaves a visibly larger share of them with few or no ranges
-    fixed = scale_point(500, tmp_path / "fixed", behaviour, max_running=100).row()
+    fixed = scale_point(600, tmp_path / "fixed", behaviour, max_running=120).row()
     assert fixed["ranges_per_worker"] < 0.95 * large["ranges_per_worker"]
