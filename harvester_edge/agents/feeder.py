@@ -56,7 +56,11 @@ class Feeder(Agent):
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
         self._planned: list[Answer] = []  # answers of this cycle not yet committed (see flush)
-        self._planned_ids: set[str] = set()  # their ranges: no longer in stock for the next request
+        # their ranges per job: no longer in stock for the next request of the job
+        self._planned_ids: dict[int, set[str]] = {}
+        # each job's stock as read once (range_id, spec), first event first: read again after a fetch for the job
+        # and after each flush, instead of one sorted stock query per request (its cost grew with the stock)
+        self._stock_read: dict[int, list[tuple[str, str]]] = {}
 
     def run_cycle(self, now: float) -> None:
         try:
@@ -145,7 +149,8 @@ class Feeder(Agent):
                 return False  # nothing now, but ranges in flight may come back: answer when they do
             ids = [r["eventRangeID"] for lst in ranges.values() for r in lst]
             self._planned.append(Answer(worker_id, ap, request, ranges, no_more, ids))
-            self._planned_ids.update(ids)
+            for pid, lst in ranges.items():
+                self._planned_ids.setdefault(pid, set()).update(r["eventRangeID"] for r in lst)
             return True
         self.deliver(Answer(worker_id, ap, request, ranges, no_more, []))
         return True
@@ -155,7 +160,8 @@ class Feeder(Agent):
         requests consumed (module doc: a crash after the commit answers each request again, identically). If the
         group cannot commit (a range left the stock meanwhile), each answer is tried alone; one that fails stays
         unanswered and its request is looked at again next cycle."""
-        planned, self._planned, self._planned_ids = self._planned, [], set()
+        planned, self._planned, self._planned_ids = self._planned, [], {}
+        self._stock_read = {}
         if not planned:
             return
         try:
@@ -249,9 +255,21 @@ class Feeder(Agent):
         return stock
 
     def _stock(self, panda_id: int, n: int) -> list[dict]:
-        """The first n ranges of the job's stock that no answer of this cycle took yet (only those are decoded)."""
-        rows = held_ranges.stock_rows(self.ctx.store.connection(), panda_id, n + len(self._planned_ids))
-        return [json.loads(spec) for rid, spec in rows if rid not in self._planned_ids][:n]
+        """The first n ranges of the job's stock that no answer planned since the last flush took yet (only those
+        are decoded). The stock is read once per job between flushes and fetches (_stock_read), whatever the number
+        of requests answered from it."""
+        planned = self._planned_ids.get(panda_id, set())
+        stock = self._stock_read.get(panda_id)
+        if stock is None:
+            rows = held_ranges.stock_rows(self.ctx.store.connection(), panda_id, -1)
+            stock = self._stock_read[panda_id] = [(rid, spec) for rid, spec in rows]
+        out: list[dict] = []
+        for rid, spec in stock:
+            if rid not in planned:
+                out.append(json.loads(spec))
+                if len(out) == n:
+                    break
+        return out
 
     def _fetch(self, panda_id: int, n: int, now: float) -> bool:
         job = jobs.brief(self.ctx.store.connection(), panda_id)
@@ -273,6 +291,7 @@ class Feeder(Agent):
                 extra={"panda_id": panda_id},
             )
             got = []
+        self._stock_read.pop(panda_id, None)  # its stock changes: read again
         with self.ctx.store.write() as conn:
             held_ranges.insert_fetched(conn, panda_id, got, now)
             if len(got) < n:

@@ -55,7 +55,13 @@ def _sizes(text: str) -> list[int]:
 @click.option("--queue-wait", default=60.0, show_default=True, help="mean seconds a worker pends in the queue")
 @click.option("--fail-rate", default=0.02, show_default=True, help="share of workers failing at start")
 @click.option("--kill-rate", default=0.02, show_default=True, help="share of pilots killed at the walltime")
-@click.option("--max-running", default=200, show_default=True, help="the queue's max_running_workers")
+@click.option(
+    "--max-running",
+    type=int,
+    default=None,
+    help="the queue's max_running_workers (default: 0.5% of the workers, at least 2, so every size runs the same "
+    "number of waves and its workers the same ranges each; with --days: 200)",
+)
 @click.option(
     "--kills",
     default=0,
@@ -88,7 +94,7 @@ def simulate_command(
     queue_wait: float,
     fail_rate: float,
     kill_rate: float,
-    max_running: int,
+    max_running: int | None,
     kills: int,
     kill_seed: int,
     work_dir: Path | None,
@@ -106,7 +112,7 @@ def simulate_command(
     root = Path(tempfile.mkdtemp(prefix="he-sim-", dir=work_dir or default_work_root()))
     if days > 0:
         try:
-            steady(days, root, behaviour, max_running, job_every, ranges_per_job, keep_history)
+            steady(days, root, behaviour, max_running or 200, job_every, ranges_per_job, keep_history)
         finally:
             if work_dir is None:
                 shutil.rmtree(root, ignore_errors=True)
@@ -192,10 +198,19 @@ def summary(rows: list[dict]) -> dict:
                 "cpu_x": round(b["harvester_cpu_s"] / max(1e-9, a["harvester_cpu_s"]), 2),
                 "cpu_per_worker_x": round(b["cpu_ms_per_worker"] / max(1e-9, a["cpu_ms_per_worker"]), 2),
                 "cpu_per_range_x": round(b["cpu_ms_per_range"] / max(1e-9, a["cpu_ms_per_range"]), 2),
+                "ranges_per_worker_x": round(b["ranges_per_worker"] / max(1e-9, a["ranges_per_worker"]), 2),
                 "db_x": round(b["db_mb"] / max(1e-9, a["db_mb"]), 2),
             }
         )
     out["ratios"] = ratios
+    if len(rows) > 1:  # the smallest size to the largest: issue 15's flat cost per worker (target <= 1.15)
+        first, last = rows[0], rows[-1]
+        out["cpu_per_worker_x_first_to_last"] = round(
+            last["cpu_ms_per_worker"] / max(1e-9, first["cpu_ms_per_worker"]), 2
+        )
+        out["ranges_per_worker_x_first_to_last"] = round(
+            last["ranges_per_worker"] / max(1e-9, first["ranges_per_worker"]), 2
+        )
     out["linear_or_better"] = all(r["cpu_per_worker_x"] <= 1.5 for r in ratios)
     if any("chaos" in row for row in rows):
         out["chaos_ok"] = all(row["chaos"]["ok"] for row in rows)
@@ -237,6 +252,8 @@ def render_table(rows: list[dict]) -> str:
         "harvester_cpu_s",
         "cpu_ms_per_worker",
         "cpu_ms_per_range",
+        "ranges_per_worker",
+        "max_running",
         "db_mb",
         "cycle_ms_median",
         "cycle_ms_p99",

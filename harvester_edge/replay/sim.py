@@ -53,8 +53,10 @@ def site_config(
     max_queued: int = 500,
     intervals: dict | None = None,
     keep_history: float | None = None,
+    walltime_max: int = 180,
 ) -> SiteConfig:
-    """A one-queue site whose workers are 1 node x 1 rank for up to 3 minutes (about 10 ranges each)."""
+    """A one-queue site whose workers are 1 node x 1 rank for up to `walltime_max` seconds (3 minutes: about 14
+    ranges of 10 s each, the pilot draining 30 s before the end)."""
     return SiteConfig.model_validate(
         {
             "site": "sim",
@@ -69,7 +71,7 @@ def site_config(
                     "ranks_per_node": 1,
                     "cores_per_node": 1,
                     "walltime_min": 60,
-                    "walltime_max": 180,
+                    "walltime_max": walltime_max,
                     "max_running_workers": max_running,
                     "max_queued_workers": max_queued,
                     "launcher": "none",
@@ -108,6 +110,7 @@ class SimResult:
     agents: dict[str, AgentFigures]
     chaos: dict[str, Any] | None = None  # kills and the lost/doubled accounting (a run with --kills)
     days: list[dict[str, Any]] = field(default_factory=list)  # book size at each virtual day (see book_size)
+    max_running: int = 0  # the queue's max_running_workers (the run's concurrency)
 
     def row(self) -> dict[str, Any]:
         walls = [w for a in self.agents.values() for w in a.walls]
@@ -122,6 +125,9 @@ class SimResult:
             "cpu_ms_per_worker": round(1000 * self.harvester_cpu / max(1, self.workers), 3),
             # the shaper gives longer workers to bigger tasks (more ranges each): per range is the unit of work
             "cpu_ms_per_range": round(1000 * self.harvester_cpu / max(1, self.ranges_done), 4),
+            # the work per worker, which cpu_ms_per_worker compares across sizes (the same at each: scale_point)
+            "ranges_per_worker": round(self.ranges_done / max(1, self.workers), 2),
+            "max_running": self.max_running,
             "db_mb": round(self.db_bytes / 1e6, 2),
             "cycle_ms_median": round(1000 * statistics.median(walls), 3) if walls else 0.0,
             "cycle_ms_p99": round(1000 * statistics.quantiles(walls, n=100)[98], 1) if len(walls) > 1 else 0.0,
@@ -201,8 +207,16 @@ class Simulation:
         return restart
 
     def done(self) -> bool:
+        """Every range finished, or out of attempts once nothing is ready or held (the task is over: a run of a
+        million ranges has some that failed five times), and no batch job left."""
         central = self.world.central
-        return len(central.finished) >= central.total_ranges and not self.world.running
+        if self.world.running:
+            return False
+        if len(central.finished) >= central.total_ranges:
+            return True
+        if central.ready or any(central.held.values()):
+            return False
+        return len(central.finished) + central.given_up() >= central.total_ranges
 
     def book_size(self, day: int) -> dict[str, Any]:
         """The DB at a virtual day: file bytes (db + WAL), free pages (reused by SQLite; no auto/incremental
@@ -280,6 +294,7 @@ class Simulation:
             agents=self.figures,
             chaos=chaos,
             days=days,
+            max_running=self.config.queues[0].max_running_workers,
         )
 
     def chaos_report(self) -> dict[str, Any] | None:
@@ -312,21 +327,35 @@ class Simulation:
         self.store.close()
 
 
+WALLTIME = 140  # scale_point's walltime_max: the pilot drains 30 s before it, so ~10 ranges of 10 s per worker
+RUNNING_SHARE = 0.005  # scale_point's default concurrency: this share of its workers run at once (~200 waves)
+
+
+def running_for(workers: int) -> int:
+    """scale_point's default max_running_workers: RUNNING_SHARE of the workers (at least 2), so every size runs
+    the same number of waves and its task's end (the last wave: workers that start when few or no ranges are left)
+    is the same share of its workers; at a fixed 200 running that share was about a third of 1,000 workers and
+    some 5 % of 10,000, and the ranges per worker grew with the size (10.7 at 1,000 -> 14.7 at 100,000)."""
+    return max(2, round(workers * RUNNING_SHARE))
+
+
 def scale_point(
     workers: int,
     work_root: Path,
     behaviour: Behaviour | None = None,
-    max_running: int = 1000,
+    max_running: int | None = None,
     kills: int = 0,
     kill_seed: int = 1,
 ) -> SimResult:
-    """One simulated run that needs about `workers` workers (10 ranges of 10 events per worker); `kills`: daemon
-    kills and restarts during it (harvester_edge.replay.chaos)."""
+    """One simulated run that needs about `workers` workers (10 ranges of 10 events per worker, 1 rank and up to
+    3 minutes each: some 14 ranges each, the same at every size); `max_running`: None is running_for(workers);
+    `kills`: daemon kills and restarts during it (harvester_edge.replay.chaos)."""
     b = behaviour or Behaviour()
     b = Behaviour(**{**b.__dict__, "ranges": min(workers * 10, 1_000_000), "jobs": max(1, min(20, workers // 100))})
     work = Path(work_root) / f"sim-{workers}"
     work.mkdir(parents=True, exist_ok=True)
-    config = site_config(work, max_running=max_running, max_queued=max_running // 2)
+    max_running = running_for(workers) if max_running is None else max_running
+    config = site_config(work, max_running=max_running, max_queued=max_running // 2, walltime_max=WALLTIME)
     sim = Simulation(work, b, config, kills=kills, kill_seed=kill_seed)
     return sim.run()
 

@@ -48,7 +48,8 @@ def stock_specs(conn: sqlite3.Connection, panda_id: int) -> list[str]:
 
 
 def stock_rows(conn: sqlite3.Connection, panda_id: int, limit: int) -> list[sqlite3.Row]:
-    """(range_id, spec) of the first `limit` ranges of the job in stock, first event first (as stock_specs)."""
+    """(range_id, spec) of the first `limit` ranges of the job in stock, first event first (as stock_specs); a
+    negative limit: all of them."""
     return conn.execute(
         "SELECT range_id, spec FROM event_ranges WHERE panda_id = ? AND state = ? AND worker_id IS NULL "
         "ORDER BY first_event LIMIT ?",

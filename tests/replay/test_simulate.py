@@ -10,7 +10,7 @@ import sys
 from click.testing import CliRunner
 
 from harvester_edge.replay.cli import simulate_command
-from harvester_edge.replay.sim import Simulation, site_config
+from harvester_edge.replay.sim import Simulation, running_for, scale_point, site_config
 from harvester_edge.replay.synthetic import Behaviour
 
 
@@ -57,3 +57,19 @@ def test_simulate_work_dir_missing_or_a_file_is_a_clear_error(tmp_path):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert f"Invalid value for '--work-dir': Directory '{given}' {says}" in proc.stderr
     assert not (tmp_path / "missing").exists()
+
+
+def test_every_size_gives_its_workers_the_same_work(tmp_path):
+    """scale_point's concurrency grows with the size (running_for), so the task's last wave is the same share of
+    the workers at every size: the ranges per worker (what cpu_ms_per_worker compares) stay the same. With the
+    same concurrency at both sizes the smaller one's workers do visibly fewer ranges each (issue 15)."""
+    behaviour = Behaviour(queue_wait=60, fail_rate=0.02, kill_rate=0.02)
+    small, large = (scale_point(n, tmp_path, behaviour).row() for n in (600, 2400))
+    assert (small["max_running"], large["max_running"]) == (running_for(600), running_for(2400)) == (3, 12)
+    assert small["ranges_done"] == 6000 and large["ranges_done"] == 24000
+    assert 9 <= small["ranges_per_worker"] <= 12 and 9 <= large["ranges_per_worker"] <= 12
+    assert abs(large["ranges_per_worker"] / small["ranges_per_worker"] - 1) <= 0.05
+    # the old way, one concurrency for every size: 600 workers at 120 running (as 1,000 at 200) are ~5 waves, and
+    # the task's end leaves a visibly larger share of them with few or no ranges
+    fixed = scale_point(600, tmp_path / "fixed", behaviour, max_running=120).row()
+    assert fixed["ranges_per_worker"] < 0.95 * large["ranges_per_worker"]
