@@ -215,6 +215,12 @@ def _alert_clear_since(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE alerts ADD COLUMN clear_since REAL")
 
 
+def _workers_ended_index(conn: sqlite3.Connection) -> None:
+    # the worker_failures alert counts the workers that ended within its window every alerts cycle: without this
+    # it read every ended worker the history keeps (21.7 s of 278 s of agent CPU at 100,000 simulated workers)
+    conn.execute("CREATE INDEX workers_ended_time ON workers(coalesce(ended_at, updated_at))")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _initial),
     ("0002_install_id_and_request_seq", _install_id_and_request_seq),
@@ -225,6 +231,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0009_persistent_pilots", _persistent_pilots),
     ("0010_payload_log_offsets", _payload_log_offsets),
     ("0011_alert_clear_since", _alert_clear_since),
+    ("0012_workers_ended_index", _workers_ended_index),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
