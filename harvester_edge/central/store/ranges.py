@@ -262,7 +262,7 @@ def count_ready(conn: Conn, task_id: int) -> int:
 def count_ready_of_active_tasks(conn: Conn, ready: int, task_id: int | None = None) -> int:
     """Ready ranges of defined or running tasks (of one task if given)."""
     sql, args = (
-        "SELECT count(*) FROM ranges r JOIN tasks t USING (task_id) WHERE r.status=? "
+        "SELECT count(*) FROM ranges r JOIN tasks t USING (task_id) WHERE r.panda_id IS NULL AND r.status=? "
         "AND t.status IN ('defined', 'running')",
         [ready],
     )
