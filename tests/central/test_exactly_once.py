@@ -4,7 +4,8 @@ Operations: acquire jobs, acquire ranges, report finished/failed (current, stale
 job finished/failed, heartbeat timeouts (watchdog), task kill and retry. Invariants after every step:
 - a range is finished at most once, and only by the report carrying its current (job, attempt);
 - an acquire hands out only ranges that were ready, never one held by another job;
-- in-flight ranges belong to live jobs; the status counts add up to the number of ranges.
+- in-flight ranges belong to live jobs; the status counts add up to the number of ranges;
+- a ready range names no holder (claims find ready ranges by that).
 """
 
 from __future__ import annotations
@@ -172,6 +173,11 @@ class ExactlyOnce(RuleBasedStateMachine):
         ):
             assert row[0] in live, f"range {row[2]} is held by job {row[0]} which is not alive"
             assert self.current[(self.task, row[2])].endswith(f"-{row[0]}-1-{row[2]}-{row[1]}")
+        # claims find ready ranges through the index of ranges with no holder (ranges_unheld)
+        held_ready = self.svc.db.query(
+            "SELECT process_id FROM ranges WHERE task_id=? AND status=0 AND panda_id IS NOT NULL", (self.task,)
+        )
+        assert not held_ready, f"ready ranges that name a holder: {[r[0] for r in held_ready]}"
 
     def teardown(self) -> None:
         self.svc.close()

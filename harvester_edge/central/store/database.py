@@ -59,7 +59,10 @@ CREATE TABLE IF NOT EXISTS ranges (
     PRIMARY KEY (task_id, process_id)) WITHOUT ROWID;
 -- one partial index: a claim leaves it, a finish touches no index at all. Finding a job's in-flight ranges
 -- scans the task (job ends and a task's last requests only): cheaper overall than a second index.
-CREATE INDEX IF NOT EXISTS ranges_ready ON ranges(task_id, process_id) WHERE status = 0;
+-- Its predicate is "no holder" (a ready range has none), not status: a finish changes status only, so on
+-- PostgreSQL it is a HOT update (no index entry, with the table's fillfactor leaving room on the page).
+-- ranges_ready (WHERE status = 0) was the first form: upgrade_indexes drops it.
+CREATE INDEX IF NOT EXISTS ranges_unheld ON ranges(task_id, process_id) WHERE panda_id IS NULL;
 CREATE TABLE IF NOT EXISTS workers (
     harvester_id TEXT NOT NULL, worker_id TEXT NOT NULL, status TEXT, pilot_status TEXT, site TEXT, node TEXT,
     attrs TEXT, modified REAL NOT NULL, PRIMARY KEY (harvester_id, worker_id));
@@ -150,6 +153,21 @@ def upgrade_columns(conn: Any) -> None:
                     f"ALTER TABLE {table} ADD COLUMN {name} {pg.column_type(kind) if pg.is_pg(conn) else kind}"
                 )
                 log.info("central DB: %s gained column %s", table, name)
+
+
+def upgrade_indexes(conn: Any) -> None:
+    """Retire ranges_ready (WHERE status = 0; ranges_unheld, WHERE panda_id IS NULL, replaces it): a ready range
+    that still names a holder loses it first, so the new index holds every ready range. The same on both
+    backends; only where the old index is still there (once per database)."""
+    if pg.is_pg(conn):
+        sql = "SELECT 1 FROM pg_indexes WHERE schemaname = current_schema() AND indexname = 'ranges_ready'"
+    else:
+        sql = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'ranges_ready'"
+    if conn.execute(sql).fetchone() is None:
+        return
+    conn.execute("UPDATE ranges SET panda_id = NULL WHERE status = 0 AND panda_id IS NOT NULL")
+    conn.execute("DROP INDEX IF EXISTS ranges_ready")
+    log.info("central DB: index ranges_ready replaced by ranges_unheld")
 
 
 def check_version(conn: Any, where: str) -> None:
@@ -254,6 +272,7 @@ class Database(GroupCommit):
         conn = connect(self.path)
         conn.executescript(SCHEMA)
         upgrade_columns(conn)
+        upgrade_indexes(conn)
         check_version(conn, str(self.path))
         self._wconn = conn
         return self

@@ -85,6 +85,13 @@ def translate(sql: str) -> str:
     return out
 
 
+# A finish changes a range's status only (no indexed column): a HOT update (no new index entry) when its new
+# version fits on the same page; a claim's new versions are placed leaving this much room for them (20,000
+# ranges claimed and finished: 95% of finishes HOT at 50, 86% at 70, 54% at 85; the table no larger at 50).
+RANGES_FILLFACTOR = 50
+RANGES_STORAGE = f"ALTER TABLE ranges SET (fillfactor = {RANGES_FILLFACTOR})"
+
+
 def schema_ddl(sqlite_schema: str) -> str:
     """The SQLite schema text as PostgreSQL DDL: 64-bit integers, double precision times, identity keys."""
     ddl = sqlite_schema.replace(
@@ -344,6 +351,8 @@ class PgDatabase(GroupCommit):
                     # process starting next to busy ones never deadlocks with their writes
                     raw.execute(schema_ddl(database.SCHEMA))
                     database.upgrade_columns(conn)
+                    database.upgrade_indexes(conn)
+                    raw.execute(RANGES_STORAGE)
                 database.check_version(conn, str(self))
         finally:
             raw.close()
@@ -367,6 +376,13 @@ class PgDatabase(GroupCommit):
         }
         # a table added to the schema later (error_class_changes, ...) is created too
         if not set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", schema)) <= {table for table, _ in have}:
+            return False
+        # so is an index (ranges_unheld replacing ranges_ready), and the ranges table's fillfactor
+        indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
+        if not set(re.findall(r"CREATE INDEX IF NOT EXISTS (\w+)", schema)) <= indexes or "ranges_ready" in indexes:
+            return False
+        options = conn.execute("SELECT reloptions FROM pg_class WHERE oid = 'ranges'::regclass").fetchone()
+        if options is None or f"fillfactor={RANGES_FILLFACTOR}" not in (options[0] or []):
             return False
         return all((table, name) in have for table, columns in added.items() for name, _ in columns)
 

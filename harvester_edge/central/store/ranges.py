@@ -1,7 +1,9 @@
 """ranges: a task's event ranges (status 0 ready, 1 sent, 2 running, 3 finished, then failed/fatal/cancelled).
 
 The hot path of the service: claims and finishes in one UPDATE ... RETURNING each; the partial index
-ranges_ready serves claims, a job's in-flight ranges are found by scanning the task (NOT INDEXED).
+ranges_unheld (ranges with no holder: every ready range, and cancelled ones that were ready) serves claims, so
+claims say `panda_id IS NULL AND status=0`; a job's in-flight ranges are found by scanning the task (NOT INDEXED).
+A ready range never has a holder (claim sets it, fail/reopen to ready clear it).
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def claim(
         # = ANY(ARRAY(...)) makes the update primary-key probes (a join planned on stale statistics was a
         # nested loop over every ready range)
         return conn.execute(
-            "WITH picked AS MATERIALIZED (SELECT process_id FROM ranges WHERE task_id=? AND status=0" + only + " "
+            "WITH picked AS MATERIALIZED (SELECT process_id FROM ranges WHERE task_id=? AND panda_id IS NULL "
+            "AND status=0" + only + " "
             "ORDER BY process_id LIMIT ? FOR UPDATE SKIP LOCKED) "
             "UPDATE ranges r SET status=1, panda_id=?, attempt_nr=r.attempt_nr+1, modified=? "
             "WHERE r.task_id=? AND r.process_id = ANY(ARRAY(SELECT process_id FROM picked)) AND r.status=0 "
@@ -66,8 +69,8 @@ def claim(
         ).fetchall()
     return conn.execute(
         "UPDATE ranges SET status=1, panda_id=?, attempt_nr=attempt_nr+1, modified=? "
-        "WHERE task_id=? AND status=0 AND process_id IN (SELECT process_id FROM ranges INDEXED BY ranges_ready "
-        "WHERE task_id=? AND status=0" + only + " ORDER BY process_id LIMIT ?) "
+        "WHERE task_id=? AND status=0 AND process_id IN (SELECT process_id FROM ranges INDEXED BY ranges_unheld "
+        "WHERE task_id=? AND panda_id IS NULL AND status=0" + only + " ORDER BY process_id LIMIT ?) "
         "RETURNING process_id, start_event, last_event, attempt_nr",
         (panda_id, now, task_id, task_id, *only_args, n_ranges),
     ).fetchall()
@@ -225,7 +228,8 @@ def any_ready(conn: Conn, task_id: int) -> bool:
     a fresh task (all ranges ready), otherwise scans the table from its start, past every range already claimed."""
     return (
         conn.execute(
-            "SELECT 1 FROM ranges INDEXED BY ranges_ready WHERE task_id=? AND status=0 ORDER BY process_id LIMIT 1",
+            "SELECT 1 FROM ranges INDEXED BY ranges_unheld WHERE task_id=? AND panda_id IS NULL AND status=0 "
+            "ORDER BY process_id LIMIT 1",
             (task_id,),
         ).fetchone()
         is not None
@@ -250,13 +254,15 @@ def count_by_status(conn: Conn, task_id: int) -> dict[int, int]:
 
 
 def count_ready(conn: Conn, task_id: int) -> int:
-    return conn.execute("SELECT count(*) FROM ranges WHERE task_id=? AND status=0", (task_id,)).fetchone()[0]
+    return conn.execute(
+        "SELECT count(*) FROM ranges WHERE task_id=? AND panda_id IS NULL AND status=0", (task_id,)
+    ).fetchone()[0]
 
 
 def count_ready_of_active_tasks(conn: Conn, ready: int, task_id: int | None = None) -> int:
     """Ready ranges of defined or running tasks (of one task if given)."""
     sql, args = (
-        "SELECT count(*) FROM ranges r JOIN tasks t USING (task_id) WHERE r.status=? "
+        "SELECT count(*) FROM ranges r JOIN tasks t USING (task_id) WHERE r.panda_id IS NULL AND r.status=? "
         "AND t.status IN ('defined', 'running')",
         [ready],
     )

@@ -20,7 +20,7 @@ def set_mode(conn: Conn, value: str) -> None:
 def has_work(conn: Conn) -> bool:
     """A ready range or an activated job of a defined or running task (two index probes)."""
     ready = conn.execute(
-        "SELECT 1 FROM ranges r JOIN tasks t USING (task_id) WHERE r.status=0 "
+        "SELECT 1 FROM ranges r JOIN tasks t USING (task_id) WHERE r.panda_id IS NULL AND r.status=0 "
         "AND t.status IN ('defined', 'running') LIMIT 1"
     ).fetchone()
     if ready is not None:
