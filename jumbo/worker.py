@@ -97,6 +97,7 @@ class Worker:
         self._ap_str = str(self.ap)
         self.given_back = 0
         self.ahead_extra = 0
+        self.ahead_peak = 1  # the largest ahead limit of the run (the limit at the end follows the last ranges' pace)
         self._held: list[dict] = []  # finished results not yet sent (see REPORT_WINDOW), and the credits they ask
         self._held_want = 0
         self._held_since = 0.0
@@ -182,6 +183,7 @@ class Worker:
                     "childRestarts": self.runner.restarts,
                     "givenBack": self.given_back,
                     "aheadLimit": self._ahead_limit(),
+                    "aheadLimitPeak": self.ahead_peak,
                 },
             }
         )
@@ -261,7 +263,9 @@ class Worker:
         if mean <= 0:
             return 1
         cap = max(1, min(MAX_AHEAD, int(LATENCY_BUDGET / mean)))
-        return min(cap, max(1, int(AHEAD_BUDGET / mean)) + self.ahead_extra)
+        limit = min(cap, max(1, int(AHEAD_BUDGET / mean)) + self.ahead_extra)
+        self.ahead_peak = max(self.ahead_peak, limit)
+        return limit
 
     def _pipelines(self, task: dict, nxt: dict, queued: int = 0) -> bool:
         """Hand ``nxt`` to the payload child now (behind ``queued`` others) if the same child runs them and they all

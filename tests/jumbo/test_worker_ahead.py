@@ -70,4 +70,6 @@ def test_a_child_killed_with_several_ranges_in_its_hands_loses_none_and_runs_non
     for r in results:
         if r["eventStatus"] == "finished":
             assert Path(r["path"]).read_text() == f"{r['startEvent']} {r['lastEvent']}\n"
-    assert metrics["childRestarts"] == 2 and metrics["aheadLimit"] >= 2, metrics
+    # the child did hold several ranges at a time (the limit at the end follows the pace of the last ranges, which
+    # the two restarts and a loaded machine can slow past AHEAD_BUDGET / 2: CI saw 1 there)
+    assert metrics["childRestarts"] == 2 and metrics["aheadLimitPeak"] >= 2, metrics
