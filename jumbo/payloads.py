@@ -87,11 +87,13 @@ def verify(path: str, task_id: int, first_event: int, last_event: int, args: dic
 
 
 def sleep(first_event: int, last_event: int, output_path: str, context: dict) -> None:
-    """Sleep ``seconds_per_event`` (default 0.01) per event, then write one line."""
-    per_event = float((context.get("args") or {}).get("seconds_per_event", 0.01))
-    time.sleep(per_event * (last_event - first_event + 1))
-    with open(output_path, "w") as fh:
-        fh.write(f"{first_event} {last_event}\n")
+    """Sleep ``seconds_per_event`` (default 0.01) per event, then write one line; with args {"write": false} only
+    sleep (an event of exactly that length: give the payload spec "output": false too)."""
+    args = context.get("args") or {}
+    time.sleep(float(args.get("seconds_per_event", 0.01)) * (last_event - first_event + 1))
+    if args.get("write", True):
+        with open(output_path, "w") as fh:
+            fh.write(f"{first_event} {last_event}\n")
 
 
 def allocate(first_event: int, last_event: int, output_path: str, context: dict) -> None:

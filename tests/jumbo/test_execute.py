@@ -88,6 +88,14 @@ def test_missing_output_is_a_failure(runner, tmp_path):
     assert (outcome.status, outcome.code) == ("failed", CODE_NO_OUTPUT)
 
 
+def test_sleep_payload_without_write_is_a_pure_event(runner, tmp_path):
+    payload = {"callable": "jumbo.payloads:sleep", "args": {"seconds_per_event": 0.05, "write": False}, "output": False}
+    t0 = time.time()
+    outcome = runner.run(payload, 0, 1, str(tmp_path / "pure"), ctx(payload["args"]), None)
+    assert outcome.status == "finished" and time.time() - t0 >= 0.1  # two events of 50 ms each
+    assert not (tmp_path / "pure").exists()  # nothing written: the bench's pure 10 ms event
+
+
 def test_command_template(runner, tmp_path):
     argv = render_command(
         "prog --from {first_event} --to {last_event} -o '{output}' --seed {seed} --rank {rank}",
