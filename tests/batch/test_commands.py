@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import psutil
@@ -54,9 +55,27 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
     assert not alive, "the grandchild (sleep) survived the timeout"
 
 
+def test_a_short_timeout_fires_on_time_behind_longer_ones_and_finished_commands_are_left_alone():
+    """The deadlines share one thread: a short one registered while a long one waits must still fire on time, and
+    a command that ended before its deadline is never killed (its process group may be someone else's by then)."""
+    runner = CommandRunner()
+    results = {}
+    slow = threading.Thread(target=lambda: results.update(slow=runner.run(["sleep", "2"], timeout=30)))
+    slow.start()
+    time.sleep(0.2)
+    for _ in range(20):  # finished well before their 0.5 s deadlines, which pass while the next ones run
+        assert not runner.run(["true"], timeout=0.5).timed_out
+    start = time.monotonic()
+    short = runner.run(["sleep", "30"], timeout=0.3)
+    assert short.timed_out and short.returncode == -9 and time.monotonic() - start < 2
+    time.sleep(0.6)  # past the deadlines of the 20 finished ones
+    slow.join()
+    assert (results["slow"].returncode, results["slow"].timed_out) == (0, False)
+
+
 def test_exit_is_awaited_without_polling(monkeypatch):
     """Popen.wait(timeout=...) polls the exit with sleeps of 1, 2, 4 ... ms: a few ms per sbatch for nothing
-    (issue 15). The runner waits without a timeout; its timeout is a timer that kills the process group."""
+    (issue 15). The runner waits without a timeout; one shared thread kills the process groups past their timeout."""
     import subprocess
 
     timeouts = []
