@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
 from harvester_edge.central.errors import IllegalStateChange, InvalidInput, NotFound
+from harvester_edge.central.service import CentralService
 from harvester_edge.central.taskspec import load_task_file, parse_task
 from harvester_edge.errors import ConfigError
 
-from .conftest import task_dict
+from .conftest import db_rows, db_settings, task_dict
 
 
 def finish(service, ranges):
@@ -301,3 +303,54 @@ def test_running_update_of_a_running_job_and_its_refusals(service):
     service.update_job(job, "failed", {"pilotErrorCode": 1})
     with pytest.raises(IllegalStateChange):
         service.update_job(job, "running")
+
+
+def ids(ranges: list[dict]) -> list[int]:
+    return [int(r["eventRangeID"].split("-")[3]) for r in ranges]
+
+
+def test_a_failed_range_goes_out_again_before_the_next_ones(service):
+    """The ready range with the lowest number goes out first, also one that failed behind the ranges already
+    handed out (on PostgreSQL the writer's floor goes below it: store/ranges.py)."""
+    task = service.submit_task(task_dict(events=100, events_per_range=10, jobs=2, max_attempts=3))
+    job = service.acquire_jobs("SITE")[0]["PandaID"]
+    first = service.acquire_event_ranges(job, task, 4)
+    assert ids(first) == [1, 2, 3, 4]
+    rid = first[1]["eventRangeID"]
+    report = [{"eventRangeID": rid, "eventStatus": "failed", "errorCode": 1}]
+    assert service.update_event_ranges(report)["Results"] == ["applied"]
+    assert ids(service.acquire_event_ranges(job, task, 2)) == [2, 5]
+    finish(service, first[:1] + first[2:])
+    assert service.kill_task(task) == "aborted"
+    assert service.retry_task(task) == "running"  # every range not finished is ready again, from the lowest
+    job = service.acquire_jobs("SITE")[0]["PandaID"]
+    assert ids(service.acquire_event_ranges(job, task, 10)) == [2, 5, 6, 7, 8, 9, 10]
+
+
+def test_ranges_made_ready_by_another_service_process_go_out_within_the_floor_ttl(pg_cluster, tmp_path, clock):
+    """PostgreSQL, two service processes (own writers): what one makes ready below the other's floor is handed
+    out by the other within FLOOR_TTL, or at once when its claims above the floor come up short; never twice."""
+    from harvester_edge.central.store import ranges as range_rows
+
+    url = pg_cluster.fresh_database()
+    one, two = (CentralService.open(url, db_settings(url, tmp_path, heartbeat_timeout=3600), clock) for _ in "12")
+    try:
+        task = one.submit_task(task_dict(events=100, events_per_range=10, jobs=2, max_attempts=3))
+        a, b = (j["PandaID"] for j in one.acquire_jobs("SITE", 2))
+        held = one.acquire_event_ranges(a, task, 4)  # one's floor: 5
+        report = [{"eventRangeID": held[1]["eventRangeID"], "eventStatus": "failed", "errorCode": 1}]
+        assert two.update_event_ranges(report)["Results"] == ["applied"]  # range 2 ready again, one does not know
+        assert ids(one.acquire_event_ranges(b, task, 2)) == [5, 6]  # from its floor
+        time.sleep(range_rows.FLOOR_TTL + 0.1)  # the floor is forgotten: the next claim starts at the first range
+        assert ids(one.acquire_event_ranges(b, task, 2)) == [2, 7]
+        report = [{"eventRangeID": r["eventRangeID"], "eventStatus": "failed", "errorCode": 1} for r in held[2:]]
+        assert two.update_event_ranges(report)["Results"] == ["applied"] * 2  # 3 and 4 ready again
+        # above one's floor (8) only 8, 9 and 10 are ready: a claim of 4 comes up short there and looks below it
+        assert sorted(ids(one.acquire_event_ranges(a, task, 4))) == [3, 8, 9, 10]
+        assert ids(one.acquire_event_ranges(a, task, 4)) == [4]
+        assert one.acquire_event_ranges(a, task, 4) == []
+        counts = dict(db_rows(url, "SELECT status, count(*) FROM ranges WHERE task_id=? GROUP BY status", (task,)))
+        assert counts == {1: 10}  # each range held once, none left ready
+    finally:
+        one.close()
+        two.close()

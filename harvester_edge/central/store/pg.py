@@ -218,6 +218,7 @@ class PgConnection:
         self.raw = raw
         self.pipelined = False  # in PgDatabase._run_batch: statements are queued, results waited for when read
         self.committing = False  # the COMMIT is on its way: a connection lost now leaves its outcome unknown
+        self.floors: dict[int, tuple[int, float]] = {}  # per task, where its ready ranges start (store/ranges.py)
 
     def execute(self, sql: str, params: Any = ()) -> Result:
         if not self.pipelined:
@@ -507,6 +508,7 @@ class PgDatabase(GroupCommit):
                 results = self._optimistic(conn, batch)
                 return results if results is not None else self._careful(conn, batch)
             except pgerr.InvalidSqlStatementName:
+                conn.floors.clear()  # whatever the transaction claimed is undone
                 # psycopg 3.3 can lose track of a statement prepared in a pipeline that a failed statement cut
                 # short; the transaction failed whole (nothing committed): a new connection runs the batch again
                 if not (conn.raw.broken or conn.raw.closed) and conn.in_transaction:
@@ -517,12 +519,14 @@ class PgDatabase(GroupCommit):
                     raise
                 log.warning("central DB %s: a prepared statement went missing; running the batch again", self)
             except psycopg.OperationalError:
+                conn.floors.clear()
                 if not (conn.raw.broken or conn.raw.closed) or conn.committing or attempt == 2:
                     if not (conn.raw.broken or conn.raw.closed) and conn.in_transaction:
                         conn.raw.execute("ROLLBACK")
                     raise
                 log.warning("central DB %s: connection lost mid-transaction; running the batch again", self)
             except BaseException:
+                conn.floors.clear()
                 if not (conn.raw.broken or conn.raw.closed) and conn.in_transaction:
                     conn.raw.execute("ROLLBACK")
                 raise
@@ -560,6 +564,7 @@ class PgDatabase(GroupCommit):
         if failed is None:
             return results
         conn.committing = False
+        conn.floors.clear()  # its claims are undone: their ranges are ready again below the floors
         if isinstance(failed, pgerr.InvalidSqlStatementName):
             raise failed  # not the write's fault: _run_batch runs the batch again on a new connection
         if conn.in_transaction:  # the failed statement's transaction (its COMMIT was never run)
@@ -601,6 +606,7 @@ class PgDatabase(GroupCommit):
     def _undo(conn: PgConnection, pipe: psycopg.Pipeline) -> None:
         """A write failed: leave the pipeline's aborted state (the errors of the statements after the failed one
         are that failure's echo), then undo the write to its savepoint."""
+        conn.floors.clear()  # the write's claims are undone: their ranges are ready again below the floors
         try:
             pipe.sync()
         except psycopg.Error:
