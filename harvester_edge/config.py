@@ -219,6 +219,9 @@ class QueuePausedRule(AlertRule):
 
 class CredentialExpiringRule(AlertRule):
     hours: float = Field(default=24.0, gt=0)  # the token file or a token key expires within this many hours
+    # remote central service: alert this long before the token in use expires (None: a sixth of its lifetime, at
+    # most `hours`: a 1-hour token renewed at 20 minutes left alerts at 10, a 30-day one a day before)
+    token_lead: Annotated[Duration, Field(gt=0)] | None = None
 
 
 class AgentStalledRule(AlertRule):

@@ -68,6 +68,8 @@ class Alerter(Agent):
             started=self.started if self.started is not None else now,
             reach=self.ctx.central.reach if self.ctx.central is not None else None,
             stats=self.ctx.stats,
+            # a remote service: task_failed and credential_expiring read its API and the token in use instead
+            remote=self.ctx.central if config.central.mode == "remote" else None,
         )
         with ExitStack() as stack:
             try:

@@ -8,13 +8,16 @@ Every condition is read where it is already kept, never worked out a second way:
   (central.store.monitor.key_expiry_by_client, as in the metrics),
 - agent_stalled: the agents' cycle stats (AgentContext.stats: last cycle that completed),
 - task_failed: the central service's tasks (central.store.monitor.failed_tasks),
+- against a remote central service (central.mode remote) task_failed and credential_expiring read through its
+  HTTP API and the token in use instead (alerts/remote.py),
 - worker_failures: the workers table (ended workers of the window, by queue and state).
-A rule that cannot be evaluated this time (the central DB unreadable, say) answers None: its alerts keep their
-state instead of being resolved by a blind spot.
+A rule that cannot be evaluated this time (the central DB unreadable, a remote service not answering, say) answers
+None: its alerts keep their state instead of being resolved by a blind spot.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -26,7 +29,8 @@ import jwt
 
 from harvester_edge.agents.base import CycleStats
 from harvester_edge.agents.submitter import PERMANENT_FAILURES_PAUSE, submit_failures
-from harvester_edge.central.client import Reachability
+from harvester_edge.alerts import remote
+from harvester_edge.central.client import CentralClient, CentralRejected, CentralUnavailable, Reachability
 from harvester_edge.central.store import monitor, pg
 from harvester_edge.central.tokens import WORKER_SEP
 from harvester_edge.config import SiteConfig
@@ -34,6 +38,7 @@ from harvester_edge.durations import format_duration
 from harvester_edge.errors import StoreError
 from harvester_edge.metrics import ALERT_RULES, token_file_expiry
 from harvester_edge.states import WorkerState
+from harvester_edge.store import alerts as alert_rows
 from harvester_edge.store import outbox
 from harvester_edge.store import workers as worker_rows
 
@@ -70,7 +75,7 @@ class Observation:
 class Inputs:
     """What the rules read. `central_db`: the embedded central service's DB (read-only, its SQLite file or its
     PostgreSQL database), None when it is not readable from here (a remote service): the rules that need it are
-    then not evaluated."""
+    then not evaluated. `remote`: the client of a remote central service (central.mode remote), None otherwise."""
 
     config: SiteConfig
     conn: sqlite3.Connection
@@ -79,6 +84,7 @@ class Inputs:
     reach: Reachability | None = None
     stats: dict[str, CycleStats] = field(default_factory=dict)
     central_db: Any = None
+    remote: CentralClient | None = None
 
 
 Evaluated = dict[str, list[Observation] | None]
@@ -127,6 +133,8 @@ def credential_expiring(i: Inputs) -> list[Observation] | None:
     rule = i.config.alerts.rules.credential_expiring
     if i.config.central.trusted:
         return []
+    if i.remote is not None:
+        return token_in_use(i)
     expiries: list[tuple[str, dict[str, str], float]] = []
     token_file = i.config.central.tokens.token_file
     if token_file is not None and Path(token_file).is_file():
@@ -153,6 +161,34 @@ def credential_expiring(i: Inputs) -> list[Observation] | None:
     return out
 
 
+def token_in_use(i: Inputs) -> list[Observation] | None:
+    """credential_expiring against a remote service: the token the client sends expires within the lead time."""
+    rule = i.config.alerts.rules.credential_expiring
+    assert i.remote is not None
+    try:
+        times = remote.token_times(i.remote)
+    except remote.TokenUnreadable as exc:
+        log.warning("alerts: rule credential_expiring not evaluated this time: %s", exc)
+        return None
+    if times is None:
+        return []  # no token is sent: nothing expires
+    lead = remote.lead_seconds(times, rule.hours, rule.token_lead)
+    left = times.expires - i.now
+    labels = {"token_file": times.source} if times.source != "client" else {"token": "client"}
+    what = f"token in use ({times.source})"
+    summary = (
+        f"{what} expired {format_duration(-left)} ago"
+        if left <= 0
+        else f"{what} expires in {format_duration(left)} (alert {format_duration(lead)} before)"
+    )
+    hours = round(left / 3600.0, 2)
+    return [
+        Observation(
+            "credential_expiring", f"token:{times.source}", labels, hours, round(lead / 3600.0, 4), left < lead, summary
+        )
+    ]
+
+
 def agent_stalled(i: Inputs) -> list[Observation] | None:
     rule = i.config.alerts.rules.agent_stalled
     out = []
@@ -174,15 +210,35 @@ def agent_stalled(i: Inputs) -> list[Observation] | None:
     return out
 
 
+def _failed_task(task_id: Any, name: Any, diag: Any) -> Observation:
+    summary = f"task {task_id} ({name}) failed" + (f": {diag}" if diag else "")
+    return Observation("task_failed", str(task_id), {"task": str(task_id), "name": str(name)}, 1.0, 1.0, True, summary)
+
+
 def task_failed(i: Inputs) -> list[Observation] | None:
+    if i.remote is not None:
+        return remote_failed_tasks(i)
     if i.central_db is None:
         return None
     out = []
     for task_id, name, diag, _modified in monitor.failed_tasks(i.central_db):
-        summary = f"task {task_id} ({name}) failed" + (f": {diag}" if diag else "")
-        out.append(
-            Observation("task_failed", str(task_id), {"task": str(task_id), "name": str(name)}, 1.0, 1.0, True, summary)
-        )
+        out.append(_failed_task(task_id, name, diag))
+    return out
+
+
+def remote_failed_tasks(i: Inputs) -> list[Observation] | None:
+    """task_failed against a remote service: the failed tasks this harvester had jobs of (remote.failed_tasks).
+    When the answer was cut at its bound, a task alert firing now that is not in it keeps firing (its task is
+    older than the answered ones, not known to be retried)."""
+    assert i.remote is not None
+    tasks, truncated = remote.failed_tasks(i.remote, i.config.site)  # the site name is its harvester_id
+    out = [_failed_task(t["task_id"], t.get("name", "?"), t.get("diag", "")) for t in tasks]
+    if truncated:
+        seen = {o.key for o in out}
+        for (rule, key), row in alert_rows.by_key(i.conn).items():
+            if rule == "task_failed" and key not in seen and row["state"] in (alert_rows.FIRING, alert_rows.HOLDING):
+                labels = json.loads(row["labels"])
+                out.append(Observation("task_failed", key, labels, 1.0, 1.0, True, str(row["summary"])))
     return out
 
 
@@ -231,7 +287,7 @@ def evaluate(i: Inputs) -> Evaluated:
             continue
         try:
             found = EVALUATORS[name](i)
-        except (sqlite3.Error, pg.psycopg.Error, StoreError) as exc:
+        except (sqlite3.Error, pg.psycopg.Error, StoreError, CentralUnavailable, CentralRejected) as exc:
             log.warning("alerts: rule %s not evaluated this time: %s", name, exc)
             found = None
         out[name] = None if found is None else [replace(o, severity=rule.severity) for o in found]

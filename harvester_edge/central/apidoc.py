@@ -645,6 +645,16 @@ _V1: dict[str, tuple[str | None, str, str, str, dict | None]] = {  # path: (modu
         "{shortage: bool, mode: on|off|auto, reason}.",
         None,
     ),
+    "/api/v1/harvester/get_failed_tasks": (
+        "harvester",
+        "Failed tasks a harvester worked on",
+        "harvester_id (a harvester token: its own only; admin: any); since: only tasks whose last change (the "
+        "failure) is at or after this epoch time (0: all); limit: at most this many (1..1000, default 100). The tasks "
+        "in state failed with at least one job dispatched to that harvester, newest first: what a site's task_failed "
+        "alert reads from a remote service. Read-only.",
+        "{tasks: [{task_id, name, diag, modified}] newest first, truncated: true when more tasks matched than limit}.",
+        None,
+    ),
     "/api/v1/task/set_work_shortage": (
         "task",
         "Declare or end a work shortage",
@@ -695,6 +705,7 @@ def v1_entry(path: str) -> dict[str, Any] | None:
             "/history",
             "/get_available_event_range_count",
             "/get_work_shortage",
+            "/get_failed_tasks",
         )
     )
     return v1doc(module, summary, description, data, body=not get, request_body=body)

@@ -370,6 +370,14 @@ class CentralClient:
             raise CentralRejected("no harvester_id: pass it to CentralClient(harvester_id=...) or to the call")
         return hid
 
+    def failed_tasks(
+        self, since: float = 0.0, limit: int = 100, harvester_id: str | None = None, timeout: float | None = None
+    ) -> dict:
+        """{tasks: [{task_id, name, diag, modified}] newest first, truncated}: the failed tasks this harvester had
+        jobs of (harvester/get_failed_tasks)."""
+        params = {"harvester_id": self._hid(harvester_id), "since": since, "limit": limit}
+        return dict(self.call("GET", "harvester/get_failed_tasks", params=params, timeout=timeout) or {})
+
     def update_workers(self, workers: list[dict], harvester_id: str | None = None) -> list[bool]:
         """workers: dicts with workerID, status, computingSite, nodeID, ... (Harvester's worker spec)."""
         return self.call(

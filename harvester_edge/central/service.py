@@ -15,7 +15,7 @@ from . import brokerage, classify, events, jobs, limits, paylogs, scouts, shorta
 from .errors import CentralError, InvalidInput, NotFound
 from .ownership import TRUSTED, Caller, Judge, named_harvester, report_job, required_harvester
 from .states import JOB_WATCHED, RangeStatus
-from .store import harvesters, ranges, rules
+from .store import harvesters, monitor, ranges, rules
 from .store import jobs as job_rows
 from .store import tasks as task_rows
 from .store.database import Database, open_database, release, rollback_to, savepoint
@@ -90,6 +90,13 @@ class CentralService:
 
     def list_tasks(self) -> list[dict]:
         return tasks.list_tasks(self.db.reader())
+
+    def failed_tasks_of(self, harvester_id: str, since: float, limit: int) -> dict:
+        """{tasks: [{task_id, name, diag, modified}] newest first, truncated}: the tasks in state failed (changed
+        since `since`) that had a job dispatched to harvester_id; at most `limit` (truncated: there are more)."""
+        rows = monitor.failed_tasks_of(self.db.reader(), harvester_id, float(since), int(limit) + 1)
+        found = [{"task_id": r[0], "name": r[1], "diag": r[2], "modified": r[3]} for r in rows[:limit]]
+        return {"tasks": found, "truncated": len(rows) > limit}
 
     def work_shortage(self) -> dict:
         """{"shortage", "mode", "reason"}: WORK_SHORTAGE as the harvesters read it (shortage.py)."""

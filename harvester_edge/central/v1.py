@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from . import v1_harvester
+from . import limits, v1_harvester
 from .auth import authorize
 from .errors import InvalidInput
 from .hotpath import HOT, call_hot, dumps, json_list
@@ -35,10 +35,11 @@ from .models import (
     WorkerNodeGpu,
     WorkShortage,
 )
-from .ownership import Caller
+from .ownership import Caller, required_harvester
 from .taskspec import TaskSpec
 
 router = APIRouter()
+MAX_FAILED_TASKS = 1000  # harvester/get_failed_tasks answers at most this many tasks per call
 
 
 def ok(data: Any = None, message: str = "") -> Response:
@@ -301,6 +302,18 @@ def errors_delete(body: RuleRef, request: Request) -> Response:
 def get_work_shortage(request: Request) -> Response:
     authorize(request, "harvester")
     return ok(svc(request).work_shortage())
+
+
+@router.get("/harvester/get_failed_tasks", tags=["harvester"])
+def get_failed_tasks(
+    request: Request,
+    harvester_id: str = Query(min_length=1, max_length=limits.MAX_NAME),
+    since: float = Query(0.0, ge=0, le=BIG),
+    limit: int = Query(100, ge=1, le=MAX_FAILED_TASKS),
+) -> Response:
+    name = limits.name("harvester_id", harvester_id, required=True)
+    harvester = required_harvester(Caller(authorize(request, "harvester"), name), name)
+    return ok(svc(request).failed_tasks_of(harvester, since, limit))
 
 
 @router.post("/task/set_work_shortage", tags=["task"])

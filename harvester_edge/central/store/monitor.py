@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from ..states import JobStatus
 from .conn import Conn
 from .pg import is_pg
 
@@ -179,4 +180,22 @@ def failed_tasks(conn: Conn) -> list[tuple[Any, ...]]:
     """(task_id, name, diag, modified) of the tasks in state failed (the task_failed alert)."""
     return conn.execute(
         "SELECT task_id, name, diag, modified FROM tasks WHERE status = 'failed' ORDER BY task_id"
+    ).fetchall()
+
+
+# -- the failed tasks one harvester worked on (v1 harvester/get_failed_tasks, a remote site's task_failed alert) --
+# Every job state, so that EXISTS below looks a task's jobs up through the index jobs_status(status, task_id)
+# (one probe per state) instead of scanning the jobs table: there is no index on jobs(task_id) alone.
+_JOB_STATES = tuple(s.value for s in JobStatus)
+
+
+def failed_tasks_of(conn: Conn, harvester_id: str, since: float, limit: int) -> list[tuple[Any, ...]]:
+    """(task_id, name, diag, modified) of the tasks in state failed since `since` (their last change) with at
+    least one job dispatched to harvester_id, newest first, at most `limit` rows."""
+    states = ",".join("?" * len(_JOB_STATES))
+    return conn.execute(
+        "SELECT t.task_id, t.name, t.diag, t.modified FROM tasks t WHERE t.status = 'failed' AND t.modified >= ? "
+        f"AND EXISTS (SELECT 1 FROM jobs j WHERE j.status IN ({states}) AND j.task_id = t.task_id "
+        "AND j.harvester_id = ?) ORDER BY t.modified DESC, t.task_id DESC LIMIT ?",
+        (since, *_JOB_STATES, harvester_id, limit),
     ).fetchall()
