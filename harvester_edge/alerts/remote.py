@@ -4,8 +4,8 @@ its own token.
 
 - task_failed: harvester/get_failed_tasks, the failed tasks this harvester had jobs of (not every failed task of
   a service that serves many sites: another site's failures are another operator's to handle).
-- credential_expiring: the exp claim of the token the client sends (its token file, read here size-capped and
-  only when it is a regular file; a symbolic link to one is the operator's choice and followed), not verified:
+- credential_expiring: the exp claim of the token the client sends (its token file, read by the client
+  size-capped and only when it is a regular file; a symbolic link to one is followed), not verified:
   the service checks the signature, here only the time is read.
 A service that does not answer, or answers with an error, raises the client's CentralUnavailable or
 CentralRejected: the rules engine then leaves the rule's alerts as they are (rules.evaluate).
@@ -13,24 +13,16 @@ CentralRejected: the rules engine then leaves the rule's alerts as they are (rul
 
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jwt
 
-from harvester_edge.central.client import CentralClient, CentralRejected
+from harvester_edge.central.client import CentralClient, CentralRejected, TokenUnreadable
 
-TOKEN_CAP = 64 * 1024  # bytes: a bearer token is a few hundred; anything larger is not one
 FAILED_TASKS_LIMIT = 500  # tasks asked per evaluation (the route answers at most 1000)
 CALL_TIMEOUT = 10.0  # seconds: a hanging service holds the alerts agent no longer than this
 RENEWAL_SHARE = 6  # default lead: a sixth of the token's lifetime (the credentials agent renews at a third)
-
-
-class TokenUnreadable(ValueError):
-    """The token in use has no readable exp claim (missing, not a regular file, too large, not a JWT)."""
 
 
 @dataclass(frozen=True)
@@ -40,34 +32,9 @@ class TokenTimes:
     issued: float | None
 
 
-def read_token_file(path: Path, cap: int = TOKEN_CAP) -> str:
-    """The token in a file: a regular file of at most `cap` bytes (never blocks on a FIFO or a device)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise TokenUnreadable(f"token file {path}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise TokenUnreadable(f"token file {path}: not a regular file")
-        data = os.read(fd, cap + 1)
-    finally:
-        os.close(fd)
-    if len(data) > cap:
-        raise TokenUnreadable(f"token file {path}: over {cap} bytes, not a bearer token")
-    return data.decode("utf-8", "replace").strip()
-
-
 def token_times(client: CentralClient) -> TokenTimes | None:
-    """exp (and iat) of the token the client sends: its token file when it has one with content (as
-    CentralClient.current_token), else the token it holds; None when it sends none."""
-    source, token = "client", None
-    if client.token_file is not None:
-        source = str(client.token_file)
-        if client.token_file.exists() or client.token_file.is_symlink():
-            token = read_token_file(client.token_file)
-    if not token:
-        source, token = "client", client.current_token()
+    """exp (and iat) of the token the client sends (CentralClient.token_in_use); None when it sends none."""
+    source, token = client.token_in_use()
     if not token:
         return None
     try:

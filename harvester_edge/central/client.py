@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +30,33 @@ class CentralUnavailable(HarvesterEdgeError):
 
 class CentralAuthFailed(CentralUnavailable):
     """HTTP 403: the token is missing, expired, revoked or lacks the scope. Transient: renew and retry."""
+
+
+class TokenUnreadable(CentralUnavailable, ValueError):
+    """The token file is not a regular file of at most TOKEN_CAP bytes (a directory, a FIFO, something huge)."""
+
+
+TOKEN_CAP = 64 * 1024  # bytes: a bearer token is a few hundred; anything larger is not one
+
+
+def read_token_file(path: Path, cap: int = TOKEN_CAP) -> str:
+    """The token in a file, stripped ("" when the file is missing): a regular file of at most `cap` bytes, read
+    without blocking on a FIFO or a device (a symbolic link to a regular file is the operator's choice)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise TokenUnreadable(f"token file {path}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise TokenUnreadable(f"token file {path}: not a regular file")
+        data = os.read(fd, cap + 1)
+    finally:
+        os.close(fd)
+    if len(data) > cap:
+        raise TokenUnreadable(f"token file {path}: over {cap} bytes, not a bearer token")
+    return data.decode("utf-8", "replace").strip()
 
 
 class CentralRejected(HarvesterEdgeError):
@@ -217,14 +246,17 @@ class CentralClient:
 
     def current_token(self) -> str | None:
         """The token file, read on every call (an external tool renews it, as on real sites), else the token held."""
+        return self.token_in_use()[1]
+
+    def token_in_use(self) -> tuple[str, str | None]:
+        """(where it comes from: the token file's path or "client", the token): the token file when it has one
+        with content, else the token held. A token file that is not a regular file of at most TOKEN_CAP bytes
+        raises TokenUnreadable (a CentralUnavailable: the call is not made)."""
         if self.token_file is not None:
-            try:
-                text = self.token_file.read_text().strip()
-            except FileNotFoundError:
-                text = ""
+            text = read_token_file(self.token_file)
             if text:
-                return text
-        return self._token
+                return str(self.token_file), text
+        return "client", self._token
 
     def _headers(self, bearer: str | None = None) -> dict[str, str]:
         headers = {"Accept": "application/json"}
