@@ -23,6 +23,7 @@ from harvester_edge.seams.http import HttpTransport
 
 from .classify import CLASSES, STATUSES
 from .client import CentralClient
+from .paylogs import LogFilter
 from .service import CentralService
 from .settings import db_path, db_target
 from .store.database import SCHEMA_VERSION, open_database
@@ -96,19 +97,8 @@ class _Remote:
     def set_work_shortage(self, mode: str) -> dict:
         return self.client.call("POST", "task/set_work_shortage", body={"mode": mode})
 
-    def payload_logs(
-        self,
-        task_id: int | None = None,
-        panda_id: int | None = None,
-        rank: int | None = None,
-        stream: str | None = None,
-        grep: str | None = None,
-        after: int = 0,
-        limit: int = 1000,
-    ) -> dict:
-        return self.client.payload_logs(
-            task_id=task_id, panda_id=panda_id, rank=rank, stream=stream, grep=grep, after=after, limit=limit
-        )
+    def payload_logs(self, flt: LogFilter) -> dict:
+        return self.client.payload_logs(**flt.query())
 
     def close(self) -> None:
         self.client.transport.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +15,7 @@ import click
 from harvester_edge.errors import HarvesterEdgeError
 
 from .cli import _service
+from .paylogs import LogFilter
 
 PAGE = 1000
 
@@ -50,9 +52,10 @@ def logs_command(
     warned: set[int] = set()
     after = 0
     try:
+        flt = LogFilter(task_id, panda_id, rank, stream, grep, limit=PAGE)
         svc = _service(ctx)
         while True:
-            page = svc.payload_logs(task_id, panda_id, rank, stream, grep, after, PAGE)
+            page = svc.payload_logs(replace(flt, after=after))
             for rec in page["lines"]:
                 click.echo(json.dumps(rec) if as_json else line_text(rec))
             after = int(page["last_id"])

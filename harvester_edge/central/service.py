@@ -267,18 +267,9 @@ class CentralService:
         source = limits.name("source", source, required=True)
         return self.db.write(paylogs.store, name, source, records, self.payload_log_max_bytes, caller)
 
-    def payload_logs(
-        self,
-        task_id: int | None = None,
-        panda_id: int | None = None,
-        rank: int | None = None,
-        stream: str | None = None,
-        grep: str | None = None,
-        after: int = 0,
-        limit: int = 1000,
-        newest: bool = False,
-    ) -> dict:
-        return paylogs.read(self.db.reader(), task_id, panda_id, rank, stream, grep, after, limit, newest)
+    def payload_logs(self, flt: paylogs.LogFilter) -> dict:
+        """{lines, last_id, truncated} of the lines the filter selects (central/paylogs.read)."""
+        return paylogs.read(self.db.reader(), flt)
 
     # -- harvester and workers ------------------------------------------------------------------------------
     def heartbeat(

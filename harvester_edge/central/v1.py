@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from . import limits, v1_harvester
+from . import limits, paylogs, v1_harvester
 from .auth import authorize
 from .errors import InvalidInput
 from .hotpath import HOT, call_hot, dumps, json_list
@@ -330,19 +330,23 @@ def logs_upload(body: LogUpload, request: Request) -> Response:
     return ok(svc(request).upload_payload_logs(body.harvester_id, body.source, records, caller))
 
 
-@router.get("/logs/list", tags=["logs"])
-def logs_list(
-    request: Request,
+def log_filter(
     task_id: int | None = Query(None, ge=0, le=BIG),
     panda_id: int | None = Query(None, ge=0, le=BIG),
-    rank: int | None = Query(None, ge=0, le=2**31 - 1),
-    stream: str | None = Query(None, pattern="^(stdout|stderr|meta)$"),
-    grep: str | None = Query(None, max_length=256),
+    rank: int | None = Query(None, ge=0, le=paylogs.MAX_RANK),
+    stream: str | None = Query(None, pattern="^(" + "|".join(paylogs.STREAMS) + ")$"),
+    grep: str | None = Query(None, max_length=paylogs.MAX_GREP),
     after: int = Query(0, ge=0, le=BIG),
-    limit: int = Query(1000, ge=1, le=10_000),
-) -> Response:
+    limit: int = Query(1000, ge=1, le=paylogs.MAX_LIMIT),
+) -> paylogs.LogFilter:
+    """logs/list's query parameters as the one LogFilter that travels to the SQL."""
+    return paylogs.LogFilter(task_id, panda_id, rank, stream, grep, after, limit)
+
+
+@router.get("/logs/list", tags=["logs"])
+def logs_list(request: Request, flt: paylogs.LogFilter = Depends(log_filter)) -> Response:
     authorize(request, "task")
-    return ok(svc(request).payload_logs(task_id, panda_id, rank, stream, grep, after, limit))
+    return ok(svc(request).payload_logs(flt))
 
 
 router.include_router(v1_harvester.router)  # the other calls of Harvester's communicator (v1_harvester.py)

@@ -11,6 +11,7 @@ from harvester_edge.alerts import view as alert_view
 from harvester_edge.central import jedilogs
 from harvester_edge.central.classify import CLASSES, STATUSES
 from harvester_edge.central.errors import CentralError, InvalidInput, NotFound
+from harvester_edge.central.paylogs import MAX_GREP, LogFilter
 from harvester_edge.central.service import CentralService
 from harvester_edge.central.states import RangeStatus
 from harvester_edge.central.store import monitor
@@ -368,13 +369,23 @@ def _int_param(params: dict, name: str) -> int | None:
 def logs(service: CentralService, hdb: Path | None, params: dict, now: float) -> tuple[str, dict]:
     """Payload log lines (central/paylogs.py), newest last, filtered by task, job, rank, stream and text; the page
     refreshes itself (follow)."""
-    stream = str(params.get("stream") or "") or None
-    if stream is not None and stream not in ("stdout", "stderr", "meta"):
-        raise InvalidInput(f"stream must be stdout, stderr or meta, got {stream[:40]!r}")
-    grep = str(params.get("grep") or "")[:256] or None
-    task_id, panda_id, rank = _int_param(params, "task"), _int_param(params, "job"), _int_param(params, "rank")
-    filters: dict[str, Any] = {"task": task_id, "job": panda_id, "rank": rank, "stream": stream, "grep": grep}
-    got = service.payload_logs(task_id, panda_id, rank, stream, grep, 0, PAYLOG_SHOWN, newest=True)
+    flt = LogFilter(
+        task_id=_int_param(params, "task"),
+        panda_id=_int_param(params, "job"),
+        rank=_int_param(params, "rank"),
+        stream=str(params.get("stream") or "") or None,
+        grep=str(params.get("grep") or "")[:MAX_GREP] or None,
+        limit=PAYLOG_SHOWN,
+        newest=True,
+    )
+    filters: dict[str, Any] = {
+        "task": flt.task_id,
+        "job": flt.panda_id,
+        "rank": flt.rank,
+        "stream": flt.stream,
+        "grep": flt.grep,
+    }
+    got = service.payload_logs(flt)
     title = "payload logs" + (f" of task {filters['task']}" if filters["task"] is not None else "")
     extra = {} if "refresh" in params else {"refresh": 5}  # following: a shorter refresh than other pages
     return "logs.html", {

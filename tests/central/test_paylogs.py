@@ -4,8 +4,15 @@ de-duplicated by source and offset, bounded per job with a truncated mark, body 
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import pytest
 import requests
+
+from harvester_edge.central import paylogs
+from harvester_edge.central.ownership import TRUSTED
+from harvester_edge.central.paylogs import LogFilter
+from harvester_edge.central.store import paylogs as rows
 
 from .conftest import start_central, task_dict
 
@@ -137,7 +144,7 @@ def test_an_upload_over_the_body_cap_is_refused(tmp_path, central_db):
             central.url, "/api/v1/logs/upload", {"harvester_id": "h1", "source": "w", "records": records}, None
         )
         assert answer.status_code == 413
-        assert central.service.payload_logs(panda_id=job)["lines"] == []
+        assert central.service.payload_logs(LogFilter(panda_id=job))["lines"] == []
     finally:
         central.stop()
 
@@ -165,3 +172,72 @@ def test_the_logs_command_over_a_remote_service(tmp_path, trusted_central):
     assert f"job {job} rank 1 r-1 stderr | two" in out.output
     out = CliRunner().invoke(logs_command, ["--task", str(task_id), "--grep", "on", "--json"], obj=o)
     assert [json.loads(x)["msg"] for x in out.output.splitlines()] == ["one"]
+
+
+class Tracing:
+    """The writer's connection, counting the statements a batch costs; `sneak`: a line another writer stores just
+    before the batch's first INSERT (a PostgreSQL service of N processes), between the read of what is stored and
+    the write."""
+
+    def __init__(self, conn: Any, sneak: tuple | None = None) -> None:
+        self.conn, self.sneak, self.statements = conn, sneak, 0
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        self.statements += 1
+        if self.sneak is not None and sql.startswith("INSERT INTO payload_logs"):
+            sneak, self.sneak = self.sneak, None
+            self.conn.execute(f"INSERT INTO payload_logs ({rows.COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", sneak)
+        return self.conn.execute(sql, params)
+
+
+def stored_through(svc, records: list[dict], cap: int, sneak: tuple | None = None) -> tuple[dict, int]:
+    """paylogs.store of one batch (source w1/p of h1) in the service's writer: its answer and statement count."""
+
+    def run(conn: Any) -> tuple[dict, int]:
+        traced = Tracing(conn, sneak)
+        return paylogs.store(traced, "h1", "w1/p", records, cap, TRUSTED), traced.statements
+
+    return svc.db.write(run)
+
+
+def test_a_batch_takes_a_few_statements_and_keeps_once_bound_and_totals_exact(service):
+    """Thousands of lines in a handful of multi-row statements (the old store: one INSERT a line), across the
+    chunk edges (512 rows): each line once (in the batch, re-sent, or stored meanwhile by another writer), the
+    bound exact at a line past a chunk edge with its totals row, NUL -> U+FFFD."""
+    service.submit_task(task_dict(jobs=3, events=30))
+    a, b, c = [j["PandaID"] for j in service.acquire_jobs("S", n_jobs=3, harvester_id="h1")]
+    records = [line(i * 10, a, 0, "stdout", f"{i:09d}") for i in range(1300)]  # 9 bytes each
+    records.insert(200, line(1000, a, 0, "stdout", "again"))  # offset 1000 (line 100) twice in one batch
+    answer, statements = stored_through(service, records, cap=1030 * 9)
+    assert answer == {"stored": 1030, "duplicate": 1, "dropped": 270, "refused": []}
+    assert statements <= 12, statements
+    got = service.payload_logs(LogFilter(panda_id=a, limit=5000))
+    assert [r["msg"] for r in got["lines"]] == [f"{i:09d}" for i in range(1030)]  # in order, no gaps
+    assert got["truncated"] == [{"job": a, "bytes": 1030 * 9, "lines": 1030, "dropped": 270}]
+
+    first = [line(10**6 + i, b, 1, "stderr", "a\x00b" if i == 600 else "x" * 8) for i in range(1100)]
+    assert stored_through(service, first, cap=10**6)[0]["stored"] == 1100
+    again, statements = stored_through(service, first + [line(2 * 10**6 + i, b, 1, "stdout", "y") for i in range(50)],
+                                       cap=10**6)  # fmt: skip
+    assert again == {"stored": 50, "duplicate": 1100, "dropped": 0, "refused": []} and statements <= 12
+    assert service.payload_logs(LogFilter(panda_id=b, grep="a\ufffdb"))["lines"][0]["msg"] == "a\ufffdb"
+    assert rows.totals(service.db.reader(), [b]) == {b: (1099 * 8 + 5 + 50, 1150, 0, 0)}
+
+    lines_c = [line(3 * 10**6 + i, c, 2, "stdout", "z" * 4) for i in range(700)]
+    sneak = (c, 1, "h1", 7, 2, "r-1", "stdout", 1.0, "zzzz", "w1/p", 3 * 10**6 + 513)
+    answer, _ = stored_through(service, lines_c, cap=10**6, sneak=sneak)
+    assert answer == {"stored": 699, "duplicate": 1, "dropped": 0, "refused": []}
+    assert rows.totals(service.db.reader(), [c]) == {c: (699 * 4, 699, 0, 0)}  # the other writer's line: its own
+    assert len(service.payload_logs(LogFilter(panda_id=c, limit=5000))["lines"]) == 700
+
+
+def test_one_log_filter_is_validated_once_and_gives_the_list_query():
+    """The filter that travels from the route / page / CLI to the SQL: out-of-range values are refused where it is
+    made, and the remote CLI sends the same query parameters as before (no `newest`: logs/list has none)."""
+    from harvester_edge.central.errors import InvalidInput
+
+    for bad in ({"stream": "x"}, {"limit": 0}, {"limit": 10_001}, {"rank": -1}, {"after": True}, {"grep": "g" * 257}):
+        with pytest.raises(InvalidInput):
+            LogFilter(**bad)
+    flt = LogFilter(task_id=3, rank=1, grep="on", after=7, limit=100, newest=True)
+    assert flt.query() == {"task_id": 3, "rank": 1, "grep": "on", "after": 7, "limit": 100}

@@ -9,10 +9,13 @@ at the bound (truncated, dropped).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .conn import Conn
 from .pg import is_pg
+
+if TYPE_CHECKING:
+    from ..paylogs import LogFilter
 
 COLUMNS = "panda_id, task_id, harvester_id, worker_id, rank_nr, range_id, stream, at, msg, source, src_offset"
 
@@ -32,12 +35,65 @@ def totals(conn: Conn, panda_ids: Iterable[int]) -> dict[int, tuple[int, int, in
     return out
 
 
-def insert(conn: Conn, row: Sequence[Any]) -> bool:
-    """One line (COLUMNS' order); False when that (harvester, source, offset) is stored already."""
+def known(conn: Conn, harvester_id: str, source: str, offsets: Sequence[int]) -> set[int]:
+    """The offsets among these already stored for (harvester, source): one range read of the unique index."""
+    if not offsets:
+        return set()
     cur = conn.execute(
-        f"INSERT OR IGNORE INTO payload_logs ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", tuple(row)
+        "SELECT src_offset FROM payload_logs WHERE harvester_id = ? AND source = ? AND src_offset BETWEEN ? AND ?",
+        (harvester_id, source, min(offsets), max(offsets)),
     )
-    return cur.rowcount == 1
+    wanted = set(offsets)
+    return {int(r[0]) for r in cur if int(r[0]) in wanted}
+
+
+CHUNK = 512  # rows of one SQLite INSERT (x 11 values: within its limit on a statement's parameters)
+
+
+def chunks(n: int) -> list[tuple[int, int]]:
+    """(start, size) of the statements for n rows: CHUNK at a time, the rest in powers of two, so that only
+    log2(CHUNK) + 1 statement texts exist (SQLite's statement cache and translate()'s keep the hot path's)."""
+    out, at = [], 0
+    while n - at >= CHUNK:
+        out.append((at, CHUNK))
+        at += CHUNK
+    size = CHUNK
+    while at < n:
+        size //= 2
+        if n - at >= size:
+            out.append((at, size))
+            at += size
+    return out
+
+
+# PostgreSQL: the whole batch in one statement of 11 arrays (psycopg parses a statement's text in Python: one of
+# thousands of placeholders would cost more than the rows)
+PG_INSERT = (
+    f"INSERT INTO payload_logs ({COLUMNS}) SELECT * FROM unnest(?::bigint[], ?::bigint[], ?::text[], ?::bigint[], "
+    "?::bigint[], ?::text[], ?::text[], ?::float8[], ?::text[], ?::text[], ?::bigint[]) "
+    "ON CONFLICT DO NOTHING RETURNING src_offset"
+)
+
+
+def insert_many(conn: Conn, rows: Sequence[Sequence[Any]]) -> set[int]:
+    """Lines of one (harvester, source) (COLUMNS' order), in order, in one statement (PostgreSQL) or multi-row
+    INSERTs of CHUNK (SQLite); the offsets of those stored: a line whose (harvester, source, offset) is stored
+    already is not (ON CONFLICT DO NOTHING, on both backends)."""
+    if not rows:
+        return set()
+    if is_pg(conn):
+        found = conn.execute(PG_INSERT, [list(column) for column in zip(*rows, strict=True)]).fetchall()
+        return {int(r[0]) for r in found}
+    stored: set[int] = set()
+    for at, size in chunks(len(rows)):
+        values = ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * size)
+        args = [value for row in rows[at : at + size] for value in row]
+        cur = conn.execute(
+            f"INSERT INTO payload_logs ({COLUMNS}) VALUES {values} ON CONFLICT DO NOTHING RETURNING src_offset",
+            args,
+        )
+        stored.update(int(r[0]) for r in cur.fetchall())
+    return stored
 
 
 def set_totals(conn: Conn, panda_id: int, values: tuple[int, int, int, int]) -> None:
@@ -49,22 +105,17 @@ def set_totals(conn: Conn, panda_id: int, values: tuple[int, int, int, int]) -> 
     )
 
 
-def query(
-    conn: Conn,
-    task_id: int | None,
-    panda_id: int | None,
-    rank: int | None,
-    stream: str | None,
-    grep: str | None,
-    after: int,
-    limit: int,
-    newest: bool = False,
-) -> list[dict[str, Any]]:
-    """Lines with id > after matching the filters, oldest first (grep: a case-sensitive substring); newest: the
-    last `limit` of them (still oldest first), else the first."""
+def query(conn: Conn, flt: LogFilter, grep: str | None) -> list[dict[str, Any]]:
+    """Lines with id > flt.after matching the filter, oldest first (grep: the filter's text as stored, a
+    case-sensitive substring); flt.newest: the last flt.limit of them (still oldest first), else the first."""
     where: list[str] = ["id > ?"]
-    args: list[Any] = [after]
-    for column, value in (("task_id", task_id), ("panda_id", panda_id), ("rank_nr", rank), ("stream", stream)):
+    args: list[Any] = [flt.after]
+    for column, value in (
+        ("task_id", flt.task_id),
+        ("panda_id", flt.panda_id),
+        ("rank_nr", flt.rank),
+        ("stream", flt.stream),
+    ):
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
@@ -73,10 +124,10 @@ def query(
         args.append(grep)
     rows = conn.execute(
         f"SELECT id, {COLUMNS} FROM payload_logs WHERE {' AND '.join(where)} "
-        f"ORDER BY id {'DESC' if newest else ''} LIMIT ?",
-        (*args, limit),
+        f"ORDER BY id {'DESC' if flt.newest else ''} LIMIT ?",
+        (*args, flt.limit),
     ).fetchall()
-    if newest:
+    if flt.newest:
         rows = rows[::-1]
     return [
         {
