@@ -65,6 +65,18 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition", step: fl
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+# agent intervals of a real daemon in the tests: short, so that a task runs through in seconds (a test that needs
+# another agent or interval adds it: {**FAST_AGENTS, "paylogs": "0.5s"})
+FAST_AGENTS = {
+    "fetcher": "1s",
+    "submitter": "0.5s",
+    "monitor": "0.5s",
+    "feeder": "0.3s",
+    "propagator": "0.5s",
+    "sweeper": "2s",
+}
+
+
 def local_queue(name: str | None = "q", **fields: object) -> dict:
     """A site-config queue on the local plugin: one node of 2 ranks under mpirun, 1-5 minute walltimes, at most one
     queued and two running workers; `fields` change or add keys (name=None leaves the name out)."""

@@ -18,20 +18,12 @@ from collections import Counter
 import pytest
 
 from agents.conftest import CLI
-from helpers import local_queue, wait_for
+from helpers import FAST_AGENTS, local_queue, wait_for
 from web.conftest import get, start
 
 pytestmark = pytest.mark.mpi
 
-AGENTS = {
-    "fetcher": "1s",
-    "submitter": "1s",
-    "monitor": "1s",
-    "feeder": "0.3s",
-    "propagator": "0.5s",
-    "sweeper": "1s",
-    "paylogs": "0.5s",
-}
+AGENTS = {**FAST_AGENTS, "paylogs": "0.5s"}
 
 
 def chatty_task(events: int, seconds_per_event: float, per_range: int = 5, **args) -> dict:

@@ -13,19 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import local_queue, wait_for
+from helpers import FAST_AGENTS, local_queue, wait_for
 
 pytestmark = pytest.mark.mpi
 
-AGENTS = {
-    "fetcher": "1s",
-    "submitter": "1s",
-    "monitor": "1s",
-    "feeder": "0.3s",
-    "propagator": "0.5s",
-    "sweeper": "1s",
-    "persistent": "0.25s",
-}
+AGENTS = {**FAST_AGENTS, "persistent": "0.25s"}
 
 
 def persistent_queue(idle_timeout: str) -> dict:

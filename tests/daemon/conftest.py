@@ -23,19 +23,11 @@ import pytest
 import yaml
 
 from harvester_edge.states import JobState, OutboxState, RangeState, WorkerState
-from helpers import kill_local_workers, local_queue, sleep_task, wait_gone
+from helpers import FAST_AGENTS, kill_local_workers, local_queue, sleep_task, wait_gone
 
 CLI = [sys.executable, "-m", "harvester_edge"]
 
 LOCAL_QUEUE = local_queue()
-FAST_AGENTS = {
-    "fetcher": "1s",
-    "submitter": "0.5s",
-    "monitor": "0.5s",
-    "feeder": "0.3s",
-    "propagator": "0.5s",
-    "sweeper": "2s",
-}
 
 # the legal values of every state column (harvester_edge.states), checked after crashes
 LEGAL = {

@@ -12,6 +12,8 @@ import time
 import jwt
 import pytest
 
+from helpers import FAST_AGENTS
+
 pytestmark = pytest.mark.mpi  # real local MPI workers
 
 LIFETIME = 5  # seconds: access tokens and initial tokens
@@ -29,15 +31,7 @@ def test_daemon_in_token_mode_renews_its_credentials_and_finishes_a_task(make_si
     }
     site = make_site(
         central=central,
-        agents={
-            "fetcher": "1s",
-            "submitter": "0.5s",
-            "monitor": "0.5s",
-            "feeder": "0.3s",
-            "propagator": "0.5s",
-            "sweeper": "2s",
-            "credentials": "0.5s",
-        },
+        agents={**FAST_AGENTS, "credentials": "0.5s"},
     )
     # 4 ranks at most (2 workers x 2 ranks) x 1 s per event: 140 events take at least 35 s of payload time
     events = 140

@@ -28,7 +28,7 @@ import pytest
 import requests
 import yaml
 
-from helpers import local_queue
+from helpers import FAST_AGENTS, local_queue
 
 CLI = [sys.executable, "-m", "harvester_edge"]
 HALF_OPEN = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"  # request headers that never end
@@ -42,14 +42,7 @@ def write_site(root: Path, central: dict) -> Path:
         "central": {"mode": "embedded", "host": "127.0.0.1", "port": 0, **central},
         "queues": [LOCAL_QUEUE],
         "paths": {"work_dir": str(root / "work")},
-        "agents": {
-            "fetcher": "1s",
-            "submitter": "0.5s",
-            "monitor": "0.5s",
-            "feeder": "0.3s",
-            "propagator": "0.5s",
-            "sweeper": "2s",
-        },
+        "agents": dict(FAST_AGENTS),
         "daemon": {"stop_timeout": "10s", "lease_time": "30s"},
     }
     path = root / "site.yaml"
