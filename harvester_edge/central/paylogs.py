@@ -71,8 +71,9 @@ def store(
     conn: Any, harvester_id: str, source: str, records: list[dict[str, Any]], cap: int, caller: Caller
 ) -> dict[str, Any]:
     """Store a batch (already validated field by field); {stored, duplicate, dropped, refused: [PandaIDs]}.
-    The lines already stored are read first (one range read), the bound applied in order in memory, and the new
-    lines written in multi-row INSERTs (store/paylogs.insert_many): a few statements per batch, not one a line."""
+    The lines already stored are read first (one range read of the caller's own source), the bound applied in
+    order in memory, and the new lines written in a few statements (store/paylogs.insert_many: multi-row INSERTs
+    on SQLite, one INSERT of arrays on PostgreSQL), not one a line: the single writer is held that much shorter."""
     ids = sorted({int(r["job"]) for r in records})
     jobs = rows.jobs_of(conn, ids)
     judge = Judge(conn, caller)
