@@ -354,3 +354,16 @@ def test_ranges_made_ready_by_another_service_process_go_out_within_the_floor_tt
     finally:
         one.close()
         two.close()
+
+
+def test_the_floors_of_tasks_gone_quiet_are_dropped():
+    """A long-lived writer meets many tasks: expired floors go once FLOORS_KEPT are held (no growth without end)."""
+    from types import SimpleNamespace
+
+    from harvester_edge.central.store import ranges as range_rows
+
+    conn = SimpleNamespace(floors={t: (5, 0.0) for t in range(range_rows.FLOORS_KEPT)})  # all long expired
+    conn.floors[-1] = (3, time.monotonic() + 60)  # one still fresh
+    range_rows._raise_floor(conn, 10**6, 7, 0)
+    assert sorted(conn.floors) == [-1, 10**6] and conn.floors[10**6][0] == 7
+    assert range_rows._floor(conn, 10**6) == 7 and range_rows._floor(conn, 12345) == 0

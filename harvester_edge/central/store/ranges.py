@@ -56,6 +56,7 @@ def events_in(conn: Conn, task_id: int, status: int) -> int:
 # floor is forgotten and the next claim starts at the task's first range again. A range is never lost, only handed
 # out up to FLOOR_TTL later than its number says. SQLite removes index entries at once: it has no floors.
 FLOOR_TTL = 1.0
+FLOORS_KEPT = 256  # past this many tasks, the expired floors are dropped when one is set
 
 
 def _floors(conn: Conn) -> dict[int, tuple[int, float]] | None:
@@ -78,7 +79,11 @@ def _raise_floor(conn: Conn, task_id: int, floor: int, was: int) -> None:
     """Everything from `was` (the floor looked from) up to `floor` is not ready (any more)."""
     floors = _floors(conn)
     if floors is not None:
-        expires = floors[task_id][1] if was and task_id in floors else time.monotonic() + FLOOR_TTL
+        now = time.monotonic()
+        if len(floors) >= FLOORS_KEPT:  # tasks that ended or went quiet: their floors are forgotten anyway
+            for gone in [t for t, (_, expires) in floors.items() if expires <= now]:
+                del floors[gone]
+        expires = floors[task_id][1] if was and task_id in floors else now + FLOOR_TTL
         floors[task_id] = (floor, expires)
 
 
