@@ -334,9 +334,26 @@ def log_file_of(panda_id: int, xml: Any) -> str | None:
     return None
 
 
+_PILOT_FIELDS = frozenset(
+    {
+        "startTime",
+        "endTime",
+        "pilotID",
+        "pilotTiming",
+        "cpuConsumptionTime",
+        "cpuConsumptionUnit",
+        "maxRSS",
+        "pilotLog",
+        "xml",
+    }
+)
+
+
 def record_pilot_fields(conn: sqlite3.Connection, panda_id: int, fields: dict) -> None:
     """What the PanDA pilot reports besides its state: startTime/endTime, pilotID, pilotTiming, CPU, max RSS,
     the pilot log tail (pilotLog) and the job's log file (from its xml/metadata, if it names one)."""
+    if _PILOT_FIELDS.isdisjoint(fields):
+        return  # a heartbeat with none of them (the usual one): nothing to parse or write
     cpu = fields.get("cpuConsumptionTime")
     try:
         cpu = None if cpu in (None, "", "NULL") else float(cpu)
