@@ -312,12 +312,13 @@ class VirtualClock(FixedClock):
 
 
 def replay_config(head: dict, work_dir: Path) -> SiteConfig:
-    """The recorded site config, moved into `work_dir`, with no token files (replay talks to no service)."""
+    """The recorded site config, moved into `work_dir`, with no token files (replay talks to no service). The
+    recorded mode stays: against a remote service some agents ask it what they would read from an embedded one's
+    database (the alerts' failed tasks), and the replay must ask too."""
     config = SiteConfig.model_validate(trace.denormalize(head["config"], str(work_dir)))
     central = config.central.model_copy(
         update={
             "db": work_dir / "central.db",
-            "mode": "embedded",
             "tokens": config.central.tokens.model_copy(update={"token_file": None, "key_file": None}),
         }
     )
