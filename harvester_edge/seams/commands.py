@@ -70,6 +70,9 @@ class _Deadlines:
     so registering a later deadline than the earliest one does not wake it."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, int]] = []  # (deadline, seq, process group)
         self._live: dict[int, threading.Event] = {}  # seq -> set when the command was killed
@@ -117,6 +120,8 @@ class _Deadlines:
 
 
 _DEADLINES = _Deadlines()
+# a forked child has no deadline thread (and maybe a lock another thread held): it starts afresh
+os.register_at_fork(after_in_child=_DEADLINES.reset)
 
 
 class CommandRunner:

@@ -124,3 +124,17 @@ def test_failures_log_stderr_at_error_unless_expected(caplog):
         r.getMessage().split(": ")[-1]: r.levelname for r in caplog.records if "failed (exit 1)" in r.getMessage()
     }
     assert levels == {"boom-one": "ERROR", "boom-two": "DEBUG"}
+
+
+def test_a_forked_child_gets_its_own_deadline_thread():
+    """The deadline thread stays in the parent at a fork: the child's first command starts one of its own, so its
+    timeouts still fire."""
+    import os
+
+    CommandRunner().run(["true"], timeout=5)  # the parent's thread runs
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if its timeout fired
+        res = CommandRunner().run(["sleep", "30"], timeout=0.3)
+        os._exit(0 if res.timed_out else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
