@@ -294,8 +294,10 @@ class Feeder(Agent):
         self._stock_read.pop(panda_id, None)  # its stock changes: read again
         with self.ctx.store.write() as conn:
             held_ranges.insert_fetched(conn, panda_id, got, now)
+            siblings = 0
             if len(got) < n:
                 jobs.set_no_more_ranges(conn, panda_id, now)
+                siblings = jobs.drained_for_waiting_siblings(conn, panda_id, now)
         if len(got) < n:
             log.info(
                 "job %d: the central service has no more ranges for now (%d of %d)",
@@ -304,6 +306,13 @@ class Feeder(Agent):
                 n,
                 extra={"panda_id": panda_id},
             )
+            if siblings:
+                log.info(
+                    "job %d: %d job(s) of its task waiting for a worker get none while no ranges are ready",
+                    panda_id,
+                    siblings,
+                    extra={"panda_id": panda_id},
+                )
         return True
 
     def top_up(self, now: float) -> None:

@@ -185,8 +185,14 @@ class Propagator(Agent):
         store = self.ctx.store
         idle = job_rows.without_work(store.connection())
         for job in idle:
-            if not job["no_more_ranges"] and job["state"] == J.FETCHED.value:
-                continue  # waiting for its first worker
+            if job["state"] == J.FETCHED.value:
+                if not job["no_more_ranges"]:
+                    continue  # waiting for its first worker
+                conn = store.connection()
+                if job_rows.task_has_ranges_held(conn, job["task_id"]) or outbox.range_reports_pending(conn):
+                    # its pool ran dry while a sibling of its task runs the ranges here (feeder): it waits with no
+                    # worker. Finishing it now would only make the service send a replacement job
+                    continue
             try:
                 available = int(
                     self.central.available_range_count(

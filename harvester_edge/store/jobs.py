@@ -25,6 +25,7 @@ from harvester_edge.states import (
 
 J, R, W = JobState, RangeState, WorkerState
 _ACTIVE = tuple(s.value for s in JOB_ACTIVE)
+_LIVE_MARKS = ",".join("?" * len(WORKER_LIVE))
 
 
 def insert_fetched(
@@ -104,6 +105,21 @@ def task_has_ranges_held(conn: sqlite3.Connection, task_id: int) -> bool:
 
 def set_no_more_ranges(conn: sqlite3.Connection, panda_id: int, now: float) -> None:
     conn.execute("UPDATE jobs SET no_more_ranges = 1, updated_at = ? WHERE panda_id = ?", (now, panda_id))
+
+
+def drained_for_waiting_siblings(conn: sqlite3.Connection, panda_id: int, now: float) -> int:
+    """The service had no more ranges for this job: its pool (task and jobset) is the one its fetched siblings draw
+    from, so those still waiting for their first worker get no worker for an empty pool. Each is marked no more
+    ranges, and the propagator asks the service once (settle_jobs) whether ranges are ready again (more workers)
+    or none are left (the job finishes, once no sibling here holds its task's ranges). The number marked."""
+    return conn.execute(
+        "UPDATE jobs SET no_more_ranges = 1, updated_at = ? WHERE state = ? AND no_more_ranges = 0 "
+        "AND panda_id != ? AND (task_id, coalesce(jobset_id, task_id)) = "
+        "(SELECT task_id, coalesce(jobset_id, task_id) FROM jobs WHERE panda_id = ?) AND NOT EXISTS "
+        "(SELECT 1 FROM job_workers jw CROSS JOIN workers w ON w.id = jw.worker_id "
+        f"WHERE jw.panda_id = jobs.panda_id AND jw.left_at IS NULL AND w.state IN ({_LIVE_MARKS}))",
+        (now, J.FETCHED.value, panda_id, panda_id, *(s.value for s in WORKER_LIVE)),
+    ).rowcount
 
 
 def set_events_total(conn: sqlite3.Connection, panda_id: int, events_total: int, now: float) -> None:
