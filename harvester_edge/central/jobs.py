@@ -230,11 +230,13 @@ def _int(update: dict, key: str) -> int:
     return number
 
 
-def update(conn: sqlite3.Connection, panda_id: Any, state: Any, fields: dict, now: float) -> str:
-    """A pilot's update; returns the command for the pilot ('NULL' or 'tobekilled')."""
+def update(conn: sqlite3.Connection, panda_id: Any, state: Any, fields: dict, now: float, last: bool = False) -> Any:
+    """A pilot's update; returns the command for the pilot ('NULL' or 'tobekilled'). last: the update is the
+    whole write (a pilot's update_job, not an entry of a bulk), so on PostgreSQL a heartbeat's answer may be a
+    pg.Later, given by the writer once its batch committed."""
     if not isinstance(state, str) or state not in {s.value for s in PILOT_REPORTED}:
         raise InvalidInput(f"job state {state!r:.80} is not one of {sorted(s.value for s in PILOT_REPORTED)}")
-    command = _same_state(conn, panda_id, state, fields, now) if is_pg(conn) else None
+    command = _same_state(conn, panda_id, state, fields, now, last) if is_pg(conn) else None
     if command is not None:
         return command
     job, task = get_job_and_task(conn, panda_id, lock=True)
@@ -274,7 +276,7 @@ def _report_fields(fields: dict) -> tuple[dict[str, int], str, str, str | None]:
 _TERMINAL = frozenset(s.value for s in JOB_TERMINAL)
 
 
-def _same_state(conn: sqlite3.Connection, panda_id: Any, state: str, fields: dict, now: float) -> str | None:
+def _same_state(conn: sqlite3.Connection, panda_id: Any, state: str, fields: dict, now: float, last: bool) -> Any:
     """PostgreSQL: the update of a job already in `state` (not a final one: a pilot's heartbeat) in one statement
     (store/jobs.py report_same_state); the command for the pilot, or None: the general path decides (another
     state, no such job, a field it refuses)."""
@@ -286,10 +288,16 @@ def _same_state(conn: sqlite3.Connection, panda_id: Any, state: str, fields: dic
         codes, pdiag, ediag, node = _report_fields(fields)
     except InvalidInput:
         return None  # the general path raises it, after the checks that come first there
-    row = job_rows.report_same_state(conn, panda_id, state, codes, pdiag, ediag, node, now)
-    if row is None:
-        return None
-    record_pilot_fields(conn, panda_id, fields)
+    pilot_fields = not _PILOT_FIELDS.isdisjoint(fields)
+    command = job_rows.report_same_state(
+        conn, panda_id, state, codes, pdiag, ediag, node, now, _command_of, last=last and not pilot_fields
+    )
+    if command is not None and pilot_fields:
+        record_pilot_fields(conn, panda_id, fields)
+    return command
+
+
+def _command_of(row: Any) -> str:
     return "tobekilled" if row[0] == "tobekilled" else "NULL"
 
 

@@ -157,7 +157,7 @@ class CentralService:
         self, job_id: int, state: str, fields: dict | None = None, now: float | None = None, caller: Caller = TRUSTED
     ) -> Op:
         named_harvester(caller, caller.harvester_id)
-        return Op(_update_job, (job_id, state, fields or {}, self._now(now), caller))
+        return Op(_update_job, (job_id, state, fields or {}, self._now(now), caller, None, True))
 
     def update_jobs_bulk_op(self, updates: list[dict], now: float | None = None, caller: Caller = TRUSTED) -> Op:
         """Each update is independent: one bad or foreign entry gets its error and does not undo the others."""
@@ -418,11 +418,19 @@ class CentralService:
 
 
 def _update_job(
-    conn, job_id: Any, state: Any, fields: dict, now: float, caller: Caller, judge: Judge | None = None
-) -> str:
+    conn,
+    job_id: Any,
+    state: Any,
+    fields: dict,
+    now: float,
+    caller: Caller,
+    judge: Judge | None = None,
+    last: bool = False,
+) -> Any:
+    """last: the update is the whole write (jobs.update)."""
     if not caller.unchecked:  # look at the owner before anything else: a refused update writes nothing
         (judge or Judge(conn, caller)).check(jobs.get_job(conn, job_id))
-    return jobs.update(conn, job_id, state, fields, now)
+    return jobs.update(conn, job_id, state, fields, now, last)
 
 
 def _bulk(conn, updates: list, now: float, caller: Caller = TRUSTED) -> list[dict]:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .conn import Conn, WriteConn
-from .pg import is_pg, split_row
+from .pg import PgConnection, is_pg, split_row
 
 
 def insert(conn: WriteConn, task_id: int, count: int, status: str, attempt_nr: int, now: float) -> None:
@@ -193,36 +193,44 @@ def report_same_state(
     exe_diag: str,
     node: str | None,
     now: float,
-) -> tuple[str | None] | None:
+    then: Callable[[Any], Any],
+    last: bool,
+) -> Any:
     """PostgreSQL: report() for a job already in `state` (a pilot's heartbeat), in one statement that locks the
-    job NOWAIT, checks its state and updates it: (command,) of the job, or None if the job is not in that state
-    (or does not exist; the caller then takes the general path). Each statement costs the service and the
-    server a wake-up and tens of microseconds, more than the update itself. SQLite: None (reads are in-process)."""
+    job NOWAIT, checks its state and updates it: then((command,)) of the job, or None if the job is not in that
+    state (or does not exist; the caller then takes the general path). Each statement costs the service and the
+    server a wake-up and tens of microseconds, more than the update itself. `last`: no other statement of the
+    write follows it when it updates the job, so the writer may run it as its own transaction or answer it after
+    its batch committed (pg.PgConnection.execute_last: the answer may then be a pg.Later). SQLite: None (reads
+    are in-process)."""
     if not is_pg(conn):
         return None
-    row = conn.execute(
+    sql = (
         "UPDATE jobs SET heartbeat=?, modified=?, pilot_error_code=?, pilot_error_diag=?, "
         "exe_error_code=?, exe_error_diag=?, trans_exit_code=?, n_events=greatest(n_events, ?), "
         "core_count=coalesce(nullif(?, 0), core_count), node=coalesce(?, node) "
         "WHERE panda_id = (SELECT panda_id FROM jobs WHERE panda_id=? AND status=? FOR UPDATE NOWAIT) "
-        "AND status=? RETURNING command",
-        (
-            now,
-            now,
-            codes["pilotErrorCode"],
-            pilot_diag,
-            codes["exeErrorCode"],
-            exe_diag,
-            codes["transExitCode"],
-            codes["nEvents"],
-            codes["coreCount"],
-            node,
-            panda_id,
-            state,
-            state,
-        ),
-    ).fetchone()
-    return None if row is None else (row[0],)
+        "AND status=? RETURNING command"
+    )
+    params = (
+        now,
+        now,
+        codes["pilotErrorCode"],
+        pilot_diag,
+        codes["exeErrorCode"],
+        exe_diag,
+        codes["transExitCode"],
+        codes["nEvents"],
+        codes["coreCount"],
+        node,
+        panda_id,
+        state,
+        state,
+    )
+    if last and isinstance(conn, PgConnection):
+        return conn.execute_last(sql, params, then)
+    row = conn.execute(sql, params).fetchone()
+    return None if row is None else then(row)
 
 
 def pilot_fields(conn: Conn, panda_id: int, values: tuple) -> None:

@@ -30,6 +30,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +220,19 @@ def _run(raw: psycopg.Connection, sql: str, params: Any) -> Result:
         return Result(rows, cur.rowcount)
 
 
+class NotAlone(Exception):
+    """A write run alone did not start with a statement that may commit alone, or that statement changed nothing:
+    nothing was done, and the writer runs the write the usual way (PgDatabase._lone)."""
+
+
+@dataclass(frozen=True)
+class Later:
+    """A write's answer that waits for its statement's row until its batch committed (PgConnection.execute_last)."""
+
+    result: Result
+    then: Callable[[Row], Any]
+
+
 class PgConnection:
     """The writer's connection as store/ functions use it: execute, executemany, dialect."""
 
@@ -229,8 +243,38 @@ class PgConnection:
         self.pipelined = False  # in PgDatabase._run_batch: statements are queued, results waited for when read
         self.committing = False  # the COMMIT is on its way: a connection lost now leaves its outcome unknown
         self.floors: dict[int, tuple[int, float]] = {}  # per task, where its ready ranges start (store/ranges.py)
+        self.lone = False  # PgDatabase._lone: the write's first statement may be its whole transaction
+        self.deferring = False  # PgDatabase._optimistic: execute_last's row is read after the COMMIT
+        self.ended = False  # the write's last statement ran (execute_last): the write must not go on
+
+    def execute_last(self, sql: str, params: Any, then: Callable[[Row], Any]) -> Any:
+        """A statement that, when it updates a row, is the last of its write and answers then(its row); when it
+        updates none, it changed nothing and the answer is None (the caller goes on another way). Each round trip
+        costs the service and the server more CPU than such a statement, so the writer runs it in as few as it can:
+        in a write run alone, as its own transaction (no BEGIN, COMMIT or pipeline: one round trip; no row raises
+        NotAlone, the write runs again the usual way); in a batch, unread (a Later, answered from its row after the
+        COMMIT; one that updated nothing runs its write again, read at once); elsewhere run and read at once."""
+        if self.lone:
+            self.lone = False
+            self.committing = True  # sent in autocommit: a connection lost now leaves its outcome unknown
+            result = _run(self.raw, sql, params)
+            self.committing = False
+            if not result.rowcount:
+                raise NotAlone
+            self.ended = True
+            return then(result.fetchall()[0])
+        result = self.execute(sql, params)
+        if self.deferring:
+            self.ended = True
+            return Later(result, then)
+        row = result.fetchone()
+        return None if row is None else then(row)
 
     def execute(self, sql: str, params: Any = ()) -> Result:
+        if self.lone or self.ended:
+            if self.ended:
+                raise AssertionError("a write went on after its last statement (execute_last)")
+            raise NotAlone  # the write's first statement needs a transaction: nothing ran yet
         if not self.pipelined:
             return _run(self.raw, sql, params)
         cur = self.raw.cursor(row_factory=_row_factory)
@@ -408,7 +452,7 @@ class PgDatabase(GroupCommit):
         """Run the batch; writes that met a lock are run again (bounded) after the others committed."""
         with self._lock:
             try:
-                results = self._run_batch(batch)
+                results = self._run_settled(batch)
             except Exception as exc:
                 log.error("central DB %s: group commit of %d writes failed: %s", self, len(batch), exc)
                 return [(False, StoreError(f"central DB {self}: commit failed: {exc}"))] * len(batch)
@@ -418,7 +462,7 @@ class PgDatabase(GroupCommit):
                     break
                 time.sleep(min(0.2, 0.002 * 2**attempt))
                 try:
-                    redo = self._run_batch([batch[i] for i in again])
+                    redo = self._run_settled([batch[i] for i in again])
                 except Exception as exc:
                     redo = [(False, StoreError(f"central DB {self}: commit failed: {exc}"))] * len(again)
                 for i, result in zip(again, redo):
@@ -503,7 +547,28 @@ class PgDatabase(GroupCommit):
         raw.prepare_threshold = 0
         return PgConnection(raw)
 
-    def _run_batch(self, batch: list) -> list[tuple[bool, Any]]:
+    def _run_settled(self, batch: list) -> list[tuple[bool, Any]]:
+        """_run_batch, its Laters answered from their rows once it committed. A write whose last statement updated
+        no row changed nothing: it runs again, in a transaction after this one, its rows read at once."""
+        results = self._run_batch(batch, defer=True)
+        again = []
+        for i, (ok, value) in enumerate(results):
+            if ok and isinstance(value, Later):
+                row = value.result.fetchone()
+                if row is None:
+                    again.append(i)
+                else:
+                    results[i] = (True, value.then(row))
+        if again:
+            try:
+                redo = self._run_batch([batch[i] for i in again], defer=False)
+            except Exception as exc:
+                redo = [(False, StoreError(f"central DB {self}: commit failed: {exc}"))] * len(again)
+            for i, result in zip(again, redo):
+                results[i] = result
+        return results
+
+    def _run_batch(self, batch: list, defer: bool) -> list[tuple[bool, Any]]:
         """One transaction. A connection lost before COMMIT: the server undid the transaction, so it runs once
         more on a new connection.
 
@@ -515,7 +580,11 @@ class PgDatabase(GroupCommit):
             conn = self._writer()
             conn.committing = False
             try:
-                results = self._optimistic(conn, batch)
+                if len(batch) == 1:
+                    lone = self._lone(conn, batch[0])
+                    if lone is not None:
+                        return [lone]
+                results = self._optimistic(conn, batch, defer)
                 return results if results is not None else self._careful(conn, batch)
             except pgerr.InvalidSqlStatementName:
                 conn.floors.clear()  # whatever the transaction claimed is undone
@@ -542,19 +611,44 @@ class PgDatabase(GroupCommit):
                 raise
         raise AssertionError("unreachable")
 
-    def _optimistic(self, conn: PgConnection, batch: list) -> list[tuple[bool, Any]] | None:
+    @staticmethod
+    def _lone(conn: PgConnection, call: Call) -> tuple[bool, Any] | None:
+        """A batch of one write that starts with a statement allowed to commit alone (execute_last: a pilot's
+        heartbeat): that statement is the transaction. Measured on a bare table, a lone heartbeat costs the client
+        50 and the server 53 us of CPU so, against 110 and 60 us as BEGIN, statement, COMMIT in a pipeline.
+        None: the write did not start that way, or its statement changed nothing; nothing was done."""
+        fn, args = call
+        conn.lone = True
+        try:
+            return True, fn(conn, *args)
+        except NotAlone:
+            return None
+        except Exception as exc:
+            if isinstance(exc, psycopg.OperationalError) and (conn.raw.broken or conn.raw.closed):
+                raise
+            if isinstance(exc, pgerr.InvalidSqlStatementName):
+                raise  # not the write's fault: _run_batch runs it again on a new connection
+            return False, exc
+        finally:
+            conn.lone = conn.ended = False
+
+    def _optimistic(self, conn: PgConnection, batch: list, defer: bool) -> list[tuple[bool, Any]] | None:
         """The batch in one transaction without savepoints, in pipeline mode: a statement waits for the server
-        only when its rows are read (PipelinedResult), the unread ones travel with the next read or the COMMIT.
+        only when its rows are read (PipelinedResult), the unread ones travel with the next read or the COMMIT;
+        defer: a write's last statement (execute_last) is read after the COMMIT (its answer a Later), so a batch
+        of heartbeats is one round trip, not one per heartbeat and the COMMIT: measured on a bare table, three
+        of them cost the client 47 and the server 32 us of CPU each so, 85 and 65 us when each is read at once.
         None: a write failed and the transaction was undone (a write alone: its error is the answer)."""
         raw = conn.raw
         results: list[tuple[bool, Any]] = []
         failed: Exception | None = None
         try:
             with raw.pipeline():
-                conn.pipelined = True
+                conn.pipelined, conn.deferring = True, defer
                 try:
                     raw.execute("BEGIN")
                     for fn, args in batch:
+                        conn.ended = False
                         try:
                             results.append((True, fn(conn, *args)))
                         except Exception as exc:
@@ -566,7 +660,7 @@ class PgDatabase(GroupCommit):
                         conn.committing = True
                         raw.execute("COMMIT")  # sent with the unread statements by the pipeline's closing sync
                 finally:
-                    conn.pipelined = False
+                    conn.pipelined = conn.deferring = conn.ended = False
         except psycopg.Error as exc:  # an unread statement's error, from the closing sync
             if raw.broken or raw.closed:
                 raise
@@ -594,6 +688,7 @@ class PgDatabase(GroupCommit):
                 raw.execute("BEGIN")
                 for fn, args in batch:
                     raw.execute("SAVEPOINT w")
+                    conn.ended = False
                     try:
                         value = fn(conn, *args)
                         raw.execute("RELEASE w")
@@ -609,7 +704,7 @@ class PgDatabase(GroupCommit):
                 conn.committing = True
                 raw.execute("COMMIT")  # sent and waited for by the pipeline's closing sync
             finally:
-                conn.pipelined = False
+                conn.pipelined = conn.ended = False
         return results
 
     @staticmethod
