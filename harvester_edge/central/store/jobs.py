@@ -165,22 +165,23 @@ def report(
         + "(n_events, ?), "
         "core_count=coalesce(nullif(?, 0), core_count), node=coalesce(?, node), "
         "end_time=CASE WHEN ? IN ('finished', 'failed') THEN ? ELSE end_time END WHERE panda_id=?",
-        (
-            state,
-            now,
-            now,
-            codes["pilotErrorCode"],
-            pilot_diag,
-            codes["exeErrorCode"],
-            exe_diag,
-            codes["transExitCode"],
-            codes["nEvents"],
-            codes["coreCount"],
-            node,
-            state,
-            now,
-            panda_id,
-        ),
+        (state, *_reported(codes, pilot_diag, exe_diag, node, now), state, now, panda_id),
+    )
+
+
+def _reported(codes: dict[str, int], pilot_diag: str, exe_diag: str, node: str | None, now: float) -> tuple:
+    """The values of a pilot's report, in the order report() and report_same_state() set them."""
+    return (
+        now,
+        now,
+        codes["pilotErrorCode"],
+        pilot_diag,
+        codes["exeErrorCode"],
+        exe_diag,
+        codes["transExitCode"],
+        codes["nEvents"],
+        codes["coreCount"],
+        node,
     )
 
 
@@ -212,21 +213,7 @@ def report_same_state(
         "WHERE panda_id = (SELECT panda_id FROM jobs WHERE panda_id=? AND status=? FOR UPDATE NOWAIT) "
         "AND status=? RETURNING command"
     )
-    params = (
-        now,
-        now,
-        codes["pilotErrorCode"],
-        pilot_diag,
-        codes["exeErrorCode"],
-        exe_diag,
-        codes["transExitCode"],
-        codes["nEvents"],
-        codes["coreCount"],
-        node,
-        panda_id,
-        state,
-        state,
-    )
+    params = (*_reported(codes, pilot_diag, exe_diag, node, now), panda_id, state, state)
     if last and isinstance(conn, PgConnection):
         return conn.execute_last(sql, params, then)
     row = conn.execute(sql, params).fetchone()
