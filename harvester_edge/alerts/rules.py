@@ -30,7 +30,13 @@ import jwt
 from harvester_edge.agents.base import CycleStats
 from harvester_edge.agents.submitter import PERMANENT_FAILURES_PAUSE, submit_failures
 from harvester_edge.alerts import remote
-from harvester_edge.central.client import CentralClient, CentralRejected, CentralUnavailable, Reachability
+from harvester_edge.central.client import (
+    CentralClient,
+    CentralRejected,
+    CentralRouteMissing,
+    CentralUnavailable,
+    Reachability,
+)
 from harvester_edge.central.store import monitor, pg
 from harvester_edge.central.tokens import WORKER_SEP
 from harvester_edge.config import SiteConfig
@@ -287,6 +293,9 @@ def evaluate(i: Inputs) -> Evaluated:
             continue
         try:
             found = EVALUATORS[name](i)
+        except CentralRouteMissing as exc:  # the client said so once (a real PanDA server has no such method)
+            log.debug("alerts: rule %s not evaluated: %s", name, exc)
+            found = None
         except (sqlite3.Error, pg.psycopg.Error, StoreError, CentralUnavailable, CentralRejected) as exc:
             log.warning("alerts: rule %s not evaluated this time: %s", name, exc)
             found = None

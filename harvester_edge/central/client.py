@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import Callable
@@ -61,6 +62,16 @@ def read_token_file(path: Path, cap: int = TOKEN_CAP) -> str:
 
 class CentralRejected(HarvesterEdgeError):
     """The central service refused the request (4xx or success=false): retrying the same request will not help."""
+
+
+class CentralRouteMissing(CentralRejected):
+    """The service has no such method: a real PanDA server answers a method it does not serve with HTTP 403 and
+    "ERROR : method NAME is forbidden" (not a credentials problem: no token renewal helps). The client then
+    refuses calls to that path itself, without a request, for ROUTE_RECHECK seconds (CentralClient.call)."""
+
+
+ROUTE_RECHECK = 3600.0  # seconds: how long a method the service lacks is not asked for again
+_METHOD_FORBIDDEN = re.compile(rb"^ERROR : method \S+ is forbidden")  # the real server's text/plain 403
 
 
 class CentralServerError(CentralUnavailable):
@@ -162,6 +173,10 @@ def job_answer(entry: Any) -> dict:
 
 def parse_envelope(method: str, path: str, result: HttpResult) -> Any:
     """data of a v1 answer, or the matching error. Pure: tested on saved answers."""
+    if result.status == 403 and _METHOD_FORBIDDEN.match(result.body[:300]):
+        raise CentralRouteMissing(
+            f"{method} {path}: the central service has no such method (HTTP 403: {result.body[:200].decode()!r})"
+        )
     if result.status == 403:
         try:
             doc = json.loads(result.body)
@@ -243,6 +258,7 @@ class CentralClient:
         self.renewer: Callable[..., bool] | None = None
         self.issuer: Any = None  # where fresh tokens come from (harvester_edge.agents.credentials)
         self.reach = Reachability()
+        self.missing: dict[str, tuple[float, str]] = {}  # path -> (when the service said it has no such method, why)
 
     def current_token(self) -> str | None:
         """The token file, read on every call (an external tool renews it, as on real sites), else the token held."""
@@ -281,8 +297,17 @@ class CentralClient:
         renew: bool = True,
         bearer: str | None = None,
     ) -> Any:
+        known = self.missing.get(path)
+        if known is not None:
+            if self.reach.clock() - known[0] < ROUTE_RECHECK:
+                raise CentralRouteMissing(known[1])
+            del self.missing[path]
         try:
             return self._call(method, path, params, body, timeout, bearer)
+        except CentralRouteMissing as exc:
+            self.missing[path] = (self.reach.clock(), str(exc))
+            log.warning("%s; not asked again for %.0f s", exc, ROUTE_RECHECK)
+            raise
         except CentralAuthFailed:
             if not renew or self.renewer is None or not self.renewer(force=True):
                 raise

@@ -143,6 +143,27 @@ def test_a_missing_token_or_origin_is_refused(panda_server, tmp_path):
     assert rotating.acquire_jobs("EDGE_SITE")
 
 
+def test_a_method_the_server_lacks_is_asked_once_an_hour_with_no_token_renewal(client):
+    """The real server answers a method it does not serve (harvester/get_failed_tasks is harvester-edge's) with
+    403 "method ... is forbidden": not a credentials problem (no renewal), and not asked again for an hour."""
+    from harvester_edge.central.client import ROUTE_RECHECK, CentralAuthFailed, CentralRouteMissing
+
+    renewals, sent, real = [], [], client.transport.request
+    client.renewer = lambda force=False: renewals.append(force) or True
+    client.transport.request = lambda method, path, **kw: sent.append(path) or real(method, path, **kw)
+    for _ in range(3):
+        with pytest.raises(CentralRouteMissing, match="has no such method") as caught:
+            client.failed_tasks(harvester_id="edge-h1")
+        assert not isinstance(caught.value, CentralAuthFailed)
+    assert sent == ["/api/v1/harvester/get_failed_tasks"] and renewals == []  # one request, no renewal
+    assert client.acquire_jobs("EDGE_SITE")  # other methods are asked as ever
+    now = client.reach.clock()
+    client.reach.clock = lambda: now + ROUTE_RECHECK + 1
+    with pytest.raises(CentralRouteMissing):
+        client.failed_tasks(harvester_id="edge-h1")
+    assert sent.count("/api/v1/harvester/get_failed_tasks") == 2  # an hour later: asked again
+
+
 def test_a_server_timeout_is_transient_not_a_refusal(start_panda, tmp_path):
     """The real server answers success=false "TimeOut" when its database layer fails or is slow: the client keeps
     such a message for later (CentralUnavailable), it must never park range reports as rejected."""
