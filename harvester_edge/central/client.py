@@ -175,7 +175,8 @@ def parse_envelope(method: str, path: str, result: HttpResult) -> Any:
     """data of a v1 answer, or the matching error. Pure: tested on saved answers."""
     if result.status == 403 and _METHOD_FORBIDDEN.match(result.body[:300]):
         raise CentralRouteMissing(
-            f"{method} {path}: the central service has no such method (HTTP 403: {result.body[:200].decode()!r})"
+            f"{method} {path}: the central service has no such method "
+            f"(HTTP 403: {result.body[:200].decode('utf-8', 'replace')!r})"
         )
     if result.status == 403:
         try:

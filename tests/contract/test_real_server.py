@@ -164,6 +164,17 @@ def test_a_method_the_server_lacks_is_asked_once_an_hour_with_no_token_renewal(c
     assert sent.count("/api/v1/harvester/get_failed_tasks") == 2  # an hour later: asked again
 
 
+def test_a_missing_method_answer_in_broken_bytes_is_still_read():
+    """A 403 'method ... is forbidden' whose method name is not UTF-8 (a broken or hostile server) is still the
+    missing-method error, its text shown with replacement characters."""
+    from harvester_edge.central.client import CentralRouteMissing, parse_envelope
+    from harvester_edge.seams.http import HttpResult
+
+    body = b"ERROR : method get_\xff\xfe is forbidden"
+    with pytest.raises(CentralRouteMissing, match="no such method"):
+        parse_envelope("GET", "x/y", HttpResult(403, {}, body, 0.0))
+
+
 def test_a_server_timeout_is_transient_not_a_refusal(start_panda, tmp_path):
     """The real server answers success=false "TimeOut" when its database layer fails or is slow: the client keeps
     such a message for later (CentralUnavailable), it must never park range reports as rejected."""
