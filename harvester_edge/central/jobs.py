@@ -278,8 +278,9 @@ _TERMINAL = frozenset(s.value for s in JOB_TERMINAL)
 
 def _same_state(conn: sqlite3.Connection, panda_id: Any, state: str, fields: dict, now: float, last: bool) -> Any:
     """PostgreSQL: the update of a job already in `state` (not a final one: a pilot's heartbeat) in one statement
-    (store/jobs.py report_same_state); the command for the pilot, or None: the general path decides (another
-    state, no such job, a field it refuses)."""
+    (store/jobs.py report_same_state); the command for the pilot (with `last`, maybe a pg.Later the writer
+    answers after its commit), or None: the general path decides (another state, no such job, a field it
+    refuses)."""
     if state in _TERMINAL or isinstance(panda_id, bool) or not isinstance(panda_id, int):
         return None
     if not 0 <= panda_id <= limits.BIG:
