@@ -12,7 +12,7 @@ import pytest
 
 from harvester_edge.batch import TERMINAL, BatchState, WorkerSpec
 from harvester_edge.plugins.local import LocalPlugin
-from harvester_edge.seams.commands import CommandRunner
+from harvester_edge.seams.commands import CommandResult, CommandRunner
 
 
 @pytest.fixture
@@ -84,8 +84,13 @@ def test_restart_reads_state_back_then_cancel_kills_the_tree(tmp_path, make):
     running = wait_running(first, res.batch_id)
     pid = int((tmp_path / "w4" / "local.pid").read_text())
     assert os.getsid(pid) == pid != os.getsid(0)  # its own session: independent of the daemon
-    tree = [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
-    assert len(tree) >= 3
+    deadline = time.monotonic() + 10  # running once the wrapper started: its children come a moment later
+    while True:
+        tree = [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
+        if len(tree) >= 4 or time.monotonic() > deadline:  # wrapper, timeout, the script's bash, its sleep
+            break
+        time.sleep(0.05)
+    assert len(tree) >= 4, tree
     del first
     second = make()  # "the daemon restarted"
     assert second.status([res.batch_id])[res.batch_id].state is BatchState.RUNNING
@@ -126,10 +131,69 @@ def test_missing_access_point(tmp_path, make):
     assert make().status([f"local:{tmp_path}/nowhere"])[f"local:{tmp_path}/nowhere"].state is BatchState.MISSING
 
 
-def test_cancel_right_after_submit_never_runs_the_payload(tmp_path, make):
-    plugin = make()
+def session_left(ap: Path) -> list[list[str]] | None:
+    """The live processes of the worker's session; None while its wrapper has not written its pid yet."""
+    try:
+        sid = int((ap / "local.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    left = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(proc.cmdline())
+        except (OSError, psutil.Error):
+            pass
+    return left
+
+
+def wait_settled(ap: Path, limit: float = 15) -> list[list[str]] | None:
+    """Waits until the worker's session is empty (its wrapper writes its pid first thing, whatever comes after)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and session_left(ap) != []:
+        time.sleep(0.05)
+    return session_left(ap)
+
+
+class HeldStart(CommandRunner):
+    """Holds the wrapper's start (`setsid -f ...`) until the test lets it go: the cancel can land before it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[tuple[tuple[str, ...], str | None]] = []
+
+    def run(self, argv, *, stdin=None, timeout=30.0, cwd=None, failure_expected=False) -> CommandResult:
+        if argv[0] == "setsid":
+            self.held.append((tuple(argv), cwd))
+            return CommandResult(tuple(argv), stdin, "", "", 0, 0.0)
+        return super().run(argv, stdin=stdin, timeout=timeout, cwd=cwd, failure_expected=failure_expected)
+
+    def release(self) -> None:
+        for argv, cwd in self.held:
+            assert CommandRunner().run(argv, cwd=cwd).ok
+        self.held.clear()
+
+
+def test_a_cancel_before_the_wrapper_starts_never_runs_the_payload(tmp_path, queue_factory):
+    runner = HeldStart()
+    q = queue_factory(name="laptop", batch="local", launcher="mpirun")
+    plugin = LocalPlugin(q, runner, registry=tmp_path / "registry")
     [res] = plugin.submit([spec(tmp_path, 7, ["bash", "-c", "touch ran; sleep 60"])])
-    assert plugin.cancel([res.batch_id]) == {res.batch_id: None}
-    status = wait_terminal(plugin, res.batch_id, 15)
-    assert status.state is BatchState.CANCELLED
+    assert plugin.status([res.batch_id])[res.batch_id].state is BatchState.QUEUED
+    assert plugin.cancel([res.batch_id]) == {res.batch_id: None}  # nothing runs yet: only the mark is left
+    runner.release()  # the wrapper starts now, after the cancel (a loaded machine starting it late)
+    assert wait_settled(tmp_path / "w7") == []
+    status = plugin.status([res.batch_id])[res.batch_id]
+    assert status.state is BatchState.CANCELLED and status.exit_code == 143  # the wrapper's own answer
     assert not (tmp_path / "w7" / "ran").exists(), "the payload ran"  # it runs in its access point
+
+
+def test_a_cancel_racing_the_start_leaves_no_process(tmp_path, make):
+    """Right after submit the wrapper may or may not have passed its check of the cancel mark (the machine's
+    scheduling decides): either way nothing of the worker is left running."""
+    plugin = make()
+    [res] = plugin.submit([spec(tmp_path, 8, ["bash", "-c", "sleep 60 & wait"])])
+    assert plugin.cancel([res.batch_id]) == {res.batch_id: None}
+    assert plugin.status([res.batch_id])[res.batch_id].state is BatchState.CANCELLED
+    assert wait_settled(tmp_path / "w8") == [], "processes outlived the cancel"
+    assert plugin.status([res.batch_id])[res.batch_id].state is BatchState.CANCELLED
