@@ -122,6 +122,7 @@ class EmbeddedCentral:
                 service.db, self.settings.tokens, load_or_create_secret(Path(secret_file)), self.clock
             )
         app = HttpTiming(create_asgi(self.settings, service, self.authority, self.mounts))  # hot path timed too
+        app.route_labels()  # now, not in the first request's time
         sock = self._bind()
         cap = connection_cap(self.settings.max_connections, raise_fd_limit())
         config = uvicorn.Config(

@@ -82,6 +82,24 @@ def test_route_labels_are_route_templates(tmp_path):
     assert label("/random/../x") == "<unmatched>"
 
 
+def test_a_started_service_built_its_route_labels_before_any_request(tmp_path):
+    """Built from the OpenAPI document (~0.3 s of CPU): at start, not in the first request of each process."""
+    from harvester_edge.central.server import EmbeddedCentral
+    from harvester_edge.central.settings import CentralSettings
+    from harvester_edge.metrics import HttpTiming
+
+    central = EmbeddedCentral(
+        CentralSettings(db=tmp_path / "central.db", files_dir=tmp_path, trusted=True, host="127.0.0.1", port=0)
+    )
+    central.start()
+    try:
+        timing = central._server.config.app
+        assert isinstance(timing, HttpTiming) and timing._labels is not None
+        assert timing.route_labels()("/api/v1/pilot/update_job") == "/api/v1/pilot/update_job"
+    finally:
+        central.stop()
+
+
 def test_token_file_expiry_is_read_from_the_exp_claim(tmp_path):
     import jwt
 
