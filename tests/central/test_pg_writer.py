@@ -90,3 +90,43 @@ def test_a_write_cannot_go_on_after_its_last_statement(pg_service) -> None:
     [(ok, error)] = svc.db._commit([(goes_on, ())])
     assert not ok and isinstance(error, AssertionError) and "after its last statement" in str(error)
     assert job(url, a)[1] != 11
+
+
+def test_a_batch_of_heartbeats_needs_no_begin_and_a_later_savepoint_gets_one(pg_service, clock, monkeypatch) -> None:
+    """Heartbeats only: the pipeline's implicit transaction (no BEGIN, no COMMIT). A write after them that needs a
+    transaction block (a SAVEPOINT) has its BEGIN sent first, and the heartbeats before it belong to that block:
+    a write that then fails undoes them too, and the careful way writes them again, the failed one refused."""
+    svc, url = pg_service
+    careful = []  # batches that failed the one-go way (a SAVEPOINT without its BEGIN would be one)
+    original = svc.db._careful
+    monkeypatch.setattr(svc.db, "_careful", lambda conn, batch: careful.append(len(batch)) or original(conn, batch))
+    a, b, c = jobs_of(svc, 3)
+    for j in (a, b, c):
+        svc.update_job(j, "running")
+    clock.now += 5
+    beats = [svc.update_job_op(j, "running", {"nEvents": n}) for j, n in ((a, 1), (b, 2))]
+    assert svc.db._commit([(op.fn, op.args) for op in beats]) == [(True, "NULL")] * 2
+    assert [job(url, j)[1] for j in (a, b)] == [1, 2]
+
+    def savepoint_write(conn):  # SAVEPOINT outside a transaction block is an error: it needs the late BEGIN
+        conn.execute("SAVEPOINT s")
+        conn.execute("UPDATE jobs SET n_events=? WHERE panda_id=?", (30, c))
+        conn.execute("RELEASE s")
+        return "saved"
+
+    beats = [svc.update_job_op(j, "running", {"nEvents": n}) for j, n in ((a, 3), (b, 4))]
+    calls = [(op.fn, op.args) for op in beats] + [(savepoint_write, ())]
+    assert svc.db._commit(calls) == [(True, "NULL"), (True, "NULL"), (True, "saved")]
+    assert [job(url, j)[1] for j in (a, b, c)] == [3, 4, 30]
+    assert careful == []  # both batches went in one go
+
+    def fails(conn):
+        conn.execute("UPDATE jobs SET n_events=? WHERE panda_id=?", (40, c))
+        return conn.execute("SELECT 1/0").fetchone()
+
+    beats = [svc.update_job_op(j, "running", {"nEvents": n}) for j, n in ((a, 5), (b, 6))]
+    answers = svc.db._commit([(op.fn, op.args) for op in beats] + [(fails, ())])
+    assert answers[:2] == [(True, "NULL"), (True, "NULL")]
+    assert not answers[2][0] and "division by zero" in str(answers[2][1])
+    assert [job(url, j)[1] for j in (a, b, c)] == [5, 6, 30]  # the failed write undone alone
+    assert careful == [3]
