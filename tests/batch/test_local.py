@@ -48,6 +48,22 @@ def wait_running(plugin: LocalPlugin, batch_id: str, limit: float = 10):
     raise AssertionError(f"{batch_id} not running after {limit} s")
 
 
+def session_left(ap: Path) -> list[list[str]] | None:
+    """The live processes of the worker's session; None while its wrapper has not written its pid yet."""
+    try:
+        sid = int((ap / "local.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    left = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(proc.cmdline())
+        except (OSError, psutil.Error):
+            pass
+    return left
+
+
 def test_finished_and_failed(tmp_path, make):
     plugin = make()
     ok, bad = plugin.submit(
@@ -116,35 +132,12 @@ def test_walltime_kill_and_term_ignoring_payload(tmp_path, make):
     assert 1.5 < status.end_time - status.start_time < 10
     status = wait_terminal(plugin, stubborn.batch_id, 30)  # TERM ignored: KILL after the grace period
     assert status.state is BatchState.TIMEOUT
-    sid = int((tmp_path / "w6" / "local.pid").read_text())
-    left = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
-                left.append(proc.cmdline())
-        except (OSError, psutil.Error):
-            pass
+    left = session_left(tmp_path / "w6")
     assert left == [], f"processes outlived the walltime: {left}"
 
 
 def test_missing_access_point(tmp_path, make):
     assert make().status([f"local:{tmp_path}/nowhere"])[f"local:{tmp_path}/nowhere"].state is BatchState.MISSING
-
-
-def session_left(ap: Path) -> list[list[str]] | None:
-    """The live processes of the worker's session; None while its wrapper has not written its pid yet."""
-    try:
-        sid = int((ap / "local.pid").read_text())
-    except (OSError, ValueError):
-        return None
-    left = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
-                left.append(proc.cmdline())
-        except (OSError, psutil.Error):
-            pass
-    return left
 
 
 def wait_settled(ap: Path, limit: float = 15) -> list[list[str]] | None:
