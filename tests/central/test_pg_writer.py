@@ -87,9 +87,18 @@ def test_a_write_cannot_go_on_after_its_last_statement(pg_service) -> None:
         conn.execute_last("UPDATE jobs SET n_events=? WHERE panda_id=? RETURNING command", (9, a), lambda row: row)
         conn.execute("UPDATE jobs SET n_events=? WHERE panda_id=?", (11, a))
 
-    [(ok, error)] = svc.db._commit([(goes_on, ())])
-    assert not ok and isinstance(error, AssertionError) and "after its last statement" in str(error)
-    assert job(url, a)[1] != 11
+    def twice(conn):
+        conn.execute_last("UPDATE jobs SET n_events=? WHERE panda_id=? RETURNING command", (9, a), lambda row: row)
+        conn.execute_last("UPDATE jobs SET n_events=? WHERE panda_id=? RETURNING command", (11, a), lambda row: row)
+
+    for write in (goes_on, twice):
+        [(ok, error)] = svc.db._commit([(write, ())])
+        assert not ok and isinstance(error, AssertionError) and "after its last statement" in str(error)
+        assert job(url, a)[1] != 11
+        # in a batch, where the last statement's row is read after the COMMIT
+        [_, (ok, error)] = svc.db._commit([(lambda conn: None, ()), (write, ())])
+        assert not ok and isinstance(error, AssertionError) and "after its last statement" in str(error)
+        assert job(url, a)[1] != 11
 
 
 def test_a_batch_of_heartbeats_needs_no_begin_and_a_later_savepoint_gets_one(pg_service, clock, monkeypatch) -> None:

@@ -267,11 +267,15 @@ class PgConnection:
             self.ended = True
             return then(result.fetchall()[0])
         if self.deferring:
+            if self.ended:
+                raise AssertionError("a write went on after its last statement (execute_last)")
             self.ended = True
             return Later(self._send(sql, params), then)  # needs no BEGIN: the batch may be all heartbeats
-        result = self.execute(sql, params)
-        row = result.fetchone()
-        return None if row is None else then(row)
+        row = self.execute(sql, params).fetchone()
+        if row is None:
+            return None
+        self.ended = True
+        return then(row)
 
     def execute(self, sql: str, params: Any = ()) -> Result:
         if self.lone or self.ended:
