@@ -190,8 +190,12 @@ class LocalPlugin(BatchPlugin):
         ap = self._access_point(batch_id)
         if not ap.is_dir():
             return WorkerStatus(batch_id, BatchState.MISSING, "", f"access point {ap} is gone")
+        # read in the order the wrapper writes: start, then liveness, then the exit file. A wrapper seen ended
+        # wrote its exit file first, so the read after finds it (the other way round, one ending in between looked
+        # lost: no exit code, no process); one that starts after the first read is running or ended, not lost
         start = _read(ap / "local.start")
         start_time = float(start) if start else None
+        alive = self._alive(ap)
         exit_text = _read(ap / "local.exit")
         cancelled = (ap / "local.cancel").exists()
         if exit_text is not None:
@@ -209,7 +213,7 @@ class LocalPlugin(BatchPlugin):
                     batch_id, BatchState.TIMEOUT, "timeout", "walltime reached", code, start_time, end_time
                 )
             return WorkerStatus(batch_id, BatchState.FAILED, "exited", f"exit code {code}", code, start_time, end_time)
-        if self._alive(ap) is not None:
+        if alive is not None:
             return WorkerStatus(batch_id, BatchState.RUNNING, "running", "", None, start_time)
         if cancelled:
             return WorkerStatus(batch_id, BatchState.CANCELLED, "cancelled", "cancelled", None, start_time)

@@ -187,6 +187,26 @@ def test_a_cancel_racing_the_start_leaves_no_process(tmp_path, make):
     plugin = make()
     [res] = plugin.submit([spec(tmp_path, 8, ["bash", "-c", "sleep 60 & wait"])])
     assert plugin.cancel([res.batch_id]) == {res.batch_id: None}
-    assert plugin.status([res.batch_id])[res.batch_id].state is BatchState.CANCELLED
+    # (a wrapper that starts just after the cancel shows RUNNING for the moment it takes to see the mark)
     assert wait_settled(tmp_path / "w8") == [], "processes outlived the cancel"
     assert plugin.status([res.batch_id])[res.batch_id].state is BatchState.CANCELLED
+
+
+def test_a_worker_ending_while_its_status_is_read_is_finished_not_lost(tmp_path, make, monkeypatch):
+    """The wrapper writes its exit file, then ends: a status read that sees it ended must see that file too."""
+    plugin = make()
+    [res] = plugin.submit([spec(tmp_path, 9, ["sleep", "60"])])
+    wait_running(plugin, res.batch_id)
+    ap = tmp_path / "w9"
+
+    def ends_now(path: Path) -> None:  # the wrapper finishes just as the liveness is checked
+        (path / "local.exit").write_text("0\n")
+        return None
+
+    monkeypatch.setattr(LocalPlugin, "_alive", staticmethod(ends_now))
+    status = plugin.status([res.batch_id])[res.batch_id]
+    assert status.state is BatchState.FINISHED and status.exit_code == 0, status
+    monkeypatch.undo()
+    (ap / "local.exit").unlink()  # the real worker still runs: end it
+    plugin.cancel([res.batch_id])
+    assert wait_settled(ap) == []
